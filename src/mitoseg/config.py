@@ -1,0 +1,86 @@
+"""The one configuration of a training run, saved as JSON beside its results so the run can be repeated."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+
+from mitoseg.errors import MitosegError
+
+
+@dataclass
+class Config:
+    """Everything that decides a training run. Both models share every field except `dims`.
+
+    Patch extent: both models see the same in-plane extent ``patch_xy``; the 3D model sees
+    ``patch_z`` slices at once, the 2D model sees single slices, ``patch_z`` times as many per batch,
+    so an iteration processes the same number of voxels for both.
+    Epoch: ``iterations_per_epoch`` iterations; by default as many as it takes to sample as many
+    voxels as the training volume holds (the study never defined it; both models use this one).
+    """
+
+    dims: int = 2
+    patch_xy: int = 256
+    patch_z: int = 32
+    batch: int = 2
+    epochs: int = 50
+    minutes: float | None = None
+    iterations_per_epoch: int | None = None
+    lr: float = 1e-3
+    weight_decay: float = 1e-4
+    warmup_iterations: int = 20
+    fg_fraction: float = 0.5
+    val_fraction: float = 0.15
+    label_threshold: float = 0.0
+    voxel_size: tuple[float, float, float] = (5.0, 5.0, 5.0)
+    seed: int = 0
+    amp: bool = True
+    device: str = "auto"
+    # prediction settings used for validation and as defaults for `mitoseg predict`
+    tile_xy: int = 256
+    tile_z: int = 32
+    overlap: float = 0.5
+    encoder: str = "resnet18"
+    extra: dict = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.dims not in (2, 3):
+            raise MitosegError(f"dims must be 2 or 3, not {self.dims}")
+        if self.minutes is None and self.epochs < 1:
+            raise MitosegError("epochs must be at least 1")
+        if not 0 <= self.overlap < 1:
+            raise MitosegError(f"overlap must be in [0, 1), not {self.overlap}")
+        self.voxel_size = tuple(float(v) for v in self.voxel_size)
+
+    @property
+    def patch(self) -> tuple[int, int, int]:
+        """Training patch (Z, Y, X) of one sample: depth 1 for the 2D model."""
+        return (self.patch_z if self.dims == 3 else 1, self.patch_xy, self.patch_xy)
+
+    @property
+    def samples_per_batch(self) -> int:
+        """Patches per iteration: the 2D model takes patch_z slices for every 3D patch."""
+        return self.batch if self.dims == 3 else self.batch * self.patch_z
+
+    @property
+    def tile(self) -> tuple[int, int, int]:
+        """Prediction tile (Z, Y, X)."""
+        return (self.tile_z if self.dims == 3 else 1, self.tile_xy, self.tile_xy)
+
+    def save(self, path: str | Path) -> None:
+        Path(path).write_text(json.dumps(asdict(self), indent=2) + "\n")
+
+    @classmethod
+    def load(cls, path: str | Path) -> Config:
+        data = json.loads(Path(path).read_text())
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in known})
+
+
+def quick(dims: int, **changes) -> Config:
+    """The CPU preset: small patches and a time budget, for a 2-core machine in minutes."""
+    base = dict(dims=dims, patch_xy=128, patch_z=16, batch=1, epochs=1000, minutes=3.0,
+                iterations_per_epoch=20, warmup_iterations=5, tile_xy=256, tile_z=32, overlap=0.25)
+    base.update(changes)
+    return Config(**base)

@@ -1,0 +1,131 @@
+"""Training data: the train/validation split, foreground-aware random patches and augmentation.
+
+2D patches are single z-slices of the same volume the 3D model samples from, so the two models
+learn from the same voxels.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from mitoseg.errors import MitosegError
+
+
+@dataclass
+class Volume:
+    """An image (Z, Y, X) float32 in [0, 1] and its mask (Z, Y, X) uint8 {0, 1}."""
+
+    image: np.ndarray
+    mask: np.ndarray
+
+
+def check_labels(mask: np.ndarray, name: str = "labels") -> None:
+    """Refuse label volumes a model cannot learn from: no foreground, or nothing but foreground."""
+    fg = int(np.count_nonzero(mask))
+    if fg == 0:
+        raise MitosegError(f"{name} hold no foreground voxels: nothing to learn (check --label-threshold)")
+    if fg == mask.size:
+        raise MitosegError(f"{name} are foreground everywhere: nothing to learn (check --label-threshold)")
+
+
+def split(image: np.ndarray, mask: np.ndarray, val_fraction: float) -> tuple[Volume, Volume | None]:
+    """Hold out the last `val_fraction` of the X axis for validation.
+
+    X is cut (not Z) so thin stacks keep every section in both parts. Returns (train, val or None).
+    """
+    if val_fraction <= 0:
+        return Volume(image, mask), None
+    nx = image.shape[2]
+    cut = nx - max(1, int(round(nx * val_fraction)))
+    if cut < 1:
+        raise MitosegError(f"volume too narrow ({nx} voxels in X) for a validation split")
+    return (Volume(image[:, :, :cut], mask[:, :, :cut]),
+            Volume(image[:, :, cut:], mask[:, :, cut:]))
+
+
+def check_patch(shape: tuple[int, ...], patch: tuple[int, int, int], name: str = "training volume") -> None:
+    """Refuse a volume smaller than one training patch."""
+    if any(s < p for s, p in zip(shape, patch, strict=True)):
+        raise MitosegError(f"{name} {tuple(shape)} is smaller than the patch {patch} (Z, Y, X); "
+                           "use a smaller --patch-xy/--patch-z or more data")
+
+
+class PatchSampler:
+    """Draws random patches; a `fg_fraction` of them is centred on a foreground voxel.
+
+    Hand-written (MONAI's RandCropByPosNegLabel rescans the whole label volume per call).
+    """
+
+    def __init__(self, volume: Volume, patch: tuple[int, int, int], fg_fraction: float,
+                 rng: np.random.Generator, max_fg_points: int = 1_000_000):
+        check_patch(volume.image.shape, patch)
+        self.volume, self.patch, self.fg_fraction, self.rng = volume, patch, fg_fraction, rng
+        fg = np.flatnonzero(volume.mask.ravel())
+        if fg.size > max_fg_points:
+            fg = rng.choice(fg, max_fg_points, replace=False)
+        self.fg = fg
+
+    def corner(self) -> tuple[int, int, int]:
+        """The low corner (z, y, x) of the next patch."""
+        shape = self.volume.image.shape
+        if self.fg.size and self.rng.random() < self.fg_fraction:
+            centre = np.unravel_index(self.rng.choice(self.fg), shape)
+            low = [c - p // 2 + int(self.rng.integers(-(p // 4), p // 4 + 1))
+                   for c, p in zip(centre, self.patch, strict=True)]
+        else:
+            low = [int(self.rng.integers(0, s - p + 1)) for s, p in zip(shape, self.patch, strict=True)]
+        return tuple(int(np.clip(c, 0, s - p)) for c, s, p in zip(low, shape, self.patch, strict=True))
+
+    def sample(self, n: int) -> tuple[np.ndarray, np.ndarray]:
+        """n patches: images float32 and masks float32, each (n, 1, Z, Y, X)."""
+        xs, ys = [], []
+        for _ in range(n):
+            z, y, x = self.corner()
+            sl = np.s_[z:z + self.patch[0], y:y + self.patch[1], x:x + self.patch[2]]
+            xs.append(self.volume.image[sl])
+            ys.append(self.volume.mask[sl])
+        return (np.stack(xs)[:, None].astype(np.float32), np.stack(ys)[:, None].astype(np.float32))
+
+
+def augmenter(seed: int, dims: int):
+    """MONAI random transforms for one sample dict {"image", "label"} of arrays (1, Z, Y, X).
+
+    Flips on every axis the model sees, 90-degree rotations in-plane only (Z may be anisotropic),
+    and intensity scale, shift, contrast (gamma) and noise on the image alone.
+    """
+    from monai.transforms import (
+        Compose,
+        RandAdjustContrastd,
+        RandFlipd,
+        RandGaussianNoised,
+        RandRotate90d,
+        RandScaleIntensityd,
+        RandShiftIntensityd,
+    )
+
+    keys = ["image", "label"]
+    flip_axes = [1, 2] if dims == 2 else [0, 1, 2]
+    tf = Compose(
+        [RandFlipd(keys, prob=0.5, spatial_axis=a) for a in flip_axes]
+        + [
+            RandRotate90d(keys, prob=0.75, max_k=3, spatial_axes=(1, 2)),
+            RandScaleIntensityd("image", factors=0.15, prob=0.5),
+            RandShiftIntensityd("image", offsets=0.1, prob=0.5),
+            RandAdjustContrastd("image", gamma=(0.7, 1.5), prob=0.3),
+            RandGaussianNoised("image", std=0.03, prob=0.2),
+        ]
+    )
+    tf.set_random_state(seed=seed)
+    return tf
+
+
+def augment(tf, images: np.ndarray, masks: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Apply `tf` to each sample of a batch (n, 1, Z, Y, X); returns float32 arrays of the same shape."""
+    out_x, out_y = [], []
+    for x, y in zip(images, masks, strict=True):
+        d = tf({"image": x, "label": y})
+        out_x.append(np.asarray(d["image"], dtype=np.float32))
+        out_y.append(np.asarray(d["label"], dtype=np.float32))
+    return np.stack(out_x), np.stack(out_y)

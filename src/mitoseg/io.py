@@ -1,0 +1,289 @@
+"""Volume I/O: one way to open TIFF, slice folders, HDF5, Zarr and .npy lazily, and safe Zarr outputs.
+
+Every reader returns an array-like of shape (Z, Y, X) that supports numpy slicing and reads only
+the slices asked for, so gigavoxel volumes never need to fit in memory.
+Conventions:
+- a path may carry an inner dataset after a colon: ``cells.h5:raw``, ``run.zarr:probs``;
+- images are greyscale; 2D images and RGB stacks are refused with a message (no silent guess);
+- labels are binarised as ``label > threshold`` with ``threshold = 0`` unless the user gives one
+  (anti-aliased masks such as 0..255 PNGs want ``127``);
+- outputs are written under ``<name>.partial`` and renamed when complete, so a crash never leaves a
+  half-written result under the final name.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from mitoseg.errors import MitosegError
+
+TIFF = {".tif", ".tiff"}
+SLICE_SUFFIXES = {".tif", ".tiff", ".png", ".jpg", ".jpeg", ".bmp"}
+H5 = {".h5", ".hdf5", ".hdf"}
+
+
+def split_path(spec: str | Path) -> tuple[Path, str | None]:
+    """Split ``file.h5:inner/path`` into the file path and the inner dataset (None if absent)."""
+    text = str(spec)
+    head, sep, tail = text.rpartition(":")
+    if sep and head and not tail.startswith(("/", "\\")) and Path(head).suffix.lower() in H5 | {".zarr"}:
+        return Path(head), tail
+    return Path(text), None
+
+
+def open_volume(spec: str | Path) -> Any:
+    """Open a 3D volume lazily; returns an array-like (Z, Y, X) supporting numpy slicing.
+
+    Accepts a multi-page TIFF, a folder of 2D slices (sorted by name), ``.h5:dataset``, ``.zarr``
+    (v2 or v3; ``.zarr:array`` for an array inside a group) and ``.npy`` (memory-mapped).
+    Raises MitosegError for a missing, unreadable or non-3D input.
+    """
+    path, inner = split_path(spec)
+    if not path.exists():
+        raise MitosegError(f"{path}: no such file or folder")
+    suffix = path.suffix.lower()
+    try:
+        if suffix == ".zarr" or (path.is_dir() and (path / "zarr.json").exists()):
+            arr = _open_zarr(path, inner)
+        elif path.is_dir():
+            arr = _open_slices(path)
+        elif suffix in TIFF:
+            arr = _open_tiff(path)
+        elif suffix in H5:
+            arr = _open_h5(path, inner)
+        elif suffix == ".npy":
+            arr = np.load(path, mmap_mode="r")
+        elif suffix in SLICE_SUFFIXES:
+            raise MitosegError(f"{path} is a single 2D image; a volume (Z, Y, X) is needed: pass the folder")
+        else:
+            raise MitosegError(f"{path}: unknown volume format {suffix!r} (use TIFF, a slice folder, .h5, .zarr)")
+    except MitosegError:
+        raise
+    except Exception as e:  # the libraries raise many types for corrupt files
+        raise MitosegError(f"{spec}: cannot be read ({type(e).__name__}: {e})") from None
+    return check_volume(arr, str(spec))
+
+
+def check_volume(arr: Any, name: str) -> Any:
+    """Refuse what mitoseg cannot segment: not 3D, RGB, complex or boolean-free odd dtypes."""
+    shape = tuple(arr.shape)
+    if len(shape) == 4 and shape[-1] in (3, 4):
+        raise MitosegError(f"{name} has {shape[-1]} colour channels {shape}; convert it to greyscale first")
+    if len(shape) == 2:
+        raise MitosegError(f"{name} is a 2D image {shape}; a volume (Z, Y, X) is needed")
+    if len(shape) != 3:
+        raise MitosegError(f"{name} has shape {shape}; a 3D volume (Z, Y, X) is needed")
+    kind = np.dtype(arr.dtype).kind
+    if kind not in "uifb":
+        raise MitosegError(f"{name} has dtype {arr.dtype}; integers or floats are needed")
+    if min(shape) == 0:
+        raise MitosegError(f"{name} is empty, shape {shape}")
+    return arr
+
+
+def _open_zarr(path: Path, inner: str | None) -> Any:
+    import zarr
+
+    node = zarr.open(str(path), mode="r")
+    if inner:
+        try:
+            node = node[inner]
+        except KeyError:
+            raise MitosegError(f"{path}: no array {inner!r} in this Zarr store") from None
+    if isinstance(node, zarr.Group):
+        names = [k for k, _ in node.arrays()]
+        raise MitosegError(f"{path} is a Zarr group; name an array as {path}:NAME (arrays: {names})")
+    return node
+
+
+def _open_tiff(path: Path) -> Any:
+    import tifffile
+    import zarr
+
+    return zarr.open(tifffile.imread(path, aszarr=True), mode="r")
+
+
+def _open_h5(path: Path, inner: str | None) -> Any:
+    import h5py
+
+    f = h5py.File(path, "r")
+    if inner is None:
+        names = []
+        f.visititems(lambda n, o: names.append(n) if isinstance(o, h5py.Dataset) else None)
+        if len(names) != 1:
+            raise MitosegError(f"{path}: name the dataset as {path}:NAME (datasets: {names})")
+        inner = names[0]
+    if inner not in f or not isinstance(f[inner], h5py.Dataset):
+        raise MitosegError(f"{path}: no dataset {inner!r} in this HDF5 file")
+    return f[inner]
+
+
+class SliceStack:
+    """A folder of 2D images seen as a lazy (Z, Y, X) volume; reads only the slices indexed.
+
+    Hand-written because tifffile's sequence reader takes TIFF only and dask-image needs pims.
+    """
+
+    def __init__(self, files: list[Path]):
+        self.files = files
+        first = _read_slice(files[0])
+        self.dtype = first.dtype
+        self.shape = (len(files), *first.shape)
+        self.ndim = len(self.shape)
+
+    def __getitem__(self, key: Any) -> np.ndarray:
+        key = key if isinstance(key, tuple) else (key,)
+        zkey, rest = key[0], key[1:]
+        if isinstance(zkey, int | np.integer):
+            return _read_slice(self.files[zkey])[rest]
+        picked = self.files[zkey]
+        if not picked:
+            return np.zeros((0, *self.shape[1:]), self.dtype)[(slice(None), *rest)]
+        out = np.stack([_read_slice(f)[rest] for f in picked])
+        return out
+
+    def __array__(self, dtype=None, copy=None) -> np.ndarray:
+        arr = self[:]
+        return arr if dtype is None else arr.astype(dtype)
+
+
+def _read_slice(path: Path) -> np.ndarray:
+    if path.suffix.lower() in TIFF:
+        import tifffile
+
+        return tifffile.imread(path)
+    from PIL import Image
+
+    with Image.open(path) as im:
+        return np.asarray(im)
+
+
+def _open_slices(path: Path) -> SliceStack:
+    files = sorted(p for p in path.iterdir() if p.suffix.lower() in SLICE_SUFFIXES)
+    if not files:
+        raise MitosegError(f"{path}: folder holds no image slices (TIFF/PNG/JPEG)")
+    stack = SliceStack(files)
+    if len(stack.shape) != 3:
+        raise MitosegError(f"{path}: slices have shape {stack.shape[1:]}; greyscale 2D slices are needed")
+    return stack
+
+
+def read_volume(spec: str | Path) -> np.ndarray:
+    """Read a whole volume into memory as a numpy array (Z, Y, X), keeping its dtype."""
+    return np.asarray(open_volume(spec)[:])
+
+
+def intensity_range(arr: Any, max_samples: int = 2_000_000) -> tuple[float, float]:
+    """The intensity window mapped to [0, 1] for the network, as (low, high) in the volume's units.
+
+    Rule: uint8 volumes use the fixed window (0, 255); other dtypes (uint16, float) use the 0.5 and
+    99.5 percentiles of a strided subsample, so one bright artefact does not flatten the contrast.
+    Raises MitosegError on NaN or infinite values in the subsample.
+    """
+    if np.dtype(arr.dtype) == np.uint8:
+        return 0.0, 255.0
+    step = max(1, int(np.ceil((np.prod(arr.shape) / max_samples) ** (1 / 3))))
+    sample = np.asarray(arr[::step, ::step, ::step], dtype=np.float64)
+    if not np.isfinite(sample).all():
+        raise MitosegError("the image holds NaN or infinite values; replace them before segmenting")
+    low, high = np.percentile(sample, [0.5, 99.5])
+    if high <= low:
+        high = low + 1.0
+    return float(low), float(high)
+
+
+def normalize(block: np.ndarray, window: tuple[float, float]) -> np.ndarray:
+    """Map intensities to float32 [0, 1] with the window from `intensity_range` (clipped)."""
+    low, high = window
+    out = (np.asarray(block, dtype=np.float32) - low) / (high - low)
+    if not np.isfinite(out).all():
+        raise MitosegError("the image holds NaN or infinite values; replace them before segmenting")
+    return np.clip(out, 0.0, 1.0, out=out)
+
+
+def binarize(labels: np.ndarray, threshold: float = 0) -> np.ndarray:
+    """Foreground mask uint8 {0, 1}: ``labels > threshold`` (0 for 0/1 or 0/255 masks, 127 for anti-aliased)."""
+    return (np.asarray(labels) > threshold).astype(np.uint8)
+
+
+class Thresholded:
+    """A lazy binary view of a volume: ``volume > threshold`` (strict) or ``>= threshold``, per slice read."""
+
+    def __init__(self, volume: Any, threshold: float, strict: bool = True):
+        self.volume, self.threshold, self.strict = volume, threshold, strict
+        self.shape, self.dtype, self.ndim = tuple(volume.shape), np.dtype(bool), len(volume.shape)
+
+    def __getitem__(self, key: Any) -> np.ndarray:
+        block = np.asarray(self.volume[key])
+        return block > self.threshold if self.strict else block >= self.threshold
+
+
+def load_pair(image: str | Path, labels: str | Path, threshold: float = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Read an image volume and its label volume into memory, checked for training or evaluation.
+
+    Returns (image as stored, mask uint8 {0, 1}), both (Z, Y, X).
+    """
+    img = open_volume(image)
+    lab = open_volume(labels)
+    if tuple(img.shape) != tuple(lab.shape):
+        raise MitosegError(f"image {tuple(img.shape)} and labels {tuple(lab.shape)} differ in shape")
+    return np.asarray(img[:]), binarize(lab[:], threshold)
+
+
+# ---------------------------------------------------------------- outputs
+
+
+def check_output(path: str | Path, overwrite: bool) -> Path:
+    """Refuse an existing output unless overwrite; returns the path."""
+    path = Path(path)
+    if path.exists() and not overwrite:
+        raise MitosegError(f"{path} already exists; pass --overwrite to replace it")
+    return path
+
+
+def partial_path(path: str | Path) -> Path:
+    """Where an output is written until it is complete."""
+    path = Path(path)
+    return path.with_name(path.name + ".partial")
+
+
+def create_zarr(path: str | Path, shape: tuple[int, ...], dtype: Any, chunks: tuple[int, ...],
+                attrs: dict | None = None, resume: bool = False) -> Any:
+    """Create (or, with resume, reopen) a Zarr v3 array at ``<path>.partial``.
+
+    Call `finish_output` once every block is written; until then the final name does not exist.
+    """
+    import zarr
+
+    tmp = partial_path(path)
+    if resume and tmp.exists():
+        arr = zarr.open_array(str(tmp), mode="r+")
+        if tuple(arr.shape) != tuple(shape) or arr.dtype != np.dtype(dtype):
+            raise MitosegError(f"{tmp} holds a different run (shape {arr.shape}); remove it or drop --resume")
+        return arr
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    arr = zarr.create_array(str(tmp), shape=shape, dtype=dtype, chunks=chunks, fill_value=0)
+    arr.attrs.update(_jsonable(attrs or {}))
+    return arr
+
+
+def finish_output(path: str | Path, overwrite: bool = False) -> Path:
+    """Atomically move ``<path>.partial`` to ``path`` (replacing it when overwrite)."""
+    path = Path(path)
+    if path.exists():
+        if not overwrite:
+            raise MitosegError(f"{path} already exists; pass --overwrite to replace it")
+        shutil.rmtree(path) if path.is_dir() else path.unlink()
+    os.replace(partial_path(path), path)
+    return path
+
+
+def _jsonable(obj: Any) -> Any:
+    return json.loads(json.dumps(obj, default=lambda o: o.tolist() if hasattr(o, "tolist") else str(o)))

@@ -1,0 +1,200 @@
+"""Segmentation metrics: voxel-level scores from a confusion matrix, and object-level matching.
+
+Voxel metrics only need the four confusion counts, so `confusion_blockwise` gives exact scores for
+volumes larger than RAM by summing the counts of one block at a time.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import scipy.sparse
+import scipy.sparse.csgraph
+from scipy.optimize import linear_sum_assignment
+from tqdm import tqdm
+
+from mitoseg.errors import MitosegError
+
+
+@dataclass(frozen=True)
+class Counts:
+    """Voxel confusion counts of a binary prediction against a binary truth (plain Python ints)."""
+
+    tp: int
+    fp: int
+    fn: int
+    tn: int
+
+    def __add__(self, other: Counts) -> Counts:
+        return Counts(self.tp + other.tp, self.fp + other.fp, self.fn + other.fn, self.tn + other.tn)
+
+    @property
+    def total(self) -> int:
+        """Number of voxels counted."""
+        return self.tp + self.fp + self.fn + self.tn
+
+
+def _check_same_shape(pred_shape: Sequence[int], truth_shape: Sequence[int]) -> None:
+    if tuple(pred_shape) != tuple(truth_shape):
+        raise MitosegError(
+            f"prediction shape {tuple(pred_shape)} differs from ground-truth shape {tuple(truth_shape)}"
+        )
+
+
+def confusion(pred: np.ndarray, truth: np.ndarray) -> Counts:
+    """Confusion counts of two in-memory binary arrays of the same shape (any ndim, any dtype).
+
+    A voxel is foreground where its value is > 0. Counts are exact integers.
+    """
+    pred, truth = np.asarray(pred), np.asarray(truth)
+    _check_same_shape(pred.shape, truth.shape)
+    p = pred > 0
+    t = truth > 0
+    tp = int(np.count_nonzero(p & t))
+    fp = int(np.count_nonzero(p)) - tp
+    fn = int(np.count_nonzero(t)) - tp
+    return Counts(tp=tp, fp=fp, fn=fn, tn=int(p.size) - tp - fp - fn)
+
+
+def _block_slices(shape: Sequence[int], block: Sequence[int]) -> list[tuple[slice, ...]]:
+    """C-order slices of a regular grid of blocks covering `shape` (the last blocks may be smaller)."""
+    if len(block) != len(shape) or any(int(b) < 1 for b in block):
+        raise MitosegError(f"block {tuple(block)} needs {len(shape)} positive sizes for shape {tuple(shape)}")
+    starts = [range(0, n, int(b)) for n, b in zip(shape, block, strict=True)]
+    return [
+        tuple(slice(s, min(s + int(b), n)) for s, b, n in zip(corner, block, shape, strict=True))
+        for corner in itertools.product(*starts)
+    ]
+
+
+def confusion_blockwise(
+    pred, truth, block: Sequence[int] = (64, 512, 512), progress: bool = False
+) -> Counts:
+    """Confusion counts of two array-likes of the same shape, read one block at a time.
+
+    `pred` and `truth` are anything with `.shape` that returns numpy arrays when sliced (numpy,
+    zarr.Array, h5py.Dataset, a tifffile zarr store...). `block` is the block size in voxels per axis
+    (z, y, x for 3D); memory is about two blocks. Foreground is > 0, as in `confusion`.
+    """
+    _check_same_shape(pred.shape, truth.shape)
+    total = Counts(0, 0, 0, 0)
+    slices = _block_slices(pred.shape, block)
+    for sl in tqdm(slices, desc="confusion", unit="block", disable=not progress):
+        total = total + confusion(np.asarray(pred[sl]), np.asarray(truth[sl]))
+    return total
+
+
+def _ratio(num: int, den: int) -> float:
+    """num / den, and 1.0 for 0 / 0 (the sets being scored are all empty, so nothing was got wrong)."""
+    return float(num) / float(den) if den else 1.0
+
+
+def scores(counts: Counts) -> dict[str, float]:
+    """Voxel scores of confusion counts, plus the counts themselves (keys tp, fp, fn, tn, as ints).
+
+    precision = tp/(tp+fp), recall = tp/(tp+fn), f1 = dice = 2tp/(2tp+fp+fn),
+    jaccard = foreground IoU = tp/(tp+fp+fn), accuracy = (tp+tn)/all,
+    mean_iou = mean of jaccard and background IoU tn/(tn+fp+fn).
+    Rule for 0/0 (no NaN): a zero denominator means its numerator is zero too, and the score is 1.0
+    (e.g. precision of an empty prediction is 1.0; its recall is 0.0 unless the truth is empty too).
+    """
+    tp, fp, fn, tn = counts.tp, counts.fp, counts.fn, counts.tn
+    jaccard = _ratio(tp, tp + fp + fn)
+    return {
+        "precision": _ratio(tp, tp + fp),
+        "recall": _ratio(tp, tp + fn),
+        "f1": _ratio(2 * tp, 2 * tp + fp + fn),
+        "jaccard": jaccard,
+        "accuracy": _ratio(tp + tn, counts.total),
+        "mean_iou": (jaccard + _ratio(tn, tn + fp + fn)) / 2.0,
+        "tp": tp,
+        "fp": fp,
+        "fn": fn,
+        "tn": tn,
+    }
+
+
+def _check_labels(name: str, labels: np.ndarray) -> np.ndarray:
+    if not np.issubdtype(labels.dtype, np.integer) and labels.dtype != np.bool_:
+        raise MitosegError(f"{name} must be an integer label array, got dtype {labels.dtype}")
+    flat = labels.ravel()
+    if flat.size and np.issubdtype(flat.dtype, np.signedinteger) and flat.min() < 0:
+        raise MitosegError(f"{name} has negative labels; 0 is background and objects are > 0")
+    return flat.astype(np.int64, copy=False)
+
+
+def _overlaps(true_flat: np.ndarray, pred_flat: np.ndarray):
+    """Sparse (n_true_ids, n_pred_ids) voxel-overlap matrix plus the sizes of every true and pred id."""
+    n_t = int(true_flat.max(initial=0)) + 1
+    n_p = int(pred_flat.max(initial=0)) + 1
+    both = (true_flat > 0) & (pred_flat > 0)
+    t, p = true_flat[both], pred_flat[both]
+    inter = scipy.sparse.coo_matrix((np.ones(t.size, np.int64), (t, p)), shape=(n_t, n_p))
+    inter.sum_duplicates()
+    return inter, np.bincount(true_flat, minlength=n_t), np.bincount(pred_flat, minlength=n_p)
+
+
+def _max_matches(rows: np.ndarray, cols: np.ndarray, iou: np.ndarray) -> int:
+    """Size of the Hungarian matching of candidate (true, pred) pairs, each object used at most once.
+
+    Cost as in cellpose: first maximise the number of pairs, then their IoU. Solved separately on each
+    connected group of candidates (usually single pairs), so no dense n_true x n_pred matrix is built.
+    """
+    if rows.size == 0:
+        return 0
+    r_ids, r = np.unique(rows, return_inverse=True)
+    c_ids, c = np.unique(cols, return_inverse=True)
+    n_r = r_ids.size
+    graph = scipy.sparse.coo_matrix((np.ones(r.size), (r, n_r + c)), shape=(n_r + c_ids.size,) * 2)
+    _, group = scipy.sparse.csgraph.connected_components(graph, directed=False)
+    edge_group = group[r]
+    matched = 0
+    for g in np.unique(edge_group):
+        sel = edge_group == g
+        gr, gr_inv = np.unique(r[sel], return_inverse=True)
+        gc, gc_inv = np.unique(c[sel], return_inverse=True)
+        if gr.size == 1 or gc.size == 1:
+            matched += 1  # a star: only one pair can be matched
+            continue
+        cost = np.zeros((gr.size, gc.size))  # IoU bonus < 1 in total: never trades a pair for IoU
+        cost[gr_inv, gc_inv] = -(1.0 + iou[sel] / (2.0 * min(gr.size, gc.size)))
+        ri, ci = linear_sum_assignment(cost)
+        matched += int(np.count_nonzero(cost[ri, ci] < 0))
+    return matched
+
+
+def match_instances(
+    pred_labels: np.ndarray, true_labels: np.ndarray, iou_threshold: float = 0.5
+) -> dict[str, float]:
+    """Object-level scores: one-to-one matching of predicted and true objects with IoU >= `iou_threshold`.
+
+    `pred_labels`, `true_labels`: in-memory integer label arrays of the same shape (0 = background;
+    ids need not be consecutive, memory grows with the largest id). Returns n_pred, n_true, tp
+    (matched pairs), fp (unmatched predicted objects), fn (unmatched true objects), and precision =
+    tp/n_pred, recall = tp/n_true, f1 = 2tp/(n_pred+n_true), each 1.0 for 0/0 as in `scores`.
+    """
+    if not 0.0 < iou_threshold <= 1.0:
+        raise MitosegError(f"iou_threshold must be in (0, 1], got {iou_threshold}")
+    pred_labels, true_labels = np.asarray(pred_labels), np.asarray(true_labels)
+    _check_same_shape(pred_labels.shape, true_labels.shape)
+    true_flat = _check_labels("true_labels", true_labels)
+    pred_flat = _check_labels("pred_labels", pred_labels)
+    inter, true_sizes, pred_sizes = _overlaps(true_flat, pred_flat)
+    iou = inter.data / (true_sizes[inter.row] + pred_sizes[inter.col] - inter.data)
+    keep = iou >= iou_threshold
+    tp = _max_matches(inter.row[keep], inter.col[keep], iou[keep])
+    n_true = int(np.count_nonzero(true_sizes[1:]))
+    n_pred = int(np.count_nonzero(pred_sizes[1:]))
+    return {
+        "n_pred": n_pred,
+        "n_true": n_true,
+        "tp": tp,
+        "fp": n_pred - tp,
+        "fn": n_true - tp,
+        "precision": _ratio(tp, n_pred),
+        "recall": _ratio(tp, n_true),
+        "f1": _ratio(2 * tp, n_pred + n_true),
+    }

@@ -1,0 +1,203 @@
+"""Blockwise sliding-window prediction with Gaussian blending, into Zarr, in bounded memory.
+
+Tiles lie on one global grid over the whole volume (nnU-Net's step rule). An output block gathers
+every tile that overlaps it, so a volume predicted block by block equals the volume predicted whole:
+no seams, whatever the block size, and blocks are independent (resumable, parallel on Dask).
+Memory holds one block, its input halo and a batch of tiles, never the volume.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+import shutil
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from mitoseg import io
+from mitoseg.errors import MitosegError
+from mitoseg.models import autocast
+
+Block = tuple[slice, slice, slice]
+
+
+def compute_steps(size: int, tile: int, overlap: float) -> list[int]:
+    """Tile start positions along one axis: tiles of `tile` voxels cover [0, size), overlapping by
+    about `overlap` of a tile, first at 0 and last ending at `size` (nnU-Net's rule)."""
+    tile = min(tile, size)
+    if size == tile:
+        return [0]
+    n = math.ceil((size - tile) / max(1.0, tile * (1 - overlap))) + 1
+    step = (size - tile) / (n - 1)
+    return [int(round(step * i)) for i in range(n)]
+
+
+def gaussian_weight(tile: tuple[int, ...], sigma_scale: float = 0.125) -> np.ndarray:
+    """Blending weight of one tile, float32 of shape `tile`: a Gaussian centred on the tile with
+    sigma = sigma_scale * size per axis (flat along axes of size 1); never zero, so edges count a little."""
+    w = np.ones(tile, dtype=np.float64)
+    for axis, n in enumerate(tile):
+        if n == 1:
+            continue
+        x = np.arange(n) - (n - 1) / 2
+        g = np.exp(-0.5 * (x / (sigma_scale * n)) ** 2)
+        shape = [1] * len(tile)
+        shape[axis] = n
+        w = w * g.reshape(shape)
+    w /= w.max()
+    w = np.maximum(w, w[w > 0].min(), out=w)
+    return w.astype(np.float32)
+
+
+def iter_blocks(shape: tuple[int, ...], block: tuple[int, ...]) -> Iterator[Block]:
+    """Blocks of at most `block` voxels tiling `shape` in C order."""
+    ranges = [range(0, s, b) for s, b in zip(shape, block, strict=True)]
+    for lo in itertools.product(*ranges):
+        yield tuple(slice(a, min(a + b, s)) for a, b, s in zip(lo, block, shape, strict=True))
+
+
+def _flips(ndim: int, tta: bool) -> list[tuple[int, ...]]:
+    """Flip axes of a batch tensor (B, C, [Z,] Y, X) for test-time augmentation: in-plane flips."""
+    if not tta:
+        return [()]
+    y, x = ndim - 2, ndim - 1
+    return [(), (x,), (y,), (y, x)]
+
+
+@torch.inference_mode()
+def _infer(model: torch.nn.Module, batch: np.ndarray, device: torch.device, tta: bool, amp: bool) -> np.ndarray:
+    """Foreground probabilities float32 for a batch of tiles (B, 1, [Z,] Y, X), averaged over flips."""
+    x = torch.from_numpy(batch).to(device, non_blocking=True)
+    acc = None
+    flips = _flips(x.ndim, tta)
+    with autocast(device, amp):
+        for axes in flips:
+            xi = torch.flip(x, axes) if axes else x
+            p = torch.sigmoid(model(xi).float())
+            p = torch.flip(p, axes) if axes else p
+            acc = p if acc is None else acc + p
+    return (acc / len(flips)).cpu().numpy()
+
+
+def predict_block(model: torch.nn.Module, volume: Any, block: Block, tile: tuple[int, int, int],
+                  overlap: float, window: tuple[float, float], device: torch.device, dims: int,
+                  batch_size: int = 8, tta: bool = False, amp: bool = True) -> np.ndarray:
+    """Probabilities float32 (block shape) for one block of `volume` (Z, Y, X), from every tile of the
+    global grid that overlaps the block, blended with Gaussian weights."""
+    shape = tuple(volume.shape)
+    tile = tuple(min(t, s) for t, s in zip(tile, shape, strict=True))
+    starts = []
+    for axis in range(3):
+        lo, hi = block[axis].start, block[axis].stop
+        starts.append([s for s in compute_steps(shape[axis], tile[axis], overlap)
+                       if s < hi and s + tile[axis] > lo])
+    region = tuple(slice(min(s), max(s) + t) for s, t in zip(starts, tile, strict=True))
+    image = io.normalize(volume[region], window)
+    weight = gaussian_weight(tile)
+    bshape = tuple(b.stop - b.start for b in block)
+    acc = np.zeros(bshape, np.float32)
+    norm = np.zeros(bshape, np.float32)
+    corners = list(itertools.product(*starts))
+    for i in range(0, len(corners), batch_size):
+        chunk = corners[i:i + batch_size]
+        tiles = np.stack([image[tuple(slice(c - r.start, c - r.start + t)
+                                      for c, r, t in zip(corner, region, tile, strict=True))]
+                          for corner in chunk])
+        tiles = tiles[:, None] if dims == 3 else tiles[:, :1]  # (B, 1, Z, Y, X) or (B, 1, Y, X)
+        probs = _infer(model, np.ascontiguousarray(tiles), device, tta, amp)
+        probs = probs[:, 0] if dims == 3 else probs  # back to (B, Z, Y, X)
+        for corner, p in zip(chunk, probs, strict=True):
+            src, dst = [], []
+            for c, t, b in zip(corner, tile, block, strict=True):
+                lo, hi = max(c, b.start), min(c + t, b.stop)
+                src.append(slice(lo - c, hi - c))
+                dst.append(slice(lo - b.start, hi - b.start))
+            src, dst = tuple(src), tuple(dst)
+            acc[dst] += p[src] * weight[src]
+            norm[dst] += weight[src]
+    return acc / norm
+
+
+def predict_array(model: torch.nn.Module, image: np.ndarray, dims: int, tile: tuple[int, int, int],
+                  overlap: float = 0.5, window: tuple[float, float] | None = None,
+                  device: torch.device | None = None, batch_size: int = 8, tta: bool = False,
+                  amp: bool = True) -> np.ndarray:
+    """Probabilities float32 (Z, Y, X) for an in-memory volume: one block covering it all."""
+    device = device or next(model.parameters()).device
+    window = window or io.intensity_range(image)
+    block = tuple(slice(0, s) for s in image.shape)
+    model.eval()
+    return predict_block(model, image, block, tile, overlap, window, device, dims, batch_size, tta, amp)
+
+
+def to_storage(probs: np.ndarray, dtype: str) -> np.ndarray:
+    """Probabilities as stored: 'uint8' maps [0, 1] to 0..255, 'float16' keeps them as floats."""
+    if dtype == "uint8":
+        return np.rint(probs * 255).astype(np.uint8)
+    if dtype == "float16":
+        return probs.astype(np.float16)
+    raise MitosegError(f"probability dtype must be uint8 or float16, not {dtype!r}")
+
+
+def default_block(shape: tuple[int, ...], tile: tuple[int, int, int], budget_voxels: int = 2**25) -> tuple:
+    """A block shape of about `budget_voxels` (128 MiB of float32): whole planes when they fit,
+    deep enough in Z to keep the extra tiles computed at block borders few."""
+    z, y, x = shape
+    by, bx = min(y, 1024), min(x, 1024)
+    bz = max(tile[0], budget_voxels // (by * bx))
+    return (min(z, bz), by, bx)
+
+
+def predict_volume(model: torch.nn.Module, image: Any, out: str | Path, dims: int,
+                   tile: tuple[int, int, int], overlap: float = 0.5, block: tuple[int, int, int] | None = None,
+                   dtype: str = "uint8", mask_out: str | Path | None = None, threshold: float = 0.5,
+                   batch_size: int = 8, tta: bool = False, amp: bool = True, device: torch.device | None = None,
+                   attrs: dict | None = None, overwrite: bool = False, resume: bool = False,
+                   progress: bool = True) -> Path:
+    """Predict a whole volume block by block into a Zarr array of probabilities at `out`.
+
+    image: array-like (Z, Y, X) or a path understood by `io.open_volume`. Writes `<out>.partial`
+    first and renames when done; with `resume`, blocks finished by an earlier run are skipped.
+    Optionally writes a binary mask (uint8 {0, 1}, probability >= threshold) to `mask_out`.
+    Returns the output path.
+    """
+    from tqdm.auto import tqdm
+
+    volume = io.open_volume(image) if isinstance(image, str | Path) else image
+    shape = tuple(volume.shape)
+    io.check_output(out, overwrite)
+    if mask_out is not None:
+        io.check_output(mask_out, overwrite)
+    device = device or next(model.parameters()).device
+    model.eval()
+    window = io.intensity_range(volume)
+    block = tuple(block or default_block(shape, tile))
+    meta = dict(attrs or {}, overlap=overlap, tile=tile, tta=tta, window=window, created=time.strftime("%F %T"))
+    probs = io.create_zarr(out, shape, dtype, block, dict(meta, kind="probability"), resume)
+    masks = (io.create_zarr(mask_out, shape, "uint8", block, dict(meta, kind="mask", threshold=threshold), resume)
+             if mask_out is not None else None)
+    done = Path(str(io.partial_path(out)) + ".done")
+    if not resume and done.exists():
+        shutil.rmtree(done)
+    done.mkdir(exist_ok=True)
+    blocks = list(iter_blocks(shape, block))
+    bar = tqdm(blocks, desc=f"predict {Path(out).name}", unit="block", disable=not progress)
+    for b in bar:
+        marker = done / "_".join(str(s.start) for s in b)
+        if marker.exists():
+            continue
+        p = predict_block(model, volume, b, tile, overlap, window, device, dims, batch_size, tta, amp)
+        probs[b] = to_storage(p, dtype)
+        if masks is not None:
+            masks[b] = (p >= threshold).astype(np.uint8)
+        marker.touch()
+    io.finish_output(out, overwrite)
+    if mask_out is not None:
+        io.finish_output(mask_out, overwrite)
+    shutil.rmtree(done)
+    return Path(out)

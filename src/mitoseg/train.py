@@ -1,0 +1,251 @@
+"""One training loop for both models: patches, Dice+BCE, AdamW, warmup+cosine, checkpoints, resume.
+
+A run folder holds everything needed to repeat or continue it:
+``config.json``, ``versions.json``, ``log.csv`` (one row per epoch), ``summary.json``,
+``last.pt`` (written every epoch, used by --resume) and ``best.pt`` (best validation Dice).
+Randomness is re-seeded from (seed, epoch) at every epoch start, so a resumed run draws the same
+patches as an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+import platform
+import resource
+import shutil
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from mitoseg import data, io, metrics
+from mitoseg.config import Config
+from mitoseg.errors import MitosegError
+from mitoseg.models import autocast, build_model, pick_device
+from mitoseg.predict import predict_array
+
+LOG_FIELDS = ["epoch", "iterations", "loss", "val_dice", "val_iou", "lr", "epoch_seconds",
+              "seconds_per_iteration", "elapsed_seconds", "peak_memory_mib"]
+
+
+def versions() -> dict:
+    """Software and hardware the run used, for the record."""
+    import monai
+
+    info = {"python": platform.python_version(), "torch": torch.__version__, "monai": monai.__version__,
+            "numpy": np.__version__, "machine": platform.machine(), "cpu": cpu_name(),
+            "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads()}
+    if torch.cuda.is_available():
+        info["gpu"] = torch.cuda.get_device_name(0)
+        info["cuda"] = torch.version.cuda
+    return info
+
+
+def cpu_name() -> str:
+    """The CPU model as the OS reports it."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def peak_memory_mib(device: torch.device) -> float:
+    """Peak memory so far: GPU memory allocated on CUDA, else the process's peak resident set."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def learning_rate(config: Config, iteration: int, progress: float) -> float:
+    """Linear warmup over `warmup_iterations`, then cosine decay to zero as progress goes 0 -> 1."""
+    if iteration < config.warmup_iterations:
+        return config.lr * (iteration + 1) / config.warmup_iterations
+    return config.lr * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+
+
+def iterations_per_epoch(config: Config, train_shape: tuple[int, ...]) -> int:
+    """Iterations in one epoch: `iterations_per_epoch`, or enough to sample the training volume's voxels once."""
+    if config.iterations_per_epoch:
+        return config.iterations_per_epoch
+    per_iteration = config.samples_per_batch * int(np.prod(config.patch))
+    return max(1, math.ceil(int(np.prod(train_shape)) / per_iteration))
+
+
+def _save(obj: dict, path: Path) -> None:
+    tmp = path.with_suffix(".tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def _prepare_dir(out: Path, resume: bool, overwrite: bool) -> None:
+    if resume:
+        if not (out / "last.pt").exists():
+            raise MitosegError(f"{out} holds no checkpoint (last.pt) to resume from")
+        return
+    if out.exists() and any(out.iterdir()):
+        if not overwrite:
+            raise MitosegError(f"{out} already exists; pass --overwrite to replace it or --resume to continue")
+        shutil.rmtree(out)
+    out.mkdir(parents=True, exist_ok=True)
+
+
+def validate(model: torch.nn.Module, val: data.Volume, config: Config, device: torch.device) -> dict:
+    """Dice and IoU of the thresholded prediction on the validation volume."""
+    probs = predict_array(model, val.image, config.dims, config.tile, config.overlap, (0.0, 1.0), device,
+                          amp=config.amp)
+    return metrics.scores(metrics.confusion(probs >= 0.5, val.mask))
+
+
+def train(config: Config, image: np.ndarray, mask: np.ndarray, out: str | Path, resume: bool = False,
+          overwrite: bool = False, progress: bool = True) -> dict:
+    """Train one model on an image (Z, Y, X, any dtype) and its mask (Z, Y, X) {0, 1}; returns the summary.
+
+    Stops after `config.epochs` epochs or `config.minutes` of training, whichever comes first.
+    """
+    from monai.losses import DiceCELoss
+    from tqdm.auto import tqdm
+
+    out = Path(out)
+    if tuple(image.shape) != tuple(mask.shape):
+        raise MitosegError(f"image {image.shape} and labels {mask.shape} differ in shape")
+    data.check_labels(mask)
+    data.check_patch(image.shape, config.patch)
+    _prepare_dir(out, resume, overwrite)
+    if resume:
+        saved = Config.load(out / "config.json")
+        if saved.dims != config.dims:
+            raise MitosegError(f"{out} holds a {saved.dims}D run; cannot resume it as {config.dims}D")
+        config = saved
+    config.save(out / "config.json")
+    (out / "versions.json").write_text(json.dumps(versions(), indent=2) + "\n")
+
+    device = pick_device(config.device)
+    torch.manual_seed(config.seed)
+    image = io.normalize(image, io.intensity_range(image))
+    train_vol, val_vol = data.split(image, mask, config.val_fraction)
+    sampler = data.PatchSampler(train_vol, config.patch, config.fg_fraction, np.random.default_rng(config.seed))
+    tf = data.augmenter(config.seed, config.dims)
+    model = build_model(config).to(device)
+    if device.type == "cuda":
+        model = model.to(memory_format=torch.channels_last if config.dims == 2 else torch.channels_last_3d)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    loss_fn = DiceCELoss(sigmoid=True)
+    n_iter = iterations_per_epoch(config, train_vol.image.shape)
+    total_iter = n_iter * config.epochs
+
+    state = {"epoch": 0, "iteration": 0, "elapsed": 0.0, "best_dice": -1.0}
+    if resume:
+        ckpt = torch.load(out / "last.pt", map_location=device, weights_only=False)
+        model.load_state_dict(ckpt["model"])
+        optimizer.load_state_dict(ckpt["optimizer"])
+        state = ckpt["state"]
+    log_path = out / "log.csv"
+    if not resume:
+        with open(log_path, "w", newline="") as f:
+            csv.DictWriter(f, LOG_FIELDS).writeheader()
+
+    budget = config.minutes * 60 if config.minutes else math.inf
+    while state["epoch"] < config.epochs and state["elapsed"] < budget:
+        epoch = state["epoch"]
+        sampler.rng = np.random.default_rng([config.seed, epoch])
+        tf.set_random_state(seed=config.seed + 1000 * epoch)
+        torch.manual_seed(config.seed + epoch)
+        model.train()
+        losses, t0, done = [], time.perf_counter(), 0
+        bar = tqdm(range(n_iter), desc=f"{config.dims}D epoch {epoch + 1}", leave=False, disable=not progress)
+        for _ in bar:
+            progress_frac = max(state["iteration"] / total_iter, (state["elapsed"] + time.perf_counter() - t0) / budget)
+            lr = learning_rate(config, state["iteration"], progress_frac)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            x, y = data.augment(tf, *sampler.sample(config.samples_per_batch))
+            if config.dims == 2:
+                x, y = x[:, :, 0], y[:, :, 0]
+            x, y = torch.from_numpy(x).to(device), torch.from_numpy(y).to(device)
+            with autocast(device, config.amp):
+                loss = loss_fn(model(x).float(), y)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            losses.append(loss.item())
+            state["iteration"] += 1
+            done += 1
+            bar.set_postfix(loss=f"{losses[-1]:.3f}")
+            if state["elapsed"] + time.perf_counter() - t0 >= budget:
+                break
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        seconds = time.perf_counter() - t0
+        state["elapsed"] += seconds
+        state["epoch"] += 1
+        val = validate(model, val_vol, config, device) if val_vol is not None else {"f1": float("nan"),
+                                                                                   "jaccard": float("nan")}
+        row = {"epoch": state["epoch"], "iterations": done, "loss": float(np.mean(losses)),
+               "val_dice": val["f1"], "val_iou": val["jaccard"], "lr": lr, "epoch_seconds": seconds,
+               "seconds_per_iteration": seconds / max(done, 1), "elapsed_seconds": state["elapsed"],
+               "peak_memory_mib": peak_memory_mib(device)}
+        with open(log_path, "a", newline="") as f:
+            csv.DictWriter(f, LOG_FIELDS).writerow(row)
+        if progress:
+            print(f"{config.dims}D epoch {state['epoch']}: loss {row['loss']:.4f} val Dice {row['val_dice']:.4f} "
+                  f"({seconds:.1f} s)", flush=True)
+        ckpt = {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "state": state,
+                "config": config.__dict__, "window": (0.0, 1.0)}
+        if not val_vol or val["f1"] > state["best_dice"]:
+            state["best_dice"] = val["f1"] if val_vol else state["best_dice"]
+            _save({"model": model.state_dict(), "config": config.__dict__, "state": dict(state)}, out / "best.pt")
+        _save(ckpt, out / "last.pt")
+    return summarize(out)
+
+
+def read_log(run: str | Path) -> list[dict]:
+    """The per-epoch log of a run folder as a list of dicts of floats."""
+    with open(Path(run) / "log.csv") as f:
+        return [{k: float(v) for k, v in row.items()} for row in csv.DictReader(f)]
+
+
+def summarize(run: str | Path) -> dict:
+    """Training summary of a run folder (written to summary.json): epochs, times, best validation."""
+    run = Path(run)
+    rows = read_log(run)
+    iters = sum(r["iterations"] for r in rows)
+    summary = {
+        "epochs": len(rows),
+        "iterations": int(iters),
+        "train_seconds": rows[-1]["elapsed_seconds"] if rows else 0.0,
+        "seconds_per_epoch": float(np.mean([r["epoch_seconds"] for r in rows])) if rows else 0.0,
+        "seconds_per_iteration": (rows[-1]["elapsed_seconds"] / iters) if iters else 0.0,
+        "best_val_dice": max((r["val_dice"] for r in rows), default=float("nan")),
+        "final_loss": rows[-1]["loss"] if rows else float("nan"),
+        "peak_memory_mib": max((r["peak_memory_mib"] for r in rows), default=0.0),
+    }
+    (run / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    return summary
+
+
+def load_model(run: str | Path, device: str | torch.device = "auto") -> tuple[torch.nn.Module, Config]:
+    """The trained model of a run folder (best.pt, else last.pt) or of a checkpoint file, in eval mode."""
+    run = Path(run)
+    path = run
+    if run.is_dir():
+        path = next((run / n for n in ("best.pt", "last.pt") if (run / n).exists()), None)
+        if path is None:
+            raise MitosegError(f"{run} holds no trained model (best.pt or last.pt)")
+    elif not run.exists():
+        raise MitosegError(f"{run}: no such model folder or checkpoint")
+    device = pick_device(device) if isinstance(device, str) else device
+    try:
+        ckpt = torch.load(path, map_location=device, weights_only=False)
+        config = Config(**ckpt["config"])
+        model = build_model(config).to(device)
+        model.load_state_dict(ckpt["model"])
+    except (KeyError, RuntimeError, EOFError, OSError) as e:
+        raise MitosegError(f"{path} is not a mitoseg checkpoint ({type(e).__name__})") from None
+    return model.eval(), config

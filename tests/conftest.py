@@ -1,0 +1,37 @@
+"""Shared fixtures: small crops of the real Drosophila VNC ssTEM stack in ../shared/data."""
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tifffile
+from PIL import Image
+
+DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+DROSO = DATA / "drosophila-vnc-stack1"
+
+
+def _load_droso() -> tuple[np.ndarray, np.ndarray]:
+    raw = np.stack([tifffile.imread(p) for p in sorted((DROSO / "raw").glob("*.tif"))])
+    mito = np.stack([np.asarray(Image.open(p)) for p in sorted((DROSO / "mitochondria").glob("*.png"))])
+    return raw, (mito > 127).astype(np.uint8)
+
+
+@pytest.fixture(scope="session")
+def droso_dir() -> Path:
+    if not DROSO.exists():
+        pytest.skip(f"real data not found at {DROSO}")
+    return DROSO
+
+
+@pytest.fixture(scope="session")
+def droso(droso_dir) -> tuple[np.ndarray, np.ndarray]:
+    """The whole stack: raw uint8 (20, 1024, 1024) and binary mito mask uint8 of the same shape."""
+    return _load_droso()
+
+
+@pytest.fixture(scope="session")
+def droso_crop(droso) -> tuple[np.ndarray, np.ndarray]:
+    """A crop with many mitochondria: raw uint8 and mask uint8 {0,1}, shape (20, 256, 256)."""
+    raw, mask = droso
+    return raw[:, 256:512, 256:512].copy(), mask[:, 256:512, 256:512].copy()
