@@ -137,9 +137,7 @@ def _foreground(block: np.ndarray, threshold: float | None) -> np.ndarray:
 def _label_block(mask_block: np.ndarray, connectivity: int) -> tuple[np.ndarray, int]:
     """cc3d labels of one boolean block: (uint32 labels 0..n of the block's shape, n)."""
     connectivity = _cc3d_connectivity(mask_block.shape, connectivity)
-    labels, n = cc3d.connected_components(
-        mask_block, connectivity=connectivity, return_N=True, out_dtype=np.uint32
-    )
+    labels, n = cc3d.connected_components(mask_block, connectivity=connectivity, return_N=True, out_dtype=np.uint32)
     return labels, int(n)
 
 
@@ -200,8 +198,8 @@ def _grid(shape: Sequence[int], block: Sequence[int]) -> list[tuple[slice, slice
 
 
 def _provisional_pass(mask, blocks, connectivity, threshold, progress):
-    """Pass 1: (per-block offsets, provisional sizes, touching pairs), with no more than one block of labels
-    plus the last planes of the blocks before it (about two full y-x planes of uint64) in memory."""
+    """Pass 1: (per-block offsets, provisional sizes, touching pairs), holding a few block-sized arrays and
+    the last planes of the blocks done before (buffers shifted by +1 so index 0 is the zero border)."""
     _, n_y, n_x = mask.shape
     z_prev = z_cur = np.zeros((n_y + 1, n_x + 1), np.uint64)  # last z plane of the previous block layer
     y_prev = y_cur = x_prev = None
@@ -211,14 +209,14 @@ def _provisional_pass(mask, blocks, connectivity, threshold, progress):
         dz, dy, dx = zs.stop - zs.start, ys.stop - ys.start, xs.stop - xs.start
         if ys.start == 0 and xs.start == 0:  # new layer of blocks
             z_prev, z_cur = z_cur, np.zeros((n_y + 1, n_x + 1), np.uint64)
-            y_cur = np.zeros((dz, n_x + 1), np.uint64)
         if xs.start == 0:  # new row of blocks
-            y_prev, y_cur = y_cur, np.zeros((dz, n_x + 1), np.uint64)
+            y_prev = y_cur if ys.start else np.zeros((dz, n_x + 1), np.uint64)
+            y_cur = np.zeros((dz, n_x + 1), np.uint64)
             x_prev = np.zeros((dz, dy), np.uint64)
         local, n = _label_block(_foreground(mask[zs, ys, xs], threshold), connectivity)
         ext = np.zeros((dz + 1, dy + 1, dx + 1), np.uint64)
         ext[1:, 1:, 1:] = np.where(local > 0, local.astype(np.uint64) + np.uint64(total), 0)
-        ext[0] = z_prev[ys.start : ys.stop + 1, xs.start : xs.stop + 1]  # buffers are shifted by +1
+        ext[0] = z_prev[ys.start : ys.stop + 1, xs.start : xs.stop + 1]
         ext[1:, 0] = y_prev[:, xs.start : xs.stop + 1]
         ext[1:, 1:, 0] = x_prev
         pairs.append(_touching_pairs(ext, connectivity))
@@ -247,8 +245,8 @@ def label_blockwise(
     `out`: pre-created writable array-like of the same shape, dtype uint32 (e.g. a zarr array whose
     chunks divide `block` for efficient writes). It receives ids 1..N (0 background), equal up to
     renumbering to `label(mask, connectivity, min_size)` on the whole volume. `block` is in voxels.
-    Memory: one block of uint64 labels plus about two y-x planes of uint64 plus tables of 8-16 bytes
-    per provisional object; the mask is read twice.
+    Memory: a few block-sized arrays (the largest uint64), two full y-x planes of uint64, and tables of
+    about 30 bytes per provisional object; the mask is read twice (pass 2 relabels instead of storing).
     """
     _check_connectivity(connectivity)
     _check_3d("mask", mask.shape)

@@ -26,6 +26,7 @@ from mitoseg.errors import MitosegError
 TIFF = {".tif", ".tiff"}
 SLICE_SUFFIXES = {".tif", ".tiff", ".png", ".jpg", ".jpeg", ".bmp"}
 H5 = {".h5", ".hdf5", ".hdf"}
+ZARR_MARKERS = ("zarr.json", ".zarray", ".zgroup")  # v3, v2 array, v2 group
 
 
 def split_path(spec: str | Path) -> tuple[Path, str | None]:
@@ -49,7 +50,7 @@ def open_volume(spec: str | Path) -> Any:
         raise MitosegError(f"{path}: no such file or folder")
     suffix = path.suffix.lower()
     try:
-        if suffix == ".zarr" or (path.is_dir() and (path / "zarr.json").exists()):
+        if suffix == ".zarr" or (path.is_dir() and any((path / m).exists() for m in ZARR_MARKERS)):
             arr = _open_zarr(path, inner)
         elif path.is_dir():
             arr = _open_slices(path)
@@ -106,7 +107,10 @@ def _open_tiff(path: Path) -> Any:
     import tifffile
     import zarr
 
-    return zarr.open(tifffile.imread(path, aszarr=True), mode="r")
+    arr = zarr.open(tifffile.imread(path, aszarr=True), mode="r")
+    if arr.ndim and min(arr.shape):
+        arr[-1]  # a truncated file fails on its last page: fail here, not in the middle of a run
+    return arr
 
 
 def _open_h5(path: Path, inner: str | None) -> Any:
@@ -277,6 +281,8 @@ def create_zarr(path: str | Path, shape: tuple[int, ...], dtype: Any, chunks: tu
 def finish_output(path: str | Path, overwrite: bool = False) -> Path:
     """Atomically move ``<path>.partial`` to ``path`` (replacing it when overwrite)."""
     path = Path(path)
+    if not partial_path(path).exists():
+        raise MitosegError(f"{partial_path(path)} does not exist: nothing to finish")
     if path.exists():
         if not overwrite:
             raise MitosegError(f"{path} already exists; pass --overwrite to replace it")

@@ -39,9 +39,7 @@ class Counts:
 
 def _check_same_shape(pred_shape: Sequence[int], truth_shape: Sequence[int]) -> None:
     if tuple(pred_shape) != tuple(truth_shape):
-        raise MitosegError(
-            f"prediction shape {tuple(pred_shape)} differs from ground-truth shape {tuple(truth_shape)}"
-        )
+        raise MitosegError(f"prediction shape {tuple(pred_shape)} differs from ground-truth shape {tuple(truth_shape)}")
 
 
 def confusion(pred: np.ndarray, truth: np.ndarray) -> Counts:
@@ -70,9 +68,7 @@ def _block_slices(shape: Sequence[int], block: Sequence[int]) -> list[tuple[slic
     ]
 
 
-def confusion_blockwise(
-    pred, truth, block: Sequence[int] = (64, 512, 512), progress: bool = False
-) -> Counts:
+def confusion_blockwise(pred, truth, block: Sequence[int] = (64, 512, 512), progress: bool = False) -> Counts:
     """Confusion counts of two array-likes of the same shape, read one block at a time.
 
     `pred` and `truth` are anything with `.shape` that returns numpy arrays when sliced (numpy,
@@ -166,9 +162,7 @@ def _max_matches(rows: np.ndarray, cols: np.ndarray, iou: np.ndarray) -> int:
     return matched
 
 
-def match_instances(
-    pred_labels: np.ndarray, true_labels: np.ndarray, iou_threshold: float = 0.5
-) -> dict[str, float]:
+def match_instances(pred_labels: np.ndarray, true_labels: np.ndarray, iou_threshold: float = 0.5) -> dict[str, float]:
     """Object-level scores: one-to-one matching of predicted and true objects with IoU >= `iou_threshold`.
 
     `pred_labels`, `true_labels`: in-memory integer label arrays of the same shape (0 = background;

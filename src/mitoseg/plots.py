@@ -194,18 +194,21 @@ def _inplane_factor(shape: tuple[int, int, int], max_voxels: int) -> int:
     return max(1, math.ceil(math.sqrt(z * y * x / max_voxels)))
 
 
-def render_instances_3d(ax3d: Axes, labels: np.ndarray, voxel_size: Sequence[float] = (1.0, 1.0, 1.0),
-                        max_objects: int = 200, step: int = 2, max_voxels: int = 2_000_000,
-                        title: str | None = None) -> Axes:
-    """3D surfaces of the largest `max_objects` objects of instance labels (Z, Y, X) int (0 = background).
+def instance_meshes(labels: np.ndarray, voxel_size: Sequence[float] = (1.0, 1.0, 1.0), max_objects: int = 200,
+                    step: int = 2, max_voxels: int = 2_000_000,
+                    smooth: float = 1.0) -> list[tuple[int, np.ndarray, np.ndarray]]:
+    """Surface meshes of the largest `max_objects` objects of instance labels (Z, Y, X) int (0 = background).
 
-    `ax3d` must be a 3D axes (``fig.add_subplot(projection="3d")``); `voxel_size` is (z, y, x) in nm and
-    the axes are labelled in µm. If the volume holds more than `max_voxels` voxels, it is subsampled in
-    plane (every k-th voxel along y and x, spacing scaled by k) so the marching cubes stay within a few
-    seconds; objects are ranked by their voxel count in that subsampled volume. Each object is meshed
-    with ``skimage.measure.marching_cubes`` on its bounding-box crop padded by one voxel, with
-    ``step_size=step`` (objects too small for that step are meshed at step 1), and drawn as one shaded
-    ``Poly3DCollection`` in its `instance_colors` colour.
+    Returns ``(id, verts, faces)`` per object, largest first: `verts` (V, 3) float64 are (x, y, z)
+    positions in µm (voxel centres at ``(index + 0.5) * voxel_size``), `faces` (F, 3) int index `verts`.
+    `voxel_size` is (z, y, x) in nm. If the volume holds more than `max_voxels` voxels it is subsampled
+    in plane (every k-th voxel along y and x, spacing scaled by k) so the meshing stays within a few
+    seconds; objects are ranked by their voxel count in that subsampled volume, and objects the
+    subsampling misses are left out. Each object is meshed with ``skimage.measure.marching_cubes`` on its
+    bounding-box crop, padded by one voxel (plus the blur's reach), with ``step_size=step``; objects too
+    thin for that step are meshed at step 1. `smooth` > 0 first blurs the crop with a Gaussian of `smooth`
+    times the finest voxel spacing (so, on anisotropic stacks, hardly across sections), which takes the
+    pixel staircase off the surfaces; 0 meshes the binary crop.
     """
     labels = np.asarray(labels)
     if labels.ndim != 3:
@@ -214,7 +217,8 @@ def render_instances_3d(ax3d: Axes, labels: np.ndarray, voxel_size: Sequence[flo
         raise ValueError(f"voxel_size must be (z, y, x) in nm, got {voxel_size}")
     k = _inplane_factor(labels.shape, max_voxels)
     sub = labels[:, ::k, ::k]
-    spacing = (float(voxel_size[0]) / 1000, float(voxel_size[1]) * k / 1000, float(voxel_size[2]) * k / 1000)
+    voxel_um = np.asarray(voxel_size, dtype=float) / 1000
+    spacing = (voxel_um[0], voxel_um[1] * k, voxel_um[2] * k)
 
     ids, compact, counts = np.unique(sub, return_inverse=True, return_counts=True)
     compact = compact.reshape(sub.shape).astype(np.int32)
@@ -224,24 +228,42 @@ def render_instances_3d(ax3d: Axes, labels: np.ndarray, voxel_size: Sequence[flo
         compact += 1  # no background: compact ids must start at 1 for find_objects
     order = np.argsort(-counts, kind="stable")[:max_objects]
     boxes = ndimage.find_objects(compact)
-    colors = instance_colors(ids[order])
-    for color, i in zip(colors, order, strict=True):
+    sigma = [smooth * min(spacing) / s for s in spacing]
+    pad = 1 + (math.ceil(2 * max(sigma)) if smooth > 0 else 0)
+    meshes = []
+    for i in order:
         box = boxes[i]
-        crop = np.pad(compact[box] == i + 1, 1).astype(np.float32)
-        verts, faces = _mesh(crop, spacing, step)
+        crop = np.pad(compact[box] == i + 1, pad).astype(np.float32)
+        verts, faces = _mesh(crop, spacing, step, sigma if smooth > 0 else None)
         if faces.size == 0:
             continue
-        start = np.array([s.start - 1 for s in box]) * spacing
-        verts = (verts + start)[:, ::-1]  # (z, y, x) -> (x, y, z)
+        start = np.array([sl.start - pad for sl in box]) * spacing + voxel_um / 2
+        meshes.append((int(ids[i]), (verts + start)[:, ::-1].astype(np.float64), faces))  # -> (x, y, z)
+    return meshes
+
+
+def render_instances_3d(ax3d: Axes, labels: np.ndarray, voxel_size: Sequence[float] = (1.0, 1.0, 1.0),
+                        max_objects: int = 200, step: int = 2, max_voxels: int = 2_000_000,
+                        smooth: float = 1.0, zoom: float = 1.0, title: str | None = None) -> Axes:
+    """3D view of the largest `max_objects` objects of instance labels (Z, Y, X) int (0 = background).
+
+    `ax3d` must be a 3D axes (``fig.add_subplot(projection="3d")``); `voxel_size` is (z, y, x) in nm and
+    the axes are labelled in µm, with the box aspect of the volume's physical extents (`zoom` scales the
+    box in its axes). Each object, meshed by `instance_meshes` (see there for `step`, `max_voxels` and
+    `smooth`), is one shaded ``Poly3DCollection`` in its `instance_colors` colour. The y axis runs from
+    the back (0) to the front, so from the default viewpoint the render is oriented like the slice images.
+    """
+    meshes = instance_meshes(labels, voxel_size, max_objects, step, max_voxels, smooth)
+    for (_, verts, faces), color in zip(meshes, instance_colors([m[0] for m in meshes]), strict=True):
         poly = art3d.Poly3DCollection(verts[faces], facecolors=[color], edgecolors=[color],
                                       linewidths=0.0, shade=True)
         ax3d.add_collection3d(poly)
 
-    extent = np.array(labels.shape) * np.array(voxel_size, dtype=float) / 1000  # (z, y, x) µm
+    extent = np.array(np.shape(labels)) * np.array(voxel_size, dtype=float) / 1000  # (z, y, x) µm
     ax3d.set_xlim(0, extent[2])
-    ax3d.set_ylim(0, extent[1])
+    ax3d.set_ylim(extent[1], 0)
     ax3d.set_zlim(0, extent[0])
-    ax3d.set_box_aspect((extent[2], extent[1], max(extent[0], 0.05 * extent[1:].max())))
+    ax3d.set_box_aspect((extent[2], extent[1], max(extent[0], 0.05 * extent[1:].max())), zoom=zoom)
     ax3d.set_xlabel("x (µm)")
     ax3d.set_ylabel("y (µm)")
     ax3d.set_zlabel("z (µm)")
@@ -250,11 +272,15 @@ def render_instances_3d(ax3d: Axes, labels: np.ndarray, voxel_size: Sequence[flo
     return ax3d
 
 
-def _mesh(crop: np.ndarray, spacing: tuple[float, float, float], step: int) -> tuple[np.ndarray, np.ndarray]:
-    """Marching cubes at `step`, falling back to step 1 when the object is too thin for it."""
-    for s in dict.fromkeys((step, 1)):
+def _mesh(crop: np.ndarray, spacing: tuple[float, float, float], step: int,
+          sigma: Sequence[float] | None) -> tuple[np.ndarray, np.ndarray]:
+    """Marching cubes of a binary crop (float32 {0, 1}) at `step`, on the crop blurred by `sigma` (voxels
+    per axis) if given; falls back to step 1, then to the unblurred crop, when the object is too thin."""
+    smoothed = crop if sigma is None else ndimage.gaussian_filter(crop, sigma)
+    tries = [(smoothed, s) for s in dict.fromkeys((step, 1))] + ([(crop, 1)] if sigma is not None else [])
+    for volume, s in tries:
         try:
-            verts, faces, _, _ = marching_cubes(crop, level=0.5, spacing=spacing, step_size=s)
+            verts, faces, _, _ = marching_cubes(volume, level=0.5, spacing=spacing, step_size=s)
         except (ValueError, RuntimeError):
             continue
         if faces.size:
@@ -291,10 +317,10 @@ def training_curves(ax_loss: Axes, ax_val: Axes, logs: Mapping[str, Sequence[Map
     if time_unit == "auto":
         time_unit = "h" if longest > 7200 else "min" if longest > 120 else "s"
     scale = {"s": 1.0, "min": 60.0, "h": 3600.0}[time_unit]
+    marker = "o" if max((len(r) for r in logs.values()), default=0) <= 30 else None
     for i, (name, rows) in enumerate(logs.items()):
         t = _column(rows, "elapsed_seconds") / scale
         loss, dice = _column(rows, "loss"), _column(rows, "val_dice")
-        marker = "o" if len(rows) <= 30 else None
         ax_loss.plot(t, loss, color=f"C{i}", label=name, marker=marker, markersize=3)
         ax_val.plot(t, dice, color=f"C{i}", label=name, marker=marker, markersize=3)
         if np.isfinite(dice).any():
@@ -315,9 +341,15 @@ def training_curves(ax_loss: Axes, ax_val: Axes, logs: Mapping[str, Sequence[Map
 # ------------------------------------------------------------------------------------------ figures
 
 
+def _figure(figsize: tuple[float, float]) -> Figure:
+    fig = Figure(figsize=figsize, layout="constrained")
+    fig.get_layout_engine().set(h_pad=0.1, w_pad=0.1)  # inches of margin, so titles never touch the edge
+    return fig
+
+
 def figure_study(image2d: np.ndarray, mask2d: np.ndarray) -> Figure:
     """The study's Figure 1: a raw slice (Y, X) and the same slice with its mitochondria mask (Y, X)."""
-    fig = Figure(figsize=(10, 5.3), layout="constrained")
+    fig = _figure((10, 5.3))
     left, right = fig.subplots(1, 2)
     _show_image(left, image2d, "EM slice")
     overlay_truth(right, image2d, mask2d, title="mitochondria ground truth")
@@ -330,7 +362,7 @@ def figure_errors(image2d: np.ndarray, preds: Mapping[str, np.ndarray], truth2d:
     if not preds:
         raise ValueError("preds is empty: give at least one model's prediction")
     n = len(preds)
-    fig = Figure(figsize=(5 * n, 5.6), layout="constrained")
+    fig = _figure((5 * n, 5.6))
     axes = np.atleast_1d(fig.subplots(1, n))
     for ax, (name, pred) in zip(axes, preds.items(), strict=True):
         overlay_errors(ax, image2d, pred, truth2d, title=f"{name}: Dice {_dice(pred, truth2d):.3f} on this slice",
@@ -349,20 +381,25 @@ def figure_instances(image2d: np.ndarray, labels3d: np.ndarray, z: int,
     if image2d.ndim == 3:
         image2d = image2d[z]
     n = int(np.count_nonzero(np.unique(labels3d)))
-    fig = Figure(figsize=(12, 5.8), layout="constrained")
-    left = fig.add_subplot(1, 2, 1)
-    right = fig.add_subplot(1, 2, 2, projection="3d")
+    fig = _figure((12, 5.8))
+    # the empty third column keeps the z label of the 3D axes, which the layout engine ignores, on the page
+    grid = fig.add_gridspec(1, 3, width_ratios=[1.0, 1.05, 0.08])
+    left = fig.add_subplot(grid[0])
+    right = fig.add_subplot(grid[1], projection="3d")
     in_slice = int(np.count_nonzero(np.unique(labels3d[z])))
     overlay_instances(left, image2d, labels3d[z], title=f"slice {z}: {in_slice} objects")
     shown = f"largest {max_objects} of {n}" if n > max_objects else f"all {n}"
-    render_instances_3d(right, labels3d, voxel_size, max_objects=max_objects, title=f"3D objects ({shown})")
+    extent = np.array(labels3d.shape) * np.asarray(voxel_size, dtype=float)
+    flat = extent[0] / extent[1:].max()
+    render_instances_3d(right, labels3d, voxel_size, max_objects=max_objects, title=f"3D objects ({shown})",
+                        zoom=1.3 if flat < 0.5 else 1.0)  # a flat box leaves room to zoom in
     return fig
 
 
 def figure_curves(logs: Mapping[str, Sequence[Mapping[str, object]]]) -> Figure:
     """Training loss and validation Dice against training time, one line per model (see
     `training_curves`)."""
-    fig = Figure(figsize=(11, 4.2), layout="constrained")
+    fig = _figure((11, 4.2))
     ax_loss, ax_val = fig.subplots(1, 2)
     training_curves(ax_loss, ax_val, logs)
     return fig

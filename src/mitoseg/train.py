@@ -13,6 +13,7 @@ import csv
 import json
 import math
 import os
+import pickle
 import platform
 import resource
 import shutil
@@ -246,6 +247,6 @@ def load_model(run: str | Path, device: str | torch.device = "auto") -> tuple[to
         config = Config(**ckpt["config"])
         model = build_model(config).to(device)
         model.load_state_dict(ckpt["model"])
-    except (KeyError, RuntimeError, EOFError, OSError) as e:
+    except (KeyError, TypeError, RuntimeError, EOFError, OSError, pickle.UnpicklingError) as e:
         raise MitosegError(f"{path} is not a mitoseg checkpoint ({type(e).__name__})") from None
     return model.eval(), config

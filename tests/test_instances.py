@@ -1,0 +1,183 @@
+"""Connected components against scipy.ndimage, measurements against numpy, blockwise == whole volume."""
+
+import csv
+
+import cc3d
+import numpy as np
+import pytest
+import scipy.ndimage as ndi
+import zarr
+
+from mitoseg.errors import MitosegError
+from mitoseg.instances import COLUMNS, label, label_blockwise, measure, write_table
+
+STRUCTURES = {6: ndi.generate_binary_structure(3, 1), 18: ndi.generate_binary_structure(3, 2), 26: np.ones((3, 3, 3))}
+
+
+def _same_partition(a: np.ndarray, b: np.ndarray) -> bool:
+    """True when two label arrays have the same background and a bijection between their object ids."""
+    if not np.array_equal(a > 0, b > 0):
+        return False
+    fg = a > 0
+    pairs = np.unique(np.stack([a[fg], b[fg]]).astype(np.int64), axis=1)
+    return pairs.shape[1] == np.unique(a[fg]).size == np.unique(b[fg]).size
+
+
+def _consecutive(labels: np.ndarray, n: int) -> bool:
+    return np.array_equal(np.unique(labels), np.arange(n + 1)) if n else not labels.any()
+
+
+def _zarr(data: np.ndarray, chunks: tuple[int, ...], dtype=None) -> zarr.Array:
+    z = zarr.create_array(store=zarr.storage.MemoryStore(), shape=data.shape, chunks=chunks, dtype=dtype or data.dtype)
+    if dtype is None:
+        z[:] = data
+    return z
+
+
+@pytest.fixture(scope="module")
+def mask512(droso) -> np.ndarray:
+    return droso[1][:, :512, :512].copy()
+
+
+@pytest.mark.parametrize("connectivity", [6, 18, 26])
+def test_label_equals_scipy_on_real_crop(droso_crop, connectivity):
+    _, mask = droso_crop
+    labels = label(mask, connectivity=connectivity)
+    ref, n = ndi.label(mask, structure=STRUCTURES[connectivity])
+    assert labels.dtype == np.uint32 and labels.shape == mask.shape
+    assert n > 5 and labels.max() == n
+    assert _consecutive(labels, n)
+    assert _same_partition(labels, ref)
+
+
+@pytest.mark.parametrize("connectivity", [6, 18, 26])
+def test_label_equals_scipy_on_noise(connectivity):
+    # sparse noise: 6, 18 and 26 neighbours give very different partitions, unlike smooth real masks
+    mask = np.random.default_rng(1).random((9, 31, 27)) < 0.3
+    ref, n = ndi.label(mask, structure=STRUCTURES[connectivity])
+    assert _same_partition(label(mask, connectivity=connectivity), ref)
+
+
+def test_label_min_size_removes_exactly_small_objects(droso_crop):
+    _, mask = droso_crop
+    ref, n = ndi.label(mask, structure=STRUCTURES[26])
+    sizes = np.bincount(ref.ravel())[1:]
+    min_size = int(np.median(sizes))
+    labels = label(mask, connectivity=26, min_size=min_size)
+    big = np.flatnonzero(sizes >= min_size) + 1
+    assert 0 < big.size < n
+    assert labels.max() == big.size and _consecutive(labels, big.size)
+    assert np.array_equal(labels > 0, np.isin(ref, big))
+    assert _same_partition(labels, np.where(np.isin(ref, big), ref, 0))
+
+
+def test_label_rejects_bad_input():
+    with pytest.raises(MitosegError, match="connectivity"):
+        label(np.zeros((2, 2, 2)), connectivity=8)
+    with pytest.raises(MitosegError, match="3D"):
+        label(np.zeros((2, 2)))
+
+
+def test_measure_matches_numpy(droso_crop, tmp_path):
+    _, mask = droso_crop
+    labels = label(mask)
+    voxel_size = (8.0, 4.0, 5.0)
+    table = measure(labels, voxel_size=voxel_size)
+    assert tuple(table) == COLUMNS
+    assert np.array_equal(table["id"], np.arange(1, labels.max() + 1))
+    assert np.array_equal(table["voxels"], np.bincount(labels.ravel())[1:])
+    for obj in (1, labels.max() // 2, labels.max()):
+        row = obj - 1
+        zyx = np.argwhere(labels == obj)
+        assert table["voxels"][row] == len(zyx)
+        assert table["volume_um3"][row] == pytest.approx(len(zyx) * 8 * 4 * 5 / 1e9)
+        centroid = (table["centroid_z"][row], table["centroid_y"][row], table["centroid_x"][row])
+        np.testing.assert_allclose(centroid, zyx.mean(axis=0))
+        lo = [table[f"bbox_{a}0"][row] for a in "zyx"]
+        hi = [table[f"bbox_{a}1"][row] for a in "zyx"]
+        assert lo == list(zyx.min(axis=0)) and hi == list(zyx.max(axis=0) + 1)
+
+    path = tmp_path / "objects.csv"
+    write_table(table, path)
+    with open(path, newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == len(table["id"]) and tuple(rows[0]) == COLUMNS
+    assert int(rows[-1]["voxels"]) == table["voxels"][-1]
+    assert float(rows[0]["centroid_y"]) == pytest.approx(table["centroid_y"][0])
+
+
+def test_measure_sparse_large_ids():
+    labels = np.zeros((2, 2, 2), np.int32)
+    labels[0, 0, 1] = 100  # ids larger than the number of voxels
+    labels[1, :, 1] = 7
+    table = measure(labels, voxel_size=(10, 10, 10))
+    assert table["id"].tolist() == [7, 100]
+    assert table["voxels"].tolist() == [2, 1]
+    assert table["centroid_y"].tolist() == [0.5, 0.0]
+    assert [table[f"bbox_{k}"][0] for k in ("z0", "y0", "x0", "z1", "y1", "x1")] == [1, 0, 1, 2, 2, 2]
+    with pytest.raises(MitosegError, match="voxel_size"):
+        measure(labels, voxel_size=(1, 1))
+
+
+@pytest.mark.parametrize("connectivity", [6, 18, 26])
+def test_label_blockwise_equals_whole_volume(mask512, connectivity):
+    block = (7, 100, 130)
+    ref = cc3d.connected_components(mask512, connectivity=connectivity)
+    # the blocks must cut objects for this test to mean anything
+    cut = {int(i) for i in np.unique(ref[:, 99:101]) if i} | {int(i) for i in np.unique(ref[6:8]) if i}
+    assert len(cut) > 5
+    out = _zarr(mask512, (7, 100, 130), dtype="uint32")
+    n = label_blockwise(_zarr(mask512, (5, 128, 128)), out, block=block, connectivity=connectivity)
+    labels = out[:]
+    assert n == ref.max() and _consecutive(labels, n)
+    assert _same_partition(labels, ref)
+
+
+def test_label_blockwise_threshold_and_min_size(mask512):
+    prob = np.where(mask512 > 0, 0.75, 0.25).astype(np.float32)
+    prob[:, 300:310] = 0.5  # exactly at the threshold: foreground
+    expected = label(prob >= 0.5, connectivity=26, min_size=500)
+    out = np.zeros(prob.shape, np.uint32)
+    n = label_blockwise(_zarr(prob, (10, 256, 256)), out, block=(8, 90, 200), min_size=500, threshold=0.5)
+    assert n == expected.max() > 0 and _consecutive(out, n)
+    assert _same_partition(out, expected)
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_label_blockwise_noise_odd_blocks(seed):
+    rng = np.random.default_rng(seed)
+    mask = (rng.random((11, 23, 19)) < 0.35).astype(np.uint8)
+    block = tuple(int(b) for b in rng.integers(1, 6, 3))
+    for connectivity in (6, 18, 26):
+        out = np.zeros(mask.shape, np.uint32)
+        n = label_blockwise(mask, out, block=block, connectivity=connectivity, min_size=2)
+        expected = label(mask, connectivity=connectivity, min_size=2)
+        assert n == expected.max() and _consecutive(out, n)
+        assert _same_partition(out, expected), (block, connectivity)
+
+
+def test_label_blockwise_diagonal_across_block_corner_and_edge():
+    corner = np.zeros((6, 6, 6), np.uint8)
+    corner[np.arange(6), np.arange(6), np.arange(6)] = 1  # crosses the corner shared by 8 blocks
+    edge = np.zeros((6, 6, 6), np.uint8)
+    edge[2, np.arange(6), np.arange(6)] = 1  # crosses the edge shared by 4 blocks
+    expected = {(6, "corner"): 6, (18, "corner"): 6, (26, "corner"): 1, (6, "edge"): 6, (18, "edge"): 1}
+    expected[(26, "edge")] = 1
+    for (connectivity, name), n_expected in expected.items():
+        mask = corner if name == "corner" else edge
+        out = np.zeros(mask.shape, np.uint32)
+        n = label_blockwise(mask, out, block=(3, 3, 3), connectivity=connectivity)
+        assert n == n_expected, (connectivity, name)
+        assert _same_partition(out, label(mask, connectivity=connectivity))
+
+
+def test_label_blockwise_rejects_bad_input():
+    mask = np.zeros((4, 4, 4), np.uint8)
+    with pytest.raises(MitosegError, match="shape"):
+        label_blockwise(mask, np.zeros((4, 4, 5), np.uint32))
+    with pytest.raises(MitosegError, match="uint32"):
+        label_blockwise(mask, np.zeros((4, 4, 4), np.int64))
+    with pytest.raises(MitosegError, match="connectivity"):
+        label_blockwise(mask, np.zeros((4, 4, 4), np.uint32), connectivity=4)
+    with pytest.raises(MitosegError, match="block"):
+        label_blockwise(mask, np.zeros((4, 4, 4), np.uint32), block=(4, 4))

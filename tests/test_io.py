@@ -1,0 +1,406 @@
+"""Volume I/O on a crop of the real Drosophila stack: every format reads the same voxels, lazily where it
+claims to, every bad input gives a MitosegError, and outputs appear under their final name only when finished."""
+
+import os
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+import tifffile
+import zarr
+from PIL import Image
+
+from mitoseg import io
+from mitoseg.errors import MitosegError
+
+FORMATS = ["tiff", "tiff_folder", "png_folder", "h5", "zarr_v3", "zarr_v2", "zarr_v2_no_suffix", "zarr_group",
+           "zarr_v2_group", "npy"]
+
+
+@pytest.fixture(scope="module")
+def crop(droso_crop) -> np.ndarray:
+    """Raw uint8 (20, 256, 256) from the real stack."""
+    return droso_crop[0]
+
+
+@pytest.fixture(scope="module")
+def written(crop, tmp_path_factory) -> dict[str, str]:
+    """The same crop written in every format open_volume accepts; maps format name -> spec string."""
+    d = tmp_path_factory.mktemp("formats")
+    specs = {}
+    tifffile.imwrite(d / "stack.tif", crop)
+    specs["tiff"] = str(d / "stack.tif")
+    for name, suffix in [("tiff_folder", ".tif"), ("png_folder", ".png")]:
+        folder = d / name
+        folder.mkdir()
+        for z, sl in enumerate(crop):
+            if suffix == ".tif":
+                tifffile.imwrite(folder / f"{z:02d}.tif", sl)
+            else:
+                Image.fromarray(sl).save(folder / f"{z:02d}.png")
+        (folder / "notes.txt").write_text("not a slice, must be ignored\n")
+        specs[name] = str(folder)
+    with h5py.File(d / "vol.h5", "w") as f:
+        f.create_dataset("group/raw", data=crop, chunks=(1, 128, 128))
+    specs["h5"] = f"{d / 'vol.h5'}:group/raw"
+    for name, fmt, path in [("zarr_v3", 3, "v3.zarr"), ("zarr_v2", 2, "v2.zarr"), ("zarr_v2_no_suffix", 2, "v2dir")]:
+        z = zarr.create_array(str(d / path), shape=crop.shape, dtype=crop.dtype, chunks=(4, 64, 64), zarr_format=fmt)
+        z[:] = crop
+        specs[name] = str(d / path)
+    for name, fmt, path in [("zarr_group", 3, "store.zarr"), ("zarr_v2_group", 2, "store2.zarr")]:
+        g = zarr.open_group(str(d / path), mode="w", zarr_format=fmt)
+        g.create_array("raw", shape=crop.shape, dtype=crop.dtype, chunks=(4, 64, 64))[:] = crop
+        g.create_array("other", shape=(2, 2, 2), dtype="f4")
+        specs[name] = f"{d / path}:raw"
+    np.save(d / "vol.npy", crop)
+    specs["npy"] = str(d / "vol.npy")
+    return specs
+
+
+# ---------------------------------------------------------------- reading
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_every_format_reads_the_same_crop(written, crop, fmt):
+    vol = io.open_volume(written[fmt])
+    assert tuple(vol.shape) == crop.shape
+    assert np.dtype(vol.dtype) == np.uint8
+    assert np.array_equal(np.asarray(vol[:]), crop)
+    assert np.array_equal(io.read_volume(written[fmt]), crop)
+    assert np.array_equal(io.open_volume(Path(written[fmt]))[:], crop)  # Path and str both accepted
+
+
+SLICES = [np.s_[2:5, 10:20, 30:40], np.s_[7], np.s_[19], np.s_[3, 5:9], np.s_[::4, ::3, 7], np.s_[0:20:5, 100, 3:250:7],
+          np.s_[5:6], np.s_[4, 200, 17], np.s_[1:3, :, 255]]
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_slicing_matches_numpy(written, crop, fmt):
+    vol = io.open_volume(written[fmt])
+    for key in SLICES:
+        got = np.asarray(vol[key])
+        assert got.shape == crop[key].shape, key
+        assert np.array_equal(got, crop[key]), key
+
+
+def test_slice_folder_sorts_by_name_not_creation(tmp_path, crop):
+    # written in reverse order: the stack must still follow the file names
+    for z in reversed(range(6)):
+        tifffile.imwrite(tmp_path / f"s{z:03d}.tiff", crop[z])
+    assert np.array_equal(io.open_volume(tmp_path)[:], crop[:6])
+
+
+def test_slice_stack_reads_only_requested_slices(written, crop, monkeypatch):
+    calls = []
+    real = io._read_slice
+
+    def counting(path):
+        calls.append(Path(path).name)
+        return real(path)
+
+    monkeypatch.setattr(io, "_read_slice", counting)
+    vol = io.open_volume(written["png_folder"])
+    assert isinstance(vol, io.SliceStack)
+    assert calls == ["00.png"]  # the first slice, for shape and dtype
+    calls.clear()
+    assert np.array_equal(vol[7], crop[7])
+    assert calls == ["07.png"]
+    calls.clear()
+    assert np.array_equal(vol[2:5, 10:20, 30:40], crop[2:5, 10:20, 30:40])
+    assert calls == ["02.png", "03.png", "04.png"]
+    calls.clear()
+    assert np.array_equal(vol[::8], crop[::8])
+    assert calls == ["00.png", "08.png", "16.png"]
+    calls.clear()
+    assert vol[30:40].shape == (0, 256, 256)
+    assert calls == []
+
+
+def test_other_readers_are_lazy(written):
+    assert isinstance(io.open_volume(written["npy"]), np.memmap)
+    assert isinstance(io.open_volume(written["h5"]), h5py.Dataset)
+    for fmt in ["tiff", "zarr_v3", "zarr_v2", "zarr_group"]:
+        assert isinstance(io.open_volume(written[fmt]), zarr.Array), fmt
+
+
+def test_split_path():
+    assert io.split_path("a/cells.h5:raw") == (Path("a/cells.h5"), "raw")
+    assert io.split_path("run.zarr:probs/0") == (Path("run.zarr"), "probs/0")
+    assert io.split_path("run.zarr") == (Path("run.zarr"), None)
+    assert io.split_path("dir:with:colons/vol.tif") == (Path("dir:with:colons/vol.tif"), None)
+
+
+def test_real_raw_folder_opens_as_full_stack(droso_dir, droso):
+    vol = io.open_volume(droso_dir / "raw")
+    assert vol.shape == (20, 1024, 1024)
+    assert np.array_equal(vol[3, 256:512, 256:512], droso[0][3, 256:512, 256:512])
+
+
+# ---------------------------------------------------------------- bad inputs
+
+
+def test_missing_path(tmp_path):
+    with pytest.raises(MitosegError, match="no such file or folder"):
+        io.open_volume(tmp_path / "nothing.tif")
+    with pytest.raises(MitosegError, match="no such file or folder"):
+        io.open_volume(f"{tmp_path / 'nothing.h5'}:raw")
+
+
+def test_random_bytes_tiff(tmp_path):
+    bad = tmp_path / "noise.tif"
+    bad.write_bytes(np.random.default_rng(0).integers(0, 256, 5000, dtype=np.uint8).tobytes())
+    with pytest.raises(MitosegError, match="cannot be read.*TIFF"):
+        io.open_volume(bad)
+
+
+@pytest.mark.parametrize("fraction", [0.001, 0.5, 0.99])
+def test_truncated_real_tiff(tmp_path, written, fraction):
+    data = Path(written["tiff"]).read_bytes()
+    bad = tmp_path / "truncated.tif"
+    bad.write_bytes(data[: int(len(data) * fraction)])
+    with pytest.raises(MitosegError, match="truncated.tif: cannot be read"):
+        io.open_volume(bad)
+
+
+def test_2d_inputs_refused(tmp_path, droso_dir, crop):
+    with pytest.raises(MitosegError, match="single 2D image.*pass the folder"):
+        io.open_volume(droso_dir / "mitochondria" / "00.png")
+    tifffile.imwrite(tmp_path / "one.tif", crop[0])
+    with pytest.raises(MitosegError, match=r"2D image \(256, 256\)"):
+        io.open_volume(tmp_path / "one.tif")
+    np.save(tmp_path / "flat.npy", crop[0])
+    with pytest.raises(MitosegError, match=r"2D image \(256, 256\)"):
+        io.open_volume(tmp_path / "flat.npy")
+
+
+def test_rgb_inputs_refused(tmp_path, crop):
+    rgb = np.stack([crop[:4]] * 3, axis=-1)
+    assert rgb.shape == (4, 256, 256, 3)
+    tifffile.imwrite(tmp_path / "rgb.tif", rgb, photometric="rgb")
+    np.save(tmp_path / "rgb.npy", rgb)
+    for name in ["rgb.tif", "rgb.npy"]:
+        with pytest.raises(MitosegError, match="3 colour channels.*greyscale"):
+            io.open_volume(tmp_path / name)
+    folder = tmp_path / "rgb_slices"
+    folder.mkdir()
+    for z, sl in enumerate(rgb):
+        Image.fromarray(sl).save(folder / f"{z}.png")
+    with pytest.raises(MitosegError, match="greyscale 2D slices are needed"):
+        io.open_volume(folder)
+
+
+def test_4d_and_complex_refused(tmp_path):
+    np.save(tmp_path / "4d.npy", np.zeros((2, 3, 4, 5), np.uint8))
+    with pytest.raises(MitosegError, match="3D volume"):
+        io.open_volume(tmp_path / "4d.npy")
+    np.save(tmp_path / "c.npy", np.zeros((2, 3, 4), np.complex64))
+    with pytest.raises(MitosegError, match="dtype complex64"):
+        io.open_volume(tmp_path / "c.npy")
+
+
+def test_bad_hdf5_names(tmp_path, crop):
+    path = tmp_path / "two.h5"
+    with h5py.File(path, "w") as f:
+        f.create_dataset("group/raw", data=crop[:2])
+        f.create_dataset("labels", data=crop[:2])
+    with pytest.raises(MitosegError, match=r"name the dataset.*'group/raw', 'labels'"):
+        io.open_volume(path)
+    with pytest.raises(MitosegError, match="no dataset 'nope'"):
+        io.open_volume(f"{path}:nope")
+    with pytest.raises(MitosegError, match="no dataset 'group'"):  # a group, not a dataset
+        io.open_volume(f"{path}:group")
+    assert io.open_volume(f"{path}:labels").shape == (2, 256, 256)
+
+
+def test_single_dataset_hdf5_needs_no_name(tmp_path, crop):
+    with h5py.File(tmp_path / "one.h5", "w") as f:
+        f.create_dataset("deep/inside/vol", data=crop[:3])
+    assert np.array_equal(io.open_volume(tmp_path / "one.h5")[:], crop[:3])
+
+
+def test_bad_zarr_names(written):
+    store = written["zarr_group"].rpartition(":")[0]
+    with pytest.raises(MitosegError, match="no array 'nope'"):
+        io.open_volume(f"{store}:nope")
+    with pytest.raises(MitosegError, match=r"is a Zarr group; name an array.*'raw'"):
+        io.open_volume(store)
+    store2 = written["zarr_v2_group"].rpartition(":")[0]
+    with pytest.raises(MitosegError, match=r"is a Zarr group; name an array"):
+        io.open_volume(store2)
+
+
+def test_empty_folder_and_unknown_suffix(tmp_path):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    (empty / "readme.txt").write_text("no images here")
+    with pytest.raises(MitosegError, match="holds no image slices"):
+        io.open_volume(empty)
+    odd = tmp_path / "vol.nii"
+    odd.write_bytes(b"\0" * 100)
+    with pytest.raises(MitosegError, match="unknown volume format '.nii'"):
+        io.open_volume(odd)
+
+
+def test_load_pair(tmp_path, droso_crop):
+    raw, mask = droso_crop
+    np.save(tmp_path / "img.npy", raw)
+    np.save(tmp_path / "lab.npy", mask * 255)
+    np.save(tmp_path / "short.npy", mask[:10])
+    img, lab = io.load_pair(tmp_path / "img.npy", tmp_path / "lab.npy")
+    assert np.array_equal(img, raw) and np.array_equal(lab, mask) and lab.dtype == np.uint8
+    with pytest.raises(MitosegError, match=r"image \(20, 256, 256\) and labels \(10, 256, 256\) differ in shape"):
+        io.load_pair(tmp_path / "img.npy", tmp_path / "short.npy")
+
+
+# ---------------------------------------------------------------- intensities and labels
+
+
+def test_intensity_range_uint8_is_fixed(crop):
+    assert io.intensity_range(crop) == (0.0, 255.0)
+    dark = (crop // 4).astype(np.uint8)  # a dark uint8 volume still uses the full window
+    assert io.intensity_range(dark) == (0.0, 255.0)
+
+
+@pytest.mark.parametrize("dtype", [np.uint16, np.float32, np.float64])
+def test_intensity_range_percentiles(crop, dtype):
+    vol = crop[:8, :64, :64].astype(dtype) * (40 if dtype == np.uint16 else 0.01)
+    vol[0, 0, 0] = 60000 if dtype == np.uint16 else 1e6  # one bright artefact must not set the window
+    low, high = io.intensity_range(vol)
+    exp_low, exp_high = np.percentile(vol.astype(np.float64), [0.5, 99.5])
+    assert (low, high) == pytest.approx((exp_low, exp_high))
+    assert high < float(vol.max()) / 10
+    out = io.normalize(vol, (low, high))
+    assert out.dtype == np.float32 and out.min() == 0.0 and out.max() == 1.0
+    assert np.mean(out == 1.0) < 0.01
+
+
+def test_intensity_range_large_volume_subsamples_close_to_exact(crop):
+    vol = crop.astype(np.uint16) * 100  # 1.3 M voxels > max_samples below: strided subsample
+    low, high = io.intensity_range(vol, max_samples=100_000)
+    exp_low, exp_high = np.percentile(vol, [0.5, 99.5])
+    assert abs(low - exp_low) < 0.02 * (exp_high - exp_low)
+    assert abs(high - exp_high) < 0.02 * (exp_high - exp_low)
+
+
+def test_intensity_range_constant_volume():
+    low, high = io.intensity_range(np.full((2, 3, 4), 7.0, np.float32))
+    assert (low, high) == (7.0, 8.0)
+
+
+def test_normalize_uint8_window(crop):
+    out = io.normalize(crop, (0.0, 255.0))
+    assert out.dtype == np.float32
+    assert np.allclose(out * 255.0, crop, atol=1e-3)
+
+
+def test_nan_refused(crop):
+    vol = crop[:4, :32, :32].astype(np.float32)
+    vol[2, 5, 5] = np.nan
+    with pytest.raises(MitosegError, match="NaN or infinite"):
+        io.intensity_range(vol)
+    with pytest.raises(MitosegError, match="NaN or infinite"):
+        io.normalize(vol, (0.0, 255.0))
+    vol[2, 5, 5] = np.inf
+    with pytest.raises(MitosegError, match="NaN or infinite"):
+        io.intensity_range(vol)
+
+
+def test_binarize_real_antialiased_masks(droso_dir):
+    labels = io.read_volume(droso_dir / "mitochondria")
+    assert labels.shape == (20, 1024, 1024)
+    assert len(np.unique(labels)) > 10  # anti-aliased, not just 0/255
+    mask = io.binarize(labels, 127)
+    assert mask.dtype == np.uint8 and set(np.unique(mask)) == {0, 1}
+    assert np.array_equal(mask, (labels > 127).astype(np.uint8))
+    assert 0.03 < mask.mean() < 0.07
+    loose = io.binarize(labels)  # threshold 0 keeps the anti-aliased rim
+    assert mask.mean() < loose.mean()
+    assert np.all(loose >= mask)
+
+
+def test_thresholded_view(droso_dir):
+    labels = io.open_volume(droso_dir / "mitochondria")
+    view = io.Thresholded(labels, 127)
+    assert view.shape == (20, 1024, 1024) and view.dtype == bool and view.ndim == 3
+    block = labels[3:6, 100:400, 500:900]
+    key = np.s_[3:6, 100:400, 500:900]
+    assert np.array_equal(view[key], block > 127)
+    assert np.array_equal(io.Thresholded(labels, 127, strict=False)[key], block >= 127)
+    assert np.array_equal(io.Thresholded(labels, 255, strict=False)[key], block == 255)
+    assert view[key].any() and not view[key].all()
+
+
+# ---------------------------------------------------------------- outputs
+
+
+def test_check_output(tmp_path):
+    target = tmp_path / "out.zarr"
+    assert io.check_output(target, overwrite=False) == target
+    target.mkdir()
+    with pytest.raises(MitosegError, match="already exists; pass --overwrite"):
+        io.check_output(target, overwrite=False)
+    assert io.check_output(str(target), overwrite=True) == target
+
+
+def test_create_and_finish_zarr(tmp_path, crop):
+    target = tmp_path / "probs.zarr"
+    arr = io.create_zarr(target, crop.shape, "uint8", (4, 64, 64), attrs={"window": np.array([0.0, 255.0]), "n": 3})
+    arr[:10] = crop[:10]
+    assert sorted(os.listdir(tmp_path)) == ["probs.zarr.partial"]
+    assert not target.exists()
+    assert io.finish_output(target) == target
+    assert sorted(os.listdir(tmp_path)) == ["probs.zarr"]
+    back = io.open_volume(target)
+    assert np.array_equal(back[:10], crop[:10])
+    assert not back[10:].any()  # fill value 0 where nothing was written
+    assert dict(back.attrs) == {"window": [0.0, 255.0], "n": 3}
+
+
+def test_finish_output_refuses_existing_unless_overwrite(tmp_path, crop):
+    target = tmp_path / "probs.zarr"
+    io.create_zarr(target, crop.shape, "uint8", (4, 64, 64))[:] = crop
+    io.finish_output(target)
+    io.create_zarr(target, crop.shape, "uint8", (4, 64, 64))[:] = 255 - crop
+    with pytest.raises(MitosegError, match="already exists; pass --overwrite"):
+        io.finish_output(target)
+    assert np.array_equal(io.open_volume(target)[:], crop)  # the old result is untouched
+    assert io.partial_path(target).exists()
+    io.finish_output(target, overwrite=True)
+    assert np.array_equal(io.open_volume(target)[:], 255 - crop)
+    assert not io.partial_path(target).exists()
+
+
+def test_finish_output_without_partial_keeps_existing(tmp_path, crop):
+    target = tmp_path / "probs.zarr"
+    io.create_zarr(target, crop.shape, "uint8", (4, 64, 64))[:] = crop
+    io.finish_output(target)
+    with pytest.raises(MitosegError, match="partial does not exist"):
+        io.finish_output(target, overwrite=True)
+    assert np.array_equal(io.open_volume(target)[:], crop)
+
+
+def test_create_zarr_resume(tmp_path, crop):
+    target = tmp_path / "probs.zarr"
+    arr = io.create_zarr(target, crop.shape, "uint8", (4, 64, 64))
+    arr[:8] = crop[:8]
+    again = io.create_zarr(target, crop.shape, "uint8", (4, 64, 64), resume=True)
+    assert np.array_equal(again[:8], crop[:8])
+    again[8:] = crop[8:]
+    with pytest.raises(MitosegError, match="holds a different run"):
+        io.create_zarr(target, (20, 256, 128), "uint8", (4, 64, 64), resume=True)
+    with pytest.raises(MitosegError, match="holds a different run"):
+        io.create_zarr(target, crop.shape, "float32", (4, 64, 64), resume=True)
+    io.finish_output(target)
+    assert np.array_equal(io.open_volume(target)[:], crop)
+
+
+def test_create_zarr_without_resume_starts_afresh(tmp_path, crop):
+    target = tmp_path / "probs.zarr"
+    io.create_zarr(target, crop.shape, "uint8", (4, 64, 64))[:] = crop
+    fresh = io.create_zarr(target, crop.shape, "uint8", (4, 64, 64))
+    assert not fresh[:].any()
+    # resume with no partial creates one
+    other = tmp_path / "other.zarr"
+    assert not io.create_zarr(other, (2, 3, 4), "float32", (1, 3, 4), resume=True)[:].any()
+    assert io.partial_path(other).exists()

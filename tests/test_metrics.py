@@ -1,0 +1,148 @@
+"""Voxel metrics against independent numpy counts, blockwise == in-memory, and object matching."""
+
+import numpy as np
+import pytest
+import scipy.ndimage as ndi
+import zarr
+
+from mitoseg.errors import MitosegError
+from mitoseg.metrics import Counts, confusion, confusion_blockwise, match_instances, scores
+
+
+def _numpy_counts(pred: np.ndarray, truth: np.ndarray) -> tuple[int, int, int, int]:
+    """(tp, fp, fn, tn) from a bincount of 2 * truth + pred: an independent way to count."""
+    c = np.bincount((2 * (truth > 0) + (pred > 0)).ravel(), minlength=4)
+    return int(c[3]), int(c[1]), int(c[2]), int(c[0])
+
+
+def _perturbed(mask: np.ndarray) -> np.ndarray:
+    """A plausible imperfect prediction: the mask dilated by 2 voxels in-plane, with one quarter erased."""
+    pred = ndi.binary_dilation(mask > 0, structure=np.ones((1, 5, 5), bool))
+    pred[:, :128, :128] = False
+    return pred.astype(np.uint8) * 255
+
+
+def _zarr(data: np.ndarray, chunks: tuple[int, ...]) -> zarr.Array:
+    z = zarr.create_array(store=zarr.storage.MemoryStore(), shape=data.shape, chunks=chunks, dtype=data.dtype)
+    z[:] = data
+    return z
+
+
+def test_confusion_matches_numpy_on_real_crop(droso_crop):
+    _, mask = droso_crop
+    pred = _perturbed(mask)
+    counts = confusion(pred, mask)
+    assert (counts.tp, counts.fp, counts.fn, counts.tn) == _numpy_counts(pred, mask)
+    assert counts.total == mask.size
+    assert counts.fp > 0 and counts.fn > 0 and counts.tp > 0
+    s = scores(counts)
+    t, p = mask > 0, pred > 0
+    assert s["jaccard"] == pytest.approx((t & p).sum() / (t | p).sum())
+    assert s["f1"] == pytest.approx(2 * (t & p).sum() / (t.sum() + p.sum()))
+    assert s["accuracy"] == pytest.approx((t == p).mean())
+
+
+def test_dilated_prediction_has_full_recall(droso_crop):
+    _, mask = droso_crop
+    pred = ndi.binary_dilation(mask > 0, iterations=1)
+    s = scores(confusion(pred, mask))
+    assert s["recall"] == 1.0 and s["fn"] == 0
+    assert 0.0 < s["precision"] < 1.0
+
+
+def test_blockwise_equals_in_memory_on_zarr(droso_crop):
+    _, mask = droso_crop
+    pred = _perturbed(mask)
+    expected = confusion(pred, mask)
+    got = confusion_blockwise(_zarr(pred, (5, 64, 64)), _zarr(mask, (20, 128, 128)), block=(7, 100, 130))
+    assert got == expected
+    assert confusion_blockwise(pred, mask, block=(3, 300, 37), progress=True) == expected
+
+
+def test_scores_tiny_example_by_hand():
+    pred = np.array([1, 1, 0, 0, 1, 0, 0, 0, 0, 0])
+    truth = np.array([1, 0, 1, 0, 0, 0, 0, 0, 0, 0])
+    counts = confusion(pred, truth)
+    assert counts == Counts(tp=1, fp=2, fn=1, tn=6)
+    s = scores(counts)
+    assert s["precision"] == pytest.approx(1 / 3)
+    assert s["recall"] == pytest.approx(1 / 2)
+    assert s["f1"] == pytest.approx(2 / 5)
+    assert s["jaccard"] == pytest.approx(1 / 4)
+    assert s["accuracy"] == pytest.approx(7 / 10)
+    assert s["mean_iou"] == pytest.approx((1 / 4 + 6 / 9) / 2)
+    assert (s["tp"], s["fp"], s["fn"], s["tn"]) == (1, 2, 1, 6)
+
+
+def test_scores_zero_denominators():
+    empty = scores(confusion(np.zeros(5), np.zeros(5)))
+    assert all(empty[k] == 1.0 for k in ("precision", "recall", "f1", "jaccard", "accuracy", "mean_iou"))
+    missed = scores(confusion(np.zeros(4), np.array([0, 1, 1, 0])))
+    assert missed["precision"] == 1.0
+    assert missed["recall"] == missed["f1"] == missed["jaccard"] == 0.0
+    assert missed["mean_iou"] == pytest.approx((0.0 + 2 / 4) / 2)
+
+
+def test_counts_add():
+    assert Counts(1, 2, 3, 4) + Counts(10, 20, 30, 40) == Counts(11, 22, 33, 44)
+
+
+def test_mismatched_shapes_raise():
+    a, b = np.zeros((2, 3, 4)), np.zeros((2, 3, 5))
+    with pytest.raises(MitosegError, match="shape"):
+        confusion(a, b)
+    with pytest.raises(MitosegError, match="shape"):
+        confusion_blockwise(a, b, block=(1, 1, 1))
+    with pytest.raises(MitosegError, match="shape"):
+        match_instances(a.astype(int), b.astype(int))
+    with pytest.raises(MitosegError, match="block"):
+        confusion_blockwise(a, a, block=(1, 0, 1))
+
+
+def test_match_instances_self_and_one_removed(droso_crop):
+    _, mask = droso_crop
+    labels, n = ndi.label(mask, structure=np.ones((3, 3, 3)))
+    assert n > 5
+    same = match_instances(labels, labels)
+    assert (same["tp"], same["fp"], same["fn"], same["f1"]) == (n, 0, 0, 1.0)
+    pred = labels.copy()
+    pred[pred == 3] = 0
+    one_missing = match_instances(pred, labels)
+    assert (one_missing["tp"], one_missing["fp"], one_missing["fn"]) == (n - 1, 0, 1)
+    assert one_missing["recall"] == pytest.approx((n - 1) / n)
+    assert one_missing["precision"] == 1.0
+
+
+def test_match_instances_tiny_example():
+    truth = np.zeros((4, 6), int)
+    truth[0, 0:4] = 1  # 4 voxels, predicted exactly
+    truth[1, 0:4] = 2  # 4 voxels, half predicted: IoU 0.5
+    truth[3, 0:2] = 3  # 2 voxels, missed
+    pred = np.zeros_like(truth)
+    pred[0, 0:4] = 50
+    pred[1, 0:2] = 70
+    pred[2, 4:6] = 90  # false positive in background
+    at_half = match_instances(pred, truth, iou_threshold=0.5)
+    assert (at_half["tp"], at_half["fp"], at_half["fn"]) == (2, 1, 1)
+    assert (at_half["n_pred"], at_half["n_true"]) == (3, 3)
+    assert at_half["precision"] == at_half["recall"] == at_half["f1"] == pytest.approx(2 / 3)
+    strict = match_instances(pred, truth, iou_threshold=0.6)
+    assert (strict["tp"], strict["fp"], strict["fn"]) == (1, 2, 2)
+
+
+def test_match_instances_maximises_number_of_matches():
+    # IoU: A-P 8/12, A-Q 2/10, B-P 2/18. Greedy or IoU-sum matching takes A-P only; best count is 2.
+    truth = np.zeros(20, int)
+    truth[0:10], truth[10:20] = 1, 2  # A, B
+    pred = np.zeros(20, int)
+    pred[2:12], pred[0:2] = 7, 9  # P, Q
+    result = match_instances(pred, truth, iou_threshold=0.1)
+    assert (result["tp"], result["fp"], result["fn"]) == (2, 0, 0)
+    assert match_instances(pred, truth, iou_threshold=0.5)["tp"] == 1
+
+
+def test_match_instances_rejects_bad_input():
+    with pytest.raises(MitosegError, match="integer"):
+        match_instances(np.zeros(3), np.zeros(3))
+    with pytest.raises(MitosegError, match="iou_threshold"):
+        match_instances(np.zeros(3, int), np.zeros(3, int), iou_threshold=0.0)

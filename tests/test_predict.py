@@ -1,0 +1,161 @@
+import numpy as np
+import pytest
+import torch
+
+from mitoseg import io, predict
+from mitoseg.config import Config
+from mitoseg.errors import MitosegError
+from mitoseg.models import build_model
+
+
+class Identity(torch.nn.Module):
+    """A 'model' whose logit is the normalised intensity: the exact answer is sigmoid(image) everywhere."""
+
+    def __init__(self):
+        super().__init__()
+        self.p = torch.nn.Parameter(torch.zeros(1))
+
+    def forward(self, x):
+        return x + 0 * self.p
+
+
+@pytest.fixture(scope="module")
+def net2d():
+    torch.manual_seed(0)
+    return build_model(Config(dims=2)).eval()
+
+
+@pytest.fixture(scope="module")
+def net3d():
+    torch.manual_seed(0)
+    return build_model(Config(dims=3)).eval()
+
+
+def test_compute_steps_cover_and_overlap():
+    for size, tile, overlap in [(100, 32, 0.5), (1024, 256, 0.25), (20, 32, 0.5), (33, 32, 0.5), (64, 32, 0.0)]:
+        s = predict.compute_steps(size, tile, overlap)
+        t = min(tile, size)
+        assert s[0] == 0 and s[-1] + t == size
+        assert all(b > a for a, b in zip(s, s[1:], strict=False))
+        assert max(np.diff(s), default=0) <= t * (1 - overlap) + 1  # neighbours overlap at least as asked
+    assert predict.compute_steps(64, 32, 0.0) == [0, 32]
+    assert predict.compute_steps(100, 50, 0.5) == [0, 25, 50]
+
+
+def test_gaussian_weight():
+    w = predict.gaussian_weight((1, 9, 9))
+    assert w.shape == (1, 9, 9) and w.dtype == np.float32
+    assert w.max() == pytest.approx(1.0) and w.min() > 0
+    assert w[0, 4, 4] == w.max()
+    np.testing.assert_allclose(w, w[:, ::-1, :])
+    np.testing.assert_allclose(w, w[:, :, ::-1])
+    w3 = predict.gaussian_weight((5, 8, 8))
+    assert w3[2].sum() > w3[0].sum()  # varies along z in 3D
+    # hand-computed: sigma = 1 for a 8-long axis, centre at 3.5
+    x = np.arange(8) - 3.5
+    np.testing.assert_allclose(predict.gaussian_weight((1, 1, 8))[0, 0], np.exp(-0.5 * x**2) / np.exp(-0.125),
+                               rtol=1e-6)
+
+
+def test_identity_model_is_exact_and_seamless(droso_crop):
+    image = droso_crop[0]
+    model = Identity()
+    for dims, tile in [(2, (1, 64, 64)), (3, (8, 64, 64))]:
+        p = predict.predict_array(model, image, dims, tile, overlap=0.5)
+        np.testing.assert_allclose(p, 1 / (1 + np.exp(-image.astype(np.float64) / 255.0)), rtol=1e-5)
+
+
+def test_constant_tiles_blend_to_weighted_mean():
+    """Two overlapping tiles with constant outputs 0 and 1: each voxel gets w1 / (w0 + w1) (hand-computed)."""
+    calls = []
+
+    class Const(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.p = torch.nn.Parameter(torch.zeros(1))
+
+        def forward(self, x):
+            out = torch.stack([torch.full_like(x[i], 1e4 if len(calls) + i else -1e4) for i in range(len(x))])
+            calls.append(len(x))
+            return out
+
+    image = np.zeros((1, 8, 12), np.uint8)  # tiles at x = 0 and x = 4 (tile 8, overlap 0.5)
+    p = predict.predict_array(Const(), image, 2, (1, 8, 8), overlap=0.5, batch_size=1)
+    w = predict.gaussian_weight((1, 8, 8))[0, 0]
+    expect = np.zeros(12)
+    expect[8:] = 1
+    expect[4:8] = w[:4] / (w[4:] + w[:4])
+    np.testing.assert_allclose(p[0, 0], expect, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("dims", [2, 3])
+def test_blocks_equal_whole(tmp_path, droso_crop, dims, net2d, net3d):
+    """Predicting in small blocks gives the same probabilities as predicting the volume whole."""
+    model = net2d if dims == 2 else net3d
+    image = droso_crop[0][:12, :96, :80]
+    tile = (1, 64, 64) if dims == 2 else (8, 64, 64)
+    whole = predict.predict_array(model, image, dims, tile, overlap=0.5)
+    out = predict.predict_volume(model, image, tmp_path / "p.zarr", dims, tile, overlap=0.5, block=(5, 40, 48),
+                                 dtype="float16", progress=False)
+    blocks = io.open_volume(out)[:].astype(np.float32)
+    np.testing.assert_allclose(blocks, whole, atol=2e-3)  # float16 storage
+
+
+def test_tta_keeps_exact_answer_for_flip_equivariant_model(droso_crop):
+    image = droso_crop[0][:4, :64, :64]
+    p = predict.predict_array(Identity(), image, 2, (1, 64, 64), tta=True)
+    np.testing.assert_allclose(p, 1 / (1 + np.exp(-image.astype(np.float64) / 255.0)), rtol=1e-5)
+
+
+def test_resume_after_kill_is_identical(tmp_path, droso_crop, net2d, monkeypatch):
+    image = droso_crop[0][:6, :64, :96]
+    kw = dict(dims=2, tile=(1, 64, 64), overlap=0.25, block=(2, 64, 48), progress=False)
+    ref = predict.predict_volume(net2d, image, tmp_path / "ref.zarr", mask_out=tmp_path / "ref_mask.zarr", **kw)
+
+    real = predict.predict_block
+    calls = {"n": 0}
+
+    def dying(*a, **k):
+        calls["n"] += 1
+        if calls["n"] == 4:
+            raise KeyboardInterrupt
+        return real(*a, **k)
+
+    monkeypatch.setattr(predict, "predict_block", dying)
+    out = tmp_path / "p.zarr"
+    with pytest.raises(KeyboardInterrupt):
+        predict.predict_volume(net2d, image, out, mask_out=tmp_path / "m.zarr", **kw)
+    assert not out.exists() and io.partial_path(out).exists()  # nothing under the final name
+    calls["n"] = -100
+    seen = []
+    monkeypatch.setattr(predict, "predict_block", lambda *a, **k: seen.append(1) or real(*a, **k))
+    predict.predict_volume(net2d, image, out, mask_out=tmp_path / "m.zarr", resume=True, **kw)
+    assert len(seen) == 6 - 3  # 6 blocks, 3 finished before the kill
+    np.testing.assert_array_equal(io.open_volume(out)[:], io.open_volume(ref)[:])
+    np.testing.assert_array_equal(io.open_volume(tmp_path / "m.zarr")[:], io.open_volume(tmp_path / "ref_mask.zarr")[:])
+    assert not io.partial_path(out).exists()
+
+
+def test_existing_output_refused(tmp_path, droso_crop, net2d):
+    image = droso_crop[0][:2, :64, :64]
+    kw = dict(dims=2, tile=(1, 64, 64), progress=False)
+    predict.predict_volume(net2d, image, tmp_path / "p.zarr", **kw)
+    with pytest.raises(MitosegError, match="already exists"):
+        predict.predict_volume(net2d, image, tmp_path / "p.zarr", **kw)
+    predict.predict_volume(net2d, image, tmp_path / "p.zarr", overwrite=True, **kw)
+
+
+def test_storage_dtypes():
+    p = np.array([0.0, 0.5, 0.999, 1.0], np.float32)
+    np.testing.assert_array_equal(predict.to_storage(p, "uint8"), [0, 128, 255, 255])
+    assert predict.to_storage(p, "float16").dtype == np.float16
+    with pytest.raises(MitosegError):
+        predict.to_storage(p, "int7")
+
+
+def test_iter_blocks_tile_volume():
+    blocks = list(predict.iter_blocks((5, 7, 9), (2, 7, 4)))
+    covered = np.zeros((5, 7, 9), int)
+    for b in blocks:
+        covered[b] += 1
+    assert (covered == 1).all() and len(blocks) == 3 * 1 * 3

@@ -1,0 +1,116 @@
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from mitoseg import train as tr
+from mitoseg.config import Config
+from mitoseg.errors import MitosegError
+
+
+def tiny(dims: int, **kw) -> Config:
+    base = dict(dims=dims, patch_xy=64, patch_z=8, batch=1, epochs=2, iterations_per_epoch=3, warmup_iterations=2,
+                tile_xy=64, tile_z=8, overlap=0.25, val_fraction=0.25)
+    base.update(kw)
+    return Config(**base)
+
+
+@pytest.fixture(scope="module")
+def small(droso_crop):
+    raw, mask = droso_crop
+    return raw[:8, :128, :128].copy(), mask[:8, :128, :128].copy()
+
+
+@pytest.mark.parametrize("dims", [2, 3])
+def test_run_folder_holds_everything(tmp_path, small, dims):
+    summary = tr.train(tiny(dims), *small, tmp_path / "run", progress=False)
+    run = tmp_path / "run"
+    for name in ("config.json", "versions.json", "log.csv", "summary.json", "last.pt", "best.pt"):
+        assert (run / name).exists(), name
+    rows = tr.read_log(run)
+    assert [r["epoch"] for r in rows] == [1, 2]
+    assert all(r["iterations"] == 3 and r["epoch_seconds"] > 0 and 0 <= r["val_dice"] <= 1 for r in rows)
+    assert summary["epochs"] == 2 and summary["iterations"] == 6
+    assert Config.load(run / "config.json") == tiny(dims)
+    assert "torch" in json.loads((run / "versions.json").read_text())
+    model, cfg = tr.load_model(run)
+    assert cfg.dims == dims and not model.training
+
+
+def test_resume_continues_exactly(tmp_path, small, monkeypatch):
+    """Killed after epoch 1 and resumed, a run ends with the same weights as an uninterrupted one."""
+    tr.train(tiny(2), *small, tmp_path / "a", progress=False)
+    real = tr._save
+
+    def save_then_die(obj, path):
+        real(obj, path)
+        if path.name == "last.pt":
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(tr, "_save", save_then_die)
+    with pytest.raises(KeyboardInterrupt):
+        tr.train(tiny(2), *small, tmp_path / "b", progress=False)
+    monkeypatch.setattr(tr, "_save", real)
+    assert len(tr.read_log(tmp_path / "b")) == 1
+    tr.train(tiny(2), *small, tmp_path / "b", resume=True, progress=False)
+    a = torch.load(tmp_path / "a" / "last.pt", weights_only=False)["model"]
+    b = torch.load(tmp_path / "b" / "last.pt", weights_only=False)["model"]
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], msg=k)
+    assert len(tr.read_log(tmp_path / "b")) == 2
+
+
+def test_learns_on_real_data(tmp_path, droso_crop):
+    """A few dozen iterations on real EM already separate mitochondria better than chance."""
+    raw, mask = droso_crop
+    cfg = tiny(2, patch_z=4, epochs=3, iterations_per_epoch=12, lr=2e-3, tile_xy=128, val_fraction=0.3)
+    tr.train(cfg, raw[:6], mask[:6], tmp_path / "run", progress=False)
+    rows = tr.read_log(tmp_path / "run")
+    assert rows[-1]["loss"] < rows[0]["loss"]
+    assert max(r["val_dice"] for r in rows) > 2 * mask.mean()  # better than predicting everything foreground
+
+
+def test_time_budget_stops(tmp_path, small):
+    summary = tr.train(tiny(2, epochs=1000, minutes=0.05), *small, tmp_path / "run", progress=False)
+    assert summary["epochs"] < 1000
+    assert summary["train_seconds"] < 0.05 * 60 + 10
+
+
+def test_bad_inputs(tmp_path, small):
+    raw, mask = small
+    with pytest.raises(MitosegError, match="no foreground"):
+        tr.train(tiny(2), raw, np.zeros_like(mask), tmp_path / "r1", progress=False)
+    with pytest.raises(MitosegError, match="foreground everywhere"):
+        tr.train(tiny(2), raw, np.ones_like(mask), tmp_path / "r1", progress=False)
+    with pytest.raises(MitosegError, match="smaller than the patch"):
+        tr.train(tiny(3, patch_z=16), raw, mask, tmp_path / "r1", progress=False)
+    with pytest.raises(MitosegError, match="differ in shape"):
+        tr.train(tiny(2), raw, mask[:, :64], tmp_path / "r1", progress=False)
+    with pytest.raises(MitosegError, match="no checkpoint"):
+        tr.train(tiny(2), raw, mask, tmp_path / "r2", resume=True, progress=False)
+    (tmp_path / "r3").mkdir()
+    (tmp_path / "r3" / "x").write_text("x")
+    with pytest.raises(MitosegError, match="already exists"):
+        tr.train(tiny(2), raw, mask, tmp_path / "r3", progress=False)
+    with pytest.raises(MitosegError, match="no trained model"):
+        tr.load_model(tmp_path / "r3")
+    (tmp_path / "bad.pt").write_bytes(b"not a checkpoint")
+    with pytest.raises(MitosegError, match="not a mitoseg checkpoint"):
+        tr.load_model(tmp_path / "bad.pt")
+
+
+def test_learning_rate_schedule():
+    cfg = tiny(2, lr=1.0, warmup_iterations=4)
+    assert tr.learning_rate(cfg, 0, 0.0) == pytest.approx(0.25)
+    assert tr.learning_rate(cfg, 3, 0.0) == pytest.approx(1.0)
+    assert tr.learning_rate(cfg, 10, 0.5) == pytest.approx(0.5)
+    assert tr.learning_rate(cfg, 10, 1.0) == pytest.approx(0.0)
+
+
+def test_epoch_definition():
+    cfg = tiny(2, iterations_per_epoch=None, patch_xy=64, patch_z=8, batch=2)
+    # 2D: 2 * 8 slices of 64 x 64 per iteration = 65536 voxels; volume 16 x 128 x 256 = 524288 -> 8 iterations
+    assert tr.iterations_per_epoch(cfg, (16, 128, 256)) == 8
+    cfg3 = tiny(3, iterations_per_epoch=None, patch_xy=64, patch_z=8, batch=2)
+    assert tr.iterations_per_epoch(cfg3, (16, 128, 256)) == 8  # same voxels per iteration as 2D
