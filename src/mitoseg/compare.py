@@ -75,9 +75,11 @@ def load_benchmark(name: str = "auto", data: str | Path | None = None) -> Benchm
     raise MitosegError(f"unknown data set {name!r}: use auto, lucchi or drosophila")
 
 
-def configs(preset: str, epochs: int | None, minutes: float | None, voxel_size, seed: int = 0) -> list[Config]:
-    """The two configs, identical but for dims. `quick` is the 2-core CPU preset; `full` is for a GPU."""
-    budget = {}
+def configs(preset: str, epochs: int | None, minutes: float | None, voxel_size, seed: int = 0,
+            changes: dict | None = None) -> list[Config]:
+    """The two configs, identical but for dims. `quick` is the 2-core CPU preset; `full` is for a GPU.
+    `changes` overrides any other Config field for both."""
+    budget = dict(changes or {})
     if epochs is not None:
         budget["epochs"] = epochs
         budget["minutes"] = minutes
@@ -194,7 +196,7 @@ def figures(out: Path, bench: Benchmark, results: dict) -> None:
 
 def compare(out: str | Path, dataset: str = "auto", data: str | Path | None = None, preset: str = "quick",
             epochs: int | None = None, minutes: float | None = None, seed: int = 0, overwrite: bool = False,
-            progress: bool = True, command: str = "") -> dict:
+            progress: bool = True, command: str = "", changes: dict | None = None) -> dict:
     """Run the whole comparison into the report folder `out`; returns the results dict (report.json).
 
     Budget: `epochs` (equal epochs for both models) and/or `minutes` (equal training wall time each);
@@ -202,7 +204,7 @@ def compare(out: str | Path, dataset: str = "auto", data: str | Path | None = No
     """
     out = io.check_output(out, overwrite)
     bench = load_benchmark(dataset, data)
-    cfgs = configs(preset, epochs, minutes, bench.voxel_size, seed)
+    cfgs = configs(preset, epochs, minutes, bench.voxel_size, seed, changes)
     tmp = io.partial_path(out)
     if tmp.exists():
         shutil.rmtree(tmp)

@@ -316,7 +316,10 @@ def training_curves(ax_loss: Axes, ax_val: Axes, logs: Mapping[str, Sequence[Map
                   default=0.0)
     if time_unit == "auto":
         time_unit = "h" if longest > 7200 else "min" if longest > 120 else "s"
-    scale = {"s": 1.0, "min": 60.0, "h": 3600.0}[time_unit]
+    scales = {"s": 1.0, "min": 60.0, "h": 3600.0}
+    if time_unit not in scales:
+        raise ValueError(f"time_unit must be 'auto', 's', 'min' or 'h', got {time_unit!r}")
+    scale = scales[time_unit]
     marker = "o" if max((len(r) for r in logs.values()), default=0) <= 30 else None
     for i, (name, rows) in enumerate(logs.items()):
         t = _column(rows, "elapsed_seconds") / scale

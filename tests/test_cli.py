@@ -1,0 +1,125 @@
+"""Every command end to end on a small crop of real data, and every user mistake as one line, exit 2."""
+
+import csv
+import json
+
+import numpy as np
+import pytest
+import tifffile
+
+from mitoseg import io, metrics
+from mitoseg.cli import main
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory, droso):
+    raw, mask = droso
+    d = tmp_path_factory.mktemp("cli")
+    tifffile.imwrite(d / "train.tif", raw[:8, :192, :192])
+    tifffile.imwrite(d / "train_gt.tif", mask[:8, :192, :192] * 255)
+    tifffile.imwrite(d / "test.tif", raw[:8, 704:832, 384:512])
+    tifffile.imwrite(d / "test_gt.tif", mask[:8, 704:832, 384:512] * 255)
+    return d
+
+
+TRAIN = ["--patch-xy", "64", "--patch-z", "8", "--batch", "1", "--epochs", "1", "--iterations-per-epoch", "2"]
+
+
+@pytest.fixture(scope="module")
+def runs(files):
+    for dims in (2, 3):
+        assert main(["--quiet", "train", str(files / "train.tif"), str(files / "train_gt.tif"), "--dims", str(dims),
+                     "--out", str(files / f"run{dims}"), *TRAIN]) == 0
+    return files
+
+
+@pytest.mark.parametrize("dims", [2, 3])
+def test_train_predict_label_evaluate(runs, dims, capsys):
+    d = runs
+    assert (d / f"run{dims}" / "best.pt").exists()
+    probs, mask = d / f"p{dims}.zarr", d / f"m{dims}.zarr"
+    assert main(["--quiet", "predict", str(d / "test.tif"), "--model", str(d / f"run{dims}"), "--out", str(probs),
+                 "--mask", str(mask), "--tile-xy", "64", "--tile-z", "8", "--block", "4", "64", "64",
+                 *(["--tta"] if dims == 2 else [])]) == 0
+    p = io.open_volume(probs)
+    assert p.shape == (8, 128, 128) and p.dtype == np.uint8
+    np.testing.assert_array_equal(io.open_volume(mask)[:], (p[:] >= 128).astype(np.uint8))
+    assert p.attrs["kind"] == "probability" and p.attrs["tta"] is (dims == 2)
+
+    table = d / f"objects{dims}.csv"
+    assert main(["--quiet", "label", str(mask), "--out", str(d / f"l{dims}.zarr")]) == 0
+    np.testing.assert_array_equal(io.open_volume(d / f"l{dims}.zarr")[:] > 0, io.open_volume(mask)[:] > 0)
+    assert main(["--quiet", "label", str(d / "test_gt.tif"), "--out", str(d / f"gt{dims}.zarr"), "--table", str(table),
+                 "--min-size", "10", "--voxel-size", "50", "4.6", "4.6", "--block", "3", "50", "70"]) == 0
+    labels = io.open_volume(d / f"gt{dims}.zarr")[:]
+    assert labels.max() > 5
+    rows = list(csv.DictReader(open(table)))
+    assert len(rows) == labels.max()
+    sizes = np.bincount(labels.ravel())[1:]
+    assert [int(r["voxels"]) for r in rows] == sizes.tolist() and (sizes >= 10).all()
+    assert float(rows[0]["volume_um3"]) == pytest.approx(sizes[0] * 50 * 4.6 * 4.6 / 1e9, rel=1e-4)
+
+    capsys.readouterr()
+    out_json = d / f"scores{dims}.json"
+    assert main(["--quiet", "evaluate", str(probs), str(d / "test_gt.tif"), "--json", str(out_json)]) == 0
+    got = json.loads(out_json.read_text())
+    truth = tifffile.imread(d / "test_gt.tif") > 0
+    expect = metrics.scores(metrics.confusion(p[:] >= 128, truth))
+    assert got == pytest.approx(expect)
+    assert "jaccard" in capsys.readouterr().out
+
+
+def test_label_probabilities_use_half_threshold(runs):
+    d = runs
+    probs = d / "pp.zarr"
+    main(["--quiet", "predict", str(d / "test.tif"), "--model", str(d / "run2"), "--out", str(probs)])
+    main(["--quiet", "label", str(probs), "--out", str(d / "lp.zarr"), "--connectivity", "6"])
+    labels = io.open_volume(d / "lp.zarr")[:]
+    np.testing.assert_array_equal(labels > 0, io.open_volume(probs)[:] >= 128)
+
+
+def test_train_resume_and_help(runs, capsys):
+    d = runs
+    assert main(["--quiet", "train", str(d / "train.tif"), str(d / "train_gt.tif"), "--out", str(d / "run2"),
+                 "--resume", *TRAIN]) == 0  # already at its 1 epoch: nothing to do, still succeeds
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    assert "compare" in capsys.readouterr().out
+
+
+def bad(argv, capsys, match):
+    capsys.readouterr()
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("mitoseg: error:") and len(err.strip().splitlines()) == 1 and "Traceback" not in err
+    assert match in err, err
+
+
+def test_user_mistakes_are_one_line(runs, capsys, tmp_path):
+    d = runs
+    t, g = str(d / "train.tif"), str(d / "train_gt.tif")
+    bad(["train", str(tmp_path / "nope.tif"), g, "--out", str(tmp_path / "r")], capsys, "no such file")
+    (tmp_path / "corrupt.tif").write_bytes(b"II*\x00" + b"\x07" * 100)
+    bad(["train", str(tmp_path / "corrupt.tif"), g, "--out", str(tmp_path / "r")], capsys, "cannot be read")
+    tifffile.imwrite(tmp_path / "small_gt.tif", np.zeros((8, 64, 64), np.uint8))
+    bad(["train", t, str(tmp_path / "small_gt.tif"), "--out", str(tmp_path / "r")], capsys, "differ in shape")
+    tifffile.imwrite(tmp_path / "empty_gt.tif", np.zeros((8, 192, 192), np.uint8))
+    bad(["train", t, str(tmp_path / "empty_gt.tif"), "--out", str(tmp_path / "r"), *TRAIN], capsys, "no foreground")
+    bad(["train", t, g, "--out", str(tmp_path / "r"), "--dims", "3", "--patch-z", "32"], capsys, "smaller than the patch")
+    tifffile.imwrite(tmp_path / "rgb.tif", np.zeros((4, 32, 32, 3), np.uint8))
+    bad(["predict", str(tmp_path / "rgb.tif"), "--model", str(d / "run2"), "--out", str(tmp_path / "p.zarr")],
+        capsys, "colour channels")
+    nan = np.zeros((4, 64, 64), np.float32)
+    nan[1, 2, 3] = np.nan
+    tifffile.imwrite(tmp_path / "nan.tif", nan, photometric="minisblack")
+    bad(["predict", str(tmp_path / "nan.tif"), "--model", str(d / "run2"), "--out", str(tmp_path / "p.zarr")],
+        capsys, "NaN")
+    tifffile.imwrite(tmp_path / "flat.tif", np.zeros((64, 64), np.uint8))
+    bad(["predict", str(tmp_path / "flat.tif"), "--model", str(d / "run2"), "--out", str(tmp_path / "p.zarr")],
+        capsys, "2D image")
+    bad(["predict", t, "--model", str(tmp_path), "--out", str(tmp_path / "p.zarr")], capsys, "no trained model")
+    bad(["predict", str(tmp_path / "x.h5:raw"), "--model", str(d / "run2"), "--out", str(tmp_path / "p.zarr")],
+        capsys, "no such file")
+    bad(["train", t, g, "--out", str(d / "run2"), *TRAIN], capsys, "already exists")
+    bad(["evaluate", str(d / "test.tif"), t], capsys, "differs from ground-truth shape")
+    assert not list(tmp_path.glob("*.zarr*"))  # no half-written output anywhere

@@ -1,0 +1,62 @@
+import json
+
+import pytest
+
+from mitoseg import compare as cmp
+from mitoseg.errors import MitosegError
+
+TINY = dict(patch_xy=64, patch_z=8, iterations_per_epoch=2, tile_xy=64, tile_z=8, warmup_iterations=1)
+
+
+@pytest.fixture
+def tiny_bench(monkeypatch, droso):
+    raw, mask = droso
+    bench = cmp.Benchmark("drosophila-crop", "real Drosophila crop", raw[:8, 704:832, 256:384],
+                          mask[:8, 704:832, 256:384], raw[:8, 704:832, 384:512], mask[:8, 704:832, 384:512],
+                          (50.0, 4.6, 4.6))
+    monkeypatch.setattr(cmp, "load_benchmark", lambda *a, **k: bench)
+    return bench
+
+
+def test_compare_writes_report(tmp_path, tiny_bench):
+    out = tmp_path / "report"
+    results = cmp.compare(out, preset="quick", epochs=1, changes=TINY, progress=False, command="test")
+    for name in ("report.md", "report.json", "compare.json", "figure_data.png", "figure_errors.png",
+                 "figure_instances.png", "figure_curves.png", "model_2D/config.json", "model_3D/log.csv",
+                 "model_3D/test_probs.zarr"):
+        assert (out / name).exists(), name
+    saved = json.loads((out / "report.json").read_text())
+    assert set(saved["models"]) == {"2D", "3D"}
+    for row in saved["models"].values():
+        assert row["epochs"] == 1 and row["iterations"] == 2
+        assert 0 <= row["precision"] <= 1 and 0 <= row["jaccard"] <= row["f1"] <= 1
+        assert row["objects_true"] > 0 and row["inference_seconds"] > 0
+    md = (out / "report.md").read_text()
+    assert "0.6660" in md and "0.9481" in md  # the study's numbers beside ours
+    assert f"{results['models']['2D']['f1']:.4f}" in md
+    assert not cmp.io.partial_path(out).exists()
+    with pytest.raises(MitosegError, match="already exists"):
+        cmp.compare(out, preset="quick", epochs=1, changes=TINY, progress=False)
+
+
+def test_configs_differ_only_in_dims():
+    for preset in ("quick", "full"):
+        c2, c3 = cmp.configs(preset, epochs=5, minutes=None, voxel_size=(5, 5, 5))
+        a, b = dict(c2.__dict__), dict(c3.__dict__)
+        assert a.pop("dims") == 2 and b.pop("dims") == 3
+        assert a == b
+    c2, _ = cmp.configs("quick", epochs=None, minutes=2.5, voxel_size=(5, 5, 5))
+    assert c2.minutes == 2.5
+    with pytest.raises(MitosegError):
+        cmp.configs("huge", None, None, (5, 5, 5))
+
+
+def test_benchmark_falls_back_to_drosophila(droso_dir, monkeypatch, tmp_path):
+    monkeypatch.setenv("MITOSEG_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(cmp.download, "data_dir", lambda *a, **k: None)
+    bench = cmp.load_benchmark("auto")
+    assert bench.name == "drosophila"
+    assert bench.train_image.shape == bench.test_image.shape == (20, 1024, 512)
+    assert 0.02 < bench.test_mask.mean() < 0.1
+    with pytest.raises(MitosegError, match="mitoseg data fetch"):
+        cmp.load_benchmark("lucchi")

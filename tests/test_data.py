@@ -1,0 +1,217 @@
+"""Training data on the real Drosophila crop: split, label checks, foreground-aware patches, augmentation."""
+
+import numpy as np
+import pytest
+
+from mitoseg import data
+from mitoseg.errors import MitosegError
+
+
+@pytest.fixture(scope="module")
+def volume(droso_crop) -> data.Volume:
+    raw, mask = droso_crop
+    return data.Volume(raw.astype(np.float32) / 255.0, mask)
+
+
+def _d4(arr: np.ndarray):
+    """The 8 in-plane flips/rotations of arr (..., Y, X), each with a name."""
+    for k in range(4):
+        r = np.rot90(arr, k, axes=(-2, -1))
+        yield f"rot{k}", r
+        yield f"rot{k}+flip", r[..., ::-1]
+
+
+def _inplane_match(src: np.ndarray, out: np.ndarray) -> bool:
+    """Whether out (Z, Y, X) is src with one in-plane flip/rotation applied to every slice, Z order kept."""
+    return any(g.shape == out.shape and np.array_equal(g, out) for _, g in _d4(src))
+
+
+# ---------------------------------------------------------------- split and checks
+
+
+def test_split_holds_out_last_x_fraction(volume):
+    train, val = data.split(volume.image, volume.mask, 0.15)
+    assert train.image.shape == (20, 256, 218) and val.image.shape == (20, 256, 38)
+    assert train.mask.shape == train.image.shape and val.mask.shape == val.image.shape
+    assert np.array_equal(train.image, volume.image[:, :, :218])
+    assert np.array_equal(val.image, volume.image[:, :, 218:])
+    assert np.array_equal(np.concatenate([train.mask, val.mask], axis=2), volume.mask)
+    assert val.mask.any()  # the real crop has mitochondria in the held-out strip
+
+
+def test_split_without_validation_and_too_narrow(volume):
+    train, val = data.split(volume.image, volume.mask, 0.0)
+    assert val is None and train.image is volume.image and train.mask is volume.mask
+    train, val = data.split(volume.image[:, :, :2], volume.mask[:, :, :2], 0.1)  # at least one column held out
+    assert train.image.shape[2] == 1 and val.image.shape[2] == 1
+    with pytest.raises(MitosegError, match="too narrow"):
+        data.split(volume.image[:, :, :1], volume.mask[:, :, :1], 0.5)
+
+
+def test_check_labels(volume):
+    data.check_labels(volume.mask)
+    with pytest.raises(MitosegError, match="no foreground"):
+        data.check_labels(np.zeros_like(volume.mask))
+    with pytest.raises(MitosegError, match="foreground everywhere"):
+        data.check_labels(np.ones_like(volume.mask), name="my labels")
+    with pytest.raises(MitosegError, match="^my labels"):
+        data.check_labels(np.ones_like(volume.mask), name="my labels")
+
+
+def test_check_patch():
+    data.check_patch((20, 256, 256), (20, 256, 256))
+    data.check_patch((20, 256, 256), (1, 256, 256))
+    with pytest.raises(MitosegError, match=r"\(20, 256, 256\) is smaller than the patch \(32, 128, 128\)"):
+        data.check_patch((20, 256, 256), (32, 128, 128))  # the default 3D patch on the 20-section stack
+    with pytest.raises(MitosegError, match="smaller than the patch"):
+        data.check_patch((20, 256, 100), (1, 128, 128))
+    with pytest.raises(MitosegError, match="smaller than the patch"):
+        data.PatchSampler(data.Volume(np.zeros((4, 8, 8), np.float32), np.zeros((4, 8, 8), np.uint8)),
+                          (1, 16, 16), 0.5, np.random.default_rng(0))
+
+
+# ---------------------------------------------------------------- patches
+
+
+@pytest.mark.parametrize("patch", [(8, 64, 64), (1, 64, 64), (1, 16, 16)])
+def test_fg_patches_hold_foreground_near_centre(volume, patch):
+    sampler = data.PatchSampler(volume, patch, 1.0, np.random.default_rng(1))
+    shape = volume.image.shape
+    n_centred = 0
+    for _ in range(300):
+        corner = sampler.corner()
+        assert all(0 <= c <= s - p for c, s, p in zip(corner, shape, patch, strict=True))
+        sl = tuple(slice(c, c + p) for c, p in zip(corner, patch, strict=True))
+        assert volume.mask[sl].any()
+        # on each axis where the patch was not clipped at a border, the chosen foreground voxel lies within a
+        # quarter patch of the centre
+        centre = tuple(slice(c, c + p) if c in (0, s - p) else slice(c + p // 2 - p // 4, c + p // 2 + p // 4 + 1)
+                       for c, s, p in zip(corner, shape, patch, strict=True))
+        assert volume.mask[centre].any()
+        n_centred += all(0 < c < s - p for c, s, p in zip(corner[1:], shape[1:], patch[1:], strict=True))
+    assert n_centred > 100
+
+
+def test_fg_fraction_changes_how_often_patches_hold_foreground(volume):
+    patch = (1, 16, 16)
+
+    def fg_rate(fraction):
+        sampler = data.PatchSampler(volume, patch, fraction, np.random.default_rng(2))
+        _, ys = sampler.sample(400)
+        return float(np.mean(ys.reshape(len(ys), -1).max(axis=1) > 0))
+
+    uniform, half, always = fg_rate(0.0), fg_rate(0.5), fg_rate(1.0)
+    assert always == 1.0
+    assert uniform < 0.5  # about 4 % of the crop is mitochondria
+    assert uniform + 0.25 < half < 1.0
+
+
+def test_uniform_corners_are_spread(volume):
+    patch = (4, 64, 64)
+    sampler = data.PatchSampler(volume, patch, 0.0, np.random.default_rng(3))
+    corners = np.array([sampler.corner() for _ in range(4000)])
+    for axis, (s, p) in enumerate(zip(volume.image.shape, patch, strict=True)):
+        c = corners[:, axis]
+        assert c.min() == 0 and c.max() == s - p  # both extremes reached, never beyond
+        edges = np.round(np.linspace(0, s - p + 1, 5))  # integer edges: 4 bins of whole corner values
+        expected = np.diff(edges) / (s - p + 1)
+        counts = np.histogram(c, bins=edges)[0]
+        assert np.all(np.abs(counts / len(c) - expected) < 0.03), (axis, counts, expected)
+        assert abs(c.mean() - (s - p) / 2) < 0.05 * (s - p)
+
+
+def test_sample_shapes_dtypes_and_alignment(volume):
+    patch = (8, 64, 64)
+    xs, ys = data.PatchSampler(volume, patch, 0.5, np.random.default_rng(4)).sample(6)
+    assert xs.shape == ys.shape == (6, 1, 8, 64, 64)
+    assert xs.dtype == ys.dtype == np.float32
+    assert set(np.unique(ys)) <= {0.0, 1.0}
+    # the same rng replays the same corners: each patch is the volume at that corner, image and mask aligned
+    replay = data.PatchSampler(volume, patch, 0.5, np.random.default_rng(4))
+    for x, y in zip(xs, ys, strict=True):
+        z0, y0, x0 = replay.corner()
+        sl = np.s_[z0:z0 + 8, y0:y0 + 64, x0:x0 + 64]
+        assert np.array_equal(x[0], volume.image[sl]) and np.array_equal(y[0], volume.mask[sl])
+
+
+def test_2d_samples_are_single_slices(volume):
+    xs, ys = data.PatchSampler(volume, (1, 128, 128), 0.5, np.random.default_rng(5)).sample(32)
+    assert xs.shape == ys.shape == (32, 1, 1, 128, 128)
+
+
+def test_seeded_samplers_repeat(volume):
+    def draw(seed):
+        return data.PatchSampler(volume, (4, 32, 32), 0.5, np.random.default_rng(seed)).sample(8)
+
+    a, b, c = draw(7), draw(7), draw(8)
+    assert np.array_equal(a[0], b[0]) and np.array_equal(a[1], b[1])
+    assert not np.array_equal(a[0], c[0])
+
+
+def test_max_fg_points_subsamples_foreground(volume):
+    sampler = data.PatchSampler(volume, (1, 32, 32), 1.0, np.random.default_rng(9), max_fg_points=50)
+    assert sampler.fg.size == 50 and len(np.unique(sampler.fg)) == 50
+    assert np.all(volume.mask.ravel()[sampler.fg] == 1)
+    _, ys = sampler.sample(50)
+    assert np.all(ys.reshape(50, -1).max(axis=1) == 1)
+
+
+def test_empty_mask_falls_back_to_uniform(volume):
+    empty = data.Volume(volume.image, np.zeros_like(volume.mask))
+    xs, ys = data.PatchSampler(empty, (2, 32, 32), 1.0, np.random.default_rng(0)).sample(5)
+    assert xs.shape == (5, 1, 2, 32, 32) and not ys.any()
+
+
+# ---------------------------------------------------------------- augmentation
+
+
+@pytest.fixture(scope="module")
+def mask_patches(volume) -> np.ndarray:
+    """Real mask patches (n, 1, 8, 64, 64) float32 {0, 1}, each holding foreground."""
+    _, ys = data.PatchSampler(volume, (8, 64, 64), 1.0, np.random.default_rng(11)).sample(12)
+    return ys
+
+
+@pytest.mark.parametrize("dims", [2, 3])
+def test_augment_keeps_image_and_label_aligned(mask_patches, dims):
+    patches = mask_patches if dims == 3 else mask_patches[:, :, :1]
+    tf = data.augmenter(seed=0, dims=dims)
+    agree, spatial_changed, intensity_changed, draws = [], 0, 0, 0
+    for _ in range(8):
+        x, y = data.augment(tf, patches.copy(), patches.copy())
+        assert x.shape == y.shape == patches.shape
+        assert x.dtype == y.dtype == np.float32
+        assert set(np.unique(y)) <= {0.0, 1.0}
+        agree.append(np.mean((x > 0.5) == (y > 0.5)))
+        for src, xi, yi in zip(patches, x, y, strict=True):
+            draws += 1
+            assert yi.sum() == src.sum()  # flips and rotations move voxels, never create or drop them
+            spatial_changed += not np.array_equal(yi, src)
+            intensity_changed += not np.all(np.isin(xi, [0.0, 1.0]))
+    assert min(agree) > 0.99
+    assert spatial_changed > 0.5 * draws
+    assert intensity_changed > 0.3 * draws
+
+
+def test_augmenter_is_seeded(mask_patches):
+    runs = [data.augment(data.augmenter(seed, 3), mask_patches.copy(), mask_patches.copy()) for seed in (5, 5, 6)]
+    assert np.array_equal(runs[0][0], runs[1][0]) and np.array_equal(runs[0][1], runs[1][1])
+    assert not np.array_equal(runs[0][0], runs[2][0])
+
+
+def test_2d_augmenter_never_flips_z(mask_patches):
+    src = mask_patches[:, 0]  # (n, Z, Y, X): a real patch whose Z-reversal is not an in-plane transform of it
+    usable = [s for s in src if not _inplane_match(s, s[::-1])]
+    assert len(usable) >= 6
+    batch = np.stack(usable)[:, None]
+    tf2, tf3 = data.augmenter(seed=3, dims=2), data.augmenter(seed=3, dims=3)
+    z_flips_3d = 0
+    for _ in range(6):
+        _, y2 = data.augment(tf2, batch.copy(), batch.copy())
+        _, y3 = data.augment(tf3, batch.copy(), batch.copy())
+        for s, a, b in zip(batch[:, 0], y2[:, 0], y3[:, 0], strict=True):
+            assert _inplane_match(s, a)  # 2D: in-plane only, slice order kept
+            if not _inplane_match(s, b):
+                assert _inplane_match(s[::-1], b)
+                z_flips_3d += 1
+    assert z_flips_3d > 0  # the check above would see a Z flip: the 3D augmenter does make them
