@@ -129,6 +129,7 @@ def test_split_path():
     assert io.split_path("run.zarr:probs/0") == (Path("run.zarr"), "probs/0")
     assert io.split_path("run.zarr") == (Path("run.zarr"), None)
     assert io.split_path("dir:with:colons/vol.tif") == (Path("dir:with:colons/vol.tif"), None)
+    assert io.split_path("cells.h5:/group/raw") == (Path("cells.h5"), "/group/raw")
 
 
 def test_real_raw_folder_opens_as_full_stack(droso_dir, droso):

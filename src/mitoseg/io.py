@@ -33,7 +33,7 @@ def split_path(spec: str | Path) -> tuple[Path, str | None]:
     """Split ``file.h5:inner/path`` into the file path and the inner dataset (None if absent)."""
     text = str(spec)
     head, sep, tail = text.rpartition(":")
-    if sep and head and not tail.startswith(("/", "\\")) and Path(head).suffix.lower() in H5 | {".zarr"}:
+    if sep and head and tail and Path(head).suffix.lower() in H5 | {".zarr"}:
         return Path(head), tail
     return Path(text), None
 

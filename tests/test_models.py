@@ -1,0 +1,174 @@
+"""The 2D and 3D ResNet18 U-Nets, the padding wrapper, device choice and the run configuration."""
+
+import copy
+import json
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from mitoseg.config import Config, quick
+from mitoseg.errors import MitosegError
+from mitoseg.models import DIVISOR, PadToMultiple, autocast, build_model, pick_device
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """One torch thread: these inputs are tiny, and on a busy 2-core machine two spinning threads are ~30x slower."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def models(one_thread) -> dict[int, nn.Module]:
+    torch.manual_seed(0)
+    return {d: build_model(Config(dims=d)).eval() for d in (2, 3)}
+
+
+def _conv_shapes(module: nn.Module) -> list[tuple[str, int, int]]:
+    return [(name, m.in_channels, m.out_channels) for name, m in module.named_modules()
+            if isinstance(m, nn.Conv2d | nn.Conv3d)]
+
+
+@pytest.mark.parametrize("dims, shape", [(2, (2, 1, 50, 70)), (3, (1, 1, 20, 40, 70))])
+def test_output_shape_matches_input_for_odd_sizes(models, dims, shape):
+    x = torch.rand(shape)
+    with torch.no_grad():
+        y = models[dims](x)
+    assert y.shape == x.shape
+    assert y.dtype == torch.float32
+    assert torch.isfinite(y).all()
+    assert y.std() > 0  # logits vary over the image
+
+
+def test_encoder_is_monai_resnet18(models):
+    for dims, model in models.items():
+        assert isinstance(model, PadToMultiple)
+        assert type(model.net).__name__ == "FlexibleUNet"
+        enc = model.net.encoder
+        assert type(enc).__name__ == "ResNetEncoder" and type(enc).__module__.startswith("monai.")
+        layers = [getattr(enc, f"layer{i}") for i in range(1, 5)]
+        assert [len(layer) for layer in layers] == [2, 2, 2, 2]
+        # basic blocks (two 3x3 convs), not bottlenecks
+        assert all(type(block).__name__ == "ResNetBlock" for layer in layers for block in layer)
+        assert [layer[-1].conv2.out_channels for layer in layers] == [64, 128, 256, 512]
+        conv = nn.Conv2d if dims == 2 else nn.Conv3d
+        assert isinstance(enc.conv1, conv) and enc.conv1.in_channels == 1
+
+
+def test_2d_and_3d_share_the_architecture(models):
+    two, three = _conv_shapes(models[2]), _conv_shapes(models[3])
+    assert two == three  # same layers, same channels; only the kernel dimensionality differs
+    assert len(two) > 20
+    decoder = _conv_shapes(models[2].net.decoder)
+    assert [c for _, c, _ in decoder][0] == 512 and decoder[-1][2] == 16
+    assert models[2].net.segmentation_head[0].out_channels == 1
+    assert all(isinstance(m, nn.Conv3d) for m in models[3].modules() if isinstance(m, nn.Conv2d | nn.Conv3d))
+
+
+@pytest.mark.parametrize("dims, shape", [(2, (1, 1, 32, 64)), (3, (1, 1, 32, 32, 64))])
+def test_wrapper_is_transparent_for_multiples_of_32(models, dims, shape):
+    model = models[dims]
+    x = torch.rand(shape)
+    with torch.no_grad():
+        assert torch.equal(model(x), model.net(x))
+
+
+def test_wrapper_pads_at_the_far_end_and_crops_back(models):
+    ident = PadToMultiple(nn.Identity())
+    x = torch.rand(1, 1, 5, 33, 70)
+    assert torch.equal(ident(x), x)  # output aligned with the input, not shifted by the padding
+    seen = []
+
+    class Spy(nn.Module):
+        def forward(self, t):
+            seen.append(t.shape)
+            return t
+
+    PadToMultiple(Spy())(x)
+    assert seen == [torch.Size([1, 1, 32, 64, 96])]
+    assert DIVISOR == 32
+    # the real net on an odd size: the wrapper equals the net on the replicate-padded input, cropped
+    x2 = torch.rand(1, 1, 20, 40)
+    with torch.no_grad():
+        want = models[2].net(F.pad(x2, (0, 24, 0, 12), mode="replicate"))[:, :, :20, :40]
+        assert torch.allclose(models[2](x2), want)
+
+
+def test_gradients_reach_the_first_conv(models):
+    torch.manual_seed(0)
+    model = copy.deepcopy(models[2]).train()
+    x = torch.rand(2, 1, 30, 20)  # padded to 32 x 32: the padding is differentiated too
+    target = (torch.rand(2, 1, 30, 20) > 0.5).float()
+    loss = F.binary_cross_entropy_with_logits(model(x), target)
+    loss.backward()
+    grad = model.net.encoder.conv1.weight.grad
+    assert grad is not None and torch.isfinite(grad).all() and grad.abs().sum() > 0
+    head = model.net.segmentation_head[0].weight.grad
+    assert head is not None and head.abs().sum() > 0
+
+
+def test_pick_device_and_autocast():
+    assert not torch.cuda.is_available()  # this test machine has no GPU
+    assert pick_device("auto") == torch.device("cpu")
+    assert pick_device() == torch.device("cpu")
+    assert pick_device("cpu") == torch.device("cpu")
+    with autocast(torch.device("cpu")):  # a no-op on CPU: stays float32
+        y = nn.Linear(4, 2)(torch.rand(3, 4))
+    assert y.dtype == torch.float32
+
+
+# ---------------------------------------------------------------- config
+
+
+def test_config_roundtrip(tmp_path):
+    cfg = Config(dims=3, patch_xy=128, patch_z=16, minutes=2.5, voxel_size=(45, 4.6, 4.6), extra={"note": "x"})
+    path = tmp_path / "config.json"
+    cfg.save(path)
+    saved = json.loads(path.read_text())
+    assert saved["dims"] == 3 and saved["voxel_size"] == [45.0, 4.6, 4.6]
+    back = Config.load(path)
+    assert back == cfg
+    assert back.voxel_size == (45.0, 4.6, 4.6) and isinstance(back.voxel_size, tuple)
+
+
+def test_config_load_ignores_unknown_keys(tmp_path):
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps({"dims": 3, "lr": 0.01, "from_a_newer_version": True}))
+    cfg = Config.load(path)
+    assert cfg.dims == 3 and cfg.lr == 0.01 and cfg.patch_xy == Config().patch_xy
+
+
+@pytest.mark.parametrize("changes, message", [
+    (dict(dims=1), "dims must be 2 or 3"),
+    (dict(dims=4), "dims must be 2 or 3"),
+    (dict(overlap=1.0), r"overlap must be in \[0, 1\)"),
+    (dict(overlap=-0.1), r"overlap must be in \[0, 1\)"),
+    (dict(epochs=0), "epochs must be at least 1"),
+])
+def test_config_refuses_invalid(changes, message):
+    with pytest.raises(MitosegError, match=message):
+        Config(**changes)
+
+
+def test_config_time_budget_allows_zero_epochs():
+    assert Config(epochs=0, minutes=1.0).minutes == 1.0
+
+
+def test_patch_batch_and_tile_definitions():
+    two = Config(dims=2, patch_xy=128, patch_z=16, batch=3, tile_xy=256, tile_z=24)
+    three = Config(dims=3, patch_xy=128, patch_z=16, batch=3, tile_xy=256, tile_z=24)
+    assert two.patch == (1, 128, 128) and three.patch == (16, 128, 128)
+    assert two.samples_per_batch == 48 and three.samples_per_batch == 3
+    # the same number of voxels per iteration for both models
+    assert two.samples_per_batch * two.patch[0] * 128 * 128 == three.samples_per_batch * 16 * 128 * 128
+    assert two.tile == (1, 256, 256) and three.tile == (24, 256, 256)
+
+
+def test_quick_preset():
+    cfg = quick(3, lr=0.005)
+    assert cfg.dims == 3 and cfg.lr == 0.005 and cfg.minutes == 3.0 and cfg.patch == (16, 128, 128)
+    assert quick(2).samples_per_batch == 16
