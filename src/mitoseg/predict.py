@@ -13,6 +13,7 @@ import math
 import shutil
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -84,12 +85,10 @@ def _infer(model: torch.nn.Module, batch: np.ndarray, device: torch.device, tta:
     return (acc / len(flips)).cpu().numpy()
 
 
-def predict_block(model: torch.nn.Module, volume: Any, block: Block, tile: tuple[int, int, int],
-                  overlap: float, window: tuple[float, float], device: torch.device, dims: int,
-                  batch_size: int = 8, tta: bool = False, amp: bool = True) -> np.ndarray:
-    """Probabilities float32 (block shape) for one block of `volume` (Z, Y, X), from every tile of the
-    global grid that overlaps the block, blended with Gaussian weights."""
-    shape = tuple(volume.shape)
+def block_plan(shape: tuple[int, ...], block: Block, tile: tuple[int, int, int],
+               overlap: float) -> tuple[tuple[int, int, int], list[list[int]], Block]:
+    """For one output block: the tile size (clipped to the volume), each axis's tile starts that overlap
+    the block, and the input region those tiles read (the block plus its halo)."""
     tile = tuple(min(t, s) for t, s in zip(tile, shape, strict=True))
     starts = []
     for axis in range(3):
@@ -97,7 +96,24 @@ def predict_block(model: torch.nn.Module, volume: Any, block: Block, tile: tuple
         starts.append([s for s in compute_steps(shape[axis], tile[axis], overlap)
                        if s < hi and s + tile[axis] > lo])
     region = tuple(slice(min(s), max(s) + t) for s, t in zip(starts, tile, strict=True))
-    image = io.normalize(volume[region], window)
+    return tile, starts, region
+
+
+def read_region(volume: Any, region: Block, window: tuple[float, float]) -> np.ndarray:
+    """The normalised float32 input of a block's region."""
+    return io.normalize(volume[region], window)
+
+
+def predict_block(model: torch.nn.Module, volume: Any, block: Block, tile: tuple[int, int, int],
+                  overlap: float, window: tuple[float, float], device: torch.device, dims: int,
+                  batch_size: int = 8, tta: bool = False, amp: bool = True,
+                  image: np.ndarray | None = None) -> np.ndarray:
+    """Probabilities float32 (block shape) for one block of `volume` (Z, Y, X), from every tile of the
+    global grid that overlaps the block, blended with Gaussian weights. `image` is the block's
+    region already read with `read_region` (read here when None)."""
+    tile, starts, region = block_plan(tuple(volume.shape), block, tile, overlap)
+    if image is None:
+        image = read_region(volume, region, window)
     weight = gaussian_weight(tile)
     bshape = tuple(b.stop - b.start for b in block)
     acc = np.zeros(bshape, np.float32)
@@ -153,6 +169,10 @@ def default_block(shape: tuple[int, ...], tile: tuple[int, int, int], budget_vox
     return (min(z, bz), by, bx)
 
 
+def _marker(done: Path, block: Block) -> Path:
+    return done / "_".join(str(s.start) for s in block)
+
+
 def predict_volume(model: torch.nn.Module, image: Any, out: str | Path, dims: int,
                    tile: tuple[int, int, int], overlap: float = 0.5, block: tuple[int, int, int] | None = None,
                    dtype: str = "uint8", mask_out: str | Path | None = None, threshold: float = 0.5,
@@ -185,17 +205,32 @@ def predict_volume(model: torch.nn.Module, image: Any, out: str | Path, dims: in
     if not resume and done.exists():
         shutil.rmtree(done)
     done.mkdir(exist_ok=True)
-    blocks = list(iter_blocks(shape, block))
-    bar = tqdm(blocks, desc=f"predict {Path(out).name}", unit="block", disable=not progress)
-    for b in bar:
-        marker = done / "_".join(str(s.start) for s in b)
-        if marker.exists():
-            continue
-        p = predict_block(model, volume, b, tile, overlap, window, device, dims, batch_size, tta, amp)
+    todo = [b for b in iter_blocks(shape, block) if not _marker(done, b).exists()]
+    bar = tqdm(total=len(todo), desc=f"predict {Path(out).name}", unit="block", disable=not progress)
+
+    def write(b: Block, p: np.ndarray) -> None:
         probs[b] = to_storage(p, dtype)
         if masks is not None:
             masks[b] = (p >= threshold).astype(np.uint8)
-        marker.touch()
+        _marker(done, b).touch()
+
+    # Reading the next block and writing the last one overlap with the model's work (zarr codecs
+    # release the GIL); at most one read and one write are in flight, so memory stays bounded.
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        read = lambda b: read_region(volume, block_plan(shape, b, tile, overlap)[2], window)  # noqa: E731
+        pending_read = pool.submit(read, todo[0]) if todo else None
+        pending_write = None
+        for i, b in enumerate(todo):
+            image = pending_read.result()
+            pending_read = pool.submit(read, todo[i + 1]) if i + 1 < len(todo) else None
+            p = predict_block(model, volume, b, tile, overlap, window, device, dims, batch_size, tta, amp, image)
+            if pending_write is not None:
+                pending_write.result()
+            pending_write = pool.submit(write, b, p)
+            bar.update()
+        if pending_write is not None:
+            pending_write.result()
+    bar.close()
     io.finish_output(out, overwrite)
     if mask_out is not None:
         io.finish_output(mask_out, overwrite)
