@@ -152,7 +152,7 @@ def parser() -> argparse.ArgumentParser:
     r.add_argument("--tile-z", type=int)
     r.add_argument("--overlap", type=float)
     r.add_argument("--block", type=int, nargs=3, metavar=("Z", "Y", "X"), help="output block and chunk size")
-    r.add_argument("--batch-size", type=int, default=8)
+    r.add_argument("--batch-size", type=int, help="tiles per batch (default: by tile size and device)")
     r.add_argument("--tta", action="store_true", help="average over in-plane flips")
     r.add_argument("--device")
     r.add_argument("--resume", action="store_true", help="skip blocks an interrupted run finished")

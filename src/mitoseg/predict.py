@@ -104,14 +104,22 @@ def read_region(volume: Any, region: Block, window: tuple[float, float]) -> np.n
     return io.normalize(volume[region], window)
 
 
+def auto_batch(tile: tuple[int, int, int], device: torch.device) -> int:
+    """Tiles per batch when not given: about 2 M input voxels on CPU, 16 M on a GPU (padded to 32)."""
+    voxels = int(np.prod([max(32, -(-t // 32) * 32) if t > 1 else 1 for t in tile]))
+    budget = 2**24 if device.type == "cuda" else 2**21
+    return max(1, budget // voxels)
+
+
 def predict_block(model: torch.nn.Module, volume: Any, block: Block, tile: tuple[int, int, int],
                   overlap: float, window: tuple[float, float], device: torch.device, dims: int,
-                  batch_size: int = 8, tta: bool = False, amp: bool = True,
+                  batch_size: int | None = None, tta: bool = False, amp: bool = True,
                   image: np.ndarray | None = None) -> np.ndarray:
     """Probabilities float32 (block shape) for one block of `volume` (Z, Y, X), from every tile of the
     global grid that overlaps the block, blended with Gaussian weights. `image` is the block's
     region already read with `read_region` (read here when None)."""
     tile, starts, region = block_plan(tuple(volume.shape), block, tile, overlap)
+    batch_size = batch_size or auto_batch(tile, device)
     if image is None:
         image = read_region(volume, region, window)
     weight = gaussian_weight(tile)
@@ -141,7 +149,7 @@ def predict_block(model: torch.nn.Module, volume: Any, block: Block, tile: tuple
 
 def predict_array(model: torch.nn.Module, image: np.ndarray, dims: int, tile: tuple[int, int, int],
                   overlap: float = 0.5, window: tuple[float, float] | None = None,
-                  device: torch.device | None = None, batch_size: int = 8, tta: bool = False,
+                  device: torch.device | None = None, batch_size: int | None = None, tta: bool = False,
                   amp: bool = True) -> np.ndarray:
     """Probabilities float32 (Z, Y, X) for an in-memory volume: one block covering it all."""
     device = device or next(model.parameters()).device
@@ -176,7 +184,7 @@ def _marker(done: Path, block: Block) -> Path:
 def predict_volume(model: torch.nn.Module, image: Any, out: str | Path, dims: int,
                    tile: tuple[int, int, int], overlap: float = 0.5, block: tuple[int, int, int] | None = None,
                    dtype: str = "uint8", mask_out: str | Path | None = None, threshold: float = 0.5,
-                   batch_size: int = 8, tta: bool = False, amp: bool = True, device: torch.device | None = None,
+                   batch_size: int | None = None, tta: bool = False, amp: bool = True, device: torch.device | None = None,
                    attrs: dict | None = None, overwrite: bool = False, resume: bool = False,
                    progress: bool = True) -> Path:
     """Predict a whole volume block by block into a Zarr array of probabilities at `out`.

@@ -1,0 +1,166 @@
+"""Training step time of the 2D and the 3D U-Net: forward + backward + AdamW step with Dice+BCE loss.
+
+Both models get the same voxels per iteration, as in training: `mitoseg.config.quick(2)` / `quick(3)`
+(the 2-core CPU preset: 16 slices of 128x128 for 2D, one 16x128x128 patch for 3D, 262,144 voxels), and
+on a GPU (or with --full) also the full presets `Config(2)` / `Config(3)` (64 slices of 256x256 vs two
+32x256x256 patches, 4,194,304 voxels). Each iteration is exactly the loop body of `mitoseg.train.train`:
+patches drawn by `data.PatchSampler` from the real Drosophila stack (mirror-tiled in Z when a patch is
+deeper than its 20 sections), `data.augmenter` augmentation, then the step, timed apart from the data
+("step") so the model's cost is seen alone; "iteration" is data + step. Models are untrained and seeded.
+Medians over --steps timed iterations after --warmup untimed ones (the first allocates AdamW's state).
+
+Run from the repository root:
+    .venv/bin/python benchmarks/bench_train.py            # about 2 minutes on 2 CPU cores
+    .venv/bin/python benchmarks/bench_train.py --small    # a few seconds (64x64 patches, 3 steps)
+    .venv/bin/python benchmarks/bench_train.py --full     # adds the full presets (slow on CPU: ~15 min)
+Writes train.json and train.png (train_small.* with --small) into --out (default results/bench/).
+"""
+
+from __future__ import annotations
+
+import resource
+import time
+
+import common
+import numpy as np
+import torch
+
+from mitoseg import data, io
+from mitoseg.config import Config, quick
+from mitoseg.models import autocast, build_model
+from mitoseg.train import learning_rate
+
+
+def configs(small: bool, full: bool) -> list[tuple[str, Config]]:
+    if small:
+        return [(f"small {d}D", quick(d, patch_xy=64, patch_z=8)) for d in (2, 3)]
+    out = [(f"quick {d}D", quick(d)) for d in (2, 3)]
+    if full:
+        out += [(f"full {d}D", Config(dims=d)) for d in (2, 3)]
+    return out
+
+
+def bench_config(name: str, cfg: Config, volume: data.Volume, device: torch.device, steps: int, warmup: int,
+                 seed: int) -> dict:
+    """Time `warmup + steps` training iterations of one config; medians of the last `steps`."""
+    from monai.losses import DiceCELoss
+
+    torch.manual_seed(seed)
+    model = build_model(cfg).to(device)
+    if device.type == "cuda":
+        model = model.to(memory_format=torch.channels_last if cfg.dims == 2 else torch.channels_last_3d)
+        torch.cuda.reset_peak_memory_stats(device)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    loss_fn = DiceCELoss(sigmoid=True)
+    sampler = data.PatchSampler(volume, cfg.patch, cfg.fg_fraction, np.random.default_rng(seed))
+    tf = data.augmenter(seed, cfg.dims)
+    model.train()
+    data_s, step_s, losses = [], [], []
+    for i in range(warmup + steps):
+        common.sync(device)
+        t0 = time.perf_counter()
+        x, y = data.augment(tf, *sampler.sample(cfg.samples_per_batch))
+        if cfg.dims == 2:
+            x, y = x[:, :, 0], y[:, :, 0]
+        x, y = torch.from_numpy(x).to(device), torch.from_numpy(y).to(device)
+        common.sync(device)
+        t1 = time.perf_counter()
+        for group in optimizer.param_groups:
+            group["lr"] = learning_rate(cfg, i, 0.0)
+        with autocast(device, cfg.amp):
+            loss = loss_fn(model(x).float(), y)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        loss = loss.item()
+        common.sync(device)
+        t2 = time.perf_counter()
+        if i >= warmup:
+            data_s.append(t1 - t0)
+            step_s.append(t2 - t1)
+            losses.append(loss)
+    voxels = cfg.samples_per_batch * int(np.prod(cfg.patch))
+    step_med, data_med = common.median(step_s), common.median(data_s)
+    if device.type == "cuda":
+        peak = torch.cuda.max_memory_allocated(device) / 2**20
+    else:
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    shape = cfg.patch[3 - cfg.dims:]
+    return {
+        "name": name, "dims": cfg.dims, "input": f"{cfg.samples_per_batch} x {'x'.join(map(str, shape))}",
+        "samples_per_batch": cfg.samples_per_batch, "patch_zyx": list(cfg.patch), "voxels_per_iteration": voxels,
+        "amp_bf16": bool(cfg.amp and device.type == "cuda"),
+        "step_seconds_median": step_med, "step_seconds_min": min(step_s), "step_seconds_all": step_s,
+        "data_seconds_median": data_med, "data_seconds_all": data_s,
+        "iteration_seconds_median": common.median([a + b for a, b in zip(step_s, data_s, strict=True)]),
+        "voxels_per_second_step": voxels / step_med,
+        "voxels_per_second_iteration": voxels / (step_med + data_med),
+        "loss_first_last": [losses[0], losses[-1]], "loss_finite": bool(np.isfinite(losses).all()),
+        "peak_memory_mib": peak,
+        "peak_memory_kind": "GPU max_memory_allocated" if device.type == "cuda" else "process peak RSS so far",
+    }
+
+
+def main() -> None:
+    p = common.parser(__doc__)
+    p.add_argument("--steps", type=int, default=None, help="timed iterations per model (default 10; 3 with --small)")
+    p.add_argument("--warmup", type=int, default=2, help="untimed iterations first (default 2)")
+    p.add_argument("--full", action="store_true", help="also the full presets Config(2)/Config(3) (default on GPU)")
+    args = p.parse_args()
+    steps = args.steps or (3 if args.small else 10)
+    device = common.setup(args)
+    full = args.full or (device.type == "cuda" and not args.small)
+    todo = configs(args.small, full)
+    info = common.machine_info(device)
+    common.print_header("training step time (forward + backward + AdamW, Dice+BCE)", info, [common.UNTRAINED])
+
+    raw, mask = common.load_stack()
+    depth = max([20] + [2 * c.patch_z for _, c in todo if c.dims == 3])
+    shape = (depth, 256, 256) if args.small else (depth, *raw.shape[1:])
+    image = io.normalize(common.mirror_tile(raw, shape), io.intensity_range(raw))
+    volume = data.Volume(image, common.mirror_tile(mask, shape))
+    print(f"   data: real Drosophila stack mirror-tiled to {shape}; {args.warmup} warm-up + {steps} timed iterations\n")
+
+    rows = []
+    for name, cfg in todo:
+        print(f"   {name}: {cfg.samples_per_batch} x {cfg.patch} ...", flush=True)
+        rows.append(bench_config(name, cfg, volume, device, steps, args.warmup, args.seed))
+    cols = [("name", "model", ""), ("input", "batch (n x [Z x] Y x X)", ""),
+            ("voxels_per_iteration", "voxels/iter", ",d"),
+            ("step_seconds_median", "step s", ".3f"), ("data_seconds_median", "data s", ".3f"),
+            ("iteration_seconds_median", "iter s", ".3f"), ("voxels_per_second_step", "voxels/s (step)", ",.0f"),
+            ("voxels_per_second_iteration", "voxels/s (iter)", ",.0f"), ("peak_memory_mib", "peak MiB", ",.0f")]
+    print()
+    print(common.table(rows, cols))
+    by = {r["name"]: r for r in rows}
+    ratios = {}
+    for prefix in ("small", "quick", "full"):
+        if f"{prefix} 2D" in by and f"{prefix} 3D" in by:
+            ratios[prefix] = by[f"{prefix} 3D"]["step_seconds_median"] / by[f"{prefix} 2D"]["step_seconds_median"]
+            print(f"   {prefix}: the 3D step takes {ratios[prefix]:.2f}x the 2D step for the same voxels")
+    print(f"   step = forward+backward+AdamW (median of {steps}); data = sampling+augmentation+copy to device")
+
+    name = common.output_name("train", args.small)
+    payload = {"benchmark": "train", "machine": info,
+               "settings": {"steps": steps, "warmup": args.warmup, "seed": args.seed, "volume_shape": shape,
+                            "data": str(common.DROSO)},
+               "notes": [common.UNTRAINED, "step timed apart from data loading; GPU synchronised around each",
+                         "CPU peak memory is the process's peak RSS so far (cumulative over models)"],
+               "results": rows, "ratio_3d_over_2d_step": ratios}
+    path = common.save_json(args.out, name, payload)
+
+    plt = common.figure()
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    labels = [r["name"] for r in rows]
+    ax.bar(labels, [r["step_seconds_median"] for r in rows], label="step (fwd+bwd+AdamW)")
+    ax.bar(labels, [r["data_seconds_median"] for r in rows], bottom=[r["step_seconds_median"] for r in rows],
+           label="data (sample+augment)")
+    ax.set_ylabel("seconds per iteration (median)")
+    ax.set_title(f"training iteration, same voxels for 2D and 3D ({device.type})")
+    ax.legend()
+    fig_path = common.save_figure(fig, args.out, name, info)
+    print(f"\n   saved {path} and {fig_path}")
+
+
+if __name__ == "__main__":
+    main()
