@@ -184,9 +184,9 @@ def _marker(done: Path, block: Block) -> Path:
 def predict_volume(model: torch.nn.Module, image: Any, out: str | Path, dims: int,
                    tile: tuple[int, int, int], overlap: float = 0.5, block: tuple[int, int, int] | None = None,
                    dtype: str = "uint8", mask_out: str | Path | None = None, threshold: float = 0.5,
-                   batch_size: int | None = None, tta: bool = False, amp: bool = True, device: torch.device | None = None,
-                   attrs: dict | None = None, overwrite: bool = False, resume: bool = False,
-                   progress: bool = True) -> Path:
+                   batch_size: int | None = None, tta: bool = False, amp: bool = True,
+                   device: torch.device | None = None, attrs: dict | None = None, overwrite: bool = False,
+                   resume: bool = False, progress: bool = True) -> Path:
     """Predict a whole volume block by block into a Zarr array of probabilities at `out`.
 
     image: array-like (Z, Y, X) or a path understood by `io.open_volume`. Writes `<out>.partial`
