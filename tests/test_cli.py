@@ -105,7 +105,8 @@ def test_user_mistakes_are_one_line(runs, capsys, tmp_path):
     bad(["train", t, str(tmp_path / "small_gt.tif"), "--out", str(tmp_path / "r")], capsys, "differ in shape")
     tifffile.imwrite(tmp_path / "empty_gt.tif", np.zeros((8, 192, 192), np.uint8))
     bad(["train", t, str(tmp_path / "empty_gt.tif"), "--out", str(tmp_path / "r"), *TRAIN], capsys, "no foreground")
-    bad(["train", t, g, "--out", str(tmp_path / "r"), "--dims", "3", "--patch-z", "32"], capsys, "smaller than the patch")
+    bad(["train", t, g, "--out", str(tmp_path / "r"), "--dims", "3", "--patch-z", "32"], capsys,
+        "smaller than the patch")
     tifffile.imwrite(tmp_path / "rgb.tif", np.zeros((4, 32, 32, 3), np.uint8))
     bad(["predict", str(tmp_path / "rgb.tif"), "--model", str(d / "run2"), "--out", str(tmp_path / "p.zarr")],
         capsys, "colour channels")
@@ -123,3 +124,11 @@ def test_user_mistakes_are_one_line(runs, capsys, tmp_path):
     bad(["train", t, g, "--out", str(d / "run2"), *TRAIN], capsys, "already exists")
     bad(["evaluate", str(d / "test.tif"), t], capsys, "differs from ground-truth shape")
     assert not list(tmp_path.glob("*.zarr*"))  # no half-written output anywhere
+
+
+def test_label_on_a_local_dask_cluster_equals_single_process(runs):
+    d = runs
+    common = ["--quiet", "label", str(d / "test_gt.tif"), "--block", "3", "50", "70"]
+    assert main([*common, "--out", str(d / "single.zarr")]) == 0
+    assert main([*common, "--out", str(d / "dask.zarr"), "--scheduler", "local", "--workers", "2"]) == 0
+    np.testing.assert_array_equal(io.open_volume(d / "dask.zarr")[:], io.open_volume(d / "single.zarr")[:])

@@ -8,6 +8,7 @@ import pytest
 import scipy.ndimage as ndi
 import zarr
 
+from mitoseg import instances
 from mitoseg.errors import MitosegError
 from mitoseg.instances import COLUMNS, label, label_blockwise, measure, write_table
 
@@ -181,3 +182,16 @@ def test_label_blockwise_rejects_bad_input():
         label_blockwise(mask, np.zeros((4, 4, 4), np.uint32), connectivity=4)
     with pytest.raises(MitosegError, match="block"):
         label_blockwise(mask, np.zeros((4, 4, 4), np.uint32), block=(4, 4))
+
+
+def test_measure_blockwise_equals_measure(droso):
+    labels = instances.label(droso[1][:, :300, :400], connectivity=26)
+    z = zarr.create_array(zarr.storage.MemoryStore(), shape=labels.shape, dtype=labels.dtype, chunks=(7, 100, 130))
+    z[:] = labels
+    whole = instances.measure(labels, (50, 4.6, 4.6))
+    blocks = instances.measure_blockwise(z, int(labels.max()), (50, 4.6, 4.6), block=(7, 100, 130))
+    assert list(blocks) == list(whole)
+    for key in whole:
+        np.testing.assert_allclose(blocks[key], whole[key], rtol=1e-12, err_msg=key)
+    with pytest.raises(MitosegError, match="not labelled"):
+        instances.measure_blockwise(z, 3, block=(7, 100, 130))

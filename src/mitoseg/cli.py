@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import shlex
 import sys
 from pathlib import Path
@@ -37,15 +38,25 @@ def cmd_predict(a: argparse.Namespace) -> None:
     from mitoseg.predict import predict_volume
     from mitoseg.train import load_model
 
-    model, cfg = load_model(a.model, a.device)
+    dask = a.dask_address or a.scheduler == "local"
+    model, cfg = load_model(a.model, "cpu" if dask else a.device)
     tile = (a.tile_z or cfg.tile[0], a.tile_xy or cfg.tile[1], a.tile_xy or cfg.tile[2])
     if cfg.dims == 2:
         tile = (1, *tile[1:])
     overlap = cfg.overlap if a.overlap is None else a.overlap
-    predict_volume(model, a.image, a.out, cfg.dims, tile, overlap, block=a.block, dtype=a.dtype,
-                   mask_out=a.mask, threshold=a.threshold, batch_size=a.batch_size, tta=a.tta,
-                   device=None, attrs={"model": str(a.model), "voxel_size": cfg.voxel_size},
-                   overwrite=a.overwrite, resume=a.resume, progress=not a.quiet)
+    attrs = {"model": str(a.model), "voxel_size": cfg.voxel_size}
+    if dask:
+        from mitoseg import cluster
+
+        del model
+        with cluster.client(a.dask_address, workers=a.workers) as client:
+            cluster.predict_volume_dask(client, a.model, a.image, a.out, tile, overlap, a.block, a.dtype, a.mask,
+                                        a.threshold, a.batch_size, a.tta, a.overwrite, a.resume, not a.quiet,
+                                        attrs=attrs, device=None if a.device == "auto" else a.device)
+    else:
+        predict_volume(model, a.image, a.out, cfg.dims, tile, overlap, block=a.block, dtype=a.dtype,
+                       mask_out=a.mask, threshold=a.threshold, batch_size=a.batch_size, tta=a.tta,
+                       device=None, attrs=attrs, overwrite=a.overwrite, resume=a.resume, progress=not a.quiet)
     print(f"wrote {a.out}" + (f" and {a.mask}" if a.mask else ""))
 
 
@@ -70,13 +81,21 @@ def cmd_label(a: argparse.Namespace) -> None:
         io.check_output(a.table, a.overwrite)
     voxel = a.voxel_size or dict(getattr(volume, "attrs", {}) or {}).get("voxel_size") or (1.0, 1.0, 1.0)
     block = tuple(a.block) if a.block else (min(volume.shape[0], 64), 512, 512)
-    out = io.create_zarr(a.out, tuple(volume.shape), "uint32", block,
-                         {"kind": "labels", "voxel_size": voxel, "connectivity": a.connectivity})
-    n = instances.label_blockwise(volume, out, block, a.connectivity, a.min_size,
-                                  foreground_threshold(volume, a.threshold), progress=not a.quiet)
-    io.finish_output(a.out, a.overwrite)
+    attrs = {"kind": "labels", "voxel_size": voxel, "connectivity": a.connectivity}
+    threshold = foreground_threshold(volume, a.threshold)
+    if a.dask_address or a.scheduler == "local":
+        from mitoseg import cluster
+
+        with cluster.client(a.dask_address, workers=a.workers) as client:
+            n = cluster.label_dask(client, a.input, a.out, block, a.connectivity, a.min_size, threshold,
+                                   progress=not a.quiet, attrs=attrs, overwrite=a.overwrite)
+    else:
+        out = io.create_zarr(a.out, tuple(volume.shape), "uint32", block, attrs)
+        n = instances.label_blockwise(volume, out, block, a.connectivity, a.min_size, threshold,
+                                      progress=not a.quiet)
+        io.finish_output(a.out, a.overwrite)
     if a.table:
-        table = instances.measure(io.open_volume(a.out)[:], voxel)
+        table = instances.measure_blockwise(io.open_volume(a.out), n, voxel, block, progress=not a.quiet)
         instances.write_table(table, a.table)
     print(f"{n} objects -> {a.out}" + (f", table {a.table}" if a.table else ""))
 
@@ -112,6 +131,16 @@ def cmd_data(a: argparse.Namespace) -> None:
     else:
         found = download.data_dir(a.name, a.dest)
         print(found if found else f"{a.name}: not found (run: mitoseg data fetch {a.name})")
+
+
+def _dask_options(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("Dask cluster (docs/cluster.md)")
+    g.add_argument("--scheduler", choices=("single", "local"), default="single",
+                   help="single: this process (default); local: a Dask LocalCluster of --workers processes")
+    g.add_argument("--workers", type=int, default=2, help="worker processes of --scheduler local")
+    g.add_argument("--dask-address", metavar="ADDRESS",
+                   help="run the blocks on the Dask scheduler at tcp://host:port (or a scheduler file); "
+                        "inputs and outputs must be on a filesystem the workers share")
 
 
 def parser() -> argparse.ArgumentParser:
@@ -157,6 +186,7 @@ def parser() -> argparse.ArgumentParser:
     r.add_argument("--device")
     r.add_argument("--resume", action="store_true", help="skip blocks an interrupted run finished")
     r.add_argument("--overwrite", action="store_true")
+    _dask_options(r)
     r.set_defaults(func=cmd_predict, device="auto")
 
     lab = sub.add_parser("label", help="separate objects with 3D connected components; write labels and a table")
@@ -169,6 +199,7 @@ def parser() -> argparse.ArgumentParser:
     lab.add_argument("--voxel-size", type=float, nargs=3, metavar=("Z", "Y", "X"), help="nm")
     lab.add_argument("--block", type=int, nargs=3, metavar=("Z", "Y", "X"))
     lab.add_argument("--overwrite", action="store_true")
+    _dask_options(lab)
     lab.set_defaults(func=cmd_label)
 
     e = sub.add_parser("evaluate", help="precision, recall, F1, Jaccard, accuracy, mean IoU on a whole volume")
@@ -204,6 +235,7 @@ def parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the `mitoseg` console script; returns the exit status."""
     args = parser().parse_args(argv)
+    logging.getLogger("tifffile").setLevel(logging.ERROR)  # its warnings on corrupt files precede our one line
     try:
         args.func(args)
     except MitosegError as e:

@@ -6,13 +6,16 @@ it has no min_size, and written to zarr its dask graph keeps every labelled bloc
 global merge has run (and it uses scipy.ndimage.label per block instead of the faster cc3d).
 
 How `label_blockwise` works (two passes over the blocks, in C order):
-1. each block is labelled alone with cc3d, its ids shifted by the number of ids of the blocks before
-   it ("provisional ids"); cc3d.region_graph on the thin slabs where the block meets the blocks
-   already done gives the pairs of provisional ids that touch across block faces, edges and corners;
-2. the equivalence graph is solved with scipy.sparse.csgraph, objects under min_size are dropped,
-   and each block is labelled again (cc3d is deterministic) and rewritten through a lookup table.
-Pass 2 only reads the mask and the tables, so it is idempotent per block and may be rerun or mapped
-over blocks in any order. The per-block steps are pure functions so they can be mapped with dask.
+1. each block is labelled alone with cc3d (`summarize_block`: local ids, their sizes, the six faces);
+   cc3d.region_graph on the thin slabs where a block meets the up to seven blocks before it (faces,
+   edges and corners, built from their faces alone) gives the ids that touch (`block_pairs`);
+2. the equivalence graph is solved with scipy.sparse.csgraph (`merge_blocks`: provisional id = running
+   offset + local id, objects under min_size dropped, final ids in order of first provisional id),
+   and each block is labelled again (cc3d is deterministic) and rewritten through its part of the
+   lookup table (`relabel_block`).
+A block's summary needs no neighbour, `block_pairs` only the summaries of its neighbours, and pass 2
+only the mask and a table: the steps are pure functions, which `mitoseg.cluster.label_dask` maps over
+a dask.distributed cluster with the same result, id for id.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ import csv
 import itertools
 from collections.abc import Sequence
 from pathlib import Path
+from typing import NamedTuple
 
 import cc3d
 import numpy as np
@@ -114,6 +118,48 @@ def measure(labels: np.ndarray, voxel_size: Sequence[float] = (1.0, 1.0, 1.0)) -
     }
 
 
+def measure_blockwise(labels, n: int, voxel_size: Sequence[float] = (1.0, 1.0, 1.0),
+                      block: Sequence[int] = (64, 512, 512), progress: bool = False) -> dict[str, np.ndarray]:
+    """`measure` for a label array larger than RAM (zarr etc.), with ids in 1..n: the same table.
+
+    Sums counts, coordinate sums and box extremes block by block; memory is one block plus 11 numbers
+    per object. Hand-written because cc3d.statistics needs the whole array at once.
+    """
+    _check_3d("labels", labels.shape)
+    count = np.zeros(n + 1, np.int64)
+    sums = np.zeros((3, n + 1), np.float64)
+    low = np.full((3, n + 1), np.iinfo(np.int64).max, np.int64)
+    high = np.full((3, n + 1), -1, np.int64)
+    for b in tqdm(_grid(labels.shape, block), desc="measure", unit="block", disable=not progress):
+        arr = np.asarray(labels[b])
+        flat = np.flatnonzero(arr)
+        if not flat.size:
+            continue
+        ids, inverse = np.unique(arr.ravel()[flat], return_inverse=True)
+        if ids[-1] > n:
+            raise MitosegError(f"labels hold id {ids[-1]} > {n}: not labelled 1..n")
+        coords = [c + s.start for c, s in zip(np.unravel_index(flat, arr.shape), b, strict=True)]
+        order = np.argsort(inverse, kind="stable")
+        per_id = np.bincount(inverse)
+        starts = np.concatenate([[0], np.cumsum(per_id)[:-1]])
+        count[ids] += per_id
+        for axis, c in enumerate(coords):
+            sums[axis, ids] += np.bincount(inverse, weights=c)
+            low[axis, ids] = np.minimum(low[axis, ids], np.minimum.reduceat(c[order], starts))
+            high[axis, ids] = np.maximum(high[axis, ids], np.maximum.reduceat(c[order], starts))
+    ids = np.flatnonzero(count)
+    ids = ids[ids > 0]
+    volume = float(np.prod(np.asarray(voxel_size, dtype=np.float64))) / 1e9
+    table = {"id": ids.astype(np.int64), "voxels": count[ids], "volume_um3": count[ids] * volume}
+    for axis, name in enumerate("zyx"):
+        table[f"centroid_{name}"] = sums[axis, ids] / count[ids]
+    for axis, name in enumerate("zyx"):
+        table[f"bbox_{name}0"] = low[axis, ids]
+    for axis, name in enumerate("zyx"):
+        table[f"bbox_{name}1"] = high[axis, ids] + 1
+    return table
+
+
 def write_table(table: dict[str, np.ndarray], path: str | Path) -> None:
     """Write a table of equal-length columns (as returned by `measure`) to a CSV file with a header row."""
     lengths = {len(col) for col in table.values()}
@@ -126,6 +172,21 @@ def write_table(table: dict[str, np.ndarray], path: str | Path) -> None:
 
 
 # ---------------------------------------------------------------- blockwise labelling, pure steps
+
+CODE_SHIFT = 32  # local id l of the block with C-order index i is coded (i << 32) | l: unique without offsets
+PREDECESSORS = tuple(d for d in itertools.product((0, 1), repeat=3) if any(d))  # grid offsets of blocks before
+
+
+class BlockSummary(NamedTuple):
+    """What pass 1 keeps of one labelled block: its C-order index in the grid, its number of local ids n,
+    the voxels of ids 1..n (int64), and the uint32 local labels of its faces: `lo` the first plane along
+    z, y, x (labels[0], labels[:, 0], labels[:, :, 0]), `hi` the last (labels[-1], labels[:, -1], labels[:, :, -1])."""
+
+    index: int
+    n: int
+    sizes: np.ndarray
+    lo: tuple[np.ndarray, ...]
+    hi: tuple[np.ndarray, ...]
 
 
 def _foreground(block: np.ndarray, threshold: float | None) -> np.ndarray:
@@ -141,18 +202,91 @@ def _label_block(mask_block: np.ndarray, connectivity: int) -> tuple[np.ndarray,
     return labels, int(n)
 
 
-def _touching_pairs(ext: np.ndarray, connectivity: int) -> np.ndarray:
-    """Pairs of different ids that touch in a block with a one-voxel halo before it on each axis.
+_FACES = ((0,), (slice(None), 0), (slice(None), slice(None), 0))
 
-    `ext` (uint64, shape block + 1 per axis) holds the block's provisional ids at [1:, 1:, 1:] and the
-    ids of the blocks before it in the first plane of each axis. Ids of one block never touch each
-    other, and every contact with the halo lies in one of the three two-voxel-thick slabs, so only
-    those are scanned. Returns an int64 array (k, 2).
+
+def summarize_block(
+    mask_block: np.ndarray, index: int, connectivity: int = 26, threshold: float | None = None
+) -> BlockSummary:
+    """Pass 1 for one block alone: label it with cc3d (local ids 1..n) and keep its sizes and six faces."""
+    local, n = _label_block(_foreground(mask_block, threshold), connectivity)
+    sizes = np.bincount(local.ravel(), minlength=n + 1)[1:].astype(np.int64)
+    lo = tuple(local[f].copy() for f in _FACES)  # copies: views would keep the whole block alive
+    hi = tuple(local[tuple(-1 if i == 0 else i for i in f)].copy() for f in _FACES)
+    return BlockSummary(int(index), n, sizes, lo, hi)
+
+
+def _coded(face: np.ndarray, index: int) -> np.ndarray:
+    return np.where(face > 0, face.astype(np.uint64) | np.uint64(int(index) << CODE_SHIFT), np.uint64(0))
+
+
+def block_pairs(
+    own: BlockSummary, before: dict[tuple[int, int, int], BlockSummary | None], connectivity: int = 26
+) -> np.ndarray:
+    """Coded ids (uint64, (k, 2)) that touch where a block meets the up to seven blocks before it.
+
+    `before[d]` is the summary of the block at grid position (own position - d) for d in PREDECESSORS,
+    None or absent at the volume's border. The block and the planes just before it on each axis form
+    `ext` (block + 1 voxel per axis, the halo at index 0); every contact across a face, edge or corner lies
+    in one of its three two-voxel-thick slabs ext[:2], ext[:, :2], ext[:, :, :2], which are built here
+    from faces alone and scanned with cc3d.region_graph. Ids of one block never touch each other.
     """
+    dy, dx = own.lo[0].shape
+    dz = own.lo[1].shape[0]
+
+    def hi(d: tuple[int, int, int], axis: int) -> np.ndarray | None:
+        s = before.get(d)
+        return None if s is None else _coded(s.hi[axis], s.index)
+
+    h0 = np.zeros((dy + 1, dx + 1), np.uint64)  # ext[0]: the plane z = z0 - 1
+    h1 = np.zeros((dz + 1, dx + 1), np.uint64)  # ext[:, 0]: the plane y = y0 - 1
+    h2 = np.zeros((dz + 1, dy + 1), np.uint64)  # ext[:, :, 0]: the plane x = x0 - 1
+    if (f := hi((1, 0, 0), 0)) is not None:
+        h0[1:, 1:] = f
+    if (f := hi((1, 1, 0), 0)) is not None:
+        h0[0, 1:] = f[-1]
+    if (f := hi((1, 0, 1), 0)) is not None:
+        h0[1:, 0] = f[:, -1]
+    if (f := hi((1, 1, 1), 0)) is not None:
+        h0[0, 0] = f[-1, -1]
+    if (f := hi((0, 1, 0), 1)) is not None:
+        h1[1:, 1:] = f
+    if (f := hi((0, 1, 1), 1)) is not None:
+        h1[1:, 0] = f[:, -1]
+    h1[0] = h0[0]
+    if (f := hi((0, 0, 1), 2)) is not None:
+        h2[1:, 1:] = f
+    h2[0] = h0[:, 0]
+    h2[1:, 0] = h1[1:, 0]
+    lo = [_coded(f, own.index) for f in own.lo]
+    p1 = np.empty_like(h0)  # ext[1]: the plane z = z0
+    p1[0], p1[1:, 0], p1[1:, 1:] = h1[1], h2[1, 1:], lo[0]
+    q1 = np.empty_like(h1)  # ext[:, 1]: the plane y = y0
+    q1[0], q1[1:, 0], q1[1:, 1:] = h0[1], h2[1:, 1], lo[1]
+    r1 = np.empty_like(h2)  # ext[:, :, 1]: the plane x = x0
+    r1[0], r1[1:, 0], r1[1:, 1:] = h0[:, 1], h1[1:, 1], lo[2]
     pairs: set[tuple[int, int]] = set()
-    for slab in (ext[:2], ext[:, :2], ext[:, :, :2]):
-        pairs |= cc3d.region_graph(np.ascontiguousarray(slab), connectivity=connectivity)
-    return np.array(sorted(pairs), dtype=np.int64).reshape(-1, 2)
+    for slab in (np.stack([h0, p1]), np.stack([h1, q1], axis=1), np.stack([h2, r1], axis=2)):
+        pairs |= cc3d.region_graph(slab, connectivity=connectivity)
+    return np.array(sorted(pairs), dtype=np.uint64).reshape(-1, 2)
+
+
+def merge_blocks(
+    counts: Sequence[int], sizes: Sequence[np.ndarray], codes: Sequence[np.ndarray], min_size: int = 0
+) -> tuple[np.ndarray, np.ndarray, int]:
+    """The global step between the passes, from every block's (n, sizes, block_pairs) in C order.
+
+    Provisional ids: block i's local id l is offsets[i] + l, offsets the running sum of the n before it.
+    Returns (int64 offsets per block, uint32 lookup from provisional to final id, number of objects N).
+    """
+    counts = np.asarray(counts, np.int64)
+    offsets = np.concatenate([[0], np.cumsum(counts)[:-1]]).astype(np.int64)
+    codes = np.concatenate([np.zeros((0, 2), np.uint64), *codes]).astype(np.uint64)
+    block = (codes >> np.uint64(CODE_SHIFT)).astype(np.int64)
+    local = (codes & np.uint64(2**CODE_SHIFT - 1)).astype(np.int64)
+    pairs = offsets[block] + local
+    lookup, n_objects = _global_lookup(np.concatenate([np.zeros(1, np.int64), *sizes]), pairs, int(min_size))
+    return offsets, lookup, n_objects
 
 
 def _global_lookup(sizes: np.ndarray, pairs: np.ndarray, min_size: int) -> tuple[np.ndarray, int]:
@@ -176,11 +310,24 @@ def _global_lookup(sizes: np.ndarray, pairs: np.ndarray, min_size: int) -> tuple
     return new_id[group], int(kept.size)
 
 
-def _relabel_block(labels: np.ndarray, n: int, lookup: np.ndarray, offset: int) -> np.ndarray:
-    """Final uint32 ids of one block with local ids 0..n: id l > 0 becomes lookup[offset + l], 0 stays 0."""
+def block_table(lookup: np.ndarray, offset: int, n: int) -> np.ndarray:
+    """The part of the lookup a block needs in pass 2: final id of local ids 0..n (0 stays 0), uint32."""
     table = lookup[offset : offset + n + 1].copy()
     table[0] = 0
-    return table[labels]
+    return table
+
+
+def relabel_block(
+    mask_block: np.ndarray, table: np.ndarray, connectivity: int = 26, threshold: float | None = None
+) -> np.ndarray:
+    """Pass 2 for one block: label it again (cc3d is deterministic) and map local ids through `table`."""
+    local, n = _label_block(_foreground(mask_block, threshold), connectivity)
+    if n != len(table) - 1:
+        raise MitosegError(
+            f"a block holds {n} objects in pass 2 but {len(table) - 1} in pass 1: "
+            "the mask changed while it was being labelled"
+        )
+    return table[local]
 
 
 # ---------------------------------------------------------------- blockwise labelling, driver
@@ -197,36 +344,9 @@ def _grid(shape: Sequence[int], block: Sequence[int]) -> list[tuple[slice, slice
     ]
 
 
-def _provisional_pass(mask, blocks, connectivity, threshold, progress):
-    """Pass 1: (per-block offsets, provisional sizes, touching pairs), holding a few block-sized arrays and
-    the last planes of the blocks done before (buffers shifted by +1 so index 0 is the zero border)."""
-    _, n_y, n_x = mask.shape
-    z_prev = z_cur = np.zeros((n_y + 1, n_x + 1), np.uint64)  # last z plane of the previous block layer
-    y_prev = y_cur = x_prev = None
-    offsets, sizes, pairs = [], [np.zeros(1, np.int64)], []
-    total = 0
-    for zs, ys, xs in tqdm(blocks, desc="label pass 1/2", unit="block", disable=not progress):
-        dz, dy, dx = zs.stop - zs.start, ys.stop - ys.start, xs.stop - xs.start
-        if ys.start == 0 and xs.start == 0:  # new layer of blocks
-            z_prev, z_cur = z_cur, np.zeros((n_y + 1, n_x + 1), np.uint64)
-        if xs.start == 0:  # new row of blocks
-            y_prev = y_cur if ys.start else np.zeros((dz, n_x + 1), np.uint64)
-            y_cur = np.zeros((dz, n_x + 1), np.uint64)
-            x_prev = np.zeros((dz, dy), np.uint64)
-        local, n = _label_block(_foreground(mask[zs, ys, xs], threshold), connectivity)
-        ext = np.zeros((dz + 1, dy + 1, dx + 1), np.uint64)
-        ext[1:, 1:, 1:] = np.where(local > 0, local.astype(np.uint64) + np.uint64(total), 0)
-        ext[0] = z_prev[ys.start : ys.stop + 1, xs.start : xs.stop + 1]
-        ext[1:, 0] = y_prev[:, xs.start : xs.stop + 1]
-        ext[1:, 1:, 0] = x_prev
-        pairs.append(_touching_pairs(ext, connectivity))
-        z_cur[ys.start + 1 : ys.stop + 1, xs.start + 1 : xs.stop + 1] = ext[-1, 1:, 1:]
-        y_cur[:, xs.start + 1 : xs.stop + 1] = ext[1:, -1, 1:]
-        x_prev = ext[1:, 1:, -1].copy()
-        offsets.append(total)
-        sizes.append(np.bincount(local.ravel(), minlength=n + 1)[1:].astype(np.int64))
-        total += n
-    return offsets, np.concatenate(sizes), np.concatenate(pairs)
+def grid_positions(shape: Sequence[int], block: Sequence[int]) -> list[tuple[int, int, int]]:
+    """Grid position (i, j, k) of each block of `_grid(shape, block)`, in the same (C) order."""
+    return list(itertools.product(*(range(-(-int(n) // int(b))) for n, b in zip(shape, block, strict=True))))
 
 
 def label_blockwise(
@@ -245,8 +365,9 @@ def label_blockwise(
     `out`: pre-created writable array-like of the same shape, dtype uint32 (e.g. a zarr array whose
     chunks divide `block` for efficient writes). It receives ids 1..N (0 background), equal up to
     renumbering to `label(mask, connectivity, min_size)` on the whole volume. `block` is in voxels.
-    Memory: a few block-sized arrays (the largest uint64), two full y-x planes of uint64, and tables of
-    about 30 bytes per provisional object; the mask is read twice (pass 2 relabels instead of storing).
+    Memory: a few block-sized arrays, the faces of two layers of blocks (about two y-x planes of uint32)
+    and tables of about 30 bytes per provisional object; the mask is read twice (pass 2 relabels
+    instead of storing). `mitoseg.cluster.label_dask` runs the same steps in parallel, with the same result.
     """
     _check_connectivity(connectivity)
     _check_3d("mask", mask.shape)
@@ -255,11 +376,22 @@ def label_blockwise(
     if np.dtype(out.dtype) != np.uint32:
         raise MitosegError(f"output array must have dtype uint32, got {out.dtype}")
     blocks = _grid(mask.shape, block)
-    offsets, sizes, pairs = _provisional_pass(mask, blocks, connectivity, threshold, progress)
-    lookup, n_objects = _global_lookup(sizes, pairs, int(min_size))
-    for sl, offset in tqdm(
-        list(zip(blocks, offsets, strict=True)), desc="label pass 2/2", unit="block", disable=not progress
-    ):
-        local, n = _label_block(_foreground(mask[sl], threshold), connectivity)
-        out[sl] = _relabel_block(local, n, lookup, offset)
+    positions = grid_positions(mask.shape, block)
+    kept: dict[tuple[int, int, int], BlockSummary] = {}  # faces of the blocks of this layer and the one before
+    counts, sizes, codes = [], [], []
+    bar = tqdm(blocks, desc="label pass 1/2", unit="block", disable=not progress)
+    for index, (sl, pos) in enumerate(zip(bar, positions, strict=True)):
+        if pos[1] == pos[2] == 0:
+            kept = {p: s for p, s in kept.items() if p[0] == pos[0] - 1}
+        s = summarize_block(mask[sl], index, connectivity, threshold)
+        before = {d: kept.get((pos[0] - d[0], pos[1] - d[1], pos[2] - d[2])) for d in PREDECESSORS}
+        codes.append(block_pairs(s, before, connectivity))
+        counts.append(s.n)
+        sizes.append(s.sizes)
+        kept[pos] = s._replace(lo=())
+    kept.clear()
+    offsets, lookup, n_objects = merge_blocks(counts, sizes, codes, min_size)
+    bar = tqdm(blocks, desc="label pass 2/2", unit="block", disable=not progress)
+    for sl, offset, n in zip(bar, offsets, counts, strict=True):
+        out[sl] = relabel_block(mask[sl], block_table(lookup, offset, n), connectivity, threshold)
     return n_objects

@@ -1,0 +1,163 @@
+"""Gigavoxel scale: the study's full CA1 volume shape (1065 x 2048 x 1536, 3.35 gigavoxels) in bounded memory.
+
+We do not have the full CA1 volume here, so this script builds a stand-in of exactly that shape by
+mirror-tiling the real Drosophila VNC stack (image and mitochondria mask) into Zarr, slab by slab.
+Then, each through the `mitoseg` command line in a fresh process whose peak resident memory is recorded:
+1. `mitoseg predict` on the first --predict-slices slices (the whole volume with --predict-slices 0;
+   on 2 CPU cores the whole volume takes hours, on a GPU minutes);
+2. the same prediction killed with SIGKILL after --kill-after seconds, then run again with --resume:
+   the output must be identical to the uninterrupted run's;
+3. `mitoseg label` with a per-object table on the WHOLE stand-in mask (3.35 gigavoxels).
+The model is a seeded untrained 2D U-Net unless --model names a run folder (weights do not change speed).
+
+Run from the repository root:
+    .venv/bin/python benchmarks/bench_full_volume.py            # ~25 min on 2 CPU cores, ~10 GB disk
+    .venv/bin/python benchmarks/bench_full_volume.py --small    # a 64 x 512 x 384 stand-in, seconds
+Writes full_volume.json (full_volume_small.json) into --out (default results/bench/).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import common
+import numpy as np
+
+FULL = (1065, 2048, 1536)
+CHUNKS = (64, 512, 512)
+CHILD = ("import resource, sys; from mitoseg.cli import main; rc = main(sys.argv[1:]); "
+         "print('PEAK_MIB', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, flush=True); sys.exit(rc)")
+
+
+def mirror_index(n: int, size: int) -> np.ndarray:
+    """Indices 0..n-1 then back n-1..0, repeated, for `size` positions (symmetric tiling)."""
+    period = np.concatenate([np.arange(n), np.arange(n)[::-1]])
+    return np.resize(period, size)
+
+
+def build_standin(path: Path, source: np.ndarray, shape: tuple[int, int, int]) -> None:
+    """Mirror-tile `source` (Z, Y, X) into a new Zarr array of `shape`, one chunk-deep slab at a time."""
+    import zarr
+
+    arr = zarr.create_array(str(path), shape=shape, dtype=source.dtype, chunks=CHUNKS, overwrite=True)
+    iy, ix = (mirror_index(source.shape[a], shape[a]) for a in (1, 2))
+    plane = source[:, iy][:, :, ix]  # (z_source, Y, X): the in-plane tiling, once
+    iz = mirror_index(source.shape[0], shape[0])
+    for z0 in range(0, shape[0], CHUNKS[0]):
+        arr[z0:z0 + CHUNKS[0]] = plane[iz[z0:z0 + CHUNKS[0]]]
+
+
+def run_cli(args: list[str], kill_after: float | None = None) -> dict:
+    """Run `mitoseg ARGS` in a fresh process; returns seconds, peak resident MiB and the exit status."""
+    t0 = time.perf_counter()
+    proc = subprocess.Popen([sys.executable, "-c", CHILD, "--quiet", *args], stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+    if kill_after is not None:
+        try:
+            proc.wait(kill_after)
+        except subprocess.TimeoutExpired:
+            proc.send_signal(signal.SIGKILL)
+    out, _ = proc.communicate()
+    peak = next((float(line.split()[1]) for line in out.splitlines() if line.startswith("PEAK_MIB")), None)
+    if proc.returncode not in (0, -signal.SIGKILL):
+        sys.exit(f"mitoseg {' '.join(args)} failed:\n{out}")
+    return {"seconds": time.perf_counter() - t0, "peak_mib": peak, "returncode": proc.returncode}
+
+
+def digest(path: Path) -> str:
+    """SHA-256 of a Zarr array's values, read slab by slab."""
+    import zarr
+
+    arr = zarr.open_array(str(path), mode="r")
+    h = hashlib.sha256()
+    for z0 in range(0, arr.shape[0], CHUNKS[0]):
+        h.update(np.ascontiguousarray(arr[z0:z0 + CHUNKS[0]]).tobytes())
+    return h.hexdigest()
+
+
+def model_folder(args, work: Path) -> Path:
+    """--model, or a seeded untrained 2D model saved as a checkpoint mitoseg can load."""
+    if args.model:
+        return Path(args.model)
+    import torch
+
+    from mitoseg.config import Config
+    from mitoseg.models import build_model
+
+    torch.manual_seed(args.seed)
+    cfg = Config(dims=2, tile_xy=256, overlap=0.25)
+    path = work / "untrained2d.pt"
+    torch.save({"model": build_model(cfg).state_dict(), "config": cfg.__dict__}, path)
+    return path
+
+
+def main() -> None:
+    p = common.parser(__doc__)
+    p.add_argument("--shape", type=common.parse_shape, default=FULL, help="stand-in shape Z,Y,X")
+    p.add_argument("--predict-slices", type=int, default=64, help="slices to predict (0: all)")
+    p.add_argument("--kill-after", type=float, default=None, help="seconds before the SIGKILL (default: half)")
+    p.add_argument("--model", help="run folder or checkpoint (default: untrained 2D)")
+    p.add_argument("--work", type=Path, default=Path("/tmp/mitoseg-full-volume"), help="scratch folder")
+    args = p.parse_args()
+    shape = (64, 512, 384) if args.small else tuple(args.shape)
+    n_pred = min(shape[0], 16 if args.small else (args.predict_slices or shape[0]))
+    device = common.setup(args)
+    info = common.machine_info(device)
+    common.print_header(f"full-volume stand-in {shape} ({np.prod(shape) / 1e9:.2f} gigavoxels)", info)
+    work = args.work
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True)
+
+    raw, mask = common.load_stack()
+    t0 = time.perf_counter()
+    build_standin(work / "image.zarr", raw, shape)
+    build_standin(work / "mask.zarr", mask, shape)
+    build_standin(work / "head.zarr", raw, (n_pred, *shape[1:]))
+    build_s = time.perf_counter() - t0
+    print(f"built stand-ins in {build_s:.0f} s", flush=True)
+
+    model = str(model_folder(args, work))
+    pred = ["predict", str(work / "head.zarr"), "--model", model, "--device", str(device)]
+    whole = run_cli([*pred, "--out", str(work / "probs.zarr")])
+    voxels = n_pred * shape[1] * shape[2]
+    print(f"predict {n_pred} slices: {whole['seconds']:.0f} s, {voxels / whole['seconds'] / 1e6:.2f} Mvoxel/s, "
+          f"peak {whole['peak_mib']:.0f} MiB", flush=True)
+
+    kill_after = args.kill_after or whole["seconds"] / 2
+    run_cli([*pred, "--out", str(work / "resumed.zarr")], kill_after=kill_after)
+    done = len(list((work / "resumed.zarr.partial.done").glob("*")))
+    resumed = run_cli([*pred, "--out", str(work / "resumed.zarr"), "--resume"])
+    identical = digest(work / "probs.zarr") == digest(work / "resumed.zarr")
+    print(f"killed after {kill_after:.0f} s with {done} blocks done; resumed in {resumed['seconds']:.0f} s; "
+          f"identical to the uninterrupted run: {identical}", flush=True)
+
+    label = run_cli(["label", str(work / "mask.zarr"), "--out", str(work / "labels.zarr"), "--table",
+                     str(work / "objects.csv"), "--voxel-size", "5", "5", "5"])
+    n_objects = sum(1 for _ in open(work / "objects.csv")) - 1
+    print(f"label {np.prod(shape) / 1e9:.2f} gigavoxels: {label['seconds']:.0f} s, "
+          f"{np.prod(shape) / label['seconds'] / 1e6:.1f} Mvoxel/s, peak {label['peak_mib']:.0f} MiB, "
+          f"{n_objects} objects", flush=True)
+
+    result = {"machine": info, "shape": shape, "voxels": int(np.prod(shape)), "build_seconds": build_s,
+              "predict": {"slices": n_pred, "voxels": voxels, **whole,
+                          "voxels_per_second": voxels / whole["seconds"]},
+              "resume": {"killed_after_s": kill_after, "blocks_done_before_kill": done, **resumed,
+                         "identical": identical},
+              "label": {**label, "objects": n_objects, "voxels_per_second": np.prod(shape) / label["seconds"]},
+              "note": "stand-in built by mirror-tiling the real Drosophila VNC stack; " + common.UNTRAINED}
+    path = common.save_json(args.out, common.output_name("full_volume", args.small), result)
+    print(json.dumps({k: result[k] for k in ("predict", "resume", "label")}, indent=1, default=str))
+    print(f"saved {path}")
+    if not identical:
+        sys.exit("resumed output differs from the uninterrupted run")
+
+
+if __name__ == "__main__":
+    main()

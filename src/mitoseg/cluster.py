@@ -1,0 +1,290 @@
+"""Prediction and labelling block by block on a dask.distributed cluster, with the single-process result.
+
+No scheduler of our own: `client` connects to any Dask scheduler (started by hand with `dask scheduler`
+and `dask worker`, or by dask-jobqueue on SLURM/PBS, see docs/cluster.md) or starts a LocalCluster.
+Tasks receive paths and block slices, never arrays: each opens the input and writes its block into the
+output Zarr store itself (so the stores must lie on a filesystem every worker sees at the same path),
+output chunks equal blocks so no two tasks write the same chunk, and each worker process loads the
+model once (cached per process, reloaded only when the checkpoint file changes).
+
+The per-block work is the single-process code: `predict.predict_block` and `predict.to_storage` for
+prediction, and `instances.summarize_block`, `block_pairs`, `merge_blocks`, `relabel_block` for
+labelling, so the outputs equal `predict.predict_volume` and `instances.label_blockwise` byte for byte
+(on CPU, with the same number of torch threads; see docs/cluster.md).
+"""
+
+from __future__ import annotations
+
+import shutil
+import threading
+import time
+import uuid
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from mitoseg import instances, io
+from mitoseg.errors import MitosegError
+
+Block = tuple[slice, slice, slice]
+
+# per worker process: the loaded model and the opened input files, so that each is loaded once
+_LOCK = threading.Lock()
+_MODELS: dict[tuple, tuple[Any, Any]] = {}
+_INPUTS: dict[tuple, Any] = {}
+_STATS = {"model_loads": 0}
+
+
+def client(address: str | None = None, workers: int = 2, threads_per_worker: int = 1,
+           memory_limit: str | float | None = "auto", scheduler_file: str | Path | None = None):
+    """A `distributed.Client`: connected to the scheduler at `address` (``tcp://host:8786``) or described
+    by `scheduler_file` (the JSON file ``dask scheduler --scheduler-file`` writes; an `address` naming an
+    existing file is taken as one), or else to a new LocalCluster of `workers` processes with
+    `threads_per_worker` threads each and no dashboard. Use it as a context manager: closing the client
+    also stops a LocalCluster it started."""
+    from distributed import Client
+
+    if address and "://" not in address and Path(address).is_file():
+        address, scheduler_file = None, address
+    if address or scheduler_file:
+        where = address or f"the scheduler file {scheduler_file}"
+        try:
+            if address:
+                return Client(address, timeout="30s")
+            return Client(scheduler_file=str(scheduler_file), timeout="30s")
+        except (OSError, TimeoutError, ValueError) as e:
+            raise MitosegError(f"cannot reach the Dask scheduler at {where} ({type(e).__name__}: {e})") from None
+    return Client(n_workers=workers, threads_per_worker=threads_per_worker, processes=True,
+                  dashboard_address=None, memory_limit=memory_limit)
+
+
+# ---------------------------------------------------------------- helpers that run on the workers
+
+
+def _stamp(path: Path) -> tuple:
+    """What tells a changed file: (path, mtime, size) of it, or of every checkpoint in a run folder."""
+    files = sorted(path.glob("*.pt")) if path.is_dir() else [path]
+    return tuple((str(f), f.stat().st_mtime_ns, f.stat().st_size) for f in files if f.exists())
+
+
+def _worker_device(device: str | None):
+    import torch
+
+    return torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+
+
+def _worker_model(model: str, stamp: tuple, device: Any):
+    """(model, config) of a run folder or checkpoint, loaded once per worker process and device."""
+    from mitoseg.train import load_model
+
+    key = (model, stamp, str(device))
+    with _LOCK:
+        if key not in _MODELS:
+            _MODELS.clear()  # one model at a time: a new checkpoint replaces the old one
+            _MODELS[key] = load_model(model, device)
+            _STATS["model_loads"] += 1
+        return _MODELS[key]
+
+
+def _open_input(spec: str) -> Any:
+    """`io.open_volume(spec)`; single files (TIFF, HDF5, .npy), whose index is slow to parse, are opened
+    once per worker thread and kept while they are unchanged. Folders (Zarr, slices) are opened per task."""
+    path, _ = io.split_path(spec)
+    if not path.is_file():
+        return io.open_volume(spec)
+    key = (spec, _stamp(path), threading.get_ident())
+    with _LOCK:
+        if key not in _INPUTS:
+            for old in [k for k in _INPUTS if k[0] == spec and k[2] == key[2]]:
+                del _INPUTS[old]
+            _INPUTS[key] = io.open_volume(spec)
+        return _INPUTS[key]
+
+
+def _write(path: str, block: Block, data: np.ndarray) -> None:
+    import zarr
+
+    zarr.open_array(path, mode="r+")[block] = data
+
+
+def _predict_task(block: Block, job: dict) -> None:
+    """Predict one block and write it (and its mask) into the output Zarr; `job` holds what is the same
+    for every block (see `predict_volume_dask`)."""
+    import torch
+
+    from mitoseg import predict
+
+    if job["torch_threads"]:
+        torch.set_num_threads(job["torch_threads"])
+    device = _worker_device(job["device"])
+    net, config = _worker_model(job["model"], job["stamp"], device)
+    p = predict.predict_block(net, _open_input(job["image"]), block, job["tile"], job["overlap"], job["window"],
+                              device, config.dims, job["batch_size"], job["tta"], job["amp"])
+    _write(job["out"], block, predict.to_storage(p, job["dtype"]))
+    if job["mask_out"] is not None:
+        _write(job["mask_out"], block, (p >= job["threshold"]).astype(np.uint8))
+    predict._marker(Path(job["done"]), block).touch()  # the resume layout of predict_volume
+
+
+def _summary_task(spec: str, block: Block, index: int, connectivity: int, threshold: float | None):
+    return instances.summarize_block(_open_input(spec)[block], index, connectivity, threshold)
+
+
+def _pairs_task(own: instances.BlockSummary, before: list, connectivity: int) -> tuple:
+    pairs = instances.block_pairs(own, dict(zip(instances.PREDECESSORS, before, strict=True)), connectivity)
+    return own.index, own.n, own.sizes, pairs  # the faces stay on the cluster
+
+
+def _relabel_task(block: Block, table: np.ndarray, job: dict) -> None:
+    labels = instances.relabel_block(_open_input(job["spec"])[block], table, job["connectivity"], job["threshold"])
+    _write(job["out"], block, labels)
+
+
+# ---------------------------------------------------------------- drivers, on the client
+
+
+def _spec(spec: Any, what: str) -> str:
+    """An absolute path spec (``/abs/file.h5:inner``), the same on every worker of a shared filesystem."""
+    if not isinstance(spec, str | Path):
+        raise MitosegError(f"give the {what} as a path: the Dask workers open it themselves")
+    path, inner = io.split_path(spec)
+    return str(path.absolute()) + (f":{inner}" if inner else "")
+
+
+def _wait(futures: list, desc: str, progress: bool) -> list:
+    """Results of `futures` in completion order, with a progress bar; on any error (or Ctrl-C) the
+    remaining tasks are cancelled and the error is raised here."""
+    from distributed import as_completed
+    from tqdm.auto import tqdm
+
+    results = []
+    try:
+        with tqdm(total=len(futures), desc=desc, unit="block", disable=not progress) as bar:
+            for future in as_completed(futures):
+                results.append(future.result())
+                bar.update(1)
+    except BaseException:
+        if futures:
+            futures[0].client.cancel(futures)
+        raise
+    return results
+
+
+def predict_volume_dask(client, model_path: str | Path, image_spec: str | Path, out: str | Path,
+                        tile: tuple[int, int, int] | None = None, overlap: float | None = None,
+                        block: tuple[int, int, int] | None = None, dtype: str = "uint8",
+                        mask_out: str | Path | None = None, threshold: float = 0.5, batch_size: int | None = None,
+                        tta: bool = False, overwrite: bool = False, resume: bool = False, progress: bool = True,
+                        amp: bool = True, attrs: dict | None = None, device: str | None = None,
+                        torch_threads: int | None = None) -> Path:
+    """`predict.predict_volume` on a Dask cluster: one task per block, the same Zarr output.
+
+    `model_path` is a run folder or checkpoint and `image_spec` a path as `io.open_volume` takes it,
+    both readable by every worker. `tile` and `overlap` default to the run's config (tile depth 1 for
+    2D models); `batch_size` None lets `predict_block` choose by the worker's device. Each worker loads
+    the model once on `device` (default: cuda when the worker has a GPU, else cpu); `torch_threads`,
+    when given, sets torch's CPU threads per worker (the Nanny starts workers with OMP_NUM_THREADS=1).
+    The output is written to ``<out>.partial`` with chunks == `block`, finished blocks are marked in
+    ``<out>.partial.done/`` like `predict_volume`'s (so either can --resume the
+    other's run), and it is renamed to `out` when every block is done. Returns `out`.
+    """
+    from mitoseg import predict
+    from mitoseg.train import load_model
+
+    image = _spec(image_spec, "image")
+    model = str(Path(model_path).absolute())
+    _, config = load_model(model, "cpu")  # fails here, once, on a bad checkpoint; gives the defaults
+    if tile is None:
+        tile = config.tile
+    tile = tuple(int(t) for t in tile)
+    overlap = config.overlap if overlap is None else overlap
+    volume = io.open_volume(image)
+    shape = tuple(volume.shape)
+    io.check_output(out, overwrite)
+    if mask_out is not None:
+        io.check_output(mask_out, overwrite)
+    window = io.intensity_range(volume)
+    block = tuple(block or predict.default_block(shape, tile))
+    meta = dict(attrs or {}, overlap=overlap, tile=tile, tta=tta, window=window, created=time.strftime("%F %T"))
+    arrays = [io.create_zarr(out, shape, dtype, block, dict(meta, kind="probability"), resume)]
+    if mask_out is not None:
+        arrays.append(io.create_zarr(mask_out, shape, "uint8", block, dict(meta, kind="mask", threshold=threshold),
+                                     resume))
+    if any(tuple(a.chunks) != block for a in arrays):  # two tasks would write the same chunk, and markers differ
+        raise MitosegError(f"{io.partial_path(out)} has chunks {arrays[0].chunks}: resume with the same block "
+                           f"as the interrupted run, not {block}")
+    done = Path(str(io.partial_path(out)) + ".done")
+    if not resume and done.exists():
+        shutil.rmtree(done)
+    done.mkdir(exist_ok=True)
+    todo = [b for b in predict.iter_blocks(shape, block) if not predict._marker(done, b).exists()]
+    job = dict(model=model, stamp=_stamp(Path(model)), device=device, image=image,
+               out=str(io.partial_path(out).absolute()),
+               mask_out=None if mask_out is None else str(io.partial_path(mask_out).absolute()),
+               done=str(done.absolute()), tile=tile, overlap=overlap, window=window, dtype=dtype,
+               threshold=threshold, batch_size=batch_size, tta=tta, amp=amp, torch_threads=torch_threads)
+    futures = client.map(_predict_task, todo, job=job, pure=False)  # job=: map() has its own batch_size
+    _wait(futures, f"predict {Path(out).name}", progress)
+    io.finish_output(out, overwrite)
+    if mask_out is not None:
+        io.finish_output(mask_out, overwrite)
+    shutil.rmtree(done)
+    return Path(out)
+
+
+def label_dask(client, mask_spec: str | Path, out: str | Path, block: Sequence[int] | None = None,
+               connectivity: int = 26, min_size: int = 0, threshold: float | None = None, progress: bool = True,
+               attrs: dict | None = None, overwrite: bool = False) -> int:
+    """`instances.label_blockwise` on a Dask cluster: the same labels, id for id, in a new Zarr at `out`.
+
+    `mask_spec`: a path (`io.open_volume`) every worker can read; foreground is `>= threshold`, or `> 0`
+    when threshold is None. `block` defaults to (64, 512, 512) and is also the output's chunk shape.
+    Pass 1 labels every block alone and keeps its faces on the cluster; one task per block finds the ids
+    touching the blocks before it, from their faces; the client solves the equivalences (a few bytes per
+    object); pass 2 relabels every block into ``<out>.partial``, renamed to `out` at the end.
+    Returns the number of objects.
+    """
+    from dask import delayed
+
+    instances._check_connectivity(connectivity)
+    spec = _spec(mask_spec, "mask")
+    shape = tuple(io.open_volume(spec).shape)
+    io.check_output(out, overwrite)
+    block = tuple(int(b) for b in (block or (min(shape[0], 64), 512, 512)))
+    blocks = instances._grid(shape, block)
+    positions = instances.grid_positions(shape, block)
+    io.create_zarr(out, shape, "uint32", block, attrs)
+
+    run = uuid.uuid4().hex[:8]
+    summaries: dict[tuple[int, int, int], Any] = {}
+    pairs = []
+    for index, (sl, pos) in enumerate(zip(blocks, positions, strict=True)):
+        summaries[pos] = delayed(_summary_task, pure=False)(
+            spec, sl, index, connectivity, threshold, dask_key_name=f"mitoseg-label-block-{run}-{index}")
+        before = [summaries.get((pos[0] - d[0], pos[1] - d[1], pos[2] - d[2])) for d in instances.PREDECESSORS]
+        pairs.append(delayed(_pairs_task, pure=False)(
+            summaries[pos], before, connectivity, dask_key_name=f"mitoseg-label-pairs-{run}-{index}"))
+    futures = client.compute(pairs)  # one graph: dask orders it so faces are dropped once used
+    del summaries, pairs
+    results = sorted(_wait(futures, "label pass 1/2", progress), key=lambda r: r[0])
+    counts = [r[1] for r in results]
+    offsets, lookup, n_objects = instances.merge_blocks(counts, [r[2] for r in results], [r[3] for r in results],
+                                                        min_size)
+    del results
+    tables = [instances.block_table(lookup, o, n) for o, n in zip(offsets, counts, strict=True)]
+    job = dict(spec=spec, out=str(io.partial_path(out).absolute()), connectivity=connectivity, threshold=threshold)
+    futures = client.map(_relabel_task, blocks, tables, job=job, pure=False)
+    _wait(futures, "label pass 2/2", progress)
+    io.finish_output(out, overwrite)
+    return n_objects
+
+
+def scheduler_info(client) -> str:
+    """One line about the cluster the client is connected to: address, workers, threads."""
+    info = client.scheduler_info()
+    workers = info.get("workers", {})
+    threads = sum(w.get("nthreads", 0) for w in workers.values())
+    return f"Dask scheduler {info.get('address', '?')}: {len(workers)} workers, {threads} threads"
+

@@ -1,0 +1,175 @@
+"""Dask cluster execution: a LocalCluster of two worker processes gives the single-process outputs exactly."""
+
+import json
+
+import cc3d
+import numpy as np
+import pytest
+import tifffile
+import torch
+import zarr
+
+from mitoseg import cluster, io, predict
+from mitoseg.config import Config
+from mitoseg.errors import MitosegError
+from mitoseg.instances import label_blockwise
+from mitoseg.train import load_model, train
+
+
+def _same_partition(a: np.ndarray, b: np.ndarray) -> bool:
+    """True when two label arrays have the same background and a bijection between their object ids."""
+    if not np.array_equal(a > 0, b > 0):
+        return False
+    fg = a > 0
+    pairs = np.unique(np.stack([a[fg], b[fg]]).astype(np.int64), axis=1)
+    return pairs.shape[1] == np.unique(a[fg]).size == np.unique(b[fg]).size
+
+
+@pytest.fixture(scope="module")
+def dask_client():
+    with cluster.client(workers=2, threads_per_worker=1, memory_limit="3GiB") as c:
+        yield c
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory, droso_crop):
+    """Tiny seeded run folders (one iteration of training), 2D and 3D, as `mitoseg train` writes them."""
+    raw, mask = droso_crop
+    root = tmp_path_factory.mktemp("runs")
+    for dims in (2, 3):
+        cfg = Config(dims=dims, patch_xy=64, patch_z=8, batch=1, epochs=1, iterations_per_epoch=1,
+                     warmup_iterations=1, tile_xy=64, tile_z=8, overlap=0.25, val_fraction=0.25, seed=dims)
+        train(cfg, raw[:8, :128, :128].copy(), mask[:8, :128, :128].copy(), root / f"run{dims}", progress=False)
+    return root
+
+
+def _reference(run, image, out, mask_out, block, threads: int = 1):
+    """predict_volume in this process with as many torch threads as a worker has (the Nanny sets 1)."""
+    model, cfg = load_model(run, "cpu")
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        return predict.predict_volume(model, image, out, cfg.dims, cfg.tile, cfg.overlap, block, mask_out=mask_out,
+                                      progress=False)
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_predict_2d_equals_single_process_and_resumes_its_run(dask_client, runs, droso_crop, tmp_path, monkeypatch):
+    image = tmp_path / "image.tif"
+    tifffile.imwrite(image, droso_crop[0][:6, 100:196, 60:188])  # a file: workers open it themselves
+    block = (2, 64, 48)  # 3 x 2 x 3 blocks, cutting tiles
+    ref = _reference(runs / "run2", image, tmp_path / "ref.zarr", tmp_path / "ref_mask.zarr", block)
+    out = cluster.predict_volume_dask(dask_client, runs / "run2", str(image), tmp_path / "p.zarr", block=block,
+                                      mask_out=tmp_path / "m.zarr", progress=False)
+    got = zarr.open_array(str(out), mode="r")
+    assert got.dtype == np.uint8 and got.chunks == block
+    np.testing.assert_array_equal(got[:], io.open_volume(ref)[:])
+    np.testing.assert_array_equal(io.open_volume(tmp_path / "m.zarr")[:], io.open_volume(tmp_path / "ref_mask.zarr")[:])
+    assert 0 < got[:].std() and dict(got.attrs)["kind"] == "probability"
+    assert not io.partial_path(out).exists() and not (tmp_path / "p.zarr.partial.done").exists()
+
+    # a single-process run killed after two blocks is finished by the cluster, which skips those blocks
+    real = predict.predict_block
+    calls = {"n": 0}
+
+    def dying(*a, **k):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise KeyboardInterrupt
+        return real(*a, **k)
+
+    monkeypatch.setattr(predict, "predict_block", dying)
+    model, cfg = load_model(runs / "run2", "cpu")
+    resumed = tmp_path / "resumed.zarr"
+    with pytest.raises(KeyboardInterrupt):
+        predict.predict_volume(model, image, resumed, 2, cfg.tile, cfg.overlap, block, progress=False)
+    monkeypatch.undo()
+    zarr.open_array(str(io.partial_path(resumed)), mode="r+")[:2, :64, :48] = 7  # marks the first finished block
+    cluster.predict_volume_dask(dask_client, runs / "run2", image, resumed, block=block, resume=True, progress=False)
+    expect = io.open_volume(ref)[:]
+    expect[:2, :64, :48] = 7
+    np.testing.assert_array_equal(io.open_volume(resumed)[:], expect)
+    io.create_zarr(tmp_path / "other.zarr", (6, 96, 128), "uint8", block)  # an interrupted run with other blocks
+    with pytest.raises(MitosegError, match="same block"):
+        cluster.predict_volume_dask(dask_client, runs / "run2", image, tmp_path / "other.zarr", block=(3, 64, 48),
+                                    resume=True, progress=False)
+
+
+def test_predict_3d_equals_single_process(dask_client, runs, droso_crop, tmp_path):
+    image = tmp_path / "image.zarr"
+    zarr.create_array(str(image), data=droso_crop[0][:10, 40:104, 100:212], chunks=(4, 64, 64))
+    block = (4, 64, 40)  # 3 x 1 x 3 blocks cutting the 2 x 1 x 2 tiles (8, 64, 64) in z and x
+    ref = _reference(runs / "run3", image, tmp_path / "ref.zarr", None, block)
+
+    def loads():
+        return sum(dask_client.run(lambda: cluster._STATS["model_loads"]).values())
+
+    before = loads()
+    out = cluster.predict_volume_dask(dask_client, runs / "run3", image, tmp_path / "p.zarr", block=block,
+                                      progress=False)
+    assert loads() - before <= 2  # 9 blocks, 2 workers: each worker loads the model at most once
+    got = io.open_volume(out)[:]
+    np.testing.assert_array_equal(got, io.open_volume(ref)[:])
+    assert got.shape == (10, 64, 112) and 0 < got.std()
+
+
+@pytest.fixture(scope="module")
+def real_mask(droso, tmp_path_factory):
+    """The real mitochondria mask (20, 256, 512) as a Zarr store the workers read."""
+    mask = droso[1][:, :256, :512].copy()
+    path = tmp_path_factory.mktemp("mask") / "mask.zarr"
+    zarr.create_array(str(path), data=mask, chunks=(5, 128, 128))
+    return mask, path
+
+
+@pytest.mark.parametrize("connectivity", [6, 26])
+def test_label_equals_blockwise_and_whole_volume(dask_client, real_mask, tmp_path, connectivity):
+    mask, path = real_mask
+    block = (7, 100, 130)  # 3 x 3 x 4 blocks that cut objects across faces, edges and corners
+    ref = cc3d.connected_components(mask, connectivity=connectivity)
+    cut = {int(i) for i in np.unique(ref[:, 99:101]) if i} | {int(i) for i in np.unique(ref[6:8]) if i}
+    assert len(cut) > 5
+    single = np.zeros(mask.shape, np.uint32)
+    n_single = label_blockwise(mask, single, block, connectivity)
+    n = cluster.label_dask(dask_client, path, tmp_path / "labels.zarr", block, connectivity, progress=False,
+                           attrs={"kind": "labels"})
+    got = zarr.open_array(str(tmp_path / "labels.zarr"), mode="r")
+    assert got.dtype == np.uint32 and got.chunks == block and dict(got.attrs)["kind"] == "labels"
+    labels = got[:]
+    assert n == n_single == ref.max()
+    np.testing.assert_array_equal(labels, single)  # the same ids, not only the same partition
+    assert _same_partition(labels, ref)
+
+
+def test_label_threshold_min_size_and_connecting_to_a_scheduler(dask_client, real_mask, tmp_path):
+    mask, _ = real_mask
+    prob = np.where(mask > 0, 0.75, 0.25).astype(np.float32)
+    prob[:, 300:310] = 0.5  # exactly at the threshold: foreground
+    path = tmp_path / "prob.zarr"
+    zarr.create_array(str(path), data=prob, chunks=(10, 128, 128))
+    single = np.zeros(mask.shape, np.uint32)
+    n_single = label_blockwise(prob, single, (8, 90, 200), 26, min_size=500, threshold=0.5)
+    # a second client connected by address, as `--dask-address tcp://...` does
+    with cluster.client(dask_client.scheduler.address) as remote:
+        assert "2 workers" in cluster.scheduler_info(remote)
+        n = cluster.label_dask(remote, f"{path}", tmp_path / "l.zarr", (8, 90, 200), min_size=500, threshold=0.5,
+                               progress=False)
+    assert n == n_single > 0
+    np.testing.assert_array_equal(io.open_volume(tmp_path / "l.zarr")[:], single)
+    with pytest.raises(MitosegError, match="already exists"):
+        cluster.label_dask(dask_client, path, tmp_path / "l.zarr", (8, 90, 200), progress=False)
+    # the file `dask scheduler --scheduler-file` writes (Client.write_scheduler_file fails on worker metrics)
+    address = dask_client.scheduler.address
+    (tmp_path / "scheduler.json").write_text(json.dumps({"type": "Scheduler", "address": address}))
+    with cluster.client(str(tmp_path / "scheduler.json")) as remote:  # --dask-address may name the file
+        n = cluster.label_dask(remote, path, tmp_path / "l6.zarr", (8, 90, 200), 6, min_size=500, threshold=0.5,
+                               progress=False)
+    single6 = np.zeros(mask.shape, np.uint32)
+    assert n == label_blockwise(prob, single6, (8, 90, 200), 6, min_size=500, threshold=0.5)
+    np.testing.assert_array_equal(io.open_volume(tmp_path / "l6.zarr")[:], single6)
+
+
+def test_arrays_are_refused(dask_client, tmp_path):
+    with pytest.raises(MitosegError, match="as a path"):
+        cluster.label_dask(dask_client, np.zeros((2, 4, 4), np.uint8), tmp_path / "l.zarr", progress=False)
