@@ -1,0 +1,110 @@
+"""Which execution settings make the U-Nets fastest at inference, measured side by side in one run.
+
+For the 2D and the 3D model (untrained, seeded: weights do not change the speed), on batches of real
+tiles: eager float32 (what `mitoseg predict` does on CPU), channels-last memory format,
+`torch.compile`, and on a GPU bf16 autocast with and without channels-last / compile. Prints voxels/s
+per setting and the speed-up over eager; mitoseg keeps a setting only where it wins here.
+Also counts each model's FLOPs per voxel (torch.utils.flop_counter) and, on a GPU, the achieved
+TFLOP/s as a fraction of the bf16 peak given by --peak-tflops (H100 SXM dense: 989).
+
+Run from the repository root:
+    .venv/bin/python benchmarks/bench_backends.py           # ~5 min on 2 CPU cores
+    .venv/bin/python benchmarks/bench_backends.py --small   # seconds
+Writes backends.json (backends_small.json) into --out (default results/bench/).
+"""
+
+from __future__ import annotations
+
+import contextlib
+
+import common
+import numpy as np
+
+
+def flops_per_voxel(model, x) -> float:
+    """Forward FLOPs of one batch divided by its voxels (a multiply-add counts 2)."""
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with torch.inference_mode(), FlopCounterMode(display=False) as counter:
+        model(x)
+    return counter.get_total_flops() / x.numel()
+
+
+def main() -> None:
+    import torch
+
+    from mitoseg.config import Config
+    from mitoseg.models import build_model
+
+    p = common.parser(__doc__)
+    p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--peak-tflops", type=float, default=989.0, help="GPU bf16 dense peak, for the fraction")
+    args = p.parse_args()
+    device = common.setup(args)
+    info = common.machine_info(device)
+    common.print_header("inference backends", info, [common.UNTRAINED])
+    raw, _ = common.load_stack()
+    gpu = device.type == "cuda"
+    size = 128 if args.small else 256
+    shapes = {2: (8 if not gpu else 64, 1, size, size), 3: (1 if not gpu else 8, 1, 32, size, size)}
+    settings = [("eager fp32", False, False, False), ("channels-last", True, False, False),
+                ("torch.compile", False, True, False)]
+    if gpu:
+        settings += [("bf16", False, False, True), ("bf16 channels-last", True, False, True),
+                     ("bf16 compile", False, True, True), ("bf16 channels-last compile", True, True, True)]
+    rows = []
+    for dims, shape in shapes.items():
+        torch.manual_seed(args.seed)
+        base = build_model(Config(dims=dims)).to(device).eval()
+        tiles = common.mirror_tile(raw, (shape[0] * (shape[2] if dims == 3 else 1), size, size))
+        x = torch.from_numpy(tiles.reshape(shape).astype(np.float32) / 255).to(device)
+        fpv = flops_per_voxel(base, x)
+        eager = None
+        for name, channels_last, compiled, bf16 in settings:
+            model = base
+            xi = x
+            if channels_last:
+                fmt = torch.channels_last if dims == 2 else torch.channels_last_3d
+                model, xi = base.to(memory_format=fmt), x.to(memory_format=fmt)
+            if compiled:
+                try:
+                    model = torch.compile(model)
+                except Exception as e:  # noqa: BLE001 - report, don't stop the benchmark
+                    rows.append({"model": f"{dims}D", "setting": name, "error": str(e)[:80]})
+                    continue
+            amp = torch.autocast("cuda", dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
+
+            def run(model=model, xi=xi, amp=amp):
+                with torch.inference_mode(), amp:
+                    return model(xi)
+
+            try:
+                common.timed(run, device)  # warm-up (compiles)
+                times = [common.timed(run, device)[0] for _ in range(args.repeats)]
+            except Exception as e:  # noqa: BLE001
+                rows.append({"model": f"{dims}D", "setting": name, "error": str(e)[:80]})
+                continue
+            vps = x.numel() / common.median(times)
+            eager = eager or vps
+            row = {"model": f"{dims}D", "setting": name, "seconds": common.median(times), "voxels_per_s": vps,
+                   "speedup": vps / eager, "gflop_per_voxel": fpv / 1e9}
+            if gpu:
+                row["tflops"] = fpv * vps / 1e12
+                row["peak_fraction"] = row["tflops"] / args.peak_tflops
+            rows.append(row)
+            print(f"{dims}D {name}: {vps:,.0f} voxels/s ({vps / eager:.2f}x eager)", flush=True)
+            base = base.to(memory_format=torch.contiguous_format)
+    cols = [("model", "model", ""), ("setting", "setting", ""), ("seconds", "s/batch", ".3f"),
+            ("voxels_per_s", "voxels/s", ",.0f"), ("speedup", "x eager", ".2f"),
+            ("gflop_per_voxel", "GFLOP/voxel", ".4f")]
+    if gpu:
+        cols += [("tflops", "TFLOP/s", ".1f"), ("peak_fraction", "of peak", ".1%")]
+    print(common.table(rows, cols))
+    path = common.save_json(args.out, common.output_name("backends", args.small),
+                            {"machine": info, "shapes": shapes, "rows": rows, "note": common.UNTRAINED})
+    print(f"saved {path}")
+
+
+if __name__ == "__main__":
+    main()
