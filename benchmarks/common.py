@@ -66,13 +66,9 @@ def command_line() -> str:
 
 
 def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
+    from mitoseg.train import cpu_name
+
+    return cpu_name()
 
 
 def memory_total_gib() -> float | None:

@@ -35,3 +35,12 @@ def droso_crop(droso) -> tuple[np.ndarray, np.ndarray]:
     """A crop with many mitochondria: raw uint8 and mask uint8 {0,1}, shape (20, 256, 256)."""
     raw, mask = droso
     return raw[:, 256:512, 256:512].copy(), mask[:, 256:512, 256:512].copy()
+
+
+def same_partition(a: np.ndarray, b: np.ndarray) -> bool:
+    """True when two label arrays have the same background and a bijection between their object ids."""
+    if not np.array_equal(a > 0, b > 0):
+        return False
+    fg = a > 0
+    pairs = np.unique(np.stack([a[fg], b[fg]]).astype(np.int64), axis=1)
+    return pairs.shape[1] == np.unique(a[fg]).size == np.unique(b[fg]).size

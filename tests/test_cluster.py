@@ -8,21 +8,13 @@ import pytest
 import tifffile
 import torch
 import zarr
+from conftest import same_partition
 
 from mitoseg import cluster, io, predict
 from mitoseg.config import Config
 from mitoseg.errors import MitosegError
 from mitoseg.instances import label_blockwise
 from mitoseg.train import load_model, train
-
-
-def _same_partition(a: np.ndarray, b: np.ndarray) -> bool:
-    """True when two label arrays have the same background and a bijection between their object ids."""
-    if not np.array_equal(a > 0, b > 0):
-        return False
-    fg = a > 0
-    pairs = np.unique(np.stack([a[fg], b[fg]]).astype(np.int64), axis=1)
-    return pairs.shape[1] == np.unique(a[fg]).size == np.unique(b[fg]).size
 
 
 @pytest.fixture(scope="module")
@@ -139,7 +131,7 @@ def test_label_equals_blockwise_and_whole_volume(dask_client, real_mask, tmp_pat
     labels = got[:]
     assert n == n_single == ref.max()
     np.testing.assert_array_equal(labels, single)  # the same ids, not only the same partition
-    assert _same_partition(labels, ref)
+    assert same_partition(labels, ref)
 
 
 def test_label_threshold_min_size_and_connecting_to_a_scheduler(dask_client, real_mask, tmp_path):

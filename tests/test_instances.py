@@ -7,21 +7,13 @@ import numpy as np
 import pytest
 import scipy.ndimage as ndi
 import zarr
+from conftest import same_partition
 
 from mitoseg import instances
 from mitoseg.errors import MitosegError
 from mitoseg.instances import COLUMNS, label, label_blockwise, measure, write_table
 
 STRUCTURES = {6: ndi.generate_binary_structure(3, 1), 18: ndi.generate_binary_structure(3, 2), 26: np.ones((3, 3, 3))}
-
-
-def _same_partition(a: np.ndarray, b: np.ndarray) -> bool:
-    """True when two label arrays have the same background and a bijection between their object ids."""
-    if not np.array_equal(a > 0, b > 0):
-        return False
-    fg = a > 0
-    pairs = np.unique(np.stack([a[fg], b[fg]]).astype(np.int64), axis=1)
-    return pairs.shape[1] == np.unique(a[fg]).size == np.unique(b[fg]).size
 
 
 def _consecutive(labels: np.ndarray, n: int) -> bool:
@@ -48,7 +40,7 @@ def test_label_equals_scipy_on_real_crop(droso_crop, connectivity):
     assert labels.dtype == np.uint32 and labels.shape == mask.shape
     assert n > 5 and labels.max() == n
     assert _consecutive(labels, n)
-    assert _same_partition(labels, ref)
+    assert same_partition(labels, ref)
 
 
 @pytest.mark.parametrize("connectivity", [6, 18, 26])
@@ -56,7 +48,7 @@ def test_label_equals_scipy_on_noise(connectivity):
     # sparse noise: 6, 18 and 26 neighbours give very different partitions, unlike smooth real masks
     mask = np.random.default_rng(1).random((9, 31, 27)) < 0.3
     ref, n = ndi.label(mask, structure=STRUCTURES[connectivity])
-    assert _same_partition(label(mask, connectivity=connectivity), ref)
+    assert same_partition(label(mask, connectivity=connectivity), ref)
 
 
 def test_label_min_size_removes_exactly_small_objects(droso_crop):
@@ -69,7 +61,7 @@ def test_label_min_size_removes_exactly_small_objects(droso_crop):
     assert 0 < big.size < n
     assert labels.max() == big.size and _consecutive(labels, big.size)
     assert np.array_equal(labels > 0, np.isin(ref, big))
-    assert _same_partition(labels, np.where(np.isin(ref, big), ref, 0))
+    assert same_partition(labels, np.where(np.isin(ref, big), ref, 0))
 
 
 def test_label_rejects_bad_input():
@@ -131,7 +123,7 @@ def test_label_blockwise_equals_whole_volume(mask512, connectivity):
     n = label_blockwise(_zarr(mask512, (5, 128, 128)), out, block=block, connectivity=connectivity)
     labels = out[:]
     assert n == ref.max() and _consecutive(labels, n)
-    assert _same_partition(labels, ref)
+    assert same_partition(labels, ref)
 
 
 def test_label_blockwise_threshold_and_min_size(mask512):
@@ -141,7 +133,7 @@ def test_label_blockwise_threshold_and_min_size(mask512):
     out = np.zeros(prob.shape, np.uint32)
     n = label_blockwise(_zarr(prob, (10, 256, 256)), out, block=(8, 90, 200), min_size=500, threshold=0.5)
     assert n == expected.max() > 0 and _consecutive(out, n)
-    assert _same_partition(out, expected)
+    assert same_partition(out, expected)
 
 
 @pytest.mark.parametrize("seed", range(4))
@@ -154,7 +146,7 @@ def test_label_blockwise_noise_odd_blocks(seed):
         n = label_blockwise(mask, out, block=block, connectivity=connectivity, min_size=2)
         expected = label(mask, connectivity=connectivity, min_size=2)
         assert n == expected.max() and _consecutive(out, n)
-        assert _same_partition(out, expected), (block, connectivity)
+        assert same_partition(out, expected), (block, connectivity)
 
 
 def test_label_blockwise_diagonal_across_block_corner_and_edge():
@@ -169,7 +161,7 @@ def test_label_blockwise_diagonal_across_block_corner_and_edge():
         out = np.zeros(mask.shape, np.uint32)
         n = label_blockwise(mask, out, block=(3, 3, 3), connectivity=connectivity)
         assert n == n_expected, (connectivity, name)
-        assert _same_partition(out, label(mask, connectivity=connectivity))
+        assert same_partition(out, label(mask, connectivity=connectivity))
 
 
 def test_label_blockwise_rejects_bad_input():
