@@ -187,3 +187,32 @@ def test_measure_blockwise_equals_measure(droso):
         np.testing.assert_allclose(blocks[key], whole[key], rtol=1e-12, err_msg=key)
     with pytest.raises(MitosegError, match="not labelled"):
         instances.measure_blockwise(z, 3, block=(7, 100, 130))
+
+
+def test_label_blockwise_resumes_after_a_kill(tmp_path, droso, monkeypatch):
+    from mitoseg import io
+
+    mask = droso[1][:, :200, :260]
+    block = (7, 100, 130)
+    ref = zarr.create_array(zarr.storage.MemoryStore(), shape=mask.shape, dtype="uint32", chunks=block)
+    label_blockwise(mask, ref, block)
+    out = io.create_zarr(tmp_path / "l.zarr", mask.shape, "uint32", block)
+    real = instances.relabel_block
+    calls = []
+
+    def dying(*a, **k):
+        calls.append(1)
+        if len(calls) == 5:
+            raise KeyboardInterrupt
+        return real(*a, **k)
+
+    monkeypatch.setattr(instances, "relabel_block", dying)
+    with pytest.raises(KeyboardInterrupt):
+        label_blockwise(mask, out, block, done=io.done_dir(tmp_path / "l.zarr", resume=False))
+    calls.clear()
+    monkeypatch.setattr(instances, "relabel_block", lambda *a, **k: calls.append(1) or real(*a, **k))
+    out = io.create_zarr(tmp_path / "l.zarr", mask.shape, "uint32", block, resume=True)
+    label_blockwise(mask, out, block, done=io.done_dir(tmp_path / "l.zarr", resume=True))
+    assert len(calls) == 12 - 4  # 3 x 2 x 2 blocks, 4 written before the kill
+    io.finish_output(tmp_path / "l.zarr")
+    np.testing.assert_array_equal(io.open_volume(tmp_path / "l.zarr")[:], ref[:])

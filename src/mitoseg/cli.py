@@ -90,9 +90,9 @@ def cmd_label(a: argparse.Namespace) -> None:
             n = cluster.label_dask(client, a.input, a.out, block, a.connectivity, a.min_size, threshold,
                                    progress=not a.quiet, attrs=attrs, overwrite=a.overwrite)
     else:
-        out = io.create_zarr(a.out, tuple(volume.shape), "uint32", block, attrs)
+        out = io.create_zarr(a.out, tuple(volume.shape), "uint32", block, attrs, resume=a.resume)
         n = instances.label_blockwise(volume, out, block, a.connectivity, a.min_size, threshold,
-                                      progress=not a.quiet)
+                                      progress=not a.quiet, done=io.done_dir(a.out, a.resume))
         io.finish_output(a.out, a.overwrite)
     if a.table:
         table = instances.measure_blockwise(io.open_volume(a.out), n, voxel, block, progress=not a.quiet)
@@ -198,6 +198,7 @@ def parser() -> argparse.ArgumentParser:
     lab.add_argument("--min-size", type=int, default=0, help="drop objects with fewer voxels")
     lab.add_argument("--voxel-size", type=float, nargs=3, metavar=("Z", "Y", "X"), help="nm")
     lab.add_argument("--block", type=int, nargs=3, metavar=("Z", "Y", "X"))
+    lab.add_argument("--resume", action="store_true", help="skip blocks an interrupted run finished")
     lab.add_argument("--overwrite", action="store_true")
     _dask_options(lab)
     lab.set_defaults(func=cmd_label)

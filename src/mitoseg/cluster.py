@@ -15,7 +15,6 @@ labelling, so the outputs equal `predict.predict_volume` and `instances.label_bl
 
 from __future__ import annotations
 
-import shutil
 import threading
 import time
 import uuid
@@ -125,7 +124,7 @@ def _predict_task(block: Block, job: dict) -> None:
     _write(job["out"], block, predict.to_storage(p, job["dtype"]))
     if job["mask_out"] is not None:
         _write(job["mask_out"], block, (p >= job["threshold"]).astype(np.uint8))
-    predict._marker(Path(job["done"]), block).touch()  # the resume layout of predict_volume
+    io.block_marker(Path(job["done"]), block).touch()  # the resume layout of predict_volume
 
 
 def _summary_task(spec: str, block: Block, index: int, connectivity: int, threshold: float | None):
@@ -215,11 +214,8 @@ def predict_volume_dask(client, model_path: str | Path, image_spec: str | Path, 
     if any(tuple(a.chunks) != block for a in arrays):  # two tasks would write the same chunk, and markers differ
         raise MitosegError(f"{io.partial_path(out)} has chunks {arrays[0].chunks}: resume with the same block "
                            f"as the interrupted run, not {block}")
-    done = Path(str(io.partial_path(out)) + ".done")
-    if not resume and done.exists():
-        shutil.rmtree(done)
-    done.mkdir(exist_ok=True)
-    todo = [b for b in predict.iter_blocks(shape, block) if not predict._marker(done, b).exists()]
+    done = io.done_dir(out, resume)
+    todo = [b for b in predict.iter_blocks(shape, block) if not io.block_marker(done, b).exists()]
     job = dict(model=model, stamp=_stamp(Path(model)), device=device, image=image,
                out=str(io.partial_path(out).absolute()),
                mask_out=None if mask_out is None else str(io.partial_path(mask_out).absolute()),
@@ -230,7 +226,6 @@ def predict_volume_dask(client, model_path: str | Path, image_spec: str | Path, 
     io.finish_output(out, overwrite)
     if mask_out is not None:
         io.finish_output(mask_out, overwrite)
-    shutil.rmtree(done)
     return Path(out)
 
 

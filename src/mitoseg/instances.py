@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import csv
 import itertools
+import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import NamedTuple
@@ -33,6 +34,7 @@ import scipy.sparse.csgraph
 from tqdm import tqdm
 
 from mitoseg.errors import MitosegError
+from mitoseg.io import block_marker
 
 CONNECTIVITIES = (6, 18, 26)
 COLUMNS = (
@@ -165,10 +167,12 @@ def write_table(table: dict[str, np.ndarray], path: str | Path) -> None:
     lengths = {len(col) for col in table.values()}
     if len(lengths) > 1:
         raise MitosegError(f"table columns have different lengths: {sorted(lengths)}")
-    with open(path, "w", newline="") as f:
+    tmp = Path(str(path) + ".partial")
+    with open(tmp, "w", newline="") as f:
         writer = csv.writer(f)
         writer.writerow(list(table))
         writer.writerows(zip(*(np.asarray(col).tolist() for col in table.values()), strict=True))
+    os.replace(tmp, path)  # never a half-written table under the final name
 
 
 # ---------------------------------------------------------------- blockwise labelling, pure steps
@@ -357,6 +361,7 @@ def label_blockwise(
     min_size: int = 0,
     threshold: float | None = None,
     progress: bool = False,
+    done: Path | None = None,
 ) -> int:
     """Label a 3D mask larger than RAM into `out`, block by block; returns the number of objects N.
 
@@ -368,6 +373,8 @@ def label_blockwise(
     Memory: a few block-sized arrays, the faces of two layers of blocks (about two y-x planes of uint32)
     and tables of about 30 bytes per provisional object; the mask is read twice (pass 2 relabels
     instead of storing). `mitoseg.cluster.label_dask` runs the same steps in parallel, with the same result.
+    `done`: a folder of per-block markers (`io.done_dir`): pass 2 skips blocks marked there by an
+    interrupted run (pass 1 is deterministic, so the ids agree) and marks each block it writes.
     """
     _check_connectivity(connectivity)
     _check_3d("mask", mask.shape)
@@ -393,5 +400,9 @@ def label_blockwise(
     offsets, lookup, n_objects = merge_blocks(counts, sizes, codes, min_size)
     bar = tqdm(blocks, desc="label pass 2/2", unit="block", disable=not progress)
     for sl, offset, n in zip(bar, offsets, counts, strict=True):
+        if done is not None and block_marker(done, sl).exists():
+            continue
         out[sl] = relabel_block(mask[sl], block_table(lookup, offset, n), connectivity, threshold)
+        if done is not None:
+            block_marker(done, sl).touch()
     return n_objects

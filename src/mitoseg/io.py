@@ -278,8 +278,23 @@ def create_zarr(path: str | Path, shape: tuple[int, ...], dtype: Any, chunks: tu
     return arr
 
 
+def done_dir(path: str | Path, resume: bool) -> Path:
+    """The folder of per-block completion markers of an output being written (``<path>.partial.done``),
+    emptied unless resuming; `finish_output` removes it."""
+    done = Path(str(partial_path(path)) + ".done")
+    if not resume and done.exists():
+        shutil.rmtree(done)
+    done.mkdir(parents=True, exist_ok=True)
+    return done
+
+
+def block_marker(done: Path, block: tuple[slice, ...]) -> Path:
+    """The marker file that says `block` of an output is written."""
+    return done / "_".join(str(s.start) for s in block)
+
+
 def finish_output(path: str | Path, overwrite: bool = False) -> Path:
-    """Atomically move ``<path>.partial`` to ``path`` (replacing it when overwrite)."""
+    """Atomically move ``<path>.partial`` to ``path`` (replacing it when overwrite); drop its markers."""
     path = Path(path)
     if not partial_path(path).exists():
         raise MitosegError(f"{partial_path(path)} does not exist: nothing to finish")
@@ -288,6 +303,7 @@ def finish_output(path: str | Path, overwrite: bool = False) -> Path:
             raise MitosegError(f"{path} already exists; pass --overwrite to replace it")
         shutil.rmtree(path) if path.is_dir() else path.unlink()
     os.replace(partial_path(path), path)
+    shutil.rmtree(Path(str(partial_path(path)) + ".done"), ignore_errors=True)
     return path
 
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import itertools
 import math
-import shutil
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -177,10 +176,6 @@ def default_block(shape: tuple[int, ...], tile: tuple[int, int, int], budget_vox
     return (min(z, bz), by, bx)
 
 
-def _marker(done: Path, block: Block) -> Path:
-    return done / "_".join(str(s.start) for s in block)
-
-
 def predict_volume(model: torch.nn.Module, image: Any, out: str | Path, dims: int,
                    tile: tuple[int, int, int], overlap: float = 0.5, block: tuple[int, int, int] | None = None,
                    dtype: str = "uint8", mask_out: str | Path | None = None, threshold: float = 0.5,
@@ -209,18 +204,15 @@ def predict_volume(model: torch.nn.Module, image: Any, out: str | Path, dims: in
     probs = io.create_zarr(out, shape, dtype, block, dict(meta, kind="probability"), resume)
     masks = (io.create_zarr(mask_out, shape, "uint8", block, dict(meta, kind="mask", threshold=threshold), resume)
              if mask_out is not None else None)
-    done = Path(str(io.partial_path(out)) + ".done")
-    if not resume and done.exists():
-        shutil.rmtree(done)
-    done.mkdir(exist_ok=True)
-    todo = [b for b in iter_blocks(shape, block) if not _marker(done, b).exists()]
+    done = io.done_dir(out, resume)
+    todo = [b for b in iter_blocks(shape, block) if not io.block_marker(done, b).exists()]
     bar = tqdm(total=len(todo), desc=f"predict {Path(out).name}", unit="block", disable=not progress)
 
     def write(b: Block, p: np.ndarray) -> None:
         probs[b] = to_storage(p, dtype)
         if masks is not None:
             masks[b] = (p >= threshold).astype(np.uint8)
-        _marker(done, b).touch()
+        io.block_marker(done, b).touch()
 
     # Reading the next block and writing the last one overlap with the model's work (zarr codecs
     # release the GIL); at most one read and one write are in flight, so memory stays bounded.
@@ -242,5 +234,4 @@ def predict_volume(model: torch.nn.Module, image: Any, out: str | Path, dims: in
     io.finish_output(out, overwrite)
     if mask_out is not None:
         io.finish_output(mask_out, overwrite)
-    shutil.rmtree(done)
     return Path(out)
