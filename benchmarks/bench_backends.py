@@ -88,7 +88,7 @@ def main() -> None:
             vps = x.numel() / common.median(times)
             eager = eager or vps
             row = {"model": f"{dims}D", "setting": name, "seconds": common.median(times), "voxels_per_s": vps,
-                   "speedup": vps / eager, "gflop_per_voxel": fpv / 1e9}
+                   "speedup": vps / eager, "kflop_per_voxel": fpv / 1e3}
             if gpu:
                 row["tflops"] = fpv * vps / 1e12
                 row["peak_fraction"] = row["tflops"] / args.peak_tflops
@@ -97,7 +97,7 @@ def main() -> None:
             base = base.to(memory_format=torch.contiguous_format)
     cols = [("model", "model", ""), ("setting", "setting", ""), ("seconds", "s/batch", ".3f"),
             ("voxels_per_s", "voxels/s", ",.0f"), ("speedup", "x eager", ".2f"),
-            ("gflop_per_voxel", "GFLOP/voxel", ".4f")]
+            ("kflop_per_voxel", "kFLOP/voxel", ",.1f")]
     if gpu:
         cols += [("tflops", "TFLOP/s", ".1f"), ("peak_fraction", "of peak", ".1%")]
     print(common.table(rows, cols))

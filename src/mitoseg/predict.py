@@ -21,7 +21,7 @@ import torch
 
 from mitoseg import io
 from mitoseg.errors import MitosegError
-from mitoseg.models import autocast
+from mitoseg.models import autocast, channels_last
 
 Block = tuple[slice, slice, slice]
 
@@ -73,6 +73,7 @@ def _flips(ndim: int, tta: bool) -> list[tuple[int, ...]]:
 def _infer(model: torch.nn.Module, batch: np.ndarray, device: torch.device, tta: bool, amp: bool) -> np.ndarray:
     """Foreground probabilities float32 for a batch of tiles (B, 1, [Z,] Y, X), averaged over flips."""
     x = torch.from_numpy(batch).to(device, non_blocking=True)
+    x = x.contiguous(memory_format=torch.channels_last if x.ndim == 4 else torch.channels_last_3d)
     acc = None
     flips = _flips(x.ndim, tta)
     with autocast(device, amp):
@@ -119,6 +120,7 @@ def predict_block(model: torch.nn.Module, volume: Any, block: Block, tile: tuple
     region already read with `read_region` (read here when None)."""
     tile, starts, region = block_plan(tuple(volume.shape), block, tile, overlap)
     batch_size = batch_size or auto_batch(tile, device)
+    channels_last(model, dims)  # a no-op once converted
     if image is None:
         image = read_region(volume, region, window)
     weight = gaussian_weight(tile)
