@@ -26,7 +26,7 @@ import torch
 from mitoseg import data, io, metrics
 from mitoseg.config import Config
 from mitoseg.errors import MitosegError
-from mitoseg.models import autocast, build_model, pick_device
+from mitoseg.models import autocast, build_model, channels_last, pick_device
 from mitoseg.predict import predict_array
 
 LOG_FIELDS = ["epoch", "iterations", "loss", "val_dice", "val_iou", "lr", "epoch_seconds",
@@ -133,9 +133,8 @@ def train(config: Config, image: np.ndarray, mask: np.ndarray, out: str | Path, 
     train_vol, val_vol = data.split(image, mask, config.val_fraction)
     sampler = data.PatchSampler(train_vol, config.patch, config.fg_fraction, np.random.default_rng(config.seed))
     tf = data.augmenter(config.seed, config.dims)
-    model = build_model(config).to(device)
-    if device.type == "cuda":
-        model = model.to(memory_format=torch.channels_last if config.dims == 2 else torch.channels_last_3d)
+    # channels-last throughout (prediction uses it too), so validation never changes the layout mid-run
+    model = channels_last(build_model(config).to(device), config.dims)
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     loss_fn = DiceCELoss(sigmoid=True)
     n_iter = iterations_per_epoch(config, train_vol.image.shape)
@@ -170,6 +169,7 @@ def train(config: Config, image: np.ndarray, mask: np.ndarray, out: str | Path, 
             if config.dims == 2:
                 x, y = x[:, :, 0], y[:, :, 0]
             x, y = torch.from_numpy(x).to(device), torch.from_numpy(y).to(device)
+            x = x.contiguous(memory_format=torch.channels_last if x.ndim == 4 else torch.channels_last_3d)
             with autocast(device, config.amp):
                 loss = loss_fn(model(x).float(), y)
             optimizer.zero_grad(set_to_none=True)
