@@ -405,3 +405,14 @@ def test_create_zarr_without_resume_starts_afresh(tmp_path, crop):
     other = tmp_path / "other.zarr"
     assert not io.create_zarr(other, (2, 3, 4), "float32", (1, 3, 4), resume=True)[:].any()
     assert io.partial_path(other).exists()
+
+
+def test_foreground_threshold(tmp_path):
+    probs = io.create_zarr(tmp_path / "p.zarr", (2, 4, 4), "uint8", (2, 4, 4), {"kind": "probability"})
+    probs16 = io.create_zarr(tmp_path / "f.zarr", (2, 4, 4), "float16", (2, 4, 4), {"kind": "probability"})
+    mask = np.zeros((2, 4, 4), np.uint8)
+    assert io.foreground_threshold(probs, None) == 127.5  # p >= 0.5 <=> stored >= 128
+    assert io.foreground_threshold(probs, 0.8) == pytest.approx(204.0)
+    assert io.foreground_threshold(probs16, None) == 0.5
+    assert io.foreground_threshold(mask, None) is None
+    assert io.foreground_threshold(mask, 3) == 3

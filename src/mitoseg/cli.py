@@ -60,18 +60,6 @@ def cmd_predict(a: argparse.Namespace) -> None:
     print(f"wrote {a.out}" + (f" and {a.mask}" if a.mask else ""))
 
 
-def foreground_threshold(volume, threshold: float | None) -> float | None:
-    """Raw-value threshold for `volume >= t`: probabilities stored as uint8 scale 0..1 to 0..255;
-    None means any non-zero voxel is foreground (masks)."""
-    attrs = dict(getattr(volume, "attrs", {}) or {})
-    if threshold is None:
-        return 0.5 * 255 if attrs.get("kind") == "probability" and str(volume.dtype) == "uint8" else (
-            0.5 if attrs.get("kind") == "probability" else None)
-    if attrs.get("kind") == "probability" and str(volume.dtype) == "uint8":
-        return threshold * 255
-    return threshold
-
-
 def cmd_label(a: argparse.Namespace) -> None:
     from mitoseg import instances, io
 
@@ -82,7 +70,7 @@ def cmd_label(a: argparse.Namespace) -> None:
     voxel = a.voxel_size or dict(getattr(volume, "attrs", {}) or {}).get("voxel_size") or (1.0, 1.0, 1.0)
     block = tuple(a.block) if a.block else (min(volume.shape[0], 64), 512, 512)
     attrs = {"kind": "labels", "voxel_size": voxel, "connectivity": a.connectivity}
-    threshold = foreground_threshold(volume, a.threshold)
+    threshold = io.foreground_threshold(volume, a.threshold)
     if a.dask_address or a.scheduler == "local":
         from mitoseg import cluster
 
@@ -105,7 +93,7 @@ def cmd_evaluate(a: argparse.Namespace) -> None:
 
     pred = io.open_volume(a.prediction)
     truth = io.open_volume(a.truth)
-    t = foreground_threshold(pred, a.threshold)
+    t = io.foreground_threshold(pred, a.threshold)
     binary = io.Thresholded(pred, 0 if t is None else t, strict=t is None)
     counts = metrics.confusion_blockwise(binary, io.Thresholded(truth, a.label_threshold), progress=not a.quiet)
     result = metrics.scores(counts)

@@ -228,6 +228,20 @@ class Thresholded:
         return block > self.threshold if self.strict else block >= self.threshold
 
 
+def foreground_threshold(volume: Any, threshold: float | None) -> float | None:
+    """The raw-value threshold t for ``volume >= t``, from a probability threshold in [0, 1].
+
+    mitoseg probability outputs (attribute kind='probability') default to 0.5, scaled to 0..255 when
+    stored as uint8; other volumes (masks) return None, meaning any non-zero voxel is foreground,
+    unless a threshold is given, which then applies to the raw values.
+    """
+    probability = dict(getattr(volume, "attrs", {}) or {}).get("kind") == "probability"
+    if threshold is None and not probability:
+        return None
+    t = 0.5 if threshold is None else threshold
+    return t * 255 if probability and np.dtype(volume.dtype) == np.uint8 else t
+
+
 def load_pair(image: str | Path, labels: str | Path, threshold: float = 0) -> tuple[np.ndarray, np.ndarray]:
     """Read an image volume and its label volume into memory, checked for training or evaluation.
 

@@ -198,7 +198,7 @@ def train(config: Config, image: np.ndarray, mask: np.ndarray, out: str | Path, 
             print(f"{config.dims}D epoch {state['epoch']}: loss {row['loss']:.4f} val Dice {row['val_dice']:.4f} "
                   f"({seconds:.1f} s)", flush=True)
         ckpt = {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "state": state,
-                "config": config.__dict__, "window": (0.0, 1.0)}
+                "config": config.__dict__}
         if not val_vol or val["f1"] > state["best_dice"]:
             state["best_dice"] = val["f1"] if val_vol else state["best_dice"]
             _save({"model": model.state_dict(), "config": config.__dict__, "state": dict(state)}, out / "best.pt")
