@@ -2,8 +2,11 @@
 
 Both run the SAME model (untrained and seeded; --model for a trained one) on the same real volume, in
 the same run, with the same tile (MONAI's roi), overlap, Gaussian blending (sigma_scale 0.125), batch of
-tiles, sigmoid probabilities blended (not logits) and, on CUDA, the same bf16 autocast as the product's
-default (`amp`; a no-op on CPU). The untrained model's BatchNorm statistics are first set from one batch
+tiles and sigmoid probabilities blended (not logits). Ours runs as the product does by default: bf16
+autocast on a GPU or a CPU with native bf16 (AVX512-BF16/AMX), float32 elsewhere (--no-amp: float32).
+MONAI runs twice: in float32, as built (its default), and, when ours uses bf16, under the same bf16
+autocast, so the table separates what the arithmetic gives from what the rest of the pipeline gives.
+The untrained model's BatchNorm statistics are first set from one batch
 of real tiles (no gradient step; --no-calibrate skips it): in eval mode an untrained model outputs a
 near-constant, which would make the agreement check below say nothing; the speed is the same.
 
@@ -18,16 +21,16 @@ near-constant, which would make the agreement check below say nothing; the speed
   over slices would leave a part-empty last batch per slice). 3D: (1, 1, Z, Y, X) with roi = our tile
   clipped to the volume (ours clips it the same way; the model pads 20 slices to 32 alike for both).
 
-Agreement: max and mean |ours - MONAI| of the probabilities, the max away from the in-plane borders
-(a tile/4 margin, in Z too for 3D) and the fraction of voxels whose 0.5 threshold differs. Ours stores uint8 (rounding
-error up to 1/510 = 0.002). MONAI floors its Gaussian weight at 1e-3; ours keeps the Gaussian down to
-its smallest value (~4e-4 mid-edge, ~1e-7 in a tile's corners), so along the volume's borders, where
-every covering tile is near its own edge, MONAI blends almost uniformly and ours by the Gaussian:
-differences there can be large with a trained model. The tile grids are the same ("same grid") when
-(size - tile) is a multiple of MONAI's step int(tile * (1 - overlap)) (1024 with tile 256 at overlap
-0.25 and 0.5); otherwise MONAI's last-but-one tile sits elsewhere and the blend differs inside the
-volume too. Each method is warmed up once on a small crop before timing;
-runs alternate ours/MONAI and the median of --repeat runs is reported.
+Agreement (with MONAI in the same arithmetic as ours): max and mean |ours - MONAI| of the probabilities, the
+max away from the in-plane borders (a tile/4 margin, in Z too for 3D) and the fraction of voxels whose 0.5
+threshold differs. Ours stores uint8 (rounding error up to 1/510 = 0.002). MONAI floors its Gaussian weight at
+1e-3; ours keeps the Gaussian down to its smallest value (~4e-4 mid-edge, ~1e-7 in a tile's corners), so along
+the volume's borders, where every covering tile is near its own edge, MONAI blends almost uniformly and ours
+by the Gaussian: differences there can be large with a trained model. The tile grids are the same ("same
+grid") when (size - tile) is a multiple of MONAI's step int(tile * (1 - overlap)) (1024 with tile 256 at
+overlap 0.25 and 0.5); otherwise MONAI's last-but-one tile sits elsewhere and the blend differs inside the
+volume too. Each method is warmed up once on a small crop before timing; runs alternate ours/MONAI and the
+median of --repeat runs is reported.
 
 Run from the repository root:
     .venv/bin/python benchmarks/bench_predict.py           # ~10 min on 2 CPU cores (2D 20x1024x1024, 3D 20x512x512)
@@ -50,7 +53,7 @@ import zarr
 
 from mitoseg import io
 from mitoseg.config import quick
-from mitoseg.models import autocast, build_model
+from mitoseg.models import autocast, bf16_native, build_model
 from mitoseg.predict import compute_steps, predict_volume
 
 
@@ -120,46 +123,57 @@ def same_grid(shape: tuple[int, ...], tile: tuple[int, ...], overlap: float, dim
 
 def run_case(model, reference, volume: np.ndarray, dims: int, tile: tuple[int, int, int], overlap: float, args,
              device: torch.device, tmp: Path) -> dict:
-    """Time both methods `repeat` times, alternating, and compare their outputs."""
-    times = {"ours": [], "monai": []}
-    ours_out = monai_out = None
+    """Time each method `repeat` times, in rotating order, and compare their outputs with ours.
+
+    Methods: ours (bf16 autocast where native, unless --no-amp), MONAI in float32 (as built, its
+    default), and, when autocast is active, MONAI under the same bf16 autocast as ours.
+    """
+    amp = args.amp and bf16_native(device)
+    methods = ["ours", "monai"] + (["monai_bf16"] if amp else [])
+    times = {m: [] for m in methods}
+    outputs = {}
     for r in range(args.repeat):
-        order = ("ours", "monai") if r % 2 == 0 else ("monai", "ours")
-        for method in order:
+        for method in methods[r % len(methods):] + methods[:r % len(methods)]:
             if method == "ours":
                 path = tmp / f"ours_{r}.zarr"
                 t, _ = common.timed(lambda p=path: ours(model, volume, dims, tile, overlap, args.batch_size,
-                                                        args.dtype, args.amp, device, p), device)
-                if ours_out is None:
+                                                        args.dtype, amp, device, p), device)
+                if method not in outputs:
                     stored = zarr.open_array(str(path), mode="r")[:]
-                    ours_out = stored.astype(np.float32) / (255 if stored.dtype == np.uint8 else 1)
+                    outputs[method] = stored.astype(np.float32) / (255 if stored.dtype == np.uint8 else 1)
                 shutil.rmtree(path)
             else:
-                t, result = common.timed(lambda: monai(reference, volume, dims, tile, overlap, args.batch_size,
-                                                       args.amp, device), device)
-                monai_out = result if monai_out is None else monai_out
+                t, result = common.timed(lambda m=method: monai(reference, volume, dims, tile, overlap,
+                                                                args.batch_size, m == "monai_bf16", device), device)
+                outputs.setdefault(method, result)
             times[method].append(t)
-    diff = np.abs(ours_out - monai_out)
+    ours_out = outputs["ours"]
+    same = outputs[methods[-1]]  # MONAI with the same arithmetic as ours
+    diff = np.abs(ours_out - same)
     # interior: a tile/4 margin from the volume's borders (in Z too for 3D), where MONAI's 1e-3 weight floor acts
     eff_tile = tuple(min(t, s) for t, s in zip(tile, volume.shape, strict=True))
     margin = [t // 4 if t > 1 else 0 for t in eff_tile]
     interior = diff[tuple(slice(m, n - m) for m, n in zip(margin, diff.shape, strict=True))]
     interior = interior if interior.size else diff
     voxels = volume.size
-    t_ours, t_monai = common.median(times["ours"]), common.median(times["monai"])
-    return {
+    med = {m: common.median(times[m]) for m in methods}
+    row = {
         "dims": dims, "volume_zyx": list(volume.shape), "voxels": voxels, "tile_zyx": list(eff_tile),
         "overlap": overlap, "batch_size": args.batch_size, "tiles": n_tiles(volume.shape, eff_tile, overlap),
-        "ours_seconds_median": t_ours, "ours_seconds_all": times["ours"],
-        "monai_seconds_median": t_monai, "monai_seconds_all": times["monai"],
-        "ours_voxels_per_second": voxels / t_ours, "monai_voxels_per_second": voxels / t_monai,
-        "ratio_ours_over_monai_throughput": t_monai / t_ours,
-        "same_tile_grid": same_grid(volume.shape, eff_tile, overlap, dims),
+        "ours_bf16": amp, "same_tile_grid": same_grid(volume.shape, eff_tile, overlap, dims),
+        "agreement_with": methods[-1],
         "max_abs_diff": float(diff.max()), "mean_abs_diff": float(diff.mean()),
         "interior_margin": margin, "interior_max_abs_diff": float(interior.max()),
-        "threshold_disagreement_fraction": float(np.mean((ours_out >= 0.5) != (monai_out >= 0.5))),
+        "threshold_disagreement_fraction": float(np.mean((ours_out >= 0.5) != (same >= 0.5))),
+        "threshold_disagreement_vs_monai_float32": float(np.mean((ours_out >= 0.5) != (outputs["monai"] >= 0.5))),
         "ours_probability_min_max_std": [float(ours_out.min()), float(ours_out.max()), float(ours_out.std())],
     }
+    for m in methods:
+        row |= {f"{m}_seconds_median": med[m], f"{m}_seconds_all": times[m], f"{m}_voxels_per_second": voxels / med[m]}
+    row["ratio_ours_over_monai_throughput"] = med["monai"] / med["ours"]
+    if amp:
+        row["ratio_ours_over_monai_bf16_throughput"] = med["monai_bf16"] / med["ours"]
+    return row
 
 
 def main() -> None:
@@ -171,7 +185,8 @@ def main() -> None:
     p.add_argument("--batch-size", type=int, default=8, help="tiles per forward pass, both methods (default 8)")
     p.add_argument("--repeat", type=int, default=None, help="timed runs per method and case (default 1; 2 --small)")
     p.add_argument("--dtype", default="uint8", choices=["uint8", "float16"], help="our stored probabilities")
-    p.add_argument("--no-amp", dest="amp", action="store_false", help="no bf16 autocast on CUDA (both methods)")
+    p.add_argument("--no-amp", dest="amp", action="store_false",
+                   help="ours in float32 too (default: bf16 autocast where native, as the product)")
     p.add_argument("--no-calibrate", dest="calibrate", action="store_false",
                    help="keep the untrained model's BatchNorm statistics (near-constant output)")
     p.add_argument("--model", action="append", default=[], metavar="RUN",
@@ -212,7 +227,8 @@ def main() -> None:
             reference = copy.deepcopy(model)  # MONAI runs the model as built; ours converts it to channels-last
             crop = volume[: min(volume.shape[0], 8 if dims == 2 else tile[0]), :tile_xy, :tile_xy]
             ours(model, crop, dims, tile, 0.25, args.batch_size, args.dtype, args.amp, device, tmp / "warm.zarr")
-            monai(reference, crop, dims, tile, 0.25, args.batch_size, args.amp, device)
+            for amp in {False, args.amp and bf16_native(device)}:
+                monai(reference, crop, dims, tile, 0.25, args.batch_size, amp, device)
             for overlap in args.overlaps:
                 print(f"   {dims}D volume {volume.shape}, tile {tile}, overlap {overlap} ...", flush=True)
                 rows.append(run_case(model, reference, volume, dims, tile, overlap, args, device, tmp))
@@ -221,7 +237,9 @@ def main() -> None:
             ("tiles", "tiles", "d"), ("ours_seconds_median", "ours s", ".2f"),
             ("monai_seconds_median", "MONAI s", ".2f"),
             ("ours_voxels_per_second", "ours vox/s", ",.0f"), ("monai_voxels_per_second", "MONAI vox/s", ",.0f"),
-            ("ratio_ours_over_monai_throughput", "ours/MONAI", ".2f"), ("same_tile_grid", "same grid", ""),
+            ("ratio_ours_over_monai_throughput", "ours/MONAI", ".2f"),
+            ("monai_bf16_voxels_per_second", "MONAI bf16 vox/s", ",.0f"),
+            ("ratio_ours_over_monai_bf16_throughput", "ours/MONAI bf16", ".2f"), ("same_tile_grid", "same grid", ""),
             ("max_abs_diff", "max |diff|", ".4f"), ("interior_max_abs_diff", "interior max", ".4f"),
             ("mean_abs_diff", "mean |diff|", ".5f"), ("threshold_disagreement_fraction", "0.5-flips", ".2e"),
             ("spread", "ours p min..max (std)", "")]
@@ -241,7 +259,7 @@ def main() -> None:
     name = common.output_name("predict", args.small)
     payload = {"benchmark": "predict", "machine": info,
                "settings": {"repeat": args.repeat, "batch_size": args.batch_size, "dtype": args.dtype,
-                            "amp_bf16": bool(args.amp and device.type == "cuda"), "tile_xy": tile_xy,
+                            "ours_bf16_autocast": bool(args.amp and bf16_native(device)), "tile_xy": tile_xy,
                             "tile_z": args.tile_z, "sigma_scale": 0.125, "data": str(common.DROSO),
                             "monai_2d": "slices as one batch (Z, 1, Y, X), roi (tile, tile)",
                             "models": {f"{d}D": sources[d] for d in args.dims}},
@@ -255,11 +273,16 @@ def main() -> None:
     fig, ax = plt.subplots(figsize=(7, 3.5))
     labels = [f"{r['dims']}D ov {r['overlap']:g}" for r in rows]
     x = np.arange(len(rows))
-    ax.bar(x - 0.2, [r["ours_voxels_per_second"] / 1e6 for r in rows], 0.4, label="mitoseg predict_volume (Zarr)")
-    ax.bar(x + 0.2, [r["monai_voxels_per_second"] / 1e6 for r in rows], 0.4, label="MONAI sliding_window_inference")
+    bars = [("ours", "mitoseg predict_volume (Zarr)"), ("monai", "MONAI sliding_window_inference, float32"),
+            ("monai_bf16", "MONAI, same bf16 autocast")]
+    bars = [b for b in bars if f"{b[0]}_voxels_per_second" in rows[0]]
+    width = 0.8 / len(bars)
+    for i, (key, label) in enumerate(bars):
+        ax.bar(x + (i - (len(bars) - 1) / 2) * width, [r[f"{key}_voxels_per_second"] / 1e6 for r in rows], width,
+               label=label)
     for xi, r in zip(x, rows, strict=True):
-        ax.text(xi, max(r["ours_voxels_per_second"], r["monai_voxels_per_second"]) / 1e6,
-                f"{r['ratio_ours_over_monai_throughput']:.2f}x", ha="center", va="bottom", fontsize=8)
+        ax.text(xi, r["ours_voxels_per_second"] / 1e6, f"{r['ratio_ours_over_monai_throughput']:.2f}x",
+                ha="center", va="bottom", fontsize=8)
     ax.set_xticks(x, labels)
     ax.set_ylabel("million voxels / s")
     ax.set_title(f"inference throughput, same model and settings ({device.type})")

@@ -10,7 +10,7 @@ from torch import nn
 
 from mitoseg.config import Config, quick
 from mitoseg.errors import MitosegError
-from mitoseg.models import DIVISOR, PadToMultiple, autocast, build_model, pick_device
+from mitoseg.models import DIVISOR, PadToMultiple, autocast, bf16_native, build_model, pick_device
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -116,7 +116,16 @@ def test_pick_device_and_autocast():
     assert pick_device("auto") == torch.device("cpu")
     assert pick_device() == torch.device("cpu")
     assert pick_device("cpu") == torch.device("cpu")
-    with autocast(torch.device("cpu")):  # a no-op on CPU: stays float32
+
+
+def test_autocast_is_bf16_exactly_where_the_cpu_has_it():
+    cpu = torch.device("cpu")
+    flags = set(open("/proc/cpuinfo").read().split())
+    assert bf16_native(cpu) == bool(flags & {"avx512_bf16", "amx_tile"})
+    with autocast(cpu):
+        y = nn.Linear(4, 2)(torch.rand(3, 4))
+    assert y.dtype == (torch.bfloat16 if bf16_native(cpu) else torch.float32)
+    with autocast(cpu, enabled=False):
         y = nn.Linear(4, 2)(torch.rand(3, 4))
     assert y.dtype == torch.float32
 

@@ -14,6 +14,8 @@ from pathlib import Path
 
 from mitoseg.errors import MitosegError
 
+FP32_HELP = "compute in float32 (default: bf16 autocast on GPUs and on CPUs with native bf16)"
+
 
 def _voxel(values: list[float]) -> tuple[float, float, float]:
     return tuple(float(v) for v in values)
@@ -28,7 +30,8 @@ def cmd_train(a: argparse.Namespace) -> None:
     changes = {k: v for k, v in dict(
         epochs=a.epochs, minutes=a.minutes, patch_xy=a.patch_xy, patch_z=a.patch_z, batch=a.batch, lr=a.lr,
         iterations_per_epoch=a.iterations_per_epoch, val_fraction=a.val_fraction, seed=a.seed,
-        device=a.device, label_threshold=a.label_threshold, voxel_size=a.voxel_size).items() if v is not None}
+        device=a.device, label_threshold=a.label_threshold, voxel_size=a.voxel_size,
+        amp=False if a.fp32 else None).items() if v is not None}
     cfg = quick(a.dims, **changes) if a.quick else Config(dims=a.dims, **changes)
     summary = train(cfg, image, mask, a.out, resume=a.resume, overwrite=a.overwrite, progress=not a.quiet)
     print(json.dumps(summary, indent=2))
@@ -52,11 +55,12 @@ def cmd_predict(a: argparse.Namespace) -> None:
         with cluster.client(a.dask_address, workers=a.workers) as client:
             cluster.predict_volume_dask(client, a.model, a.image, a.out, tile, overlap, a.block, a.dtype, a.mask,
                                         a.threshold, a.batch_size, a.tta, a.overwrite, a.resume, not a.quiet,
-                                        attrs=attrs, device=None if a.device == "auto" else a.device)
+                                        amp=not a.fp32, attrs=attrs, device=None if a.device == "auto" else a.device)
     else:
         predict_volume(model, a.image, a.out, cfg.dims, tile, overlap, block=a.block, dtype=a.dtype,
                        mask_out=a.mask, threshold=a.threshold, batch_size=a.batch_size, tta=a.tta,
-                       device=None, attrs=attrs, overwrite=a.overwrite, resume=a.resume, progress=not a.quiet)
+                       amp=not a.fp32, device=None, attrs=attrs, overwrite=a.overwrite, resume=a.resume,
+                       progress=not a.quiet)
     print(f"wrote {a.out}" + (f" and {a.mask}" if a.mask else ""))
 
 
@@ -152,6 +156,7 @@ def parser() -> argparse.ArgumentParser:
     t.add_argument("--val-fraction", type=float)
     t.add_argument("--seed", type=int)
     t.add_argument("--device", help="auto, cpu, cuda, cuda:1 ...")
+    t.add_argument("--fp32", action="store_true", help=FP32_HELP)
     t.add_argument("--label-threshold", type=float, default=0.0, help="foreground: label > this (127: anti-aliased)")
     t.add_argument("--voxel-size", type=float, nargs=3, metavar=("Z", "Y", "X"), help="nm")
     t.add_argument("--resume", action="store_true", help="continue from the run folder's last checkpoint")
@@ -172,6 +177,7 @@ def parser() -> argparse.ArgumentParser:
     r.add_argument("--batch-size", type=int, help="tiles per batch (default: by tile size and device)")
     r.add_argument("--tta", action="store_true", help="average over in-plane flips")
     r.add_argument("--device")
+    r.add_argument("--fp32", action="store_true", help=FP32_HELP)
     r.add_argument("--resume", action="store_true", help="skip blocks an interrupted run finished")
     r.add_argument("--overwrite", action="store_true")
     _dask_options(r)

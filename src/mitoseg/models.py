@@ -49,9 +49,24 @@ def pick_device(name: str = "auto") -> torch.device:
     return torch.device(name)
 
 
+def bf16_native(device: torch.device) -> bool:
+    """Whether `device` computes in bf16 natively: a CUDA GPU with bf16, or a CPU with AVX512-BF16 or AMX.
+    Elsewhere bf16 is emulated and slower than float32, so autocast stays off."""
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    if device.type == "cpu":
+        probes = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
+        return any(getattr(torch.cpu, name, lambda: False)() for name in probes)
+    return False
+
+
 def autocast(device: torch.device, enabled: bool = True):
-    """bf16 autocast on GPU (no loss scaling needed); a no-op on CPU."""
-    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=enabled and device.type == "cuda")
+    """bf16 autocast where the hardware has native bf16 (no loss scaling needed), else a no-op.
+
+    On a CPU with AVX512-BF16 it makes inference 1.9x and training steps 1.8-2.5x faster than float32
+    (benchmarks/bench_backends.py, results/README.md); `Config.amp = False` / `--fp32` turns it off.
+    """
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=enabled and bf16_native(device))
 
 
 def channels_last(model: nn.Module, dims: int) -> nn.Module:

@@ -171,9 +171,10 @@ def to_storage(probs: np.ndarray, dtype: str) -> np.ndarray:
 
 def default_block(shape: tuple[int, ...], tile: tuple[int, int, int], budget_voxels: int = 2**25) -> tuple:
     """A block shape of about `budget_voxels` (128 MiB of float32): whole planes when they fit,
-    deep enough in Z to keep the extra tiles computed at block borders few."""
+    deep enough in Z to keep the extra tiles computed at block borders few, and at least a tile wide
+    (a 2D model run on whole slices computes each slice once)."""
     z, y, x = shape
-    by, bx = min(y, 1024), min(x, 1024)
+    by, bx = min(y, max(1024, tile[1])), min(x, max(1024, tile[2]))
     bz = max(tile[0], budget_voxels // (by * bx))
     return (min(z, bz), by, bx)
 
