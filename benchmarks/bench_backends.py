@@ -1,8 +1,10 @@
 """Which execution settings make the U-Nets fastest at inference, measured side by side in one run.
 
 For the 2D and the 3D model (untrained, seeded: weights do not change the speed), on batches of real
-tiles: eager float32 (what `mitoseg predict` does on CPU), channels-last memory format,
-`torch.compile`, and on a GPU bf16 autocast with and without channels-last / compile. Prints voxels/s
+tiles: eager float32, channels-last memory format, `torch.compile`, ONNX Runtime (CPU, float32; when
+`onnx` and `onnxruntime` are installed, which mitoseg does not need), and, on a GPU or a CPU with native
+bf16 (AVX512-BF16/AMX), bf16 autocast with and without channels-last / compile (`mitoseg predict` runs
+bf16 channels-last there, float32 channels-last elsewhere). Prints voxels/s
 per setting and the speed-up over eager; mitoseg keeps a setting only where it wins here.
 Also counts each model's FLOPs per voxel (torch.utils.flop_counter) and, on a GPU, the achieved
 TFLOP/s as a fraction of the bf16 peak given by --peak-tflops (H100 SXM dense: 989).
@@ -31,11 +33,31 @@ def flops_per_voxel(model, x) -> float:
     return counter.get_total_flops() / x.numel()
 
 
+def onnx_runtime(model, x, threads: int):
+    """A function running `model` exported to ONNX in ONNX Runtime (CPU, float32) on x's shape, or an error text
+    when onnx/onnxruntime are not installed (they are not mitoseg dependencies: `pip install onnx onnxruntime`)."""
+    import tempfile
+
+    import torch
+
+    try:
+        import onnxruntime as ort
+    except ImportError:
+        return "onnxruntime not installed"
+    path = tempfile.mkdtemp(prefix="bench_onnx_") + "/model.onnx"
+    torch.onnx.export(model, (x,), path, dynamo=False, opset_version=17, input_names=["x"], output_names=["y"])
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    session = ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
+    xn = x.cpu().numpy()
+    return lambda: session.run(None, {"x": xn})[0]
+
+
 def main() -> None:
     import torch
 
     from mitoseg.config import Config
-    from mitoseg.models import build_model
+    from mitoseg.models import bf16_native, build_model
 
     p = common.parser(__doc__)
     p.add_argument("--repeats", type=int, default=5)
@@ -50,7 +72,9 @@ def main() -> None:
     shapes = {2: (8 if not gpu else 64, 1, size, size), 3: (1 if not gpu else 8, 1, 32, size, size)}
     settings = [("eager fp32", False, False, False), ("channels-last", True, False, False),
                 ("torch.compile", False, True, False)]
-    if gpu:
+    if not gpu:
+        settings.append(("ONNX Runtime fp32", False, False, False))
+    if bf16_native(device):
         settings += [("bf16", False, False, True), ("bf16 channels-last", True, False, True),
                      ("bf16 compile", False, True, True), ("bf16 channels-last compile", True, True, True)]
     rows = []
@@ -73,13 +97,18 @@ def main() -> None:
                 except Exception as e:  # noqa: BLE001 - report, don't stop the benchmark
                     rows.append({"model": f"{dims}D", "setting": name, "error": str(e)[:80]})
                     continue
-            amp = torch.autocast("cuda", dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
+            amp = torch.autocast(device.type, dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
 
             def run(model=model, xi=xi, amp=amp):
                 with torch.inference_mode(), amp:
                     return model(xi)
 
             try:
+                if name.startswith("ONNX"):
+                    run = onnx_runtime(model, xi, torch.get_num_threads())
+                    if isinstance(run, str):
+                        rows.append({"model": f"{dims}D", "setting": name, "error": run})
+                        continue
                 common.timed(run, device)  # warm-up (compiles)
                 times = [common.timed(run, device)[0] for _ in range(args.repeats)]
             except Exception as e:  # noqa: BLE001

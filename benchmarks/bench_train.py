@@ -27,7 +27,7 @@ import torch
 
 from mitoseg import data, io
 from mitoseg.config import Config, quick
-from mitoseg.models import autocast, build_model
+from mitoseg.models import autocast, bf16_native, build_model
 from mitoseg.train import learning_rate
 
 
@@ -47,8 +47,9 @@ def bench_config(name: str, cfg: Config, volume: data.Volume, device: torch.devi
 
     torch.manual_seed(seed)
     model = build_model(cfg).to(device)
+    fmt = torch.channels_last if cfg.dims == 2 else torch.channels_last_3d
+    model = model.to(memory_format=fmt)  # as train() does
     if device.type == "cuda":
-        model = model.to(memory_format=torch.channels_last if cfg.dims == 2 else torch.channels_last_3d)
         torch.cuda.reset_peak_memory_stats(device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     loss_fn = DiceCELoss(sigmoid=True)
@@ -62,12 +63,12 @@ def bench_config(name: str, cfg: Config, volume: data.Volume, device: torch.devi
         x, y = data.augment(tf, *sampler.sample(cfg.samples_per_batch))
         if cfg.dims == 2:
             x, y = x[:, :, 0], y[:, :, 0]
-        x, y = torch.from_numpy(x).to(device), torch.from_numpy(y).to(device)
+        x, y = torch.from_numpy(x).to(device).contiguous(memory_format=fmt), torch.from_numpy(y).to(device)
         common.sync(device)
         t1 = time.perf_counter()
         for group in optimizer.param_groups:
             group["lr"] = learning_rate(cfg, i, 0.0)
-        with autocast(device, cfg.amp):
+        with autocast(device, cfg.amp, training=True):
             loss = loss_fn(model(x).float(), y)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -89,7 +90,7 @@ def bench_config(name: str, cfg: Config, volume: data.Volume, device: torch.devi
     return {
         "name": name, "dims": cfg.dims, "input": f"{cfg.samples_per_batch} x {'x'.join(map(str, shape))}",
         "samples_per_batch": cfg.samples_per_batch, "patch_zyx": list(cfg.patch), "voxels_per_iteration": voxels,
-        "amp_bf16": bool(cfg.amp and device.type == "cuda"),
+        "amp_bf16": bool(cfg.amp and device.type == "cuda" and bf16_native(device)),
         "step_seconds_median": step_med, "step_seconds_min": min(step_s), "step_seconds_all": step_s,
         "data_seconds_median": data_med, "data_seconds_all": data_s,
         "iteration_seconds_median": common.median([a + b for a, b in zip(step_s, data_s, strict=True)]),

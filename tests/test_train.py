@@ -71,6 +71,28 @@ def test_learns_on_real_data(tmp_path, droso_crop):
     assert max(r["val_dice"] for r in rows) > 2 * mask.mean()  # better than predicting everything foreground
 
 
+def test_divergence_stops_with_a_clear_error(tmp_path, small, monkeypatch):
+    """A non-finite loss ends training with MitosegError; the last finite epoch's checkpoint stays."""
+    import monai.losses
+
+    real = monai.losses.DiceCELoss
+
+    class NaNInEpoch2(real):
+        calls = 0
+
+        def forward(self, x, y):
+            NaNInEpoch2.calls += 1
+            loss = super().forward(x, y)
+            return loss * float("nan") if NaNInEpoch2.calls > 3 else loss
+
+    monkeypatch.setattr(monai.losses, "DiceCELoss", NaNInEpoch2)
+    with pytest.raises(MitosegError, match="diverged .* epoch 2"):
+        tr.train(tiny(2), *small, tmp_path / "run", progress=False)
+    assert [r["epoch"] for r in tr.read_log(tmp_path / "run")] == [1]
+    state = torch.load(tmp_path / "run" / "last.pt", weights_only=False)["model"]
+    assert all(torch.isfinite(v).all() for v in state.values() if v.is_floating_point())
+
+
 def test_time_budget_stops(tmp_path, small):
     summary = tr.train(tiny(2, epochs=1000, minutes=0.05), *small, tmp_path / "run", progress=False)
     assert summary["epochs"] < 1000

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from mitoseg.errors import MitosegError
 
-FP32_HELP = "compute in float32 (default: bf16 autocast on GPUs and on CPUs with native bf16)"
+FP32_HELP = "compute in float32 (default: bf16 autocast on GPUs, and for prediction on CPUs with native bf16)"
 
 
 def _voxel(values: list[float]) -> tuple[float, float, float]:

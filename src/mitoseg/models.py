@@ -60,13 +60,15 @@ def bf16_native(device: torch.device) -> bool:
     return False
 
 
-def autocast(device: torch.device, enabled: bool = True):
+def autocast(device: torch.device, enabled: bool = True, training: bool = False):
     """bf16 autocast where the hardware has native bf16 (no loss scaling needed), else a no-op.
 
-    On a CPU with AVX512-BF16 it makes inference 1.9x and training steps 1.8-2.5x faster than float32
-    (benchmarks/bench_backends.py, results/README.md); `Config.amp = False` / `--fp32` turns it off.
+    On a CPU with AVX512-BF16 it makes inference 1.9x faster than float32 (benchmarks/bench_backends.py);
+    `Config.amp = False` / `--fp32` turns it off. Training uses it on GPUs only: on CPU, bf16 3D
+    convolution backward (oneDNN, torch 2.13) gave non-finite gradients now and then in our runs.
     """
-    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=enabled and bf16_native(device))
+    native = bf16_native(device) and (device.type == "cuda" or not training)
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=enabled and native)
 
 
 def channels_last(model: nn.Module, dims: int) -> nn.Module:

@@ -170,9 +170,12 @@ def train(config: Config, image: np.ndarray, mask: np.ndarray, out: str | Path, 
                 x, y = x[:, :, 0], y[:, :, 0]
             x, y = torch.from_numpy(x).to(device), torch.from_numpy(y).to(device)
             x = x.contiguous(memory_format=torch.channels_last if x.ndim == 4 else torch.channels_last_3d)
-            with autocast(device, config.amp):
+            with autocast(device, config.amp, training=True):
                 loss = loss_fn(model(x).float(), y)
             optimizer.zero_grad(set_to_none=True)
+            if not math.isfinite(loss.item()):  # diverged: stop before the checkpoints are overwritten
+                raise MitosegError(f"training diverged (loss {loss.item()}) in epoch {epoch + 1}; the last "
+                                   f"finite epoch's checkpoints are in {out}: lower --lr or pass --fp32")
             loss.backward()
             optimizer.step()
             losses.append(loss.item())
