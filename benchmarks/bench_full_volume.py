@@ -16,7 +16,8 @@ speed, but an untrained model's mask is meaningless: use a trained one, e.g. `ma
 Run from the repository root:
     .venv/bin/python benchmarks/bench_full_volume.py --model demo-report/model_2D  # ~45 min on 2 CPU cores
     .venv/bin/python benchmarks/bench_full_volume.py --small    # a 64 x 512 x 384 stand-in, seconds
-Writes full_volume.json (full_volume_small.json) into --out (default results/bench/).
+Writes full_volume.json and a figure of the labelled objects, full_volume.png (full_volume_small.*),
+into --out (default results/bench/); --figure-only redraws the figure from a finished --work folder.
 """
 
 from __future__ import annotations
@@ -101,6 +102,31 @@ def model_folder(args, work: Path) -> Path:
     return path
 
 
+def figure(work: Path, out: Path, name: str, info: dict, voxel_size: float = 5.0) -> Path:
+    """The labelled objects on an XY slice through the middle of the stand-in, and on an XZ section
+    across two labelling block borders in Z (dashed)."""
+    import zarr
+
+    from mitoseg import plots
+
+    image = zarr.open_array(str(work / "predict.zarr"), mode="r")
+    labels = zarr.open_array(str(work / "labels.zarr"), mode="r")
+    z, y = labels.shape[0] // 2, labels.shape[1] // 2
+    depth = labels.chunks[0]
+    z0, z1 = depth // 2, min(labels.shape[0], depth // 2 + 2 * depth)
+    x1 = min(labels.shape[2], 3 * (z1 - z0))
+    plt = common.figure()
+    fig, (a, b) = plt.subplots(1, 2, figsize=(13, 6), width_ratios=[1, 1.6])
+    plots.overlay_instances(a, image[z], labels[z], title=f"slice z = {z} (Y x X)")
+    plots.overlay_instances(b, image[z0:z1, y, :x1], labels[z0:z1, y, :x1],
+                            title=f"section y = {y}, z {z0}-{z1}, x 0-{x1} (Z x X)")
+    for border in range(depth * (z0 // depth + 1), z1, depth):
+        b.axhline(border - z0 - 0.5, color="white", linestyle="--", linewidth=1)
+    fig.suptitle(f"{labels.shape[0]} x {labels.shape[1]} x {labels.shape[2]} stand-in: predicted objects, "
+                 f"26-connected, one colour per id; dashed: labelling block borders ({depth} slices)")
+    return common.save_figure(fig, out, name, info)
+
+
 def main() -> None:
     p = common.parser(__doc__)
     p.add_argument("--shape", type=common.parse_shape, default=FULL, help="stand-in shape Z,Y,X")
@@ -112,7 +138,13 @@ def main() -> None:
     p.add_argument("--kill-after", type=float, default=None, help="seconds before the SIGKILL (default: half)")
     p.add_argument("--model", help="run folder or checkpoint of a 2D model (default: untrained 2D)")
     p.add_argument("--work", type=Path, default=Path("/tmp/mitoseg-full-volume"), help="scratch folder")
+    p.add_argument("--figure-only", action="store_true", help="only redraw the figure from a finished --work")
     args = p.parse_args()
+    if args.figure_only:
+        device = common.setup(args)
+        path = figure(args.work, args.out, common.output_name("full_volume", args.small), common.machine_info(device))
+        print(f"saved {path}")
+        return
     shape = (64, 512, 384) if args.small else tuple(args.shape)
     n_pred = min(shape[0], args.predict_slices or shape[0])
     n_resume = min(shape[0], 16 if args.small else args.resume_slices)
@@ -172,6 +204,7 @@ def main() -> None:
               "predict_plus_label_seconds": whole["seconds"] + label["seconds"] if n_pred == shape[0] else None,
               "note": "stand-in built by mirror-tiling the real Drosophila VNC stack"}
     path = common.save_json(args.out, common.output_name("full_volume", args.small), result)
+    figure(work, args.out, common.output_name("full_volume", args.small), info)
     print(json.dumps({k: result[k] for k in ("predict", "resume", "label", "predict_plus_label_seconds")},
                      indent=1, default=str))
     print(f"saved {path}")

@@ -63,7 +63,7 @@ def bf16_native(device: torch.device) -> bool:
 def autocast(device: torch.device, enabled: bool = True, training: bool = False):
     """bf16 autocast where the hardware has native bf16 (no loss scaling needed), else a no-op.
 
-    On a CPU with AVX512-BF16 it makes inference 1.9x faster than float32 (benchmarks/bench_backends.py);
+    On a CPU with AVX512-BF16 it makes inference ~2x faster than float32 (benchmarks/bench_backends.py);
     `Config.amp = False` / `--fp32` turns it off. Training uses it on GPUs only: on CPU, bf16 3D
     convolution backward (oneDNN, torch 2.13) gave non-finite gradients now and then in our runs.
     """
