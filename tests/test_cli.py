@@ -73,6 +73,7 @@ def test_label_probabilities_use_half_threshold(runs):
     d = runs
     probs = d / "pp.zarr"
     main(["--quiet", "predict", str(d / "test.tif"), "--model", str(d / "run2"), "--out", str(probs)])
+    assert list(io.open_volume(probs).attrs["tile"]) == [1, 128, 128]  # 2D default: whole slices
     main(["--quiet", "label", str(probs), "--out", str(d / "lp.zarr"), "--connectivity", "6"])
     labels = io.open_volume(d / "lp.zarr")[:]
     np.testing.assert_array_equal(labels > 0, io.open_volume(probs)[:] >= 128)

@@ -197,6 +197,13 @@ def test_whole_slice_tiles_compute_each_slice_once(tmp_path, droso_crop):
     np.testing.assert_allclose(io.open_volume(out)[:].astype(np.float32), expect, atol=2e-3)
 
 
+def test_default_tile_is_the_whole_slice_for_2d_up_to_2048_squared():
+    assert predict.default_tile(2, (1065, 2048, 1536), (1, 256, 256)) == (1, 2048, 1536)
+    assert predict.default_tile(2, (10, 2048, 2048), (1, 256, 256)) == (1, 2048, 2048)
+    assert predict.default_tile(2, (10, 2049, 2048), (1, 256, 256)) == (1, 256, 256)
+    assert predict.default_tile(3, (20, 512, 512), (32, 256, 256)) == (32, 256, 256)
+
+
 def test_default_block_shapes():
     assert predict.default_block((1065, 2048, 1536), (1, 256, 256)) == (32, 1024, 1024)
     assert predict.default_block((1065, 2048, 1536), (1, 2048, 1536)) == (10, 2048, 1536)

@@ -38,7 +38,8 @@ def cmd_train(a: argparse.Namespace) -> None:
 
 
 def cmd_predict(a: argparse.Namespace) -> None:
-    from mitoseg.predict import predict_volume
+    from mitoseg import io
+    from mitoseg.predict import default_tile, predict_volume
     from mitoseg.train import load_model
 
     dask = a.dask_address or a.scheduler == "local"
@@ -46,6 +47,8 @@ def cmd_predict(a: argparse.Namespace) -> None:
     tile = (a.tile_z or cfg.tile[0], a.tile_xy or cfg.tile[1], a.tile_xy or cfg.tile[2])
     if cfg.dims == 2:
         tile = (1, *tile[1:])
+    if a.tile_xy is None:
+        tile = default_tile(cfg.dims, io.open_volume(a.image).shape, tile)
     overlap = cfg.overlap if a.overlap is None else a.overlap
     attrs = {"model": str(a.model), "voxel_size": cfg.voxel_size}
     if dask:
@@ -170,7 +173,8 @@ def parser() -> argparse.ArgumentParser:
     r.add_argument("--mask", help="also write a binary mask here (.zarr)")
     r.add_argument("--threshold", type=float, default=0.5, help="probability threshold of --mask")
     r.add_argument("--dtype", choices=("uint8", "float16"), default="uint8")
-    r.add_argument("--tile-xy", type=int)
+    r.add_argument("--tile-xy", type=int, help="in-plane tile (default: 2D whole slices up to 2048x2048 pixels, "
+                   "else the run's tile)")
     r.add_argument("--tile-z", type=int)
     r.add_argument("--overlap", type=float)
     r.add_argument("--block", type=int, nargs=3, metavar=("Z", "Y", "X"), help="output block and chunk size")

@@ -180,14 +180,14 @@ def predict_volume_dask(client, model_path: str | Path, image_spec: str | Path, 
                         torch_threads: int | None = None) -> Path:
     """`predict.predict_volume` on a Dask cluster: one task per block, the same Zarr output.
 
-    `model_path` is a run folder or checkpoint and `image_spec` a path as `io.open_volume` takes it,
-    both readable by every worker. `tile` and `overlap` default to the run's config (tile depth 1 for
-    2D models); `batch_size` None lets `predict_block` choose by the worker's device. Each worker loads
-    the model once on `device` (default: cuda when the worker has a GPU, else cpu); `torch_threads`,
-    when given, sets torch's CPU threads per worker (the Nanny starts workers with OMP_NUM_THREADS=1).
-    The output is written to ``<out>.partial`` with chunks == `block`, finished blocks are marked in
-    ``<out>.partial.done/`` like `predict_volume`'s (so either can --resume the
-    other's run), and it is renamed to `out` when every block is done. Returns `out`.
+    `model_path` is a run folder or checkpoint and `image_spec` a path as `io.open_volume` takes it, both
+    readable by every worker. `tile` defaults to `predict.default_tile` (2D: whole slices up to 2048 x 2048)
+    and `overlap` to the run's config; `batch_size` None lets `predict_block` choose by the worker's device.
+    Each worker loads the model once on `device` (default: cuda when the worker has a GPU, else cpu);
+    `torch_threads`, when given, sets torch's CPU threads per worker (the Nanny starts workers with
+    OMP_NUM_THREADS=1). The output is written to ``<out>.partial`` with chunks == `block`, finished blocks are
+    marked in ``<out>.partial.done/`` like `predict_volume`'s (so either can --resume the other's run), and it
+    is renamed to `out` when every block is done. Returns `out`.
     """
     from mitoseg import predict
     from mitoseg.train import load_model
@@ -195,12 +195,10 @@ def predict_volume_dask(client, model_path: str | Path, image_spec: str | Path, 
     image = _spec(image_spec, "image")
     model = str(Path(model_path).absolute())
     _, config = load_model(model, "cpu")  # fails here, once, on a bad checkpoint; gives the defaults
-    if tile is None:
-        tile = config.tile
-    tile = tuple(int(t) for t in tile)
     overlap = config.overlap if overlap is None else overlap
     volume = io.open_volume(image)
     shape = tuple(volume.shape)
+    tile = tuple(int(t) for t in (tile or predict.default_tile(config.dims, shape, config.tile)))
     io.check_output(out, overwrite)
     if mask_out is not None:
         io.check_output(mask_out, overwrite)

@@ -18,7 +18,7 @@ import numpy as np
 from mitoseg import download, instances, io, metrics, plots
 from mitoseg.config import Config, quick
 from mitoseg.errors import MitosegError
-from mitoseg.predict import predict_volume
+from mitoseg.predict import default_tile, predict_volume
 from mitoseg.train import load_model, peak_memory_mib, train, versions
 
 # Table 1 of the reference study (Pelapur, M&M 2021): 2D U-Net 1000 epochs, 3D U-Net 25 epochs.
@@ -102,7 +102,8 @@ def run_model(cfg: Config, bench: Benchmark, folder: Path, progress: bool) -> di
     summary = train(cfg, bench.train_image, bench.train_mask, folder, overwrite=True, progress=progress)
     model, cfg = load_model(folder, cfg.device)
     t0 = time.perf_counter()
-    predict_volume(model, bench.test_image, folder / "test_probs.zarr", cfg.dims, cfg.tile, cfg.overlap,
+    tile = default_tile(cfg.dims, bench.test_image.shape, cfg.tile)
+    predict_volume(model, bench.test_image, folder / "test_probs.zarr", cfg.dims, tile, cfg.overlap,
                    amp=cfg.amp, overwrite=True, progress=progress)
     infer_s = time.perf_counter() - t0
     probs = io.open_volume(folder / "test_probs.zarr")[:]

@@ -169,6 +169,18 @@ def to_storage(probs: np.ndarray, dtype: str) -> np.ndarray:
     raise MitosegError(f"probability dtype must be uint8 or float16, not {dtype!r}")
 
 
+WHOLE_SLICE_PIXELS = 2**22  # 2048 x 2048: about 3 GiB for the 2D model on CPU, in bf16 or float32
+
+
+def default_tile(dims: int, shape: tuple[int, ...], tile: tuple[int, int, int]) -> tuple[int, int, int]:
+    """The prediction tile (Z, Y, X) when the user gives none: for a 2D model, the whole slice of a
+    volume (Z, Y, X) whose slices have at most 2048 x 2048 pixels (each slice computed once, with no
+    blending: 1.8x less work than 256-pixel tiles at overlap 0.25 on the CA1 shape); else `tile`."""
+    if dims == 2 and shape[1] * shape[2] <= WHOLE_SLICE_PIXELS:
+        return (1, int(shape[1]), int(shape[2]))
+    return tuple(tile)
+
+
 def default_block(shape: tuple[int, ...], tile: tuple[int, int, int], budget_voxels: int = 2**25) -> tuple:
     """A block shape of about `budget_voxels` (128 MiB of float32): whole planes when they fit,
     deep enough in Z to keep the extra tiles computed at block borders few, and at least a tile wide
