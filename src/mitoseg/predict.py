@@ -169,7 +169,7 @@ def to_storage(probs: np.ndarray, dtype: str) -> np.ndarray:
     raise MitosegError(f"probability dtype must be uint8 or float16, not {dtype!r}")
 
 
-WHOLE_SLICE_PIXELS = 2**22  # 2048 x 2048: about 3 GiB for the 2D model on CPU, in bf16 or float32
+WHOLE_SLICE_PIXELS = 2**22  # 2048 x 2048; 2048 x 1536 slices peaked at 2.5 GiB on CPU (results/README.md)
 
 
 def default_tile(dims: int, shape: tuple[int, ...], tile: tuple[int, int, int]) -> tuple[int, int, int]:
