@@ -29,8 +29,8 @@ the volume's borders, where every covering tile is near its own edge, MONAI blen
 by the Gaussian: differences there can be large with a trained model. The tile grids are the same ("same
 grid") when (size - tile) is a multiple of MONAI's step int(tile * (1 - overlap)) (1024 with tile 256 at
 overlap 0.25 and 0.5); otherwise MONAI's last-but-one tile sits elsewhere and the blend differs inside the
-volume too. Each method is warmed up once on a small crop before timing; runs alternate ours/MONAI and the
-median of --repeat runs is reported.
+volume too. Each method is warmed up once on a small crop before timing; the methods run in rotating order
+and the median of --repeat runs is reported.
 
 Run from the repository root:
     .venv/bin/python benchmarks/bench_predict.py           # ~10 min on 2 CPU cores (2D 20x1024x1024, 3D 20x512x512)
