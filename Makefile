@@ -20,7 +20,7 @@ demo: $(STAMP)
 	$(BIN)/mitoseg compare --quick --out demo-report --overwrite
 
 test: $(STAMP)
-	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/ruff check src tests benchmarks experiments
 	$(BIN)/pytest -q
 
 bench: $(STAMP)

@@ -1,16 +1,18 @@
 """Training step time of the 2D and the 3D U-Net: forward + backward + AdamW step with Dice+BCE loss.
 
-Both models get the same voxels per iteration, as in training: `mitoseg.config.quick(2)` / `quick(3)`
-(the 2-core CPU preset: 16 slices of 128x128 for 2D, one 16x128x128 patch for 3D, 262,144 voxels), and
-on a GPU (or with --full) also the full presets `Config(2)` / `Config(3)` (64 slices of 256x256 vs two
-32x256x256 patches, 4,194,304 voxels). Each iteration is exactly the loop body of `mitoseg.train.train`:
+Both models get the same voxels per iteration, as in training: `mitoseg.config.cpu(2)` / `cpu(3)`
+(the 2-core CPU preset: 32 slices of 128x128 for 2D, one 32x128x128 patch for 3D, 524,288 voxels), and
+on a GPU (or with --full) also the full presets `gpu(2)` / `gpu(3)` (64 slices of 256x256 vs two
+32x256x256 patches, 4,194,304 voxels). Each config runs in float32 (the baseline) and, where the
+device has native bf16, under bf16 autocast as `train` runs it; non-finite steps are counted.
+Each iteration is exactly the loop body of `mitoseg.train.train`:
 patches drawn by `data.PatchSampler` from the real Drosophila stack (mirror-tiled in Z when a patch is
 deeper than its 20 sections), `data.augmenter` augmentation, then the step, timed apart from the data
 ("step") so the model's cost is seen alone; "iteration" is data + step. Models are untrained and seeded.
 Medians over --steps timed iterations after --warmup untimed ones (the first allocates AdamW's state).
 
 Run from the repository root:
-    .venv/bin/python benchmarks/bench_train.py            # about 2 minutes on 2 CPU cores
+    .venv/bin/python benchmarks/bench_train.py            # about 3 minutes on 2 CPU cores
     .venv/bin/python benchmarks/bench_train.py --small    # a few seconds (64x64 patches, 3 steps)
     .venv/bin/python benchmarks/bench_train.py --full     # adds the full presets (slow on CPU: ~15 min)
 Writes train.json and train.png (train_small.* with --small) into --out (default results/bench/).
@@ -26,17 +28,23 @@ import numpy as np
 import torch
 
 from mitoseg import data, io
-from mitoseg.config import Config, quick
+from mitoseg.config import Config, cpu, gpu, quick
 from mitoseg.models import autocast, bf16_native, build_model
-from mitoseg.train import learning_rate
+from mitoseg.train import _finite_step, learning_rate
 
 
-def configs(small: bool, full: bool) -> list[tuple[str, Config]]:
+def configs(small: bool, full: bool, bf16: bool) -> list[tuple[str, Config]]:
     if small:
-        return [(f"small {d}D", quick(d, patch_xy=64, patch_z=8)) for d in (2, 3)]
-    out = [(f"quick {d}D", quick(d)) for d in (2, 3)]
-    if full:
-        out += [(f"full {d}D", Config(dims=d)) for d in (2, 3)]
+        todo = [(f"small {d}D", quick(d, patch_xy=64, patch_z=8)) for d in (2, 3)]
+    else:
+        todo = [(f"cpu {d}D", cpu(d)) for d in (2, 3)]
+        if full:
+            todo += [(f"full {d}D", gpu(d)) for d in (2, 3)]
+    out = []
+    for name, cfg in todo:
+        out.append((f"{name} fp32", Config(**{**cfg.__dict__, "amp": False})))
+        if bf16:
+            out.append((f"{name} bf16", cfg))
     return out
 
 
@@ -56,7 +64,7 @@ def bench_config(name: str, cfg: Config, volume: data.Volume, device: torch.devi
     sampler = data.PatchSampler(volume, cfg.patch, cfg.fg_fraction, np.random.default_rng(seed))
     tf = data.augmenter(seed, cfg.dims)
     model.train()
-    data_s, step_s, losses = [], [], []
+    data_s, step_s, losses, skipped = [], [], [], 0
     for i in range(warmup + steps):
         common.sync(device)
         t0 = time.perf_counter()
@@ -68,11 +76,13 @@ def bench_config(name: str, cfg: Config, volume: data.Volume, device: torch.devi
         t1 = time.perf_counter()
         for group in optimizer.param_groups:
             group["lr"] = learning_rate(cfg, i, 0.0)
-        with autocast(device, cfg.amp, training=True):
+        with autocast(device, cfg.amp):
             loss = loss_fn(model(x).float(), y)
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
+        if _finite_step(model, loss):  # as train() does: a non-finite step is skipped
+            optimizer.step()
+        else:
+            skipped += 1
         loss = loss.item()
         common.sync(device)
         t2 = time.perf_counter()
@@ -90,7 +100,7 @@ def bench_config(name: str, cfg: Config, volume: data.Volume, device: torch.devi
     return {
         "name": name, "dims": cfg.dims, "input": f"{cfg.samples_per_batch} x {'x'.join(map(str, shape))}",
         "samples_per_batch": cfg.samples_per_batch, "patch_zyx": list(cfg.patch), "voxels_per_iteration": voxels,
-        "amp_bf16": bool(cfg.amp and device.type == "cuda" and bf16_native(device)),
+        "amp_bf16": bool(cfg.amp and bf16_native(device)), "skipped_steps": skipped,
         "step_seconds_median": step_med, "step_seconds_min": min(step_s), "step_seconds_all": step_s,
         "data_seconds_median": data_med, "data_seconds_all": data_s,
         "iteration_seconds_median": common.median([a + b for a, b in zip(step_s, data_s, strict=True)]),
@@ -111,7 +121,7 @@ def main() -> None:
     steps = args.steps or (3 if args.small else 10)
     device = common.setup(args)
     full = args.full or (device.type == "cuda" and not args.small)
-    todo = configs(args.small, full)
+    todo = configs(args.small, full, bf16_native(device))
     info = common.machine_info(device)
     common.print_header("training step time (forward + backward + AdamW, Dice+BCE)", info, [common.UNTRAINED])
 
@@ -126,7 +136,7 @@ def main() -> None:
     for name, cfg in todo:
         print(f"   {name}: {cfg.samples_per_batch} x {cfg.patch} ...", flush=True)
         rows.append(bench_config(name, cfg, volume, device, steps, args.warmup, args.seed))
-    cols = [("name", "model", ""), ("input", "batch (n x [Z x] Y x X)", ""),
+    cols = [("name", "model", ""), ("input", "batch (n x [Z x] Y x X)", ""), ("skipped_steps", "skipped", "d"),
             ("voxels_per_iteration", "voxels/iter", ",d"),
             ("step_seconds_median", "step s", ".3f"), ("data_seconds_median", "data s", ".3f"),
             ("iteration_seconds_median", "iter s", ".3f"), ("voxels_per_second_step", "voxels/s (step)", ",.0f"),
@@ -135,10 +145,19 @@ def main() -> None:
     print(common.table(rows, cols))
     by = {r["name"]: r for r in rows}
     ratios = {}
-    for prefix in ("small", "quick", "full"):
-        if f"{prefix} 2D" in by and f"{prefix} 3D" in by:
-            ratios[prefix] = by[f"{prefix} 3D"]["step_seconds_median"] / by[f"{prefix} 2D"]["step_seconds_median"]
-            print(f"   {prefix}: the 3D step takes {ratios[prefix]:.2f}x the 2D step for the same voxels")
+    for prefix in ("small", "cpu", "full"):
+        for prec in ("fp32", "bf16"):
+            two, three = by.get(f"{prefix} 2D {prec}"), by.get(f"{prefix} 3D {prec}")
+            if two and three:
+                ratios[f"{prefix} {prec}"] = three["step_seconds_median"] / two["step_seconds_median"]
+                print(f"   {prefix} {prec}: the 3D step takes {ratios[f'{prefix} {prec}']:.2f}x the 2D step")
+        for d in ("2D", "3D"):
+            fp32, bf16 = by.get(f"{prefix} {d} fp32"), by.get(f"{prefix} {d} bf16")
+            if fp32 and bf16:
+                speedup = fp32["step_seconds_median"] / bf16["step_seconds_median"]
+                ratios[f"{prefix} {d} bf16 speed-up"] = speedup
+                print(f"   {prefix} {d}: bf16 step {speedup:.2f}x faster than float32, "
+                      f"{bf16['skipped_steps']} non-finite steps skipped")
     print(f"   step = forward+backward+AdamW (median of {steps}); data = sampling+augmentation+copy to device")
 
     name = common.output_name("train", args.small)
@@ -158,6 +177,7 @@ def main() -> None:
            label="data (sample+augment)")
     ax.set_ylabel("seconds per iteration (median)")
     ax.set_title(f"training iteration, same voxels for 2D and 3D ({device.type})")
+    ax.tick_params(axis="x", labelrotation=30)
     ax.legend()
     fig_path = common.save_figure(fig, args.out, name, info)
     print(f"\n   saved {path} and {fig_path}")

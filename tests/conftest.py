@@ -1,4 +1,5 @@
-"""Shared fixtures: small crops of the real Drosophila VNC ssTEM stack in ../shared/data."""
+"""Shared fixtures: small crops of the real Drosophila VNC ssTEM stack and of the EPFL CA1 volumes
+(derived public copy) in ../shared/data, read lazily."""
 
 from pathlib import Path
 
@@ -9,6 +10,7 @@ from PIL import Image
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 DROSO = DATA / "drosophila-vnc-stack1"
+LUCCHI = DATA / "lucchi-derived"
 
 
 def _load_droso() -> tuple[np.ndarray, np.ndarray]:
@@ -44,3 +46,21 @@ def same_partition(a: np.ndarray, b: np.ndarray) -> bool:
     fg = a > 0
     pairs = np.unique(np.stack([a[fg], b[fg]]).astype(np.int64), axis=1)
     return pairs.shape[1] == np.unique(a[fg]).size == np.unique(b[fg]).size
+
+
+@pytest.fixture(scope="session")
+def lucchi_dir() -> Path:
+    if not (LUCCHI / "training.tif").exists():
+        pytest.skip(f"real data not found at {LUCCHI}")
+    return LUCCHI
+
+
+@pytest.fixture(scope="session")
+def lucchi_crop(lucchi_dir) -> tuple[np.ndarray, np.ndarray]:
+    """A CA1 training crop read lazily (only these slices): raw uint8 and mask uint8 {0,1}, (32, 256, 256)."""
+    from mitoseg import io
+
+    crop = np.s_[40:72, 256:512, 384:640]
+    raw = np.asarray(io.open_volume(lucchi_dir / "training.tif")[crop])
+    mask = io.binarize(io.open_volume(lucchi_dir / "training_groundtruth.tif")[crop])
+    return raw, mask

@@ -20,7 +20,7 @@ def tiny_bench(monkeypatch, droso):
 
 def test_compare_writes_report(tmp_path, tiny_bench):
     out = tmp_path / "report"
-    results = cmp.compare(out, preset="quick", epochs=1, changes=TINY, progress=False, command="test")
+    results = cmp.compare(out, preset="quick", epochs=1, changes=TINY, progress=False, command="test", tta=True)
     for name in ("report.md", "report.json", "compare.json", "figure_data.png", "figure_errors.png",
                  "figure_instances.png", "figure_curves.png", "model_2D/config.json", "model_3D/log.csv",
                  "model_3D/test_probs.zarr"):
@@ -31,16 +31,24 @@ def test_compare_writes_report(tmp_path, tiny_bench):
         assert row["epochs"] == 1 and row["iterations"] == 2
         assert 0 <= row["precision"] <= 1 and 0 <= row["jaccard"] <= row["f1"] <= 1
         assert row["objects_true"] > 0 and row["inference_seconds"] > 0
+        assert set(row["variants"]) == {"raw", "tta", "tta_post"}
+        assert row["jaccard"] == row["variants"]["tta_post"]["jaccard"]
+        assert row["object_min_size"] == row["postprocessing"]["min_size"]
+    for d in ("2D", "3D"):
+        chosen = json.loads((out / f"model_{d}" / "postprocessing.json").read_text())
+        assert chosen["chosen_on"] == "validation split" and chosen["chosen"] == saved["models"][d]["postprocessing"]
     md = (out / "report.md").read_text()
     assert "0.6660" in md and "0.9481" in md  # the study's numbers beside ours
     assert f"{results['models']['2D']['f1']:.4f}" in md
+    assert "+ TTA + post-processing" in md and "epochs per model" in md
+    assert str(tmp_path) not in md and str(tmp_path) not in (out / "report.json").read_text()
     assert not cmp.io.partial_path(out).exists()
     with pytest.raises(MitosegError, match="already exists"):
         cmp.compare(out, preset="quick", epochs=1, changes=TINY, progress=False)
 
 
 def test_configs_differ_only_in_dims():
-    for preset in ("quick", "full"):
+    for preset in ("quick", "cpu", "full"):
         c2, c3 = cmp.configs(preset, epochs=5, minutes=None, voxel_size=(5, 5, 5))
         a, b = dict(c2.__dict__), dict(c3.__dict__)
         assert a.pop("dims") == 2 and b.pop("dims") == 3
@@ -49,6 +57,23 @@ def test_configs_differ_only_in_dims():
     assert c2.minutes == 2.5
     with pytest.raises(MitosegError):
         cmp.configs("huge", None, None, (5, 5, 5))
+
+
+def test_patch_depth_needs_no_padding():
+    assert cmp.patch_depth(165, (5, 5, 5)) == 32  # CA1: 32 slices, the isotropic encoder's stride
+    assert cmp.patch_depth(20, (50, 4.6, 4.6)) == 20  # 20 ssTEM sections: a multiple of the Z stride 4
+    assert cmp.patch_depth(18, (50, 4.6, 4.6)) == 16
+    c2, c3 = cmp.configs("cpu", None, None, (50, 4.6, 4.6), slices=20)
+    assert c2.patch_z == c3.patch_z == 20
+
+
+def test_ca1_is_found_and_named_by_provenance(lucchi_dir, monkeypatch, tmp_path):
+    monkeypatch.setenv("MITOSEG_CACHE", str(tmp_path / "cache"))
+    monkeypatch.delenv("MITOSEG_DATA", raising=False)
+    monkeypatch.chdir(tmp_path)
+    found = cmp._lucchi_folder(None)
+    assert found is not None and found[1] == cmp.DERIVED
+    assert "per-slice stretched" in cmp.DERIVED and "polygon-filled" in cmp.DERIVED and "/" not in cmp.DERIVED
 
 
 def test_benchmark_falls_back_to_drosophila(droso_dir, monkeypatch, tmp_path):

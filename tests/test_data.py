@@ -215,3 +215,23 @@ def test_2d_augmenter_never_flips_z(mask_patches):
                 assert _inplane_match(s[::-1], b)
                 z_flips_3d += 1
     assert z_flips_3d > 0  # the check above would see a Z flip: the 3D augmenter does make them
+
+
+def test_slice_intensity_jitter_changes_each_slice_apart(lucchi_crop):
+    """On a real CA1 patch each z-slice gets its own gain and offset (slices drift one by one)."""
+    raw, mask = lucchi_crop
+    image = (raw[None, :8, :64, :64] / 255.0).astype(np.float32)
+    tf = data.RandSliceIntensityd("image", scale=0.1, shift=0.05, prob=1.0)
+    tf.set_random_state(seed=0)
+    out = tf({"image": image, "label": mask[None, :8, :64, :64]})
+    assert out["label"] is not None and np.array_equal(out["label"], mask[None, :8, :64, :64])
+    gains, offsets = [], []
+    for z in range(8):  # out = image * gain + offset, exactly, per slice
+        gain, offset = np.polyfit(image[0, z].ravel(), out["image"][0, z].ravel(), 1)
+        gains.append(gain)
+        offsets.append(offset)
+        np.testing.assert_allclose(out["image"][0, z], image[0, z] * gain + offset, atol=1e-5)
+    assert all(0.9 <= g <= 1.1 for g in gains) and all(abs(o) <= 0.05 for o in offsets)
+    assert np.std(gains) > 0.01  # the slices differ
+    never = data.RandSliceIntensityd("image", scale=0.1, shift=0.05, prob=0.0)
+    assert never({"image": image})["image"] is image

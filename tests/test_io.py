@@ -257,10 +257,21 @@ def test_load_pair(tmp_path, droso_crop):
 # ---------------------------------------------------------------- intensities and labels
 
 
-def test_intensity_range_uint8_is_fixed(crop):
-    assert io.intensity_range(crop) == (0.0, 255.0)
-    dark = (crop // 4).astype(np.uint8)  # a dark uint8 volume still uses the full window
-    assert io.intensity_range(dark) == (0.0, 255.0)
+def test_intensity_range_uint8_uses_percentiles_too(crop):
+    low, high = io.intensity_range(crop)
+    assert (low, high) == pytest.approx(tuple(np.percentile(crop, [0.5, 99.5])))
+
+
+def test_contrast_changes_reach_the_network_alike(lucchi_crop):
+    """A CA1 crop squeezed into grey levels 40..210 (the EPFL originals span ~170 levels), darkened or
+    brightened, is normalised to nearly the same input as the original."""
+    raw, _ = lucchi_crop
+    ref = io.normalize(raw, io.intensity_range(raw))
+    f = raw.astype(np.float64)
+    for changed in (40 + f * 170 / 255, f * 0.6, np.minimum(f * 0.8 + 50, 255)):
+        vol = np.rint(changed).astype(np.uint8)
+        out = io.normalize(vol, io.intensity_range(vol))
+        assert np.abs(out - ref).mean() < 0.01  # uint8 rounding only
 
 
 @pytest.mark.parametrize("dtype", [np.uint16, np.float32, np.float64])

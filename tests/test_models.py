@@ -3,14 +3,23 @@
 import copy
 import json
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mitoseg.config import Config, quick
+from mitoseg.config import PRESETS, Config, cpu, quick
 from mitoseg.errors import MitosegError
-from mitoseg.models import DIVISOR, PadToMultiple, autocast, bf16_native, build_model, pick_device
+from mitoseg.models import (
+    DIVISOR,
+    PadToMultiple,
+    autocast,
+    bf16_native,
+    build_model,
+    encoder_strides,
+    pick_device,
+)
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -177,7 +186,38 @@ def test_patch_batch_and_tile_definitions():
     assert two.tile == (1, 256, 256) and three.tile == (24, 256, 256)
 
 
-def test_quick_preset():
+def test_presets():
     cfg = quick(3, lr=0.005)
-    assert cfg.dims == 3 and cfg.lr == 0.005 and cfg.minutes == 3.0 and cfg.patch == (16, 128, 128)
-    assert quick(2).samples_per_batch == 16
+    assert cfg.dims == 3 and cfg.lr == 0.005 and cfg.minutes == 3.0 and cfg.patch == (32, 128, 128)
+    assert quick(2).samples_per_batch == 32
+    for name, preset in PRESETS.items():
+        two, three = preset(2), preset(3)
+        a, b = dict(two.__dict__), dict(three.__dict__)
+        assert a.pop("dims") == 2 and b.pop("dims") == 3 and a == b, name  # identical but for dims
+    assert cpu(2).minutes <= 40  # the CPU preset's promise: at most 40 minutes per model
+
+
+# ---------------------------------------------------------------- anisotropic strides
+
+
+def test_encoder_strides_follow_the_voxel_size():
+    assert encoder_strides((5, 5, 5), 3) == [(2, 2, 2)] * 5
+    assert encoder_strides((50, 4.6, 4.6), 2) == [(2, 2)] * 5  # a 2D model sees Y, X only
+    # nnU-Net's rule: Z is halved only once it is at most twice as coarse as Y and X
+    assert encoder_strides((50, 4.6, 4.6), 3) == [(1, 2, 2)] * 3 + [(2, 2, 2)] * 2
+    assert encoder_strides((10, 5, 5), 3) == [(2, 2, 2)] * 5
+    assert encoder_strides((12, 5, 5), 3) == [(1, 2, 2)] + [(2, 2, 2)] * 4
+
+
+def test_anisotropic_model_keeps_thin_stacks_unpadded(droso_crop):
+    raw, _ = droso_crop
+    model = build_model(Config(dims=3, voxel_size=(50, 4.6, 4.6))).eval()
+    assert model.divisor == [4, 32, 32]  # Z shrinks 4x, Y and X 32x
+    x = torch.from_numpy(raw[None, None, :16, :64, :64].astype(np.float32) / 255)
+    with torch.no_grad():
+        y = model(x)
+    assert y.shape == x.shape and torch.isfinite(y).all()
+    # the same weights fit the isotropic model: strides are not parameters
+    iso = build_model(Config(dims=3))
+    iso.load_state_dict(model.state_dict())
+    assert iso.divisor == [32, 32, 32]

@@ -213,10 +213,12 @@ def test_training_curves_one_line_per_model():
     logs = {"2D U-Net": _log(10, 30), "3D U-Net": _log(5, 70, as_strings=True)}
     out = plots.training_curves(ax_loss, ax_val, logs)
     assert out == (ax_loss, ax_val)
+    names = {ax_loss: ["2D U-Net", "3D U-Net"], ax_val: ["2D U-Net, validation", "3D U-Net, validation"]}
     for ax in out:
-        assert [line.get_label() for line in ax.get_lines()] == ["2D U-Net", "3D U-Net"]
-        assert [t.get_text() for t in ax.get_legend().get_texts()] == ["2D U-Net", "3D U-Net"]
+        assert [line.get_label() for line in ax.get_lines()] == names[ax]
+        assert [t.get_text() for t in ax.get_legend().get_texts()] == names[ax]
         assert ax.get_xlabel() == "training time (min)"  # 350 s > 2 min
+    assert ax_val.get_ylabel() == "foreground Dice"  # these logs hold Dice only
     x, y = ax_val.get_lines()[1].get_data()
     np.testing.assert_allclose(x, np.arange(1, 6) * 70 / 60)
     np.testing.assert_allclose(y, [1 - 1 / (e + 1) for e in range(1, 6)])
@@ -224,6 +226,18 @@ def test_training_curves_one_line_per_model():
     ax_s = Figure().subplots(1, 2)
     plots.training_curves(*ax_s, {"a": _log(3, 10)}, time_unit="s")
     np.testing.assert_allclose(ax_s[0].get_lines()[0].get_xdata(), [10, 20, 30])
+
+
+def test_training_curves_show_validation_and_test_iou_on_one_axes():
+    rows = [{"loss": 1 / e, "val_iou": 0.5 + e / 100, "monitor_iou": 0.6 + e / 100, "elapsed_seconds": 60 * e}
+            for e in range(1, 6)]
+    ax_loss, ax_val = Figure().subplots(1, 2)
+    plots.training_curves(ax_loss, ax_val, {"2D U-Net": rows, "3D U-Net": rows[:3]})
+    labels = [line.get_label() for line in ax_val.get_lines()]
+    assert labels == ["2D U-Net, validation", "2D U-Net, test subset", "3D U-Net, validation", "3D U-Net, test subset"]
+    assert [line.get_linestyle() for line in ax_val.get_lines()] == ["-", "--", "-", "--"]
+    np.testing.assert_allclose(ax_val.get_lines()[1].get_ydata(), [0.6 + e / 100 for e in range(1, 6)])
+    assert ax_val.get_ylabel() == "foreground IoU"
 
 
 # ---------------------------------------------------------------------------------- figures, save

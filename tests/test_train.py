@@ -69,28 +69,74 @@ def test_learns_on_real_data(tmp_path, droso_crop):
     rows = tr.read_log(tmp_path / "run")
     assert rows[-1]["loss"] < rows[0]["loss"]
     assert max(r["val_dice"] for r in rows) > 2 * mask.mean()  # better than predicting everything foreground
+    best = torch.load(tmp_path / "run" / "best.pt", weights_only=False)["state"]
+    assert best["best_iou"] == max(r["val_iou"] for r in rows)  # best.pt is chosen by validation IoU
 
 
-def test_divergence_stops_with_a_clear_error(tmp_path, small, monkeypatch):
-    """A non-finite loss ends training with MitosegError; the last finite epoch's checkpoint stays."""
+def test_learns_on_a_ca1_crop(tmp_path, lucchi_crop):
+    raw, mask = lucchi_crop
+    cfg = tiny(2, patch_z=4, epochs=3, iterations_per_epoch=12, lr=2e-3, tile_xy=128, val_fraction=0.3,
+               voxel_size=(5, 5, 5))
+    tr.train(cfg, raw[:8], mask[:8], tmp_path / "run", progress=False)
+    rows = tr.read_log(tmp_path / "run")
+    assert max(r["val_iou"] for r in rows) > 2 * mask[:8].mean()
+
+
+def test_3d_model_learns_on_a_thin_anisotropic_stack(tmp_path, droso_crop):
+    """50 nm sections, 4.6 nm pixels: the encoder halves Z twice, not five times, and the model learns."""
+    raw, mask = droso_crop
+    cfg = tiny(3, patch_z=8, tile_z=8, epochs=3, iterations_per_epoch=12, lr=2e-3, tile_xy=128, val_fraction=0.3,
+               voxel_size=(50, 4.6, 4.6))
+    tr.train(cfg, raw[:8], mask[:8], tmp_path / "run", progress=False)
+    rows = tr.read_log(tmp_path / "run")
+    assert max(r["val_iou"] for r in rows) > 2 * mask[:8].mean()
+
+
+def _nan_loss_on(monkeypatch, bad_calls):
+    """Make the training loss NaN on the forward calls for which `bad_calls(call_number)` is true."""
     import monai.losses
 
     real = monai.losses.DiceCELoss
 
-    class NaNInEpoch2(real):
+    class SometimesNaN(real):
         calls = 0
 
         def forward(self, x, y):
-            NaNInEpoch2.calls += 1
+            SometimesNaN.calls += 1
             loss = super().forward(x, y)
-            return loss * float("nan") if NaNInEpoch2.calls > 3 else loss
+            return loss * float("nan") if bad_calls(SometimesNaN.calls) else loss
 
-    monkeypatch.setattr(monai.losses, "DiceCELoss", NaNInEpoch2)
+    monkeypatch.setattr(monai.losses, "DiceCELoss", SometimesNaN)
+
+
+def test_a_non_finite_step_is_skipped_and_logged(tmp_path, small, monkeypatch):
+    _nan_loss_on(monkeypatch, lambda call: call == 2)
+    summary = tr.train(tiny(2), *small, tmp_path / "run", progress=False)
+    rows = tr.read_log(tmp_path / "run")
+    assert [r["skipped_steps"] for r in rows] == [1, 0] and summary["skipped_steps"] == 1
+    assert all(np.isfinite(r["loss"]) for r in rows)
+    state = torch.load(tmp_path / "run" / "last.pt", weights_only=False)["model"]
+    assert all(torch.isfinite(v).all() for v in state.values() if v.is_floating_point())
+
+
+def test_divergence_stops_with_a_clear_error(tmp_path, small, monkeypatch):
+    """Ten non-finite steps in a row end training with MitosegError; the last finite epoch's checkpoint stays."""
+    _nan_loss_on(monkeypatch, lambda call: call > 12)
     with pytest.raises(MitosegError, match="diverged .* epoch 2"):
-        tr.train(tiny(2), *small, tmp_path / "run", progress=False)
+        tr.train(tiny(2, iterations_per_epoch=12), *small, tmp_path / "run", progress=False)
     assert [r["epoch"] for r in tr.read_log(tmp_path / "run")] == [1]
     state = torch.load(tmp_path / "run" / "last.pt", weights_only=False)["model"]
     assert all(torch.isfinite(v).all() for v in state.values() if v.is_floating_point())
+
+
+def test_monitor_volume_is_scored_every_epoch(tmp_path, small, droso_crop):
+    raw, mask = droso_crop
+    monitor = (raw[8:16, 128:, 128:], mask[8:16, 128:, 128:])
+    tr.train(tiny(2), *small, tmp_path / "run", progress=False, monitor=monitor)
+    rows = tr.read_log(tmp_path / "run")
+    assert all(0 <= r["monitor_iou"] <= 1 for r in rows)
+    tr.train(tiny(2), *small, tmp_path / "plain", progress=False)
+    assert all(np.isnan(r["monitor_iou"]) for r in tr.read_log(tmp_path / "plain"))
 
 
 def test_time_budget_stops(tmp_path, small):

@@ -23,7 +23,7 @@ def _voxel(values: list[float]) -> tuple[float, float, float]:
 
 def cmd_train(a: argparse.Namespace) -> None:
     from mitoseg import io
-    from mitoseg.config import Config, quick
+    from mitoseg.config import PRESETS
     from mitoseg.train import train
 
     image, mask = io.load_pair(a.image, a.labels, a.label_threshold)
@@ -32,7 +32,7 @@ def cmd_train(a: argparse.Namespace) -> None:
         iterations_per_epoch=a.iterations_per_epoch, val_fraction=a.val_fraction, seed=a.seed,
         device=a.device, label_threshold=a.label_threshold, voxel_size=a.voxel_size,
         amp=False if a.fp32 else None).items() if v is not None}
-    cfg = quick(a.dims, **changes) if a.quick else Config(dims=a.dims, **changes)
+    cfg = PRESETS["quick" if a.quick else a.preset](a.dims, **changes)
     summary = train(cfg, image, mask, a.out, resume=a.resume, overwrite=a.overwrite, progress=not a.quiet)
     print(json.dumps(summary, indent=2))
 
@@ -114,7 +114,7 @@ def cmd_compare(a: argparse.Namespace) -> None:
     from mitoseg.compare import compare
 
     compare(a.out, a.dataset, a.data, "quick" if a.quick else a.preset, a.epochs, a.minutes, a.seed,
-            a.overwrite, progress=not a.quiet, command="mitoseg " + shlex.join(sys.argv[1:]))
+            a.overwrite, progress=not a.quiet, command="mitoseg " + shlex.join(sys.argv[1:]), tta=a.tta)
 
 
 def cmd_data(a: argparse.Namespace) -> None:
@@ -148,7 +148,9 @@ def parser() -> argparse.ArgumentParser:
     t.add_argument("labels", help="label volume of the same shape (foreground: label > --label-threshold)")
     t.add_argument("--out", required=True, help="run folder (config, log, checkpoints)")
     t.add_argument("--dims", type=int, choices=(2, 3), default=2)
-    t.add_argument("--quick", action="store_true", help="CPU preset: small patches, 3 minutes")
+    t.add_argument("--preset", default="full", choices=("quick", "cpu", "full"),
+                   help="quick: 3 minutes on a CPU; cpu: 30 minutes on 2 cores; full: the GPU preset (default)")
+    t.add_argument("--quick", action="store_true", help="same as --preset quick")
     t.add_argument("--epochs", type=int)
     t.add_argument("--minutes", type=float, help="stop after this much training time")
     t.add_argument("--iterations-per-epoch", type=int)
@@ -213,11 +215,16 @@ def parser() -> argparse.ArgumentParser:
     c.add_argument("--out", default="report", help="report folder")
     c.add_argument("--dataset", default="auto", choices=("auto", "lucchi", "drosophila"))
     c.add_argument("--data", help="folder with the data set's files")
-    c.add_argument("--quick", action="store_true", help="2-core CPU preset (about 7 minutes on 2 cores)")
-    c.add_argument("--preset", default="full", choices=("quick", "full"))
+    c.add_argument("--quick", action="store_true", help="same as --preset quick (the demo)")
+    c.add_argument("--preset", default="full", choices=("quick", "cpu", "full"),
+                   help="quick: 3 minutes per model (demo); cpu: 30 minutes per model on 2 cores (about 80 "
+                        "minutes in all); full: the GPU preset (default)")
     c.add_argument("--epochs", type=int, help="equal epochs for both models")
     c.add_argument("--minutes", type=float, help="equal training minutes for each model")
     c.add_argument("--seed", type=int, default=0)
+    c.add_argument("--tta", action=argparse.BooleanOptionalAction, default=None,
+                   help="also score test-time augmentation (4 in-plane flips; 4x the inference time); "
+                        "default: on for every preset but quick")
     c.add_argument("--overwrite", action="store_true")
     c.set_defaults(func=cmd_compare)
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+from monai.transforms import MapTransform, RandomizableTransform
 
 from mitoseg.errors import MitosegError
 
@@ -93,7 +94,8 @@ def augmenter(seed: int, dims: int):
     """MONAI random transforms for one sample dict {"image", "label"} of arrays (1, Z, Y, X).
 
     Flips on every axis the model sees, 90-degree rotations in-plane only (Z may be anisotropic),
-    and intensity scale, shift, contrast (gamma) and noise on the image alone.
+    per-slice contrast and brightness jitter, and whole-patch intensity scale, shift, gamma and
+    noise on the image alone: a model must not depend on the microscope's grey levels.
     """
     from monai.transforms import (
         Compose,
@@ -108,17 +110,44 @@ def augmenter(seed: int, dims: int):
     keys = ["image", "label"]
     flip_axes = [1, 2] if dims == 2 else [0, 1, 2]
     tf = Compose(
-        [RandFlipd(keys, prob=0.5, spatial_axis=a) for a in flip_axes]
+        [RandSliceIntensityd("image", scale=0.1, shift=0.05, prob=0.5)]
+        + [RandFlipd(keys, prob=0.5, spatial_axis=a) for a in flip_axes]
         + [
             RandRotate90d(keys, prob=0.75, max_k=3, spatial_axes=(1, 2)),
-            RandScaleIntensityd("image", factors=0.15, prob=0.5),
-            RandShiftIntensityd("image", offsets=0.1, prob=0.5),
-            RandAdjustContrastd("image", gamma=(0.7, 1.5), prob=0.3),
+            RandScaleIntensityd("image", factors=0.3, prob=0.5),
+            RandShiftIntensityd("image", offsets=0.15, prob=0.5),
+            RandAdjustContrastd("image", gamma=(0.6, 1.7), prob=0.5),
             RandGaussianNoised("image", std=0.03, prob=0.2),
         ]
     )
     tf.set_random_state(seed=seed)
     return tf
+
+
+class RandSliceIntensityd(MapTransform, RandomizableTransform):
+    """Multiply each z-slice of the image (1, Z, Y, X) by 1 + U(-scale, scale) and add U(-shift, shift).
+
+    Hand-written: MONAI's intensity transforms change a whole patch alike, but FIB-SEM slices drift
+    in brightness one by one (and the CA1 copy's slices were stretched one by one).
+    """
+
+    def __init__(self, key: str, scale: float, shift: float, prob: float):
+        MapTransform.__init__(self, [key])
+        RandomizableTransform.__init__(self, prob)
+        self.scale, self.shift = scale, shift
+
+    def __call__(self, sample: dict) -> dict:
+        self.randomize(None)
+        if not self._do_transform:
+            return sample
+        out = dict(sample)
+        for key in self.keys:
+            image = np.asarray(sample[key], dtype=np.float32)
+            n = image.shape[1]
+            gain = 1 + self.R.uniform(-self.scale, self.scale, n).astype(np.float32)
+            offset = self.R.uniform(-self.shift, self.shift, n).astype(np.float32)
+            out[key] = image * gain[None, :, None, None] + offset[None, :, None, None]
+        return out
 
 
 def augment(tf, images: np.ndarray, masks: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -186,12 +186,13 @@ def read_volume(spec: str | Path) -> np.ndarray:
 def intensity_range(arr: Any, max_samples: int = 2_000_000) -> tuple[float, float]:
     """The intensity window mapped to [0, 1] for the network, as (low, high) in the volume's units.
 
-    Rule: uint8 volumes use the fixed window (0, 255); other dtypes (uint16, float) use the 0.5 and
-    99.5 percentiles of a strided subsample, so one bright artefact does not flatten the contrast.
-    Raises MitosegError on NaN or infinite values in the subsample.
+    One rule for every dtype (uint8 too): the 0.5 and 99.5 percentiles of a strided subsample of the
+    whole volume (about `max_samples` voxels). A stack acquired with another contrast or brightness
+    (e.g. grey levels 40..210 instead of 0..255) then reaches the network as the same [0, 1] input,
+    and one bright artefact does not flatten the contrast. The window is computed once per volume, so
+    blocks predicted separately still agree with the whole. Raises MitosegError on NaN or infinite
+    values in the subsample.
     """
-    if np.dtype(arr.dtype) == np.uint8:
-        return 0.0, 255.0
     step = max(1, int(np.ceil((np.prod(arr.shape) / max_samples) ** (1 / 3))))
     sample = np.asarray(arr[::step, ::step, ::step], dtype=np.float64)
     if not np.isfinite(sample).all():

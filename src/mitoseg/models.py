@@ -1,31 +1,76 @@
-"""The 2D and 3D U-Nets: MONAI FlexibleUNet with a ResNet18 encoder, identical but for spatial_dims."""
+"""The 2D and 3D U-Nets: MONAI FlexibleUNet with a ResNet18 encoder, identical but for spatial_dims
+and, on anisotropic voxels, the 3D encoder's per-axis strides (`encoder_strides`)."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from functools import partial
+
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from mitoseg.config import Config
 
-DIVISOR = 32  # the ResNet encoder halves each axis five times
+DIVISOR = 32  # the ResNet encoder halves each axis five times (on isotropic voxels)
+STAGES = 5  # stride-2 stages of the ResNet18 encoder: stem conv, max-pool, layer2, layer3, layer4
+
+
+def encoder_strides(voxel_size: Sequence[float], dims: int) -> list[tuple[int, ...]]:
+    """Per-stage strides of the encoder, one tuple per stage ((Z,) Y, X), from the voxel size (nm).
+
+    nnU-Net's planning rule: at each stage an axis is halved only while its current spacing is at most
+    twice the finest current spacing; halving doubles that axis's spacing. Isotropic voxels (and every
+    2D model) halve every axis five times; 50 nm sections with 4.6 nm pixels are halved in-plane only
+    for the first three stages, then in Z too (Z shrinks 4x, Y and X 32x).
+    """
+    spacing = [float(v) for v in voxel_size][-dims:]
+    if dims == 2 or len(set(spacing)) == 1:
+        return [(2,) * dims] * STAGES
+    out = []
+    for _ in range(STAGES):
+        finest = min(spacing)
+        stride = tuple(2 if s <= 2 * finest else 1 for s in spacing)
+        spacing = [s * k for s, k in zip(spacing, stride, strict=True)]
+        out.append(stride)
+    return out
+
+
+def _set_strides(net: nn.Module, strides: list[tuple[int, ...]]) -> None:
+    """Give a FlexibleUNet(resnet) per-axis stage strides, in place (weights are unchanged).
+
+    Written here because FlexibleUNet hard-codes stride 2 on every axis of every stage; these are the
+    five modules that stride in its ResNet encoder and the five upsamplings of its decoder.
+    """
+    enc = net.encoder
+    enc.conv1.stride = strides[0]
+    enc.maxpool.stride = strides[1]
+    for layer, stride in zip((enc.layer2, enc.layer3, enc.layer4), strides[2:], strict=True):
+        block = layer[0]
+        block.conv1.stride = stride
+        block.downsample = partial(enc._downsample_basic_block, planes=block.conv1.out_channels, stride=stride,
+                                   spatial_dims=len(stride))
+    for block, stride in zip(net.decoder.blocks, reversed(strides), strict=True):
+        block.upsample.upsample_non_trainable.scale_factor = tuple(float(k) for k in stride)
 
 
 class PadToMultiple(nn.Module):
-    """Pads inputs to a multiple of 32 per spatial axis and crops the output back.
+    """Pads inputs to a multiple of the encoder's total stride per spatial axis and crops the output back.
 
     Hand-written because FlexibleUNet fails on other sizes, and thin anisotropic stacks
     (e.g. 20 sections) must still be segmentable by the 3D model.
     """
 
-    def __init__(self, net: nn.Module, divisor: int = DIVISOR):
+    def __init__(self, net: nn.Module, divisor: int | Sequence[int] = DIVISOR):
         super().__init__()
         self.net = net
         self.divisor = divisor
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         sizes = x.shape[2:]
-        pads = [(-s) % self.divisor for s in sizes]
+        divisors = [self.divisor] * len(sizes) if isinstance(self.divisor, int) else self.divisor
+        pads = [(-s) % d for s, d in zip(sizes, divisors, strict=True)]
         if not any(pads):
             return self.net(x)
         flat = [p for pad in reversed(pads) for p in (0, pad)]
@@ -34,12 +79,18 @@ class PadToMultiple(nn.Module):
 
 
 def build_model(config: Config) -> nn.Module:
-    """A U-Net mapping (B, 1, [Z,] Y, X) float32 in [0, 1] to (B, 1, [Z,] Y, X) foreground logits."""
+    """A U-Net mapping (B, 1, [Z,] Y, X) float32 in [0, 1] to (B, 1, [Z,] Y, X) foreground logits.
+
+    The encoder's strides follow `encoder_strides(config.voxel_size, config.dims)`."""
     from monai.networks.nets import FlexibleUNet
 
     net = FlexibleUNet(in_channels=1, out_channels=1, backbone=config.encoder,
                        spatial_dims=config.dims, pretrained=False)
-    return PadToMultiple(net)
+    strides = encoder_strides(config.voxel_size, config.dims)
+    if any(k != 2 for stride in strides for k in stride):
+        _set_strides(net, strides)
+    divisors = [int(np.prod([stride[axis] for stride in strides])) for axis in range(config.dims)]
+    return PadToMultiple(net, divisors)
 
 
 def pick_device(name: str = "auto") -> torch.device:
@@ -60,15 +111,16 @@ def bf16_native(device: torch.device) -> bool:
     return False
 
 
-def autocast(device: torch.device, enabled: bool = True, training: bool = False):
+def autocast(device: torch.device, enabled: bool = True):
     """bf16 autocast where the hardware has native bf16 (no loss scaling needed), else a no-op.
 
-    On a CPU with AVX512-BF16 it makes inference ~2x faster than float32 (benchmarks/bench_backends.py);
-    `Config.amp = False` / `--fp32` turns it off. Training uses it on GPUs only: on CPU, bf16 3D
-    convolution backward (oneDNN, torch 2.13) gave non-finite gradients now and then in our runs.
+    On a CPU with AVX512-BF16 it makes inference ~2x faster than float32 (benchmarks/bench_backends.py),
+    and with AMX training steps 1.6x (2D) to 3.6x (3D) faster (benchmarks/bench_train.py).
+    `Config.amp = False` / `--fp32` turns it off. bf16 3D convolution backward on CPU (oneDNN, torch
+    2.13) gave non-finite gradients now and then, so `train` skips any step whose gradients are not
+    finite (as a GPU loss scaler does) and logs how many it skipped.
     """
-    native = bf16_native(device) and (device.type == "cuda" or not training)
-    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=enabled and native)
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=enabled and bf16_native(device))
 
 
 def channels_last(model: nn.Module, dims: int) -> nn.Module:

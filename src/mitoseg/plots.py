@@ -303,14 +303,15 @@ def _column(rows: Sequence[Mapping[str, object]], key: str) -> np.ndarray:
 
 
 def training_curves(ax_loss: Axes, ax_val: Axes, logs: Mapping[str, Sequence[Mapping[str, object]]],
-                    time_unit: str = "auto") -> tuple[Axes, Axes]:
-    """Training loss and validation Dice against training time, one line per model on each axes.
+                    time_unit: str = "auto", monitor_label: str = "test subset") -> tuple[Axes, Axes]:
+    """Training loss, and validation (solid) and monitor (dashed) IoU, against training time, one colour
+    per model, every model on the same two axes.
 
     `logs` maps a model name (e.g. "2D U-Net") to its per-epoch rows (as in ``log.csv``), each with keys
-    "epoch", "loss", "val_dice" and "elapsed_seconds" (numbers or numeric strings). The x axis is the
-    elapsed training time, so models of different speed compare fairly; `time_unit` is "s", "min", "h"
-    or "auto" (minutes past 2 minutes, hours past 2 hours). A model keeps its colour on both axes; the
-    best validation Dice of each model is marked with a dot.
+    "loss", "val_iou" (older logs: "val_dice"), optionally "monitor_iou", and "elapsed_seconds" (numbers
+    or numeric strings). The x axis is the elapsed training time, so models of different speed compare
+    fairly: which model reaches what quality per minute. `time_unit` is "s", "min", "h" or "auto"
+    (minutes past 2 minutes, hours past 2 hours). The best validation IoU of each model is marked.
     """
     longest = max((np.nanmax(_column(r, "elapsed_seconds"), initial=0.0) for r in logs.values() if r),
                   default=0.0)
@@ -321,23 +322,29 @@ def training_curves(ax_loss: Axes, ax_val: Axes, logs: Mapping[str, Sequence[Map
         raise ValueError(f"time_unit must be 'auto', 's', 'min' or 'h', got {time_unit!r}")
     scale = scales[time_unit]
     marker = "o" if max((len(r) for r in logs.values()), default=0) <= 30 else None
+    metric = "val_iou" if all("val_iou" in r[0] for r in logs.values() if r) else "val_dice"
+    name_of = {"val_iou": "IoU", "val_dice": "Dice"}[metric]
     for i, (name, rows) in enumerate(logs.items()):
         t = _column(rows, "elapsed_seconds") / scale
-        loss, dice = _column(rows, "loss"), _column(rows, "val_dice")
+        loss, val = _column(rows, "loss"), _column(rows, metric)
         ax_loss.plot(t, loss, color=f"C{i}", label=name, marker=marker, markersize=3)
-        ax_val.plot(t, dice, color=f"C{i}", label=name, marker=marker, markersize=3)
-        if np.isfinite(dice).any():
-            best = int(np.nanargmax(dice))
-            ax_val.scatter([t[best]], [dice[best]], s=40, color=f"C{i}", edgecolors="black", zorder=3)
-    for ax, ylabel, where in ((ax_loss, "training loss (Dice + BCE)", "upper right"),
-                              (ax_val, "validation Dice", "lower right")):
+        ax_val.plot(t, val, color=f"C{i}", label=f"{name}, validation", marker=marker, markersize=3)
+        if np.isfinite(val).any():
+            best = int(np.nanargmax(val))
+            ax_val.scatter([t[best]], [val[best]], s=40, color=f"C{i}", edgecolors="black", zorder=3)
+        monitor = _column(rows, "monitor_iou")
+        if metric == "val_iou" and np.isfinite(monitor).any():
+            ax_val.plot(t, monitor, color=f"C{i}", linestyle="--", label=f"{name}, {monitor_label}",
+                        marker=marker, markersize=3, markerfacecolor="none")
+    for ax, ylabel in ((ax_loss, "training loss (Dice + BCE)"), (ax_val, f"foreground {name_of}")):
         ax.set_xlabel(f"training time ({time_unit})")
         ax.set_ylabel(ylabel)
         ax.grid(True, alpha=0.3)
-        if logs:
-            ax.legend(loc=where, fontsize="small")
+    if logs:  # legends below the axes, so they never hide a curve
+        for ax in (ax_loss, ax_val):
+            ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.18), fontsize="small", ncol=2, frameon=False)
     ax_loss.set_title("training loss")
-    ax_val.set_title("validation Dice (best marked)")
+    ax_val.set_title(f"{name_of} against training time (best validation marked)")
     return ax_loss, ax_val
 
 
@@ -400,9 +407,9 @@ def figure_instances(image2d: np.ndarray, labels3d: np.ndarray, z: int,
 
 
 def figure_curves(logs: Mapping[str, Sequence[Mapping[str, object]]]) -> Figure:
-    """Training loss and validation Dice against training time, one line per model (see
+    """Training loss, and validation and monitor IoU, against training time, one colour per model (see
     `training_curves`)."""
-    fig = _figure((11, 4.2))
+    fig = _figure((11, 5.0))
     ax_loss, ax_val = fig.subplots(1, 2)
     training_curves(ax_loss, ax_val, logs)
     return fig

@@ -196,13 +196,14 @@ def predict_volume(model: torch.nn.Module, image: Any, out: str | Path, dims: in
                    dtype: str = "uint8", mask_out: str | Path | None = None, threshold: float = 0.5,
                    batch_size: int | None = None, tta: bool = False, amp: bool = True,
                    device: torch.device | None = None, attrs: dict | None = None, overwrite: bool = False,
-                   resume: bool = False, progress: bool = True) -> Path:
+                   resume: bool = False, progress: bool = True, window: tuple[float, float] | None = None) -> Path:
     """Predict a whole volume block by block into a Zarr array of probabilities at `out`.
 
     image: array-like (Z, Y, X) or a path understood by `io.open_volume`. Writes `<out>.partial`
     first and renames when done; with `resume`, blocks finished by an earlier run are skipped.
     Optionally writes a binary mask (uint8 {0, 1}, probability >= threshold) to `mask_out`.
-    Returns the output path.
+    `window`: the intensity window mapped to [0, 1] (default: `io.intensity_range` of this volume;
+    give the larger volume's window when `image` is a part of it). Returns the output path.
     """
     from tqdm.auto import tqdm
 
@@ -213,7 +214,7 @@ def predict_volume(model: torch.nn.Module, image: Any, out: str | Path, dims: in
         io.check_output(mask_out, overwrite)
     device = device or next(model.parameters()).device
     model.eval()
-    window = io.intensity_range(volume)
+    window = window or io.intensity_range(volume)
     block = tuple(block or default_block(shape, tile))
     meta = dict(attrs or {}, overlap=overlap, tile=tile, tta=tta, window=window, created=time.strftime("%F %T"))
     probs = io.create_zarr(out, shape, dtype, block, dict(meta, kind="probability"), resume)

@@ -2,7 +2,7 @@
 
 A run folder holds everything needed to repeat or continue it:
 ``config.json``, ``versions.json``, ``log.csv`` (one row per epoch), ``summary.json``,
-``last.pt`` (written every epoch, used by --resume) and ``best.pt`` (best validation Dice).
+``last.pt`` (written every epoch, used by --resume) and ``best.pt`` (best validation IoU).
 Randomness is re-seeded from (seed, epoch) at every epoch start, so a resumed run draws the same
 patches as an uninterrupted one.
 """
@@ -27,10 +27,11 @@ from mitoseg import data, io, metrics
 from mitoseg.config import Config
 from mitoseg.errors import MitosegError
 from mitoseg.models import autocast, build_model, channels_last, pick_device
-from mitoseg.predict import predict_array
+from mitoseg.predict import default_tile, predict_array
 
-LOG_FIELDS = ["epoch", "iterations", "loss", "val_dice", "val_iou", "lr", "epoch_seconds",
-              "seconds_per_iteration", "elapsed_seconds", "peak_memory_mib"]
+LOG_FIELDS = ["epoch", "iterations", "loss", "val_dice", "val_iou", "monitor_iou", "lr", "epoch_seconds",
+              "seconds_per_iteration", "elapsed_seconds", "skipped_steps", "peak_memory_mib"]
+MAX_SKIPPED_IN_A_ROW = 10  # non-finite steps in a row before training stops as diverged
 
 
 def versions() -> dict:
@@ -97,18 +98,37 @@ def _prepare_dir(out: Path, resume: bool, overwrite: bool) -> None:
     out.mkdir(parents=True, exist_ok=True)
 
 
-def validate(model: torch.nn.Module, val: data.Volume, config: Config, device: torch.device) -> dict:
-    """Dice and IoU of the thresholded prediction on the validation volume."""
-    probs = predict_array(model, val.image, config.dims, config.tile, config.overlap, (0.0, 1.0), device,
-                          amp=config.amp)
+def validate(model: torch.nn.Module, val: data.Volume | None, config: Config, device: torch.device) -> dict:
+    """Dice ("f1") and IoU ("jaccard") of the prediction thresholded at 0.5 on a normalised volume
+    (NaN without one)."""
+    if val is None:
+        return {"f1": float("nan"), "jaccard": float("nan")}
+    tile = default_tile(config.dims, val.image.shape, config.tile)
+    probs = predict_array(model, val.image, config.dims, tile, config.overlap, (0.0, 1.0), device, amp=config.amp)
     return metrics.scores(metrics.confusion(probs >= 0.5, val.mask))
 
 
+def _finite_step(model: torch.nn.Module, loss: torch.Tensor) -> bool:
+    """Backpropagate `loss`; True when the loss and every gradient are finite (else gradients are dropped)."""
+    if not math.isfinite(loss.item()):
+        return False
+    loss.backward()
+    grads = [p.grad for p in model.parameters() if p.grad is not None]
+    if all(torch.isfinite(g).all() for g in grads):
+        return True
+    model.zero_grad(set_to_none=True)
+    return False
+
+
 def train(config: Config, image: np.ndarray, mask: np.ndarray, out: str | Path, resume: bool = False,
-          overwrite: bool = False, progress: bool = True) -> dict:
+          overwrite: bool = False, progress: bool = True,
+          monitor: tuple[np.ndarray, np.ndarray] | None = None) -> dict:
     """Train one model on an image (Z, Y, X, any dtype) and its mask (Z, Y, X) {0, 1}; returns the summary.
 
     Stops after `config.epochs` epochs or `config.minutes` of training, whichever comes first.
+    `monitor`: an optional (image, mask) pair scored like the validation split after every epoch and
+    logged as `monitor_iou` (e.g. a part of a test volume, to plot test IoU against training time);
+    it never chooses a checkpoint.
     """
     from monai.losses import DiceCELoss
     from tqdm.auto import tqdm
@@ -131,6 +151,7 @@ def train(config: Config, image: np.ndarray, mask: np.ndarray, out: str | Path, 
     torch.manual_seed(config.seed)
     image = io.normalize(image, io.intensity_range(image))
     train_vol, val_vol = data.split(image, mask, config.val_fraction)
+    monitor_vol = data.Volume(io.normalize(monitor[0], io.intensity_range(monitor[0])), monitor[1]) if monitor else None
     sampler = data.PatchSampler(train_vol, config.patch, config.fg_fraction, np.random.default_rng(config.seed))
     tf = data.augmenter(config.seed, config.dims)
     # channels-last throughout (prediction uses it too), so validation never changes the layout mid-run
@@ -140,12 +161,12 @@ def train(config: Config, image: np.ndarray, mask: np.ndarray, out: str | Path, 
     n_iter = iterations_per_epoch(config, train_vol.image.shape)
     total_iter = n_iter * config.epochs
 
-    state = {"epoch": 0, "iteration": 0, "elapsed": 0.0, "best_dice": -1.0}
+    state = {"epoch": 0, "iteration": 0, "elapsed": 0.0, "best_iou": -1.0}
     if resume:
         ckpt = torch.load(out / "last.pt", map_location=device, weights_only=False)
         model.load_state_dict(ckpt["model"])
         optimizer.load_state_dict(ckpt["optimizer"])
-        state = ckpt["state"]
+        state = {"best_iou": -1.0, **ckpt["state"]}
     log_path = out / "log.csv"
     if not resume:
         with open(log_path, "w", newline="") as f:
@@ -158,7 +179,7 @@ def train(config: Config, image: np.ndarray, mask: np.ndarray, out: str | Path, 
         tf.set_random_state(seed=config.seed + 1000 * epoch)
         torch.manual_seed(config.seed + epoch)
         model.train()
-        losses, t0, done = [], time.perf_counter(), 0
+        losses, t0, done, skipped, in_a_row = [], time.perf_counter(), 0, 0, 0
         bar = tqdm(range(n_iter), desc=f"{config.dims}D epoch {epoch + 1}", leave=False, disable=not progress)
         for _ in bar:
             progress_frac = max(state["iteration"] / total_iter, (state["elapsed"] + time.perf_counter() - t0) / budget)
@@ -170,18 +191,23 @@ def train(config: Config, image: np.ndarray, mask: np.ndarray, out: str | Path, 
                 x, y = x[:, :, 0], y[:, :, 0]
             x, y = torch.from_numpy(x).to(device), torch.from_numpy(y).to(device)
             x = x.contiguous(memory_format=torch.channels_last if x.ndim == 4 else torch.channels_last_3d)
-            with autocast(device, config.amp, training=True):
+            with autocast(device, config.amp):
                 loss = loss_fn(model(x).float(), y)
             optimizer.zero_grad(set_to_none=True)
-            if not math.isfinite(loss.item()):  # diverged: stop before the checkpoints are overwritten
-                raise MitosegError(f"training diverged (loss {loss.item()}) in epoch {epoch + 1}; the last "
-                                   f"finite epoch's checkpoints are in {out}: lower --lr or pass --fp32")
-            loss.backward()
-            optimizer.step()
-            losses.append(loss.item())
+            if _finite_step(model, loss):
+                optimizer.step()
+                losses.append(loss.item())
+                in_a_row = 0
+            else:  # a non-finite loss or gradient: skip this step, as a GPU loss scaler would
+                skipped += 1
+                in_a_row += 1
+                if in_a_row >= MAX_SKIPPED_IN_A_ROW:  # diverged: stop before the checkpoints are overwritten
+                    raise MitosegError(f"training diverged ({in_a_row} non-finite steps in a row) in epoch "
+                                       f"{epoch + 1}; the last finite epoch's checkpoints are in {out}: "
+                                       "lower --lr or pass --fp32")
             state["iteration"] += 1
             done += 1
-            bar.set_postfix(loss=f"{losses[-1]:.3f}")
+            bar.set_postfix(loss=f"{losses[-1]:.3f}" if losses else "nan")
             if state["elapsed"] + time.perf_counter() - t0 >= budget:
                 break
         if device.type == "cuda":
@@ -189,21 +215,23 @@ def train(config: Config, image: np.ndarray, mask: np.ndarray, out: str | Path, 
         seconds = time.perf_counter() - t0
         state["elapsed"] += seconds
         state["epoch"] += 1
-        val = validate(model, val_vol, config, device) if val_vol is not None else {"f1": float("nan"),
-                                                                                   "jaccard": float("nan")}
-        row = {"epoch": state["epoch"], "iterations": done, "loss": float(np.mean(losses)),
-               "val_dice": val["f1"], "val_iou": val["jaccard"], "lr": lr, "epoch_seconds": seconds,
-               "seconds_per_iteration": seconds / max(done, 1), "elapsed_seconds": state["elapsed"],
+        val = validate(model, val_vol, config, device)
+        row = {"epoch": state["epoch"], "iterations": done,
+               "loss": float(np.mean(losses)) if losses else float("nan"),
+               "val_dice": val["f1"], "val_iou": val["jaccard"],
+               "monitor_iou": validate(model, monitor_vol, config, device)["jaccard"], "lr": lr,
+               "epoch_seconds": seconds, "seconds_per_iteration": seconds / max(done, 1),
+               "elapsed_seconds": state["elapsed"], "skipped_steps": skipped,
                "peak_memory_mib": peak_memory_mib(device)}
         with open(log_path, "a", newline="") as f:
             csv.DictWriter(f, LOG_FIELDS).writerow(row)
         if progress:
-            print(f"{config.dims}D epoch {state['epoch']}: loss {row['loss']:.4f} val Dice {row['val_dice']:.4f} "
+            print(f"{config.dims}D epoch {state['epoch']}: loss {row['loss']:.4f} val IoU {row['val_iou']:.4f} "
                   f"({seconds:.1f} s)", flush=True)
         ckpt = {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "state": state,
                 "config": config.__dict__}
-        if not val_vol or val["f1"] > state["best_dice"]:
-            state["best_dice"] = val["f1"] if val_vol else state["best_dice"]
+        if not val_vol or val["jaccard"] > state["best_iou"]:
+            state["best_iou"] = val["jaccard"] if val_vol else state["best_iou"]
             _save({"model": model.state_dict(), "config": config.__dict__, "state": dict(state)}, out / "best.pt")
         _save(ckpt, out / "last.pt")
     return summarize(out)
@@ -227,6 +255,8 @@ def summarize(run: str | Path) -> dict:
         "seconds_per_epoch": float(np.mean([r["epoch_seconds"] for r in rows])) if rows else 0.0,
         "seconds_per_iteration": (rows[-1]["elapsed_seconds"] / iters) if iters else 0.0,
         "best_val_dice": max((r["val_dice"] for r in rows), default=float("nan")),
+        "best_val_iou": max((r["val_iou"] for r in rows), default=float("nan")),
+        "skipped_steps": int(sum(r.get("skipped_steps", 0) for r in rows)),
         "final_loss": rows[-1]["loss"] if rows else float("nan"),
         "peak_memory_mib": max((r["peak_memory_mib"] for r in rows), default=0.0),
     }

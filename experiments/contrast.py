@@ -1,0 +1,88 @@
+"""Does a trained model keep its test IoU when the microscope's grey levels change?
+
+    python experiments/contrast.py RUN [RUN ...] --out results/ca1-cpu/contrast.json [--slices 64]
+
+For each run folder (a trained 2D or 3D model), the central `--slices` slices of the CA1 test volume
+are changed as another acquisition would change them (squeezed into fewer grey levels as in the EPFL
+originals, darker, brighter, flatter, another gamma, brightness drifting slice by slice), predicted
+with the product's predictor and scored at probability 0.5. Each change is scored twice: with
+mitoseg's normalisation (`io.intensity_range`: the volume's 0.5-99.5 percentiles) and with the rule
+it replaced (uint8 mapped 0..255 as it is). Writes the JSON and a Markdown table beside it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from mitoseg import compare, metrics, predict, train
+
+
+def changes(seed: int = 0) -> dict:
+    """Grey-level changes of a uint8 volume (Z, Y, X) -> uint8, by name."""
+    rng = np.random.default_rng(seed)
+
+    def u8(x):
+        return np.clip(np.rint(x), 0, 255).astype(np.uint8)
+
+    def drift(v):
+        return u8(v + rng.uniform(-20, 20, (v.shape[0], 1, 1)))
+
+    return {
+        "as published (this copy)": lambda v: v,
+        "squeezed to 40..210 (EPFL originals span ~170 levels)": lambda v: u8(40 + v * (170 / 255)),
+        "flat: 64..192": lambda v: u8(64 + v * 0.5),
+        "darker (x 0.6)": lambda v: u8(v * 0.6),
+        "brighter (x 0.8 + 50)": lambda v: u8(v * 0.8 + 50),
+        "gamma 0.7": lambda v: u8(255 * (v / 255) ** 0.7),
+        "gamma 1.4": lambda v: u8(255 * (v / 255) ** 1.4),
+        "brightness drifting +-20 levels per slice": drift,
+    }
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("runs", nargs="+", help="trained run folders (e.g. a compare report's model_2D)")
+    p.add_argument("--out", required=True, help="JSON to write; the .md table goes beside it")
+    p.add_argument("--slices", type=int, default=64, help="central test slices to use")
+    a = p.parse_args(argv)
+    bench = compare.load_benchmark("lucchi")
+    z0 = (bench.test_image.shape[0] - a.slices) // 2
+    image, truth = bench.test_image[z0:z0 + a.slices], bench.test_mask[z0:z0 + a.slices]
+    rows = []
+    for run in a.runs:
+        model, cfg = train.load_model(run)
+        tile = predict.default_tile(cfg.dims, image.shape, cfg.tile)
+        for name, change in changes().items():
+            vol = change(image)
+            row = {"model": f"{cfg.dims}D", "change": name, "grey_levels": int(np.ptp(vol))}
+            for rule, window in (("percentile", None), ("fixed 0..255", (0.0, 255.0))):
+                probs = predict.predict_array(model, vol, cfg.dims, tile, cfg.overlap, window, amp=cfg.amp)
+                row[rule] = metrics.scores(metrics.confusion(probs >= 0.5, truth))["jaccard"]
+            rows.append(row)
+            print(json.dumps(row), flush=True)
+    out = Path(a.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    meta = {"command": "python " + " ".join([Path(sys.argv[0]).as_posix(), *sys.argv[1:]]),
+            "date": time.strftime("%Y-%m-%d"), "machine": train.versions(), "data": bench.description,
+            "slices": [z0, z0 + a.slices]}
+    out.write_text(json.dumps({**meta, "rows": rows}, indent=2) + "\n")
+    lines = [f"Test IoU (probability 0.5, no TTA) on CA1 test slices {z0}..{z0 + a.slices - 1} under grey-level "
+             "changes; difference to the unchanged volume in brackets.", "",
+             "| model | change | grey levels | IoU, percentile rule (mitoseg) | IoU, fixed 0..255 (old rule) |",
+             "|---|---|---|---|---|"]
+    for r in rows:
+        base = next(b for b in rows if b["model"] == r["model"])
+        cells = [f"{r[k]:.4f} ({r[k] - base[k]:+.4f})" for k in ("percentile", "fixed 0..255")]
+        lines.append(f"| {r['model']} | {r['change']} | {r['grey_levels']} | {cells[0]} | {cells[1]} |")
+    out.with_suffix(".md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()

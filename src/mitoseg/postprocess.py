@@ -1,0 +1,73 @@
+"""Probabilities -> masks: threshold, remove small objects, fill holes; the settings chosen on validation.
+
+Never chosen on a test volume: `choose` takes the validation split's probabilities and truth, and the
+chosen `PostProcessing` is then applied unchanged to the test volume.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import cc3d
+import numpy as np
+from scipy import ndimage
+
+from mitoseg import metrics
+from mitoseg.errors import MitosegError
+
+THRESHOLDS = (0.3, 0.4, 0.5, 0.6, 0.7)
+MIN_SIZES = (0, 1000, 4000, 16000)  # voxels; a CA1 mitochondrion holds 10^5-10^6 voxels at 5 nm
+
+
+@dataclass(frozen=True)
+class PostProcessing:
+    """How probabilities become a mask: ``probability >= threshold``, then objects (26-connected) with
+    fewer than `min_size` voxels removed, then (if `fill_holes`) holes inside objects filled slice by
+    slice (the CA1 labels are filled outlines, drawn per slice)."""
+
+    threshold: float = 0.5
+    min_size: int = 0
+    fill_holes: bool = False
+
+    def __post_init__(self) -> None:
+        if not 0 < self.threshold < 1:
+            raise MitosegError(f"threshold must be in (0, 1), not {self.threshold}")
+        if self.min_size < 0:
+            raise MitosegError(f"min_size must be >= 0, not {self.min_size}")
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def apply(probs: np.ndarray, pp: PostProcessing) -> np.ndarray:
+    """Mask uint8 {0, 1} (Z, Y, X) from probabilities (Z, Y, X): float in [0, 1], or uint8 0..255 as stored."""
+    probs = np.asarray(probs)
+    scale = 255.0 if probs.dtype == np.uint8 else 1.0
+    mask = probs >= pp.threshold * scale
+    return _clean(mask, pp)
+
+
+def _clean(mask: np.ndarray, pp: PostProcessing) -> np.ndarray:
+    if pp.min_size > 0:
+        mask = cc3d.dust(mask, threshold=int(pp.min_size), connectivity=26)
+    if pp.fill_holes:
+        mask = np.stack([ndimage.binary_fill_holes(s) for s in mask])
+    return mask.astype(np.uint8)
+
+
+def choose(probs: np.ndarray, truth: np.ndarray, thresholds=THRESHOLDS, min_sizes=MIN_SIZES) -> tuple[
+        PostProcessing, list[dict]]:
+    """The post-processing with the best foreground IoU on a validation volume, and every candidate's IoU.
+
+    probs: (Z, Y, X) probabilities (float [0, 1] or uint8 0..255); truth: (Z, Y, X) {0, 1}.
+    Ties go to the simpler setting (threshold nearest 0.5, smaller min_size, no hole filling).
+    """
+    rows = []
+    for t in sorted(thresholds, key=lambda t: abs(t - 0.5)):
+        for m in min_sizes:
+            for fill in (False, True):
+                pp = PostProcessing(t, m, fill)
+                iou = metrics.scores(metrics.confusion(apply(probs, pp), truth))["jaccard"]
+                rows.append({**pp.as_dict(), "jaccard": iou})
+    best = max(rows, key=lambda r: r["jaccard"])  # max keeps the first of equals: the simplest
+    return PostProcessing(best["threshold"], best["min_size"], best["fill_holes"]), rows

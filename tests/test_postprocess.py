@@ -1,0 +1,65 @@
+"""Probabilities -> masks: threshold, small-object removal, hole filling, and the choice on validation."""
+
+import numpy as np
+import pytest
+from scipy import ndimage
+
+from mitoseg import metrics, postprocess
+from mitoseg.errors import MitosegError
+from mitoseg.postprocess import PostProcessing
+
+
+@pytest.fixture(scope="module")
+def damaged(lucchi_crop):
+    """Real CA1 truth (32, 256, 256) and a 'prediction' with the usual faults: soft edges, specks of false
+    positives and holes inside objects, as float probabilities in [0, 1]."""
+    _, mask = lucchi_crop
+    rng = np.random.default_rng(0)
+    probs = ndimage.gaussian_filter(mask.astype(np.float32), 1.5)
+    specks = np.zeros_like(probs)
+    specks[tuple(rng.integers(0, s, 60) for s in mask.shape)] = 1
+    probs = np.maximum(probs, ndimage.binary_dilation(specks, iterations=2) * 0.9)
+    holes = ndimage.binary_erosion(mask, iterations=6) & (rng.random(mask.shape) < 0.002)
+    probs[ndimage.binary_dilation(holes, iterations=2)] = 0.05
+    return probs, mask
+
+
+def _iou(mask, truth):
+    return metrics.scores(metrics.confusion(mask, truth))["jaccard"]
+
+
+def test_apply_thresholds_floats_and_stored_uint8_alike(damaged):
+    probs, _ = damaged
+    stored = np.rint(probs * 255).astype(np.uint8)
+    for t in (0.3, 0.5, 0.7):
+        a = postprocess.apply(probs, PostProcessing(t))
+        b = postprocess.apply(stored, PostProcessing(t))
+        assert a.dtype == np.uint8 and set(np.unique(a)) <= {0, 1}
+        assert np.mean(a != b) < 0.002  # uint8 storage rounds probabilities to 1/255
+
+
+def test_each_step_mends_its_fault(damaged):
+    probs, truth = damaged
+    plain = postprocess.apply(probs, PostProcessing())
+    no_specks = postprocess.apply(probs, PostProcessing(min_size=1000))
+    filled = postprocess.apply(probs, PostProcessing(min_size=1000, fill_holes=True))
+    assert _iou(plain, truth) < _iou(no_specks, truth) < _iou(filled, truth)
+    assert np.all(filled >= no_specks)  # filling only adds voxels
+
+
+def test_choose_finds_the_setting_that_mends_them(damaged):
+    probs, truth = damaged
+    pp, rows = postprocess.choose(probs, truth)
+    assert pp.min_size > 0 and pp.fill_holes
+    assert len(rows) == len(postprocess.THRESHOLDS) * len(postprocess.MIN_SIZES) * 2
+    best = max(r["jaccard"] for r in rows)
+    assert _iou(postprocess.apply(probs, pp), truth) == pytest.approx(best)
+    default = next(r for r in rows if r["threshold"] == 0.5 and r["min_size"] == 0 and not r["fill_holes"])
+    assert best > default["jaccard"]
+
+
+def test_bad_settings_refused():
+    with pytest.raises(MitosegError, match="threshold"):
+        PostProcessing(threshold=1.5)
+    with pytest.raises(MitosegError, match="min_size"):
+        PostProcessing(min_size=-5)
