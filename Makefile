@@ -18,6 +18,7 @@ $(STAMP): pyproject.toml
 
 demo: $(STAMP)
 	$(BIN)/mitoseg compare --quick --out demo-report --overwrite
+	@echo "mitoseg demo: the report is demo-report/report.md (figures beside it)"
 
 test: $(STAMP)
 	$(BIN)/ruff check src tests benchmarks experiments

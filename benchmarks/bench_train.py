@@ -163,7 +163,7 @@ def main() -> None:
     name = common.output_name("train", args.small)
     payload = {"benchmark": "train", "machine": info,
                "settings": {"steps": steps, "warmup": args.warmup, "seed": args.seed, "volume_shape": shape,
-                            "data": str(common.DROSO)},
+                            "data": f"real Drosophila VNC stack 1 ({common.DROSO.name})"},
                "notes": [common.UNTRAINED, "step timed apart from data loading; GPU synchronised around each",
                          "CPU peak memory is the process's peak RSS so far (cumulative over models)"],
                "results": rows, "ratio_3d_over_2d_step": ratios}

@@ -61,8 +61,11 @@ def setup(args: argparse.Namespace):
 
 
 def command_line() -> str:
-    """The exact command that ran this script, quoted for a shell."""
-    return shlex.join([sys.executable, *sys.argv])
+    """The command that ran this script, quoted for a shell, with no path of this machine: the
+    interpreter relative to the working directory (the repository root), else plain `python`."""
+    exe = Path(sys.executable)
+    exe = exe.relative_to(Path.cwd()) if exe.is_relative_to(Path.cwd()) else Path("python")
+    return shlex.join([str(exe), *sys.argv])
 
 
 def cpu_model() -> str:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
 import sys
 import time
 from pathlib import Path
@@ -68,7 +69,7 @@ def main(argv: list[str] | None = None) -> None:
             print(json.dumps(row), flush=True)
     out = Path(a.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    meta = {"command": "python " + " ".join([Path(sys.argv[0]).as_posix(), *sys.argv[1:]]),
+    meta = {"command": "python experiments/contrast.py " + shlex.join(sys.argv[1:] if argv is None else argv),
             "date": time.strftime("%Y-%m-%d"), "machine": train.versions(), "data": bench.description,
             "slices": [z0, z0 + a.slices]}
     out.write_text(json.dumps({**meta, "rows": rows}, indent=2) + "\n")

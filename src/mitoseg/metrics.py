@@ -119,18 +119,23 @@ def _check_labels(name: str, labels: np.ndarray) -> np.ndarray:
     flat = labels.ravel()
     if flat.size and np.issubdtype(flat.dtype, np.signedinteger) and flat.min() < 0:
         raise MitosegError(f"{name} has negative labels; 0 is background and objects are > 0")
-    return flat.astype(np.int64, copy=False)
+    return flat
 
 
 def _overlaps(true_flat: np.ndarray, pred_flat: np.ndarray):
-    """Sparse (n_true_ids, n_pred_ids) voxel-overlap matrix plus the sizes of every true and pred id."""
+    """Sparse (n_true_ids, n_pred_ids) voxel-overlap matrix plus the sizes of every true and pred id
+    (size 0 for the background id 0). Only foreground voxels are copied (as int64), so memory follows
+    the objects, not the volume."""
+    t_fg, p_fg = true_flat > 0, pred_flat > 0
     n_t = int(true_flat.max(initial=0)) + 1
     n_p = int(pred_flat.max(initial=0)) + 1
-    both = (true_flat > 0) & (pred_flat > 0)
-    t, p = true_flat[both], pred_flat[both]
+    both = t_fg & p_fg
+    t, p = true_flat[both].astype(np.int64), pred_flat[both].astype(np.int64)
     inter = scipy.sparse.coo_matrix((np.ones(t.size, np.int64), (t, p)), shape=(n_t, n_p))
     inter.sum_duplicates()
-    return inter, np.bincount(true_flat, minlength=n_t), np.bincount(pred_flat, minlength=n_p)
+    true_sizes = np.bincount(true_flat[t_fg].astype(np.int64), minlength=n_t)
+    pred_sizes = np.bincount(pred_flat[p_fg].astype(np.int64), minlength=n_p)
+    return inter, true_sizes, pred_sizes
 
 
 def _max_matches(rows: np.ndarray, cols: np.ndarray, iou: np.ndarray) -> int:

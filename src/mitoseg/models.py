@@ -115,7 +115,7 @@ def autocast(device: torch.device, enabled: bool = True):
     """bf16 autocast where the hardware has native bf16 (no loss scaling needed), else a no-op.
 
     On a CPU with AVX512-BF16 it makes inference ~2x faster than float32 (benchmarks/bench_backends.py),
-    and with AMX training steps 1.6x (2D) to 3.6x (3D) faster (benchmarks/bench_train.py).
+    and with AMX training steps 1.5x (2D) to 2.9x (3D) faster (benchmarks/bench_train.py).
     `Config.amp = False` / `--fp32` turns it off. bf16 3D convolution backward on CPU (oneDNN, torch
     2.13) gave non-finite gradients now and then, so `train` skips any step whose gradients are not
     finite (as a GPU loss scaler does) and logs how many it skipped.
