@@ -4,6 +4,7 @@ import pytest
 
 from mitoseg import compare as cmp
 from mitoseg.errors import MitosegError
+from mitoseg.train import read_log
 
 TINY = dict(patch_xy=64, patch_z=8, iterations_per_epoch=2, tile_xy=64, tile_z=8, warmup_iterations=1)
 
@@ -20,7 +21,8 @@ def tiny_bench(monkeypatch, droso):
 
 def test_compare_writes_report(tmp_path, tiny_bench):
     out = tmp_path / "report"
-    results = cmp.compare(out, preset="quick", epochs=1, changes=TINY, progress=False, command="test", tta=True)
+    results = cmp.compare(out, preset="quick", epochs=1, changes=TINY, progress=False, command="test", tta=True,
+                          monitor=True)
     for name in ("report.md", "report.json", "compare.json", "figure_data.png", "figure_errors.png",
                  "figure_instances.png", "figure_curves.png", "model_2D/config.json", "model_3D/log.csv",
                  "model_3D/test_probs.zarr"):
@@ -35,6 +37,7 @@ def test_compare_writes_report(tmp_path, tiny_bench):
         assert row["jaccard"] == row["variants"]["tta_post"]["jaccard"]
         assert row["object_min_size"] == row["postprocessing"]["min_size"]
     for d in ("2D", "3D"):
+        assert all(0 <= r["monitor_iou"] <= 1 for r in read_log(out / f"model_{d}"))  # the test curve
         chosen = json.loads((out / f"model_{d}" / "postprocessing.json").read_text())
         assert chosen["chosen_on"] == "validation split" and chosen["chosen"] == saved["models"][d]["postprocessing"]
     md = (out / "report.md").read_text()

@@ -104,7 +104,7 @@ def load_benchmark(name: str = "auto", data: str | Path | None = None) -> Benchm
 
 def patch_depth(slices: int, voxel_size, dims: int = 3, most: int = 32) -> int:
     """The deepest 3D patch (at most `most` slices) that needs no padding in the model: a multiple of
-    the encoder's total Z stride that fits in `slices` (e.g. 32 on CA1, 16 on a 20-section stack)."""
+    the encoder's total Z stride that fits in `slices` (e.g. 32 on CA1, 20 on a 20-section ssTEM stack)."""
     from mitoseg.models import encoder_strides
 
     z_stride = int(np.prod([s[0] for s in encoder_strides(voxel_size, dims)]))
@@ -142,25 +142,28 @@ def _predict(model, cfg: Config, image: np.ndarray, path: Path, tta: bool, progr
     return io.open_volume(path)[:], seconds
 
 
-def _scores(mask: np.ndarray, truth: np.ndarray, truth_labels: np.ndarray, min_size: int) -> dict:
-    """Voxel scores and object F1 (objects of at least `min_size` voxels, 26-connected) of one mask."""
+def _scores(mask: np.ndarray, truth: np.ndarray, min_size: int) -> dict:
+    """Voxel scores and object F1 (objects of at least `min_size` voxels, 26-connected, in the mask and
+    in the truth) of one mask (Z, Y, X) against the truth (Z, Y, X), both {0, 1}."""
     voxel = metrics.scores(metrics.confusion(mask, truth))
     labels = instances.label(mask, connectivity=26, min_size=min_size)
-    objects = metrics.match_instances(labels, instances.label(truth_labels, 26, min_size=min_size), 0.5)
+    objects = metrics.match_instances(labels, instances.label(truth, 26, min_size=min_size), 0.5)
     row = {k: voxel[k] for k in ("precision", "recall", "f1", "jaccard", "accuracy", "mean_iou")}
     return {**row, "object_f1_iou50": objects["f1"], "objects_predicted": objects["n_pred"],
             "objects_true": objects["n_true"], "object_min_size": min_size}
 
 
-def run_model(cfg: Config, bench: Benchmark, folder: Path, progress: bool, tta: bool = True) -> dict:
+def run_model(cfg: Config, bench: Benchmark, folder: Path, progress: bool, tta: bool = True,
+              monitor: bool = True) -> dict:
     """Train one model, choose its post-processing on the validation split, predict the test volume
     raw, with test-time augmentation (TTA, unless `tta` is False) and with (TTA +) post-processing,
     score each and label the last; returns one report row (the final variant's scores at the top
-    level, each variant under "variants")."""
+    level, each variant under "variants"). `monitor`: score the test volume's central slices after every
+    epoch too (the test curve of the IoU-against-time figure)."""
     z0 = max(0, (bench.test_image.shape[0] - MONITOR_SLICES) // 2)
-    monitor = (bench.test_image[z0:z0 + MONITOR_SLICES], bench.test_mask[z0:z0 + MONITOR_SLICES])
+    test_part = (bench.test_image[z0:z0 + MONITOR_SLICES], bench.test_mask[z0:z0 + MONITOR_SLICES])
     summary = train(cfg, bench.train_image, bench.train_mask, folder, overwrite=True, progress=progress,
-                    monitor=monitor)
+                    monitor=test_part if monitor else None)
     model, cfg = load_model(folder, cfg.device)
     window = io.intensity_range(bench.train_image)  # the validation split is normalised as in training
     _, val = split(bench.train_image, bench.train_mask, cfg.val_fraction)
@@ -170,15 +173,15 @@ def run_model(cfg: Config, bench: Benchmark, folder: Path, progress: bool, tta: 
     (folder / "postprocessing.json").write_text(json.dumps({"chosen": pp.as_dict(), "chosen_on": "validation split",
                                                             "candidates": candidates}, indent=2) + "\n")
     probs, infer_s = _predict(model, cfg, bench.test_image, folder / "test_probs.zarr", False, progress)
-    variants = {"raw": _scores(probs >= 128, bench.test_mask, bench.test_mask, 0)}
+    variants = {"raw": _scores(probs >= 128, bench.test_mask, 0)}
     tta_s = None
     if tta:
         del probs
         probs, tta_s = _predict(model, cfg, bench.test_image, folder / "test_probs_tta.zarr", True, progress)
-        variants["tta"] = _scores(probs >= 128, bench.test_mask, bench.test_mask, 0)
+        variants["tta"] = _scores(probs >= 128, bench.test_mask, 0)
     final = postprocess.apply(probs, pp)
     del probs
-    variants["tta_post" if tta else "post"] = _scores(final, bench.test_mask, bench.test_mask, pp.min_size)
+    variants["tta_post" if tta else "post"] = _scores(final, bench.test_mask, pp.min_size)
     np.save(folder / "test_labels.npy", instances.label(final, connectivity=26, min_size=pp.min_size))
     return {
         **variants[list(variants)[-1]], "variants": variants, "postprocessing": pp.as_dict(),
@@ -316,14 +319,17 @@ def figures(out: Path, bench: Benchmark, results: dict) -> None:
 
 def compare(out: str | Path, dataset: str = "auto", data: str | Path | None = None, preset: str = "quick",
             epochs: int | None = None, minutes: float | None = None, seed: int = 0, overwrite: bool = False,
-            progress: bool = True, command: str = "", changes: dict | None = None, tta: bool | None = None) -> dict:
+            progress: bool = True, command: str = "", changes: dict | None = None, tta: bool | None = None,
+            monitor: bool | None = None) -> dict:
     """Run the whole comparison into the report folder `out`; returns the results dict (report.json).
 
     Budget: `epochs` (equal epochs for both models) and/or `minutes` (equal training wall time each);
     by default the preset's own (quick: 3 minutes each on CPU). `tta`: also predict with test-time
-    augmentation (4x the inference time; default: every preset but quick).
+    augmentation (4x the inference time); `monitor`: score the test volume's central slices after every
+    epoch (the test curve in figure_curves.png). Both default to on for every preset but quick.
     """
     tta = preset != "quick" if tta is None else tta
+    monitor = preset != "quick" if monitor is None else monitor
     out = io.check_output(out, overwrite)
     bench = load_benchmark(dataset, data)
     cfgs = configs(preset, epochs, minutes, bench.voxel_size, seed, changes, slices=bench.train_image.shape[0])
@@ -343,7 +349,7 @@ def compare(out: str | Path, dataset: str = "auto", data: str | Path | None = No
     for cfg in cfgs:
         name = f"{cfg.dims}D"
         print(f"--- {name} U-Net", flush=True)
-        results["models"][name] = run_model(cfg, bench, tmp / f"model_{name}", progress, tta)
+        results["models"][name] = run_model(cfg, bench, tmp / f"model_{name}", progress, tta, monitor)
     figures(tmp, bench, results)
     write_report(tmp, results)
     io.finish_output(out, overwrite)
