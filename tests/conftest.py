@@ -60,7 +60,7 @@ def lucchi_crop(lucchi_dir) -> tuple[np.ndarray, np.ndarray]:
     """A CA1 training crop read lazily (only these slices): raw uint8 and mask uint8 {0,1}, (32, 256, 256)."""
     from mitoseg import io
 
-    crop = np.s_[40:72, 256:512, 384:640]
+    crop = np.s_[40:72, 64:320, 576:832]
     raw = np.asarray(io.open_volume(lucchi_dir / "training.tif")[crop])
     mask = io.binarize(io.open_volume(lucchi_dir / "training_groundtruth.tif")[crop])
     return raw, mask

@@ -57,12 +57,17 @@ def test_gaussian_weight():
                                rtol=1e-6)
 
 
+def _sigmoid_of_normalised(image: np.ndarray) -> np.ndarray:
+    """What an identity network predicts: the sigmoid of the image mapped by its percentile window."""
+    return 1 / (1 + np.exp(-io.normalize(image, io.intensity_range(image)).astype(np.float64)))
+
+
 def test_identity_model_is_exact_and_seamless(droso_crop):
     image = droso_crop[0]
     model = Identity()
     for dims, tile in [(2, (1, 64, 64)), (3, (8, 64, 64))]:
         p = predict.predict_array(model, image, dims, tile, overlap=0.5)
-        np.testing.assert_allclose(p, 1 / (1 + np.exp(-image.astype(np.float64) / 255.0)), rtol=1e-5)
+        np.testing.assert_allclose(p, _sigmoid_of_normalised(image), rtol=1e-5)
 
 
 def test_constant_tiles_blend_to_weighted_mean():
@@ -114,7 +119,7 @@ def test_bf16_agrees_with_float32(droso_crop, net2d):
 def test_tta_keeps_exact_answer_for_flip_equivariant_model(droso_crop):
     image = droso_crop[0][:4, :64, :64]
     p = predict.predict_array(Identity(), image, 2, (1, 64, 64), tta=True)
-    np.testing.assert_allclose(p, 1 / (1 + np.exp(-image.astype(np.float64) / 255.0)), rtol=1e-5)
+    np.testing.assert_allclose(p, _sigmoid_of_normalised(image), rtol=1e-5)
 
 
 def test_resume_after_kill_is_identical(tmp_path, droso_crop, net2d, monkeypatch):
