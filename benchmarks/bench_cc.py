@@ -132,7 +132,7 @@ def main() -> None:
     name = common.output_name("cc", args.small)
     payload = {"benchmark": "cc", "machine": info,
                "settings": {"shape": shape, "block": block, "repeat": args.repeat, "connectivity": 26,
-                            "foreground_fraction": float(mask.mean()), "data": str(common.DROSO)},
+                            "foreground_fraction": float(mask.mean()), "data": common.DROSO.name},
                "results": rows, "checks": checks, "all_agree": agree}
     path = common.save_json(args.out, name, payload)
 

@@ -153,7 +153,7 @@ def main() -> None:
     payload = {"benchmark": "memory", "machine": info,
                "settings": {"base": base, "fixed_block": fixed, "tile": tile, "overlap": args.overlap,
                             "batch_size": args.batch_size, "model": "2D", "output_dtype": "uint8",
-                            "data": str(common.DROSO)},
+                            "data": common.DROSO.name},
                "notes": [common.UNTRAINED, "peak RSS = VmHWM of a fresh child process",
                          "naive = voxels x 4 bytes (the volume as float32), a lower bound for in-memory prediction"],
                "results": rows, "summary": summary}

@@ -260,7 +260,7 @@ def main() -> None:
     payload = {"benchmark": "predict", "machine": info,
                "settings": {"repeat": args.repeat, "batch_size": args.batch_size, "dtype": args.dtype,
                             "ours_bf16_autocast": bool(args.amp and bf16_native(device)), "tile_xy": tile_xy,
-                            "tile_z": args.tile_z, "sigma_scale": 0.125, "data": str(common.DROSO),
+                            "tile_z": args.tile_z, "sigma_scale": 0.125, "data": common.DROSO.name,
                             "monai_2d": "slices as one batch (Z, 1, Y, X), roi (tile, tile)",
                             "models": {f"{d}D": sources[d] for d in args.dims}},
                "notes": [common.UNTRAINED, "ours includes normalisation and the Zarr write; MONAI includes "
