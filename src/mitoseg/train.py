@@ -173,13 +173,14 @@ def train(config: Config, image: np.ndarray, mask: np.ndarray, out: str | Path, 
             csv.DictWriter(f, LOG_FIELDS).writeheader()
 
     budget = config.minutes * 60 if config.minutes else math.inf
+    in_a_row = 0  # non-finite steps in a row, across epochs
     while state["epoch"] < config.epochs and state["elapsed"] < budget:
         epoch = state["epoch"]
         sampler.rng = np.random.default_rng([config.seed, epoch])
         tf.set_random_state(seed=config.seed + 1000 * epoch)
         torch.manual_seed(config.seed + epoch)
         model.train()
-        losses, t0, done, skipped, in_a_row = [], time.perf_counter(), 0, 0, 0
+        losses, t0, done, skipped = [], time.perf_counter(), 0, 0
         bar = tqdm(range(n_iter), desc=f"{config.dims}D epoch {epoch + 1}", leave=False, disable=not progress)
         for _ in bar:
             progress_frac = max(state["iteration"] / total_iter, (state["elapsed"] + time.perf_counter() - t0) / budget)
