@@ -113,6 +113,20 @@ def test_match_instances_self_and_one_removed(droso_crop):
     assert one_missing["precision"] == 1.0
 
 
+def test_slabs_cutting_objects_change_nothing(droso_crop, monkeypatch):
+    """Counting slab by slab (a few slices each, cutting objects) gives the whole volume's counts and matches."""
+    from mitoseg import metrics
+
+    _, mask = droso_crop
+    truth, _ = ndi.label(mask, structure=np.ones((3, 3, 3)))
+    pred, _ = ndi.label(_perturbed(mask), structure=np.ones((3, 3, 3)))
+    whole = confusion(pred, truth), match_instances(pred, truth)
+    monkeypatch.setattr(metrics, "SLAB_VOXELS", 3 * mask.shape[1] * mask.shape[2] + 7)  # 3 slices per slab
+    assert len(list(metrics._slabs(pred, truth))) == -(-mask.shape[0] // 3)
+    assert (confusion(pred, truth), match_instances(pred, truth)) == whole
+    assert whole[1]["tp"] > 0 and whole[1]["fp"] + whole[1]["fn"] > 0
+
+
 def test_match_instances_tiny_example():
     truth = np.zeros((4, 6), int)
     truth[0, 0:4] = 1  # 4 voxels, predicted exactly

@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 import torch
 
+from mitoseg import data, io
 from mitoseg import train as tr
 from mitoseg.config import Config
 from mitoseg.errors import MitosegError
@@ -131,7 +132,7 @@ def test_divergence_stops_with_a_clear_error(tmp_path, small, monkeypatch):
 
 def test_monitor_volume_is_scored_every_epoch(tmp_path, small, droso_crop):
     raw, mask = droso_crop
-    monitor = (raw[8:16, 128:, 128:], mask[8:16, 128:, 128:])
+    monitor = data.Volume(raw[8:16, 128:, 128:], mask[8:16, 128:, 128:], io.intensity_range(raw))
     tr.train(tiny(2), *small, tmp_path / "run", progress=False, monitor=monitor)
     rows = tr.read_log(tmp_path / "run")
     assert all(0 <= r["monitor_iou"] <= 1 for r in rows)

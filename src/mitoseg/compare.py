@@ -16,12 +16,12 @@ from pathlib import Path
 
 import numpy as np
 
-from mitoseg import download, instances, io, metrics, plots, postprocess
+from mitoseg import download, instances, io, memory, metrics, plots, postprocess
 from mitoseg.config import PRESETS, Config
-from mitoseg.data import split
+from mitoseg.data import Volume, split
 from mitoseg.errors import MitosegError
 from mitoseg.predict import default_tile, predict_volume
-from mitoseg.train import load_model, peak_memory_mib, train, versions
+from mitoseg.train import load_model, train, versions
 
 # Table 1 of the reference study (Pelapur, M&M 2021): 2D U-Net 1000 epochs, 3D U-Net 25 epochs.
 STUDY = {
@@ -148,6 +148,8 @@ def _scores(mask: np.ndarray, truth: np.ndarray, min_size: int) -> dict:
     voxel = metrics.scores(metrics.confusion(mask, truth))
     labels = instances.label(mask, connectivity=26, min_size=min_size)
     objects = metrics.match_instances(labels, instances.label(truth, 26, min_size=min_size), 0.5)
+    del labels
+    memory.release()
     row = {k: voxel[k] for k in ("precision", "recall", "f1", "jaccard", "accuracy", "mean_iou")}
     return {**row, "object_f1_iou50": objects["f1"], "objects_predicted": objects["n_pred"],
             "objects_true": objects["n_true"], "object_min_size": min_size}
@@ -161,7 +163,8 @@ def run_model(cfg: Config, bench: Benchmark, folder: Path, progress: bool, tta: 
     level, each variant under "variants"). `monitor`: score the test volume's central slices after every
     epoch too (the test curve of the IoU-against-time figure)."""
     z0 = max(0, (bench.test_image.shape[0] - MONITOR_SLICES) // 2)
-    test_part = (bench.test_image[z0:z0 + MONITOR_SLICES], bench.test_mask[z0:z0 + MONITOR_SLICES])
+    test_part = Volume(bench.test_image[z0:z0 + MONITOR_SLICES], bench.test_mask[z0:z0 + MONITOR_SLICES],
+                       io.intensity_range(bench.test_image))  # normalised as the whole test volume is
     summary = train(cfg, bench.train_image, bench.train_mask, folder, overwrite=True, progress=progress,
                     monitor=test_part if monitor else None)
     model, cfg = load_model(folder, cfg.device)
@@ -191,7 +194,7 @@ def run_model(cfg: Config, bench: Benchmark, folder: Path, progress: bool, tta: 
         "seconds_per_epoch": summary["seconds_per_epoch"], "seconds_per_iteration": summary["seconds_per_iteration"],
         "train_seconds": summary["train_seconds"], "inference_seconds": infer_s, "inference_tta_seconds": tta_s,
         "inference_voxels_per_second": bench.test_image.size / infer_s,
-        "peak_memory_mib": max(summary["peak_memory_mib"], peak_memory_mib(next(model.parameters()).device)),
+        "peak_memory_mib": max(summary["peak_memory_mib"], memory.peak_mib(next(model.parameters()).device)),
         "learned": bool(summary["best_val_iou"] >= 2 * val.mask.mean()),  # all-foreground scores val.mask.mean()
     }
 
@@ -310,7 +313,7 @@ def figures(out: Path, bench: Benchmark, results: dict) -> None:
         preds[f"{d} U-Net"] = postprocess.apply(probs[None], dataclasses.replace(pp, min_size=0))[0]
     plots.save(plots.figure_errors(image, preds, bench.test_mask[z]), out / "figure_errors.png")
     best = max(results["models"], key=lambda d: results["models"][d]["jaccard"])
-    labels = np.load(out / f"model_{best}" / "test_labels.npy")
+    labels = np.load(out / f"model_{best}" / "test_labels.npy", mmap_mode="r")
     plots.save(plots.figure_instances(bench.test_image[z], labels, z, bench.voxel_size),
                out / "figure_instances.png")
     logs = {f"{d} U-Net": read_log(out / f"model_{d}") for d in results["models"]}

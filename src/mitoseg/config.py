@@ -33,6 +33,8 @@ class Config:
     fg_fraction: float = 0.5
     val_fraction: float = 0.15
     label_threshold: float = 0.0
+    intensity_aug: float = 1.0  # strength of whole-patch scale, shift and gamma augmentation (0: off)
+    slice_jitter: float = 0.1  # per-slice gain range (offset: half of it); 0: off
     voxel_size: tuple[float, float, float] = (5.0, 5.0, 5.0)
     seed: int = 0
     amp: bool = True

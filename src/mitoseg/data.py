@@ -11,15 +11,19 @@ from dataclasses import dataclass
 import numpy as np
 from monai.transforms import MapTransform, RandomizableTransform
 
+from mitoseg import io
 from mitoseg.errors import MitosegError
 
 
 @dataclass
 class Volume:
-    """An image (Z, Y, X) float32 in [0, 1] and its mask (Z, Y, X) uint8 {0, 1}."""
+    """An image (Z, Y, X) as stored (any dtype), its mask (Z, Y, X) uint8 {0, 1}, and the intensity
+    window that maps the image to the network's [0, 1] (`io.intensity_range` of the whole volume).
+    Patches are normalised as they are read, so no float copy of the volume is ever made."""
 
     image: np.ndarray
     mask: np.ndarray
+    window: tuple[float, float] = (0.0, 1.0)
 
 
 def check_labels(mask: np.ndarray, name: str = "labels") -> None:
@@ -31,19 +35,20 @@ def check_labels(mask: np.ndarray, name: str = "labels") -> None:
         raise MitosegError(f"{name} are foreground everywhere: nothing to learn (check --label-threshold)")
 
 
-def split(image: np.ndarray, mask: np.ndarray, val_fraction: float) -> tuple[Volume, Volume | None]:
-    """Hold out the last `val_fraction` of the X axis for validation.
+def split(image: np.ndarray, mask: np.ndarray, val_fraction: float,
+          window: tuple[float, float] = (0.0, 1.0)) -> tuple[Volume, Volume | None]:
+    """Hold out the last `val_fraction` of the X axis for validation; both parts are views with `window`.
 
     X is cut (not Z) so thin stacks keep every section in both parts. Returns (train, val or None).
     """
     if val_fraction <= 0:
-        return Volume(image, mask), None
+        return Volume(image, mask, window), None
     nx = image.shape[2]
     cut = nx - max(1, int(round(nx * val_fraction)))
     if cut < 1:
         raise MitosegError(f"volume too narrow ({nx} voxels in X) for a validation split")
-    return (Volume(image[:, :, :cut], mask[:, :, :cut]),
-            Volume(image[:, :, cut:], mask[:, :, cut:]))
+    return (Volume(image[:, :, :cut], mask[:, :, :cut], window),
+            Volume(image[:, :, cut:], mask[:, :, cut:], window))
 
 
 def check_patch(shape: tuple[int, ...], patch: tuple[int, int, int], name: str = "training volume") -> None:
@@ -80,22 +85,25 @@ class PatchSampler:
         return tuple(int(np.clip(c, 0, s - p)) for c, s, p in zip(low, shape, self.patch, strict=True))
 
     def sample(self, n: int) -> tuple[np.ndarray, np.ndarray]:
-        """n patches: images float32 and masks float32, each (n, 1, Z, Y, X)."""
+        """n patches: images float32 normalised to [0, 1] by the volume's window and masks float32 {0, 1},
+        each (n, 1, Z, Y, X)."""
         xs, ys = [], []
         for _ in range(n):
             z, y, x = self.corner()
             sl = np.s_[z:z + self.patch[0], y:y + self.patch[1], x:x + self.patch[2]]
-            xs.append(self.volume.image[sl])
+            xs.append(io.normalize(self.volume.image[sl], self.volume.window))
             ys.append(self.volume.mask[sl])
         return (np.stack(xs)[:, None].astype(np.float32), np.stack(ys)[:, None].astype(np.float32))
 
 
-def augmenter(seed: int, dims: int):
+def augmenter(seed: int, dims: int, intensity: float = 1.0, slice_jitter: float = 0.1):
     """MONAI random transforms for one sample dict {"image", "label"} of arrays (1, Z, Y, X).
 
     Flips on every axis the model sees, 90-degree rotations in-plane only (Z may be anisotropic),
-    per-slice contrast and brightness jitter, and whole-patch intensity scale, shift, gamma and
-    noise on the image alone: a model must not depend on the microscope's grey levels.
+    per-slice contrast and brightness jitter (gain 1 +- `slice_jitter`, offset +- `slice_jitter` / 2;
+    0 turns it off), and whole-patch intensity scale (+-0.3), shift (+-0.15), gamma (0.6..1.7) and noise
+    on the image alone, ranges times `intensity` (0 turns them off): a model must not depend on the
+    microscope's grey levels.
     """
     from monai.transforms import (
         Compose,
@@ -109,17 +117,17 @@ def augmenter(seed: int, dims: int):
 
     keys = ["image", "label"]
     flip_axes = [1, 2] if dims == 2 else [0, 1, 2]
-    tf = Compose(
-        [RandSliceIntensityd("image", scale=0.1, shift=0.05, prob=0.5)]
-        + [RandFlipd(keys, prob=0.5, spatial_axis=a) for a in flip_axes]
-        + [
-            RandRotate90d(keys, prob=0.75, max_k=3, spatial_axes=(1, 2)),
-            RandScaleIntensityd("image", factors=0.3, prob=0.5),
-            RandShiftIntensityd("image", offsets=0.15, prob=0.5),
-            RandAdjustContrastd("image", gamma=(0.6, 1.7), prob=0.5),
-            RandGaussianNoised("image", std=0.03, prob=0.2),
+    tfs = [RandSliceIntensityd("image", scale=slice_jitter, shift=slice_jitter / 2, prob=0.5)] if slice_jitter else []
+    tfs += [RandFlipd(keys, prob=0.5, spatial_axis=a) for a in flip_axes]
+    tfs.append(RandRotate90d(keys, prob=0.75, max_k=3, spatial_axes=(1, 2)))
+    if intensity:
+        tfs += [
+            RandScaleIntensityd("image", factors=0.3 * intensity, prob=0.5),
+            RandShiftIntensityd("image", offsets=0.15 * intensity, prob=0.5),
+            RandAdjustContrastd("image", gamma=(1 - 0.4 * intensity, 1 + 0.7 * intensity), prob=0.5),
         ]
-    )
+    tfs.append(RandGaussianNoised("image", std=0.03, prob=0.2))
+    tf = Compose(tfs)
     tf.set_random_state(seed=seed)
     return tf
 

@@ -18,6 +18,8 @@ from tqdm import tqdm
 
 from mitoseg.errors import MitosegError
 
+SLAB_VOXELS = 2**22  # voxels per slab in `confusion` and object matching: bounded temporaries
+
 
 @dataclass(frozen=True)
 class Counts:
@@ -42,19 +44,31 @@ def _check_same_shape(pred_shape: Sequence[int], truth_shape: Sequence[int]) -> 
         raise MitosegError(f"prediction shape {tuple(pred_shape)} differs from ground-truth shape {tuple(truth_shape)}")
 
 
+def _slabs(a: np.ndarray, b: np.ndarray):
+    """Pairs of flat views (or small copies) of `a` and `b` along their first axis, about SLAB_VOXELS each,
+    so that temporaries follow the slab, not the volume."""
+    if a.ndim == 0:
+        yield a.ravel(), b.ravel()
+        return
+    per = max(1, SLAB_VOXELS // max(1, int(np.prod(a.shape[1:]))))
+    for i in range(0, a.shape[0], per):
+        yield a[i:i + per].ravel(), b[i:i + per].ravel()
+
+
 def confusion(pred: np.ndarray, truth: np.ndarray) -> Counts:
     """Confusion counts of two in-memory binary arrays of the same shape (any ndim, any dtype).
 
-    A voxel is foreground where its value is > 0. Counts are exact integers.
+    A voxel is foreground where its value is > 0. Counts are exact integers; temporaries are one slab
+    of about 4 M voxels, whatever the volume.
     """
     pred, truth = np.asarray(pred), np.asarray(truth)
     _check_same_shape(pred.shape, truth.shape)
-    p = pred > 0
-    t = truth > 0
-    tp = int(np.count_nonzero(p & t))
-    fp = int(np.count_nonzero(p)) - tp
-    fn = int(np.count_nonzero(t)) - tp
-    return Counts(tp=tp, fp=fp, fn=fn, tn=int(p.size) - tp - fp - fn)
+    tp = fp = fn = 0
+    for p, t in _slabs(pred, truth):
+        p, t = p > 0, t > 0
+        both = int(np.count_nonzero(p & t))
+        tp, fp, fn = tp + both, fp + int(np.count_nonzero(p)) - both, fn + int(np.count_nonzero(t)) - both
+    return Counts(tp=tp, fp=fp, fn=fn, tn=int(pred.size) - tp - fp - fn)
 
 
 def _block_slices(shape: Sequence[int], block: Sequence[int]) -> list[tuple[slice, ...]]:
@@ -116,25 +130,31 @@ def scores(counts: Counts) -> dict[str, float]:
 def _check_labels(name: str, labels: np.ndarray) -> np.ndarray:
     if not np.issubdtype(labels.dtype, np.integer) and labels.dtype != np.bool_:
         raise MitosegError(f"{name} must be an integer label array, got dtype {labels.dtype}")
-    flat = labels.ravel()
-    if flat.size and np.issubdtype(flat.dtype, np.signedinteger) and flat.min() < 0:
+    if labels.size and np.issubdtype(labels.dtype, np.signedinteger) and labels.min() < 0:
         raise MitosegError(f"{name} has negative labels; 0 is background and objects are > 0")
-    return flat
+    return labels
 
 
-def _overlaps(true_flat: np.ndarray, pred_flat: np.ndarray):
+def _overlaps(true_labels: np.ndarray, pred_labels: np.ndarray):
     """Sparse (n_true_ids, n_pred_ids) voxel-overlap matrix plus the sizes of every true and pred id
-    (size 0 for the background id 0). Only foreground voxels are copied (as int64), so memory follows
-    the objects, not the volume."""
-    t_fg, p_fg = true_flat > 0, pred_flat > 0
-    n_t = int(true_flat.max(initial=0)) + 1
-    n_p = int(pred_flat.max(initial=0)) + 1
-    both = t_fg & p_fg
-    t, p = true_flat[both].astype(np.int64), pred_flat[both].astype(np.int64)
-    inter = scipy.sparse.coo_matrix((np.ones(t.size, np.int64), (t, p)), shape=(n_t, n_p))
-    inter.sum_duplicates()
-    true_sizes = np.bincount(true_flat[t_fg].astype(np.int64), minlength=n_t)
-    pred_sizes = np.bincount(pred_flat[p_fg].astype(np.int64), minlength=n_p)
+    (size 0 for the background id 0). Counted slab by slab, so memory follows the slab and the number
+    of overlapping pairs, not the volume."""
+    n_t = int(true_labels.max(initial=0)) + 1
+    n_p = int(pred_labels.max(initial=0)) + 1
+    true_sizes, pred_sizes = np.zeros(n_t, np.int64), np.zeros(n_p, np.int64)
+    keys, counts = [], []
+    for t, p in _slabs(true_labels, pred_labels):
+        t, p = t.astype(np.int64), p.astype(np.int64)
+        true_sizes += np.bincount(t, minlength=n_t)
+        pred_sizes += np.bincount(p, minlength=n_p)
+        both = (t > 0) & (p > 0)
+        key, count = np.unique(t[both] * n_p + p[both], return_counts=True)
+        keys.append(key)
+        counts.append(count)
+    true_sizes[0] = pred_sizes[0] = 0
+    key, inverse = np.unique(np.concatenate(keys), return_inverse=True)
+    count = np.bincount(inverse, weights=np.concatenate(counts), minlength=key.size).astype(np.int64)
+    inter = scipy.sparse.coo_matrix((count, (key // n_p, key % n_p)), shape=(n_t, n_p))
     return inter, true_sizes, pred_sizes
 
 
@@ -179,9 +199,8 @@ def match_instances(pred_labels: np.ndarray, true_labels: np.ndarray, iou_thresh
         raise MitosegError(f"iou_threshold must be in (0, 1], got {iou_threshold}")
     pred_labels, true_labels = np.asarray(pred_labels), np.asarray(true_labels)
     _check_same_shape(pred_labels.shape, true_labels.shape)
-    true_flat = _check_labels("true_labels", true_labels)
-    pred_flat = _check_labels("pred_labels", pred_labels)
-    inter, true_sizes, pred_sizes = _overlaps(true_flat, pred_flat)
+    inter, true_sizes, pred_sizes = _overlaps(_check_labels("true_labels", true_labels),
+                                              _check_labels("pred_labels", pred_labels))
     iou = inter.data / (true_sizes[inter.row] + pred_sizes[inter.col] - inter.data)
     keep = iou >= iou_threshold
     tp = _max_matches(inter.row[keep], inter.col[keep], iou[keep])

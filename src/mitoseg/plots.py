@@ -386,11 +386,11 @@ def figure_instances(image2d: np.ndarray, labels3d: np.ndarray, z: int,
     """The study's Figure 2: left, instance labels (Z, Y, X) of slice `z` over the image; right, a 3D
     render of the largest `max_objects` objects. `image2d` is slice `z` (Y, X), or the whole (Z, Y, X)
     image volume; `voxel_size` is (z, y, x) in nm."""
-    labels3d = np.asarray(labels3d)
     image2d = np.asarray(image2d)
     if image2d.ndim == 3:
         image2d = image2d[z]
-    n = int(np.count_nonzero(np.unique(labels3d)))
+    ids = np.unique(np.concatenate([np.unique(s) for s in labels3d]))  # slice by slice: no volume-sized copy
+    n = int(np.count_nonzero(ids))
     fig = _figure((12, 5.8))
     # the empty third column keeps the z label of the 3D axes, which the layout engine ignores, on the page
     grid = fig.add_gridspec(1, 3, width_ratios=[1.0, 1.05, 0.08])

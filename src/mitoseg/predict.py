@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from mitoseg import io
+from mitoseg import io, memory
 from mitoseg.errors import MitosegError
 from mitoseg.models import autocast, channels_last
 
@@ -250,4 +250,5 @@ def predict_volume(model: torch.nn.Module, image: Any, out: str | Path, dims: in
     io.finish_output(out, overwrite)
     if mask_out is not None:
         io.finish_output(mask_out, overwrite)
+    memory.release()
     return Path(out)

@@ -15,7 +15,6 @@ import math
 import os
 import pickle
 import platform
-import resource
 import shutil
 import time
 from pathlib import Path
@@ -23,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from mitoseg import data, io, metrics
+from mitoseg import data, io, memory, metrics
 from mitoseg.config import Config
 from mitoseg.errors import MitosegError
 from mitoseg.models import autocast, build_model, channels_last, pick_device
@@ -56,13 +55,6 @@ def cpu_name() -> str:
     except OSError:
         pass
     return platform.processor() or "unknown"
-
-
-def peak_memory_mib(device: torch.device) -> float:
-    """Peak memory so far: GPU memory allocated on CUDA, else the process's peak resident set."""
-    if device.type == "cuda":
-        return torch.cuda.max_memory_allocated(device) / 2**20
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def learning_rate(config: Config, iteration: int, progress: float) -> float:
@@ -99,12 +91,12 @@ def _prepare_dir(out: Path, resume: bool, overwrite: bool) -> None:
 
 
 def validate(model: torch.nn.Module, val: data.Volume | None, config: Config, device: torch.device) -> dict:
-    """Dice ("f1") and IoU ("jaccard") of the prediction thresholded at 0.5 on a normalised volume
-    (NaN without one)."""
+    """Dice ("f1") and IoU ("jaccard") of the prediction thresholded at 0.5 on a volume normalised by
+    its window (NaN without one)."""
     if val is None:
         return {"f1": float("nan"), "jaccard": float("nan")}
     tile = default_tile(config.dims, val.image.shape, config.tile)
-    probs = predict_array(model, val.image, config.dims, tile, config.overlap, (0.0, 1.0), device, amp=config.amp)
+    probs = predict_array(model, val.image, config.dims, tile, config.overlap, val.window, device, amp=config.amp)
     return metrics.scores(metrics.confusion(probs >= 0.5, val.mask))
 
 
@@ -122,13 +114,14 @@ def _finite_step(model: torch.nn.Module, loss: torch.Tensor) -> bool:
 
 def train(config: Config, image: np.ndarray, mask: np.ndarray, out: str | Path, resume: bool = False,
           overwrite: bool = False, progress: bool = True,
-          monitor: tuple[np.ndarray, np.ndarray] | None = None) -> dict:
+          monitor: data.Volume | None = None) -> dict:
     """Train one model on an image (Z, Y, X, any dtype) and its mask (Z, Y, X) {0, 1}; returns the summary.
 
     Stops after `config.epochs` epochs or `config.minutes` of training, whichever comes first.
-    `monitor`: an optional (image, mask) pair scored like the validation split after every epoch and
-    logged as `monitor_iou` (e.g. a part of a test volume, to plot test IoU against training time);
-    it never chooses a checkpoint.
+    The image is normalised patch by patch (`io.intensity_range` of the whole volume), never copied.
+    `monitor`: an optional volume (image, mask, window) scored like the validation split after every
+    epoch and logged as `monitor_iou` (e.g. a part of a test volume with the whole test volume's window,
+    to plot test IoU against training time); it never chooses a checkpoint.
     """
     from monai.losses import DiceCELoss
     from tqdm.auto import tqdm
@@ -149,11 +142,9 @@ def train(config: Config, image: np.ndarray, mask: np.ndarray, out: str | Path, 
 
     device = pick_device(config.device)
     torch.manual_seed(config.seed)
-    image = io.normalize(image, io.intensity_range(image))
-    train_vol, val_vol = data.split(image, mask, config.val_fraction)
-    monitor_vol = data.Volume(io.normalize(monitor[0], io.intensity_range(monitor[0])), monitor[1]) if monitor else None
+    train_vol, val_vol = data.split(image, mask, config.val_fraction, io.intensity_range(image))
     sampler = data.PatchSampler(train_vol, config.patch, config.fg_fraction, np.random.default_rng(config.seed))
-    tf = data.augmenter(config.seed, config.dims)
+    tf = data.augmenter(config.seed, config.dims, config.intensity_aug, config.slice_jitter)
     # channels-last throughout (prediction uses it too), so validation never changes the layout mid-run
     model = channels_last(build_model(config).to(device), config.dims)
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
@@ -220,10 +211,10 @@ def train(config: Config, image: np.ndarray, mask: np.ndarray, out: str | Path, 
         row = {"epoch": state["epoch"], "iterations": done,
                "loss": float(np.mean(losses)) if losses else float("nan"),
                "val_dice": val["f1"], "val_iou": val["jaccard"],
-               "monitor_iou": validate(model, monitor_vol, config, device)["jaccard"], "lr": lr,
+               "monitor_iou": validate(model, monitor, config, device)["jaccard"], "lr": lr,
                "epoch_seconds": seconds, "seconds_per_iteration": seconds / max(done, 1),
                "elapsed_seconds": state["elapsed"], "skipped_steps": skipped,
-               "peak_memory_mib": peak_memory_mib(device)}
+               "peak_memory_mib": memory.peak_mib(device)}
         with open(log_path, "a", newline="") as f:
             csv.DictWriter(f, LOG_FIELDS).writerow(row)
         if progress:
@@ -235,6 +226,8 @@ def train(config: Config, image: np.ndarray, mask: np.ndarray, out: str | Path, 
             state["best_iou"] = val["jaccard"] if val_vol else state["best_iou"]
             _save({"model": model.state_dict(), "config": config.__dict__, "state": dict(state)}, out / "best.pt")
         _save(ckpt, out / "last.pt")
+    del model, optimizer, sampler
+    memory.release()
     return summarize(out)
 
 

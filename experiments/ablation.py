@@ -1,0 +1,120 @@
+"""What each part of the training recipe adds on CA1: one change at a time, at equal iterations.
+
+    python experiments/ablation.py --out results/ca1-ablation/ablation.json [--iterations 200] [--slices 64]
+
+Every row trains both models with the `quick` preset's patches (32 x 128 x 128 voxels per iteration)
+for `--iterations` iterations (validation every 50) with one change to the recipe, and scores the
+central `--slices` slices of the CA1 test volume (normalised with the whole test volume's window), raw
+at probability 0.5 (no TTA, no post-processing), with the checkpoint of best validation IoU, as
+published and with gamma 1.4 applied to the test slices (the contrast change the 3D model failed in
+the contrast table). Equal iterations, not equal time: bf16's gain is its speed (benchmarks/bench_train.py),
+this table shows what it costs in accuracy. Writes the JSON and a Markdown table beside it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from mitoseg import compare, config, io, metrics, predict, train
+
+PER_EPOCH = 50
+VARIANTS = [  # (name, Config changes); the first is the recipe every other row changes one thing of
+    ("recipe", {}),
+    ("recipe, another seed (run-to-run noise)", {"seed": 1}),
+    ("float32 training instead of bf16", {"amp": False}),
+    ("no per-slice intensity jitter", {"slice_jitter": 0.0}),
+    ("half-strength patch intensity augmentation (about the previous recipe's)", {"intensity_aug": 0.5}),
+    ("16-slice patches (the 3D model pads them to 32, the 2D model takes 16 slices)", {"patch_z": 16}),
+]
+LAST = "recipe, last checkpoint instead of best validation IoU"
+
+
+def gamma(volume: np.ndarray, g: float) -> np.ndarray:
+    """A uint8 volume with gamma `g` applied to its grey levels."""
+    return np.clip(np.rint(255 * (volume / 255.0) ** g), 0, 255).astype(np.uint8)
+
+
+def score(model, cfg, image: np.ndarray, truth: np.ndarray, window) -> float:
+    """Foreground IoU at probability 0.5 of one model on one image (Z, Y, X)."""
+    tile = predict.default_tile(cfg.dims, image.shape, cfg.tile)
+    probs = predict.predict_array(model, image, cfg.dims, tile, cfg.overlap, window, amp=cfg.amp)
+    return metrics.scores(metrics.confusion(probs >= 0.5, truth))["jaccard"]
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--out", required=True, help="JSON to write; the .md table goes beside it")
+    p.add_argument("--iterations", type=int, default=200, help="training iterations per model")
+    p.add_argument("--slices", type=int, default=64, help="central test slices to score")
+    p.add_argument("--runs", default=None, help="folder for the run folders (default: beside --out, in runs/)")
+    a = p.parse_args(argv)
+    out = Path(a.out)
+    runs = Path(a.runs) if a.runs else out.parent / "runs"
+    bench = compare.load_benchmark("lucchi")
+    z0 = (bench.test_image.shape[0] - a.slices) // 2
+    image, truth = bench.test_image[z0:z0 + a.slices], bench.test_mask[z0:z0 + a.slices]
+    window = io.intensity_range(bench.test_image)
+    dark = gamma(image, 1.4)
+    dark_window = io.intensity_range(gamma(bench.test_image, 1.4))
+    rows = []
+    for name, changes in VARIANTS:
+        for dims in (2, 3):
+            cfg = config.quick(dims, epochs=max(1, a.iterations // PER_EPOCH), minutes=None,
+                               iterations_per_epoch=PER_EPOCH, **changes)
+            folder = runs / f"{len(rows) // 2:02d}_{dims}D"
+            t0 = time.perf_counter()
+            summary = train.train(cfg, bench.train_image, bench.train_mask, folder, overwrite=True, progress=False)
+            seconds = time.perf_counter() - t0
+            checkpoints = [(name, "best.pt")] + ([(LAST, "last.pt")] if name == "recipe" else [])
+            for row_name, ckpt in checkpoints:
+                model, cfg = train.load_model(folder / ckpt)
+                row = {"variant": row_name, "dims": dims, "changes": changes, "iterations": summary["iterations"],
+                       "best_val_iou": summary["best_val_iou"], "wall_seconds": seconds,
+                       "test_iou": score(model, cfg, image, truth, window),
+                       "test_iou_gamma_1.4": score(model, cfg, dark, truth, dark_window)}
+                rows.append(row)
+                print(f"{row_name} {dims}D: test IoU {row['test_iou']:.4f}, gamma 1.4 {row['test_iou_gamma_1.4']:.4f}",
+                      flush=True)
+    result = {"command": "python " + " ".join(shlex.quote(x) for x in [sys.argv[0], *(argv or sys.argv[1:])]),
+              "date": time.strftime("%Y-%m-%d"), "machine": train.versions(), "data": bench.description,
+              "test_slices": [z0, z0 + a.slices], "iterations": a.iterations, "rows": rows}
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2) + "\n")
+    out.with_suffix(".md").write_text(markdown(result))
+    print(markdown(result))
+
+
+def markdown(result: dict) -> str:
+    """The ablation table: one row per change, test IoU per model and the difference to the recipe."""
+    by = {(r["variant"], r["dims"]): r for r in result["rows"]}
+    names = list(dict.fromkeys(r["variant"] for r in result["rows"]))
+    base = {d: by[("recipe", d)] for d in (2, 3)}
+    m = result["machine"]
+    lines = [f"# Training recipe ablation on CA1 ({result['iterations']} iterations per model)", "",
+             f"Data: {result['data']}; test slices {result['test_slices'][0]}..{result['test_slices'][1] - 1} "
+             "of the test volume, raw prediction at 0.5 (no TTA, no post-processing). "
+             f"Machine: {m['cpu']} ({m['cpu_count']} cores). Date: {result['date']}. "
+             f"Command: `{result['command']}`", "",
+             "| change | 2D test IoU | 3D test IoU | 2D, gamma 1.4 | 3D, gamma 1.4 | 2D best val IoU "
+             "| 3D best val IoU |",
+             "|---|---|---|---|---|---|---|"]
+    for name in names:
+        cells = []
+        for key in ("test_iou", "test_iou_gamma_1.4", "best_val_iou"):
+            for d in (2, 3):
+                v = by[(name, d)][key]
+                delta = "" if name == "recipe" or key == "best_val_iou" else f" ({v - base[d][key]:+.3f})"
+                cells.append(f"{v:.3f}{delta}")
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    main()
