@@ -154,15 +154,14 @@ def print_header(title: str, info: dict, notes: Sequence[str] = ()) -> None:
 @functools.cache
 def load_stack() -> tuple[np.ndarray, np.ndarray]:
     """The real Drosophila VNC ssTEM stack 1: raw uint8 (20, 1024, 1024) and mitochondria mask uint8 {0, 1}
-    (anti-aliased PNGs binarised > 127), as in tests/conftest.py."""
-    import tifffile
-    from PIL import Image
+    (anti-aliased PNGs binarised > 127), through mitoseg's one loader (`mitoseg.datasets.drosophila`)."""
+    from mitoseg import datasets
+    from mitoseg.errors import MitosegError
 
-    if not (DROSO / "raw").is_dir():
-        sys.exit(f"real data not found at {DROSO} (set MITOSEG_DROSO to the drosophila-vnc-stack1 folder)")
-    raw = np.stack([tifffile.imread(p) for p in sorted((DROSO / "raw").glob("*.tif"))])
-    mito = np.stack([np.asarray(Image.open(p)) for p in sorted((DROSO / "mitochondria").glob("*.png"))])
-    return raw, (mito > 127).astype(np.uint8)
+    try:
+        return datasets.drosophila(DROSO)
+    except MitosegError as e:
+        sys.exit(f"{e} (or set MITOSEG_DROSO to the drosophila-vnc-stack1 folder)")
 
 
 def mirror_tile(arr: np.ndarray, shape: Sequence[int]) -> np.ndarray:

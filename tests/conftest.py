@@ -1,35 +1,43 @@
 """Shared fixtures: small crops of the real Drosophila VNC ssTEM stack and of the EPFL CA1 volumes
-(derived public copy) in ../shared/data, read lazily."""
+(derived public copy) in ../shared/data, read lazily through `mitoseg.datasets`.
 
+Without the data the tests that need it are skipped, and fail instead when MITOSEG_REQUIRE_DATA=1
+(set by .ci/run): CI never passes by skipping.
+"""
+
+import os
 from pathlib import Path
 
 import numpy as np
 import pytest
-import tifffile
-from PIL import Image
 
-DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
-DROSO = DATA / "drosophila-vnc-stack1"
-LUCCHI = DATA / "lucchi-derived"
+from mitoseg import datasets
+from mitoseg.errors import MitosegError
+
+DROSO = datasets.shared_data() / datasets.DROSOPHILA
+LUCCHI = datasets.shared_data() / datasets.LUCCHI_DERIVED
 
 
-def _load_droso() -> tuple[np.ndarray, np.ndarray]:
-    raw = np.stack([tifffile.imread(p) for p in sorted((DROSO / "raw").glob("*.tif"))])
-    mito = np.stack([np.asarray(Image.open(p)) for p in sorted((DROSO / "mitochondria").glob("*.png"))])
-    return raw, (mito > 127).astype(np.uint8)
+def missing(what: str) -> None:
+    """Skip a test whose real data is absent, or fail it where the data is required (CI)."""
+    message = f"real data not found: {what}"
+    if os.environ.get("MITOSEG_REQUIRE_DATA") == "1":
+        pytest.fail(message + " (MITOSEG_REQUIRE_DATA=1: CI needs ../shared/data beside the clone)")
+    pytest.skip(message)
 
 
 @pytest.fixture(scope="session")
 def droso_dir() -> Path:
-    if not DROSO.exists():
-        pytest.skip(f"real data not found at {DROSO}")
-    return DROSO
+    try:
+        return datasets.drosophila_dir()
+    except MitosegError as e:
+        missing(str(e))
 
 
 @pytest.fixture(scope="session")
 def droso(droso_dir) -> tuple[np.ndarray, np.ndarray]:
     """The whole stack: raw uint8 (20, 1024, 1024) and binary mito mask uint8 of the same shape."""
-    return _load_droso()
+    return datasets.drosophila(droso_dir)
 
 
 @pytest.fixture(scope="session")
@@ -51,7 +59,7 @@ def same_partition(a: np.ndarray, b: np.ndarray) -> bool:
 @pytest.fixture(scope="session")
 def lucchi_dir() -> Path:
     if not (LUCCHI / "training.tif").exists():
-        pytest.skip(f"real data not found at {LUCCHI}")
+        missing(str(LUCCHI))
     return LUCCHI
 
 

@@ -2,9 +2,12 @@
 
 import csv
 import json
+import re
+import shutil
 
 import numpy as np
 import pytest
+import scipy.ndimage as ndi
 import tifffile
 
 from mitoseg import io, metrics
@@ -92,8 +95,8 @@ def bad(argv, capsys, match):
     capsys.readouterr()
     assert main(argv) == 2
     err = capsys.readouterr().err
-    assert err.startswith("mitoseg: error:") and len(err.strip().splitlines()) == 1 and "Traceback" not in err
-    assert match in err, err
+    assert re.match(r"mitoseg( \w+)?: error: ", err) and len(err.strip().splitlines()) == 1, err
+    assert match in err and "Traceback" not in err, err
 
 
 def test_user_mistakes_are_one_line(runs, capsys, tmp_path):
@@ -125,6 +128,48 @@ def test_user_mistakes_are_one_line(runs, capsys, tmp_path):
     bad(["train", t, g, "--out", str(d / "run2"), *TRAIN], capsys, "already exists")
     bad(["evaluate", str(d / "test.tif"), t], capsys, "differs from ground-truth shape")
     assert not list(tmp_path.glob("*.zarr*"))  # no half-written output anywhere
+
+
+def test_wrong_numbers_and_ambiguous_labels_are_refused(runs, capsys, tmp_path, monkeypatch):
+    """The bad-input table of issue 9: each is one line and exit 2, and nothing appears under the output name."""
+    d = runs
+    t, g, test, probs = str(d / "train.tif"), str(d / "train_gt.tif"), str(d / "test.tif"), str(d / "p2.zarr")
+    out = str(tmp_path / "o.zarr")
+    predict = ["predict", test, "--model", str(d / "run2"), "--out", out]
+    bad([*predict, "--overlap", "-0.5"], capsys, "--overlap: must be a number in [0, 1), not -0.5")
+    bad([*predict, "--overlap", "1.5"], capsys, "--overlap: must be a number in [0, 1), not 1.5")
+    bad([*predict, "--tile-xy", "0"], capsys, "--tile-xy: must be an integer >= 16, not 0")
+    bad(["label", probs, "--out", out, "--min-size", "-5"], capsys, "--min-size: must be an integer >= 0")
+    bad(["label", probs, "--out", out, "--threshold", "128"], capsys, "--threshold: must be a number in (0, 1)")
+    bad(["label", probs, "--out", out, "--voxel-size", "-5", "5", "5"], capsys, "--voxel-size: must be a number > 0")
+    bad(["train", t, g, "--out", str(tmp_path / "r"), "--epochs", "0"], capsys, "--epochs: must be an integer >= 1")
+    bad(["train", t, g, "--out", str(tmp_path / "r"), "--lr", "nan"], capsys, "--lr: must be a number > 0")
+    # anti-aliased 0..255 truth: refused without --label-threshold, scored with it
+    soft = ndi.gaussian_filter(tifffile.imread(d / "test_gt.tif").astype(np.float32), (0, 1.5, 1.5))
+    tifffile.imwrite(tmp_path / "soft.tif", np.rint(soft).astype(np.uint8))
+    bad(["evaluate", probs, str(tmp_path / "soft.tif")], capsys, "more than two values (0, 1, 2, 3, ...): give "
+        "--label-threshold")
+    assert main(["--quiet", "evaluate", probs, str(tmp_path / "soft.tif"), "--label-threshold", "127"]) == 0
+    tifffile.imwrite(tmp_path / "zero.tif", np.zeros((8, 128, 128), np.uint8))
+    bad(["--quiet", "evaluate", probs, str(tmp_path / "zero.tif")], capsys, "the truth holds no foreground voxels")
+    (tmp_path / "s.json").write_text("{}")
+    bad(["evaluate", probs, str(d / "test_gt.tif"), "--json", str(tmp_path / "s.json")], capsys, "already exists")
+    assert (tmp_path / "s.json").read_text() == "{}"
+    # a resume with other settings than the interrupted run's
+    assert main(["--quiet", *predict[:-1], str(tmp_path / "i.zarr"), "--overlap", "0.25"]) == 0
+    shutil.copytree(tmp_path / "i.zarr", tmp_path / "o.zarr.partial")  # as if interrupted before its rename
+    bad([*predict, "--overlap", "0.5", "--resume"], capsys, "other settings (overlap 0.25 then, 0.5 now)")
+    assert not (tmp_path / "o.zarr").exists()
+    # Ctrl-C in the first epoch: no folder left behind, and no advice to --resume what cannot be resumed
+    from mitoseg import data
+
+    def interrupt(*a, **k):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(data, "augment", interrupt)
+    capsys.readouterr()
+    assert main(["--quiet", "train", t, g, "--out", str(tmp_path / "r"), *TRAIN]) == 130
+    assert "nothing was written" in capsys.readouterr().err and not (tmp_path / "r").exists()
 
 
 def test_label_on_a_local_dask_cluster_equals_single_process(runs):

@@ -10,7 +10,7 @@ import torch
 import zarr
 from conftest import same_partition
 
-from mitoseg import cluster, io, predict
+from mitoseg import cluster, instances, io, predict
 from mitoseg.config import Config
 from mitoseg.errors import MitosegError
 from mitoseg.instances import label_blockwise
@@ -78,14 +78,30 @@ def test_predict_2d_equals_single_process_and_resumes_its_run(dask_client, runs,
         predict.predict_volume(model, image, resumed, 2, cfg.tile, cfg.overlap, block, progress=False)
     monkeypatch.undo()
     zarr.open_array(str(io.partial_path(resumed)), mode="r+")[:2, :64, :48] = 7  # marks the first finished block
-    cluster.predict_volume_dask(dask_client, runs / "run2", image, resumed, block=block, resume=True, progress=False)
+    with pytest.raises(MitosegError, match=r"other settings \(tile \[1, 64, 64\] then, \[1, 96, 128\] now\)"):
+        cluster.predict_volume_dask(dask_client, runs / "run2", image, resumed, block=block, resume=True,
+                                    progress=False)  # the default tile (whole slices) is not the killed run's
+    cluster.predict_volume_dask(dask_client, runs / "run2", image, resumed, tile=cfg.tile, block=block, resume=True,
+                                progress=False)
     expect = io.open_volume(ref)[:]
     expect[:2, :64, :48] = 7
     np.testing.assert_array_equal(io.open_volume(resumed)[:], expect)
-    io.create_zarr(tmp_path / "other.zarr", (6, 96, 128), "uint8", block)  # an interrupted run with other blocks
-    with pytest.raises(MitosegError, match="same block"):
-        cluster.predict_volume_dask(dask_client, runs / "run2", image, tmp_path / "other.zarr", block=(3, 64, 48),
-                                    resume=True, progress=False)
+    # an interrupted run is resumed only with its own settings and model, on either path
+    with pytest.raises(KeyboardInterrupt):
+        monkeypatch.setattr(predict, "predict_block", dying)
+        calls["n"] = 0
+        predict.predict_volume(model, image, tmp_path / "other.zarr", 2, cfg.tile, cfg.overlap, block, progress=False)
+    monkeypatch.undo()
+    for change, named in [(dict(block=(3, 64, 48)), "block"), (dict(overlap=0.5), "overlap"), (dict(tta=True), "tta")]:
+        with pytest.raises(MitosegError, match=f"other settings .*{named}"):
+            cluster.predict_volume_dask(dask_client, runs / "run2", image, tmp_path / "other.zarr",
+                                        **dict(dict(block=block, tile=cfg.tile), **change), resume=True,
+                                        progress=False)
+    with torch.no_grad():
+        next(model.parameters()).add_(0.01)  # another model
+    with pytest.raises(MitosegError, match="other settings .*model"):
+        predict.predict_volume(model, image, tmp_path / "other.zarr", 2, cfg.tile, cfg.overlap, block, resume=True,
+                               progress=False)
 
 
 def test_predict_3d_equals_single_process(dask_client, runs, droso_crop, tmp_path):
@@ -160,6 +176,33 @@ def test_label_threshold_min_size_and_connecting_to_a_scheduler(dask_client, rea
     single6 = np.zeros(mask.shape, np.uint32)
     assert n == label_blockwise(prob, single6, (8, 90, 200), 6, min_size=500, threshold=0.5)
     np.testing.assert_array_equal(io.open_volume(tmp_path / "l6.zarr")[:], single6)
+
+
+def test_label_resumes_a_single_process_run_on_the_cluster(dask_client, real_mask, tmp_path, monkeypatch):
+    mask, path = real_mask
+    block = (7, 100, 130)
+    ref = np.zeros(mask.shape, np.uint32)
+    label_blockwise(mask, ref, block)
+    real, calls = instances.relabel_block, []
+
+    def dying(*a, **k):
+        calls.append(1)
+        if len(calls) == 5:
+            raise KeyboardInterrupt
+        return real(*a, **k)
+
+    monkeypatch.setattr(instances, "relabel_block", dying)
+    with pytest.raises(KeyboardInterrupt):
+        instances.label_volume(path, tmp_path / "l.zarr", block, progress=False)
+    monkeypatch.undo()
+    zarr.open_array(str(io.partial_path(tmp_path / "l.zarr")), mode="r+")[:7, :100, :130] = 99  # a finished block
+    with pytest.raises(MitosegError, match="other settings .*connectivity 26 then, 6 now"):
+        cluster.label_dask(dask_client, path, tmp_path / "l.zarr", block, 6, resume=True, progress=False)
+    n = cluster.label_dask(dask_client, path, tmp_path / "l.zarr", block, resume=True, progress=False)
+    expect = ref.copy()
+    expect[:7, :100, :130] = 99  # kept: the cluster skipped the blocks the killed run had written
+    np.testing.assert_array_equal(io.open_volume(tmp_path / "l.zarr")[:], expect)
+    assert n == ref.max()
 
 
 def test_arrays_are_refused(dask_client, tmp_path):

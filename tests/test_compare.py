@@ -3,6 +3,7 @@ import json
 import pytest
 
 from mitoseg import compare as cmp
+from mitoseg import datasets
 from mitoseg.errors import MitosegError
 from mitoseg.train import read_log
 
@@ -74,9 +75,10 @@ def test_ca1_is_found_and_named_by_provenance(lucchi_dir, monkeypatch, tmp_path)
     monkeypatch.setenv("MITOSEG_CACHE", str(tmp_path / "cache"))
     monkeypatch.delenv("MITOSEG_DATA", raising=False)
     monkeypatch.chdir(tmp_path)
-    found = cmp._lucchi_folder(None)
-    assert found is not None and found[1] == cmp.DERIVED
-    assert "per-slice stretched" in cmp.DERIVED and "polygon-filled" in cmp.DERIVED and "/" not in cmp.DERIVED
+    found = datasets.lucchi_dir(None)
+    assert found is not None and found[1] == datasets.DERIVED
+    assert "per-slice stretched" in datasets.DERIVED and "polygon-filled" in datasets.DERIVED
+    assert "/" not in datasets.DERIVED
 
 
 def test_benchmark_falls_back_to_drosophila(droso_dir, monkeypatch, tmp_path):

@@ -196,7 +196,7 @@ def test_label_blockwise_resumes_after_a_kill(tmp_path, droso, monkeypatch):
     block = (7, 100, 130)
     ref = zarr.create_array(zarr.storage.MemoryStore(), shape=mask.shape, dtype="uint32", chunks=block)
     label_blockwise(mask, ref, block)
-    out = io.create_zarr(tmp_path / "l.zarr", mask.shape, "uint32", block)
+    out = instances.open_labels(tmp_path / "l.zarr", mask.shape, block, 26, 0, None)
     real = instances.relabel_block
     calls = []
 
@@ -208,11 +208,13 @@ def test_label_blockwise_resumes_after_a_kill(tmp_path, droso, monkeypatch):
 
     monkeypatch.setattr(instances, "relabel_block", dying)
     with pytest.raises(KeyboardInterrupt):
-        label_blockwise(mask, out, block, done=io.done_dir(tmp_path / "l.zarr", resume=False))
+        label_blockwise(mask, out.array, block, done=out.done)
     calls.clear()
     monkeypatch.setattr(instances, "relabel_block", lambda *a, **k: calls.append(1) or real(*a, **k))
-    out = io.create_zarr(tmp_path / "l.zarr", mask.shape, "uint32", block, resume=True)
-    label_blockwise(mask, out, block, done=io.done_dir(tmp_path / "l.zarr", resume=True))
+    with pytest.raises(MitosegError, match="min_size 0 then, 10 now"):
+        instances.open_labels(tmp_path / "l.zarr", mask.shape, block, 26, 10, None, resume=True)
+    out = instances.open_labels(tmp_path / "l.zarr", mask.shape, block, 26, 0, None, resume=True)
+    label_blockwise(mask, out.array, block, done=out.done)
     assert len(calls) == 12 - 4  # 3 x 2 x 2 blocks, 4 written before the kill
     io.finish_output(tmp_path / "l.zarr")
     np.testing.assert_array_equal(io.open_volume(tmp_path / "l.zarr")[:], ref[:])

@@ -1,7 +1,6 @@
 """Volume I/O on a crop of the real Drosophila stack: every format reads the same voxels, lazily where it
 claims to, every bad input gives a MitosegError, and outputs appear under their final name only when finished."""
 
-import os
 from pathlib import Path
 
 import h5py
@@ -11,7 +10,7 @@ import tifffile
 import zarr
 from PIL import Image
 
-from mitoseg import io
+from mitoseg import blocks, io
 from mitoseg.errors import MitosegError
 
 FORMATS = ["tiff", "tiff_folder", "png_folder", "h5", "zarr_v3", "zarr_v2", "zarr_v2_no_suffix", "zarr_group",
@@ -205,9 +204,9 @@ def test_bad_hdf5_names(tmp_path, crop):
     with h5py.File(path, "w") as f:
         f.create_dataset("group/raw", data=crop[:2])
         f.create_dataset("labels", data=crop[:2])
-    with pytest.raises(MitosegError, match=r"name the dataset.*'group/raw', 'labels'"):
+    with pytest.raises(MitosegError, match=r"name the dataset.*\(datasets: group/raw, labels\)"):
         io.open_volume(path)
-    with pytest.raises(MitosegError, match="no dataset 'nope'"):
+    with pytest.raises(MitosegError, match=r"no dataset 'nope' in this HDF5 file \(datasets: group/raw, labels\)"):
         io.open_volume(f"{path}:nope")
     with pytest.raises(MitosegError, match="no dataset 'group'"):  # a group, not a dataset
         io.open_volume(f"{path}:group")
@@ -326,9 +325,12 @@ def test_binarize_real_antialiased_masks(droso_dir):
     assert mask.dtype == np.uint8 and set(np.unique(mask)) == {0, 1}
     assert np.array_equal(mask, (labels > 127).astype(np.uint8))
     assert 0.03 < mask.mean() < 0.07
-    loose = io.binarize(labels)  # threshold 0 keeps the anti-aliased rim
+    loose = io.binarize(labels, 0)  # threshold 0 keeps the anti-aliased rim
     assert mask.mean() < loose.mean()
     assert np.all(loose >= mask)
+    with pytest.raises(MitosegError, match=r"hold more than two values \(0, .*\): give --label-threshold"):
+        io.binarize(labels)  # no threshold: refused, never read silently as > 0
+    assert np.array_equal(io.binarize(labels > 127), mask)  # two values: > 0 needs no threshold
 
 
 def test_thresholded_view(droso_dir):
@@ -355,72 +357,10 @@ def test_check_output(tmp_path):
     assert io.check_output(str(target), overwrite=True) == target
 
 
-def test_create_and_finish_zarr(tmp_path, crop):
-    target = tmp_path / "probs.zarr"
-    arr = io.create_zarr(target, crop.shape, "uint8", (4, 64, 64), attrs={"window": np.array([0.0, 255.0]), "n": 3})
-    arr[:10] = crop[:10]
-    assert sorted(os.listdir(tmp_path)) == ["probs.zarr.partial"]
-    assert not target.exists()
-    assert io.finish_output(target) == target
-    assert sorted(os.listdir(tmp_path)) == ["probs.zarr"]
-    back = io.open_volume(target)
-    assert np.array_equal(back[:10], crop[:10])
-    assert not back[10:].any()  # fill value 0 where nothing was written
-    assert dict(back.attrs) == {"window": [0.0, 255.0], "n": 3}
-
-
-def test_finish_output_refuses_existing_unless_overwrite(tmp_path, crop):
-    target = tmp_path / "probs.zarr"
-    io.create_zarr(target, crop.shape, "uint8", (4, 64, 64))[:] = crop
-    io.finish_output(target)
-    io.create_zarr(target, crop.shape, "uint8", (4, 64, 64))[:] = 255 - crop
-    with pytest.raises(MitosegError, match="already exists; pass --overwrite"):
-        io.finish_output(target)
-    assert np.array_equal(io.open_volume(target)[:], crop)  # the old result is untouched
-    assert io.partial_path(target).exists()
-    io.finish_output(target, overwrite=True)
-    assert np.array_equal(io.open_volume(target)[:], 255 - crop)
-    assert not io.partial_path(target).exists()
-
-
-def test_finish_output_without_partial_keeps_existing(tmp_path, crop):
-    target = tmp_path / "probs.zarr"
-    io.create_zarr(target, crop.shape, "uint8", (4, 64, 64))[:] = crop
-    io.finish_output(target)
-    with pytest.raises(MitosegError, match="partial does not exist"):
-        io.finish_output(target, overwrite=True)
-    assert np.array_equal(io.open_volume(target)[:], crop)
-
-
-def test_create_zarr_resume(tmp_path, crop):
-    target = tmp_path / "probs.zarr"
-    arr = io.create_zarr(target, crop.shape, "uint8", (4, 64, 64))
-    arr[:8] = crop[:8]
-    again = io.create_zarr(target, crop.shape, "uint8", (4, 64, 64), resume=True)
-    assert np.array_equal(again[:8], crop[:8])
-    again[8:] = crop[8:]
-    with pytest.raises(MitosegError, match="holds a different run"):
-        io.create_zarr(target, (20, 256, 128), "uint8", (4, 64, 64), resume=True)
-    with pytest.raises(MitosegError, match="holds a different run"):
-        io.create_zarr(target, crop.shape, "float32", (4, 64, 64), resume=True)
-    io.finish_output(target)
-    assert np.array_equal(io.open_volume(target)[:], crop)
-
-
-def test_create_zarr_without_resume_starts_afresh(tmp_path, crop):
-    target = tmp_path / "probs.zarr"
-    io.create_zarr(target, crop.shape, "uint8", (4, 64, 64))[:] = crop
-    fresh = io.create_zarr(target, crop.shape, "uint8", (4, 64, 64))
-    assert not fresh[:].any()
-    # resume with no partial creates one
-    other = tmp_path / "other.zarr"
-    assert not io.create_zarr(other, (2, 3, 4), "float32", (1, 3, 4), resume=True)[:].any()
-    assert io.partial_path(other).exists()
-
-
 def test_foreground_threshold(tmp_path):
-    probs = io.create_zarr(tmp_path / "p.zarr", (2, 4, 4), "uint8", (2, 4, 4), {"kind": "probability"})
-    probs16 = io.create_zarr(tmp_path / "f.zarr", (2, 4, 4), "float16", (2, 4, 4), {"kind": "probability"})
+    kind = {"kind": "probability"}
+    probs = blocks.open_output(tmp_path / "p.zarr", (2, 4, 4), "uint8", (2, 4, 4), {}, kind).array
+    probs16 = blocks.open_output(tmp_path / "f.zarr", (2, 4, 4), "float16", (2, 4, 4), {}, kind).array
     mask = np.zeros((2, 4, 4), np.uint8)
     assert io.foreground_threshold(probs, None) == 127.5  # p >= 0.5 <=> stored >= 128
     assert io.foreground_threshold(probs, 0.8) == pytest.approx(204.0)

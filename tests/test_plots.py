@@ -248,9 +248,15 @@ def test_figures_assemble(crop, fake_pred):
     pred, truth = fake_pred
     study = plots.figure_study(raw[Z], mask[Z])
     assert isinstance(study, Figure) and len(study.axes) == 2
-    errors = plots.figure_errors(raw[Z], {"2D U-Net": pred, "3D U-Net": truth}, truth)
-    assert [ax.get_title().split(":")[0] for ax in errors.axes] == ["2D U-Net", "3D U-Net"]
+    errors = plots.figure_errors(raw[Z], {"2D U-Net": pred, "3D U-Net": truth}, truth, Z, VOXEL[-1])
+    assert [ax.get_title().split("\n")[0] for ax in errors.axes] == [
+        f"2D U-Net prediction vs truth, slice {Z}", f"3D U-Net prediction vs truth, slice {Z}"]
     assert "Dice 1.000" in errors.axes[1].get_title()
+    bar = [a for a in errors.axes[0].artists if type(a).__name__ == "AnchoredSizeBar"]
+    assert len(bar) == 1  # the scale bar: a round length of about a fifth of the width
+    label = bar[0].txt_label.get_text()
+    length_nm = float(label.split()[0]) * (1000 if "µm" in label else 1)
+    assert 0.1 * raw.shape[2] * VOXEL[-1] <= length_nm <= 0.2 * raw.shape[2] * VOXEL[-1]
     assert len(errors.legends) == 1
     inst = plots.figure_instances(raw, labels, Z, VOXEL)
     assert inst.axes[1].name == "3d" and len(inst.axes[1].collections) == labels.max()

@@ -168,14 +168,6 @@ def test_storage_dtypes():
         predict.to_storage(p, "int7")
 
 
-def test_iter_blocks_tile_volume():
-    blocks = list(predict.iter_blocks((5, 7, 9), (2, 7, 4)))
-    covered = np.zeros((5, 7, 9), int)
-    for b in blocks:
-        covered[b] += 1
-    assert (covered == 1).all() and len(blocks) == 3 * 1 * 3
-
-
 class CountingIdentity(Identity):
     """Identity that counts the slices it is given."""
 

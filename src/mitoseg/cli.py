@@ -6,15 +6,30 @@ User mistakes print one line ``mitoseg: error: ...`` and exit with status 2, nev
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import shlex
 import sys
 from pathlib import Path
 
+from mitoseg import __version__
+from mitoseg.checks import arg
 from mitoseg.errors import MitosegError
 
 FP32_HELP = "compute in float32 (default: bf16 autocast on GPUs, and for prediction on CPUs with native bf16)"
+IMAGE_HELP = "image volume: TIFF, slice folder, file.h5:dataset, file.zarr"
+THRESHOLD_HELP = ("probability threshold in (0, 1) (default 0.5 for mitoseg probabilities, scaled to 0..255 when "
+                  "stored as uint8; other inputs are masks: any value > 0 is foreground unless this is given)")
+LABEL_THRESHOLD_HELP = ("foreground: label > this (default 0); label volumes with more than two values (anti-aliased "
+                        "masks, e.g. 0..255 PNGs: use 127) are refused until it is given")
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with one line per mistake: ``mitoseg predict: error: ...`` (status 2), no usage block."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
 def _voxel(values: list[float]) -> tuple[float, float, float]:
@@ -37,73 +52,43 @@ def cmd_train(a: argparse.Namespace) -> None:
     print(json.dumps(summary, indent=2))
 
 
+def _client(a: argparse.Namespace):
+    """A Dask client for --scheduler local or --dask-address, else a context holding None (this process)."""
+    if not (a.dask_address or a.scheduler == "local"):
+        return contextlib.nullcontext(None)
+    from mitoseg import cluster
+
+    return cluster.client(a.dask_address, workers=a.workers)
+
+
 def cmd_predict(a: argparse.Namespace) -> None:
-    from mitoseg import io
-    from mitoseg.predict import default_tile, predict_volume
-    from mitoseg.train import load_model
+    from mitoseg.predict import predict
 
-    dask = a.dask_address or a.scheduler == "local"
-    model, cfg = load_model(a.model, "cpu" if dask else a.device)
-    tile = (a.tile_z or cfg.tile[0], a.tile_xy or cfg.tile[1], a.tile_xy or cfg.tile[2])
-    if cfg.dims == 2:
-        tile = (1, *tile[1:])
-    if a.tile_xy is None:
-        tile = default_tile(cfg.dims, io.open_volume(a.image).shape, tile)
-    overlap = cfg.overlap if a.overlap is None else a.overlap
-    attrs = {"model": str(a.model), "voxel_size": cfg.voxel_size}
-    if dask:
-        from mitoseg import cluster
-
-        del model
-        with cluster.client(a.dask_address, workers=a.workers) as client:
-            cluster.predict_volume_dask(client, a.model, a.image, a.out, tile, overlap, a.block, a.dtype, a.mask,
-                                        a.threshold, a.batch_size, a.tta, a.overwrite, a.resume, not a.quiet,
-                                        amp=not a.fp32, attrs=attrs, device=None if a.device == "auto" else a.device)
-    else:
-        predict_volume(model, a.image, a.out, cfg.dims, tile, overlap, block=a.block, dtype=a.dtype,
-                       mask_out=a.mask, threshold=a.threshold, batch_size=a.batch_size, tta=a.tta,
-                       amp=not a.fp32, device=None, attrs=attrs, overwrite=a.overwrite, resume=a.resume,
-                       progress=not a.quiet)
+    with _client(a) as client:
+        predict(a.model, a.image, a.out, mask_out=a.mask, tile_xy=a.tile_xy, tile_z=a.tile_z, overlap=a.overlap,
+                block=a.block, dtype=a.dtype, threshold=a.threshold, batch_size=a.batch_size, tta=a.tta,
+                amp=not a.fp32, device=a.device, client=client, overwrite=a.overwrite, resume=a.resume,
+                progress=not a.quiet)
     print(f"wrote {a.out}" + (f" and {a.mask}" if a.mask else ""))
 
 
 def cmd_label(a: argparse.Namespace) -> None:
-    from mitoseg import instances, io
+    from mitoseg.instances import label_volume
 
-    volume = io.open_volume(a.input)
-    io.check_output(a.out, a.overwrite)
-    if a.table:
-        io.check_output(a.table, a.overwrite)
-    voxel = a.voxel_size or dict(getattr(volume, "attrs", {}) or {}).get("voxel_size") or (1.0, 1.0, 1.0)
-    block = tuple(a.block) if a.block else (min(volume.shape[0], 64), 512, 512)
-    attrs = {"kind": "labels", "voxel_size": voxel, "connectivity": a.connectivity}
-    threshold = io.foreground_threshold(volume, a.threshold)
-    if a.dask_address or a.scheduler == "local":
-        from mitoseg import cluster
-
-        with cluster.client(a.dask_address, workers=a.workers) as client:
-            n = cluster.label_dask(client, a.input, a.out, block, a.connectivity, a.min_size, threshold,
-                                   progress=not a.quiet, attrs=attrs, overwrite=a.overwrite)
-    else:
-        out = io.create_zarr(a.out, tuple(volume.shape), "uint32", block, attrs, resume=a.resume)
-        n = instances.label_blockwise(volume, out, block, a.connectivity, a.min_size, threshold,
-                                      progress=not a.quiet, done=io.done_dir(a.out, a.resume))
-        io.finish_output(a.out, a.overwrite)
-    if a.table:
-        table = instances.measure_blockwise(io.open_volume(a.out), n, voxel, block, progress=not a.quiet)
-        instances.write_table(table, a.table)
+    with _client(a) as client:
+        n = label_volume(a.input, a.out, a.block, a.connectivity, a.min_size, a.threshold, a.voxel_size, a.table,
+                         client, a.resume, a.overwrite, progress=not a.quiet)
     print(f"{n} objects -> {a.out}" + (f", table {a.table}" if a.table else ""))
 
 
 def cmd_evaluate(a: argparse.Namespace) -> None:
     from mitoseg import io, metrics
 
-    pred = io.open_volume(a.prediction)
-    truth = io.open_volume(a.truth)
-    t = io.foreground_threshold(pred, a.threshold)
-    binary = io.Thresholded(pred, 0 if t is None else t, strict=t is None)
-    counts = metrics.confusion_blockwise(binary, io.Thresholded(truth, a.label_threshold), progress=not a.quiet)
-    result = metrics.scores(counts)
+    if a.json:
+        io.check_output(a.json, a.overwrite)
+    with _client(a) as client:
+        result = metrics.evaluate(a.prediction, a.truth, a.threshold, a.label_threshold, client=client,
+                                  progress=not a.quiet)
     for k, v in result.items():
         print(f"{k:>10}: {v:.4f}" if isinstance(v, float) else f"{k:>10}: {v}")
     if a.json:
@@ -132,60 +117,65 @@ def _dask_options(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("Dask cluster (docs/cluster.md)")
     g.add_argument("--scheduler", choices=("single", "local"), default="single",
                    help="single: this process (default); local: a Dask LocalCluster of --workers processes")
-    g.add_argument("--workers", type=int, default=2, help="worker processes of --scheduler local")
+    g.add_argument("--workers", type=arg("workers"), default=2, help="worker processes of --scheduler local")
     g.add_argument("--dask-address", metavar="ADDRESS",
                    help="run the blocks on the Dask scheduler at tcp://host:port (or a scheduler file); "
                         "inputs and outputs must be on a filesystem the workers share")
 
 
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="mitoseg", description="Segment mitochondria in EM volumes with 2D/3D U-Nets.")
+    p = _Parser(prog="mitoseg", description="Segment mitochondria in EM volumes with 2D/3D U-Nets.")
+    p.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     sub = p.add_subparsers(dest="command", required=True)
 
     t = sub.add_parser("train", help="train a 2D or 3D U-Net (ResNet18 encoder) on an image and its labels")
-    t.add_argument("image", help="image volume: TIFF, slice folder, file.h5:dataset, file.zarr")
+    t.add_argument("image", help=IMAGE_HELP)
     t.add_argument("labels", help="label volume of the same shape (foreground: label > --label-threshold)")
     t.add_argument("--out", required=True, help="run folder (config, log, checkpoints)")
-    t.add_argument("--dims", type=int, choices=(2, 3), default=2)
+    t.add_argument("--dims", type=int, choices=(2, 3), default=2, help="2: a 2D U-Net on slices; 3: a 3D U-Net")
     t.add_argument("--preset", default="full", choices=("quick", "cpu", "full"),
                    help="quick: 3 minutes on a CPU; cpu: 30 minutes on 2 cores; full: the GPU preset (default)")
     t.add_argument("--quick", action="store_true", help="same as --preset quick")
-    t.add_argument("--epochs", type=int)
-    t.add_argument("--minutes", type=float, help="stop after this much training time")
-    t.add_argument("--iterations-per-epoch", type=int)
-    t.add_argument("--patch-xy", type=int)
-    t.add_argument("--patch-z", type=int)
-    t.add_argument("--batch", type=int)
-    t.add_argument("--lr", type=float)
-    t.add_argument("--val-fraction", type=float)
-    t.add_argument("--seed", type=int)
-    t.add_argument("--device", help="auto, cpu, cuda, cuda:1 ...")
+    t.add_argument("--epochs", type=arg("epochs"), help="epochs to train (default: the preset's)")
+    t.add_argument("--minutes", type=arg("minutes"), help="stop after this much training time")
+    t.add_argument("--iterations-per-epoch", type=arg("iterations_per_epoch"),
+                   help="iterations between validations (default: the preset's)")
+    t.add_argument("--patch-xy", type=arg("patch_xy"), help="training patch width and height (pixels)")
+    t.add_argument("--patch-z", type=arg("patch_z"), help="training patch depth (slices; 2D: slices per batch)")
+    t.add_argument("--batch", type=arg("batch"), help="patches per iteration")
+    t.add_argument("--lr", type=arg("lr"), help="peak learning rate of AdamW")
+    t.add_argument("--val-fraction", type=arg("val_fraction"),
+                   help="share of the X axis held out for validation (default 0.15)")
+    t.add_argument("--seed", type=arg("seed"), help="random seed (default 0)")
+    t.add_argument("--device", help="auto (default), cpu, cuda, cuda:1 ...")
     t.add_argument("--fp32", action="store_true", help=FP32_HELP)
-    t.add_argument("--label-threshold", type=float, default=0.0, help="foreground: label > this (127: anti-aliased)")
-    t.add_argument("--voxel-size", type=float, nargs=3, metavar=("Z", "Y", "X"), help="nm")
+    t.add_argument("--label-threshold", type=arg("label_threshold"), help=LABEL_THRESHOLD_HELP)
+    t.add_argument("--voxel-size", type=arg("voxel_size"), nargs=3, metavar=("Z", "Y", "X"),
+                   help="voxel size in nm (chooses the 3D encoder's strides; default 5 5 5)")
     t.add_argument("--resume", action="store_true", help="continue from the run folder's last checkpoint")
-    t.add_argument("--overwrite", action="store_true")
+    t.add_argument("--overwrite", action="store_true", help="replace an existing run folder")
     t.set_defaults(func=cmd_train)
 
     r = sub.add_parser("predict", help="predict probabilities for a whole volume, block by block, into Zarr")
-    r.add_argument("image")
+    r.add_argument("image", help=IMAGE_HELP)
     r.add_argument("--model", required=True, help="run folder or checkpoint (.pt)")
     r.add_argument("--out", required=True, help="probabilities, a .zarr path")
     r.add_argument("--mask", help="also write a binary mask here (.zarr)")
-    r.add_argument("--threshold", type=float, default=0.5, help="probability threshold of --mask")
-    r.add_argument("--dtype", choices=("uint8", "float16"), default="uint8")
-    r.add_argument("--tile-xy", type=int, help="in-plane tile (default: 2D whole slices up to 2048x2048 pixels, "
-                   "else the run's tile)")
-    r.add_argument("--tile-z", type=int)
-    r.add_argument("--overlap", type=float)
-    r.add_argument("--block", type=int, nargs=3, metavar=("Z", "Y", "X"), help="output block and chunk size")
-    r.add_argument("--batch-size", type=int, help="tiles per batch (default: by tile size and device)")
+    r.add_argument("--threshold", type=arg("threshold"), default=0.5, help="probability threshold of --mask (0..1)")
+    r.add_argument("--dtype", choices=("uint8", "float16"), default="uint8",
+                   help="stored probabilities: uint8 0..255 (default) or float16")
+    r.add_argument("--tile-xy", type=arg("tile_xy"),
+                   help="in-plane tile (default: 2D whole slices up to 2048x2048 pixels, else the run's tile)")
+    r.add_argument("--tile-z", type=arg("tile_z"), help="tile depth of a 3D model (default: the run's)")
+    r.add_argument("--overlap", type=arg("overlap"), help="tile overlap, 0 <= overlap < 1 (default: the run's)")
+    r.add_argument("--block", type=arg("block"), nargs=3, metavar=("Z", "Y", "X"), help="output block and chunk size")
+    r.add_argument("--batch-size", type=arg("batch_size"), help="tiles per batch (default: by tile size and device)")
     r.add_argument("--tta", action="store_true", help="average over in-plane flips")
-    r.add_argument("--device")
+    r.add_argument("--device", help="auto (default), cpu, cuda, cuda:1 ...")
     r.add_argument("--fp32", action="store_true", help=FP32_HELP)
     r.add_argument("--resume", action="store_true", help="skip blocks an interrupted run finished")
-    r.add_argument("--overwrite", action="store_true")
+    r.add_argument("--overwrite", action="store_true", help="replace existing outputs")
     _dask_options(r)
     r.set_defaults(func=cmd_predict, device="auto")
 
@@ -193,54 +183,77 @@ def parser() -> argparse.ArgumentParser:
     lab.add_argument("input", help="probabilities or mask volume")
     lab.add_argument("--out", required=True, help="label volume, a .zarr path")
     lab.add_argument("--table", help="per-object CSV (id, voxels, volume_um3, centroid, bbox)")
-    lab.add_argument("--threshold", type=float, help="probability threshold (default 0.5; masks: > 0)")
-    lab.add_argument("--connectivity", type=int, choices=(6, 18, 26), default=26)
-    lab.add_argument("--min-size", type=int, default=0, help="drop objects with fewer voxels")
-    lab.add_argument("--voxel-size", type=float, nargs=3, metavar=("Z", "Y", "X"), help="nm")
-    lab.add_argument("--block", type=int, nargs=3, metavar=("Z", "Y", "X"))
+    lab.add_argument("--threshold", type=arg("threshold"), help=THRESHOLD_HELP)
+    lab.add_argument("--connectivity", type=int, choices=(6, 18, 26), default=26,
+                     help="voxel neighbourhood: 6 (faces), 18 (+ edges) or 26 (+ corners, default)")
+    lab.add_argument("--min-size", type=arg("min_size"), default=0, help="drop objects with fewer voxels")
+    lab.add_argument("--voxel-size", type=arg("voxel_size"), nargs=3, metavar=("Z", "Y", "X"),
+                     help="voxel size in nm, for the table's volumes (default: the input's, else 1 1 1)")
+    lab.add_argument("--block", type=arg("block"), nargs=3, metavar=("Z", "Y", "X"),
+                     help="block and chunk size (default 64 512 512)")
     lab.add_argument("--resume", action="store_true", help="skip blocks an interrupted run finished")
-    lab.add_argument("--overwrite", action="store_true")
+    lab.add_argument("--overwrite", action="store_true", help="replace existing outputs")
     _dask_options(lab)
     lab.set_defaults(func=cmd_label)
 
     e = sub.add_parser("evaluate", help="precision, recall, F1, Jaccard, accuracy, mean IoU on a whole volume")
     e.add_argument("prediction", help="probabilities or mask")
     e.add_argument("truth", help="ground-truth labels")
-    e.add_argument("--threshold", type=float, help="probability threshold (default 0.5; masks: > 0)")
-    e.add_argument("--label-threshold", type=float, default=0.0)
-    e.add_argument("--json", help="also write the scores here")
+    e.add_argument("--threshold", type=arg("threshold"), help=THRESHOLD_HELP)
+    e.add_argument("--label-threshold", type=arg("label_threshold"), help=LABEL_THRESHOLD_HELP)
+    e.add_argument("--json", help="also write the scores here (refused if it exists, unless --overwrite)")
+    e.add_argument("--overwrite", action="store_true", help="replace an existing --json file")
+    _dask_options(e)
     e.set_defaults(func=cmd_evaluate)
 
     c = sub.add_parser("compare", help="the study end to end: train 2D and 3D, predict, evaluate, label, report")
     c.add_argument("--out", default="report", help="report folder")
-    c.add_argument("--dataset", default="auto", choices=("auto", "lucchi", "drosophila"))
+    c.add_argument("--dataset", default="auto", choices=("auto", "lucchi", "drosophila"),
+                   help="lucchi: EPFL CA1; drosophila: the 20-section ssTEM stack; auto: CA1 when found")
     c.add_argument("--data", help="folder with the data set's files")
     c.add_argument("--quick", action="store_true", help="same as --preset quick (the demo)")
     c.add_argument("--preset", default="full", choices=("quick", "cpu", "full"),
                    help="quick: 3 minutes per model (demo); cpu: 30 minutes per model on 2 cores (about 80 "
                         "minutes in all); full: the GPU preset (default)")
-    c.add_argument("--epochs", type=int, help="equal epochs for both models")
-    c.add_argument("--minutes", type=float, help="equal training minutes for each model")
-    c.add_argument("--seed", type=int, default=0)
+    c.add_argument("--epochs", type=arg("epochs"), help="equal epochs for both models")
+    c.add_argument("--minutes", type=arg("minutes"), help="equal training minutes for each model")
+    c.add_argument("--seed", type=arg("seed"), default=0, help="random seed of both trainings")
     c.add_argument("--tta", action=argparse.BooleanOptionalAction, default=None,
                    help="also score test-time augmentation (4 in-plane flips; 4x the inference time); "
                         "default: on for every preset but quick")
-    c.add_argument("--overwrite", action="store_true")
+    c.add_argument("--overwrite", action="store_true", help="replace an existing report folder")
     c.set_defaults(func=cmd_compare)
 
     d = sub.add_parser("data", help="find or download public data sets")
-    d.add_argument("action", choices=("fetch", "where"))
-    d.add_argument("name", nargs="?", default="lucchi", choices=("lucchi", "lucchi-volume"))
+    d.add_argument("action", choices=("fetch", "where"), help="fetch: download; where: say where it is")
+    d.add_argument("name", nargs="?", default="lucchi", choices=("lucchi", "lucchi-volume"),
+                   help="lucchi: the CA1 train/test pair; lucchi-volume: the full CA1 volume")
     d.add_argument("--dest", help="folder to download into (default: the cache)")
     d.add_argument("--base-url", help="a mirror holding the same files")
-    d.add_argument("--overwrite", action="store_true")
+    d.add_argument("--overwrite", action="store_true", help="download again over existing files")
     d.set_defaults(func=cmd_data)
     return p
 
 
+def _after_interrupt(a: argparse.Namespace) -> str:
+    """What the user can do after Ctrl-C: resume only where something was left to resume from."""
+    from mitoseg import io
+
+    if a.command == "train" and (Path(a.out) / "last.pt").exists():
+        return "run the same command with --resume to continue from the last finished epoch"
+    if a.command in ("predict", "label") and io.partial_path(a.out).exists():
+        return "run the same command with --resume to skip the finished blocks"
+    return "nothing was written under the output's name"
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the `mitoseg` console script; returns the exit status."""
-    args = parser().parse_args(argv)
+    try:
+        args = parser().parse_args(argv)
+    except SystemExit as e:  # a mistake in the arguments (already one line on stderr); --help and --version exit 0
+        if e.code:
+            return int(e.code)
+        raise
     logging.getLogger("tifffile").setLevel(logging.ERROR)  # its warnings on corrupt files precede our one line
     try:
         args.func(args)
@@ -248,7 +261,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"mitoseg: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("mitoseg: interrupted; run again with --resume to continue", file=sys.stderr)
+        print(f"mitoseg: interrupted; {_after_interrupt(args)}", file=sys.stderr)
         return 130
     return 0
 

@@ -16,7 +16,6 @@ labelling, so the outputs equal `predict.predict_volume` and `instances.label_bl
 from __future__ import annotations
 
 import threading
-import time
 import uuid
 from collections.abc import Sequence
 from pathlib import Path
@@ -102,29 +101,31 @@ def _open_input(spec: str) -> Any:
         return _INPUTS[key]
 
 
-def _write(path: str, block: Block, data: np.ndarray) -> None:
-    import zarr
-
-    zarr.open_array(path, mode="r+")[block] = data
-
-
 def _predict_task(block: Block, job: dict) -> None:
-    """Predict one block and write it (and its mask) into the output Zarr; `job` holds what is the same
+    """Predict one block and write it (and its mask) into the partial outputs; `job` holds what is the same
     for every block (see `predict_volume_dask`)."""
     import torch
+    import zarr
 
-    from mitoseg import predict
+    from mitoseg import blocks, predict
 
     if job["torch_threads"]:
         torch.set_num_threads(job["torch_threads"])
     device = _worker_device(job["device"])
     net, config = _worker_model(job["model"], job["stamp"], device)
-    p = predict.predict_block(net, _open_input(job["image"]), block, job["tile"], job["overlap"], job["window"],
-                              device, config.dims, job["batch_size"], job["tta"], job["amp"])
-    _write(job["out"], block, predict.to_storage(p, job["dtype"]))
-    if job["mask_out"] is not None:
-        _write(job["mask_out"], block, (p >= job["threshold"]).astype(np.uint8))
-    io.block_marker(Path(job["done"]), block).touch()  # the resume layout of predict_volume
+    s = job["settings"]
+    p = predict.predict_block(net, _open_input(job["image"]), block, s.tile, s.overlap, s.window, device, config.dims,
+                              s.batch_size, s.tta, s.amp)
+    outputs = [blocks.Output(Path(path), zarr.open_array(partial, mode="r+"), Path(done))
+               for path, partial, done in job["outputs"]]
+    predict.write_block(outputs, block, p, s)
+
+
+def _confusion_task(block: Block, job: dict):
+    from mitoseg import metrics
+
+    return metrics.block_confusion(block, dict(job, prediction=_open_input(job["prediction"]),
+                                               truth=_open_input(job["truth"])))
 
 
 def _summary_task(spec: str, block: Block, index: int, connectivity: int, threshold: float | None):
@@ -136,9 +137,15 @@ def _pairs_task(own: instances.BlockSummary, before: list, connectivity: int) ->
     return own.index, own.n, own.sizes, pairs  # the faces stay on the cluster
 
 
-def _relabel_task(block: Block, table: np.ndarray, job: dict) -> None:
+def _relabel_task(item: tuple[Block, np.ndarray], job: dict) -> None:
+    import zarr
+
+    from mitoseg import blocks
+
+    block, table = item
     labels = instances.relabel_block(_open_input(job["spec"])[block], table, job["connectivity"], job["threshold"])
-    _write(job["out"], block, labels)
+    path, partial, done = job["output"]
+    blocks.Output(Path(path), zarr.open_array(partial, mode="r+"), Path(done)).write(block, labels)
 
 
 # ---------------------------------------------------------------- drivers, on the client
@@ -171,12 +178,12 @@ def _wait(futures: list, desc: str, progress: bool) -> list:
     return results
 
 
-def predict_volume_dask(client, model_path: str | Path, image_spec: str | Path, out: str | Path,
+def predict_volume_dask(client, model_path: str | Path, image_spec: str | Path, out: str | Path, *,
                         tile: tuple[int, int, int] | None = None, overlap: float | None = None,
                         block: tuple[int, int, int] | None = None, dtype: str = "uint8",
                         mask_out: str | Path | None = None, threshold: float = 0.5, batch_size: int | None = None,
-                        tta: bool = False, overwrite: bool = False, resume: bool = False, progress: bool = True,
-                        amp: bool = True, attrs: dict | None = None, device: str | None = None,
+                        tta: bool = False, amp: bool = True, overwrite: bool = False, resume: bool = False,
+                        progress: bool = True, attrs: dict | None = None, device: str | None = None,
                         torch_threads: int | None = None) -> Path:
     """`predict.predict_volume` on a Dask cluster: one task per block, the same Zarr output.
 
@@ -185,75 +192,63 @@ def predict_volume_dask(client, model_path: str | Path, image_spec: str | Path, 
     and `overlap` to the run's config; `batch_size` None lets `predict_block` choose by the worker's device.
     Each worker loads the model once on `device` (default: cuda when the worker has a GPU, else cpu);
     `torch_threads`, when given, sets torch's CPU threads per worker (the Nanny starts workers with
-    OMP_NUM_THREADS=1). The output is written to ``<out>.partial`` with chunks == `block`, finished blocks are
-    marked in ``<out>.partial.done/`` like `predict_volume`'s (so either can --resume the other's run), and it
-    is renamed to `out` when every block is done. Returns `out`.
+    OMP_NUM_THREADS=1). The outputs go through the same block engine (`predict.open_outputs`), so either
+    path can resume the other's run, and a resume with other settings or another model is refused.
+    Returns `out`.
     """
-    from mitoseg import predict
+    from mitoseg import blocks, predict
     from mitoseg.train import load_model
 
     image = _spec(image_spec, "image")
     model = str(Path(model_path).absolute())
-    _, config = load_model(model, "cpu")  # fails here, once, on a bad checkpoint; gives the defaults
-    overlap = config.overlap if overlap is None else overlap
+    net, config = load_model(model, "cpu")  # fails here, once, on a bad checkpoint; gives the defaults
     volume = io.open_volume(image)
     shape = tuple(volume.shape)
-    tile = tuple(int(t) for t in (tile or predict.default_tile(config.dims, shape, config.tile)))
     io.check_output(out, overwrite)
     if mask_out is not None:
         io.check_output(mask_out, overwrite)
-    window = io.intensity_range(volume)
-    block = tuple(block or predict.default_block(shape, tile))
-    meta = dict(attrs or {}, overlap=overlap, tile=tile, tta=tta, window=window, created=time.strftime("%F %T"))
-    arrays = [io.create_zarr(out, shape, dtype, block, dict(meta, kind="probability"), resume)]
-    if mask_out is not None:
-        arrays.append(io.create_zarr(mask_out, shape, "uint8", block, dict(meta, kind="mask", threshold=threshold),
-                                     resume))
-    if any(tuple(a.chunks) != block for a in arrays):  # two tasks would write the same chunk, and markers differ
-        raise MitosegError(f"{io.partial_path(out)} has chunks {arrays[0].chunks}: resume with the same block "
-                           f"as the interrupted run, not {block}")
-    done = io.done_dir(out, resume)
-    todo = [b for b in predict.iter_blocks(shape, block) if not io.block_marker(done, b).exists()]
-    job = dict(model=model, stamp=_stamp(Path(model)), device=device, image=image,
-               out=str(io.partial_path(out).absolute()),
-               mask_out=None if mask_out is None else str(io.partial_path(mask_out).absolute()),
-               done=str(done.absolute()), tile=tile, overlap=overlap, window=window, dtype=dtype,
-               threshold=threshold, batch_size=batch_size, tta=tta, amp=amp, torch_threads=torch_threads)
-    futures = client.map(_predict_task, todo, job=job, pure=False)  # job=: map() has its own batch_size
-    _wait(futures, f"predict {Path(out).name}", progress)
-    io.finish_output(out, overwrite)
-    if mask_out is not None:
-        io.finish_output(mask_out, overwrite)
+    settings = predict.plan(volume, config.dims, tile or predict.default_tile(config.dims, shape, config.tile),
+                            config.overlap if overlap is None else overlap, block, dtype=dtype, threshold=threshold,
+                            tta=tta, amp=amp, batch_size=batch_size)
+    outputs = predict.open_outputs(shape, out, mask_out, settings, predict.fingerprint(net), attrs, resume, overwrite)
+    del net
+    todo = outputs[0].todo(blocks.grid(shape, settings.block))
+    job = dict(model=model, stamp=_stamp(Path(model)), device=device, image=image, settings=settings,
+               outputs=[(str(o.path.absolute()), str(io.partial_path(o.path).absolute()), str(o.done.absolute()))
+                        for o in outputs],
+               torch_threads=torch_threads)
+    blocks.run(_predict_task, todo, job, client, f"predict {Path(out).name}", progress)
+    blocks.finish(*outputs, overwrite=overwrite)
     return Path(out)
 
 
 def label_dask(client, mask_spec: str | Path, out: str | Path, block: Sequence[int] | None = None,
                connectivity: int = 26, min_size: int = 0, threshold: float | None = None, progress: bool = True,
-               attrs: dict | None = None, overwrite: bool = False) -> int:
+               attrs: dict | None = None, overwrite: bool = False, resume: bool = False) -> int:
     """`instances.label_blockwise` on a Dask cluster: the same labels, id for id, in a new Zarr at `out`.
 
     `mask_spec`: a path (`io.open_volume`) every worker can read; foreground is `>= threshold`, or `> 0`
     when threshold is None. `block` defaults to (64, 512, 512) and is also the output's chunk shape.
     Pass 1 labels every block alone and keeps its faces on the cluster; one task per block finds the ids
     touching the blocks before it, from their faces; the client solves the equivalences (a few bytes per
-    object); pass 2 relabels every block into ``<out>.partial``, renamed to `out` at the end.
+    object); pass 2 relabels every block into ``<out>.partial`` (with `resume`, skipping the blocks an
+    interrupted run with the same settings wrote: pass 1 is deterministic), renamed to `out` at the end.
     Returns the number of objects.
     """
     from dask import delayed
 
-    instances._check_connectivity(connectivity)
+    from mitoseg import blocks
+
     spec = _spec(mask_spec, "mask")
     shape = tuple(io.open_volume(spec).shape)
-    io.check_output(out, overwrite)
     block = tuple(int(b) for b in (block or (min(shape[0], 64), 512, 512)))
-    blocks = instances._grid(shape, block)
-    positions = instances.grid_positions(shape, block)
-    io.create_zarr(out, shape, "uint32", block, attrs)
+    output = instances.open_labels(out, shape, block, connectivity, min_size, threshold, attrs, resume, overwrite)
+    grid = blocks.grid(shape, block)
 
     run = uuid.uuid4().hex[:8]
-    summaries: dict[tuple[int, int, int], Any] = {}
+    summaries: dict[tuple[int, ...], Any] = {}
     pairs = []
-    for index, (sl, pos) in enumerate(zip(blocks, positions, strict=True)):
+    for index, (sl, pos) in enumerate(zip(grid, blocks.positions(shape, block), strict=True)):
         summaries[pos] = delayed(_summary_task, pure=False)(
             spec, sl, index, connectivity, threshold, dask_key_name=f"mitoseg-label-block-{run}-{index}")
         before = [summaries.get((pos[0] - d[0], pos[1] - d[1], pos[2] - d[2])) for d in instances.PREDECESSORS]
@@ -266,11 +261,14 @@ def label_dask(client, mask_spec: str | Path, out: str | Path, block: Sequence[i
     offsets, lookup, n_objects = instances.merge_blocks(counts, [r[2] for r in results], [r[3] for r in results],
                                                         min_size)
     del results
-    tables = [instances.block_table(lookup, o, n) for o, n in zip(offsets, counts, strict=True)]
-    job = dict(spec=spec, out=str(io.partial_path(out).absolute()), connectivity=connectivity, threshold=threshold)
-    futures = client.map(_relabel_task, blocks, tables, job=job, pure=False)
-    _wait(futures, "label pass 2/2", progress)
-    io.finish_output(out, overwrite)
+    todo = {tuple(s.start for s in sl) for sl in output.todo(grid)}  # slices are unhashable before Python 3.12
+    items = [(sl, instances.block_table(lookup, o, n)) for sl, o, n in zip(grid, offsets, counts, strict=True)
+             if tuple(s.start for s in sl) in todo]  # each task gets its own block's table
+    job = dict(spec=spec, connectivity=connectivity, threshold=threshold,
+               output=(str(output.path.absolute()), str(io.partial_path(output.path).absolute()),
+                       str(output.done.absolute())))
+    blocks.run(_relabel_task, items, job, client, "label pass 2/2", progress)
+    blocks.finish(output, overwrite=overwrite)
     return n_objects
 
 

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from mitoseg import download, instances, io, memory, metrics, plots, postprocess
+from mitoseg import datasets, download, instances, io, memory, metrics, plots, postprocess
 from mitoseg.config import PRESETS, Config
 from mitoseg.data import Volume, split
 from mitoseg.errors import MitosegError
@@ -38,9 +38,6 @@ PUBLISHED = [
     ("Xiao et al. 2018, 3D residual FCN", 0.900),
     ("CEM500K-pretrained ResNet50 U-Net (Lucchi++ labels)", 0.895),
 ]
-DERIVED = ("EPFL CA1 hippocampus FIB-SEM (Lucchi et al.), derived public copy: per-slice stretched images, "
-           "polygon-filled labels")
-ORIGINAL = "EPFL CA1 hippocampus FIB-SEM (Lucchi et al.), the EPFL files"
 MONITOR_SLICES = 32  # the test volume's central slices scored after every epoch (test IoU against time)
 
 
@@ -57,18 +54,6 @@ class Benchmark:
     voxel_size: tuple[float, float, float]
 
 
-def _lucchi_folder(data: str | Path | None) -> tuple[Path, str] | None:
-    """The CA1 folder and its provenance: the EPFL files when found, else the derived public copy."""
-    found = download.data_dir("lucchi", data)
-    if found is None and data is None:
-        found = download.data_dir("lucchi", download.SHARED_DATA / "lucchi-derived")
-    if found is None:
-        return None
-    readme = found / "README.md"
-    derived = "derived" in found.name or (readme.exists() and "derived public copy" in readme.read_text())
-    return found, DERIVED if derived else ORIGINAL
-
-
 def load_benchmark(name: str = "auto", data: str | Path | None = None) -> Benchmark:
     """The study's EPFL CA1 (Lucchi) data when found, else (name 'auto') the Drosophila VNC stack.
 
@@ -79,7 +64,7 @@ def load_benchmark(name: str = "auto", data: str | Path | None = None) -> Benchm
     binarised at > 127 (anti-aliased PNGs), voxels 50 x 4.6 x 4.6 nm.
     """
     if name in ("auto", "lucchi"):
-        found = _lucchi_folder(data)
+        found = datasets.lucchi_dir(data)
         if found is not None:
             folder, provenance = found
             tr, trm = io.load_pair(folder / "training.tif", folder / "training_groundtruth.tif")
@@ -88,12 +73,7 @@ def load_benchmark(name: str = "auto", data: str | Path | None = None) -> Benchm
         if name == "lucchi":
             download.paths("lucchi", data)  # raises the helpful message
     if name in ("auto", "drosophila"):
-        root = download.SHARED_DATA / "drosophila-vnc-stack1"
-        if data is not None and name == "drosophila":
-            root = Path(data)
-        if not (root / "raw").exists():
-            raise MitosegError(f"Drosophila stack not found at {root}")
-        raw, mask = io.load_pair(root / "raw", root / "mitochondria", threshold=127)
+        raw, mask = datasets.drosophila(data if name == "drosophila" else None)
         half = raw.shape[2] // 2
         return Benchmark("drosophila", "Drosophila VNC ssTEM stack 1 (Gerhard et al.); "
                          "train = left half in X, test = right half",
@@ -304,14 +284,15 @@ def figures(out: Path, bench: Benchmark, results: dict) -> None:
 
     z = int(np.argmax(bench.test_mask.sum(axis=(1, 2))))
     image = bench.test_image[z]
-    plots.save(plots.figure_study(image, bench.test_mask[z]), out / "figure_data.png")
+    pixel_nm = bench.voxel_size[-1]
+    plots.save(plots.figure_study(image, bench.test_mask[z], z, pixel_nm), out / "figure_data.png")
     preds = {}
     for d, row in results["models"].items():
         name = "test_probs_tta.zarr" if "tta" in row["variants"] else "test_probs.zarr"
         probs = io.open_volume(out / f"model_{d}" / name)[z]
         pp = postprocess.PostProcessing(**row["postprocessing"])
         preds[f"{d} U-Net"] = postprocess.apply(probs[None], dataclasses.replace(pp, min_size=0))[0]
-    plots.save(plots.figure_errors(image, preds, bench.test_mask[z]), out / "figure_errors.png")
+    plots.save(plots.figure_errors(image, preds, bench.test_mask[z], z, pixel_nm), out / "figure_errors.png")
     best = max(results["models"], key=lambda d: results["models"][d]["jaccard"])
     labels = np.load(out / f"model_{best}" / "test_labels.npy", mmap_mode="r")
     plots.save(plots.figure_instances(bench.test_image[z], labels, z, bench.voxel_size),

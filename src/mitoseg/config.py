@@ -6,6 +6,7 @@ import json
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
+from mitoseg import checks
 from mitoseg.errors import MitosegError
 
 
@@ -49,10 +50,9 @@ class Config:
     def __post_init__(self) -> None:
         if self.dims not in (2, 3):
             raise MitosegError(f"dims must be 2 or 3, not {self.dims}")
-        if self.minutes is None and self.epochs < 1:
-            raise MitosegError("epochs must be at least 1")
-        if not 0 <= self.overlap < 1:
-            raise MitosegError(f"overlap must be in [0, 1), not {self.overlap}")
+        if len(tuple(self.voxel_size)) != 3:
+            raise MitosegError(f"voxel-size must be three numbers (Z, Y, X) in nm, not {self.voxel_size}")
+        checks.check(**{f.name: getattr(self, f.name) for f in fields(self) if f.name in checks.RULES})
         self.voxel_size = tuple(float(v) for v in self.voxel_size)
 
     @property

@@ -33,6 +33,7 @@ import scipy.sparse
 import scipy.sparse.csgraph
 from tqdm import tqdm
 
+from mitoseg import blocks, checks
 from mitoseg.errors import MitosegError
 from mitoseg.io import block_marker
 
@@ -132,7 +133,7 @@ def measure_blockwise(labels, n: int, voxel_size: Sequence[float] = (1.0, 1.0, 1
     sums = np.zeros((3, n + 1), np.float64)
     low = np.full((3, n + 1), np.iinfo(np.int64).max, np.int64)
     high = np.full((3, n + 1), -1, np.int64)
-    for b in tqdm(_grid(labels.shape, block), desc="measure", unit="block", disable=not progress):
+    for b in tqdm(blocks.grid(labels.shape, block), desc="measure", unit="block", disable=not progress):
         arr = np.asarray(labels[b])
         flat = np.flatnonzero(arr)
         if not flat.size:
@@ -337,20 +338,50 @@ def relabel_block(
 # ---------------------------------------------------------------- blockwise labelling, driver
 
 
-def _grid(shape: Sequence[int], block: Sequence[int]) -> list[tuple[slice, slice, slice]]:
-    """C-order slices of the blocks (z, y, x) covering `shape`; the last block of an axis may be smaller."""
-    if len(block) != 3 or any(int(b) < 1 for b in block):
-        raise MitosegError(f"block must be three positive sizes (z, y, x), got {tuple(block)}")
-    starts = [range(0, n, int(b)) for n, b in zip(shape, block, strict=True)]
-    return [
-        tuple(slice(s, min(s + int(b), n)) for s, b, n in zip(corner, block, shape, strict=True))
-        for corner in itertools.product(*starts)
-    ]
+def open_labels(out: str | Path, shape: Sequence[int], block: Sequence[int], connectivity: int, min_size: int,
+                threshold: float | None, attrs: dict | None = None, resume: bool = False,
+                overwrite: bool = False):
+    """The uint32 label output of a labelling through the block engine (`blocks.open_output`); a resume
+    must match the connectivity, the minimum size and the threshold."""
+    _check_connectivity(connectivity)
+    checks.check(min_size=min_size)
+    settings = {"connectivity": connectivity, "min_size": int(min_size), "threshold": threshold}
+    return blocks.open_output(out, shape, "uint32", block, settings, dict(attrs or {}, kind="labels"), resume,
+                              overwrite)
 
 
-def grid_positions(shape: Sequence[int], block: Sequence[int]) -> list[tuple[int, int, int]]:
-    """Grid position (i, j, k) of each block of `_grid(shape, block)`, in the same (C) order."""
-    return list(itertools.product(*(range(-(-int(n) // int(b))) for n, b in zip(shape, block, strict=True))))
+def label_volume(input: str | Path, out: str | Path, block: Sequence[int] | None = None, connectivity: int = 26,
+                 min_size: int = 0, threshold: float | None = None, voxel_size: Sequence[float] | None = None,
+                 table: str | Path | None = None, client=None, resume: bool = False, overwrite: bool = False,
+                 progress: bool = True) -> int:
+    """The `mitoseg label` command: label a probability or mask volume into a uint32 Zarr at `out`, block by
+    block, in this process or on a Dask `client`, and optionally write the per-object table (CSV).
+
+    `threshold` is a probability in (0, 1) for mitoseg probability outputs (default 0.5); other volumes
+    are masks whose values > 0 are foreground unless it is given. `voxel_size` (z, y, x) nm defaults to
+    the input's attribute, else 1 1 1. `block` defaults to (64, 512, 512). Returns the number of objects.
+    """
+    from mitoseg import cluster, io
+
+    checks.check(threshold=threshold, voxel_size=voxel_size, min_size=min_size)
+    volume = io.open_volume(input)
+    if table:
+        io.check_output(table, overwrite)
+    voxel = voxel_size or dict(getattr(volume, "attrs", {}) or {}).get("voxel_size") or (1.0, 1.0, 1.0)
+    block = tuple(block) if block else (min(volume.shape[0], 64), 512, 512)
+    raw_threshold = io.foreground_threshold(volume, threshold)
+    attrs = {"voxel_size": voxel, "connectivity": connectivity}
+    if client is not None:
+        n = cluster.label_dask(client, input, out, block, connectivity, min_size, raw_threshold, progress, attrs,
+                               overwrite, resume)
+    else:
+        output = open_labels(out, tuple(volume.shape), block, connectivity, min_size, raw_threshold, attrs, resume,
+                             overwrite)
+        n = label_blockwise(volume, output.array, block, connectivity, min_size, raw_threshold, progress, output.done)
+        io.finish_output(out, overwrite)
+    if table:
+        write_table(measure_blockwise(io.open_volume(out), n, voxel, block, progress=progress), table)
+    return n
 
 
 def label_blockwise(
@@ -382,11 +413,11 @@ def label_blockwise(
         raise MitosegError(f"output shape {tuple(out.shape)} differs from mask shape {tuple(mask.shape)}")
     if np.dtype(out.dtype) != np.uint32:
         raise MitosegError(f"output array must have dtype uint32, got {out.dtype}")
-    blocks = _grid(mask.shape, block)
-    positions = grid_positions(mask.shape, block)
+    grid = blocks.grid(mask.shape, block)
+    positions = blocks.positions(mask.shape, block)
     kept: dict[tuple[int, int, int], BlockSummary] = {}  # faces of the blocks of this layer and the one before
     counts, sizes, codes = [], [], []
-    bar = tqdm(blocks, desc="label pass 1/2", unit="block", disable=not progress)
+    bar = tqdm(grid, desc="label pass 1/2", unit="block", disable=not progress)
     for index, (sl, pos) in enumerate(zip(bar, positions, strict=True)):
         if pos[1] == pos[2] == 0:
             kept = {p: s for p, s in kept.items() if p[0] == pos[0] - 1}
@@ -398,7 +429,7 @@ def label_blockwise(
         kept[pos] = s._replace(lo=())
     kept.clear()
     offsets, lookup, n_objects = merge_blocks(counts, sizes, codes, min_size)
-    bar = tqdm(blocks, desc="label pass 2/2", unit="block", disable=not progress)
+    bar = tqdm(grid, desc="label pass 2/2", unit="block", disable=not progress)
     for sl, offset, n in zip(bar, offsets, counts, strict=True):
         if done is not None and block_marker(done, sl).exists():
             continue

@@ -117,14 +117,14 @@ def _open_h5(path: Path, inner: str | None) -> Any:
     import h5py
 
     f = h5py.File(path, "r")
+    names: list[str] = []
+    f.visititems(lambda n, o: names.append(n) if isinstance(o, h5py.Dataset) else None)
     if inner is None:
-        names = []
-        f.visititems(lambda n, o: names.append(n) if isinstance(o, h5py.Dataset) else None)
         if len(names) != 1:
-            raise MitosegError(f"{path}: name the dataset as {path}:NAME (datasets: {names})")
+            raise MitosegError(f"{path}: name the dataset as {path}:NAME (datasets: {', '.join(names) or 'none'})")
         inner = names[0]
     if inner not in f or not isinstance(f[inner], h5py.Dataset):
-        raise MitosegError(f"{path}: no dataset {inner!r} in this HDF5 file")
+        raise MitosegError(f"{path}: no dataset {inner!r} in this HDF5 file (datasets: {', '.join(names) or 'none'})")
     return f[inner]
 
 
@@ -212,8 +212,26 @@ def normalize(block: np.ndarray, window: tuple[float, float]) -> np.ndarray:
     return np.clip(out, 0.0, 1.0, out=out)
 
 
-def binarize(labels: np.ndarray, threshold: float = 0) -> np.ndarray:
-    """Foreground mask uint8 {0, 1}: ``labels > threshold`` (0 for 0/1 or 0/255 masks, 127 for anti-aliased)."""
+def check_binary(labels: Any, name: str = "labels", max_samples: int = 2_000_000) -> None:
+    """Refuse a label volume with more than two values (in a strided subsample of about `max_samples`
+    voxels) when no threshold was given: an anti-aliased 0..255 mask read as ``> 0`` keeps its soft rim
+    and silently shifts every score."""
+    step = max(1, int(np.ceil((np.prod(labels.shape) / max_samples) ** (1 / len(labels.shape)))))
+    values = np.unique(np.asarray(labels[(slice(None, None, step),) * len(labels.shape)]))
+    if values.size > 2:
+        shown = ", ".join(f"{v:g}" for v in values[:4]) + (", ..." if values.size > 4 else "")
+        raise MitosegError(f"{name} hold more than two values ({shown}): give --label-threshold "
+                           "(foreground is label > it): 0 if the values are object ids, 127 for anti-aliased "
+                           "0..255 masks")
+
+
+def binarize(labels: np.ndarray, threshold: float | None = None, name: str = "labels") -> np.ndarray:
+    """Foreground mask uint8 {0, 1}: ``labels > threshold``. Without a threshold the labels must hold two
+    values at most (`check_binary`: 0/1, 0/255...) and foreground is ``> 0``; give 127 for anti-aliased
+    0..255 masks, 0 for object ids."""
+    if threshold is None:
+        check_binary(labels, name)
+        threshold = 0
     return (np.asarray(labels) > threshold).astype(np.uint8)
 
 
@@ -243,16 +261,16 @@ def foreground_threshold(volume: Any, threshold: float | None) -> float | None:
     return t * 255 if probability and np.dtype(volume.dtype) == np.uint8 else t
 
 
-def load_pair(image: str | Path, labels: str | Path, threshold: float = 0) -> tuple[np.ndarray, np.ndarray]:
+def load_pair(image: str | Path, labels: str | Path, threshold: float | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Read an image volume and its label volume into memory, checked for training or evaluation.
 
-    Returns (image as stored, mask uint8 {0, 1}), both (Z, Y, X).
+    Returns (image as stored, mask uint8 {0, 1}), both (Z, Y, X); `threshold` as in `binarize`.
     """
     img = open_volume(image)
     lab = open_volume(labels)
     if tuple(img.shape) != tuple(lab.shape):
         raise MitosegError(f"image {tuple(img.shape)} and labels {tuple(lab.shape)} differ in shape")
-    return np.asarray(img[:]), binarize(lab[:], threshold)
+    return np.asarray(img[:]), binarize(lab[:], threshold, f"labels {labels}")
 
 
 # ---------------------------------------------------------------- outputs
@@ -270,27 +288,6 @@ def partial_path(path: str | Path) -> Path:
     """Where an output is written until it is complete."""
     path = Path(path)
     return path.with_name(path.name + ".partial")
-
-
-def create_zarr(path: str | Path, shape: tuple[int, ...], dtype: Any, chunks: tuple[int, ...],
-                attrs: dict | None = None, resume: bool = False) -> Any:
-    """Create (or, with resume, reopen) a Zarr v3 array at ``<path>.partial``.
-
-    Call `finish_output` once every block is written; until then the final name does not exist.
-    """
-    import zarr
-
-    tmp = partial_path(path)
-    if resume and tmp.exists():
-        arr = zarr.open_array(str(tmp), mode="r+")
-        if tuple(arr.shape) != tuple(shape) or arr.dtype != np.dtype(dtype):
-            raise MitosegError(f"{tmp} holds a different run (shape {arr.shape}); remove it or drop --resume")
-        return arr
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    arr = zarr.create_array(str(tmp), shape=shape, dtype=dtype, chunks=chunks, fill_value=0)
-    arr.attrs.update(_jsonable(attrs or {}))
-    return arr
 
 
 def done_dir(path: str | Path, resume: bool) -> Path:
@@ -322,5 +319,15 @@ def finish_output(path: str | Path, overwrite: bool = False) -> Path:
     return path
 
 
-def _jsonable(obj: Any) -> Any:
+def remove(path: str | Path) -> None:
+    """Delete a file or folder if it exists."""
+    path = Path(path)
+    if path.is_dir():
+        shutil.rmtree(path)
+    elif path.exists():
+        path.unlink()
+
+
+def jsonable(obj: Any) -> Any:
+    """`obj` as JSON gives it back (tuples become lists, numpy values plain numbers), for Zarr attributes."""
     return json.loads(json.dumps(obj, default=lambda o: o.tolist() if hasattr(o, "tolist") else str(o)))

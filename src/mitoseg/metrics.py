@@ -6,9 +6,9 @@ volumes larger than RAM by summing the counts of one block at a time.
 
 from __future__ import annotations
 
-import itertools
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import scipy.sparse
@@ -71,30 +71,62 @@ def confusion(pred: np.ndarray, truth: np.ndarray) -> Counts:
     return Counts(tp=tp, fp=fp, fn=fn, tn=int(pred.size) - tp - fp - fn)
 
 
-def _block_slices(shape: Sequence[int], block: Sequence[int]) -> list[tuple[slice, ...]]:
-    """C-order slices of a regular grid of blocks covering `shape` (the last blocks may be smaller)."""
-    if len(block) != len(shape) or any(int(b) < 1 for b in block):
-        raise MitosegError(f"block {tuple(block)} needs {len(shape)} positive sizes for shape {tuple(shape)}")
-    starts = [range(0, n, int(b)) for n, b in zip(shape, block, strict=True)]
-    return [
-        tuple(slice(s, min(s + int(b), n)) for s, b, n in zip(corner, block, shape, strict=True))
-        for corner in itertools.product(*starts)
-    ]
-
-
 def confusion_blockwise(pred, truth, block: Sequence[int] = (64, 512, 512), progress: bool = False) -> Counts:
-    """Confusion counts of two array-likes of the same shape, read one block at a time.
+    """Confusion counts of two array-likes of the same shape, read one block (`blocks.grid`) at a time.
 
     `pred` and `truth` are anything with `.shape` that returns numpy arrays when sliced (numpy,
     zarr.Array, h5py.Dataset, a tifffile zarr store...). `block` is the block size in voxels per axis
     (z, y, x for 3D); memory is about two blocks. Foreground is > 0, as in `confusion`.
     """
+    from mitoseg import blocks
+
     _check_same_shape(pred.shape, truth.shape)
     total = Counts(0, 0, 0, 0)
-    slices = _block_slices(pred.shape, block)
-    for sl in tqdm(slices, desc="confusion", unit="block", disable=not progress):
+    for sl in tqdm(blocks.grid(pred.shape, block), desc="confusion", unit="block", disable=not progress):
         total = total + confusion(np.asarray(pred[sl]), np.asarray(truth[sl]))
     return total
+
+
+def evaluate(prediction, truth, threshold: float | None = None, label_threshold: float | None = None,
+             block: Sequence[int] = (64, 512, 512), client=None, progress: bool = True) -> dict:
+    """The `mitoseg evaluate` command: voxel scores (see `scores`) of a prediction against the truth, two
+    volumes (paths or array-likes, Z, Y, X) read block by block, in this process or on a Dask `client`
+    (then both must be paths every worker can read).
+
+    Prediction: mitoseg probabilities are foreground at >= `threshold` (a probability, default 0.5);
+    other volumes are masks, foreground > 0 unless `threshold` is given. Truth: foreground >
+    `label_threshold`; without one it must hold two values at most (`io.check_binary`). A truth with no
+    foreground is refused (recall and F1 would mean nothing).
+    """
+    from mitoseg import blocks, checks, cluster, io
+
+    checks.check(threshold=threshold, label_threshold=label_threshold, block=tuple(block))
+    pred = io.open_volume(prediction) if isinstance(prediction, str | Path) else prediction
+    true = io.open_volume(truth) if isinstance(truth, str | Path) else truth
+    _check_same_shape(pred.shape, true.shape)
+    if label_threshold is None:
+        io.check_binary(true, "the truth's labels")
+    t = io.foreground_threshold(pred, threshold)
+    job = {"prediction": prediction, "truth": truth, "threshold": t, "label_threshold": label_threshold or 0}
+    if client is not None:
+        job.update(prediction=cluster._spec(prediction, "prediction"), truth=cluster._spec(truth, "truth"))
+        parts = blocks.run(cluster._confusion_task, blocks.grid(pred.shape, block), job, client, "evaluate", progress)
+    else:
+        job.update(prediction=pred, truth=true)
+        parts = blocks.run(block_confusion, blocks.grid(pred.shape, block), job, None, "evaluate", progress)
+    total = sum(parts, Counts(0, 0, 0, 0))
+    if total.tp + total.fn == 0:
+        raise MitosegError("the truth holds no foreground voxels: recall and F1 are undefined "
+                           "(check --label-threshold, or evaluate a region with objects)")
+    return scores(total)
+
+
+def block_confusion(block: tuple[slice, ...], job: dict) -> Counts:
+    """Confusion counts of one block of `job`'s prediction and truth (array-likes), thresholded as in
+    `evaluate`."""
+    p = np.asarray(job["prediction"][block])
+    p = p > 0 if job["threshold"] is None else p >= job["threshold"]
+    return confusion(p, np.asarray(job["truth"][block]) > job["label_threshold"])
 
 
 def _ratio(num: int, den: int) -> float:

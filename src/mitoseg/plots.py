@@ -357,26 +357,54 @@ def _figure(figsize: tuple[float, float]) -> Figure:
     return fig
 
 
-def figure_study(image2d: np.ndarray, mask2d: np.ndarray) -> Figure:
-    """The study's Figure 1: a raw slice (Y, X) and the same slice with its mitochondria mask (Y, X)."""
+def scale_bar(ax: Axes, pixel_nm: float, fraction: float = 0.2) -> Axes:
+    """A white scale bar in the lower right of an image axes whose pixels are `pixel_nm` nm wide: a round
+    length (1, 2 or 5 times a power of ten, in nm or µm) of about `fraction` of the image's width
+    (matplotlib's AnchoredSizeBar)."""
+    from mpl_toolkits.axes_grid1.anchored_artists import AnchoredSizeBar
+
+    width_px = abs(np.diff(ax.get_xlim())[0])
+    target = fraction * width_px * pixel_nm
+    power = 10 ** math.floor(math.log10(target))
+    length = max(m * power for m in (1, 2, 5) if m * power <= target)
+    label = f"{length / 1000:g} µm" if length >= 1000 else f"{length:g} nm"
+    bar = AnchoredSizeBar(ax.transData, length / pixel_nm, label, "lower right", pad=0.4, color="white",
+                          frameon=False, size_vertical=max(1.0, width_px / 150), fontproperties={"size": "small"})
+    ax.add_artist(bar)
+    return ax
+
+
+def figure_study(image2d: np.ndarray, mask2d: np.ndarray, z: int | None = None,
+                 pixel_nm: float | None = None) -> Figure:
+    """The study's Figure 1: a raw slice (Y, X) and the same slice with its mitochondria mask (Y, X);
+    `z` (the slice index) goes into the titles, `pixel_nm` draws a scale bar."""
     fig = _figure((10, 5.3))
     left, right = fig.subplots(1, 2)
-    _show_image(left, image2d, "EM slice")
-    overlay_truth(right, image2d, mask2d, title="mitochondria ground truth")
+    where = "" if z is None else f"slice {z}: "
+    _show_image(left, image2d, f"{where}EM image")
+    overlay_truth(right, image2d, mask2d, title=f"{where}mitochondria ground truth")
+    if pixel_nm:
+        scale_bar(left, pixel_nm)
+        scale_bar(right, pixel_nm)
     return fig
 
 
-def figure_errors(image2d: np.ndarray, preds: Mapping[str, np.ndarray], truth2d: np.ndarray) -> Figure:
+def figure_errors(image2d: np.ndarray, preds: Mapping[str, np.ndarray], truth2d: np.ndarray, z: int | None = None,
+                  pixel_nm: float | None = None) -> Figure:
     """One panel per model: the slice (Y, X) with that model's binary prediction (Y, X) against the
-    truth (Y, X) as true/false positives and false negatives, titled with the slice's Dice; one legend."""
+    truth (Y, X) as true/false positives and false negatives, titled with the model, the slice index `z`
+    and the slice's Dice; one legend; `pixel_nm` draws a scale bar."""
     if not preds:
         raise ValueError("preds is empty: give at least one model's prediction")
     n = len(preds)
     fig = _figure((5 * n, 5.6))
     axes = np.atleast_1d(fig.subplots(1, n))
+    where = "" if z is None else f", slice {z}"
     for ax, (name, pred) in zip(axes, preds.items(), strict=True):
-        overlay_errors(ax, image2d, pred, truth2d, title=f"{name}: Dice {_dice(pred, truth2d):.3f} on this slice",
-                       legend=False)
+        overlay_errors(ax, image2d, pred, truth2d, legend=False,
+                       title=f"{name} prediction vs truth{where}\nDice {_dice(pred, truth2d):.3f} on this slice")
+        if pixel_nm:
+            scale_bar(ax, pixel_nm)
     fig.legend(handles=error_handles(), loc="outside lower center", ncol=3, frameon=False)
     return fig
 
@@ -397,7 +425,8 @@ def figure_instances(image2d: np.ndarray, labels3d: np.ndarray, z: int,
     left = fig.add_subplot(grid[0])
     right = fig.add_subplot(grid[1], projection="3d")
     in_slice = int(np.count_nonzero(np.unique(labels3d[z])))
-    overlay_instances(left, image2d, labels3d[z], title=f"slice {z}: {in_slice} objects")
+    overlay_instances(left, image2d, labels3d[z], title=f"predicted objects, slice {z}: {in_slice} objects")
+    scale_bar(left, float(voxel_size[-1]))
     shown = f"largest {max_objects} of {n}" if n > max_objects else f"all {n}"
     extent = np.array(labels3d.shape) * np.asarray(voxel_size, dtype=float)
     flat = extent[0] / extent[1:].max()

@@ -12,8 +12,7 @@ import cc3d
 import numpy as np
 from scipy import ndimage
 
-from mitoseg import metrics
-from mitoseg.errors import MitosegError
+from mitoseg import checks, metrics
 
 THRESHOLDS = (0.3, 0.4, 0.5, 0.6, 0.7)
 MIN_SIZES = (0, 1000, 4000, 16000)  # voxels; a CA1 mitochondrion holds 10^5-10^6 voxels at 5 nm
@@ -30,10 +29,7 @@ class PostProcessing:
     fill_holes: bool = False
 
     def __post_init__(self) -> None:
-        if not 0 < self.threshold < 1:
-            raise MitosegError(f"threshold must be in (0, 1), not {self.threshold}")
-        if self.min_size < 0:
-            raise MitosegError(f"min_size must be >= 0, not {self.min_size}")
+        checks.check(threshold=self.threshold, min_size=self.min_size)
 
     def as_dict(self) -> dict:
         return asdict(self)

@@ -8,22 +8,23 @@ Memory holds one block, its input halo and a batch of tiles, never the volume.
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 import math
 import time
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from mitoseg import io, memory
+from mitoseg import blocks, checks, io, memory
 from mitoseg.errors import MitosegError
 from mitoseg.models import autocast, channels_last
 
-Block = tuple[slice, slice, slice]
+Block = blocks.Block
 
 
 def compute_steps(size: int, tile: int, overlap: float) -> list[int]:
@@ -52,13 +53,6 @@ def gaussian_weight(tile: tuple[int, ...], sigma_scale: float = 0.125) -> np.nda
     w /= w.max()
     w = np.maximum(w, w[w > 0].min(), out=w)
     return w.astype(np.float32)
-
-
-def iter_blocks(shape: tuple[int, ...], block: tuple[int, ...]) -> Iterator[Block]:
-    """Blocks of at most `block` voxels tiling `shape` in C order."""
-    ranges = [range(0, s, b) for s, b in zip(shape, block, strict=True)]
-    for lo in itertools.product(*ranges):
-        yield tuple(slice(a, min(a + b, s)) for a, b, s in zip(lo, block, shape, strict=True))
 
 
 def _flips(ndim: int, tta: bool) -> list[tuple[int, ...]]:
@@ -191,19 +185,89 @@ def default_block(shape: tuple[int, ...], tile: tuple[int, int, int], budget_vox
     return (min(z, bz), by, bx)
 
 
+def fingerprint(model: torch.nn.Module) -> str:
+    """A short hash of a model's weights: which model wrote an output, for the resume check."""
+    h = hashlib.sha1()
+    for name, tensor in sorted(model.state_dict().items()):
+        h.update(name.encode())
+        h.update(tensor.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+@dataclass(frozen=True)
+class Settings:
+    """How a volume is predicted (Z, Y, X voxels): the tile and its `overlap`, the intensity `window` mapped
+    to [0, 1], test-time augmentation, bf16 (`amp`), the stored `dtype`, the mask's `threshold` and the
+    output `block`. Everything but `batch_size` decides the values, and a resume must match it."""
+
+    tile: tuple[int, int, int]
+    overlap: float
+    window: tuple[float, float]
+    block: tuple[int, int, int]
+    dtype: str = "uint8"
+    threshold: float = 0.5
+    tta: bool = False
+    amp: bool = True
+    batch_size: int | None = None
+
+    def __post_init__(self) -> None:
+        checks.check(tile=self.tile, block=self.block, overlap=self.overlap, threshold=self.threshold,
+                     batch_size=self.batch_size)
+        if self.dtype not in ("uint8", "float16"):
+            raise MitosegError(f"probability dtype must be uint8 or float16, not {self.dtype!r}")
+
+
+def plan(volume: Any, dims: int, tile: tuple[int, int, int], overlap: float, block: tuple[int, int, int] | None = None,
+         window: tuple[float, float] | None = None, **options: Any) -> Settings:
+    """The prediction settings for `volume` (Z, Y, X): `block` defaults to `default_block`, `window` to
+    `io.intensity_range` of the volume; `options` are the other `Settings` fields. A 2D model's tile is
+    one slice deep whatever `tile` says."""
+    tile = tuple(int(t) for t in tile)
+    tile = (1, *tile[1:]) if dims == 2 else tile
+    window = tuple(float(w) for w in (window or io.intensity_range(volume)))
+    block = tuple(int(b) for b in (block or default_block(tuple(volume.shape), tile)))
+    return Settings(tile=tile, overlap=float(overlap), window=window, block=block, **options)
+
+
+def open_outputs(shape: tuple[int, ...], out: str | Path, mask_out: str | Path | None, settings: Settings,
+                 model_id: str, attrs: dict | None, resume: bool, overwrite: bool) -> list[blocks.Output]:
+    """The probability output (and the mask output) of a prediction through the block engine; a resume
+    must match the settings and the model (`model_id`, see `fingerprint`)."""
+    values = {k: v for k, v in asdict(settings).items() if k not in ("batch_size", "block", "threshold", "dtype")}
+    values["model"] = model_id
+    meta = dict(attrs or {}, overlap=settings.overlap, tile=settings.tile, tta=settings.tta, window=settings.window,
+                created=time.strftime("%F %T"))
+    outputs = [blocks.open_output(out, shape, settings.dtype, settings.block, values,
+                                  dict(meta, kind="probability"), resume, overwrite)]
+    if mask_out is not None:
+        outputs.append(blocks.open_output(mask_out, shape, "uint8", settings.block,
+                                          dict(values, threshold=settings.threshold),
+                                          dict(meta, kind="mask", threshold=settings.threshold), resume, overwrite))
+    return outputs
+
+
+def write_block(outputs: list[blocks.Output], block: Block, probs: np.ndarray, settings: Settings) -> None:
+    """Store one block's probabilities (and mask), then mark it done in every output."""
+    if len(outputs) > 1:
+        outputs[1].write(block, (probs >= settings.threshold).astype(np.uint8))
+    outputs[0].write(block, to_storage(probs, settings.dtype))  # the probabilities' marker decides a resume
+
+
 def predict_volume(model: torch.nn.Module, image: Any, out: str | Path, dims: int,
                    tile: tuple[int, int, int], overlap: float = 0.5, block: tuple[int, int, int] | None = None,
                    dtype: str = "uint8", mask_out: str | Path | None = None, threshold: float = 0.5,
                    batch_size: int | None = None, tta: bool = False, amp: bool = True,
                    device: torch.device | None = None, attrs: dict | None = None, overwrite: bool = False,
                    resume: bool = False, progress: bool = True, window: tuple[float, float] | None = None) -> Path:
-    """Predict a whole volume block by block into a Zarr array of probabilities at `out`.
+    """Predict a whole volume block by block, in this process, into a Zarr array of probabilities at `out`.
 
     image: array-like (Z, Y, X) or a path understood by `io.open_volume`. Writes `<out>.partial`
-    first and renames when done; with `resume`, blocks finished by an earlier run are skipped.
+    first and renames when done (`blocks.open_output`); with `resume`, blocks finished by an earlier run
+    with the same settings and model are skipped (other settings are refused).
     Optionally writes a binary mask (uint8 {0, 1}, probability >= threshold) to `mask_out`.
     `window`: the intensity window mapped to [0, 1] (default: `io.intensity_range` of this volume;
     give the larger volume's window when `image` is a part of it). Returns the output path.
+    `cluster.predict_volume_dask` does the same on a Dask cluster, with the same result.
     """
     from tqdm.auto import tqdm
 
@@ -212,23 +276,14 @@ def predict_volume(model: torch.nn.Module, image: Any, out: str | Path, dims: in
     io.check_output(out, overwrite)
     if mask_out is not None:
         io.check_output(mask_out, overwrite)
+    settings = plan(volume, dims, tile, overlap, block, window, dtype=dtype, threshold=threshold, tta=tta, amp=amp,
+                    batch_size=batch_size)
     device = device or next(model.parameters()).device
     model.eval()
-    window = window or io.intensity_range(volume)
-    block = tuple(block or default_block(shape, tile))
-    meta = dict(attrs or {}, overlap=overlap, tile=tile, tta=tta, window=window, created=time.strftime("%F %T"))
-    probs = io.create_zarr(out, shape, dtype, block, dict(meta, kind="probability"), resume)
-    masks = (io.create_zarr(mask_out, shape, "uint8", block, dict(meta, kind="mask", threshold=threshold), resume)
-             if mask_out is not None else None)
-    done = io.done_dir(out, resume)
-    todo = [b for b in iter_blocks(shape, block) if not io.block_marker(done, b).exists()]
+    outputs = open_outputs(shape, out, mask_out, settings, fingerprint(model), attrs, resume, overwrite)
+    todo = outputs[0].todo(blocks.grid(shape, settings.block))
     bar = tqdm(total=len(todo), desc=f"predict {Path(out).name}", unit="block", disable=not progress)
-
-    def write(b: Block, p: np.ndarray) -> None:
-        probs[b] = to_storage(p, dtype)
-        if masks is not None:
-            masks[b] = (p >= threshold).astype(np.uint8)
-        io.block_marker(done, b).touch()
+    tile, window = settings.tile, settings.window
 
     # Reading the next block and writing the last one overlap with the model's work (zarr codecs
     # release the GIL); at most one read and one write are in flight, so memory stays bounded.
@@ -239,16 +294,57 @@ def predict_volume(model: torch.nn.Module, image: Any, out: str | Path, dims: in
         for i, b in enumerate(todo):
             image = pending_read.result()
             pending_read = pool.submit(read, todo[i + 1]) if i + 1 < len(todo) else None
-            p = predict_block(model, volume, b, tile, overlap, window, device, dims, batch_size, tta, amp, image)
+            p = predict_block(model, volume, b, tile, settings.overlap, window, device, dims, batch_size, tta, amp,
+                              image)
             if pending_write is not None:
                 pending_write.result()
-            pending_write = pool.submit(write, b, p)
+            pending_write = pool.submit(write_block, outputs, b, p, settings)
             bar.update()
         if pending_write is not None:
             pending_write.result()
     bar.close()
-    io.finish_output(out, overwrite)
-    if mask_out is not None:
-        io.finish_output(mask_out, overwrite)
+    blocks.finish(*outputs, overwrite=overwrite)
     memory.release()
     return Path(out)
+
+
+def predict(model: str | Path, image: str | Path, out: str | Path, *, mask_out: str | Path | None = None,
+            tile_xy: int | None = None, tile_z: int | None = None, overlap: float | None = None,
+            block: tuple[int, int, int] | None = None, dtype: str = "uint8", threshold: float = 0.5,
+            batch_size: int | None = None, tta: bool = False, amp: bool = True, device: str = "auto",
+            client: Any = None, overwrite: bool = False, resume: bool = False, progress: bool = True) -> Path:
+    """The `mitoseg predict` command: a run folder or checkpoint's model over a whole volume, in this
+    process (`predict_volume`) or on a Dask `client` (`cluster.predict_volume_dask`), with the same result.
+
+    Defaults come from the run: `tile_xy`/`tile_z` (a 2D model: whole slices up to 2048 x 2048 when
+    `tile_xy` is not given) and `overlap`. Returns `out`.
+    """
+    from mitoseg.train import load_model
+
+    checks.check(tile_xy=tile_xy, tile_z=tile_z, overlap=overlap, block=block, threshold=threshold,
+                 batch_size=batch_size)
+    if client is not None:
+        from mitoseg import cluster
+
+        net, config = load_model(model, "cpu")
+        tile = _tile(config, io.open_volume(image).shape, tile_xy, tile_z)
+        del net
+        return cluster.predict_volume_dask(
+            client, model, image, out, tile=tile, overlap=overlap, block=block, dtype=dtype, mask_out=mask_out,
+            threshold=threshold, batch_size=batch_size, tta=tta, amp=amp, overwrite=overwrite, resume=resume,
+            progress=progress, attrs={"model": Path(model).name, "voxel_size": config.voxel_size},
+            device=None if device == "auto" else device)
+    net, config = load_model(model, device)
+    volume = io.open_volume(image)
+    return predict_volume(net, volume, out, config.dims, _tile(config, volume.shape, tile_xy, tile_z),
+                          config.overlap if overlap is None else overlap, block, dtype, mask_out, threshold,
+                          batch_size, tta, amp, attrs={"model": Path(model).name, "voxel_size": config.voxel_size},
+                          overwrite=overwrite, resume=resume, progress=progress)
+
+
+def _tile(config: Any, shape: tuple[int, ...], tile_xy: int | None, tile_z: int | None) -> tuple[int, int, int]:
+    """The prediction tile of a run for a volume: the user's, else the run's (2D: whole slices, see
+    `default_tile`)."""
+    tile = (tile_z or config.tile[0], tile_xy or config.tile[1], tile_xy or config.tile[2])
+    tile = (1, *tile[1:]) if config.dims == 2 else tile
+    return default_tile(config.dims, tuple(shape), tile) if tile_xy is None else tile

@@ -16,6 +16,7 @@ import os
 import pickle
 import platform
 import shutil
+import sys
 import time
 from pathlib import Path
 
@@ -122,10 +123,9 @@ def train(config: Config, image: np.ndarray, mask: np.ndarray, out: str | Path, 
     `monitor`: an optional volume (image, mask, window) scored like the validation split after every
     epoch and logged as `monitor_iou` (e.g. a part of a test volume with the whole test volume's window,
     to plot test IoU against training time); it never chooses a checkpoint.
+    When training ends, `last.pt` keeps the weights only (the optimiser state, twice the weights' size, is
+    needed only to resume an interrupted run).
     """
-    from monai.losses import DiceCELoss
-    from tqdm.auto import tqdm
-
     out = Path(out)
     if tuple(image.shape) != tuple(mask.shape):
         raise MitosegError(f"image {image.shape} and labels {mask.shape} differ in shape")
@@ -139,6 +139,19 @@ def train(config: Config, image: np.ndarray, mask: np.ndarray, out: str | Path, 
         config = saved
     config.save(out / "config.json")
     (out / "versions.json").write_text(json.dumps(versions(), indent=2) + "\n")
+    try:
+        return _train(config, image, mask, out, resume, progress, monitor)
+    except BaseException:  # an error or Ctrl-C before the first checkpoint leaves no folder to block a re-run
+        if not resume and not (out / "last.pt").exists():
+            shutil.rmtree(out, ignore_errors=True)
+        raise
+
+
+def _train(config: Config, image: np.ndarray, mask: np.ndarray, out: Path, resume: bool, progress: bool,
+           monitor: data.Volume | None) -> dict:
+    """The training loop of `train`, in a prepared run folder."""
+    from monai.losses import DiceCELoss
+    from tqdm.auto import tqdm
 
     device = pick_device(config.device)
     torch.manual_seed(config.seed)
@@ -155,6 +168,8 @@ def train(config: Config, image: np.ndarray, mask: np.ndarray, out: str | Path, 
     state = {"epoch": 0, "iteration": 0, "elapsed": 0.0, "best_iou": -1.0}
     if resume:
         ckpt = torch.load(out / "last.pt", map_location=device, weights_only=False)
+        if "optimizer" not in ckpt:  # a finished run: nothing left to do
+            return summarize(out)
         model.load_state_dict(ckpt["model"])
         optimizer.load_state_dict(ckpt["optimizer"])
         state = {"best_iou": -1.0, **ckpt["state"]}
@@ -165,6 +180,7 @@ def train(config: Config, image: np.ndarray, mask: np.ndarray, out: str | Path, 
 
     budget = config.minutes * 60 if config.minutes else math.inf
     in_a_row = 0  # non-finite steps in a row, across epochs
+    ckpt = None
     while state["epoch"] < config.epochs and state["elapsed"] < budget:
         epoch = state["epoch"]
         sampler.rng = np.random.default_rng([config.seed, epoch])
@@ -226,6 +242,12 @@ def train(config: Config, image: np.ndarray, mask: np.ndarray, out: str | Path, 
             state["best_iou"] = val["jaccard"] if val_vol else state["best_iou"]
             _save({"model": model.state_dict(), "config": config.__dict__, "state": dict(state)}, out / "best.pt")
         _save(ckpt, out / "last.pt")
+    if val_vol is not None and state["best_iou"] < 0.01:
+        print(f"mitoseg: warning: the {config.dims}D model has not learned (best validation IoU "
+              f"{max(state['best_iou'], 0.0):.3f}); its predictions mean nothing: train longer, or check the "
+              "labels", file=sys.stderr, flush=True)
+    if ckpt is not None:  # finished: the optimiser state is no longer needed
+        _save({k: v for k, v in ckpt.items() if k != "optimizer"}, out / "last.pt")
     del model, optimizer, sampler
     memory.release()
     return summarize(out)

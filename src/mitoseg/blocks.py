@@ -1,0 +1,120 @@
+"""The block engine under predict, label and evaluate: one block grid, one output lifecycle, and block
+tasks run in this process or on a Dask client.
+
+An output volume is written as ``<name>.partial`` (a Zarr array whose chunks are the blocks, so no two
+tasks ever write the same chunk), with one marker file per finished block in ``<name>.partial.done/``
+and the settings that decide its values in its attributes (``settings``). `open_output` with `resume`
+reopens such a partial output only when the settings are the same, and otherwise refuses, naming each
+difference (so a resumed run never mixes blocks of two runs); `finish` renames it to its final name.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from mitoseg import checks, io
+from mitoseg.errors import MitosegError
+
+Block = tuple[slice, ...]
+
+
+def grid(shape: Sequence[int], block: Sequence[int]) -> list[Block]:
+    """C-order slices of the blocks of size `block` (voxels per axis) covering `shape`; the last block
+    along an axis may be smaller."""
+    if len(block) != len(shape):
+        raise MitosegError(f"block {tuple(block)} needs {len(shape)} sizes for shape {tuple(shape)}")
+    checks.check(block=tuple(block))
+    starts = [range(0, int(n), int(b)) for n, b in zip(shape, block, strict=True)]
+    return [tuple(slice(s, min(s + int(b), int(n))) for s, b, n in zip(corner, block, shape, strict=True))
+            for corner in itertools.product(*starts)]
+
+
+def positions(shape: Sequence[int], block: Sequence[int]) -> list[tuple[int, ...]]:
+    """Grid position (i, j, k) of each block of `grid(shape, block)`, in the same (C) order."""
+    return list(itertools.product(*(range(-(-int(n) // int(b))) for n, b in zip(shape, block, strict=True))))
+
+
+@dataclass(frozen=True)
+class Output:
+    """An output volume being written: its final path, the Zarr array under ``<path>.partial`` and the
+    folder of its block markers."""
+
+    path: Path
+    array: Any
+    done: Path
+
+    def todo(self, blocks: Iterable[Block]) -> list[Block]:
+        """The blocks not yet marked as written."""
+        return [b for b in blocks if not io.block_marker(self.done, b).exists()]
+
+    def mark(self, block: Block) -> None:
+        """Mark `block` as written (after its data is in the array)."""
+        io.block_marker(self.done, block).touch()
+
+    def write(self, block: Block, data: Any) -> None:
+        """Write one block's data, then mark it."""
+        self.array[block] = data
+        self.mark(block)
+
+
+def open_output(path: str | Path, shape: Sequence[int], dtype: Any, block: Sequence[int], settings: dict,
+                attrs: dict | None = None, resume: bool = False, overwrite: bool = False) -> Output:
+    """Create ``<path>.partial`` (chunks = `block`) with `attrs` and `settings` in its attributes, or, with
+    `resume`, reopen the one an interrupted run left when its shape, dtype, block and settings equal these
+    (else MitosegError naming the differences). Refuses an existing `path` unless `overwrite`."""
+    import zarr
+
+    path = io.check_output(path, overwrite)
+    shape, block = tuple(int(s) for s in shape), tuple(int(b) for b in block)
+    settings = io.jsonable(dict(settings, shape=list(shape), dtype=str(np.dtype(dtype)), block=list(block)))
+    tmp = io.partial_path(path)
+    if resume and tmp.exists():
+        array = zarr.open_array(str(tmp), mode="r+")
+        old = dict(array.attrs.get("settings", {}))
+        diff = [f"{k} {old.get(k)!r} then, {v!r} now" for k, v in settings.items() if old.get(k) != v]
+        if diff:
+            raise MitosegError(f"{tmp} was written with other settings ({'; '.join(diff)}): resume with the "
+                               "same settings, or start again with --overwrite")
+        return Output(path, array, io.done_dir(path, resume=True))
+    io.remove(tmp)
+    array = zarr.create_array(str(tmp), shape=shape, dtype=dtype, chunks=block, fill_value=0)
+    array.attrs.update(io.jsonable(dict(attrs or {}, settings=settings)))
+    return Output(path, array, io.done_dir(path, resume=False))
+
+
+def finish(*outputs: Output, overwrite: bool = False) -> None:
+    """Rename every finished output to its final name (see `io.finish_output`)."""
+    for out in outputs:
+        io.finish_output(out.path, overwrite)
+
+
+def run(task: Callable, items: Sequence, job: dict | None = None, client: Any = None, desc: str = "",
+        progress: bool = False) -> list:
+    """``task(item, job=job)`` for every item, results in item order: in this process, or as one Dask task
+    each on `client` (`task` and `job` must then pickle). On any error (or Ctrl-C) the remaining Dask
+    tasks are cancelled and the error is raised here."""
+    from tqdm.auto import tqdm
+
+    if client is None:
+        return [task(item, job=job) for item in tqdm(items, desc=desc, unit="block", disable=not progress)]
+    from distributed import as_completed
+
+    futures = client.map(task, items, job=job, pure=False)  # job=: map() has its own batch_size
+    index = {f.key: i for i, f in enumerate(futures)}
+    results: list = [None] * len(futures)
+    try:
+        with tqdm(total=len(futures), desc=desc, unit="block", disable=not progress) as bar:
+            for future in as_completed(futures):
+                results[index[future.key]] = future.result()
+                bar.update(1)
+    except BaseException:
+        if futures:
+            client.cancel(futures)
+        raise
+    return results

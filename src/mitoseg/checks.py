@@ -1,0 +1,109 @@
+"""The valid range of every numeric setting, in one place.
+
+The command line's argument types (`arg`) and the Python API's checks (`check`, called by `Config`,
+`PostProcessing`, the block engine, prediction, labelling and evaluation) both read `RULES`, so an option
+cannot be added without a range: tests/test_checks.py fails for any numeric CLI option or Config field
+that has none. A value out of range raises MitosegError naming the setting, its range and the value.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import numbers
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from mitoseg.errors import MitosegError
+
+
+@dataclass(frozen=True)
+class Rule:
+    """A number of type `kind` (int or float) in the range from `low` to `high` (None: unbounded),
+    each end excluded when `open_low` / `open_high`."""
+
+    kind: type = float
+    low: float | None = None
+    high: float | None = None
+    open_low: bool = False
+    open_high: bool = False
+
+    def words(self) -> str:
+        noun = "an integer" if self.kind is int else "a number"
+        if self.low is not None and self.high is not None:
+            left, right = "(" if self.open_low else "[", ")" if self.open_high else "]"
+            return f"{noun} in {left}{self.low:g}, {self.high:g}{right}"
+        if self.low is not None:
+            return f"{noun} {'>' if self.open_low else '>='} {self.low:g}"
+        if self.high is not None:
+            return f"{noun} {'<' if self.open_high else '<='} {self.high:g}"
+        return noun
+
+    def ok(self, value: Any) -> bool:
+        if isinstance(value, bool | np.bool_) or not isinstance(value, numbers.Real):
+            return False
+        if self.kind is int and not float(value).is_integer():
+            return False
+        if not math.isfinite(value):
+            return False
+        if self.low is not None and (value < self.low or (self.open_low and value == self.low)):
+            return False
+        return not (self.high is not None and (value > self.high or (self.open_high and value == self.high)))
+
+
+POSITIVE_INT = Rule(int, 1)
+COUNT = Rule(int, 0)
+POSITIVE = Rule(float, 0, open_low=True)
+FRACTION = Rule(float, 0, 1, open_high=True)  # [0, 1)
+PROBABILITY = Rule(float, 0, 1, open_low=True, open_high=True)  # (0, 1)
+
+RULES: dict[str, Rule] = {
+    # training (Config fields and `mitoseg train` options)
+    "epochs": POSITIVE_INT, "minutes": POSITIVE, "iterations_per_epoch": POSITIVE_INT,
+    "patch_xy": Rule(int, 16), "patch_z": POSITIVE_INT, "batch": POSITIVE_INT, "lr": POSITIVE,
+    "weight_decay": Rule(float, 0), "warmup_iterations": COUNT, "fg_fraction": Rule(float, 0, 1),
+    "val_fraction": Rule(float, 0, 0.9), "seed": COUNT, "intensity_aug": Rule(float, 0, 2),
+    "slice_jitter": Rule(float, 0, 0.5),
+    # prediction
+    "tile_xy": Rule(int, 16), "tile_z": POSITIVE_INT, "overlap": FRACTION, "batch_size": POSITIVE_INT,
+    "threshold": PROBABILITY,
+    # labels, objects, units
+    "label_threshold": Rule(float, 0), "min_size": COUNT, "voxel_size": POSITIVE, "block": POSITIVE_INT,
+    "connectivity": Rule(int, 6, 26),
+    # Dask and reports
+    "tile": POSITIVE_INT, "workers": POSITIVE_INT, "slices": POSITIVE_INT,
+    "iou_threshold": Rule(float, 0, 1, open_low=True),
+}
+
+
+def check(**values: Any) -> None:
+    """Raise MitosegError for the first value out of its rule's range; None passes (a default applies),
+    tuples and lists are checked element by element (voxel_size, block, tile). Unknown names are a bug."""
+    for name, value in values.items():
+        if value is None:
+            continue
+        rule = RULES[name]
+        for v in value if isinstance(value, tuple | list) else (value,):
+            if not rule.ok(v):
+                raise MitosegError(f"{name.replace('_', '-')} must be {rule.words()}, not {v!r}")
+
+
+def arg(name: str) -> Callable[[str], int | float]:
+    """The argparse `type` of the option for setting `name`: parses the text and checks its range."""
+    rule = RULES[name]
+
+    def parse(text: str) -> int | float:
+        try:
+            value = rule.kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"must be {rule.words()}, not {text!r}") from None
+        if not rule.ok(value):
+            raise argparse.ArgumentTypeError(f"must be {rule.words()}, not {text}")
+        return value
+
+    parse.rule = rule  # type: ignore[attr-defined]  # tests find every option's rule here
+    parse.__name__ = name
+    return parse

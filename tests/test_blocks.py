@@ -1,0 +1,89 @@
+"""The block engine: the grid, the output lifecycle (partial, markers, settings-checked resume, finish)."""
+
+import os
+
+import numpy as np
+import pytest
+
+from mitoseg import blocks, io
+from mitoseg.errors import MitosegError
+
+SETTINGS = {"tile": [1, 64, 64], "overlap": 0.25, "model": "abc"}
+
+
+@pytest.fixture(scope="module")
+def crop(droso_crop) -> np.ndarray:
+    """Raw uint8 (20, 256, 256) from the real stack."""
+    return droso_crop[0]
+
+
+def test_grid_tiles_the_volume_once():
+    grid = blocks.grid((5, 7, 9), (2, 7, 4))
+    covered = np.zeros((5, 7, 9), int)
+    for b in grid:
+        covered[b] += 1
+    assert (covered == 1).all() and len(grid) == 3 * 1 * 3
+    assert blocks.positions((5, 7, 9), (2, 7, 4))[4] == (1, 0, 1)
+    with pytest.raises(MitosegError, match="block must be an integer >= 1, not 0"):
+        blocks.grid((5, 7, 9), (0, 7, 4))
+    with pytest.raises(MitosegError, match="needs 3 sizes"):
+        blocks.grid((5, 7, 9), (2, 7))
+
+
+def test_output_is_partial_until_finished(tmp_path, crop):
+    target = tmp_path / "probs.zarr"
+    out = blocks.open_output(target, crop.shape, "uint8", (4, 64, 64), SETTINGS, {"window": np.array([0.0, 255.0])})
+    out.write(np.s_[0:4, 0:64, 0:64], crop[:4, :64, :64])
+    assert sorted(os.listdir(tmp_path)) == ["probs.zarr.partial", "probs.zarr.partial.done"]
+    assert out.todo(blocks.grid(crop.shape, (4, 64, 64)))[0] == np.s_[0:4, 0:64, 64:128]  # the first is done
+    blocks.finish(out)
+    assert sorted(os.listdir(tmp_path)) == ["probs.zarr"]
+    back = io.open_volume(target)
+    assert np.array_equal(back[:4, :64, :64], crop[:4, :64, :64]) and not back[4:].any()
+    attrs = dict(back.attrs)
+    assert attrs["window"] == [0.0, 255.0] and attrs["settings"]["overlap"] == 0.25
+    assert attrs["settings"]["shape"] == list(crop.shape) and attrs["settings"]["dtype"] == "uint8"
+
+
+def test_finish_refuses_existing_unless_overwrite(tmp_path, crop):
+    target = tmp_path / "probs.zarr"
+    first = blocks.open_output(target, crop.shape, "uint8", (4, 64, 64), SETTINGS)
+    first.array[:] = crop
+    blocks.finish(first)
+    with pytest.raises(MitosegError, match="already exists; pass --overwrite"):
+        blocks.open_output(target, crop.shape, "uint8", (4, 64, 64), SETTINGS)
+    second = blocks.open_output(target, crop.shape, "uint8", (4, 64, 64), SETTINGS, overwrite=True)
+    second.array[:] = 255 - crop
+    assert np.array_equal(io.open_volume(target)[:], crop)  # the old result is untouched until the finish
+    blocks.finish(second, overwrite=True)
+    assert np.array_equal(io.open_volume(target)[:], 255 - crop)
+    with pytest.raises(MitosegError, match="partial does not exist"):
+        io.finish_output(target, overwrite=True)  # nothing to finish: the result stays
+    assert np.array_equal(io.open_volume(target)[:], 255 - crop)
+
+
+def test_resume_needs_the_same_settings(tmp_path, crop):
+    target = tmp_path / "probs.zarr"
+    out = blocks.open_output(target, crop.shape, "uint8", (4, 64, 64), SETTINGS)
+    out.write(np.s_[0:4, 0:64, 0:64], crop[:4, :64, :64])
+    again = blocks.open_output(target, crop.shape, "uint8", (4, 64, 64), SETTINGS, resume=True)
+    assert np.array_equal(again.array[:4, :64, :64], crop[:4, :64, :64])
+    assert len(again.todo(blocks.grid(crop.shape, (4, 64, 64)))) == 5 * 4 * 4 - 1
+    changes = [(dict(SETTINGS, overlap=0.5), crop.shape, "uint8", (4, 64, 64), "overlap 0.25 then, 0.5 now"),
+               (dict(SETTINGS, model="xyz"), crop.shape, "uint8", (4, 64, 64), "model 'abc' then, 'xyz' now"),
+               (SETTINGS, (20, 256, 128), "uint8", (4, 64, 64), "shape"),
+               (SETTINGS, crop.shape, "float16", (4, 64, 64), "dtype 'uint8' then, 'float16' now"),
+               (SETTINGS, crop.shape, "uint8", (2, 64, 64), "block")]
+    for settings, shape, dtype, block, named in changes:
+        with pytest.raises(MitosegError, match=f"other settings .*{named}.*resume with the same settings"):
+            blocks.open_output(target, shape, dtype, block, settings, resume=True)
+    assert np.array_equal(io.open_volume(io.partial_path(target))[:4, :64, :64], crop[:4, :64, :64])  # kept
+    fresh = blocks.open_output(target, crop.shape, "uint8", (4, 64, 64), dict(SETTINGS, overlap=0.5))
+    assert not fresh.array[:].any()  # without resume: started afresh, markers gone
+    assert len(fresh.todo(blocks.grid(crop.shape, (4, 64, 64)))) == 5 * 4 * 4
+    other = blocks.open_output(tmp_path / "other.zarr", (2, 3, 4), "float32", (1, 3, 4), {}, resume=True)
+    assert not other.array[:].any()  # resume with nothing to resume starts one
+
+
+def test_run_in_process_keeps_item_order():
+    assert blocks.run(lambda item, job: item * job["k"], [3, 1, 2], {"k": 10}) == [30, 10, 20]
