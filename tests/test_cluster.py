@@ -208,3 +208,18 @@ def test_label_resumes_a_single_process_run_on_the_cluster(dask_client, real_mas
 def test_arrays_are_refused(dask_client, tmp_path):
     with pytest.raises(MitosegError, match="as a path"):
         cluster.label_dask(dask_client, np.zeros((2, 4, 4), np.uint8), tmp_path / "l.zarr", progress=False)
+
+
+def test_evaluate_on_the_cluster_equals_this_process(dask_client, real_mask, tmp_path):
+    from mitoseg import metrics
+
+    mask, truth_path = real_mask
+    pred = np.roll(mask, 3, axis=2)  # a prediction shifted by 3 pixels: every count non-zero
+    pred_path = tmp_path / "pred.zarr"
+    zarr.create_array(str(pred_path), data=pred, chunks=(5, 128, 128))
+    here = metrics.evaluate(pred_path, truth_path, block=(7, 100, 130), progress=False)
+    there = metrics.evaluate(pred_path, truth_path, block=(7, 100, 130), client=dask_client, progress=False)
+    assert here == there == metrics.scores(metrics.confusion(pred, mask))
+    assert 0 < here["fp"] and 0 < here["fn"]
+    with pytest.raises(MitosegError, match="as a path"):
+        metrics.evaluate(pred, mask, client=dask_client, progress=False)

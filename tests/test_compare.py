@@ -1,3 +1,4 @@
+import csv
 import json
 
 import pytest
@@ -25,7 +26,8 @@ def test_compare_writes_report(tmp_path, tiny_bench):
     results = cmp.compare(out, preset="quick", epochs=1, changes=TINY, progress=False, command="test", tta=True,
                           monitor=True)
     for name in ("report.md", "report.json", "compare.json", "figure_data.png", "figure_errors.png",
-                 "figure_instances.png", "figure_curves.png", "model_2D/config.json", "model_3D/log.csv",
+                 "figure_instances.png", "figure_curves.png", "figure_morphology.png", "objects_truth.csv",
+                 "objects_predicted.csv", "model_2D/test_labels.zarr", "model_2D/config.json", "model_3D/log.csv",
                  "model_3D/test_probs.zarr"):
         assert (out / name).exists(), name
     saved = json.loads((out / "report.json").read_text())
@@ -47,6 +49,10 @@ def test_compare_writes_report(tmp_path, tiny_bench):
     assert "+ TTA + post-processing" in md and "epochs per model" in md
     assert str(tmp_path) not in md and str(tmp_path) not in (out / "report.json").read_text()
     assert not cmp.io.partial_path(out).exists()
+    best = max(saved["models"], key=lambda d: saved["models"][d]["jaccard"])
+    truth = cmp.instances.label(tiny_bench.test_mask, 26, min_size=saved["models"][best]["postprocessing"]["min_size"])
+    rows = list(csv.DictReader(open(out / "objects_truth.csv")))
+    assert len(rows) == truth.max() and {"sphericity", "length_um", "touches_border"} <= set(rows[0])
     with pytest.raises(MitosegError, match="already exists"):
         cmp.compare(out, preset="quick", epochs=1, changes=TINY, progress=False)
 

@@ -218,3 +218,25 @@ def test_label_blockwise_resumes_after_a_kill(tmp_path, droso, monkeypatch):
     assert len(calls) == 12 - 4  # 3 x 2 x 2 blocks, 4 written before the kill
     io.finish_output(tmp_path / "l.zarr")
     np.testing.assert_array_equal(io.open_volume(tmp_path / "l.zarr")[:], ref[:])
+
+
+def test_morphology_of_a_ball_a_rod_and_real_mitochondria(droso):
+    z, y, x = np.mgrid[:60, :60, :90]
+    shapes = np.zeros((60, 60, 90), np.uint32)
+    shapes[(z - 30) ** 2 + (y - 30) ** 2 + (x - 30) ** 2 <= 20**2] = 1  # a ball, 200 nm across at 5 nm
+    shapes[((z - 30) ** 2 + (y - 30) ** 2 <= 8**2) & (x >= 50)] = 2  # a rod 80 nm wide to the volume's face
+    m = instances.morphology(shapes, instances.measure(shapes, (5, 5, 5)), (5, 5, 5))
+    assert m["surface_um2"][0] == pytest.approx(4 * np.pi * 0.1**2, rel=0.1)  # the mesh, a little staircase
+    assert 0.85 < m["sphericity"][0] <= 1.0 and m["sphericity"][1] < 0.8
+    assert m["equivalent_diameter_um"][0] == pytest.approx(0.2, rel=0.01)
+    assert m["elongation"][0] == pytest.approx(1.0, abs=0.01) and m["elongation"][1] > 2.5
+    assert m["width_um"][1] == pytest.approx(4 * 0.04 / 2, rel=0.1)  # 4 sqrt(r^2 / 4) for a disc of radius r
+    assert m["touches_border"].tolist() == [False, True]
+    mask = droso[1][:, :300, :300]
+    labels = label(mask, 26, min_size=100)
+    table = instances.morphology(labels, instances.measure(labels, (50, 4.6, 4.6)), (50, 4.6, 4.6))
+    assert set(instances.MORPHOLOGY) <= set(table) and len(table["id"]) == labels.max() > 5
+    assert np.all((table["sphericity"] > 0) & (table["sphericity"] <= 1.05))
+    edge = (table["bbox_y0"] == 0) | (table["bbox_x0"] == 0) | (table["bbox_y1"] == 300) | (table["bbox_x1"] == 300)
+    edge |= (table["bbox_z0"] == 0) | (table["bbox_z1"] == 20)
+    assert np.array_equal(table["touches_border"], edge) and edge.any() and not edge.all()

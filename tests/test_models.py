@@ -120,11 +120,22 @@ def test_gradients_reach_the_first_conv(models):
     assert head is not None and head.abs().sum() > 0
 
 
-def test_pick_device_and_autocast():
-    assert not torch.cuda.is_available()  # this test machine has no GPU
-    assert pick_device("auto") == torch.device("cpu")
-    assert pick_device() == torch.device("cpu")
+def test_pick_device_prefers_cuda_then_mps_then_cpu(monkeypatch):
+    from mitoseg import models
+
+    for cuda, mps, expect in [(True, True, "cuda"), (False, True, "mps"), (False, False, "cpu")]:
+        monkeypatch.setattr(torch.cuda, "is_available", lambda cuda=cuda: cuda)
+        monkeypatch.setattr(models, "_mps_available", lambda mps=mps: mps)
+        assert pick_device("auto") == pick_device() == torch.device(expect)
     assert pick_device("cpu") == torch.device("cpu")
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 0)
+    with pytest.raises(MitosegError, match="device 'cuda' is not available here"):
+        pick_device("cuda")  # never silently replaced by the CPU
+    with pytest.raises(MitosegError, match="device 'mps' is not available"):
+        pick_device("mps")
+    with pytest.raises(MitosegError, match="unknown device 'gpu0'"):
+        pick_device("gpu0")
+    assert models.accelerator(torch.device("mps")) and not models.accelerator(torch.device("cpu"))
 
 
 def test_autocast_is_bf16_exactly_where_the_cpu_has_it():

@@ -262,6 +262,13 @@ def test_figures_assemble(crop, fake_pred):
     assert inst.axes[1].name == "3d" and len(inst.axes[1].collections) == labels.max()
     np.testing.assert_array_equal(np.asarray(inst.axes[0].images[-1].get_array()),
                                   plots.instance_rgba(labels[Z], 0.5))
+    from mitoseg import instances
+
+    table = instances.morphology(labels, instances.measure(labels, VOXEL), VOXEL)
+    morph = plots.figure_morphology({"2D U-Net": table, "ground truth": table})
+    inside = int((~table["touches_border"]).sum())
+    assert [t.get_text() for t in morph.axes[0].get_legend().get_texts()] == [f"2D U-Net ({inside})",
+                                                                             f"ground truth ({inside})"]
     curves = plots.figure_curves({"2D U-Net": _log(4, 10)})
     assert len(curves.axes) == 2
     with pytest.raises(ValueError):

@@ -148,7 +148,7 @@ def parser() -> argparse.ArgumentParser:
     t.add_argument("--val-fraction", type=arg("val_fraction"),
                    help="share of the X axis held out for validation (default 0.15)")
     t.add_argument("--seed", type=arg("seed"), help="random seed (default 0)")
-    t.add_argument("--device", help="auto (default), cpu, cuda, cuda:1 ...")
+    t.add_argument("--device", help="auto (default: CUDA, then Apple MPS, then CPU), cpu, cuda, cuda:1, mps")
     t.add_argument("--fp32", action="store_true", help=FP32_HELP)
     t.add_argument("--label-threshold", type=arg("label_threshold"), help=LABEL_THRESHOLD_HELP)
     t.add_argument("--voxel-size", type=arg("voxel_size"), nargs=3, metavar=("Z", "Y", "X"),
@@ -172,7 +172,7 @@ def parser() -> argparse.ArgumentParser:
     r.add_argument("--block", type=arg("block"), nargs=3, metavar=("Z", "Y", "X"), help="output block and chunk size")
     r.add_argument("--batch-size", type=arg("batch_size"), help="tiles per batch (default: by tile size and device)")
     r.add_argument("--tta", action="store_true", help="average over in-plane flips")
-    r.add_argument("--device", help="auto (default), cpu, cuda, cuda:1 ...")
+    r.add_argument("--device", help="auto (default: CUDA, then Apple MPS, then CPU), cpu, cuda, cuda:1, mps")
     r.add_argument("--fp32", action="store_true", help=FP32_HELP)
     r.add_argument("--resume", action="store_true", help="skip blocks an interrupted run finished")
     r.add_argument("--overwrite", action="store_true", help="replace existing outputs")

@@ -68,9 +68,10 @@ def _stamp(path: Path) -> tuple:
 
 
 def _worker_device(device: str | None):
-    import torch
 
-    return torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    from mitoseg.models import pick_device
+
+    return pick_device(device or "auto")
 
 
 def _worker_model(model: str, stamp: tuple, device: Any):
@@ -179,7 +180,8 @@ def _wait(futures: list, desc: str, progress: bool) -> list:
 
 
 def predict_volume_dask(client, model_path: str | Path, image_spec: str | Path, out: str | Path, *,
-                        tile: tuple[int, int, int] | None = None, overlap: float | None = None,
+                        tile: tuple[int, int, int] | None = None, tile_xy: int | None = None,
+                        tile_z: int | None = None, overlap: float | None = None,
                         block: tuple[int, int, int] | None = None, dtype: str = "uint8",
                         mask_out: str | Path | None = None, threshold: float = 0.5, batch_size: int | None = None,
                         tta: bool = False, amp: bool = True, overwrite: bool = False, resume: bool = False,
@@ -188,9 +190,10 @@ def predict_volume_dask(client, model_path: str | Path, image_spec: str | Path, 
     """`predict.predict_volume` on a Dask cluster: one task per block, the same Zarr output.
 
     `model_path` is a run folder or checkpoint and `image_spec` a path as `io.open_volume` takes it, both
-    readable by every worker. `tile` defaults to `predict.default_tile` (2D: whole slices up to 2048 x 2048)
-    and `overlap` to the run's config; `batch_size` None lets `predict_block` choose by the worker's device.
-    Each worker loads the model once on `device` (default: cuda when the worker has a GPU, else cpu);
+    readable by every worker. `tile` defaults to the run's, with `tile_xy` / `tile_z` when given (a 2D
+    model without `tile_xy`: whole slices up to 2048 x 2048, see `predict.default_tile`), and `overlap`
+    to the run's; `batch_size` None lets `predict_block` choose by the worker's device.
+    Each worker loads the model once on `device` (default: the worker's GPU, CUDA or MPS, else cpu);
     `torch_threads`, when given, sets torch's CPU threads per worker (the Nanny starts workers with
     OMP_NUM_THREADS=1). The outputs go through the same block engine (`predict.open_outputs`), so either
     path can resume the other's run, and a resume with other settings or another model is refused.
@@ -207,9 +210,10 @@ def predict_volume_dask(client, model_path: str | Path, image_spec: str | Path, 
     io.check_output(out, overwrite)
     if mask_out is not None:
         io.check_output(mask_out, overwrite)
-    settings = predict.plan(volume, config.dims, tile or predict.default_tile(config.dims, shape, config.tile),
+    settings = predict.plan(volume, config.dims, tile or predict.run_tile(config, shape, tile_xy, tile_z),
                             config.overlap if overlap is None else overlap, block, dtype=dtype, threshold=threshold,
                             tta=tta, amp=amp, batch_size=batch_size)
+    attrs = dict(attrs or {}, voxel_size=config.voxel_size)
     outputs = predict.open_outputs(shape, out, mask_out, settings, predict.fingerprint(net), attrs, resume, overwrite)
     del net
     todo = outputs[0].todo(blocks.grid(shape, settings.block))

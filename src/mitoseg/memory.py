@@ -16,9 +16,12 @@ import torch
 
 
 def peak_mib(device: torch.device) -> float:
-    """Peak memory so far: GPU memory allocated on CUDA, else the process's peak resident set (MiB)."""
+    """Peak memory so far: GPU memory allocated on CUDA, memory the MPS driver holds on Apple GPUs, else the
+    process's peak resident set (MiB)."""
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device) / 2**20
+    if device.type == "mps":
+        return torch.mps.driver_allocated_memory() / 2**20
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 

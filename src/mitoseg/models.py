@@ -94,10 +94,45 @@ def build_model(config: Config) -> nn.Module:
 
 
 def pick_device(name: str = "auto") -> torch.device:
-    """'auto' picks CUDA when present, else CPU."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
+    """The torch device of a `--device` name; 'auto' picks CUDA, then Apple MPS, then the CPU. All device
+    choices live here and in `accelerator`, `synchronize`: no other code assumes CUDA is the only one.
+    A device this machine does not have is refused (MitosegError), not silently replaced."""
+    from mitoseg.errors import MitosegError
+
+    if name in (None, "auto"):
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        return torch.device("mps" if _mps_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except (RuntimeError, TypeError):
+        raise MitosegError(f"unknown device {name!r}: use auto, cpu, cuda, cuda:N or mps") from None
+    if device.type == "cuda" and (not torch.cuda.is_available() or (device.index or 0) >= torch.cuda.device_count()):
+        raise MitosegError(f"device {name!r} is not available here ({torch.cuda.device_count()} CUDA devices); "
+                           "use --device auto or cpu")
+    if device.type == "mps" and not _mps_available():
+        raise MitosegError("device 'mps' is not available here (Apple silicon with PyTorch's MPS build only)")
+    if device.type not in ("cpu", "cuda", "mps"):
+        raise MitosegError(f"device {name!r} is not supported: use auto, cpu, cuda, cuda:N or mps")
+    return device
+
+
+def _mps_available() -> bool:
+    mps = getattr(torch.backends, "mps", None)
+    return bool(mps is not None and mps.is_available())
+
+
+def accelerator(device: torch.device) -> bool:
+    """Whether `device` is a GPU (CUDA or MPS): bigger prediction batches, device memory reporting."""
+    return device.type in ("cuda", "mps")
+
+
+def synchronize(device: torch.device) -> None:
+    """Wait for the device's queued work (for honest timings); a no-op on the CPU."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    elif device.type == "mps":
+        torch.mps.synchronize()
 
 
 def bf16_native(device: torch.device) -> bool:

@@ -435,6 +435,37 @@ def figure_instances(image2d: np.ndarray, labels3d: np.ndarray, z: int,
     return fig
 
 
+MORPHOLOGY_PANELS = (("volume_um3", "volume (µm³)", True), ("sphericity", "sphericity", False),
+                     ("length_um", "length, longest principal axis (µm)", False))
+
+
+def figure_morphology(tables: Mapping[str, Mapping[str, np.ndarray]], interior_only: bool = True) -> Figure:
+    """Distributions of object volume, sphericity and length, one step histogram per table (e.g. a
+    model's predicted objects and the ground truth's), on shared bins; `tables` as from
+    `instances.morphology`. With `interior_only`, objects touching the volume's border (cut, so their
+    shape is not theirs) are left out; the legend gives each table's object count."""
+    fig = _figure((13, 4.2))
+    axes = fig.subplots(1, len(MORPHOLOGY_PANELS))
+    keep = {name: (~np.asarray(t["touches_border"], bool) if interior_only else np.ones(len(t["id"]), bool))
+            for name, t in tables.items()}
+    for ax, (key, title, log) in zip(axes, MORPHOLOGY_PANELS, strict=True):
+        values = {name: np.asarray(t[key], float)[keep[name]] for name, t in tables.items()}
+        values = {name: v[np.isfinite(v) & (v > 0)] for name, v in values.items()}
+        allv = np.concatenate([v for v in values.values() if v.size] or [np.ones(1)])
+        bins = (np.geomspace(allv.min(), allv.max() * 1.001, 25) if log else
+                np.linspace(allv.min(), allv.max() * 1.001 + 1e-9, 25))
+        for (name, v), color in zip(values.items(), (TP_COLOR, TRUTH_COLOR, FP_COLOR, FN_COLOR), strict=False):
+            ax.hist(v, bins=bins, histtype="step", linewidth=1.8, color=color, label=f"{name} ({v.size})")
+        if log:
+            ax.set_xscale("log")
+        ax.set_xlabel(title)
+        ax.set_ylabel("objects")
+    axes[0].legend(loc="upper center", bbox_to_anchor=(0.5, -0.22), ncol=1, frameon=False, fontsize="small")
+    where = "objects inside the volume (touching its border: left out)" if interior_only else "all objects"
+    fig.suptitle(f"Object shape, {where}")
+    return fig
+
+
 def figure_curves(logs: Mapping[str, Sequence[Mapping[str, object]]]) -> Figure:
     """Training loss, and validation and monitor IoU, against training time, one colour per model (see
     `training_curves`)."""

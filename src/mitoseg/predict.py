@@ -22,7 +22,7 @@ import torch
 
 from mitoseg import blocks, checks, io, memory
 from mitoseg.errors import MitosegError
-from mitoseg.models import autocast, channels_last
+from mitoseg.models import accelerator, autocast, channels_last
 
 Block = blocks.Block
 
@@ -101,7 +101,7 @@ def read_region(volume: Any, region: Block, window: tuple[float, float]) -> np.n
 def auto_batch(tile: tuple[int, int, int], device: torch.device) -> int:
     """Tiles per batch when not given: about 2 M input voxels on CPU, 16 M on a GPU (padded to 32)."""
     voxels = int(np.prod([max(32, -(-t // 32) * 32) if t > 1 else 1 for t in tile]))
-    budget = 2**24 if device.type == "cuda" else 2**21
+    budget = 2**24 if accelerator(device) else 2**21
     return max(1, budget // voxels)
 
 
@@ -323,26 +323,23 @@ def predict(model: str | Path, image: str | Path, out: str | Path, *, mask_out: 
 
     checks.check(tile_xy=tile_xy, tile_z=tile_z, overlap=overlap, block=block, threshold=threshold,
                  batch_size=batch_size)
+    attrs = {"model": Path(model).name}
     if client is not None:
         from mitoseg import cluster
 
-        net, config = load_model(model, "cpu")
-        tile = _tile(config, io.open_volume(image).shape, tile_xy, tile_z)
-        del net
         return cluster.predict_volume_dask(
-            client, model, image, out, tile=tile, overlap=overlap, block=block, dtype=dtype, mask_out=mask_out,
-            threshold=threshold, batch_size=batch_size, tta=tta, amp=amp, overwrite=overwrite, resume=resume,
-            progress=progress, attrs={"model": Path(model).name, "voxel_size": config.voxel_size},
-            device=None if device == "auto" else device)
+            client, model, image, out, tile_xy=tile_xy, tile_z=tile_z, overlap=overlap, block=block, dtype=dtype,
+            mask_out=mask_out, threshold=threshold, batch_size=batch_size, tta=tta, amp=amp, overwrite=overwrite,
+            resume=resume, progress=progress, attrs=attrs, device=None if device == "auto" else device)
     net, config = load_model(model, device)
     volume = io.open_volume(image)
-    return predict_volume(net, volume, out, config.dims, _tile(config, volume.shape, tile_xy, tile_z),
+    return predict_volume(net, volume, out, config.dims, run_tile(config, volume.shape, tile_xy, tile_z),
                           config.overlap if overlap is None else overlap, block, dtype, mask_out, threshold,
-                          batch_size, tta, amp, attrs={"model": Path(model).name, "voxel_size": config.voxel_size},
+                          batch_size, tta, amp, attrs=dict(attrs, voxel_size=config.voxel_size),
                           overwrite=overwrite, resume=resume, progress=progress)
 
 
-def _tile(config: Any, shape: tuple[int, ...], tile_xy: int | None, tile_z: int | None) -> tuple[int, int, int]:
+def run_tile(config: Any, shape: tuple[int, ...], tile_xy: int | None, tile_z: int | None) -> tuple[int, int, int]:
     """The prediction tile of a run for a volume: the user's, else the run's (2D: whole slices, see
     `default_tile`)."""
     tile = (tile_z or config.tile[0], tile_xy or config.tile[1], tile_xy or config.tile[2])

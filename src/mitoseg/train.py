@@ -26,7 +26,7 @@ import torch
 from mitoseg import data, io, memory, metrics
 from mitoseg.config import Config
 from mitoseg.errors import MitosegError
-from mitoseg.models import autocast, build_model, channels_last, pick_device
+from mitoseg.models import autocast, build_model, channels_last, pick_device, synchronize
 from mitoseg.predict import default_tile, predict_array
 
 LOG_FIELDS = ["epoch", "iterations", "loss", "val_dice", "val_iou", "monitor_iou", "lr", "epoch_seconds",
@@ -218,8 +218,7 @@ def _train(config: Config, image: np.ndarray, mask: np.ndarray, out: Path, resum
             bar.set_postfix(loss=f"{losses[-1]:.3f}" if losses else "nan")
             if state["elapsed"] + time.perf_counter() - t0 >= budget:
                 break
-        if device.type == "cuda":
-            torch.cuda.synchronize()
+        synchronize(device)
         seconds = time.perf_counter() - t0
         state["elapsed"] += seconds
         state["epoch"] += 1
