@@ -178,3 +178,19 @@ def test_label_on_a_local_dask_cluster_equals_single_process(runs):
     assert main([*common, "--out", str(d / "single.zarr")]) == 0
     assert main([*common, "--out", str(d / "dask.zarr"), "--scheduler", "local", "--workers", "2"]) == 0
     np.testing.assert_array_equal(io.open_volume(d / "dask.zarr")[:], io.open_volume(d / "single.zarr")[:])
+
+
+def test_predict_and_label_write_ome_zarr_at_the_runs_voxel_size(runs):
+    from ome_zarr.io import parse_url
+    from ome_zarr.reader import Reader
+
+    d = runs
+    probs, labels = d / "p.ome.zarr", d / "l.ome.zarr"
+    assert main(["--quiet", "predict", str(d / "test.tif"), "--model", str(d / "run2"), "--out", str(probs),
+                 "--block", "4", "64", "64"]) == 0
+    node = next(iter(Reader(parse_url(str(probs)))()))
+    assert node.metadata["coordinateTransformations"][0][0]["scale"] == [5.0, 5.0, 5.0]  # the run's voxel size
+    assert node.metadata["axes"][0]["unit"] == "nanometer" and len(node.data) == 2  # 128 -> 64 pixels
+    assert main(["--quiet", "label", str(probs), "--out", str(labels)]) == 0
+    np.testing.assert_array_equal(io.open_volume(labels)[:] > 0, io.open_volume(probs)[:] >= 128)
+    assert io.voxel_size(labels) == (5.0, 5.0, 5.0)  # taken from the OME-Zarr input

@@ -6,6 +6,8 @@ tasks ever write the same chunk), with one marker file per finished block in ``<
 and the settings that decide its values in its attributes (``settings``). `open_output` with `resume`
 reopens such a partial output only when the settings are the same, and otherwise refuses, naming each
 difference (so a resumed run never mixes blocks of two runs); `finish` renames it to its final name.
+An output named ``*.ome.zarr`` is an OME-Zarr image group instead (level "0" written block by block, the
+pyramid and NGFF metadata added by `finish`, see `mitoseg.omezarr`).
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from mitoseg import checks, io
+from mitoseg import checks, io, omezarr
 from mitoseg.errors import MitosegError
 
 Block = tuple[slice, ...]
@@ -48,6 +50,7 @@ class Output:
     path: Path
     array: Any
     done: Path
+    pyramid: tuple | None = None  # OME-Zarr: (voxel size, nearest, name) of the pyramid `finish` builds
 
     def todo(self, blocks: Iterable[Block]) -> list[Block]:
         """The blocks not yet marked as written."""
@@ -74,23 +77,35 @@ def open_output(path: str | Path, shape: Sequence[int], dtype: Any, block: Seque
     shape, block = tuple(int(s) for s in shape), tuple(int(b) for b in block)
     settings = io.jsonable(dict(settings, shape=list(shape), dtype=str(np.dtype(dtype)), block=list(block)))
     tmp = io.partial_path(path)
+    attrs = dict(attrs or {})
+    pyramid = None
+    if omezarr.is_ome_path(path):  # an NGFF image group: level 0 here, the pyramid when finished
+        voxel = tuple(float(v) for v in attrs.get("voxel_size") or (1.0, 1.0, 1.0))
+        pyramid = (voxel, attrs.get("kind") in ("mask", "labels"), attrs.get("kind", "image"))
     if resume and tmp.exists():
-        array = zarr.open_array(str(tmp), mode="r+")
+        array = zarr.open_array(str(tmp / "0" if pyramid else tmp), mode="r+")
         old = dict(array.attrs.get("settings", {}))
         diff = [f"{k} {old.get(k)!r} then, {v!r} now" for k, v in settings.items() if old.get(k) != v]
         if diff:
             raise MitosegError(f"{tmp} was written with other settings ({'; '.join(diff)}): resume with the "
                                "same settings, or start again with --overwrite")
-        return Output(path, array, io.done_dir(path, resume=True))
+        return Output(path, array, io.done_dir(path, resume=True), pyramid)
     io.remove(tmp)
-    array = zarr.create_array(str(tmp), shape=shape, dtype=dtype, chunks=block, fill_value=0)
-    array.attrs.update(io.jsonable(dict(attrs or {}, settings=settings)))
-    return Output(path, array, io.done_dir(path, resume=False))
+    if pyramid:
+        array = zarr.open_group(str(tmp), mode="w").create_array("0", shape=shape, dtype=dtype, chunks=block,
+                                                                 fill_value=0)
+    else:
+        array = zarr.create_array(str(tmp), shape=shape, dtype=dtype, chunks=block, fill_value=0)
+    array.attrs.update(io.jsonable(dict(attrs, settings=settings)))
+    return Output(path, array, io.done_dir(path, resume=False), pyramid)
 
 
 def finish(*outputs: Output, overwrite: bool = False) -> None:
-    """Rename every finished output to its final name (see `io.finish_output`)."""
+    """Rename every finished output to its final name (see `io.finish_output`); an OME-Zarr output gets its
+    pyramid and NGFF metadata first (`omezarr.write_pyramid`)."""
     for out in outputs:
+        if out.pyramid:
+            omezarr.write_pyramid(io.partial_path(out.path), *out.pyramid)
         io.finish_output(out.path, overwrite)
 
 

@@ -213,7 +213,7 @@ def predict_volume_dask(client, model_path: str | Path, image_spec: str | Path, 
     settings = predict.plan(volume, config.dims, tile or predict.run_tile(config, shape, tile_xy, tile_z),
                             config.overlap if overlap is None else overlap, block, dtype=dtype, threshold=threshold,
                             tta=tta, amp=amp, batch_size=batch_size)
-    attrs = dict(attrs or {}, voxel_size=config.voxel_size)
+    attrs = {"voxel_size": config.voxel_size, **(attrs or {})}
     outputs = predict.open_outputs(shape, out, mask_out, settings, predict.fingerprint(net), attrs, resume, overwrite)
     del net
     todo = outputs[0].todo(blocks.grid(shape, settings.block))

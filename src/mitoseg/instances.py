@@ -401,7 +401,8 @@ def label_volume(input: str | Path, out: str | Path, block: Sequence[int] | None
 
     `threshold` is a probability in (0, 1) for mitoseg probability outputs (default 0.5); other volumes
     are masks whose values > 0 are foreground unless it is given. `voxel_size` (z, y, x) nm defaults to
-    the input's attribute, else 1 1 1. `block` defaults to (64, 512, 512). Returns the number of objects.
+    the one the input states (`io.voxel_size`), else 1 1 1. An `out` named *.ome.zarr is OME-Zarr.
+    `block` defaults to (64, 512, 512). Returns the number of objects.
     """
     from mitoseg import cluster, io
 
@@ -409,7 +410,7 @@ def label_volume(input: str | Path, out: str | Path, block: Sequence[int] | None
     volume = io.open_volume(input)
     if table:
         io.check_output(table, overwrite)
-    voxel = voxel_size or dict(getattr(volume, "attrs", {}) or {}).get("voxel_size") or (1.0, 1.0, 1.0)
+    voxel = tuple(voxel_size or io.voxel_size(input) or (1.0, 1.0, 1.0))
     block = tuple(block) if block else (min(volume.shape[0], 64), 512, 512)
     raw_threshold = io.foreground_threshold(volume, threshold)
     attrs = {"voxel_size": voxel, "connectivity": connectivity}
@@ -420,7 +421,7 @@ def label_volume(input: str | Path, out: str | Path, block: Sequence[int] | None
         output = open_labels(out, tuple(volume.shape), block, connectivity, min_size, raw_threshold, attrs, resume,
                              overwrite)
         n = label_blockwise(volume, output.array, block, connectivity, min_size, raw_threshold, progress, output.done)
-        io.finish_output(out, overwrite)
+        blocks.finish(output, overwrite=overwrite)
     if table:
         labels = io.open_volume(out)
         measured = measure_blockwise(labels, n, voxel, block, progress=progress)

@@ -21,6 +21,7 @@ from typing import Any
 
 import numpy as np
 
+from mitoseg import omezarr
 from mitoseg.errors import MitosegError
 
 TIFF = {".tif", ".tiff"}
@@ -97,6 +98,8 @@ def _open_zarr(path: Path, inner: str | None) -> Any:
             node = node[inner]
         except KeyError:
             raise MitosegError(f"{path}: no array {inner!r} in this Zarr store") from None
+    if isinstance(node, zarr.Group) and omezarr.multiscales(dict(node.attrs)):
+        return omezarr.level0(node)[0]  # OME-Zarr: the highest resolution
     if isinstance(node, zarr.Group):
         names = [k for k, _ in node.arrays()]
         raise MitosegError(f"{path} is a Zarr group; name an array as {path}:NAME (arrays: {names})")
@@ -176,6 +179,22 @@ def _open_slices(path: Path) -> SliceStack:
     if len(stack.shape) != 3:
         raise MitosegError(f"{path}: slices have shape {stack.shape[1:]}; greyscale 2D slices are needed")
     return stack
+
+
+def voxel_size(spec: str | Path) -> tuple[float, float, float] | None:
+    """The voxel size (z, y, x) in nm a volume states: an OME-Zarr's scale, or a mitoseg output's
+    `voxel_size` attribute; None when it states none."""
+    path, inner = split_path(spec)
+    if path.suffix.lower() == ".zarr" or (path.is_dir() and any((path / m).exists() for m in ZARR_MARKERS)):
+        import zarr
+
+        node = zarr.open(str(path), mode="r")
+        node = node[inner] if inner else node
+        if isinstance(node, zarr.Group) and omezarr.multiscales(dict(node.attrs)):
+            return omezarr.level0(node)[1]
+        found = dict(node.attrs).get("voxel_size")
+        return tuple(float(v) for v in found) if found else None
+    return None
 
 
 def read_volume(spec: str | Path) -> np.ndarray:

@@ -317,13 +317,16 @@ def predict(model: str | Path, image: str | Path, out: str | Path, *, mask_out: 
     process (`predict_volume`) or on a Dask `client` (`cluster.predict_volume_dask`), with the same result.
 
     Defaults come from the run: `tile_xy`/`tile_z` (a 2D model: whole slices up to 2048 x 2048 when
-    `tile_xy` is not given) and `overlap`. Returns `out`.
+    `tile_xy` is not given) and `overlap`. An `out` (or `mask_out`) named *.ome.zarr is written as OME-Zarr
+    with a pyramid, at the input's voxel size when it states one, else the run's. Returns `out`.
     """
     from mitoseg.train import load_model
 
     checks.check(tile_xy=tile_xy, tile_z=tile_z, overlap=overlap, block=block, threshold=threshold,
                  batch_size=batch_size)
     attrs = {"model": Path(model).name}
+    if isinstance(image, str | Path) and io.voxel_size(image):
+        attrs["voxel_size"] = io.voxel_size(image)  # else the run's (the model was trained at it)
     if client is not None:
         from mitoseg import cluster
 
@@ -335,7 +338,7 @@ def predict(model: str | Path, image: str | Path, out: str | Path, *, mask_out: 
     volume = io.open_volume(image)
     return predict_volume(net, volume, out, config.dims, run_tile(config, volume.shape, tile_xy, tile_z),
                           config.overlap if overlap is None else overlap, block, dtype, mask_out, threshold,
-                          batch_size, tta, amp, attrs=dict(attrs, voxel_size=config.voxel_size),
+                          batch_size, tta, amp, attrs={"voxel_size": config.voxel_size, **attrs},
                           overwrite=overwrite, resume=resume, progress=progress)
 
 

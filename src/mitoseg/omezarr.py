@@ -1,0 +1,90 @@
+"""OME-Zarr (NGFF 0.5): outputs named ``*.ome.zarr`` are image groups with a multiscale pyramid and the
+voxel size as physical scale; inputs may be OME-Zarr (the highest resolution level is read).
+
+The metadata is written by ome-zarr-py (`ome_zarr.writer.write_multiscales_metadata`); the pyramid is
+built here, one level from the one before, one output chunk at a time (ome-zarr-py's `write_image`
+wants the whole volume, or a dask graph of it, and a downsampler of its own), so memory stays a chunk.
+Images and probabilities are averaged (2 x 2 in-plane, and in Z while Z is not coarser than twice the
+in-plane pixel), masks and labels take the nearest voxel, so ids are never blended.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+SUFFIX = ".ome.zarr"
+AXES = [{"name": a, "type": "space", "unit": "nanometer"} for a in "zyx"]
+UNITS_NM = {"nanometer": 1.0, "micrometer": 1000.0, "angstrom": 0.1, "millimeter": 1e6}
+MIN_SIZE = 64  # the pyramid stops when an in-plane axis of the next level would be smaller
+
+
+def is_ome_path(path: str | Path) -> bool:
+    """Whether an output path asks for OME-Zarr (its name ends in .ome.zarr)."""
+    return str(path).rstrip("/").lower().endswith(SUFFIX)
+
+
+def multiscales(attrs: dict) -> list | None:
+    """The NGFF multiscales list of a group's attributes (0.5: under "ome"; 0.4: at the top), or None."""
+    return (attrs.get("ome") or {}).get("multiscales") or attrs.get("multiscales")
+
+
+def level0(group: Any) -> tuple[Any, tuple[float, float, float] | None]:
+    """The highest-resolution array of an OME-Zarr image group and its voxel size (z, y, x) in nm (None
+    when the metadata has no spatial scale)."""
+    ms = multiscales(dict(group.attrs))[0]
+    first = ms["datasets"][0]
+    scale = next((t["scale"] for t in first.get("coordinateTransformations", []) if t.get("type") == "scale"), None)
+    axes = ms.get("axes") or AXES
+    if scale is None or len(scale) < 3:
+        return group[first["path"]], None
+    factors = [UNITS_NM.get(a.get("unit", "nanometer"), 1.0) if isinstance(a, dict) else 1.0 for a in axes]
+    voxel = tuple(float(s) * f for s, f in zip(scale[-3:], factors[-3:], strict=True))
+    return group[first["path"]], voxel
+
+
+def factors(shape: tuple[int, ...], voxel_size: tuple[float, float, float]) -> list[tuple[int, int, int]]:
+    """The downsampling factor of each pyramid level from the one before: in-plane 2, in Z 2 while the Z
+    spacing is at most twice the in-plane one; as many levels as keep in-plane axes >= MIN_SIZE."""
+    spacing, size, out = list(map(float, voxel_size)), list(map(int, shape)), []
+    while min(size[1:]) // 2 >= MIN_SIZE:
+        f = (2 if spacing[0] <= 2 * min(spacing[1:]) and size[0] >= 2 else 1, 2, 2)
+        spacing = [s * k for s, k in zip(spacing, f, strict=True)]
+        size = [n // k for n, k in zip(size, f, strict=True)]
+        out.append(f)
+    return out
+
+
+def write_pyramid(path: str | Path, voxel_size: tuple[float, float, float], nearest: bool, name: str) -> None:
+    """Add levels 1.. (from level "0") and the NGFF metadata to the image group at `path`."""
+    import zarr
+    from ome_zarr.writer import write_multiscales_metadata
+
+    from mitoseg import blocks
+
+    group = zarr.open_group(str(path), mode="r+")
+    scale = np.asarray(voxel_size, dtype=float)
+    datasets = [{"path": "0", "coordinateTransformations": [{"type": "scale", "scale": scale.tolist()}]}]
+    for level, f in enumerate(factors(group["0"].shape, voxel_size), start=1):
+        src = group[str(level - 1)]
+        shape = tuple(n // k for n, k in zip(src.shape, f, strict=True))
+        dst = group.create_array(str(level), shape=shape, dtype=src.dtype, chunks=src.chunks, fill_value=0)
+        for b in blocks.grid(shape, dst.chunks):  # one output chunk at a time, from its source region
+            if nearest:  # zarr reads every f-th voxel itself: memory stays one output chunk
+                dst[b] = src[tuple(slice(s.start * k, s.stop * k, k) for s, k in zip(b, f, strict=True))]
+            else:
+                region = np.asarray(src[tuple(slice(s.start * k, s.stop * k) for s, k in zip(b, f, strict=True))])
+                dst[b] = downsample(region, f)
+        scale = scale * np.asarray(f)
+        datasets.append({"path": str(level), "coordinateTransformations": [{"type": "scale", "scale": scale.tolist()}]})
+    write_multiscales_metadata(group, datasets, axes=AXES, name=name)
+
+
+def downsample(region: np.ndarray, f: tuple[int, int, int]) -> np.ndarray:
+    """`region` (Z, Y, X, each a multiple of `f`) reduced by `f`: the mean of each f-block, rounded back to
+    an integer dtype."""
+    z, y, x = (n // k for n, k in zip(region.shape, f, strict=True))
+    mean = region.reshape(z, f[0], y, f[1], x, f[2]).mean(axis=(1, 3, 5), dtype=np.float64)
+    return np.rint(mean).astype(region.dtype) if np.issubdtype(region.dtype, np.integer) else mean.astype(region.dtype)

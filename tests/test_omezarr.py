@@ -1,0 +1,53 @@
+"""OME-Zarr outputs: level 0 through the block engine, a pyramid, NGFF metadata that ome-zarr-py reads
+at the right physical scale; OME-Zarr inputs open at their highest resolution."""
+
+import numpy as np
+import pytest
+from conftest import same_partition
+from ome_zarr.io import parse_url
+from ome_zarr.reader import Reader
+
+from mitoseg import blocks, instances, io, omezarr
+
+VOXEL = (50.0, 4.6, 4.6)
+
+
+def _write(path, data, kind, block=(4, 128, 128)):
+    out = blocks.open_output(path, data.shape, data.dtype, block, {}, {"kind": kind, "voxel_size": VOXEL})
+    for b in blocks.grid(data.shape, block):
+        out.write(b, data[b])
+    blocks.finish(out)
+    return path
+
+
+def test_image_pyramid_reads_back_at_physical_scale(tmp_path, droso):
+    raw = droso[0][:, :512, :384]
+    path = _write(tmp_path / "raw.ome.zarr", raw, "image")
+    node = next(iter(Reader(parse_url(str(path)))()))  # ome-zarr-py's own reader, as napari uses it
+    scales = [t[0]["scale"] for t in node.metadata["coordinateTransformations"]]
+    assert scales[0] == list(VOXEL) and scales[1] == [50.0, 9.2, 9.2]  # Z (50 nm) is not halved
+    assert [d.shape for d in node.data] == [(20, 512, 384), (20, 256, 192), (20, 128, 96), (20, 64, 48)][:len(scales)]
+    assert len(scales) == 3  # the next level would be under 64 pixels wide
+    np.testing.assert_array_equal(np.asarray(node.data[0]), raw)
+    mean = raw[:, :2 * 256, :2 * 192].reshape(20, 256, 2, 192, 2).mean(axis=(2, 4))
+    assert np.abs(np.asarray(node.data[1]).astype(float) - mean).max() <= 0.5  # averaged, rounded
+    assert np.array_equal(io.open_volume(path)[:], raw) and io.voxel_size(path) == VOXEL
+
+
+def test_labels_are_downsampled_by_nearest_and_label_writes_ome(tmp_path, droso):
+    mask = droso[1][:, :256, :256]
+    n = instances.label_volume(_write(tmp_path / "mask.zarr", mask, "mask"), tmp_path / "l.ome.zarr",
+                               (8, 128, 128), voxel_size=VOXEL, progress=False)
+    labels = io.open_volume(tmp_path / "l.ome.zarr")
+    assert labels.dtype == np.uint32 and labels[:].max() == n > 5
+    assert same_partition(labels[:], instances.label(mask, 26))
+    node = next(iter(Reader(parse_url(str(tmp_path / "l.ome.zarr")))()))
+    level1 = np.asarray(node.data[1])
+    np.testing.assert_array_equal(level1, labels[:][:, ::2, ::2])  # ids kept, never averaged
+    assert io.voxel_size(tmp_path / "l.ome.zarr") == VOXEL
+
+
+@pytest.mark.parametrize("voxel, expect", [((5.0, 5.0, 5.0), (2, 2, 2)), ((50.0, 4.6, 4.6), (1, 2, 2)),
+                                           ((10.0, 4.6, 4.6), (1, 2, 2)), ((9.0, 4.6, 4.6), (2, 2, 2))])
+def test_z_is_halved_only_while_not_coarser(voxel, expect):
+    assert omezarr.factors((64, 1024, 1024), voxel)[0] == expect
