@@ -25,14 +25,15 @@ import numpy as np
 from mitoseg import compare, config, io, metrics, predict, train
 
 PER_EPOCH = 50
-VARIANTS = [  # (name, Config changes); the first is the recipe every other row changes one thing of
-    ("recipe", {}),
-    ("recipe, another seed (run-to-run noise)", {"seed": 1}),
-    ("float32 training instead of bf16", {"amp": False}),
-    ("no per-slice intensity jitter", {"slice_jitter": 0.0}),
-    ("half-strength patch intensity augmentation (about the previous recipe's)", {"intensity_aug": 0.5}),
-    ("16-slice patches (the 3D model pads them to 32, the 2D model takes 16 slices)", {"patch_z": 16}),
-]
+VARIANTS = {  # folder: (name, Config changes); the first is the recipe every other row changes one thing of
+    "recipe": ("recipe", {}),
+    "seed1": ("recipe, another seed (run-to-run noise)", {"seed": 1}),
+    "no_slice_jitter": ("no per-slice intensity jitter", {"slice_jitter": 0.0}),
+    "half_intensity": ("half-strength patch intensity augmentation (about the previous recipe's)",
+                       {"intensity_aug": 0.5}),
+    "patch_z16": ("16-slice patches (the 3D model pads them to 32, the 2D model takes 16 slices)", {"patch_z": 16}),
+    "fp32": ("float32 training instead of bf16", {"amp": False}),
+}
 LAST = "recipe, last checkpoint instead of best validation IoU"
 
 
@@ -54,6 +55,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--iterations", type=int, default=200, help="training iterations per model")
     p.add_argument("--slices", type=int, default=64, help="central test slices to score")
     p.add_argument("--runs", default=None, help="folder for the run folders (default: beside --out, in runs/)")
+    p.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS),
+                   help="rows to run, in order (default: all); finished run folders are reused")
     a = p.parse_args(argv)
     out = Path(a.out)
     runs = Path(a.runs) if a.runs else out.parent / "runs"
@@ -64,19 +67,22 @@ def main(argv: list[str] | None = None) -> None:
     dark = gamma(image, 1.4)
     dark_window = io.intensity_range(gamma(bench.test_image, 1.4))
     rows = []
-    for name, changes in VARIANTS:
+    for key in a.variants:
+        name, changes = VARIANTS[key]
         for dims in (2, 3):
             cfg = config.quick(dims, epochs=max(1, a.iterations // PER_EPOCH), minutes=None,
                                iterations_per_epoch=PER_EPOCH, **changes)
-            folder = runs / f"{len(rows) // 2:02d}_{dims}D"
-            t0 = time.perf_counter()
-            summary = train.train(cfg, bench.train_image, bench.train_mask, folder, overwrite=True, progress=False)
-            seconds = time.perf_counter() - t0
+            folder = runs / f"{key}_{dims}D"
+            if (folder / "summary.json").exists() and config.Config.load(folder / "config.json") == cfg:
+                summary = train.summarize(folder)  # finished by an earlier, interrupted call: reused
+            else:
+                summary = train.train(cfg, bench.train_image, bench.train_mask, folder, overwrite=True,
+                                      progress=False)
             checkpoints = [(name, "best.pt")] + ([(LAST, "last.pt")] if name == "recipe" else [])
             for row_name, ckpt in checkpoints:
                 model, cfg = train.load_model(folder / ckpt)
                 row = {"variant": row_name, "dims": dims, "changes": changes, "iterations": summary["iterations"],
-                       "best_val_iou": summary["best_val_iou"], "wall_seconds": seconds,
+                       "best_val_iou": summary["best_val_iou"],
                        "test_iou": score(model, cfg, image, truth, window),
                        "test_iou_gamma_1.4": score(model, cfg, dark, truth, dark_window)}
                 rows.append(row)

@@ -194,3 +194,22 @@ def test_predict_and_label_write_ome_zarr_at_the_runs_voxel_size(runs):
     assert main(["--quiet", "label", str(probs), "--out", str(labels)]) == 0
     np.testing.assert_array_equal(io.open_volume(labels)[:] > 0, io.open_volume(probs)[:] >= 128)
     assert io.voxel_size(labels) == (5.0, 5.0, 5.0)  # taken from the OME-Zarr input
+
+
+def test_train_from_a_few_slices_and_fine_tune(runs, capsys, tmp_path):
+    d = runs
+    t, g = str(d / "train.tif"), str(d / "train_gt.tif")
+    labels = tifffile.imread(g)
+    partial = labels.copy()
+    partial[4:] = 99  # slices 4.. not annotated
+    tifffile.imwrite(tmp_path / "partial.tif", partial)
+    out = tmp_path / "fine"
+    assert main(["--quiet", "train", t, str(tmp_path / "partial.tif"), "--unlabeled", "99", "--annotated-slices",
+                 "0-2", "--init", str(d / "run2"), "--out", str(out), *TRAIN]) == 0
+    saved = json.loads((out / "config.json").read_text())
+    assert (saved["init"], saved["annotated_slices"], saved["unlabeled"]) == (str(d / "run2"), "0-2", 99)
+    bad(["train", t, g, "--annotated-slices", "5-9", "--out", str(tmp_path / "r"), *TRAIN], capsys,
+        "annotated slices '5-9' outside the volume's slices 0..7")
+    bad(["train", t, g, "--init", str(d / "run3"), "--out", str(tmp_path / "r"), *TRAIN], capsys,
+        "is a 3D resnet18 run; this run is 2D")
+    assert not (tmp_path / "r").exists()

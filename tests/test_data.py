@@ -237,3 +237,20 @@ def test_slice_intensity_jitter_changes_each_slice_apart(lucchi_crop):
     assert np.std(gains) > 0.01  # the slices differ
     never = data.RandSliceIntensityd("image", scale=0.1, shift=0.05, prob=0.0)
     assert never({"image": image})["image"] is image
+
+
+def test_slices_and_partial_annotation(droso_crop):
+    _, mask = droso_crop
+    assert data.parse_slices("0, 3-5,19", 20) == [0, 3, 4, 5, 19]
+    for bad, match in [("20", "outside"), ("5-3", "outside"), ("a-b", "use indices"), (",", "name no slice")]:
+        with pytest.raises(MitosegError, match=match):
+            data.parse_slices(bad, 20)
+    partial = data.annotate_slices(mask, [2, 9])
+    assert (partial[[2, 9]] == mask[[2, 9]]).all() and (np.delete(partial, [2, 9], axis=0) == data.IGNORE).all()
+    data.check_labels(partial)
+    with pytest.raises(MitosegError, match="no annotated voxel"):
+        data.check_labels(np.full_like(mask, data.IGNORE))
+    sampler = data.PatchSampler(data.Volume(mask.astype(np.float32), partial), (4, 64, 64), 0.5,
+                                np.random.default_rng(3))
+    _, ys = sampler.sample(40)
+    assert all((y != data.IGNORE).any() for y in ys)  # no patch without an annotated voxel

@@ -367,3 +367,21 @@ def test_foreground_threshold(tmp_path):
     assert io.foreground_threshold(probs16, None) == 0.5
     assert io.foreground_threshold(mask, None) is None
     assert io.foreground_threshold(mask, 3) == 3
+
+
+def test_load_pair_keeps_unannotated_voxels(tmp_path, droso_crop):
+    raw, mask = droso_crop
+    labels = (mask * 255).astype(np.uint8)
+    labels[10:] = 7  # slices 10.. not annotated
+    np.save(tmp_path / "img.npy", raw)
+    np.save(tmp_path / "lab.npy", labels)
+    _, got = io.load_pair(tmp_path / "img.npy", tmp_path / "lab.npy", unlabeled=7)
+    assert np.array_equal(got[:10], mask[:10]) and (got[10:] == 2).all()
+    with pytest.raises(MitosegError, match="no voxel of the --unlabeled value 9"):
+        io.load_pair(tmp_path / "img.npy", tmp_path / "lab.npy", unlabeled=9)
+    labels[0, 0, :3] = (1, 2, 3)  # more than two annotated values: a threshold is needed
+    np.save(tmp_path / "lab.npy", labels)
+    with pytest.raises(MitosegError, match="annotated voxels\\) hold more than two values"):
+        io.load_pair(tmp_path / "img.npy", tmp_path / "lab.npy", unlabeled=7)
+    _, got = io.load_pair(tmp_path / "img.npy", tmp_path / "lab.npy", threshold=127, unlabeled=7)
+    assert (got[10:] == 2).all() and got[0, 0, :3].tolist() == [0, 0, 0]

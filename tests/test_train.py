@@ -94,20 +94,15 @@ def test_3d_model_learns_on_a_thin_anisotropic_stack(tmp_path, droso_crop):
 
 
 def _nan_loss_on(monkeypatch, bad_calls):
-    """Make the training loss NaN on the forward calls for which `bad_calls(call_number)` is true."""
-    import monai.losses
+    """Make the training loss NaN on the calls for which `bad_calls(call_number)` is true."""
+    real, calls = tr.masked_loss, [0]
 
-    real = monai.losses.DiceCELoss
+    def sometimes_nan(logits, labels):
+        calls[0] += 1
+        loss = real(logits, labels)
+        return loss * float("nan") if bad_calls(calls[0]) else loss
 
-    class SometimesNaN(real):
-        calls = 0
-
-        def forward(self, x, y):
-            SometimesNaN.calls += 1
-            loss = super().forward(x, y)
-            return loss * float("nan") if bad_calls(SometimesNaN.calls) else loss
-
-    monkeypatch.setattr(monai.losses, "DiceCELoss", SometimesNaN)
+    monkeypatch.setattr(tr, "masked_loss", sometimes_nan)
 
 
 def test_a_non_finite_step_is_skipped_and_logged(tmp_path, small, monkeypatch):
@@ -183,3 +178,51 @@ def test_epoch_definition():
     assert tr.iterations_per_epoch(cfg, (16, 128, 256)) == 8
     cfg3 = tiny(3, iterations_per_epoch=None, patch_xy=64, patch_z=8, batch=2)
     assert tr.iterations_per_epoch(cfg3, (16, 128, 256)) == 8  # same voxels per iteration as 2D
+
+
+def test_masked_loss_is_dice_ce_where_annotated():
+    from monai.losses import DiceCELoss
+
+    torch.manual_seed(0)
+    logits = torch.randn(2, 1, 8, 32, 32)
+    labels = (torch.rand(2, 1, 8, 32, 32) > 0.7).float()
+    assert tr.masked_loss(logits, labels).item() == pytest.approx(DiceCELoss(sigmoid=True)(logits, labels).item(),
+                                                                  rel=1e-6)
+    partial = labels.clone()
+    partial[:, :, 4:] = data.IGNORE  # slices 4.. not annotated
+    sub = DiceCELoss(sigmoid=True)(logits[:, :, :4], labels[:, :, :4]).item()
+    assert tr.masked_loss(logits, partial).item() == pytest.approx(sub, rel=1e-5)
+    logits.requires_grad_(True)
+    tr.masked_loss(logits, partial).backward()
+    assert logits.grad[:, :, 4:].abs().max() == 0 and logits.grad[:, :, :4].abs().max() > 0
+
+
+def test_train_on_a_few_annotated_slices(tmp_path, small):
+    raw, mask = small
+    cfg = tiny(3, annotated_slices="0,2-3", epochs=1)  # this crop has mitochondria in slices 0 and 2 only
+    tr.train(cfg, raw, mask, tmp_path / "run", progress=False)
+    saved = Config.load(tmp_path / "run" / "config.json")
+    assert saved.annotated_slices == "0,2-3"
+    model, cfg = tr.load_model(tmp_path / "run")
+    partial = data.annotate_slices(mask, [0, 2, 3])
+    _, val = data.split(raw, partial, cfg.val_fraction, io.intensity_range(raw))
+    probs = tr.predict_array(model, val.image, 3, cfg.tile, cfg.overlap, val.window)
+    on_annotated = tr.metrics.scores(tr.metrics.confusion(probs[[0, 2, 3]] >= 0.5, val.mask[[0, 2, 3]]))
+    assert tr.read_log(tmp_path / "run")[0]["val_iou"] == pytest.approx(on_annotated["jaccard"], abs=1e-6)
+    with pytest.raises(MitosegError, match="no foreground voxels where annotated"):
+        tr.train(tiny(2, annotated_slices="1"), raw, mask, tmp_path / "empty", progress=False)
+    assert not (tmp_path / "empty").exists()
+
+
+def test_init_starts_from_another_runs_weights(tmp_path, small):
+    tr.train(tiny(2, epochs=1), *small, tmp_path / "a", progress=False)
+    tr.train(tiny(2, epochs=1, iterations_per_epoch=1, lr=1e-12, warmup_iterations=1, init=str(tmp_path / "a")),
+             *small, tmp_path / "b", progress=False)  # one step at a negligible learning rate
+    a, _ = tr.load_model(tmp_path / "a")
+    b, cfg = tr.load_model(tmp_path / "b" / "last.pt")
+    assert cfg.init == str(tmp_path / "a")
+    for (name, pa), pb in zip(a.state_dict().items(), b.state_dict().values(), strict=True):
+        if pa.is_floating_point() and "running" not in name:
+            torch.testing.assert_close(pa, pb, rtol=1e-5, atol=1e-6)
+    with pytest.raises(MitosegError, match="is a 2D resnet18 run; this run is 3D"):
+        tr.train(tiny(3, init=str(tmp_path / "a")), *small, tmp_path / "c", progress=False)

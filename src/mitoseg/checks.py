@@ -71,7 +71,8 @@ RULES: dict[str, Rule] = {
     "tile_xy": Rule(int, 16), "tile_z": POSITIVE_INT, "overlap": FRACTION, "batch_size": POSITIVE_INT,
     "threshold": PROBABILITY,
     # labels, objects, units
-    "label_threshold": Rule(float, 0), "min_size": COUNT, "voxel_size": POSITIVE, "block": POSITIVE_INT,
+    "label_threshold": Rule(float, 0), "unlabeled": Rule(float), "min_size": COUNT, "voxel_size": POSITIVE,
+    "block": POSITIVE_INT,
     "connectivity": Rule(int, 6, 26),
     # Dask and reports
     "tile": POSITIVE_INT, "workers": POSITIVE_INT, "slices": POSITIVE_INT,

@@ -41,12 +41,12 @@ def cmd_train(a: argparse.Namespace) -> None:
     from mitoseg.config import PRESETS
     from mitoseg.train import train
 
-    image, mask = io.load_pair(a.image, a.labels, a.label_threshold)
+    image, mask = io.load_pair(a.image, a.labels, a.label_threshold, a.unlabeled)
     changes = {k: v for k, v in dict(
         epochs=a.epochs, minutes=a.minutes, patch_xy=a.patch_xy, patch_z=a.patch_z, batch=a.batch, lr=a.lr,
         iterations_per_epoch=a.iterations_per_epoch, val_fraction=a.val_fraction, seed=a.seed,
-        device=a.device, label_threshold=a.label_threshold, voxel_size=a.voxel_size,
-        amp=False if a.fp32 else None).items() if v is not None}
+        device=a.device, label_threshold=a.label_threshold, voxel_size=a.voxel_size, unlabeled=a.unlabeled,
+        annotated_slices=a.annotated_slices, init=a.init, amp=False if a.fp32 else None).items() if v is not None}
     cfg = PRESETS["quick" if a.quick else a.preset](a.dims, **changes)
     summary = train(cfg, image, mask, a.out, resume=a.resume, overwrite=a.overwrite, progress=not a.quiet)
     print(json.dumps(summary, indent=2))
@@ -153,6 +153,11 @@ def parser() -> argparse.ArgumentParser:
     t.add_argument("--label-threshold", type=arg("label_threshold"), help=LABEL_THRESHOLD_HELP)
     t.add_argument("--voxel-size", type=arg("voxel_size"), nargs=3, metavar=("Z", "Y", "X"),
                    help="voxel size in nm (chooses the 3D encoder's strides; default 5 5 5)")
+    t.add_argument("--annotated-slices", metavar="LIST",
+                   help="only these slices are annotated, e.g. 0,40-43,120 (the others are ignored)")
+    t.add_argument("--unlabeled", type=arg("unlabeled"), metavar="VALUE",
+                   help="label value of voxels nobody annotated (ignored in training and validation)")
+    t.add_argument("--init", metavar="RUN", help="start from this run's (or checkpoint's) weights: fine-tuning")
     t.add_argument("--resume", action="store_true", help="continue from the run folder's last checkpoint")
     t.add_argument("--overwrite", action="store_true", help="replace an existing run folder")
     t.set_defaults(func=cmd_train)

@@ -45,6 +45,11 @@ class Config:
     tile_z: int = 32
     overlap: float = 0.5
     encoder: str = "resnet18"
+    # a little annotation: the only annotated slices ("0,40-43"; None: all), the label value that means
+    # "not annotated" (recorded; applied when the labels are read), and the run whose weights start training
+    annotated_slices: str | None = None
+    unlabeled: float | None = None
+    init: str | None = None
     extra: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:

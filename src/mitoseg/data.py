@@ -17,7 +17,7 @@ from mitoseg.errors import MitosegError
 
 @dataclass
 class Volume:
-    """An image (Z, Y, X) as stored (any dtype), its mask (Z, Y, X) uint8 {0, 1}, and the intensity
+    """An image (Z, Y, X) as stored (any dtype), its mask (Z, Y, X) uint8 {0, 1, IGNORE}, and the intensity
     window that maps the image to the network's [0, 1] (`io.intensity_range` of the whole volume).
     Patches are normalised as they are read, so no float copy of the volume is ever made."""
 
@@ -26,13 +26,45 @@ class Volume:
     window: tuple[float, float] = (0.0, 1.0)
 
 
+IGNORE = 2  # mask value of voxels nobody annotated: no loss, no sampling centre, no score
+
+
 def check_labels(mask: np.ndarray, name: str = "labels") -> None:
-    """Refuse label volumes a model cannot learn from: no foreground, or nothing but foreground."""
-    fg = int(np.count_nonzero(mask))
+    """Refuse label volumes a model cannot learn from: no annotated voxel (all `IGNORE`), no foreground
+    among the annotated voxels, or nothing but foreground."""
+    annotated = int(np.count_nonzero(mask != IGNORE))
+    fg = int(np.count_nonzero(mask == 1))
+    if annotated == 0:
+        raise MitosegError(f"{name} hold no annotated voxel (check --annotated-slices and --unlabeled)")
     if fg == 0:
-        raise MitosegError(f"{name} hold no foreground voxels: nothing to learn (check --label-threshold)")
-    if fg == mask.size:
+        raise MitosegError(f"{name} hold no foreground voxels{' where annotated' if annotated < mask.size else ''}: "
+                           "nothing to learn (check --label-threshold)")
+    if fg == annotated:
         raise MitosegError(f"{name} are foreground everywhere: nothing to learn (check --label-threshold)")
+
+
+def parse_slices(text: str, depth: int) -> list[int]:
+    """Slice indices from text such as "0,40-43,120" (ranges inclusive), each in [0, depth)."""
+    out: set[int] = set()
+    for part in filter(None, (p.strip() for p in str(text).split(","))):
+        lo, sep, hi = part.partition("-")
+        try:
+            a, b = int(lo), int(hi) if sep else int(lo)
+        except ValueError:
+            raise MitosegError(f"annotated slices {text!r}: use indices and ranges such as 0,40-43,120") from None
+        if not 0 <= a <= b < depth:
+            raise MitosegError(f"annotated slices {part!r} outside the volume's slices 0..{depth - 1}")
+        out.update(range(a, b + 1))
+    if not out:
+        raise MitosegError(f"annotated slices {text!r} name no slice")
+    return sorted(out)
+
+
+def annotate_slices(mask: np.ndarray, slices: list[int]) -> np.ndarray:
+    """A copy of `mask` (Z, Y, X) in which every slice not in `slices` is `IGNORE` (not annotated)."""
+    out = np.full_like(mask, IGNORE)
+    out[slices] = mask[slices]
+    return out
 
 
 def split(image: np.ndarray, mask: np.ndarray, val_fraction: float,
@@ -59,7 +91,8 @@ def check_patch(shape: tuple[int, ...], patch: tuple[int, int, int], name: str =
 
 
 class PatchSampler:
-    """Draws random patches; a `fg_fraction` of them is centred on a foreground voxel.
+    """Draws random patches; a `fg_fraction` of them is centred on a foreground voxel, the others anywhere
+    (on an annotated voxel when the mask holds unannotated ones, `IGNORE`).
 
     Hand-written (MONAI's RandCropByPosNegLabel rescans the whole label volume per call).
     """
@@ -68,16 +101,26 @@ class PatchSampler:
                  rng: np.random.Generator, max_fg_points: int = 1_000_000):
         check_patch(volume.image.shape, patch)
         self.volume, self.patch, self.fg_fraction, self.rng = volume, patch, fg_fraction, rng
-        fg = np.flatnonzero(volume.mask.ravel())
-        if fg.size > max_fg_points:
-            fg = rng.choice(fg, max_fg_points, replace=False)
-        self.fg = fg
+        self.fg = self._points(volume.mask == 1, rng, max_fg_points)
+        partial = volume.mask == IGNORE
+        # partly annotated: the other patches are centred on an annotated voxel, so none is all unannotated
+        self.annotated = self._points(~partial, rng, max_fg_points) if partial.any() else None
+
+    @staticmethod
+    def _points(where: np.ndarray, rng: np.random.Generator, most: int) -> np.ndarray:
+        points = np.flatnonzero(where.ravel())
+        return rng.choice(points, most, replace=False) if points.size > most else points
 
     def corner(self) -> tuple[int, int, int]:
         """The low corner (z, y, x) of the next patch."""
         shape = self.volume.image.shape
+        centres = None
         if self.fg.size and self.rng.random() < self.fg_fraction:
-            centre = np.unravel_index(self.rng.choice(self.fg), shape)
+            centres = self.fg
+        elif self.annotated is not None:
+            centres = self.annotated
+        if centres is not None:
+            centre = np.unravel_index(self.rng.choice(centres), shape)
             low = [c - p // 2 + int(self.rng.integers(-(p // 4), p // 4 + 1))
                    for c, p in zip(centre, self.patch, strict=True)]
         else:
@@ -85,8 +128,8 @@ class PatchSampler:
         return tuple(int(np.clip(c, 0, s - p)) for c, s, p in zip(low, shape, self.patch, strict=True))
 
     def sample(self, n: int) -> tuple[np.ndarray, np.ndarray]:
-        """n patches: images float32 normalised to [0, 1] by the volume's window and masks float32 {0, 1},
-        each (n, 1, Z, Y, X)."""
+        """n patches: images float32 normalised to [0, 1] by the volume's window and masks float32
+        {0, 1, IGNORE}, each (n, 1, Z, Y, X)."""
         xs, ys = [], []
         for _ in range(n):
             z, y, x = self.corner()

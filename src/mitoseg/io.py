@@ -236,7 +236,11 @@ def check_binary(labels: Any, name: str = "labels", max_samples: int = 2_000_000
     voxels) when no threshold was given: an anti-aliased 0..255 mask read as ``> 0`` keeps its soft rim
     and silently shifts every score."""
     step = max(1, int(np.ceil((np.prod(labels.shape) / max_samples) ** (1 / len(labels.shape)))))
-    values = np.unique(np.asarray(labels[(slice(None, None, step),) * len(labels.shape)]))
+    _refuse_many(np.unique(np.asarray(labels[(slice(None, None, step),) * len(labels.shape)])), name)
+
+
+def _refuse_many(values: np.ndarray, name: str) -> None:
+    """MitosegError when the sorted distinct label `values` are more than two."""
     if values.size > 2:
         shown = ", ".join(f"{v:g}" for v in values[:4]) + (", ..." if values.size > 4 else "")
         raise MitosegError(f"{name} hold more than two values ({shown}): give --label-threshold "
@@ -280,16 +284,29 @@ def foreground_threshold(volume: Any, threshold: float | None) -> float | None:
     return t * 255 if probability and np.dtype(volume.dtype) == np.uint8 else t
 
 
-def load_pair(image: str | Path, labels: str | Path, threshold: float | None = None) -> tuple[np.ndarray, np.ndarray]:
+def load_pair(image: str | Path, labels: str | Path, threshold: float | None = None,
+              unlabeled: float | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Read an image volume and its label volume into memory, checked for training or evaluation.
 
-    Returns (image as stored, mask uint8 {0, 1}), both (Z, Y, X); `threshold` as in `binarize`.
+    Returns (image as stored, mask uint8), both (Z, Y, X): {0, 1} by `binarize` (`threshold` as there),
+    and 2 (`data.IGNORE`, not annotated) where the labels equal `unlabeled`, when given.
     """
     img = open_volume(image)
     lab = open_volume(labels)
     if tuple(img.shape) != tuple(lab.shape):
         raise MitosegError(f"image {tuple(img.shape)} and labels {tuple(lab.shape)} differ in shape")
-    return np.asarray(img[:]), binarize(lab[:], threshold, f"labels {labels}")
+    raw = np.asarray(lab[:])
+    if unlabeled is None:
+        return np.asarray(img[:]), binarize(raw, threshold, f"labels {labels}")
+    missing = raw == unlabeled
+    if not missing.any():
+        raise MitosegError(f"labels {labels} hold no voxel of the --unlabeled value {unlabeled:g}")
+    annotated = raw[~missing]
+    if threshold is None:
+        _refuse_many(np.unique(annotated), f"labels {labels} (annotated voxels)")
+    out = np.full(raw.shape, 2, np.uint8)  # data.IGNORE
+    out[~missing] = annotated > (threshold or 0)
+    return np.asarray(img[:]), out
 
 
 # ---------------------------------------------------------------- outputs

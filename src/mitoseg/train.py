@@ -93,12 +93,36 @@ def _prepare_dir(out: Path, resume: bool, overwrite: bool) -> None:
 
 def validate(model: torch.nn.Module, val: data.Volume | None, config: Config, device: torch.device) -> dict:
     """Dice ("f1") and IoU ("jaccard") of the prediction thresholded at 0.5 on a volume normalised by
-    its window (NaN without one)."""
+    its window, on its annotated voxels (NaN without a volume)."""
     if val is None:
         return {"f1": float("nan"), "jaccard": float("nan")}
     tile = default_tile(config.dims, val.image.shape, config.tile)
     probs = predict_array(model, val.image, config.dims, tile, config.overlap, val.window, device, amp=config.amp)
-    return metrics.scores(metrics.confusion(probs >= 0.5, val.mask))
+    annotated = val.mask != data.IGNORE
+    if annotated.all():
+        return metrics.scores(metrics.confusion(probs >= 0.5, val.mask))
+    return metrics.scores(metrics.confusion(probs[annotated] >= 0.5, val.mask[annotated]))
+
+
+def masked_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Dice + binary cross-entropy (MONAI's DiceCELoss with sigmoid, to the last digit) over the annotated
+    voxels only: `labels` float {0, 1, IGNORE}, both (B, 1, [Z,] Y, X)."""
+    from monai.losses import MaskedDiceLoss
+
+    annotated = (labels != data.IGNORE).float()
+    target = (labels == 1).float()
+    dice = MaskedDiceLoss(sigmoid=True)(logits, target, annotated)
+    bce = torch.nn.functional.binary_cross_entropy_with_logits(logits, target, weight=annotated, reduction="sum")
+    return dice + bce / annotated.sum().clamp(min=1.0)
+
+
+def load_init(model: torch.nn.Module, config: Config, device: torch.device) -> None:
+    """Start `model` from the weights of the run (or checkpoint) `config.init`: same dims and encoder."""
+    other_model, other = load_model(config.init, device)
+    if (other.dims, other.encoder) != (config.dims, config.encoder):
+        raise MitosegError(f"--init {config.init} is a {other.dims}D {other.encoder} run; this run is "
+                           f"{config.dims}D {config.encoder}: they must match")
+    model.load_state_dict(other_model.state_dict())
 
 
 def _finite_step(model: torch.nn.Module, loss: torch.Tensor) -> bool:
@@ -129,6 +153,8 @@ def train(config: Config, image: np.ndarray, mask: np.ndarray, out: str | Path, 
     out = Path(out)
     if tuple(image.shape) != tuple(mask.shape):
         raise MitosegError(f"image {image.shape} and labels {mask.shape} differ in shape")
+    if config.annotated_slices:
+        mask = data.annotate_slices(mask, data.parse_slices(config.annotated_slices, mask.shape[0]))
     data.check_labels(mask)
     data.check_patch(image.shape, config.patch)
     _prepare_dir(out, resume, overwrite)
@@ -150,7 +176,6 @@ def train(config: Config, image: np.ndarray, mask: np.ndarray, out: str | Path, 
 def _train(config: Config, image: np.ndarray, mask: np.ndarray, out: Path, resume: bool, progress: bool,
            monitor: data.Volume | None) -> dict:
     """The training loop of `train`, in a prepared run folder."""
-    from monai.losses import DiceCELoss
     from tqdm.auto import tqdm
 
     device = pick_device(config.device)
@@ -160,8 +185,9 @@ def _train(config: Config, image: np.ndarray, mask: np.ndarray, out: Path, resum
     tf = data.augmenter(config.seed, config.dims, config.intensity_aug, config.slice_jitter)
     # channels-last throughout (prediction uses it too), so validation never changes the layout mid-run
     model = channels_last(build_model(config).to(device), config.dims)
+    if config.init and not resume:
+        load_init(model, config, device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
-    loss_fn = DiceCELoss(sigmoid=True)
     n_iter = iterations_per_epoch(config, train_vol.image.shape)
     total_iter = n_iter * config.epochs
 
@@ -200,7 +226,7 @@ def _train(config: Config, image: np.ndarray, mask: np.ndarray, out: Path, resum
             x, y = torch.from_numpy(x).to(device), torch.from_numpy(y).to(device)
             x = x.contiguous(memory_format=torch.channels_last if x.ndim == 4 else torch.channels_last_3d)
             with autocast(device, config.amp):
-                loss = loss_fn(model(x).float(), y)
+                loss = masked_loss(model(x).float(), y)
             optimizer.zero_grad(set_to_none=True)
             if _finite_step(model, loss):
                 optimizer.step()
