@@ -66,6 +66,9 @@ def main(argv: list[str] | None = None) -> None:
     window = io.intensity_range(bench.test_image)
     dark = gamma(image, 1.4)
     dark_window = io.intensity_range(gamma(bench.test_image, 1.4))
+    result = {"command": "python " + " ".join(shlex.quote(x) for x in [sys.argv[0], *(argv or sys.argv[1:])]),
+              "date": time.strftime("%Y-%m-%d"), "machine": train.versions(), "data": bench.description,
+              "test_slices": [z0, z0 + a.slices], "iterations": a.iterations}
     rows = []
     for key in a.variants:
         name, changes = VARIANTS[key]
@@ -88,13 +91,16 @@ def main(argv: list[str] | None = None) -> None:
                 rows.append(row)
                 print(f"{row_name} {dims}D: test IoU {row['test_iou']:.4f}, gamma 1.4 {row['test_iou_gamma_1.4']:.4f}",
                       flush=True)
-    result = {"command": "python " + " ".join(shlex.quote(x) for x in [sys.argv[0], *(argv or sys.argv[1:])]),
-              "date": time.strftime("%Y-%m-%d"), "machine": train.versions(), "data": bench.description,
-              "test_slices": [z0, z0 + a.slices], "iterations": a.iterations, "rows": rows}
+                write(out, dict(result, rows=rows))  # after every row: an interrupted call keeps what it measured
+    print(markdown(dict(result, rows=rows)))
+
+
+def write(out: Path, result: dict) -> None:
+    """The JSON and, once both models of the recipe are in, the Markdown table beside it."""
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2) + "\n")
-    out.with_suffix(".md").write_text(markdown(result))
-    print(markdown(result))
+    if {("recipe", 2), ("recipe", 3)} <= {(r["variant"], r["dims"]) for r in result["rows"]}:
+        out.with_suffix(".md").write_text(markdown(result))
 
 
 def markdown(result: dict) -> str:
@@ -115,6 +121,9 @@ def markdown(result: dict) -> str:
         cells = []
         for key in ("test_iou", "test_iou_gamma_1.4", "best_val_iou"):
             for d in (2, 3):
+                if (name, d) not in by:
+                    cells.append("—")
+                    continue
                 v = by[(name, d)][key]
                 delta = "" if name == "recipe" or key == "best_val_iou" else f" ({v - base[d][key]:+.3f})"
                 cells.append(f"{v:.3f}{delta}")
