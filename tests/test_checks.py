@@ -34,11 +34,11 @@ def test_every_numeric_option_has_a_rule_and_help():
 
 
 def test_every_numeric_config_field_has_a_rule():
-    for f in dataclasses.fields(Config):
-        value = getattr(Config(), f.name)
-        if f.name == "dims" or isinstance(value, bool) or not isinstance(value, int | float | tuple | type(None)):
-            continue
-        assert f.name in checks.RULES, f"Config.{f.name} has no rule in checks.RULES"
+    numeric = [f.name for f in dataclasses.fields(Config) if f.name != "dims" and ("int" in str(f.type) or
+                                                                                  "float" in str(f.type))]
+    assert {"epochs", "minutes", "overlap", "voxel_size", "unlabeled"} <= set(numeric)
+    for name in numeric:
+        assert name in checks.RULES, f"Config.{name} has no rule in checks.RULES"
 
 
 def test_rules_in_words_and_at_their_edges():

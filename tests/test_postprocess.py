@@ -61,5 +61,5 @@ def test_choose_finds_the_setting_that_mends_them(damaged):
 def test_bad_settings_refused():
     with pytest.raises(MitosegError, match="threshold"):
         PostProcessing(threshold=1.5)
-    with pytest.raises(MitosegError, match="min_size"):
+    with pytest.raises(MitosegError, match="min-size must be an integer >= 0, not -5"):
         PostProcessing(min_size=-5)
