@@ -312,7 +312,8 @@ def figures(out: Path, bench: Benchmark, results: dict) -> None:
     del labels, truth
     for table, file in zip(tables.values(), ("objects_predicted.csv", "objects_truth.csv"), strict=True):
         instances.write_table(table, out / file)
-    plots.save(plots.figure_morphology(tables), out / "figure_morphology.png")
+    # all objects: the CA1 test volume is 0.8 µm deep, so most mitochondria touch its border (cut alike in both)
+    plots.save(plots.figure_morphology(tables, interior_only=False), out / "figure_morphology.png")
     logs = {f"{d} U-Net": read_log(out / f"model_{d}") for d in results["models"]}
     plots.save(plots.figure_curves(logs), out / "figure_curves.png")
 

@@ -461,7 +461,8 @@ def figure_morphology(tables: Mapping[str, Mapping[str, np.ndarray]], interior_o
         ax.set_xlabel(title)
         ax.set_ylabel("objects")
     axes[0].legend(loc="upper center", bbox_to_anchor=(0.5, -0.22), ncol=1, frameon=False, fontsize="small")
-    where = "objects inside the volume (touching its border: left out)" if interior_only else "all objects"
+    where = ("objects inside the volume (touching its border: left out)" if interior_only else
+             "all objects (those touching the volume's border are cut)")
     fig.suptitle(f"Object shape, {where}")
     return fig
 
