@@ -226,3 +226,10 @@ def test_init_starts_from_another_runs_weights(tmp_path, small):
             torch.testing.assert_close(pa, pb, rtol=1e-5, atol=1e-6)
     with pytest.raises(MitosegError, match="is a 2D resnet18 run; this run is 3D"):
         tr.train(tiny(3, init=str(tmp_path / "a")), *small, tmp_path / "c", progress=False)
+
+
+def test_best_checkpoint_never_comes_from_a_flat_zero_line(tmp_path, small, monkeypatch):
+    monkeypatch.setattr(tr, "validate", lambda *a, **k: {"f1": 0.0, "jaccard": 0.0})
+    tr.train(tiny(2, epochs=3, iterations_per_epoch=1), *small, tmp_path / "run", progress=False)
+    best = torch.load(tmp_path / "run" / "best.pt", weights_only=False)["state"]
+    assert best["epoch"] == 3  # not epoch 1 of three equal zeros: the latest while nothing has been learned

@@ -263,7 +263,8 @@ def _train(config: Config, image: np.ndarray, mask: np.ndarray, out: Path, resum
                   f"({seconds:.1f} s)", flush=True)
         ckpt = {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "state": state,
                 "config": config.__dict__}
-        if not val_vol or val["jaccard"] > state["best_iou"]:
+        # the best validation IoU so far; while it is still 0 (a flat zero line) the latest epoch is kept
+        if not val_vol or val["jaccard"] > state["best_iou"] or state["best_iou"] <= 0:
             state["best_iou"] = val["jaccard"] if val_vol else state["best_iou"]
             _save({"model": model.state_dict(), "config": config.__dict__, "state": dict(state)}, out / "best.pt")
         _save(ckpt, out / "last.pt")
