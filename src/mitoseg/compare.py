@@ -302,8 +302,8 @@ def figures(out: Path, bench: Benchmark, results: dict) -> None:
     plots.save(plots.figure_errors(image, preds, bench.test_mask[z], z, pixel_nm), out / "figure_errors.png")
     best = max(results["models"], key=lambda d: results["models"][d]["jaccard"])
     labels = io.open_volume(out / f"model_{best}" / "test_labels.zarr")[:]
-    plots.save(plots.figure_instances(bench.test_image[z], labels, z, bench.voxel_size),
-               out / "figure_instances.png")
+    plots.save(plots.figure_instances(bench.test_image[z], labels, z, bench.voxel_size,
+                                      name=f"{best} U-Net, predicted"), out / "figure_instances.png")
     min_size = results["models"][best]["postprocessing"]["min_size"]
     truth = instances.label(bench.test_mask, 26, min_size=min_size)
     tables = {f"{best} U-Net": instances.morphology(labels, instances.measure(labels, bench.voxel_size),

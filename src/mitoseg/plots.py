@@ -378,7 +378,8 @@ def figure_study(image2d: np.ndarray, mask2d: np.ndarray, z: int | None = None,
                  pixel_nm: float | None = None) -> Figure:
     """The study's Figure 1: a raw slice (Y, X) and the same slice with its mitochondria mask (Y, X);
     `z` (the slice index) goes into the titles, `pixel_nm` draws a scale bar."""
-    fig = _figure((10, 5.3))
+    height, width = np.shape(image2d)[:2]
+    fig = _figure((10, 5 * height / width + 0.6))  # the images' aspect plus titles: no blank band
     left, right = fig.subplots(1, 2)
     where = "" if z is None else f"slice {z}: "
     _show_image(left, image2d, f"{where}EM image")
@@ -397,7 +398,8 @@ def figure_errors(image2d: np.ndarray, preds: Mapping[str, np.ndarray], truth2d:
     if not preds:
         raise ValueError("preds is empty: give at least one model's prediction")
     n = len(preds)
-    fig = _figure((5 * n, 5.6))
+    height, width = np.shape(image2d)[:2]
+    fig = _figure((5 * n, 5 * height / width + 1.1))  # the images' aspect plus titles and legend: no blank band
     axes = np.atleast_1d(fig.subplots(1, n))
     where = "" if z is None else f", slice {z}"
     for ax, (name, pred) in zip(axes, preds.items(), strict=True):
@@ -410,7 +412,8 @@ def figure_errors(image2d: np.ndarray, preds: Mapping[str, np.ndarray], truth2d:
 
 
 def figure_instances(image2d: np.ndarray, labels3d: np.ndarray, z: int,
-                     voxel_size: Sequence[float] = (1.0, 1.0, 1.0), max_objects: int = 200) -> Figure:
+                     voxel_size: Sequence[float] = (1.0, 1.0, 1.0), max_objects: int = 200,
+                     name: str = "predicted") -> Figure:
     """The study's Figure 2: left, instance labels (Z, Y, X) of slice `z` over the image; right, a 3D
     render of the largest `max_objects` objects. `image2d` is slice `z` (Y, X), or the whole (Z, Y, X)
     image volume; `voxel_size` is (z, y, x) in nm."""
@@ -425,12 +428,12 @@ def figure_instances(image2d: np.ndarray, labels3d: np.ndarray, z: int,
     left = fig.add_subplot(grid[0])
     right = fig.add_subplot(grid[1], projection="3d")
     in_slice = int(np.count_nonzero(np.unique(labels3d[z])))
-    overlay_instances(left, image2d, labels3d[z], title=f"predicted objects, slice {z}: {in_slice} objects")
+    overlay_instances(left, image2d, labels3d[z], title=f"{name} objects, slice {z}: {in_slice} objects")
     scale_bar(left, float(voxel_size[-1]))
     shown = f"largest {max_objects} of {n}" if n > max_objects else f"all {n}"
     extent = np.array(labels3d.shape) * np.asarray(voxel_size, dtype=float)
     flat = extent[0] / extent[1:].max()
-    render_instances_3d(right, labels3d, voxel_size, max_objects=max_objects, title=f"3D objects ({shown})",
+    render_instances_3d(right, labels3d, voxel_size, max_objects=max_objects, title=f"{name} objects in 3D ({shown})",
                         zoom=1.3 if flat < 0.5 else 1.0)  # a flat box leaves room to zoom in
     return fig
 
