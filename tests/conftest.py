@@ -72,3 +72,16 @@ def lucchi_crop(lucchi_dir) -> tuple[np.ndarray, np.ndarray]:
     raw = np.asarray(io.open_volume(lucchi_dir / "training.tif")[crop])
     mask = io.binarize(io.open_volume(lucchi_dir / "training_groundtruth.tif")[crop])
     return raw, mask
+
+
+def dies_on_call(real, n: int):
+    """`real` wrapped to raise KeyboardInterrupt (a Ctrl-C) on its n-th call; `.calls` counts the calls."""
+
+    def wrapped(*a, **k):
+        wrapped.calls += 1
+        if wrapped.calls == n:
+            raise KeyboardInterrupt
+        return real(*a, **k)
+
+    wrapped.calls = 0
+    return wrapped

@@ -8,7 +8,7 @@ import pytest
 import tifffile
 import torch
 import zarr
-from conftest import same_partition
+from conftest import dies_on_call, same_partition
 
 from mitoseg import cluster, instances, io, predict
 from mitoseg.config import Config
@@ -183,15 +183,7 @@ def test_label_resumes_a_single_process_run_on_the_cluster(dask_client, real_mas
     block = (7, 100, 130)
     ref = np.zeros(mask.shape, np.uint32)
     label_blockwise(mask, ref, block)
-    real, calls = instances.relabel_block, []
-
-    def dying(*a, **k):
-        calls.append(1)
-        if len(calls) == 5:
-            raise KeyboardInterrupt
-        return real(*a, **k)
-
-    monkeypatch.setattr(instances, "relabel_block", dying)
+    monkeypatch.setattr(instances, "relabel_block", dies_on_call(instances.relabel_block, 5))
     with pytest.raises(KeyboardInterrupt):
         instances.label_volume(path, tmp_path / "l.zarr", block, progress=False)
     monkeypatch.undo()

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import scipy.ndimage as ndi
 import zarr
-from conftest import same_partition
+from conftest import dies_on_call, same_partition
 
 from mitoseg import instances
 from mitoseg.errors import MitosegError
@@ -198,18 +198,10 @@ def test_label_blockwise_resumes_after_a_kill(tmp_path, droso, monkeypatch):
     label_blockwise(mask, ref, block)
     out = instances.open_labels(tmp_path / "l.zarr", mask.shape, block, 26, 0, None)
     real = instances.relabel_block
-    calls = []
-
-    def dying(*a, **k):
-        calls.append(1)
-        if len(calls) == 5:
-            raise KeyboardInterrupt
-        return real(*a, **k)
-
-    monkeypatch.setattr(instances, "relabel_block", dying)
+    monkeypatch.setattr(instances, "relabel_block", dies_on_call(real, 5))
     with pytest.raises(KeyboardInterrupt):
         label_blockwise(mask, out.array, block, done=out.done)
-    calls.clear()
+    calls = []
     monkeypatch.setattr(instances, "relabel_block", lambda *a, **k: calls.append(1) or real(*a, **k))
     with pytest.raises(MitosegError, match="min_size 0 then, 10 now"):
         instances.open_labels(tmp_path / "l.zarr", mask.shape, block, 26, 10, None, resume=True)
