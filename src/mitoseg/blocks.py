@@ -65,6 +65,15 @@ class Output:
         self.array[block] = data
         self.mark(block)
 
+    @classmethod
+    def reopen(cls, path: str | Path) -> Output:
+        """The output being written at `path` (by `open_output`), opened again, e.g. in a Dask worker."""
+        import zarr
+
+        tmp = io.partial_path(path)
+        array = zarr.open_array(str(tmp / "0" if omezarr.is_ome_path(path) else tmp), mode="r+")
+        return cls(Path(path), array, Path(str(tmp) + ".done"))
+
 
 def open_output(path: str | Path, shape: Sequence[int], dtype: Any, block: Sequence[int], settings: dict,
                 attrs: dict | None = None, resume: bool = False, overwrite: bool = False) -> Output:
@@ -118,9 +127,15 @@ def run(task: Callable, items: Sequence, job: dict | None = None, client: Any = 
 
     if client is None:
         return [task(item, job=job) for item in tqdm(items, desc=desc, unit="block", disable=not progress)]
-    from distributed import as_completed
+    return wait(client.map(task, items, job=job, pure=False), desc, progress)  # job=: map() has a batch_size
 
-    futures = client.map(task, items, job=job, pure=False)  # job=: map() has its own batch_size
+
+def wait(futures: list, desc: str = "", progress: bool = False) -> list:
+    """Results of Dask `futures`, in their order, with a progress bar as they complete; on any error (or
+    Ctrl-C) the remaining tasks are cancelled and the error is raised here."""
+    from distributed import as_completed
+    from tqdm.auto import tqdm
+
     index = {f.key: i for i, f in enumerate(futures)}
     results: list = [None] * len(futures)
     try:
@@ -130,6 +145,6 @@ def run(task: Callable, items: Sequence, job: dict | None = None, client: Any = 
                 bar.update(1)
     except BaseException:
         if futures:
-            client.cancel(futures)
+            futures[0].client.cancel(futures)
         raise
     return results

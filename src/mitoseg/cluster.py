@@ -68,7 +68,6 @@ def _stamp(path: Path) -> tuple:
 
 
 def _worker_device(device: str | None):
-
     from mitoseg.models import pick_device
 
     return pick_device(device or "auto")
@@ -106,7 +105,6 @@ def _predict_task(block: Block, job: dict) -> None:
     """Predict one block and write it (and its mask) into the partial outputs; `job` holds what is the same
     for every block (see `predict_volume_dask`)."""
     import torch
-    import zarr
 
     from mitoseg import blocks, predict
 
@@ -117,9 +115,7 @@ def _predict_task(block: Block, job: dict) -> None:
     s = job["settings"]
     p = predict.predict_block(net, _open_input(job["image"]), block, s.tile, s.overlap, s.window, device, config.dims,
                               s.batch_size, s.tta, s.amp)
-    outputs = [blocks.Output(Path(path), zarr.open_array(partial, mode="r+"), Path(done))
-               for path, partial, done in job["outputs"]]
-    predict.write_block(outputs, block, p, s)
+    predict.write_block([blocks.Output.reopen(path) for path in job["outputs"]], block, p, s)
 
 
 def _confusion_task(block: Block, job: dict):
@@ -139,14 +135,11 @@ def _pairs_task(own: instances.BlockSummary, before: list, connectivity: int) ->
 
 
 def _relabel_task(item: tuple[Block, np.ndarray], job: dict) -> None:
-    import zarr
-
     from mitoseg import blocks
 
     block, table = item
     labels = instances.relabel_block(_open_input(job["spec"])[block], table, job["connectivity"], job["threshold"])
-    path, partial, done = job["output"]
-    blocks.Output(Path(path), zarr.open_array(partial, mode="r+"), Path(done)).write(block, labels)
+    blocks.Output.reopen(job["output"]).write(block, labels)
 
 
 # ---------------------------------------------------------------- drivers, on the client
@@ -158,25 +151,6 @@ def _spec(spec: Any, what: str) -> str:
         raise MitosegError(f"give the {what} as a path: the Dask workers open it themselves")
     path, inner = io.split_path(spec)
     return str(path.absolute()) + (f":{inner}" if inner else "")
-
-
-def _wait(futures: list, desc: str, progress: bool) -> list:
-    """Results of `futures` in completion order, with a progress bar; on any error (or Ctrl-C) the
-    remaining tasks are cancelled and the error is raised here."""
-    from distributed import as_completed
-    from tqdm.auto import tqdm
-
-    results = []
-    try:
-        with tqdm(total=len(futures), desc=desc, unit="block", disable=not progress) as bar:
-            for future in as_completed(futures):
-                results.append(future.result())
-                bar.update(1)
-    except BaseException:
-        if futures:
-            futures[0].client.cancel(futures)
-        raise
-    return results
 
 
 def predict_volume_dask(client, model_path: str | Path, image_spec: str | Path, out: str | Path, *,
@@ -218,9 +192,7 @@ def predict_volume_dask(client, model_path: str | Path, image_spec: str | Path, 
     del net
     todo = outputs[0].todo(blocks.grid(shape, settings.block))
     job = dict(model=model, stamp=_stamp(Path(model)), device=device, image=image, settings=settings,
-               outputs=[(str(o.path.absolute()), str(io.partial_path(o.path).absolute()), str(o.done.absolute()))
-                        for o in outputs],
-               torch_threads=torch_threads)
+               outputs=[str(o.path.absolute()) for o in outputs], torch_threads=torch_threads)
     blocks.run(_predict_task, todo, job, client, f"predict {Path(out).name}", progress)
     blocks.finish(*outputs, overwrite=overwrite)
     return Path(out)
@@ -260,7 +232,7 @@ def label_dask(client, mask_spec: str | Path, out: str | Path, block: Sequence[i
             summaries[pos], before, connectivity, dask_key_name=f"mitoseg-label-pairs-{run}-{index}"))
     futures = client.compute(pairs)  # one graph: dask orders it so faces are dropped once used
     del summaries, pairs
-    results = sorted(_wait(futures, "label pass 1/2", progress), key=lambda r: r[0])
+    results = blocks.wait(futures, "label pass 1/2", progress)  # in block order
     counts = [r[1] for r in results]
     offsets, lookup, n_objects = instances.merge_blocks(counts, [r[2] for r in results], [r[3] for r in results],
                                                         min_size)
@@ -268,9 +240,7 @@ def label_dask(client, mask_spec: str | Path, out: str | Path, block: Sequence[i
     todo = {tuple(s.start for s in sl) for sl in output.todo(grid)}  # slices are unhashable before Python 3.12
     items = [(sl, instances.block_table(lookup, o, n)) for sl, o, n in zip(grid, offsets, counts, strict=True)
              if tuple(s.start for s in sl) in todo]  # each task gets its own block's table
-    job = dict(spec=spec, connectivity=connectivity, threshold=threshold,
-               output=(str(output.path.absolute()), str(io.partial_path(output.path).absolute()),
-                       str(output.done.absolute())))
+    job = dict(spec=spec, connectivity=connectivity, threshold=threshold, output=str(output.path.absolute()))
     blocks.run(_relabel_task, items, job, client, "label pass 2/2", progress)
     blocks.finish(output, overwrite=overwrite)
     return n_objects

@@ -325,8 +325,9 @@ def predict(model: str | Path, image: str | Path, out: str | Path, *, mask_out: 
     checks.check(tile_xy=tile_xy, tile_z=tile_z, overlap=overlap, block=block, threshold=threshold,
                  batch_size=batch_size)
     attrs = {"model": Path(model).name}
-    if isinstance(image, str | Path) and io.voxel_size(image):
-        attrs["voxel_size"] = io.voxel_size(image)  # else the run's (the model was trained at it)
+    stated = io.voxel_size(image) if isinstance(image, str | Path) else None
+    if stated:
+        attrs["voxel_size"] = stated  # else the run's (the model was trained at it)
     if client is not None:
         from mitoseg import cluster
 
