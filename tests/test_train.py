@@ -71,7 +71,8 @@ def test_learns_on_real_data(tmp_path, droso_crop):
     assert rows[-1]["loss"] < rows[0]["loss"]
     assert max(r["val_dice"] for r in rows) > 2 * mask.mean()  # better than predicting everything foreground
     best = torch.load(tmp_path / "run" / "best.pt", weights_only=False)["state"]
-    assert best["best_iou"] == max(r["val_iou"] for r in rows)  # best.pt is chosen by validation IoU
+    assert best["best_iou"] == max(r["val_iou_best"] for r in rows)  # best.pt: best validation IoU at any threshold
+    assert all(r["val_iou_best"] >= r["val_iou"] for r in rows)  # 0.5 is one of the thresholds tried
 
 
 def test_learns_on_a_ca1_crop(tmp_path, lucchi_crop):
@@ -229,7 +230,18 @@ def test_init_starts_from_another_runs_weights(tmp_path, small):
 
 
 def test_best_checkpoint_never_comes_from_a_flat_zero_line(tmp_path, small, monkeypatch):
-    monkeypatch.setattr(tr, "validate", lambda *a, **k: {"f1": 0.0, "jaccard": 0.0})
+    monkeypatch.setattr(tr, "validate", lambda *a, **k: {"f1": 0.0, "jaccard": 0.0, "best_jaccard": 0.0,
+                                                          "best_threshold": 0.5})
     tr.train(tiny(2, epochs=3, iterations_per_epoch=1), *small, tmp_path / "run", progress=False)
     best = torch.load(tmp_path / "run" / "best.pt", weights_only=False)["state"]
     assert best["epoch"] == 3  # not epoch 1 of three equal zeros: the latest while nothing has been learned
+
+
+def test_validation_sees_a_model_calibrated_below_half(monkeypatch, lucchi_crop):
+    """A model whose mitochondria get probability 0.45 scores 0 at 0.5; validation still reports what it
+    has learned (and best.pt is chosen by that), at the best of the thresholds 0.3..0.7."""
+    raw, mask = lucchi_crop
+    vol = data.Volume(raw[:4], mask[:4].astype(np.uint8), io.intensity_range(raw[:4]))
+    monkeypatch.setattr(tr, "predict_array", lambda *a, **k: np.where(vol.mask == 1, 0.45, 0.05).astype(np.float32))
+    val = tr.validate(None, vol, tiny(2), torch.device("cpu"))
+    assert val["jaccard"] == 0.0 and val["best_jaccard"] == 1.0 and val["best_threshold"] == 0.4

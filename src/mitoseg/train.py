@@ -23,14 +23,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from mitoseg import data, io, memory, metrics
+from mitoseg import data, io, memory, metrics, postprocess
 from mitoseg.config import Config
 from mitoseg.errors import MitosegError
 from mitoseg.models import autocast, build_model, channels_last, pick_device, synchronize
 from mitoseg.predict import default_tile, predict_array
 
-LOG_FIELDS = ["epoch", "iterations", "loss", "val_dice", "val_iou", "monitor_iou", "lr", "epoch_seconds",
-              "seconds_per_iteration", "elapsed_seconds", "skipped_steps", "peak_memory_mib"]
+LOG_FIELDS = ["epoch", "iterations", "loss", "val_dice", "val_iou", "val_iou_best", "val_threshold", "monitor_iou",
+              "lr", "epoch_seconds", "seconds_per_iteration", "elapsed_seconds", "skipped_steps", "peak_memory_mib"]
 MAX_SKIPPED_IN_A_ROW = 10  # non-finite steps in a row before training stops as diverged
 
 
@@ -93,15 +93,21 @@ def _prepare_dir(out: Path, resume: bool, overwrite: bool) -> None:
 
 def validate(model: torch.nn.Module, val: data.Volume | None, config: Config, device: torch.device) -> dict:
     """Dice ("f1") and IoU ("jaccard") of the prediction thresholded at 0.5 on a volume normalised by
-    its window, on its annotated voxels (NaN without a volume)."""
+    its window, on its annotated voxels, and the best IoU over `postprocess.THRESHOLDS` ("best_jaccard",
+    at "best_threshold"; a model calibrated below or above 0.5 still shows what it has learned). NaN
+    without a volume."""
     if val is None:
-        return {"f1": float("nan"), "jaccard": float("nan")}
+        return {"f1": float("nan"), "jaccard": float("nan"), "best_jaccard": float("nan"),
+                "best_threshold": float("nan")}
     tile = default_tile(config.dims, val.image.shape, config.tile)
     probs = predict_array(model, val.image, config.dims, tile, config.overlap, val.window, device, amp=config.amp)
+    truth = val.mask
     annotated = val.mask != data.IGNORE
-    if annotated.all():
-        return metrics.scores(metrics.confusion(probs >= 0.5, val.mask))
-    return metrics.scores(metrics.confusion(probs[annotated] >= 0.5, val.mask[annotated]))
+    if not annotated.all():
+        probs, truth = probs[annotated], val.mask[annotated]
+    at = {t: metrics.scores(metrics.confusion(probs >= t, truth)) for t in postprocess.THRESHOLDS}
+    best = max(sorted(at, key=lambda t: abs(t - 0.5)), key=lambda t: at[t]["jaccard"])  # ties: nearest 0.5
+    return {**at[0.5], "best_jaccard": at[best]["jaccard"], "best_threshold": best}
 
 
 def masked_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -251,7 +257,8 @@ def _train(config: Config, image: np.ndarray, mask: np.ndarray, out: Path, resum
         val = validate(model, val_vol, config, device)
         row = {"epoch": state["epoch"], "iterations": done,
                "loss": float(np.mean(losses)) if losses else float("nan"),
-               "val_dice": val["f1"], "val_iou": val["jaccard"],
+               "val_dice": val["f1"], "val_iou": val["jaccard"], "val_iou_best": val["best_jaccard"],
+               "val_threshold": val["best_threshold"],
                "monitor_iou": validate(model, monitor, config, device)["jaccard"], "lr": lr,
                "epoch_seconds": seconds, "seconds_per_iteration": seconds / max(done, 1),
                "elapsed_seconds": state["elapsed"], "skipped_steps": skipped,
@@ -263,9 +270,9 @@ def _train(config: Config, image: np.ndarray, mask: np.ndarray, out: Path, resum
                   f"({seconds:.1f} s)", flush=True)
         ckpt = {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "state": state,
                 "config": config.__dict__}
-        # the best validation IoU so far; while it is still 0 (a flat zero line) the latest epoch is kept
-        if not val_vol or val["jaccard"] > state["best_iou"] or state["best_iou"] <= 0:
-            state["best_iou"] = val["jaccard"] if val_vol else state["best_iou"]
+        # the best validation IoU (at its best threshold) so far; while it is 0 the latest epoch is kept
+        if not val_vol or val["best_jaccard"] > state["best_iou"] or state["best_iou"] <= 0:
+            state["best_iou"] = val["best_jaccard"] if val_vol else state["best_iou"]
             _save({"model": model.state_dict(), "config": config.__dict__, "state": dict(state)}, out / "best.pt")
         _save(ckpt, out / "last.pt")
     if val_vol is not None and state["best_iou"] < 0.01:
@@ -298,6 +305,8 @@ def summarize(run: str | Path) -> dict:
         "seconds_per_iteration": (rows[-1]["elapsed_seconds"] / iters) if iters else 0.0,
         "best_val_dice": max((r["val_dice"] for r in rows), default=float("nan")),
         "best_val_iou": max((r["val_iou"] for r in rows), default=float("nan")),
+        # at each epoch's best threshold (older logs: at 0.5); best.pt is chosen by this one
+        "best_val_iou_any_threshold": max((r.get("val_iou_best", r["val_iou"]) for r in rows), default=float("nan")),
         "skipped_steps": int(sum(r.get("skipped_steps", 0) for r in rows)),
         "final_loss": rows[-1]["loss"] if rows else float("nan"),
         "peak_memory_mib": max((r["peak_memory_mib"] for r in rows), default=0.0),
