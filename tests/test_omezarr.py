@@ -3,9 +3,10 @@ at the right physical scale; OME-Zarr inputs open at their highest resolution.""
 
 import numpy as np
 import pytest
+import zarr
 from conftest import same_partition
 from ome_zarr.io import parse_url
-from ome_zarr.reader import Reader
+from ome_zarr.reader import Label, Reader
 
 from mitoseg import blocks, instances, io, omezarr
 
@@ -51,3 +52,33 @@ def test_labels_are_downsampled_by_nearest_and_label_writes_ome(tmp_path, droso)
                                            ((10.0, 4.6, 4.6), (1, 2, 2)), ((9.0, 4.6, 4.6), (2, 2, 2))])
 def test_z_is_halved_only_while_not_coarser(voxel, expect):
     assert omezarr.factors((64, 1024, 1024), voxel)[0] == expect
+
+
+def test_labels_written_into_an_image_are_its_ngff_image_label(tmp_path, droso, capsys):
+    """`mitoseg label ... --out IMAGE.ome.zarr/labels/NAME`: the labels become an image-label of the image,
+    which ome-zarr-py's reader (as napari uses it) finds from the image, at the image's scale."""
+    from mitoseg import cli
+
+    raw, mask = droso[0][:, :256, :256], droso[1][:, :256, :256]
+    image = _write(tmp_path / "raw.ome.zarr", raw, "image")
+    _write(tmp_path / "mask.zarr", mask, "mask")
+    for _ in range(2):  # written again with --overwrite: still listed once
+        assert cli.main(["--quiet", "label", str(tmp_path / "mask.zarr"), "--out", str(image / "labels" / "mito"),
+                         "--overwrite"]) == 0
+    nodes = list(Reader(parse_url(str(image)))())
+    label = next(n for n in nodes if n.load(Label))
+    assert label.zarr.path.rstrip("/").endswith("labels/mito") and label.metadata.get("name") == "mito"
+    assert same_partition(np.asarray(label.data[0]), instances.label(mask, 26))
+    assert [t[0]["scale"] for t in label.metadata["coordinateTransformations"]][0] == list(VOXEL)  # the image's
+    assert io.voxel_size(image / "labels" / "mito") == VOXEL
+    assert zarr.open_group(str(image / "labels")).attrs["ome"]["labels"] == ["mito"]
+    assert zarr.open_group(str(image / "labels" / "mito")).attrs["ome"]["image-label"]["source"] == {
+        "image": "../../"}
+
+    # labels of another shape, or into a folder that is no OME-Zarr image: one line, nothing written
+    for target, message in [(image / "labels" / "small", "cannot be its image-label"),
+                            (tmp_path / "none.ome.zarr" / "labels" / "mito", "is not an OME-Zarr image")]:
+        small = "small" in str(target)
+        src = _write(tmp_path / "m2.zarr", mask[:, :128], "mask") if small else tmp_path / "mask.zarr"
+        assert cli.main(["--quiet", "label", str(src), "--out", str(target), "--overwrite"]) == 2
+        assert message in capsys.readouterr().err and not target.exists()

@@ -1,7 +1,8 @@
 """mitoseg: mitochondria segmentation in EM volumes with 2D and 3D ResNet18 U-Nets.
 
 Modules: io (volumes), data (patches), models, config, train, predict (blockwise), instances
-(connected components, measurements), metrics, plots, compare (the 2D-vs-3D job), download, cli.
+(connected components, measurements), metrics, plots, compare (the 2D-vs-3D job), download, cli,
+viewer (the napari plugin, an optional extra).
 """
 
 from mitoseg.config import Config

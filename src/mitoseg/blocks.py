@@ -7,7 +7,8 @@ and the settings that decide its values in its attributes (``settings``). `open_
 reopens such a partial output only when the settings are the same, and otherwise refuses, naming each
 difference (so a resumed run never mixes blocks of two runs); `finish` renames it to its final name.
 An output named ``*.ome.zarr`` is an OME-Zarr image group instead (level "0" written block by block, the
-pyramid and NGFF metadata added by `finish`, see `mitoseg.omezarr`).
+pyramid and NGFF metadata added by `finish`, see `mitoseg.omezarr`); one named
+``<image>.ome.zarr/labels/<name>`` is also an image-label of that image.
 """
 
 from __future__ import annotations
@@ -71,7 +72,7 @@ class Output:
         import zarr
 
         tmp = io.partial_path(path)
-        array = zarr.open_array(str(tmp / "0" if omezarr.is_ome_path(path) else tmp), mode="r+")
+        array = zarr.open_array(str(tmp / "0" if omezarr.is_ome_output(path) else tmp), mode="r+")
         return cls(Path(path), array, Path(str(tmp) + ".done"))
 
 
@@ -88,9 +89,13 @@ def open_output(path: str | Path, shape: Sequence[int], dtype: Any, block: Seque
     tmp = io.partial_path(path)
     attrs = dict(attrs or {})
     pyramid = None
-    if omezarr.is_ome_path(path):  # an NGFF image group: level 0 here, the pyramid when finished
+    if omezarr.is_ome_output(path):  # an NGFF image group: level 0 here, the pyramid when finished
         voxel = tuple(float(v) for v in attrs.get("voxel_size") or (1.0, 1.0, 1.0))
-        pyramid = (voxel, attrs.get("kind") in ("mask", "labels"), attrs.get("kind", "image"))
+        name = attrs.get("kind", "image")
+        if omezarr.label_of(path):  # an image-label: its image's voxel size, its own name
+            voxel, name = omezarr.label_voxel_size(path, shape), Path(path).name
+            attrs["voxel_size"] = voxel
+        pyramid = (voxel, attrs.get("kind") in ("mask", "labels"), name)
     if resume and tmp.exists():
         array = zarr.open_array(str(tmp / "0" if pyramid else tmp), mode="r+")
         old = dict(array.attrs.get("settings", {}))
@@ -116,6 +121,8 @@ def finish(*outputs: Output, overwrite: bool = False) -> None:
         if out.pyramid:
             omezarr.write_pyramid(io.partial_path(out.path), *out.pyramid)
         io.finish_output(out.path, overwrite)
+        if omezarr.label_of(out.path):
+            omezarr.register_label(out.path)
 
 
 def run(task: Callable, items: Sequence, job: dict | None = None, client: Any = None, desc: str = "",

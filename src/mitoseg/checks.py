@@ -77,6 +77,8 @@ RULES: dict[str, Rule] = {
     # Dask and reports
     "tile": POSITIVE_INT, "workers": POSITIVE_INT, "slices": POSITIVE_INT,
     "iou_threshold": Rule(float, 0, 1, open_low=True),
+    # annotation suggestions
+    "count": POSITIVE_INT, "gap": COUNT,
 }
 
 

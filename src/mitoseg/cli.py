@@ -113,6 +113,32 @@ def cmd_data(a: argparse.Namespace) -> None:
         print(found if found else f"{a.name}: not found (run: mitoseg data fetch {a.name})")
 
 
+def cmd_suggest(a: argparse.Namespace) -> None:
+    from mitoseg.suggest import suggest
+
+    rows = suggest(a.run, a.image, a.count, a.gap, a.annotated_slices, tta=a.tta, table=a.table, device=a.device,
+                   overwrite=a.overwrite, progress=not a.quiet)
+    print("rank  slice  uncertainty (bits)  predicted foreground")
+    for r in rows:
+        print(f"{r['rank']:>4}  {r['slice']:>5}  {r['uncertainty_bits']:>18.3f}  {r['foreground_fraction']:>19.1%}")
+    picked = sorted(r["slice"] for r in rows)
+    done = f"{a.annotated_slices}," if a.annotated_slices else ""
+    print(f"annotate these slices next, then train with --annotated-slices {done}{','.join(map(str, picked))}")
+
+
+def cmd_export(a: argparse.Namespace) -> None:
+    from mitoseg.export import export_bioimageio
+
+    path = export_bioimageio(a.run, a.sample, a.bioimageio, overwrite=a.overwrite)
+    print(f"bioimage.io package: {path}")
+
+
+def cmd_view(a: argparse.Namespace) -> None:
+    from mitoseg.viewer import view
+
+    view(a.paths, voxel_size=a.voxel_size)
+
+
 def _dask_options(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("Dask cluster (docs/cluster.md)")
     g.add_argument("--scheduler", choices=("single", "local"), default="single",
@@ -237,6 +263,37 @@ def parser() -> argparse.ArgumentParser:
     d.add_argument("--base-url", help="a mirror holding the same files")
     d.add_argument("--overwrite", action="store_true", help="download again over existing files")
     d.set_defaults(func=cmd_data)
+
+    s = sub.add_parser("suggest", help="rank slices to annotate next by the model's uncertainty")
+    s.add_argument("run", help="training run folder (or checkpoint) of the current model")
+    s.add_argument("image", help=IMAGE_HELP)
+    s.add_argument("--count", type=arg("count"), default=8, help="slices to suggest (default 8)")
+    s.add_argument("--gap", type=arg("gap"),
+                   help="suggested slices lie more than this many slices apart (default: depth / (4 x count))")
+    s.add_argument("--annotated-slices", metavar="LIST",
+                   help="slices already annotated, e.g. 0,40-43: never suggested, nor their neighbours")
+    s.add_argument("--tta", action=argparse.BooleanOptionalAction, default=True,
+                   help="average 4 in-plane flips, so disagreement counts as uncertainty (default: on)")
+    s.add_argument("--table", help="write every slice's uncertainty to this CSV")
+    s.add_argument("--device", default="auto", help="auto (CUDA, then MPS, then CPU), cpu, cuda, mps")
+    s.add_argument("--overwrite", action="store_true", help="replace an existing --table")
+    s.set_defaults(func=cmd_suggest)
+
+    x = sub.add_parser("export", help="a trained run as a bioimage.io model package (needs: pip install "
+                                      "\"mitoseg[bioimageio]\")")
+    x.add_argument("run", help="training run folder (or checkpoint)")
+    x.add_argument("--bioimageio", required=True, metavar="MODEL.zip", help="the package to write (.zip)")
+    x.add_argument("--sample", required=True, metavar="IMAGE",
+                   help="an image volume the model is for; a central crop becomes the package's test input")
+    x.add_argument("--overwrite", action="store_true", help="replace an existing package")
+    x.set_defaults(func=cmd_export)
+
+    v = sub.add_parser("view", help="open outputs in napari (needs: pip install \"mitoseg[napari]\")")
+    v.add_argument("paths", nargs="+", metavar="PATH",
+                   help="a predict or label output (.zarr, .ome.zarr), a compare report folder, or an image volume")
+    v.add_argument("--voxel-size", type=arg("voxel_size"), nargs=3, metavar=("Z", "Y", "X"),
+                   help="voxel size in nm of volumes that state none (default 1 1 1)")
+    v.set_defaults(func=cmd_view)
     return p
 
 

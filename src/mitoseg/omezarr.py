@@ -6,6 +6,10 @@ built here, one level from the one before, one output chunk at a time (ome-zarr-
 wants the whole volume, or a dask graph of it, and a downsampler of its own), so memory stays a chunk.
 Images and probabilities are averaged (2 x 2 in-plane, and in Z while Z is not coarser than twice the
 in-plane pixel), masks and labels take the nearest voxel, so ids are never blended.
+
+An output path ``<image>.ome.zarr/labels/<name>`` (a mask or labels) is written as an NGFF image-label
+of that existing image: same shape and voxel size, listed in ``<image>/labels`` and pointing back to
+it, so viewers that read OME-Zarr (napari, the ome-zarr-py reader) show it over its image.
 """
 
 from __future__ import annotations
@@ -24,6 +28,52 @@ MIN_SIZE = 64  # the pyramid stops when an in-plane axis of the next level would
 def is_ome_path(path: str | Path) -> bool:
     """Whether an output path asks for OME-Zarr (its name ends in .ome.zarr)."""
     return str(path).rstrip("/").lower().endswith(SUFFIX)
+
+
+def label_of(path: str | Path) -> Path | None:
+    """The OME-Zarr image whose image-label an output path ``<image>.ome.zarr/labels/<name>`` names, else None."""
+    path = Path(str(path).rstrip("/"))
+    return path.parent.parent if path.parent.name == "labels" and is_ome_path(path.parent.parent) else None
+
+
+def is_ome_output(path: str | Path) -> bool:
+    """Whether an output path is written as OME-Zarr: an image (``*.ome.zarr``) or an image-label."""
+    return is_ome_path(path) or label_of(path) is not None
+
+
+def label_voxel_size(path: str | Path, shape: tuple[int, ...]) -> tuple[float, float, float]:
+    """The voxel size (nm) of the image an image-label output belongs to, after checking that the image
+    exists and that its highest resolution has the label's `shape` (MitosegError otherwise)."""
+    import zarr
+
+    from mitoseg.errors import MitosegError
+
+    image = label_of(path)
+    try:
+        group = zarr.open_group(str(image), mode="r")
+        array, voxel = level0(group)
+    except (FileNotFoundError, KeyError, TypeError, IndexError, ValueError):
+        raise MitosegError(f"{image} is not an OME-Zarr image: labels/{Path(path).name} can only be added to an "
+                           "existing one (write the image first, or name the output *.ome.zarr)") from None
+    if tuple(array.shape) != tuple(shape):
+        raise MitosegError(f"{image} holds an image of shape {tuple(array.shape)}; labels of shape {tuple(shape)} "
+                           "cannot be its image-label")
+    return voxel or (1.0, 1.0, 1.0)
+
+
+def register_label(path: str | Path) -> None:
+    """List the finished image-label at ``<image>/labels/<name>`` in its image (once) and point it back to
+    the image (NGFF ``image-label`` metadata, written by ome-zarr-py)."""
+    import zarr
+    from ome_zarr.writer import write_label_metadata
+
+    path = Path(str(path).rstrip("/"))
+    labels = zarr.open_group(str(path.parent), mode="a")
+    ome = dict(labels.attrs.get("ome", {}))
+    if path.name in ome.get("labels", []):  # written again (--overwrite): listed once
+        ome["labels"] = [n for n in ome["labels"] if n != path.name]
+        labels.attrs["ome"] = ome
+    write_label_metadata(labels, path.name, source={"image": "../../"})
 
 
 def multiscales(attrs: dict) -> list | None:

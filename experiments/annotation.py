@@ -1,0 +1,151 @@
+"""How little annotation is enough: the CA1 annotation curve, suggested vs evenly spread slices, and
+transfer from CA1 to the Drosophila ssTEM stack.
+
+    python experiments/annotation.py --out results/annotation/annotation.json [--iterations 150]
+
+All runs: the 2D model, the `quick` preset's patches (32 slices of 128 x 128 per iteration), exactly
+`--iterations` iterations (validation every 50, on the annotated voxels of the validation split),
+the checkpoint of best validation IoU, scored raw (probability 0.5, no TTA, no post-processing).
+1. Curve: CA1 training volume with only k slices annotated, spread evenly (slice (i + 0.5) * 165 / k),
+   for each k in `--counts`; test IoU on the central `--slices` slices of the CA1 test volume.
+2. Suggest: the first k's model ranks the other slices (`mitoseg suggest`, TTA); a run annotated on
+   those k slices plus k suggested ones is compared with the curve's run on 2k evenly spread slices.
+3. Transfer: the Drosophila stack (left half trains, right half tests), 1, 2 and 5 annotated slices,
+   from scratch and fine-tuned from the curve's run on all CA1 slices (`--init`).
+Writes the JSON after every row (an interrupted call keeps what it measured; finished runs are reused)
+and a Markdown table beside it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from mitoseg import compare, config, datasets, io, metrics, predict, suggest, train
+
+PER_EPOCH = 50
+
+
+def even(k: int, depth: int) -> list[int]:
+    """k slice indices spread evenly through `depth` slices (the centres of k equal parts)."""
+    return sorted({int((i + 0.5) * depth / k) for i in range(k)})
+
+
+def score(run: Path, image: np.ndarray, truth: np.ndarray, window) -> float:
+    """Foreground IoU at probability 0.5 of a run's best model on an image (Z, Y, X)."""
+    model, cfg = train.load_model(run)
+    tile = predict.default_tile(cfg.dims, image.shape, cfg.tile)
+    probs = predict.predict_array(model, image, cfg.dims, tile, cfg.overlap, window, amp=cfg.amp)
+    return metrics.scores(metrics.confusion(probs >= 0.5, truth))["jaccard"]
+
+
+def fit(folder: Path, image, mask, iterations: int, **changes) -> dict:
+    """Train (or reuse a finished identical run in) `folder`; its summary."""
+    cfg = config.quick(2, epochs=max(1, iterations // PER_EPOCH), minutes=None, iterations_per_epoch=PER_EPOCH,
+                       **changes)
+    if (folder / "summary.json").exists() and config.Config.load(folder / "config.json") == cfg:
+        return train.summarize(folder)
+    return train.train(cfg, image, mask, folder, overwrite=True, progress=False)
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--out", required=True, help="JSON to write; the .md table goes beside it")
+    p.add_argument("--iterations", type=int, default=150, help="training iterations per run")
+    p.add_argument("--counts", type=int, nargs="+", default=[2, 4, 8, 165], help="annotated CA1 slices per run")
+    p.add_argument("--slices", type=int, default=64, help="central CA1 test slices to score")
+    p.add_argument("--transfer", type=int, nargs="+", default=[1, 2, 5], help="annotated Drosophila slices")
+    p.add_argument("--runs", default=None, help="folder for the run folders (default: runs/ beside --out)")
+    a = p.parse_args(argv)
+    out = Path(a.out)
+    runs = Path(a.runs) if a.runs else out.parent / "runs"
+    ca1 = compare.load_benchmark("lucchi")
+    depth = ca1.train_image.shape[0]
+    z0 = (ca1.test_image.shape[0] - a.slices) // 2
+    test = (ca1.test_image[z0:z0 + a.slices], ca1.test_mask[z0:z0 + a.slices], io.intensity_range(ca1.test_image))
+    result = {"command": "python " + " ".join(shlex.quote(x) for x in [sys.argv[0], *(argv or sys.argv[1:])]),
+              "date": time.strftime("%Y-%m-%d"), "machine": train.versions(), "data": ca1.description,
+              "test_slices": [z0, z0 + a.slices], "iterations": a.iterations, "curve": [], "suggest": [],
+              "transfer": []}
+
+    def add(part: str, row: dict) -> None:
+        result[part].append(row)
+        print(part, {k: v for k, v in row.items() if k != "slices"}, flush=True)
+        write(out, result)
+
+    for k in a.counts:  # 1. the curve
+        slices = even(k, depth)
+        text = ",".join(map(str, slices))
+        s = fit(runs / f"ca1_{k}", ca1.train_image, ca1.train_mask, a.iterations,
+                annotated_slices=None if k >= depth else text)
+        add("curve", {"annotated": len(slices), "slices": slices, "best_val_iou": s["best_val_iou"],
+                      "test_iou": score(runs / f"ca1_{k}", *test)})
+
+    k = a.counts[0]  # 2. suggested slices vs evenly spread ones, same count
+    if 2 * k in a.counts:
+        base = even(k, depth)
+        picked = [r["slice"] for r in suggest.suggest(runs / f"ca1_{k}", datasets.lucchi_dir()[0] / "training.tif",
+                                                      count=k, annotated=",".join(map(str, base)), progress=False)]
+        slices = sorted(base + picked)
+        s = fit(runs / f"ca1_{k}+{k}suggested", ca1.train_image, ca1.train_mask, a.iterations,
+                annotated_slices=",".join(map(str, slices)))
+        evenly = next(r for r in result["curve"] if r["annotated"] == 2 * k)
+        add("suggest", {"annotated": len(slices), "slices": slices, "suggested": picked,
+                        "best_val_iou": s["best_val_iou"], "test_iou": score(runs / f"ca1_{k}+{k}suggested", *test),
+                        "evenly_test_iou": evenly["test_iou"]})
+
+    droso = compare.load_benchmark("drosophila")  # 3. transfer
+    source = runs / f"ca1_{max(a.counts)}"
+    dtest = (droso.test_image, droso.test_mask, io.intensity_range(droso.test_image))
+    for n in a.transfer:
+        slices = ",".join(map(str, even(n, droso.train_image.shape[0])))
+        row = {"annotated": n, "slices": slices}
+        for name, init in (("scratch", None), ("fine_tuned", str(source))):
+            folder = runs / f"droso_{n}_{name}"
+            s = fit(folder, droso.train_image, droso.train_mask, a.iterations, annotated_slices=slices,
+                    voxel_size=droso.voxel_size, init=init)
+            row[f"{name}_best_val_iou"] = s["best_val_iou"]
+            row[f"{name}_test_iou"] = score(folder, *dtest)
+        add("transfer", row)
+    print(markdown(result))
+
+
+def write(out: Path, result: dict) -> None:
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2) + "\n")
+    out.with_suffix(".md").write_text(markdown(result))
+
+
+def markdown(result: dict) -> str:
+    """The three tables of a result."""
+    m = result["machine"]
+    lines = [f"# How little annotation is enough (2D model, {result['iterations']} iterations per run)", "",
+             f"CA1 data: {result['data']}; test slices {result['test_slices'][0]}..{result['test_slices'][1] - 1} "
+             "of the CA1 test volume, raw prediction at 0.5 (no TTA, no post-processing), best-validation "
+             f"checkpoint. Machine: {m['cpu']} ({m['cpu_count']} cores). Date: {result['date']}. "
+             f"Command: `{result['command']}`", "",
+             "## Test IoU against annotated training slices (CA1, evenly spread)", "",
+             "| annotated slices | test IoU | best validation IoU |", "|---|---|---|"]
+    lines += [f"| {r['annotated']} | {r['test_iou']:.3f} | {r['best_val_iou']:.3f} |" for r in result["curve"]]
+    if result["suggest"]:
+        lines += ["", "## Suggested slices vs evenly spread ones (CA1)", "",
+                  "| annotated slices | evenly spread: test IoU | half even + half suggested: test IoU | "
+                  "suggested slices |", "|---|---|---|---|"]
+        lines += [f"| {r['annotated']} | {r['evenly_test_iou']:.3f} | {r['test_iou']:.3f} | "
+                  f"{', '.join(map(str, r['suggested']))} |" for r in result["suggest"]]
+    if result["transfer"]:
+        lines += ["", "## Transfer to Drosophila ssTEM (2D model; train: left half, test: right half)", "",
+                  "| annotated slices | from scratch: test IoU | fine-tuned from CA1: test IoU |", "|---|---|---|"]
+        lines += [f"| {r['annotated']} | {r['scratch_test_iou']:.3f} | {r['fine_tuned_test_iou']:.3f} |"
+                  for r in result["transfer"]]
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    main()

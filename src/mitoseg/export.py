@@ -1,0 +1,221 @@
+"""A trained run -> a bioimage.io model package (spec 0.5, TorchScript weights), testable by bioimageio.core.
+
+The package holds the network with a sigmoid (it returns foreground probabilities in [0, 1]), traced to
+TorchScript (which deepImageJ, ilastik, QuPath and bioimageio.core run), a test input cut from a real
+volume and the output mitoseg computes for it, axes in nm with the run's voxel size, and the
+preprocessing as bioimage.io operations. Built with bioimageio.spec's own description classes.
+"""
+
+from __future__ import annotations
+
+import copy
+import functools
+import json
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from mitoseg import __version__, io
+from mitoseg.config import Config
+from mitoseg.errors import MitosegError
+from mitoseg.models import encoder_strides
+
+LOW, HIGH = 0.5, 99.5  # percentiles of the package's input window, as in `io.intensity_range`
+EPS = 1e-6  # bioimage.io's scale_range default
+STUDY = "Mitochondria segmentation in FIB-SEM with 2D and 3D U-Nets (ResNet18 encoders); the study mitoseg reproduces"
+CITATIONS = [
+    ("Lucchi A., Smith K., Achanta R., Knott G., Fua P. Supervoxel-based segmentation of mitochondria in EM image "
+     "stacks with learned shape features. IEEE TMI 31(2), 2012 (the EPFL CA1 data)", "10.1109/TMI.2011.2171705"),
+    ("He K., Zhang X., Ren S., Sun J. Deep residual learning for image recognition. CVPR 2016 (ResNet18 encoder)",
+     "10.1109/CVPR.2016.90"),
+    ("Ronneberger O., Fischer P., Brox T. U-Net: convolutional networks for biomedical image segmentation. "
+     "MICCAI 2015", "10.1007/978-3-319-24574-4_28"),
+]
+
+
+class _Probabilities(torch.nn.Module):
+    """The run's network followed by a sigmoid: (B, 1, [Z,] Y, X) float32 [0, 1] -> probabilities."""
+
+    def __init__(self, net: torch.nn.Module):
+        super().__init__()
+        self.net = net
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.sigmoid(self.net(x))
+
+
+class _ZeroPadShortcut(torch.nn.Module):
+    """MONAI ResNet's type-A shortcut (stride, then zero channels appended) with sizes taken from the input
+    when it runs: MONAI builds its zeros from Python ints, which a trace freezes at the traced size."""
+
+    def __init__(self, planes: int, stride: tuple[int, ...]):
+        super().__init__()
+        self.planes, self.stride = planes, stride
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x[(slice(None), slice(None), *(slice(None, None, k) for k in self.stride))]
+        return torch.nn.functional.pad(x, [0, 0] * len(self.stride) + [0, self.planes - x.shape[1]])
+
+
+def traceable(net: torch.nn.Module) -> torch.nn.Module:
+    """A copy of `net` (float32, contiguous) whose trace runs on every input size (its type-A shortcuts
+    become `_ZeroPadShortcut`s; the same weights, the same outputs)."""
+    from monai.networks.nets.resnet import ResNetBlock
+
+    net = copy.deepcopy(net).float().to(memory_format=torch.contiguous_format)
+    for module in net.modules():
+        if isinstance(module, ResNetBlock) and isinstance(module.downsample, functools.partial):
+            stride = module.downsample.keywords["stride"]
+            dims = module.downsample.keywords["spatial_dims"]
+            stride = tuple(stride) if isinstance(stride, tuple | list) else (stride,) * dims
+            module.downsample = _ZeroPadShortcut(module.downsample.keywords["planes"], stride)
+    return net
+
+
+def divisors(config: Config) -> list[int]:
+    """Per spatial axis ((Z,) Y, X) the size every input must be a multiple of (the encoder's total stride)."""
+    strides = encoder_strides(config.voxel_size, config.dims)
+    return [int(np.prod([s[axis] for s in strides])) for axis in range(config.dims)]
+
+
+def test_crop(image, config: Config) -> np.ndarray:
+    """A central crop of `image` (Z, Y, X) of one prediction tile ((Z,) Y, X; a single slice for the 2D
+    model), shrunk to multiples of `divisors`; raw values as float32."""
+    depth, height, width = image.shape
+    tile = config.tile
+    want = [min(t, s) for t, s in zip(tile, (depth, height, width), strict=True)]
+    if config.dims == 3:
+        want[0] = want[0] // divisors(config)[0] * divisors(config)[0]
+    want[1:] = [w // divisors(config)[-1] * divisors(config)[-1] for w in want[1:]]
+    if min(want) < 1:
+        raise MitosegError(f"the sample volume {tuple(image.shape)} is smaller than one input of the "
+                           f"{config.dims}D model (multiples of {divisors(config)} voxels)")
+    start = [(s - w) // 2 for s, w in zip((depth, height, width), want, strict=True)]
+    crop = np.asarray(image[tuple(slice(a, a + w) for a, w in zip(start, want, strict=True))], dtype=np.float32)
+    return crop[0] if config.dims == 2 else crop
+
+
+def preprocess(x: np.ndarray) -> np.ndarray:
+    """What the package's preprocessing does to one input: scale_range over the sample's own 0.5 / 99.5
+    percentiles, then clip to [0, 1] (mitoseg takes the percentiles over the whole volume instead)."""
+    low, high = np.percentile(x, [LOW, HIGH])
+    return np.clip((x - low) / (high - low + EPS), 0.0, 1.0).astype(np.float32)
+
+
+def export_bioimageio(run: str | Path, sample: str, out: str | Path, overwrite: bool = False) -> Path:
+    """Write the bioimage.io package (a .zip) of a trained run; its test tensors come from `sample`.
+
+    `sample`: an image volume spec (as `mitoseg predict` reads it) of the kind the model is for; a central
+    crop of one tile becomes the package's test input, and the output mitoseg computes for it its test
+    output. Returns the package's path. Needs the `bioimageio` extra (bioimageio.spec, bioimageio.core).
+    """
+    from mitoseg.train import load_model
+
+    try:
+        from bioimageio.spec import save_bioimageio_package
+    except ImportError:
+        raise MitosegError('mitoseg export --bioimageio needs bioimageio.spec: pip install "mitoseg[bioimageio]"') \
+            from None
+    out = Path(out)
+    if out.suffix != ".zip":
+        raise MitosegError(f"--bioimageio {out}: the package is a .zip file")
+    if out.exists() and not overwrite:
+        raise MitosegError(f"{out} exists; pass --overwrite to replace it")
+    model, config = load_model(run, "cpu")
+    net = _Probabilities(traceable(model.net)).eval()
+    x = test_crop(io.open_volume(sample), config)[None, None]
+    with torch.no_grad():
+        y = net(torch.from_numpy(preprocess(x))).numpy()
+        traced = torch.jit.trace(net, torch.from_numpy(preprocess(x)), check_trace=False)
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        traced.save(str(tmp / "weights.torchscript.pt"))
+        np.save(tmp / "test_input.npy", x)
+        np.save(tmp / "test_output.npy", y.astype(np.float32))
+        (tmp / "README.md").write_text(_readme(run, config))
+        descr = _description(config, tmp)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        partial = out.with_name(out.name + ".partial")
+        save_bioimageio_package(descr, output_path=partial)
+        partial.replace(out)
+    return out
+
+
+def _description(config: Config, folder: Path):
+    """The bioimage.io (spec 0.5) model description of files in `folder`."""
+    from bioimageio.spec.model import v0_5 as m
+
+    names = ["z", "y", "x"][-config.dims:]
+    voxel = list(config.voxel_size)[-config.dims:]
+    steps = divisors(config)
+    inputs = [m.BatchAxis(), m.ChannelAxis(channel_names=[m.Identifier("em")])]
+    inputs += [m.SpaceInputAxis(id=m.AxisId(n), size=m.ParameterizedSize(min=d, step=d), unit="nanometer", scale=v)
+               for n, d, v in zip(names, steps, voxel, strict=True)]
+    outputs = [m.BatchAxis(), m.ChannelAxis(channel_names=[m.Identifier("foreground")])]
+    same = {n: m.SizeReference(tensor_id=m.TensorId("raw"), axis_id=m.AxisId(n)) for n in names}
+    outputs += [m.SpaceOutputAxis(id=m.AxisId(n), size=same[n], unit="nanometer", scale=v)
+                for n, v in zip(names, voxel, strict=True)]
+    spatial = [m.AxisId(n) for n in names]
+    raw = m.InputTensorDescr(
+        id=m.TensorId("raw"), axes=inputs, test_tensor=m.FileDescr(source=folder / "test_input.npy"),
+        description="EM image, any grey-level range (float32)", data=m.IntervalOrRatioDataDescr(type="float32"),
+        preprocessing=[
+            m.ScaleRangeDescr(kwargs=m.ScaleRangeKwargs(axes=spatial, min_percentile=LOW, max_percentile=HIGH,
+                                                        eps=EPS)),
+            m.ClipDescr(kwargs=m.ClipKwargs(min=0.0, max=1.0)),
+        ])
+    prob = m.OutputTensorDescr(
+        id=m.TensorId("probability"), axes=outputs, test_tensor=m.FileDescr(source=folder / "test_output.npy"),
+        description="foreground (mitochondrion) probability; mitoseg thresholds it at 0.5 by default",
+        data=m.IntervalOrRatioDataDescr(type="float32", range=(0.0, 1.0)))
+    return m.ModelDescr(
+        name=f"mitoseg {config.dims}D U-Net ResNet18 mitochondria",
+        description=f"{config.dims}D U-Net with a ResNet18 encoder (MONAI FlexibleUNet) that segments mitochondria "
+                    f"in electron microscopy volumes ({' x '.join(f'{v:g}' for v in config.voxel_size)} nm voxels), "
+                    "trained with mitoseg",
+        authors=[m.Author(name="mitoseg developers")],
+        cite=[m.CiteEntry(text=text, doi=m.Doi(doi)) for text, doi in CITATIONS],
+        license=m.LicenseId("MIT"),
+        tags=["mitochondria", "electron-microscopy", "fib-sem", "semantic-segmentation", f"{config.dims}d", "unet"],
+        documentation=m.FileDescr(source=folder / "README.md"),
+        inputs=[raw], outputs=[prob],
+        weights=m.WeightsDescr(torchscript=m.TorchscriptWeightsDescr(
+            source=folder / "weights.torchscript.pt", pytorch_version=m.Version(torch.__version__.split("+")[0]))),
+        config={"mitoseg": {"version": __version__, "training": {k: v for k, v in config.__dict__.items()
+                                                                if k not in ("extra", "device")}}},
+    )
+
+
+def _readme(run: str | Path, config: Config) -> str:
+    """The package's documentation: what goes in, what comes out, how it was trained and validated."""
+    summary = Path(run) / "summary.json"
+    validation = "No validation record was found beside the checkpoint."
+    if summary.is_file():
+        best = json.loads(summary.read_text()).get("best_val_iou", float("nan"))
+        validation = (f"Foreground IoU on the run's validation split (the last {config.val_fraction:.0%} of the "
+                      f"training volume along X, never trained on), probability >= 0.5: {best:.3f} (best epoch).")
+    return f"""# mitoseg {config.dims}D U-Net (ResNet18 encoder) for mitochondria in EM
+
+Exported by mitoseg {__version__} from the training run `{Path(run).name}`.
+
+Input: one EM channel, {config.dims}D, voxel size {config.voxel_size} nm (Z, Y, X); every spatial size must
+be a multiple of {divisors(config)} voxels. Preprocessing: the input's 0.5 and 99.5 percentiles are
+mapped to 0 and 1, then clipped (mitoseg itself takes these percentiles over the whole volume).
+Output: the foreground (mitochondrion) probability; threshold it at 0.5 (or at the threshold mitoseg
+chose on validation) and split objects with 3D connected components.
+
+{STUDY}.
+
+## Training
+
+At most {config.epochs} epochs or {config.minutes} minutes; patches {config.patch} voxels, batch {config.batch},
+AdamW lr {config.lr}, Dice + BCE, seed {config.seed}. Models trained on the EPFL CA1 volumes that come
+with mitoseg's tests learned from a derived public copy (per-slice stretched images, polygon-filled
+labels), not the EPFL originals.
+
+## Validation
+
+{validation}
+"""

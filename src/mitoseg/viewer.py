@@ -1,0 +1,332 @@
+"""napari plugin (``pip install "mitoseg[napari]"``): a reader for mitoseg outputs, a widget that segments
+an image layer, and `view` behind ``mitoseg view``.
+
+The reader opens, lazily as dask arrays at physical scale (nm per voxel):
+- a Zarr array or ``*.ome.zarr`` written by ``mitoseg predict`` / ``mitoseg label`` (its attribute `kind`
+  names the layer type: probability -> image, mask and labels -> labels); an OME-Zarr image opens as its
+  whole pyramid (the NGFF multiscales datasets), followed by its NGFF image-labels;
+- a ``mitoseg compare`` report folder (report.json): the test volume when its data set is found here, and
+  each model's test probabilities and instances;
+- any other volume `io.open_volume` reads (TIFF, slice folder, HDF5), as an image (for ``mitoseg view``).
+napari and Qt are imported inside the functions (magicgui, when installed, at import for the widget's base
+class): this module imports without them, and `view` says how to install them.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from collections.abc import Callable, Generator, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from mitoseg import datasets, io, omezarr
+from mitoseg.errors import MitosegError
+
+try:
+    from magicgui.widgets import Container as _Container  # installed with napari
+except ImportError:  # mitoseg without napari: `view` says how to install it
+    _Container = object
+
+NEEDS_NAPARI = 'mitoseg view needs napari: pip install "mitoseg[napari]"'
+LayerData = tuple[Any, dict, str]  # napari's (data, keyword arguments of add_<type>, layer type)
+
+
+def _lazy(volume: Any) -> Any:
+    """A dask array over an array-like (Z, Y, X), chunked as stored (else one slice per chunk)."""
+    import dask.array as da
+
+    chunks = getattr(volume, "chunks", None)
+    if not (isinstance(chunks, tuple) and len(chunks) == 3):
+        chunks = (1, *volume.shape[1:])
+    return da.from_array(volume, chunks=chunks, asarray=False) if not isinstance(volume, da.Array) else volume
+
+
+def _meta(name: str, voxel: Sequence[float], kind: str, **extra: Any) -> dict:
+    return {"name": name, "scale": tuple(float(v) for v in voxel), "units": "nm", "axis_labels": ("z", "y", "x"),
+            "metadata": {"mitoseg_kind": kind}, **extra}
+
+
+def _ome_group(path: Path) -> Any | None:
+    """The OME-Zarr image group (NGFF multiscales) at `path`, else None."""
+    import zarr
+
+    if not path.is_dir():
+        return None
+    try:
+        node = zarr.open(str(path), mode="r")
+    except (FileNotFoundError, ValueError, TypeError, KeyError):
+        return None
+    return node if isinstance(node, zarr.Group) and omezarr.multiscales(dict(node.attrs)) else None
+
+
+def volume_layer(path: str | Path, voxel_size: Sequence[float] | None = None, name: str | None = None,
+                 kind: str | None = None) -> LayerData:
+    """One volume as a napari layer tuple, lazily: an OME-Zarr image as its pyramid (the multiscales
+    datasets as a list of dask arrays, level 0 first), anything else `io.open_volume` reads as one dask
+    array (Z, Y, X).
+
+    The layer type comes from `kind`, else the output's `kind` attribute (probability: image 0..1, magma,
+    additive; mask, labels: labels; image), else the dtype (integers of 32 bits or more: labels).
+    The scale is the voxel size (z, y, x) in nm the volume states (`io.voxel_size`), else `voxel_size`,
+    else 1 1 1. `name` defaults to the file name without its .zarr / .ome.zarr suffix.
+    """
+    import dask.array as da
+
+    path = Path(path)
+    level0 = io.open_volume(path)
+    voxel = io.voxel_size(path) or voxel_size or (1.0, 1.0, 1.0)
+    data: Any = _lazy(level0)
+    group = _ome_group(path)
+    if group is not None:
+        levels = [da.from_zarr(group[d["path"]]) for d in omezarr.multiscales(dict(group.attrs))[0]["datasets"]]
+        data = levels if len(levels) > 1 else levels[0]
+    kind = kind or _stated_kind(path)
+    dtype = np.dtype(level0.dtype)
+    if kind is None:
+        kind = "labels" if dtype.kind in "iu" and dtype.itemsize >= 4 else "image"
+    name = name or path.name.removesuffix(omezarr.SUFFIX).removesuffix(".zarr")
+    multiscale = {"multiscale": True} if isinstance(data, list) else {}
+    if kind in ("mask", "labels"):
+        return data, _meta(name, voxel, kind, opacity=0.5, **multiscale), "labels"
+    if kind == "probability":
+        top = 255.0 if dtype == np.uint8 else 1.0
+        return data, _meta(name, voxel, kind, colormap="magma", blending="additive", contrast_limits=(0.0, top),
+                           opacity=0.7, **multiscale), "image"
+    return data, _meta(name, voxel, kind, colormap="gray", **multiscale), "image"
+
+
+def _test_image(data: dict) -> Any | None:
+    """A report's test volume (`compare.load_benchmark`'s), lazily, when its data set is found here with the
+    report's test shape; else None."""
+    try:
+        if data["name"] == "lucchi":
+            found = datasets.lucchi_dir()
+            image = _lazy(io.open_volume(found[0] / "testing.tif")) if found else None
+        else:  # drosophila: the test half is the right half in X
+            raw = _lazy(io.open_volume(datasets.drosophila_dir() / "raw"))
+            image = raw[:, :, raw.shape[2] // 2:]
+    except MitosegError:
+        return None
+    return image if image is not None and list(image.shape) == list(data["test_shape"]) else None
+
+
+def report_layers(folder: str | Path) -> list[LayerData]:
+    """A ``mitoseg compare`` report folder as layers at its voxel size (report.json): "test image" (when
+    the data set is found here), then per model "2D probability" (with TTA when predicted) and
+    "2D instances", and the same for 3D."""
+    folder = Path(folder)
+    data = json.loads((folder / "report.json").read_text())["data"]
+    voxel = tuple(float(v) for v in data["voxel_size"])
+    layers = []
+    image = _test_image(data)
+    if image is not None:
+        layers.append((image, _meta("test image", voxel, "image", colormap="gray"), "image"))
+    for model in sorted(folder.glob("model_*")):
+        d = model.name.removeprefix("model_")
+        probs = next((model / n for n in ("test_probs_tta.zarr", "test_probs.zarr") if (model / n).exists()), None)
+        if probs is not None:
+            layers.append(volume_layer(probs, voxel, f"{d} probability", "probability"))
+        if (model / "test_labels.zarr").exists():
+            layers.append(volume_layer(model / "test_labels.zarr", voxel, f"{d} instances", "labels"))
+    if not layers:
+        raise MitosegError(f"{folder}: a report folder without predictions (model_*/test_probs.zarr)")
+    return layers
+
+
+def image_labels(path: str | Path) -> list[Path]:
+    """The NGFF image-labels of an OME-Zarr image (``<image>/labels/<name>``, as listed in
+    ``<image>/labels``), in their listed order; [] when it has none."""
+    path = Path(path)
+    labels = _open_group(path / "labels") if _ome_group(path) is not None else None
+    if labels is None:
+        return []
+    attrs = dict(labels.attrs)
+    return [path / "labels" / n for n in (attrs.get("ome") or attrs).get("labels", [])]
+
+
+def _open_group(path: Path) -> Any | None:
+    import zarr
+
+    try:
+        return zarr.open_group(str(path), mode="r") if path.is_dir() else None
+    except (FileNotFoundError, ValueError, TypeError, KeyError):
+        return None
+
+
+def layer_data(path: str | Path, voxel_size: Sequence[float] | None = None) -> list[LayerData]:
+    """The napari layer tuples of one path: a report folder (`report_layers`), or one volume
+    (`volume_layer`; `voxel_size` (z, y, x) nm applies where the volume states none) followed by its
+    image-labels when it is an OME-Zarr image that has some."""
+    path = Path(path)
+    if (path / "report.json").is_file():
+        return report_layers(path)
+    labels = [volume_layer(p, kind=_stated_kind(p) or "labels") for p in image_labels(path)]
+    return [volume_layer(path, voxel_size), *labels]
+
+
+def _stated_kind(path: Path) -> str | None:
+    """The `kind` attribute of a mitoseg output (probability, mask, labels, image), else None."""
+    return dict(getattr(io.open_volume(path), "attrs", {}) or {}).get("kind")
+
+
+def _readable(path: Path) -> bool:
+    return path.is_dir() and ((path / "report.json").is_file() or path.suffix.lower() == ".zarr"
+                              or any((path / m).exists() for m in io.ZARR_MARKERS))
+
+
+def napari_get_reader(path: str | list[str]) -> Callable[[Any], list[LayerData]] | None:
+    """npe2 reader contribution: `layer_data` for a Zarr output or a report folder, else None."""
+    if isinstance(path, list):
+        if len(path) != 1:
+            return None
+        path = path[0]
+    return (lambda p: layer_data(p[0] if isinstance(p, list) else p)) if _readable(Path(path)) else None
+
+
+def add_layers(viewer: Any, paths: Sequence[str | Path], voxel_size: Sequence[float] | None = None) -> list:
+    """Add every path's layers (`layer_data`) to a napari viewer (or `napari.components.ViewerModel`);
+    returns the layers added."""
+    from napari.layers import Layer
+
+    added = []
+    for path in paths:
+        for data, meta, kind in layer_data(path, voxel_size):
+            added.append(viewer.add_layer(Layer.create(data, meta, kind)))
+    return added
+
+
+def _import_napari() -> Any:
+    try:
+        import napari
+        import napari.qt  # noqa: F401  # fails without a Qt binding
+    except ImportError:
+        raise MitosegError(NEEDS_NAPARI) from None
+    return napari
+
+
+def view(paths: Sequence[str | Path], voxel_size: Sequence[float] | None = None) -> None:
+    """The ``mitoseg view`` command: a napari window with every path's layers (`add_layers`), the scale bar
+    on; returns when the window is closed. MitosegError without napari or (on Linux) without a display."""
+    napari = _import_napari()
+    for path in paths:
+        if not io.split_path(path)[0].exists():
+            raise MitosegError(f"{path}: no such file or folder")
+    if sys.platform.startswith("linux") and not (os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")
+                                                 or os.environ.get("QT_QPA_PLATFORM")):
+        raise MitosegError("mitoseg view needs a display (DISPLAY is not set)")
+    viewer = napari.Viewer()
+    add_layers(viewer, paths, voxel_size)
+    scale_bar(viewer).visible = True
+    napari.run()
+
+
+def scale_bar(viewer: Any) -> Any:
+    """A napari viewer's scale bar overlay (napari >= 0.9 keeps it in viewer.canvas.overlays)."""
+    canvas = getattr(viewer, "canvas", None)
+    return canvas.overlays.scale_bar if canvas is not None else viewer.scale_bar
+
+
+# ---------------------------------------------------------------- the segmentation widget
+
+
+def segment(image: Any, model: str | Path, threshold: float = 0.5, min_size: int = 0, tta: bool = False,
+            device: str = "auto") -> Generator[tuple[int, int], None, tuple[np.ndarray, np.ndarray]]:
+    """Predict and label an image volume (Z, Y, X; numpy, dask or zarr) with a trained run's model, as
+    ``mitoseg predict`` then ``mitoseg label`` do, in memory.
+
+    A generator: yields (steps done, steps) after each block of slices and after labelling; returns the
+    probabilities uint8 (Z, Y, X; 0..255 for 0..1, as `mitoseg predict` stores them) and the instances
+    uint32 (Z, Y, X; 26-connected components of probability >= `threshold`, objects under `min_size`
+    voxels removed). Blocks lie on the global tile grid (`predict.predict_block`): the result does not
+    depend on them.
+    """
+    from mitoseg import blocks, checks, instances, predict
+    from mitoseg.train import load_model
+
+    checks.check(threshold=threshold, min_size=min_size)
+    volume = io.check_volume(image, "the image layer")
+    net, config = load_model(model, device)
+    tile = predict.run_tile(config, tuple(volume.shape), None, None)
+    window = io.intensity_range(volume)
+    z = volume.shape[0]
+    grid = blocks.grid(volume.shape, (max(tile[0], -(-z // 10)), *volume.shape[1:]))  # about 10 steps
+    probs = np.zeros(volume.shape, np.uint8)
+    dev = next(net.parameters()).device
+    for i, b in enumerate(grid):
+        p = predict.predict_block(net, volume, b, tile, config.overlap, window, dev, config.dims, tta=tta)
+        probs[b] = predict.to_storage(p, "uint8")
+        yield i + 1, len(grid) + 1
+    labels = instances.label(probs >= threshold * 255, connectivity=26, min_size=min_size)
+    yield len(grid) + 1, len(grid) + 1
+    return probs, labels
+
+
+class SegmentWidget(_Container):
+    """npe2 widget contribution "Segment mitochondria": image layer, model (run folder or .pt), threshold,
+    minimum object size, TTA, a Run button and a progress bar. Runs `segment` in a napari thread worker
+    and adds "<image> probability" and "<image> instances" at the image layer's scale (replacing the data
+    of layers of those names). A class because napari hands a dock widget its viewer through __init__."""
+
+    def __init__(self, napari_viewer: Any) -> None:
+        from magicgui import widgets as w
+
+        self.viewer = napari_viewer
+        super().__init__(widgets=[
+            w.ComboBox(name="image", label="image", choices=self._images),
+            w.FileEdit(name="model", label="model", mode="d", tooltip="run folder (best.pt) or a checkpoint .pt"),
+            w.FloatSpinBox(name="threshold", label="threshold", value=0.5, min=0.01, max=0.99, step=0.05),
+            w.SpinBox(name="min_size", label="min size (voxels)", value=0, min=0, max=10**9, step=100),
+            w.CheckBox(name="tta", label="TTA (4 in-plane flips)", value=False),
+            w.PushButton(name="run", text="Run"),
+            w.ProgressBar(name="progress", label="progress", value=0, min=0, max=1),
+            w.Label(name="status", value=""),
+        ])
+        for event in (self.viewer.layers.events.inserted, self.viewer.layers.events.removed):
+            event.connect(lambda _: self.image.reset_choices())
+        self.run.changed.connect(self.start)
+
+    def _images(self, _: Any) -> list[tuple[str, Any]]:
+        from napari.layers import Image
+
+        return [(x.name, x) for x in self.viewer.layers if isinstance(x, Image)]
+
+    def start(self) -> Any:
+        """Run `segment` on the chosen layer in a thread worker (returned, started); None when the image
+        layer or the model is missing."""
+        from napari.qt.threading import create_worker
+
+        layer, model = self.image.value, str(self.model.value).strip()
+        if layer is None or model in ("", "."):
+            self.status.value = "choose an image layer and a model"
+            return None
+        self.run.enabled, self.progress.value, self.status.value = False, 0, "running..."
+        worker = create_worker(segment, layer.data[0] if layer.multiscale else layer.data, model,
+                               self.threshold.value, self.min_size.value, self.tta.value,
+                               _start_thread=False, _ignore_errors=True)
+        worker.yielded.connect(self._step)
+        worker.returned.connect(lambda result: self._add(layer, *result))
+        worker.errored.connect(lambda e: setattr(self.status, "value", f"error: {e}"))
+        worker.finished.connect(lambda: setattr(self.run, "enabled", True))
+        worker.start()
+        return worker
+
+    def _step(self, step: tuple[int, int]) -> None:
+        self.progress.max, self.progress.value = step[1], step[0]
+
+    def _add(self, layer: Any, probs: np.ndarray, labels: np.ndarray) -> None:
+        where = {"scale": layer.scale, "translate": layer.translate, "units": layer.units,
+                 "axis_labels": layer.axis_labels}
+        for data, suffix, kind, style in (
+                (probs, "probability", "image", {"colormap": "magma", "blending": "additive",
+                                                 "contrast_limits": (0, 255), "opacity": 0.7}),
+                (labels, "instances", "labels", {"opacity": 0.5})):
+            name = f"{layer.name} {suffix}"
+            if name in self.viewer.layers:
+                self.viewer.layers[name].data = data
+            else:
+                getattr(self.viewer, f"add_{kind}")(data, name=name, **where, **style)
+        self.status.value = f"{int(labels.max())} objects"

@@ -1,0 +1,95 @@
+"""bioimage.io export: packages of models trained on real crops pass bioimageio.core's own model test."""
+
+import zipfile
+
+import bioimageio.core
+import numpy as np
+import pytest
+import tifffile
+import torch
+import yaml
+
+from mitoseg import cli, export
+from mitoseg import train as tr
+from mitoseg.config import Config
+from mitoseg.predict import predict_array
+
+
+def _run(tmp_path, raw, mask, dims, voxel_size):
+    cfg = Config(dims=dims, patch_xy=64, patch_z=8, batch=1, epochs=1, iterations_per_epoch=2, warmup_iterations=1,
+                 tile_xy=128, tile_z=8, overlap=0.25, val_fraction=0.25, voxel_size=voxel_size)
+    tr.train(cfg, raw, mask, tmp_path / "run", progress=False)
+    tifffile.imwrite(tmp_path / "sample.tif", raw)
+    return tmp_path / "run", tmp_path / "sample.tif"
+
+
+@pytest.fixture(scope="module")
+def ca1_run(tmp_path_factory, lucchi_crop):
+    """A 2D run trained two iterations on 8 CA1 slices, and those slices as a TIFF."""
+    raw, mask = lucchi_crop
+    return _run(tmp_path_factory.mktemp("ca1"), raw[:8], mask[:8], 2, (5, 5, 5))
+
+
+def _rdf(package) -> dict:
+    with zipfile.ZipFile(package) as z:
+        return yaml.safe_load(z.read("rdf.yaml"))
+
+
+def _tensor(package, name: str) -> np.ndarray:
+    import io as pyio
+
+    with zipfile.ZipFile(package) as z:
+        return np.load(pyio.BytesIO(z.read(name)))
+
+
+def test_2d_package_passes_bioimageio_test_and_matches_mitoseg(tmp_path, ca1_run, lucchi_crop):
+    raw = lucchi_crop[0]
+    run, sample = ca1_run
+    package = tmp_path / "ca1_2d.zip"
+    assert cli.main(["export", str(run), "--bioimageio", str(package), "--sample", str(sample)]) == 0
+    summary = bioimageio.core.test_model(str(package))
+    assert summary.status == "passed", [(d.name, [e.msg for e in d.errors]) for d in summary.details]
+
+    rdf = _rdf(package)
+    assert rdf["format_version"].startswith("0.5") and "torchscript" in rdf["weights"]
+    axes = {a["id"]: a for a in rdf["inputs"][0]["axes"] if a["type"] == "space"}
+    assert {k: (a["scale"], a["unit"]) for k, a in axes.items()} == {"y": (5.0, "nanometer"), "x": (5.0, "nanometer")}
+    assert [p["id"] for p in rdf["inputs"][0]["preprocessing"] if p["id"] != "ensure_dtype"] == ["scale_range", "clip"]
+
+    # the package computes what mitoseg computes: its test output is mitoseg's prediction of the test input
+    x, y = _tensor(package, "test_input.npy"), _tensor(package, "test_output.npy")
+    assert x.shape == (1, 1, 128, 128) and np.array_equal(x[0, 0], raw[3, 64:192, 64:192])
+    model, cfg = tr.load_model(run, "cpu")
+    low, high = np.percentile(x, [export.LOW, export.HIGH])
+    window = (float(low), float(high) + export.EPS)
+    ours = predict_array(model, x[0], 2, (1, 128, 128), 0.25, window, torch.device("cpu"), amp=False)
+    np.testing.assert_allclose(y[0, 0], ours[0], atol=1e-4)
+
+
+def test_3d_package_of_an_anisotropic_stack(tmp_path, droso_crop):
+    """50 nm sections: the package's Z axis says 50 nm and accepts depths in steps of the Z stride (4)."""
+    raw, mask = droso_crop
+    run, sample = _run(tmp_path, raw[:12, :128, :128], mask[:12, :128, :128], 3, (50, 4.6, 4.6))
+    package = export.export_bioimageio(run, str(sample), tmp_path / "droso_3d.zip")
+    summary = bioimageio.core.test_model(str(package))
+    assert summary.status == "passed", [(d.name, [e.msg for e in d.errors]) for d in summary.details]
+    z = next(a for a in _rdf(package)["inputs"][0]["axes"] if a.get("id") == "z")
+    assert z["scale"] == 50.0 and z["size"] == {"min": 4, "step": 4}
+    assert _tensor(package, "test_input.npy").shape == (1, 1, 8, 128, 128)
+
+
+def test_export_mistakes_are_one_line(tmp_path, ca1_run, lucchi_crop, capsys):
+    raw = lucchi_crop[0]
+    run, sample = ca1_run
+    (tmp_path / "taken.zip").write_bytes(b"")
+    tifffile.imwrite(tmp_path / "tiny.tif", raw[:2, :16, :16])
+    for args, message in [
+        (["--bioimageio", str(tmp_path / "taken.zip")], "exists; pass --overwrite"),
+        (["--bioimageio", str(tmp_path / "model.yaml")], "the package is a .zip file"),
+        (["--bioimageio", str(tmp_path / "m.zip"), "--sample", str(tmp_path / "tiny.tif")], "smaller than one input"),
+    ]:
+        args = args if "--sample" in args else [*args, "--sample", str(sample)]
+        assert cli.main(["export", str(run), *args]) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.count("\n") == 0 and message in err, err
+    assert not (tmp_path / "m.zip").exists() and (tmp_path / "taken.zip").read_bytes() == b""

@@ -1,0 +1,155 @@
+"""The napari plugin on a real CA1 crop, headless (QT_QPA_PLATFORM=offscreen): outputs written by the real
+predict and label code open through napari's npe2 reader lookup at 5 nm, and the widget segments an image
+layer in a thread worker. Layers go into napari's ViewerModel: the Qt viewer's canvas needs OpenGL, which
+the offscreen platform lacks (the widget itself is real Qt)."""
+
+import json
+import os
+import sys
+
+os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
+
+import numpy as np
+import pytest
+import zarr
+from conftest import missing
+
+from mitoseg import blocks, cli, instances, io, predict
+from mitoseg import train as tr
+from mitoseg.config import Config
+
+VOXEL = (5.0, 5.0, 5.0)
+CROP = np.s_[60:76, 64:192, 256:384]  # 16 x 128 x 128 of the CA1 test volume, with 3 mitochondria
+
+
+@pytest.fixture(scope="module")
+def napari():
+    try:
+        import napari
+        import napari.components  # noqa: F401
+    except ImportError as e:
+        missing(f"napari ({e}): pip install -e '.[dev]'")  # fails in CI, where it must be installed
+    import npe2
+
+    npe2.PluginManager.instance().discover()  # what napari.Viewer() does first: finds mitoseg's manifest
+    return napari
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory, lucchi_crop):
+    """A 2D model trained for 2 iterations on a CA1 training crop (tests/test_train.py's tiny config, smaller)."""
+    cfg = Config(dims=2, patch_xy=64, patch_z=2, batch=1, epochs=1, iterations_per_epoch=2, warmup_iterations=1,
+                 tile_xy=64, tile_z=8, overlap=0.25, val_fraction=0.25, voxel_size=VOXEL)
+    folder = tmp_path_factory.mktemp("run") / "tiny"
+    tr.train(cfg, lucchi_crop[0][:8, :128, :128], lucchi_crop[1][:8, :128, :128], folder, progress=False)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def outputs(tmp_path_factory, lucchi_dir, run):
+    """A CA1 test crop as an OME-Zarr image, its probabilities (OME-Zarr) and mask (plain Zarr) from
+    `predict.predict`, and its ground truth labelled by `instances.label_volume` into OME-Zarr, alone and
+    as the image's NGFF image-label "truth"."""
+    d = tmp_path_factory.mktemp("outputs")
+    raw = np.asarray(io.open_volume(lucchi_dir / "testing.tif")[CROP])
+    truth = io.binarize(io.open_volume(lucchi_dir / "testing_groundtruth.tif")[CROP])
+    for name, data, kind in (("image.ome.zarr", raw, "image"), ("truth.ome.zarr", truth, "mask")):
+        out = blocks.open_output(d / name, data.shape, data.dtype, data.shape, {}, {"kind": kind, "voxel_size": VOXEL})
+        out.write(tuple(slice(0, s) for s in data.shape), data)
+        blocks.finish(out)
+    predict.predict(run, d / "image.ome.zarr", d / "probs.ome.zarr", mask_out=d / "mask.zarr", progress=False)
+    n = instances.label_volume(d / "truth.ome.zarr", d / "labels.ome.zarr", progress=False)
+    assert n == 3
+    instances.label_volume(d / "truth.ome.zarr", d / "image.ome.zarr" / "labels" / "truth", progress=False)
+    return d, raw
+
+
+def test_reader_opens_outputs_lazily_at_physical_scale(napari, outputs):
+    import dask.array as da
+
+    d, raw = outputs
+    viewer = napari.components.ViewerModel()
+    for name in ("image.ome.zarr", "probs.ome.zarr", "mask.zarr", "labels.ome.zarr"):
+        viewer.open(d / name, plugin="mitoseg")  # napari finds our npe2 reader through the entry point
+    kinds = {x.name: (type(x).__name__, x.metadata["mitoseg_kind"]) for x in viewer.layers}
+    assert kinds == {"image": ("Image", "image"), "truth": ("Labels", "labels"), "probs": ("Image", "probability"),
+                     "mask": ("Labels", "mask"), "labels": ("Labels", "labels")}
+    for layer in viewer.layers:
+        assert tuple(layer.scale) == VOXEL and [str(u) for u in layer.units] == ["nanometer"] * 3
+        levels = layer.data if layer.multiscale else [layer.data]
+        assert all(isinstance(level, da.Array) for level in levels)
+        assert levels[0].shape == raw.shape
+    ome = viewer.layers["labels"]
+    assert ome.multiscale and [x.shape for x in ome.data] == [(16, 128, 128), (8, 64, 64)]  # the pyramid
+    np.testing.assert_array_equal(np.asarray(ome.data[0]), io.open_volume(d / "labels.ome.zarr")[:])
+    np.testing.assert_array_equal(np.asarray(viewer.layers["truth"].data[0]), np.asarray(ome.data[0]))
+    np.testing.assert_array_equal(np.asarray(viewer.layers["image"].data[0]), raw)
+    assert viewer.layers["probs"].contrast_limits == [0.0, 255.0]
+    assert not viewer.layers["mask"].multiscale  # a plain Zarr output (its voxel size in its attributes)
+
+
+def test_reader_opens_a_compare_report_folder(napari, outputs):
+    d, _ = outputs
+    report = d / "report"
+    (report / "model_2D").mkdir(parents=True)
+    (report / "report.json").write_text(json.dumps(
+        {"data": {"name": "lucchi", "voxel_size": list(VOXEL), "test_shape": [165, 768, 1024]}}))
+    probs = io.open_volume(d / "probs.ome.zarr")[:]
+    zarr.create_array(str(report / "model_2D" / "test_probs.zarr"), data=probs, chunks=probs.shape)  # as compare
+    labels = instances.label(probs >= 128)
+    zarr.create_array(str(report / "model_2D" / "test_labels.zarr"), data=labels, chunks=labels.shape)
+    viewer = napari.components.ViewerModel()
+    viewer.open(report, plugin="mitoseg")
+    assert [(x.name, type(x).__name__) for x in viewer.layers] == [
+        ("test image", "Image"), ("2D probability", "Image"), ("2D instances", "Labels")]
+    assert viewer.layers["test image"].data.shape == (165, 768, 1024)  # the CA1 test volume, lazily
+    assert all(tuple(x.scale) == VOXEL for x in viewer.layers)
+    np.testing.assert_array_equal(np.asarray(viewer.layers["2D instances"].data), labels)
+
+
+def test_widget_predicts_and_labels_in_a_thread_worker(napari, outputs, run, qtbot):
+    from mitoseg.viewer import SegmentWidget
+
+    _, raw = outputs
+    viewer = napari.components.ViewerModel()
+    viewer.add_image(raw, name="crop", scale=VOXEL, translate=(300.0, 0.0, 0.0), units="nm")
+    widget = SegmentWidget(viewer)
+    assert widget.image.value is viewer.layers["crop"]
+    widget.model.value = run
+    widget.min_size.value = 20
+    widget.run.changed.emit(True)
+    assert not widget.run.enabled  # running in the worker thread; the viewer stays responsive
+    qtbot.waitUntil(lambda: widget.run.enabled, timeout=60_000)
+    assert widget.status.value.endswith("objects"), widget.status.value
+    probs, labels = viewer.layers["crop probability"], viewer.layers["crop instances"]
+    assert type(probs).__name__ == "Image" and type(labels).__name__ == "Labels"
+    for layer in (probs, labels):
+        assert layer.data.shape == raw.shape and tuple(layer.scale) == VOXEL
+        assert tuple(layer.translate) == (300.0, 0.0, 0.0)
+    assert widget.progress.value == widget.progress.max > 1
+    net, cfg = tr.load_model(run)  # the same numbers as one in-memory prediction of the whole crop
+    whole = predict.to_storage(predict.predict_array(net, raw, 2, (1, 128, 128), cfg.overlap), "uint8")
+    assert np.abs(probs.data.astype(int) - whole).max() <= 1
+    np.testing.assert_array_equal(labels.data, instances.label(probs.data >= 128, 26, min_size=20))
+
+    widget.model.value = outputs[0]  # a folder without a checkpoint: the error is shown, nothing is added
+    widget.start()
+    qtbot.waitUntil(lambda: widget.run.enabled, timeout=10_000)
+    assert "holds no trained model" in widget.status.value and len(viewer.layers) == 3
+
+
+def test_view_command_opens_the_outputs(napari, outputs, monkeypatch):
+    from mitoseg.viewer import scale_bar
+
+    d, _ = outputs
+    opened = []
+    monkeypatch.setattr(napari, "Viewer", lambda: opened.append(napari.components.ViewerModel()) or opened[-1])
+    monkeypatch.setattr(napari, "run", lambda: None)  # the event loop would wait for the window to close
+    assert cli.main(["view", str(d / "image.ome.zarr"), str(d / "labels.ome.zarr")]) == 0
+    assert [x.name for x in opened[0].layers] == ["image", "truth", "labels"] and scale_bar(opened[0]).visible
+
+
+def test_view_without_napari_says_how_to_install(outputs, monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "napari", None)  # what `import napari` meets where it is not installed
+    assert cli.main(["view", str(outputs[0] / "image.ome.zarr")]) == 2
+    assert capsys.readouterr().err == 'mitoseg: error: mitoseg view needs napari: pip install "mitoseg[napari]"\n'
