@@ -11,7 +11,9 @@ the checkpoint of best validation IoU, scored raw (probability 0.5, no TTA, no p
 2. Suggest: the first k's model ranks the other slices (`mitoseg suggest`, TTA); a run annotated on
    those k slices plus k suggested ones is compared with the curve's run on 2k evenly spread slices.
 3. Transfer: the Drosophila stack (left half trains, right half tests), 1, 2 and 5 annotated slices,
-   from scratch and fine-tuned from the curve's run on all CA1 slices (`--init`).
+   from scratch and fine-tuned from the curve's run on all CA1 slices (`--init`), for
+   `--transfer-iterations` iterations each.
+`--parts transfer` (say) runs only that part and keeps the other parts' rows of an earlier --out.
 Writes the JSON after every row (an interrupted call keeps what it measured; finished runs are reused)
 and a Markdown table beside it.
 """
@@ -30,6 +32,7 @@ import numpy as np
 from mitoseg import compare, config, datasets, io, metrics, predict, suggest, train
 
 PER_EPOCH = 50
+PARTS = ("curve", "suggest", "transfer")
 
 
 def even(k: int, depth: int) -> list[int]:
@@ -61,6 +64,10 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--counts", type=int, nargs="+", default=[2, 4, 8, 165], help="annotated CA1 slices per run")
     p.add_argument("--slices", type=int, default=64, help="central CA1 test slices to score")
     p.add_argument("--transfer", type=int, nargs="+", default=[1, 2, 5], help="annotated Drosophila slices")
+    p.add_argument("--transfer-iterations", type=int,
+                   help="training iterations per transfer run (default: --iterations)")
+    p.add_argument("--parts", nargs="+", default=list(PARTS), choices=PARTS,
+                   help="parts to run; the others' rows are kept from an earlier --out")
     p.add_argument("--runs", default=None, help="folder for the run folders (default: runs/ beside --out)")
     a = p.parse_args(argv)
     out = Path(a.out)
@@ -69,17 +76,21 @@ def main(argv: list[str] | None = None) -> None:
     depth = ca1.train_image.shape[0]
     z0 = (ca1.test_image.shape[0] - a.slices) // 2
     test = (ca1.test_image[z0:z0 + a.slices], ca1.test_mask[z0:z0 + a.slices], io.intensity_range(ca1.test_image))
-    result = {"command": "python " + " ".join(shlex.quote(x) for x in [sys.argv[0], *(argv or sys.argv[1:])]),
-              "date": time.strftime("%Y-%m-%d"), "machine": train.versions(), "data": ca1.description,
-              "test_slices": [z0, z0 + a.slices], "iterations": a.iterations, "curve": [], "suggest": [],
-              "transfer": []}
+    command = "python " + " ".join(shlex.quote(x) for x in [sys.argv[0], *(argv or sys.argv[1:])])
+    result = {"command": command, "date": time.strftime("%Y-%m-%d"), "machine": train.versions(),
+              "data": ca1.description, "test_slices": [z0, z0 + a.slices], "iterations": a.iterations,
+              "transfer_iterations": a.transfer_iterations or a.iterations, "curve": [], "suggest": [], "transfer": []}
+    if out.exists() and set(a.parts) != set(PARTS):  # keep the other parts' rows
+        earlier = json.loads(out.read_text())
+        result.update({k: v for k, v in earlier.items() if k not in a.parts})
+        result["commands"] = list(dict.fromkeys([*earlier.get("commands", [earlier["command"]]), command]))
 
     def add(part: str, row: dict) -> None:
         result[part].append(row)
         print(part, {k: v for k, v in row.items() if k != "slices"}, flush=True)
         write(out, result)
 
-    for k in a.counts:  # 1. the curve
+    for k in a.counts if "curve" in a.parts else []:  # 1. the curve
         slices = even(k, depth)
         text = ",".join(map(str, slices))
         s = fit(runs / f"ca1_{k}", ca1.train_image, ca1.train_mask, a.iterations,
@@ -88,18 +99,21 @@ def main(argv: list[str] | None = None) -> None:
                       "test_iou": score(runs / f"ca1_{k}", *test)})
 
     k = a.counts[0]  # 2. suggested slices vs evenly spread ones, same count
-    if 2 * k in a.counts:
+    if "suggest" in a.parts and 2 * k in a.counts:
         base = even(k, depth)
         picked = [r["slice"] for r in suggest.suggest(runs / f"ca1_{k}", datasets.lucchi_dir()[0] / "training.tif",
                                                       count=k, annotated=",".join(map(str, base)), progress=False)]
         slices = sorted(base + picked)
         s = fit(runs / f"ca1_{k}+{k}suggested", ca1.train_image, ca1.train_mask, a.iterations,
                 annotated_slices=",".join(map(str, slices)))
-        evenly = next(r for r in result["curve"] if r["annotated"] == 2 * k)
+        evenly = next(r for r in result["curve"] if r["annotated"] == 2 * k)  # needs the curve's run
         add("suggest", {"annotated": len(slices), "slices": slices, "suggested": picked,
                         "best_val_iou": s["best_val_iou"], "test_iou": score(runs / f"ca1_{k}+{k}suggested", *test),
                         "evenly_test_iou": evenly["test_iou"]})
 
+    if "transfer" not in a.parts:
+        print(markdown(result))
+        return
     droso = compare.load_benchmark("drosophila")  # 3. transfer
     source = runs / f"ca1_{max(a.counts)}"
     dtest = (droso.test_image, droso.test_mask, io.intensity_range(droso.test_image))
@@ -108,7 +122,8 @@ def main(argv: list[str] | None = None) -> None:
         row = {"annotated": n, "slices": slices}
         for name, init in (("scratch", None), ("fine_tuned", str(source))):
             folder = runs / f"droso_{n}_{name}"
-            s = fit(folder, droso.train_image, droso.train_mask, a.iterations, annotated_slices=slices,
+            s = fit(folder, droso.train_image, droso.train_mask, a.transfer_iterations or a.iterations,
+                    annotated_slices=slices,
                     voxel_size=droso.voxel_size, init=init)
             row[f"{name}_best_val_iou"] = s["best_val_iou"]
             row[f"{name}_test_iou"] = score(folder, *dtest)
@@ -129,7 +144,7 @@ def markdown(result: dict) -> str:
              f"CA1 data: {result['data']}; test slices {result['test_slices'][0]}..{result['test_slices'][1] - 1} "
              "of the CA1 test volume, raw prediction at 0.5 (no TTA, no post-processing), best-validation "
              f"checkpoint. Machine: {m['cpu']} ({m['cpu_count']} cores). Date: {result['date']}. "
-             f"Command: `{result['command']}`", "",
+             "Commands: " + "; ".join(f"`{c}`" for c in result.get("commands", [result["command"]])), "",
              "## Test IoU against annotated training slices (CA1, evenly spread)", "",
              "| annotated slices | test IoU | best validation IoU |", "|---|---|---|"]
     lines += [f"| {r['annotated']} | {r['test_iou']:.3f} | {r['best_val_iou']:.3f} |" for r in result["curve"]]
@@ -140,7 +155,8 @@ def markdown(result: dict) -> str:
         lines += [f"| {r['annotated']} | {r['evenly_test_iou']:.3f} | {r['test_iou']:.3f} | "
                   f"{', '.join(map(str, r['suggested']))} |" for r in result["suggest"]]
     if result["transfer"]:
-        lines += ["", "## Transfer to Drosophila ssTEM (2D model; train: left half, test: right half)", "",
+        lines += ["", f"## Transfer to Drosophila ssTEM (2D model, {result.get('transfer_iterations')} iterations; "
+                  "train: left half, test: right half)", "",
                   "| annotated slices | from scratch: test IoU | fine-tuned from CA1: test IoU |", "|---|---|---|"]
         lines += [f"| {r['annotated']} | {r['scratch_test_iou']:.3f} | {r['fine_tuned_test_iou']:.3f} |"
                   for r in result["transfer"]]
