@@ -78,13 +78,13 @@ def suggest(run: str | Path, image: str | Path, count: int = 8, gap: int | None 
     depth = io.open_volume(image).shape[0]
     done = data.parse_slices(annotated, depth) if annotated else []
     gap = max(1, depth // (4 * count)) if gap is None else gap
+    if not pick(np.zeros(depth), 1, gap, done):  # said before the prediction, not after it
+        raise MitosegError(f"no slice left to suggest: all {depth} are annotated or within {gap} of one")
     with tempfile.TemporaryDirectory(prefix="mitoseg-suggest-") as tmp:
         probs = predict.predict(run, image, Path(tmp) / "probabilities.zarr", tta=tta, device=device,
                                 progress=progress)
         uncertainty, foreground = slice_scores(io.open_volume(probs))
     chosen = pick(uncertainty, count, gap, done)
-    if not chosen:
-        raise MitosegError(f"no slice left to suggest: all {depth} are annotated or within {gap} of one")
     rows = [{"rank": i + 1, "slice": z, "uncertainty_bits": float(uncertainty[z]),
              "foreground_fraction": float(foreground[z])} for i, z in enumerate(chosen)]
     if table:
