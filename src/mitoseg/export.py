@@ -127,8 +127,9 @@ def export_bioimageio(run: str | Path, sample: str, out: str | Path, overwrite: 
     net = _Probabilities(traceable(model.net)).eval()
     x = test_crop(io.open_volume(sample), config)[None, None]
     with torch.no_grad():
-        y = net(torch.from_numpy(preprocess(x))).numpy()
-        traced = torch.jit.trace(net, torch.from_numpy(preprocess(x)), check_trace=False)
+        ready = torch.from_numpy(preprocess(x))
+        y = net(ready).numpy()
+        traced = torch.jit.trace(net, ready, check_trace=False)
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         traced.save(str(tmp / "weights.torchscript.pt"))

@@ -52,15 +52,8 @@ def _meta(name: str, voxel: Sequence[float], kind: str, **extra: Any) -> dict:
 
 def _ome_group(path: Path) -> Any | None:
     """The OME-Zarr image group (NGFF multiscales) at `path`, else None."""
-    import zarr
-
-    if not path.is_dir():
-        return None
-    try:
-        node = zarr.open(str(path), mode="r")
-    except (FileNotFoundError, ValueError, TypeError, KeyError):
-        return None
-    return node if isinstance(node, zarr.Group) and omezarr.multiscales(dict(node.attrs)) else None
+    group = _open_group(path)
+    return group if group is not None and omezarr.multiscales(dict(group.attrs)) else None
 
 
 def volume_layer(path: str | Path, voxel_size: Sequence[float] | None = None, name: str | None = None,
