@@ -2,18 +2,23 @@
 transfer from CA1 to the Drosophila ssTEM stack.
 
     python experiments/annotation.py --out results/annotation/annotation.json [--iterations 150]
+    python experiments/annotation.py --out ... --parts curve --dims 3 --counts 1 2 8 165
 
-All runs: the 2D model, the `quick` preset's patches (32 slices of 128 x 128 per iteration), exactly
-`--iterations` iterations (validation every 50, on the annotated voxels of the validation split),
-the checkpoint of best validation IoU, scored raw (probability 0.5, no TTA, no post-processing).
+All runs: the `quick` preset's patches (32 x 128 x 128 voxels per iteration: one 3D patch, or 32 2D
+slices), exactly `--iterations` iterations (validation every 50, on the annotated voxels of the
+validation split), the checkpoint of best validation IoU, scored raw (probability 0.5, no TTA, no
+post-processing). The curve runs for each model in `--dims`; suggest and transfer use the 2D model.
 1. Curve: CA1 training volume with only k slices annotated, spread evenly (slice (i + 0.5) * 165 / k),
    for each k in `--counts`; test IoU on the central `--slices` slices of the CA1 test volume.
+   `--choices N` also trains on N - 1 other even spreads (shifted by j / N of the spacing) for the
+   spread over slice choices.
 2. Suggest: the first k's model ranks the other slices (`mitoseg suggest`, TTA); a run annotated on
    those k slices plus k suggested ones is compared with the curve's run on 2k evenly spread slices.
 3. Transfer: the Drosophila stack (left half trains, right half tests), 1, 2 and 5 annotated slices,
    from scratch and fine-tuned from the curve's run on all CA1 slices (`--init`), for
    `--transfer-iterations` iterations each.
-`--parts transfer` (say) runs only that part and keeps the other parts' rows of an earlier --out.
+Rows of an earlier --out are kept unless this call measures the same row again; `--parts transfer` (say)
+runs only that part.
 Writes the JSON after every row (an interrupted call keeps what it measured; finished runs are reused)
 and a Markdown table beside it.
 """
@@ -28,16 +33,30 @@ import time
 from pathlib import Path
 
 import numpy as np
+import torch
 
-from mitoseg import compare, config, datasets, io, metrics, predict, suggest, train
+from mitoseg import compare, config, datasets, io, metrics, models, predict, suggest, train
 
 PER_EPOCH = 50
 PARTS = ("curve", "suggest", "transfer")
 
 
-def even(k: int, depth: int) -> list[int]:
-    """k slice indices spread evenly through `depth` slices (the centres of k equal parts)."""
-    return sorted({int((i + 0.5) * depth / k) for i in range(k)})
+def even(k: int, depth: int, shift: float = 0.5) -> list[int]:
+    """k slice indices spread evenly through `depth` slices: at `shift` (0..1) of each of k equal parts
+    (0.5: their centres)."""
+    return sorted({int((i + shift) * depth / k) for i in range(k)})
+
+
+def shifts(n: int) -> list[float]:
+    """The positions within each part of n slice choices: the centre first, then n - 1 others."""
+    return [(0.5 + j / n) % 1.0 for j in range(n)]
+
+
+def key(part: str, row: dict) -> tuple:
+    """What makes a row the same measurement (older rows: the 2D model, the first choice)."""
+    if part == "curve":
+        return row.get("dims", 2), row["annotated"], row.get("choice", 0)
+    return (row["annotated"],)
 
 
 def score(run: Path, image: np.ndarray, truth: np.ndarray, window) -> float:
@@ -48,9 +67,9 @@ def score(run: Path, image: np.ndarray, truth: np.ndarray, window) -> float:
     return metrics.scores(metrics.confusion(probs >= 0.5, truth))["jaccard"]
 
 
-def fit(folder: Path, image, mask, iterations: int, **changes) -> dict:
+def fit(folder: Path, image, mask, iterations: int, dims: int = 2, **changes) -> dict:
     """Train (or reuse a finished identical run in) `folder`; its summary."""
-    cfg = config.quick(2, epochs=max(1, iterations // PER_EPOCH), minutes=None, iterations_per_epoch=PER_EPOCH,
+    cfg = config.quick(dims, epochs=max(1, iterations // PER_EPOCH), minutes=None, iterations_per_epoch=PER_EPOCH,
                        **changes)
     if (folder / "summary.json").exists() and config.Config.load(folder / "config.json") == cfg:
         return train.summarize(folder)
@@ -62,6 +81,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--out", required=True, help="JSON to write; the .md table goes beside it")
     p.add_argument("--iterations", type=int, default=150, help="training iterations per run")
     p.add_argument("--counts", type=int, nargs="+", default=[2, 4, 8, 165], help="annotated CA1 slices per run")
+    p.add_argument("--dims", type=int, nargs="+", default=[2], choices=[2, 3], help="models of the curve")
+    p.add_argument("--choices", type=int, default=1, help="slice choices per count on the curve")
     p.add_argument("--slices", type=int, default=64, help="central CA1 test slices to score")
     p.add_argument("--transfer", type=int, nargs="+", default=[1, 2, 5], help="annotated Drosophila slices")
     p.add_argument("--transfer-iterations", type=int,
@@ -80,23 +101,30 @@ def main(argv: list[str] | None = None) -> None:
     result = {"command": command, "date": time.strftime("%Y-%m-%d"), "machine": train.versions(),
               "data": ca1.description, "test_slices": [z0, z0 + a.slices], "iterations": a.iterations,
               "transfer_iterations": a.transfer_iterations or a.iterations, "curve": [], "suggest": [], "transfer": []}
-    if out.exists() and set(a.parts) != set(PARTS):  # keep the other parts' rows
+    if out.exists():  # keep the earlier rows (a row measured again replaces its earlier self)
         earlier = json.loads(out.read_text())
-        result.update({k: v for k, v in earlier.items() if k not in a.parts})
+        result.update({k: v for k, v in earlier.items() if k not in ("command", "date", "machine")})
         result["commands"] = list(dict.fromkeys([*earlier.get("commands", [earlier["command"]]), command]))
+        result["dates"] = sorted({*earlier.get("dates", [earlier["date"]]), result["date"]})
 
     def add(part: str, row: dict) -> None:
-        result[part].append(row)
+        result[part] = [r for r in result[part] if key(part, r) != key(part, row)] + [row]
         print(part, {k: v for k, v in row.items() if k != "slices"}, flush=True)
         write(out, result)
 
-    for k in a.counts if "curve" in a.parts else []:  # 1. the curve
-        slices = even(k, depth)
-        text = ",".join(map(str, slices))
-        s = fit(runs / f"ca1_{k}", ca1.train_image, ca1.train_mask, a.iterations,
-                annotated_slices=None if k >= depth else text)
-        add("curve", {"annotated": len(slices), "slices": slices, "best_val_iou": s["best_val_iou"],
-                      "test_iou": score(runs / f"ca1_{k}", *test)})
+    for dims in a.dims if "curve" in a.parts else []:  # 1. the curve
+        for k in a.counts:
+            for choice, shift in enumerate(shifts(a.choices)):
+                slices = even(k, depth, shift)
+                folder = runs / ("ca1" + ("_3d" if dims == 3 else "") + f"_{k}" + (f"_c{choice}" if choice else ""))
+                s = fit(folder, ca1.train_image, ca1.train_mask, a.iterations, dims,
+                        annotated_slices=None if k >= depth else ",".join(map(str, slices)))
+                add("curve", {"dims": dims, "annotated": len(slices), "choice": choice, "slices": slices,
+                              "best_val_iou": s["best_val_iou"], "test_iou": score(folder, *test),
+                              "train_seconds": s["train_seconds"], "cpu": train.cpu_name(),
+                              "bf16": models.bf16_native(torch.device("cpu"))})
+                if k >= depth:
+                    break  # every slice: one choice only
 
     k = a.counts[0]  # 2. suggested slices vs evenly spread ones, same count
     if "suggest" in a.parts and 2 * k in a.counts:
@@ -106,7 +134,7 @@ def main(argv: list[str] | None = None) -> None:
         slices = sorted(base + picked)
         s = fit(runs / f"ca1_{k}+{k}suggested", ca1.train_image, ca1.train_mask, a.iterations,
                 annotated_slices=",".join(map(str, slices)))
-        evenly = next(r for r in result["curve"] if r["annotated"] == 2 * k)  # needs the curve's run
+        evenly = next(r for r in result["curve"] if key("curve", r) == (2, 2 * k, 0))  # needs the curve's run
         add("suggest", {"annotated": len(slices), "slices": slices, "suggested": picked,
                         "best_val_iou": s["best_val_iou"], "test_iou": score(runs / f"ca1_{k}+{k}suggested", *test),
                         "evenly_test_iou": evenly["test_iou"]})
@@ -140,14 +168,27 @@ def write(out: Path, result: dict) -> None:
 def markdown(result: dict) -> str:
     """The three tables of a result."""
     m = result["machine"]
-    lines = [f"# How little annotation is enough (2D model, {result['iterations']} iterations per run)", "",
+    lines = [f"# How little annotation is enough ({result['iterations']} iterations per run)", "",
              f"CA1 data: {result['data']}; test slices {result['test_slices'][0]}..{result['test_slices'][1] - 1} "
              "of the CA1 test volume, raw prediction at 0.5 (no TTA, no post-processing), best-validation "
-             f"checkpoint. Machine: {m['cpu']} ({m['cpu_count']} cores). Date: {result['date']}. "
+             f"checkpoint. Machine: {m['cpu']} ({m['cpu_count']} cores). "
+             f"Dates: {', '.join(result.get('dates', [result['date']]))}. "
              "Commands: " + "; ".join(f"`{c}`" for c in result.get("commands", [result["command"]])), "",
              "## Test IoU against annotated training slices (CA1, evenly spread)", "",
-             "| annotated slices | test IoU | best validation IoU |", "|---|---|---|"]
-    lines += [f"| {r['annotated']} | {r['test_iou']:.3f} | {r['best_val_iou']:.3f} |" for r in result["curve"]]
+             "Each cell: test IoU (best validation IoU); several slice choices: their mean, then each. "
+             "†: trained in bf16 autocast on a CPU with native bf16; unmarked: float32 on a CPU without it "
+             "(the JSON names each row's CPU).", "",
+             "| annotated slices | 2D model | 3D model |", "|---|---|---|"]
+    for n in sorted({r["annotated"] for r in result["curve"]}):
+        cells = []
+        for dims in (2, 3):
+            rows = sorted((r for r in result["curve"] if r["annotated"] == n and r.get("dims", 2) == dims),
+                          key=lambda r: r.get("choice", 0))
+            each = ", ".join(f"{r['test_iou']:.3f} ({r['best_val_iou']:.3f}){' †' if r.get('bf16') else ''}"
+                             for r in rows)
+            mean = float(np.mean([r["test_iou"] for r in rows])) if rows else 0.0
+            cells.append("—" if not rows else each if len(rows) == 1 else f"**{mean:.3f}**: {each}")
+        lines.append(f"| {n} | {cells[0]} | {cells[1]} |")
     if result["suggest"]:
         lines += ["", "## Suggested slices vs evenly spread ones (CA1)", "",
                   "| annotated slices | evenly spread: test IoU | half even + half suggested: test IoU | "

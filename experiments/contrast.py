@@ -46,11 +46,22 @@ def changes(seed: int = 0) -> dict:
     }
 
 
+RULES = {"percentile": None, "fixed 0..255": (0.0, 255.0)}
+
+
+def validation_threshold(run: str | Path) -> float:
+    """The probability threshold a compare run chose on its validation split (postprocessing.json), else 0.5."""
+    path = Path(run) / "postprocessing.json"
+    return float(json.loads(path.read_text())["chosen"]["threshold"]) if path.exists() else 0.5
+
+
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("runs", nargs="+", help="trained run folders (e.g. a compare report's model_2D)")
     p.add_argument("--out", required=True, help="JSON to write; the .md table goes beside it")
     p.add_argument("--slices", type=int, default=64, help="central test slices to use")
+    p.add_argument("--rules", nargs="+", choices=list(RULES), default=list(RULES),
+                   help="normalisation rules to score (default: both)")
     a = p.parse_args(argv)
     bench = compare.load_benchmark("lucchi")
     z0 = (bench.test_image.shape[0] - a.slices) // 2
@@ -59,12 +70,17 @@ def main(argv: list[str] | None = None) -> None:
     for run in a.runs:
         model, cfg = train.load_model(run)
         tile = predict.default_tile(cfg.dims, image.shape, cfg.tile)
+        chosen = validation_threshold(run)
         for name, change in changes().items():
             vol = change(image)
-            row = {"model": f"{cfg.dims}D", "change": name, "grey_levels": int(np.ptp(vol))}
-            for rule, window in (("percentile", None), ("fixed 0..255", (0.0, 255.0))):
-                probs = predict.predict_array(model, vol, cfg.dims, tile, cfg.overlap, window, amp=cfg.amp)
+            row = {"model": f"{cfg.dims}D", "change": name, "grey_levels": int(np.ptp(vol)),
+                   "validation_threshold": chosen}
+            for rule in a.rules:
+                probs = predict.predict_array(model, vol, cfg.dims, tile, cfg.overlap, RULES[rule], amp=cfg.amp)
                 row[rule] = metrics.scores(metrics.confusion(probs >= 0.5, truth))["jaccard"]
+                if chosen != 0.5:
+                    row[f"{rule}, validation threshold"] = metrics.scores(
+                        metrics.confusion(probs >= chosen, truth))["jaccard"]
             rows.append(row)
             print(json.dumps(row), flush=True)
     out = Path(a.out)
@@ -73,16 +89,25 @@ def main(argv: list[str] | None = None) -> None:
             "date": time.strftime("%Y-%m-%d"), "machine": train.versions(), "data": bench.description,
             "slices": [z0, z0 + a.slices]}
     out.write_text(json.dumps({**meta, "rows": rows}, indent=2) + "\n")
-    lines = [f"Test IoU (probability 0.5, no TTA) on CA1 test slices {z0}..{z0 + a.slices - 1} under grey-level "
-             "changes; difference to the unchanged volume in brackets.", "",
-             "| model | change | grey levels | IoU, percentile rule (mitoseg) | IoU, fixed 0..255 (old rule) |",
-             "|---|---|---|---|---|"]
+    out.with_suffix(".md").write_text(table(rows, z0, a.slices, a.rules) + "\n")
+    print(table(rows, z0, a.slices, a.rules))
+
+
+def table(rows: list[dict], z0: int, slices: int, rules: list[str]) -> str:
+    """The Markdown table of `rows`: IoU per rule (and at the validation threshold where it is not 0.5)."""
+    keys = [k for rule in rules for k in (rule, f"{rule}, validation threshold") if any(k in r for r in rows)]
+    names = {"percentile": "percentile rule (mitoseg)", "fixed 0..255": "fixed 0..255 (old rule)"}
+    heads = [f"IoU, {names.get(k, k)}" if k in names else f"IoU, {k.split(',')[0]}, at the validation threshold"
+             for k in keys]
+    lines = [f"Test IoU (no TTA, probability 0.5 unless said) on CA1 test slices {z0}..{z0 + slices - 1} under "
+             "grey-level changes; difference to the unchanged volume in brackets.", "",
+             "| model | change | grey levels | " + " | ".join(heads) + " |", "|---|---|---|" + "---|" * len(keys)]
     for r in rows:
         base = next(b for b in rows if b["model"] == r["model"])
-        cells = [f"{r[k]:.4f} ({r[k] - base[k]:+.4f})" for k in ("percentile", "fixed 0..255")]
-        lines.append(f"| {r['model']} | {r['change']} | {r['grey_levels']} | {cells[0]} | {cells[1]} |")
-    out.with_suffix(".md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+        cells = [f"{r[k]:.4f} ({r[k] - base[k]:+.4f})" + (f" at {r['validation_threshold']:g}" if "validation" in k
+                                                              else "") if k in r else "—" for k in keys]
+        lines.append(f"| {r['model']} | {r['change']} | {r['grey_levels']} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":

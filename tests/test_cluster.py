@@ -140,8 +140,8 @@ def test_label_equals_blockwise_and_whole_volume(dask_client, real_mask, tmp_pat
     assert len(cut) > 5
     single = np.zeros(mask.shape, np.uint32)
     n_single = label_blockwise(mask, single, block, connectivity)
-    n = cluster.label_dask(dask_client, path, tmp_path / "labels.zarr", block, connectivity, progress=False,
-                           attrs={"kind": "labels"})
+    n = cluster.label_dask(dask_client, path, tmp_path / "labels.zarr", block=block, connectivity=connectivity,
+                           progress=False, attrs={"kind": "labels"})
     got = zarr.open_array(str(tmp_path / "labels.zarr"), mode="r")
     assert got.dtype == np.uint32 and got.chunks == block and dict(got.attrs)["kind"] == "labels"
     labels = got[:]
@@ -161,18 +161,18 @@ def test_label_threshold_min_size_and_connecting_to_a_scheduler(dask_client, rea
     # a second client connected by address, as `--dask-address tcp://...` does
     with cluster.client(dask_client.scheduler.address) as remote:
         assert "2 workers" in cluster.scheduler_info(remote)
-        n = cluster.label_dask(remote, f"{path}", tmp_path / "l.zarr", (8, 90, 200), min_size=500, threshold=0.5,
+        n = cluster.label_dask(remote, f"{path}", tmp_path / "l.zarr", block=(8, 90, 200), min_size=500, threshold=0.5,
                                progress=False)
     assert n == n_single > 0
     np.testing.assert_array_equal(io.open_volume(tmp_path / "l.zarr")[:], single)
     with pytest.raises(MitosegError, match="already exists"):
-        cluster.label_dask(dask_client, path, tmp_path / "l.zarr", (8, 90, 200), progress=False)
+        cluster.label_dask(dask_client, path, tmp_path / "l.zarr", block=(8, 90, 200), progress=False)
     # the file `dask scheduler --scheduler-file` writes (Client.write_scheduler_file fails on worker metrics)
     address = dask_client.scheduler.address
     (tmp_path / "scheduler.json").write_text(json.dumps({"type": "Scheduler", "address": address}))
     with cluster.client(str(tmp_path / "scheduler.json")) as remote:  # --dask-address may name the file
-        n = cluster.label_dask(remote, path, tmp_path / "l6.zarr", (8, 90, 200), 6, min_size=500, threshold=0.5,
-                               progress=False)
+        n = cluster.label_dask(remote, path, tmp_path / "l6.zarr", block=(8, 90, 200), connectivity=6, min_size=500,
+                               threshold=0.5, progress=False)
     single6 = np.zeros(mask.shape, np.uint32)
     assert n == label_blockwise(prob, single6, (8, 90, 200), 6, min_size=500, threshold=0.5)
     np.testing.assert_array_equal(io.open_volume(tmp_path / "l6.zarr")[:], single6)
@@ -189,8 +189,9 @@ def test_label_resumes_a_single_process_run_on_the_cluster(dask_client, real_mas
     monkeypatch.undo()
     zarr.open_array(str(io.partial_path(tmp_path / "l.zarr")), mode="r+")[:7, :100, :130] = 99  # a finished block
     with pytest.raises(MitosegError, match="other settings .*connectivity 26 then, 6 now"):
-        cluster.label_dask(dask_client, path, tmp_path / "l.zarr", block, 6, resume=True, progress=False)
-    n = cluster.label_dask(dask_client, path, tmp_path / "l.zarr", block, resume=True, progress=False)
+        cluster.label_dask(dask_client, path, tmp_path / "l.zarr", block=block, connectivity=6, resume=True,
+                           progress=False)
+    n = cluster.label_dask(dask_client, path, tmp_path / "l.zarr", block=block, resume=True, progress=False)
     expect = ref.copy()
     expect[:7, :100, :130] = 99  # kept: the cluster skipped the blocks the killed run had written
     np.testing.assert_array_equal(io.open_volume(tmp_path / "l.zarr")[:], expect)

@@ -201,8 +201,38 @@ def test_default_tile_is_the_whole_slice_for_2d_up_to_2048_squared():
     assert predict.default_tile(3, (20, 512, 512), (32, 256, 256)) == (32, 256, 256)
 
 
-def test_default_block_shapes():
-    assert predict.default_block((1065, 2048, 1536), (1, 256, 256)) == (32, 1024, 1024)
-    assert predict.default_block((1065, 2048, 1536), (1, 2048, 1536)) == (10, 2048, 1536)
-    assert predict.default_block((1065, 2048, 1536), (32, 256, 256)) == (32, 1024, 1024)
-    assert predict.default_block((8, 300, 200), (1, 256, 256)) == (8, 300, 200)
+def _old_default_block(shape, tile, budget=2**25):
+    """The rule before the tile count was planned: 1024-wide in-plane blocks, as deep as the budget allows."""
+    by, bx = min(shape[1], max(1024, tile[1])), min(shape[2], max(1024, tile[2]))
+    return (min(shape[0], max(tile[0], budget // (by * bx))), by, bx)
+
+
+def _tiles(shape, block, tile, overlap=0.25):
+    counts = [predict.tiles_per_length(s, t, overlap)[b] for s, b, t in zip(shape, block, tile, strict=True)]
+    return int(np.prod(counts))
+
+
+def test_default_block_computes_fewer_tiles_within_the_budget():
+    assert predict.default_block((1065, 2048, 1536), (1, 2048, 1536)) == (10, 2048, 1536)  # whole planes
+    assert predict.default_block((8, 300, 200), (1, 256, 256)) == (8, 300, 200)  # small: one block
+    for shape, tile in [((165, 768, 1024), (32, 256, 256)), ((1065, 2048, 1536), (32, 256, 256)),
+                        ((1065, 2048, 1536), (1, 256, 256)), ((20, 4000, 4000), (1, 256, 256))]:
+        block = predict.default_block(shape, tile)
+        assert np.prod(block) <= 2**25
+        assert all(t <= b <= s for s, b, t in zip(shape, block, tile, strict=True))
+        assert _tiles(shape, block, tile) < _tiles(shape, _old_default_block(shape, tile), tile)
+    # the full study shape with the 3D tile: 23 % fewer tiles than 32 x 1024 x 1024 blocks
+    shape, tile = (1065, 2048, 1536), (32, 256, 256)
+    assert _tiles(shape, predict.default_block(shape, tile), tile) <= 0.78 * _tiles(shape, (32, 1024, 1024), tile)
+
+
+def test_tiles_per_length_counts_the_tiles_the_engine_computes(tmp_path, droso_crop):
+    """The block plan's cost model is what predict_volume really runs: one forward per tile and block."""
+    image = droso_crop[0][:20, :96, :80]
+    tile, block = (8, 32, 32), (7, 40, 80)
+    model = CountingIdentity()
+    predict.predict_volume(model, image, tmp_path / "p.zarr", 3, tile, overlap=0.25, block=block, batch_size=1,
+                           dtype="float16", progress=False)
+    assert model.slices == _tiles(image.shape, block, tile)
+
+

@@ -198,7 +198,7 @@ def predict_volume_dask(client, model_path: str | Path, image_spec: str | Path, 
     return Path(out)
 
 
-def label_dask(client, mask_spec: str | Path, out: str | Path, block: Sequence[int] | None = None,
+def label_dask(client, mask_spec: str | Path, out: str | Path, *, block: Sequence[int] | None = None,
                connectivity: int = 26, min_size: int = 0, threshold: float | None = None, progress: bool = True,
                attrs: dict | None = None, overwrite: bool = False, resume: bool = False) -> int:
     """`instances.label_blockwise` on a Dask cluster: the same labels, id for id, in a new Zarr at `out`.

@@ -415,8 +415,9 @@ def label_volume(input: str | Path, out: str | Path, block: Sequence[int] | None
     raw_threshold = io.foreground_threshold(volume, threshold)
     attrs = {"voxel_size": voxel, "connectivity": connectivity}
     if client is not None:
-        n = cluster.label_dask(client, input, out, block, connectivity, min_size, raw_threshold, progress, attrs,
-                               overwrite, resume)
+        n = cluster.label_dask(client, input, out, block=block, connectivity=connectivity, min_size=min_size,
+                               threshold=raw_threshold, progress=progress, attrs=attrs, overwrite=overwrite,
+                               resume=resume)
     else:
         output = open_labels(out, tuple(volume.shape), block, connectivity, min_size, raw_threshold, attrs, resume,
                              overwrite)

@@ -30,6 +30,11 @@ H5 = {".h5", ".hdf5", ".hdf"}
 ZARR_MARKERS = ("zarr.json", ".zarray", ".zgroup")  # v3, v2 array, v2 group
 
 
+def is_zarr(path: Path) -> bool:
+    """True for a path named *.zarr or a folder holding a Zarr array or group (v2 or v3)."""
+    return path.suffix.lower() == ".zarr" or (path.is_dir() and any((path / m).exists() for m in ZARR_MARKERS))
+
+
 def split_path(spec: str | Path) -> tuple[Path, str | None]:
     """Split ``file.h5:inner/path`` into the file path and the inner dataset (None if absent)."""
     text = str(spec)
@@ -51,7 +56,7 @@ def open_volume(spec: str | Path) -> Any:
         raise MitosegError(f"{path}: no such file or folder")
     suffix = path.suffix.lower()
     try:
-        if suffix == ".zarr" or (path.is_dir() and any((path / m).exists() for m in ZARR_MARKERS)):
+        if is_zarr(path):
             arr = _open_zarr(path, inner)
         elif path.is_dir():
             arr = _open_slices(path)
@@ -185,7 +190,7 @@ def voxel_size(spec: str | Path) -> tuple[float, float, float] | None:
     """The voxel size (z, y, x) in nm a volume states: an OME-Zarr's scale, or a mitoseg output's
     `voxel_size` attribute; None when it states none."""
     path, inner = split_path(spec)
-    if path.suffix.lower() == ".zarr" or (path.is_dir() and any((path / m).exists() for m in ZARR_MARKERS)):
+    if is_zarr(path):
         import zarr
 
         node = zarr.open(str(path), mode="r")

@@ -167,8 +167,7 @@ def _stated_kind(path: Path) -> str | None:
 
 
 def _readable(path: Path) -> bool:
-    return path.is_dir() and ((path / "report.json").is_file() or path.suffix.lower() == ".zarr"
-                              or any((path / m).exists() for m in io.ZARR_MARKERS))
+    return path.is_dir() and ((path / "report.json").is_file() or io.is_zarr(path))
 
 
 def napari_get_reader(path: str | list[str]) -> Callable[[Any], list[LayerData]] | None:
