@@ -245,3 +245,39 @@ def test_validation_sees_a_model_calibrated_below_half(monkeypatch, lucchi_crop)
     monkeypatch.setattr(tr, "predict_array", lambda *a, **k: np.where(vol.mask == 1, 0.45, 0.05).astype(np.float32))
     val = tr.validate(None, vol, tiny(2), torch.device("cpu"))
     assert val["jaccard"] == 0.0 and val["best_jaccard"] == 1.0 and val["best_threshold"] == 0.4
+
+
+def test_batchnorm_statistics_are_re_estimated_as_a_plain_average(lucchi_crop):
+    """Precise BN: the running statistics become the average over the given batches, whatever they were
+    before; weights, momentum, mode and the sampler's generator are left as they were."""
+    from mitoseg.models import build_model
+
+    cfg = tiny(3, amp=False)
+    image, mask = lucchi_crop
+    vol = data.Volume(image, mask, io.intensity_range(image))
+    sampler = data.PatchSampler(vol, cfg.patch, cfg.fg_fraction, np.random.default_rng(0))
+    tf = data.augmenter(cfg.seed, cfg.dims)
+    torch.manual_seed(0)
+    model = build_model(cfg).eval()
+    bn = model.net.encoder.bn1
+    weights = {k: v.clone() for k, v in model.state_dict().items() if "running" not in k and "num_batches" not in k}
+    rng = sampler.rng
+
+    def estimate(garbage: float) -> torch.Tensor:
+        bn.running_mean.fill_(garbage)
+        tr.recalibrate_batchnorm(model, sampler, tf, cfg, torch.device("cpu"), 3, (7,))
+        return bn.running_mean.clone()
+
+    first = estimate(100.0)
+    assert torch.equal(first, estimate(-5.0))  # the old statistics leave no trace; the same batches each time
+    assert bn.num_batches_tracked.item() == 3 and bn.momentum == 0.1 and not model.training
+    assert sampler.rng is rng
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in weights.items())
+    # the first layer's running mean is the mean over the 3 batches of each batch's channel means
+    seen = []
+    hook = model.net.encoder.conv1.register_forward_hook(lambda m, i, o: seen.append(o.mean(dim=(0, 2, 3, 4))))
+    try:
+        tr.recalibrate_batchnorm(model, sampler, tf, cfg, torch.device("cpu"), 3, (7,))
+    finally:
+        hook.remove()
+    torch.testing.assert_close(bn.running_mean, torch.stack(seen).mean(0), atol=1e-5, rtol=1e-4)

@@ -131,6 +131,46 @@ def load_init(model: torch.nn.Module, config: Config, device: torch.device) -> N
     model.load_state_dict(other_model.state_dict())
 
 
+def _batch(sampler: data.PatchSampler, tf, config: Config, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """One training batch, augmented, on `device`: images and masks (B, 1, [Z,] Y, X), channels-last."""
+    x, y = data.augment(tf, *sampler.sample(config.samples_per_batch))
+    if config.dims == 2:
+        x, y = x[:, :, 0], y[:, :, 0]
+    x, y = torch.from_numpy(x).to(device), torch.from_numpy(y).to(device)
+    return x.contiguous(memory_format=torch.channels_last if x.ndim == 4 else torch.channels_last_3d), y
+
+
+@torch.no_grad()
+def recalibrate_batchnorm(model: torch.nn.Module, sampler: data.PatchSampler, tf, config: Config,
+                          device: torch.device, batches: int, seed: tuple[int, ...] = (0,)) -> None:
+    """Set every BatchNorm layer's running mean and variance to the plain average over `batches` training
+    batches (drawn and augmented as in training, from a generator seeded with `seed`), instead of the
+    exponential average (momentum 0.1) of the last few dozen batches. At batch 1 (the 3D model in the
+    cpu preset) that average follows the last few patches, so the model's eval-mode outputs shift from
+    epoch to epoch ("precise BN", Wu & Johnson 2021). The weights are unchanged; `sampler.rng` is restored
+    and `tf` is re-seeded from `seed` (training re-seeds it at every epoch start)."""
+    norms = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    if not norms or batches <= 0:
+        return
+    momenta = [m.momentum for m in norms]
+    for m in norms:
+        m.reset_running_stats()
+        m.momentum = None  # cumulative average
+    rng, sampler.rng = sampler.rng, np.random.default_rng(list(seed))
+    tf.set_random_state(seed=int(sampler.rng.integers(2**31)))  # training re-seeds it at every epoch start
+    was_training = model.training
+    model.train()
+    try:
+        for _ in range(batches):
+            with autocast(device, config.amp):
+                model(_batch(sampler, tf, config, device)[0])
+    finally:
+        sampler.rng = rng
+        for m, momentum in zip(norms, momenta, strict=True):
+            m.momentum = momentum
+        model.train(was_training)
+
+
 def _finite_step(model: torch.nn.Module, loss: torch.Tensor) -> bool:
     """Backpropagate `loss`; True when the loss and every gradient are finite (else gradients are dropped)."""
     if not math.isfinite(loss.item()):
@@ -226,11 +266,7 @@ def _train(config: Config, image: np.ndarray, mask: np.ndarray, out: Path, resum
             lr = learning_rate(config, state["iteration"], progress_frac)
             for group in optimizer.param_groups:
                 group["lr"] = lr
-            x, y = data.augment(tf, *sampler.sample(config.samples_per_batch))
-            if config.dims == 2:
-                x, y = x[:, :, 0], y[:, :, 0]
-            x, y = torch.from_numpy(x).to(device), torch.from_numpy(y).to(device)
-            x = x.contiguous(memory_format=torch.channels_last if x.ndim == 4 else torch.channels_last_3d)
+            x, y = _batch(sampler, tf, config, device)
             with autocast(device, config.amp):
                 loss = masked_loss(model(x).float(), y)
             optimizer.zero_grad(set_to_none=True)
@@ -254,6 +290,7 @@ def _train(config: Config, image: np.ndarray, mask: np.ndarray, out: Path, resum
         seconds = time.perf_counter() - t0
         state["elapsed"] += seconds
         state["epoch"] += 1
+        recalibrate_batchnorm(model, sampler, tf, config, device, config.bn_batches, (config.seed, epoch, 1))
         val = validate(model, val_vol, config, device)
         row = {"epoch": state["epoch"], "iterations": done,
                "loss": float(np.mean(losses)) if losses else float("nan"),
