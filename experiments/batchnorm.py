@@ -20,20 +20,10 @@ import time
 from pathlib import Path
 
 import numpy as np
+from ablation import gamma  # experiments/ is the script's folder, so on sys.path
+from ablation import score as iou
 
-from mitoseg import compare, data, io, metrics, predict, train
-
-
-def gamma(volume: np.ndarray, g: float) -> np.ndarray:
-    """A uint8 volume with gamma `g` applied to its grey levels."""
-    return np.clip(np.rint(255 * (volume / 255.0) ** g), 0, 255).astype(np.uint8)
-
-
-def iou(model, cfg, image: np.ndarray, truth: np.ndarray, window) -> float:
-    """Foreground IoU at probability 0.5 of one model on one image (Z, Y, X), on its annotated voxels."""
-    tile = predict.default_tile(cfg.dims, image.shape, cfg.tile)
-    probs = predict.predict_array(model, image, cfg.dims, tile, cfg.overlap, window, amp=cfg.amp)
-    return metrics.scores(metrics.confusion(probs >= 0.5, truth))["jaccard"]
+from mitoseg import compare, data, io, train
 
 
 def main(argv: list[str] | None = None) -> None:
