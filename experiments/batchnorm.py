@@ -51,7 +51,6 @@ def main(argv: list[str] | None = None) -> None:
             if batches:
                 model, cfg = train.load_model(run)  # from the saved statistics each time
                 train.recalibrate_batchnorm(model, sampler, tf, cfg, device, batches, (cfg.seed, 12345))
-                model.eval()
             row = {"model": f"{cfg.dims}D", "batches": batches, "seconds": time.perf_counter() - t0,
                    "val_iou": iou(model, cfg, val_vol.image, val_vol.mask, val_vol.window),
                    "test_iou": iou(model, cfg, image, truth, window),

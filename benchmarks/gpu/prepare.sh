@@ -8,7 +8,7 @@
 #
 # Environment: LIMIT_MIB (default 60: MiB one call carries, tree included; the tool's hard limit is 64),
 #   LUCCHI (default ../shared/data/lucchi-derived), DROSO (default ../shared/data/drosophila-vnc-stack1),
-#   KINDS (default /work/.library/device/KINDS.md), PYTHON (default .venv/bin/python, else python3).
+#   KINDS (default ../.library/device/KINDS.md), PYTHON (default .venv/bin/python, else python3).
 set -euo pipefail
 
 root=$(git rev-parse --show-toplevel)
@@ -17,7 +17,7 @@ LIMIT_MIB=${LIMIT_MIB:-60}
 SHARED=$(cd "$root/.." && pwd)/shared/data
 LUCCHI=${LUCCHI:-$SHARED/lucchi-derived}
 DROSO=${DROSO:-$SHARED/drosophila-vnc-stack1}
-KINDS=${KINDS:-/work/.library/device/KINDS.md}
+KINDS=${KINDS:-../.library/device/KINDS.md}
 if [[ -z ${PYTHON:-} ]]; then
     if [[ -x .venv/bin/python ]]; then PYTHON=.venv/bin/python; else PYTHON=python3; fi
 fi
