@@ -213,6 +213,8 @@ def main() -> None:
                      "back about 30 s after a call ends):")
         for i, group in enumerate(calls, 1):
             command = "bash benchmarks/gpu/remote.sh receive" + (f" {steps}" if i == len(calls) else "")
+            if i == 1 < len(calls) and "study" in steps:  # the GPU path checked before the data has all come
+                command += " check smoke"
             carry = ", ".join(f'".gpu/send{s}"' for s in group)
             mib = (sum(used[s] for s in group) + tree) / MIB
             lines.append(f"  call {i}: command: {command}\n          carry: [{carry}]   ({mib:.1f} MiB with the tree)")

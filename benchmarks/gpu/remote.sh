@@ -5,6 +5,8 @@
 #   receive             take the pieces and wheels of this call's .gpu/send*/ folders; install the wheels;
 #                       reassemble and SHA-256-check every data file whose pieces are all there
 #   check               nvidia-smi, torch and CUDA, mitoseg's imports, which data files are verified
+#   smoke               benchmarks/gpu/smoke.py: both models a few iterations on synthetic data (no data
+#                       needed): seconds per iteration, per validation, per prediction ($OUT/smoke.json)
 #   study MINUTES       mitoseg compare --preset full on CA1, MINUTES of training per model (seed: $SEED, 0)
 #   bench               benchmarks/bench_backends.py and bench_predict.py on cuda
 #   fullvolume RUN|-    benchmarks/bench_full_volume.py on cuda with --model RUN ('-': untrained 2D);
@@ -275,6 +277,18 @@ step_study() {
     return "$rc"
 }
 
+# ------------------------------------------------------------------ smoke
+
+step_smoke() {  # the GPU path on synthetic data (no data needed): training speed, validation, prediction
+    need_cuda
+    local out=$BASE/smoke rc=0
+    rm -rf "$out"
+    mkdir -p "$out"
+    bounded 240 "$PY" benchmarks/gpu/smoke.py --device cuda --out "$out" || rc=$?
+    [[ -f $out/smoke.json ]] && cp "$out/smoke.json" "$OUT/smoke.json"
+    return "$rc"
+}
+
 # ------------------------------------------------------------------ benchmarks
 
 step_bench() {
@@ -331,6 +345,7 @@ main() {
         case $step in
             receive) step_receive ;;
             check) step_check ;;
+            smoke) step_smoke ;;
             study)
                 [[ ${1:-} =~ ^[0-9]+([.][0-9]+)?$ ]] || { say "usage: study MINUTES"; return 2; }
                 local minutes=$1
@@ -343,7 +358,7 @@ main() {
                 shift
                 step_fullvolume "$model" "$@"
                 set -- ;;
-            *) say "unknown step '$step' (receive, check, study MINUTES, bench, fullvolume RUN)"; return 2 ;;
+            *) say "unknown step '$step' (receive, check, smoke, study MINUTES, bench, fullvolume RUN)"; return 2 ;;
         esac
         say "$step: done in $((SECONDS - t0)) s"
     done

@@ -354,6 +354,7 @@ def compare(out: str | Path, dataset: str = "auto", data: str | Path | None = No
         name = f"{cfg.dims}D"
         print(f"--- {name} U-Net", flush=True)
         results["models"][name] = run_model(cfg, bench, tmp / f"model_{name}", progress, tta, monitor)
+        (tmp / "compare.json").write_text(json.dumps(results, indent=2, default=str))  # kept if stopped later
     figures(tmp, bench, results)
     write_report(tmp, results)
     io.finish_output(out, overwrite)

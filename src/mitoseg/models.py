@@ -99,6 +99,8 @@ def pick_device(name: str = "auto") -> torch.device:
     A device this machine does not have is refused (MitosegError), not silently replaced."""
     from mitoseg.errors import MitosegError
 
+    if torch.cuda.is_available():
+        torch.backends.cudnn.benchmark = True  # fixed patch and tile shapes: cuDNN times its algorithms once
     if name in (None, "auto"):
         if torch.cuda.is_available():
             return torch.device("cuda")
