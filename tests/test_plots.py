@@ -240,6 +240,18 @@ def test_training_curves_show_validation_and_test_iou_on_one_axes():
     assert ax_val.get_ylabel() == "foreground IoU"
 
 
+def test_training_curves_join_the_validated_epochs_only():
+    """Epochs between validations log NaN scores: the IoU lines join the validated epochs, the loss all."""
+    rows = [{"loss": 1 / e, "val_iou": 0.5 + e / 100 if e % 2 == 0 else "nan",
+             "monitor_iou": 0.6 + e / 100 if e % 2 == 0 else "", "elapsed_seconds": 60 * e} for e in range(1, 7)]
+    ax_loss, ax_val = Figure().subplots(1, 2)
+    plots.training_curves(ax_loss, ax_val, {"3D U-Net": rows})
+    assert len(ax_loss.get_lines()[0].get_xdata()) == 6
+    val, test = ax_val.get_lines()
+    np.testing.assert_allclose(val.get_xdata(), [2, 4, 6])
+    np.testing.assert_allclose(test.get_ydata(), [0.62, 0.64, 0.66])
+
+
 # ---------------------------------------------------------------------------------- figures, save
 
 

@@ -128,6 +128,41 @@ def _nan_loss_on(monkeypatch, bad_calls):
     monkeypatch.setattr(tr, "masked_loss", sometimes_nan)
 
 
+def test_checkpoints_written_seconds_apart_resume_the_unsaved_epochs(tmp_path, small, monkeypatch):
+    """With checkpoints further apart than epochs (as on a GPU), best.pt still holds the best epoch, and a
+    run killed two epochs after its last checkpoint resumes from it, trains those epochs again (the log
+    keeps one row each) and ends with the uninterrupted run's weights."""
+    monkeypatch.setattr(tr, "CHECKPOINT_SECONDS", 1e9)  # after epoch 1 and at the end only
+    cfg = tiny(2, epochs=3)
+    tr.train(cfg, *small, tmp_path / "a", progress=False)
+    best_epoch, best_iou = 0, -1.0
+    for row in tr.read_log(tmp_path / "a"):  # train's rule: a higher IoU, or the latest while it is 0
+        if row["val_iou_best"] > best_iou or best_iou <= 0:
+            best_epoch, best_iou = row["epoch"], row["val_iou_best"]
+    assert torch.load(tmp_path / "a" / "best.pt", weights_only=False)["state"]["epoch"] == best_epoch
+
+    real, calls = tr.validate, []
+
+    def killed_in_epoch_3(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 5:  # validation and monitor per epoch: the 5th call is epoch 3's validation
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(tr, "validate", killed_in_epoch_3)
+    with pytest.raises(KeyboardInterrupt):
+        tr.train(cfg, *small, tmp_path / "b", progress=False)
+    monkeypatch.setattr(tr, "validate", real)
+    assert torch.load(tmp_path / "b" / "last.pt", weights_only=False)["state"]["epoch"] == 1
+    assert len(tr.read_log(tmp_path / "b")) == 2
+    tr.train(cfg, *small, tmp_path / "b", resume=True, progress=False)
+    assert [r["epoch"] for r in tr.read_log(tmp_path / "b")] == [1, 2, 3]
+    a = torch.load(tmp_path / "a" / "last.pt", weights_only=False)["model"]
+    b = torch.load(tmp_path / "b" / "last.pt", weights_only=False)["model"]
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], msg=k)
+
+
 def test_a_non_finite_step_is_skipped_and_logged(tmp_path, small, monkeypatch):
     _nan_loss_on(monkeypatch, lambda call: call == 2)
     summary = tr.train(tiny(2), *small, tmp_path / "run", progress=False)
@@ -138,8 +173,17 @@ def test_a_non_finite_step_is_skipped_and_logged(tmp_path, small, monkeypatch):
     assert all(torch.isfinite(v).all() for v in state.values() if v.is_floating_point())
 
 
+def test_a_finite_loss_with_a_non_finite_gradient_is_not_a_step():
+    """sqrt at 0: the loss is 0, its gradient infinite; the step is refused and its gradients dropped."""
+    model = torch.nn.Linear(2, 1)
+    assert not tr._finite_step(model, torch.sqrt(model.weight * 0).sum())
+    assert all(p.grad is None for p in model.parameters())
+    assert tr._finite_step(model, (model.weight ** 2).sum())
+    assert model.weight.grad is not None
+
+
 def test_divergence_stops_with_a_clear_error(tmp_path, small, monkeypatch):
-    """Ten non-finite steps in a row end training with MitosegError; the last finite epoch's checkpoint stays."""
+    """Ten non-finite steps in a row end training with MitosegError; the last saved epoch's checkpoint stays."""
     _nan_loss_on(monkeypatch, lambda call: call > 12)
     with pytest.raises(MitosegError, match="diverged .* epoch 2"):
         tr.train(tiny(2, iterations_per_epoch=12), *small, tmp_path / "run", progress=False)
@@ -156,6 +200,20 @@ def test_monitor_volume_is_scored_every_epoch(tmp_path, small, droso_crop):
     assert all(0 <= r["monitor_iou"] <= 1 for r in rows)
     tr.train(tiny(2), *small, tmp_path / "plain", progress=False)
     assert all(np.isnan(r["monitor_iou"]) for r in tr.read_log(tmp_path / "plain"))
+
+
+def test_validation_every_nth_epoch_and_always_the_last(tmp_path, small, droso_crop):
+    raw, mask = droso_crop
+    monitor = data.Volume(raw[:8, -64:, -64:], mask[:8, -64:, -64:], io.intensity_range(raw))
+    summary = tr.train(tiny(2, epochs=3, validate_every=2), *small, tmp_path / "run", progress=False,
+                       monitor=monitor)
+    rows = tr.read_log(tmp_path / "run")
+    checked = [np.isfinite(r["val_iou"]) and np.isfinite(r["monitor_iou"]) for r in rows]
+    assert checked == [False, True, True]  # epoch 2, and epoch 3 as the last
+    assert np.isnan(rows[0]["val_iou_best"]) and np.isfinite(rows[0]["loss"])
+    assert summary["best_val_iou"] == max(r["val_iou"] for r in rows[1:])
+    best = torch.load(tmp_path / "run" / "best.pt", weights_only=False)["state"]["epoch"]
+    assert best in (2, 3)
 
 
 def test_time_budget_stops(tmp_path, small):

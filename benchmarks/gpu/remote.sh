@@ -222,8 +222,14 @@ gpu_record() {  # gpu_record FOLDER: what ran where
     "$PY" -c 'import torch; print(torch.__version__, torch.version.cuda)' >"$1/torch.txt" 2>&1 || true
 }
 
+scrub() {  # scrub FOLDER: this machine's paths in its text files become the names the README uses
+    find "$1" -type f \( -name '*.md' -o -name '*.json' -o -name '*.log' -o -name '*.csv' -o -name '*.txt' \) \
+        -exec sed -i -e "s#$BASE#\$MITOSEG_GPU_DIR#g" -e "s#$OUT#\$OUT#g" -e "s#$REPO/##g" -e "s#$REPO#.#g" {} +
+}
+
 bundle() {  # bundle NAME FOLDER: FOLDER as $OUT/NAME.tar.gz, split if over 15 MiB
     local name=$1 folder=$2
+    scrub "$folder"
     tar -C "$(dirname "$folder")" -czf "$OUT/$name.tar.gz" "$(basename "$folder")"
     local size
     size=$(stat -c %s "$OUT/$name.tar.gz")

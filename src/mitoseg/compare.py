@@ -39,7 +39,7 @@ PUBLISHED = [
     ("Xiao et al. 2018, 3D residual FCN", 0.900),
     ("CEM500K-pretrained ResNet50 U-Net (Lucchi++ labels)", 0.895),
 ]
-MONITOR_SLICES = 32  # the test volume's central slices scored after every epoch (test IoU against time)
+MONITOR_SLICES = 32  # the test volume's central slices scored at every validation (test IoU against time)
 
 
 @dataclass

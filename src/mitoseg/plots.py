@@ -328,13 +328,15 @@ def training_curves(ax_loss: Axes, ax_val: Axes, logs: Mapping[str, Sequence[Map
         t = _column(rows, "elapsed_seconds") / scale
         loss, val = _column(rows, "loss"), _column(rows, metric)
         ax_loss.plot(t, loss, color=f"C{i}", label=name, marker=marker, markersize=3)
-        ax_val.plot(t, val, color=f"C{i}", label=f"{name}, validation", marker=marker, markersize=3)
+        ok = np.isfinite(val)  # epochs between validations log none
+        ax_val.plot(t[ok], val[ok], color=f"C{i}", label=f"{name}, validation", marker=marker, markersize=3)
         if np.isfinite(val).any():
             best = int(np.nanargmax(val))
             ax_val.scatter([t[best]], [val[best]], s=40, color=f"C{i}", edgecolors="black", zorder=3)
         monitor = _column(rows, "monitor_iou")
         if metric == "val_iou" and np.isfinite(monitor).any():
-            ax_val.plot(t, monitor, color=f"C{i}", linestyle="--", label=f"{name}, {monitor_label}",
+            ok = np.isfinite(monitor)
+            ax_val.plot(t[ok], monitor[ok], color=f"C{i}", linestyle="--", label=f"{name}, {monitor_label}",
                         marker=marker, markersize=3, markerfacecolor="none")
     for ax, ylabel in ((ax_loss, "training loss (Dice + BCE)"), (ax_val, f"foreground {name_of}")):
         ax.set_xlabel(f"training time ({time_unit})")

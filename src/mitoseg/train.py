@@ -2,7 +2,9 @@
 
 A run folder holds everything needed to repeat or continue it:
 ``config.json``, ``versions.json``, ``log.csv`` (one row per epoch), ``summary.json``,
-``last.pt`` (written every epoch, used by --resume) and ``best.pt`` (best validation IoU).
+``last.pt`` (after the first epoch, then after each epoch ending 30 s or more after the last write, and
+at the end; used by --resume, which trains the epochs after it again) and ``best.pt`` (best validation
+IoU, written with last.pt).
 Randomness is re-seeded from (seed, epoch) at every epoch start, so a resumed run draws the same
 patches as an uninterrupted one; with batch-preparing processes beside a GPU (`loader_workers`) a run
 repeats for the same number of processes, and a resumed one draws new patches.
@@ -33,6 +35,10 @@ from mitoseg.predict import default_tile, predict_array
 LOG_FIELDS = ["epoch", "iterations", "loss", "val_dice", "val_iou", "val_iou_best", "val_threshold", "monitor_iou",
               "lr", "epoch_seconds", "seconds_per_iteration", "elapsed_seconds", "skipped_steps", "peak_memory_mib"]
 MAX_SKIPPED_IN_A_ROW = 10  # non-finite steps in a row before training stops as diverged
+# last.pt and best.pt are written after the first epoch, then when this many seconds have passed since
+# they were last written, and at the end: on a GPU an epoch takes ~1.5 s and writing them (155 MiB
+# for 2D, 461 MiB for 3D with the optimiser state) cost more than the training (results/README.md)
+CHECKPOINT_SECONDS = 30.0
 
 
 def versions() -> dict:
@@ -216,12 +222,15 @@ def recalibrate_batchnorm(model: torch.nn.Module, sampler: data.PatchSampler, tf
 
 
 def _finite_step(model: torch.nn.Module, loss: torch.Tensor) -> bool:
-    """Backpropagate `loss`; True when the loss and every gradient are finite (else gradients are dropped)."""
-    if not math.isfinite(loss.item()):
-        return False
+    """Backpropagate `loss`; True when the loss and every gradient are finite (else gradients are dropped).
+
+    One wait for the device per step: the gradients' total norm (fused reductions) is non-finite exactly
+    when a gradient is (or when finite gradients' norm overflows float32, ~1e38: a diverged step too).
+    A check per gradient tensor waited ~100 times per step, leaving a GPU idle in between."""
     loss.backward()
     grads = [p.grad for p in model.parameters() if p.grad is not None]
-    if all(torch.isfinite(g).all() for g in grads):
+    total = torch.nn.utils.get_total_norm(grads) if grads else torch.zeros((), device=loss.device)
+    if bool(torch.isfinite(loss.detach().float() + total)):  # finite only when both are
         return True
     model.zero_grad(set_to_none=True)
     return False
@@ -290,13 +299,16 @@ def _train(config: Config, image: np.ndarray, mask: np.ndarray, out: Path, resum
         optimizer.load_state_dict(ckpt["optimizer"])
         state = {"best_iou": -1.0, **ckpt["state"]}
     log_path = out / "log.csv"
-    if not resume:
-        with open(log_path, "w", newline="") as f:
-            csv.DictWriter(f, LOG_FIELDS).writeheader()
+    # a new log, or on resume the rows up to the checkpoint's epoch (later epochs are trained again)
+    rows = [r for r in read_log(out) if r["epoch"] <= state["epoch"]] if resume else []
+    with open(log_path, "w", newline="") as f:
+        writer = csv.DictWriter(f, LOG_FIELDS)
+        writer.writeheader()
+        writer.writerows({k: _log_value(k, v) for k, v in r.items()} for r in rows)
 
     budget = config.minutes * 60 if config.minutes else math.inf
     in_a_row = 0  # non-finite steps in a row, across epochs
-    ckpt = None
+    ckpt, best, saved_at = None, None, -math.inf  # best: the best epoch's checkpoint not yet written
     workers = loader_workers(config, device)
     stream = batch_stream(sampler, config, device, state["epoch"], workers) if workers else None
     while state["epoch"] < config.epochs and state["elapsed"] < budget:
@@ -324,8 +336,10 @@ def _train(config: Config, image: np.ndarray, mask: np.ndarray, out: Path, resum
                 skipped += 1
                 in_a_row += 1
                 if in_a_row >= MAX_SKIPPED_IN_A_ROW:  # diverged: stop before the checkpoints are overwritten
+                    if best is not None:
+                        _save(best, out / "best.pt")
                     raise MitosegError(f"training diverged ({in_a_row} non-finite steps in a row) in epoch "
-                                       f"{epoch + 1}; the last finite epoch's checkpoints are in {out}: "
+                                       f"{epoch + 1}; the best and the last saved epoch's checkpoints are in {out}: "
                                        "lower --lr or pass --fp32")
             state["iteration"] += 1
             done += 1
@@ -336,32 +350,42 @@ def _train(config: Config, image: np.ndarray, mask: np.ndarray, out: Path, resum
         seconds = time.perf_counter() - t0
         state["elapsed"] += seconds
         state["epoch"] += 1
-        recalibrate_batchnorm(model, sampler, tf, config, device, config.bn_batches, (config.seed, epoch, 1))
-        val = validate(model, val_vol, config, device)
+        last = state["epoch"] >= config.epochs or state["elapsed"] >= budget
+        checked = last or state["epoch"] % config.validate_every == 0
+        if checked:
+            recalibrate_batchnorm(model, sampler, tf, config, device, config.bn_batches, (config.seed, epoch, 1))
+        val = validate(model, val_vol if checked else None, config, device)
         row = {"epoch": state["epoch"], "iterations": done,
                "loss": float(np.mean(losses)) if losses else float("nan"),
                "val_dice": val["f1"], "val_iou": val["jaccard"], "val_iou_best": val["best_jaccard"],
                "val_threshold": val["best_threshold"],
-               "monitor_iou": validate(model, monitor, config, device)["jaccard"], "lr": lr,
+               "monitor_iou": validate(model, monitor if checked else None, config, device)["jaccard"], "lr": lr,
                "epoch_seconds": seconds, "seconds_per_iteration": seconds / max(done, 1),
                "elapsed_seconds": state["elapsed"], "skipped_steps": skipped,
                "peak_memory_mib": memory.peak_mib(device)}
         with open(log_path, "a", newline="") as f:
             csv.DictWriter(f, LOG_FIELDS).writerow(row)
         if progress:
-            print(f"{config.dims}D epoch {state['epoch']}: loss {row['loss']:.4f} val IoU {row['val_iou']:.4f} "
-                  f"({seconds:.1f} s)", flush=True)
+            score = f" val IoU {row['val_iou']:.4f}" if checked and val_vol is not None else ""
+            print(f"{config.dims}D epoch {state['epoch']}: loss {row['loss']:.4f}{score} ({seconds:.1f} s)", flush=True)
+        # the best validation IoU (at its best threshold) so far; while it is 0 the latest epoch is kept
+        if checked and (not val_vol or val["best_jaccard"] > state["best_iou"] or state["best_iou"] <= 0):
+            state["best_iou"] = val["best_jaccard"] if val_vol else state["best_iou"]
+            best = {"model": _copy(model.state_dict()), "config": config.__dict__, "state": dict(state)}
         ckpt = {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "state": state,
                 "config": config.__dict__}
-        # the best validation IoU (at its best threshold) so far; while it is 0 the latest epoch is kept
-        if not val_vol or val["best_jaccard"] > state["best_iou"] or state["best_iou"] <= 0:
-            state["best_iou"] = val["best_jaccard"] if val_vol else state["best_iou"]
-            _save({"model": model.state_dict(), "config": config.__dict__, "state": dict(state)}, out / "best.pt")
-        _save(ckpt, out / "last.pt")
+        if time.perf_counter() - saved_at >= CHECKPOINT_SECONDS:
+            if best is not None:
+                _save(best, out / "best.pt")
+                best = None
+            _save(ckpt, out / "last.pt")
+            saved_at = time.perf_counter()
     if val_vol is not None and state["best_iou"] < 0.01:
         print(f"mitoseg: warning: the {config.dims}D model has not learned (best validation IoU "
               f"{max(state['best_iou'], 0.0):.3f}); its predictions mean nothing: train longer, or check the "
               "labels", file=sys.stderr, flush=True)
+    if best is not None:
+        _save(best, out / "best.pt")
     if ckpt is not None:  # finished: the optimiser state is no longer needed
         _save({k: v for k, v in ckpt.items() if k != "optimizer"}, out / "last.pt")
     del model, optimizer, sampler, stream  # the stream's worker processes end with it
@@ -369,10 +393,25 @@ def _train(config: Config, image: np.ndarray, mask: np.ndarray, out: Path, resum
     return summarize(out)
 
 
+def _copy(state_dict: dict) -> dict:
+    """A copy of a model's state dict (tensors cloned where they are): the weights of a best epoch."""
+    return {k: v.detach().clone() for k, v in state_dict.items()}
+
+
+def _log_value(key: str, value: float) -> int | float:
+    """A log value as first written: counts as integers."""
+    return int(value) if key in ("epoch", "iterations", "skipped_steps") and math.isfinite(value) else value
+
+
 def read_log(run: str | Path) -> list[dict]:
     """The per-epoch log of a run folder as a list of dicts of floats."""
     with open(Path(run) / "log.csv") as f:
         return [{k: float(v) for k, v in row.items()} for row in csv.DictReader(f)]
+
+
+def _best(values) -> float:
+    """The largest finite value (epochs not validated log NaN), else NaN."""
+    return max((v for v in values if math.isfinite(v)), default=float("nan"))
 
 
 def summarize(run: str | Path) -> dict:
@@ -386,10 +425,10 @@ def summarize(run: str | Path) -> dict:
         "train_seconds": rows[-1]["elapsed_seconds"] if rows else 0.0,
         "seconds_per_epoch": float(np.mean([r["epoch_seconds"] for r in rows])) if rows else 0.0,
         "seconds_per_iteration": (rows[-1]["elapsed_seconds"] / iters) if iters else 0.0,
-        "best_val_dice": max((r["val_dice"] for r in rows), default=float("nan")),
-        "best_val_iou": max((r["val_iou"] for r in rows), default=float("nan")),
+        "best_val_dice": _best(r["val_dice"] for r in rows),
+        "best_val_iou": _best(r["val_iou"] for r in rows),
         # at each epoch's best threshold (older logs: at 0.5); best.pt is chosen by this one
-        "best_val_iou_any_threshold": max((r.get("val_iou_best", r["val_iou"]) for r in rows), default=float("nan")),
+        "best_val_iou_any_threshold": _best(r.get("val_iou_best", r["val_iou"]) for r in rows),
         "skipped_steps": int(sum(r.get("skipped_steps", 0) for r in rows)),
         "final_loss": rows[-1]["loss"] if rows else float("nan"),
         "peak_memory_mib": max((r["peak_memory_mib"] for r in rows), default=0.0),
