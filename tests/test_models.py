@@ -120,6 +120,24 @@ def test_gradients_reach_the_first_conv(models):
     assert head is not None and head.abs().sum() > 0
 
 
+@pytest.mark.parametrize("dims", [2, 3])
+def test_instance_norm_replaces_every_batchnorm_and_ignores_the_batch(models, dims):
+    """With norm 'instance' no BatchNorm is left, the parameter count is unchanged, and in training mode
+    each sample's output is independent of the others in its batch (BatchNorm's is not)."""
+    torch.manual_seed(0)
+    net = build_model(Config(dims=dims, norm="instance")).train()
+    kinds = {type(m).__name__ for m in net.modules()}
+    assert not any(k.startswith("BatchNorm") for k in kinds) and f"InstanceNorm{dims}d" in kinds
+    assert sum(p.numel() for p in net.parameters()) == sum(p.numel() for p in models[dims].parameters())
+    shape = (2, 1, 64, 64) if dims == 2 else (2, 1, 32, 64, 64)
+    x = torch.rand(shape)
+    other = torch.cat([x[:1], torch.rand(shape[:1][0] - 1, *shape[1:]) * 3])
+    with torch.no_grad():
+        torch.testing.assert_close(net(x)[:1], net(other)[:1])
+        batch = build_model(Config(dims=dims)).train()
+        assert not torch.allclose(batch(x)[:1], batch(other)[:1])
+
+
 def test_pick_device_prefers_cuda_then_mps_then_cpu(monkeypatch):
     from mitoseg import models
 
@@ -179,6 +197,7 @@ def test_config_load_ignores_unknown_keys(tmp_path):
     (dict(epochs=0), "epochs must be an integer >= 1, not 0"),
     (dict(epochs=0, minutes=1.0), "epochs must be an integer >= 1"),  # a time budget needs epochs to run too
     (dict(minutes=0.0), "minutes must be a number > 0"),
+    (dict(norm="layer"), "norm must be batch or instance, not 'layer'"),
 ])
 def test_config_refuses_invalid(changes, message):
     with pytest.raises(MitosegError, match=message):

@@ -48,6 +48,7 @@ class Config:
     tile_z: int = 32
     overlap: float = 0.5
     encoder: str = "resnet18"
+    norm: str = "batch"  # "batch" (BatchNorm) or "instance" (InstanceNorm, independent of batch size)
     # a little annotation: the only annotated slices ("0,40-43"; None: all), the label value that means
     # "not annotated" (recorded; applied when the labels are read), and the run whose weights start training
     annotated_slices: str | None = None
@@ -58,6 +59,8 @@ class Config:
     def __post_init__(self) -> None:
         if self.dims not in (2, 3):
             raise MitosegError(f"dims must be 2 or 3, not {self.dims}")
+        if self.norm not in ("batch", "instance"):
+            raise MitosegError(f"norm must be batch or instance, not {self.norm!r}")
         if len(tuple(self.voxel_size)) != 3:
             raise MitosegError(f"voxel-size must be three numbers (Z, Y, X) in nm, not {self.voxel_size}")
         checks.check(**{f.name: getattr(self, f.name) for f in fields(self) if f.name in checks.RULES})

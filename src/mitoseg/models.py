@@ -78,14 +78,28 @@ class PadToMultiple(nn.Module):
         return y[(slice(None), slice(None), *(slice(0, s) for s in sizes))]
 
 
+def _instance_norm(net: nn.Module) -> None:
+    """Replace every BatchNorm of `net` (in place) by InstanceNorm with affine weights, as nnU-Net uses.
+    Hand-written: MONAI's ResNet encoder of FlexibleUNet takes no norm argument."""
+    kinds = {nn.BatchNorm2d: nn.InstanceNorm2d, nn.BatchNorm3d: nn.InstanceNorm3d}
+    for module in list(net.modules()):
+        for child_name, child in list(module.named_children()):
+            if type(child) in kinds:
+                setattr(module, child_name, kinds[type(child)](child.num_features, eps=child.eps, affine=True))
+
+
 def build_model(config: Config) -> nn.Module:
     """A U-Net mapping (B, 1, [Z,] Y, X) float32 in [0, 1] to (B, 1, [Z,] Y, X) foreground logits.
 
-    The encoder's strides follow `encoder_strides(config.voxel_size, config.dims)`."""
+    The encoder's strides follow `encoder_strides(config.voxel_size, config.dims)`; `config.norm` "instance"
+    puts instance normalisation (with affine weights) where BatchNorm is, in the decoder and the encoder."""
     from monai.networks.nets import FlexibleUNet
 
+    extra = {"norm": ("instance", {"affine": True})} if config.norm == "instance" else {}
     net = FlexibleUNet(in_channels=1, out_channels=1, backbone=config.encoder,
-                       spatial_dims=config.dims, pretrained=False)
+                       spatial_dims=config.dims, pretrained=False, **extra)
+    if config.norm == "instance":
+        _instance_norm(net)
     strides = encoder_strides(config.voxel_size, config.dims)
     if any(k != 2 for stride in strides for k in stride):
         _set_strides(net, strides)
