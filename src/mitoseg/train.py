@@ -369,12 +369,14 @@ def _train(config: Config, image: np.ndarray, mask: np.ndarray, out: Path, resum
             score = f" val IoU {row['val_iou']:.4f}" if checked and val_vol is not None else ""
             print(f"{config.dims}D epoch {state['epoch']}: loss {row['loss']:.4f}{score} ({seconds:.1f} s)", flush=True)
         # the best validation IoU (at its best threshold) so far; while it is 0 the latest epoch is kept
+        save_now = time.perf_counter() - saved_at >= CHECKPOINT_SECONDS
         if checked and (not val_vol or val["best_jaccard"] > state["best_iou"] or state["best_iou"] <= 0):
             state["best_iou"] = val["best_jaccard"] if val_vol else state["best_iou"]
-            best = {"model": _copy(model.state_dict()), "config": config.__dict__, "state": dict(state)}
+            weights = model.state_dict() if save_now else _copy(model.state_dict())  # a copy only to keep
+            best = {"model": weights, "config": config.__dict__, "state": dict(state)}
         ckpt = {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "state": state,
                 "config": config.__dict__}
-        if time.perf_counter() - saved_at >= CHECKPOINT_SECONDS:
+        if save_now:
             if best is not None:
                 _save(best, out / "best.pt")
                 best = None
