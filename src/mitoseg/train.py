@@ -224,12 +224,13 @@ def recalibrate_batchnorm(model: torch.nn.Module, sampler: data.PatchSampler, tf
 def _finite_step(model: torch.nn.Module, loss: torch.Tensor) -> bool:
     """Backpropagate `loss`; True when the loss and every gradient are finite (else gradients are dropped).
 
-    One wait for the device per step: the gradients' total norm (fused reductions) is non-finite exactly
-    when a gradient is (or when finite gradients' norm overflows float32, ~1e38: a diverged step too).
-    A check per gradient tensor waited ~100 times per step, leaving a GPU idle in between."""
+    One wait for the device per step: the gradients' largest magnitude (fused reductions; the max norm,
+    which cannot overflow where a 2-norm of large finite gradients would) is non-finite exactly when a
+    gradient is. A check per gradient tensor waited ~100 times per step, leaving a GPU idle in between."""
     loss.backward()
     grads = [p.grad for p in model.parameters() if p.grad is not None]
-    total = torch.nn.utils.get_total_norm(grads) if grads else torch.zeros((), device=loss.device)
+    total = (torch.nn.utils.get_total_norm(grads, norm_type=math.inf) if grads
+             else torch.zeros((), device=loss.device))
     if bool(torch.isfinite(loss.detach().float() + total)):  # finite only when both are
         return True
     model.zero_grad(set_to_none=True)
