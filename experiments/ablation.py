@@ -15,12 +15,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import shlex
-import sys
-import time
 from pathlib import Path
 
 import numpy as np
+from record import header  # experiments/ is the script's folder, so on sys.path
 
 from mitoseg import compare, config, io, metrics, predict, train
 
@@ -72,9 +70,7 @@ def main(argv: list[str] | None = None) -> None:
     window = io.intensity_range(bench.test_image)
     dark = gamma(image, 1.4)
     dark_window = io.intensity_range(gamma(bench.test_image, 1.4))
-    result = {"command": "python " + " ".join(shlex.quote(x) for x in [sys.argv[0], *(argv or sys.argv[1:])]),
-              "date": time.strftime("%Y-%m-%d"), "machine": train.versions(), "data": bench.description,
-              "test_slices": [z0, z0 + a.slices], "iterations": a.iterations}
+    result = header(__file__, argv, bench.description, test_slices=[z0, z0 + a.slices], iterations=a.iterations)
     rows = []
     for key in a.variants:
         name, changes = VARIANTS[key]

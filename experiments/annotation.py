@@ -27,13 +27,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import shlex
-import sys
-import time
 from pathlib import Path
 
 import numpy as np
 import torch
+from record import header  # experiments/ is the script's folder, so on sys.path
 
 from mitoseg import compare, config, datasets, io, metrics, models, predict, suggest, train
 
@@ -97,10 +95,9 @@ def main(argv: list[str] | None = None) -> None:
     depth = ca1.train_image.shape[0]
     z0 = (ca1.test_image.shape[0] - a.slices) // 2
     test = (ca1.test_image[z0:z0 + a.slices], ca1.test_mask[z0:z0 + a.slices], io.intensity_range(ca1.test_image))
-    command = "python " + " ".join(shlex.quote(x) for x in [sys.argv[0], *(argv or sys.argv[1:])])
-    result = {"command": command, "date": time.strftime("%Y-%m-%d"), "machine": train.versions(),
-              "data": ca1.description, "test_slices": [z0, z0 + a.slices], "iterations": a.iterations,
-              "transfer_iterations": a.transfer_iterations or a.iterations, "curve": [], "suggest": [], "transfer": []}
+    result = header(__file__, argv, ca1.description, test_slices=[z0, z0 + a.slices], iterations=a.iterations,
+                    transfer_iterations=a.transfer_iterations or a.iterations, curve=[], suggest=[], transfer=[])
+    command = result["command"]
     if out.exists():  # keep the earlier rows (a row measured again replaces its earlier self)
         earlier = json.loads(out.read_text())
         result.update({k: v for k, v in earlier.items() if k not in ("command", "date", "machine")})

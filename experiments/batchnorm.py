@@ -14,14 +14,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import shlex
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 from ablation import gamma  # experiments/ is the script's folder, so on sys.path
 from ablation import score as iou
+from record import header
 
 from mitoseg import compare, data, io, train
 
@@ -59,9 +58,7 @@ def main(argv: list[str] | None = None) -> None:
             print(json.dumps(row), flush=True)
     out = Path(a.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    meta = {"command": "python experiments/batchnorm.py " + shlex.join(sys.argv[1:] if argv is None else argv),
-            "date": time.strftime("%Y-%m-%d"), "machine": train.versions(), "data": bench.description,
-            "test_slices": [z0, z0 + a.slices]}
+    meta = header(__file__, argv, bench.description, test_slices=[z0, z0 + a.slices])
     out.write_text(json.dumps({**meta, "rows": rows}, indent=2) + "\n")
     m = meta["machine"]
     lines = [f"BatchNorm statistics as saved (0 batches) and re-estimated over N training batches; IoU at "

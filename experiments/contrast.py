@@ -14,12 +14,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import shlex
-import sys
-import time
 from pathlib import Path
 
 import numpy as np
+from record import header  # experiments/ is the script's folder, so on sys.path
 
 from mitoseg import compare, metrics, predict, train
 
@@ -85,9 +83,7 @@ def main(argv: list[str] | None = None) -> None:
             print(json.dumps(row), flush=True)
     out = Path(a.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    meta = {"command": "python experiments/contrast.py " + shlex.join(sys.argv[1:] if argv is None else argv),
-            "date": time.strftime("%Y-%m-%d"), "machine": train.versions(), "data": bench.description,
-            "slices": [z0, z0 + a.slices]}
+    meta = header(__file__, argv, bench.description, slices=[z0, z0 + a.slices])
     out.write_text(json.dumps({**meta, "rows": rows}, indent=2) + "\n")
     out.with_suffix(".md").write_text(table(rows, z0, a.slices, a.rules) + "\n")
     print(table(rows, z0, a.slices, a.rules))

@@ -169,7 +169,7 @@ class _Batches(torch.utils.data.IterableDataset):
 
 def loader_workers(config: Config, device: torch.device) -> int:
     """Batch-preparing processes: `config.loader_workers`, else none on a CPU (they would take its cores
-    from the network) and up to 12 beside a GPU (one core augments a 2D batch in ~0.26 s, far slower
+    from the network) and up to 12 beside a GPU (the training process prepares a 2D batch in ~0.17 s, far slower
     than a GPU step), leaving two cores to the training process."""
     if config.loader_workers is not None:
         return config.loader_workers

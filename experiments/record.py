@@ -1,0 +1,18 @@
+"""What every experiment's JSON starts with: the command that repeats it, the date, the machine, the data."""
+
+from __future__ import annotations
+
+import shlex
+import sys
+import time
+from pathlib import Path
+
+from mitoseg import train
+
+
+def header(script: str, argv: list[str] | None, data: str, **extra) -> dict:
+    """The record's head: `python experiments/<script> <arguments>` (argv None: this process's), the
+    date, `train.versions()` and the data's description, then `extra`."""
+    args = sys.argv[1:] if argv is None else argv
+    return {"command": f"python experiments/{Path(script).name} {shlex.join(args)}".rstrip(),
+            "date": time.strftime("%Y-%m-%d"), "machine": train.versions(), "data": data, **extra}
