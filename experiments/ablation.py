@@ -37,6 +37,10 @@ VARIANTS = {  # folder: (name, Config changes); the first is the recipe every ot
     "batch2_xy96_seed1": ("2 patches of 32 x 96 x 96 per step, another seed", {"batch": 2, "patch_xy": 96, "seed": 1}),
     "instance_norm": ("InstanceNorm instead of BatchNorm", {"norm": "instance"}),
     "instance_norm_seed1": ("InstanceNorm instead of BatchNorm, another seed", {"norm": "instance", "seed": 1}),
+    "bn_freeze200": ("BatchNorm statistics frozen from iteration 200 (then used in training as in prediction)",
+                     {"bn_freeze": 200}),
+    "bn_freeze200_seed1": ("BatchNorm statistics frozen from iteration 200, another seed",
+                           {"bn_freeze": 200, "seed": 1}),
 }
 LAST = "recipe, last checkpoint instead of best validation IoU"
 
@@ -61,6 +65,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--runs", default=None, help="folder for the run folders (default: beside --out, in runs/)")
     p.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS),
                    help="rows to run, in order (default: all); finished run folders are reused")
+    p.add_argument("--dims", type=int, nargs="+", choices=(2, 3), default=[2, 3], help="models to train")
     a = p.parse_args(argv)
     out = Path(a.out)
     runs = Path(a.runs) if a.runs else out.parent / "runs"
@@ -74,7 +79,7 @@ def main(argv: list[str] | None = None) -> None:
     rows = []
     for key in a.variants:
         name, changes = VARIANTS[key]
-        for dims in (2, 3):
+        for dims in a.dims:
             cfg = config.quick(dims, epochs=max(1, a.iterations // PER_EPOCH), minutes=None,
                                iterations_per_epoch=PER_EPOCH, **changes)
             folder = runs / f"{key}_{dims}D"
@@ -101,7 +106,7 @@ def write(out: Path, result: dict) -> None:
     """The JSON and, once both models of the recipe are in, the Markdown table beside it."""
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2) + "\n")
-    if {("recipe", 2), ("recipe", 3)} <= {(r["variant"], r["dims"]) for r in result["rows"]}:
+    if any(r["variant"] == "recipe" for r in result["rows"]):
         out.with_suffix(".md").write_text(markdown(result))
 
 
@@ -109,7 +114,7 @@ def markdown(result: dict) -> str:
     """The ablation table: one row per change, test IoU per model and the difference to the recipe."""
     by = {(r["variant"], r["dims"]): r for r in result["rows"]}
     names = list(dict.fromkeys(r["variant"] for r in result["rows"]))
-    base = {d: by[("recipe", d)] for d in (2, 3)}
+    base = {d: by.get(("recipe", d)) for d in (2, 3)}
     m = result["machine"]
     lines = [f"# Training recipe ablation on CA1 ({result['iterations']} iterations per model)", "",
              f"Data: {result['data']}; test slices {result['test_slices'][0]}..{result['test_slices'][1] - 1} "
@@ -127,7 +132,8 @@ def markdown(result: dict) -> str:
                     cells.append("—")
                     continue
                 v = by[(name, d)][key]
-                delta = "" if name == "recipe" or key == "best_val_iou" else f" ({v - base[d][key]:+.3f})"
+                delta = ("" if name == "recipe" or key == "best_val_iou" or base[d] is None
+                         else f" ({v - base[d][key]:+.3f})")
                 cells.append(f"{v:.3f}{delta}")
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"

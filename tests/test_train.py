@@ -361,3 +361,22 @@ def test_batchnorm_statistics_are_re_estimated_as_a_plain_average(lucchi_crop):
     finally:
         hook.remove()
     torch.testing.assert_close(bn.running_mean, torch.stack(seen).mean(0), atol=1e-5, rtol=1e-4)
+
+
+def test_frozen_batchnorm_statistics_stay_fixed_from_the_freeze_on(tmp_path, small, monkeypatch):
+    """bn_freeze: at that iteration the statistics are re-estimated once (FREEZE_BATCHES batches), then
+    neither training steps nor the re-estimates before validation (bn_batches) change them, also on resume."""
+    monkeypatch.setattr(tr, "FREEZE_BATCHES", 2)
+    cfg = tiny(3, bn_freeze=3, bn_batches=4, amp=False)  # epoch 1 ends with a 4-batch re-estimate
+    tr.train(cfg, *small, tmp_path / "run", progress=False)
+    ckpt = torch.load(tmp_path / "run" / "last.pt", weights_only=False)
+    assert ckpt["state"]["bn_frozen"]
+    tracked = {k: int(v) for k, v in ckpt["model"].items() if k.endswith("num_batches_tracked")}
+    assert tracked and set(tracked.values()) == {2}
+    model, _ = tr.load_model(tmp_path / "run")
+    tr.train_mode(model, True)
+    assert model.training and not any(m.training for m in tr._batchnorms(model))
+    unfrozen = tr.train(tiny(3, bn_batches=4, amp=False), *small, tmp_path / "plain", progress=False)
+    assert unfrozen["iterations"] == 6
+    plain = torch.load(tmp_path / "plain" / "last.pt", weights_only=False)["model"]
+    assert {int(v) for k, v in plain.items() if k.endswith("num_batches_tracked")} == {4}

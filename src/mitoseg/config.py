@@ -37,6 +37,9 @@ class Config:
     intensity_aug: float = 1.0  # strength of whole-patch scale, shift and gamma augmentation (0: off)
     slice_jitter: float = 0.1  # per-slice gain range (offset: half of it); 0: off
     bn_batches: int = 0  # batches that re-estimate BatchNorm statistics before each validation (0: off)
+    # iteration from which BatchNorm statistics stay fixed (re-estimated once, then used in training as in
+    # prediction); None: never. At batch 1 a BatchNorm layer otherwise normalises each patch by itself.
+    bn_freeze: int | None = None
     validate_every: int = 1  # epochs between validations (and test-subset scores); the last one always
     loader_workers: int | None = None  # processes preparing batches (None: 0 on a CPU, up to 12 on a GPU)
     voxel_size: tuple[float, float, float] = (5.0, 5.0, 5.0)

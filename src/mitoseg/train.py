@@ -39,6 +39,7 @@ MAX_SKIPPED_IN_A_ROW = 10  # non-finite steps in a row before training stops as 
 # they were last written, and at the end: on a GPU an epoch takes ~1.5 s and writing them (155 MiB
 # for 2D, 461 MiB for 3D with the optimiser state) cost more than the training (results/README.md)
 CHECKPOINT_SECONDS = 30.0
+FREEZE_BATCHES = 50  # training batches that estimate the BatchNorm statistics frozen at `Config.bn_freeze`
 
 
 def versions() -> dict:
@@ -190,6 +191,19 @@ def batch_stream(sampler: data.PatchSampler, config: Config, device: torch.devic
         yield x.to(device, non_blocking=True).contiguous(memory_format=layout), y.to(device, non_blocking=True)
 
 
+def _batchnorms(model: torch.nn.Module) -> list[torch.nn.Module]:
+    return [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+
+
+def train_mode(model: torch.nn.Module, frozen_batchnorm: bool) -> None:
+    """`model.train()`; with `frozen_batchnorm` its BatchNorm layers stay in eval mode: they normalise with
+    their saved statistics, as in prediction, instead of each batch's own (their weights still learn)."""
+    model.train()
+    if frozen_batchnorm:
+        for m in _batchnorms(model):
+            m.eval()
+
+
 @torch.no_grad()
 def recalibrate_batchnorm(model: torch.nn.Module, sampler: data.PatchSampler, tf, config: Config,
                           device: torch.device, batches: int, seed: tuple[int, ...] = (0,)) -> None:
@@ -199,7 +213,7 @@ def recalibrate_batchnorm(model: torch.nn.Module, sampler: data.PatchSampler, tf
     cpu preset) that average follows the last few patches, so the model's eval-mode outputs shift from
     epoch to epoch ("precise BN", Wu & Johnson 2021). The weights are unchanged; `sampler.rng` is restored
     and `tf` is re-seeded from `seed` (training re-seeds it at every epoch start)."""
-    norms = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    norms = _batchnorms(model)
     if not norms or batches <= 0:
         return
     momenta = [m.momentum for m in norms]
@@ -317,12 +331,16 @@ def _train(config: Config, image: np.ndarray, mask: np.ndarray, out: Path, resum
         sampler.rng = np.random.default_rng([config.seed, epoch])
         tf.set_random_state(seed=config.seed + 1000 * epoch)
         torch.manual_seed(config.seed + epoch)
-        model.train()
+        train_mode(model, state.get("bn_frozen", False))
         losses, t0, done, skipped = [], time.perf_counter(), 0, 0
         bar = tqdm(range(n_iter), desc=f"{config.dims}D epoch {epoch + 1}", leave=False, disable=not progress)
         for _ in bar:
             progress_frac = max(state["iteration"] / total_iter, (state["elapsed"] + time.perf_counter() - t0) / budget)
             lr = learning_rate(config, state["iteration"], progress_frac)
+            if config.bn_freeze is not None and not state.get("bn_frozen") and state["iteration"] >= config.bn_freeze:
+                recalibrate_batchnorm(model, sampler, tf, config, device, FREEZE_BATCHES, (config.seed, 2))
+                state["bn_frozen"] = True
+                train_mode(model, True)
             for group in optimizer.param_groups:
                 group["lr"] = lr
             x, y = next(stream) if stream is not None else _batch(sampler, tf, config, device)
@@ -353,7 +371,7 @@ def _train(config: Config, image: np.ndarray, mask: np.ndarray, out: Path, resum
         state["epoch"] += 1
         last = state["epoch"] >= config.epochs or state["elapsed"] >= budget
         checked = last or state["epoch"] % config.validate_every == 0
-        if checked:
+        if checked and not state.get("bn_frozen"):
             recalibrate_batchnorm(model, sampler, tf, config, device, config.bn_batches, (config.seed, epoch, 1))
         val = validate(model, val_vol if checked else None, config, device)
         row = {"epoch": state["epoch"], "iterations": done,
