@@ -175,7 +175,7 @@ def parser() -> argparse.ArgumentParser:
                    help="normalisation layers: batch (default) or instance (independent of the batch size)")
     t.add_argument("--bn-freeze", type=arg("bn_freeze"), metavar="ITERATION",
                    help="from this iteration on, BatchNorm statistics stay fixed and training uses them as "
-                        "prediction does (default: never)")
+                        "prediction does (default: never; it hurt the 3D model on CA1, results/README.md)")
     t.add_argument("--loader-workers", type=arg("loader_workers"), metavar="N",
                    help="processes preparing training batches (default: 0 on a CPU, up to 12 beside a GPU)")
     t.add_argument("--patch-xy", type=arg("patch_xy"), help="training patch width and height (pixels)")
