@@ -365,7 +365,8 @@ def test_batchnorm_statistics_are_re_estimated_as_a_plain_average(lucchi_crop):
 
 def test_frozen_batchnorm_statistics_stay_fixed_from_the_freeze_on(tmp_path, small, monkeypatch):
     """bn_freeze: at that iteration the statistics are re-estimated once (FREEZE_BATCHES batches), then
-    neither training steps nor the re-estimates before validation (bn_batches) change them, also on resume."""
+    neither training steps nor the re-estimates before validation (bn_batches) change them; the checkpoint
+    records the freeze (a resumed run keeps its statistics frozen)."""
     monkeypatch.setattr(tr, "FREEZE_BATCHES", 2)
     cfg = tiny(3, bn_freeze=3, bn_batches=4, amp=False)  # epoch 1 ends with a 4-batch re-estimate
     tr.train(cfg, *small, tmp_path / "run", progress=False)
