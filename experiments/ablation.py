@@ -4,7 +4,8 @@
 
 Every row trains both models with the `quick` preset's patches (32 x 128 x 128 voxels per iteration)
 for `--iterations` iterations (validation every 50) with one change to the recipe, and scores the
-central `--slices` slices of the CA1 test volume (normalised with the whole test volume's window), raw
+central `--slices` slices of the CA1 test volume (normalised with the whole test volume's window by the
+run's rule), raw
 at probability 0.5 (no TTA, no post-processing), with the checkpoint of best validation IoU, as
 published and with gamma 1.4 applied to the test slices (the contrast change the 3D model failed in
 the contrast table). Equal iterations, not equal time: bf16's gain is its speed (benchmarks/bench_train.py),
@@ -41,6 +42,9 @@ VARIANTS = {  # folder: (name, Config changes); the first is the recipe every ot
                      {"bn_freeze": 200}),
     "bn_freeze200_seed1": ("BatchNorm statistics frozen from iteration 200, another seed",
                            {"bn_freeze": 200, "seed": 1}),
+    "equalize": ("histogram-equalised input (`--normalize equalize`) instead of the linear percentile window",
+                 {"normalize": "equalize"}),
+    "equalize_seed1": ("histogram-equalised input, another seed", {"normalize": "equalize", "seed": 1}),
 }
 LAST = "recipe, last checkpoint instead of best validation IoU"
 
@@ -72,9 +76,9 @@ def main(argv: list[str] | None = None) -> None:
     bench = compare.load_benchmark("lucchi")
     z0 = (bench.test_image.shape[0] - a.slices) // 2
     image, truth = bench.test_image[z0:z0 + a.slices], bench.test_mask[z0:z0 + a.slices]
-    window = io.intensity_range(bench.test_image)
     dark = gamma(image, 1.4)
-    dark_window = io.intensity_range(gamma(bench.test_image, 1.4))
+    windows = {rule: (io.intensity_range(bench.test_image, rule=rule),  # of the whole (changed) test volume
+                      io.intensity_range(gamma(bench.test_image, 1.4), rule=rule)) for rule in io.RULES}
     result = header(__file__, argv, bench.description, test_slices=[z0, z0 + a.slices], iterations=a.iterations)
     rows = []
     for key in a.variants:
@@ -93,8 +97,8 @@ def main(argv: list[str] | None = None) -> None:
                 model, cfg = train.load_model(folder / ckpt)
                 row = {"variant": row_name, "dims": dims, "changes": changes, "iterations": summary["iterations"],
                        "best_val_iou": summary["best_val_iou"],
-                       "test_iou": score(model, cfg, image, truth, window),
-                       "test_iou_gamma_1.4": score(model, cfg, dark, truth, dark_window)}
+                       "test_iou": score(model, cfg, image, truth, windows[cfg.normalize][0]),
+                       "test_iou_gamma_1.4": score(model, cfg, dark, truth, windows[cfg.normalize][1])}
                 rows.append(row)
                 print(f"{row_name} {dims}D: test IoU {row['test_iou']:.4f}, gamma 1.4 {row['test_iou_gamma_1.4']:.4f}",
                       flush=True)

@@ -57,9 +57,11 @@ def key(part: str, row: dict) -> tuple:
     return (row["annotated"],)
 
 
-def score(run: Path, image: np.ndarray, truth: np.ndarray, window) -> float:
-    """Foreground IoU at probability 0.5 of a run's best model on an image (Z, Y, X)."""
+def score(run: Path, image: np.ndarray, truth: np.ndarray, whole: np.ndarray) -> float:
+    """Foreground IoU at probability 0.5 of a run's best model on an image (Z, Y, X), a part of the volume
+    `whole` whose window (by the run's rule) normalises it."""
     model, cfg = train.load_model(run)
+    window = io.intensity_range(whole, rule=cfg.normalize)
     tile = predict.default_tile(cfg.dims, image.shape, cfg.tile)
     probs = predict.predict_array(model, image, cfg.dims, tile, cfg.overlap, window, amp=cfg.amp)
     return metrics.scores(metrics.confusion(probs >= 0.5, truth))["jaccard"]
@@ -94,7 +96,7 @@ def main(argv: list[str] | None = None) -> None:
     ca1 = compare.load_benchmark("lucchi")
     depth = ca1.train_image.shape[0]
     z0 = (ca1.test_image.shape[0] - a.slices) // 2
-    test = (ca1.test_image[z0:z0 + a.slices], ca1.test_mask[z0:z0 + a.slices], io.intensity_range(ca1.test_image))
+    test = (ca1.test_image[z0:z0 + a.slices], ca1.test_mask[z0:z0 + a.slices], ca1.test_image)
     result = header(__file__, argv, ca1.description, test_slices=[z0, z0 + a.slices], iterations=a.iterations,
                     transfer_iterations=a.transfer_iterations or a.iterations, curve=[], suggest=[], transfer=[])
     command = result["command"]
@@ -141,7 +143,7 @@ def main(argv: list[str] | None = None) -> None:
         return
     droso = compare.load_benchmark("drosophila")  # 3. transfer
     source = runs / f"ca1_{max(a.counts)}"
-    dtest = (droso.test_image, droso.test_mask, io.intensity_range(droso.test_image))
+    dtest = (droso.test_image, droso.test_mask, droso.test_image)
     for n in a.transfer:
         slices = ",".join(map(str, even(n, droso.train_image.shape[0])))
         row = {"annotated": n, "slices": slices}

@@ -81,13 +81,14 @@ def main(argv: list[str] | None = None) -> None:
     bench = compare.load_benchmark("lucchi")
     z0 = (bench.test_image.shape[0] - a.slices) // 2
     image, truth = bench.test_image[z0:z0 + a.slices], bench.test_mask[z0:z0 + a.slices]
-    window = io.intensity_range(bench.test_image)
-    dark, dark_window = gamma(image, 1.4), io.intensity_range(gamma(bench.test_image, 1.4))
+    dark = gamma(image, 1.4)
     rows = []
     for run in a.runs:
         model, cfg = train.load_model(run)
+        window = io.intensity_range(bench.test_image, rule=cfg.normalize)
+        dark_window = io.intensity_range(gamma(bench.test_image, 1.4), rule=cfg.normalize)
         train_vol, val_vol = data.split(bench.train_image, bench.train_mask, cfg.val_fraction,
-                                        io.intensity_range(bench.train_image))
+                                        io.intensity_range(bench.train_image, rule=cfg.normalize))
         sampler = data.PatchSampler(train_vol, cfg.patch, cfg.fg_fraction, np.random.default_rng(cfg.seed))
         tf = data.augmenter(cfg.seed, cfg.dims, cfg.intensity_aug, cfg.slice_jitter)
         device = next(model.parameters()).device

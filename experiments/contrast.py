@@ -5,9 +5,10 @@
 For each run folder (a trained 2D or 3D model), the central `--slices` slices of the CA1 test volume
 are changed as another acquisition would change them (squeezed into fewer grey levels as in the EPFL
 originals, darker, brighter, flatter, another gamma, brightness drifting slice by slice), predicted
-with the product's predictor and scored at probability 0.5. Each change is scored twice: with
-mitoseg's normalisation (`io.intensity_range`: the volume's 0.5-99.5 percentiles) and with the rule
-it replaced (uint8 mapped 0..255 as it is). Writes the JSON and a Markdown table beside it.
+with the product's predictor and scored at probability 0.5. Each change is scored with each of `--rules`:
+the rule the run was trained with (`Config.normalize`, see `io.intensity_range`), the linear percentile
+window, and the rule it replaced (uint8 mapped 0..255 as it is). Writes the JSON and a Markdown table
+beside it.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from pathlib import Path
 import numpy as np
 from record import header  # experiments/ is the script's folder, so on sys.path
 
-from mitoseg import compare, metrics, predict, train
+from mitoseg import compare, io, metrics, predict, train
 
 
 def changes(seed: int = 0) -> dict:
@@ -44,7 +45,7 @@ def changes(seed: int = 0) -> dict:
     }
 
 
-RULES = {"percentile": None, "fixed 0..255": (0.0, 255.0)}
+RULES = {"run": None, "percentile": "percentile", "fixed 0..255": (0.0, 255.0)}  # None: the run's Config.normalize
 
 
 def validation_threshold(run: str | Path) -> float:
@@ -59,7 +60,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--out", required=True, help="JSON to write; the .md table goes beside it")
     p.add_argument("--slices", type=int, default=64, help="central test slices to use")
     p.add_argument("--rules", nargs="+", choices=list(RULES), default=list(RULES),
-                   help="normalisation rules to score (default: both)")
+                   help="normalisation rules to score (default: all; run: the rule the run was trained with)")
     a = p.parse_args(argv)
     bench = compare.load_benchmark("lucchi")
     z0 = (bench.test_image.shape[0] - a.slices) // 2
@@ -71,10 +72,12 @@ def main(argv: list[str] | None = None) -> None:
         chosen = validation_threshold(run)
         for name, change in changes().items():
             vol = change(image)
-            row = {"model": f"{cfg.dims}D", "change": name, "grey_levels": int(np.ptp(vol)),
-                   "validation_threshold": chosen}
+            row = {"model": f"{cfg.dims}D, {cfg.normalize}", "run": Path(run).name, "change": name,
+                   "grey_levels": int(np.ptp(vol)), "validation_threshold": chosen}
             for rule in a.rules:
-                probs = predict.predict_array(model, vol, cfg.dims, tile, cfg.overlap, RULES[rule], amp=cfg.amp)
+                spec = RULES[rule] or cfg.normalize
+                window = io.intensity_range(vol, rule=spec) if isinstance(spec, str) else spec
+                probs = predict.predict_array(model, vol, cfg.dims, tile, cfg.overlap, window, amp=cfg.amp)
                 row[rule] = metrics.scores(metrics.confusion(probs >= 0.5, truth))["jaccard"]
                 if chosen != 0.5:
                     row[f"{rule}, validation threshold"] = metrics.scores(
@@ -92,17 +95,18 @@ def main(argv: list[str] | None = None) -> None:
 def table(rows: list[dict], z0: int, slices: int, rules: list[str]) -> str:
     """The Markdown table of `rows`: IoU per rule (and at the validation threshold where it is not 0.5)."""
     keys = [k for rule in rules for k in (rule, f"{rule}, validation threshold") if any(k in r for r in rows)]
-    names = {"percentile": "percentile rule (mitoseg)", "fixed 0..255": "fixed 0..255 (old rule)"}
+    names = {"run": "the run's own rule", "percentile": "percentile rule", "fixed 0..255": "fixed 0..255 (old rule)"}
     heads = [f"IoU, {names.get(k, k)}" if k in names else f"IoU, {k.split(',')[0]}, at the validation threshold"
              for k in keys]
     lines = [f"Test IoU (no TTA, probability 0.5 unless said) on CA1 test slices {z0}..{z0 + slices - 1} under "
              "grey-level changes; difference to the unchanged volume in brackets.", "",
              "| model | change | grey levels | " + " | ".join(heads) + " |", "|---|---|---|" + "---|" * len(keys)]
     for r in rows:
-        base = next(b for b in rows if b["model"] == r["model"])
+        base = next(b for b in rows if (b["model"], b.get("run")) == (r["model"], r.get("run")))
         cells = [f"{r[k]:.4f} ({r[k] - base[k]:+.4f})" + (f" at {r['validation_threshold']:g}" if "validation" in k
                                                               else "") if k in r else "—" for k in keys]
-        lines.append(f"| {r['model']} | {r['change']} | {r['grey_levels']} | " + " | ".join(cells) + " |")
+        model = f"{r['model']} ({r['run']})" if "run" in r else r["model"]
+        lines.append(f"| {model} | {r['change']} | {r['grey_levels']} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 

@@ -15,9 +15,9 @@ from mitoseg.config import Config
 from mitoseg.predict import predict_array
 
 
-def _run(tmp_path, raw, mask, dims, voxel_size):
+def _run(tmp_path, raw, mask, dims, voxel_size, **changes):
     cfg = Config(dims=dims, patch_xy=64, patch_z=8, batch=1, epochs=1, iterations_per_epoch=2, warmup_iterations=1,
-                 tile_xy=128, tile_z=8, overlap=0.25, val_fraction=0.25, voxel_size=voxel_size)
+                 tile_xy=128, tile_z=8, overlap=0.25, val_fraction=0.25, voxel_size=voxel_size, **changes)
     tr.train(cfg, raw, mask, tmp_path / "run", progress=False)
     tifffile.imwrite(tmp_path / "sample.tif", raw)
     return tmp_path / "run", tmp_path / "sample.tif"
@@ -93,3 +93,7 @@ def test_export_mistakes_are_one_line(tmp_path, ca1_run, lucchi_crop, capsys):
         err = capsys.readouterr().err.strip()
         assert err.count("\n") == 0 and message in err, err
     assert not (tmp_path / "m.zip").exists() and (tmp_path / "taken.zip").read_bytes() == b""
+    equalized, _ = _run(tmp_path / "eq", raw[:8], lucchi_crop[1][:8], 2, (5, 5, 5), normalize="equalize")
+    assert cli.main(["export", str(equalized), "--bioimageio", str(tmp_path / "e.zip"), "--sample", str(sample)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "--normalize equalize" in err and not (tmp_path / "e.zip").exists()

@@ -273,6 +273,38 @@ def test_contrast_changes_reach_the_network_alike(lucchi_crop):
         assert np.abs(out - ref).mean() < 0.01  # uint8 rounding only
 
 
+def test_equalize_is_blind_to_gamma_where_percentile_is_not(lucchi_crop):
+    """Gamma 1.4 and 0.7 on a CA1 crop: the equalising rule gives the network nearly the input of the
+    original (levels the change merges differ), the linear percentile window does not."""
+    raw, _ = lucchi_crop
+    f = raw.astype(np.float64) / 255
+    for g in (0.7, 1.4):
+        changed = np.rint(255 * f**g).astype(np.uint8)
+        diff = {rule: np.abs(io.normalize(changed, io.intensity_range(changed, rule=rule))
+                             - io.normalize(raw, io.intensity_range(raw, rule=rule))).mean()
+                for rule in io.RULES}
+        assert diff["equalize"] < 0.005 and diff["percentile"] > 0.03, diff
+
+
+def test_equalize_maps_levels_by_rank_for_every_dtype(lucchi_crop):
+    """The equalised input of a uint8 crop is (about) each voxel's rank in [0, 1]; uint16 (lookup table)
+    and float (interpolation) copies of it get the same input; the 2-level window is the linear rule."""
+    raw, _ = lucchi_crop
+    window = io.intensity_range(raw, rule="equalize")
+    assert len(window) == io.RULES["equalize"] and list(window) == sorted(window)
+    out = io.normalize(raw, window)
+    assert out.dtype == np.float32 and out.min() == 0.0 and out.max() == 1.0
+    rank = (np.argsort(np.argsort(raw, axis=None, kind="stable"), kind="stable") + 0.5) / raw.size
+    assert np.abs(out.ravel() - rank).mean() < 0.01  # ties: the mid-rank of a level, within its count
+    scaled = raw.astype(np.uint16) * 200
+    assert np.allclose(io.normalize(scaled, io.intensity_range(scaled, rule="equalize")), out, atol=1e-6)
+    assert np.allclose(io.normalize(raw.astype(np.float32), window), out, atol=1e-6)
+    linear = io.intensity_range(raw, rule="percentile")
+    assert np.array_equal(io.normalize(raw, linear), io.normalize(raw, (linear[0], linear[1])))
+    with pytest.raises(MitosegError, match="normalisation rule"):
+        io.intensity_range(raw, rule="zscore")
+
+
 @pytest.mark.parametrize("dtype", [np.uint16, np.float32, np.float64])
 def test_intensity_range_percentiles(crop, dtype):
     vol = crop[:8, :64, :64].astype(dtype) * (40 if dtype == np.uint16 else 0.01)

@@ -236,3 +236,27 @@ def test_tiles_per_length_counts_the_tiles_the_engine_computes(tmp_path, droso_c
     assert model.slices == _tiles(image.shape, block, tile)
 
 
+
+
+def test_a_run_trained_with_equalize_predicts_with_its_rule(tmp_path, lucchi_crop):
+    """`predict.predict` normalises a volume by the run's rule: an equalize run records the volume's
+    equalising window (256 levels, not the linear 2) and its output is the in-memory prediction with it."""
+    import tifffile
+
+    from mitoseg import train as tr
+
+    raw, mask = lucchi_crop
+    cfg = Config(dims=2, patch_xy=64, patch_z=8, batch=1, epochs=1, iterations_per_epoch=2, warmup_iterations=1,
+                 tile_xy=128, tile_z=8, overlap=0.25, val_fraction=0.25, normalize="equalize", amp=False)
+    tr.train(cfg, raw[:8], mask[:8], tmp_path / "run", progress=False)
+    model, cfg = tr.load_model(tmp_path / "run")
+    assert cfg.normalize == "equalize"
+    image = raw[8:12, :128, :128]
+    tifffile.imwrite(tmp_path / "image.tif", image)
+    out = predict.predict(tmp_path / "run", tmp_path / "image.tif", tmp_path / "p.zarr", dtype="float16",
+                          amp=False, progress=False)
+    window = io.intensity_range(image, rule="equalize")
+    assert tuple(io.open_volume(out).attrs["window"]) == window
+    tile = predict.run_tile(cfg, image.shape, None, None)
+    expect = predict.predict_array(model, image, 2, tile, cfg.overlap, window, amp=False)
+    np.testing.assert_allclose(io.open_volume(out)[:].astype(np.float32), expect, atol=2e-3)  # float16 storage

@@ -307,6 +307,8 @@ def test_init_starts_from_another_runs_weights(tmp_path, small):
             torch.testing.assert_close(pa, pb, rtol=1e-5, atol=1e-6)
     with pytest.raises(MitosegError, match="is a 2D resnet18 run; this run is 3D"):
         tr.train(tiny(3, init=str(tmp_path / "a")), *small, tmp_path / "c", progress=False)
+    with pytest.raises(MitosegError, match="trained with --normalize percentile; give the same"):
+        tr.train(tiny(2, init=str(tmp_path / "a"), normalize="equalize"), *small, tmp_path / "d", progress=False)
 
 
 def test_best_checkpoint_never_comes_from_a_flat_zero_line(tmp_path, small, monkeypatch):

@@ -45,7 +45,7 @@ def cmd_train(a: argparse.Namespace) -> None:
     changes = {k: v for k, v in dict(
         epochs=a.epochs, minutes=a.minutes, patch_xy=a.patch_xy, patch_z=a.patch_z, batch=a.batch, lr=a.lr,
         iterations_per_epoch=a.iterations_per_epoch, validate_every=a.validate_every, norm=a.norm,
-        bn_freeze=a.bn_freeze,
+        bn_freeze=a.bn_freeze, normalize=a.normalize,
         loader_workers=a.loader_workers, val_fraction=a.val_fraction, seed=a.seed,
         device=a.device, label_threshold=a.label_threshold, voxel_size=a.voxel_size, unlabeled=a.unlabeled,
         annotated_slices=a.annotated_slices, init=a.init, amp=False if a.fp32 else None).items() if v is not None}
@@ -176,6 +176,9 @@ def parser() -> argparse.ArgumentParser:
     t.add_argument("--bn-freeze", type=arg("bn_freeze"), metavar="ITERATION",
                    help="from this iteration on, BatchNorm statistics stay fixed and training uses them as "
                         "prediction does (default: never; it hurt the 3D model on CA1, results/README.md)")
+    t.add_argument("--normalize", choices=("percentile", "equalize"),
+                   help="how grey levels reach the network: percentile (default: the 0.5-99.5 %% window, linear) "
+                        "or equalize (histogram equalisation: blind to gamma changes; no bioimage.io export)")
     t.add_argument("--loader-workers", type=arg("loader_workers"), metavar="N",
                    help="processes preparing training batches (default: 0 on a CPU, up to 12 beside a GPU)")
     t.add_argument("--patch-xy", type=arg("patch_xy"), help="training patch width and height (pixels)")

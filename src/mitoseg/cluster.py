@@ -186,7 +186,8 @@ def predict_volume_dask(client, model_path: str | Path, image_spec: str | Path, 
         io.check_output(mask_out, overwrite)
     settings = predict.plan(volume, config.dims, tile or predict.run_tile(config, shape, tile_xy, tile_z),
                             config.overlap if overlap is None else overlap, block, dtype=dtype, threshold=threshold,
-                            tta=tta, amp=amp, batch_size=batch_size)
+                            window=io.intensity_range(volume, rule=config.normalize), tta=tta, amp=amp,
+                            batch_size=batch_size)
     attrs = {"voxel_size": config.voxel_size, **(attrs or {})}
     outputs = predict.open_outputs(shape, out, mask_out, settings, predict.fingerprint(net), attrs, resume, overwrite)
     del net

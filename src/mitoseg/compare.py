@@ -113,7 +113,7 @@ def configs(preset: str, epochs: int | None, minutes: float | None, voxel_size, 
 
 
 def _predict(model, cfg: Config, image: np.ndarray, path: Path, tta: bool, progress: bool,
-             window: tuple[float, float] | None = None) -> tuple[np.ndarray, float]:
+             window: tuple[float, ...] | None = None) -> tuple[np.ndarray, float]:
     """Probabilities uint8 (0..255) of a whole volume through the product's blockwise predictor, and seconds."""
     t0 = time.perf_counter()
     tile = default_tile(cfg.dims, image.shape, cfg.tile)
@@ -144,19 +144,20 @@ def run_model(cfg: Config, bench: Benchmark, folder: Path, progress: bool, tta: 
     level, each variant under "variants"). `monitor`: score the test volume's central slices after every
     epoch too (the test curve of the IoU-against-time figure)."""
     z0 = max(0, (bench.test_image.shape[0] - MONITOR_SLICES) // 2)
+    test_window = io.intensity_range(bench.test_image, rule=cfg.normalize)
     test_part = Volume(bench.test_image[z0:z0 + MONITOR_SLICES], bench.test_mask[z0:z0 + MONITOR_SLICES],
-                       io.intensity_range(bench.test_image))  # normalised as the whole test volume is
+                       test_window)  # normalised as the whole test volume is
     summary = train(cfg, bench.train_image, bench.train_mask, folder, overwrite=True, progress=progress,
                     monitor=test_part if monitor else None)
     model, cfg = load_model(folder, cfg.device)
-    window = io.intensity_range(bench.train_image)  # the validation split is normalised as in training
+    window = io.intensity_range(bench.train_image, rule=cfg.normalize)  # the validation split: as in training
     _, val = split(bench.train_image, bench.train_mask, cfg.val_fraction)
     val_probs, _ = _predict(model, cfg, val.image, folder / "val_probs.zarr", tta, progress, window)
     pp, candidates = postprocess.choose(val_probs, val.mask)
     del val_probs
     (folder / "postprocessing.json").write_text(json.dumps({"chosen": pp.as_dict(), "chosen_on": "validation split",
                                                             "candidates": candidates}, indent=2) + "\n")
-    probs, infer_s = _predict(model, cfg, bench.test_image, folder / "test_probs.zarr", False, progress)
+    probs, infer_s = _predict(model, cfg, bench.test_image, folder / "test_probs.zarr", False, progress, test_window)
     variants = {"raw": _scores(probs >= 128, bench.test_mask, 0)}
     tta_s = None
     if tta:

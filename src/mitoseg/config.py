@@ -6,7 +6,7 @@ import json
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
-from mitoseg import checks
+from mitoseg import checks, io
 from mitoseg.errors import MitosegError
 
 
@@ -52,6 +52,9 @@ class Config:
     overlap: float = 0.5
     encoder: str = "resnet18"
     norm: str = "batch"  # "batch" (BatchNorm) or "instance" (InstanceNorm, independent of batch size)
+    # how grey levels reach the network (`io.intensity_range`): "percentile" (linear 0.5-99.5 % window) or
+    # "equalize" (histogram equalisation between them: blind to gamma); runs saved without it are percentile
+    normalize: str = "percentile"
     # a little annotation: the only annotated slices ("0,40-43"; None: all), the label value that means
     # "not annotated" (recorded; applied when the labels are read), and the run whose weights start training
     annotated_slices: str | None = None
@@ -64,6 +67,8 @@ class Config:
             raise MitosegError(f"dims must be 2 or 3, not {self.dims}")
         if self.norm not in ("batch", "instance"):
             raise MitosegError(f"norm must be batch or instance, not {self.norm!r}")
+        if self.normalize not in io.RULES:
+            raise MitosegError(f"normalize must be one of {', '.join(io.RULES)}, not {self.normalize!r}")
         if len(tuple(self.voxel_size)) != 3:
             raise MitosegError(f"voxel-size must be three numbers (Z, Y, X) in nm, not {self.voxel_size}")
         checks.check(**{f.name: getattr(self, f.name) for f in fields(self) if f.name in checks.RULES})

@@ -23,7 +23,7 @@ class Volume:
 
     image: np.ndarray
     mask: np.ndarray
-    window: tuple[float, float] = (0.0, 1.0)
+    window: tuple[float, ...] = (0.0, 1.0)
 
 
 IGNORE = 2  # mask value of voxels nobody annotated: no loss, no sampling centre, no score
@@ -68,7 +68,7 @@ def annotate_slices(mask: np.ndarray, slices: list[int]) -> np.ndarray:
 
 
 def split(image: np.ndarray, mask: np.ndarray, val_fraction: float,
-          window: tuple[float, float] = (0.0, 1.0)) -> tuple[Volume, Volume | None]:
+          window: tuple[float, ...] = (0.0, 1.0)) -> tuple[Volume, Volume | None]:
     """Hold out the last `val_fraction` of the X axis for validation; both parts are views with `window`.
 
     X is cut (not Z) so thin stacks keep every section in both parts. Returns (train, val or None).

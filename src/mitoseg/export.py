@@ -124,6 +124,9 @@ def export_bioimageio(run: str | Path, sample: str, out: str | Path, overwrite: 
     if out.exists() and not overwrite:
         raise MitosegError(f"{out} exists; pass --overwrite to replace it")
     model, config = load_model(run, "cpu")
+    if config.normalize != "percentile":
+        raise MitosegError(f"{run} was trained with --normalize {config.normalize}, which the bioimage.io "
+                           "preprocessing steps cannot express; export a run trained with percentile normalisation")
     net = _Probabilities(traceable(model.net)).eval()
     x = test_crop(io.open_volume(sample), config)[None, None]
     with torch.no_grad():

@@ -207,33 +207,54 @@ def read_volume(spec: str | Path) -> np.ndarray:
     return np.asarray(open_volume(spec)[:])
 
 
-def intensity_range(arr: Any, max_samples: int = 2_000_000) -> tuple[float, float]:
-    """The intensity window mapped to [0, 1] for the network, as (low, high) in the volume's units.
+RULES = {"percentile": 2, "equalize": 256}  # normalisation rule: knots (grey levels at evenly spaced percentiles)
 
-    One rule for every dtype (uint8 too): the 0.5 and 99.5 percentiles of a strided subsample of the
-    whole volume (about `max_samples` voxels). A stack acquired with another contrast or brightness
-    (e.g. grey levels 40..210 instead of 0..255) then reaches the network as the same [0, 1] input,
-    and one bright artefact does not flatten the contrast. The window is computed once per volume, so
-    blocks predicted separately still agree with the whole. Raises MitosegError on NaN or infinite
-    values in the subsample.
+
+def intensity_range(arr: Any, max_samples: int = 2_000_000, rule: str = "percentile") -> tuple[float, ...]:
+    """The grey levels that `normalize` maps to evenly spaced values from 0 to 1 (the window), in the
+    volume's units: its percentiles at ``RULES[rule]`` evenly spaced points from 0.5 to 99.5, taken over a
+    strided subsample of the whole volume (about `max_samples` voxels).
+
+    - "percentile" (two levels: 0.5 and 99.5 %): a linear window. A stack acquired with another contrast or
+      brightness (e.g. grey levels 40..210 instead of 0..255) reaches the network as the same [0, 1] input,
+      and one bright artefact does not flatten the contrast. For every dtype, uint8 too.
+    - "equalize" (256 levels): histogram equalisation between them: each grey level goes to (about) its
+      rank in the volume, so any monotone change of the grey levels (gamma too) reaches the network alike,
+      as long as the volume holds the same mixture of tissue.
+
+    The window is computed once per volume, so blocks predicted separately still agree with the whole.
+    Raises MitosegError on NaN or infinite values in the subsample, or on an unknown rule.
     """
+    if rule not in RULES:
+        raise MitosegError(f"normalisation rule must be one of {', '.join(RULES)}, not {rule!r}")
     step = max(1, int(np.ceil((np.prod(arr.shape) / max_samples) ** (1 / 3))))
     sample = np.asarray(arr[::step, ::step, ::step], dtype=np.float64)
     if not np.isfinite(sample).all():
         raise MitosegError("the image holds NaN or infinite values; replace them before segmenting")
-    low, high = np.percentile(sample, [0.5, 99.5])
-    if high <= low:
-        high = low + 1.0
-    return float(low), float(high)
+    levels = np.percentile(sample, np.linspace(0.5, 99.5, RULES[rule]))
+    if levels[-1] <= levels[0]:
+        levels = np.linspace(levels[0], levels[0] + 1.0, len(levels))
+    return tuple(float(v) for v in levels)
 
 
-def normalize(block: np.ndarray, window: tuple[float, float]) -> np.ndarray:
-    """Map intensities to float32 [0, 1] with the window from `intensity_range` (clipped)."""
-    low, high = window
-    out = (np.asarray(block, dtype=np.float32) - low) / (high - low)
-    if not np.isfinite(out).all():
+def normalize(block: np.ndarray, window: tuple[float, ...]) -> np.ndarray:
+    """Map intensities to float32 [0, 1] with the window from `intensity_range`: its levels go to evenly
+    spaced values from 0 to 1, linearly in between, clipped outside. Levels repeated in the window (a grey
+    level that fills several percentiles of a uint8 volume) go to the mean of their values."""
+    if len(window) == 2:
+        low, high = window
+        out = (np.asarray(block, dtype=np.float32) - low) / (high - low)
+        if not np.isfinite(out).all():
+            raise MitosegError("the image holds NaN or infinite values; replace them before segmenting")
+        return np.clip(out, 0.0, 1.0, out=out)
+    levels, where = np.unique(np.asarray(window, dtype=np.float64), return_inverse=True)
+    values = np.bincount(where, np.linspace(0, 1, len(window))) / np.bincount(where)
+    block = np.asarray(block)
+    if block.dtype in (np.uint8, np.uint16):  # a lookup table over every grey level: faster than per voxel
+        return np.interp(np.arange(np.iinfo(block.dtype).max + 1), levels, values).astype(np.float32)[block]
+    if not np.isfinite(block).all():
         raise MitosegError("the image holds NaN or infinite values; replace them before segmenting")
-    return np.clip(out, 0.0, 1.0, out=out)
+    return np.interp(block, levels, values).astype(np.float32)
 
 
 def check_binary(labels: Any, name: str = "labels", max_samples: int = 2_000_000) -> None:

@@ -94,7 +94,7 @@ def block_plan(shape: tuple[int, ...], block: Block, tile: tuple[int, int, int],
     return tile, starts, region
 
 
-def read_region(volume: Any, region: Block, window: tuple[float, float]) -> np.ndarray:
+def read_region(volume: Any, region: Block, window: tuple[float, ...]) -> np.ndarray:
     """The normalised float32 input of a block's region."""
     return io.normalize(volume[region], window)
 
@@ -107,7 +107,7 @@ def auto_batch(tile: tuple[int, int, int], device: torch.device) -> int:
 
 
 def predict_block(model: torch.nn.Module, volume: Any, block: Block, tile: tuple[int, int, int],
-                  overlap: float, window: tuple[float, float], device: torch.device, dims: int,
+                  overlap: float, window: tuple[float, ...], device: torch.device, dims: int,
                   batch_size: int | None = None, tta: bool = False, amp: bool = True,
                   image: np.ndarray | None = None) -> np.ndarray:
     """Probabilities float32 (block shape) for one block of `volume` (Z, Y, X), from every tile of the
@@ -144,7 +144,7 @@ def predict_block(model: torch.nn.Module, volume: Any, block: Block, tile: tuple
 
 
 def predict_array(model: torch.nn.Module, image: np.ndarray, dims: int, tile: tuple[int, int, int],
-                  overlap: float = 0.5, window: tuple[float, float] | None = None,
+                  overlap: float = 0.5, window: tuple[float, ...] | None = None,
                   device: torch.device | None = None, batch_size: int | None = None, tta: bool = False,
                   amp: bool = True) -> np.ndarray:
     """Probabilities float32 (Z, Y, X) for an in-memory volume: one block covering it all."""
@@ -236,7 +236,7 @@ class Settings:
 
     tile: tuple[int, int, int]
     overlap: float
-    window: tuple[float, float]
+    window: tuple[float, ...]
     block: tuple[int, int, int]
     dtype: str = "uint8"
     threshold: float = 0.5
@@ -252,7 +252,7 @@ class Settings:
 
 
 def plan(volume: Any, dims: int, tile: tuple[int, int, int], overlap: float, block: tuple[int, int, int] | None = None,
-         window: tuple[float, float] | None = None, **options: Any) -> Settings:
+         window: tuple[float, ...] | None = None, **options: Any) -> Settings:
     """The prediction settings for `volume` (Z, Y, X): `block` defaults to `default_block`, `window` to
     `io.intensity_range` of the volume; `options` are the other `Settings` fields. A 2D model's tile is
     one slice deep whatever `tile` says."""
@@ -292,15 +292,16 @@ def predict_volume(model: torch.nn.Module, image: Any, out: str | Path, dims: in
                    dtype: str = "uint8", mask_out: str | Path | None = None, threshold: float = 0.5,
                    batch_size: int | None = None, tta: bool = False, amp: bool = True,
                    device: torch.device | None = None, attrs: dict | None = None, overwrite: bool = False,
-                   resume: bool = False, progress: bool = True, window: tuple[float, float] | None = None) -> Path:
+                   resume: bool = False, progress: bool = True, window: tuple[float, ...] | None = None) -> Path:
     """Predict a whole volume block by block, in this process, into a Zarr array of probabilities at `out`.
 
     image: array-like (Z, Y, X) or a path understood by `io.open_volume`. Writes `<out>.partial`
     first and renames when done (`blocks.open_output`); with `resume`, blocks finished by an earlier run
     with the same settings and model are skipped (other settings are refused).
     Optionally writes a binary mask (uint8 {0, 1}, probability >= threshold) to `mask_out`.
-    `window`: the intensity window mapped to [0, 1] (default: `io.intensity_range` of this volume;
-    give the larger volume's window when `image` is a part of it). Returns the output path.
+    `window`: the intensity window mapped to [0, 1] (default: `io.intensity_range` of this volume by the
+    percentile rule; give `io.intensity_range(volume, rule=config.normalize)` for a run trained with another
+    rule, and the larger volume's window when `image` is a part of it). Returns the output path.
     `cluster.predict_volume_dask` does the same on a Dask cluster, with the same result.
     """
     from tqdm.auto import tqdm
@@ -374,7 +375,8 @@ def predict(model: str | Path, image: str | Path, out: str | Path, *, mask_out: 
     return predict_volume(net, volume, out, config.dims, run_tile(config, volume.shape, tile_xy, tile_z),
                           config.overlap if overlap is None else overlap, block, dtype, mask_out, threshold,
                           batch_size, tta, amp, attrs={"voxel_size": config.voxel_size, **attrs},
-                          overwrite=overwrite, resume=resume, progress=progress)
+                          overwrite=overwrite, resume=resume, progress=progress,
+                          window=io.intensity_range(volume, rule=config.normalize))
 
 
 def run_tile(config: Any, shape: tuple[int, ...], tile_xy: int | None, tile_z: int | None) -> tuple[int, int, int]:

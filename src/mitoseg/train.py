@@ -131,11 +131,15 @@ def masked_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
 
 
 def load_init(model: torch.nn.Module, config: Config, device: torch.device) -> None:
-    """Start `model` from the weights of the run (or checkpoint) `config.init`: same dims and encoder."""
+    """Start `model` from the weights of the run (or checkpoint) `config.init`: same dims, encoder and
+    normalisation rule (its weights expect their input normalised as they were trained)."""
     other_model, other = load_model(config.init, device)
     if (other.dims, other.encoder) != (config.dims, config.encoder):
         raise MitosegError(f"--init {config.init} is a {other.dims}D {other.encoder} run; this run is "
                            f"{config.dims}D {config.encoder}: they must match")
+    if other.normalize != config.normalize:
+        raise MitosegError(f"--init {config.init} was trained with --normalize {other.normalize}; give the same "
+                           f"--normalize (not {config.normalize})")
     model.load_state_dict(other_model.state_dict())
 
 
@@ -294,7 +298,7 @@ def _train(config: Config, image: np.ndarray, mask: np.ndarray, out: Path, resum
 
     device = pick_device(config.device)
     torch.manual_seed(config.seed)
-    train_vol, val_vol = data.split(image, mask, config.val_fraction, io.intensity_range(image))
+    train_vol, val_vol = data.split(image, mask, config.val_fraction, io.intensity_range(image, rule=config.normalize))
     sampler = data.PatchSampler(train_vol, config.patch, config.fg_fraction, np.random.default_rng(config.seed))
     tf = data.augmenter(config.seed, config.dims, config.intensity_aug, config.slice_jitter)
     # channels-last throughout (prediction uses it too), so validation never changes the layout mid-run

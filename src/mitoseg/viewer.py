@@ -243,7 +243,7 @@ def segment(image: Any, model: str | Path, threshold: float = 0.5, min_size: int
     volume = io.check_volume(image, "the image layer")
     net, config = load_model(model, device)
     tile = predict.run_tile(config, tuple(volume.shape), None, None)
-    window = io.intensity_range(volume)
+    window = io.intensity_range(volume, rule=config.normalize)
     z = volume.shape[0]
     grid = blocks.grid(volume.shape, (max(tile[0], -(-z // 10)), *volume.shape[1:]))  # about 10 steps
     probs = np.zeros(volume.shape, np.uint8)
