@@ -72,7 +72,7 @@ def main(argv: list[str] | None = None) -> None:
         chosen = validation_threshold(run)
         for name, change in changes().items():
             vol = change(image)
-            row = {"model": f"{cfg.dims}D, {cfg.normalize}", "run": Path(run).name, "change": name,
+            row = {"model": f"{cfg.dims}D, {cfg.normalize}", "folder": Path(run).name, "change": name,
                    "grey_levels": int(np.ptp(vol)), "validation_threshold": chosen}
             for rule in a.rules:
                 spec = RULES[rule] or cfg.normalize
@@ -102,10 +102,10 @@ def table(rows: list[dict], z0: int, slices: int, rules: list[str]) -> str:
              "grey-level changes; difference to the unchanged volume in brackets.", "",
              "| model | change | grey levels | " + " | ".join(heads) + " |", "|---|---|---|" + "---|" * len(keys)]
     for r in rows:
-        base = next(b for b in rows if (b["model"], b.get("run")) == (r["model"], r.get("run")))
+        base = next(b for b in rows if (b["model"], b.get("folder")) == (r["model"], r.get("folder")))
         cells = [f"{r[k]:.4f} ({r[k] - base[k]:+.4f})" + (f" at {r['validation_threshold']:g}" if "validation" in k
                                                               else "") if k in r else "—" for k in keys]
-        model = f"{r['model']} ({r['run']})" if "run" in r else r["model"]
+        model = f"{r['model']} ({r['folder']})" if "folder" in r else r["model"]
         lines.append(f"| {model} | {r['change']} | {r['grey_levels']} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
