@@ -109,10 +109,10 @@ def test_3d_model_learns_on_a_thin_anisotropic_stack(tmp_path, droso_crop):
     """50 nm sections, 4.6 nm pixels: the encoder halves Z twice, not five times, and the model learns."""
     raw, mask = droso_crop
     cfg = tiny(3, patch_z=8, tile_z=8, epochs=4, iterations_per_epoch=25, lr=3e-3, tile_xy=128, val_fraction=0.3,
-               voxel_size=(50, 4.6, 4.6), warmup_iterations=5)
+               voxel_size=(50, 4.6, 4.6), warmup_iterations=5, amp=False)  # float32: bf16 3D does not repeat
     tr.train(cfg, raw[:8], mask[:8], tmp_path / "run", progress=False)
     rows = tr.read_log(tmp_path / "run")
-    assert max(r["val_iou"] for r in rows) > 2 * mask[:8].mean()
+    assert max(r["val_iou"] for r in rows) > 2 * mask[:8].mean(), [r["val_iou"] for r in rows]
 
 
 def _nan_loss_on(monkeypatch, bad_calls):
