@@ -77,8 +77,10 @@ def main(argv: list[str] | None = None) -> None:
     z0 = (bench.test_image.shape[0] - a.slices) // 2
     image, truth = bench.test_image[z0:z0 + a.slices], bench.test_mask[z0:z0 + a.slices]
     dark = gamma(image, 1.4)
+    whole_dark = gamma(bench.test_image, 1.4)
     windows = {rule: (io.intensity_range(bench.test_image, rule=rule),  # of the whole (changed) test volume
-                      io.intensity_range(gamma(bench.test_image, 1.4), rule=rule)) for rule in io.RULES}
+                      io.intensity_range(whole_dark, rule=rule)) for rule in io.RULES}
+    del whole_dark
     result = header(__file__, argv, bench.description, test_slices=[z0, z0 + a.slices], iterations=a.iterations)
     rows = []
     for key in a.variants:
