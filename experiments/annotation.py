@@ -13,14 +13,16 @@ post-processing). The curve runs for each model in `--dims`; suggest and transfe
    `--choices N` also trains on N - 1 other even spreads (shifted by j / N of the spacing) for the
    spread over slice choices.
 2. Suggest: the first k's model ranks the other slices (`mitoseg suggest`, TTA); a run annotated on
-   those k slices plus k suggested ones is compared with the curve's run on 2k evenly spread slices.
+   those k slices plus k suggested ones, and one on those k slices plus suggested `--box`-pixel boxes
+   holding as many pixels as k slices (the rest of their slices not annotated), are compared with the
+   curve's run on 2k evenly spread slices.
 3. Transfer: the Drosophila stack (left half trains, right half tests), 1, 2 and 5 annotated slices,
    from scratch and fine-tuned from the curve's run on all CA1 slices (`--init`), for
    `--transfer-iterations` iterations each.
-Rows of an earlier --out are kept unless this call measures the same row again; `--parts transfer` (say)
-runs only that part.
+Rows of an earlier --out are kept unless this call measures the same row again (`--only-new`: rows already
+in --out are not measured again); `--parts transfer` (say) runs only that part.
 Writes the JSON after every row (an interrupted call keeps what it measured; finished runs are reused)
-and a Markdown table beside it.
+and a Markdown table and a figure of the curve (PNG) beside it.
 """
 
 from __future__ import annotations
@@ -31,9 +33,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from matplotlib.figure import Figure
 from record import header  # experiments/ is the script's folder, so on sys.path
 
-from mitoseg import compare, config, datasets, io, metrics, models, predict, suggest, train
+from mitoseg import compare, config, data, datasets, io, metrics, models, plots, predict, suggest, train
 
 PER_EPOCH = 50
 PARTS = ("curve", "suggest", "transfer")
@@ -54,6 +57,8 @@ def key(part: str, row: dict) -> tuple:
     """What makes a row the same measurement (older rows: the 2D model, the first choice)."""
     if part == "curve":
         return row.get("dims", 2), row["annotated"], row.get("choice", 0)
+    if part == "suggest":
+        return row["annotated"], row.get("kind", "slices")
     return (row["annotated"],)
 
 
@@ -84,12 +89,14 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--dims", type=int, nargs="+", default=[2], choices=[2, 3], help="models of the curve")
     p.add_argument("--choices", type=int, default=1, help="slice choices per count on the curve")
     p.add_argument("--slices", type=int, default=64, help="central CA1 test slices to score")
+    p.add_argument("--box", type=int, default=256, help="side in pixels of the suggested boxes")
     p.add_argument("--transfer", type=int, nargs="+", default=[1, 2, 5], help="annotated Drosophila slices")
     p.add_argument("--transfer-iterations", type=int,
                    help="training iterations per transfer run (default: --iterations)")
     p.add_argument("--parts", nargs="+", default=list(PARTS), choices=PARTS,
                    help="parts to run; the others' rows are kept from an earlier --out")
     p.add_argument("--runs", default=None, help="folder for the run folders (default: runs/ beside --out)")
+    p.add_argument("--only-new", action="store_true", help="skip the rows already in --out")
     a = p.parse_args(argv)
     out = Path(a.out)
     runs = Path(a.runs) if a.runs else out.parent / "runs"
@@ -106,6 +113,13 @@ def main(argv: list[str] | None = None) -> None:
         result["commands"] = list(dict.fromkeys([*earlier.get("commands", [earlier["command"]]), command]))
         result["dates"] = sorted({*earlier.get("dates", [earlier["date"]]), result["date"]})
 
+    def measured(part: str, row: dict) -> bool:
+        """Whether `--only-new` skips this row (one already in --out)."""
+        done = a.only_new and any(key(part, r) == key(part, row) for r in result[part])
+        if done:
+            print(part, "already measured:", key(part, row), flush=True)
+        return done
+
     def add(part: str, row: dict) -> None:
         result[part] = [r for r in result[part] if key(part, r) != key(part, row)] + [row]
         print(part, {k: v for k, v in row.items() if k != "slices"}, flush=True)
@@ -113,32 +127,44 @@ def main(argv: list[str] | None = None) -> None:
 
     for dims in a.dims if "curve" in a.parts else []:  # 1. the curve
         for k in a.counts:
-            for choice, shift in enumerate(shifts(a.choices)):
+            for choice, shift in enumerate(shifts(1 if k >= depth else a.choices)):  # every slice: one choice
                 slices = even(k, depth, shift)
                 folder = runs / ("ca1" + ("_3d" if dims == 3 else "") + f"_{k}" + (f"_c{choice}" if choice else ""))
+                if measured("curve", {"dims": dims, "annotated": len(slices), "choice": choice}):
+                    continue
                 s = fit(folder, ca1.train_image, ca1.train_mask, a.iterations, dims,
                         annotated_slices=None if k >= depth else ",".join(map(str, slices)))
                 add("curve", {"dims": dims, "annotated": len(slices), "choice": choice, "slices": slices,
                               "best_val_iou": s["best_val_iou"], "test_iou": score(folder, *test),
                               "train_seconds": s["train_seconds"], "cpu": train.cpu_name(),
                               "bf16": models.bf16_native(torch.device("cpu"))})
-                if k >= depth:
-                    break  # every slice: one choice only
 
-    k = a.counts[0]  # 2. suggested slices vs evenly spread ones, same count
+    k = a.counts[0]  # 2. suggested slices (or boxes) vs evenly spread slices, same annotated pixels
     if "suggest" in a.parts and 2 * k in a.counts:
         base = even(k, depth)
-        picked = [r["slice"] for r in suggest.suggest(runs / f"ca1_{k}", datasets.lucchi_dir()[0] / "training.tif",
-                                                      count=k, annotated=",".join(map(str, base)), progress=False)]
-        slices = sorted(base + picked)
-        s = fit(runs / f"ca1_{k}+{k}suggested", ca1.train_image, ca1.train_mask, a.iterations,
-                annotated_slices=",".join(map(str, slices)))
+        volume = datasets.lucchi_dir()[0] / "training.tif"
         evenly = next(r for r in result["curve"] if key("curve", r) == (2, 2 * k, 0))  # needs the curve's run
-        add("suggest", {"annotated": len(slices), "slices": slices, "suggested": picked,
-                        "best_val_iou": s["best_val_iou"], "test_iou": score(runs / f"ca1_{k}+{k}suggested", *test),
-                        "evenly_test_iou": evenly["test_iou"]})
+        cells = len(suggest.boxes(ca1.train_image.shape[1:], a.box))
+        for kind, count in (("slices", k), ("boxes", k * cells)):
+            if measured("suggest", {"annotated": 2 * k, "kind": kind}):
+                continue
+            picked = suggest.suggest(runs / f"ca1_{k}", volume, count=count, annotated=",".join(map(str, base)),
+                                     progress=False, box=a.box if kind == "boxes" else None)
+            mask = np.full_like(ca1.train_mask, data.IGNORE)  # annotated: the even slices and the picks
+            for z, y, x, h, w in [(z, 0, 0, *ca1.train_mask.shape[1:]) for z in base] + \
+                    [(r["slice"], r["y"], r["x"], r["height"], r["width"]) for r in picked]:
+                mask[z, y:y + h, x:x + w] = ca1.train_mask[z, y:y + h, x:x + w]
+            folder = runs / (f"ca1_{k}+{k}suggested" + (f"_boxes{a.box}" if kind == "boxes" else ""))
+            s = fit(folder, ca1.train_image, mask, a.iterations)
+            add("suggest", {"annotated": 2 * k, "kind": kind, "box": a.box if kind == "boxes" else None,
+                            "slices": base, "suggested": [[r["slice"], r["y"], r["x"]] for r in picked]
+                            if kind == "boxes" else [r["slice"] for r in picked],
+                            "best_val_iou": s["best_val_iou"], "test_iou": score(folder, *test),
+                            "evenly_test_iou": evenly["test_iou"], "cpu": train.cpu_name(),
+                            "bf16": models.bf16_native(torch.device("cpu"))})
 
     if "transfer" not in a.parts:
+        write(out, result)
         print(markdown(result))
         return
     droso = compare.load_benchmark("drosophila")  # 3. transfer
@@ -147,6 +173,8 @@ def main(argv: list[str] | None = None) -> None:
     for n in a.transfer:
         slices = ",".join(map(str, even(n, droso.train_image.shape[0])))
         row = {"annotated": n, "slices": slices}
+        if measured("transfer", row):
+            continue
         for name, init in (("scratch", None), ("fine_tuned", str(source))):
             folder = runs / f"droso_{n}_{name}"
             s = fit(folder, droso.train_image, droso.train_mask, a.transfer_iterations or a.iterations,
@@ -154,7 +182,8 @@ def main(argv: list[str] | None = None) -> None:
                     voxel_size=droso.voxel_size, init=init)
             row[f"{name}_best_val_iou"] = s["best_val_iou"]
             row[f"{name}_test_iou"] = score(folder, *dtest)
-        add("transfer", row)
+        add("transfer", {**row, "cpu": train.cpu_name(), "bf16": models.bf16_native(torch.device("cpu"))})
+    write(out, result)
     print(markdown(result))
 
 
@@ -162,15 +191,45 @@ def write(out: Path, result: dict) -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2) + "\n")
     out.with_suffix(".md").write_text(markdown(result))
+    if result["curve"]:
+        plots.save(figure(result), out.with_suffix(".png"))
+
+
+def figure(result: dict) -> Figure:
+    """Test IoU against annotated slices (log axis): every run a dot, the mean over slice choices a line,
+    per model; the study's IoU (from its F1, all 165 slices) dashed."""
+    fig = Figure(figsize=(6.4, 4.2))
+    ax = fig.add_subplot()
+    for dims, color in ((2, "tab:blue"), (3, "tab:orange")):
+        rows = [r for r in result["curve"] if r.get("dims", 2) == dims]
+        if not rows:
+            continue
+        ax.scatter([r["annotated"] for r in rows], [r["test_iou"] for r in rows], color=color, s=18, alpha=0.6)
+        counts = sorted({r["annotated"] for r in rows})
+        means = [np.mean([r["test_iou"] for r in rows if r["annotated"] == n]) for n in counts]
+        ax.plot(counts, means, color=color, label=f"{dims}D model (line: mean over slice choices)")
+        f1 = compare.STUDY[f"{dims}D"]["f1"]
+        ax.axhline(f1 / (2 - f1), color=color, ls="--", lw=1, label=f"the study's {dims}D model, all slices")
+    ax.set(xscale="log", xlabel="annotated CA1 training slices (evenly spread, of 165)",
+           ylabel="test foreground IoU", ylim=(0, 1),
+           title=f"How little annotation is enough ({result['iterations']} iterations per run)")
+    ticks = sorted({r["annotated"] for r in result["curve"]})
+    ax.set_xticks(ticks, [str(n) for n in ticks])
+    ax.minorticks_off()
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="lower right")
+    fig.tight_layout()
+    return fig
 
 
 def markdown(result: dict) -> str:
     """The three tables of a result."""
     m = result["machine"]
+    cpus = sorted({r["cpu"] for part in PARTS for r in result[part] if "cpu" in r} or {m["cpu"]})
     lines = [f"# How little annotation is enough ({result['iterations']} iterations per run)", "",
              f"CA1 data: {result['data']}; test slices {result['test_slices'][0]}..{result['test_slices'][1] - 1} "
              "of the CA1 test volume, raw prediction at 0.5 (no TTA, no post-processing), best-validation "
-             f"checkpoint. Machine: {m['cpu']} ({m['cpu_count']} cores). "
+             f"checkpoint. Machines: {'; '.join(cpus)} ({m['cpu_count']} cores; each row's CPU is in the JSON). "
              f"Dates: {', '.join(result.get('dates', [result['date']]))}. "
              "Commands: " + "; ".join(f"`{c}`" for c in result.get("commands", [result["command"]])), "",
              "## Test IoU against annotated training slices (CA1, evenly spread)", "",
@@ -189,11 +248,19 @@ def markdown(result: dict) -> str:
             cells.append("—" if not rows else each if len(rows) == 1 else f"**{mean:.3f}**: {each}")
         lines.append(f"| {n} | {cells[0]} | {cells[1]} |")
     if result["suggest"]:
-        lines += ["", "## Suggested slices vs evenly spread ones (CA1)", "",
-                  "| annotated slices | evenly spread: test IoU | half even + half suggested: test IoU | "
-                  "suggested slices |", "|---|---|---|---|"]
-        lines += [f"| {r['annotated']} | {r['evenly_test_iou']:.3f} | {r['test_iou']:.3f} | "
-                  f"{', '.join(map(str, r['suggested']))} |" for r in result["suggest"]]
+        lines += ["", "## Suggested slices or boxes vs evenly spread slices (CA1)", "",
+                  "k evenly spread slices are annotated; the model trained on them (`mitoseg suggest`, TTA) picks "
+                  "what to annotate next: k more slices, or boxes holding as many pixels; compared with 2k evenly "
+                  "spread slices. Each cell: test IoU.", "",
+                  "| annotated pixels, in slices | 2k evenly spread | k even + k suggested slices | "
+                  "k even + suggested boxes | suggested slices |", "|---|---|---|---|---|"]
+        for n in sorted({r["annotated"] for r in result["suggest"]}):
+            rows = {r.get("kind", "slices"): r for r in result["suggest"] if r["annotated"] == n}
+            cell = {kind: f"{r['test_iou']:.3f}" + (f" ({len(r['suggested'])} of {r['box']}²)" if kind == "boxes"
+                                                     else "") for kind, r in rows.items()}
+            evenly = next(iter(rows.values()))["evenly_test_iou"]
+            picked = ", ".join(map(str, rows["slices"]["suggested"])) if "slices" in rows else "—"
+            lines.append(f"| {n} | {evenly:.3f} | {cell.get('slices', '—')} | {cell.get('boxes', '—')} | {picked} |")
     if result["transfer"]:
         lines += ["", f"## Transfer to Drosophila ssTEM (2D model, {result.get('transfer_iterations')} iterations; "
                   "train: left half, test: right half)", "",

@@ -260,3 +260,10 @@ def test_a_run_trained_with_equalize_predicts_with_its_rule(tmp_path, lucchi_cro
     tile = predict.run_tile(cfg, image.shape, None, None)
     expect = predict.predict_array(model, image, 2, tile, cfg.overlap, window, amp=False)
     np.testing.assert_allclose(io.open_volume(out)[:].astype(np.float32), expect, atol=2e-3)  # float16 storage
+    # the loaded model carries its rule: the low-level calls without a window use it, not the linear one
+    assert predict.input_rule(model) == "equalize"
+    np.testing.assert_array_equal(predict.predict_array(model, image, 2, tile, cfg.overlap, amp=False), expect)
+    default = predict.predict_volume(model, image, tmp_path / "d.zarr", 2, tile, cfg.overlap, dtype="float16",
+                                     amp=False, progress=False)
+    np.testing.assert_array_equal(io.open_volume(default)[:], io.open_volume(out)[:])
+    assert tuple(io.open_volume(default).attrs["window"]) == window

@@ -18,11 +18,33 @@ def test_entropy_is_one_bit_at_half_and_zero_when_certain():
 
 
 def test_pick_spreads_and_skips_annotated():
-    scores = np.array([0.1, 0.9, 0.8, 0.7, 0.2, 0.6, 0.05, 0.5])
-    assert suggest.pick(scores, 3, 0) == [1, 2, 3]
-    assert suggest.pick(scores, 3, 1) == [1, 3, 5]  # 2 is next to 1, 4 next to 3
-    assert suggest.pick(scores, 3, 1, annotated=[2]) == [5, 7, 0]  # 1 and 3 neighbour the annotated 2
-    assert suggest.pick(scores, 8, 10) == [1]
+    scores = np.array([0.1, 0.9, 0.8, 0.7, 0.2, 0.6, 0.05, 0.5])[:, None]  # one cell: whole slices
+
+    def slices(*args, **kwargs):
+        return [z for z, _ in suggest.pick(scores, *args, **kwargs)]
+
+    assert slices(3, 0) == [1, 2, 3]
+    assert slices(3, 1) == [1, 3, 5]  # 2 is next to 1, 4 next to 3
+    assert slices(3, 1, annotated=[2]) == [5, 7, 0]  # 1 and 3 neighbour the annotated 2
+    assert slices(8, 10) == [1]
+
+
+def test_pick_blocks_boxes_only_in_their_own_cell():
+    scores = np.array([[0.9, 0.1], [0.8, 0.7], [0.2, 0.3]])  # 3 slices, 2 cells
+    assert suggest.pick(scores, 3, 1) == [(0, 0), (1, 1), (2, 0)]  # (1, 0) neighbours (0, 0) in its cell
+    assert suggest.pick(scores, 3, 0, annotated=[1]) == [(0, 0), (2, 1), (2, 0)]
+
+
+def test_boxes_cover_the_slice_with_whole_squares():
+    cells = suggest.boxes((100, 250), 64)
+    assert {(h, w) for _, _, h, w in cells} == {(64, 64)}
+    assert sorted({y for y, _, _, _ in cells}) == [0, 36] and sorted({x for _, x, _, _ in cells}) == [0, 64, 128, 186]
+    covered = np.zeros((100, 250), int)
+    for y, x, h, w in cells:
+        covered[y:y + h, x:x + w] += 1
+    assert covered.min() == 1
+    assert suggest.boxes((100, 250), None) == [(0, 0, 100, 250)]
+    assert suggest.boxes((40, 250), 64) == [(0, x, 40, 64) for x in (0, 64, 128, 186)]  # cut to the slice
 
 
 @pytest.fixture(scope="module")
@@ -58,10 +80,33 @@ def test_suggest_ranks_by_the_models_own_uncertainty(tmp_path, ca1, capsys):
     assert slices[0] == max((z for z in range(3, 12)), key=lambda z: expect[z])  # the most uncertain first
 
 
+def test_suggest_boxes_rank_squares_by_uncertainty(tmp_path, ca1, capsys):
+    run, image = ca1
+    assert cli.main(["--quiet", "suggest", str(run), str(image), "--count", "5", "--box", "64", "--gap", "1",
+                     "--table", str(tmp_path / "boxes.csv")]) == 0
+    out = capsys.readouterr().out
+    assert "--unlabeled" in out
+    rows = list(csv.DictReader(open(tmp_path / "boxes.csv")))
+    assert len(rows) == 12 * 4  # 12 slices, 4 squares of 64 in 128 x 128
+    probs = predict.predict(run, image, tmp_path / "p.zarr", tta=True, progress=False)
+    from mitoseg import io
+    e = suggest.entropy(io.open_volume(probs)[:])
+    for r in rows:
+        z, y, x = int(r["slice"]), int(r["y"]), int(r["x"])
+        assert (int(r["height"]), int(r["width"])) == (64, 64)
+        np.testing.assert_allclose(float(r["uncertainty_bits"]), e[z, y:y + 64, x:x + 64].mean(), rtol=1e-5)
+    picked = sorted((int(r["rank"]), int(r["slice"]), int(r["y"]), int(r["x"]), float(r["uncertainty_bits"]))
+                    for r in rows if r["rank"])
+    assert len(picked) == 5
+    assert picked[0][4] == max(float(r["uncertainty_bits"]) for r in rows)  # the most uncertain box first
+    for i, a in enumerate(picked):  # two picks at one place lie more than 1 slice apart
+        assert all(abs(a[1] - b[1]) > 1 for b in picked[i + 1:] if b[2:4] == a[2:4])
+
+
 def test_suggest_mistakes_are_one_line(tmp_path, ca1, capsys):
     run, image = ca1
-    for args, message in [(["--count", "0"], "--count"), (["--annotated-slices", "0-11", "--gap", "1"],
-                                                            "no slice left to suggest")]:
+    for args, message in [(["--count", "0"], "--count"), (["--box", "8"], "--box"),
+                          (["--annotated-slices", "0-11", "--gap", "1"], "no slice left to suggest")]:
         assert cli.main(["--quiet", "suggest", str(run), str(image), *args]) == 2
         err = capsys.readouterr().err.strip()
         assert err.count("\n") == 0 and message in err, err

@@ -8,6 +8,8 @@
 #   smoke               benchmarks/gpu/smoke.py: both models a few iterations on synthetic data (no data
 #                       needed): seconds per iteration, per validation, per prediction ($OUT/smoke.json)
 #   study MINUTES       mitoseg compare --preset full on CA1, MINUTES of training per model (seed: $SEED, 0)
+#   annotation ITER     experiments/annotation.py on CA1: the annotation curve (2D then 3D; 1..165 slices,
+#                       $CHOICES slice choices, default 3) and suggested vs even slices, ITER iterations per run
 #   bench               benchmarks/bench_backends.py and bench_predict.py on cuda
 #   fullvolume RUN|-    benchmarks/bench_full_volume.py on cuda with --model RUN ('-': untrained 2D);
 #                       arguments after it (e.g. --predict-slices 256) go to the script
@@ -283,6 +285,31 @@ step_study() {
     return "$rc"
 }
 
+# ------------------------------------------------------------------ annotation
+
+step_annotation() {  # the annotation curve of issue 11; rows are written one by one, so a stop keeps them
+    local iterations=$1
+    need_data lucchi-derived/ annotation
+    need_cuda
+    local work=$BASE/annotation-$iterations keep=$BASE/bundle-annotation/annotation-$iterations
+    rm -rf "$(dirname "$keep")"
+    mkdir -p "$keep" "$work"  # $work keeps the rows and finished runs of an earlier call on this machine
+    gpu_record "$keep"
+    trace_start "$keep/gpu-trace.csv"
+    say "annotation: $iterations iterations per run, ${CHOICES:-3} slice choices, $(left) s left"
+    local rc=0 t0=$SECONDS
+    bounded 0 "$PY" experiments/annotation.py --out "$work/annotation.json" --runs "$work/runs" \
+        --parts curve suggest --dims 2 3 --counts 8 16 1 2 4 32 165 --choices "${CHOICES:-3}" \
+        --iterations "$iterations" || rc=$?
+    trace_stop
+    say "annotation: exit status $rc after $((SECONDS - t0)) s"
+    cp "$work"/annotation.json "$work"/annotation.md "$keep/" 2>/dev/null || true
+    echo "$rc" >"$keep/exit_status.txt"
+    cp "$OUT/remote.log" "$keep/remote.log" 2>/dev/null || true
+    bundle "annotation-$iterations" "$keep"
+    return "$rc"
+}
+
 # ------------------------------------------------------------------ smoke
 
 step_smoke() {  # the GPU path on synthetic data (no data needed): training speed, validation, prediction
@@ -357,6 +384,11 @@ main() {
                 local minutes=$1
                 shift
                 step_study "$minutes" ;;
+            annotation)
+                [[ ${1:-} =~ ^[0-9]+$ ]] || { say "usage: annotation ITERATIONS"; return 2; }
+                local iterations=$1
+                shift
+                step_annotation "$iterations" ;;
             bench) step_bench ;;
             fullvolume)
                 (($#)) || { say "usage: fullvolume RUN|- [bench_full_volume.py options]"; return 2; }
@@ -364,7 +396,7 @@ main() {
                 shift
                 step_fullvolume "$model" "$@"
                 set -- ;;
-            *) say "unknown step '$step' (receive, check, smoke, study MINUTES, bench, fullvolume RUN)"; return 2 ;;
+            *) say "unknown step '$step' (receive, check, smoke, study MINUTES, annotation ITERATIONS, bench, fullvolume RUN)"; return 2 ;;
         esac
         say "$step: done in $((SECONDS - t0)) s"
     done

@@ -79,7 +79,7 @@ RULES: dict[str, Rule] = {
     "tile": POSITIVE_INT, "workers": POSITIVE_INT, "slices": POSITIVE_INT,
     "iou_threshold": Rule(float, 0, 1, open_low=True),
     # annotation suggestions
-    "count": POSITIVE_INT, "gap": COUNT,
+    "count": POSITIVE_INT, "gap": COUNT, "box": Rule(int, 16),
 }
 
 

@@ -119,7 +119,15 @@ def cmd_suggest(a: argparse.Namespace) -> None:
     from mitoseg.suggest import suggest
 
     rows = suggest(a.run, a.image, a.count, a.gap, a.annotated_slices, tta=a.tta, table=a.table, device=a.device,
-                   overwrite=a.overwrite, progress=not a.quiet)
+                   overwrite=a.overwrite, progress=not a.quiet, box=a.box)
+    if a.box:
+        print("rank  slice      y      x  height  width  uncertainty (bits)  predicted foreground")
+        for r in rows:
+            print(f"{r['rank']:>4}  {r['slice']:>5}  {r['y']:>5}  {r['x']:>5}  {r['height']:>6}  {r['width']:>5}  "
+                  f"{r['uncertainty_bits']:>18.3f}  {r['foreground_fraction']:>19.1%}")
+        print("annotate these boxes next (rows y..y+height-1, columns x..x+width-1 of each slice), give every "
+              "voxel nobody annotated one value, and train with --unlabeled VALUE")
+        return
     print("rank  slice  uncertainty (bits)  predicted foreground")
     for r in rows:
         print(f"{r['rank']:>4}  {r['slice']:>5}  {r['uncertainty_bits']:>18.3f}  {r['foreground_fraction']:>19.1%}")
@@ -278,12 +286,15 @@ def parser() -> argparse.ArgumentParser:
     d.add_argument("--overwrite", action="store_true", help="download again over existing files")
     d.set_defaults(func=cmd_data)
 
-    s = sub.add_parser("suggest", help="rank slices to annotate next by the model's uncertainty")
+    s = sub.add_parser("suggest", help="rank slices (or boxes) to annotate next by the model's uncertainty")
     s.add_argument("run", help="training run folder (or checkpoint) of the current model")
     s.add_argument("image", help=IMAGE_HELP)
-    s.add_argument("--count", type=arg("count"), default=8, help="slices to suggest (default 8)")
+    s.add_argument("--count", type=arg("count"), default=8, help="slices (or boxes) to suggest (default 8)")
+    s.add_argument("--box", type=arg("box"), metavar="PIXELS",
+                   help="suggest PIXELS x PIXELS squares within slices instead of whole slices")
     s.add_argument("--gap", type=arg("gap"),
-                   help="suggested slices lie more than this many slices apart (default: depth / (4 x count))")
+                   help="suggested slices (boxes at one place) lie more than this many slices apart "
+                        "(default: depth / (4 x suggestions per place))")
     s.add_argument("--annotated-slices", metavar="LIST",
                    help="slices already annotated, e.g. 0,40-43: never suggested, nor their neighbours")
     s.add_argument("--tta", action=argparse.BooleanOptionalAction, default=True,

@@ -92,7 +92,8 @@ def build_model(config: Config) -> nn.Module:
     """A U-Net mapping (B, 1, [Z,] Y, X) float32 in [0, 1] to (B, 1, [Z,] Y, X) foreground logits.
 
     The encoder's strides follow `encoder_strides(config.voxel_size, config.dims)`; `config.norm` "instance"
-    puts instance normalisation (with affine weights) where BatchNorm is, in the decoder and the encoder."""
+    puts instance normalisation (with affine weights) where BatchNorm is, in the decoder and the encoder.
+    The model's `normalize` attribute is `config.normalize`, the intensity rule its inputs need."""
     from monai.networks.nets import FlexibleUNet
 
     extra = {"norm": ("instance", {"affine": True})} if config.norm == "instance" else {}
@@ -104,7 +105,9 @@ def build_model(config: Config) -> nn.Module:
     if any(k != 2 for stride in strides for k in stride):
         _set_strides(net, strides)
     divisors = [int(np.prod([stride[axis] for stride in strides])) for axis in range(config.dims)]
-    return PadToMultiple(net, divisors)
+    model = PadToMultiple(net, divisors)
+    model.normalize = config.normalize  # the input rule it expects: prediction without a window reads it
+    return model
 
 
 def pick_device(name: str = "auto") -> torch.device:

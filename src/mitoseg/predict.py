@@ -147,12 +147,19 @@ def predict_array(model: torch.nn.Module, image: np.ndarray, dims: int, tile: tu
                   overlap: float = 0.5, window: tuple[float, ...] | None = None,
                   device: torch.device | None = None, batch_size: int | None = None, tta: bool = False,
                   amp: bool = True) -> np.ndarray:
-    """Probabilities float32 (Z, Y, X) for an in-memory volume: one block covering it all."""
+    """Probabilities float32 (Z, Y, X) for an in-memory volume: one block covering it all. `window`
+    defaults to `io.intensity_range` of `image` by the model's own rule (`input_rule`)."""
     device = device or next(model.parameters()).device
-    window = window or io.intensity_range(image)
+    window = window or io.intensity_range(image, rule=input_rule(model))
     block = tuple(slice(0, s) for s in image.shape)
     model.eval()
     return predict_block(model, image, block, tile, overlap, window, device, dims, batch_size, tta, amp)
+
+
+def input_rule(model: torch.nn.Module) -> str:
+    """The intensity rule ("percentile" or "equalize") a model's inputs need: set by `models.build_model`
+    from its config; "percentile" for a model built elsewhere."""
+    return getattr(model, "normalize", "percentile")
 
 
 def to_storage(probs: np.ndarray, dtype: str) -> np.ndarray:
@@ -300,8 +307,8 @@ def predict_volume(model: torch.nn.Module, image: Any, out: str | Path, dims: in
     with the same settings and model are skipped (other settings are refused).
     Optionally writes a binary mask (uint8 {0, 1}, probability >= threshold) to `mask_out`.
     `window`: the intensity window mapped to [0, 1] (default: `io.intensity_range` of this volume by the
-    percentile rule; give `io.intensity_range(volume, rule=config.normalize)` for a run trained with another
-    rule, and the larger volume's window when `image` is a part of it). Returns the output path.
+    model's rule, `input_rule`; give the larger volume's window when `image` is a part of it). Returns the
+    output path.
     `cluster.predict_volume_dask` does the same on a Dask cluster, with the same result.
     """
     from tqdm.auto import tqdm
@@ -311,6 +318,7 @@ def predict_volume(model: torch.nn.Module, image: Any, out: str | Path, dims: in
     io.check_output(out, overwrite)
     if mask_out is not None:
         io.check_output(mask_out, overwrite)
+    window = window or io.intensity_range(volume, rule=input_rule(model))
     settings = plan(volume, dims, tile, overlap, block, window, dtype=dtype, threshold=threshold, tta=tta, amp=amp,
                     batch_size=batch_size)
     device = device or next(model.parameters()).device

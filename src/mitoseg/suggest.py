@@ -1,9 +1,12 @@
-"""Which slices to annotate next: a trained model's uncertainty per slice, ranked and spread out.
+"""Which slices (or boxes within slices) to annotate next: a trained model's uncertainty, ranked and
+spread out.
 
 Uncertainty is the mean binary entropy (bits, 0..1) of the model's foreground probability over a
-slice, with test-time augmentation (the mean over 4 in-plane flips, so flips that disagree raise it).
-Slices are picked greedily, most uncertain first, at least `gap` slices from each other and from the
-slices already annotated (neighbouring slices look alike: annotating both teaches little more).
+slice, or over a box x box square of one (`box`), with test-time augmentation (the mean over 4 in-plane
+flips, so flips that disagree raise it). Boxes lie on a grid, the last row and column shifted inwards so
+that every box is whole. Picks are greedy, most uncertain first; a pick blocks its own grid cell in the
+`gap` slices on either side (neighbouring slices look alike: annotating both teaches little more), and
+the slices already annotated block every cell around them.
 """
 
 from __future__ import annotations
@@ -30,69 +33,94 @@ def entropy(probs: np.ndarray) -> np.ndarray:
     return -(p * np.log2(p) + (1 - p) * np.log2(1 - p))
 
 
-def slice_scores(probs) -> tuple[np.ndarray, np.ndarray]:
-    """Per slice of probabilities (Z, Y, X; array-like, read `SLAB` slices at a time): the mean entropy
-    (bits) and the predicted foreground fraction (probability >= 0.5), each float64 (Z,)."""
+def boxes(shape: tuple[int, int], box: int | None) -> list[tuple[int, int, int, int]]:
+    """The grid of `box` x `box` squares covering a slice of `shape` (Y, X) pixels, as (y, x, height,
+    width), row by row; the last row and column are shifted inwards so every square is whole (a side
+    longer than the slice is cut to it). `box` None: the whole slice."""
+    height, width = (shape if box is None else (min(box, shape[0]), min(box, shape[1])))
+
+    def starts(length: int, side: int) -> list[int]:
+        return sorted({min(i, length - side) for i in range(0, length, side)})
+
+    return [(y, x, height, width) for y in starts(shape[0], height) for x in starts(shape[1], width)]
+
+
+def slice_scores(probs, cells: list[tuple[int, int, int, int]] | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Per slice of probabilities (Z, Y, X; array-like, read `SLAB` slices at a time) and per cell
+    (y, x, height, width; default: the whole slice): the mean entropy (bits) and the predicted foreground
+    fraction (probability >= 0.5), each float64 (Z, cells)."""
     depth = probs.shape[0]
-    uncertainty, foreground = np.zeros(depth), np.zeros(depth)
+    cells = cells or boxes(tuple(probs.shape[1:]), None)
+    uncertainty, foreground = np.zeros((depth, len(cells))), np.zeros((depth, len(cells)))
     half = 128 if np.dtype(probs.dtype) == np.uint8 else 0.5
     for z in range(0, depth, SLAB):
         p = np.asarray(probs[z:z + SLAB])
-        uncertainty[z:z + len(p)] = entropy(p).mean(axis=(1, 2))
-        foreground[z:z + len(p)] = (p >= half).mean(axis=(1, 2))
+        e = entropy(p)
+        for c, (y, x, h, w) in enumerate(cells):
+            uncertainty[z:z + len(p), c] = e[:, y:y + h, x:x + w].mean(axis=(1, 2))
+            foreground[z:z + len(p), c] = (p[:, y:y + h, x:x + w] >= half).mean(axis=(1, 2))
     return uncertainty, foreground
 
 
-def pick(scores: np.ndarray, count: int, gap: int, annotated: list[int] | None = None) -> list[int]:
-    """Up to `count` slice indices, highest score first, each more than `gap` slices from every one
-    picked before and from `annotated` (fewer when the volume has no room left)."""
-    blocked = np.zeros(len(scores), bool)
+def pick(scores: np.ndarray, count: int, gap: int, annotated: list[int] | None = None) -> list[tuple[int, int]]:
+    """Up to `count` (slice, cell) pairs of `scores` (Z, cells), highest score first, each more than `gap`
+    slices from every earlier pick in the same cell and from every `annotated` slice (fewer when the
+    volume has no room left)."""
+    blocked = np.zeros(scores.shape, bool)
     for z in annotated or []:
         blocked[max(0, z - gap):z + gap + 1] = True
-    chosen = []
-    for z in np.argsort(-scores, kind="stable"):
+    chosen: list[tuple[int, int]] = []
+    for flat in np.argsort(-scores, axis=None, kind="stable"):
         if len(chosen) == count:
             break
-        if not blocked[z]:
-            chosen.append(int(z))
-            blocked[max(0, z - gap):z + gap + 1] = True
+        z, c = (int(i) for i in np.unravel_index(flat, scores.shape))
+        if not blocked[z, c]:
+            chosen.append((z, c))
+            blocked[max(0, z - gap):z + gap + 1, c] = True
     return chosen
 
 
 def suggest(run: str | Path, image: str | Path, count: int = 8, gap: int | None = None,
             annotated: str | None = None, tta: bool = True, table: str | Path | None = None,
-            device: str = "auto", overwrite: bool = False, progress: bool = True) -> list[dict]:
+            device: str = "auto", overwrite: bool = False, progress: bool = True,
+            box: int | None = None) -> list[dict]:
     """The `mitoseg suggest` command: the `count` slices of `image` (Z, Y, X) to annotate next for the
-    model of `run`, as dicts (rank, slice, uncertainty in bits, foreground fraction), most useful first.
+    model of `run` (or, with `box`, `count` box x box pixel squares within slices), as dicts (rank, slice,
+    y, x, height, width in pixels, uncertainty in bits, foreground fraction), most useful first.
 
     The model predicts the whole volume block by block (`predict.predict`, with TTA unless `tta` is
-    False) into a temporary Zarr; `gap` (default: depth // (4 * count), at least 1) keeps picks apart;
-    `annotated` ("0,40-43") are slices already annotated, never suggested nor neighboured. `table`: the
-    score of every slice as CSV.
+    False) into a temporary Zarr; `gap` (default: depth // (4 * picks per grid cell), at least 1) keeps
+    picks in one cell apart; `annotated` ("0,40-43") are slices already annotated, never suggested nor
+    neighboured. `table`: the score of every slice (or box) as CSV.
     """
     from mitoseg import data, predict
 
-    checks.check(count=count, gap=gap)
+    checks.check(count=count, gap=gap, box=box)
     if table:
         io.check_output(table, overwrite)
-    depth = io.open_volume(image).shape[0]
+    shape = io.open_volume(image).shape
+    depth, cells = shape[0], boxes(tuple(shape[1:]), box)
     done = data.parse_slices(annotated, depth) if annotated else []
-    gap = max(1, depth // (4 * count)) if gap is None else gap
-    if not pick(np.zeros(depth), 1, gap, done):  # said before the prediction, not after it
+    gap = max(1, depth // (4 * -(-count // len(cells)))) if gap is None else gap
+    if not pick(np.zeros((depth, 1)), 1, gap, done):  # said before the prediction, not after it
         raise MitosegError(f"no slice left to suggest: all {depth} are annotated or within {gap} of one")
     with tempfile.TemporaryDirectory(prefix="mitoseg-suggest-") as tmp:
         probs = predict.predict(run, image, Path(tmp) / "probabilities.zarr", tta=tta, device=device,
                                 progress=progress)
-        uncertainty, foreground = slice_scores(io.open_volume(probs))
+        uncertainty, foreground = slice_scores(io.open_volume(probs), cells)
     chosen = pick(uncertainty, count, gap, done)
-    rows = [{"rank": i + 1, "slice": z, "uncertainty_bits": float(uncertainty[z]),
-             "foreground_fraction": float(foreground[z])} for i, z in enumerate(chosen)]
+
+    def row(z: int, c: int) -> dict:
+        y, x, h, w = cells[c]
+        return {"slice": z, "y": y, "x": x, "height": h, "width": w, "uncertainty_bits": float(uncertainty[z, c]),
+                "foreground_fraction": float(foreground[z, c])}
+
     if table:
+        rank = {zc: i + 1 for i, zc in enumerate(chosen)}
         with open(table, "w", newline="") as f:
-            writer = csv.DictWriter(f, ["slice", "uncertainty_bits", "foreground_fraction", "rank"])
+            writer = csv.DictWriter(f, [*row(0, 0), "rank"])
             writer.writeheader()
-            rank = {z: i + 1 for i, z in enumerate(chosen)}
             for z in range(depth):
-                writer.writerow({"slice": z, "uncertainty_bits": uncertainty[z],
-                                 "foreground_fraction": foreground[z], "rank": rank.get(z, "")})
-    return rows
+                for c in range(len(cells)):
+                    writer.writerow({**row(z, c), "rank": rank.get((z, c), "")})
+    return [{"rank": i + 1, **row(z, c)} for i, (z, c) in enumerate(chosen)]
