@@ -230,7 +230,8 @@ def markdown(result: dict) -> str:
              f"CA1 data: {result['data']}; test slices {result['test_slices'][0]}..{result['test_slices'][1] - 1} "
              "of the CA1 test volume, raw prediction at 0.5 (no TTA, no post-processing), best-validation "
              f"checkpoint. Machines ({m['cpu_count']} cores each): "
-             + "; ".join(f"[{i + 1}] {c}" for i, c in enumerate(cpus)) + " (the [n] after a cell). "
+             + "; ".join(f"[{i + 1}] {c}" for i, c in enumerate(cpus)) + " (the [n] after a cell; none: not "
+             "recorded). "
              f"Dates: {', '.join(result.get('dates', [result['date']]))}. "
              "Commands: " + "; ".join(f"`{c}`" for c in result.get("commands", [result["command"]])), "",
              "## Test IoU against annotated training slices (CA1, evenly spread)", "",
@@ -244,7 +245,7 @@ def markdown(result: dict) -> str:
             rows = sorted((r for r in result["curve"] if r["annotated"] == n and r.get("dims", 2) == dims),
                           key=lambda r: r.get("choice", 0))
             each = ", ".join(f"{r['test_iou']:.3f} ({r['best_val_iou']:.3f}){' †' if r.get('bf16') else ''}"
-                             f" [{cpus.index(r['cpu']) + 1 if r.get('cpu') in cpus else 1}]"
+                             + (f" [{cpus.index(r['cpu']) + 1}]" if r.get("cpu") in cpus else "")
                              for r in rows)
             mean = float(np.mean([r["test_iou"] for r in rows])) if rows else 0.0
             cells.append("—" if not rows else each if len(rows) == 1 else f"**{mean:.3f}**: {each}")
