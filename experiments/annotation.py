@@ -11,11 +11,11 @@ post-processing). The curve runs for each model in `--dims`; suggest and transfe
 1. Curve: CA1 training volume with only k slices annotated, spread evenly (slice (i + 0.5) * 165 / k),
    for each k in `--counts`; test IoU on the central `--slices` slices of the CA1 test volume.
    `--choices N` also trains on N - 1 other even spreads (shifted by j / N of the spacing) for the
-   spread over slice choices.
-2. Suggest: the first k's model ranks the other slices (`mitoseg suggest`, TTA); a run annotated on
-   those k slices plus k suggested ones, and one on those k slices plus suggested `--box`-pixel boxes
-   holding as many pixels as k slices (the rest of their slices not annotated), are compared with the
-   curve's run on 2k evenly spread slices.
+   spread over slice choices; `--seed S` trains the curve's runs with another seed (folders `..._sS`).
+2. Suggest: the first k's model ranks the other slices (`mitoseg suggest`, TTA unless `--no-tta`); a run
+   annotated on those k slices plus k suggested ones, and (2D) one on those k slices plus suggested
+   `--box`-pixel boxes holding as many pixels as k slices (the rest of their slices not annotated), are
+   compared with the curve's run on 2k evenly spread slices, for each model in `--dims`.
 3. Transfer: the Drosophila stack (left half trains, right half tests), 1, 2 and 5 annotated slices,
    from scratch and fine-tuned from the curve's run on all CA1 slices (`--init`), for
    `--transfer-iterations` iterations each.
@@ -56,9 +56,9 @@ def shifts(n: int) -> list[float]:
 def key(part: str, row: dict) -> tuple:
     """What makes a row the same measurement (older rows: the 2D model, the first choice)."""
     if part == "curve":
-        return row.get("dims", 2), row["annotated"], row.get("choice", 0)
+        return row.get("dims", 2), row["annotated"], row.get("choice", 0), row.get("seed", 0)
     if part == "suggest":
-        return row["annotated"], row.get("kind", "slices")
+        return row.get("dims", 2), row["annotated"], row.get("kind", "slices")
     return (row["annotated"],)
 
 
@@ -88,8 +88,10 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--counts", type=int, nargs="+", default=[2, 4, 8, 165], help="annotated CA1 slices per run")
     p.add_argument("--dims", type=int, nargs="+", default=[2], choices=[2, 3], help="models of the curve")
     p.add_argument("--choices", type=int, default=1, help="slice choices per count on the curve")
+    p.add_argument("--seed", type=int, default=0, help="training seed of the curve's runs")
     p.add_argument("--slices", type=int, default=64, help="central CA1 test slices to score")
     p.add_argument("--box", type=int, default=256, help="side in pixels of the suggested boxes")
+    p.add_argument("--no-tta", action="store_true", help="suggest from plain predictions (no flips)")
     p.add_argument("--transfer", type=int, nargs="+", default=[1, 2, 5], help="annotated Drosophila slices")
     p.add_argument("--transfer-iterations", type=int,
                    help="training iterations per transfer run (default: --iterations)")
@@ -129,35 +131,39 @@ def main(argv: list[str] | None = None) -> None:
         for k in a.counts:
             for choice, shift in enumerate(shifts(1 if k >= depth else a.choices)):  # every slice: one choice
                 slices = even(k, depth, shift)
-                folder = runs / ("ca1" + ("_3d" if dims == 3 else "") + f"_{k}" + (f"_c{choice}" if choice else ""))
-                if measured("curve", {"dims": dims, "annotated": len(slices), "choice": choice}):
+                folder = runs / ("ca1" + ("_3d" if dims == 3 else "") + f"_{k}" + (f"_c{choice}" if choice else "")
+                                 + (f"_s{a.seed}" if a.seed else ""))
+                if measured("curve", {"dims": dims, "annotated": len(slices), "choice": choice, "seed": a.seed}):
                     continue
-                s = fit(folder, ca1.train_image, ca1.train_mask, a.iterations, dims,
+                s = fit(folder, ca1.train_image, ca1.train_mask, a.iterations, dims, seed=a.seed,
                         annotated_slices=None if k >= depth else ",".join(map(str, slices)))
-                add("curve", {"dims": dims, "annotated": len(slices), "choice": choice, "slices": slices,
+                add("curve", {"dims": dims, "annotated": len(slices), "choice": choice, "seed": a.seed,
+                              "slices": slices,
                               "best_val_iou": s["best_val_iou"], "test_iou": score(folder, *test),
                               "train_seconds": s["train_seconds"], "cpu": train.cpu_name(),
                               "bf16": models.bf16_native(torch.device("cpu"))})
 
     k = a.counts[0]  # 2. suggested slices (or boxes) vs evenly spread slices, same annotated pixels
-    if "suggest" in a.parts and 2 * k in a.counts:
-        base = even(k, depth)
-        volume = datasets.lucchi_dir()[0] / "training.tif"
-        evenly = next(r for r in result["curve"] if key("curve", r) == (2, 2 * k, 0))  # needs the curve's run
-        cells = len(suggest.boxes(ca1.train_image.shape[1:], a.box))
-        for kind, count in (("slices", k), ("boxes", k * cells)):
-            if measured("suggest", {"annotated": 2 * k, "kind": kind}):
+    volume = datasets.lucchi_dir()[0] / "training.tif"
+    base = even(k, depth)
+    cells = len(suggest.boxes(ca1.train_image.shape[1:], a.box))
+    for dims in a.dims if "suggest" in a.parts and 2 * k in a.counts else []:
+        tag = "_3d" if dims == 3 else ""
+        evenly = next(r for r in result["curve"] if key("curve", r) == (dims, 2 * k, 0, 0))  # the curve's run
+        for kind, count in (("slices", k), ("boxes", k * cells))[:2 if dims == 2 else 1]:  # 3D: slices only
+            if measured("suggest", {"dims": dims, "annotated": 2 * k, "kind": kind}):
                 continue
-            picked = suggest.suggest(runs / f"ca1_{k}", volume, count=count, annotated=",".join(map(str, base)),
-                                     progress=False, box=a.box if kind == "boxes" else None)
+            picked = suggest.suggest(runs / f"ca1{tag}_{k}", volume, count=count, annotated=",".join(map(str, base)),
+                                     progress=False, box=a.box if kind == "boxes" else None, tta=not a.no_tta)
             mask = np.full_like(ca1.train_mask, data.IGNORE)  # annotated: the even slices and the picks
             for z, y, x, h, w in [(z, 0, 0, *ca1.train_mask.shape[1:]) for z in base] + \
                     [(r["slice"], r["y"], r["x"], r["height"], r["width"]) for r in picked]:
                 mask[z, y:y + h, x:x + w] = ca1.train_mask[z, y:y + h, x:x + w]
-            folder = runs / (f"ca1_{k}+{k}suggested" + (f"_boxes{a.box}" if kind == "boxes" else ""))
-            s = fit(folder, ca1.train_image, mask, a.iterations)
-            add("suggest", {"annotated": 2 * k, "kind": kind, "box": a.box if kind == "boxes" else None,
-                            "slices": base, "suggested": [[r["slice"], r["y"], r["x"]] for r in picked]
+            folder = runs / (f"ca1{tag}_{k}+{k}suggested" + (f"_boxes{a.box}" if kind == "boxes" else ""))
+            s = fit(folder, ca1.train_image, mask, a.iterations, dims)
+            add("suggest", {"dims": dims, "annotated": 2 * k, "kind": kind, "box": a.box if kind == "boxes" else None,
+                            "tta": not a.no_tta, "slices": base,
+                            "suggested": [[r["slice"], r["y"], r["x"]] for r in picked]
                             if kind == "boxes" else [r["slice"] for r in picked],
                             "best_val_iou": s["best_val_iou"], "test_iou": score(folder, *test),
                             "evenly_test_iou": evenly["test_iou"], "cpu": train.cpu_name(),
@@ -196,7 +202,8 @@ def write(out: Path, result: dict) -> None:
 
 
 def figure(result: dict) -> Figure:
-    """Test IoU against annotated slices (log axis): every run a dot, the mean over slice choices a line,
+    """Test IoU against annotated slices (log axis): every run a dot, the mean over runs (slice choices,
+    seeds) a line,
     per model; the study's IoU (from its F1, all 165 slices) dashed."""
     fig = Figure(figsize=(6.4, 4.2))
     ax = fig.add_subplot()
@@ -207,7 +214,7 @@ def figure(result: dict) -> Figure:
         ax.scatter([r["annotated"] for r in rows], [r["test_iou"] for r in rows], color=color, s=18, alpha=0.6)
         counts = sorted({r["annotated"] for r in rows})
         means = [np.mean([r["test_iou"] for r in rows if r["annotated"] == n]) for n in counts]
-        ax.plot(counts, means, color=color, label=f"{dims}D model (line: mean over slice choices)")
+        ax.plot(counts, means, color=color, label=f"{dims}D model (line: mean over runs)")
         f1 = compare.STUDY[f"{dims}D"]["f1"]
         ax.axhline(f1 / (2 - f1), color=color, ls="--", lw=1, label=f"the study's {dims}D model, all slices")
     ax.set(xscale="log", xlabel="annotated CA1 training slices (evenly spread, of 165)",
@@ -235,7 +242,8 @@ def markdown(result: dict) -> str:
              f"Dates: {', '.join(result.get('dates', [result['date']]))}. "
              "Commands: " + "; ".join(f"`{c}`" for c in result.get("commands", [result["command"]])), "",
              "## Test IoU against annotated training slices (CA1, evenly spread)", "",
-             "Each cell: test IoU (best validation IoU); several slice choices: their mean, then each. "
+             "Each cell: test IoU (best validation IoU); several runs (slice choices, seeds): their mean, then "
+             "each; sN: trained with seed N (else seed 0). "
              "†: trained in bf16 autocast on a CPU with native bf16; unmarked: float32 on a CPU without it "
              "(the JSON names each row's CPU).", "",
              "| annotated slices | 2D model | 3D model |", "|---|---|---|"]
@@ -243,8 +251,9 @@ def markdown(result: dict) -> str:
         cells = []
         for dims in (2, 3):
             rows = sorted((r for r in result["curve"] if r["annotated"] == n and r.get("dims", 2) == dims),
-                          key=lambda r: r.get("choice", 0))
+                          key=lambda r: (r.get("choice", 0), r.get("seed", 0)))
             each = ", ".join(f"{r['test_iou']:.3f} ({r['best_val_iou']:.3f}){' †' if r.get('bf16') else ''}"
+                             + (f" s{r['seed']}" if r.get("seed") else "")
                              + (f" [{cpus.index(r['cpu']) + 1}]" if r.get("cpu") in cpus else "")
                              for r in rows)
             mean = float(np.mean([r["test_iou"] for r in rows])) if rows else 0.0
@@ -252,18 +261,21 @@ def markdown(result: dict) -> str:
         lines.append(f"| {n} | {cells[0]} | {cells[1]} |")
     if result["suggest"]:
         lines += ["", "## Suggested slices or boxes vs evenly spread slices (CA1)", "",
-                  "k evenly spread slices are annotated; the model trained on them (`mitoseg suggest`, TTA) picks "
-                  "what to annotate next: k more slices, or boxes holding as many pixels; compared with 2k evenly "
-                  "spread slices. Each cell: test IoU.", "",
-                  "| annotated pixels, in slices | 2k evenly spread | k even + k suggested slices | "
-                  "k even + suggested boxes | suggested slices |", "|---|---|---|---|---|"]
-        for n in sorted({r["annotated"] for r in result["suggest"]}):
-            rows = {r.get("kind", "slices"): r for r in result["suggest"] if r["annotated"] == n}
-            cell = {kind: f"{r['test_iou']:.3f}" + (f" ({len(r['suggested'])} of {r['box']}²)" if kind == "boxes"
-                                                     else "") for kind, r in rows.items()}
+                  "k evenly spread slices are annotated; the model trained on them (`mitoseg suggest`; ‡: without "
+                  "TTA) picks what to annotate next: k more slices, or boxes holding as many pixels; the same "
+                  "model trained on them, compared with 2k evenly spread slices. Each cell: test IoU.", "",
+                  "| model | annotated pixels, in slices | 2k evenly spread | k even + k suggested slices | "
+                  "k even + suggested boxes | suggested slices |", "|---|---|---|---|---|---|"]
+        for dims, n in sorted({(r.get("dims", 2), r["annotated"]) for r in result["suggest"]}):
+            rows = {r.get("kind", "slices"): r for r in result["suggest"]
+                    if r["annotated"] == n and r.get("dims", 2) == dims}
+            cell = {kind: f"{r['test_iou']:.3f}" + (" ‡" if r.get("tta", True) is False else "")
+                    + (f" ({len(r['suggested'])} of {r['box']}²)" if kind == "boxes" else "")
+                    for kind, r in rows.items()}
             evenly = next(iter(rows.values()))["evenly_test_iou"]
             picked = ", ".join(map(str, rows["slices"]["suggested"])) if "slices" in rows else "—"
-            lines.append(f"| {n} | {evenly:.3f} | {cell.get('slices', '—')} | {cell.get('boxes', '—')} | {picked} |")
+            lines.append(f"| {dims}D | {n} | {evenly:.3f} | {cell.get('slices', '—')} | {cell.get('boxes', '—')} "
+                         f"| {picked} |")
     if result["transfer"]:
         lines += ["", f"## Transfer to Drosophila ssTEM (2D model, {result.get('transfer_iterations')} iterations; "
                   "train: left half, test: right half)", "",

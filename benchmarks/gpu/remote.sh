@@ -9,7 +9,8 @@
 #                       needed): seconds per iteration, per validation, per prediction ($OUT/smoke.json)
 #   study MINUTES       mitoseg compare --preset full on CA1, MINUTES of training per model (seed: $SEED, 0)
 #   annotation ITER     experiments/annotation.py on CA1: the annotation curve (2D then 3D; 1..165 slices,
-#                       $CHOICES slice choices, default 3) and suggested vs even slices, ITER iterations per run
+#                       $CHOICES slice choices, default 3; for each seed in $SEEDS, default 0) and suggested
+#                       vs even slices, ITER iterations per run
 #   bench               benchmarks/bench_backends.py and bench_predict.py on cuda
 #   fullvolume RUN|-    benchmarks/bench_full_volume.py on cuda with --model RUN ('-': untrained 2D);
 #                       arguments after it (e.g. --predict-slices 256) go to the script
@@ -296,11 +297,14 @@ step_annotation() {  # the annotation curve of issue 11; rows are written one by
     mkdir -p "$keep" "$work"  # $work keeps the rows and finished runs of an earlier call on this machine
     gpu_record "$keep"
     trace_start "$keep/gpu-trace.csv"
-    say "annotation: $iterations iterations per run, ${CHOICES:-3} slice choices, $(left) s left"
-    local rc=0 t0=$SECONDS
-    bounded 0 "$PY" experiments/annotation.py --out "$work/annotation.json" --runs "$work/runs" \
-        --parts curve suggest --dims 2 3 --counts 8 16 1 2 4 32 165 --choices "${CHOICES:-3}" \
-        --iterations "$iterations" || rc=$?
+    say "annotation: $iterations iterations per run, ${CHOICES:-3} slice choices, seeds ${SEEDS:-0}, $(left) s left"
+    local rc=0 t0=$SECONDS seed parts="curve suggest"
+    for seed in ${SEEDS:-0}; do  # suggest (seed 0's runs) only with the first seed; --only-new: rows of a stopped call stay
+        bounded 0 "$PY" experiments/annotation.py --out "$work/annotation.json" --runs "$work/runs" --only-new \
+            --parts $parts --dims 2 3 --counts 8 16 1 2 4 32 165 --choices "${CHOICES:-3}" --seed "$seed" \
+            --iterations "$iterations" || { rc=$?; break; }
+        parts=curve
+    done
     trace_stop
     say "annotation: exit status $rc after $((SECONDS - t0)) s"
     cp "$work"/annotation.json "$work"/annotation.md "$keep/" 2>/dev/null || true
