@@ -7,7 +7,7 @@ transfer from CA1 to the Drosophila ssTEM stack.
 All runs: the `quick` preset's patches (32 x 128 x 128 voxels per iteration: one 3D patch, or 32 2D
 slices), exactly `--iterations` iterations (validation every 50, on the annotated voxels of the
 validation split), the checkpoint of best validation IoU, scored raw (probability 0.5, no TTA, no
-post-processing). The curve runs for each model in `--dims`; suggest and transfer use the 2D model.
+post-processing). The curve and suggest run for each model in `--dims`; transfer uses the 2D model.
 1. Curve: CA1 training volume with only k slices annotated, spread evenly (slice (i + 0.5) * 165 / k),
    for each k in `--counts`; test IoU on the central `--slices` slices of the CA1 test volume.
    `--choices N` also trains on N - 1 other even spreads (shifted by j / N of the spacing) for the
@@ -203,8 +203,7 @@ def write(out: Path, result: dict) -> None:
 
 def figure(result: dict) -> Figure:
     """Test IoU against annotated slices (log axis): every run a dot, the mean over runs (slice choices,
-    seeds) a line,
-    per model; the study's IoU (from its F1, all 165 slices) dashed."""
+    seeds) a line, per model; the study's IoU (from its F1, all 165 slices) dashed."""
     fig = Figure(figsize=(6.4, 4.2))
     ax = fig.add_subplot()
     for dims, color in ((2, "tab:blue"), (3, "tab:orange")):
