@@ -83,6 +83,59 @@ def test_resume_continues_exactly(tmp_path, small, monkeypatch):
     assert len(tr.read_log(tmp_path / "b")) == 2
 
 
+def test_ema_weights_are_the_average_kept_and_resumed(tmp_path, small, monkeypatch):
+    """With `ema` the delivered weights (best.pt, the finished last.pt) are the exponential moving average
+    of every step's weights and BatchNorm statistics, and a run killed after epoch 1 and resumed ends with
+    the same average as an uninterrupted one."""
+    cfg, decay, steps = tiny(2, ema=0.6, epochs=2), 0.6, []
+    real_averaged = tr.averaged
+
+    def recording(model, d):
+        ema = real_averaged(model, d)
+        update = ema.update_parameters
+        ema.update_parameters = lambda m: (steps.append(_copy_state(m)), update(m))
+        return ema
+
+    monkeypatch.setattr(tr, "averaged", recording)
+    tr.train(cfg, *small, tmp_path / "a", progress=False)
+    assert len(steps) == 6
+    expected = dict(steps[0])
+    for state in steps[1:]:
+        expected = {k: decay * v + (1 - decay) * state[k] if v.is_floating_point() else v for k, v in expected.items()}
+    delivered = torch.load(tmp_path / "a" / "last.pt", weights_only=False)["model"]
+    raw_last = steps[-1]
+    for k, v in expected.items():
+        if v.is_floating_point():
+            torch.testing.assert_close(delivered[k], v, msg=k)
+    assert any(not torch.equal(delivered[k], raw_last[k]) for k in expected if "running_mean" in k)
+    assert any(not torch.equal(delivered[k], raw_last[k]) for k in expected if k.endswith("weight"))
+    best = torch.load(tmp_path / "a" / "best.pt", weights_only=False)
+    if best["state"]["epoch"] == 2:
+        assert all(torch.equal(best["model"][k], delivered[k]) for k in delivered)
+
+    monkeypatch.setattr(tr, "averaged", real_averaged)
+    real_save = tr._save
+
+    def save_then_die(obj, path):
+        real_save(obj, path)
+        if path.name == "last.pt":
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(tr, "_save", save_then_die)
+    with pytest.raises(KeyboardInterrupt):
+        tr.train(cfg, *small, tmp_path / "b", progress=False)
+    monkeypatch.setattr(tr, "_save", real_save)
+    assert "ema" in torch.load(tmp_path / "b" / "last.pt", weights_only=False)
+    tr.train(cfg, *small, tmp_path / "b", resume=True, progress=False)
+    resumed = torch.load(tmp_path / "b" / "last.pt", weights_only=False)["model"]
+    for k in delivered:
+        torch.testing.assert_close(resumed[k], delivered[k], msg=k)
+
+
+def _copy_state(model: torch.nn.Module) -> dict:
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
 def test_learns_on_real_data(tmp_path, droso_crop):
     """A few dozen iterations on real EM already separate mitochondria better than chance."""
     raw, mask = droso_crop

@@ -45,7 +45,7 @@ def cmd_train(a: argparse.Namespace) -> None:
     changes = {k: v for k, v in dict(
         epochs=a.epochs, minutes=a.minutes, patch_xy=a.patch_xy, patch_z=a.patch_z, batch=a.batch, lr=a.lr,
         iterations_per_epoch=a.iterations_per_epoch, validate_every=a.validate_every, norm=a.norm,
-        bn_freeze=a.bn_freeze, normalize=a.normalize,
+        bn_freeze=a.bn_freeze, ema=a.ema, normalize=a.normalize,
         loader_workers=a.loader_workers, val_fraction=a.val_fraction, seed=a.seed,
         device=a.device, label_threshold=a.label_threshold, voxel_size=a.voxel_size, unlabeled=a.unlabeled,
         annotated_slices=a.annotated_slices, init=a.init, amp=False if a.fp32 else None).items() if v is not None}
@@ -184,6 +184,9 @@ def parser() -> argparse.ArgumentParser:
     t.add_argument("--bn-freeze", type=arg("bn_freeze"), metavar="ITERATION",
                    help="from this iteration on, BatchNorm statistics stay fixed and training uses them as "
                         "prediction does (default: never; it hurt the 3D model on CA1, results/README.md)")
+    t.add_argument("--ema", type=arg("ema"), metavar="DECAY",
+                   help="validate, keep and deliver an exponential moving average of the weights, DECAY per "
+                        "step (e.g. 0.99; default: off, the last step's weights)")
     t.add_argument("--normalize", choices=("percentile", "equalize"),
                    help="how grey levels reach the network: percentile (default: the 0.5-99.5 %% window, linear) "
                         "or equalize (histogram equalisation: blind to gamma changes; no bioimage.io export)")

@@ -25,6 +25,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from mitoseg import data, io, memory, metrics, postprocess
 from mitoseg.config import Config
@@ -239,6 +240,15 @@ def recalibrate_batchnorm(model: torch.nn.Module, sampler: data.PatchSampler, tf
         model.train(was_training)
 
 
+def averaged(model: torch.nn.Module, decay: float) -> AveragedModel | None:
+    """An exponential moving average of `model`'s weights and BatchNorm statistics (`decay` per training
+    step, torch's own EMA), or None when `decay` is 0. Validation, best.pt and the finished last.pt use
+    the average: it smooths the step-to-step swing of a model trained at batch 1."""
+    if not decay:
+        return None
+    return AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(decay), use_buffers=True)
+
+
 def _finite_step(model: torch.nn.Module, loss: torch.Tensor) -> bool:
     """Backpropagate `loss`; True when the loss and every gradient are finite (else gradients are dropped).
 
@@ -306,6 +316,7 @@ def _train(config: Config, image: np.ndarray, mask: np.ndarray, out: Path, resum
     if config.init and not resume:
         load_init(model, config, device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    ema = averaged(model, config.ema)
     n_iter = iterations_per_epoch(config, train_vol.image.shape)
     total_iter = n_iter * config.epochs
 
@@ -316,6 +327,8 @@ def _train(config: Config, image: np.ndarray, mask: np.ndarray, out: Path, resum
             return summarize(out)
         model.load_state_dict(ckpt["model"])
         optimizer.load_state_dict(ckpt["optimizer"])
+        if ema is not None:
+            ema.load_state_dict(ckpt["ema"])
         state = {"best_iou": -1.0, **ckpt["state"]}
     log_path = out / "log.csv"
     # a new log, or on resume the rows up to the checkpoint's epoch (later epochs are trained again)
@@ -353,6 +366,8 @@ def _train(config: Config, image: np.ndarray, mask: np.ndarray, out: Path, resum
             optimizer.zero_grad(set_to_none=True)
             if _finite_step(model, loss):
                 optimizer.step()
+                if ema is not None:
+                    ema.update_parameters(model)
                 losses.append(loss.item())
                 in_a_row = 0
             else:  # a non-finite loss or gradient: skip this step, as a GPU loss scaler would
@@ -375,14 +390,15 @@ def _train(config: Config, image: np.ndarray, mask: np.ndarray, out: Path, resum
         state["epoch"] += 1
         last = state["epoch"] >= config.epochs or state["elapsed"] >= budget
         checked = last or state["epoch"] % config.validate_every == 0
+        final = ema.module if ema is not None else model  # the model validated, kept as best and delivered
         if checked and not state.get("bn_frozen"):
-            recalibrate_batchnorm(model, sampler, tf, config, device, config.bn_batches, (config.seed, epoch, 1))
-        val = validate(model, val_vol if checked else None, config, device)
+            recalibrate_batchnorm(final, sampler, tf, config, device, config.bn_batches, (config.seed, epoch, 1))
+        val = validate(final, val_vol if checked else None, config, device)
         row = {"epoch": state["epoch"], "iterations": done,
                "loss": float(np.mean(losses)) if losses else float("nan"),
                "val_dice": val["f1"], "val_iou": val["jaccard"], "val_iou_best": val["best_jaccard"],
                "val_threshold": val["best_threshold"],
-               "monitor_iou": validate(model, monitor if checked else None, config, device)["jaccard"], "lr": lr,
+               "monitor_iou": validate(final, monitor if checked else None, config, device)["jaccard"], "lr": lr,
                "epoch_seconds": seconds, "seconds_per_iteration": seconds / max(done, 1),
                "elapsed_seconds": state["elapsed"], "skipped_steps": skipped,
                "peak_memory_mib": memory.peak_mib(device)}
@@ -395,10 +411,12 @@ def _train(config: Config, image: np.ndarray, mask: np.ndarray, out: Path, resum
         save_now = time.perf_counter() - saved_at >= CHECKPOINT_SECONDS
         if checked and (not val_vol or val["best_jaccard"] > state["best_iou"] or state["best_iou"] <= 0):
             state["best_iou"] = val["best_jaccard"] if val_vol else state["best_iou"]
-            weights = model.state_dict() if save_now else _copy(model.state_dict())  # a copy only to keep
+            weights = final.state_dict() if save_now else _copy(final.state_dict())  # a copy only to keep
             best = {"model": weights, "config": config.__dict__, "state": dict(state)}
         ckpt = {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "state": state,
                 "config": config.__dict__}
+        if ema is not None:
+            ckpt["ema"] = ema.state_dict()
         if save_now:
             if best is not None:
                 _save(best, out / "best.pt")
@@ -411,9 +429,9 @@ def _train(config: Config, image: np.ndarray, mask: np.ndarray, out: Path, resum
               "labels", file=sys.stderr, flush=True)
     if best is not None:
         _save(best, out / "best.pt")
-    if ckpt is not None:  # finished: the optimiser state is no longer needed
-        _save({k: v for k, v in ckpt.items() if k != "optimizer"}, out / "last.pt")
-    del model, optimizer, sampler, stream  # the stream's worker processes end with it
+    if ckpt is not None:  # finished: the weights that are delivered, without what only resuming needs
+        _save({"model": final.state_dict(), "state": state, "config": config.__dict__}, out / "last.pt")
+    del model, ema, optimizer, sampler, stream  # the stream's worker processes end with it
     memory.release()
     return summarize(out)
 
