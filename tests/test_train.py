@@ -60,9 +60,8 @@ def test_loader_workers_give_batches_like_the_inline_path_and_repeat(tmp_path, s
     assert tr.loader_workers(tiny(dims), torch.device("cpu")) == 0
 
 
-def test_resume_continues_exactly(tmp_path, small, monkeypatch):
-    """Killed after epoch 1 and resumed, a run ends with the same weights as an uninterrupted one."""
-    tr.train(tiny(2), *small, tmp_path / "a", progress=False)
+def _killed_after_first_checkpoint(cfg: Config, small, out, monkeypatch) -> None:
+    """Train until the first last.pt is written, then stop there as if killed."""
     real = tr._save
 
     def save_then_die(obj, path):
@@ -72,8 +71,14 @@ def test_resume_continues_exactly(tmp_path, small, monkeypatch):
 
     monkeypatch.setattr(tr, "_save", save_then_die)
     with pytest.raises(KeyboardInterrupt):
-        tr.train(tiny(2), *small, tmp_path / "b", progress=False)
+        tr.train(cfg, *small, out, progress=False)
     monkeypatch.setattr(tr, "_save", real)
+
+
+def test_resume_continues_exactly(tmp_path, small, monkeypatch):
+    """Killed after epoch 1 and resumed, a run ends with the same weights as an uninterrupted one."""
+    tr.train(tiny(2), *small, tmp_path / "a", progress=False)
+    _killed_after_first_checkpoint(tiny(2), small, tmp_path / "b", monkeypatch)
     assert len(tr.read_log(tmp_path / "b")) == 1
     tr.train(tiny(2), *small, tmp_path / "b", resume=True, progress=False)
     a = torch.load(tmp_path / "a" / "last.pt", weights_only=False)["model"]
@@ -114,17 +119,7 @@ def test_ema_weights_are_the_average_kept_and_resumed(tmp_path, small, monkeypat
         assert all(torch.equal(best["model"][k], delivered[k]) for k in delivered)
 
     monkeypatch.setattr(tr, "averaged", real_averaged)
-    real_save = tr._save
-
-    def save_then_die(obj, path):
-        real_save(obj, path)
-        if path.name == "last.pt":
-            raise KeyboardInterrupt
-
-    monkeypatch.setattr(tr, "_save", save_then_die)
-    with pytest.raises(KeyboardInterrupt):
-        tr.train(cfg, *small, tmp_path / "b", progress=False)
-    monkeypatch.setattr(tr, "_save", real_save)
+    _killed_after_first_checkpoint(cfg, small, tmp_path / "b", monkeypatch)
     assert "ema" in torch.load(tmp_path / "b" / "last.pt", weights_only=False)
     tr.train(cfg, *small, tmp_path / "b", resume=True, progress=False)
     resumed = torch.load(tmp_path / "b" / "last.pt", weights_only=False)["model"]
