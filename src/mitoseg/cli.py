@@ -186,7 +186,7 @@ def parser() -> argparse.ArgumentParser:
                         "prediction does (default: never; it hurt the 3D model on CA1, results/README.md)")
     t.add_argument("--ema", type=arg("ema"), metavar="DECAY",
                    help="validate, keep and deliver an exponential moving average of the weights, DECAY per "
-                        "step (e.g. 0.99; default: off, the last step's weights)")
+                        "step (default: off; 0.99 lowered test IoU on CA1 at 600 iterations, results/README.md)")
     t.add_argument("--normalize", choices=("percentile", "equalize"),
                    help="how grey levels reach the network: percentile (default: the 0.5-99.5 %% window, linear) "
                         "or equalize (histogram equalisation: blind to gamma changes; no bioimage.io export)")
