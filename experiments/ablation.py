@@ -46,6 +46,10 @@ VARIANTS = {  # folder: (name, Config changes); the first is the recipe every ot
     "equalize": ("histogram-equalised input (`--normalize equalize`) instead of the linear percentile window",
                  {"normalize": "equalize"}),
     "equalize_seed1": ("histogram-equalised input, another seed", {"normalize": "equalize", "seed": 1}),
+    "batch2": ("2 patches per step (2x the voxels; BatchNorm statistics over 2 augmentation draws)", {"batch": 2}),
+    "batch2_seed1": ("2 patches per step, another seed", {"batch": 2, "seed": 1}),
+    "elastic": ("in-plane elastic deformation of half the patches (`--elastic 0.5`)", {"elastic": 0.5}),
+    "elastic_seed1": ("in-plane elastic deformation of half the patches, another seed", {"elastic": 0.5, "seed": 1}),
 }
 LAST = "recipe, last checkpoint instead of best validation IoU"
 

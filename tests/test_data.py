@@ -219,6 +219,22 @@ def test_2d_augmenter_never_flips_z(mask_patches):
     assert z_flips_3d > 0  # the check above would see a Z flip: the 3D augmenter does make them
 
 
+def test_elastic_deformation_moves_image_and_label_alike_in_plane(lucchi_crop):
+    """On a real CA1 mask: a smooth in-plane field of a few pixels, the same on every slice; the label is
+    moved by nearest neighbour (unannotated voxels stay IGNORE), the image with it."""
+    _, mask = lucchi_crop
+    label = np.repeat(mask[None, None, :1, :128, :128], 4, axis=2).astype(np.float32)  # (1, 1, 4, 128, 128)
+    label[..., :16, :] = data.IGNORE
+    tf = data.augmenter(seed=0, dims=2, intensity=0, slice_jitter=0, elastic=1.0)
+    for _ in range(6):
+        x, y = data.augment(tf, label.copy(), label.copy())
+        assert set(np.unique(y)) == {0.0, 1.0, float(data.IGNORE)}
+        assert all(np.array_equal(y[0, 0, 0], y[0, 0, z]) for z in range(4))  # one field for every slice
+        assert np.mean(np.rint(x) == y) > 0.97  # the image moved with its label
+        changed = min(np.mean(g != y[0, 0, 0]) for _, g in _d4(label[0, 0, 0]))  # beyond flips and rotations
+        assert 0 < changed < 0.1  # deformed, by a few pixels: only voxels near edges change
+
+
 def test_slice_intensity_jitter_changes_each_slice_apart(lucchi_crop):
     """On a real CA1 patch each z-slice gets its own gain and offset (slices drift one by one)."""
     raw, mask = lucchi_crop

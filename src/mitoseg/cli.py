@@ -45,7 +45,7 @@ def cmd_train(a: argparse.Namespace) -> None:
     changes = {k: v for k, v in dict(
         epochs=a.epochs, minutes=a.minutes, patch_xy=a.patch_xy, patch_z=a.patch_z, batch=a.batch, lr=a.lr,
         iterations_per_epoch=a.iterations_per_epoch, validate_every=a.validate_every, norm=a.norm,
-        bn_freeze=a.bn_freeze, ema=a.ema, normalize=a.normalize,
+        bn_freeze=a.bn_freeze, ema=a.ema, elastic=a.elastic, normalize=a.normalize,
         loader_workers=a.loader_workers, val_fraction=a.val_fraction, seed=a.seed,
         device=a.device, label_threshold=a.label_threshold, voxel_size=a.voxel_size, unlabeled=a.unlabeled,
         annotated_slices=a.annotated_slices, init=a.init, amp=False if a.fp32 else None).items() if v is not None}
@@ -187,6 +187,8 @@ def parser() -> argparse.ArgumentParser:
     t.add_argument("--ema", type=arg("ema"), metavar="DECAY",
                    help="validate, keep and deliver an exponential moving average of the weights, DECAY per "
                         "step (default: off; 0.99 lowered test IoU on CA1 at 600 iterations, results/README.md)")
+    t.add_argument("--elastic", type=arg("elastic"), metavar="P",
+                   help="probability of an in-plane elastic deformation per training patch (default: 0, off)")
     t.add_argument("--normalize", choices=("percentile", "equalize"),
                    help="how grey levels reach the network: percentile (default: the 0.5-99.5 %% window, linear) "
                         "or equalize (histogram equalisation: blind to gamma changes; no bioimage.io export)")

@@ -139,9 +139,12 @@ class PatchSampler:
         return (np.stack(xs)[:, None].astype(np.float32), np.stack(ys)[:, None].astype(np.float32))
 
 
-def augmenter(seed: int, dims: int, intensity: float = 1.0, slice_jitter: float = 0.1):
+def augmenter(seed: int, dims: int, intensity: float = 1.0, slice_jitter: float = 0.1, elastic: float = 0.0):
     """MONAI random transforms for one sample dict {"image", "label"} of arrays (1, Z, Y, X).
 
+    With probability `elastic` an in-plane elastic deformation, the same for every slice (Z may be
+    anisotropic): control points every 32 pixels moved by up to 3 pixels (normal, standard deviation
+    drawn from 0..3), image interpolated bilinearly, label by nearest neighbour, reflected at the edges.
     Flips on every axis the model sees, 90-degree rotations in-plane only (Z may be anisotropic),
     per-slice contrast and brightness jitter (gain 1 +- `slice_jitter`, offset +- `slice_jitter` / 2;
     0 turns it off), and whole-patch intensity scale (+-0.3), shift (+-0.15), gamma (0.6..1.7) and noise
@@ -150,6 +153,8 @@ def augmenter(seed: int, dims: int, intensity: float = 1.0, slice_jitter: float 
     """
     from monai.transforms import (
         Compose,
+        Lambdad,
+        Rand2DElasticd,
         RandAdjustContrastd,
         RandFlipd,
         RandGaussianNoised,
@@ -160,7 +165,13 @@ def augmenter(seed: int, dims: int, intensity: float = 1.0, slice_jitter: float 
 
     keys = ["image", "label"]
     flip_axes = [1, 2] if dims == 2 else [0, 1, 2]
-    tfs = [RandSliceIntensityd("image", scale=slice_jitter, shift=slice_jitter / 2, prob=0.5)] if slice_jitter else []
+    tfs = []
+    if elastic:  # slices as channels, so one in-plane field moves them all
+        tfs += [Lambdad(keys, lambda a: a[0]),
+                Rand2DElasticd(keys, spacing=32, magnitude_range=(0, 3), prob=elastic, mode=("bilinear", "nearest")),
+                Lambdad(keys, lambda a: a[None])]
+    if slice_jitter:
+        tfs.append(RandSliceIntensityd("image", scale=slice_jitter, shift=slice_jitter / 2, prob=0.5))
     tfs += [RandFlipd(keys, prob=0.5, spatial_axis=a) for a in flip_axes]
     tfs.append(RandRotate90d(keys, prob=0.75, max_k=3, spatial_axes=(1, 2)))
     if intensity:
