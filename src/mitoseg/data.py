@@ -143,8 +143,9 @@ def augmenter(seed: int, dims: int, intensity: float = 1.0, slice_jitter: float 
     """MONAI random transforms for one sample dict {"image", "label"} of arrays (1, Z, Y, X).
 
     With probability `elastic` an in-plane elastic deformation, the same for every slice (Z may be
-    anisotropic): control points every 32 pixels moved by up to 3 pixels (normal, standard deviation
-    drawn from 0..3), image interpolated bilinearly, label by nearest neighbour, reflected at the edges.
+    anisotropic): control points every 32 pixels moved by normal offsets whose standard deviation is
+    drawn from 0..3 pixels per patch, image interpolated bilinearly, label by nearest neighbour, reflected
+    at the edges.
     Flips on every axis the model sees, 90-degree rotations in-plane only (Z may be anisotropic),
     per-slice contrast and brightness jitter (gain 1 +- `slice_jitter`, offset +- `slice_jitter` / 2;
     0 turns it off), and whole-patch intensity scale (+-0.3), shift (+-0.15), gamma (0.6..1.7) and noise
