@@ -93,6 +93,21 @@ def tile_iou(model, cfg, image: np.ndarray, truth: np.ndarray, window) -> float:
     return metrics.scores(metrics.confusion(probs >= 0.5, truth))["jaccard"]
 
 
+def adapted_row(run, label: str, cases, adjust) -> dict:
+    """One table row: for each (key, scored image, truth, window, whole volume) of `cases`, the saved model
+    changed by `adjust(model, cfg, whole volume, window)`, then its IoU on the scored image."""
+    row = {"batches": label}
+    for key, image, truth, window, volume in cases:
+        model, cfg = train.load_model(run)  # from the saved statistics each time
+        t0 = time.perf_counter()
+        adjust(model, cfg, volume, window)
+        row["seconds"] = time.perf_counter() - t0  # the last: on the test volume with gamma 1.4
+        row[key] = iou(model, cfg, image, truth, window)
+    row = {"model": f"{cfg.dims}D", **row}
+    print(json.dumps(row), flush=True)
+    return row
+
+
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("runs", nargs="+", help="trained run folders on CA1 (e.g. a compare report's model_3D)")
@@ -130,20 +145,13 @@ def main(argv: list[str] | None = None) -> None:
                    "test_iou_gamma_1.4": iou(model, cfg, dark, truth, dark_window)}
             rows.append(row)
             print(json.dumps(row), flush=True)
+        cases = [("val_iou", val_vol.image, val_vol.mask, val_vol.window, val_vol.image),
+                 ("test_iou", image, truth, window, bench.test_image),
+                 ("test_iou_gamma_1.4", dark, truth, dark_window,
+                  gamma(bench.test_image, 1.4) if a.target_patches or a.shift_patches else None)]
         if a.target_patches:
-            full_dark = gamma(bench.test_image, 1.4)
-            row = {"model": f"{cfg.dims}D", "batches": f"target {a.target_patches}"}
-            for key, vol, truth_, win, source in [
-                    ("val_iou", val_vol.image, val_vol.mask, val_vol.window, val_vol.image),
-                    ("test_iou", image, truth, window, bench.test_image),
-                    ("test_iou_gamma_1.4", dark, truth, dark_window, full_dark)]:
-                model, cfg = train.load_model(run)
-                t0 = time.perf_counter()
-                adapt(model, cfg, source, win, a.target_patches)
-                row["seconds"] = time.perf_counter() - t0  # the last: on the test volume with gamma 1.4
-                row[key] = iou(model, cfg, vol, truth_, win)
-            rows.append(row)
-            print(json.dumps(row), flush=True)
+            rows.append(adapted_row(run, f"target {a.target_patches}", cases,
+                                    lambda m, c, vol, win: adapt(m, c, vol, win, a.target_patches)))
             model, cfg = train.load_model(run)
             per_tile(model)
             rows.append({"model": f"{cfg.dims}D", "batches": "tile", "seconds": 0.0,
@@ -152,19 +160,8 @@ def main(argv: list[str] | None = None) -> None:
                          "test_iou_gamma_1.4": tile_iou(model, cfg, dark, truth, dark_window)})
             print(json.dumps(rows[-1]), flush=True)
         if a.shift_patches:
-            full_dark = gamma(bench.test_image, 1.4)
-            row = {"model": f"{cfg.dims}D", "batches": f"shift {a.shift_patches}"}
-            for key, vol, truth_, win, target in [
-                    ("val_iou", val_vol.image, val_vol.mask, val_vol.window, val_vol.image),
-                    ("test_iou", image, truth, window, bench.test_image),
-                    ("test_iou_gamma_1.4", dark, truth, dark_window, full_dark)]:
-                model, cfg = train.load_model(run)
-                t0 = time.perf_counter()
-                shift(model, cfg, train_vol.image, train_vol.window, target, win, a.shift_patches)
-                row["seconds"] = time.perf_counter() - t0
-                row[key] = iou(model, cfg, vol, truth_, win)
-            rows.append(row)
-            print(json.dumps(row), flush=True)
+            rows.append(adapted_row(run, f"shift {a.shift_patches}", cases, lambda m, c, vol, win, src=train_vol: shift(
+                m, c, src.image, src.window, vol, win, a.shift_patches)))
     out = Path(a.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     meta = header(__file__, argv, bench.description, test_slices=[z0, z0 + a.slices])
