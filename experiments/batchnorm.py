@@ -14,6 +14,8 @@ and each prediction tile normalised by its own statistics (what BatchNorm does i
 With `--shift-patches N`, one more row: the saved statistics moved by the difference between those of N
 random patches of the scored volume and of N random patches of the training volume (both as AdaBN
 estimates them), so that a change of the microscope is corrected but not the content's mixture.
+With `--match-training`, one more row: the statistics as saved, each volume's grey levels first moved onto
+the training volume's histogram (`mitoseg predict --match-training`; not BatchNorm, the same question).
 Writes the JSON and a Markdown table beside it.
 """
 
@@ -108,6 +110,25 @@ def adapted_row(run, label: str, cases, adjust) -> dict:
     return row
 
 
+def matched_row(run, bench, val_vol, image, truth, dark) -> dict:
+    """The saved model with each volume's grey levels moved onto the training volume's histogram first, as
+    `mitoseg predict --match-training` does (the validation strip and the test volume each as a volume of
+    their own); runs trained before the histogram was kept with the model get it from the CA1 training volume."""
+    model, cfg = train.load_model(run)
+    if not getattr(model, "intensity", None):
+        model.intensity = {"window": io.intensity_range(bench.train_image, rule=cfg.normalize),
+                           "reference": io.reference_levels(bench.train_image)}
+    t0 = time.perf_counter()
+    val_window, window, dark_window = (predict.input_window(model, v, match_training=True)
+                                       for v in (val_vol.image, bench.test_image, gamma(bench.test_image, 1.4)))
+    row = {"model": f"{cfg.dims}D", "batches": "matched", "seconds": (time.perf_counter() - t0) / 3,
+           "val_iou": iou(model, cfg, val_vol.image, val_vol.mask, val_window),
+           "test_iou": iou(model, cfg, image, truth, window),
+           "test_iou_gamma_1.4": iou(model, cfg, dark, truth, dark_window)}
+    print(json.dumps(row), flush=True)
+    return row
+
+
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("runs", nargs="+", help="trained run folders on CA1 (e.g. a compare report's model_3D)")
@@ -119,6 +140,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--shift-patches", type=int, default=0,
                    help="patches of the scored and of the training volume whose difference moves the saved "
                         "statistics; 0: no such row")
+    p.add_argument("--match-training", action="store_true",
+                   help="one more row: the saved statistics, each volume's grey levels moved onto the training "
+                        "volume's histogram first (mitoseg predict --match-training)")
     a = p.parse_args(argv)
     bench = compare.load_benchmark("lucchi")
     z0 = (bench.test_image.shape[0] - a.slices) // 2
@@ -162,6 +186,8 @@ def main(argv: list[str] | None = None) -> None:
         if a.shift_patches:
             rows.append(adapted_row(run, f"shift {a.shift_patches}", cases, lambda m, c, vol, win, src=train_vol: shift(
                 m, c, src.image, src.window, vol, win, a.shift_patches)))
+        if a.match_training:
+            rows.append(matched_row(run, bench, val_vol, image, truth, dark))
     out = Path(a.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     meta = header(__file__, argv, bench.description, test_slices=[z0, z0 + a.slices])
@@ -175,6 +201,8 @@ def main(argv: list[str] | None = None) -> None:
     for r in rows:
         what = ("as saved (exponential average)" if not r["batches"] else
                 "each prediction tile's own" if r["batches"] == "tile" else
+                "as saved; grey levels moved onto the training volume's histogram (predict --match-training)"
+                if r["batches"] == "matched" else
                 f"re-estimated on {str(r['batches']).split()[-1]} unlabelled patches of the scored volume (AdaBN)"
                 if str(r["batches"]).startswith("target") else
                 f"moved by scored minus training volume, {str(r['batches']).split()[-1]} random patches each"

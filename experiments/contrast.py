@@ -7,8 +7,10 @@ are changed as another acquisition would change them (squeezed into fewer grey l
 originals, darker, brighter, flatter, another gamma, brightness drifting slice by slice), predicted
 with the product's predictor and scored at probability 0.5. Each change is scored with each of `--rules`:
 the rule the run was trained with (`Config.normalize`, see `io.intensity_range`), the linear percentile
-window, and the rule it replaced (uint8 mapped 0..255 as it is). Writes the JSON and a Markdown table
-beside it.
+window, the rule it replaced (uint8 mapped 0..255 as it is), and the grey levels first moved onto the
+training volume's histogram (`mitoseg predict --match-training`; for runs trained before the histogram was
+kept with the model, it is taken from the CA1 training volume they were trained on). Writes the JSON and a
+Markdown table beside it.
 """
 
 from __future__ import annotations
@@ -45,7 +47,8 @@ def changes(seed: int = 0) -> dict:
     }
 
 
-RULES = {"run": None, "percentile": "percentile", "fixed 0..255": (0.0, 255.0)}  # None: the run's Config.normalize
+RULES = {"run": None, "percentile": "percentile", "fixed 0..255": (0.0, 255.0), "matched": "matched"}
+# None: the run's Config.normalize; "matched": grey levels moved onto the training volume's histogram first
 
 
 def validation_threshold(run: str | Path) -> float:
@@ -65,18 +68,25 @@ def main(argv: list[str] | None = None) -> None:
     bench = compare.load_benchmark("lucchi")
     z0 = (bench.test_image.shape[0] - a.slices) // 2
     image, truth = bench.test_image[z0:z0 + a.slices], bench.test_mask[z0:z0 + a.slices]
+    reference = io.reference_levels(bench.train_image)
     rows = []
     for run in a.runs:
         model, cfg = train.load_model(run)
         tile = predict.default_tile(cfg.dims, image.shape, cfg.tile)
         chosen = validation_threshold(run)
+        if not getattr(model, "intensity", None):  # a run trained before the histogram was kept with the model
+            model.intensity = {"window": io.intensity_range(bench.train_image, rule=cfg.normalize),
+                               "reference": reference}
         for name, change in changes().items():
             vol = change(image)
             row = {"model": f"{cfg.dims}D, {cfg.normalize}", "folder": Path(run).name, "change": name,
                    "grey_levels": int(np.ptp(vol)), "validation_threshold": chosen}
             for rule in a.rules:
                 spec = RULES[rule] or cfg.normalize
-                window = io.intensity_range(vol, rule=spec) if isinstance(spec, str) else spec
+                if spec == "matched":  # as `mitoseg predict --match-training`
+                    window = predict.input_window(model, vol, match_training=True)
+                else:
+                    window = io.intensity_range(vol, rule=spec) if isinstance(spec, str) else spec
                 probs = predict.predict_array(model, vol, cfg.dims, tile, cfg.overlap, window, amp=cfg.amp)
                 row[rule] = metrics.scores(metrics.confusion(probs >= 0.5, truth))["jaccard"]
                 if chosen != 0.5:
@@ -95,7 +105,8 @@ def main(argv: list[str] | None = None) -> None:
 def table(rows: list[dict], z0: int, slices: int, rules: list[str]) -> str:
     """The Markdown table of `rows`: IoU per rule (and at the validation threshold where it is not 0.5)."""
     keys = [k for rule in rules for k in (rule, f"{rule}, validation threshold") if any(k in r for r in rows)]
-    names = {"run": "the run's own rule", "percentile": "percentile rule", "fixed 0..255": "fixed 0..255 (old rule)"}
+    names = {"run": "the run's own rule", "percentile": "percentile rule", "fixed 0..255": "fixed 0..255 (old rule)",
+             "matched": "matched to the training histogram"}
     heads = [f"IoU, {names.get(k, k)}" if k in names else f"IoU, {k.split(',')[0]}, at the validation threshold"
              for k in keys]
     lines = [f"Test IoU (no TTA, probability 0.5 unless said) on CA1 test slices {z0}..{z0 + slices - 1} under "

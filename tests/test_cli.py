@@ -195,6 +195,40 @@ def test_label_on_a_local_dask_cluster_equals_single_process(runs):
     np.testing.assert_array_equal(io.open_volume(d / "dask.zarr")[:], io.open_volume(d / "single.zarr")[:])
 
 
+def test_predict_matched_to_the_training_histogram_undoes_a_gamma_change(runs, capsys, tmp_path):
+    """`predict --match-training`: the test crop under gamma 1.4 reaches the network as (about) the unchanged
+    crop does, through the window recorded with the output (the training crop's window and histogram kept with
+    the model), which the crop's own percentile window does not give; a checkpoint without the training
+    histogram (trained before it was kept) is refused in one line, with no output left."""
+    import torch
+
+    from mitoseg.train import load_model
+
+    d = runs
+    images = {"same": tifffile.imread(d / "test.tif")}
+    images["gamma"] = np.rint(255 * (images["same"] / 255) ** 1.4).astype(np.uint8)
+    tifffile.imwrite(tmp_path / "gamma.tif", images["gamma"])
+    windows = {}
+    for name, path in {"same": d / "test.tif", "gamma": tmp_path / "gamma.tif"}.items():
+        out = tmp_path / f"{name}.zarr"
+        assert main(["--quiet", "predict", str(path), "--model", str(d / "run2"), "--out", str(out),
+                     "--match-training"]) == 0
+        windows[name] = tuple(io.open_volume(tmp_path / f"{name}.zarr").attrs["window"])
+    model, _ = load_model(d / "run2")
+    kept = model.intensity
+    assert windows["gamma"] == io.matched_window(images["gamma"], kept["reference"], kept["window"])
+    matched = np.abs(io.normalize(images["gamma"], windows["gamma"]) - io.normalize(images["same"], windows["same"]))
+    own = np.abs(io.normalize(images["gamma"], io.intensity_range(images["gamma"]))
+                 - io.normalize(images["same"], io.intensity_range(images["same"])))
+    assert matched.mean() < 0.006 and own.mean() > 0.03, (matched.mean(), own.mean())
+    old = torch.load(d / "run2" / "best.pt", weights_only=False)
+    del old["intensity"]
+    torch.save(old, tmp_path / "old.pt")
+    bad(["predict", str(d / "test.tif"), "--model", str(tmp_path / "old.pt"), "--out", str(tmp_path / "o.zarr"),
+         "--match-training"], capsys, "train it again")
+    assert not list(tmp_path.glob("o.zarr*"))
+
+
 def test_predict_and_label_write_ome_zarr_at_the_runs_voxel_size(runs):
     from ome_zarr.io import parse_url
     from ome_zarr.reader import Reader

@@ -92,7 +92,8 @@ def test_predict_2d_equals_single_process_and_resumes_its_run(dask_client, runs,
         calls["n"] = 0
         predict.predict_volume(model, image, tmp_path / "other.zarr", 2, cfg.tile, cfg.overlap, block, progress=False)
     monkeypatch.undo()
-    for change, named in [(dict(block=(3, 64, 48)), "block"), (dict(overlap=0.5), "overlap"), (dict(tta=True), "tta")]:
+    for change, named in [(dict(block=(3, 64, 48)), "block"), (dict(overlap=0.5), "overlap"), (dict(tta=True), "tta"),
+                          (dict(match_training=True), "window")]:  # grey levels matched: another window
         with pytest.raises(MitosegError, match=f"other settings .*{named}"):
             cluster.predict_volume_dask(dask_client, runs / "run2", image, tmp_path / "other.zarr",
                                         **dict(dict(block=block, tile=cfg.tile), **change), resume=True,

@@ -305,6 +305,32 @@ def test_equalize_maps_levels_by_rank_for_every_dtype(lucchi_crop):
         io.intensity_range(raw, rule="zscore")
 
 
+def test_matched_window_undoes_monotone_changes_and_keeps_the_reference_input(lucchi_crop):
+    """Grey levels moved onto a reference histogram (half of a CA1 crop) before the reference's linear window:
+    the reference itself gets (about) its linear input back; the other half under gamma 1.4 / 0.7, darker or
+    squeezed gets (about) the input of its unchanged self, where its own percentile window does not for gamma;
+    a float copy of the reference maps like the uint8 one."""
+    raw, _ = lucchi_crop
+    ref, new = raw[:16], raw[16:]
+    reference, window = io.reference_levels(ref), io.intensity_range(ref)
+    assert len(reference) == io.REFERENCE_POINTS and list(reference) == sorted(reference)
+    matched = io.matched_window(ref, reference, window)
+    assert len(matched) == 256 and np.abs(io.normalize(ref, matched) - io.normalize(ref, window)).mean() < 0.005
+    unchanged = io.normalize(new, io.matched_window(new, reference, window))
+    f = new.astype(np.float64) / 255
+    for name, changed in {"gamma 1.4": 255 * f**1.4, "gamma 0.7": 255 * f**0.7, "darker": 0.6 * new,
+                          "squeezed": 40 + new * (170 / 255)}.items():
+        changed = np.rint(changed).astype(np.uint8)
+        moved = np.abs(io.normalize(changed, io.matched_window(changed, reference, window)) - unchanged).mean()
+        linear = np.abs(io.normalize(changed, io.intensity_range(changed))
+                        - io.normalize(new, io.intensity_range(new))).mean()
+        assert moved < 0.006, (name, moved)
+        assert linear > 0.03 or not name.startswith("gamma"), (name, linear)
+    as_float = io.matched_window(new.astype(np.float32) / 255, io.reference_levels(ref.astype(np.float32) / 255),
+                                 tuple(w / 255 for w in window))
+    assert np.abs(io.normalize(new.astype(np.float32) / 255, as_float) - unchanged).mean() < 1e-3
+
+
 @pytest.mark.parametrize("dtype", [np.uint16, np.float32, np.float64])
 def test_intensity_range_percentiles(crop, dtype):
     vol = crop[:8, :64, :64].astype(dtype) * (40 if dtype == np.uint16 else 0.01)

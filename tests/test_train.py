@@ -37,6 +37,8 @@ def test_run_folder_holds_everything(tmp_path, small, dims):
     assert "torch" in json.loads((run / "versions.json").read_text())
     model, cfg = tr.load_model(run)
     assert cfg.dims == dims and not model.training
+    # the training volume's window and histogram travel with the model (for predict --match-training)
+    assert model.intensity == {"window": io.intensity_range(small[0]), "reference": io.reference_levels(small[0])}
 
 
 @pytest.mark.parametrize("dims", [2, 3])

@@ -160,7 +160,7 @@ def predict_volume_dask(client, model_path: str | Path, image_spec: str | Path, 
                         mask_out: str | Path | None = None, threshold: float = 0.5, batch_size: int | None = None,
                         tta: bool = False, amp: bool = True, overwrite: bool = False, resume: bool = False,
                         progress: bool = True, attrs: dict | None = None, device: str | None = None,
-                        torch_threads: int | None = None) -> Path:
+                        torch_threads: int | None = None, match_training: bool = False) -> Path:
     """`predict.predict_volume` on a Dask cluster: one task per block, the same Zarr output.
 
     `model_path` is a run folder or checkpoint and `image_spec` a path as `io.open_volume` takes it, both
@@ -186,7 +186,7 @@ def predict_volume_dask(client, model_path: str | Path, image_spec: str | Path, 
         io.check_output(mask_out, overwrite)
     settings = predict.plan(volume, config.dims, tile or predict.run_tile(config, shape, tile_xy, tile_z),
                             config.overlap if overlap is None else overlap, block, dtype=dtype, threshold=threshold,
-                            window=io.intensity_range(volume, rule=config.normalize), tta=tta, amp=amp,
+                            window=predict.input_window(net, volume, match_training), tta=tta, amp=amp,
                             batch_size=batch_size)
     attrs = {"voxel_size": config.voxel_size, **(attrs or {})}
     outputs = predict.open_outputs(shape, out, mask_out, settings, predict.fingerprint(net), attrs, resume, overwrite)

@@ -227,11 +227,40 @@ def intensity_range(arr: Any, max_samples: int = 2_000_000, rule: str = "percent
     """
     if rule not in RULES:
         raise MitosegError(f"normalisation rule must be one of {', '.join(RULES)}, not {rule!r}")
+    levels = np.percentile(_sample(arr, max_samples), np.linspace(0.5, 99.5, RULES[rule]))
+    if levels[-1] <= levels[0]:
+        levels = np.linspace(levels[0], levels[0] + 1.0, len(levels))
+    return tuple(float(v) for v in levels)
+
+
+def _sample(arr: Any, max_samples: int) -> np.ndarray:
+    """A strided float64 subsample of about `max_samples` voxels of the whole volume; refuses NaN/inf."""
     step = max(1, int(np.ceil((np.prod(arr.shape) / max_samples) ** (1 / 3))))
     sample = np.asarray(arr[::step, ::step, ::step], dtype=np.float64)
     if not np.isfinite(sample).all():
         raise MitosegError("the image holds NaN or infinite values; replace them before segmenting")
-    levels = np.percentile(sample, np.linspace(0.5, 99.5, RULES[rule]))
+    return sample
+
+
+REFERENCE_POINTS = 1001  # percentiles 0, 0.1, ..., 100 of the training volume kept with a model
+
+
+def reference_levels(arr: Any, max_samples: int = 2_000_000) -> tuple[float, ...]:
+    """The volume's grey levels at ``REFERENCE_POINTS`` evenly spaced percentiles from 0 to 100 (its
+    histogram, in its units): what `matched_window` maps another volume onto."""
+    return tuple(float(v) for v in np.percentile(_sample(arr, max_samples), np.linspace(0, 100, REFERENCE_POINTS)))
+
+
+def matched_window(arr: Any, reference: tuple[float, ...], window: tuple[float, ...],
+                   max_samples: int = 2_000_000) -> tuple[float, ...]:
+    """A window (256 levels, for `normalize`) that maps `arr` as if its grey levels were first moved onto the
+    reference volume's histogram (`reference_levels`, quantile by quantile) and then normalised with that
+    volume's `window`. Any monotone change of the grey levels (gamma too) is undone; the volume as trained on
+    gets (about) its own window back. Assumes the volume holds a similar mixture of tissue."""
+    ref, where = np.unique(np.asarray(reference, dtype=np.float64), return_inverse=True)
+    ranks = np.bincount(where, np.linspace(0, 100, len(reference))) / np.bincount(where)  # mid-rank of tied levels
+    targets = np.interp(np.linspace(0, 1, 256), np.linspace(0, 1, len(window)), window)  # grey levels -> 0..1
+    levels = np.percentile(_sample(arr, max_samples), np.interp(targets, ref, ranks))
     if levels[-1] <= levels[0]:
         levels = np.linspace(levels[0], levels[0] + 1.0, len(levels))
     return tuple(float(v) for v in levels)

@@ -150,10 +150,25 @@ def predict_array(model: torch.nn.Module, image: np.ndarray, dims: int, tile: tu
     """Probabilities float32 (Z, Y, X) for an in-memory volume: one block covering it all. `window`
     defaults to `io.intensity_range` of `image` by the model's own rule (`input_rule`)."""
     device = device or next(model.parameters()).device
-    window = window or io.intensity_range(image, rule=input_rule(model))
+    window = window or input_window(model, image)
     block = tuple(slice(0, s) for s in image.shape)
     model.eval()
     return predict_block(model, image, block, tile, overlap, window, device, dims, batch_size, tta, amp)
+
+
+def input_window(model: torch.nn.Module, volume: Any, match_training: bool = False) -> tuple[float, ...]:
+    """The window that maps `volume` (Z, Y, X) to the network's [0, 1]: by the model's rule (`input_rule`,
+    `io.intensity_range`), or with `match_training` after its grey levels are moved onto the training
+    volume's histogram (`io.matched_window`), which undoes another acquisition's contrast, brightness and
+    gamma as long as the volume holds a similar mixture of tissue. Raises MitosegError when the model
+    carries no training histogram (runs trained before it was kept)."""
+    if not match_training:
+        return io.intensity_range(volume, rule=input_rule(model))
+    intensity = getattr(model, "intensity", None)
+    if not intensity:
+        raise MitosegError("this model was trained before mitoseg kept the training volume's histogram with it; "
+                           "train it again to use --match-training")
+    return io.matched_window(volume, intensity["reference"], intensity["window"])
 
 
 def input_rule(model: torch.nn.Module) -> str:
@@ -318,7 +333,7 @@ def predict_volume(model: torch.nn.Module, image: Any, out: str | Path, dims: in
     io.check_output(out, overwrite)
     if mask_out is not None:
         io.check_output(mask_out, overwrite)
-    window = window or io.intensity_range(volume, rule=input_rule(model))
+    window = window or input_window(model, volume)
     settings = plan(volume, dims, tile, overlap, block, window, dtype=dtype, threshold=threshold, tta=tta, amp=amp,
                     batch_size=batch_size)
     device = device or next(model.parameters()).device
@@ -355,9 +370,11 @@ def predict(model: str | Path, image: str | Path, out: str | Path, *, mask_out: 
             tile_xy: int | None = None, tile_z: int | None = None, overlap: float | None = None,
             block: tuple[int, int, int] | None = None, dtype: str = "uint8", threshold: float = 0.5,
             batch_size: int | None = None, tta: bool = False, amp: bool = True, device: str = "auto",
-            client: Any = None, overwrite: bool = False, resume: bool = False, progress: bool = True) -> Path:
+            client: Any = None, overwrite: bool = False, resume: bool = False, progress: bool = True,
+            match_training: bool = False) -> Path:
     """The `mitoseg predict` command: a run folder or checkpoint's model over a whole volume, in this
     process (`predict_volume`) or on a Dask `client` (`cluster.predict_volume_dask`), with the same result.
+    `match_training`: map the volume's grey levels onto the training volume's histogram first (`input_window`).
 
     Defaults come from the run: `tile_xy`/`tile_z` (a 2D model: whole slices up to 2048 x 2048 when
     `tile_xy` is not given) and `overlap`. An `out` (or `mask_out`) named *.ome.zarr is written as OME-Zarr
@@ -377,14 +394,15 @@ def predict(model: str | Path, image: str | Path, out: str | Path, *, mask_out: 
         return cluster.predict_volume_dask(
             client, model, image, out, tile_xy=tile_xy, tile_z=tile_z, overlap=overlap, block=block, dtype=dtype,
             mask_out=mask_out, threshold=threshold, batch_size=batch_size, tta=tta, amp=amp, overwrite=overwrite,
-            resume=resume, progress=progress, attrs=attrs, device=None if device == "auto" else device)
+            resume=resume, progress=progress, attrs=attrs, device=None if device == "auto" else device,
+            match_training=match_training)
     net, config = load_model(model, device)
     volume = io.open_volume(image)
     return predict_volume(net, volume, out, config.dims, run_tile(config, volume.shape, tile_xy, tile_z),
                           config.overlap if overlap is None else overlap, block, dtype, mask_out, threshold,
                           batch_size, tta, amp, attrs={"voxel_size": config.voxel_size, **attrs},
                           overwrite=overwrite, resume=resume, progress=progress,
-                          window=io.intensity_range(volume, rule=config.normalize))
+                          window=input_window(net, volume, match_training))
 
 
 def run_tile(config: Any, shape: tuple[int, ...], tile_xy: int | None, tile_z: int | None) -> tuple[int, int, int]:

@@ -309,7 +309,10 @@ def _train(config: Config, image: np.ndarray, mask: np.ndarray, out: Path, resum
 
     device = pick_device(config.device)
     torch.manual_seed(config.seed)
-    train_vol, val_vol = data.split(image, mask, config.val_fraction, io.intensity_range(image, rule=config.normalize))
+    window = io.intensity_range(image, rule=config.normalize)
+    train_vol, val_vol = data.split(image, mask, config.val_fraction, window)
+    # kept with every checkpoint: what `predict --match-training` maps another volume's grey levels onto
+    intensity = {"window": window, "reference": io.reference_levels(image)}
     sampler = data.PatchSampler(train_vol, config.patch, config.fg_fraction, np.random.default_rng(config.seed))
     tf = data.augmenter(config.seed, config.dims, config.intensity_aug, config.slice_jitter, config.elastic)
     # channels-last throughout (prediction uses it too), so validation never changes the layout mid-run
@@ -413,9 +416,9 @@ def _train(config: Config, image: np.ndarray, mask: np.ndarray, out: Path, resum
         if checked and (not val_vol or val["best_jaccard"] > state["best_iou"] or state["best_iou"] <= 0):
             state["best_iou"] = val["best_jaccard"] if val_vol else state["best_iou"]
             weights = final.state_dict() if save_now else _copy(final.state_dict())  # a copy only to keep
-            best = {"model": weights, "config": config.__dict__, "state": dict(state)}
+            best = {"model": weights, "config": config.__dict__, "state": dict(state), "intensity": intensity}
         ckpt = {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "state": state,
-                "config": config.__dict__}
+                "config": config.__dict__, "intensity": intensity}
         if ema is not None:
             ckpt["ema"] = ema.state_dict()
         if save_now:
@@ -431,7 +434,8 @@ def _train(config: Config, image: np.ndarray, mask: np.ndarray, out: Path, resum
     if best is not None:
         _save(best, out / "best.pt")
     if ckpt is not None:  # finished: the weights that are delivered, without what only resuming needs
-        _save({"model": final.state_dict(), "state": state, "config": config.__dict__}, out / "last.pt")
+        _save({"model": final.state_dict(), "state": state, "config": config.__dict__, "intensity": intensity},
+              out / "last.pt")
     del model, ema, optimizer, sampler, stream  # the stream's worker processes end with it
     memory.release()
     return summarize(out)
@@ -497,6 +501,7 @@ def load_model(run: str | Path, device: str | torch.device = "auto") -> tuple[to
         config = Config(**ckpt["config"])
         model = build_model(config).to(device)
         model.load_state_dict(ckpt["model"])
+        model.intensity = ckpt.get("intensity")  # the training volume's window and histogram (None: older runs)
     except (KeyError, TypeError, RuntimeError, EOFError, OSError, pickle.UnpicklingError) as e:
         raise MitosegError(f"{path} is not a mitoseg checkpoint ({type(e).__name__})") from None
     return model.eval(), config
