@@ -188,10 +188,12 @@ def parser() -> argparse.ArgumentParser:
                    help="validate, keep and deliver an exponential moving average of the weights, DECAY per "
                         "step (default: off; 0.99 lowered test IoU on CA1 at 600 iterations, results/README.md)")
     t.add_argument("--elastic", type=arg("elastic"), metavar="P",
-                   help="probability of an in-plane elastic deformation per training patch (default: 0, off)")
+                   help="probability of an in-plane elastic deformation per training patch (default: 0, off; 0.5 "
+                        "gave the 2D model test IoU 0.841 and 0.720 over two seeds on CA1, results/README.md)")
     t.add_argument("--normalize", choices=("percentile", "equalize"),
                    help="how grey levels reach the network: percentile (default: the 0.5-99.5 %% window, linear) "
-                        "or equalize (histogram equalisation: blind to gamma changes; no bioimage.io export)")
+                        "or equalize (histogram equalisation: blind to gamma changes; no bioimage.io export; "
+                        "predict --match-training does it for either rule without retraining)")
     t.add_argument("--loader-workers", type=arg("loader_workers"), metavar="N",
                    help="processes preparing training batches (default: 0 on a CPU, up to 12 beside a GPU)")
     t.add_argument("--patch-xy", type=arg("patch_xy"), help="training patch width and height (pixels)")
