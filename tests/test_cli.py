@@ -213,7 +213,7 @@ def test_predict_matched_to_the_training_histogram_undoes_a_gamma_change(runs, c
         out = tmp_path / f"{name}.zarr"
         assert main(["--quiet", "predict", str(path), "--model", str(d / "run2"), "--out", str(out),
                      "--match-training"]) == 0
-        windows[name] = tuple(io.open_volume(tmp_path / f"{name}.zarr").attrs["window"])
+        windows[name] = tuple(io.open_volume(out).attrs["window"])
     model, _ = load_model(d / "run2")
     kept = model.intensity
     assert windows["gamma"] == io.matched_window(images["gamma"], kept["reference"], kept["window"])
