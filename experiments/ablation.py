@@ -59,6 +59,14 @@ def gamma(volume: np.ndarray, g: float) -> np.ndarray:
     return np.clip(np.rint(255 * (volume / 255.0) ** g), 0, 255).astype(np.uint8)
 
 
+def with_training_histogram(model, cfg, train_image: np.ndarray) -> None:
+    """Give a model trained before mitoseg kept the training volume's window and histogram with it the
+    ones `predict --match-training` needs, taken from `train_image` (the volume it was trained on)."""
+    if not getattr(model, "intensity", None):
+        model.intensity = {"window": io.intensity_range(train_image, rule=cfg.normalize),
+                           "reference": io.reference_levels(train_image)}
+
+
 def score(model, cfg, image: np.ndarray, truth: np.ndarray, window) -> float:
     """Foreground IoU at probability 0.5 of one model on one image (Z, Y, X)."""
     tile = predict.default_tile(cfg.dims, image.shape, cfg.tile)

@@ -30,7 +30,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from ablation import gamma  # experiments/ is the script's folder, so on sys.path
+from ablation import gamma, with_training_histogram  # experiments/ is the script's folder, so on sys.path
 from ablation import score as iou
 from record import header
 
@@ -115,9 +115,7 @@ def matched_row(run, bench, val_vol, image, truth, dark) -> dict:
     `mitoseg predict --match-training` does (the validation strip and the test volume each as a volume of
     their own); runs trained before the histogram was kept with the model get it from the CA1 training volume."""
     model, cfg = train.load_model(run)
-    if not getattr(model, "intensity", None):
-        model.intensity = {"window": io.intensity_range(bench.train_image, rule=cfg.normalize),
-                           "reference": io.reference_levels(bench.train_image)}
+    with_training_histogram(model, cfg, bench.train_image)
     t0 = time.perf_counter()
     val_window, window, dark_window = (predict.input_window(model, v, match_training=True)
                                        for v in (val_vol.image, bench.test_image, gamma(bench.test_image, 1.4)))

@@ -20,7 +20,8 @@ import json
 from pathlib import Path
 
 import numpy as np
-from record import header  # experiments/ is the script's folder, so on sys.path
+from ablation import with_training_histogram  # experiments/ is the script's folder, so on sys.path
+from record import header
 
 from mitoseg import compare, io, metrics, predict, train
 
@@ -68,15 +69,12 @@ def main(argv: list[str] | None = None) -> None:
     bench = compare.load_benchmark("lucchi")
     z0 = (bench.test_image.shape[0] - a.slices) // 2
     image, truth = bench.test_image[z0:z0 + a.slices], bench.test_mask[z0:z0 + a.slices]
-    reference = io.reference_levels(bench.train_image)
     rows = []
     for run in a.runs:
         model, cfg = train.load_model(run)
         tile = predict.default_tile(cfg.dims, image.shape, cfg.tile)
         chosen = validation_threshold(run)
-        if not getattr(model, "intensity", None):  # a run trained before the histogram was kept with the model
-            model.intensity = {"window": io.intensity_range(bench.train_image, rule=cfg.normalize),
-                               "reference": reference}
+        with_training_histogram(model, cfg, bench.train_image)
         for name, change in changes().items():
             vol = change(image)
             row = {"model": f"{cfg.dims}D, {cfg.normalize}", "folder": Path(run).name, "change": name,
