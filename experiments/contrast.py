@@ -1,6 +1,7 @@
 """Does a trained model keep its test IoU when the microscope's grey levels change?
 
     python experiments/contrast.py RUN [RUN ...] --out results/ca1-cpu/contrast.json [--slices 64]
+        [--changes NAME ...] [--pad PIXELS [--keep-padding]]
 
 For each run folder (a trained 2D or 3D model), the central `--slices` slices of the CA1 test volume
 are changed as another acquisition would change them (squeezed into fewer grey levels as in the EPFL
@@ -9,8 +10,10 @@ with the product's predictor and scored at probability 0.5. Each change is score
 the rule the run was trained with (`Config.normalize`, see `io.intensity_range`), the linear percentile
 window, the rule it replaced (uint8 mapped 0..255 as it is), and the grey levels first moved onto the
 training volume's histogram (`mitoseg predict --match-training`; for runs trained before the histogram was
-kept with the model, it is taken from the CA1 training volume they were trained on). Writes the JSON and a
-Markdown table beside it.
+kept with the model, it is taken from the CA1 training volume they were trained on). `--pad` places each
+changed volume in black borders of that many pixels in Y and X, as an aligned stack is, and scores the
+original region; `--keep-padding` switches the rule that leaves padding out of every window off
+(`io.PADDING_SHARE`), to show what it changes. Writes the JSON and a Markdown table beside it.
 """
 
 from __future__ import annotations
@@ -65,27 +68,37 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--slices", type=int, default=64, help="central test slices to use")
     p.add_argument("--rules", nargs="+", choices=list(RULES), default=list(RULES),
                    help="normalisation rules to score (default: all; run: the rule the run was trained with)")
+    p.add_argument("--changes", nargs="+", default=[""], help="score only changes whose name holds one of these")
+    p.add_argument("--pad", type=int, default=0, help="black border in Y and X, in pixels, around each volume")
+    p.add_argument("--keep-padding", action="store_true", help="keep padding in the windows (the rule off)")
     a = p.parse_args(argv)
+    if a.keep_padding:
+        io.PADDING_SHARE = 1.0  # no grey level holds more than all voxels: nothing is left out
     bench = compare.load_benchmark("lucchi")
     z0 = (bench.test_image.shape[0] - a.slices) // 2
     image, truth = bench.test_image[z0:z0 + a.slices], bench.test_mask[z0:z0 + a.slices]
+    pad = ((0, 0), (a.pad, a.pad), (a.pad, a.pad))
+    inner = np.s_[:, a.pad:a.pad + image.shape[1], a.pad:a.pad + image.shape[2]]
     rows = []
     for run in a.runs:
         model, cfg = train.load_model(run)
-        tile = predict.default_tile(cfg.dims, image.shape, cfg.tile)
+        tile = predict.default_tile(cfg.dims, (image.shape[0], *(n + 2 * a.pad for n in image.shape[1:])), cfg.tile)
         chosen = validation_threshold(run)
         with_training_histogram(model, cfg, bench.train_image)
         for name, change in changes().items():
-            vol = change(image)
+            if not any(part in name for part in a.changes):
+                continue
+            vol = np.pad(change(image), pad)
             row = {"model": f"{cfg.dims}D, {cfg.normalize}", "folder": Path(run).name, "change": name,
-                   "grey_levels": int(np.ptp(vol)), "validation_threshold": chosen}
+                   "grey_levels": int(np.ptp(vol)), "validation_threshold": chosen, "padding": a.pad,
+                   "padding_left_out": not a.keep_padding}
             for rule in a.rules:
                 spec = RULES[rule] or cfg.normalize
                 if spec == "matched":  # as `mitoseg predict --match-training`
                     window = predict.input_window(model, vol, match_training=True)
                 else:
                     window = io.intensity_range(vol, rule=spec) if isinstance(spec, str) else spec
-                probs = predict.predict_array(model, vol, cfg.dims, tile, cfg.overlap, window, amp=cfg.amp)
+                probs = predict.predict_array(model, vol, cfg.dims, tile, cfg.overlap, window, amp=cfg.amp)[inner]
                 row[rule] = metrics.scores(metrics.confusion(probs >= 0.5, truth))["jaccard"]
                 if chosen != 0.5:
                     row[f"{rule}, validation threshold"] = metrics.scores(
@@ -100,6 +113,14 @@ def main(argv: list[str] | None = None) -> None:
     print(table(rows, z0, a.slices, a.rules))
 
 
+def padded(rows: list[dict]) -> str:
+    """The table's words for the black borders the rows' volumes were placed in, if any."""
+    if not rows or not rows[0].get("padding"):
+        return ""
+    kept = "left out of" if rows[0]["padding_left_out"] else "kept in (the rule off)"
+    return f", each placed in black borders of {rows[0]['padding']} pixels in Y and X (padding {kept} the windows)"
+
+
 def table(rows: list[dict], z0: int, slices: int, rules: list[str]) -> str:
     """The Markdown table of `rows`: IoU per rule (and at the validation threshold where it is not 0.5)."""
     keys = [k for rule in rules for k in (rule, f"{rule}, validation threshold") if any(k in r for r in rows)]
@@ -108,7 +129,7 @@ def table(rows: list[dict], z0: int, slices: int, rules: list[str]) -> str:
     heads = [f"IoU, {names.get(k, k)}" if k in names else f"IoU, {k.split(',')[0]}, at the validation threshold"
              for k in keys]
     lines = [f"Test IoU (no TTA, probability 0.5 unless said) on CA1 test slices {z0}..{z0 + slices - 1} under "
-             "grey-level changes; difference to the unchanged volume in brackets.", "",
+             "grey-level changes" + padded(rows) + "; difference to the unchanged volume in brackets.", "",
              "| model | change | grey levels | " + " | ".join(heads) + " |", "|---|---|---|" + "---|" * len(keys)]
     for r in rows:
         base = next(b for b in rows if (b["model"], b.get("folder")) == (r["model"], r.get("folder")))

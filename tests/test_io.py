@@ -331,6 +331,24 @@ def test_matched_window_undoes_monotone_changes_and_keeps_the_reference_input(lu
     assert np.abs(io.normalize(new.astype(np.float32) / 255, as_float) - unchanged).mean() < 1e-3
 
 
+def test_padding_is_left_out_of_every_window(lucchi_crop):
+    """A CA1 crop squeezed into 40..210 as the EPFL originals, then placed in black (or white) borders as an
+    aligned stack is (56 % of the voxels padding): its percentile, equalising and matched windows are those of
+    the crop without the borders; the tissue's own lowest level (under 1 % of the voxels) is kept."""
+    raw, _ = lucchi_crop
+    ref, new = raw[:16], np.rint(40 + raw[16:] * (170 / 255)).astype(np.uint8)
+    reference, window = io.reference_levels(ref), io.intensity_range(ref)
+    for border in (0, 255):
+        padded = np.pad(new, ((0, 0), (64, 64), (64, 64)), constant_values=border)
+        assert np.mean(padded == border) > 0.5
+        for rule in io.RULES:  # every voxel sampled (max_samples), so the windows can be equal
+            assert io.intensity_range(padded, 10**7, rule) == io.intensity_range(new, 10**7, rule)
+        assert io.matched_window(padded, reference, window, 10**7) == io.matched_window(new, reference, window)
+    assert io._sample(new, 10**6).min() == new.min()  # no padding: every level kept
+    padded_ref = io.reference_levels(np.pad(ref, ((0, 0), (8, 8), (8, 8))), 10**7)
+    assert np.abs(np.subtract(padded_ref, reference)).max() <= 1  # the crop's few black voxels go with the border
+
+
 @pytest.mark.parametrize("dtype", [np.uint16, np.float32, np.float64])
 def test_intensity_range_percentiles(crop, dtype):
     vol = crop[:8, :64, :64].astype(dtype) * (40 if dtype == np.uint16 else 0.01)

@@ -206,7 +206,8 @@ Exported by mitoseg {__version__} from the training run `{Path(run).name}`.
 
 Input: one EM channel, {config.dims}D, voxel size {config.voxel_size} nm (Z, Y, X); every spatial size must
 be a multiple of {divisors(config)} voxels. Preprocessing: the input's 0.5 and 99.5 percentiles are
-mapped to 0 and 1, then clipped (mitoseg itself takes these percentiles over the whole volume).
+mapped to 0 and 1, then clipped (mitoseg itself takes these percentiles over the whole volume and leaves
+black or white borders out; crop such borders before running this package elsewhere).
 Output: the foreground (mitochondrion) probability; threshold it at 0.5 (or at the threshold mitoseg
 chose on validation) and split objects with 3D connected components.
 

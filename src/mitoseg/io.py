@@ -213,7 +213,8 @@ RULES = {"percentile": 2, "equalize": 256}  # normalisation rule: knots (grey le
 def intensity_range(arr: Any, max_samples: int = 2_000_000, rule: str = "percentile") -> tuple[float, ...]:
     """The grey levels that `normalize` maps to evenly spaced values from 0 to 1 (the window), in the
     volume's units: its percentiles at ``RULES[rule]`` evenly spaced points from 0.5 to 99.5, taken over a
-    strided subsample of the whole volume (about `max_samples` voxels).
+    strided subsample of the whole volume (about `max_samples` voxels), black borders and other padding left
+    out (an end grey level holding more than 1 % of the voxels, ``PADDING_SHARE``).
 
     - "percentile" (two levels: 0.5 and 99.5 %): a linear window. A stack acquired with another contrast or
       brightness (e.g. grey levels 40..210 instead of 0..255) reaches the network as the same [0, 1] input,
@@ -233,13 +234,24 @@ def intensity_range(arr: Any, max_samples: int = 2_000_000, rule: str = "percent
     return tuple(float(v) for v in levels)
 
 
+PADDING_SHARE = 0.01  # an end grey level holding more than this share of the voxels is padding or saturation
+
+
 def _sample(arr: Any, max_samples: int) -> np.ndarray:
-    """A strided float64 subsample of about `max_samples` voxels of the whole volume; refuses NaN/inf."""
+    """A strided float64 subsample (flat) of about `max_samples` voxels of the whole volume, without padding:
+    the lowest or the highest grey level is left out where it holds more than ``PADDING_SHARE`` of the
+    subsample (black borders of an aligned stack, a saturated detector; in tissue the end levels hold few
+    voxels), unless nothing would be left. Refuses NaN/inf."""
     step = max(1, int(np.ceil((np.prod(arr.shape) / max_samples) ** (1 / 3))))
-    sample = np.asarray(arr[::step, ::step, ::step], dtype=np.float64)
+    sample = np.asarray(arr[::step, ::step, ::step], dtype=np.float64).ravel()
     if not np.isfinite(sample).all():
         raise MitosegError("the image holds NaN or infinite values; replace them before segmenting")
-    return sample
+    keep = np.ones(sample.size, bool)
+    for end in (sample.min(), sample.max()):
+        at_end = sample == end
+        if at_end.mean() > PADDING_SHARE:
+            keep &= ~at_end
+    return sample[keep] if keep.any() else sample
 
 
 REFERENCE_POINTS = 1001  # percentiles 0, 0.1, ..., 100 of the training volume kept with a model
@@ -256,7 +268,8 @@ def matched_window(arr: Any, reference: tuple[float, ...], window: tuple[float, 
     """A window (256 levels, for `normalize`) that maps `arr` as if its grey levels were first moved onto the
     reference volume's histogram (`reference_levels`, quantile by quantile) and then normalised with that
     volume's `window`. Any monotone change of the grey levels (gamma too) is undone; the volume as trained on
-    gets (about) its own window back. Assumes the volume holds a similar mixture of tissue."""
+    gets (about) its own window back; padding is left out of both histograms (see `intensity_range`).
+    Assumes the volume holds a similar mixture of tissue."""
     ref, where = np.unique(np.asarray(reference, dtype=np.float64), return_inverse=True)
     ranks = np.bincount(where, np.linspace(0, 100, len(reference))) / np.bincount(where)  # mid-rank of tied levels
     targets = np.interp(np.linspace(0, 1, 256), np.linspace(0, 1, len(window)), window)  # grey levels -> 0..1
