@@ -117,8 +117,8 @@ def padded(rows: list[dict]) -> str:
     """The table's words for the black borders the rows' volumes were placed in, if any."""
     if not rows or not rows[0].get("padding"):
         return ""
-    kept = "left out of" if rows[0]["padding_left_out"] else "kept in (the rule off)"
-    return f", each placed in black borders of {rows[0]['padding']} pixels in Y and X (padding {kept} the windows)"
+    kept = "left out of the windows" if rows[0]["padding_left_out"] else "kept in the windows: the rule off"
+    return f", each placed in black borders of {rows[0]['padding']} pixels in Y and X (padding {kept})"
 
 
 def table(rows: list[dict], z0: int, slices: int, rules: list[str]) -> str:
