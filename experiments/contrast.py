@@ -82,13 +82,13 @@ def main(argv: list[str] | None = None) -> None:
     rows = []
     for run in a.runs:
         model, cfg = train.load_model(run)
-        tile = predict.default_tile(cfg.dims, (image.shape[0], *(n + 2 * a.pad for n in image.shape[1:])), cfg.tile)
         chosen = validation_threshold(run)
         with_training_histogram(model, cfg, bench.train_image)
         for name, change in changes().items():
             if not any(part in name for part in a.changes):
                 continue
             vol = np.pad(change(image), pad)
+            tile = predict.default_tile(cfg.dims, vol.shape, cfg.tile)
             row = {"model": f"{cfg.dims}D, {cfg.normalize}", "folder": Path(run).name, "change": name,
                    "grey_levels": int(np.ptp(vol)), "validation_threshold": chosen, "padding": a.pad,
                    "padding_left_out": not a.keep_padding}
