@@ -33,6 +33,7 @@ VARIANTS = {  # folder: (name, Config changes); the first is the recipe every ot
     "patch_z16": ("16-slice patches (the 3D model pads them to 32, the 2D model takes 16 slices)", {"patch_z": 16}),
     "fp32": ("float32 training instead of bf16", {"amp": False}),
     "ema": ("exponential moving average of the weights (decay 0.99 per step) validated and kept", {"ema": 0.99}),
+    "ema_seed1": ("exponential moving average of the weights, another seed", {"ema": 0.99, "seed": 1}),
     "precise_bn": ("BatchNorm statistics re-estimated over 100 batches before each validation", {"bn_batches": 100}),
     "batch2_xy96": ("2 patches of 32 x 96 x 96 per step (1.1x the voxels; 2 augmentation draws per 3D step)",
                     {"batch": 2, "patch_xy": 96}),

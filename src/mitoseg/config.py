@@ -41,8 +41,8 @@ class Config:
     # iteration from which BatchNorm statistics stay fixed (re-estimated once, then used in training as in
     # prediction); None: never. At batch 1 a BatchNorm layer otherwise normalises each patch by itself.
     bn_freeze: int | None = None
-    # decay per step of an exponential moving average of the weights (and BatchNorm statistics) that is
-    # validated, kept and delivered instead of the last step's weights; 0: off
+    # decay per step of an exponential moving average of the weights that is validated, kept and delivered
+    # instead of the last step's weights (its BatchNorm statistics re-estimated for it); 0: off
     ema: float = 0.0
     validate_every: int = 1  # epochs between validations (and test-subset scores); the last one always
     loader_workers: int | None = None  # processes preparing batches (None: 0 on a CPU, up to 12 on a GPU)

@@ -41,6 +41,7 @@ MAX_SKIPPED_IN_A_ROW = 10  # non-finite steps in a row before training stops as 
 # for 2D, 461 MiB for 3D with the optimiser state) cost more than the training (results/README.md)
 CHECKPOINT_SECONDS = 30.0
 FREEZE_BATCHES = 50  # training batches that estimate the BatchNorm statistics frozen at `Config.bn_freeze`
+EMA_BN_BATCHES = 20  # training batches that estimate an averaged model's BatchNorm statistics (`Config.ema`)
 
 
 def versions() -> dict:
@@ -241,13 +242,21 @@ def recalibrate_batchnorm(model: torch.nn.Module, sampler: data.PatchSampler, tf
 
 
 def averaged(model: torch.nn.Module, decay: float) -> AveragedModel | None:
-    """An exponential moving average of `model`'s weights and BatchNorm statistics (`decay` per training
-    step, torch's own EMA), or None when `decay` is 0. Validation, best.pt and the finished last.pt use
-    the average, meant to smooth the step-to-step swing of a model trained at batch 1 (on CA1 at 600
-    iterations it lowered test IoU instead: results/README.md)."""
+    """An exponential moving average of `model`'s weights (`decay` per training step, torch's own EMA), or
+    None when `decay` is 0. Validation, best.pt and the finished last.pt use the average, meant to smooth the
+    step-to-step swing of a model trained at batch 1. Its BatchNorm statistics are not averaged: statistics
+    taken under earlier weights do not fit the averaged ones (on CA1 that cost the 2D model 0.14 test IoU,
+    results/README.md), so training re-estimates them for the average before each validation."""
     if not decay:
         return None
-    return AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(decay), use_buffers=True)
+    return AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(decay), use_buffers=False)
+
+
+def _copy_batchnorm_statistics(source: torch.nn.Module, target: torch.nn.Module) -> None:
+    """Every BatchNorm layer of `target` takes the running statistics of `source`'s (the same network)."""
+    for a, b in zip(_batchnorms(source), _batchnorms(target), strict=True):
+        b.running_mean.copy_(a.running_mean)
+        b.running_var.copy_(a.running_var)
 
 
 def _finite_step(model: torch.nn.Module, loss: torch.Tensor) -> bool:
@@ -396,7 +405,10 @@ def _train(config: Config, image: np.ndarray, mask: np.ndarray, out: Path, resum
         checked = last or state["epoch"] % config.validate_every == 0
         final = ema.module if ema is not None else model  # the model validated, kept as best and delivered
         if checked and not state.get("bn_frozen"):
-            recalibrate_batchnorm(final, sampler, tf, config, device, config.bn_batches, (config.seed, epoch, 1))
+            batches = config.bn_batches or (EMA_BN_BATCHES if ema is not None else 0)
+            recalibrate_batchnorm(final, sampler, tf, config, device, batches, (config.seed, epoch, 1))
+        elif checked and ema is not None:  # frozen: the statistics every step since the freeze trained under
+            _copy_batchnorm_statistics(model, final)
         val = validate(final, val_vol if checked else None, config, device)
         row = {"epoch": state["epoch"], "iterations": done,
                "loss": float(np.mean(losses)) if losses else float("nan"),
