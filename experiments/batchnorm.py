@@ -25,14 +25,13 @@ import argparse
 import copy
 import json
 import time
-from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from ablation import gamma, with_training_histogram  # experiments/ is the script's folder, so on sys.path
 from ablation import score as iou
-from record import header
+from record import header, save
 
 from mitoseg import compare, data, io, metrics, models, predict, train
 
@@ -186,10 +185,7 @@ def main(argv: list[str] | None = None) -> None:
                 m, c, src.image, src.window, vol, win, a.shift_patches)))
         if a.match_training:
             rows.append(matched_row(run, bench, val_vol, image, truth, dark))
-    out = Path(a.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
     meta = header(__file__, argv, bench.description, test_slices=[z0, z0 + a.slices])
-    out.write_text(json.dumps({**meta, "rows": rows}, indent=2) + "\n")
     m = meta["machine"]
     lines = [f"BatchNorm statistics as saved (0 batches) and re-estimated over N training batches; IoU at "
              f"probability 0.5, no TTA; test slices {z0}..{z0 + a.slices - 1}. Machine: {m['cpu']} "
@@ -207,7 +203,7 @@ def main(argv: list[str] | None = None) -> None:
                 if str(r["batches"]).startswith("shift") else f"re-estimated, {r['batches']} training batches")
         lines.append(f"| {r['model']} | {what} | {r['val_iou']:.4f} | {r['test_iou']:.4f} | "
                      f"{r['test_iou_gamma_1.4']:.4f} | {r['seconds']:.0f} |")
-    out.with_suffix(".md").write_text("\n".join(lines) + "\n")
+    save(a.out, {**meta, "rows": rows}, "\n".join(lines))
     print("\n".join(lines))
 
 

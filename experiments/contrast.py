@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 from ablation import with_training_histogram  # experiments/ is the script's folder, so on sys.path
-from record import header
+from record import header, save
 
 from mitoseg import compare, io, metrics, predict, train
 
@@ -105,11 +105,8 @@ def main(argv: list[str] | None = None) -> None:
                         metrics.confusion(probs >= chosen, truth))["jaccard"]
             rows.append(row)
             print(json.dumps(row), flush=True)
-    out = Path(a.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
     meta = header(__file__, argv, bench.description, slices=[z0, z0 + a.slices])
-    out.write_text(json.dumps({**meta, "rows": rows}, indent=2) + "\n")
-    out.with_suffix(".md").write_text(table(rows, z0, a.slices, a.rules) + "\n")
+    save(a.out, {**meta, "rows": rows}, table(rows, z0, a.slices, a.rules))
     print(table(rows, z0, a.slices, a.rules))
 
 

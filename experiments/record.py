@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shlex
 import sys
 import time
@@ -16,3 +17,11 @@ def header(script: str, argv: list[str] | None, data: str, **extra) -> dict:
     args = sys.argv[1:] if argv is None else argv
     return {"command": f"python experiments/{Path(script).name} {shlex.join(args)}".rstrip(),
             "date": time.strftime("%Y-%m-%d"), "machine": train.versions(), "data": data, **extra}
+
+
+def save(out: str | Path, record: dict, markdown: str) -> None:
+    """Write `record` as JSON to `out` (its folder made) and `markdown` beside it (.md)."""
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(record, indent=2) + "\n")
+    out.with_suffix(".md").write_text(markdown + "\n")

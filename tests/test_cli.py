@@ -10,7 +10,7 @@ import pytest
 import scipy.ndimage as ndi
 import tifffile
 
-from mitoseg import io, metrics
+from mitoseg import io, metrics, predict
 from mitoseg.cli import main
 from mitoseg.config import Config
 
@@ -49,6 +49,7 @@ def test_train_predict_label_evaluate(runs, dims, capsys):
     assert p.shape == (8, 128, 128) and p.dtype == np.uint8
     np.testing.assert_array_equal(io.open_volume(mask)[:], (p[:] >= 128).astype(np.uint8))
     assert p.attrs["kind"] == "probability" and p.attrs["tta"] is (dims == 2)
+    assert p.attrs.get("tta_set") == (predict.TTA_SET if dims == 2 else None)  # which transforms were averaged
 
     table = d / f"objects{dims}.csv"
     assert main(["--quiet", "label", str(mask), "--out", str(d / f"l{dims}.zarr")]) == 0

@@ -19,6 +19,18 @@ class Identity(torch.nn.Module):
         return x + 0 * self.p
 
 
+class Spread(torch.nn.Module):
+    """An untrained network's logits, centred and multiplied by 100 so that its probabilities vary."""
+
+    def __init__(self, net):
+        super().__init__()
+        self.net = net
+
+    def forward(self, x):
+        y = self.net(x)
+        return 100 * (y - y.mean())
+
+
 @pytest.fixture(scope="module")
 def net2d():
     torch.manual_seed(0)
@@ -122,6 +134,36 @@ def test_tta_keeps_exact_answer_for_flip_equivariant_model(droso_crop):
     np.testing.assert_allclose(p, _sigmoid_of_normalised(image), rtol=1e-5)
 
 
+@pytest.mark.parametrize("dims", [2, 3])
+def test_tta_sets_average_over_a_group_so_the_answer_turns_and_flips_with_the_image(lucchi_crop, dims, net2d,
+                                                                                   net3d, monkeypatch):
+    """Averaged over a group of transforms, each undone on its prediction, a model (here an untrained,
+    not equivariant one, its logits spread out) answers a turned or flipped image with its answer turned
+    or flipped alike."""
+    net = Spread(net2d if dims == 2 else net3d)
+    image = lucchi_crop[0][:, :64, :64] if dims == 3 else lucchi_crop[0][:2, :64, :64]
+    tile = image.shape if dims == 3 else (1, 64, 64)
+
+    def run(x, tta_set):
+        monkeypatch.setattr(predict, "TTA_SET", tta_set)
+        return predict.predict_array(net, np.ascontiguousarray(x), dims, tile, tta=True, amp=False)
+
+    def turn(a):
+        return np.rot90(a, 1, axes=(1, 2))
+
+    full = "dihedral_z" if dims == 3 else "dihedral"
+    p = run(image, full)
+    np.testing.assert_allclose(run(turn(image), full), turn(p), atol=1e-4)
+    np.testing.assert_allclose(run(image[:, :, ::-1], full), p[:, :, ::-1], atol=1e-4)
+    if dims == 3:
+        np.testing.assert_allclose(run(image[::-1], full), p[::-1], atol=1e-4)
+        assert np.abs(run(image[::-1], "dihedral")[::-1] - run(image, "dihedral")).max() > 0.01
+    flips = run(image, "flips")  # four flips alone: not a group containing the quarter turn
+    assert np.abs(run(turn(image), "flips") - turn(flips)).max() > 0.01
+    monkeypatch.setattr(predict, "TTA_SET", "dihedral_z")
+    assert (len(predict._transforms(4, True)), len(predict._transforms(5, True))) == (8, 16)  # 2D: no z flip
+
+
 def test_resume_after_kill_is_identical(tmp_path, droso_crop, net2d, monkeypatch):
     image = droso_crop[0][:6, :64, :96]
     kw = dict(dims=2, tile=(1, 64, 64), overlap=0.25, block=(2, 64, 48), progress=False)
@@ -149,6 +191,25 @@ def test_resume_after_kill_is_identical(tmp_path, droso_crop, net2d, monkeypatch
     np.testing.assert_array_equal(io.open_volume(out)[:], io.open_volume(ref)[:])
     np.testing.assert_array_equal(io.open_volume(tmp_path / "m.zarr")[:], io.open_volume(tmp_path / "ref_mask.zarr")[:])
     assert not io.partial_path(out).exists()
+
+
+def test_resume_refuses_another_tta_set(tmp_path, droso_crop, net2d, monkeypatch):
+    image = droso_crop[0][:4, :64, :64]
+    kw = dict(dims=2, tile=(1, 64, 64), overlap=0.25, block=(2, 64, 64), tta=True, progress=False)
+    out, real = tmp_path / "p.zarr", predict.predict_block
+
+    def dying(*a, **k):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(predict, "predict_block", dying)
+    with pytest.raises(KeyboardInterrupt):
+        predict.predict_volume(net2d, image, out, **kw)
+    monkeypatch.setattr(predict, "predict_block", real)
+    before = predict.TTA_SET
+    other = next(name for name in predict.TTA_SETS if name != before)
+    monkeypatch.setattr(predict, "TTA_SET", other)
+    with pytest.raises(MitosegError, match=f"other settings .*tta_set '{before}' then, '{other}' now"):
+        predict.predict_volume(net2d, image, out, resume=True, **kw)
 
 
 def test_existing_output_refused(tmp_path, droso_crop, net2d):

@@ -56,28 +56,45 @@ def gaussian_weight(tile: tuple[int, ...], sigma_scale: float = 0.125) -> np.nda
     return w.astype(np.float32)
 
 
-def _flips(ndim: int, tta: bool) -> list[tuple[int, ...]]:
-    """Flip axes of a batch tensor (B, C, [Z,] Y, X) for test-time augmentation: in-plane flips."""
+# Test-time augmentation: each transform is (quarter turns in-plane, flipped axes), the axes named
+# "z", "y", "x"; a tile is flipped, then turned, and its prediction turned and flipped back.
+TTA_SETS = {
+    "flips": [(0, ()), (0, ("x",)), (0, ("y",)), (0, ("y", "x"))],
+    "dihedral": [(k, f) for k in range(4) for f in ((), ("x",))],
+    "flips_z": [(0, f + z) for z in ((), ("z",)) for f in ((), ("x",), ("y",), ("y", "x"))],
+    "dihedral_z": [(k, f + z) for z in ((), ("z",)) for k in range(4) for f in ((), ("x",))],
+}
+TTA_SET = "flips"  # what `tta=True` averages over
+
+
+def _transforms(ndim: int, tta: bool) -> list[tuple[int, tuple[int, ...]]]:
+    """Test-time transforms of a batch tensor (B, C, [Z,] Y, X) as (quarter turns in the (Y, X) plane,
+    flipped tensor axes): `TTA_SET` when `tta`, else the identity alone; a 2D batch has no z to flip."""
     if not tta:
-        return [()]
-    y, x = ndim - 2, ndim - 1
-    return [(), (x,), (y,), (y, x)]
+        return [(0, ())]
+    axis = {"z": ndim - 3, "y": ndim - 2, "x": ndim - 1}
+    return [(k, tuple(axis[a] for a in f)) for k, f in TTA_SETS[TTA_SET] if ndim == 5 or "z" not in f]
 
 
 @torch.inference_mode()
 def _infer(model: torch.nn.Module, batch: np.ndarray, device: torch.device, tta: bool, amp: bool) -> np.ndarray:
-    """Foreground probabilities float32 for a batch of tiles (B, 1, [Z,] Y, X), averaged over flips."""
+    """Foreground probabilities float32 for a batch of tiles (B, 1, [Z,] Y, X), averaged over the
+    test-time transforms (`_transforms`)."""
     x = torch.from_numpy(batch).to(device, non_blocking=True)
-    x = x.contiguous(memory_format=torch.channels_last if x.ndim == 4 else torch.channels_last_3d)
+    fmt = torch.channels_last if x.ndim == 4 else torch.channels_last_3d
+    x = x.contiguous(memory_format=fmt)
+    plane = (x.ndim - 2, x.ndim - 1)
     acc = None
-    flips = _flips(x.ndim, tta)
+    transforms = _transforms(x.ndim, tta)
     with autocast(device, amp):
-        for axes in flips:
+        for k, axes in transforms:
             xi = torch.flip(x, axes) if axes else x
+            xi = torch.rot90(xi, k, plane).contiguous(memory_format=fmt) if k else xi
             p = torch.sigmoid(model(xi).float())
+            p = torch.rot90(p, -k, plane) if k else p
             p = torch.flip(p, axes) if axes else p
             acc = p if acc is None else acc + p
-    return (acc / len(flips)).cpu().numpy()
+    return (acc / len(transforms)).cpu().numpy()
 
 
 def block_plan(shape: tuple[int, ...], block: Block, tile: tuple[int, int, int],
@@ -293,6 +310,8 @@ def open_outputs(shape: tuple[int, ...], out: str | Path, mask_out: str | Path |
     values["model"] = model_id
     meta = dict(attrs or {}, overlap=settings.overlap, tile=settings.tile, tta=settings.tta, window=settings.window,
                 created=time.strftime("%F %T"))
+    if settings.tta:  # which transforms were averaged: a resume must average the same
+        values["tta_set"] = meta["tta_set"] = TTA_SET
     outputs = [blocks.open_output(out, shape, settings.dtype, settings.block, values,
                                   dict(meta, kind="probability"), resume, overwrite)]
     if mask_out is not None:
