@@ -57,7 +57,8 @@ def gaussian_weight(tile: tuple[int, ...], sigma_scale: float = 0.125) -> np.nda
 
 
 # Test-time augmentation: each transform is (quarter turns in-plane, flipped axes), the axes named
-# "z", "y", "x"; a tile is flipped, then turned, and its prediction turned and flipped back.
+# "z", "y", "x"; a tile is flipped, then turned, and its prediction turned and flipped back. Hand-written:
+# MONAI's TestTimeAugmentation draws random transforms of a whole volume; here a fixed set runs per tile batch.
 TTA_SETS = {
     "flips": [(0, ()), (0, ("x",)), (0, ("y",)), (0, ("y", "x"))],
     "dihedral": [(k, f) for k in range(4) for f in ((), ("x",))],
