@@ -443,3 +443,24 @@ def test_frozen_batchnorm_statistics_stay_fixed_from_the_freeze_on(tmp_path, sma
     assert unfrozen["iterations"] == 6
     plain = torch.load(tmp_path / "plain" / "last.pt", weights_only=False)["model"]
     assert {int(v) for k, v in plain.items() if k.endswith("num_batches_tracked")} == {4}
+
+
+def test_ema_with_frozen_batchnorm_delivers_the_frozen_statistics(tmp_path, small, monkeypatch):
+    """ema with bn_freeze: before the freeze the averaged weights get statistics of their own (EMA_BN_BATCHES);
+    from the freeze on they are validated and delivered with the frozen statistics every step trained
+    under, never re-estimated for the averaged weights."""
+    monkeypatch.setattr(tr, "FREEZE_BATCHES", 2)
+    monkeypatch.setattr(tr, "EMA_BN_BATCHES", 3)
+    calls, real = [], tr.recalibrate_batchnorm
+
+    def recalibrate(model, *args, **kw):
+        real(model, *args, **kw)
+        calls.append((args[4], {k: v.clone() for k, v in model.state_dict().items() if "running_" in k}))
+
+    monkeypatch.setattr(tr, "recalibrate_batchnorm", recalibrate)
+    tr.train(tiny(3, bn_freeze=3, ema=0.6, amp=False), *small, tmp_path / "run", progress=False)
+    assert [batches for batches, _ in calls] == [3, 2]  # epoch 1's end, then the freeze
+    delivered = torch.load(tmp_path / "run" / "last.pt", weights_only=False)["model"]
+    frozen = calls[-1][1]
+    assert frozen and all(torch.equal(delivered[k], v) for k, v in frozen.items())
+    assert not all(torch.equal(delivered[k], v) for k, v in calls[0][1].items())
