@@ -90,6 +90,22 @@ def test_resume_continues_exactly(tmp_path, small, monkeypatch):
     assert len(tr.read_log(tmp_path / "b")) == 2
 
 
+def test_resume_after_the_batchnorm_freeze_keeps_the_frozen_statistics(tmp_path, small, monkeypatch):
+    """Frozen in epoch 1 (bn_freeze), killed after it and resumed, a run ends with the weights and the
+    statistics of an uninterrupted one: the resumed run neither re-estimates nor updates them."""
+    monkeypatch.setattr(tr, "FREEZE_BATCHES", 2)
+    cfg = tiny(2, bn_freeze=1)
+    tr.train(cfg, *small, tmp_path / "a", progress=False)
+    _killed_after_first_checkpoint(cfg, small, tmp_path / "b", monkeypatch)
+    assert torch.load(tmp_path / "b" / "last.pt", weights_only=False)["state"]["bn_frozen"]
+    tr.train(cfg, *small, tmp_path / "b", resume=True, progress=False)
+    a = torch.load(tmp_path / "a" / "last.pt", weights_only=False)["model"]
+    b = torch.load(tmp_path / "b" / "last.pt", weights_only=False)["model"]
+    assert {int(v) for k, v in b.items() if k.endswith("num_batches_tracked")} == {2}
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], msg=k)
+
+
 def test_ema_weights_are_the_average_kept_and_resumed(tmp_path, small, monkeypatch):
     """With `ema` the delivered weights (best.pt, the finished last.pt) are the exponential moving average
     of every step's weights; their BatchNorm statistics are re-estimated for the averaged weights (not the
