@@ -15,11 +15,10 @@ this table shows what it costs in accuracy. Writes the JSON and a Markdown table
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 import numpy as np
-from record import header  # experiments/ is the script's folder, so on sys.path
+from record import header, save  # experiments/ is the script's folder, so on sys.path
 
 from mitoseg import compare, config, io, metrics, predict, train
 
@@ -122,15 +121,9 @@ def main(argv: list[str] | None = None) -> None:
                 rows.append(row)
                 print(f"{row_name} {dims}D: test IoU {row['test_iou']:.4f}, gamma 1.4 {row['test_iou_gamma_1.4']:.4f}",
                       flush=True)
-                write(out, dict(result, rows=rows))  # after every row: an interrupted call keeps what it measured
+                # after every row: an interrupted call keeps what it measured
+                save(out, dict(result, rows=rows), markdown(dict(result, rows=rows)))
     print(markdown(dict(result, rows=rows)))
-
-
-def write(out: Path, result: dict) -> None:
-    """The JSON and the Markdown table beside it (differences only where the run has a recipe row)."""
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2) + "\n")
-    out.with_suffix(".md").write_text(markdown(result))
 
 
 def markdown(result: dict) -> str:

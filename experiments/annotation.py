@@ -34,7 +34,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from matplotlib.figure import Figure
-from record import header  # experiments/ is the script's folder, so on sys.path
+from record import header, save  # experiments/ is the script's folder, so on sys.path
 
 from mitoseg import compare, config, data, datasets, io, metrics, models, plots, predict, suggest, train
 
@@ -194,9 +194,7 @@ def main(argv: list[str] | None = None) -> None:
 
 
 def write(out: Path, result: dict) -> None:
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2) + "\n")
-    out.with_suffix(".md").write_text(markdown(result))
+    save(out, result, markdown(result))
     if result["curve"]:
         plots.save(figure(result), out.with_suffix(".png"))
 

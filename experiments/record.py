@@ -20,8 +20,8 @@ def header(script: str, argv: list[str] | None, data: str, **extra) -> dict:
 
 
 def save(out: str | Path, record: dict, markdown: str) -> None:
-    """Write `record` as JSON to `out` (its folder made) and `markdown` beside it (.md)."""
+    """Write `record` as JSON to `out` (its folder made) and `markdown` beside it (.md, one final newline)."""
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(record, indent=2) + "\n")
-    out.with_suffix(".md").write_text(markdown + "\n")
+    out.with_suffix(".md").write_text(markdown.rstrip("\n") + "\n")
