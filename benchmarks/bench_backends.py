@@ -62,6 +62,8 @@ def main() -> None:
     p = common.parser(__doc__)
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--peak-tflops", type=float, default=989.0, help="GPU bf16 dense peak, for the fraction")
+    p.add_argument("--no-compile", dest="compile", action="store_false",
+                   help="skip the torch.compile settings (their compiling dominates the run's time)")
     args = p.parse_args()
     device = common.setup(args)
     info = common.machine_info(device)
@@ -77,6 +79,8 @@ def main() -> None:
     if bf16_native(device):
         settings += [("bf16", False, False, True), ("bf16 channels-last", True, False, True),
                      ("bf16 compile", False, True, True), ("bf16 channels-last compile", True, True, True)]
+    if not args.compile:
+        settings = [s for s in settings if not s[2]]
     rows = []
     for dims, shape in shapes.items():
         torch.manual_seed(args.seed)

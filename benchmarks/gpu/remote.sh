@@ -339,7 +339,8 @@ step_bench() {
     local rc=0 rc2=0 t0=$SECONDS budget
     budget=$(( $(left) / 2 ))  # backends gets at most half of what is left, predict the rest
     say "bench: bench_backends.py (at most $budget s)"
-    bounded "$budget" "$PY" benchmarks/bench_backends.py --device cuda --out "$out" || rc=$?
+    # shellcheck disable=SC2086  # BACKENDS_OPTIONS: options for bench_backends.py, e.g. --no-compile
+    bounded "$budget" "$PY" benchmarks/bench_backends.py --device cuda --out "$out" ${BACKENDS_OPTIONS:-} || rc=$?
     say "bench: bench_backends exit $rc after $((SECONDS - t0)) s; bench_predict.py ($(left) s left)"
     t0=$SECONDS
     bounded 0 "$PY" benchmarks/bench_predict.py --device cuda --out "$out" || rc2=$?
