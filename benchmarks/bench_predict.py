@@ -20,6 +20,8 @@ near-constant, which would make the agreement check below say nothing; the speed
   batches of `sw_batch_size` windows across slices, as ours fills its batches across slices (a loop
   over slices would leave a part-empty last batch per slice). 3D: (1, 1, Z, Y, X) with roi = our tile
   clipped to the volume (ours clips it the same way; the model pads 20 slices to 32 alike for both).
+* pipeline: ours with a network that returns its input (`Passthrough`): what the pipeline around the
+  network costs, the most `predict_volume` could give with an infinitely fast network.
 
 Agreement (with MONAI in the same arithmetic as ours): max and mean |ours - MONAI| of the probabilities, the
 max away from the in-plane borders (a tile/4 margin, in Z too for 3D) and the fraction of voxels whose 0.5
@@ -58,9 +60,21 @@ from mitoseg.predict import compute_steps, predict_volume
 
 
 def ours(model, volume: np.ndarray, dims: int, tile: tuple[int, int, int], overlap: float, batch: int,
-         dtype: str, amp: bool, device: torch.device, out: Path) -> Path:
-    return predict_volume(model, volume, out, dims, tile, overlap, dtype=dtype, batch_size=batch, amp=amp,
-                          device=device, overwrite=True, progress=False)
+         dtype: str, amp: bool, device: torch.device, out: Path, predictor=predict_volume) -> Path:
+    return predictor(model, volume, out, dims, tile, overlap, dtype=dtype, batch_size=batch, amp=amp,
+                     device=device, overwrite=True, progress=False)
+
+
+class Passthrough(torch.nn.Module):
+    """A "network" that returns its input: `predict_volume` with it times the pipeline around the network
+    (reading, normalising, copying, cutting tiles, blending, storing), its ceiling."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.scale = torch.nn.Parameter(torch.ones(()))  # a parameter, so the device and fingerprint exist
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * self.scale
 
 
 def monai(model, volume: np.ndarray, dims: int, tile: tuple[int, int, int], overlap: float, batch: int,
@@ -126,15 +140,26 @@ def run_case(model, reference, volume: np.ndarray, dims: int, tile: tuple[int, i
     """Time each method `repeat` times, in rotating order, and compare their outputs with ours.
 
     Methods: ours (bf16 autocast where native, unless --no-amp), MONAI in float32 (as built, its
-    default), and, when autocast is active, MONAI under the same bf16 autocast as ours.
+    default), and, when autocast is active, MONAI under the same bf16 autocast as ours; timed only:
+    ours with `Passthrough` for the network (the pipeline's ceiling), and with --base, ours as it was at
+    that git revision (`predict_volume` of its `mitoseg/predict.py`).
     """
     amp = args.amp and bf16_native(device)
-    methods = ["ours", "monai"] + (["monai_bf16"] if amp else [])
+    methods = ["ours", "monai"] + (["monai_bf16"] if amp else []) + ["pipeline"] + (["base"] if args.base else [])
+    passthrough = Passthrough().to(device)
+    base = common.module_at(args.base, "predict").predict_volume if args.base else None
     times = {m: [] for m in methods}
     outputs = {}
     for r in range(args.repeat):
         for method in methods[r % len(methods):] + methods[:r % len(methods)]:
-            if method == "ours":
+            if method in ("pipeline", "base"):
+                path = tmp / f"{method}_{r}.zarr"
+                net, fn = (passthrough, predict_volume) if method == "pipeline" else (model, base)
+                t, _ = common.timed(lambda p=path, net=net, fn=fn: ours(net, volume, dims, tile, overlap,
+                                                                        args.batch_size, args.dtype, amp, device,
+                                                                        p, fn), device)
+                shutil.rmtree(path)
+            elif method == "ours":
                 path = tmp / f"ours_{r}.zarr"
                 t, _ = common.timed(lambda p=path: ours(model, volume, dims, tile, overlap, args.batch_size,
                                                         args.dtype, amp, device, p), device)
@@ -148,7 +173,8 @@ def run_case(model, reference, volume: np.ndarray, dims: int, tile: tuple[int, i
                 outputs.setdefault(method, result)
             times[method].append(t)
     ours_out = outputs["ours"]
-    same = outputs[methods[-1]]  # MONAI with the same arithmetic as ours
+    same_as = "monai_bf16" if amp else "monai"  # MONAI with the same arithmetic as ours
+    same = outputs[same_as]
     diff = np.abs(ours_out - same)
     # interior: a tile/4 margin from the volume's borders (in Z too for 3D), where MONAI's 1e-3 weight floor acts
     eff_tile = tuple(min(t, s) for t, s in zip(tile, volume.shape, strict=True))
@@ -161,7 +187,7 @@ def run_case(model, reference, volume: np.ndarray, dims: int, tile: tuple[int, i
         "dims": dims, "volume_zyx": list(volume.shape), "voxels": voxels, "tile_zyx": list(eff_tile),
         "overlap": overlap, "batch_size": args.batch_size, "tiles": n_tiles(volume.shape, eff_tile, overlap),
         "ours_bf16": amp, "same_tile_grid": same_grid(volume.shape, eff_tile, overlap, dims),
-        "agreement_with": methods[-1],
+        "agreement_with": same_as,
         "max_abs_diff": float(diff.max()), "mean_abs_diff": float(diff.mean()),
         "interior_margin": margin, "interior_max_abs_diff": float(interior.max()),
         "threshold_disagreement_fraction": float(np.mean((ours_out >= 0.5) != (same >= 0.5))),
@@ -173,6 +199,8 @@ def run_case(model, reference, volume: np.ndarray, dims: int, tile: tuple[int, i
     row["ratio_ours_over_monai_throughput"] = med["monai"] / med["ours"]
     if amp:
         row["ratio_ours_over_monai_bf16_throughput"] = med["monai_bf16"] / med["ours"]
+    if args.base:
+        row["ratio_ours_over_base_throughput"] = med["base"] / med["ours"]
     return row
 
 
@@ -189,6 +217,7 @@ def main() -> None:
                    help="ours in float32 too (default: bf16 autocast where native, as the product)")
     p.add_argument("--no-calibrate", dest="calibrate", action="store_false",
                    help="keep the untrained model's BatchNorm statistics (near-constant output)")
+    p.add_argument("--base", metavar="REV", help="also time ours as it was at this git revision (side by side)")
     p.add_argument("--model", action="append", default=[], metavar="RUN",
                    help="a trained run folder or checkpoint to use instead of the untrained model of its dims "
                         "(same speed; makes the agreement check sharper); may be given twice (2D and 3D)")
@@ -239,7 +268,9 @@ def main() -> None:
             ("ours_voxels_per_second", "ours vox/s", ",.0f"), ("monai_voxels_per_second", "MONAI vox/s", ",.0f"),
             ("ratio_ours_over_monai_throughput", "ours/MONAI", ".2f"),
             ("monai_bf16_voxels_per_second", "MONAI bf16 vox/s", ",.0f"),
-            ("ratio_ours_over_monai_bf16_throughput", "ours/MONAI bf16", ".2f"), ("same_tile_grid", "same grid", ""),
+            ("ratio_ours_over_monai_bf16_throughput", "ours/MONAI bf16", ".2f"),
+            ("pipeline_voxels_per_second", "pipeline vox/s", ",.0f"),
+            ("ratio_ours_over_base_throughput", f"ours/{args.base}", ".2f"), ("same_tile_grid", "same grid", ""),
             ("max_abs_diff", "max |diff|", ".4f"), ("interior_max_abs_diff", "interior max", ".4f"),
             ("mean_abs_diff", "mean |diff|", ".5f"), ("threshold_disagreement_fraction", "0.5-flips", ".2e"),
             ("spread", "ours p min..max (std)", "")]

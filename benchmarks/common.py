@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import datetime
 import functools
+import importlib.util
 import json
 import os
 import platform
@@ -97,6 +98,19 @@ def _git(*args: str) -> str | None:
                               check=True).stdout.strip()
     except (OSError, subprocess.SubprocessError):
         return None
+
+
+@functools.cache
+def module_at(revision: str, name: str) -> Any:
+    """`mitoseg.<name>` as it was at git `revision`, loaded beside today's as a module of its own (its
+    imports are today's mitoseg): the baseline of a side-by-side timing in one run (--base)."""
+    source = _git("show", f"{revision}:src/mitoseg/{name}.py")
+    if source is None:
+        sys.exit(f"--base {revision}: git cannot show src/mitoseg/{name}.py at that revision")
+    module = importlib.util.module_from_spec(importlib.util.spec_from_loader(f"mitoseg_{name}_at_{revision}", None))
+    sys.modules[module.__name__] = module  # dataclasses look their module up there
+    exec(compile(source, f"{revision}:src/mitoseg/{name}.py", "exec"), module.__dict__)  # noqa: S102 - our own git history
+    return module
 
 
 def machine_info(device: Any = None) -> dict:

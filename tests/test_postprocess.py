@@ -58,6 +58,25 @@ def test_choose_finds_the_setting_that_mends_them(damaged):
     assert best > default["jaccard"]
 
 
+def test_every_candidate_scores_the_mask_apply_makes(damaged):
+    probs, truth = damaged
+    stored = np.rint(probs * 255).astype(np.uint8)
+    _, rows = postprocess.choose(stored, truth)
+    for row in rows:
+        pp = PostProcessing(row["threshold"], row["min_size"], row["fill_holes"])
+        assert row["jaccard"] == _iou(postprocess.apply(stored, pp), truth), row
+
+
+def test_fill_holes_matches_scipy_slice_by_slice(damaged):
+    probs, _ = damaged
+    mask = probs >= 0.5
+    mask[:, 0, :40] = True  # objects on the slice's edge, and a hole against it
+    mask[:, 1:4, 10:20] = False
+    ours = postprocess.fill_holes(mask)
+    assert np.array_equal(ours, np.stack([ndimage.binary_fill_holes(s) for s in mask]))
+    assert ours.sum() > mask.sum()  # there were holes to fill
+
+
 def test_bad_settings_refused():
     with pytest.raises(MitosegError, match="threshold"):
         PostProcessing(threshold=1.5)

@@ -11,7 +11,7 @@
 #   annotation ITER     experiments/annotation.py on CA1: the annotation curve (2D then 3D; 1..165 slices,
 #                       $CHOICES slice choices, default 3; for each seed in $SEEDS, default 0) and suggested
 #                       vs even slices, ITER iterations per run
-#   bench               benchmarks/bench_backends.py and bench_predict.py on cuda
+#   bench               benchmarks/bench_backends.py and bench_predict.py on cuda (options: $BACKENDS_OPTIONS, $PREDICT_OPTIONS)
 #   fullvolume RUN|-    benchmarks/bench_full_volume.py on cuda with --model RUN ('-': untrained 2D);
 #                       arguments after it (e.g. --predict-slices 256) go to the script
 # Files outside the repository live in $MITOSEG_GPU_DIR (default /tmp/mitoseg-gpu): they survive between
@@ -343,7 +343,8 @@ step_bench() {
     bounded "$budget" "$PY" benchmarks/bench_backends.py --device cuda --out "$out" ${BACKENDS_OPTIONS:-} || rc=$?
     say "bench: bench_backends exit $rc after $((SECONDS - t0)) s; bench_predict.py ($(left) s left)"
     t0=$SECONDS
-    bounded 0 "$PY" benchmarks/bench_predict.py --device cuda --out "$out" || rc2=$?
+    # shellcheck disable=SC2086  # PREDICT_OPTIONS: options for bench_predict.py, e.g. --repeat 3
+    bounded 0 "$PY" benchmarks/bench_predict.py --device cuda --out "$out" ${PREDICT_OPTIONS:-} || rc2=$?
     say "bench: bench_predict exit $rc2 after $((SECONDS - t0)) s"
     trace_stop
     cp "$OUT/remote.log" "$out/remote.log" 2>/dev/null || true

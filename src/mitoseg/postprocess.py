@@ -10,7 +10,6 @@ from dataclasses import asdict, dataclass
 
 import cc3d
 import numpy as np
-from scipy import ndimage
 
 from mitoseg import checks, metrics
 
@@ -47,8 +46,20 @@ def _clean(mask: np.ndarray, pp: PostProcessing) -> np.ndarray:
     if pp.min_size > 0:
         mask = cc3d.dust(mask, threshold=int(pp.min_size), connectivity=26)
     if pp.fill_holes:
-        mask = np.stack([ndimage.binary_fill_holes(s) for s in mask])
+        mask = fill_holes(mask)
     return mask.astype(np.uint8)
+
+
+def fill_holes(mask: np.ndarray) -> np.ndarray:
+    """Bool (Z, Y, X): each slice's holes filled, as `scipy.ndimage.binary_fill_holes` does per slice
+    (background not 4-connected to the slice's edge becomes foreground), by connected components, which
+    is several times faster on CA1 slices."""
+    out = np.array(mask, dtype=bool)
+    for z in range(out.shape[0]):
+        background = cc3d.connected_components(~out[z], connectivity=4)
+        edge = np.unique(np.concatenate([background[0], background[-1], background[:, 0], background[:, -1]]))
+        out[z] |= ~np.isin(background, edge)
+    return out
 
 
 def choose(probs: np.ndarray, truth: np.ndarray, thresholds=THRESHOLDS, min_sizes=MIN_SIZES) -> tuple[
@@ -57,13 +68,22 @@ def choose(probs: np.ndarray, truth: np.ndarray, thresholds=THRESHOLDS, min_size
 
     probs: (Z, Y, X) probabilities (float [0, 1] or uint8 0..255); truth: (Z, Y, X) {0, 1}.
     Ties go to the simpler setting (threshold nearest 0.5, smaller min_size, no hole filling).
+    Each candidate's mask is `apply`'s; the objects are found once per threshold, not per candidate.
     """
+    probs = np.asarray(probs)
+    scale = 255.0 if probs.dtype == np.uint8 else 1.0
     rows = []
     for t in sorted(thresholds, key=lambda t: abs(t - 0.5)):
+        mask = probs >= t * scale
+        objects = cc3d.connected_components(mask, connectivity=26)
+        sizes = np.bincount(objects.ravel())
         for m in min_sizes:
+            keep = sizes >= m
+            keep[0] = False
+            kept = keep[objects] if m > 0 else mask
             for fill in (False, True):
                 pp = PostProcessing(t, m, fill)
-                iou = metrics.scores(metrics.confusion(apply(probs, pp), truth))["jaccard"]
+                iou = metrics.scores(metrics.confusion(fill_holes(kept) if fill else kept, truth))["jaccard"]
                 rows.append({**pp.as_dict(), "jaccard": iou})
     best = max(rows, key=lambda r: r["jaccard"])  # max keeps the first of equals: the simplest
     return PostProcessing(best["threshold"], best["min_size"], best["fill_holes"]), rows

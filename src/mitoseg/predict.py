@@ -78,16 +78,15 @@ def _transforms(ndim: int, tta: bool) -> list[tuple[int, tuple[int, ...]]]:
 
 
 @torch.inference_mode()
-def _infer(model: torch.nn.Module, batch: np.ndarray, device: torch.device, tta: bool, amp: bool) -> np.ndarray:
-    """Foreground probabilities float32 for a batch of tiles (B, 1, [Z,] Y, X), averaged over the
-    test-time transforms (`_transforms`)."""
-    x = torch.from_numpy(batch).to(device, non_blocking=True)
+def _infer(model: torch.nn.Module, x: torch.Tensor, tta: bool, amp: bool) -> torch.Tensor:
+    """Foreground probabilities float32 on x's device for a batch of tiles x (B, 1, [Z,] Y, X) on the
+    model's device, averaged over the test-time transforms (`_transforms`)."""
     fmt = torch.channels_last if x.ndim == 4 else torch.channels_last_3d
     x = x.contiguous(memory_format=fmt)
     plane = (x.ndim - 2, x.ndim - 1)
     acc = None
     transforms = _transforms(x.ndim, tta)
-    with autocast(device, amp):
+    with autocast(x.device, amp):
         for k, axes in transforms:
             xi = torch.flip(x, axes) if axes else x
             xi = torch.rot90(xi, k, plane).contiguous(memory_format=fmt) if k else xi
@@ -95,7 +94,7 @@ def _infer(model: torch.nn.Module, batch: np.ndarray, device: torch.device, tta:
             p = torch.rot90(p, -k, plane) if k else p
             p = torch.flip(p, axes) if axes else p
             acc = p if acc is None else acc + p
-    return (acc / len(transforms)).cpu().numpy()
+    return acc / len(transforms)
 
 
 def block_plan(shape: tuple[int, ...], block: Block, tile: tuple[int, int, int],
@@ -136,29 +135,33 @@ def predict_block(model: torch.nn.Module, volume: Any, block: Block, tile: tuple
     channels_last(model, dims)  # a no-op once converted
     if image is None:
         image = read_region(volume, region, window)
-    weight = gaussian_weight(tile)
-    bshape = tuple(b.stop - b.start for b in block)
-    acc = np.zeros(bshape, np.float32)
-    norm = np.zeros(bshape, np.float32)
-    corners = list(itertools.product(*starts))
-    for i in range(0, len(corners), batch_size):
-        chunk = corners[i:i + batch_size]
-        tiles = np.stack([image[tuple(slice(c - r.start, c - r.start + t)
-                                      for c, r, t in zip(corner, region, tile, strict=True))]
-                          for corner in chunk])
-        tiles = tiles[:, None] if dims == 3 else tiles[:, :1]  # (B, 1, Z, Y, X) or (B, 1, Y, X)
-        probs = _infer(model, np.ascontiguousarray(tiles), device, tta, amp)
-        probs = probs[:, 0] if dims == 3 else probs  # back to (B, Z, Y, X)
-        for corner, p in zip(chunk, probs, strict=True):
-            src, dst = [], []
-            for c, t, b in zip(corner, tile, block, strict=True):
-                lo, hi = max(c, b.start), min(c + t, b.stop)
-                src.append(slice(lo - c, hi - c))
-                dst.append(slice(lo - b.start, hi - b.start))
-            src, dst = tuple(src), tuple(dst)
-            acc[dst] += p[src] * weight[src]
-            norm[dst] += weight[src]
-    return acc / norm
+    # The region goes to the model's device once and its tiles are cut and blended there (on a GPU, not
+    # on the host batch by batch); one copy of the blended block comes back.
+    with torch.inference_mode():
+        image = torch.from_numpy(np.ascontiguousarray(image)).to(device)
+        weight = torch.from_numpy(gaussian_weight(tile)).to(device)
+        bshape = tuple(b.stop - b.start for b in block)
+        acc = torch.zeros(bshape, dtype=torch.float32, device=device)
+        norm = torch.zeros(bshape, dtype=torch.float32, device=device)
+        corners = list(itertools.product(*starts))
+        for i in range(0, len(corners), batch_size):
+            chunk = corners[i:i + batch_size]
+            tiles = torch.stack([image[tuple(slice(c - r.start, c - r.start + t)
+                                             for c, r, t in zip(corner, region, tile, strict=True))]
+                                 for corner in chunk])
+            tiles = tiles[:, None] if dims == 3 else tiles[:, :1]  # (B, 1, Z, Y, X) or (B, 1, Y, X)
+            probs = _infer(model, tiles, tta, amp)
+            probs = probs[:, 0] if dims == 3 else probs  # back to (B, Z, Y, X)
+            for corner, p in zip(chunk, probs, strict=True):
+                src, dst = [], []
+                for c, t, b in zip(corner, tile, block, strict=True):
+                    lo, hi = max(c, b.start), min(c + t, b.stop)
+                    src.append(slice(lo - c, hi - c))
+                    dst.append(slice(lo - b.start, hi - b.start))
+                src, dst = tuple(src), tuple(dst)
+                acc[dst] += p[src] * weight[src]
+                norm[dst] += weight[src]
+        return (acc / norm).cpu().numpy()
 
 
 def predict_array(model: torch.nn.Module, image: np.ndarray, dims: int, tile: tuple[int, int, int],
