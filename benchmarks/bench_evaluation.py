@@ -6,8 +6,8 @@ validation split (`postprocess.choose`, 40 candidates), applying it to the whole
 measurements and morphology (`instances`). The probabilities are a stand-in made from the truth
 (Gaussian-blurred, sigma 2 voxels, plus noise of sd 0.15, stored as uint8 as `predict` stores them):
 these steps' time depends on the masks' objects, not on how the probabilities were made. With --base
-REV, `choose` and `apply` of that git revision run beside today's, on the same arrays, and must give
-the same candidates and mask.
+REV, `postprocess.choose`, `postprocess.apply` and `instances.label` of that git revision run beside
+today's, on the same arrays, and are checked to give the same result.
 
 Run from the repository root:
     .venv/bin/python benchmarks/bench_evaluation.py --base 3223dbc   # ~1.5 min on 2 CPU cores
@@ -34,7 +34,7 @@ def main() -> None:
     from mitoseg.data import split
 
     p = common.parser(__doc__)
-    p.add_argument("--base", metavar="REV", help="also time choose and apply of this git revision, side by side")
+    p.add_argument("--base", metavar="REV", help="also time choose, apply and label of this git revision, side by side")
     args = p.parse_args()
     info = common.machine_info("cpu")
     common.print_header("evaluation steps of mitoseg compare (CPU)", info,
@@ -48,6 +48,7 @@ def main() -> None:
     _, val = split(train_image, train_mask, 0.15)
     val_probs, test_probs = stand_in(val.mask > 0, args.seed), stand_in(test_mask, args.seed + 1)
     base = common.module_at(args.base, "postprocess") if args.base else None
+    base_instances = common.module_at(args.base, "instances") if args.base else None
 
     rows, chosen = [], None
 
@@ -67,7 +68,8 @@ def main() -> None:
     final = step("apply it (test volume)", lambda: postprocess.apply(test_probs, chosen), test_probs.size,
                  base and (lambda: base.apply(test_probs, base.PostProcessing(**chosen.as_dict()))))
     step("scores and object F1", lambda: compare._scores(final, test_mask, chosen.min_size), final.size)
-    labels = step("instance labels", lambda: instances.label(final, 26, min_size=chosen.min_size), final.size)
+    labels = step("instance labels", lambda: instances.label(final, 26, min_size=chosen.min_size), final.size,
+                  base and (lambda: base_instances.label(final, 26, min_size=chosen.min_size)))
     step("measure and morphology",
          lambda: instances.morphology(labels, instances.measure(labels, bench.voxel_size), bench.voxel_size),
          labels.size)

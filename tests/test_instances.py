@@ -64,6 +64,18 @@ def test_label_min_size_removes_exactly_small_objects(droso_crop):
     assert same_partition(labels, np.where(np.isin(ref, big), ref, 0))
 
 
+def test_label_min_size_numbers_objects_as_dust_then_labelling_does(droso_crop):
+    _, mask = droso_crop
+    counts = set()
+    for min_size in (1, 200, 2000, 20000):
+        expected = cc3d.connected_components(cc3d.dust(mask > 0, threshold=min_size, connectivity=26),
+                                             connectivity=26, out_dtype=np.uint32)
+        got = label(mask, 26, min_size=min_size)
+        assert np.array_equal(got, expected)
+        counts.add(int(got.max()))
+    assert len(counts) >= 3  # the sizes removed different objects
+
+
 def test_label_rejects_bad_input():
     with pytest.raises(MitosegError, match="connectivity"):
         label(np.zeros((2, 2, 2)), connectivity=8)

@@ -62,17 +62,22 @@ def _cc3d_connectivity(shape: Sequence[int], connectivity: int) -> int:
 def label(mask: np.ndarray, connectivity: int = 26, min_size: int = 0) -> np.ndarray:
     """Connected components of a 3D binary mask (voxels > 0 are foreground).
 
-    Returns uint32 labels of the mask's shape (z, y, x): 0 background, objects 1..N consecutive.
-    Objects with fewer than `min_size` voxels are removed (cc3d.dust) before numbering.
+    Returns uint32 labels of the mask's shape (z, y, x): 0 background, objects 1..N consecutive in the
+    order cc3d numbers them. Objects with fewer than `min_size` voxels are removed before numbering
+    (the same labels as cc3d.dust then connected components, from one labelling pass instead of two).
     """
     _check_connectivity(connectivity)
     mask = np.asarray(mask)
     _check_3d("mask", mask.shape)
-    foreground = mask > 0
-    connectivity = _cc3d_connectivity(mask.shape, connectivity)
+    labels = cc3d.connected_components(mask > 0, connectivity=_cc3d_connectivity(mask.shape, connectivity),
+                                       out_dtype=np.uint32)
     if min_size > 0:
-        foreground = cc3d.dust(foreground, threshold=int(min_size), connectivity=connectivity)
-    return cc3d.connected_components(foreground, connectivity=connectivity, out_dtype=np.uint32)
+        keep = np.bincount(labels.ravel()) >= min_size
+        keep[0] = False
+        renumber = np.zeros(keep.size, np.uint32)
+        renumber[keep] = np.arange(1, np.count_nonzero(keep) + 1, dtype=np.uint32)
+        labels = renumber[labels]
+    return labels
 
 
 def measure(labels: np.ndarray, voxel_size: Sequence[float] = (1.0, 1.0, 1.0)) -> dict[str, np.ndarray]:
