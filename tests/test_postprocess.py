@@ -70,7 +70,7 @@ def test_every_candidate_scores_the_mask_apply_makes(damaged):
 def test_fill_holes_matches_scipy_slice_by_slice(damaged):
     probs, _ = damaged
     mask = probs >= 0.5
-    mask[:, 0, :40] = True  # objects on the slice's edge, and a hole against it
+    mask[:, 0, :40] = True  # foreground along the slice's edge, background beside it
     mask[:, 1:4, 10:20] = False
     ours = postprocess.fill_holes(mask)
     assert np.array_equal(ours, np.stack([ndimage.binary_fill_holes(s) for s in mask]))
