@@ -356,8 +356,8 @@ def compare(out: str | Path, dataset: str = "auto", data: str | Path | None = No
         print(f"--- {name} U-Net", flush=True)
         results["models"][name] = run_model(cfg, bench, tmp / f"model_{name}", progress, tta, monitor)
         (tmp / "compare.json").write_text(json.dumps(results, indent=2, default=str))  # kept if stopped later
+    write_report(tmp, results)  # first: a run stopped while drawing keeps its report in the .partial folder
     figures(tmp, bench, results)
-    write_report(tmp, results)
     io.finish_output(out, overwrite)
     print((out / "report.md").read_text())
     return results
