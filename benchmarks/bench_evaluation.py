@@ -50,7 +50,7 @@ def main() -> None:
     base = common.module_at(args.base, "postprocess") if args.base else None
     base_instances = common.module_at(args.base, "instances") if args.base else None
 
-    rows, chosen = [], None
+    rows = []
 
     def step(name: str, fn, voxels: int, base_fn=None):
         seconds, result = common.timed(fn)
