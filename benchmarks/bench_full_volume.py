@@ -9,7 +9,9 @@ Then, each through the `mitoseg` command line in a fresh process whose peak resi
 2. the first --resume-slices slices predicted without interruption, then again killed with SIGKILL
    after --kill-after seconds and run with --resume: the output must be identical;
 3. `mitoseg label` with a per-object table of the predicted mask of the whole volume (of the stand-in's
-   true mask when only part of it was predicted).
+   true mask when only part of it was predicted, or when the model is untrained).
+Steps run in the order 1, 3, 2; the JSON is saved after each (`finished` false until the last), with the
+prediction's busy seconds per stage (read, compute, write: the output's `seconds` attribute).
 The model is a seeded untrained 2D U-Net unless --model names a run folder (weights do not change the
 speed, but an untrained model's mask is meaningless: use a trained one, e.g. `make demo`'s).
 
@@ -137,6 +139,8 @@ def main() -> None:
     p.add_argument("--resume-slices", type=int, default=64, help="slices of the kill + --resume check")
     p.add_argument("--kill-after", type=float, default=None, help="seconds before the SIGKILL (default: half)")
     p.add_argument("--model", help="run folder or checkpoint of a 2D model (default: untrained 2D)")
+    p.add_argument("--label-workers", type=int, default=0,
+                   help="label on a Dask LocalCluster of this many worker processes (default 0: this process)")
     p.add_argument("--work", type=Path, default=Path("/tmp/mitoseg-full-volume"), help="scratch folder")
     p.add_argument("--figure-only", action="store_true", help="only redraw the figure from a finished --work")
     args = p.parse_args()
@@ -157,21 +161,50 @@ def main() -> None:
     work.mkdir(parents=True)
 
     raw, mask = common.load_stack()
+    # label what was predicted (end to end) when a trained model predicted the whole volume; else the
+    # stand-in's true mask (an untrained model's mask is noise, unlike any mitochondria)
+    label_truth = n_pred < shape[0] or not args.model
     t0 = time.perf_counter()
-    if n_pred < shape[0]:
+    if label_truth:
         build_standin(work / "mask.zarr", mask, shape)
     build_standin(work / "predict.zarr", raw, (n_pred, *shape[1:]))
     build_standin(work / "head.zarr", raw, (n_resume, *shape[1:]))
     build_s = time.perf_counter() - t0
     print(f"built stand-ins in {build_s:.0f} s", flush=True)
+    name = common.output_name("full_volume", args.small)
+    result = {"machine": info, "shape": shape, "voxels": int(np.prod(shape)), "build_seconds": build_s,
+              "model": args.model or "untrained 2D (seeded)", "tile_xy": tile_xy, "overlap": args.overlap,
+              "note": "stand-in built by mirror-tiling the real Drosophila VNC stack", "finished": False}
 
     model = str(model_folder(args, work))
     settings = ["--model", model, "--device", str(device), "--tile-xy", str(tile_xy), "--overlap", str(args.overlap)]
     whole = run_cli(["predict", str(work / "predict.zarr"), *settings, "--out", str(work / "probs.zarr"),
                      "--mask", str(work / "pred_mask.zarr")])
     voxels = n_pred * shape[1] * shape[2]
+    import zarr
+
+    stages = dict(zarr.open_array(str(work / "probs.zarr"), mode="r").attrs)["seconds"]
+    result["predict"] = {"slices": n_pred, "voxels": voxels, **whole, "voxels_per_second": voxels / whole["seconds"],
+                         "stage_seconds": stages, "process_start_and_setup_seconds": whole["seconds"] - stages["wall"]}
+    common.save_json(args.out, name, result)  # kept if a later step is stopped
     print(f"predict {n_pred} slices: {whole['seconds']:.0f} s, {voxels / whole['seconds'] / 1e6:.2f} Mvoxel/s, "
-          f"peak {whole['peak_mib']:.0f} MiB", flush=True)
+          f"peak {whole['peak_mib']:.0f} MiB; busy seconds per stage: {stages}", flush=True)
+
+    source = "stand-in mask (mirror-tiled ground truth)" if label_truth else "predicted mask"
+    label_in = work / ("mask.zarr" if label_truth else "pred_mask.zarr")
+    cluster = ["--scheduler", "local", "--workers", str(args.label_workers)] if args.label_workers else []
+    label = run_cli(["label", str(label_in), "--out", str(work / "labels.zarr"), "--table",
+                     str(work / "objects.csv"), "--voxel-size", "5", "5", "5", *cluster])
+    n_objects = sum(1 for _ in open(work / "objects.csv")) - 1
+    print(f"label {source}, {np.prod(shape) / 1e9:.2f} gigavoxels: {label['seconds']:.0f} s, "
+          f"{np.prod(shape) / label['seconds'] / 1e6:.1f} Mvoxel/s, peak {label['peak_mib']:.0f} MiB, "
+          f"{n_objects} objects", flush=True)
+    result["label"] = {"input": source, "dask_workers": args.label_workers, **label,
+                       "peak_mib_of": "the client process only" if args.label_workers else "the process", "objects": n_objects,
+                       "voxels_per_second": np.prod(shape) / label["seconds"]}
+    result["predict_plus_label_seconds"] = whole["seconds"] + label["seconds"] if n_pred == shape[0] else None
+    common.save_json(args.out, name, result)
+    figure(work, args.out, name, info)
 
     head = ["predict", str(work / "head.zarr"), *settings]
     straight = run_cli([*head, "--out", str(work / "head_probs.zarr")])
@@ -182,29 +215,10 @@ def main() -> None:
     identical = digest(work / "head_probs.zarr") == digest(work / "resumed.zarr")
     print(f"{n_resume} slices: killed after {kill_after:.0f} s with {done} blocks done; resumed in "
           f"{resumed['seconds']:.0f} s; identical to the uninterrupted run: {identical}", flush=True)
-
-    # the whole volume predicted: label what was predicted (end to end); else the stand-in's true mask
-    source = "predicted mask" if n_pred == shape[0] else "stand-in mask (mirror-tiled ground truth)"
-    label_in = work / ("pred_mask.zarr" if n_pred == shape[0] else "mask.zarr")
-    label = run_cli(["label", str(label_in), "--out", str(work / "labels.zarr"), "--table",
-                     str(work / "objects.csv"), "--voxel-size", "5", "5", "5"])
-    n_objects = sum(1 for _ in open(work / "objects.csv")) - 1
-    print(f"label {source}, {np.prod(shape) / 1e9:.2f} gigavoxels: {label['seconds']:.0f} s, "
-          f"{np.prod(shape) / label['seconds'] / 1e6:.1f} Mvoxel/s, peak {label['peak_mib']:.0f} MiB, "
-          f"{n_objects} objects", flush=True)
-
-    result = {"machine": info, "shape": shape, "voxels": int(np.prod(shape)), "build_seconds": build_s,
-              "model": args.model or "untrained 2D (seeded)", "tile_xy": tile_xy, "overlap": args.overlap,
-              "predict": {"slices": n_pred, "voxels": voxels, **whole,
-                          "voxels_per_second": voxels / whole["seconds"]},
-              "resume": {"slices": n_resume, "uninterrupted": straight, "killed_after_s": kill_after,
-                         "blocks_done_before_kill": done, **resumed, "identical": identical},
-              "label": {"input": source, **label, "objects": n_objects,
-                        "voxels_per_second": np.prod(shape) / label["seconds"]},
-              "predict_plus_label_seconds": whole["seconds"] + label["seconds"] if n_pred == shape[0] else None,
-              "note": "stand-in built by mirror-tiling the real Drosophila VNC stack"}
-    path = common.save_json(args.out, common.output_name("full_volume", args.small), result)
-    figure(work, args.out, common.output_name("full_volume", args.small), info)
+    result["resume"] = {"slices": n_resume, "uninterrupted": straight, "killed_after_s": kill_after,
+                        "blocks_done_before_kill": done, **resumed, "identical": identical}
+    result["finished"] = True
+    path = common.save_json(args.out, name, result)
     print(json.dumps({k: result[k] for k in ("predict", "resume", "label", "predict_plus_label_seconds")},
                      indent=1, default=str))
     print(f"saved {path}")

@@ -62,7 +62,7 @@ def test_predict_2d_equals_single_process_and_resumes_its_run(dask_client, runs,
     assert not io.partial_path(out).exists() and not (tmp_path / "p.zarr.partial.done").exists()
 
     # a single-process run killed after two blocks is finished by the cluster, which skips those blocks
-    real = predict.predict_block
+    real = predict.blend_block
     calls = {"n": 0}
 
     def dying(*a, **k):
@@ -71,7 +71,7 @@ def test_predict_2d_equals_single_process_and_resumes_its_run(dask_client, runs,
             raise KeyboardInterrupt
         return real(*a, **k)
 
-    monkeypatch.setattr(predict, "predict_block", dying)
+    monkeypatch.setattr(predict, "blend_block", dying)
     model, cfg = load_model(runs / "run2", "cpu")
     resumed = tmp_path / "resumed.zarr"
     with pytest.raises(KeyboardInterrupt):
@@ -88,7 +88,7 @@ def test_predict_2d_equals_single_process_and_resumes_its_run(dask_client, runs,
     np.testing.assert_array_equal(io.open_volume(resumed)[:], expect)
     # an interrupted run is resumed only with its own settings and model, on either path
     with pytest.raises(KeyboardInterrupt):
-        monkeypatch.setattr(predict, "predict_block", dying)
+        monkeypatch.setattr(predict, "blend_block", dying)
         calls["n"] = 0
         predict.predict_volume(model, image, tmp_path / "other.zarr", 2, cfg.tile, cfg.overlap, block, progress=False)
     monkeypatch.undo()

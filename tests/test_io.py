@@ -381,6 +381,18 @@ def test_normalize_uint8_window(crop):
     assert np.allclose(out * 255.0, crop, atol=1e-3)
 
 
+@pytest.mark.parametrize("rule", ["percentile", "equalize"])
+def test_lookup_table_gives_the_arithmetic_values(lucchi_crop, rule):
+    """uint8 and uint16 blocks are normalised through a table of every grey level: the values of the
+    arithmetic on the same levels as floats, voxel for voxel; other dtypes have no table."""
+    raw = lucchi_crop[0][:4, :64, :64]
+    for block in (raw, raw.astype(np.uint16) * 200):
+        window = io.intensity_range(block, rule=rule)
+        assert io.lookup_table(block.dtype, window).shape == (np.iinfo(block.dtype).max + 1,)
+        np.testing.assert_array_equal(io.normalize(block, window), io.normalize(block.astype(np.float32), window))
+    assert io.lookup_table(np.float32, (0.0, 1.0)) is None
+
+
 def test_nan_refused(crop):
     vol = crop[:4, :32, :32].astype(np.float32)
     vol[2, 5, 5] = np.nan

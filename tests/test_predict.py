@@ -169,7 +169,7 @@ def test_resume_after_kill_is_identical(tmp_path, droso_crop, net2d, monkeypatch
     kw = dict(dims=2, tile=(1, 64, 64), overlap=0.25, block=(2, 64, 48), progress=False)
     ref = predict.predict_volume(net2d, image, tmp_path / "ref.zarr", mask_out=tmp_path / "ref_mask.zarr", **kw)
 
-    real = predict.predict_block
+    real = predict.blend_block
     calls = {"n": 0}
 
     def dying(*a, **k):
@@ -178,14 +178,14 @@ def test_resume_after_kill_is_identical(tmp_path, droso_crop, net2d, monkeypatch
             raise KeyboardInterrupt
         return real(*a, **k)
 
-    monkeypatch.setattr(predict, "predict_block", dying)
+    monkeypatch.setattr(predict, "blend_block", dying)
     out = tmp_path / "p.zarr"
     with pytest.raises(KeyboardInterrupt):
         predict.predict_volume(net2d, image, out, mask_out=tmp_path / "m.zarr", **kw)
     assert not out.exists() and io.partial_path(out).exists()  # nothing under the final name
     calls["n"] = -100
     seen = []
-    monkeypatch.setattr(predict, "predict_block", lambda *a, **k: seen.append(1) or real(*a, **k))
+    monkeypatch.setattr(predict, "blend_block", lambda *a, **k: seen.append(1) or real(*a, **k))
     predict.predict_volume(net2d, image, out, mask_out=tmp_path / "m.zarr", resume=True, **kw)
     assert len(seen) == 6 - 3  # 6 blocks, 3 finished before the kill
     np.testing.assert_array_equal(io.open_volume(out)[:], io.open_volume(ref)[:])
@@ -196,15 +196,15 @@ def test_resume_after_kill_is_identical(tmp_path, droso_crop, net2d, monkeypatch
 def test_resume_refuses_another_tta_set(tmp_path, droso_crop, net2d, monkeypatch):
     image = droso_crop[0][:4, :64, :64]
     kw = dict(dims=2, tile=(1, 64, 64), overlap=0.25, block=(2, 64, 64), tta=True, progress=False)
-    out, real = tmp_path / "p.zarr", predict.predict_block
+    out, real = tmp_path / "p.zarr", predict.blend_block
 
     def dying(*a, **k):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(predict, "predict_block", dying)
+    monkeypatch.setattr(predict, "blend_block", dying)
     with pytest.raises(KeyboardInterrupt):
         predict.predict_volume(net2d, image, out, **kw)
-    monkeypatch.setattr(predict, "predict_block", real)
+    monkeypatch.setattr(predict, "blend_block", real)
     before = predict.TTA_SET
     other = next(name for name in predict.TTA_SETS if name != before)
     monkeypatch.setattr(predict, "TTA_SET", other)
@@ -221,12 +221,40 @@ def test_existing_output_refused(tmp_path, droso_crop, net2d):
     predict.predict_volume(net2d, image, tmp_path / "p.zarr", overwrite=True, **kw)
 
 
+def test_inputs_reach_the_device_normalised_as_on_the_host(lucchi_crop):
+    """`to_device` (a uint8 region through the lookup table on the device) gives `io.normalize`'s values."""
+    raw = lucchi_crop[0][:3, :64, :64]
+    for block in (raw, raw.astype(np.uint16), raw.astype(np.float32)):
+        for rule in ("percentile", "equalize"):
+            window = io.intensity_range(block, rule=rule)
+            got = predict.to_device(block, window, torch.device("cpu"))
+            assert got.dtype == torch.float32
+            np.testing.assert_array_equal(got.numpy(), io.normalize(block, window))
+
+
+def test_deeper_pipeline_writes_the_same_bytes_and_times_its_stages(tmp_path, droso_crop, net2d, monkeypatch):
+    """Several reads and writes in flight (as beside a GPU) store the same bytes as one of each; the output
+    records each stage's seconds."""
+    image = droso_crop[0][:6, :64, :96]
+    kw = dict(dims=2, tile=(1, 64, 64), overlap=0.25, block=(1, 64, 48), progress=False)
+    one = predict.predict_volume(net2d, image, tmp_path / "one.zarr", mask_out=tmp_path / "m1.zarr", **kw)
+    monkeypatch.setattr(predict, "pipeline_depth", lambda device: 4)
+    four = predict.predict_volume(net2d, image, tmp_path / "four.zarr", mask_out=tmp_path / "m4.zarr", **kw)
+    np.testing.assert_array_equal(io.open_volume(four)[:], io.open_volume(one)[:])
+    np.testing.assert_array_equal(io.open_volume(tmp_path / "m4.zarr")[:], io.open_volume(tmp_path / "m1.zarr")[:])
+    seconds = dict(io.open_volume(four).attrs)["seconds"]
+    assert set(seconds) == {"read", "compute", "write", "wall"} and seconds["compute"] > 0
+    assert 0 < seconds["wall"] and all(v >= 0 for v in seconds.values())
+
+
 def test_storage_dtypes():
     p = np.array([0.0, 0.5, 0.999, 1.0], np.float32)
     np.testing.assert_array_equal(predict.to_storage(p, "uint8"), [0, 128, 255, 255])
     assert predict.to_storage(p, "float16").dtype == np.float16
     with pytest.raises(MitosegError):
         predict.to_storage(p, "int7")
+    assert predict.to_storage(np.array([0.5 / 255, 1.5 / 255], np.float32), "uint8").tolist() == [0, 2]  # to even
+    np.testing.assert_array_equal(predict.to_storage(torch.from_numpy(p), "uint8"), predict.to_storage(p, "uint8"))
 
 
 class CountingIdentity(Identity):

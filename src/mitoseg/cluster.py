@@ -7,7 +7,7 @@ output Zarr store itself (so the stores must lie on a filesystem every worker se
 output chunks equal blocks so no two tasks write the same chunk, and each worker process loads the
 model once (cached per process, reloaded only when the checkpoint file changes).
 
-The per-block work is the single-process code: `predict.predict_block` and `predict.to_storage` for
+The per-block work is the single-process code: `predict.predict_block` and `predict.encode_block` for
 prediction, and `instances.summarize_block`, `block_pairs`, `merge_blocks`, `relabel_block` for
 labelling, so the outputs equal `predict.predict_volume` and `instances.label_blockwise` byte for byte
 (on CPU, with the same number of torch threads; see docs/cluster.md).
@@ -115,7 +115,8 @@ def _predict_task(block: Block, job: dict) -> None:
     s = job["settings"]
     p = predict.predict_block(net, _open_input(job["image"]), block, s.tile, s.overlap, s.window, device, config.dims,
                               s.batch_size, s.tta, s.amp)
-    predict.write_block([blocks.Output.reopen(path) for path in job["outputs"]], block, p, s)
+    outputs = [blocks.Output.reopen(path) for path in job["outputs"]]
+    predict.write_block(outputs, block, predict.encode_block(p, s, mask=len(outputs) > 1))
 
 
 def _confusion_task(block: Block, job: dict):

@@ -282,21 +282,34 @@ def matched_window(arr: Any, reference: tuple[float, ...], window: tuple[float, 
 def normalize(block: np.ndarray, window: tuple[float, ...]) -> np.ndarray:
     """Map intensities to float32 [0, 1] with the window from `intensity_range`: its levels go to evenly
     spaced values from 0 to 1, linearly in between, clipped outside. Levels repeated in the window (a grey
-    level that fills several percentiles of a uint8 volume) go to the mean of their values."""
-    if len(window) == 2:
-        low, high = window
-        out = (np.asarray(block, dtype=np.float32) - low) / (high - low)
-        if not np.isfinite(out).all():
-            raise MitosegError("the image holds NaN or infinite values; replace them before segmenting")
-        return np.clip(out, 0.0, 1.0, out=out)
-    levels, where = np.unique(np.asarray(window, dtype=np.float64), return_inverse=True)
-    values = np.bincount(where, np.linspace(0, 1, len(window))) / np.bincount(where)
+    level that fills several percentiles of a uint8 volume) go to the mean of their values. A uint8 or
+    uint16 block goes through `lookup_table` (the same values, one read per voxel)."""
     block = np.asarray(block)
-    if block.dtype in (np.uint8, np.uint16):  # a lookup table over every grey level: faster than per voxel
-        return np.interp(np.arange(np.iinfo(block.dtype).max + 1), levels, values).astype(np.float32)[block]
+    table = lookup_table(block.dtype, window)
+    if table is not None:
+        return table[block]
     if not np.isfinite(block).all():
         raise MitosegError("the image holds NaN or infinite values; replace them before segmenting")
-    return np.interp(block, levels, values).astype(np.float32)
+    return _normalize_values(block, window)
+
+
+def lookup_table(dtype: Any, window: tuple[float, ...]) -> np.ndarray | None:
+    """float32 (2**8 or 2**16,): `normalize`'s value of every grey level of a uint8 or uint16 image, indexed
+    by the grey level; None for other dtypes."""
+    if np.dtype(dtype) not in (np.uint8, np.uint16):
+        return None
+    return _normalize_values(np.arange(np.iinfo(dtype).max + 1), window)
+
+
+def _normalize_values(values: np.ndarray, window: tuple[float, ...]) -> np.ndarray:
+    """`normalize` by arithmetic, on finite values."""
+    if len(window) == 2:
+        low, high = window
+        out = (np.asarray(values, dtype=np.float32) - low) / (high - low)
+        return np.clip(out, 0.0, 1.0, out=out)
+    levels, where = np.unique(np.asarray(window, dtype=np.float64), return_inverse=True)
+    weights = np.bincount(where, np.linspace(0, 1, len(window))) / np.bincount(where)
+    return np.interp(values, levels, weights).astype(np.float32)
 
 
 def check_binary(labels: Any, name: str = "labels", max_samples: int = 2_000_000) -> None:

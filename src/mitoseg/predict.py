@@ -12,7 +12,10 @@ import bisect
 import hashlib
 import itertools
 import math
+import os
+import threading
 import time
+from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -111,9 +114,19 @@ def block_plan(shape: tuple[int, ...], block: Block, tile: tuple[int, int, int],
     return tile, starts, region
 
 
-def read_region(volume: Any, region: Block, window: tuple[float, ...]) -> np.ndarray:
-    """The normalised float32 input of a block's region."""
-    return io.normalize(volume[region], window)
+def read_region(volume: Any, region: Block) -> np.ndarray:
+    """A block's input region as the volume stores it (normalised on the model's device, `to_device`)."""
+    return np.asarray(volume[region])
+
+
+def to_device(raw: np.ndarray, window: tuple[float, ...], device: torch.device) -> torch.Tensor:
+    """The normalised float32 input (`io.normalize`) of a region on `device`: a uint8 region travels as it
+    is and goes through `io.lookup_table` there (a quarter of float32's copy to a GPU, no host pass);
+    other dtypes are normalised on the host."""
+    if raw.dtype == np.uint8:
+        table = torch.from_numpy(io.lookup_table(raw.dtype, window)).to(device)
+        return table[torch.from_numpy(np.require(raw, requirements=["C", "W"])).to(device).long()]
+    return torch.from_numpy(io.normalize(raw, window)).to(device)
 
 
 def auto_batch(tile: tuple[int, int, int], device: torch.device) -> int:
@@ -126,42 +139,49 @@ def auto_batch(tile: tuple[int, int, int], device: torch.device) -> int:
 def predict_block(model: torch.nn.Module, volume: Any, block: Block, tile: tuple[int, int, int],
                   overlap: float, window: tuple[float, ...], device: torch.device, dims: int,
                   batch_size: int | None = None, tta: bool = False, amp: bool = True,
-                  image: np.ndarray | None = None) -> np.ndarray:
+                  raw: np.ndarray | None = None) -> np.ndarray:
     """Probabilities float32 (block shape) for one block of `volume` (Z, Y, X), from every tile of the
-    global grid that overlaps the block, blended with Gaussian weights. `image` is the block's
-    region already read with `read_region` (read here when None)."""
+    global grid that overlaps the block, blended with Gaussian weights (`blend_block`, on `device`)."""
+    return blend_block(model, volume, block, tile, overlap, window, device, dims, batch_size, tta, amp,
+                       raw).cpu().numpy()
+
+
+@torch.inference_mode()
+def blend_block(model: torch.nn.Module, volume: Any, block: Block, tile: tuple[int, int, int],
+                overlap: float, window: tuple[float, ...], device: torch.device, dims: int,
+                batch_size: int | None = None, tta: bool = False, amp: bool = True,
+                raw: np.ndarray | None = None) -> torch.Tensor:
+    """`predict_block`'s probabilities as a float32 tensor on `device`. `raw` is the block's region already
+    read with `read_region` (read here when None)."""
     tile, starts, region = block_plan(tuple(volume.shape), block, tile, overlap)
     batch_size = batch_size or auto_batch(tile, device)
     channels_last(model, dims)  # a no-op once converted
-    if image is None:
-        image = read_region(volume, region, window)
     # The region goes to the model's device once and its tiles are cut and blended there (on a GPU, not
-    # on the host batch by batch); one copy of the blended block comes back.
-    with torch.inference_mode():
-        image = torch.from_numpy(np.ascontiguousarray(image)).to(device)
-        weight = torch.from_numpy(gaussian_weight(tile)).to(device)
-        bshape = tuple(b.stop - b.start for b in block)
-        acc = torch.zeros(bshape, dtype=torch.float32, device=device)
-        norm = torch.zeros(bshape, dtype=torch.float32, device=device)
-        corners = list(itertools.product(*starts))
-        for i in range(0, len(corners), batch_size):
-            chunk = corners[i:i + batch_size]
-            tiles = torch.stack([image[tuple(slice(c - r.start, c - r.start + t)
-                                             for c, r, t in zip(corner, region, tile, strict=True))]
-                                 for corner in chunk])
-            tiles = tiles[:, None] if dims == 3 else tiles[:, :1]  # (B, 1, Z, Y, X) or (B, 1, Y, X)
-            probs = _infer(model, tiles, tta, amp)
-            probs = probs[:, 0] if dims == 3 else probs  # back to (B, Z, Y, X)
-            for corner, p in zip(chunk, probs, strict=True):
-                src, dst = [], []
-                for c, t, b in zip(corner, tile, block, strict=True):
-                    lo, hi = max(c, b.start), min(c + t, b.stop)
-                    src.append(slice(lo - c, hi - c))
-                    dst.append(slice(lo - b.start, hi - b.start))
-                src, dst = tuple(src), tuple(dst)
-                acc[dst] += p[src] * weight[src]
-                norm[dst] += weight[src]
-        return (acc / norm).cpu().numpy()
+    # on the host batch by batch); the caller copies the blended block back.
+    image = to_device(read_region(volume, region) if raw is None else raw, window, device)
+    weight = torch.from_numpy(gaussian_weight(tile)).to(device)
+    bshape = tuple(b.stop - b.start for b in block)
+    acc = torch.zeros(bshape, dtype=torch.float32, device=device)
+    norm = torch.zeros(bshape, dtype=torch.float32, device=device)
+    corners = list(itertools.product(*starts))
+    for i in range(0, len(corners), batch_size):
+        chunk = corners[i:i + batch_size]
+        tiles = torch.stack([image[tuple(slice(c - r.start, c - r.start + t)
+                                         for c, r, t in zip(corner, region, tile, strict=True))]
+                             for corner in chunk])
+        tiles = tiles[:, None] if dims == 3 else tiles[:, :1]  # (B, 1, Z, Y, X) or (B, 1, Y, X)
+        probs = _infer(model, tiles, tta, amp)
+        probs = probs[:, 0] if dims == 3 else probs  # back to (B, Z, Y, X)
+        for corner, p in zip(chunk, probs, strict=True):
+            src, dst = [], []
+            for c, t, b in zip(corner, tile, block, strict=True):
+                lo, hi = max(c, b.start), min(c + t, b.stop)
+                src.append(slice(lo - c, hi - c))
+                dst.append(slice(lo - b.start, hi - b.start))
+            src, dst = tuple(src), tuple(dst)
+            acc[dst] += p[src] * weight[src]
+            norm[dst] += weight[src]
+    return acc / norm
 
 
 def predict_array(model: torch.nn.Module, image: np.ndarray, dims: int, tile: tuple[int, int, int],
@@ -198,12 +218,14 @@ def input_rule(model: torch.nn.Module) -> str:
     return getattr(model, "normalize", "percentile")
 
 
-def to_storage(probs: np.ndarray, dtype: str) -> np.ndarray:
-    """Probabilities as stored: 'uint8' maps [0, 1] to 0..255, 'float16' keeps them as floats."""
+def to_storage(probs: np.ndarray | torch.Tensor, dtype: str) -> np.ndarray:
+    """Probabilities as stored, on the host: 'uint8' maps [0, 1] to 0..255 (rounded half to even),
+    'float16' keeps them as floats; computed where `probs` lies (a GPU copies back the small dtype)."""
+    p = torch.as_tensor(probs)
     if dtype == "uint8":
-        return np.rint(probs * 255).astype(np.uint8)
+        return torch.round(p * 255).to(torch.uint8).cpu().numpy()
     if dtype == "float16":
-        return probs.astype(np.float16)
+        return p.half().cpu().numpy()
     raise MitosegError(f"probability dtype must be uint8 or float16, not {dtype!r}")
 
 
@@ -325,11 +347,26 @@ def open_outputs(shape: tuple[int, ...], out: str | Path, mask_out: str | Path |
     return outputs
 
 
-def write_block(outputs: list[blocks.Output], block: Block, probs: np.ndarray, settings: Settings) -> None:
-    """Store one block's probabilities (and mask), then mark it done in every output."""
+def encode_block(probs: np.ndarray | torch.Tensor, settings: Settings, mask: bool) -> list[np.ndarray]:
+    """What is stored of one block's probabilities, on the host: the probabilities as `settings.dtype`,
+    then (with `mask`) the mask, uint8 {0, 1} where probability >= threshold; computed where `probs` lies."""
+    arrays = [to_storage(probs, settings.dtype)]
+    if mask:
+        arrays.append((torch.as_tensor(probs) >= settings.threshold).to(torch.uint8).cpu().numpy())
+    return arrays
+
+
+def write_block(outputs: list[blocks.Output], block: Block, arrays: list[np.ndarray]) -> None:
+    """Store one block's `encode_block` arrays in `outputs` (the mask first), marking it done in each."""
     if len(outputs) > 1:
-        outputs[1].write(block, (probs >= settings.threshold).astype(np.uint8))
-    outputs[0].write(block, to_storage(probs, settings.dtype))  # the probabilities' marker decides a resume
+        outputs[1].write(block, arrays[1])
+    outputs[0].write(block, arrays[0])  # the probabilities' marker decides a resume
+
+
+def pipeline_depth(device: torch.device) -> int:
+    """Blocks read ahead and writes in flight in `predict_volume`: 1 beside a CPU model (the cores compute),
+    up to 4 beside a GPU (each block's codec runs on one core)."""
+    return max(1, min(4, (os.cpu_count() or 1) // 4)) if accelerator(device) else 1
 
 
 def predict_volume(model: torch.nn.Module, image: Any, out: str | Path, dims: int,
@@ -346,7 +383,9 @@ def predict_volume(model: torch.nn.Module, image: Any, out: str | Path, dims: in
     Optionally writes a binary mask (uint8 {0, 1}, probability >= threshold) to `mask_out`.
     `window`: the intensity window mapped to [0, 1] (default: `io.intensity_range` of this volume by the
     model's rule, `input_rule`; give the larger volume's window when `image` is a part of it). Returns the
-    output path.
+    output path. Its attribute `seconds` holds this run's time per stage: `read` (the input regions),
+    `compute` (normalise, network, blend and encode, `blend_block`), `write` (the Zarr chunks and markers),
+    each summed over the threads that overlap them, and `wall`.
     `cluster.predict_volume_dask` does the same on a Dask cluster, with the same result.
     """
     from tqdm.auto import tqdm
@@ -366,23 +405,41 @@ def predict_volume(model: torch.nn.Module, image: Any, out: str | Path, dims: in
     bar = tqdm(total=len(todo), desc=f"predict {Path(out).name}", unit="block", disable=not progress)
     tile, window = settings.tile, settings.window
 
-    # Reading the next block and writing the last one overlap with the model's work (zarr codecs
-    # release the GIL); at most one read and one write are in flight, so memory stays bounded.
-    with ThreadPoolExecutor(max_workers=2) as pool:
-        read = lambda b: read_region(volume, block_plan(shape, b, tile, overlap)[2], window)  # noqa: E731
-        pending_read = pool.submit(read, todo[0]) if todo else None
-        pending_write = None
+    # Reading the next blocks and writing the last ones overlap with the model's work (zarr codecs release
+    # the GIL); at most `depth` reads and `depth` writes are in flight, so memory stays bounded.
+    depth = pipeline_depth(device)
+    seconds = {"read": 0.0, "compute": 0.0, "write": 0.0}  # busy time per stage, summed over threads
+    lock = threading.Lock()
+
+    def timed(stage, fn, *args):
+        t0 = time.perf_counter()
+        result = fn(*args)
+        with lock:
+            seconds[stage] += time.perf_counter() - t0
+        return result
+
+    start = time.perf_counter()
+    with ThreadPoolExecutor(max_workers=2 * depth) as pool:
+        read = lambda b: timed("read", read_region, volume, block_plan(shape, b, tile, overlap)[2])  # noqa: E731
+        reads = deque(pool.submit(read, b) for b in todo[:depth])
+        writes: deque = deque()
         for i, b in enumerate(todo):
-            image = pending_read.result()
-            pending_read = pool.submit(read, todo[i + 1]) if i + 1 < len(todo) else None
-            p = predict_block(model, volume, b, tile, settings.overlap, window, device, dims, batch_size, tta, amp,
-                              image)
-            if pending_write is not None:
-                pending_write.result()
-            pending_write = pool.submit(write_block, outputs, b, p, settings)
+            raw = reads.popleft().result()
+            if i + depth < len(todo):
+                reads.append(pool.submit(read, todo[i + depth]))
+            t0 = time.perf_counter()
+            p = blend_block(model, volume, b, tile, settings.overlap, window, device, dims, batch_size, tta, amp, raw)
+            arrays = encode_block(p, settings, mask_out is not None)
+            seconds["compute"] += time.perf_counter() - t0
+            del p
+            while len(writes) >= depth:
+                writes.popleft().result()
+            writes.append(pool.submit(timed, "write", write_block, outputs, b, arrays))
             bar.update()
-        if pending_write is not None:
-            pending_write.result()
+        for w in writes:
+            w.result()
+    seconds["wall"] = time.perf_counter() - start
+    outputs[0].array.attrs["seconds"] = {k: round(v, 3) for k, v in seconds.items()}
     bar.close()
     blocks.finish(*outputs, overwrite=overwrite)
     memory.release()
