@@ -200,7 +200,8 @@ def main() -> None:
           f"{np.prod(shape) / label['seconds'] / 1e6:.1f} Mvoxel/s, peak {label['peak_mib']:.0f} MiB, "
           f"{n_objects} objects", flush=True)
     result["label"] = {"input": source, "dask_workers": args.label_workers, **label,
-                       "peak_mib_of": "the client process only" if args.label_workers else "the process", "objects": n_objects,
+                       "peak_mib_of": "the client process only" if args.label_workers else "the process",
+                       "objects": n_objects,
                        "voxels_per_second": np.prod(shape) / label["seconds"]}
     result["predict_plus_label_seconds"] = whole["seconds"] + label["seconds"] if n_pred == shape[0] else None
     common.save_json(args.out, name, result)

@@ -244,3 +244,26 @@ def test_morphology_of_a_ball_a_rod_and_real_mitochondria(droso):
     edge = (table["bbox_y0"] == 0) | (table["bbox_x0"] == 0) | (table["bbox_y1"] == 300) | (table["bbox_x1"] == 300)
     edge |= (table["bbox_z0"] == 0) | (table["bbox_z1"] == 20)
     assert np.array_equal(table["touches_border"], edge) and edge.any() and not edge.all()
+
+
+def test_morphology_reads_a_chunked_array_once_per_block_of_boxes(droso):
+    """From a chunked Zarr array the objects are read in groups (one box per chunk where their boxes
+    start), not one read each, and measured exactly as from the whole array in memory."""
+    labels = label(droso[1][:, :512, :512], 26, min_size=100)
+    table = measure(labels, (50, 4.6, 4.6))
+    whole = instances.morphology(labels, table, (50, 4.6, 4.6))
+    chunked = _zarr(labels, (10, 256, 256))
+    reads = []
+
+    class Counting:
+        shape, chunks = chunked.shape, chunked.chunks
+
+        def __getitem__(self, key):
+            reads.append(key)
+            return chunked[key]
+
+    got = instances.morphology(Counting(), table, (50, 4.6, 4.6))
+    for k in whole:
+        np.testing.assert_array_equal(got[k], whole[k], err_msg=k)
+    starts = {(z // 10, y // 256, x // 256) for z, y, x in zip(table["bbox_z0"], table["bbox_y0"], table["bbox_x0"])}
+    assert len(reads) == len(starts) <= 8 < len(table["id"])

@@ -173,41 +173,61 @@ MORPHOLOGY = ("surface_um2", "sphericity", "equivalent_diameter_um", "length_um"
 
 
 def morphology(labels, table: dict[str, np.ndarray], voxel_size: Sequence[float] = (1.0, 1.0, 1.0),
-               progress: bool = False) -> dict[str, np.ndarray]:
+               progress: bool = False, block: Sequence[int] | None = None) -> dict[str, np.ndarray]:
     """`table` (from `measure` or `measure_blockwise`) with the shape of every object added, each object
-    measured whole from its bounding box (read from `labels`, any array-like (Z, Y, X); memory: the largest
-    object's box): surface_um2 (marching-cubes mesh of the object, skimage), sphericity (pi^(1/3) (6V)^(2/3)
-    / surface: 1 for a ball, less for anything else; from the mesh, so a voxelised ball scores about 0.9),
-    equivalent_diameter_um (of the ball of the same volume), length_um and width_um (the longest and
-    shortest principal axes, 4 sqrt(eigenvalue) of the coordinates' covariance in µm, as skimage's
-    axis_major_length), elongation (length / width) and touches_border (the object reaches a face of the
-    volume, so it may be cut and its shape is not the whole object's)."""
+    measured whole from its bounding box: surface_um2 (marching-cubes mesh of the object, skimage),
+    sphericity (pi^(1/3) (6V)^(2/3) / surface: 1 for a ball, less for anything else; from the mesh, so a
+    voxelised ball scores about 0.9), equivalent_diameter_um (of the ball of the same volume), length_um and
+    width_um (the longest and shortest principal axes, 4 sqrt(eigenvalue) of the coordinates' covariance in
+    µm, as skimage's axis_major_length), elongation (length / width) and touches_border (the object reaches
+    a face of the volume, so it may be cut and its shape is not the whole object's).
+
+    `labels`: any array-like (Z, Y, X). Objects whose boxes start in the same `block` (default: the array's
+    chunks, else 64 x 512 x 512) are read together, as the one box around them all: a chunked array is
+    decompressed about once, not once per object. Memory: the largest such box."""
     from skimage.measure import marching_cubes, mesh_surface_area
 
     spacing = np.asarray(voxel_size, dtype=np.float64) / 1000.0  # µm
     shape = np.asarray(labels.shape)
     n = len(table["id"])
     out = {k: np.zeros(n, np.float64) for k in MORPHOLOGY}
-    rows = zip(table["id"], *(table[f"bbox_{a}{e}"] for e in "01" for a in "zyx"), strict=True)
-    for i, (obj, z0, y0, x0, z1, y1, x1) in enumerate(tqdm(rows, total=n, desc="shape", disable=not progress)):
-        mask = np.asarray(labels[z0:z1, y0:y1, x0:x1]) == obj
-        coords = np.argwhere(mask) * spacing
-        volume = len(coords) * float(np.prod(spacing))
-        try:
-            verts, faces, _, _ = marching_cubes(np.pad(mask, 1).astype(np.float32), 0.5, spacing=tuple(spacing))
-            surface = float(mesh_surface_area(verts, faces))
-        except (ValueError, RuntimeError):  # too small to mesh
-            surface = float("nan")
-        eig = np.sort(np.linalg.eigvalsh(np.cov(coords.T))) if len(coords) > 3 else np.zeros(3)
-        out["surface_um2"][i] = surface
-        out["sphericity"][i] = np.pi ** (1 / 3) * (6 * volume) ** (2 / 3) / surface if surface > 0 else np.nan
-        out["equivalent_diameter_um"][i] = (6 * volume / np.pi) ** (1 / 3)
-        out["length_um"][i] = 4 * np.sqrt(max(eig[-1], 0.0))
-        out["width_um"][i] = 4 * np.sqrt(max(eig[0], 0.0))
-        out["elongation"][i] = out["length_um"][i] / out["width_um"][i] if out["width_um"][i] > 0 else np.inf
-        out["touches_border"][i] = bool(min(z0, y0, x0) == 0 or np.any(np.array([z1, y1, x1]) == shape))
+    lo = np.stack([table[f"bbox_{a}0"] for a in "zyx"], axis=1).astype(np.int64).reshape(-1, 3)
+    hi = np.stack([table[f"bbox_{a}1"] for a in "zyx"], axis=1).astype(np.int64).reshape(-1, 3)
+    block = np.asarray(block or getattr(labels, "chunks", None) or (64, 512, 512), np.int64)
+    groups: dict[tuple[int, ...], list[int]] = {}
+    for i, start in enumerate(lo // block):
+        groups.setdefault(tuple(start), []).append(i)
+    bar = tqdm(total=n, desc="shape", disable=not progress)
+    for rows in groups.values():
+        g0, g1 = lo[rows].min(axis=0), hi[rows].max(axis=0)
+        region = np.asarray(labels[g0[0]:g1[0], g0[1]:g1[1], g0[2]:g1[2]])
+        for i in rows:
+            box = tuple(slice(a, b) for a, b in zip(lo[i] - g0, hi[i] - g0, strict=True))
+            _shape_row(out, i, region[box] == table["id"][i], spacing, marching_cubes, mesh_surface_area)
+            out["touches_border"][i] = bool((lo[i] == 0).any() or (hi[i] == shape).any())
+        bar.update(len(rows))
+    bar.close()
     out["touches_border"] = out["touches_border"].astype(bool)
     return {**table, **out}
+
+
+def _shape_row(out: dict[str, np.ndarray], i: int, mask: np.ndarray, spacing: np.ndarray, marching_cubes,
+               mesh_surface_area) -> None:
+    """Row `i` of `morphology`'s shape columns from the object's boolean `mask` (its bounding box)."""
+    coords = np.argwhere(mask) * spacing
+    volume = len(coords) * float(np.prod(spacing))
+    try:
+        verts, faces, _, _ = marching_cubes(np.pad(mask, 1).astype(np.float32), 0.5, spacing=tuple(spacing))
+        surface = float(mesh_surface_area(verts, faces))
+    except (ValueError, RuntimeError):  # too small to mesh
+        surface = float("nan")
+    eig = np.sort(np.linalg.eigvalsh(np.cov(coords.T))) if len(coords) > 3 else np.zeros(3)
+    out["surface_um2"][i] = surface
+    out["sphericity"][i] = np.pi ** (1 / 3) * (6 * volume) ** (2 / 3) / surface if surface > 0 else np.nan
+    out["equivalent_diameter_um"][i] = (6 * volume / np.pi) ** (1 / 3)
+    out["length_um"][i] = 4 * np.sqrt(max(eig[-1], 0.0))
+    out["width_um"][i] = 4 * np.sqrt(max(eig[0], 0.0))
+    out["elongation"][i] = out["length_um"][i] / out["width_um"][i] if out["width_um"][i] > 0 else np.inf
 
 
 def write_table(table: dict[str, np.ndarray], path: str | Path) -> None:

@@ -1,0 +1,82 @@
+"""The per-object table of a large label volume (`mitoseg label --table`): measurements and shapes read
+from a chunked Zarr array, today's code beside a git revision's (--base) in one run.
+
+A stand-in mask is mirror-tiled from the real Drosophila VNC stack (as bench_full_volume.py does) and
+labelled blockwise into Zarr with the label command's chunks (64 x 512 x 512); then the two table steps
+of `instances.label_volume` are timed: `measure_blockwise` (sizes, centroids, boxes) and `morphology`
+(each object's mesh and axes, read from its bounding box). The 2026-12-04 GPU run stopped in the
+second: it read every object's box apart, decompressing a whole chunk for a small object.
+
+Run from the repository root:
+    .venv/bin/python benchmarks/bench_table.py --base 4414aaa   # ~5 min on 2 CPU cores
+    .venv/bin/python benchmarks/bench_table.py --small          # a 64 x 512 x 384 stand-in, seconds
+Writes table.json (table_small.json) into --out (default results/bench/).
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import common
+import numpy as np
+from bench_full_volume import build_standin
+
+
+def main() -> None:
+    p = common.parser(__doc__)
+    p.add_argument("--shape", type=common.parse_shape, default=(256, 2048, 1536), help="stand-in shape Z,Y,X")
+    p.add_argument("--base", metavar="REV", help="also time the table steps of this git revision, side by side")
+    p.add_argument("--work", type=Path, default=Path("/tmp/mitoseg-bench-table"), help="scratch folder")
+    args = p.parse_args()
+    import zarr
+
+    from mitoseg import instances
+
+    shape = (64, 512, 384) if args.small else tuple(args.shape)
+    info = common.machine_info(common.setup(args))
+    common.print_header(f"object table of a labelled {shape} stand-in", info)
+    shutil.rmtree(args.work, ignore_errors=True)
+    args.work.mkdir(parents=True)
+    _, mask = common.load_stack()
+    build_standin(args.work / "mask.zarr", mask, shape)
+    masks = zarr.open_array(str(args.work / "mask.zarr"), mode="r")
+    labels = zarr.create_array(str(args.work / "labels.zarr"), shape=shape, dtype="uint32", chunks=(64, 512, 512))
+    n = instances.label_blockwise(masks, labels, (64, 512, 512))
+    voxel = (5.0, 5.0, 5.0)
+    print(f"   {n} objects", flush=True)
+    base = common.module_at(args.base, "instances") if args.base else None
+    rows, tables = [], {}
+    for step in ("measure_blockwise", "morphology"):
+        row = {"step": step}
+        for who, module in (("today", instances), (args.base, base)):
+            if module is None:
+                continue
+            if step == "measure_blockwise":
+                fn = lambda m=module: m.measure_blockwise(labels, n, voxel)  # noqa: E731
+            else:
+                fn = lambda m=module: m.morphology(labels, tables["today", "measure_blockwise"], voxel)  # noqa: E731
+            seconds, tables[who, step] = common.timed(fn)
+            row["seconds" if who == "today" else "base_seconds"] = seconds
+            print(f"   {step} ({who}): {seconds:.1f} s", flush=True)
+        if base is not None:
+            row["speedup_over_base"] = row["base_seconds"] / row["seconds"]
+            row["same_result_as_base"] = all(np.array_equal(a, b, equal_nan=a.dtype.kind == "f") for a, b in
+                                             zip(tables["today", step].values(), tables[args.base, step].values(),
+                                                 strict=True))
+        rows.append(row)
+    cols = [("step", "step", ""), ("seconds", "s today", ".1f")]
+    if args.base:
+        cols += [("base_seconds", f"s at {args.base}", ".1f"), ("speedup_over_base", "x", ".1f"),
+                 ("same_result_as_base", "same result", "")]
+    print(common.table(rows, cols))
+    name = common.output_name("table", args.small)
+    path = common.save_json(args.out, name, {"benchmark": "table", "machine": info, "base": args.base,
+                                             "shape": shape, "objects": n, "label_chunks": [64, 512, 512],
+                                             "data": "stand-in mirror-tiled from the drosophila-vnc-stack1 masks",
+                                             "results": rows})
+    print(f"saved {path}")
+
+
+if __name__ == "__main__":
+    main()
