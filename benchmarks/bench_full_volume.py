@@ -11,7 +11,8 @@ Then, each through the `mitoseg` command line in a fresh process whose peak resi
 3. `mitoseg label` with a per-object table of the predicted mask of the whole volume (of the stand-in's
    true mask when only part of it was predicted, or when the model is untrained).
 Steps run in the order 1, 3, 2; the JSON is saved after each (`finished` false until the last), with the
-prediction's busy seconds per stage (read, compute, write: the output's `seconds` attribute).
+prediction's busy seconds per stage (read, compute, write: the output's `seconds` attribute) and, timed
+apart in another process, each step before its first block (imports, device, model, window, cuDNN tuning).
 The model is a seeded untrained 2D U-Net unless --model names a run folder (weights do not change the
 speed, but an untrained model's mask is meaningless: use a trained one, e.g. `make demo`'s).
 
@@ -58,6 +59,42 @@ def build_standin(path: Path, source: np.ndarray, shape: tuple[int, int, int]) -
     iz = mirror_index(source.shape[0], shape[0])
     for z0 in range(0, shape[0], CHUNKS[0]):
         arr[z0:z0 + CHUNKS[0]] = plane[iz[z0:z0 + CHUNKS[0]]]
+
+
+# What a prediction does before its first block, each step timed in a fresh process (argv: model, volume,
+# device, tile_xy): the second forward pass shows what the first one's cuDNN tuning cost.
+SETUP = """
+import json, sys, time
+t = time.perf_counter()
+import torch
+from mitoseg import io, predict
+from mitoseg.models import synchronize
+from mitoseg.train import load_model
+out, clock = {"import": time.perf_counter() - t}, time.perf_counter
+def step(name, fn):
+    t = clock(); r = fn(); synchronize(device); out[name] = clock() - t; return r
+model, volume, device, tile = sys.argv[1], sys.argv[2], torch.device(sys.argv[3]), int(sys.argv[4])
+step("device_init", lambda: torch.zeros(1, device=device))
+net, config = step("load_model", lambda: load_model(model, device))
+vol = step("open_volume", lambda: io.open_volume(volume))
+window = step("input_window", lambda: predict.input_window(net, vol))
+step("fingerprint", lambda: predict.fingerprint(net))
+shape = (1, min(tile, vol.shape[1]), min(tile, vol.shape[2]))
+block = tuple(slice(0, n) for n in (predict.auto_batch(shape, device), *shape[1:]))
+for name in ("first_block", "second_block"):
+    step(name, lambda: predict.predict_block(net, vol, block, shape, 0.25, window, device, 2))
+print("SETUP", json.dumps({k: round(v, 3) for k, v in out.items()}), flush=True)
+"""
+
+
+def setup_seconds(model: str, volume: Path, device: str, tile_xy: int) -> dict:
+    """Seconds of each step before a prediction's first block (`SETUP`), in a fresh process."""
+    out = subprocess.run([sys.executable, "-c", SETUP, model, str(volume), device, str(tile_xy)],
+                         capture_output=True, text=True)
+    line = next((x for x in out.stdout.splitlines() if x.startswith("SETUP ")), None)
+    if line is None:
+        sys.exit(f"the setup timing failed:\n{out.stdout}{out.stderr}")
+    return json.loads(line[len("SETUP "):])
 
 
 def run_cli(args: list[str], kill_after: float | None = None) -> dict:
@@ -185,10 +222,12 @@ def main() -> None:
 
     stages = dict(zarr.open_array(str(work / "probs.zarr"), mode="r").attrs)["seconds"]
     result["predict"] = {"slices": n_pred, "voxels": voxels, **whole, "voxels_per_second": voxels / whole["seconds"],
-                         "stage_seconds": stages, "process_start_and_setup_seconds": whole["seconds"] - stages["wall"]}
+                         "stage_seconds": stages, "process_start_and_setup_seconds": whole["seconds"] - stages["wall"],
+                         "setup_seconds": setup_seconds(model, work / "predict.zarr", str(device), tile_xy)}
     common.save_json(args.out, name, result)  # kept if a later step is stopped
     print(f"predict {n_pred} slices: {whole['seconds']:.0f} s, {voxels / whole['seconds'] / 1e6:.2f} Mvoxel/s, "
-          f"peak {whole['peak_mib']:.0f} MiB; busy seconds per stage: {stages}", flush=True)
+          f"peak {whole['peak_mib']:.0f} MiB; busy seconds per stage: {stages}; before the first block, "
+          f"timed apart: {result['predict']['setup_seconds']}", flush=True)
 
     source = "stand-in mask (mirror-tiled ground truth)" if label_truth else "predicted mask"
     label_in = work / ("mask.zarr" if label_truth else "pred_mask.zarr")
