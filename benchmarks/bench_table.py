@@ -27,6 +27,8 @@ def main() -> None:
     p = common.parser(__doc__)
     p.add_argument("--shape", type=common.parse_shape, default=(256, 2048, 1536), help="stand-in shape Z,Y,X")
     p.add_argument("--base", metavar="REV", help="also time the table steps of this git revision, side by side")
+    p.add_argument("--workers", type=int, default=0,
+                   help="also time both steps on a Dask LocalCluster of this many processes (cluster.table_dask)")
     p.add_argument("--work", type=Path, default=Path("/tmp/mitoseg-bench-table"), help="scratch folder")
     args = p.parse_args()
     import zarr
@@ -65,10 +67,23 @@ def main() -> None:
                                              zip(tables["today", step].values(), tables[args.base, step].values(),
                                                  strict=True))
         rows.append(row)
+    if args.workers:
+        from mitoseg import cluster
+
+        with cluster.client(workers=args.workers) as client:
+            seconds, dask_table = common.timed(lambda: cluster.table_dask(client, args.work / "labels.zarr", n, voxel,
+                                                                          progress=False))
+        one = tables["today", "morphology"]
+        same = all(np.array_equal(one[k], dask_table[k], equal_nan=one[k].dtype.kind == "f") for k in one)
+        rows.append({"step": f"both, Dask LocalCluster of {args.workers} processes", "seconds": seconds,
+                     "same_result_as_today": same})
+        print(f"   both steps on {args.workers} Dask processes: {seconds:.1f} s", flush=True)
     cols = [("step", "step", ""), ("seconds", "s today", ".1f")]
     if args.base:
         cols += [("base_seconds", f"s at {args.base}", ".1f"), ("speedup_over_base", "x", ".1f"),
                  ("same_result_as_base", "same result", "")]
+    if args.workers:
+        cols.append(("same_result_as_today", "same as one process", ""))
     print(common.table(rows, cols))
     name = common.output_name("table", args.small)
     path = common.save_json(args.out, name, {"benchmark": "table", "machine": info, "base": args.base,

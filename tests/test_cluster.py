@@ -179,6 +179,19 @@ def test_label_threshold_min_size_and_connecting_to_a_scheduler(dask_client, rea
     np.testing.assert_array_equal(io.open_volume(tmp_path / "l6.zarr")[:], single6)
 
 
+def test_label_table_on_the_cluster_equals_this_process(dask_client, real_mask, tmp_path):
+    """`mitoseg label --table` on the cluster (measurements per block, shapes per group of objects) writes
+    the single-process table, byte for byte."""
+    _, path = real_mask
+    block = (7, 100, 130)
+    n = instances.label_volume(path, tmp_path / "one.zarr", block, voxel_size=(50, 4.6, 4.6),
+                               table=tmp_path / "one.csv", progress=False)
+    assert instances.label_volume(path, tmp_path / "many.zarr", block, voxel_size=(50, 4.6, 4.6),
+                                  table=tmp_path / "many.csv", client=dask_client, progress=False) == n > 5
+    one = (tmp_path / "one.csv").read_text()
+    assert (tmp_path / "many.csv").read_text() == one and len(one.splitlines()) == n + 1
+
+
 def test_label_resumes_a_single_process_run_on_the_cluster(dask_client, real_mask, tmp_path, monkeypatch):
     mask, path = real_mask
     block = (7, 100, 130)

@@ -265,5 +265,6 @@ def test_morphology_reads_a_chunked_array_once_per_block_of_boxes(droso):
     got = instances.morphology(Counting(), table, (50, 4.6, 4.6))
     for k in whole:
         np.testing.assert_array_equal(got[k], whole[k], err_msg=k)
-    starts = {(z // 10, y // 256, x // 256) for z, y, x in zip(table["bbox_z0"], table["bbox_y0"], table["bbox_x0"])}
+    lo = np.stack([table["bbox_z0"], table["bbox_y0"], table["bbox_x0"]], axis=1) // (10, 256, 256)
+    starts = {tuple(row) for row in lo}
     assert len(reads) == len(starts) <= 8 < len(table["id"])

@@ -8,9 +8,10 @@ output chunks equal blocks so no two tasks write the same chunk, and each worker
 model once (cached per process, reloaded only when the checkpoint file changes).
 
 The per-block work is the single-process code: `predict.predict_block` and `predict.encode_block` for
-prediction, and `instances.summarize_block`, `block_pairs`, `merge_blocks`, `relabel_block` for
-labelling, so the outputs equal `predict.predict_volume` and `instances.label_blockwise` byte for byte
-(on CPU, with the same number of torch threads; see docs/cluster.md).
+prediction, `instances.summarize_block`, `block_pairs`, `merge_blocks`, `relabel_block` for labelling,
+and `instances.block_statistics`, `group_shapes` for its object table, so the outputs equal
+`predict.predict_volume`, `instances.label_blockwise` and the single-process table byte for byte (on CPU,
+with the same number of torch threads; see docs/cluster.md).
 """
 
 from __future__ import annotations
@@ -143,6 +144,14 @@ def _relabel_task(item: tuple[Block, np.ndarray], job: dict) -> None:
     blocks.Output.reopen(job["output"]).write(block, labels)
 
 
+def _statistics_task(block: Block, job: dict) -> tuple:
+    return instances.block_statistics(np.asarray(_open_input(job["spec"])[block]), block, job["n"])
+
+
+def _shapes_task(rows: dict, job: dict) -> dict:
+    return instances.group_shapes(_open_input(job["spec"]), rows, job["voxel_size"])
+
+
 # ---------------------------------------------------------------- drivers, on the client
 
 
@@ -152,6 +161,23 @@ def _spec(spec: Any, what: str) -> str:
         raise MitosegError(f"give the {what} as a path: the Dask workers open it themselves")
     path, inner = io.split_path(spec)
     return str(path.absolute()) + (f":{inner}" if inner else "")
+
+
+def table_dask(client, labels_spec: str | Path, n: int, voxel_size: Sequence[float] = (1.0, 1.0, 1.0),
+               block: Sequence[int] = (64, 512, 512), progress: bool = True) -> dict[str, np.ndarray]:
+    """`instances.measure_blockwise` then `instances.morphology` of a label volume on a Dask cluster: the same
+    table. `labels_spec`: a path every worker can read, ids 1..n; one task per `block`, then one per group
+    of objects whose boxes start in one chunk of the labels."""
+    from mitoseg import blocks
+
+    spec = _spec(labels_spec, "labels")
+    labels = io.open_volume(spec)
+    job = dict(spec=spec, n=int(n), voxel_size=tuple(float(v) for v in voxel_size))
+    parts = blocks.run(_statistics_task, blocks.grid(labels.shape, block), job, client, "measure", progress)
+    table = instances.merge_statistics(n, parts, voxel_size)
+    groups = instances.shape_groups(table, getattr(labels, "chunks", None) or block)
+    items = [{k: v[rows] for k, v in table.items()} for rows in groups]
+    return instances.join_shapes(table, groups, blocks.run(_shapes_task, items, job, client, "shape", progress))
 
 
 def predict_volume_dask(client, model_path: str | Path, image_spec: str | Path, out: str | Path, *,

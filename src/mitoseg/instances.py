@@ -23,7 +23,7 @@ from __future__ import annotations
 import csv
 import itertools
 import os
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import NamedTuple
 
@@ -130,31 +130,48 @@ def measure_blockwise(labels, n: int, voxel_size: Sequence[float] = (1.0, 1.0, 1
                       block: Sequence[int] = (64, 512, 512), progress: bool = False) -> dict[str, np.ndarray]:
     """`measure` for a label array larger than RAM (zarr etc.), with ids in 1..n: the same table.
 
-    Sums counts, coordinate sums and box extremes block by block; memory is one block plus 11 numbers
-    per object. Hand-written because cc3d.statistics needs the whole array at once.
+    Sums counts, coordinate sums and box extremes block by block (`block_statistics`, `merge_statistics`);
+    memory is one block plus 11 numbers per object. Hand-written because cc3d.statistics needs the whole
+    array at once. `mitoseg.cluster.table_dask` runs the blocks in parallel, with the same table.
     """
     _check_3d("labels", labels.shape)
+    grid = tqdm(blocks.grid(labels.shape, block), desc="measure", unit="block", disable=not progress)
+    return merge_statistics(n, (block_statistics(np.asarray(labels[b]), b, n) for b in grid), voxel_size)
+
+
+def block_statistics(arr: np.ndarray, block: blocks.Block, n: int) -> tuple[np.ndarray, ...]:
+    """One block's part of `measure_blockwise`: (ids present (int64, k), their voxel counts (k,), coordinate
+    sums (3, k) float64, lowest and highest coordinates (3, k) int64), in the volume's coordinates;
+    MitosegError for an id above n."""
+    flat = np.flatnonzero(arr)
+    if not flat.size:
+        empty = np.zeros((3, 0))
+        return np.zeros(0, np.int64), np.zeros(0, np.int64), empty, empty.astype(np.int64), empty.astype(np.int64)
+    ids, inverse = np.unique(arr.ravel()[flat], return_inverse=True)
+    if ids[-1] > n:
+        raise MitosegError(f"labels hold id {ids[-1]} > {n}: not labelled 1..n")
+    coords = [c + s.start for c, s in zip(np.unravel_index(flat, arr.shape), block, strict=True)]
+    order = np.argsort(inverse, kind="stable")
+    per_id = np.bincount(inverse)
+    starts = np.concatenate([[0], np.cumsum(per_id)[:-1]])
+    sums = np.stack([np.bincount(inverse, weights=c) for c in coords])
+    low = np.stack([np.minimum.reduceat(c[order], starts) for c in coords]).astype(np.int64)
+    high = np.stack([np.maximum.reduceat(c[order], starts) for c in coords]).astype(np.int64)
+    return ids.astype(np.int64), per_id.astype(np.int64), sums, low, high
+
+
+def merge_statistics(n: int, parts: Iterable[tuple[np.ndarray, ...]],
+                     voxel_size: Sequence[float] = (1.0, 1.0, 1.0)) -> dict[str, np.ndarray]:
+    """`measure_blockwise`'s table from every block's `block_statistics` (ids in 1..n), summed as they come."""
     count = np.zeros(n + 1, np.int64)
     sums = np.zeros((3, n + 1), np.float64)
     low = np.full((3, n + 1), np.iinfo(np.int64).max, np.int64)
     high = np.full((3, n + 1), -1, np.int64)
-    for b in tqdm(blocks.grid(labels.shape, block), desc="measure", unit="block", disable=not progress):
-        arr = np.asarray(labels[b])
-        flat = np.flatnonzero(arr)
-        if not flat.size:
-            continue
-        ids, inverse = np.unique(arr.ravel()[flat], return_inverse=True)
-        if ids[-1] > n:
-            raise MitosegError(f"labels hold id {ids[-1]} > {n}: not labelled 1..n")
-        coords = [c + s.start for c, s in zip(np.unravel_index(flat, arr.shape), b, strict=True)]
-        order = np.argsort(inverse, kind="stable")
-        per_id = np.bincount(inverse)
-        starts = np.concatenate([[0], np.cumsum(per_id)[:-1]])
-        count[ids] += per_id
-        for axis, c in enumerate(coords):
-            sums[axis, ids] += np.bincount(inverse, weights=c)
-            low[axis, ids] = np.minimum(low[axis, ids], np.minimum.reduceat(c[order], starts))
-            high[axis, ids] = np.maximum(high[axis, ids], np.maximum.reduceat(c[order], starts))
+    for ids, part_count, part_sums, part_low, part_high in parts:
+        count[ids] += part_count
+        sums[:, ids] += part_sums
+        low[:, ids] = np.minimum(low[:, ids], part_low)
+        high[:, ids] = np.maximum(high[:, ids], part_high)
     ids = np.flatnonzero(count)
     ids = ids[ids > 0]
     volume = float(np.prod(np.asarray(voxel_size, dtype=np.float64))) / 1e9
@@ -183,30 +200,57 @@ def morphology(labels, table: dict[str, np.ndarray], voxel_size: Sequence[float]
     a face of the volume, so it may be cut and its shape is not the whole object's).
 
     `labels`: any array-like (Z, Y, X). Objects whose boxes start in the same `block` (default: the array's
-    chunks, else 64 x 512 x 512) are read together, as the one box around them all: a chunked array is
-    decompressed about once, not once per object. Memory: the largest such box."""
+    chunks, else 64 x 512 x 512) are read together, as the one box around them all (`shape_groups`,
+    `group_shapes`): a chunked array is decompressed about once, not once per object. Memory: the largest
+    such box. `mitoseg.cluster.table_dask` measures the groups in parallel, with the same table."""
+    groups = shape_groups(table, block or getattr(labels, "chunks", None) or (64, 512, 512))
+    bar = tqdm(total=len(table["id"]), desc="shape", disable=not progress)
+    parts = []
+    for rows in groups:
+        parts.append(group_shapes(labels, {k: v[rows] for k, v in table.items()}, voxel_size))
+        bar.update(len(rows))
+    bar.close()
+    return join_shapes(table, groups, parts)
+
+
+def shape_groups(table: dict[str, np.ndarray], block: Sequence[int]) -> list[np.ndarray]:
+    """Row indices of `table` (int64 arrays) grouped by the `block` (Z, Y, X voxels) in which each object's
+    bounding box starts."""
+    lo = np.stack([np.asarray(table[f"bbox_{a}0"], np.int64) for a in "zyx"], axis=1).reshape(-1, 3)
+    groups: dict[tuple[int, ...], list[int]] = {}
+    for i, start in enumerate(lo // np.asarray(block, np.int64)):
+        groups.setdefault(tuple(start), []).append(i)
+    return [np.asarray(rows, np.int64) for rows in groups.values()]
+
+
+def group_shapes(labels, rows: dict[str, np.ndarray], voxel_size: Sequence[float]) -> dict[str, np.ndarray]:
+    """`morphology`'s columns for the objects of `rows` (a table's rows: id and bounding box), read from
+    `labels` as the one box around them all."""
     from skimage.measure import marching_cubes, mesh_surface_area
 
     spacing = np.asarray(voxel_size, dtype=np.float64) / 1000.0  # µm
     shape = np.asarray(labels.shape)
-    n = len(table["id"])
-    out = {k: np.zeros(n, np.float64) for k in MORPHOLOGY}
-    lo = np.stack([table[f"bbox_{a}0"] for a in "zyx"], axis=1).astype(np.int64).reshape(-1, 3)
-    hi = np.stack([table[f"bbox_{a}1"] for a in "zyx"], axis=1).astype(np.int64).reshape(-1, 3)
-    block = np.asarray(block or getattr(labels, "chunks", None) or (64, 512, 512), np.int64)
-    groups: dict[tuple[int, ...], list[int]] = {}
-    for i, start in enumerate(lo // block):
-        groups.setdefault(tuple(start), []).append(i)
-    bar = tqdm(total=n, desc="shape", disable=not progress)
-    for rows in groups.values():
-        g0, g1 = lo[rows].min(axis=0), hi[rows].max(axis=0)
-        region = np.asarray(labels[g0[0]:g1[0], g0[1]:g1[1], g0[2]:g1[2]])
-        for i in rows:
-            box = tuple(slice(a, b) for a, b in zip(lo[i] - g0, hi[i] - g0, strict=True))
-            _shape_row(out, i, region[box] == table["id"][i], spacing, marching_cubes, mesh_surface_area)
-            out["touches_border"][i] = bool((lo[i] == 0).any() or (hi[i] == shape).any())
-        bar.update(len(rows))
-    bar.close()
+    lo = np.stack([rows[f"bbox_{a}0"] for a in "zyx"], axis=1).astype(np.int64).reshape(-1, 3)
+    hi = np.stack([rows[f"bbox_{a}1"] for a in "zyx"], axis=1).astype(np.int64).reshape(-1, 3)
+    out = {k: np.zeros(len(lo), np.float64) for k in MORPHOLOGY}
+    if not len(lo):
+        return out
+    g0, g1 = lo.min(axis=0), hi.max(axis=0)
+    region = np.asarray(labels[g0[0]:g1[0], g0[1]:g1[1], g0[2]:g1[2]])
+    for i, obj in enumerate(rows["id"]):
+        box = tuple(slice(a, b) for a, b in zip(lo[i] - g0, hi[i] - g0, strict=True))
+        _shape_row(out, i, region[box] == obj, spacing, marching_cubes, mesh_surface_area)
+        out["touches_border"][i] = bool((lo[i] == 0).any() or (hi[i] == shape).any())
+    return out
+
+
+def join_shapes(table: dict[str, np.ndarray], groups: Sequence[np.ndarray],
+                parts: Sequence[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
+    """`table` with the `group_shapes` columns of each group put back in its rows."""
+    out = {k: np.zeros(len(table["id"]), np.float64) for k in MORPHOLOGY}
+    for rows, part in zip(groups, parts, strict=True):
+        for k in MORPHOLOGY:
+            out[k][rows] = part[k]
     out["touches_border"] = out["touches_border"].astype(bool)
     return {**table, **out}
 
@@ -448,7 +492,9 @@ def label_volume(input: str | Path, out: str | Path, block: Sequence[int] | None
                              overwrite)
         n = label_blockwise(volume, output.array, block, connectivity, min_size, raw_threshold, progress, output.done)
         blocks.finish(output, overwrite=overwrite)
-    if table:
+    if table and client is not None:
+        write_table(cluster.table_dask(client, out, n, voxel, block, progress), table)
+    elif table:
         labels = io.open_volume(out)
         measured = measure_blockwise(labels, n, voxel, block, progress=progress)
         write_table(morphology(labels, measured, voxel, progress=progress), table)

@@ -9,6 +9,7 @@ Memory holds one block, its input halo and a batch of tiles, never the volume.
 from __future__ import annotations
 
 import bisect
+import functools
 import hashlib
 import itertools
 import math
@@ -57,6 +58,13 @@ def gaussian_weight(tile: tuple[int, ...], sigma_scale: float = 0.125) -> np.nda
     w /= w.max()
     w = np.maximum(w, w[w > 0].min(), out=w)
     return w.astype(np.float32)
+
+
+@functools.lru_cache(maxsize=4)
+def _device_weight(tile: tuple[int, ...], device: torch.device) -> torch.Tensor:
+    """`gaussian_weight(tile)` on `device`, computed once per tile and device, not per block (a whole
+    2048 x 1536 slice's weight takes tens of milliseconds); only ever read."""
+    return torch.from_numpy(gaussian_weight(tile)).to(device)
 
 
 # Test-time augmentation: each transform is (quarter turns in-plane, flipped axes), the axes named
@@ -159,7 +167,7 @@ def blend_block(model: torch.nn.Module, volume: Any, block: Block, tile: tuple[i
     # The region goes to the model's device once and its tiles are cut and blended there (on a GPU, not
     # on the host batch by batch); the caller copies the blended block back.
     image = to_device(read_region(volume, region) if raw is None else raw, window, device)
-    weight = torch.from_numpy(gaussian_weight(tile)).to(device)
+    weight = _device_weight(tile, device)
     bshape = tuple(b.stop - b.start for b in block)
     acc = torch.zeros(bshape, dtype=torch.float32, device=device)
     norm = torch.zeros(bshape, dtype=torch.float32, device=device)
