@@ -12,7 +12,8 @@ Then, each through the `mitoseg` command line in a fresh process whose peak resi
    true mask when only part of it was predicted, or when the model is untrained).
 Steps run in the order 1, 3, 2; the JSON is saved after each (`finished` false until the last), with the
 prediction's busy seconds per stage (read, compute, write: the output's `seconds` attribute) and, timed
-apart in another process, each step before its first block (imports, device, model, window, cuDNN tuning).
+apart in another process (`SETUP`), each step before its first block (imports, device, model, window,
+cuDNN tuning) and each step of one block (read, normalise, network, blend, encode, write).
 The model is a seeded untrained 2D U-Net unless --model names a run folder (weights do not change the
 speed, but an untrained model's mask is meaningless: use a trained one, e.g. `make demo`'s).
 
@@ -61,35 +62,55 @@ def build_standin(path: Path, source: np.ndarray, shape: tuple[int, int, int]) -
         arr[z0:z0 + CHUNKS[0]] = plane[iz[z0:z0 + CHUNKS[0]]]
 
 
-# What a prediction does before its first block, each step timed in a fresh process (argv: model, volume,
-# device, tile_xy): the second forward pass shows what the first one's cuDNN tuning cost.
+# A prediction's steps timed one by one in a fresh process (argv: model, volume, device, tile_xy, work
+# folder), each waited for on the device: what comes before the first block (imports, CUDA, model, window;
+# the first block carries cuDNN's tuning), then one default-size block of the whole-slice tiles, step by
+# step, without the overlap of predict_volume: read, normalise (to_device), the network alone (one batch,
+# times the block's batches), the whole of blend_block (so cutting and blending = the rest), encode and
+# copy to the host, write both Zarr chunks.
 SETUP = """
 import json, sys, time
 t = time.perf_counter()
-import torch
+import numpy as np, torch, zarr
 from mitoseg import io, predict
 from mitoseg.models import synchronize
 from mitoseg.train import load_model
 out, clock = {"import": time.perf_counter() - t}, time.perf_counter
 def step(name, fn):
     t = clock(); r = fn(); synchronize(device); out[name] = clock() - t; return r
-model, volume, device, tile = sys.argv[1], sys.argv[2], torch.device(sys.argv[3]), int(sys.argv[4])
+model, volume, device, tile, work = sys.argv[1], sys.argv[2], torch.device(sys.argv[3]), int(sys.argv[4]), sys.argv[5]
 step("device_init", lambda: torch.zeros(1, device=device))
 net, config = step("load_model", lambda: load_model(model, device))
 vol = step("open_volume", lambda: io.open_volume(volume))
 window = step("input_window", lambda: predict.input_window(net, vol))
 step("fingerprint", lambda: predict.fingerprint(net))
 shape = (1, min(tile, vol.shape[1]), min(tile, vol.shape[2]))
-block = tuple(slice(0, n) for n in (predict.auto_batch(shape, device), *shape[1:]))
-for name in ("first_block", "second_block"):
-    step(name, lambda: predict.predict_block(net, vol, block, shape, 0.25, window, device, 2))
-print("SETUP", json.dumps({k: round(v, 3) for k, v in out.items()}), flush=True)
+settings = predict.plan(vol, 2, shape, 0.25, window=window)
+block = tuple(slice(0, n) for n in settings.block)
+_, _, region = predict.block_plan(vol.shape, block, shape, 0.25)
+step("first_block", lambda: predict.predict_block(net, vol, block, shape, 0.25, window, device, 2))
+batch = predict.auto_batch(shape, device)
+raw = step("block_read", lambda: predict.read_region(vol, region))
+image = step("block_normalise", lambda: predict.to_device(raw, window, device))
+step("block_network_one_batch", lambda: predict._infer(net, image[:batch, None], False, True))
+out["block_batches"] = -(-settings.block[0] // batch)
+probs = step("block_blend_block_total", lambda: predict.blend_block(net, vol, block, shape, 0.25, window, device, 2,
+                                                               raw=raw))
+arrays = step("block_encode_to_host", lambda: predict.encode_block(probs, settings, True))
+files = [zarr.create_array(f"{work}/setup-{i}.zarr", shape=settings.block, chunks=settings.block, dtype="uint8",
+                           overwrite=True) for i in range(2)]
+def write():
+    for f, a in zip(files, arrays):
+        f[:] = a
+step("block_write", write)
+out["block_voxels"] = int(np.prod(settings.block))
+print("SETUP", json.dumps({k: round(v, 4) for k, v in out.items()}), flush=True)
 """
 
 
-def setup_seconds(model: str, volume: Path, device: str, tile_xy: int) -> dict:
-    """Seconds of each step before a prediction's first block (`SETUP`), in a fresh process."""
-    out = subprocess.run([sys.executable, "-c", SETUP, model, str(volume), device, str(tile_xy)],
+def steps_timed_apart(model: str, volume: Path, device: str, tile_xy: int, work: Path) -> dict:
+    """Seconds of each step of a prediction timed apart (`SETUP`), in a fresh process."""
+    out = subprocess.run([sys.executable, "-c", SETUP, model, str(volume), device, str(tile_xy), str(work)],
                          capture_output=True, text=True)
     line = next((x for x in out.stdout.splitlines() if x.startswith("SETUP ")), None)
     if line is None:
@@ -223,11 +244,12 @@ def main() -> None:
     stages = dict(zarr.open_array(str(work / "probs.zarr"), mode="r").attrs)["seconds"]
     result["predict"] = {"slices": n_pred, "voxels": voxels, **whole, "voxels_per_second": voxels / whole["seconds"],
                          "stage_seconds": stages, "process_start_and_setup_seconds": whole["seconds"] - stages["wall"],
-                         "setup_seconds": setup_seconds(model, work / "predict.zarr", str(device), tile_xy)}
+                         "steps_timed_apart": steps_timed_apart(model, work / "predict.zarr", str(device), tile_xy,
+                                                                work)}
     common.save_json(args.out, name, result)  # kept if a later step is stopped
     print(f"predict {n_pred} slices: {whole['seconds']:.0f} s, {voxels / whole['seconds'] / 1e6:.2f} Mvoxel/s, "
-          f"peak {whole['peak_mib']:.0f} MiB; busy seconds per stage: {stages}; before the first block, "
-          f"timed apart: {result['predict']['setup_seconds']}", flush=True)
+          f"peak {whole['peak_mib']:.0f} MiB; busy seconds per stage: {stages}; steps timed apart: "
+          f"{result['predict']['steps_timed_apart']}", flush=True)
 
     source = "stand-in mask (mirror-tiled ground truth)" if label_truth else "predicted mask"
     label_in = work / ("mask.zarr" if label_truth else "pred_mask.zarr")
