@@ -8,8 +8,9 @@ Then, each through the `mitoseg` command line in a fresh process whose peak resi
    one tile, computed once, with no seams; 256 with overlap 0.25 is the Config default);
 2. the first --resume-slices slices predicted without interruption, then again killed with SIGKILL
    after --kill-after seconds and run with --resume: the output must be identical;
-3. `mitoseg label` with a per-object table of the predicted mask of the whole volume (of the stand-in's
-   true mask when only part of it was predicted, or when the model is untrained).
+3. `mitoseg label` of the predicted mask of the whole volume (of the stand-in's true mask when only part
+   of it was predicted, or when the model is untrained), then its per-object table (as `label --table`
+   computes it), timed apart; both on a Dask LocalCluster with --label-workers.
 Steps run in the order 1, 3, 2; the JSON is saved after each (`finished` false until the last), with the
 prediction's busy seconds per stage (read, compute, write: the output's `seconds` attribute) and, timed
 apart in another process (`SETUP`), each step before its first block (imports, device, model, window,
@@ -118,10 +119,12 @@ def steps_timed_apart(model: str, volume: Path, device: str, tile_xy: int, work:
     return json.loads(line[len("SETUP "):])
 
 
-def run_cli(args: list[str], kill_after: float | None = None) -> dict:
-    """Run `mitoseg ARGS` in a fresh process; returns seconds, peak resident MiB and the exit status."""
+def run_cli(args: list[str], kill_after: float | None = None, code: str = CHILD) -> dict:
+    """Run `mitoseg ARGS` (or Python `code` with ARGS) in a fresh process; returns seconds, peak resident
+    MiB, the exit status and the objects it reported, if it did ("N objects -> ...")."""
     t0 = time.perf_counter()
-    proc = subprocess.Popen([sys.executable, "-c", CHILD, "--quiet", *args], stdout=subprocess.PIPE,
+    argv = ["--quiet", *args] if code is CHILD else list(args)
+    proc = subprocess.Popen([sys.executable, "-c", code, *argv], stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True)
     if kill_after is not None:
         try:
@@ -130,9 +133,29 @@ def run_cli(args: list[str], kill_after: float | None = None) -> dict:
             proc.send_signal(signal.SIGKILL)
     out, _ = proc.communicate()
     peak = next((float(line.split()[1]) for line in out.splitlines() if line.startswith("PEAK_MIB")), None)
+    objects = next((int(line.split()[0]) for line in out.splitlines() if " objects -> " in line), None)
     if proc.returncode not in (0, -signal.SIGKILL):
-        sys.exit(f"mitoseg {' '.join(args)} failed:\n{out}")
-    return {"seconds": time.perf_counter() - t0, "peak_mib": peak, "returncode": proc.returncode}
+        sys.exit(f"{' '.join(args)} failed:\n{out}")
+    result = {"seconds": time.perf_counter() - t0, "peak_mib": peak, "returncode": proc.returncode}
+    return result if objects is None else {**result, "objects": objects}
+
+
+# The object table of a finished labelling, as `mitoseg label --table` computes it after labelling
+# (argv: labels, number of objects, Dask workers (0: this process), CSV path).
+TABLE = """
+import resource, sys
+from mitoseg import cluster, instances, io
+path, n, workers, out = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
+voxel = (5.0, 5.0, 5.0)
+if workers:
+    with cluster.client(workers=workers) as client:
+        table = cluster.table_dask(client, path, n, voxel, progress=False)
+else:
+    labels = io.open_volume(path)
+    table = instances.morphology(labels, instances.measure_blockwise(labels, n, voxel), voxel)
+instances.write_table(table, out)
+print("PEAK_MIB", resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, flush=True)
+"""
 
 
 def digest(path: Path) -> str:
@@ -254,17 +277,22 @@ def main() -> None:
     source = "stand-in mask (mirror-tiled ground truth)" if label_truth else "predicted mask"
     label_in = work / ("mask.zarr" if label_truth else "pred_mask.zarr")
     cluster = ["--scheduler", "local", "--workers", str(args.label_workers)] if args.label_workers else []
-    label = run_cli(["label", str(label_in), "--out", str(work / "labels.zarr"), "--table",
-                     str(work / "objects.csv"), "--voxel-size", "5", "5", "5", *cluster])
-    n_objects = sum(1 for _ in open(work / "objects.csv")) - 1
+    label = run_cli(["label", str(label_in), "--out", str(work / "labels.zarr"), "--voxel-size", "5", "5", "5",
+                     *cluster])
+    n_objects = label.pop("objects")
     print(f"label {source}, {np.prod(shape) / 1e9:.2f} gigavoxels: {label['seconds']:.0f} s, "
           f"{np.prod(shape) / label['seconds'] / 1e6:.1f} Mvoxel/s, peak {label['peak_mib']:.0f} MiB, "
           f"{n_objects} objects", flush=True)
     result["label"] = {"input": source, "dask_workers": args.label_workers, **label,
                        "peak_mib_of": "the client process only" if args.label_workers else "the process",
-                       "objects": n_objects,
-                       "voxels_per_second": np.prod(shape) / label["seconds"]}
+                       "objects": n_objects, "voxels_per_second": np.prod(shape) / label["seconds"]}
+    common.save_json(args.out, name, result)
+    table = run_cli([str(work / "labels.zarr"), str(n_objects), str(args.label_workers), str(work / "objects.csv")],
+                    code=TABLE)
+    print(f"object table (measurements and shapes of {n_objects} objects): {table['seconds']:.0f} s", flush=True)
+    result["table"] = {"dask_workers": args.label_workers, **table}
     result["predict_plus_label_seconds"] = whole["seconds"] + label["seconds"] if n_pred == shape[0] else None
+    result["table_seconds"] = table["seconds"]
     common.save_json(args.out, name, result)
     figure(work, args.out, name, info)
 
@@ -281,7 +309,7 @@ def main() -> None:
                         "blocks_done_before_kill": done, **resumed, "identical": identical}
     result["finished"] = True
     path = common.save_json(args.out, name, result)
-    print(json.dumps({k: result[k] for k in ("predict", "resume", "label", "predict_plus_label_seconds")},
+    print(json.dumps({k: result[k] for k in ("predict", "resume", "label", "table", "predict_plus_label_seconds")},
                      indent=1, default=str))
     print(f"saved {path}")
     if not identical:
