@@ -1,11 +1,13 @@
-"""The per-object table of a large label volume (`mitoseg label --table`): measurements and shapes read
-from a chunked Zarr array, today's code beside a git revision's (--base) in one run.
+"""Labelling a large mask and its per-object table (`mitoseg label --table`): blockwise labels, then
+measurements and shapes read from the chunked Zarr labels, today's code beside a git revision's (--base)
+in one run.
 
 A stand-in mask is mirror-tiled from the real Drosophila VNC stack (as bench_full_volume.py does) and
-labelled blockwise into Zarr with the label command's chunks (64 x 512 x 512); then the two table steps
-of `instances.label_volume` are timed: `measure_blockwise` (sizes, centroids, boxes) and `morphology`
-(each object's mesh and axes, read from its bounding box). The 2026-12-04 GPU run stopped in the
-second: it read every object's box apart, decompressing a whole chunk for a small object.
+labelled blockwise into Zarr with the label command's chunks, 64 x 512 x 512 (`label_blockwise`, timed);
+then the two table steps of `instances.label_volume` are timed: `measure_blockwise` (sizes, centroids,
+boxes) and `morphology` (each object's mesh and axes, read from its bounding box). The 2026-12-04 GPU
+run stopped in the second: it read every object's box apart, decompressing a whole chunk for a small
+object.
 
 Run from the repository root:
     .venv/bin/python benchmarks/bench_table.py --base 4414aaa   # ~5 min on 2 CPU cores
@@ -21,6 +23,8 @@ from pathlib import Path
 import common
 import numpy as np
 from bench_full_volume import build_standin
+
+from mitoseg import blocks
 
 
 def main() -> None:
@@ -43,12 +47,26 @@ def main() -> None:
     _, mask = common.load_stack()
     build_standin(args.work / "mask.zarr", mask, shape)
     masks = zarr.open_array(str(args.work / "mask.zarr"), mode="r")
-    labels = zarr.create_array(str(args.work / "labels.zarr"), shape=shape, dtype="uint32", chunks=(64, 512, 512))
-    n = instances.label_blockwise(masks, labels, (64, 512, 512))
-    voxel = (5.0, 5.0, 5.0)
-    print(f"   {n} objects", flush=True)
     base = common.module_at(args.base, "instances") if args.base else None
-    rows, tables = [], {}
+    rows, tables, n = [], {}, 0
+    row = {"step": "label_blockwise"}
+    for who, module in (("today", instances), (args.base, base)):
+        if module is None:
+            continue
+        out = zarr.create_array(str(args.work / f"labels-{who}.zarr"), shape=shape, dtype="uint32",
+                                chunks=(64, 512, 512))
+        seconds, objects = common.timed(lambda m=module, o=out: m.label_blockwise(masks, o, (64, 512, 512)))
+        row["seconds" if who == "today" else "base_seconds"] = seconds
+        n = objects if who == "today" else n
+        print(f"   label_blockwise ({who}): {seconds:.1f} s, {objects} objects", flush=True)
+    labels = zarr.open_array(str(args.work / "labels-today.zarr"), mode="r")
+    if base is not None:
+        row["speedup_over_base"] = row["base_seconds"] / row["seconds"]
+        other = zarr.open_array(str(args.work / f"labels-{args.base}.zarr"), mode="r")
+        row["same_result_as_base"] = all(np.array_equal(labels[sl], other[sl]) for sl in
+                                         blocks.grid(shape, (64, 512, 512)))
+    rows.append(row)
+    voxel = (5.0, 5.0, 5.0)
     for step in ("measure_blockwise", "morphology"):
         row = {"step": step}
         for who, module in (("today", instances), (args.base, base)):
@@ -71,8 +89,8 @@ def main() -> None:
         from mitoseg import cluster
 
         with cluster.client(workers=args.workers) as client:
-            seconds, dask_table = common.timed(lambda: cluster.table_dask(client, args.work / "labels.zarr", n, voxel,
-                                                                          progress=False))
+            path = args.work / "labels-today.zarr"
+            seconds, dask_table = common.timed(lambda: cluster.table_dask(client, path, n, voxel, progress=False))
         one = tables["today", "morphology"]
         same = all(np.array_equal(one[k], dask_table[k], equal_nan=one[k].dtype.kind == "f") for k in one)
         rows.append({"step": f"both, Dask LocalCluster of {args.workers} processes", "seconds": seconds,

@@ -23,7 +23,8 @@ from __future__ import annotations
 import csv
 import itertools
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import NamedTuple
 
@@ -449,6 +450,25 @@ def relabel_block(
 # ---------------------------------------------------------------- blockwise labelling, driver
 
 
+def _read_ahead(pool: ThreadPoolExecutor, volume, items: Sequence[blocks.Block]) -> Iterator[np.ndarray]:
+    """`volume[item]` for each of `items` in order, the next one read in `pool` while this one is used."""
+    def read(sl: blocks.Block) -> np.ndarray:
+        return np.asarray(volume[sl])
+
+    future = pool.submit(read, items[0]) if items else None
+    for i in range(len(items)):
+        data = future.result()
+        future = pool.submit(read, items[i + 1]) if i + 1 < len(items) else None
+        yield data
+
+
+def _write_block(out, block: blocks.Block, labels: np.ndarray, done: Path | None) -> None:
+    """Write one block's final labels, then mark it in `done` (when given)."""
+    out[block] = labels
+    if done is not None:
+        block_marker(done, block).touch()
+
+
 def open_labels(out: str | Path, shape: Sequence[int], block: Sequence[int], connectivity: int, min_size: int,
                 threshold: float | None, attrs: dict | None = None, resume: bool = False,
                 overwrite: bool = False):
@@ -534,23 +554,33 @@ def label_blockwise(
     positions = blocks.positions(mask.shape, block)
     kept: dict[tuple[int, int, int], BlockSummary] = {}  # faces of the blocks of this layer and the one before
     counts, sizes, codes = [], [], []
-    bar = tqdm(grid, desc="label pass 1/2", unit="block", disable=not progress)
-    for index, (sl, pos) in enumerate(zip(bar, positions, strict=True)):
-        if pos[1] == pos[2] == 0:
-            kept = {p: s for p, s in kept.items() if p[0] == pos[0] - 1}
-        s = summarize_block(mask[sl], index, connectivity, threshold)
-        before = {d: kept.get((pos[0] - d[0], pos[1] - d[1], pos[2] - d[2])) for d in PREDECESSORS}
-        codes.append(block_pairs(s, before, connectivity))
-        counts.append(s.n)
-        sizes.append(s.sizes)
-        kept[pos] = s._replace(lo=())
-    kept.clear()
-    offsets, lookup, n_objects = merge_blocks(counts, sizes, codes, min_size)
-    bar = tqdm(grid, desc="label pass 2/2", unit="block", disable=not progress)
-    for sl, offset, n in zip(bar, offsets, counts, strict=True):
-        if done is not None and block_marker(done, sl).exists():
-            continue
-        out[sl] = relabel_block(mask[sl], block_table(lookup, offset, n), connectivity, threshold)
-        if done is not None:
-            block_marker(done, sl).touch()
+    # The next block is read, and the last one written, in threads while this one is labelled (zarr's
+    # codecs release the GIL): at most one read and one write in flight.
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        reads = tqdm(_read_ahead(pool, mask, grid), total=len(grid), desc="label pass 1/2", unit="block",
+                     disable=not progress)
+        for index, (pos, data) in enumerate(zip(positions, reads, strict=True)):
+            if pos[1] == pos[2] == 0:
+                kept = {p: s for p, s in kept.items() if p[0] == pos[0] - 1}
+            s = summarize_block(data, index, connectivity, threshold)
+            before = {d: kept.get((pos[0] - d[0], pos[1] - d[1], pos[2] - d[2])) for d in PREDECESSORS}
+            codes.append(block_pairs(s, before, connectivity))
+            counts.append(s.n)
+            sizes.append(s.sizes)
+            kept[pos] = s._replace(lo=())
+        kept.clear()
+        offsets, lookup, n_objects = merge_blocks(counts, sizes, codes, min_size)
+        todo = [i for i, sl in enumerate(grid) if done is None or not block_marker(done, sl).exists()]
+        bar = tqdm(total=len(grid), initial=len(grid) - len(todo), desc="label pass 2/2", unit="block",
+                   disable=not progress)
+        writing = None
+        for i, data in zip(todo, _read_ahead(pool, mask, [grid[i] for i in todo]), strict=True):
+            labels = relabel_block(data, block_table(lookup, offsets[i], counts[i]), connectivity, threshold)
+            if writing is not None:
+                writing.result()
+            writing = pool.submit(_write_block, out, grid[i], labels, done)
+            bar.update()
+        if writing is not None:
+            writing.result()
+        bar.close()
     return n_objects
