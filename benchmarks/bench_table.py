@@ -10,7 +10,7 @@ run stopped in the second: it read every object's box apart, decompressing a who
 object.
 
 Run from the repository root:
-    .venv/bin/python benchmarks/bench_table.py --base 4414aaa   # ~5 min on 2 CPU cores
+    .venv/bin/python benchmarks/bench_table.py --base 4414aaa --workers 2   # ~6 min on 2 CPU cores
     .venv/bin/python benchmarks/bench_table.py --small          # a 64 x 512 x 384 stand-in, seconds
 Writes table.json (table_small.json) into --out (default results/bench/).
 """
@@ -30,7 +30,7 @@ from mitoseg import blocks
 def main() -> None:
     p = common.parser(__doc__)
     p.add_argument("--shape", type=common.parse_shape, default=(256, 2048, 1536), help="stand-in shape Z,Y,X")
-    p.add_argument("--base", metavar="REV", help="also time the table steps of this git revision, side by side")
+    p.add_argument("--base", metavar="REV", help="also time every step as at this git revision, side by side")
     p.add_argument("--workers", type=int, default=0,
                    help="also time both steps on a Dask LocalCluster of this many processes (cluster.table_dask)")
     p.add_argument("--work", type=Path, default=Path("/tmp/mitoseg-bench-table"), help="scratch folder")
@@ -41,7 +41,7 @@ def main() -> None:
 
     shape = (64, 512, 384) if args.small else tuple(args.shape)
     info = common.machine_info(common.setup(args))
-    common.print_header(f"object table of a labelled {shape} stand-in", info)
+    common.print_header(f"labels and object table of a {shape} stand-in mask", info)
     shutil.rmtree(args.work, ignore_errors=True)
     args.work.mkdir(parents=True)
     _, mask = common.load_stack()
@@ -57,7 +57,8 @@ def main() -> None:
                                 chunks=(64, 512, 512))
         seconds, objects = common.timed(lambda m=module, o=out: m.label_blockwise(masks, o, (64, 512, 512)))
         row["seconds" if who == "today" else "base_seconds"] = seconds
-        n = objects if who == "today" else n
+        if who == "today":
+            n = objects
         print(f"   label_blockwise ({who}): {seconds:.1f} s, {objects} objects", flush=True)
     labels = zarr.open_array(str(args.work / "labels-today.zarr"), mode="r")
     if base is not None:
