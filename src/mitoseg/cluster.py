@@ -7,7 +7,7 @@ output Zarr store itself (so the stores must lie on a filesystem every worker se
 output chunks equal blocks so no two tasks write the same chunk, and each worker process loads the
 model once (cached per process, reloaded only when the checkpoint file changes).
 
-The per-block work is the single-process code: `predict.predict_block` and `predict.encode_block` for
+The per-block work is the single-process code: `predict.blend_block` and `predict.encode_block` for
 prediction, `instances.summarize_block`, `block_pairs`, `merge_blocks`, `relabel_block` for labelling,
 and `instances.block_statistics`, `group_shapes` for its object table, so the outputs equal
 `predict.predict_volume`, `instances.label_blockwise` and the single-process table byte for byte (on CPU,
@@ -114,8 +114,8 @@ def _predict_task(block: Block, job: dict) -> None:
     device = _worker_device(job["device"])
     net, config = _worker_model(job["model"], job["stamp"], device)
     s = job["settings"]
-    p = predict.predict_block(net, _open_input(job["image"]), block, s.tile, s.overlap, s.window, device, config.dims,
-                              s.batch_size, s.tta, s.amp)
+    p = predict.blend_block(net, _open_input(job["image"]), block, s.tile, s.overlap, s.window, device, config.dims,
+                            s.batch_size, s.tta, s.amp)  # encoded where it lies: a GPU copies back uint8
     outputs = [blocks.Output.reopen(path) for path in job["outputs"]]
     predict.write_block(outputs, block, predict.encode_block(p, s, mask=len(outputs) > 1))
 

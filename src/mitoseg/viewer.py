@@ -249,8 +249,8 @@ def segment(image: Any, model: str | Path, threshold: float = 0.5, min_size: int
     probs = np.zeros(volume.shape, np.uint8)
     dev = next(net.parameters()).device
     for i, b in enumerate(grid):
-        p = predict.predict_block(net, volume, b, tile, config.overlap, window, dev, config.dims, tta=tta)
-        probs[b] = predict.to_storage(p, "uint8")
+        p = predict.blend_block(net, volume, b, tile, config.overlap, window, dev, config.dims, tta=tta)
+        probs[b] = predict.to_storage(p, "uint8")  # encoded where it lies
         yield i + 1, len(grid) + 1
     labels = instances.label(probs >= threshold * 255, connectivity=26, min_size=min_size)
     yield len(grid) + 1, len(grid) + 1
