@@ -80,6 +80,7 @@ def main(argv: list[str] | None = None) -> None:
     pad = ((0, 0), (a.pad, a.pad), (a.pad, a.pad))
     inner = np.s_[:, a.pad:a.pad + image.shape[1], a.pad:a.pad + image.shape[2]]
     rows = []
+    meta = header(__file__, argv, bench.description, slices=[z0, z0 + a.slices])
     for run in a.runs:
         model, cfg = train.load_model(run)
         chosen = validation_threshold(run)
@@ -105,8 +106,7 @@ def main(argv: list[str] | None = None) -> None:
                         metrics.confusion(probs >= chosen, truth))["jaccard"]
             rows.append(row)
             print(json.dumps(row), flush=True)
-    meta = header(__file__, argv, bench.description, slices=[z0, z0 + a.slices])
-    save(a.out, {**meta, "rows": rows}, table(rows, z0, a.slices, a.rules))
+            save(a.out, {**meta, "rows": rows}, table(rows, z0, a.slices, a.rules))  # a stopped run keeps its rows
     print(table(rows, z0, a.slices, a.rules))
 
 

@@ -39,6 +39,11 @@ def test_compare_writes_report(tmp_path, tiny_bench):
         assert set(row["variants"]) == {"raw", "tta", "tta_post"}
         assert row["jaccard"] == row["variants"]["tta_post"]["jaccard"]
         assert row["object_min_size"] == row["postprocessing"]["min_size"]
+        final, errors = row["variants"]["tta_post"], row["errors"]  # where the final mask's errors lie
+        tp, fp, fn = errors["tp"], errors["fp"], errors["fn"]
+        assert (tp / (tp + fp), tp / (tp + fn)) == (final["precision"], final["recall"])
+        assert errors["jaccard"] == final["jaccard"]
+        assert errors["fp_whole"] + errors["fp_near_4"] <= errors["fp"]
     for d in ("2D", "3D"):
         assert all(0 <= r["monitor_iou"] <= 1 for r in read_log(out / f"model_{d}"))  # the test curve
         chosen = json.loads((out / f"model_{d}" / "postprocessing.json").read_text())
@@ -46,7 +51,7 @@ def test_compare_writes_report(tmp_path, tiny_bench):
     md = (out / "report.md").read_text()
     assert "0.6660" in md and "0.9481" in md  # the study's numbers beside ours
     assert f"{results['models']['2D']['f1']:.4f}" in md
-    assert "+ TTA + post-processing" in md and "epochs per model" in md
+    assert "+ TTA + post-processing" in md and "epochs per model" in md and "## Where the errors are" in md
     assert str(tmp_path) not in md and str(tmp_path) not in (out / "report.json").read_text()
     assert not cmp.io.partial_path(out).exists()
     best = max(saved["models"], key=lambda d: saved["models"][d]["jaccard"])
@@ -55,6 +60,8 @@ def test_compare_writes_report(tmp_path, tiny_bench):
     assert len(rows) == truth.max() and {"sphericity", "length_um", "touches_border"} <= set(rows[0])
     with pytest.raises(MitosegError, match="already exists"):
         cmp.compare(out, preset="quick", epochs=1, changes=TINY, progress=False)
+    again = cmp.evaluate_model(out / "model_3D", tiny_bench, progress=False)  # a saved run, evaluated alike
+    assert again["variants"] == saved["models"]["3D"]["variants"] and again["errors"] == saved["models"]["3D"]["errors"]
 
 
 def test_configs_differ_only_in_dims():

@@ -6,7 +6,7 @@ import scipy.ndimage as ndi
 import zarr
 
 from mitoseg.errors import MitosegError
-from mitoseg.metrics import Counts, confusion, confusion_blockwise, match_instances, scores
+from mitoseg.metrics import Counts, confusion, confusion_blockwise, error_places, match_instances, scores
 
 
 def _numpy_counts(pred: np.ndarray, truth: np.ndarray) -> tuple[int, int, int, int]:
@@ -160,3 +160,53 @@ def test_match_instances_rejects_bad_input():
         match_instances(np.zeros(3), np.zeros(3))
     with pytest.raises(MitosegError, match="iou_threshold"):
         match_instances(np.zeros(3, int), np.zeros(3, int), iou_threshold=0.0)
+
+
+def _near_by_scipy(mask: np.ndarray, truth: np.ndarray, spacing, widths_nm) -> list[tuple[int, int]]:
+    """(fp, fn) voxels within each width (nm) of the true surface, by scipy's exact distance transform of
+    the whole crop (an independent way to measure; no whole objects in the masks it is used on)."""
+    inside = ndi.distance_transform_edt(truth, sampling=spacing)[truth & ~mask]
+    outside = ndi.distance_transform_edt(~truth, sampling=spacing)[mask & ~truth]
+    return [(int(np.count_nonzero(outside <= w)), int(np.count_nonzero(inside <= w))) for w in widths_nm]
+
+
+def test_error_places_counts_distances_as_scipy_does_whatever_the_slab(lucchi_crop):
+    truth = lucchi_crop[1][:12] > 0
+    # a prediction shifted by 3 voxels in X and 1 in Z: every error lies near the true surface, at 1 to ~4 voxels
+    mask = np.zeros_like(truth)
+    mask[1:, :, 3:] = truth[:-1, :, :-3]
+    mask &= ndi.binary_dilation(truth, iterations=4)  # no part of an object may end up apart from its truth
+    for spacing in ((5.0, 5.0, 5.0), (50.0, 5.0, 5.0)):  # isotropic, and thin sections (a halo of 1 slice)
+        e = error_places(mask, truth, spacing, widths=(1, 2, 4), slab=32)
+        assert e["fp_whole"] == e["fn_whole"] == 0 and e["fp"] > 0 and e["fn"] > 0
+        expected = _near_by_scipy(mask, truth, spacing, [w * 5.0 for w in (1, 2, 4)])
+        assert [(e[f"fp_near_{w}"], e[f"fn_near_{w}"]) for w in (1, 2, 4)] == expected
+        assert error_places(mask, truth, spacing, widths=(1, 2, 4), slab=3) == e  # slabs and halos change nothing
+    assert 0 < e["fp_near_1"] < e["fp_near_2"] < e["fp_near_4"]
+
+
+def test_error_places_counts_missed_and_false_objects_whole(lucchi_crop):
+    from mitoseg import instances
+
+    truth = lucchi_crop[1] > 0
+    labels = instances.label(truth, 26)
+    sizes = np.bincount(labels.ravel())
+    gone = int(np.argmax(sizes[1:])) + 1  # the largest true object, missed entirely
+    mask = truth & (labels != gone)
+    blob = np.zeros_like(truth)
+    blob[4:8, 10:20, 10:20] = True
+    blob &= ~ndi.binary_dilation(truth, iterations=2)  # a false object touching no true voxel
+    mask |= blob
+    e = error_places(mask, truth, (5.0, 5.0, 5.0))
+    assert (e["fn"], e["fn_whole"]) == (sizes[gone], sizes[gone])
+    assert (e["fp"], e["fp_whole"]) == (int(blob.sum()), int(blob.sum())) and blob.sum() > 0
+    assert e["jaccard"] < 1.0 and e["jaccard_whole_right"] == 1.0
+    assert all(e[f"fp_near_{w}"] == e[f"fn_near_{w}"] == 0 for w in (1, 2, 4))  # whole objects are not near
+    assert e["jaccard_near_2_right"] == e["jaccard"]
+
+
+def test_error_places_refuses_other_shapes():
+    with pytest.raises(MitosegError, match="differs"):
+        error_places(np.zeros((2, 4, 4)), np.zeros((2, 4, 5)))
+    with pytest.raises(MitosegError, match="Z, Y, X"):
+        error_places(np.zeros((4, 4)), np.zeros((4, 4)))

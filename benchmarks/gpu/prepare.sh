@@ -38,11 +38,11 @@ git check-ignore -q "$DEST/wheels" || { echo "prepare.sh: $DEST is not ignored b
 #    outputs), napari, bioimageio. zarr 3 needs donfig, numcodecs, google-crc32c (not crc32c); dask needs
 #    partd -> locket; distributed (labelling on a LocalCluster in `fullvolume`) needs tornado, tblib, zict.
 declare -A PIN=([monai]=1.6.1 [zarr]=3.1.6 [numcodecs]=0.16.6 [donfig]=0.8.1.post1 [google-crc32c]=1.9.0
-                [connected-components-3d]=4.1.1 [dask]=2026.8.0 [partd]=1.4.2 [locket]=1.0.0
+                [connected-components-3d]=4.1.1 [edt]=3.1.2 [dask]=2026.8.0 [partd]=1.4.2 [locket]=1.0.0
                 [distributed]=2026.8.0 [tornado]=6.6.1 [tblib]=3.2.2 [zict]=3.0.0)
 specs=()
 wanted=()
-for name in monai zarr numcodecs donfig google-crc32c connected-components-3d dask partd locket \
+for name in monai zarr numcodecs donfig google-crc32c connected-components-3d edt dask partd locket \
             distributed tornado tblib zict; do
     version=$("$PYTHON" -c 'import sys, importlib.metadata as m; print(m.version(sys.argv[1]))' "$name" \
               2>/dev/null || echo "${PIN[$name]}")

@@ -8,6 +8,8 @@
 #   smoke               benchmarks/gpu/smoke.py: both models a few iterations on synthetic data (no data
 #                       needed): seconds per iteration, per validation, per prediction ($OUT/smoke.json)
 #   study MINUTES       mitoseg compare --preset full on CA1, MINUTES of training per model (seed: $SEED, 0)
+#   contrast            experiments/contrast.py on the study's two models: the central 32 test slices under
+#                       eight grey-level changes, own window and matched ($OUT/contrast-seedS.json, .md)
 #   annotation ITER     experiments/annotation.py on CA1: the annotation curve (2D then 3D; 1..165 slices,
 #                       $CHOICES slice choices, default 3; for each seed in $SEEDS, default 0) and suggested
 #                       vs even slices, ITER iterations per run
@@ -199,7 +201,7 @@ import mitoseg
 from mitoseg import compare, predict, train  # noqa: F401  (the study's import path)
 
 print("mitoseg", mitoseg.__file__)
-for name in ("monai", "zarr", "numcodecs", "donfig", "google-crc32c", "connected-components-3d", "dask", "numpy",
+for name in ("monai", "zarr", "numcodecs", "donfig", "google-crc32c", "connected-components-3d", "edt", "dask", "numpy",
              "scipy", "scikit-image", "tifffile", "matplotlib"):
     try:
         print(f"  {name} {m.version(name)}")
@@ -283,6 +285,23 @@ step_study() {
     echo "$rc" >"$keep/exit_status.txt"
     cp "$OUT/remote.log" "$keep/remote.log" 2>/dev/null || true
     bundle "study-seed$SEED" "$keep"
+    return "$rc"
+}
+
+# ------------------------------------------------------------------ contrast
+
+step_contrast() {  # the study's two models under grey-level changes (experiments/contrast.py), after `study`
+    need_data lucchi-derived/ contrast
+    need_cuda
+    local run=$BASE/ca1-gpu-seed$SEED rc=0
+    [[ -d $run ]] || run=$run.partial  # a study stopped at its deadline keeps its trained models there
+    [[ -f $run/model_2D/best.pt || -f $run/model_3D/best.pt ]] || {
+        say "contrast: no trained study model in $BASE/ca1-gpu-seed$SEED (run 'study MINUTES' first)"; return 2; }
+    local models=()
+    for d in 2D 3D; do [[ -f $run/model_$d/best.pt ]] && models+=("$run/model_$d"); done
+    say "contrast: ${models[*]##*/}, $(left) s left"
+    bounded 0 "$PY" experiments/contrast.py "${models[@]}" --slices 32 --rules run matched \
+        --out "$OUT/contrast-seed$SEED.json" || rc=$?
     return "$rc"
 }
 
@@ -395,6 +414,7 @@ main() {
                 local iterations=$1
                 shift
                 step_annotation "$iterations" ;;
+            contrast) step_contrast ;;
             bench) step_bench ;;
             fullvolume)
                 (($#)) || { say "usage: fullvolume RUN|- [bench_full_volume.py options]"; return 2; }
@@ -402,7 +422,7 @@ main() {
                 shift
                 step_fullvolume "$model" "$@"
                 set -- ;;
-            *) say "unknown step '$step' (receive, check, smoke, study MINUTES, annotation ITERATIONS, bench, fullvolume RUN)"; return 2 ;;
+            *) say "unknown step '$step' (receive, check, smoke, study MINUTES, contrast, annotation ITERATIONS, bench, fullvolume RUN)"; return 2 ;;
         esac
         say "$step: done in $((SECONDS - t0)) s"
     done

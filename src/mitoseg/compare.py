@@ -140,18 +140,41 @@ def _scores(mask: np.ndarray, truth: np.ndarray, min_size: int, labels: np.ndarr
 
 def run_model(cfg: Config, bench: Benchmark, folder: Path, progress: bool, tta: bool = True,
               monitor: bool = True) -> dict:
-    """Train one model, choose its post-processing on the validation split, predict the test volume
-    raw, with test-time augmentation (TTA, unless `tta` is False) and with (TTA +) post-processing,
-    score each and label the last; returns one report row (the final variant's scores at the top
-    level, each variant under "variants"). `monitor`: score the test volume's central slices after every
-    epoch too (the test curve of the IoU-against-time figure)."""
+    """Train one model into `folder` and evaluate it (`evaluate_model`); returns one report row: the
+    evaluation's, plus the training's epochs, voxels seen, best validation IoU, seconds and peak memory.
+    `monitor`: score the test volume's central slices after every epoch too (the test curve of the
+    IoU-against-time figure)."""
     z0 = max(0, (bench.test_image.shape[0] - MONITOR_SLICES) // 2)
     test_window = io.intensity_range(bench.test_image, rule=cfg.normalize)
     test_part = Volume(bench.test_image[z0:z0 + MONITOR_SLICES], bench.test_mask[z0:z0 + MONITOR_SLICES],
                        test_window)  # normalised as the whole test volume is
     summary = train(cfg, bench.train_image, bench.train_mask, folder, overwrite=True, progress=progress,
                     monitor=test_part if monitor else None)
-    model, cfg = load_model(folder, cfg.device)
+    row = evaluate_model(folder, bench, progress, tta, cfg.device)
+    _, val = split(bench.train_image, bench.train_mask, cfg.val_fraction)
+    return {
+        **row,
+        "epochs": summary["epochs"], "iterations": summary["iterations"],
+        "voxels_seen": summary["iterations"] * cfg.samples_per_batch * int(np.prod(cfg.patch)),
+        "best_val_iou": summary["best_val_iou"], "best_val_iou_any_threshold": summary["best_val_iou_any_threshold"],
+        "skipped_steps": summary["skipped_steps"],
+        "seconds_per_epoch": summary["seconds_per_epoch"], "seconds_per_iteration": summary["seconds_per_iteration"],
+        "train_seconds": summary["train_seconds"],
+        "peak_memory_mib": max(summary["peak_memory_mib"], row["peak_memory_mib"]),
+        # all-foreground scores val.mask.mean()
+        "learned": bool(summary["best_val_iou_any_threshold"] >= 2 * val.mask.mean()),
+    }
+
+
+def evaluate_model(folder: Path, bench: Benchmark, progress: bool = True, tta: bool = True,
+                   device: str = "auto") -> dict:
+    """Evaluate the trained run in `folder` as `compare` does: choose its post-processing on the
+    validation split, predict the test volume raw, with test-time augmentation (TTA, unless `tta` is
+    False) and with (TTA +) post-processing, score each, label the last and say where its errors lie
+    (`metrics.error_places`). Writes postprocessing.json, the test probabilities and test_labels.zarr into
+    `folder`; returns the final variant's scores at the top level, each variant under "variants"."""
+    model, cfg = load_model(folder, device)
+    test_window = io.intensity_range(bench.test_image, rule=cfg.normalize)
     window = io.intensity_range(bench.train_image, rule=cfg.normalize)  # the validation split: as in training
     _, val = split(bench.train_image, bench.train_mask, cfg.val_fraction)
     val_probs, _ = _predict(model, cfg, val.image, folder / "val_probs.zarr", tta, progress, window)
@@ -170,21 +193,17 @@ def run_model(cfg: Config, bench: Benchmark, folder: Path, progress: bool, tta: 
     del probs
     labels = instances.label(final, connectivity=26, min_size=pp.min_size)
     variants["tta_post" if tta else "post"] = _scores(final, bench.test_mask, pp.min_size, labels)
-    zarr.create_array(str(folder / "test_labels.zarr"), data=labels, chunks=(32, 256, 256))  # compressed: ~1 % of npy
-    del labels, final
+    zarr.create_array(str(folder / "test_labels.zarr"), data=labels, chunks=(32, 256, 256),
+                      overwrite=True)  # compressed: ~1 % of npy; replaced when a saved run is evaluated again
+    del labels
+    errors = metrics.error_places(final, bench.test_mask, bench.voxel_size)
+    del final
     memory.release()
     return {
-        **variants[list(variants)[-1]], "variants": variants, "postprocessing": pp.as_dict(),
-        "epochs": summary["epochs"], "iterations": summary["iterations"],
-        "voxels_seen": summary["iterations"] * cfg.samples_per_batch * int(np.prod(cfg.patch)),
-        "best_val_iou": summary["best_val_iou"], "best_val_iou_any_threshold": summary["best_val_iou_any_threshold"],
-        "skipped_steps": summary["skipped_steps"],
-        "seconds_per_epoch": summary["seconds_per_epoch"], "seconds_per_iteration": summary["seconds_per_iteration"],
-        "train_seconds": summary["train_seconds"], "inference_seconds": infer_s, "inference_tta_seconds": tta_s,
+        **variants[list(variants)[-1]], "variants": variants, "postprocessing": pp.as_dict(), "errors": errors,
+        "inference_seconds": infer_s, "inference_tta_seconds": tta_s,
         "inference_voxels_per_second": bench.test_image.size / infer_s,
-        "peak_memory_mib": max(summary["peak_memory_mib"], memory.peak_mib(next(model.parameters()).device)),
-        # all-foreground scores val.mask.mean()
-        "learned": bool(summary["best_val_iou_any_threshold"] >= 2 * val.mask.mean()),
+        "peak_memory_mib": memory.peak_mib(next(model.parameters()).device),
     }
 
 
@@ -233,6 +252,27 @@ def variants_markdown(results: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def errors_markdown(results: dict) -> str:
+    """Where each model's final errors lie (`metrics.error_places`): in whole objects, near the true
+    surface or farther, and the IoU each kind costs; an empty string for rows without them."""
+    widths = metrics.ERROR_WIDTHS
+    lines = ["| model | IoU | FP / FN voxels | in whole objects (missed or false) | "
+             + " | ".join(f"within {w} voxel{'s' * (w > 1)} of the true surface" for w in widths)
+             + " | farther | IoU if the whole-object errors were right | IoU if the errors within "
+             + f"{widths[1]} voxels were right |", "|---|---|---|---|" + "---|" * (len(widths) + 3)]
+    for d, row in results["models"].items():
+        e = row.get("errors")
+        if not e:
+            continue
+        wrong = e["fp"] + e["fn"]
+        whole = e["fp_whole"] + e["fn_whole"]
+        near = [e[f"fp_near_{w}"] + e[f"fn_near_{w}"] for w in widths]
+        share = [f"{n / max(wrong, 1):.0%}" for n in [whole, *near, wrong - whole - near[-1]]]
+        lines.append(f"| {d} | {e['jaccard']:.4f} | {e['fp']:,} / {e['fn']:,} | " + " | ".join(share)
+                     + f" | {e['jaccard_whole_right']:.4f} | {e[f'jaccard_near_{widths[1]}_right']:.4f} |")
+    return "\n".join(lines) + "\n" if len(lines) > 2 else ""
+
+
 def _budget_words(results: dict) -> str:
     b = results["budget"]
     if b["minutes_per_model"] and b["epochs"] >= 100_000:
@@ -271,6 +311,14 @@ def write_report(out: Path, results: dict) -> None:
         "F1; it is close to voxel accuracy or mean IoU, so both are listed.", "",
         "## What each step adds (test volume)", "", variants_markdown(results),
     ]
+    if errors_markdown(results):
+        text += ["## Where the errors are (test volume, final masks)", "", errors_markdown(results),
+                 "Each wrong voxel counted once, as a share of all wrong voxels: in a whole object (a true "
+                 "object missed entirely, or a predicted object touching no true voxel), else by its distance "
+                 "to the true objects' surface (the within-columns are cumulative; a voxel next to "
+                 f"the surface is at 1; 1 voxel = {results['data']['voxel_size'][-1]:g} nm in-plane). Errors "
+                 "next to the surface are where a label's outline is drawn, objects are what a biologist counts.",
+                 ""]
     for d, row in models.items():
         if not row.get("learned", True):
             text.append(f"**The {d} model has not learned**: its best validation IoU is "

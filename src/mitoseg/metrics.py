@@ -248,3 +248,68 @@ def match_instances(pred_labels: np.ndarray, true_labels: np.ndarray, iou_thresh
         "recall": _ratio(tp, n_true),
         "f1": _ratio(2 * tp, n_pred + n_true),
     }
+
+
+ERROR_WIDTHS = (1, 2, 4)  # distances to the true surface, in in-plane voxels, that `error_places` counts
+
+
+def _whole_objects(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Boolean (Z, Y, X): the voxels of `a`'s 26-connected objects that share no voxel with `b` (both bool)."""
+    import cc3d
+
+    labels = cc3d.connected_components(a, connectivity=26)
+    touched = np.zeros(int(labels.max(initial=0)) + 1, bool)
+    touched[np.unique(labels[b])] = True
+    touched[0] = True
+    return ~touched[labels]
+
+
+def error_places(mask: np.ndarray, truth: np.ndarray, voxel_size: Sequence[float] = (1.0, 1.0, 1.0),
+                 widths: Sequence[int] = ERROR_WIDTHS, slab: int = 32) -> dict:
+    """Where a binary mask's errors lie against the truth: in whole objects, or how near the true surface.
+
+    `mask`, `truth`: in-memory (Z, Y, X) arrays of one shape, foreground > 0; `voxel_size` (z, y, x) in nm.
+    Each false positive (FP) and false negative (FN) voxel is counted once: in a *whole object* when it
+    belongs to a true object the mask misses entirely (FN) or to a 26-connected object of the mask that
+    touches no true voxel (FP); otherwise by its Euclidean distance to the true surface (a voxel next to
+    it: one voxel), counted as *near* for each width w of `widths` (in-plane voxels) it lies within.
+    Returns ints tp, fp, fn, fp_whole, fn_whole, fp_near_W, fn_near_W per width W, and floats jaccard,
+    jaccard_whole_right and jaccard_near_W_right: the foreground IoU if those errors were right (FP
+    removed, FN found). Distances are exact up to the largest width: the volume is taken `slab` slices
+    at a time with as many slices around as that width spans in Z, so memory follows the slab.
+    """
+    import edt  # seung-lab's anisotropic distance transform, float32: by hand 0.9 s vs scipy's 6.8 s on a CA1 slab
+
+    mask = np.asarray(mask) > 0
+    truth = np.asarray(truth) > 0
+    _check_same_shape(mask.shape, truth.shape)
+    if mask.ndim != 3:
+        raise MitosegError(f"error_places needs (Z, Y, X) volumes, not shape {mask.shape}")
+    counts = confusion(mask, truth)
+    out = {"tp": counts.tp, "fp": counts.fp, "fn": counts.fn}
+    whole = _whole_objects(truth, mask) | _whole_objects(mask, truth)  # missed true objects, false objects
+    out["fp_whole"] = int(np.count_nonzero(whole & mask))
+    out["fn_whole"] = int(np.count_nonzero(whole & truth))
+    spacing = tuple(float(v) for v in voxel_size)
+    limits = [w * spacing[-1] * (1 + 1e-9) for w in widths]
+    halo = int(np.ceil(max(limits, default=0) / spacing[0]))
+    near = {(kind, w): 0 for kind in ("fp", "fn") for w in widths}
+    depth = mask.shape[0]
+    for z0 in range(0, depth, slab):
+        lo, hi = max(0, z0 - halo), min(depth, z0 + slab + halo)
+        core = slice(z0 - lo, min(depth, z0 + slab) - lo)
+        t, m, o = truth[lo:hi], mask[lo:hi], ~whole[lo:hi]
+        for kind, wrong, inside in (("fn", t & ~m & o, t), ("fp", m & ~t & o, ~t)):
+            wrong = wrong[core]
+            if not wrong.any() or inside.all():  # nothing to place, or no surface within reach
+                continue
+            distance = edt.edt(inside, anisotropy=spacing, black_border=False, parallel=1)[core][wrong]
+            for w, limit in zip(widths, limits, strict=True):
+                near[kind, w] += int(np.count_nonzero(distance <= limit))
+    union = counts.tp + counts.fp + counts.fn
+    out["jaccard"] = _ratio(counts.tp, union)
+    out["jaccard_whole_right"] = _ratio(counts.tp + out["fn_whole"], union - out["fp_whole"])
+    for w in widths:
+        out[f"fp_near_{w}"], out[f"fn_near_{w}"] = near["fp", w], near["fn", w]
+        out[f"jaccard_near_{w}_right"] = _ratio(counts.tp + near["fn", w], union - near["fp", w])
+    return out
