@@ -51,7 +51,7 @@ def test_choose_finds_the_setting_that_mends_them(damaged):
     probs, truth = damaged
     pp, rows = postprocess.choose(probs, truth)
     assert pp.min_size > 0 and pp.fill_holes
-    assert len(rows) == len(postprocess.THRESHOLDS) * len(postprocess.MIN_SIZES) * 2
+    assert len(rows) == len(postprocess.CHOICE_THRESHOLDS) * len(postprocess.MIN_SIZES) * 2
     best = max(r["jaccard"] for r in rows)
     assert _iou(postprocess.apply(probs, pp), truth) == pytest.approx(best)
     default = next(r for r in rows if r["threshold"] == 0.5 and r["min_size"] == 0 and not r["fill_holes"])
