@@ -311,8 +311,9 @@ def write_report(out: Path, results: dict) -> None:
         "F1; it is close to voxel accuracy or mean IoU, so both are listed.", "",
         "## What each step adds (test volume)", "", variants_markdown(results),
     ]
-    if errors_markdown(results):
-        text += ["## Where the errors are (test volume, final masks)", "", errors_markdown(results),
+    errors = errors_markdown(results)
+    if errors:
+        text += ["## Where the errors are (test volume, final masks)", "", errors,
                  "Each wrong voxel counted once, as a share of all wrong voxels: in a whole object (a true "
                  "object missed entirely, or a predicted object touching no true voxel), else by its distance "
                  "to the true objects' surface (the within-columns are cumulative; a voxel next to "
