@@ -44,10 +44,13 @@ def gap(image: np.ndarray, train_image: np.ndarray) -> float:
     left out as in every window). About 0 for a change of contrast or brightness alone; it grows with a
     change of gamma and with another mixture of tissue (matching undoes the first and mistakes the second
     for it)."""
-    points = np.linspace(5, 95, 19)
-    here = io.normalize(np.percentile(io._sample(image, 2_000_000), points), io.intensity_range(image))
-    there = io.normalize(np.percentile(io._sample(train_image, 2_000_000), points), io.intensity_range(train_image))
-    return float(np.max(np.abs(here - there)))
+    at = np.linspace(5, 95, 19)  # on the 0.1 % grid of `io.reference_levels`, so read off it exactly
+
+    def levels(volume: np.ndarray) -> np.ndarray:
+        grid = np.linspace(0, 100, io.REFERENCE_POINTS)
+        return io.normalize(np.interp(at, grid, io.reference_levels(volume)), io.intensity_range(volume))
+
+    return float(np.max(np.abs(levels(image) - levels(train_image))))
 
 
 def main(argv: list[str] | None = None) -> None:
