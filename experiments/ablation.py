@@ -54,6 +54,9 @@ VARIANTS = {  # folder: (name, Config changes); the first is the recipe every ot
                          {"intensity_aug": 1.5}),
     "strong_intensity_seed1": ("1.5x-strength patch intensity augmentation, another seed",
                                {"intensity_aug": 1.5, "seed": 1}),
+    "gamma_field": ("a gamma varying smoothly across half the patches (`--gamma-field 0.5`)", {"gamma_field": 0.5}),
+    "gamma_field_seed1": ("a gamma varying smoothly across half the patches, another seed",
+                          {"gamma_field": 0.5, "seed": 1}),
 }
 LAST = "recipe, last checkpoint instead of best validation IoU"
 

@@ -96,13 +96,14 @@ def test_train_resume_and_help(runs, capsys):
 def test_train_options_reach_the_saved_config(runs):
     d = runs
     argv = [*TRAIN[:-3], "2", *TRAIN[-2:], "--norm", "instance", "--validate-every", "2", "--loader-workers", "0",
-            "--bn-freeze", "3", "--normalize", "equalize", "--ema", "0.9", "--elastic", "0.5"]
+            "--bn-freeze", "3", "--normalize", "equalize", "--ema", "0.9", "--elastic", "0.5",
+            "--gamma-field", "0.25"]
     assert main(["--quiet", "train", str(d / "train.tif"), str(d / "train_gt.tif"), "--dims", "3",
                  "--out", str(d / "run_options"), *argv]) == 0
     cfg = Config.load(d / "run_options" / "config.json")
     got = (cfg.norm, cfg.validate_every, cfg.loader_workers, cfg.epochs, cfg.bn_freeze, cfg.normalize, cfg.ema,
-           cfg.elastic)
-    assert got == ("instance", 2, 0, 2, 3, "equalize", 0.9, 0.5)
+           cfg.elastic, cfg.gamma_field)
+    assert got == ("instance", 2, 0, 2, 3, "equalize", 0.9, 0.5, 0.25)
     rows = list(csv.DictReader(open(d / "run_options" / "log.csv")))
     assert [r["val_iou"] == "nan" for r in rows] == [True, False]  # validated at epoch 2 only
 

@@ -255,6 +255,31 @@ def test_slice_intensity_jitter_changes_each_slice_apart(lucchi_crop):
     assert never({"image": image})["image"] is image
 
 
+def test_gamma_field_varies_smoothly_across_a_real_patch(lucchi_crop):
+    """On a real CA1 patch: every voxel gets a gamma within the range (relative to the patch's minimum and
+    maximum), the gamma differs across the patch, by little from one voxel to the next; the label stays."""
+    raw, mask = lucchi_crop
+    image = (raw[None, :8, :64, :64] / 255.0).astype(np.float32)
+    low, high = image.min(), image.max()
+    scaled = (image - low) / (high - low)
+    inner = (scaled > 0.05) & (scaled < 0.95)  # where the gamma can be read back
+    tf = data.RandGammaFieldd("image", gamma=(0.6, 1.7), prob=1.0)
+    tf.set_random_state(seed=0)
+    spreads = []
+    for _ in range(5):
+        out = tf({"image": image, "label": mask[None, :8, :64, :64]})
+        assert np.array_equal(out["label"], mask[None, :8, :64, :64])
+        assert low - 1e-6 <= out["image"].min() and out["image"].max() <= high + 1e-6
+        g = np.full(image.shape, np.nan)
+        g[inner] = np.log((out["image"][inner] - low) / (high - low)) / np.log(scaled[inner])
+        assert 0.6 - 1e-3 <= np.nanmin(g) and np.nanmax(g) <= 1.7 + 1e-3
+        assert np.nanmax(np.abs(np.diff(g, axis=3))) < 0.05  # smooth: control points 32 pixels apart
+        spreads.append(np.nanmax(g) - np.nanmin(g))
+    assert min(spreads) > 0.1  # not one gamma for the whole patch
+    never = data.RandGammaFieldd("image", gamma=(0.6, 1.7), prob=0.0)
+    assert never({"image": image})["image"] is image
+
+
 def test_slices_and_partial_annotation(droso_crop):
     _, mask = droso_crop
     assert data.parse_slices("0, 3-5,19", 20) == [0, 3, 4, 5, 19]

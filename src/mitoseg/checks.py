@@ -67,7 +67,7 @@ RULES: dict[str, Rule] = {
     "weight_decay": Rule(float, 0), "warmup_iterations": COUNT, "fg_fraction": Rule(float, 0, 1),
     "val_fraction": Rule(float, 0, 0.9), "seed": COUNT, "intensity_aug": Rule(float, 0, 2),
     "slice_jitter": Rule(float, 0, 0.5), "bn_batches": COUNT, "bn_freeze": COUNT, "ema": FRACTION,
-    "elastic": Rule(float, 0, 1),
+    "elastic": Rule(float, 0, 1), "gamma_field": Rule(float, 0, 1),
     "loader_workers": COUNT, "validate_every": POSITIVE_INT,
     # prediction
     "tile_xy": Rule(int, 16), "tile_z": POSITIVE_INT, "overlap": FRACTION, "batch_size": POSITIVE_INT,

@@ -37,6 +37,7 @@ class Config:
     intensity_aug: float = 1.0  # strength of whole-patch scale, shift and gamma augmentation (0: off)
     slice_jitter: float = 0.1  # per-slice gain range (offset: half of it); 0: off
     elastic: float = 0.0  # probability of an in-plane elastic deformation per training patch (0: off)
+    gamma_field: float = 0.0  # probability of a gamma varying smoothly across a training patch (0: off)
     bn_batches: int = 0  # batches that re-estimate BatchNorm statistics before each validation (0: off)
     # iteration from which BatchNorm statistics stay fixed (re-estimated once, then used in training as in
     # prediction); None: never. At batch 1 a BatchNorm layer otherwise normalises each patch by itself.

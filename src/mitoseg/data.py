@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+import torch
 from monai.transforms import MapTransform, RandomizableTransform
 
 from mitoseg import io
@@ -139,7 +140,8 @@ class PatchSampler:
         return (np.stack(xs)[:, None].astype(np.float32), np.stack(ys)[:, None].astype(np.float32))
 
 
-def augmenter(seed: int, dims: int, intensity: float = 1.0, slice_jitter: float = 0.1, elastic: float = 0.0):
+def augmenter(seed: int, dims: int, intensity: float = 1.0, slice_jitter: float = 0.1, elastic: float = 0.0,
+              gamma_field: float = 0.0):
     """MONAI random transforms for one sample dict {"image", "label"} of arrays (1, Z, Y, X).
 
     With probability `elastic` an in-plane elastic deformation, the same for every slice (Z may be
@@ -150,7 +152,8 @@ def augmenter(seed: int, dims: int, intensity: float = 1.0, slice_jitter: float 
     per-slice contrast and brightness jitter (gain 1 +- `slice_jitter`, offset +- `slice_jitter` / 2;
     0 turns it off), and whole-patch intensity scale (+-0.3), shift (+-0.15), gamma (0.6..1.7) and noise
     on the image alone, ranges times `intensity` (0 turns them off): a model must not depend on the
-    microscope's grey levels.
+    microscope's grey levels. With probability `gamma_field` (0: off) also a gamma in the same range that
+    varies smoothly across the patch (`RandGammaFieldd`).
     """
     from monai.transforms import (
         Compose,
@@ -181,13 +184,29 @@ def augmenter(seed: int, dims: int, intensity: float = 1.0, slice_jitter: float 
             RandShiftIntensityd("image", offsets=0.15 * intensity, prob=0.5),
             RandAdjustContrastd("image", gamma=(1 - 0.4 * intensity, 1 + 0.7 * intensity), prob=0.5),
         ]
+    if gamma_field:
+        tfs.append(RandGammaFieldd("image", gamma=(1 - 0.4 * intensity, 1 + 0.7 * intensity), prob=gamma_field))
     tfs.append(RandGaussianNoised("image", std=0.03, prob=0.2))
     tf = Compose(tfs)
     tf.set_random_state(seed=seed)
     return tf
 
 
-class RandSliceIntensityd(MapTransform, RandomizableTransform):
+class _RandImaged(MapTransform, RandomizableTransform):
+    """With probability `prob`, `change` applied to the image (1, Z, Y, X) float32 under `key`."""
+
+    def __init__(self, key: str, prob: float):
+        MapTransform.__init__(self, [key])
+        RandomizableTransform.__init__(self, prob)
+
+    def __call__(self, sample: dict) -> dict:
+        self.randomize(None)
+        if not self._do_transform:
+            return sample
+        return {**sample, **{key: self.change(np.asarray(sample[key], dtype=np.float32)) for key in self.keys}}
+
+
+class RandSliceIntensityd(_RandImaged):
     """Multiply each z-slice of the image (1, Z, Y, X) by 1 + U(-scale, scale) and add U(-shift, shift).
 
     Hand-written: MONAI's intensity transforms change a whole patch alike, but FIB-SEM slices drift
@@ -195,22 +214,38 @@ class RandSliceIntensityd(MapTransform, RandomizableTransform):
     """
 
     def __init__(self, key: str, scale: float, shift: float, prob: float):
-        MapTransform.__init__(self, [key])
-        RandomizableTransform.__init__(self, prob)
+        super().__init__(key, prob)
         self.scale, self.shift = scale, shift
 
-    def __call__(self, sample: dict) -> dict:
-        self.randomize(None)
-        if not self._do_transform:
-            return sample
-        out = dict(sample)
-        for key in self.keys:
-            image = np.asarray(sample[key], dtype=np.float32)
-            n = image.shape[1]
-            gain = 1 + self.R.uniform(-self.scale, self.scale, n).astype(np.float32)
-            offset = self.R.uniform(-self.shift, self.shift, n).astype(np.float32)
-            out[key] = image * gain[None, :, None, None] + offset[None, :, None, None]
-        return out
+    def change(self, image: np.ndarray) -> np.ndarray:
+        n = image.shape[1]
+        gain = 1 + self.R.uniform(-self.scale, self.scale, n).astype(np.float32)
+        offset = self.R.uniform(-self.shift, self.shift, n).astype(np.float32)
+        return image * gain[None, :, None, None] + offset[None, :, None, None]
+
+
+class RandGammaFieldd(_RandImaged):
+    """Raise the image (1, Z, Y, X), scaled to [0, 1] by its own minimum and maximum (as MONAI's
+    RandAdjustContrast does), to a gamma that varies smoothly across it: gammas drawn uniformly from
+    `gamma` at 2 x 3 x 3 control points (1 x 3 x 3 for a single slice), spread to every voxel by linear
+    interpolation through the whole patch.
+
+    Hand-written: MONAI's gamma is one value per patch, which at batch 1 a BatchNorm layer largely
+    normalises away in training (but not in prediction); its RandBiasField only multiplies.
+    """
+
+    def __init__(self, key: str, gamma: tuple[float, float], prob: float):
+        super().__init__(key, prob)
+        self.gamma = gamma
+
+    def change(self, image: np.ndarray) -> np.ndarray:
+        grid = (min(2, image.shape[1]), 3, 3)
+        points = torch.from_numpy(self.R.uniform(*self.gamma, grid).astype(np.float32))
+        field = torch.nn.functional.interpolate(points[None, None], size=image.shape[1:], mode="trilinear",
+                                                align_corners=True)[0].numpy()
+        low, high = image.min(), image.max()
+        scaled = (image - low) / max(high - low, 1e-7)
+        return scaled**field * (high - low) + low
 
 
 def augment(tf, images: np.ndarray, masks: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

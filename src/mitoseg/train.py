@@ -166,7 +166,8 @@ class _Batches(torch.utils.data.IterableDataset):
         seeds = [self.config.seed, self.first_epoch, info.id if info is not None else 0]
         self.sampler.rng = np.random.default_rng(seeds)
         tf = data.augmenter(int(np.random.SeedSequence(seeds).generate_state(1)[0]), self.config.dims,
-                            self.config.intensity_aug, self.config.slice_jitter, self.config.elastic)
+                            self.config.intensity_aug, self.config.slice_jitter, self.config.elastic,
+                            self.config.gamma_field)
         while True:
             x, y = data.augment(tf, *self.sampler.sample(self.config.samples_per_batch))
             if self.config.dims == 2:
@@ -323,7 +324,8 @@ def _train(config: Config, image: np.ndarray, mask: np.ndarray, out: Path, resum
     # kept with every checkpoint: what `predict --match-training` maps another volume's grey levels onto
     intensity = {"window": window, "reference": io.reference_levels(image)}
     sampler = data.PatchSampler(train_vol, config.patch, config.fg_fraction, np.random.default_rng(config.seed))
-    tf = data.augmenter(config.seed, config.dims, config.intensity_aug, config.slice_jitter, config.elastic)
+    tf = data.augmenter(config.seed, config.dims, config.intensity_aug, config.slice_jitter, config.elastic,
+                        config.gamma_field)
     # channels-last throughout (prediction uses it too), so validation never changes the layout mid-run
     model = channels_last(build_model(config).to(device), config.dims)
     if config.init and not resume:
