@@ -153,7 +153,7 @@ def main(argv: list[str] | None = None) -> None:
         train_vol, val_vol = data.split(bench.train_image, bench.train_mask, cfg.val_fraction,
                                         io.intensity_range(bench.train_image, rule=cfg.normalize))
         sampler = data.PatchSampler(train_vol, cfg.patch, cfg.fg_fraction, np.random.default_rng(cfg.seed))
-        tf = data.augmenter(cfg.seed, cfg.dims, cfg.intensity_aug, cfg.slice_jitter, cfg.elastic, cfg.gamma_field)
+        tf = train.augmenter(cfg, cfg.seed)
         device = next(model.parameters()).device
         for batches in dict.fromkeys([0, *a.batches]):  # --batches 0: as saved only
             t0 = time.perf_counter()

@@ -154,6 +154,12 @@ def _batch(sampler: data.PatchSampler, tf, config: Config, device: torch.device)
     return x.contiguous(memory_format=torch.channels_last if x.ndim == 4 else torch.channels_last_3d), y
 
 
+def augmenter(config: Config, seed: int):
+    """`data.augmenter` with the augmentation settings of `config`, seeded with `seed`."""
+    return data.augmenter(seed, config.dims, config.intensity_aug, config.slice_jitter, config.elastic,
+                          config.gamma_field)
+
+
 class _Batches(torch.utils.data.IterableDataset):
     """Endless augmented training batches, for DataLoader worker processes: worker w draws patches and
     augmentations from the seeds (seed, first epoch, w), so a run repeats for a given worker count."""
@@ -165,9 +171,7 @@ class _Batches(torch.utils.data.IterableDataset):
         info = torch.utils.data.get_worker_info()
         seeds = [self.config.seed, self.first_epoch, info.id if info is not None else 0]
         self.sampler.rng = np.random.default_rng(seeds)
-        tf = data.augmenter(int(np.random.SeedSequence(seeds).generate_state(1)[0]), self.config.dims,
-                            self.config.intensity_aug, self.config.slice_jitter, self.config.elastic,
-                            self.config.gamma_field)
+        tf = augmenter(self.config, int(np.random.SeedSequence(seeds).generate_state(1)[0]))
         while True:
             x, y = data.augment(tf, *self.sampler.sample(self.config.samples_per_batch))
             if self.config.dims == 2:
@@ -324,8 +328,7 @@ def _train(config: Config, image: np.ndarray, mask: np.ndarray, out: Path, resum
     # kept with every checkpoint: what `predict --match-training` maps another volume's grey levels onto
     intensity = {"window": window, "reference": io.reference_levels(image)}
     sampler = data.PatchSampler(train_vol, config.patch, config.fg_fraction, np.random.default_rng(config.seed))
-    tf = data.augmenter(config.seed, config.dims, config.intensity_aug, config.slice_jitter, config.elastic,
-                        config.gamma_field)
+    tf = augmenter(config, config.seed)
     # channels-last throughout (prediction uses it too), so validation never changes the layout mid-run
     model = channels_last(build_model(config).to(device), config.dims)
     if config.init and not resume:
