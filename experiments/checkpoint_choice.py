@@ -61,9 +61,11 @@ def validation_iou(model, cfg: config.Config, image: np.ndarray, mask: np.ndarra
 
 
 def checkpoints(folder: Path) -> dict[int, Path]:
-    """A run folder's checkpoints by epoch: every epoch's file when kept, else best.pt and last.pt."""
-    files = sorted(folder.glob("epoch_*.pt")) or [folder / n for n in ("best.pt", "last.pt") if (folder / n).exists()]
-    return {torch.load(f, map_location="cpu", weights_only=False)["state"]["epoch"]: f for f in files}
+    """A run folder's checkpoints by epoch: every epoch's file when kept (epoch_NNN.pt), else best.pt and
+    last.pt (their epoch read from the checkpoint)."""
+    kept = {int(f.stem.removeprefix("epoch_")): f for f in folder.glob("epoch_*.pt")}
+    files = [folder / n for n in ("best.pt", "last.pt") if (folder / n).exists()]
+    return kept or {torch.load(f, map_location="cpu", weights_only=False)["state"]["epoch"]: f for f in files}
 
 
 def rules(epochs: list[dict], val_gammas: list[float]) -> dict[str, int]:
