@@ -38,19 +38,21 @@ def predict_crop(model, cfg, image: np.ndarray, matched: bool) -> np.ndarray:
     return predict.predict_array(model, image, cfg.dims, tile, cfg.overlap, window, amp=cfg.amp)
 
 
-def gap(image: np.ndarray, train_image: np.ndarray) -> float:
-    """How far `image`'s grey levels, through its own linear window, land from the training volume's, through
-    its own: the largest difference, in the network's 0..1 units, at the 5, 10, ..., 95 % percentiles (padding
-    left out as in every window). About 0 for a change of contrast or brightness alone; it grows with a
-    change of gamma and with another mixture of tissue (matching undoes the first and mistakes the second
-    for it)."""
+def levels(volume: np.ndarray) -> np.ndarray:
+    """float64 (19,): the volume's grey levels at its 5, 10, ..., 95 % percentiles through its own linear window
+    (padding left out as in every window), in the network's 0..1 units."""
     at = np.linspace(5, 95, 19)  # on the 0.1 % grid of `io.reference_levels`, so read off it exactly
+    grid = np.linspace(0, 100, io.REFERENCE_POINTS)
+    return io.normalize(np.interp(at, grid, io.reference_levels(volume)), io.intensity_range(volume))
 
-    def levels(volume: np.ndarray) -> np.ndarray:
-        grid = np.linspace(0, 100, io.REFERENCE_POINTS)
-        return io.normalize(np.interp(at, grid, io.reference_levels(volume)), io.intensity_range(volume))
 
-    return float(np.max(np.abs(levels(image) - levels(train_image))))
+def gap(image: np.ndarray, train_image: np.ndarray | None = None, train_levels: np.ndarray | None = None) -> float:
+    """How far `image`'s grey levels, through its own linear window, land from the training volume's, through
+    its own (`levels`; pass `train_levels` to compute them once): the largest difference. About 0 for a change
+    of contrast or brightness alone; it grows with a change of gamma and with another mixture of tissue
+    (matching undoes the first and mistakes the second for it)."""
+    reference = levels(train_image) if train_levels is None else train_levels
+    return float(np.max(np.abs(levels(image) - reference)))
 
 
 def main(argv: list[str] | None = None) -> None:
