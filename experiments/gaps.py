@@ -22,6 +22,7 @@ from mixture import gap, levels
 from record import header, save
 
 from mitoseg import compare, data, datasets
+from mitoseg.config import Config
 
 STRIDE = 128  # pixels between crops in Y and X (crops overlap)
 NOTE_ABOVE = 0.045  # between the whole test volume as published (0.012) and under gamma 1.2 (0.050)
@@ -50,7 +51,7 @@ def main(argv: list[str] | None = None) -> None:
     meta = header(__file__, argv, bench.description, note_above=NOTE_ABOVE, slices=a.slices)
     volumes = {f"test volume, {name}": change(bench.test_image) for name, change in changes().items()}
     volumes |= {f"test volume, gamma {g}": gamma(bench.test_image, g) for g in (0.8, 1.2)}
-    strip = data.split(bench.train_image, bench.train_mask, 0.15)[1].image
+    strip = data.split(bench.train_image, bench.train_mask, Config().val_fraction)[1].image
     volumes["training volume, validation strip (last 15 % in X)"] = strip
     volumes["Drosophila VNC ssTEM stack (another tissue and microscope)"] = datasets.drosophila()[0]
     whole = {name: gap_to_training(v) for name, v in volumes.items()}
