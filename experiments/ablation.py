@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 from record import header, save  # experiments/ is the script's folder, so on sys.path
 
-from mitoseg import compare, config, io, metrics, predict, train
+from mitoseg import compare, config, data, io, metrics, predict, train
 
 PER_EPOCH = 50
 VARIANTS = {  # folder: (name, Config changes); the first is the recipe every other row changes one thing of
@@ -74,6 +74,18 @@ def with_training_histogram(model, cfg, train_image: np.ndarray) -> None:
                            "reference": io.reference_levels(train_image)}
 
 
+def central_slices(bench, slices: int) -> tuple[int, np.ndarray, np.ndarray]:
+    """The first index, the image and the truth (Z, Y, X) of the test volume's central `slices` slices."""
+    z0 = (bench.test_image.shape[0] - slices) // 2
+    return z0, bench.test_image[z0:z0 + slices], bench.test_mask[z0:z0 + slices]
+
+
+def validation_strip(bench, cfg) -> data.Volume:
+    """The training volume's validation split as training validates it (through the whole volume's window)."""
+    return data.split(bench.train_image, bench.train_mask, cfg.val_fraction,
+                      io.intensity_range(bench.train_image, rule=cfg.normalize))[1]
+
+
 def score(model, cfg, image: np.ndarray, truth: np.ndarray, window) -> float:
     """Foreground IoU at probability 0.5 of one model on one image (Z, Y, X)."""
     tile = predict.default_tile(cfg.dims, image.shape, cfg.tile)
@@ -94,8 +106,7 @@ def main(argv: list[str] | None = None) -> None:
     out = Path(a.out)
     runs = Path(a.runs) if a.runs else out.parent / "runs"
     bench = compare.load_benchmark("lucchi")
-    z0 = (bench.test_image.shape[0] - a.slices) // 2
-    image, truth = bench.test_image[z0:z0 + a.slices], bench.test_mask[z0:z0 + a.slices]
+    z0, image, truth = central_slices(bench, a.slices)
     dark = gamma(image, 1.4)
     whole_dark = gamma(bench.test_image, 1.4)
     windows = {rule: (io.intensity_range(bench.test_image, rule=rule),  # of the whole (changed) test volume

@@ -22,10 +22,10 @@ import json
 from pathlib import Path
 
 import numpy as np
-from ablation import gamma, score  # experiments/ is the script's folder, so on sys.path
+from ablation import central_slices, gamma, score, validation_strip  # experiments/: on sys.path
 from record import header, save
 
-from mitoseg import compare, data, io, train
+from mitoseg import compare, io, train
 
 TEST_GAMMAS = (1.0, 0.7, 1.4)  # changes of the test volume's grey levels (1.0: as published)
 
@@ -44,14 +44,12 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--slices", type=int, default=32, help="central test slices to score")
     a = p.parse_args(argv)
     bench = compare.load_benchmark("lucchi")
-    z0 = (bench.test_image.shape[0] - a.slices) // 2
-    image, truth = bench.test_image[z0:z0 + a.slices], bench.test_mask[z0:z0 + a.slices]
+    z0, image, truth = central_slices(bench, a.slices)
     meta = header(__file__, argv, bench.description, slices=[z0, z0 + a.slices])
     rows = []
     for run in a.runs:
         model, cfg = train.load_model(run)
-        _, val = data.split(bench.train_image, bench.train_mask, cfg.val_fraction,
-                            io.intensity_range(bench.train_image, rule=cfg.normalize))
+        val = validation_strip(bench, cfg)
         row = {"model": f"{cfg.dims}D", "folder": Path(run).name,
                "validation": {g: score(model, cfg, val.image, val.mask, with_input_gamma(val.window, g))
                               for g in a.gammas}}

@@ -18,9 +18,10 @@ import json
 import time
 from pathlib import Path
 
-from record import header, save  # experiments/ is the script's folder, so on sys.path
+from ablation import central_slices, validation_strip  # experiments/ is the script's folder, so on sys.path
+from record import header, save
 
-from mitoseg import compare, data, io, metrics, predict, train
+from mitoseg import compare, io, metrics, predict, train
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -32,15 +33,13 @@ def main(argv: list[str] | None = None) -> None:
                    choices=["none", *predict.TTA_SETS], help="TTA sets to score (none: no TTA)")
     a = p.parse_args(argv)
     bench = compare.load_benchmark("lucchi")
-    z0 = (bench.test_image.shape[0] - a.slices) // 2
-    image, truth = bench.test_image[z0:z0 + a.slices], bench.test_mask[z0:z0 + a.slices]
+    z0, image, truth = central_slices(bench, a.slices)
     meta = header(__file__, argv, bench.description, slices=[z0, z0 + a.slices])
     rows = []
     for run in a.runs:
         model, cfg = train.load_model(run)
         window = io.intensity_range(bench.test_image, rule=cfg.normalize)
-        _, val = data.split(bench.train_image, bench.train_mask, cfg.val_fraction,
-                            io.intensity_range(bench.train_image, rule=cfg.normalize))
+        val = validation_strip(bench, cfg)
         for name in a.sets:
             if cfg.dims == 2 and name.endswith("_z"):
                 continue  # a 2D model has no Z to flip: the same as the set without
