@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from ablation import PER_EPOCH, gamma, score  # experiments/ is the script's folder, so on sys.path
+from ablation import PER_EPOCH, central_slices, gamma, score  # experiments/ is the script's folder, so on sys.path
 from record import header, save
 
 from mitoseg import compare, config, data, io, train
@@ -107,7 +107,7 @@ def main(argv: list[str] | None = None) -> None:
         if not ((folder / "summary.json").exists() and config.Config.load(folder / "config.json") == cfg):
             train_keeping_epochs(cfg, bench, folder)
     summary = train.summarize(folder)
-    z0 = (bench.test_image.shape[0] - a.slices) // 2
+    z0, image, truth = central_slices(bench, a.slices)
     result = header(__file__, argv, bench.description, dims=cfg.dims, seed=cfg.seed, iterations=summary["iterations"],
                     test_slices=[z0, z0 + a.slices], summary=summary)
     files = checkpoints(folder)
@@ -139,7 +139,6 @@ def main(argv: list[str] | None = None) -> None:
         record(chosen)
         print(markdown(json.loads(out.read_text())))
         return
-    image, truth = bench.test_image[z0:z0 + a.slices], bench.test_mask[z0:z0 + a.slices]
     whole_dark = gamma(bench.test_image, TEST_GAMMA)
     windows = (io.intensity_range(bench.test_image, rule=cfg.normalize),
                io.intensity_range(whole_dark, rule=cfg.normalize))

@@ -16,12 +16,12 @@ from __future__ import annotations
 import argparse
 
 import numpy as np
-from ablation import gamma
+from ablation import gamma, validation_strip
 from contrast import changes  # experiments/ is the script's folder, so on sys.path
 from mixture import gap, levels
 from record import header, save
 
-from mitoseg import compare, data, datasets
+from mitoseg import compare, datasets
 from mitoseg.config import Config
 
 STRIDE = 128  # pixels between crops in Y and X (crops overlap)
@@ -44,25 +44,20 @@ def main(argv: list[str] | None = None) -> None:
     a = p.parse_args(argv)
     bench = compare.load_benchmark("lucchi")
     train_levels = levels(bench.train_image)
-
-    def gap_to_training(volume: np.ndarray) -> float:
-        return gap(volume, train_levels=train_levels)
-
     meta = header(__file__, argv, bench.description, note_above=NOTE_ABOVE, slices=a.slices)
     volumes = {f"test volume, {name}": change(bench.test_image) for name, change in changes().items()}
     volumes |= {f"test volume, gamma {g}": gamma(bench.test_image, g) for g in (0.8, 1.2)}
-    strip = data.split(bench.train_image, bench.train_mask, Config().val_fraction)[1].image
-    volumes["training volume, validation strip (last 15 % in X)"] = strip
+    volumes["training volume, validation strip (last 15 % in X)"] = validation_strip(bench, Config()).image
     volumes["Drosophila VNC ssTEM stack (another tissue and microscope)"] = datasets.drosophila()[0]
-    whole = {name: gap_to_training(v) for name, v in volumes.items()}
+    whole = {name: gap(v, train_levels) for name, v in volumes.items()}
     depth = bench.test_image.shape[0]
     starts = (0, (depth - a.slices) // 2, depth - a.slices)
     rows = []
     for size in (256, 384, 512, 768):
         for source, volume in (("test", bench.test_image), ("training", bench.train_image)):
             pieces = [c for z in starts for c in crops(volume[z:z + a.slices], size)]
-            unchanged = [gap_to_training(c) for c in pieces]
-            changed = [gap_to_training(gamma(c, 1.4)) for c in pieces]
+            unchanged = [gap(c, train_levels) for c in pieces]
+            changed = [gap(gamma(c, 1.4), train_levels) for c in pieces]
             rows.append({"size": size, "source": source, "crops": len(pieces), "unchanged": unchanged,
                          "gamma_1.4": changed})
             print(rows[-1], flush=True)

@@ -4,7 +4,7 @@
         [--gammas 1 0.85 0.7 0.55] [--slices 32]
 
 Every contrast table so far found the percentile models scoring higher on the CA1 test volume under gamma 0.7
-than as published (+0.005 to +0.040) and lower under gamma 1.4. If a model simply works best on brighter
+than as published (+0.001 to +0.040) and lower under gamma 1.4. If a model simply works best on brighter
 mid-tones, a fixed gamma g < 1 after its window would gain on the volume as it is and turn a volume darkened by
 gamma 1.4 into one near gamma 1.4 g, which it handles. For each run and each g of `--gammas`, the network's input
 becomes t ** g (t: the volume's linear window, 0..1; a 256-level window for `io.normalize`). The validation strip

@@ -46,13 +46,12 @@ def levels(volume: np.ndarray) -> np.ndarray:
     return io.normalize(np.interp(at, grid, io.reference_levels(volume)), io.intensity_range(volume))
 
 
-def gap(image: np.ndarray, train_image: np.ndarray | None = None, train_levels: np.ndarray | None = None) -> float:
+def gap(image: np.ndarray, train_levels: np.ndarray) -> float:
     """How far `image`'s grey levels, through its own linear window, land from the training volume's, through
-    its own (`levels`; pass `train_levels` to compute them once): the largest difference. About 0 for a change
+    its own (`train_levels`: `levels` of the training volume): the largest difference. About 0 for a change
     of contrast or brightness alone; it grows with a change of gamma and with another mixture of tissue
     (matching undoes the first and mistakes the second for it)."""
-    reference = levels(train_image) if train_levels is None else train_levels
-    return float(np.max(np.abs(levels(image) - reference)))
+    return float(np.max(np.abs(levels(image) - train_levels)))
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -69,7 +68,8 @@ def main(argv: list[str] | None = None) -> None:
              for x in range(0, image.shape[2] - a.crop + 1, a.crop)]
     meta = header(__file__, argv, bench.description, slices=[z0, z0 + a.slices], crop=a.crop,
                   training_foreground=float(bench.train_mask.astype(bool).mean()))
-    meta["gaps"] = {name: gap(v, bench.train_image) for name, v in [
+    train_levels = levels(bench.train_image)
+    meta["gaps"] = {name: gap(v, train_levels) for name, v in [
         ("training volume", bench.train_image), ("test volume", bench.test_image),
         ("test volume, gamma 1.4", gamma(bench.test_image, 1.4)), ("slab", image)]}
     rows = []
@@ -86,7 +86,7 @@ def main(argv: list[str] | None = None) -> None:
                      "matched_gamma": predict_crop(model, cfg, gamma(crop, 1.4), True)}
             row = {"model": f"{cfg.dims}D", "folder": Path(run).name, "y": y, "x": x,
                    "foreground": float(true.mean()), "median_grey": float(np.median(crop)),
-                   "gap": gap(crop, bench.train_image), "gap_gamma": gap(gamma(crop, 1.4), bench.train_image)}
+                   "gap": gap(crop, train_levels), "gap_gamma": gap(gamma(crop, 1.4), train_levels)}
             for key, prob in probs.items():
                 row[key] = dataclasses.asdict(metrics.confusion(prob >= 0.5, true))
             rows.append(row)
