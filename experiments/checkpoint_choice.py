@@ -9,11 +9,11 @@ then score the validation strip (the training volume's last 15 % in X) after gam
 (applied to the whole training volume's grey levels, its window taken again, as the test's change is).
 Rules that choose a checkpoint from validation scores alone (the product's: best validation IoU at any
 threshold; the last epoch; the best mean or worst of the unchanged and changed validation IoUs) each
-pick an epoch; the picked epochs score the central `--slices` test slices as they are and under gamma
-1.4 (IoU at 0.5, no TTA), as every ablation row. The test volume never chooses anything. `--run`: an
-existing run folder instead (its best.pt and last.pt, or its epoch files); `--no-test`: validation only.
-Writes the JSON
-and a Markdown table beside it; an interrupted call keeps what it measured and goes on from there.
+pick an epoch; the picked epochs score the central `--slices` test slices as they are and under each of
+`--test-gammas` (default 1.4; IoU at 0.5, no TTA), as every ablation row. The test volume never chooses
+anything. `--run`: an existing run folder instead (its best.pt and last.pt, or its epoch files);
+`--no-test`: validation only. Writes the JSON and a Markdown table beside it; an interrupted call keeps
+what it measured and goes on from there.
 """
 
 from __future__ import annotations
@@ -28,8 +28,6 @@ from ablation import PER_EPOCH, central_slices, gamma, score  # experiments/ is 
 from record import header, save
 
 from mitoseg import compare, config, data, io, train
-
-TEST_GAMMA = 1.4
 
 
 def train_keeping_epochs(cfg: config.Config, bench, folder: Path) -> None:
@@ -91,6 +89,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--slices", type=int, default=64, help="central test slices to score")
     p.add_argument("--val-gammas", type=float, nargs="+", default=[1.4, 1.7],
                    help="gammas the validation strip is scored under")
+    p.add_argument("--test-gammas", type=float, nargs="+", default=[1.4],
+                   help="gammas the chosen epochs' test slices are scored under (besides as they are)")
     p.add_argument("--runs", default=None, help="folder for the run folder (default: beside --out, in runs/)")
     p.add_argument("--run", default=None, help="an existing run folder to score instead of training one")
     p.add_argument("--no-test", action="store_true", help="score the validation strip only")
@@ -120,7 +120,7 @@ def main(argv: list[str] | None = None) -> None:
     epochs = [epochs[k] for k in sorted(epochs)]
 
     def record(chosen=None, tests=None) -> None:
-        full = dict(result, val_gammas=a.val_gammas, test_gamma=TEST_GAMMA, epochs=epochs, chosen=chosen or {},
+        full = dict(result, val_gammas=a.val_gammas, test_gammas=a.test_gammas, epochs=epochs, chosen=chosen or {},
                     test=tests or {})
         save(out, full, markdown(full))
 
@@ -139,20 +139,19 @@ def main(argv: list[str] | None = None) -> None:
         record(chosen)
         print(markdown(json.loads(out.read_text())))
         return
-    whole_dark = gamma(bench.test_image, TEST_GAMMA)
-    windows = (io.intensity_range(bench.test_image, rule=cfg.normalize),
-               io.intensity_range(whole_dark, rule=cfg.normalize))
-    del whole_dark
+    windows = {1.0: io.intensity_range(bench.test_image, rule=cfg.normalize)}
+    for g in a.test_gammas:  # each change's window is taken on the whole changed test volume, as a user's would be
+        windows[g] = io.intensity_range(gamma(bench.test_image, g), rule=cfg.normalize)
     tests = {int(k): v for k, v in before.get("test", {}).items()}
     for epoch in sorted(set(chosen.values())):
-        if epoch not in tests:
-            model, mcfg = train.load_model(files[epoch])
-            dark = score(model, mcfg, gamma(image, TEST_GAMMA), truth, windows[1])
-            as_is = score(model, mcfg, image, truth, windows[0])
-            tests[epoch] = {"test_iou": as_is, f"test_iou_gamma_{TEST_GAMMA}": dark}
-            print(f"epoch {epoch}: test IoU {tests[epoch]['test_iou']:.4f}, gamma {TEST_GAMMA} "
-                  f"{tests[epoch][f'test_iou_gamma_{TEST_GAMMA}']:.4f}", flush=True)
-            record(chosen, tests)
+        scores = tests.setdefault(epoch, {})
+        for g in (1.0, *a.test_gammas):
+            key = "test_iou" if g == 1.0 else f"test_iou_gamma_{g}"
+            if key not in scores:
+                model, mcfg = train.load_model(files[epoch])
+                scores[key] = score(model, mcfg, image if g == 1.0 else gamma(image, g), truth, windows[g])
+                print(f"epoch {epoch}: {key} {scores[key]:.4f}", flush=True)
+                record(chosen, tests)
     record(chosen, tests)
     print(markdown(json.loads(out.read_text())))
 
@@ -174,13 +173,16 @@ def markdown(result: dict) -> str:
         cells = [f"{e[k]:.4f}" if k in e else "—" for k in keys]
         lines.append(f"| {e['epoch']} | " + " | ".join(cells) + " |")
     if result["chosen"]:
-        t = result["test_gamma"]
-        lines += ["", f"| rule | epoch | test IoU | test IoU, gamma {t} |", "|---|---|---|---|"]
+        gs = result.get("test_gammas") or [result["test_gamma"]]  # records before --test-gammas: one gamma
+        lines += ["", "| rule | epoch | test IoU | " + " | ".join(f"test IoU, gamma {t}" for t in gs) + " |",
+                  "|---|---|---|" + "---|" * len(gs)]
         for rule, epoch in result["chosen"].items():
-            s = result["test"].get(str(epoch), result["test"].get(epoch))
-            dark = s[f"test_iou_gamma_{t}"] if s else None
-            cells = f"{s['test_iou']:.4f} | {dark:.4f} ({dark - s['test_iou']:+.4f})" if s else "— | —"
-            lines.append(f"| {rule} | {epoch} | {cells} |")
+            s = result["test"].get(str(epoch), result["test"].get(epoch)) or {}
+            cells = [f"{s['test_iou']:.4f}" if "test_iou" in s else "—"]
+            for t in gs:
+                x = s.get(f"test_iou_gamma_{t}")
+                cells.append("—" if x is None or "test_iou" not in s else f"{x:.4f} ({x - s['test_iou']:+.4f})")
+            lines.append(f"| {rule} | {epoch} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
