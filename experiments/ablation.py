@@ -57,6 +57,8 @@ VARIANTS = {  # folder: (name, Config changes); the first is the recipe every ot
     "gamma_field": ("a gamma varying smoothly across half the patches (`--gamma-field 0.5`)", {"gamma_field": 0.5}),
     "gamma_field_seed1": ("a gamma varying smoothly across half the patches, another seed",
                           {"gamma_field": 0.5, "seed": 1}),
+    "wide_slice_jitter": ("twice the per-slice intensity jitter (gain 1 +- 0.2, offset +- 0.1; brightness drift)",
+                          {"slice_jitter": 0.2}),
 }
 LAST = "recipe, last checkpoint instead of best validation IoU"
 
