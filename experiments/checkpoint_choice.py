@@ -144,11 +144,12 @@ def main(argv: list[str] | None = None) -> None:
         windows[g] = io.intensity_range(gamma(bench.test_image, g), rule=cfg.normalize)
     tests = {int(k): v for k, v in before.get("test", {}).items()}
     for epoch in sorted(set(chosen.values())):
-        scores = tests.setdefault(epoch, {})
+        scores, model = tests.setdefault(epoch, {}), None
         for g in (1.0, *a.test_gammas):
             key = "test_iou" if g == 1.0 else f"test_iou_gamma_{g}"
             if key not in scores:
-                model, mcfg = train.load_model(files[epoch])
+                if model is None:
+                    model, mcfg = train.load_model(files[epoch])
                 scores[key] = score(model, mcfg, image if g == 1.0 else gamma(image, g), truth, windows[g])
                 print(f"epoch {epoch}: {key} {scores[key]:.4f}", flush=True)
                 record(chosen, tests)
