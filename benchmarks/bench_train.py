@@ -10,6 +10,8 @@ patches drawn by `data.PatchSampler` from the real Drosophila stack (mirror-tile
 deeper than its 20 sections), `data.augmenter` augmentation, then the step, timed apart from the data
 ("step") so the model's cost is seen alone; "iteration" is data + step. Models are untrained and seeded.
 Medians over --steps timed iterations after --warmup untimed ones (the first allocates AdamW's state).
+Every config runs twice, side by side: with `train.adamw` (fused AdamW, as `train` runs it) and, as the
+baseline, with torch's default AdamW (as `train` ran it before 2026-12-05); the update is timed apart too.
 
 Run from the repository root:
     .venv/bin/python benchmarks/bench_train.py            # about 3 minutes on 2 CPU cores
@@ -30,7 +32,7 @@ import torch
 from mitoseg import data, io
 from mitoseg.config import Config, cpu, gpu, quick
 from mitoseg.models import autocast, bf16_native, build_model
-from mitoseg.train import _finite_step, learning_rate
+from mitoseg.train import _finite_step, adamw, learning_rate
 
 
 def configs(small: bool, full: bool, bf16: bool) -> list[tuple[str, Config]]:
@@ -48,9 +50,13 @@ def configs(small: bool, full: bool, bf16: bool) -> list[tuple[str, Config]]:
     return out
 
 
+BASELINE = ", AdamW unfused (before 12-05)"  # the row's name suffix: torch's default AdamW, as train ran it before
+
+
 def bench_config(name: str, cfg: Config, volume: data.Volume, device: torch.device, steps: int, warmup: int,
-                 seed: int) -> dict:
-    """Time `warmup + steps` training iterations of one config; medians of the last `steps`."""
+                 seed: int, baseline: bool = False) -> dict:
+    """Time `warmup + steps` training iterations of one config; medians of the last `steps`. The optimizer
+    is `train.adamw`'s, or with `baseline` torch's default AdamW (as `train` ran before 2026-12-05)."""
     from monai.losses import DiceCELoss
 
     torch.manual_seed(seed)
@@ -59,12 +65,13 @@ def bench_config(name: str, cfg: Config, volume: data.Volume, device: torch.devi
     model = model.to(memory_format=fmt)  # as train() does
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    optimizer = (torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay) if baseline
+                 else adamw(model, cfg, device))
     loss_fn = DiceCELoss(sigmoid=True)
     sampler = data.PatchSampler(volume, cfg.patch, cfg.fg_fraction, np.random.default_rng(seed))
     tf = data.augmenter(seed, cfg.dims)
     model.train()
-    data_s, step_s, losses, skipped = [], [], [], 0
+    data_s, step_s, update_s, losses, skipped = [], [], [], [], 0
     for i in range(warmup + steps):
         common.sync(device)
         t0 = time.perf_counter()
@@ -80,7 +87,12 @@ def bench_config(name: str, cfg: Config, volume: data.Volume, device: torch.devi
             loss = loss_fn(model(x).float(), y)
         optimizer.zero_grad(set_to_none=True)
         if _finite_step(model, loss):  # as train() does: a non-finite step is skipped
+            common.sync(device)
+            t_update = time.perf_counter()
             optimizer.step()
+            common.sync(device)
+            if i >= warmup:
+                update_s.append(time.perf_counter() - t_update)
         else:
             skipped += 1
         loss = loss.item()
@@ -102,6 +114,7 @@ def bench_config(name: str, cfg: Config, volume: data.Volume, device: torch.devi
         "samples_per_batch": cfg.samples_per_batch, "patch_zyx": list(cfg.patch), "voxels_per_iteration": voxels,
         "amp_bf16": bool(cfg.amp and bf16_native(device)), "skipped_steps": skipped,
         "step_seconds_median": step_med, "step_seconds_min": min(step_s), "step_seconds_all": step_s,
+        "adamw_seconds_median": common.median(update_s) if update_s else None,
         "data_seconds_median": data_med, "data_seconds_all": data_s,
         "iteration_seconds_median": common.median([a + b for a, b in zip(step_s, data_s, strict=True)]),
         "voxels_per_second_step": voxels / step_med,
@@ -134,11 +147,14 @@ def main() -> None:
 
     rows = []
     for name, cfg in todo:
-        print(f"   {name}: {cfg.samples_per_batch} x {cfg.patch} ...", flush=True)
-        rows.append(bench_config(name, cfg, volume, device, steps, args.warmup, args.seed))
+        for baseline in (False, True):
+            print(f"   {name}{BASELINE if baseline else ''}: {cfg.samples_per_batch} x {cfg.patch} ...", flush=True)
+            rows.append(bench_config(name + (BASELINE if baseline else ""), cfg, volume, device, steps, args.warmup,
+                                     args.seed, baseline))
     cols = [("name", "model", ""), ("input", "batch (n x [Z x] Y x X)", ""), ("skipped_steps", "skipped", "d"),
             ("voxels_per_iteration", "voxels/iter", ",d"),
-            ("step_seconds_median", "step s", ".3f"), ("data_seconds_median", "data s", ".3f"),
+            ("step_seconds_median", "step s", ".3f"), ("adamw_seconds_median", "of it AdamW s", ".3f"),
+            ("data_seconds_median", "data s", ".3f"),
             ("iteration_seconds_median", "iter s", ".3f"), ("voxels_per_second_step", "voxels/s (step)", ",.0f"),
             ("voxels_per_second_iteration", "voxels/s (iter)", ",.0f"), ("peak_memory_mib", "peak MiB", ",.0f")]
     print()
@@ -158,6 +174,12 @@ def main() -> None:
                 ratios[f"{prefix} {d} bf16 speed-up"] = speedup
                 print(f"   {prefix} {d}: bf16 step {speedup:.2f}x faster than float32, "
                       f"{bf16['skipped_steps']} non-finite steps skipped")
+        for name in [r["name"] for r in rows if r["name"].startswith(prefix + " ") and BASELINE not in r["name"]]:
+            base = by.get(name + BASELINE)
+            if base:
+                ratios[f"{name} over unfused AdamW"] = base["step_seconds_median"] / by[name]["step_seconds_median"]
+                print(f"   {name}: step {by[name]['step_seconds_median']:.3f} s with the fused AdamW, "
+                      f"{base['step_seconds_median']:.3f} s unfused ({ratios[f'{name} over unfused AdamW']:.2f}x)")
     print(f"   step = forward+backward+AdamW (median of {steps}); data = sampling+augmentation+copy to device")
 
     name = common.output_name("train", args.small)

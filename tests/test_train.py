@@ -90,6 +90,28 @@ def test_resume_continues_exactly(tmp_path, small, monkeypatch):
     assert len(tr.read_log(tmp_path / "b")) == 2
 
 
+def test_adamw_is_fused_and_resumes_a_checkpoint_of_the_unfused_one(tmp_path, small, monkeypatch):
+    """Training updates with the fused AdamW; a run killed with a checkpoint of torch's default AdamW (as
+    saved before 2026-12-05) resumes fused and ends with the uninterrupted run's weights, to float32 rounding."""
+    model = tr.build_model(tiny(2))
+    assert tr.adamw(model, tiny(2), torch.device("cpu")).defaults["fused"] is True
+    tr.train(tiny(2), *small, tmp_path / "a", progress=False)
+    _killed_after_first_checkpoint(tiny(2), small, tmp_path / "b", monkeypatch)
+    ckpt = torch.load(tmp_path / "b" / "last.pt", weights_only=False)
+    assert all(g["fused"] is True for g in ckpt["optimizer"]["param_groups"])
+    for group in ckpt["optimizer"]["param_groups"]:
+        group["fused"] = None  # what the default AdamW saved
+    torch.save(ckpt, tmp_path / "b" / "last.pt")
+    real, made = tr.adamw, []
+    monkeypatch.setattr(tr, "adamw", lambda *args: made.append(real(*args)) or made[-1])
+    tr.train(tiny(2), *small, tmp_path / "b", resume=True, progress=False)
+    assert [g["fused"] for g in made[0].param_groups] == [True]
+    a = torch.load(tmp_path / "a" / "last.pt", weights_only=False)["model"]
+    b = torch.load(tmp_path / "b" / "last.pt", weights_only=False)["model"]
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], msg=k)
+
+
 def test_resume_after_the_batchnorm_freeze_keeps_the_frozen_statistics(tmp_path, small, monkeypatch):
     """Frozen in epoch 1 (bn_freeze), killed after it and resumed, a run ends with the weights and the
     statistics of an uninterrupted one: the resumed run neither re-estimates nor updates them."""

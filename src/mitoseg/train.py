@@ -333,7 +333,7 @@ def _train(config: Config, image: np.ndarray, mask: np.ndarray, out: Path, resum
     model = channels_last(build_model(config).to(device), config.dims)
     if config.init and not resume:
         load_init(model, config, device)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    optimizer = adamw(model, config, device)
     ema = averaged(model, config.ema)
     n_iter = iterations_per_epoch(config, train_vol.image.shape)
     total_iter = n_iter * config.epochs
@@ -344,6 +344,8 @@ def _train(config: Config, image: np.ndarray, mask: np.ndarray, out: Path, resum
         if "optimizer" not in ckpt:  # a finished run: nothing left to do
             return summarize(out)
         model.load_state_dict(ckpt["model"])
+        for group in ckpt["optimizer"]["param_groups"]:  # a checkpoint from before the fused update: fuse it too
+            group["fused"] = optimizer.defaults["fused"]
         optimizer.load_state_dict(ckpt["optimizer"])
         if ema is not None:
             ema.load_state_dict(ckpt["ema"])
@@ -500,6 +502,14 @@ def summarize(run: str | Path) -> dict:
     }
     (run / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     return summary
+
+
+def adamw(model: torch.nn.Module, config: Config, device: torch.device) -> torch.optim.AdamW:
+    """AdamW with the run's learning rate and weight decay, fused on a CPU or CUDA device: one kernel
+    updates every weight (the same arithmetic to float32 rounding) where the default makes about ten passes
+    over them (`benchmarks/bench_train.py`, 2 CPU cores: the 3D model's update 0.054 s instead of 0.102 s)."""
+    fused = True if device.type in ("cpu", "cuda") else None
+    return torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay, fused=fused)
 
 
 def load_model(run: str | Path, device: str | torch.device = "auto") -> tuple[torch.nn.Module, Config]:
