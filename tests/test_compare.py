@@ -1,6 +1,7 @@
 import csv
 import json
 
+import numpy as np
 import pytest
 
 from mitoseg import compare as cmp
@@ -48,14 +49,29 @@ def test_compare_writes_report(tmp_path, tiny_bench):
         assert all(0 <= r["monitor_iou"] <= 1 for r in read_log(out / f"model_{d}"))  # the test curve
         chosen = json.loads((out / f"model_{d}" / "postprocessing.json").read_text())
         assert chosen["chosen_on"] == "validation split" and chosen["chosen"] == saved["models"][d]["postprocessing"]
+    ensemble = out / "model_2D+3D"  # the mean of the two models' probabilities, scored as a third row
+    scored = {**saved["models"], cmp.ENSEMBLE: saved["ensemble"]}
+    for name in cmp.PROBABILITIES:
+        two, three = (cmp.io.open_volume(out / f"model_{d}" / name)[:].astype(int) for d in ("2D", "3D"))
+        assert np.array_equal(cmp.io.open_volume(ensemble / name)[:], (two + three + 1) // 2), name
+    mean = cmp.io.open_volume(ensemble / "test_probs.zarr")[:] >= 128
+    assert saved["ensemble"]["variants"]["raw"] == cmp._scores(mean, tiny_bench.test_mask, 0)
+    assert set(saved["ensemble"]["variants"]) == {"raw", "tta", "tta_post"}
+    chosen = json.loads((ensemble / "postprocessing.json").read_text())
+    assert chosen["chosen_on"] == "validation split" and chosen["chosen"] == saved["ensemble"]["postprocessing"]
     md = (out / "report.md").read_text()
+    assert "| mitoseg 2D + 3D (mean) |" in md and f"| {cmp.ENSEMBLE} | + TTA + post-processing |" in md
+    for d, row in scored.items():  # the validation IoU of the chosen post-processing ranks the three rows
+        assert row["validation_jaccard"] == max(c["jaccard"] for c in json.loads(
+            (out / f"model_{d}" / "postprocessing.json").read_text())["candidates"])
+    assert f"they rank {max(scored, key=lambda d: scored[d]['validation_jaccard'])} " in md
     assert "0.6660" in md and "0.9481" in md  # the study's numbers beside ours
     assert f"{results['models']['2D']['f1']:.4f}" in md
     assert "+ TTA + post-processing" in md and "epochs per model" in md and "## Where the errors are" in md
     assert str(tmp_path) not in md and str(tmp_path) not in (out / "report.json").read_text()
     assert not cmp.io.partial_path(out).exists()
-    best = max(saved["models"], key=lambda d: saved["models"][d]["jaccard"])
-    truth = cmp.instances.label(tiny_bench.test_mask, 26, min_size=saved["models"][best]["postprocessing"]["min_size"])
+    best = max(scored, key=lambda d: scored[d]["jaccard"])
+    truth = cmp.instances.label(tiny_bench.test_mask, 26, min_size=scored[best]["postprocessing"]["min_size"])
     rows = list(csv.DictReader(open(out / "objects_truth.csv")))
     assert len(rows) == truth.max() and {"sphericity", "length_um", "touches_border"} <= set(rows[0])
     with pytest.raises(MitosegError, match="already exists"):

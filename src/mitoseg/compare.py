@@ -2,7 +2,8 @@
 
 The report folder holds ``report.md`` and ``report.json`` (the study's Table 1 layout, with the
 study's own numbers beside ours), ``compare.json`` (the job's settings), one run folder per model
-(config, log, checkpoints, test probabilities) and the figures.
+(config, log, checkpoints, test probabilities), ``model_2D+3D`` (the mean of the two models' probabilities,
+evaluated as a third row) and the figures.
 """
 
 from __future__ import annotations
@@ -113,14 +114,34 @@ def configs(preset: str, epochs: int | None, minutes: float | None, voxel_size, 
 
 
 def _predict(model, cfg: Config, image: np.ndarray, path: Path, tta: bool, progress: bool,
-             window: tuple[float, ...] | None = None) -> tuple[np.ndarray, float]:
-    """Probabilities uint8 (0..255) of a whole volume through the product's blockwise predictor, and seconds."""
+             window: tuple[float, ...] | None = None) -> float:
+    """Probabilities uint8 (0..255) of a whole volume through the product's blockwise predictor, written to the
+    Zarr array `path`; returns the seconds it took."""
     t0 = time.perf_counter()
     tile = default_tile(cfg.dims, image.shape, cfg.tile)
     predict_volume(model, image, path, cfg.dims, tile, cfg.overlap, amp=cfg.amp, tta=tta, overwrite=True,
                    progress=progress, window=window)
-    seconds = time.perf_counter() - t0
-    return io.open_volume(path)[:], seconds
+    return time.perf_counter() - t0
+
+
+PROBABILITIES = ("val_probs.zarr", "test_probs.zarr", "test_probs_tta.zarr")  # what a run folder's evaluation saves
+ENSEMBLE = "2D+3D"  # the report's name of the mean of the two models' probabilities
+
+
+def average_runs(members: list[Path], folder: Path) -> None:
+    """Write into `folder` the voxel-wise mean (uint8, rounded half up) of the probabilities that every one
+    of the `members` run folders holds (`PROBABILITIES`): an ensemble, evaluated like one model."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for name in PROBABILITIES:
+        paths = [m / name for m in members]
+        if not all(p.exists() for p in paths):
+            continue
+        total = io.open_volume(paths[0])[:].astype(np.uint16)
+        for path in paths[1:]:
+            total += io.open_volume(path)[:]
+        mean = ((total + len(paths) // 2) // len(paths)).astype(np.uint8)
+        del total
+        zarr.create_array(str(folder / name), data=mean, chunks=(32, 256, 256), overwrite=True)
 
 
 def _scores(mask: np.ndarray, truth: np.ndarray, min_size: int, labels: np.ndarray | None = None) -> dict:
@@ -168,26 +189,43 @@ def run_model(cfg: Config, bench: Benchmark, folder: Path, progress: bool, tta: 
 
 def evaluate_model(folder: Path, bench: Benchmark, progress: bool = True, tta: bool = True,
                    device: str = "auto") -> dict:
-    """Evaluate the trained run in `folder` as `compare` does: choose its post-processing on the
-    validation split, predict the test volume raw, with test-time augmentation (TTA, unless `tta` is
-    False) and with (TTA +) post-processing, score each, label the last and say where its errors lie
-    (`metrics.error_places`). Writes postprocessing.json, the test probabilities and test_labels.zarr into
-    `folder`; returns the final variant's scores at the top level, each variant under "variants"."""
+    """Evaluate the trained run in `folder` as `compare` does: predict its validation split and the test
+    volume raw and with test-time augmentation (TTA, unless `tta` is False) into `folder`
+    (`PROBABILITIES`), then score them (`evaluate_probabilities`). Returns its scores with the inference
+    seconds and peak memory."""
     model, cfg = load_model(folder, device)
     test_window = io.intensity_range(bench.test_image, rule=cfg.normalize)
     window = io.intensity_range(bench.train_image, rule=cfg.normalize)  # the validation split: as in training
     _, val = split(bench.train_image, bench.train_mask, cfg.val_fraction)
-    val_probs, _ = _predict(model, cfg, val.image, folder / "val_probs.zarr", tta, progress, window)
-    pp, candidates = postprocess.choose(val_probs, val.mask)
-    del val_probs
+    _predict(model, cfg, val.image, folder / "val_probs.zarr", tta, progress, window)
+    infer_s = _predict(model, cfg, bench.test_image, folder / "test_probs.zarr", False, progress, test_window)
+    tta_s = _predict(model, cfg, bench.test_image, folder / "test_probs_tta.zarr", True, progress,
+                     test_window) if tta else None
+    row = evaluate_probabilities(folder, bench, tta, cfg.val_fraction)
+    return {
+        **row, "inference_seconds": infer_s, "inference_tta_seconds": tta_s,
+        "inference_voxels_per_second": bench.test_image.size / infer_s,
+        "peak_memory_mib": memory.peak_mib(next(model.parameters()).device),
+    }
+
+
+def evaluate_probabilities(folder: Path, bench: Benchmark, tta: bool = True, val_fraction: float = 0.15) -> dict:
+    """Score the probabilities saved in `folder` (`PROBABILITIES`; a model's or an ensemble's): choose the
+    post-processing on the validation split's, score the test volume's raw, with TTA (unless `tta` is False)
+    and with (TTA +) post-processing, label the last and say where its errors lie (`metrics.error_places`).
+    Writes postprocessing.json and test_labels.zarr into `folder`; returns the final variant's scores at the
+    top level, each variant under "variants", and the validation split's IoU under the chosen post-processing
+    ("validation_jaccard"), which ranks a model against the ensemble without the test volume."""
+    _, val = split(bench.train_image, bench.train_mask, val_fraction)
+    pp, candidates = postprocess.choose(io.open_volume(folder / "val_probs.zarr")[:], val.mask)
     (folder / "postprocessing.json").write_text(json.dumps({"chosen": pp.as_dict(), "chosen_on": "validation split",
                                                             "candidates": candidates}, indent=2) + "\n")
-    probs, infer_s = _predict(model, cfg, bench.test_image, folder / "test_probs.zarr", False, progress, test_window)
+    memory.release()
+    probs = io.open_volume(folder / "test_probs.zarr")[:]
     variants = {"raw": _scores(probs >= 128, bench.test_mask, 0)}
-    tta_s = None
     if tta:
         del probs
-        probs, tta_s = _predict(model, cfg, bench.test_image, folder / "test_probs_tta.zarr", True, progress)
+        probs = io.open_volume(folder / "test_probs_tta.zarr")[:]
         variants["tta"] = _scores(probs >= 128, bench.test_mask, 0)
     final = postprocess.apply(probs, pp)
     del probs
@@ -199,22 +237,29 @@ def evaluate_model(folder: Path, bench: Benchmark, progress: bool = True, tta: b
     errors = metrics.error_places(final, bench.test_mask, bench.voxel_size)
     del final
     memory.release()
-    return {
-        **variants[list(variants)[-1]], "variants": variants, "postprocessing": pp.as_dict(), "errors": errors,
-        "inference_seconds": infer_s, "inference_tta_seconds": tta_s,
-        "inference_voxels_per_second": bench.test_image.size / infer_s,
-        "peak_memory_mib": memory.peak_mib(next(model.parameters()).device),
-    }
+    return {**variants[list(variants)[-1]], "variants": variants, "postprocessing": pp.as_dict(), "errors": errors,
+            "validation_jaccard": max(c["jaccard"] for c in candidates)}  # the chosen post-processing's
 
 
 ROWS = [("precision", "Precision"), ("recall", "Recall"), ("f1", "F1 / Dice"), ("jaccard", "Jaccard (foreground IoU)"),
         ("accuracy", "Accuracy (voxels right)"), ("mean_iou", "Mean IoU (fg, bg)"),
         ("study_jaccard", "Study's 'Jaccard Index/Accuracy'"), ("object_f1_iou50", "Object F1 (IoU >= 0.5)"),
+        ("validation_jaccard", "Validation IoU (chosen post-processing)"),
         ("epochs", "Epochs"), ("voxels_seen", "Training voxels seen (millions)"),
         ("seconds_per_epoch", "Seconds per epoch"), ("train_seconds", "Training time (s)"),
         ("inference_seconds", "Inference time, test volume (s)"), ("peak_memory_mib", "Peak memory (MiB)")]
 VARIANTS = {"raw": "raw (threshold 0.5)", "tta": "+ TTA (4 in-plane flips)", "tta_post": "+ TTA + post-processing",
             "post": "+ post-processing"}
+
+
+def _rows(results: dict) -> dict[str, dict]:
+    """The report's rows by name: the two trained models, then their ensemble where the report has one."""
+    return {**results["models"], **({ENSEMBLE: results["ensemble"]} if results.get("ensemble") else {})}
+
+
+def _title(name: str) -> str:
+    """A row's name in figures: "2D U-Net", "3D U-Net", "2D + 3D U-Nets (mean)"."""
+    return "2D + 3D U-Nets (mean)" if name == ENSEMBLE else f"{name} U-Net"
 
 
 def _cell(value, key: str = "") -> str:
@@ -230,10 +275,11 @@ def _cell(value, key: str = "") -> str:
 
 
 def table_markdown(results: dict) -> str:
-    """The study's Table 1 with our two models (final variant) beside the study's numbers."""
-    lines = ["| Metric | mitoseg 2D | mitoseg 3D | study 2D | study 3D |", "|---|---|---|---|---|"]
+    """The study's Table 1 with our two models and their ensemble (final variant) beside the study's numbers."""
+    lines = ["| Metric | mitoseg 2D | mitoseg 3D | mitoseg 2D + 3D (mean) | study 2D | study 3D |",
+             "|---|---|---|---|---|---|"]
     for key, title in ROWS:
-        ours = [results["models"].get(d, {}).get(key) for d in ("2D", "3D")]
+        ours = [_rows(results).get(d, {}).get(key) for d in ("2D", "3D", ENSEMBLE)]
         study = [STUDY[d].get(key) for d in ("2D", "3D")]
         if key == "train_seconds":
             study = [STUDY[d]["train_minutes"] * 60.0 for d in ("2D", "3D")]
@@ -246,7 +292,7 @@ def variants_markdown(results: dict) -> str:
     keys = [("jaccard", "IoU"), ("f1", "F1"), ("precision", "precision"), ("recall", "recall"),
             ("accuracy", "accuracy"), ("object_f1_iou50", "object F1")]
     lines = ["| model | prediction | " + " | ".join(t for _, t in keys) + " |", "|---|---|" + "---|" * len(keys)]
-    for d, row in results["models"].items():
+    for d, row in _rows(results).items():
         for v, scores in row["variants"].items():
             lines.append(f"| {d} | {VARIANTS[v]} | " + " | ".join(f"{scores[k]:.4f}" for k, _ in keys) + " |")
     return "\n".join(lines) + "\n"
@@ -260,7 +306,7 @@ def errors_markdown(results: dict) -> str:
              + " | ".join(f"within {w} voxel{'s' * (w > 1)} of the true surface" for w in widths)
              + " | farther | IoU if the whole-object errors were right | IoU if the errors within "
              + f"{widths[1]} voxels were right |", "|---|---|---|---|" + "---|" * (len(widths) + 3)]
-    for d, row in results["models"].items():
+    for d, row in _rows(results).items():
         e = row.get("errors")
         if not e:
             continue
@@ -282,6 +328,16 @@ def _budget_words(results: dict) -> str:
     return f"{b['epochs']} epochs per model (equal epochs)"
 
 
+def _ranking(results: dict) -> str:
+    """One sentence: the rows by validation IoU, best first (none for reports written before it was kept)."""
+    rows = {d: r["validation_jaccard"] for d, r in _rows(results).items() if r.get("validation_jaccard") is not None}
+    if not rows:
+        return ""
+    order = sorted(rows, key=rows.get, reverse=True)
+    return ("On the validation split (no test volume needed) they rank " + ", ".join(
+        f"{d} {rows[d]:.4f}" for d in order) + ".")
+
+
 def write_report(out: Path, results: dict) -> None:
     """report.json and report.md in the report folder."""
     (out / "report.json").write_text(json.dumps(results, indent=2) + "\n")
@@ -290,7 +346,7 @@ def write_report(out: Path, results: dict) -> None:
     models = results["models"]
     pp = "; ".join(f"{d}: threshold {r['postprocessing']['threshold']}, objects under "
                    f"{r['postprocessing']['min_size']:,} voxels removed, holes "
-                   f"{'filled' if r['postprocessing']['fill_holes'] else 'kept'}" for d, r in models.items())
+                   f"{'filled' if r['postprocessing']['fill_holes'] else 'kept'}" for d, r in _rows(results).items())
     cfg = results["configs"][0]
     epoch = (f"an epoch is {cfg['iterations_per_epoch']} iterations (not the study's epoch; compare the "
              "voxels seen)" if cfg.get("iterations_per_epoch") else "an epoch samples as many voxels as the training "
@@ -308,7 +364,10 @@ def write_report(out: Path, results: dict) -> None:
         f"the post-processing chosen on the validation split ({pp}); object F1 counts objects of at "
         "least that size in prediction and truth. Foreground Jaccard is TP / (TP + FP + FN). The study's "
         "'Jaccard Index/Accuracy' (0.948 beside F1 0.666) cannot be a foreground Jaccard, which is at most "
-        "F1; it is close to voxel accuracy or mean IoU, so both are listed.", "",
+        "F1; it is close to voxel accuracy or mean IoU, so both are listed. The 2D + 3D column is no third "
+        "training: the voxel-wise mean of the two models' probabilities (validation split and test volume, "
+        "raw and with TTA), its post-processing chosen on the validation split as theirs. "
+        + _ranking(results), "",
         "## What each step adds (test volume)", "", variants_markdown(results),
     ]
     errors = errors_markdown(results)
@@ -334,7 +393,8 @@ def write_report(out: Path, results: dict) -> None:
                  "Published numbers are on the EPFL files; ours are on the data named above.", ""]
     text += ["![data](figure_data.png)", "![errors](figure_errors.png)", "![instances](figure_instances.png)",
              "![curves](figure_curves.png)", "",
-             "Objects of the best model and of the ground truth (same minimum size), one row each with size, "
+             "Objects of the best-scoring row (a model or the 2D + 3D mean) and of the ground truth (same "
+             "minimum size), one row each with size, "
              "surface, sphericity, length and width: `objects_predicted.csv`, `objects_truth.csv`.", "",
              "![morphology](figure_morphology.png)", ""]
     (out / "report.md").write_text("\n".join(text))
@@ -349,19 +409,20 @@ def figures(out: Path, bench: Benchmark, results: dict) -> None:
     pixel_nm = bench.voxel_size[-1]
     plots.save(plots.figure_study(image, bench.test_mask[z], z, pixel_nm), out / "figure_data.png")
     preds = {}
-    for d, row in results["models"].items():
+    for d, row in _rows(results).items():
         name = "test_probs_tta.zarr" if "tta" in row["variants"] else "test_probs.zarr"
         probs = io.open_volume(out / f"model_{d}" / name)[z]
         pp = postprocess.PostProcessing(**row["postprocessing"])
-        preds[f"{d} U-Net"] = postprocess.apply(probs[None], dataclasses.replace(pp, min_size=0))[0]
+        preds[_title(d)] = postprocess.apply(probs[None], dataclasses.replace(pp, min_size=0))[0]
     plots.save(plots.figure_errors(image, preds, bench.test_mask[z], z, pixel_nm), out / "figure_errors.png")
-    best = max(results["models"], key=lambda d: results["models"][d]["jaccard"])
+    rows = _rows(results)
+    best = max(rows, key=lambda d: rows[d]["jaccard"])
     labels = io.open_volume(out / f"model_{best}" / "test_labels.zarr")[:]
     plots.save(plots.figure_instances(bench.test_image[z], labels, z, bench.voxel_size,
-                                      name=f"{best} U-Net, predicted"), out / "figure_instances.png")
-    min_size = results["models"][best]["postprocessing"]["min_size"]
+                                      name=f"{_title(best)}, predicted"), out / "figure_instances.png")
+    min_size = rows[best]["postprocessing"]["min_size"]
     truth = instances.label(bench.test_mask, 26, min_size=min_size)
-    tables = {f"{best} U-Net": instances.morphology(labels, instances.measure(labels, bench.voxel_size),
+    tables = {_title(best): instances.morphology(labels, instances.measure(labels, bench.voxel_size),
                                                    bench.voxel_size),
               "ground truth": instances.morphology(truth, instances.measure(truth, bench.voxel_size), bench.voxel_size)}
     del labels, truth
@@ -407,6 +468,12 @@ def compare(out: str | Path, dataset: str = "auto", data: str | Path | None = No
         print(f"--- {name} U-Net", flush=True)
         results["models"][name] = run_model(cfg, bench, tmp / f"model_{name}", progress, tta, monitor)
         (tmp / "compare.json").write_text(json.dumps(results, indent=2, default=str))  # kept if stopped later
+    print(f"--- {ENSEMBLE}: the mean of the two models' probabilities", flush=True)
+    t0 = time.perf_counter()
+    average_runs([tmp / f"model_{d}" for d in results["models"]], tmp / f"model_{ENSEMBLE}")
+    results["ensemble"] = {**evaluate_probabilities(tmp / f"model_{ENSEMBLE}", bench, tta, cfgs[0].val_fraction),
+                           "evaluation_seconds": time.perf_counter() - t0}
+    (tmp / "compare.json").write_text(json.dumps(results, indent=2, default=str))
     write_report(tmp, results)  # first: a run stopped while drawing keeps its report in the .partial folder
     figures(tmp, bench, results)
     io.finish_output(out, overwrite)

@@ -110,7 +110,7 @@ def _test_image(data: dict) -> Any | None:
 def report_layers(folder: str | Path) -> list[LayerData]:
     """A ``mitoseg compare`` report folder as layers at its voxel size (report.json): "test image" (when
     the data set is found here), then per model "2D probability" (with TTA when predicted) and
-    "2D instances", and the same for 3D."""
+    "2D instances", the same for the two models' mean ("2D+3D ...", `model_2D+3D`) and for 3D."""
     folder = Path(folder)
     data = json.loads((folder / "report.json").read_text())["data"]
     voxel = tuple(float(v) for v in data["voxel_size"])
