@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 from ablation import central_slices, validation_strip  # experiments/ is the script's folder, so on sys.path
 from contrast import changes
-from record import header, save
+from record import header, provenance, save
 
 from mitoseg import compare, io, metrics, predict, train
 
@@ -84,8 +84,7 @@ def table(rows: list[dict], meta: dict) -> str:
     lines = [f"Foreground IoU at probability 0.5, no TTA; test: central {z1 - z0} slices ({z0}..{z1 - 1}) under "
              "each change, each changed volume through its own window; validation: the training volume's "
              "validation split; mean: the voxel-wise mean of the 2D and the 3D model's probabilities. "
-             f"Data: {meta['data']}. Machine: {meta['machine']['cpu']} ({meta['machine']['cpu_count']} cores). "
-             f"Date: {meta['date']}. Command: `{meta['command']}`", "",
+             + provenance(meta), "",
              "| models | change | validation 2D / 3D / mean | test 2D | test 3D | test mean |",
              "|---|---|---|---|---|---|"]
     for r in rows:

@@ -25,3 +25,10 @@ def save(out: str | Path, record: dict, markdown: str) -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(record, indent=2) + "\n")
     out.with_suffix(".md").write_text(markdown.rstrip("\n") + "\n")
+
+
+def provenance(meta: dict) -> str:
+    """The sentence a table's caption ends with: the data, machine, date and command of `header`'s record."""
+    machine = meta["machine"]
+    return (f"Data: {meta['data']}. Machine: {machine['cpu']} ({machine['cpu_count']} cores). "
+            f"Date: {meta['date']}. Command: `{meta['command']}`")

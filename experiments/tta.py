@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 
 from ablation import central_slices, validation_strip  # experiments/ is the script's folder, so on sys.path
-from record import header, save
+from record import header, provenance, save
 
 from mitoseg import compare, io, metrics, predict, train
 
@@ -68,8 +68,7 @@ def table(rows: list[dict], z0: int, slices: int, meta: dict) -> str:
     raw = {r["folder"]: r for r in rows if r["tta"] == "none"}
     lines = [f"Foreground IoU at probability 0.5; test: central {slices} slices ({z0}..{z0 + slices - 1}); "
              "validation: the training volume's validation split; in brackets: against the same model "
-             f"without TTA. Data: {meta['data']}. Machine: {meta['machine']['cpu']} "
-             f"({meta['machine']['cpu_count']} cores). Date: {meta['date']}. Command: `{meta['command']}`", "",
+             "without TTA. " + provenance(meta), "",
              "| model | TTA | transforms | validation IoU | test IoU | seconds (test slices) |",
              "|---|---|---|---|---|---|"]
     for r in rows:
