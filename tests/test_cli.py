@@ -37,6 +37,25 @@ def runs(files):
     return files
 
 
+def test_predict_with_two_models_writes_the_mean_of_their_probabilities(runs, tmp_path):
+    """`--model` twice (a 2D and a 3D run): the rounded mean of the two models' own predictions, the mask
+    where it is >= 0.5, the members' scratch folder removed, the voxel size kept."""
+    d, opts = runs, ["--tile-xy", "64", "--tile-z", "8", "--block", "4", "64", "64"]
+    test, runs2, runs3 = str(d / "test.tif"), str(d / "run2"), str(d / "run3")
+    for dims, run in ((2, runs2), (3, runs3)):
+        assert main(["--quiet", "predict", test, "--model", run, "--out", str(tmp_path / f"{dims}.zarr"), *opts]) == 0
+    out, mask = tmp_path / "mean.zarr", tmp_path / "mean_mask.zarr"
+    assert main(["--quiet", "predict", test, "--model", runs2, "--model", runs3, "--out", str(out), "--mask", str(mask),
+                 *opts]) == 0
+    two, three = (io.open_volume(tmp_path / f"{dims}.zarr")[:].astype(int) for dims in (2, 3))
+    mean = io.open_volume(out)
+    np.testing.assert_array_equal(mean[:], (two + three + 1) // 2)
+    np.testing.assert_array_equal(io.open_volume(mask)[:], (mean[:] >= 128).astype(np.uint8))
+    assert mean.attrs["model"] == ["run2", "run3"] and mean.attrs["kind"] == "probability"
+    assert mean.attrs["voxel_size"] == io.open_volume(tmp_path / "2.zarr").attrs["voxel_size"]  # for label, OME-Zarr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["2.zarr", "3.zarr", "mean.zarr", "mean_mask.zarr"]
+
+
 @pytest.mark.parametrize("dims", [2, 3])
 def test_train_predict_label_evaluate(runs, dims, capsys):
     d = runs

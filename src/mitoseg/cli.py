@@ -67,7 +67,8 @@ def cmd_predict(a: argparse.Namespace) -> None:
     from mitoseg.predict import predict
 
     with _client(a) as client:
-        predict(a.model, a.image, a.out, mask_out=a.mask, tile_xy=a.tile_xy, tile_z=a.tile_z, overlap=a.overlap,
+        model = a.model if len(a.model) > 1 else a.model[0]  # several: the mean of their probabilities
+        predict(model, a.image, a.out, mask_out=a.mask, tile_xy=a.tile_xy, tile_z=a.tile_z, overlap=a.overlap,
                 block=a.block, dtype=a.dtype, threshold=a.threshold, batch_size=a.batch_size, tta=a.tta,
                 amp=not a.fp32, device=a.device, client=client, overwrite=a.overwrite, resume=a.resume,
                 progress=not a.quiet, match_training=a.match_training)
@@ -225,7 +226,9 @@ def parser() -> argparse.ArgumentParser:
 
     r = sub.add_parser("predict", help="predict probabilities for a whole volume, block by block, into Zarr")
     r.add_argument("image", help=IMAGE_HELP)
-    r.add_argument("--model", required=True, help="run folder or checkpoint (.pt)")
+    r.add_argument("--model", required=True, action="append",
+                   help="run folder or checkpoint (.pt); twice (e.g. a 2D and a 3D run): the mean of their "
+                        "probabilities")
     r.add_argument("--out", required=True, help="probabilities, a .zarr path")
     r.add_argument("--mask", help="also write a binary mask here (.zarr)")
     r.add_argument("--threshold", type=arg("threshold"), default=0.5, help="probability threshold of --mask (0..1)")

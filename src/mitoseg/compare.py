@@ -22,7 +22,7 @@ from mitoseg import datasets, download, instances, io, memory, metrics, plots, p
 from mitoseg.config import PRESETS, Config
 from mitoseg.data import Volume, split
 from mitoseg.errors import MitosegError
-from mitoseg.predict import default_tile, predict_volume
+from mitoseg.predict import default_tile, mean_probabilities, predict_volume
 from mitoseg.train import load_model, train, versions
 
 # Table 1 of the reference study (Pelapur, M&M 2021): 2D U-Net 1000 epochs, 3D U-Net 25 epochs.
@@ -129,18 +129,14 @@ ENSEMBLE = "2D+3D"  # the report's name of the mean of the two models' probabili
 
 
 def average_runs(members: list[Path], folder: Path) -> None:
-    """Write into `folder` the voxel-wise mean (uint8, rounded half up) of the probabilities that every one
-    of the `members` run folders holds (`PROBABILITIES`): an ensemble, evaluated like one model."""
+    """Write into `folder` the voxel-wise mean (`predict.mean_probabilities`) of the probabilities that every
+    one of the `members` run folders holds (`PROBABILITIES`): an ensemble, evaluated like one model."""
     folder.mkdir(parents=True, exist_ok=True)
     for name in PROBABILITIES:
         paths = [m / name for m in members]
         if not all(p.exists() for p in paths):
             continue
-        total = io.open_volume(paths[0])[:].astype(np.uint16)
-        for path in paths[1:]:
-            total += io.open_volume(path)[:]
-        mean = ((total + len(paths) // 2) // len(paths)).astype(np.uint8)
-        del total
+        mean = mean_probabilities([io.open_volume(path)[:] for path in paths])
         zarr.create_array(str(folder / name), data=mean, chunks=(32, 256, 256), overwrite=True)
 
 
@@ -365,9 +361,9 @@ def write_report(out: Path, results: dict) -> None:
         "least that size in prediction and truth. Foreground Jaccard is TP / (TP + FP + FN). The study's "
         "'Jaccard Index/Accuracy' (0.948 beside F1 0.666) cannot be a foreground Jaccard, which is at most "
         "F1; it is close to voxel accuracy or mean IoU, so both are listed. The 2D + 3D column is no third "
-        "training: the voxel-wise mean of the two models' probabilities (validation split and test volume, "
-        "raw and with TTA), its post-processing chosen on the validation split as theirs. "
-        + _ranking(results), "",
+        "training: the voxel-wise mean of the two models' probabilities (validation split and test volume"
+        f"{', raw and with TTA' if results.get('tta', True) else ''}), its post-processing chosen on the "
+        "validation split as theirs. " + _ranking(results), "",
         "## What each step adds (test volume)", "", variants_markdown(results),
     ]
     errors = errors_markdown(results)

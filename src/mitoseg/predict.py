@@ -17,6 +17,7 @@ import os
 import threading
 import time
 from collections import deque
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -454,7 +455,8 @@ def predict_volume(model: torch.nn.Module, image: Any, out: str | Path, dims: in
     return Path(out)
 
 
-def predict(model: str | Path, image: str | Path, out: str | Path, *, mask_out: str | Path | None = None,
+def predict(model: str | Path | Sequence[str | Path], image: str | Path, out: str | Path, *,
+            mask_out: str | Path | None = None,
             tile_xy: int | None = None, tile_z: int | None = None, overlap: float | None = None,
             block: tuple[int, int, int] | None = None, dtype: str = "uint8", threshold: float = 0.5,
             batch_size: int | None = None, tta: bool = False, amp: bool = True, device: str = "auto",
@@ -463,6 +465,7 @@ def predict(model: str | Path, image: str | Path, out: str | Path, *, mask_out: 
     """The `mitoseg predict` command: a run folder or checkpoint's model over a whole volume, in this
     process (`predict_volume`) or on a Dask `client` (`cluster.predict_volume_dask`), with the same result.
     `match_training`: map the volume's grey levels onto the training volume's histogram first (`input_window`).
+    Several models (e.g. a 2D and a 3D run): the voxel-wise mean of their probabilities (`predict_mean`).
 
     Defaults come from the run: `tile_xy`/`tile_z` (a 2D model: whole slices up to 2048 x 2048 when
     `tile_xy` is not given) and `overlap`. An `out` (or `mask_out`) named *.ome.zarr is written as OME-Zarr
@@ -472,6 +475,13 @@ def predict(model: str | Path, image: str | Path, out: str | Path, *, mask_out: 
 
     checks.check(tile_xy=tile_xy, tile_z=tile_z, overlap=overlap, block=block, threshold=threshold,
                  batch_size=batch_size)
+    if not isinstance(model, str | Path):
+        if len(model) > 1:
+            return predict_mean(model, image, out, mask_out=mask_out, threshold=threshold, dtype=dtype,
+                                overwrite=overwrite, resume=resume, progress=progress, tile_xy=tile_xy, tile_z=tile_z,
+                                overlap=overlap, block=block, batch_size=batch_size, tta=tta, amp=amp, device=device,
+                                client=client, match_training=match_training)
+        model = model[0]
     attrs = {"model": Path(model).name}
     stated = io.voxel_size(image) if isinstance(image, str | Path) else None
     if stated:
@@ -491,6 +501,56 @@ def predict(model: str | Path, image: str | Path, out: str | Path, *, mask_out: 
                           batch_size, tta, amp, attrs={"voxel_size": config.voxel_size, **attrs},
                           overwrite=overwrite, resume=resume, progress=progress,
                           window=input_window(net, volume, match_training))
+
+
+def mean_probabilities(parts: Sequence[np.ndarray]) -> np.ndarray:
+    """The voxel-wise mean of stored probabilities of one shape: uint8 (0..255) as uint8, rounded half up
+    (the mean of a 2D and a 3D model that `compare` scores as "2D+3D"), float16 as float16."""
+    if parts[0].dtype == np.uint8:
+        total = parts[0].astype(np.uint16)
+        for part in parts[1:]:
+            total += part
+        return ((total + len(parts) // 2) // len(parts)).astype(np.uint8)
+    return (sum(part.astype(np.float32) for part in parts) / len(parts)).astype(parts[0].dtype)
+
+
+def predict_mean(models: Sequence[str | Path], image: str | Path, out: str | Path, *,
+                 mask_out: str | Path | None = None, threshold: float = 0.5, dtype: str = "uint8",
+                 overwrite: bool = False, resume: bool = False, progress: bool = True, **each: Any) -> Path:
+    """The voxel-wise mean of several models' probabilities (`mean_probabilities`) at `out`, and with
+    `mask_out` the mask where it is >= `threshold`. Each model first predicts the whole volume as `predict`
+    does (`each`: its other options) into ``<out>.partial.members/<i>.zarr``, removed when done; with
+    `resume`, finished members are kept and unfinished ones resumed. Returns `out`."""
+    from tqdm.auto import tqdm
+
+    io.check_output(out, overwrite)
+    if mask_out is not None:
+        io.check_output(mask_out, overwrite)
+    members = Path(str(io.partial_path(out)) + ".members")
+    if not resume:
+        io.remove(members)
+    paths = [members / f"{i}.zarr" for i in range(len(models))]
+    for model, path in zip(models, paths, strict=True):
+        if not path.exists():
+            predict(model, image, path, dtype=dtype, resume=resume, progress=progress, **each)
+    arrays = [io.open_volume(path) for path in paths]
+    shape, block = tuple(arrays[0].shape), tuple(arrays[0].chunks)
+    settings = {"members": [dict(a.attrs["settings"]) for a in arrays]}
+    attrs = {k: arrays[0].attrs[k] for k in ("voxel_size", "tta", "tta_set") if k in arrays[0].attrs}
+    attrs.update(model=[str(Path(m).name) for m in models], created=time.strftime("%F %T"))
+    outputs = [blocks.open_output(out, shape, arrays[0].dtype, block, settings, dict(attrs, kind="probability"),
+                                  resume, overwrite)]
+    if mask_out is not None:
+        outputs.append(blocks.open_output(mask_out, shape, "uint8", block, dict(settings, threshold=threshold),
+                                          dict(attrs, kind="mask", threshold=threshold), resume, overwrite))
+    cut = threshold * 255 if arrays[0].dtype == np.uint8 else threshold
+    for b in tqdm(outputs[0].todo(blocks.grid(shape, block)), desc=f"mean {Path(out).name}", unit="block",
+                  disable=not progress):
+        mean = mean_probabilities([a[b] for a in arrays])
+        write_block(outputs, b, [mean, (mean >= cut).astype(np.uint8)])
+    blocks.finish(*outputs, overwrite=overwrite)
+    io.remove(members)
+    return Path(out)
 
 
 def run_tile(config: Any, shape: tuple[int, ...], tile_xy: int | None, tile_z: int | None) -> tuple[int, int, int]:
