@@ -37,9 +37,9 @@ def runs(files):
     return files
 
 
-def test_predict_with_two_models_writes_the_mean_of_their_probabilities(runs, tmp_path):
+def test_predict_with_two_models_writes_the_mean_of_their_probabilities(runs, tmp_path, monkeypatch):
     """`--model` twice (a 2D and a 3D run): the rounded mean of the two models' own predictions, the mask
-    where it is >= 0.5, the members' scratch folder removed, the voxel size kept."""
+    where it is >= 0.5, the members' scratch folder removed, the voxel size kept; a stopped run resumes."""
     d, opts = runs, ["--tile-xy", "64", "--tile-z", "8", "--block", "4", "64", "64"]
     test, runs2, runs3 = str(d / "test.tif"), str(d / "run2"), str(d / "run3")
     for dims, run in ((2, runs2), (3, runs3)):
@@ -54,6 +54,17 @@ def test_predict_with_two_models_writes_the_mean_of_their_probabilities(runs, tm
     assert mean.attrs["model"] == ["run2", "run3"] and mean.attrs["kind"] == "probability"
     assert mean.attrs["voxel_size"] == io.open_volume(tmp_path / "2.zarr").attrs["voxel_size"]  # for label, OME-Zarr
     assert sorted(p.name for p in tmp_path.iterdir()) == ["2.zarr", "3.zarr", "mean.zarr", "mean_mask.zarr"]
+
+    # stopped after the 2D model's prediction: --resume predicts only the 3D model, to the same mean
+    members = tmp_path / "again.zarr.partial.members"
+    members.mkdir()
+    shutil.copytree(tmp_path / "2.zarr", members / "0.zarr")
+    real, called = predict.predict, []
+    monkeypatch.setattr(predict, "predict", lambda model, *a, **k: called.append(model) or real(model, *a, **k))
+    assert main(["--quiet", "predict", test, "--model", runs2, "--model", runs3, "--out", str(tmp_path / "again.zarr"),
+                 "--resume", *opts]) == 0
+    assert called == [[runs2, runs3], runs3] and not members.exists()
+    np.testing.assert_array_equal(io.open_volume(tmp_path / "again.zarr")[:], mean[:])
 
 
 @pytest.mark.parametrize("dims", [2, 3])
