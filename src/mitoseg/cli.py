@@ -67,8 +67,7 @@ def cmd_predict(a: argparse.Namespace) -> None:
     from mitoseg.predict import predict
 
     with _client(a) as client:
-        model = a.model if len(a.model) > 1 else a.model[0]  # several: the mean of their probabilities
-        predict(model, a.image, a.out, mask_out=a.mask, tile_xy=a.tile_xy, tile_z=a.tile_z, overlap=a.overlap,
+        predict(a.model, a.image, a.out, mask_out=a.mask, tile_xy=a.tile_xy, tile_z=a.tile_z, overlap=a.overlap,
                 block=a.block, dtype=a.dtype, threshold=a.threshold, batch_size=a.batch_size, tta=a.tta,
                 amp=not a.fp32, device=a.device, client=client, overwrite=a.overwrite, resume=a.resume,
                 progress=not a.quiet, match_training=a.match_training)
