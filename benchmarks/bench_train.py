@@ -1,7 +1,8 @@
 """Training step time of the 2D and the 3D U-Net: forward + backward + AdamW step with Dice+BCE loss.
 
 Both models get the same voxels per iteration, as in training: `mitoseg.config.cpu(2)` / `cpu(3)`
-(the 2-core CPU preset: 32 slices of 128x128 for 2D, one 32x128x128 patch for 3D, 524,288 voxels), and
+(the 2-core CPU preset: 32 slices of 128x128 for 2D, one 32x128x128 patch for 3D, 524,288 voxels; and the
+3D model of the anisotropic stack itself, 50 nm sections: one 20x128x128 patch, Z halved only twice), and
 on a GPU (or with --full) also the full presets `gpu(2)` / `gpu(3)` (64 slices of 256x256 vs two
 32x256x256 patches, 4,194,304 voxels). Each config runs in float32 (the baseline) and, where the
 device has native bf16, under bf16 autocast as `train` runs it; non-finite steps are counted.
@@ -10,8 +11,11 @@ patches drawn by `data.PatchSampler` from the real Drosophila stack (mirror-tile
 deeper than its 20 sections), `data.augmenter` augmentation, then the step, timed apart from the data
 ("step") so the model's cost is seen alone; "iteration" is data + step. Models are untrained and seeded.
 Medians over --steps timed iterations after --warmup untimed ones (the first allocates AdamW's state).
-Every config runs twice, side by side: with `train.adamw` (fused AdamW, as `train` runs it) and, as the
-baseline, with torch's default AdamW (as `train` ran it before 2026-12-05); the update is timed apart too.
+Every 3D config runs twice, step by step in turn on the same patches: as `train` runs it and, as the
+baseline, with plain `nn.Conv3d` (PyTorch's own choice of convolution kernel, as `train` ran until the
+fourth session of 2026-12-05; `models.Conv3d` keeps batch-1 float32 CPU convolutions on oneDNN). The
+AdamW update is timed apart too (fused since 2026-12-05; its side-by-side record:
+results/bench/2026-12-05-adamw/).
 
 Run from the repository root:
     .venv/bin/python benchmarks/bench_train.py            # about 3 minutes on 2 CPU cores
@@ -31,7 +35,7 @@ import torch
 
 from mitoseg import data, io
 from mitoseg.config import Config, cpu, gpu, quick
-from mitoseg.models import autocast, bf16_native, build_model
+from mitoseg.models import Conv3d, autocast, bf16_native, build_model
 from mitoseg.train import _finite_step, adamw, learning_rate
 
 
@@ -40,6 +44,7 @@ def configs(small: bool, full: bool, bf16: bool) -> list[tuple[str, Config]]:
         todo = [(f"small {d}D", quick(d, patch_xy=64, patch_z=8)) for d in (2, 3)]
     else:
         todo = [(f"cpu {d}D", cpu(d)) for d in (2, 3)]
+        todo.append(("ssTEM 3D", cpu(3, patch_z=20, voxel_size=(50.0, 4.6, 4.6))))  # the whole 20-section stack deep
         if full:
             todo += [(f"full {d}D", gpu(d)) for d in (2, 3)]
     out = []
@@ -50,28 +55,35 @@ def configs(small: bool, full: bool, bf16: bool) -> list[tuple[str, Config]]:
     return out
 
 
-BASELINE = ", AdamW unfused (before 12-05)"  # the row's name suffix: torch's default AdamW, as train ran it before
+BASELINE = ", plain nn.Conv3d (before)"  # the row's name suffix: PyTorch's own convolution kernels
 
 
 def bench_config(name: str, cfg: Config, volume: data.Volume, device: torch.device, steps: int, warmup: int,
-                 seed: int, baseline: bool = False) -> dict:
-    """Time `warmup + steps` training iterations of one config; medians of the last `steps`. The optimizer
-    is `train.adamw`'s, or with `baseline` torch's default AdamW (as `train` ran before 2026-12-05)."""
+                 seed: int) -> list[dict]:
+    """Time `warmup + steps` training iterations of one config; medians of the last `steps`. A 3D config runs
+    also as the baseline (plain `nn.Conv3d`, as `train` ran until 2026-12-05's fourth session), step by step
+    in turn with the same patches and the same initial weights, so a change of the machine's load hits both."""
     from monai.losses import DiceCELoss
 
-    torch.manual_seed(seed)
-    model = build_model(cfg).to(device)
+    variants = (False, True) if cfg.dims == 3 else (False,)
     fmt = torch.channels_last if cfg.dims == 2 else torch.channels_last_3d
-    model = model.to(memory_format=fmt)  # as train() does
+    models, optimizers = {}, {}
+    for baseline in variants:
+        torch.manual_seed(seed)
+        model = build_model(cfg).to(device)
+        if baseline:
+            for module in model.modules():
+                if type(module) is Conv3d:
+                    module.__class__ = torch.nn.Conv3d
+        models[baseline] = model.to(memory_format=fmt).train()  # as train() does
+        optimizers[baseline] = adamw(model, cfg, device)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
-    optimizer = (torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay) if baseline
-                 else adamw(model, cfg, device))
     loss_fn = DiceCELoss(sigmoid=True)
     sampler = data.PatchSampler(volume, cfg.patch, cfg.fg_fraction, np.random.default_rng(seed))
     tf = data.augmenter(seed, cfg.dims)
-    model.train()
-    data_s, step_s, update_s, losses, skipped = [], [], [], [], 0
+    times = {b: {"step": [], "update": [], "loss": [], "skipped": 0} for b in variants}
+    data_s = []
     for i in range(warmup + steps):
         common.sync(device)
         t0 = time.perf_counter()
@@ -80,49 +92,59 @@ def bench_config(name: str, cfg: Config, volume: data.Volume, device: torch.devi
             x, y = x[:, :, 0], y[:, :, 0]
         x, y = torch.from_numpy(x).to(device).contiguous(memory_format=fmt), torch.from_numpy(y).to(device)
         common.sync(device)
-        t1 = time.perf_counter()
-        for group in optimizer.param_groups:
-            group["lr"] = learning_rate(cfg, i, 0.0)
-        with autocast(device, cfg.amp):
-            loss = loss_fn(model(x).float(), y)
-        optimizer.zero_grad(set_to_none=True)
-        if _finite_step(model, loss):  # as train() does: a non-finite step is skipped
-            common.sync(device)
-            t_update = time.perf_counter()
-            optimizer.step()
+        if i >= warmup:
+            data_s.append(time.perf_counter() - t0)
+        for baseline in variants:
+            model, optimizer, record = models[baseline], optimizers[baseline], times[baseline]
+            t1 = time.perf_counter()
+            for group in optimizer.param_groups:
+                group["lr"] = learning_rate(cfg, i, 0.0)
+            with autocast(device, cfg.amp):
+                loss = loss_fn(model(x).float(), y)
+            optimizer.zero_grad(set_to_none=True)
+            if _finite_step(model, loss):  # as train() does: a non-finite step is skipped
+                common.sync(device)
+                t_update = time.perf_counter()
+                optimizer.step()
+                common.sync(device)
+                if i >= warmup:
+                    record["update"].append(time.perf_counter() - t_update)
+            else:
+                record["skipped"] += 1
+            loss = loss.item()
             common.sync(device)
             if i >= warmup:
-                update_s.append(time.perf_counter() - t_update)
-        else:
-            skipped += 1
-        loss = loss.item()
-        common.sync(device)
-        t2 = time.perf_counter()
-        if i >= warmup:
-            data_s.append(t1 - t0)
-            step_s.append(t2 - t1)
-            losses.append(loss)
+                record["step"].append(time.perf_counter() - t1)
+                record["loss"].append(loss)
     voxels = cfg.samples_per_batch * int(np.prod(cfg.patch))
-    step_med, data_med = common.median(step_s), common.median(data_s)
+    data_med = common.median(data_s)
     if device.type == "cuda":
         peak = torch.cuda.max_memory_allocated(device) / 2**20
     else:
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     shape = cfg.patch[3 - cfg.dims:]
-    return {
-        "name": name, "dims": cfg.dims, "input": f"{cfg.samples_per_batch} x {'x'.join(map(str, shape))}",
-        "samples_per_batch": cfg.samples_per_batch, "patch_zyx": list(cfg.patch), "voxels_per_iteration": voxels,
-        "amp_bf16": bool(cfg.amp and bf16_native(device)), "skipped_steps": skipped,
-        "step_seconds_median": step_med, "step_seconds_min": min(step_s), "step_seconds_all": step_s,
-        "adamw_seconds_median": common.median(update_s) if update_s else None,
-        "data_seconds_median": data_med, "data_seconds_all": data_s,
-        "iteration_seconds_median": common.median([a + b for a, b in zip(step_s, data_s, strict=True)]),
-        "voxels_per_second_step": voxels / step_med,
-        "voxels_per_second_iteration": voxels / (step_med + data_med),
-        "loss_first_last": [losses[0], losses[-1]], "loss_finite": bool(np.isfinite(losses).all()),
-        "peak_memory_mib": peak,
-        "peak_memory_kind": "GPU max_memory_allocated" if device.type == "cuda" else "process peak RSS so far",
-    }
+    rows = []
+    for baseline in variants:
+        record = times[baseline]
+        step_s, step_med = record["step"], common.median(record["step"])
+        rows.append({
+            "name": name + (BASELINE if baseline else ""), "dims": cfg.dims,
+            "input": f"{cfg.samples_per_batch} x {'x'.join(map(str, shape))}",
+            "samples_per_batch": cfg.samples_per_batch, "patch_zyx": list(cfg.patch), "voxels_per_iteration": voxels,
+            "amp_bf16": bool(cfg.amp and bf16_native(device)), "skipped_steps": record["skipped"],
+            "step_seconds_median": step_med, "step_seconds_min": min(step_s), "step_seconds_all": step_s,
+            "adamw_seconds_median": common.median(record["update"]) if record["update"] else None,
+            "data_seconds_median": data_med, "data_seconds_all": data_s,
+            "iteration_seconds_median": common.median([a + b for a, b in zip(step_s, data_s, strict=True)]),
+            "voxels_per_second_step": voxels / step_med,
+            "voxels_per_second_iteration": voxels / (step_med + data_med),
+            "loss_first_last": [record["loss"][0], record["loss"][-1]],
+            "loss_finite": bool(np.isfinite(record["loss"]).all()),
+            "peak_memory_mib": peak,
+            "peak_memory_kind": ("GPU max_memory_allocated (both variants)" if device.type == "cuda"
+                                 else "process peak RSS so far"),
+        })
+    return rows
 
 
 def main() -> None:
@@ -147,10 +169,9 @@ def main() -> None:
 
     rows = []
     for name, cfg in todo:
-        for baseline in (False, True):
-            print(f"   {name}{BASELINE if baseline else ''}: {cfg.samples_per_batch} x {cfg.patch} ...", flush=True)
-            rows.append(bench_config(name + (BASELINE if baseline else ""), cfg, volume, device, steps, args.warmup,
-                                     args.seed, baseline))
+        print(f"   {name}{' and' + BASELINE[1:] if cfg.dims == 3 else ''}: {cfg.samples_per_batch} x {cfg.patch} ...",
+              flush=True)
+        rows += bench_config(name, cfg, volume, device, steps, args.warmup, args.seed)
     cols = [("name", "model", ""), ("input", "batch (n x [Z x] Y x X)", ""), ("skipped_steps", "skipped", "d"),
             ("voxels_per_iteration", "voxels/iter", ",d"),
             ("step_seconds_median", "step s", ".3f"), ("adamw_seconds_median", "of it AdamW s", ".3f"),
@@ -161,7 +182,7 @@ def main() -> None:
     print(common.table(rows, cols))
     by = {r["name"]: r for r in rows}
     ratios = {}
-    for prefix in ("small", "cpu", "full"):
+    for prefix in ("small", "cpu", "ssTEM", "full"):
         for prec in ("fp32", "bf16"):
             two, three = by.get(f"{prefix} 2D {prec}"), by.get(f"{prefix} 3D {prec}")
             if two and three:
@@ -177,9 +198,10 @@ def main() -> None:
         for name in [r["name"] for r in rows if r["name"].startswith(prefix + " ") and BASELINE not in r["name"]]:
             base = by.get(name + BASELINE)
             if base:
-                ratios[f"{name} over unfused AdamW"] = base["step_seconds_median"] / by[name]["step_seconds_median"]
-                print(f"   {name}: step {by[name]['step_seconds_median']:.3f} s with the fused AdamW, "
-                      f"{base['step_seconds_median']:.3f} s unfused ({ratios[f'{name} over unfused AdamW']:.2f}x)")
+                key = f"{name} over plain nn.Conv3d"
+                ratios[key] = base["step_seconds_median"] / by[name]["step_seconds_median"]
+                print(f"   {name}: step {by[name]['step_seconds_median']:.3f} s as train runs it, "
+                      f"{base['step_seconds_median']:.3f} s with plain nn.Conv3d ({ratios[key]:.2f}x)")
     print(f"   step = forward+backward+AdamW (median of {steps}); data = sampling+augmentation+copy to device")
 
     name = common.output_name("train", args.small)

@@ -1,5 +1,6 @@
 """The 2D and 3D ResNet18 U-Nets, the padding wrapper, device choice and the run configuration."""
 
+import contextlib
 import copy
 import json
 
@@ -13,6 +14,7 @@ from mitoseg.config import PRESETS, Config, cpu, quick
 from mitoseg.errors import MitosegError
 from mitoseg.models import (
     DIVISOR,
+    Conv3d,
     PadToMultiple,
     autocast,
     bf16_native,
@@ -249,3 +251,57 @@ def test_anisotropic_model_keeps_thin_stacks_unpadded(droso_crop):
     iso = build_model(Config(dims=3))
     iso.load_state_dict(model.state_dict())
     assert iso.divisor == [32, 32, 32]
+
+
+def _steps(model: nn.Module, x: torch.Tensor, n: int = 3) -> tuple[torch.Tensor, list[torch.Tensor], list[float], int]:
+    """Output and parameter gradients of a first training forward + backward, the loss of `n` AdamW steps,
+    and the number of im2col convolutions of the first step."""
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    losses = []
+    for i in range(n):
+        optimizer.zero_grad()
+        with torch.profiler.profile() if i == 0 else contextlib.nullcontext() as prof:
+            y = model(x)
+            loss = y.square().mean()
+            loss.backward()
+        if i == 0:
+            first = y.detach(), [p.grad.clone() for p in model.parameters()]
+            im2col = sum(e.count for e in prof.key_averages() if e.key == "aten::slow_conv3d_forward")
+        optimizer.step()
+        losses.append(loss.item())
+    return *first, losses, im2col
+
+
+def test_3d_convolutions_take_onednn_at_batch_1_with_the_same_sums(droso_crop):
+    """The thin-stack 3D model in training (batch 1, float32, 2 threads, CPU): PyTorch by itself runs most of
+    its convolutions on its im2col kernel, mitoseg's all on oneDNN but the 1-channel head (two groups cannot
+    split one channel), with the same output, gradients and losses over three AdamW steps; under bf16
+    autocast and for batches, and for a single-threaded 1x1 convolution, it is nn.Conv3d itself."""
+    raw, _ = droso_crop
+    torch.manual_seed(0)
+    model = build_model(Config(dims=3, voxel_size=(50, 4.6, 4.6))).train()
+    plain = copy.deepcopy(model)
+    for module in plain.modules():
+        if type(module) is Conv3d:
+            module.__class__ = nn.Conv3d
+    x = torch.from_numpy(raw[None, None, :8, :64, :64].astype(np.float32) / 255)
+    torch.set_num_threads(2)  # the module's fixture runs one thread
+    try:
+        y, grads, losses, im2col = _steps(model, x)
+        y_plain, grads_plain, losses_plain, im2col_plain = _steps(plain, x)
+    finally:
+        torch.set_num_threads(1)
+    assert im2col == 1 and im2col_plain > 20, (im2col, im2col_plain)
+    torch.testing.assert_close(y, y_plain, rtol=1e-4, atol=1e-5)
+    # oneDNN sums the weight gradients in another order: float32 rounding grows to ~1e-3 of a gradient's size
+    # where its terms cancel (PyTorch's own oneDNN path, at batch 2, does the same); a wrong rewrite is O(1) off
+    for g, g_plain in zip(grads, grads_plain, strict=True):
+        torch.testing.assert_close(g, g_plain, rtol=0, atol=3e-2 * float(g_plain.abs().max()))
+    np.testing.assert_allclose(losses, losses_plain, rtol=3e-3)  # the loss falls by half: the same descent
+    conv = model.net.encoder.layer4[0].conv2
+    small = torch.zeros(1, conv.in_channels, 2, 2, 2)
+    assert conv._im2col(small) and not conv._im2col(small.expand(2, -1, -1, -1, -1))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert not conv._im2col(small)
+    preconv = model.net.decoder.blocks[0].upsample.preconv  # 1x1x1, stride 1
+    assert not preconv._im2col(torch.zeros(1, preconv.in_channels, 2, 2, 2))  # one thread here

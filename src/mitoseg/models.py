@@ -88,6 +88,39 @@ def _instance_norm(net: nn.Module) -> None:
                 setattr(module, child_name, kinds[type(child)](child.num_features, eps=child.eps, affine=True))
 
 
+# PyTorch (2.13) runs a float32 CPU convolution on its slow im2col kernel instead of oneDNN when it has batch 1,
+# one group, a kernel at most 3 wide in Y or X and at most this many values in (N, C, Z, Y) together
+# (`ConvParams::use_mkldnn` in ATen's Convolution.cpp).
+_IM2COL_LIMIT = 20480
+
+
+class Conv3d(nn.Conv3d):
+    """`nn.Conv3d` that keeps batch-1 float32 CPU convolutions on oneDNN: the same sums, 1.3x (CPU preset)
+    to 1.8x (thin stacks) faster 3D training steps in float32 (benchmarks/bench_train.py).
+
+    Hand-written because PyTorch picks its im2col kernel for the small deep layers of a batch-1 3D U-Net
+    (`_IM2COL_LIMIT`), and only the convolution's own arguments choose the kernel: a two-group convolution of
+    the input taken twice (each group makes half the output channels from all input channels) is the same
+    convolution and takes oneDNN, forward and backward. Elsewhere (GPU, bf16 autocast, batches, tracing for
+    export) it is `nn.Conv3d` itself."""
+
+    def _conv_forward(self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+        if self._im2col(x):
+            return F.conv3d(torch.cat([x, x], 1), weight, bias, self.stride, self.padding, self.dilation, 2)
+        return super()._conv_forward(x, weight, bias)
+
+    def _im2col(self, x: torch.Tensor) -> bool:
+        """Whether PyTorch would run this convolution of `x` on its im2col kernel (and the rewrite applies)."""
+        return (x.device.type == "cpu" and x.dtype == torch.float32 and x.shape[0] == 1 and self.groups == 1
+                and self.out_channels % 2 == 0 and self.padding_mode == "zeros"
+                and x.shape[1] * x.shape[2] * x.shape[3] <= _IM2COL_LIMIT
+                and not (self.kernel_size[1] > 3 and self.kernel_size[2] > 3)
+                and not (self.kernel_size[1:] == (1, 1) and set(self.stride) | set(self.dilation) == {1}
+                         and torch.get_num_threads() == 1)  # single-threaded 1x1 stays on im2col even in groups
+                and torch.backends.mkldnn.is_available() and torch.backends.mkldnn.enabled
+                and not torch.is_autocast_enabled("cpu") and not torch.jit.is_tracing())
+
+
 def build_model(config: Config) -> nn.Module:
     """A U-Net mapping (B, 1, [Z,] Y, X) float32 in [0, 1] to (B, 1, [Z,] Y, X) foreground logits.
 
@@ -104,6 +137,9 @@ def build_model(config: Config) -> nn.Module:
     strides = encoder_strides(config.voxel_size, config.dims)
     if any(k != 2 for stride in strides for k in stride):
         _set_strides(net, strides)
+    for module in net.modules():
+        if type(module) is nn.Conv3d:
+            module.__class__ = Conv3d  # the same module and weights, only its forward differs (see Conv3d)
     divisors = [int(np.prod([stride[axis] for stride in strides])) for axis in range(config.dims)]
     model = PadToMultiple(net, divisors)
     model.normalize = config.normalize  # the input rule it expects: prediction without a window reads it
