@@ -4,8 +4,8 @@ Both models get the same voxels per iteration, as in training: `mitoseg.config.c
 (the 2-core CPU preset: 32 slices of 128x128 for 2D, one 32x128x128 patch for 3D, 524,288 voxels; and the
 3D model of the anisotropic stack itself, 50 nm sections: one 20x128x128 patch, Z halved only twice), and
 on a GPU (or with --full) also the full presets `gpu(2)` / `gpu(3)` (64 slices of 256x256 vs two
-32x256x256 patches, 4,194,304 voxels). Each config runs in float32 (the baseline) and, where the
-device has native bf16, under bf16 autocast as `train` runs it; non-finite steps are counted.
+32x256x256 patches, 4,194,304 voxels). Each config runs in float32 and, where the device has native
+bf16, also under bf16 autocast as `train` runs it; non-finite steps are counted.
 Each iteration is exactly the loop body of `mitoseg.train.train`:
 patches drawn by `data.PatchSampler` from the real Drosophila stack (mirror-tiled in Z when a patch is
 deeper than its 20 sections), `data.augmenter` augmentation, then the step, timed apart from the data
