@@ -20,7 +20,6 @@ Writes conv3d.json into --out.
 
 from __future__ import annotations
 
-import copy
 import statistics
 import time
 
@@ -30,18 +29,9 @@ import torch
 from torch import nn
 
 from mitoseg.config import Config, cpu
-from mitoseg.models import Conv3d, build_model
+from mitoseg.models import build_model
 
 THIN = dict(patch_z=8, patch_xy=64, voxel_size=(50.0, 4.6, 4.6))
-
-
-def plain(model: nn.Module) -> nn.Module:
-    """A copy of `model` whose convolutions are plain `nn.Conv3d` (PyTorch's own kernel choice)."""
-    model = copy.deepcopy(model)
-    for module in model.modules():
-        if type(module) is Conv3d:
-            module.__class__ = nn.Conv3d
-    return model
 
 
 def step(model: nn.Module, x: torch.Tensor) -> list[torch.Tensor]:
@@ -93,12 +83,12 @@ def main() -> None:
         model = build_model(cfg).train()
         z, xy = cfg.patch_z, cfg.patch_xy
         x = torch.from_numpy(raw[:z, 256:256 + xy, 256:256 + xy].astype(np.float32) / 255)[None, None]
-        rows[name] = {"mitoseg": kernels(model, x), "plain nn.Conv3d": kernels(plain(model), x)}
+        rows[name] = {"mitoseg": kernels(model, x), "plain nn.Conv3d": kernels(common.plain_conv3d(model), x)}
         print(f"   {name}: kernels of one training step {rows[name]}", flush=True)
 
     torch.manual_seed(args.seed)
     thin = build_model(Config(dims=3, **THIN)).train()
-    base = plain(thin)
+    base = common.plain_conv3d(thin)
     x1 = torch.from_numpy(raw[:8, 256:320, 256:320].astype(np.float32) / 255)[None, None]
     x2 = torch.cat([x1, torch.from_numpy(raw[8:16, 256:320, 256:320].astype(np.float32) / 255)[None, None]])
     steps = median_seconds({"plain, batch 1": lambda: step(base, x1), "plain, batch 2": lambda: step(base, x2),
@@ -107,7 +97,7 @@ def main() -> None:
 
     torch.manual_seed(args.seed)
     predictor = build_model(cpu(3)).eval().to(memory_format=torch.channels_last_3d)
-    predictor_plain = plain(predictor)
+    predictor_plain = common.plain_conv3d(predictor)
     tile = torch.from_numpy(raw[:32, :256, :256].astype(np.float32) / 255)[None, None]
     tile = tile.contiguous(memory_format=torch.channels_last_3d)
     with torch.inference_mode():
@@ -115,7 +105,7 @@ def main() -> None:
                                args.repeats)
     print(f"   32 x 256 x 256 tile, seconds of inference: {tiles}", flush=True)
 
-    reference = plain(thin).double()
+    reference = common.plain_conv3d(thin).double()
     errors = {
         "plain, batch 1 (im2col)": gradient_errors(step(base, x1), step(reference, x1.double())),
         "mitoseg, batch 1 (oneDNN)": gradient_errors(step(thin, x1), step(reference, x1.double())),

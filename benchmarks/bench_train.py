@@ -35,7 +35,7 @@ import torch
 
 from mitoseg import data, io
 from mitoseg.config import Config, cpu, gpu, quick
-from mitoseg.models import Conv3d, autocast, bf16_native, build_model
+from mitoseg.models import autocast, bf16_native, build_model
 from mitoseg.train import _finite_step, adamw, learning_rate
 
 
@@ -72,9 +72,7 @@ def bench_config(name: str, cfg: Config, volume: data.Volume, device: torch.devi
         torch.manual_seed(seed)
         model = build_model(cfg).to(device)
         if baseline:
-            for module in model.modules():
-                if type(module) is Conv3d:
-                    module.__class__ = torch.nn.Conv3d
+            model = common.plain_conv3d(model)
         models[baseline] = model.to(memory_format=fmt).train()  # as train() does
         optimizers[baseline] = adamw(model, cfg, device)
     if device.type == "cuda":

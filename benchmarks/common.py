@@ -210,6 +210,22 @@ def parse_shape(text: str) -> tuple[int, ...]:
 # ---------------------------------------------------------------- timing
 
 
+def plain_conv3d(model: Any) -> Any:
+    """A copy of a mitoseg model whose `models.Conv3d`s are plain `nn.Conv3d` (PyTorch's own kernel choice,
+    as `train` ran until 2026-12-05's fourth session): the baseline of `models.Conv3d`."""
+    import copy
+
+    import torch
+
+    from mitoseg.models import Conv3d
+
+    model = copy.deepcopy(model)
+    for module in model.modules():
+        if type(module) is Conv3d:
+            module.__class__ = torch.nn.Conv3d
+    return model
+
+
 def sync(device: Any) -> None:
     """Wait for queued GPU work, so perf_counter brackets what was asked (no-op on CPU)."""
     if device is not None and str(device).startswith("cuda"):
