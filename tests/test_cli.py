@@ -123,6 +123,24 @@ def test_train_resume_and_help(runs, capsys):
     assert "compare" in capsys.readouterr().out
 
 
+def test_compare_interrupted_is_told_how_to_resume(tmp_path, monkeypatch, capsys):
+    """`compare --resume` reaches the API; a Ctrl-C that leaves an unfinished compare advises --resume."""
+    from mitoseg import compare as cmp
+
+    seen = {}
+
+    def interrupted(out, *a, **k):
+        seen.update(k)
+        io.partial_path(out).mkdir()
+        (io.partial_path(out) / "compare.json").write_text("{}")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cmp, "compare", interrupted)
+    assert main(["--quiet", "compare", "--out", str(tmp_path / "r"), "--resume"]) == 130
+    assert seen["resume"] is True
+    assert "with --resume to keep the finished models" in capsys.readouterr().err
+
+
 def test_train_options_reach_the_saved_config(runs):
     d = runs
     argv = [*TRAIN[:-3], "2", *TRAIN[-2:], "--norm", "instance", "--validate-every", "2", "--loader-workers", "0",

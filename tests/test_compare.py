@@ -3,6 +3,7 @@ import json
 
 import numpy as np
 import pytest
+from conftest import dies_on_call
 
 from mitoseg import compare as cmp
 from mitoseg import datasets
@@ -78,6 +79,48 @@ def test_compare_writes_report(tmp_path, tiny_bench):
         cmp.compare(out, preset="quick", epochs=1, changes=TINY, progress=False)
     again = cmp.evaluate_model(out / "model_3D", tiny_bench, progress=False)  # a saved run, evaluated alike
     assert again["variants"] == saved["models"]["3D"]["variants"] and again["errors"] == saved["models"]["3D"]["errors"]
+
+
+def test_compare_resumes_an_interrupted_run(tmp_path, tiny_bench, monkeypatch):
+    """Ctrl-C in the 3D model's second epoch, after the 2D model was finished: `compare --resume` keeps the 2D
+    row, continues the 3D training from its epoch-1 checkpoint (not from the start) and finishes the report;
+    other settings than the interrupted run's are refused, naming them."""
+    from mitoseg import train as training
+
+    out = tmp_path / "report"
+    real = training.validate
+    three_d = dies_on_call(real, 3)  # 3D epoch 1: validation, monitor; epoch 2: dies validating
+
+    def validate(model, val, config, device):
+        return (three_d if config.dims == 3 else real)(model, val, config, device)
+
+    monkeypatch.setattr(training, "validate", validate)
+    with pytest.raises(KeyboardInterrupt):
+        cmp.compare(out, preset="quick", epochs=2, changes=TINY, progress=False, monitor=True)
+    monkeypatch.setattr(training, "validate", real)
+    tmp = cmp.io.partial_path(out)
+    left = json.loads((tmp / "compare.json").read_text())
+    assert list(left["models"]) == ["2D"] and (tmp / "model_3D" / "last.pt").exists()
+    epoch1 = read_log(tmp / "model_3D")
+    assert [r["epoch"] for r in epoch1] == [1]
+    with pytest.raises(MitosegError, match="other settings .*epochs 2 then, 3 now"):
+        cmp.compare(out, preset="quick", epochs=3, changes=TINY, progress=False, monitor=True, resume=True)
+
+    trained = []
+
+    def train(cfg, *a, **k):
+        trained.append((cfg.dims, k["resume"]))
+        return training.train(cfg, *a, **k)
+
+    monkeypatch.setattr(cmp, "train", train)
+    results = cmp.compare(out, preset="quick", epochs=2, changes=TINY, progress=False, monitor=True, resume=True)
+    assert trained == [(3, True)]  # the 2D model kept, the 3D model's training continued
+    assert results["models"]["2D"] == left["models"]["2D"]
+    assert results["models"]["3D"]["epochs"] == 2 and results["models"]["3D"]["iterations"] == 4
+    log = read_log(out / "model_3D")
+    assert [r["epoch"] for r in log] == [1, 2] and log[0] == epoch1[0]
+    assert set(results["ensemble"]["variants"]) == {"raw", "post"} and not tmp.exists()
+    assert len(results["resumed"]) == 1 and "Interrupted and resumed on" in (out / "report.md").read_text()
 
 
 def test_configs_differ_only_in_dims():

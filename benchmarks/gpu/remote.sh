@@ -7,7 +7,9 @@
 #   check               nvidia-smi, torch and CUDA, mitoseg's imports, which data files are verified
 #   smoke               benchmarks/gpu/smoke.py: both models a few iterations on synthetic data (no data
 #                       needed): seconds per iteration, per validation, per prediction ($OUT/smoke.json)
-#   study MINUTES       mitoseg compare --preset full on CA1, MINUTES of training per model (seed: $SEED, 0)
+#   study MINUTES|full  mitoseg compare --preset full on CA1, MINUTES of training per model or ('full') the
+#                       preset's 200 epochs (seed: $SEED, 0); stopped at the deadline, the same step in the
+#                       next call on the warm machine resumes it (compare --resume)
 #   contrast            experiments/contrast.py on the study's two models: the central 32 test slices under
 #                       eight grey-level changes, own window and matched ($OUT/contrast-seedS.json, .md)
 #   annotation ITER     experiments/annotation.py on CA1: the annotation curve (2D then 3D; 1..165 slices,
@@ -260,30 +262,43 @@ trace_stop() { if [[ -n ${TRACE:-} ]]; then kill "$TRACE" 2>/dev/null || true; w
 
 # ------------------------------------------------------------------ study
 
-step_study() {
+step_study() {  # step_study MINUTES|full: a compare on CA1; a second call on the warm machine goes on with it
     local minutes=$1
     need_data lucchi-derived/ study
     need_cuda
     local run=$BASE/ca1-gpu-seed$SEED
     local keep=$BASE/bundle-study-seed$SEED/ca1-gpu-seed$SEED
-    rm -rf "$run" "$run.partial" "$(dirname "$keep")"
+    local budget=(--minutes "$minutes") stamp
+    [[ $minutes == full ]] && budget=()  # the GPU preset's own 200 epochs per model
+    stamp=$(date +%H%M%S)
+    # a finished study is replaced; an unfinished one ($run.partial) of the same settings is resumed
+    # (compare --resume: its finished models kept, an interrupted training continued from its last
+    # checkpoint, 30 s apart); one of other settings is dropped
+    local args="${budget[*]} --seed $SEED"
+    if [[ -d $run.partial && $(cat "$run.args" 2>/dev/null) != "$args" ]]; then
+        say "study: dropping the unfinished study of other settings ($(cat "$run.args" 2>/dev/null))"
+        rm -rf "$run.partial"
+    fi
+    [[ -d $run.partial ]] || rm -rf "$(dirname "$keep")"  # a new study: a new bundle
+    rm -rf "$run"
+    echo "$args" >"$run.args"
     mkdir -p "$keep"
     gpu_record "$keep"
-    trace_start "$keep/gpu-trace.csv"
-    say "study: compare --preset full --minutes $minutes --seed $SEED, $(left) s left"
+    trace_start "$keep/gpu-trace-$stamp.csv"
+    say "study: compare --preset full ${budget[*]:---epochs 200} --seed $SEED --resume, $(left) s left"
     local rc=0 t0=$SECONDS
     bounded 0 "$PY" -c "$CLI" compare --preset full --dataset lucchi --data "$BASE/data/lucchi-derived" \
-        --minutes "$minutes" --seed "$SEED" --out "$run" --overwrite || rc=$?
+        "${budget[@]}" --seed "$SEED" --out "$run" --overwrite --resume || rc=$?
     trace_stop
     say "study: exit status $rc after $((SECONDS - t0)) s"
     local from=$run
-    [[ -d $run ]] || { from=$run.partial; say "study: unfinished: bundling what $from holds"; }
+    [[ -d $run ]] || { from=$run.partial; say "study: unfinished: bundling what $from holds ('study $minutes' again goes on)"; }
     if [[ -d $from ]]; then
         (cd "$from" && find . -maxdepth 2 -type f -not -path '*.zarr/*' \( -name '*.md' -o -name '*.json' \
             -o -name '*.png' -o -name '*.csv' \) -print0 | xargs -0 -r cp --parents -t "$keep")
     fi
-    echo "$rc" >"$keep/exit_status.txt"
-    cp "$OUT/remote.log" "$keep/remote.log" 2>/dev/null || true
+    echo "$stamp $rc" >>"$keep/exit_status.txt"  # one line per call: time started, status
+    cp "$OUT/remote.log" "$keep/remote.log" 2>/dev/null || true  # every call's log (appended)
     bundle "study-seed$SEED" "$keep"
     return "$rc"
 }
@@ -405,7 +420,7 @@ main() {
             check) step_check ;;
             smoke) step_smoke ;;
             study)
-                [[ ${1:-} =~ ^[0-9]+([.][0-9]+)?$ ]] || { say "usage: study MINUTES"; return 2; }
+                [[ ${1:-} =~ ^([0-9]+([.][0-9]+)?|full)$ ]] || { say "usage: study MINUTES|full"; return 2; }
                 local minutes=$1
                 shift
                 step_study "$minutes" ;;
@@ -422,7 +437,7 @@ main() {
                 shift
                 step_fullvolume "$model" "$@"
                 set -- ;;
-            *) say "unknown step '$step' (receive, check, smoke, study MINUTES, contrast, annotation ITERATIONS, bench, fullvolume RUN)"; return 2 ;;
+            *) say "unknown step '$step' (receive, check, smoke, study MINUTES|full, contrast, annotation ITERATIONS, bench, fullvolume RUN)"; return 2 ;;
         esac
         say "$step: done in $((SECONDS - t0)) s"
     done

@@ -101,7 +101,8 @@ def cmd_compare(a: argparse.Namespace) -> None:
     from mitoseg.compare import compare
 
     compare(a.out, a.dataset, a.data, "quick" if a.quick else a.preset, a.epochs, a.minutes, a.seed,
-            a.overwrite, progress=not a.quiet, command="mitoseg " + shlex.join(sys.argv[1:]), tta=a.tta)
+            a.overwrite, progress=not a.quiet, command="mitoseg " + shlex.join(sys.argv[1:]), tta=a.tta,
+            resume=a.resume)
 
 
 def cmd_data(a: argparse.Namespace) -> None:
@@ -293,6 +294,9 @@ def parser() -> argparse.ArgumentParser:
                    help="also score test-time augmentation (4 in-plane flips; 4x the inference time); "
                         "default: on for every preset but quick")
     c.add_argument("--overwrite", action="store_true", help="replace an existing report folder")
+    c.add_argument("--resume", action="store_true",
+                   help="go on with an interrupted compare (same settings): keep its finished models and continue "
+                        "an unfinished training from its last checkpoint")
     c.set_defaults(func=cmd_compare)
 
     d = sub.add_parser("data", help="find or download public data sets")
@@ -348,6 +352,8 @@ def _after_interrupt(a: argparse.Namespace) -> str:
         return "run the same command with --resume to continue from the last finished epoch"
     if a.command in ("predict", "label") and io.partial_path(a.out).exists():
         return "run the same command with --resume to skip the finished blocks"
+    if a.command == "compare" and (io.partial_path(a.out) / "compare.json").exists():
+        return "run the same command with --resume to keep the finished models and go on from the last checkpoint"
     return "nothing was written under the output's name"
 
 

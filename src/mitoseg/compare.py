@@ -156,17 +156,19 @@ def _scores(mask: np.ndarray, truth: np.ndarray, min_size: int, labels: np.ndarr
 
 
 def run_model(cfg: Config, bench: Benchmark, folder: Path, progress: bool, tta: bool = True,
-              monitor: bool = True) -> dict:
+              monitor: bool = True, resume: bool = False) -> dict:
     """Train one model into `folder` and evaluate it (`evaluate_model`); returns one report row: the
     evaluation's, plus the training's epochs, voxels seen, best validation IoU, seconds and peak memory.
     `monitor`: score the test volume's central slices after every epoch too (the test curve of the
-    IoU-against-time figure)."""
+    IoU-against-time figure). `resume`: continue the training an interrupted run left in `folder` from its
+    last checkpoint (`train`'s resume), where there is one; else train from the start."""
     z0 = max(0, (bench.test_image.shape[0] - MONITOR_SLICES) // 2)
     test_window = io.intensity_range(bench.test_image, rule=cfg.normalize)
     test_part = Volume(bench.test_image[z0:z0 + MONITOR_SLICES], bench.test_mask[z0:z0 + MONITOR_SLICES],
                        test_window)  # normalised as the whole test volume is
-    summary = train(cfg, bench.train_image, bench.train_mask, folder, overwrite=True, progress=progress,
-                    monitor=test_part if monitor else None)
+    go_on = resume and (folder / "last.pt").exists()
+    summary = train(cfg, bench.train_image, bench.train_mask, folder, resume=go_on, overwrite=not go_on,
+                    progress=progress, monitor=test_part if monitor else None)
     row = evaluate_model(folder, bench, progress, tta, cfg.device)
     _, val = split(bench.train_image, bench.train_mask, cfg.val_fraction)
     return {
@@ -334,11 +336,21 @@ def _ranking(results: dict) -> str:
         f"{d} {rows[d]:.4f}" for d in order) + ".")
 
 
+def _machine_words(m: dict) -> str:
+    return m.get("gpu") or f"{m['cpu']} ({m['cpu_count']} cores)"
+
+
+def _resumed_words(results: dict) -> str:
+    """Where an interrupted compare went on (`compare`'s resume); empty for one that ran through."""
+    return "".join(f" Interrupted and resumed on {r['date']}"
+                   + (f" on another machine, {_machine_words(r['machine'])}" if _machine_words(r["machine"])
+                      != _machine_words(results["machine"]) else "") + "." for r in results.get("resumed", []))
+
+
 def write_report(out: Path, results: dict) -> None:
     """report.json and report.md in the report folder."""
     (out / "report.json").write_text(json.dumps(results, indent=2) + "\n")
-    m = results["machine"]
-    hw = m.get("gpu") or f"{m['cpu']} ({m['cpu_count']} cores)"
+    hw = _machine_words(results["machine"])
     models = results["models"]
     pp = "; ".join(f"{d}: threshold {r['postprocessing']['threshold']}, objects under "
                    f"{r['postprocessing']['min_size']:,} voxels removed, holes "
@@ -352,7 +364,8 @@ def write_report(out: Path, results: dict) -> None:
         f"Data: {results['data']['description']}. Train {results['data']['train_shape']}, "
         f"test {results['data']['test_shape']} voxels (Z, Y, X), voxel size {results['data']['voxel_size']} nm. "
         "The last 15 % of the training volume in X is the validation split.",
-        f"Preset `{results['preset']}`: {_budget_words(results)}; {epoch}. Machine: {hw}. Date: {results['date']}.",
+        f"Preset `{results['preset']}`: {_budget_words(results)}; {epoch}. Machine: {hw}. Date: {results['date']}."
+        + _resumed_words(results),
         f"Command: `{results['command']}`", "",
         table_markdown(results),
         "Our scores are on the whole test volume from one confusion matrix, after "
@@ -430,16 +443,43 @@ def figures(out: Path, bench: Benchmark, results: dict) -> None:
     plots.save(plots.figure_curves(logs), out / "figure_curves.png")
 
 
+JOB = ("data", "preset", "configs", "tta", "monitor")  # the settings a resumed compare must share (budget: in configs)
+
+
+def resumed(tmp: Path, fresh: dict) -> dict:
+    """The results (compare.json) an interrupted compare left in its folder `tmp`, with the rows of the models
+    it finished, when its job (`JOB`) is `fresh`'s; else MitosegError naming each difference. The resume is
+    recorded (date, machine) under "resumed"; the rest (first date, machine, command) stays the first run's."""
+    old = json.loads((tmp / "compare.json").read_text())
+    new = json.loads(json.dumps(fresh, default=str))
+    diff = []
+    for key in JOB:
+        if key == "configs" and len(old.get(key) or []) == len(new[key]):
+            diff += [f"{c['dims']}D {k} {o.get(k)!r} then, {v!r} now"
+                     for o, c in zip(old[key], new[key], strict=True) for k, v in c.items() if o.get(k) != v]
+        elif old.get(key) != new[key]:
+            diff.append(f"{key} {old.get(key)!r} then, {new[key]!r} now")
+    if diff:
+        raise MitosegError(f"{tmp} was started with other settings ({'; '.join(diff)}): resume with the same "
+                           "settings, or start again without --resume")
+    old.pop("ensemble", None)  # recomputed from the models' probabilities
+    old["resumed"] = [*old.get("resumed", []), {"date": time.strftime("%Y-%m-%d %H:%M"), "machine": fresh["machine"]}]
+    return old
+
+
 def compare(out: str | Path, dataset: str = "auto", data: str | Path | None = None, preset: str = "quick",
             epochs: int | None = None, minutes: float | None = None, seed: int = 0, overwrite: bool = False,
             progress: bool = True, command: str = "", changes: dict | None = None, tta: bool | None = None,
-            monitor: bool | None = None) -> dict:
+            monitor: bool | None = None, resume: bool = False) -> dict:
     """Run the whole comparison into the report folder `out`; returns the results dict (report.json).
 
     Budget: `epochs` (equal epochs for both models) and/or `minutes` (equal training wall time each);
     by default the preset's own (quick: 3 minutes each on CPU). `tta`: also predict with test-time
     augmentation (4x the inference time); `monitor`: score the test volume's central slices after every
     epoch (the test curve in figure_curves.png). Both default to on for every preset but quick.
+    `resume`: go on with the compare an interrupted run left in ``<out>.partial`` (same settings, else
+    MitosegError): the models it finished are kept, an unfinished training continues from its last
+    checkpoint (its minutes count on), the rest runs again; without one, start from the beginning.
     """
     tta = preset != "quick" if tta is None else tta
     monitor = preset != "quick" if monitor is None else monitor
@@ -447,22 +487,32 @@ def compare(out: str | Path, dataset: str = "auto", data: str | Path | None = No
     bench = load_benchmark(dataset, data)
     cfgs = configs(preset, epochs, minutes, bench.voxel_size, seed, changes, slices=bench.train_image.shape[0])
     tmp = io.partial_path(out)
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir(parents=True)
     print(f"mitoseg compare on {bench.name}: {bench.description}", flush=True)
     results = {
         "data": {"name": bench.name, "description": bench.description, "train_shape": bench.train_image.shape,
                  "test_shape": bench.test_image.shape, "voxel_size": bench.voxel_size},
         "preset": preset, "budget": {"epochs": cfgs[0].epochs, "minutes_per_model": cfgs[0].minutes},
         "machine": versions(), "date": time.strftime("%Y-%m-%d"), "command": command, "models": {},
-        "study": STUDY, "configs": [dict(c.__dict__) for c in cfgs], "tta": tta,
+        "study": STUDY, "configs": [dict(c.__dict__) for c in cfgs], "tta": tta, "monitor": monitor,
     }
+    resume = resume and (tmp / "compare.json").exists()
+    if resume:
+        results = resumed(tmp, results)
+        print(f"resuming the compare in {tmp}: " + ", ".join(
+            f"{c.dims}D " + ("finished, kept" if f"{c.dims}D" in results["models"] else "from its last checkpoint"
+                             if (tmp / f"model_{c.dims}D" / "last.pt").exists() else "from the start")
+            for c in cfgs), flush=True)
+    else:
+        if tmp.exists():
+            shutil.rmtree(tmp)
+        tmp.mkdir(parents=True)
     (tmp / "compare.json").write_text(json.dumps(results, indent=2, default=str))
     for cfg in cfgs:
         name = f"{cfg.dims}D"
+        if name in results["models"]:
+            continue
         print(f"--- {name} U-Net", flush=True)
-        results["models"][name] = run_model(cfg, bench, tmp / f"model_{name}", progress, tta, monitor)
+        results["models"][name] = run_model(cfg, bench, tmp / f"model_{name}", progress, tta, monitor, resume)
         (tmp / "compare.json").write_text(json.dumps(results, indent=2, default=str))  # kept if stopped later
     print(f"--- {ENSEMBLE}: the mean of the two models' probabilities", flush=True)
     t0 = time.perf_counter()
