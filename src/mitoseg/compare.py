@@ -347,14 +347,20 @@ def _resumed_words(results: dict) -> str:
                       != _machine_words(results["machine"]) else "") + "." for r in results.get("resumed", []))
 
 
+def _pp_words(pp: dict) -> str:
+    """A chosen post-processing in words (reports before the Z smoothing was searched have no z_sigma)."""
+    smooth = (f"probabilities blurred along Z (Gaussian, {pp['z_sigma']:g} slices), " if pp.get("z_sigma")
+              else "")
+    return (f"{smooth}threshold {pp['threshold']}, objects under {pp['min_size']:,} voxels removed, holes "
+            f"{'filled' if pp['fill_holes'] else 'kept'}")
+
+
 def write_report(out: Path, results: dict) -> None:
     """report.json and report.md in the report folder."""
     (out / "report.json").write_text(json.dumps(results, indent=2) + "\n")
     hw = _machine_words(results["machine"])
     models = results["models"]
-    pp = "; ".join(f"{d}: threshold {r['postprocessing']['threshold']}, objects under "
-                   f"{r['postprocessing']['min_size']:,} voxels removed, holes "
-                   f"{'filled' if r['postprocessing']['fill_holes'] else 'kept'}" for d, r in _rows(results).items())
+    pp = "; ".join(f"{d}: {_pp_words(r['postprocessing'])}" for d, r in _rows(results).items())
     cfg = results["configs"][0]
     epoch = (f"an epoch is {cfg['iterations_per_epoch']} iterations (not the study's epoch; compare the "
              "voxels seen)" if cfg.get("iterations_per_epoch") else "an epoch samples as many voxels as the training "
@@ -420,9 +426,11 @@ def figures(out: Path, bench: Benchmark, results: dict) -> None:
     preds = {}
     for d, row in _rows(results).items():
         name = "test_probs_tta.zarr" if "tta" in row["variants"] else "test_probs.zarr"
-        probs = io.open_volume(out / f"model_{d}" / name)[z]
         pp = postprocess.PostProcessing(**row["postprocessing"])
-        preds[_title(d)] = postprocess.apply(probs[None], dataclasses.replace(pp, min_size=0))[0]
+        halo = int(np.ceil(4 * pp.z_sigma))  # scipy's Gaussian reaches 4 sigma: the slab gives slice z its mask
+        z0 = max(0, z - halo)
+        probs = io.open_volume(out / f"model_{d}" / name)[z0:z + halo + 1]
+        preds[_title(d)] = postprocess.apply(probs, dataclasses.replace(pp, min_size=0))[z - z0]
     plots.save(plots.figure_errors(image, preds, bench.test_mask[z], z, pixel_nm), out / "figure_errors.png")
     rows = _rows(results)
     best = max(rows, key=lambda d: rows[d]["jaccard"])

@@ -1,4 +1,5 @@
-"""Probabilities -> masks: threshold, remove small objects, fill holes; the settings chosen on validation.
+"""Probabilities -> masks: smooth along Z, threshold, remove small objects, fill holes; the settings chosen on
+validation.
 
 Never chosen on a test volume: `choose` takes the validation split's probabilities and truth, and the
 chosen `PostProcessing` is then applied unchanged to the test volume.
@@ -10,38 +11,61 @@ from dataclasses import asdict, dataclass
 
 import cc3d
 import numpy as np
+from scipy import ndimage
 
 from mitoseg import checks, metrics
+from mitoseg.errors import MitosegError
 
 THRESHOLDS = (0.3, 0.4, 0.5, 0.6, 0.7)  # scored at every validation while training (`train.validate`)
 # searched by `choose` on the validation split; wider, because a model may be calibrated far from 0.5 (the CA1
 # cpu-preset 3D model chose 0.2 here, 0.3 from THRESHOLDS: test IoU 0.771 against 0.749, results/README.md)
 CHOICE_THRESHOLDS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
 MIN_SIZES = (0, 1000, 4000, 16000)  # voxels; a CA1 mitochondrion holds 10^5-10^6 voxels at 5 nm
+# Gaussian sigmas along Z in slices, searched by `choose` first: a 2D model predicts each slice alone, and on
+# CA1 its masks changed from slice to slice far more than in-plane (results/README.md, "Smoothing along Z")
+Z_SIGMAS = (0.0, 1.0, 2.0, 4.0, 8.0)
 
 
 @dataclass(frozen=True)
 class PostProcessing:
-    """How probabilities become a mask: ``probability >= threshold``, then objects (26-connected) with
-    fewer than `min_size` voxels removed, then (if `fill_holes`) holes inside objects filled slice by
-    slice (the CA1 labels are filled outlines, drawn per slice)."""
+    """How probabilities become a mask: blurred along Z by a Gaussian of `z_sigma` slices (0: not at all;
+    `smooth_z`), then ``probability >= threshold``, then objects (26-connected) with fewer than `min_size`
+    voxels removed, then (if `fill_holes`) holes inside objects filled slice by slice (the CA1 labels are
+    filled outlines, drawn per slice)."""
 
     threshold: float = 0.5
     min_size: int = 0
     fill_holes: bool = False
+    z_sigma: float = 0.0
 
     def __post_init__(self) -> None:
         checks.check(threshold=self.threshold, min_size=self.min_size)
+        if not self.z_sigma >= 0:
+            raise MitosegError(f"z-sigma must be a number >= 0 (slices), not {self.z_sigma}")
 
     def as_dict(self) -> dict:
         return asdict(self)
+
+
+def smooth_z(probs: np.ndarray, sigma: float, rows: int = 64) -> np.ndarray:
+    """Probabilities (Z, Y, X) blurred along Z only by a Gaussian of `sigma` slices (ends mirrored), in their
+    own units and dtype (uint8 0..255 rounded back to uint8, floats as float32); computed `rows` rows of Y at
+    a time, so the float32 copy stays small. `sigma` 0 returns `probs` itself."""
+    probs = np.asarray(probs)
+    if sigma == 0:
+        return probs
+    out = np.empty(probs.shape, np.uint8 if probs.dtype == np.uint8 else np.float32)
+    for y in range(0, probs.shape[1], rows):
+        blurred = ndimage.gaussian_filter1d(probs[:, y:y + rows].astype(np.float32), sigma, axis=0)
+        out[:, y:y + rows] = np.rint(blurred) if out.dtype == np.uint8 else blurred
+    return out
 
 
 def apply(probs: np.ndarray, pp: PostProcessing) -> np.ndarray:
     """Mask uint8 {0, 1} (Z, Y, X) from probabilities (Z, Y, X): float in [0, 1], or uint8 0..255 as stored."""
     probs = np.asarray(probs)
     scale = 255.0 if probs.dtype == np.uint8 else 1.0
-    mask = probs >= pp.threshold * scale
+    mask = smooth_z(probs, pp.z_sigma) >= pp.threshold * scale
     return _clean(mask, pp)
 
 
@@ -65,19 +89,29 @@ def fill_holes(mask: np.ndarray) -> np.ndarray:
     return out
 
 
-def choose(probs: np.ndarray, truth: np.ndarray, thresholds=CHOICE_THRESHOLDS, min_sizes=MIN_SIZES) -> tuple[
-        PostProcessing, list[dict]]:
+def choose(probs: np.ndarray, truth: np.ndarray, thresholds=CHOICE_THRESHOLDS, min_sizes=MIN_SIZES,
+           z_sigmas=Z_SIGMAS) -> tuple[PostProcessing, list[dict]]:
     """The post-processing with the best foreground IoU on a validation volume, and every candidate's IoU.
 
     probs: (Z, Y, X) probabilities (float [0, 1] or uint8 0..255); truth: (Z, Y, X) {0, 1}.
-    Ties go to the simpler setting (threshold nearest 0.5, smaller min_size, no hole filling).
-    Each candidate's mask is `apply`'s; the objects are found once per threshold, not per candidate.
+    Two steps: the Z smoothing first, each of `z_sigmas` scored at every threshold alone (rows with
+    min_size 0, no hole filling); then, with the best of them, every threshold, minimum size and hole filling.
+    Ties go to the simpler setting (less smoothing, threshold nearest 0.5, smaller min_size, no hole
+    filling). Each candidate's mask is `apply`'s; the objects are found once per threshold, not per candidate.
     """
     probs = np.asarray(probs)
     scale = 255.0 if probs.dtype == np.uint8 else 1.0
+    thresholds = sorted(thresholds, key=lambda t: abs(t - 0.5))
     rows = []
-    for t in sorted(thresholds, key=lambda t: abs(t - 0.5)):
-        mask = probs >= t * scale
+    for sigma in sorted(z_sigmas):
+        smoothed = smooth_z(probs, sigma)
+        rows += [{**PostProcessing(t, 0, False, sigma).as_dict(), "jaccard": _iou(smoothed >= t * scale, truth)}
+                 for t in thresholds]
+    sigma = max(rows, key=lambda r: r["jaccard"])["z_sigma"]  # max keeps the first of equals: the simplest
+    smoothed = smooth_z(probs, sigma)
+    chosen = []
+    for t in thresholds:
+        mask = smoothed >= t * scale
         objects = cc3d.connected_components(mask, connectivity=26)
         sizes = np.bincount(objects.ravel())
         for m in min_sizes:
@@ -85,8 +119,11 @@ def choose(probs: np.ndarray, truth: np.ndarray, thresholds=CHOICE_THRESHOLDS, m
             keep[0] = False
             kept = keep[objects] if m > 0 else mask
             for fill in (False, True):
-                pp = PostProcessing(t, m, fill)
-                iou = metrics.scores(metrics.confusion(fill_holes(kept) if fill else kept, truth))["jaccard"]
-                rows.append({**pp.as_dict(), "jaccard": iou})
-    best = max(rows, key=lambda r: r["jaccard"])  # max keeps the first of equals: the simplest
-    return PostProcessing(best["threshold"], best["min_size"], best["fill_holes"]), rows
+                pp = PostProcessing(t, m, fill, sigma)
+                chosen.append({**pp.as_dict(), "jaccard": _iou(fill_holes(kept) if fill else kept, truth)})
+    best = max(chosen, key=lambda r: r["jaccard"])
+    return PostProcessing(**{k: v for k, v in best.items() if k != "jaccard"}), rows + chosen
+
+
+def _iou(mask: np.ndarray, truth: np.ndarray) -> float:
+    return metrics.scores(metrics.confusion(mask, truth))["jaccard"]
