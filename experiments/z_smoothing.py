@@ -1,7 +1,7 @@
 """Slice-to-slice jitter on CA1: in the labels, in each model's masks, and what smoothing along Z gains.
 
     python experiments/z_smoothing.py RUN [RUN ...] --out results/ca1-ablation/z-smoothing/z_smoothing.json
-        [--mean RUN_2D RUN_3D] [--work runs/z_smoothing]
+        [--mean RUN_2D RUN_3D] [--work runs/z_smoothing] [--tta]
 
 1. Roughness: a mask (Z, Y, X) blurred along one axis only (a 1D Gaussian of 1 voxel, then >= 0.5) keeps
    an IoU with itself near 1 where its surface is smooth along that axis. On 5 nm isotropic tissue a
@@ -9,8 +9,9 @@
    slice more than the tissue does. Measured on the training and test labels (outlines drawn per slice)
    and on each run's raw test mask (0.5).
 2. The product's choice (`postprocess.choose`) on the validation split, without and with the Z smoothing
-   (`postprocess.Z_SIGMAS`), applied to the test volume; raw probabilities (no TTA), each run's own
-   intensity rule. `--mean`: also the mean of two runs' probabilities (`predict.mean_probabilities`).
+   (`postprocess.Z_SIGMAS`), applied to the test volume; raw probabilities (`--tta`: with test-time
+   augmentation, as `compare`'s final row), each run's own intensity rule. `--mean`: also the mean of two
+   runs' probabilities (`predict.mean_probabilities`).
 Probabilities are predicted once into --work and reused. Writes the JSON and a Markdown table beside it.
 """
 
@@ -42,18 +43,19 @@ def roughness(mask: np.ndarray, sigma: float = 1.0) -> dict[str, float]:
     return out
 
 
-def probabilities(run: str, bench: compare.Benchmark, work: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """A run's raw uint8 probabilities of the validation split, that split's truth, and the run's raw test
-    probabilities (predicted once into `work`)."""
+def probabilities(run: str, bench: compare.Benchmark, work: Path,
+                  tta: bool = False) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """A run's uint8 probabilities of the validation split, that split's truth, and the run's test
+    probabilities, raw or with TTA (predicted once into `work`)."""
     model, cfg = load_model(run)
     tag = "_".join(Path(run).parts[-2:])
     _, val = split(bench.train_image, bench.train_mask, cfg.val_fraction)
     out = []
     for name, image, window_of in (("val", val.image, bench.train_image), ("test", bench.test_image, bench.test_image)):
-        path = work / f"{tag}_{name}_probs.zarr"
+        path = work / f"{tag}_{name}_probs{'_tta' * tta}.zarr"
         if not path.exists():
             window = io.intensity_range(window_of, rule=cfg.normalize)  # validation: the training volume's window
-            compare._predict(model, cfg, image, path, False, True, window)
+            compare._predict(model, cfg, image, path, tta, True, window)
         out.append(io.open_volume(path)[:])
     return out[0], val.mask, out[1]
 
@@ -73,19 +75,20 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--out", required=True)
     p.add_argument("--mean", nargs=2, metavar=("RUN_2D", "RUN_3D"), help="also the mean of these two runs")
     p.add_argument("--work", type=Path, default=Path("runs/z_smoothing"), help="folder for the probabilities")
+    p.add_argument("--tta", action="store_true", help="probabilities with test-time augmentation (4 flips)")
     a = p.parse_args(argv)
     a.work.mkdir(parents=True, exist_ok=True)
     bench = compare.load_benchmark("lucchi")
-    record = header(__file__, argv, bench.description, labels={}, models={})
+    record = header(__file__, argv, bench.description, tta=a.tta, labels={}, models={})
     for name, mask in (("training", bench.train_mask), ("test", bench.test_mask)):
         record["labels"][name] = roughness(mask.astype(bool))
         print(name, record["labels"][name], flush=True)
     truth = bench.test_mask.astype(bool)
     for run in a.runs:
-        record["models"][run] = choices(*probabilities(run, bench, a.work), truth)
+        record["models"][run] = choices(*probabilities(run, bench, a.work, a.tta), truth)
         print(run, record["models"][run], flush=True)
     if a.mean:
-        val_p, val_mask, test_p = zip(*(probabilities(run, bench, a.work) for run in a.mean), strict=True)
+        val_p, val_mask, test_p = zip(*(probabilities(run, bench, a.work, a.tta) for run in a.mean), strict=True)
         name = f"mean of {a.mean[0]} and {a.mean[1]}"
         record["models"][name] = choices(mean_probabilities(list(val_p)), val_mask[0], mean_probabilities(list(test_p)),
                                          truth)
@@ -100,9 +103,11 @@ def markdown(record: dict) -> str:
     lines += [f"| {name} labels | {r['z']:.4f} | {r['y']:.4f} | {r['x']:.4f} |" for name, r in record["labels"].items()]
     lines += [f"| {name}, raw test mask | " + " | ".join(f"{r['test_mask_roughness'][k]:.4f}" for k in "zyx") + " |"
               for name, r in record["models"].items()]
+    probs = "probabilities with TTA, 4 in-plane flips" if record.get("tta") else "raw probabilities, no TTA"
+    raw = "with TTA" if record.get("tta") else "raw"
     lines += ["", "Post-processing chosen on the validation split (`postprocess.choose`) without and with the Z "
-              "smoothing, applied to the test volume (raw probabilities, no TTA).", "",
-              "| model | test IoU raw (0.5) | chosen without Z smoothing: test IoU (validation) | chosen with it: "
+              f"smoothing, applied to the test volume ({probs}).", "",
+              f"| model | test IoU {raw} (0.5) | chosen without Z smoothing: test IoU (validation) | chosen with it: "
               "test IoU (validation) | Z sigma chosen (slices) | gain |", "|---|---|---|---|---|---|"]
     for name, r in record["models"].items():
         w, z = r["without"], r["with"]
