@@ -1,7 +1,7 @@
-"""Slice-to-slice jitter on CA1: in the labels, in each model's masks, and what smoothing along Z gains.
+"""Slice-to-slice jitter (CA1, or --dataset): in the labels, in each model's masks, and what smoothing along Z gains.
 
     python experiments/z_smoothing.py RUN [RUN ...] --out results/ca1-ablation/z-smoothing/z_smoothing.json
-        [--mean RUN_2D RUN_3D] [--work runs/z_smoothing] [--tta]
+        [--mean RUN_2D RUN_3D] [--work runs/z_smoothing] [--tta] [--dataset lucchi|drosophila]
 
 1. Roughness: a mask (Z, Y, X) blurred along one axis only (a 1D Gaussian of 1 voxel, then >= 0.5) keeps
    an IoU with itself near 1 where its surface is smooth along that axis. On 5 nm isotropic tissue a
@@ -76,9 +76,11 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--mean", nargs=2, metavar=("RUN_2D", "RUN_3D"), help="also the mean of these two runs")
     p.add_argument("--work", type=Path, default=Path("runs/z_smoothing"), help="folder for the probabilities")
     p.add_argument("--tta", action="store_true", help="probabilities with test-time augmentation (4 flips)")
+    p.add_argument("--dataset", default="lucchi", choices=("lucchi", "drosophila"),
+                   help="compare's data set (default: CA1; drosophila: the 50 nm ssTEM stack, split as compare does)")
     a = p.parse_args(argv)
     a.work.mkdir(parents=True, exist_ok=True)
-    bench = compare.load_benchmark("lucchi")
+    bench = compare.load_benchmark(a.dataset)
     record = header(__file__, argv, bench.description, tta=a.tta, labels={}, models={})
     for name, mask in (("training", bench.train_mask), ("test", bench.test_mask)):
         record["labels"][name] = roughness(mask.astype(bool))
