@@ -71,7 +71,7 @@ RULES: dict[str, Rule] = {
     "loader_workers": COUNT, "validate_every": POSITIVE_INT,
     # prediction
     "tile_xy": Rule(int, 16), "tile_z": POSITIVE_INT, "overlap": FRACTION, "batch_size": POSITIVE_INT,
-    "threshold": PROBABILITY,
+    "threshold": PROBABILITY, "z_sigma": Rule(float, 0),
     # labels, objects, units
     "label_threshold": Rule(float, 0), "unlabeled": Rule(float), "min_size": COUNT, "voxel_size": POSITIVE,
     "block": POSITIVE_INT,

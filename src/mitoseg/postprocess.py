@@ -14,7 +14,6 @@ import numpy as np
 from scipy import ndimage
 
 from mitoseg import checks, metrics
-from mitoseg.errors import MitosegError
 
 THRESHOLDS = (0.3, 0.4, 0.5, 0.6, 0.7)  # scored at every validation while training (`train.validate`)
 # searched by `choose` on the validation split; wider, because a model may be calibrated far from 0.5 (the CA1
@@ -39,9 +38,7 @@ class PostProcessing:
     z_sigma: float = 0.0
 
     def __post_init__(self) -> None:
-        checks.check(threshold=self.threshold, min_size=self.min_size)
-        if not self.z_sigma >= 0:
-            raise MitosegError(f"z-sigma must be a number >= 0 (slices), not {self.z_sigma}")
+        checks.check(threshold=self.threshold, min_size=self.min_size, z_sigma=self.z_sigma)
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -102,13 +99,14 @@ def choose(probs: np.ndarray, truth: np.ndarray, thresholds=CHOICE_THRESHOLDS, m
     probs = np.asarray(probs)
     scale = 255.0 if probs.dtype == np.uint8 else 1.0
     thresholds = sorted(thresholds, key=lambda t: abs(t - 0.5))
-    rows = []
-    for sigma in sorted(z_sigmas):
-        smoothed = smooth_z(probs, sigma)
-        rows += [{**PostProcessing(t, 0, False, sigma).as_dict(), "jaccard": _iou(smoothed >= t * scale, truth)}
-                 for t in thresholds]
-    sigma = max(rows, key=lambda r: r["jaccard"])["z_sigma"]  # max keeps the first of equals: the simplest
-    smoothed = smooth_z(probs, sigma)
+    rows, best = [], -1.0
+    for z_sigma in sorted(z_sigmas):
+        candidate = smooth_z(probs, z_sigma)
+        scored = [{**PostProcessing(t, 0, False, z_sigma).as_dict(), "jaccard": _iou(candidate >= t * scale, truth)}
+                  for t in thresholds]
+        rows += scored
+        if max(r["jaccard"] for r in scored) > best:  # strictly: of equals the least smoothing stays
+            best, sigma, smoothed = max(r["jaccard"] for r in scored), z_sigma, candidate
     chosen = []
     for t in thresholds:
         mask = smoothed >= t * scale
@@ -121,8 +119,8 @@ def choose(probs: np.ndarray, truth: np.ndarray, thresholds=CHOICE_THRESHOLDS, m
             for fill in (False, True):
                 pp = PostProcessing(t, m, fill, sigma)
                 chosen.append({**pp.as_dict(), "jaccard": _iou(fill_holes(kept) if fill else kept, truth)})
-    best = max(chosen, key=lambda r: r["jaccard"])
-    return PostProcessing(**{k: v for k, v in best.items() if k != "jaccard"}), rows + chosen
+    top = max(chosen, key=lambda r: r["jaccard"])
+    return PostProcessing(**{k: v for k, v in top.items() if k != "jaccard"}), rows + chosen
 
 
 def _iou(mask: np.ndarray, truth: np.ndarray) -> float:
