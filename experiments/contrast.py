@@ -26,7 +26,7 @@ import numpy as np
 from ablation import with_training_histogram  # experiments/ is the script's folder, so on sys.path
 from record import header, save
 
-from mitoseg import compare, io, metrics, predict, train
+from mitoseg import compare, io, metrics, postprocess, predict, train
 
 
 def changes(seed: int = 0) -> dict:
@@ -56,9 +56,9 @@ RULES = {"run": None, "percentile": "percentile", "fixed 0..255": (0.0, 255.0), 
 
 
 def validation_threshold(run: str | Path) -> float:
-    """The probability threshold a compare run chose on its validation split (postprocessing.json), else 0.5."""
-    path = Path(run) / "postprocessing.json"
-    return float(json.loads(path.read_text())["chosen"]["threshold"]) if path.exists() else 0.5
+    """The probability threshold chosen on the run's validation split (by `train` or `compare`), else 0.5."""
+    pp = postprocess.read(run)
+    return pp.threshold if pp else 0.5
 
 
 def main(argv: list[str] | None = None) -> None:

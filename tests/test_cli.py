@@ -10,7 +10,7 @@ import pytest
 import scipy.ndimage as ndi
 import tifffile
 
-from mitoseg import io, metrics, predict
+from mitoseg import io, metrics, postprocess, predict
 from mitoseg.cli import main
 from mitoseg.config import Config
 
@@ -77,11 +77,15 @@ def test_train_predict_label_evaluate(runs, dims, capsys):
                  *(["--tta"] if dims == 2 else [])]) == 0
     p = io.open_volume(probs)
     assert p.shape == (8, 128, 128) and p.dtype == np.uint8
-    np.testing.assert_array_equal(io.open_volume(mask)[:], (p[:] >= 128).astype(np.uint8))
+    chosen = postprocess.read(d / f"run{dims}")  # `train` chose it on the validation split
+    applied = postprocess.PostProcessing(chosen.threshold, z_sigma=chosen.z_sigma)
+    np.testing.assert_array_equal(io.open_volume(mask)[:], postprocess.apply(p[:], applied))
+    assert p.attrs["postprocessing"] == io.open_volume(mask).attrs["postprocessing"] == chosen.as_dict()
     assert p.attrs["kind"] == "probability" and p.attrs["tta"] is (dims == 2)
     assert p.attrs.get("tta_set") == (predict.TTA_SET if dims == 2 else None)  # which transforms were averaged
 
     table = d / f"objects{dims}.csv"
+    assert "the run's post-processing chosen on validation" in capsys.readouterr().out
     assert main(["--quiet", "label", str(mask), "--out", str(d / f"l{dims}.zarr")]) == 0
     np.testing.assert_array_equal(io.open_volume(d / f"l{dims}.zarr")[:] > 0, io.open_volume(mask)[:] > 0)
     assert main(["--quiet", "label", str(d / "test_gt.tif"), "--out", str(d / f"gt{dims}.zarr"), "--table", str(table),
@@ -102,6 +106,34 @@ def test_train_predict_label_evaluate(runs, dims, capsys):
     expect = metrics.scores(metrics.confusion(p[:] >= 128, truth))
     assert got == pytest.approx(expect)
     assert "jaccard" in capsys.readouterr().out
+
+
+def test_predict_mask_applies_the_runs_z_smoothing_across_blocks(runs, capsys, tmp_path):
+    """A run whose chosen post-processing blurs along Z: the mask, predicted in blocks 2 slices deep (the
+    blur reaches 8), equals the chosen smoothing and threshold applied to the whole stored volume; the user
+    is told what is left to `label`. --threshold overrides it: the plain threshold."""
+    run = tmp_path / "run"
+    shutil.copytree(runs / "run2", run)
+    opts = [str(runs / "test.tif"), "--model", str(run), "--tile-xy", "64", "--block", "2", "64", "64"]
+    assert main(["--quiet", "predict", *opts, "--out", str(tmp_path / "first.zarr")]) == 0
+    t = round((float(np.median(io.open_volume(tmp_path / "first.zarr")[:])) + 0.5) / 255, 4)  # half the voxels
+    pp = postprocess.PostProcessing(t, 50, True, 2.0)
+    postprocess.save(run, pp, [], "raw")
+    capsys.readouterr()
+    assert main(["predict", *opts, "--out", str(tmp_path / "p.zarr"), "--mask", str(tmp_path / "m.zarr")]) == 0
+    probs, mask = io.open_volume(tmp_path / "p.zarr"), io.open_volume(tmp_path / "m.zarr")
+    expect = postprocess.apply(probs[:], postprocess.PostProcessing(t, z_sigma=2.0))
+    assert expect.any() and not (expect == (probs[:] >= t * 255)).all()  # the smoothing changed the mask
+    np.testing.assert_array_equal(mask[:], expect)
+    assert (mask.attrs["threshold"], mask.attrs["z_sigma"], mask.attrs["postprocessing"]) == (t, 2.0, pp.as_dict())
+    said = capsys.readouterr().out
+    assert f"blurred along Z (2 slices), then probability >= {t:g}, the run's post-processing" in said
+    assert f"mitoseg label {tmp_path / 'm.zarr'} --min-size 50" in said and "hole filling is not applied" in said
+
+    assert main(["predict", *opts, "--out", str(tmp_path / "q.zarr"), "--mask", str(tmp_path / "n.zarr"),
+                 "--threshold", "0.5"]) == 0
+    np.testing.assert_array_equal(io.open_volume(tmp_path / "n.zarr")[:], probs[:] >= 128)
+    assert "mask: probability >= 0.5 (--threshold); the run's post-processing chosen" in capsys.readouterr().out
 
 
 def test_label_probabilities_use_half_threshold(runs):
@@ -307,6 +339,7 @@ def test_train_from_a_few_slices_and_fine_tune(runs, capsys, tmp_path):
                  "0-2", "--init", str(d / "run2"), "--out", str(out), *TRAIN]) == 0
     saved = json.loads((out / "config.json").read_text())
     assert (saved["init"], saved["annotated_slices"], saved["unlabeled"]) == (str(d / "run2"), "0-2", 99)
+    assert not (out / "postprocessing.json").exists()  # chosen only on a wholly annotated validation split
     bad(["train", t, g, "--annotated-slices", "5-9", "--out", str(tmp_path / "r"), *TRAIN], capsys,
         "annotated slices '5-9' outside the volume's slices 0..7")
     bad(["train", t, g, "--init", str(d / "run3"), "--out", str(tmp_path / "r"), *TRAIN], capsys,

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from mitoseg import data, io
+from mitoseg import data, io, postprocess, predict
 from mitoseg import train as tr
 from mitoseg.config import Config
 from mitoseg.errors import MitosegError
@@ -201,13 +201,23 @@ def test_learns_on_a_ca1_crop(tmp_path, lucchi_crop):
     tr.train(cfg, raw[:8], mask[:8], tmp_path / "run", progress=False)
     rows = tr.read_log(tmp_path / "run")
     assert max(r["val_iou"] for r in rows) > 2 * mask[:8].mean()
+    # the post-processing `predict` applies: chosen on the validation split, predicted by the delivered model
+    chosen = json.loads((tmp_path / "run" / "postprocessing.json").read_text())
+    model, _ = tr.load_model(tmp_path / "run")
+    _, val = data.split(raw[:8], mask[:8], cfg.val_fraction, io.intensity_range(raw[:8]))
+    probs = predict.predict_array(model, val.image, 2, predict.default_tile(2, val.image.shape, cfg.tile), cfg.overlap,
+                             val.window, amp=cfg.amp)
+    pp, candidates = postprocess.choose(predict.to_storage(probs, "uint8"), val.mask)
+    assert (chosen["chosen"], chosen["probabilities"]) == (pp.as_dict(), "raw") and chosen["candidates"] == candidates
 
 
 def test_3d_model_learns_on_a_thin_anisotropic_stack(tmp_path, droso_crop):
     """50 nm sections, 4.6 nm pixels: the encoder halves Z twice, not five times, and the model learns."""
     raw, mask = droso_crop
-    cfg = tiny(3, patch_z=8, tile_z=8, epochs=4, iterations_per_epoch=25, lr=3e-3, tile_xy=128, val_fraction=0.3,
-               voxel_size=(50, 4.6, 4.6), warmup_iterations=5, amp=False)  # float32: bf16 3D does not repeat
+    # float32: bf16 3D does not repeat. lr 2e-3: at 3e-3 a Xeon (AVX512 kernels) reached 0.078 against the 0.080
+    # asked, at 2e-3 0.138
+    cfg = tiny(3, patch_z=8, tile_z=8, epochs=4, iterations_per_epoch=25, lr=2e-3, tile_xy=128, val_fraction=0.3,
+               voxel_size=(50, 4.6, 4.6), warmup_iterations=5, amp=False)
     tr.train(cfg, raw[:8], mask[:8], tmp_path / "run", progress=False)
     rows = tr.read_log(tmp_path / "run")
     assert max(r["val_iou"] for r in rows) > 2 * mask[:8].mean(), [r["val_iou"] for r in rows]

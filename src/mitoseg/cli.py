@@ -72,6 +72,26 @@ def cmd_predict(a: argparse.Namespace) -> None:
                 amp=not a.fp32, device=a.device, client=client, overwrite=a.overwrite, resume=a.resume,
                 progress=not a.quiet, match_training=a.match_training)
     print(f"wrote {a.out}" + (f" and {a.mask}" if a.mask else ""))
+    if a.mask:
+        print(_mask_words(a.mask))
+
+
+def _mask_words(path: str) -> str:
+    """What a --mask output applied, and what of the run's post-processing is left to `mitoseg label`."""
+    from mitoseg import io, postprocess
+
+    attrs = io.open_volume(path).attrs
+    chosen, applied = attrs.get("postprocessing"), f"probability >= {attrs['threshold']:g}"
+    if attrs.get("z_sigma"):
+        applied = f"probabilities blurred along Z ({attrs['z_sigma']:g} slices), then {applied}"
+    if not chosen:
+        return f"mask: {applied}"
+    if chosen["threshold"] != attrs["threshold"] or chosen["z_sigma"] != attrs.get("z_sigma", 0):
+        return f"mask: {applied} (--threshold); the run's post-processing chosen on validation: " + \
+            postprocess.words(chosen)
+    rest = f"; then `mitoseg label {path} --min-size {chosen['min_size']}`" if chosen["min_size"] else ""
+    holes = " (its hole filling is not applied)" if chosen["fill_holes"] else ""
+    return f"mask: {applied}, the run's post-processing chosen on validation{rest}{holes}"
 
 
 def cmd_label(a: argparse.Namespace) -> None:
@@ -231,7 +251,9 @@ def parser() -> argparse.ArgumentParser:
                         "probabilities")
     r.add_argument("--out", required=True, help="probabilities, a .zarr path")
     r.add_argument("--mask", help="also write a binary mask here (.zarr)")
-    r.add_argument("--threshold", type=arg("threshold"), default=0.5, help="probability threshold of --mask (0..1)")
+    r.add_argument("--threshold", type=arg("threshold"),
+                   help="probability threshold of --mask (0..1); default: the run's post-processing chosen on its "
+                        "validation split (Z smoothing and threshold), else 0.5")
     r.add_argument("--dtype", choices=("uint8", "float16"), default="uint8",
                    help="stored probabilities: uint8 0..255 (default) or float16")
     r.add_argument("--tile-xy", type=arg("tile_xy"),

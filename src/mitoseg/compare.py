@@ -216,8 +216,7 @@ def evaluate_probabilities(folder: Path, bench: Benchmark, tta: bool = True, val
     ("validation_jaccard"), which ranks a model against the ensemble without the test volume."""
     _, val = split(bench.train_image, bench.train_mask, val_fraction)
     pp, candidates = postprocess.choose(io.open_volume(folder / "val_probs.zarr")[:], val.mask)
-    (folder / "postprocessing.json").write_text(json.dumps({"chosen": pp.as_dict(), "chosen_on": "validation split",
-                                                            "candidates": candidates}, indent=2) + "\n")
+    postprocess.save(folder, pp, candidates, "tta" if tta else "raw")  # replaces the one `train` chose on raw
     memory.release()
     probs = io.open_volume(folder / "test_probs.zarr")[:]
     variants = {"raw": _scores(probs >= 128, bench.test_mask, 0)}
@@ -347,20 +346,12 @@ def _resumed_words(results: dict) -> str:
                       != _machine_words(results["machine"]) else "") + "." for r in results.get("resumed", []))
 
 
-def _pp_words(pp: dict) -> str:
-    """A chosen post-processing in words (reports before the Z smoothing was searched have no z_sigma)."""
-    smooth = (f"probabilities blurred along Z (Gaussian, {pp['z_sigma']:g} slices), " if pp.get("z_sigma")
-              else "")
-    return (f"{smooth}threshold {pp['threshold']}, objects under {pp['min_size']:,} voxels removed, holes "
-            f"{'filled' if pp['fill_holes'] else 'kept'}")
-
-
 def write_report(out: Path, results: dict) -> None:
     """report.json and report.md in the report folder."""
     (out / "report.json").write_text(json.dumps(results, indent=2) + "\n")
     hw = _machine_words(results["machine"])
     models = results["models"]
-    pp = "; ".join(f"{d}: {_pp_words(r['postprocessing'])}" for d, r in _rows(results).items())
+    pp = "; ".join(f"{d}: {postprocess.words(r['postprocessing'])}" for d, r in _rows(results).items())
     cfg = results["configs"][0]
     epoch = (f"an epoch is {cfg['iterations_per_epoch']} iterations (not the study's epoch; compare the "
              "voxels seen)" if cfg.get("iterations_per_epoch") else "an epoch samples as many voxels as the training "
@@ -427,7 +418,7 @@ def figures(out: Path, bench: Benchmark, results: dict) -> None:
     for d, row in _rows(results).items():
         name = "test_probs_tta.zarr" if "tta" in row["variants"] else "test_probs.zarr"
         pp = postprocess.PostProcessing(**row["postprocessing"])
-        halo = int(np.ceil(4 * pp.z_sigma))  # scipy's Gaussian reaches 4 sigma: the slab gives slice z its mask
+        halo = postprocess.halo(pp.z_sigma)  # the slab gives slice z its whole-volume mask
         z0 = max(0, z - halo)
         probs = io.open_volume(out / f"model_{d}" / name)[z0:z + halo + 1]
         preds[_title(d)] = postprocess.apply(probs, dataclasses.replace(pp, min_size=0))[z - z0]

@@ -7,7 +7,9 @@ chosen `PostProcessing` is then applied unchanged to the test volume.
 
 from __future__ import annotations
 
+import json
 from dataclasses import asdict, dataclass
+from pathlib import Path
 
 import cc3d
 import numpy as np
@@ -23,6 +25,7 @@ MIN_SIZES = (0, 1000, 4000, 16000)  # voxels; a CA1 mitochondrion holds 10^5-10^
 # Gaussian sigmas along Z in slices, searched by `choose` first: a 2D model predicts each slice alone, and on
 # CA1 its masks changed from slice to slice far more than in-plane (results/README.md, "Smoothing along Z")
 Z_SIGMAS = (0.0, 1.0, 2.0, 4.0, 8.0)
+FILE = "postprocessing.json"  # in a run folder: the post-processing `predict` applies to its masks
 
 
 @dataclass(frozen=True)
@@ -56,6 +59,35 @@ def smooth_z(probs: np.ndarray, sigma: float, rows: int = 64) -> np.ndarray:
         blurred = ndimage.gaussian_filter1d(probs[:, y:y + rows].astype(np.float32), sigma, axis=0)
         out[:, y:y + rows] = np.rint(blurred) if out.dtype == np.uint8 else blurred
     return out
+
+
+def halo(z_sigma: float) -> int:
+    """Slices on each side that `smooth_z` reads for one slice: scipy's Gaussian reaches int(4 sigma + 0.5),
+    so a block smoothed with this many neighbouring slices equals the whole volume smoothed."""
+    return int(4 * z_sigma + 0.5)
+
+
+def words(pp: dict) -> str:
+    """A chosen post-processing (`PostProcessing.as_dict`) in words; older records have no z_sigma."""
+    smooth = (f"probabilities blurred along Z (Gaussian, {pp['z_sigma']:g} slices), " if pp.get("z_sigma")
+              else "")
+    return (f"{smooth}threshold {pp['threshold']}, objects under {pp['min_size']:,} voxels removed, holes "
+            f"{'filled' if pp['fill_holes'] else 'kept'}")
+
+
+def save(folder: str | Path, pp: PostProcessing, candidates: list[dict], probabilities: str) -> None:
+    """Write a choice to `folder`/postprocessing.json: the chosen `pp`, every candidate's validation IoU and
+    which `probabilities` it was chosen on ("raw" or "tta")."""
+    record = {"chosen": pp.as_dict(), "chosen_on": "validation split", "probabilities": probabilities,
+              "candidates": candidates}
+    (Path(folder) / FILE).write_text(json.dumps(record, indent=2) + "\n")
+
+
+def read(run: str | Path) -> PostProcessing | None:
+    """The post-processing chosen for a run folder (`save`); None for a checkpoint file, or a run without one
+    (saved before training chose it, or validated on partly annotated labels)."""
+    path = Path(run) / FILE
+    return PostProcessing(**json.loads(path.read_text())["chosen"]) if path.is_file() else None
 
 
 def apply(probs: np.ndarray, pp: PostProcessing) -> np.ndarray:

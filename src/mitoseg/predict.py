@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from mitoseg import blocks, checks, io, memory
+from mitoseg import blocks, checks, io, memory, postprocess
 from mitoseg.errors import MitosegError
 from mitoseg.models import accelerator, autocast, channels_last
 
@@ -230,11 +230,15 @@ def input_rule(model: torch.nn.Module) -> str:
 def to_storage(probs: np.ndarray | torch.Tensor, dtype: str) -> np.ndarray:
     """Probabilities as stored, on the host: 'uint8' maps [0, 1] to 0..255 (rounded half to even),
     'float16' keeps them as floats; computed where `probs` lies (a GPU copies back the small dtype)."""
+    return _stored(probs, dtype).cpu().numpy()
+
+
+def _stored(probs: np.ndarray | torch.Tensor, dtype: str) -> torch.Tensor:
     p = torch.as_tensor(probs)
     if dtype == "uint8":
-        return torch.round(p * 255).to(torch.uint8).cpu().numpy()
+        return torch.round(p * 255).to(torch.uint8)
     if dtype == "float16":
-        return p.half().cpu().numpy()
+        return p.half()
     raise MitosegError(f"probability dtype must be uint8 or float16, not {dtype!r}")
 
 
@@ -358,10 +362,14 @@ def open_outputs(shape: tuple[int, ...], out: str | Path, mask_out: str | Path |
 
 def encode_block(probs: np.ndarray | torch.Tensor, settings: Settings, mask: bool) -> list[np.ndarray]:
     """What is stored of one block's probabilities, on the host: the probabilities as `settings.dtype`,
-    then (with `mask`) the mask, uint8 {0, 1} where probability >= threshold; computed where `probs` lies."""
-    arrays = [to_storage(probs, settings.dtype)]
+    then (with `mask`) the mask, uint8 {0, 1} where the stored probability >= threshold (so it agrees with
+    `postprocess.apply` of the stored volume, and with the choice made on stored probabilities); computed
+    where `probs` lies."""
+    stored = _stored(probs, settings.dtype)
+    arrays = [stored.cpu().numpy()]
     if mask:
-        arrays.append((torch.as_tensor(probs) >= settings.threshold).to(torch.uint8).cpu().numpy())
+        cut = settings.threshold * 255 if settings.dtype == "uint8" else settings.threshold
+        arrays.append((stored >= cut).to(torch.uint8).cpu().numpy())
     return arrays
 
 
@@ -458,7 +466,7 @@ def predict_volume(model: torch.nn.Module, image: Any, out: str | Path, dims: in
 def predict(model: str | Path | Sequence[str | Path], image: str | Path, out: str | Path, *,
             mask_out: str | Path | None = None,
             tile_xy: int | None = None, tile_z: int | None = None, overlap: float | None = None,
-            block: tuple[int, int, int] | None = None, dtype: str = "uint8", threshold: float = 0.5,
+            block: tuple[int, int, int] | None = None, dtype: str = "uint8", threshold: float | None = None,
             batch_size: int | None = None, tta: bool = False, amp: bool = True, device: str = "auto",
             client: Any = None, overwrite: bool = False, resume: bool = False, progress: bool = True,
             match_training: bool = False) -> Path:
@@ -470,11 +478,28 @@ def predict(model: str | Path | Sequence[str | Path], image: str | Path, out: st
     Defaults come from the run: `tile_xy`/`tile_z` (a 2D model: whole slices up to 2048 x 2048 when
     `tile_xy` is not given) and `overlap`. An `out` (or `mask_out`) named *.ome.zarr is written as OME-Zarr
     with a pyramid, at the input's voxel size when it states one, else the run's. Returns `out`.
+
+    The mask: probability >= `threshold` when given; else the run's post-processing chosen on validation
+    (`postprocess.read`: its Z smoothing, then its threshold, `write_mask`; its minimum object size and hole
+    filling are left to `mitoseg label`), else >= 0.5. The outputs' attribute "postprocessing" holds the run's
+    choice, the mask's "threshold" and "z_sigma" what it applied.
     """
     from mitoseg.train import load_model
 
     checks.check(tile_xy=tile_xy, tile_z=tile_z, overlap=overlap, block=block, threshold=threshold,
                  batch_size=batch_size)
+    single = isinstance(model, str | Path) or len(model) == 1
+    chosen = postprocess.read(model if isinstance(model, str | Path) else model[0]) if single else None
+    pp = postprocess.PostProcessing(threshold) if threshold is not None else chosen or postprocess.PostProcessing()
+    if pp.z_sigma and mask_out is not None:  # the mask needs neighbouring blocks: a pass of its own afterwards
+        io.check_output(mask_out, overwrite)
+        if not (resume and Path(out).exists()):  # on --resume finished probabilities are kept
+            predict(model, image, out, tile_xy=tile_xy, tile_z=tile_z, overlap=overlap, block=block, dtype=dtype,
+                    threshold=pp.threshold, batch_size=batch_size, tta=tta, amp=amp, device=device, client=client,
+                    overwrite=overwrite, resume=resume, progress=progress, match_training=match_training)
+        write_mask(out, mask_out, pp, overwrite=overwrite, resume=resume, progress=progress)
+        return Path(out)
+    threshold = pp.threshold
     if not isinstance(model, str | Path):
         if len(model) > 1:
             return predict_mean(model, image, out, mask_out=mask_out, threshold=threshold, dtype=dtype,
@@ -483,6 +508,8 @@ def predict(model: str | Path | Sequence[str | Path], image: str | Path, out: st
                                 client=client, match_training=match_training)
         model = model[0]
     attrs = {"model": Path(model).name}
+    if chosen:  # the run's choice, for `mitoseg label` and the user; the mask's own attributes say what it applied
+        attrs["postprocessing"] = chosen.as_dict()
     stated = io.voxel_size(image) if isinstance(image, str | Path) else None
     if stated:
         attrs["voxel_size"] = stated  # else the run's (the model was trained at it)
@@ -501,6 +528,31 @@ def predict(model: str | Path | Sequence[str | Path], image: str | Path, out: st
                           batch_size, tta, amp, attrs={"voxel_size": config.voxel_size, **attrs},
                           overwrite=overwrite, resume=resume, progress=progress,
                           window=input_window(net, volume, match_training))
+
+
+def write_mask(probs: str | Path, out: str | Path, pp: postprocess.PostProcessing, overwrite: bool = False,
+               resume: bool = False, progress: bool = True) -> Path:
+    """The mask (uint8 {0, 1}, Z, Y, X) of stored probabilities (`predict_volume`'s Zarr) at `out`, block by
+    block on their chunks: blurred along Z by `pp.z_sigma` slices, each block read with `postprocess.halo`
+    slices on either side, then >= `pp.threshold`; equal to `postprocess.apply` of the whole volume without
+    its minimum size and hole filling. Resumable like every block engine output. Returns `out`."""
+    from tqdm.auto import tqdm
+
+    source = io.open_volume(probs)
+    shape, block, halo = tuple(source.shape), tuple(source.chunks), postprocess.halo(pp.z_sigma)
+    attrs = {k: v for k, v in source.attrs.items() if k not in ("settings", "kind", "seconds")}
+    settings = {"probabilities": dict(source.attrs.get("settings", {})), "postprocessing": pp.as_dict()}
+    output = blocks.open_output(out, shape, "uint8", block, settings,
+                                dict(attrs, kind="mask", threshold=pp.threshold, z_sigma=pp.z_sigma),
+                                resume, overwrite)
+    whole = postprocess.PostProcessing(pp.threshold, z_sigma=pp.z_sigma)
+    for b in tqdm(output.todo(blocks.grid(shape, block)), desc=f"mask {Path(out).name}", unit="block",
+                  disable=not progress):
+        z0, z1 = max(0, b[0].start - halo), min(shape[0], b[0].stop + halo)
+        mask = postprocess.apply(source[z0:z1, b[1], b[2]], whole)
+        output.write(b, mask[b[0].start - z0:b[0].stop - z0])
+    blocks.finish(output, overwrite=overwrite)
+    return Path(out)
 
 
 def mean_probabilities(parts: Sequence[np.ndarray]) -> np.ndarray:

@@ -31,7 +31,7 @@ from mitoseg import data, io, memory, metrics, postprocess
 from mitoseg.config import Config
 from mitoseg.errors import MitosegError
 from mitoseg.models import autocast, build_model, channels_last, pick_device, synchronize
-from mitoseg.predict import default_tile, predict_array
+from mitoseg.predict import default_tile, predict_array, to_storage
 
 LOG_FIELDS = ["epoch", "iterations", "loss", "val_dice", "val_iou", "val_iou_best", "val_threshold", "monitor_iou",
               "lr", "epoch_seconds", "seconds_per_iteration", "elapsed_seconds", "skipped_steps", "peak_memory_mib"]
@@ -457,7 +457,24 @@ def _train(config: Config, image: np.ndarray, mask: np.ndarray, out: Path, resum
               out / "last.pt")
     del model, ema, optimizer, sampler, stream  # the stream's worker processes end with it
     memory.release()
+    choose_postprocessing(out, val_vol, config, device, progress)
     return summarize(out)
+
+
+def choose_postprocessing(out: Path, val: data.Volume | None, config: Config, device: torch.device,
+                          progress: bool = True) -> None:
+    """Choose how the run's probabilities become masks (`postprocess.choose`: Z smoothing, threshold, minimum
+    object size, hole filling) on its validation split, predicted by the delivered model, and save it in `out`
+    (`postprocess.FILE`), where `predict` finds it. Nothing without a wholly annotated validation split."""
+    if val is None or (val.mask == data.IGNORE).any():
+        return
+    model, _ = load_model(out, device)
+    tile = default_tile(config.dims, val.image.shape, config.tile)
+    probs = predict_array(model, val.image, config.dims, tile, config.overlap, val.window, device, amp=config.amp)
+    pp, candidates = postprocess.choose(to_storage(probs, "uint8"), val.mask)  # as `predict` stores them
+    postprocess.save(out, pp, candidates, "raw")
+    if progress:
+        print(f"{config.dims}D post-processing chosen on validation: {postprocess.words(pp.as_dict())}", flush=True)
 
 
 def _copy(state_dict: dict) -> dict:
