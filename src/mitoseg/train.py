@@ -3,8 +3,9 @@
 A run folder holds everything needed to repeat or continue it:
 ``config.json``, ``versions.json``, ``log.csv`` (one row per epoch), ``summary.json``,
 ``last.pt`` (after the first epoch, then after each epoch ending 30 s or more after the last write, and
-at the end; used by --resume, which trains the epochs after it again) and ``best.pt`` (best validation
-IoU, written with last.pt).
+at the end; used by --resume, which trains the epochs after it again), ``best.pt`` (best validation
+IoU, written with last.pt) and, at the end, ``postprocessing.json`` (how `predict` makes masks, chosen on
+the validation split: `choose_postprocessing`).
 Randomness is re-seeded from (seed, epoch) at every epoch start, so a resumed run draws the same
 patches as an uninterrupted one; with batch-preparing processes beside a GPU (`loader_workers`) a run
 repeats for the same number of processes, and a resumed one draws new patches.
