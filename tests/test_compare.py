@@ -50,6 +50,7 @@ def test_compare_writes_report(tmp_path, tiny_bench):
         assert all(0 <= r["monitor_iou"] <= 1 for r in read_log(out / f"model_{d}"))  # the test curve
         chosen = json.loads((out / f"model_{d}" / "postprocessing.json").read_text())
         assert chosen["chosen_on"] == "validation split" and chosen["chosen"] == saved["models"][d]["postprocessing"]
+        assert chosen["probabilities"] == "tta"  # compare's own choice, on TTA probabilities
     ensemble = out / "model_2D+3D"  # the mean of the two models' probabilities, scored as a third row
     scored = {**saved["models"], cmp.ENSEMBLE: saved["ensemble"]}
     for name in cmp.PROBABILITIES:

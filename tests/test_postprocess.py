@@ -47,9 +47,11 @@ def test_each_step_mends_its_fault(damaged):
     assert np.all(filled >= no_specks)  # filling only adds voxels
 
 
-def test_choose_finds_the_setting_that_mends_them(damaged):
+def test_choose_finds_the_setting_that_mends_them(damaged, monkeypatch):
     probs, truth = damaged
     pp, rows = postprocess.choose(probs, truth)
+    monkeypatch.setattr(postprocess, "MAX_THREADS", 1)  # candidates scored one after another: the same answer
+    assert postprocess.choose(probs, truth) == (pp, rows)
     assert pp.min_size > 0 and pp.fill_holes
     n = len(postprocess.CHOICE_THRESHOLDS)
     assert len(rows) == n * len(postprocess.Z_SIGMAS) + n * len(postprocess.MIN_SIZES) * 2
@@ -98,6 +100,8 @@ def test_fill_holes_matches_scipy_slice_by_slice(damaged):
     ours = postprocess.fill_holes(mask)
     assert np.array_equal(ours, np.stack([ndimage.binary_fill_holes(s) for s in mask]))
     assert ours.sum() > mask.sum()  # there were holes to fill
+    assert np.array_equal(postprocess.fill_holes(mask, slices=3), ours)  # 3 slices labelled at a time, the last 2
+    assert np.array_equal(postprocess.fill_holes(mask[:1]), ours[:1])
 
 
 def test_bad_settings_refused():

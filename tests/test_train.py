@@ -303,11 +303,13 @@ def test_divergence_stops_with_a_clear_error(tmp_path, small, monkeypatch):
 def test_monitor_volume_is_scored_every_epoch(tmp_path, small, droso_crop):
     raw, mask = droso_crop
     monitor = data.Volume(raw[8:16, 128:, 128:], mask[8:16, 128:, 128:], io.intensity_range(raw))
-    tr.train(tiny(2), *small, tmp_path / "run", progress=False, monitor=monitor)
+    tr.train(tiny(2), *small, tmp_path / "run", progress=False, monitor=monitor, postprocessing=False)  # as compare
     rows = tr.read_log(tmp_path / "run")
     assert all(0 <= r["monitor_iou"] <= 1 for r in rows)
     tr.train(tiny(2), *small, tmp_path / "plain", progress=False)
     assert all(np.isnan(r["monitor_iou"]) for r in tr.read_log(tmp_path / "plain"))
+    # the post-processing is chosen at the end unless the caller chooses its own
+    assert (tmp_path / "plain" / postprocess.FILE).is_file() and not (tmp_path / "run" / postprocess.FILE).exists()
 
 
 def test_validation_every_nth_epoch_and_always_the_last(tmp_path, small, droso_crop):

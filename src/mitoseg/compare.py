@@ -168,7 +168,8 @@ def run_model(cfg: Config, bench: Benchmark, folder: Path, progress: bool, tta: 
                        test_window)  # normalised as the whole test volume is
     go_on = resume and (folder / "last.pt").exists()
     summary = train(cfg, bench.train_image, bench.train_mask, folder, resume=go_on, overwrite=not go_on,
-                    progress=progress, monitor=test_part if monitor else None)
+                    progress=progress, monitor=test_part if monitor else None,
+                    postprocessing=False)  # chosen below, on the validation split's TTA probabilities
     row = evaluate_model(folder, bench, progress, tta, cfg.device)
     _, val = split(bench.train_image, bench.train_mask, cfg.val_fraction)
     return {

@@ -6,6 +6,7 @@ volumes larger than RAM by summing the counts of one block at a time.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -252,6 +253,11 @@ def match_instances(pred_labels: np.ndarray, true_labels: np.ndarray, iou_thresh
     }
 
 
+def cores() -> int:
+    """The CPU cores this process may use (its affinity, where the system tells it)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
 ERROR_WIDTHS = (1, 2, 4)  # distances to the true surface, in in-plane voxels, that `error_places` counts
 
 
@@ -297,13 +303,17 @@ def error_places(mask: np.ndarray, truth: np.ndarray, voxel_size: Sequence[float
         lo, hi = max(0, z0 - halo), min(depth, z0 + slab + halo)
         core = slice(z0 - lo, min(depth, z0 + slab) - lo)
         t = truth[lo:hi]
+        if t.all() or not t.any():  # no surface within reach: nothing is near it
+            continue
         tc, mc, oc = t[core], mask[lo:hi][core], ~whole[lo:hi][core]
-        for kind, wrong, inside in (("fn", tc & ~mc & oc, t), ("fp", mc & ~tc & oc, ~t)):
-            if not wrong.any() or inside.all():  # nothing to place, or no surface within reach
-                continue
-            distance = edt.edt(inside, anisotropy=spacing, black_border=False, parallel=1)[core][wrong]
+        # one transform of two labels (1 outside the truth, 2 inside) gives every voxel its distance to the other
+        # side, i.e. to the true surface from within and without; uint8, on which edt is 3x faster than on bool
+        distance = edt.edt(t.view(np.uint8) + np.uint8(1), anisotropy=spacing, black_border=False,
+                           parallel=cores())[core]
+        for kind, wrong in (("fn", tc & ~mc & oc), ("fp", mc & ~tc & oc)):
+            placed = distance[wrong]
             for w, limit in zip(widths, limits, strict=True):
-                near[kind, w] += int(np.count_nonzero(distance <= limit))
+                near[kind, w] += int(np.count_nonzero(placed <= limit))
     union = counts.tp + counts.fp + counts.fn
     out["jaccard"] = _ratio(counts.tp, union)
     out["jaccard_whole_right"] = _ratio(counts.tp + out["fn_whole"], union - out["fp_whole"])

@@ -8,6 +8,7 @@ chosen `PostProcessing` is then applied unchanged to the test volume.
 from __future__ import annotations
 
 import json
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -25,6 +26,7 @@ MIN_SIZES = (0, 1000, 4000, 16000)  # voxels; a CA1 mitochondrion holds 10^5-10^
 # Gaussian sigmas along Z in slices, searched by `choose` first: a 2D model predicts each slice alone, and on
 # CA1 its masks changed from slice to slice far more than in-plane (results/README.md, "Smoothing along Z")
 Z_SIGMAS = (0.0, 1.0, 2.0, 4.0, 8.0)
+MAX_THREADS = 4  # `choose` scores this many candidates at once at most: each holds a few copies of the volume
 FILE = "postprocessing.json"  # in a run folder: the post-processing `predict` applies to its masks
 
 
@@ -50,14 +52,17 @@ class PostProcessing:
 def smooth_z(probs: np.ndarray, sigma: float, rows: int = 64) -> np.ndarray:
     """Probabilities (Z, Y, X) blurred along Z only by a Gaussian of `sigma` slices (ends mirrored), in their
     own units and dtype (uint8 0..255 rounded back to uint8, floats as float32); computed `rows` rows of Y at
-    a time, so the float32 copy stays small. `sigma` 0 returns `probs` itself."""
+    a time (in threads, `_map`), so the float32 copies stay small. `sigma` 0 returns `probs` itself."""
     probs = np.asarray(probs)
     if sigma == 0:
         return probs
     out = np.empty(probs.shape, np.uint8 if probs.dtype == np.uint8 else np.float32)
-    for y in range(0, probs.shape[1], rows):
+
+    def blur(y: int) -> None:
         blurred = ndimage.gaussian_filter1d(probs[:, y:y + rows].astype(np.float32), sigma, axis=0)
         out[:, y:y + rows] = np.rint(blurred) if out.dtype == np.uint8 else blurred
+
+    _map(blur, range(0, probs.shape[1], rows))
     return out
 
 
@@ -106,15 +111,23 @@ def _clean(mask: np.ndarray, pp: PostProcessing) -> np.ndarray:
     return mask.astype(np.uint8)
 
 
-def fill_holes(mask: np.ndarray) -> np.ndarray:
+def fill_holes(mask: np.ndarray, slices: int = 16) -> np.ndarray:
     """Bool (Z, Y, X): each slice's holes filled, as `scipy.ndimage.binary_fill_holes` does per slice
     (background not 4-connected to the slice's edge becomes foreground), by connected components of the
-    background, faster than scipy's (`benchmarks/bench_evaluation.py`)."""
+    background, faster than scipy's (`benchmarks/bench_evaluation.py`). `slices` slices are labelled in one 2D
+    call: stacked along Y, each followed by a row of foreground, so no background component spans two."""
     out = np.array(mask, dtype=bool)
-    for z in range(out.shape[0]):
-        background = cc3d.connected_components(~out[z], connectivity=4)
-        edge = np.unique(np.concatenate([background[0], background[-1], background[:, 0], background[:, -1]]))
-        out[z] |= ~np.isin(background, edge)
+    depth, height, width = out.shape
+    for z0 in range(0, depth, slices):
+        part = out[z0:z0 + slices]
+        background = np.zeros((len(part), height + 1, width), bool)
+        background[:, :height] = ~part
+        labels = cc3d.connected_components(background.reshape(-1, width), connectivity=4)
+        labels = labels.reshape(len(part), height + 1, width)[:, :height]
+        edge = np.zeros(int(labels.max()) + 1, bool)  # the components touching a slice's edge
+        for side in (labels[:, 0], labels[:, -1], labels[:, :, 0], labels[:, :, -1]):
+            edge[side] = True
+        part |= ~edge[labels]
     return out
 
 
@@ -131,28 +144,46 @@ def choose(probs: np.ndarray, truth: np.ndarray, thresholds=CHOICE_THRESHOLDS, m
     probs = np.asarray(probs)
     scale = 255.0 if probs.dtype == np.uint8 else 1.0
     thresholds = sorted(thresholds, key=lambda t: abs(t - 0.5))
-    rows, best = [], -1.0
-    for z_sigma in sorted(z_sigmas):
+
+    def smoothing(z_sigma: float) -> tuple[np.ndarray, list[dict]]:
         candidate = smooth_z(probs, z_sigma)
-        scored = [{**PostProcessing(t, 0, False, z_sigma).as_dict(), "jaccard": _iou(candidate >= t * scale, truth)}
-                  for t in thresholds]
+        return candidate, [{**PostProcessing(t, 0, False, z_sigma).as_dict(),
+                            "jaccard": _iou(candidate >= t * scale, truth)} for t in thresholds]
+
+    rows, best = [], -1.0
+    for z_sigma, (candidate, scored) in zip(sorted(z_sigmas), _map(smoothing, sorted(z_sigmas)), strict=True):
         rows += scored
         if max(r["jaccard"] for r in scored) > best:  # strictly: of equals the least smoothing stays
             best, sigma, smoothed = max(r["jaccard"] for r in scored), z_sigma, candidate
-    chosen = []
-    for t in thresholds:
+
+    def cleaning(t: float) -> list[dict]:
         mask = smoothed >= t * scale
         objects = cc3d.connected_components(mask, connectivity=26)
         sizes = np.bincount(objects.ravel())
+        out = []
         for m in min_sizes:
             keep = sizes >= m
             keep[0] = False
             kept = keep[objects] if m > 0 else mask
             for fill in (False, True):
                 pp = PostProcessing(t, m, fill, sigma)
-                chosen.append({**pp.as_dict(), "jaccard": _iou(fill_holes(kept) if fill else kept, truth)})
+                out.append({**pp.as_dict(), "jaccard": _iou(fill_holes(kept) if fill else kept, truth)})
+        return out
+
+    chosen = [row for scored in _map(cleaning, thresholds) for row in scored]
     top = max(chosen, key=lambda r: r["jaccard"])
     return PostProcessing(**{k: v for k, v in top.items() if k != "jaccard"}), rows + chosen
+
+
+def _map(fn, items: list) -> list:
+    """[fn(item) for item in items], in order, computed in up to `MAX_THREADS` threads (one per core at most):
+    numpy's and scipy's loops release the GIL (cc3d's labelling does not: it runs one at a time)."""
+    items = list(items)
+    workers = min(len(items), metrics.cores(), MAX_THREADS)
+    if workers <= 1:
+        return [fn(item) for item in items]
+    with ThreadPoolExecutor(workers) as pool:
+        return list(pool.map(fn, items))
 
 
 def _iou(mask: np.ndarray, truth: np.ndarray) -> float:

@@ -283,7 +283,7 @@ def _finite_step(model: torch.nn.Module, loss: torch.Tensor) -> bool:
 
 def train(config: Config, image: np.ndarray, mask: np.ndarray, out: str | Path, resume: bool = False,
           overwrite: bool = False, progress: bool = True,
-          monitor: data.Volume | None = None) -> dict:
+          monitor: data.Volume | None = None, postprocessing: bool = True) -> dict:
     """Train one model on an image (Z, Y, X, any dtype) and its mask (Z, Y, X) {0, 1}; returns the summary.
 
     Stops after `config.epochs` epochs or `config.minutes` of training, whichever comes first.
@@ -291,6 +291,8 @@ def train(config: Config, image: np.ndarray, mask: np.ndarray, out: str | Path, 
     `monitor`: an optional volume (image, mask, window) scored like the validation split after every
     epoch and logged as `monitor_iou` (e.g. a part of a test volume with the whole test volume's window,
     to plot test IoU against training time); it never chooses a checkpoint.
+    `postprocessing`: end by choosing the post-processing on the validation split (`choose_postprocessing`);
+    False for a caller that chooses its own (`compare`, on test-time-augmented probabilities).
     When training ends, `last.pt` keeps the weights only (the optimiser state, twice the weights' size, is
     needed only to resume an interrupted run).
     """
@@ -310,7 +312,7 @@ def train(config: Config, image: np.ndarray, mask: np.ndarray, out: str | Path, 
     config.save(out / "config.json")
     (out / "versions.json").write_text(json.dumps(versions(), indent=2) + "\n")
     try:
-        return _train(config, image, mask, out, resume, progress, monitor)
+        return _train(config, image, mask, out, resume, progress, monitor, postprocessing)
     except BaseException:  # an error or Ctrl-C before the first checkpoint leaves no folder to block a re-run
         if not resume and not (out / "last.pt").exists():
             shutil.rmtree(out, ignore_errors=True)
@@ -318,7 +320,7 @@ def train(config: Config, image: np.ndarray, mask: np.ndarray, out: str | Path, 
 
 
 def _train(config: Config, image: np.ndarray, mask: np.ndarray, out: Path, resume: bool, progress: bool,
-           monitor: data.Volume | None) -> dict:
+           monitor: data.Volume | None, postprocessing: bool) -> dict:
     """The training loop of `train`, in a prepared run folder."""
     from tqdm.auto import tqdm
 
@@ -458,7 +460,8 @@ def _train(config: Config, image: np.ndarray, mask: np.ndarray, out: Path, resum
               out / "last.pt")
     del model, ema, optimizer, sampler, stream  # the stream's worker processes end with it
     memory.release()
-    choose_postprocessing(out, val_vol, config, device, progress)
+    if postprocessing:
+        choose_postprocessing(out, val_vol, config, device, progress)
     return summarize(out)
 
 
