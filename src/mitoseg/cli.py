@@ -388,6 +388,9 @@ def main(argv: list[str] | None = None) -> int:
             return int(e.code)
         raise
     logging.getLogger("tifffile").setLevel(logging.ERROR)  # its warnings on corrupt files precede our one line
+    from mitoseg import memory
+
+    memory.one_arena()  # before the work starts threads
     try:
         args.func(args)
     except MitosegError as e:

@@ -52,17 +52,19 @@ class PostProcessing:
 def smooth_z(probs: np.ndarray, sigma: float, rows: int = 64) -> np.ndarray:
     """Probabilities (Z, Y, X) blurred along Z only by a Gaussian of `sigma` slices (ends mirrored), in their
     own units and dtype (uint8 0..255 rounded back to uint8, floats as float32); computed `rows` rows of Y at
-    a time (in threads, `_map`), so the float32 copies stay small. `sigma` 0 returns `probs` itself."""
+    a time, shared out among threads (`_map`), so the float32 copies stay small. `sigma` 0 returns `probs`
+    itself."""
     probs = np.asarray(probs)
     if sigma == 0:
         return probs
     out = np.empty(probs.shape, np.uint8 if probs.dtype == np.uint8 else np.float32)
+    step = max(1, rows // _workers(-(-probs.shape[1] // rows)))  # rows in flight stay `rows`, threads or not
 
     def blur(y: int) -> None:
-        blurred = ndimage.gaussian_filter1d(probs[:, y:y + rows].astype(np.float32), sigma, axis=0)
-        out[:, y:y + rows] = np.rint(blurred) if out.dtype == np.uint8 else blurred
+        blurred = ndimage.gaussian_filter1d(probs[:, y:y + step].astype(np.float32), sigma, axis=0)
+        out[:, y:y + step] = np.rint(blurred) if out.dtype == np.uint8 else blurred
 
-    _map(blur, range(0, probs.shape[1], rows))
+    _map(blur, range(0, probs.shape[1], step))
     return out
 
 
@@ -179,11 +181,16 @@ def _map(fn, items: list) -> list:
     """[fn(item) for item in items], in order, computed in up to `MAX_THREADS` threads (one per core at most):
     numpy's and scipy's loops release the GIL (cc3d's labelling does not: it runs one at a time)."""
     items = list(items)
-    workers = min(len(items), metrics.cores(), MAX_THREADS)
+    workers = _workers(len(items))
     if workers <= 1:
         return [fn(item) for item in items]
     with ThreadPoolExecutor(workers) as pool:
         return list(pool.map(fn, items))
+
+
+def _workers(tasks: int) -> int:
+    """The threads `_map` uses for this many tasks."""
+    return max(1, min(tasks, metrics.cores(), MAX_THREADS))
 
 
 def _iou(mask: np.ndarray, truth: np.ndarray) -> float:
