@@ -46,8 +46,8 @@ M_ARENA_MAX = -8  # glibc's mallopt parameter number (malloc.h)
 
 def one_arena() -> bool:
     """Make glibc's malloc serve every thread from one heap arena (mallopt M_ARENA_MAX 1) from now on; False
-    where there is no glibc. `mitoseg` calls it first: on CA1 the evaluation and figures after a `compare`
-    training peaked 330 MB lower with it, in the same time (results/README.md, 2026-12-06)."""
+    where there is no glibc. `mitoseg` calls it first: the CA1 demo job (`compare --quick`) peaked at 3,663
+    MiB with it, 4,117 MiB without (results/README.md, 2026-12-06)."""
     try:
         return ctypes.CDLL("libc.so.6").mallopt(M_ARENA_MAX, 1) == 1
     except (OSError, AttributeError):
