@@ -4,8 +4,9 @@ heap for all threads.
 After a phase that made many mid-sized temporaries (training steps, prediction tiles), glibc keeps the
 freed pages in its arenas, so the resident size stays near that phase's peak and the next phase adds
 its own on top; `release` returns them (measured on CA1: 2.1 GB resident after a short 3D training,
-1.1 GB after `release`). Threads (zarr's decompression, `postprocess`'s, torch's) each get an arena of
-their own, whose free pages no other thread reuses; `one_arena` stops that (the command line does).
+1.1 GB after `release`). Threads that allocate at the same time (zarr's decompression, `postprocess`'s,
+torch's) get arenas of their own, whose free pages no other thread reuses; `one_arena` stops that (the
+command line calls it).
 """
 
 from __future__ import annotations

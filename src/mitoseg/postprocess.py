@@ -26,7 +26,7 @@ MIN_SIZES = (0, 1000, 4000, 16000)  # voxels; a CA1 mitochondrion holds 10^5-10^
 # Gaussian sigmas along Z in slices, searched by `choose` first: a 2D model predicts each slice alone, and on
 # CA1 its masks changed from slice to slice far more than in-plane (results/README.md, "Smoothing along Z")
 Z_SIGMAS = (0.0, 1.0, 2.0, 4.0, 8.0)
-MAX_THREADS = 4  # `choose` scores this many candidates at once at most: each holds a few copies of the volume
+MAX_THREADS = 4  # threads of `choose` (a candidate each, holding a few copies of the volume) and `smooth_z`
 FILE = "postprocessing.json"  # in a run folder: the post-processing `predict` applies to its masks
 
 
