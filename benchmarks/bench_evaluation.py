@@ -125,7 +125,6 @@ def main() -> None:
 
 def evaluate_once(run: Path) -> None:
     """In this process: evaluate a copy of `run`'s probabilities; print seconds and scores as JSON."""
-    import mitoseg
     from mitoseg import compare
 
     bench = compare.load_benchmark("lucchi")
@@ -135,8 +134,7 @@ def evaluate_once(run: Path) -> None:
         t0 = time.perf_counter()
         row = compare.evaluate_probabilities(Path(tmp), bench, True, 0.15)
         seconds = time.perf_counter() - t0
-    print(json.dumps({"seconds": seconds, "row": row, "mitoseg": str(Path(mitoseg.__file__).parent.parent)},
-                     default=str))
+    print(json.dumps({"seconds": seconds, "row": row}, default=str))
 
 
 def whole_run(run: Path, base: str | None, out: Path) -> None:
