@@ -56,6 +56,16 @@ def same_partition(a: np.ndarray, b: np.ndarray) -> bool:
     return pairs.shape[1] == np.unique(a[fg]).size == np.unique(b[fg]).size
 
 
+def jittered_probabilities(mask: np.ndarray, seed: int = 0) -> np.ndarray:
+    """Stored uint8 probabilities (0..255) of a real mask (Z, Y, X) with soft edges whose slices jump up to 3
+    voxels from one to the next, as a 2D model's do: a blur along Z changes their mask."""
+    from scipy import ndimage
+
+    rng = np.random.default_rng(seed)
+    shifted = np.stack([np.roll(s, tuple(rng.integers(-3, 4, 2)), (0, 1)) for s in mask])
+    return np.round(ndimage.gaussian_filter(shifted.astype(np.float32), (0, 1.5, 1.5)) * 255).astype(np.uint8)
+
+
 @pytest.fixture(scope="session")
 def lucchi_dir() -> Path:
     if not (LUCCHI / "training.tif").exists():

@@ -128,7 +128,20 @@ def test_predict_mask_applies_the_runs_z_smoothing_across_blocks(runs, capsys, t
     assert (mask.attrs["threshold"], mask.attrs["z_sigma"], mask.attrs["postprocessing"]) == (t, 2.0, pp.as_dict())
     said = capsys.readouterr().out
     assert f"blurred along Z (2 slices), then probability >= {t:g}, the run's post-processing" in said
-    assert f"mitoseg label {tmp_path / 'm.zarr'} --min-size 50" in said and "hole filling is not applied" in said
+    assert f"`mitoseg label {tmp_path / 'm.zarr'}` then removes objects under 50 voxels" in said
+    assert "hole filling is not applied" in said
+
+    # `label` takes the rest of the choice from the mask, and all of it but the hole filling from the probabilities
+    expect = postprocess.apply(probs[:], postprocess.PostProcessing(t, 50, False, 2.0))
+    assert expect.sum() < mask[:].sum()  # the minimum size removed objects
+    for name, source in (("lm", "m.zarr"), ("lp", "p.zarr")):
+        assert main(["label", str(tmp_path / source), "--out", str(tmp_path / f"{name}.zarr")]) == 0
+        np.testing.assert_array_equal(io.open_volume(tmp_path / f"{name}.zarr")[:] > 0, expect > 0)
+    said = capsys.readouterr().out.splitlines()
+    assert said[1] == ("the run's post-processing chosen on validation: objects under 50 voxels removed (its hole "
+                       "filling is not applied); --threshold / --min-size override it")
+    assert said[3].startswith(f"the run's post-processing chosen on validation: probabilities blurred along Z (2 "
+                              f"slices), probability >= {t:g}, objects under 50 voxels removed (its hole filling")
 
     assert main(["predict", *opts, "--out", str(tmp_path / "q.zarr"), "--mask", str(tmp_path / "n.zarr"),
                  "--threshold", "0.5"]) == 0
@@ -136,10 +149,12 @@ def test_predict_mask_applies_the_runs_z_smoothing_across_blocks(runs, capsys, t
     assert "mask: probability >= 0.5 (--threshold); the run's post-processing chosen" in capsys.readouterr().out
 
 
-def test_label_probabilities_use_half_threshold(runs):
+def test_label_probabilities_without_a_runs_choice_use_half_threshold(runs):
+    """A checkpoint file carries no post-processing chosen on validation: its probabilities are labelled at 0.5."""
     d = runs
     probs = d / "pp.zarr"
-    main(["--quiet", "predict", str(d / "test.tif"), "--model", str(d / "run2"), "--out", str(probs)])
+    main(["--quiet", "predict", str(d / "test.tif"), "--model", str(d / "run2" / "best.pt"), "--out", str(probs)])
+    assert "postprocessing" not in io.open_volume(probs).attrs
     assert list(io.open_volume(probs).attrs["tile"]) == [1, 128, 128]  # 2D default: whole slices
     main(["--quiet", "label", str(probs), "--out", str(d / "lp.zarr"), "--connectivity", "6"])
     labels = io.open_volume(d / "lp.zarr")[:]
@@ -322,7 +337,7 @@ def test_predict_and_label_write_ome_zarr_at_the_runs_voxel_size(runs):
     node = next(iter(Reader(parse_url(str(probs)))()))
     assert node.metadata["coordinateTransformations"][0][0]["scale"] == [5.0, 5.0, 5.0]  # the run's voxel size
     assert node.metadata["axes"][0]["unit"] == "nanometer" and len(node.data) == 2  # 128 -> 64 pixels
-    assert main(["--quiet", "label", str(probs), "--out", str(labels)]) == 0
+    assert main(["--quiet", "label", str(probs), "--out", str(labels), "--threshold", "0.5"]) == 0
     np.testing.assert_array_equal(io.open_volume(labels)[:] > 0, io.open_volume(probs)[:] >= 128)
     assert io.voxel_size(labels) == (5.0, 5.0, 5.0)  # taken from the OME-Zarr input
 

@@ -8,9 +8,9 @@ import pytest
 import tifffile
 import torch
 import zarr
-from conftest import dies_on_call, same_partition
+from conftest import dies_on_call, jittered_probabilities, same_partition
 
-from mitoseg import cluster, instances, io, predict
+from mitoseg import cluster, instances, io, postprocess, predict
 from mitoseg.config import Config
 from mitoseg.errors import MitosegError
 from mitoseg.instances import label_blockwise
@@ -190,6 +190,21 @@ def test_label_table_on_the_cluster_equals_this_process(dask_client, real_mask, 
                                   table=tmp_path / "many.csv", client=dask_client, progress=False) == n > 5
     one = (tmp_path / "one.csv").read_text()
     assert (tmp_path / "many.csv").read_text() == one and len(one.splitlines()) == n + 1
+
+
+def test_label_blurs_probabilities_along_z_on_the_cluster_as_in_this_process(dask_client, real_mask, tmp_path):
+    """Probabilities carrying a run's choice with a Z blur: each labelling task reads its block's neighbouring
+    slices, so the cluster writes this process's labels, id for id, and the blur changed them."""
+    mask, _ = real_mask
+    path = tmp_path / "p.zarr"
+    z = zarr.create_array(str(path), data=jittered_probabilities(mask), chunks=(5, 128, 128))
+    z.attrs.update(kind="probability", postprocessing=postprocess.PostProcessing(0.5, 200, False, 1.5).as_dict())
+    block = (4, 100, 130)
+    n = instances.label_volume(path, tmp_path / "one.zarr", block, progress=False)
+    assert instances.label_volume(path, tmp_path / "many.zarr", block, client=dask_client, progress=False) == n > 5
+    one = io.open_volume(tmp_path / "one.zarr")[:]
+    np.testing.assert_array_equal(io.open_volume(tmp_path / "many.zarr")[:], one)
+    assert not np.array_equal(one > 0, z[:] >= 128)
 
 
 def test_label_resumes_a_single_process_run_on_the_cluster(dask_client, real_mask, tmp_path, monkeypatch):

@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 import scipy.ndimage as ndi
 import zarr
-from conftest import dies_on_call, same_partition
+from conftest import dies_on_call, jittered_probabilities, same_partition
 
-from mitoseg import instances
+from mitoseg import instances, io, postprocess
 from mitoseg.errors import MitosegError
 from mitoseg.instances import COLUMNS, label, label_blockwise, measure, write_table
 
@@ -268,3 +268,24 @@ def test_morphology_reads_a_chunked_array_once_per_block_of_boxes(droso):
     lo = np.stack([table["bbox_z0"], table["bbox_y0"], table["bbox_x0"]], axis=1) // (10, 256, 256)
     starts = {tuple(row) for row in lo}
     assert len(reads) == len(starts) <= 8 < len(table["id"])
+
+
+def test_label_applies_the_runs_choice_kept_with_probabilities(tmp_path, lucchi_crop):
+    """`label_volume` of stored probabilities that carry the run's post-processing (as `predict` writes them),
+    in blocks 3 slices deep: the objects of the whole volume blurred along Z, thresholded and cleaned of small
+    objects as chosen (hole filling left out); --threshold alone gives the plain threshold. Real CA1 truth."""
+    probs = jittered_probabilities(lucchi_crop[1])
+    chosen = postprocess.PostProcessing(0.6, 500, True, 2.0)
+    z = zarr.create_array(str(tmp_path / "p.zarr"), data=probs, chunks=(4, 128, 128))
+    z.attrs.update(kind="probability", postprocessing=chosen.as_dict())
+    n = instances.label_volume(tmp_path / "p.zarr", tmp_path / "l.zarr", (3, 100, 130), progress=False)
+    expected = label(postprocess.apply(probs, postprocess.PostProcessing(0.6, 500, False, 2.0)), connectivity=26)
+    plain = label(probs >= 153, connectivity=26)
+    assert not same_partition(expected, plain) and n == expected.max() >= 3
+    labels = io.open_volume(tmp_path / "l.zarr")
+    assert same_partition(labels[:], expected)
+    assert labels.attrs["applied"] == {"threshold": 0.6, "z_sigma": 2.0, "min_size": 500,
+                                       "from_run": ["threshold", "z_sigma", "min_size"]}
+    assert instances.label_volume(tmp_path / "p.zarr", tmp_path / "t.zarr", (3, 100, 130), threshold=0.6,
+                                  progress=False) == plain.max()
+    assert same_partition(io.open_volume(tmp_path / "t.zarr")[:], plain)

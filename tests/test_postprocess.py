@@ -111,3 +111,36 @@ def test_bad_settings_refused():
         PostProcessing(min_size=-5)
     with pytest.raises(MitosegError, match="z-sigma must be a number >= 0"):
         PostProcessing(z_sigma=-1.0)
+
+
+def test_z_smoothed_view_reads_each_block_with_its_neighbouring_slices(damaged):
+    """`ZSmoothed`: blocks 3 slices deep, cut anywhere in Y and X, equal the whole volume blurred along Z (ends
+    mirrored), stored uint8 and floats alike; sigma 0 is the volume as stored."""
+    probs, _ = damaged
+    for volume in (np.rint(probs * 255).astype(np.uint8), probs):
+        for sigma in (1.0, 2.5):
+            whole, view = postprocess.smooth_z(volume, sigma), postprocess.ZSmoothed(volume, sigma)
+            assert view.shape == volume.shape and view.dtype == whole.dtype
+            assert not np.array_equal(whole, volume)
+            for z in range(0, len(volume), 3):
+                np.testing.assert_array_equal(view[z:z + 3, 40:200, 7:100], whole[z:z + 3, 40:200, 7:100])
+        plain = postprocess.ZSmoothed(volume, 0)
+        assert plain.dtype == volume.dtype and np.array_equal(plain[4:9, :, 3:], volume[4:9, :, 3:])
+
+
+def test_labelling_takes_what_the_input_has_not_applied_of_the_runs_choice():
+    """`for_labels`: probabilities that carry the run's choice get all of it but the hole filling; a given
+    threshold applies alone; a mask written with the choice gets its minimum size; anything else nothing."""
+    chosen = PostProcessing(0.4, 1000, True, 2.0).as_dict()
+    probs = {"kind": "probability", "postprocessing": chosen}
+    assert postprocess.for_labels(probs) == {"threshold": 0.4, "z_sigma": 2.0, "min_size": 1000,
+                                             "from_run": ["threshold", "z_sigma", "min_size"]}
+    assert postprocess.for_labels(probs, min_size=5) == {"threshold": 0.4, "z_sigma": 2.0, "min_size": 5,
+                                                         "from_run": ["threshold", "z_sigma"]}
+    nothing = {"threshold": None, "z_sigma": 0.0, "min_size": 0, "from_run": []}
+    assert postprocess.for_labels(probs, threshold=0.5) == {**nothing, "threshold": 0.5}
+    mask = {"kind": "mask", "postprocessing": chosen, "threshold": 0.4, "z_sigma": 2.0}
+    assert postprocess.for_labels(mask) == {**nothing, "min_size": 1000, "from_run": ["min_size"]}
+    assert postprocess.for_labels({**mask, "threshold": 0.5}) == nothing  # `predict --threshold 0.5 --mask`
+    assert postprocess.for_labels({**mask, "z_sigma": 0.0}) == nothing
+    assert postprocess.for_labels({"kind": "probability"}) == postprocess.for_labels({}) == nothing

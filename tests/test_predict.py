@@ -1,6 +1,7 @@
 import numpy as np
 import pytest
 import torch
+from conftest import jittered_probabilities
 
 from mitoseg import io, predict
 from mitoseg.config import Config
@@ -359,17 +360,14 @@ def test_a_run_trained_with_equalize_predicts_with_its_rule(tmp_path, lucchi_cro
 
 
 def test_mask_written_in_blocks_equals_the_whole_volume_smoothed_along_z(tmp_path, lucchi_crop):
-    """`write_mask` reads `postprocess.halo` slices beyond each block: on blocks 3 slices deep, with a blur
-    reaching 4 and 10 slices, its mask is the whole volume's (`postprocess.apply`), ends included."""
+    """`write_mask` reads `postprocess.halo` slices beyond each block (`postprocess.ZSmoothed`): on blocks 3
+    slices deep, with a blur reaching 4 and 10 slices, its mask is the whole volume's (`postprocess.apply`),
+    ends included."""
     import zarr
-    from scipy import ndimage
 
     from mitoseg import postprocess
 
-    _, truth = lucchi_crop
-    rng = np.random.default_rng(0)
-    shifted = np.stack([np.roll(s, tuple(rng.integers(-3, 4, 2)), (0, 1)) for s in truth])  # jumps between slices
-    probs = np.round(ndimage.gaussian_filter(shifted.astype(np.float32), (0, 1.5, 1.5)) * 255).astype(np.uint8)
+    probs = jittered_probabilities(lucchi_crop[1])
     zarr.create_array(str(tmp_path / "p.zarr"), data=probs, chunks=(3, 128, 128))
     for sigma in (1.0, 2.5):
         pp = postprocess.PostProcessing(0.6, z_sigma=sigma)

@@ -89,7 +89,8 @@ def _mask_words(path: str) -> str:
     if chosen["threshold"] != attrs["threshold"] or chosen["z_sigma"] != attrs.get("z_sigma", 0):
         return f"mask: {applied} (--threshold); the run's post-processing chosen on validation: " + \
             postprocess.words(chosen)
-    rest = f"; then `mitoseg label {path} --min-size {chosen['min_size']}`" if chosen["min_size"] else ""
+    rest = f"; `mitoseg label {path}` then removes objects under {chosen['min_size']:,} voxels" \
+        if chosen["min_size"] else ""
     holes = " (its hole filling is not applied)" if chosen["fill_holes"] else ""
     return f"mask: {applied}, the run's post-processing chosen on validation{rest}{holes}"
 
@@ -101,6 +102,29 @@ def cmd_label(a: argparse.Namespace) -> None:
         n = label_volume(a.input, a.out, a.block, a.connectivity, a.min_size, a.threshold, a.voxel_size, a.table,
                          client, a.resume, a.overwrite, progress=not a.quiet)
     print(f"{n} objects -> {a.out}" + (f", table {a.table}" if a.table else ""))
+    words = _label_words(a.input, a.out)
+    if words:
+        print(words)
+
+
+def _label_words(input: str, out: str) -> str:
+    """What `mitoseg label` took from the run's post-processing chosen on validation (`postprocess.for_labels`),
+    or "" when nothing."""
+    from mitoseg import io
+
+    applied = io.open_volume(out).attrs.get("applied", {})
+    if not applied.get("from_run"):
+        return ""
+    done = []
+    if "z_sigma" in applied["from_run"] and applied["z_sigma"]:
+        done.append(f"probabilities blurred along Z ({applied['z_sigma']:g} slices)")
+    if "threshold" in applied["from_run"]:
+        done.append(f"probability >= {applied['threshold']:g}")
+    if "min_size" in applied["from_run"]:
+        done.append(f"objects under {applied['min_size']:,} voxels removed")
+    holes = io.open_volume(input).attrs.get("postprocessing", {}).get("fill_holes")
+    return (f"the run's post-processing chosen on validation: {', '.join(done)}"
+            + (" (its hole filling is not applied)" if holes else "") + "; --threshold / --min-size override it")
 
 
 def cmd_evaluate(a: argparse.Namespace) -> None:
@@ -277,10 +301,14 @@ def parser() -> argparse.ArgumentParser:
     lab.add_argument("input", help="probabilities or mask volume")
     lab.add_argument("--out", required=True, help="label volume, a .zarr path")
     lab.add_argument("--table", help="per-object CSV (id, voxels, volume_um3, centroid, bbox)")
-    lab.add_argument("--threshold", type=arg("threshold"), help=THRESHOLD_HELP)
+    lab.add_argument("--threshold", type=arg("threshold"),
+                     help=THRESHOLD_HELP.replace("default 0.5 for", "default: the run's choice kept with mitoseg "
+                                                 "probabilities, blurred along Z as it chose, else 0.5 for"))
     lab.add_argument("--connectivity", type=int, choices=(6, 18, 26), default=26,
                      help="voxel neighbourhood: 6 (faces), 18 (+ edges) or 26 (+ corners, default)")
-    lab.add_argument("--min-size", type=arg("min_size"), default=0, help="drop objects with fewer voxels")
+    lab.add_argument("--min-size", type=arg("min_size"),
+                     help="drop objects with fewer voxels (default: the run's choice kept with mitoseg outputs, "
+                          "else 0)")
     lab.add_argument("--voxel-size", type=arg("voxel_size"), nargs=3, metavar=("Z", "Y", "X"),
                      help="voxel size in nm, for the table's volumes (default: the input's, else 1 1 1)")
     lab.add_argument("--block", type=arg("block"), nargs=3, metavar=("Z", "Y", "X"),

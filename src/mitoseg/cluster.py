@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from mitoseg import instances, io
+from mitoseg import instances, io, postprocess
 from mitoseg.errors import MitosegError
 
 Block = tuple[slice, slice, slice]
@@ -127,8 +127,14 @@ def _confusion_task(block: Block, job: dict):
                                                truth=_open_input(job["truth"])))
 
 
-def _summary_task(spec: str, block: Block, index: int, connectivity: int, threshold: float | None):
-    return instances.summarize_block(_open_input(spec)[block], index, connectivity, threshold)
+def _summary_task(spec: str, block: Block, index: int, connectivity: int, threshold: float | None, z_sigma: float):
+    return instances.summarize_block(_blurred(spec, z_sigma)[block], index, connectivity, threshold)
+
+
+def _blurred(spec: str, z_sigma: float) -> Any:
+    """The input, seen blurred along Z by `z_sigma` slices when it is not 0 (`postprocess.ZSmoothed`)."""
+    volume = _open_input(spec)
+    return postprocess.ZSmoothed(volume, z_sigma) if z_sigma else volume
 
 
 def _pairs_task(own: instances.BlockSummary, before: list, connectivity: int) -> tuple:
@@ -140,7 +146,8 @@ def _relabel_task(item: tuple[Block, np.ndarray], job: dict) -> None:
     from mitoseg import blocks
 
     block, table = item
-    labels = instances.relabel_block(_open_input(job["spec"])[block], table, job["connectivity"], job["threshold"])
+    labels = instances.relabel_block(_blurred(job["spec"], job["z_sigma"])[block], table, job["connectivity"],
+                                     job["threshold"])
     blocks.Output.reopen(job["output"]).write(block, labels)
 
 
@@ -228,11 +235,13 @@ def predict_volume_dask(client, model_path: str | Path, image_spec: str | Path, 
 
 def label_dask(client, mask_spec: str | Path, out: str | Path, *, block: Sequence[int] | None = None,
                connectivity: int = 26, min_size: int = 0, threshold: float | None = None, progress: bool = True,
-               attrs: dict | None = None, overwrite: bool = False, resume: bool = False) -> int:
+               attrs: dict | None = None, overwrite: bool = False, resume: bool = False, z_sigma: float = 0.0) -> int:
     """`instances.label_blockwise` on a Dask cluster: the same labels, id for id, in a new Zarr at `out`.
 
     `mask_spec`: a path (`io.open_volume`) every worker can read; foreground is `>= threshold`, or `> 0`
-    when threshold is None. `block` defaults to (64, 512, 512) and is also the output's chunk shape.
+    when threshold is None, after a blur along Z of `z_sigma` slices (`postprocess.ZSmoothed`: each task
+    reads its block's neighbouring slices too). `block` defaults to (64, 512, 512) and is also the output's
+    chunk shape.
     Pass 1 labels every block alone and keeps its faces on the cluster; one task per block finds the ids
     touching the blocks before it, from their faces; the client solves the equivalences (a few bytes per
     object); pass 2 relabels every block into ``<out>.partial`` (with `resume`, skipping the blocks an
@@ -246,7 +255,8 @@ def label_dask(client, mask_spec: str | Path, out: str | Path, *, block: Sequenc
     spec = _spec(mask_spec, "mask")
     shape = tuple(io.open_volume(spec).shape)
     block = tuple(int(b) for b in (block or (min(shape[0], 64), 512, 512)))
-    output = instances.open_labels(out, shape, block, connectivity, min_size, threshold, attrs, resume, overwrite)
+    output = instances.open_labels(out, shape, block, connectivity, min_size, threshold, attrs, resume, overwrite,
+                                   z_sigma)
     grid = blocks.grid(shape, block)
 
     run = uuid.uuid4().hex[:8]
@@ -254,7 +264,7 @@ def label_dask(client, mask_spec: str | Path, out: str | Path, *, block: Sequenc
     pairs = []
     for index, (sl, pos) in enumerate(zip(grid, blocks.positions(shape, block), strict=True)):
         summaries[pos] = delayed(_summary_task, pure=False)(
-            spec, sl, index, connectivity, threshold, dask_key_name=f"mitoseg-label-block-{run}-{index}")
+            spec, sl, index, connectivity, threshold, z_sigma, dask_key_name=f"mitoseg-label-block-{run}-{index}")
         before = [summaries.get((pos[0] - d[0], pos[1] - d[1], pos[2] - d[2])) for d in instances.PREDECESSORS]
         pairs.append(delayed(_pairs_task, pure=False)(
             summaries[pos], before, connectivity, dask_key_name=f"mitoseg-label-pairs-{run}-{index}"))
@@ -268,7 +278,8 @@ def label_dask(client, mask_spec: str | Path, out: str | Path, *, block: Sequenc
     todo = {tuple(s.start for s in sl) for sl in output.todo(grid)}  # slices are unhashable before Python 3.12
     items = [(sl, instances.block_table(lookup, o, n)) for sl, o, n in zip(grid, offsets, counts, strict=True)
              if tuple(s.start for s in sl) in todo]  # each task gets its own block's table
-    job = dict(spec=spec, connectivity=connectivity, threshold=threshold, output=str(output.path.absolute()))
+    job = dict(spec=spec, connectivity=connectivity, threshold=threshold, z_sigma=z_sigma,
+               output=str(output.path.absolute()))
     blocks.run(_relabel_task, items, job, client, "label pass 2/2", progress)
     blocks.finish(output, overwrite=overwrite)
     return n_objects

@@ -471,29 +471,34 @@ def _write_block(out, block: blocks.Block, labels: np.ndarray, done: Path | None
 
 def open_labels(out: str | Path, shape: Sequence[int], block: Sequence[int], connectivity: int, min_size: int,
                 threshold: float | None, attrs: dict | None = None, resume: bool = False,
-                overwrite: bool = False):
+                overwrite: bool = False, z_sigma: float = 0.0):
     """The uint32 label output of a labelling through the block engine (`blocks.open_output`); a resume
-    must match the connectivity, the minimum size and the threshold."""
+    must match the connectivity, the minimum size, the threshold and the Z smoothing."""
     _check_connectivity(connectivity)
     checks.check(min_size=min_size)
     settings = {"connectivity": connectivity, "min_size": int(min_size), "threshold": threshold}
+    if z_sigma:
+        settings["z_sigma"] = float(z_sigma)
     return blocks.open_output(out, shape, "uint32", block, settings, dict(attrs or {}, kind="labels"), resume,
                               overwrite)
 
 
 def label_volume(input: str | Path, out: str | Path, block: Sequence[int] | None = None, connectivity: int = 26,
-                 min_size: int = 0, threshold: float | None = None, voxel_size: Sequence[float] | None = None,
-                 table: str | Path | None = None, client=None, resume: bool = False, overwrite: bool = False,
-                 progress: bool = True) -> int:
+                 min_size: int | None = None, threshold: float | None = None,
+                 voxel_size: Sequence[float] | None = None, table: str | Path | None = None, client=None,
+                 resume: bool = False, overwrite: bool = False, progress: bool = True) -> int:
     """The `mitoseg label` command: label a probability or mask volume into a uint32 Zarr at `out`, block by
     block, in this process or on a Dask `client`, and optionally write the per-object table (CSV).
 
-    `threshold` is a probability in (0, 1) for mitoseg probability outputs (default 0.5); other volumes
-    are masks whose values > 0 are foreground unless it is given. `voxel_size` (z, y, x) nm defaults to
-    the one the input states (`io.voxel_size`), else 1 1 1. An `out` named *.ome.zarr is OME-Zarr.
-    `block` defaults to (64, 512, 512). Returns the number of objects.
+    `threshold` is a probability in (0, 1) for mitoseg probability outputs; other volumes are masks whose
+    values > 0 are foreground unless it is given. Not given (None), it and `min_size` come from the run's
+    post-processing chosen on validation where `predict` kept it with the input (`postprocess.for_labels`:
+    probabilities are then also blurred along Z as chosen, block by block with their neighbouring slices);
+    else 0.5 and 0. The output's attribute "applied" says what was applied and what came from the run.
+    `voxel_size` (z, y, x) nm defaults to the one the input states (`io.voxel_size`), else 1 1 1. An `out`
+    named *.ome.zarr is OME-Zarr. `block` defaults to (64, 512, 512). Returns the number of objects.
     """
-    from mitoseg import cluster, io
+    from mitoseg import cluster, io, postprocess
 
     checks.check(threshold=threshold, voxel_size=voxel_size, min_size=min_size)
     volume = io.open_volume(input)
@@ -501,16 +506,19 @@ def label_volume(input: str | Path, out: str | Path, block: Sequence[int] | None
         io.check_output(table, overwrite)
     voxel = tuple(voxel_size or io.voxel_size(input) or (1.0, 1.0, 1.0))
     block = tuple(block) if block else (min(volume.shape[0], 64), 512, 512)
-    raw_threshold = io.foreground_threshold(volume, threshold)
-    attrs = {"voxel_size": voxel, "connectivity": connectivity}
+    applied = postprocess.for_labels(dict(volume.attrs) if hasattr(volume, "attrs") else {}, threshold, min_size)
+    min_size, z_sigma = applied["min_size"], applied["z_sigma"]
+    raw_threshold = io.foreground_threshold(volume, applied["threshold"])
+    attrs = {"voxel_size": voxel, "connectivity": connectivity, "applied": applied}
     if client is not None:
         n = cluster.label_dask(client, input, out, block=block, connectivity=connectivity, min_size=min_size,
                                threshold=raw_threshold, progress=progress, attrs=attrs, overwrite=overwrite,
-                               resume=resume)
+                               resume=resume, z_sigma=z_sigma)
     else:
         output = open_labels(out, tuple(volume.shape), block, connectivity, min_size, raw_threshold, attrs, resume,
-                             overwrite)
-        n = label_blockwise(volume, output.array, block, connectivity, min_size, raw_threshold, progress, output.done)
+                             overwrite, z_sigma)
+        source = postprocess.ZSmoothed(volume, z_sigma) if z_sigma else volume
+        n = label_blockwise(source, output.array, block, connectivity, min_size, raw_threshold, progress, output.done)
         blocks.finish(output, overwrite=overwrite)
     if table and client is not None:
         write_table(cluster.table_dask(client, out, n, voxel, block, progress), table)

@@ -74,12 +74,57 @@ def halo(z_sigma: float) -> int:
     return int(4 * z_sigma + 0.5)
 
 
+class ZSmoothed:
+    """Stored probabilities (Z, Y, X) seen blurred along Z by `sigma` slices (`smooth_z`), read lazily:
+    ``view[z0:z1, y0:y1, x0:x1]`` reads `halo` slices on either side of the block from `source` (an
+    array-like such as a Zarr array) and equals the same block of `smooth_z(source[:], sigma)`; uint8
+    stays uint8 (0..255), floats become float32. Lets the block engine threshold a blurred volume block
+    by block (`predict.write_mask`, `mitoseg label`) without writing the blurred copy."""
+
+    def __init__(self, source, sigma: float) -> None:
+        checks.check(z_sigma=sigma)
+        self.source, self.sigma = source, float(sigma)
+        self.shape = tuple(source.shape)
+        stored = np.dtype(source.dtype)
+        self.dtype = stored if self.sigma == 0 or stored == np.uint8 else np.dtype(np.float32)
+        self.attrs = getattr(source, "attrs", {})
+
+    def __getitem__(self, block: tuple[slice, ...]) -> np.ndarray:
+        z0, z1, step = block[0].indices(self.shape[0])
+        if step != 1 or len(block) != 3:
+            raise ValueError("ZSmoothed reads blocks: three slices, step 1")
+        r = halo(self.sigma)
+        lo, hi = max(0, z0 - r), min(self.shape[0], z1 + r)
+        return smooth_z(self.source[lo:hi, block[1], block[2]], self.sigma)[z0 - lo:z1 - lo]
+
+
 def words(pp: dict) -> str:
     """A chosen post-processing (`PostProcessing.as_dict`) in words; older records have no z_sigma."""
     smooth = (f"probabilities blurred along Z (Gaussian, {pp['z_sigma']:g} slices), " if pp.get("z_sigma")
               else "")
     return (f"{smooth}threshold {pp['threshold']}, objects under {pp['min_size']:,} voxels removed, holes "
             f"{'filled' if pp['fill_holes'] else 'kept'}")
+
+
+def for_labels(attrs: dict, threshold: float | None = None, min_size: int | None = None) -> dict:
+    """What `mitoseg label` applies to a volume with these attributes, given its --threshold and --min-size
+    (None: not given): {"threshold": a probability threshold, or None (a mask: any value > 0), "z_sigma",
+    "min_size", "from_run": the keys taken from the run's post-processing chosen on validation}.
+
+    `predict` keeps the run's choice with its outputs (attribute "postprocessing"). Probabilities without a
+    given threshold get its Z smoothing and threshold (a given threshold applies alone, as in `predict`); a
+    mask written with its threshold and Z smoothing gets nothing more voxel by voxel. `min_size`, when not
+    given, is the run's wherever the input followed its choice so far, else 0. Hole filling is never applied:
+    it works on whole slices, a labelling block holds part of one."""
+    chosen, kind = attrs.get("postprocessing"), attrs.get("kind")
+    z_sigma, from_run = 0.0, []
+    if chosen and kind == "probability" and threshold is None:
+        threshold, z_sigma, from_run = chosen["threshold"], chosen.get("z_sigma", 0.0), ["threshold", "z_sigma"]
+    followed = bool(chosen) and (from_run or (kind == "mask" and attrs.get("threshold") == chosen["threshold"]
+                                              and attrs.get("z_sigma", 0.0) == chosen.get("z_sigma", 0.0)))
+    if min_size is None and followed:
+        min_size, from_run = chosen["min_size"], [*from_run, "min_size"]
+    return {"threshold": threshold, "z_sigma": float(z_sigma), "min_size": int(min_size or 0), "from_run": from_run}
 
 
 def save(folder: str | Path, pp: PostProcessing, candidates: list[dict], probabilities: str) -> None:

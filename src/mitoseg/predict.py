@@ -533,24 +533,22 @@ def predict(model: str | Path | Sequence[str | Path], image: str | Path, out: st
 def write_mask(probs: str | Path, out: str | Path, pp: postprocess.PostProcessing, overwrite: bool = False,
                resume: bool = False, progress: bool = True) -> Path:
     """The mask (uint8 {0, 1}, Z, Y, X) of stored probabilities (`predict_volume`'s Zarr) at `out`, block by
-    block on their chunks: blurred along Z by `pp.z_sigma` slices, each block read with `postprocess.halo`
-    slices on either side, then >= `pp.threshold`; equal to `postprocess.apply` of the whole volume without
+    block on their chunks: blurred along Z by `pp.z_sigma` slices (`postprocess.ZSmoothed`: each block read
+    with its neighbouring slices), then >= `pp.threshold`; equal to `postprocess.apply` of the whole volume without
     its minimum size and hole filling. Resumable like every block engine output. Returns `out`."""
     from tqdm.auto import tqdm
 
     source = io.open_volume(probs)
-    shape, block, halo = tuple(source.shape), tuple(source.chunks), postprocess.halo(pp.z_sigma)
+    shape, block = tuple(source.shape), tuple(source.chunks)
     attrs = {k: v for k, v in source.attrs.items() if k not in ("settings", "kind", "seconds")}
     settings = {"probabilities": dict(source.attrs.get("settings", {})), "postprocessing": pp.as_dict()}
     output = blocks.open_output(out, shape, "uint8", block, settings,
                                 dict(attrs, kind="mask", threshold=pp.threshold, z_sigma=pp.z_sigma),
                                 resume, overwrite)
-    whole = postprocess.PostProcessing(pp.threshold, z_sigma=pp.z_sigma)
+    blurred, threshold = postprocess.ZSmoothed(source, pp.z_sigma), postprocess.PostProcessing(pp.threshold)
     for b in tqdm(output.todo(blocks.grid(shape, block)), desc=f"mask {Path(out).name}", unit="block",
                   disable=not progress):
-        z0, z1 = max(0, b[0].start - halo), min(shape[0], b[0].stop + halo)
-        mask = postprocess.apply(source[z0:z1, b[1], b[2]], whole)
-        output.write(b, mask[b[0].start - z0:b[0].stop - z0])
+        output.write(b, postprocess.apply(blurred[b], threshold))
     blocks.finish(output, overwrite=overwrite)
     return Path(out)
 
