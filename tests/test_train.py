@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from mitoseg import data, io, postprocess, predict
+from mitoseg import data, io, metrics, postprocess, predict
 from mitoseg import train as tr
 from mitoseg.config import Config
 from mitoseg.errors import MitosegError
@@ -60,6 +60,16 @@ def test_loader_workers_give_batches_like_the_inline_path_and_repeat(tmp_path, s
         tr.train(cfg, *small, tmp_path / "b", progress=False)
         assert [r["loss"] for r in tr.read_log(tmp_path / "a")] == [r["loss"] for r in tr.read_log(tmp_path / "b")]
     assert tr.loader_workers(tiny(dims), torch.device("cpu")) == 0
+
+
+def test_helpers_beside_a_gpu_follow_the_cores_this_process_may_use(monkeypatch):
+    """Batch-preparing processes (training) and blocks in flight (prediction) beside a GPU are sized by the
+    cores of this process's share (a batch job's), not the machine's; beside a CPU there are none / one."""
+    for cores, workers, depth in ((16, 12, 4), (6, 4, 1), (2, 0, 1)):
+        monkeypatch.setattr(metrics, "cores", lambda n=cores: n)
+        assert tr.loader_workers(tiny(2), torch.device("cuda")) == workers
+        assert predict.pipeline_depth(torch.device("cuda")) == depth
+        assert tr.loader_workers(tiny(2), torch.device("cpu")) == 0 and predict.pipeline_depth(torch.device("cpu")) == 1
 
 
 def _killed_after_first_checkpoint(cfg: Config, small, out, monkeypatch) -> None:

@@ -13,7 +13,6 @@ import functools
 import hashlib
 import itertools
 import math
-import os
 import threading
 import time
 from collections import deque
@@ -26,7 +25,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from mitoseg import blocks, checks, io, memory, postprocess
+from mitoseg import blocks, checks, io, memory, metrics, postprocess
 from mitoseg.errors import MitosegError
 from mitoseg.models import accelerator, autocast, channels_last
 
@@ -382,8 +381,8 @@ def write_block(outputs: list[blocks.Output], block: Block, arrays: list[np.ndar
 
 def pipeline_depth(device: torch.device) -> int:
     """Blocks read ahead and writes in flight in `predict_volume`: 1 beside a CPU model (the cores compute),
-    up to 4 beside a GPU (each block's codec runs on one core)."""
-    return max(1, min(4, (os.cpu_count() or 1) // 4)) if accelerator(device) else 1
+    up to 4 beside a GPU (each block's codec runs on one core; a quarter of the cores this process may use)."""
+    return max(1, min(4, metrics.cores() // 4)) if accelerator(device) else 1
 
 
 def predict_volume(model: torch.nn.Module, image: Any, out: str | Path, dims: int,

@@ -183,10 +183,11 @@ class _Batches(torch.utils.data.IterableDataset):
 def loader_workers(config: Config, device: torch.device) -> int:
     """Batch-preparing processes: `config.loader_workers`, else none on a CPU (they would take its cores
     from the network) and up to 12 beside a GPU (the training process prepares a 2D batch in ~0.17 s, far slower
-    than a GPU step), leaving two cores to the training process."""
+    than a GPU step), leaving two of the cores this process may use (`metrics.cores`: a batch job's share, not
+    the machine's) to the training process."""
     if config.loader_workers is not None:
         return config.loader_workers
-    return 0 if device.type == "cpu" else max(0, min(12, (os.cpu_count() or 1) - 2))
+    return 0 if device.type == "cpu" else max(0, min(12, metrics.cores() - 2))
 
 
 def batch_stream(sampler: data.PatchSampler, config: Config, device: torch.device, first_epoch: int, workers: int):
