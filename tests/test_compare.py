@@ -124,6 +124,38 @@ def test_compare_resumes_an_interrupted_run(tmp_path, tiny_bench, monkeypatch):
     assert len(results["resumed"]) == 1 and "Interrupted and resumed on" in (out / "report.md").read_text()
 
 
+def test_compare_resume_keeps_what_an_interrupted_evaluation_predicted(tmp_path, tiny_bench, monkeypatch):
+    """Ctrl-C in the 3D model's evaluation, as its third prediction (the test volume with TTA) starts:
+    `compare --resume` trains nothing again, keeps the validation and raw test probabilities (and the seconds
+    they took) and predicts the TTA ones alone; its scores are those of the saved run evaluated afresh."""
+    from pathlib import Path
+
+    from mitoseg import train as training
+
+    out = tmp_path / "report"
+    real = cmp.predict_volume
+    monkeypatch.setattr(cmp, "predict_volume", dies_on_call(real, 6))  # 2D: calls 1-3, 3D: 4-6
+    with pytest.raises(KeyboardInterrupt):
+        cmp.compare(out, preset="quick", epochs=1, changes=TINY, progress=False, tta=True, monitor=False)
+    three = cmp.io.partial_path(out) / "model_3D"
+    assert (three / "test_probs.zarr").exists() and not (three / "test_probs_tta.zarr").exists()
+    kept = {name: (three / name / "zarr.json").stat().st_mtime_ns for name in ("val_probs.zarr", "test_probs.zarr")}
+    seconds = cmp.io.open_volume(three / "test_probs.zarr").attrs["seconds"]["wall"]
+    log = [(r["epoch"], r["loss"]) for r in read_log(three)]
+    predicted, trained = [], []
+    monkeypatch.setattr(cmp, "predict_volume", lambda m, i, path, *a, **k: predicted.append(Path(path).name)
+                        or real(m, i, path, *a, **k))
+    monkeypatch.setattr(cmp, "train", lambda cfg, *a, **k: trained.append(cfg.dims) or training.train(cfg, *a, **k))
+    results = cmp.compare(out, preset="quick", epochs=1, changes=TINY, progress=False, tta=True, monitor=False,
+                          resume=True)
+    assert predicted == ["test_probs_tta.zarr"] and trained == [3]
+    assert [(r["epoch"], r["loss"]) for r in read_log(out / "model_3D")] == log  # nothing trained again
+    assert {name: (out / "model_3D" / name / "zarr.json").stat().st_mtime_ns for name in kept} == kept
+    assert results["models"]["3D"]["inference_seconds"] == seconds
+    again = cmp.evaluate_model(out / "model_3D", tiny_bench, progress=False)
+    assert again["variants"] == results["models"]["3D"]["variants"]
+
+
 def test_configs_differ_only_in_dims():
     for preset in ("quick", "cpu", "full"):
         c2, c3 = cmp.configs(preset, epochs=5, minutes=None, voxel_size=(5, 5, 5))

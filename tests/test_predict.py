@@ -1,3 +1,5 @@
+from dataclasses import replace
+
 import numpy as np
 import pytest
 import torch
@@ -165,7 +167,7 @@ def test_tta_sets_average_over_a_group_so_the_answer_turns_and_flips_with_the_im
     assert (len(predict._transforms(4, True)), len(predict._transforms(5, True))) == (8, 16)  # 2D: no z flip
 
 
-def test_resume_after_kill_is_identical(tmp_path, droso_crop, net2d, monkeypatch):
+def test_resume_after_kill_is_identical(tmp_path, droso_crop, net2d, net3d, monkeypatch):
     image = droso_crop[0][:6, :64, :96]
     kw = dict(dims=2, tile=(1, 64, 64), overlap=0.25, block=(2, 64, 48), progress=False)
     ref = predict.predict_volume(net2d, image, tmp_path / "ref.zarr", mask_out=tmp_path / "ref_mask.zarr", **kw)
@@ -184,12 +186,19 @@ def test_resume_after_kill_is_identical(tmp_path, droso_crop, net2d, monkeypatch
     with pytest.raises(KeyboardInterrupt):
         predict.predict_volume(net2d, image, out, mask_out=tmp_path / "m.zarr", **kw)
     assert not out.exists() and io.partial_path(out).exists()  # nothing under the final name
+    settings = predict.plan(image, 2, (1, 64, 64), 0.25, (2, 64, 48), predict.input_window(net2d, image))
+    assert predict.predicted_alike(io.partial_path(out), settings, net2d)  # what `compare --resume` goes on with
+    assert not predict.predicted_alike(io.partial_path(out), replace(settings, tta=True), net2d)
+    assert not predict.predicted_alike(io.partial_path(out), settings, net3d)
+    assert not predict.predicted_alike(out, settings, net2d)
     calls["n"] = -100
     seen = []
     monkeypatch.setattr(predict, "blend_block", lambda *a, **k: seen.append(1) or real(*a, **k))
     predict.predict_volume(net2d, image, out, mask_out=tmp_path / "m.zarr", resume=True, **kw)
     assert len(seen) == 6 - 3  # 6 blocks, 3 finished before the kill
     np.testing.assert_array_equal(io.open_volume(out)[:], io.open_volume(ref)[:])
+    assert predict.predicted_alike(out, settings, net2d) and predict.predicted_alike(ref, settings, net2d)
+    assert not predict.predicted_alike(out, replace(settings, dtype="float16"), net2d)
     np.testing.assert_array_equal(io.open_volume(tmp_path / "m.zarr")[:], io.open_volume(tmp_path / "ref_mask.zarr")[:])
     assert not io.partial_path(out).exists()
 

@@ -22,7 +22,7 @@ from mitoseg import datasets, download, instances, io, memory, metrics, plots, p
 from mitoseg.config import PRESETS, Config
 from mitoseg.data import Volume, split
 from mitoseg.errors import MitosegError
-from mitoseg.predict import default_tile, mean_probabilities, predict_volume
+from mitoseg.predict import default_tile, input_window, mean_probabilities, plan, predict_volume, predicted_alike
 from mitoseg.train import load_model, train, versions
 
 # Table 1 of the reference study (Pelapur, M&M 2021): 2D U-Net 1000 epochs, 3D U-Net 25 epochs.
@@ -114,13 +114,20 @@ def configs(preset: str, epochs: int | None, minutes: float | None, voxel_size, 
 
 
 def _predict(model, cfg: Config, image: np.ndarray, path: Path, tta: bool, progress: bool,
-             window: tuple[float, ...] | None = None) -> float:
+             window: tuple[float, ...] | None = None, resume: bool = False) -> float:
     """Probabilities uint8 (0..255) of a whole volume through the product's blockwise predictor, written to the
-    Zarr array `path`; returns the seconds it took."""
+    Zarr array `path`; returns the seconds it took. With `resume`, a finished `path` of this model and these
+    settings (`predict.predicted_alike`) is kept, with the seconds it took then, and an unfinished one goes
+    on from its finished blocks; anything else is predicted anew."""
     t0 = time.perf_counter()
     tile = default_tile(cfg.dims, image.shape, cfg.tile)
+    settings = plan(image, cfg.dims, tile, cfg.overlap, window=window or input_window(model, image), tta=tta,
+                    amp=cfg.amp)
+    if resume and predicted_alike(path, settings, model):
+        return float(io.open_volume(path).attrs["seconds"]["wall"])
+    go_on = resume and predicted_alike(io.partial_path(path), settings, model)
     predict_volume(model, image, path, cfg.dims, tile, cfg.overlap, amp=cfg.amp, tta=tta, overwrite=True,
-                   progress=progress, window=window)
+                   resume=go_on, progress=progress, window=settings.window)
     return time.perf_counter() - t0
 
 
@@ -170,7 +177,7 @@ def run_model(cfg: Config, bench: Benchmark, folder: Path, progress: bool, tta: 
     summary = train(cfg, bench.train_image, bench.train_mask, folder, resume=go_on, overwrite=not go_on,
                     progress=progress, monitor=test_part if monitor else None,
                     postprocessing=False)  # chosen below, on the validation split's TTA probabilities
-    row = evaluate_model(folder, bench, progress, tta, cfg.device)
+    row = evaluate_model(folder, bench, progress, tta, cfg.device, resume)
     _, val = split(bench.train_image, bench.train_mask, cfg.val_fraction)
     return {
         **row,
@@ -187,19 +194,20 @@ def run_model(cfg: Config, bench: Benchmark, folder: Path, progress: bool, tta: 
 
 
 def evaluate_model(folder: Path, bench: Benchmark, progress: bool = True, tta: bool = True,
-                   device: str = "auto") -> dict:
+                   device: str = "auto", resume: bool = False) -> dict:
     """Evaluate the trained run in `folder` as `compare` does: predict its validation split and the test
     volume raw and with test-time augmentation (TTA, unless `tta` is False) into `folder`
     (`PROBABILITIES`), then score them (`evaluate_probabilities`). Returns its scores with the inference
-    seconds and peak memory."""
+    seconds and peak memory. `resume`: keep what an interrupted evaluation of the same model predicted
+    (`_predict`)."""
     model, cfg = load_model(folder, device)
     test_window = io.intensity_range(bench.test_image, rule=cfg.normalize)
     window = io.intensity_range(bench.train_image, rule=cfg.normalize)  # the validation split: as in training
     _, val = split(bench.train_image, bench.train_mask, cfg.val_fraction)
-    _predict(model, cfg, val.image, folder / "val_probs.zarr", tta, progress, window)
-    infer_s = _predict(model, cfg, bench.test_image, folder / "test_probs.zarr", False, progress, test_window)
+    _predict(model, cfg, val.image, folder / "val_probs.zarr", tta, progress, window, resume)
+    infer_s = _predict(model, cfg, bench.test_image, folder / "test_probs.zarr", False, progress, test_window, resume)
     tta_s = _predict(model, cfg, bench.test_image, folder / "test_probs_tta.zarr", True, progress,
-                     test_window) if tta else None
+                     test_window, resume) if tta else None
     row = evaluate_probabilities(folder, bench, tta, cfg.val_fraction)
     return {
         **row, "inference_seconds": infer_s, "inference_tta_seconds": tta_s,
@@ -479,7 +487,8 @@ def compare(out: str | Path, dataset: str = "auto", data: str | Path | None = No
     epoch (the test curve in figure_curves.png). Both default to on for every preset but quick.
     `resume`: go on with the compare an interrupted run left in ``<out>.partial`` (same settings, else
     MitosegError): the models it finished are kept, an unfinished training continues from its last
-    checkpoint (its minutes count on), the rest runs again; without one, start from the beginning.
+    checkpoint (its minutes count on), an unfinished evaluation keeps the probabilities that model finished
+    predicting (`_predict`), the rest runs again; without one, start from the beginning.
     """
     tta = preset != "quick" if tta is None else tta
     monitor = preset != "quick" if monitor is None else monitor

@@ -340,16 +340,40 @@ def plan(volume: Any, dims: int, tile: tuple[int, int, int], overlap: float, blo
     return Settings(tile=tile, overlap=float(overlap), window=window, block=block, **options)
 
 
+def recorded(settings: Settings, model_id: str) -> dict:
+    """What decides a prediction's values, as its output records them (attribute "settings", beside the shape,
+    dtype and block): the `settings` but the batch size, block, threshold and dtype, the model (`model_id`, see
+    `fingerprint`) and, with TTA, which transforms were averaged."""
+    values = {k: v for k, v in asdict(settings).items() if k not in ("batch_size", "block", "threshold", "dtype")}
+    values["model"] = model_id
+    if settings.tta:
+        values["tta_set"] = TTA_SET
+    return io.jsonable(values)
+
+
+def predicted_alike(path: str | Path, settings: Settings, model: torch.nn.Module) -> bool:
+    """Whether the Zarr array at `path` (a finished output of `predict_volume`, or its ``.partial``) was
+    predicted by `model` with `settings` (what `recorded` keeps) into the dtype they ask for: a run that goes
+    on after an interruption may keep it, or resume it."""
+    import zarr
+
+    if not Path(path).exists():
+        return False
+    stored = zarr.open_array(str(path), mode="r")
+    old = dict(stored.attrs.get("settings", {}))
+    return np.dtype(stored.dtype) == np.dtype(settings.dtype) and all(
+        old.get(k) == v for k, v in recorded(settings, fingerprint(model)).items())
+
+
 def open_outputs(shape: tuple[int, ...], out: str | Path, mask_out: str | Path | None, settings: Settings,
                  model_id: str, attrs: dict | None, resume: bool, overwrite: bool) -> list[blocks.Output]:
     """The probability output (and the mask output) of a prediction through the block engine; a resume
     must match the settings and the model (`model_id`, see `fingerprint`)."""
-    values = {k: v for k, v in asdict(settings).items() if k not in ("batch_size", "block", "threshold", "dtype")}
-    values["model"] = model_id
+    values = recorded(settings, model_id)
     meta = dict(attrs or {}, overlap=settings.overlap, tile=settings.tile, tta=settings.tta, window=settings.window,
                 created=time.strftime("%F %T"))
     if settings.tta:  # which transforms were averaged: a resume must average the same
-        values["tta_set"] = meta["tta_set"] = TTA_SET
+        meta["tta_set"] = TTA_SET
     outputs = [blocks.open_output(out, shape, settings.dtype, settings.block, values,
                                   dict(meta, kind="probability"), resume, overwrite)]
     if mask_out is not None:
