@@ -107,15 +107,28 @@ def test_reader_opens_a_compare_report_folder(napari, outputs):
     np.testing.assert_array_equal(np.asarray(viewer.layers["2D instances"].data), labels)
 
 
-def test_widget_predicts_and_labels_in_a_thread_worker(napari, outputs, run, qtbot):
+def test_widget_predicts_and_labels_in_a_thread_worker(napari, outputs, run, qtbot, tmp_path):
+    """The widget takes a run folder's post-processing chosen on validation (its threshold, minimum size and Z
+    smoothing; here one written for the test), which the user may change, and labels what `segment` predicts."""
+    import shutil
+
+    from mitoseg import postprocess
     from mitoseg.viewer import SegmentWidget
 
     _, raw = outputs
+    net, cfg = tr.load_model(run)  # the same numbers as one in-memory prediction of the whole crop
+    whole = predict.to_storage(predict.predict_array(net, raw, 2, (1, 128, 128), cfg.overlap), "uint8")
+    t = round(float(np.median(whole)) / 255, 2)  # the model has barely learned: a threshold that splits its output
+    chosen = tmp_path / "chosen"
+    shutil.copytree(run, chosen)
+    postprocess.save(chosen, postprocess.PostProcessing(t, 50, True, 2.0), [], "raw")
     viewer = napari.components.ViewerModel()
     viewer.add_image(raw, name="crop", scale=VOXEL, translate=(300.0, 0.0, 0.0), units="nm")
     widget = SegmentWidget(viewer)
     assert widget.image.value is viewer.layers["crop"]
-    widget.model.value = run
+    widget.model.value = chosen
+    assert (widget.threshold.value, widget.min_size.value, widget.z_sigma.value) == (t, 50, 2.0)
+    assert widget.status.value == "the run's post-processing chosen on validation (its hole filling is not applied)"
     widget.min_size.value = 20
     widget.run.changed.emit(True)
     assert not widget.run.enabled  # running in the worker thread; the viewer stays responsive
@@ -127,10 +140,10 @@ def test_widget_predicts_and_labels_in_a_thread_worker(napari, outputs, run, qtb
         assert layer.data.shape == raw.shape and tuple(layer.scale) == VOXEL
         assert tuple(layer.translate) == (300.0, 0.0, 0.0)
     assert widget.progress.value == widget.progress.max > 1
-    net, cfg = tr.load_model(run)  # the same numbers as one in-memory prediction of the whole crop
-    whole = predict.to_storage(predict.predict_array(net, raw, 2, (1, 128, 128), cfg.overlap), "uint8")
     assert np.abs(probs.data.astype(int) - whole).max() <= 1
-    np.testing.assert_array_equal(labels.data, instances.label(probs.data >= 128, 26, min_size=20))
+    blurred = postprocess.smooth_z(probs.data, 2.0) >= t * 255
+    assert 0 < blurred.mean() < 1 and not np.array_equal(blurred, probs.data >= t * 255)
+    np.testing.assert_array_equal(labels.data, instances.label(blurred, 26, min_size=20))
 
     widget.model.value = outputs[0]  # a folder without a checkpoint: the error is shown, nothing is added
     widget.start()

@@ -226,20 +226,21 @@ def scale_bar(viewer: Any) -> Any:
 
 
 def segment(image: Any, model: str | Path, threshold: float = 0.5, min_size: int = 0, tta: bool = False,
-            device: str = "auto") -> Generator[tuple[int, int], None, tuple[np.ndarray, np.ndarray]]:
+            device: str = "auto", z_sigma: float = 0.0) -> Generator[tuple[int, int], None,
+                                                                    tuple[np.ndarray, np.ndarray]]:
     """Predict and label an image volume (Z, Y, X; numpy, dask or zarr) with a trained run's model, as
     ``mitoseg predict`` then ``mitoseg label`` do, in memory.
 
     A generator: yields (steps done, steps) after each block of slices and after labelling; returns the
     probabilities uint8 (Z, Y, X; 0..255 for 0..1, as `mitoseg predict` stores them) and the instances
-    uint32 (Z, Y, X; 26-connected components of probability >= `threshold`, objects under `min_size`
-    voxels removed). Blocks lie on the global tile grid (`predict.predict_block`): the result does not
-    depend on them.
+    uint32 (Z, Y, X; 26-connected components of probability >= `threshold` after a blur along Z of
+    `z_sigma` slices (`postprocess.smooth_z`), objects under `min_size` voxels removed). Blocks lie on the
+    global tile grid (`predict.predict_block`): the result does not depend on them.
     """
-    from mitoseg import blocks, checks, instances, predict
+    from mitoseg import blocks, checks, instances, postprocess, predict
     from mitoseg.train import load_model
 
-    checks.check(threshold=threshold, min_size=min_size)
+    checks.check(threshold=threshold, min_size=min_size, z_sigma=z_sigma)
     volume = io.check_volume(image, "the image layer")
     net, config = load_model(model, device)
     tile = predict.run_tile(config, tuple(volume.shape), None, None)
@@ -252,16 +253,19 @@ def segment(image: Any, model: str | Path, threshold: float = 0.5, min_size: int
         p = predict.blend_block(net, volume, b, tile, config.overlap, window, dev, config.dims, tta=tta)
         probs[b] = predict.to_storage(p, "uint8")  # encoded where it lies
         yield i + 1, len(grid) + 1
-    labels = instances.label(probs >= threshold * 255, connectivity=26, min_size=min_size)
+    labels = instances.label(postprocess.smooth_z(probs, z_sigma) >= threshold * 255, connectivity=26,
+                             min_size=min_size)
     yield len(grid) + 1, len(grid) + 1
     return probs, labels
 
 
 class SegmentWidget(_Container):
     """npe2 widget contribution "Segment mitochondria": image layer, model (run folder or .pt), threshold,
-    minimum object size, TTA, a Run button and a progress bar. Runs `segment` in a napari thread worker
-    and adds "<image> probability" and "<image> instances" at the image layer's scale (replacing the data
-    of layers of those names). A class because napari hands a dock widget its viewer through __init__."""
+    minimum object size, Z smoothing, TTA, a Run button and a progress bar. Choosing a run folder sets the
+    threshold, minimum size and Z smoothing to its post-processing chosen on validation (`postprocess.read`),
+    and says so. Runs `segment` in a napari thread worker and adds "<image> probability" and "<image>
+    instances" at the image layer's scale (replacing the data of layers of those names). A class because
+    napari hands a dock widget its viewer through __init__."""
 
     def __init__(self, napari_viewer: Any) -> None:
         from magicgui import widgets as w
@@ -272,6 +276,8 @@ class SegmentWidget(_Container):
             w.FileEdit(name="model", label="model", mode="d", tooltip="run folder (best.pt) or a checkpoint .pt"),
             w.FloatSpinBox(name="threshold", label="threshold", value=0.5, min=0.01, max=0.99, step=0.05),
             w.SpinBox(name="min_size", label="min size (voxels)", value=0, min=0, max=10**9, step=100),
+            w.FloatSpinBox(name="z_sigma", label="Z smoothing (slices)", value=0.0, min=0.0, max=32.0, step=0.5,
+                           tooltip="blur the probabilities along Z (Gaussian sigma in slices) before the threshold"),
             w.CheckBox(name="tta", label="TTA (4 in-plane flips)", value=False),
             w.PushButton(name="run", text="Run"),
             w.ProgressBar(name="progress", label="progress", value=0, min=0, max=1),
@@ -280,6 +286,20 @@ class SegmentWidget(_Container):
         for event in (self.viewer.layers.events.inserted, self.viewer.layers.events.removed):
             event.connect(lambda _: self.image.reset_choices())
         self.run.changed.connect(self.start)
+        self.model.changed.connect(self._run_choice)
+
+    def _run_choice(self) -> None:
+        """Take the chosen run folder's post-processing chosen on validation, where it has one."""
+        from mitoseg import postprocess
+
+        folder = Path(str(self.model.value).strip())
+        chosen = postprocess.read(folder) if folder.is_dir() else None
+        if chosen is None:
+            return
+        self.threshold.value, self.min_size.value, self.z_sigma.value = (chosen.threshold, chosen.min_size,
+                                                                          chosen.z_sigma)
+        self.status.value = ("the run's post-processing chosen on validation"
+                             + (" (its hole filling is not applied)" if chosen.fill_holes else ""))
 
     def _images(self, _: Any) -> list[tuple[str, Any]]:
         from napari.layers import Image
@@ -298,7 +318,7 @@ class SegmentWidget(_Container):
         self.run.enabled, self.progress.value, self.status.value = False, 0, "running..."
         worker = create_worker(segment, layer.data[0] if layer.multiscale else layer.data, model,
                                self.threshold.value, self.min_size.value, self.tta.value,
-                               _start_thread=False, _ignore_errors=True)
+                               z_sigma=self.z_sigma.value, _start_thread=False, _ignore_errors=True)
         worker.yielded.connect(self._step)
         worker.returned.connect(lambda result: self._add(layer, *result))
         worker.errored.connect(lambda e: setattr(self.status, "value", f"error: {e}"))
