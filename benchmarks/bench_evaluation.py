@@ -7,9 +7,9 @@ the instance labels, and their measurements and morphology (`instances`), and wh
 (`metrics.error_places`). The probabilities are a stand-in made from the truth (Gaussian-blurred, sigma 2
 voxels, plus noise of sd 0.15, stored as uint8 as `predict` stores them): these steps' time depends on the
 masks' objects, not on how the probabilities were made. With --base REV, `postprocess.choose`,
-`postprocess.apply`, `instances.label` and `metrics.error_places` of that git revision run beside today's,
-on the same arrays, and are checked to give the same result (against a revision before the Z smoothing,
-today's choice searches none: `z_sigmas=(0.0,)`).
+`postprocess.apply`, `instances.label`, `metrics.match_instances` and `metrics.error_places` of that git
+revision run beside today's, on the same arrays, and are checked to give the same result (against a revision
+before the Z smoothing, today's choice searches none: `z_sigmas=(0.0,)`).
 
 With --run RUN, the whole of it instead, on real probabilities: `compare.evaluate_probabilities` (choice,
 scores, labels, error places) on those a `compare` model folder saved (val_probs.zarr, test_probs.zarr,
@@ -103,6 +103,9 @@ def main() -> None:
     step("scores and object F1", lambda: compare._scores(final, test_mask, chosen.min_size), final.size)
     labels = step("instance labels", lambda: instances.label(final, 26, min_size=chosen.min_size), final.size,
                   base and (lambda: base_instances.label(final, 26, min_size=chosen.min_size)))
+    truth = instances.label(test_mask, 26, min_size=chosen.min_size)
+    step("object matching (metrics.match_instances, in the scores)", lambda: metrics.match_instances(labels, truth),
+         final.size, base and (lambda: base_metrics.match_instances(labels, truth)))
     step("where the errors are (metrics.error_places)",
          lambda: metrics.error_places(final, test_mask, bench.voxel_size), final.size,
          base and (lambda: base_metrics.error_places(final, test_mask, bench.voxel_size)))

@@ -127,6 +127,25 @@ def test_slabs_cutting_objects_change_nothing(droso_crop, monkeypatch):
     assert whole[1]["tp"] > 0 and whole[1]["fp"] + whole[1]["fn"] > 0
 
 
+def test_dense_and_sparse_pair_counts_agree(droso_crop, monkeypatch):
+    """`_overlaps` counts the (true, pred) pairs in one dense bincount when there are few ids, else sparsely
+    (sorting the overlapping voxels): the same matrix, sizes and matches on a real crop, cut into slabs."""
+    from mitoseg import metrics
+
+    _, mask = droso_crop
+    truth, _ = ndi.label(mask, structure=np.ones((3, 3, 3)))
+    pred, _ = ndi.label(_perturbed(mask), structure=np.ones((3, 3, 3)))
+    monkeypatch.setattr(metrics, "SLAB_VOXELS", 3 * mask.shape[1] * mask.shape[2] + 7)
+    dense = metrics._overlaps(truth, pred), match_instances(pred, truth)
+    monkeypatch.setattr(metrics, "DENSE_PAIRS", 0)
+    sparse = metrics._overlaps(truth, pred), match_instances(pred, truth)
+    assert dense[1] == sparse[1] and dense[1]["tp"] > 0 and dense[1]["fp"] + dense[1]["fn"] > 0
+    np.testing.assert_array_equal(dense[0][0].toarray(), sparse[0][0].toarray())
+    for a, b in zip(dense[0][1:], sparse[0][1:], strict=True):
+        np.testing.assert_array_equal(a, b)
+    assert dense[0][0].nnz == sparse[0][0].nnz > 0
+
+
 def test_match_instances_tiny_example():
     truth = np.zeros((4, 6), int)
     truth[0, 0:4] = 1  # 4 voxels, predicted exactly

@@ -170,12 +170,25 @@ def _check_labels(name: str, labels: np.ndarray) -> np.ndarray:
     return labels
 
 
+DENSE_PAIRS = 1 << 22  # `_overlaps` counts (true id, pred id) pairs in one dense array up to this many (32 MiB)
+
+
 def _overlaps(true_labels: np.ndarray, pred_labels: np.ndarray):
     """Sparse (n_true_ids, n_pred_ids) voxel-overlap matrix plus the sizes of every true and pred id
     (size 0 for the background id 0). Counted slab by slab, so memory follows the slab and the number
     of overlapping pairs, not the volume."""
     n_t = int(true_labels.max(initial=0)) + 1
     n_p = int(pred_labels.max(initial=0)) + 1
+    if n_t * n_p <= DENSE_PAIRS:  # every (true, pred) pair's count, background included, in one bincount
+        pairs = np.zeros(n_t * n_p, np.int64)
+        for t, p in _slabs(true_labels, pred_labels):
+            pairs += np.bincount(t.astype(np.int64) * n_p + p, minlength=pairs.size)
+        pairs = pairs.reshape(n_t, n_p)
+        true_sizes, pred_sizes = pairs.sum(axis=1), pairs.sum(axis=0)
+        pairs[0], pairs[:, 0] = 0, 0
+        rows, cols = np.nonzero(pairs)
+        true_sizes[0] = pred_sizes[0] = 0
+        return scipy.sparse.coo_matrix((pairs[rows, cols], (rows, cols)), shape=(n_t, n_p)), true_sizes, pred_sizes
     true_sizes, pred_sizes = np.zeros(n_t, np.int64), np.zeros(n_p, np.int64)
     keys, counts = [], []
     for t, p in _slabs(true_labels, pred_labels):
