@@ -90,9 +90,9 @@ class ZSmoothed:
         self.attrs = getattr(source, "attrs", {})
 
     def __getitem__(self, block: tuple[slice, ...]) -> np.ndarray:
-        z0, z1, step = block[0].indices(self.shape[0])
-        if step != 1 or len(block) != 3:
-            raise ValueError("ZSmoothed reads blocks: three slices, step 1")
+        if not isinstance(block, tuple) or len(block) != 3 or block[0].indices(self.shape[0])[2] != 1:
+            raise ValueError("ZSmoothed reads blocks: three slices, step 1 along Z")
+        z0, z1, _ = block[0].indices(self.shape[0])
         r = halo(self.sigma)
         lo, hi = max(0, z0 - r), min(self.shape[0], z1 + r)
         return smooth_z(self.source[lo:hi, block[1], block[2]], self.sigma)[z0 - lo:z1 - lo]
@@ -120,8 +120,8 @@ def for_labels(attrs: dict, threshold: float | None = None, min_size: int | None
     z_sigma, from_run = 0.0, []
     if chosen and kind == "probability" and threshold is None:
         threshold, z_sigma, from_run = chosen["threshold"], chosen.get("z_sigma", 0.0), ["threshold", "z_sigma"]
-    followed = bool(chosen) and (from_run or (kind == "mask" and attrs.get("threshold") == chosen["threshold"]
-                                              and attrs.get("z_sigma", 0.0) == chosen.get("z_sigma", 0.0)))
+    followed = bool(chosen) and (bool(from_run) or (kind == "mask" and attrs.get("threshold") == chosen["threshold"]
+                                                    and attrs.get("z_sigma", 0.0) == chosen.get("z_sigma", 0.0)))
     if min_size is None and followed:
         min_size, from_run = chosen["min_size"], [*from_run, "min_size"]
     return {"threshold": threshold, "z_sigma": float(z_sigma), "min_size": int(min_size or 0), "from_run": from_run}
