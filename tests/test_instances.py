@@ -124,6 +124,20 @@ def test_measure_sparse_large_ids():
         measure(labels, voxel_size=(1, 1))
 
 
+@pytest.mark.parametrize("share", [0.05, 0.5])
+def test_sizes_and_lookup_over_the_foreground_equal_those_over_every_voxel(share):
+    """`_sizes` and `_remap` look at the foreground alone when it is sparse (as mitochondria are): the same
+    counts and ids as over the whole array, sparse (5 %) and dense (50 %, where the whole array is used)."""
+    rng = np.random.default_rng(1)
+    mask = rng.random((9, 40, 50)) < share
+    labels, n = cc3d.connected_components(mask, connectivity=6, return_N=True, out_dtype=np.uint32)
+    sizes = instances._sizes(labels, mask, n)
+    assert n > 10 and sizes[0] == 0 and np.array_equal(sizes[1:], np.bincount(labels.ravel())[1:])
+    table = rng.integers(1, 1000, n + 1).astype(np.uint32)
+    table[0] = 0
+    np.testing.assert_array_equal(instances._remap(labels, mask, table), table[labels])
+
+
 @pytest.mark.parametrize("connectivity", [6, 18, 26])
 def test_label_blockwise_equals_whole_volume(mask512, connectivity):
     block = (7, 100, 130)

@@ -70,15 +70,33 @@ def label(mask: np.ndarray, connectivity: int = 26, min_size: int = 0) -> np.nda
     _check_connectivity(connectivity)
     mask = np.asarray(mask)
     _check_3d("mask", mask.shape)
-    labels = cc3d.connected_components(mask > 0, connectivity=_cc3d_connectivity(mask.shape, connectivity),
-                                       out_dtype=np.uint32)
+    foreground = mask > 0
+    labels, n = cc3d.connected_components(foreground, connectivity=_cc3d_connectivity(mask.shape, connectivity),
+                                          out_dtype=np.uint32, return_N=True)
     if min_size > 0:
-        keep = np.bincount(labels.ravel()) >= min_size
+        keep = _sizes(labels, foreground, int(n)) >= min_size
         keep[0] = False
         renumber = np.zeros(keep.size, np.uint32)
         renumber[keep] = np.arange(1, np.count_nonzero(keep) + 1, dtype=np.uint32)
-        labels = renumber[labels]
+        labels = _remap(labels, foreground, renumber)
     return labels
+
+
+def _sizes(labels: np.ndarray, foreground: np.ndarray, n: int) -> np.ndarray:
+    """Voxels of each id 0..n of `labels` (int64; id 0 counts none), counted over the `foreground` voxels
+    (bool, where labels > 0) alone: in EM, organelles fill a few % of a volume, and counting a few % is
+    ~15x faster than the whole (`benchmarks/bench_table.py`)."""
+    return np.bincount(labels[foreground], minlength=n + 1)
+
+
+def _remap(labels: np.ndarray, foreground: np.ndarray, table: np.ndarray) -> np.ndarray:
+    """``table[labels]`` (with table[0] == 0), looked up for the `foreground` voxels (bool, where labels > 0)
+    alone where they are under a quarter of the array (~3x faster at a few %), else for every voxel."""
+    if np.count_nonzero(foreground) * 4 >= foreground.size:
+        return table[labels]
+    out = np.zeros(labels.shape, table.dtype)
+    out[foreground] = table[labels[foreground]]
+    return out
 
 
 def measure(labels: np.ndarray, voxel_size: Sequence[float] = (1.0, 1.0, 1.0)) -> dict[str, np.ndarray]:
@@ -326,8 +344,9 @@ def summarize_block(
     mask_block: np.ndarray, index: int, connectivity: int = 26, threshold: float | None = None
 ) -> BlockSummary:
     """Pass 1 for one block alone: label it with cc3d (local ids 1..n) and keep its sizes and six faces."""
-    local, n = _label_block(_foreground(mask_block, threshold), connectivity)
-    sizes = np.bincount(local.ravel(), minlength=n + 1)[1:].astype(np.int64)
+    foreground = _foreground(mask_block, threshold)
+    local, n = _label_block(foreground, connectivity)
+    sizes = _sizes(local, foreground, n)[1:].astype(np.int64)
     lo = tuple(local[f].copy() for f in _FACES)  # copies: views would keep the whole block alive
     hi = tuple(local[tuple(-1 if i == 0 else i for i in f)].copy() for f in _FACES)
     return BlockSummary(int(index), n, sizes, lo, hi)
@@ -438,13 +457,14 @@ def relabel_block(
     mask_block: np.ndarray, table: np.ndarray, connectivity: int = 26, threshold: float | None = None
 ) -> np.ndarray:
     """Pass 2 for one block: label it again (cc3d is deterministic) and map local ids through `table`."""
-    local, n = _label_block(_foreground(mask_block, threshold), connectivity)
+    foreground = _foreground(mask_block, threshold)
+    local, n = _label_block(foreground, connectivity)
     if n != len(table) - 1:
         raise MitosegError(
             f"a block holds {n} objects in pass 2 but {len(table) - 1} in pass 1: "
             "the mask changed while it was being labelled"
         )
-    return table[local]
+    return _remap(local, foreground, table)
 
 
 # ---------------------------------------------------------------- blockwise labelling, driver
