@@ -3,7 +3,8 @@ measurements and shapes read from the chunked Zarr labels, today's code beside a
 in one run.
 
 A stand-in mask is mirror-tiled from the real Drosophila VNC stack (as bench_full_volume.py does) and
-labelled blockwise into Zarr with the label command's chunks, 64 x 512 x 512 (`label_blockwise`, timed);
+labelled blockwise (`label_blockwise`, timed) into the label command's output (`blocks.open_output`: chunks of
+64 x 512 x 512, zarr's write settings; with --base that revision's `blocks` too);
 then the two table steps of `instances.label_volume` are timed: `measure_blockwise` (sizes, centroids,
 boxes) and `morphology` (each object's mesh and axes, read from its bounding box). The 2026-12-04 GPU
 run stopped in the second: it read every object's box apart, decompressing a whole chunk for a small
@@ -48,14 +49,20 @@ def main() -> None:
     build_standin(args.work / "mask.zarr", mask, shape)
     masks = zarr.open_array(str(args.work / "mask.zarr"), mode="r")
     base = common.module_at(args.base, "instances") if args.base else None
+    engines = {"today": blocks, args.base: common.module_at(args.base, "blocks") if args.base else None}
     rows, tables, n = [], {}, 0
     row = {"step": "label_blockwise"}
     for who, module in (("today", instances), (args.base, base)):
         if module is None:
             continue
-        out = zarr.create_array(str(args.work / f"labels-{who}.zarr"), shape=shape, dtype="uint32",
-                                chunks=(64, 512, 512))
-        seconds, objects = common.timed(lambda m=module, o=out: m.label_blockwise(masks, o, (64, 512, 512)))
+
+        def labelled(m=module, engine=engines[who], path=args.work / f"labels-{who}.zarr"):
+            out = engine.open_output(path, shape, "uint32", (64, 512, 512), {}, {"kind": "labels"})
+            objects = m.label_blockwise(masks, out.array, (64, 512, 512))
+            engine.finish(out)
+            return objects
+
+        seconds, objects = common.timed(labelled)
         row["seconds" if who == "today" else "base_seconds"] = seconds
         if who == "today":
             n = objects
