@@ -127,7 +127,7 @@ def test_compare_resumes_an_interrupted_run(tmp_path, tiny_bench, monkeypatch):
 def test_compare_resume_keeps_what_an_interrupted_evaluation_predicted(tmp_path, tiny_bench, monkeypatch):
     """Ctrl-C in the 3D model's evaluation, as its third prediction (the test volume with TTA) starts:
     `compare --resume` trains nothing again, keeps the validation and raw test probabilities (and the seconds
-    they took) and predicts the TTA ones alone; its scores are those of the saved run evaluated afresh."""
+    they took) and predicts the TTA ones alone; its scores are those of the probabilities it saved."""
     from pathlib import Path
 
     from mitoseg import train as training
@@ -152,7 +152,7 @@ def test_compare_resume_keeps_what_an_interrupted_evaluation_predicted(tmp_path,
     assert [(r["epoch"], r["loss"]) for r in read_log(out / "model_3D")] == log  # nothing trained again
     assert {name: (out / "model_3D" / name / "zarr.json").stat().st_mtime_ns for name in kept} == kept
     assert results["models"]["3D"]["inference_seconds"] == seconds
-    again = cmp.evaluate_model(out / "model_3D", tiny_bench, progress=False)
+    again = cmp.evaluate_probabilities(out / "model_3D", tiny_bench)  # the kept and the new probabilities, scored
     assert again["variants"] == results["models"]["3D"]["variants"]
 
 
