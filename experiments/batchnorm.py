@@ -152,7 +152,8 @@ def main(argv: list[str] | None = None) -> None:
         dark_window = io.intensity_range(gamma(bench.test_image, 1.4), rule=cfg.normalize)
         train_vol, val_vol = data.split(bench.train_image, bench.train_mask, cfg.val_fraction,
                                         io.intensity_range(bench.train_image, rule=cfg.normalize))
-        sampler = data.PatchSampler(train_vol, cfg.patch, cfg.fg_fraction, np.random.default_rng(cfg.seed))
+        sampler = data.PatchSampler(train_vol, cfg.patch, cfg.fg_fraction, np.random.default_rng(cfg.seed),
+                                    context=cfg.context)
         tf = train.augmenter(cfg, cfg.seed)
         device = next(model.parameters()).device
         for batches in dict.fromkeys([0, *a.batches]):  # --batches 0: as saved only

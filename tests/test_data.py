@@ -217,6 +217,13 @@ def test_2d_augmenter_never_flips_z(mask_patches):
                 assert _inplane_match(s[::-1], b)
                 z_flips_3d += 1
     assert z_flips_3d > 0  # the check above would see a Z flip: the 3D augmenter does make them
+    # a 2D model with neighbouring slices as channels: they swap sides, as the 3D model's slices do
+    tf = data.augmenter(seed=3, dims=2, z_flip=True)
+    flipped = 0
+    for _ in range(6):
+        _, y = data.augment(tf, batch.copy(), batch.copy())
+        flipped += sum(not _inplane_match(s, a) for s, a in zip(batch[:, 0], y[:, 0], strict=True))
+    assert flipped > 0
 
 
 def test_elastic_deformation_moves_image_and_label_alike_in_plane(lucchi_crop):
@@ -295,3 +302,18 @@ def test_slices_and_partial_annotation(droso_crop):
                                 np.random.default_rng(3))
     _, ys = sampler.sample(40)
     assert all((y != data.IGNORE).any() for y in ys)  # no patch without an annotated voxel
+
+
+def test_2d_samples_with_context_repeat_the_end_slice_past_the_volume(droso_crop):
+    """A 2D model's neighbouring slices (`context`): an annotated first slice is still a training slice, its
+    missing neighbours above it being copies of it (as prediction reads them, `io.read_region`)."""
+    raw, mask = droso_crop
+    volume = data.Volume(raw, data.annotate_slices(mask, [0]), (0.0, 255.0))
+    xs, ys = data.PatchSampler(volume, (1, 64, 64), 0.5, np.random.default_rng(0), context=2).sample(8)
+    replay = data.PatchSampler(volume, (1, 64, 64), 0.5, np.random.default_rng(0), context=2)
+    assert xs.shape == (8, 1, 5, 64, 64) and ys.shape == (8, 1, 1, 64, 64)
+    assert (ys != data.IGNORE).all()  # every patch is of the one annotated slice, the first
+    for x in xs[:, 0]:
+        z, y, x0 = replay.corner()
+        assert z == 0
+        np.testing.assert_allclose(x * 255, raw[[0, 0, 0, 1, 2], y:y + 64, x0:x0 + 64], atol=1e-3)

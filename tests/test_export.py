@@ -97,3 +97,7 @@ def test_export_mistakes_are_one_line(tmp_path, ca1_run, lucchi_crop, capsys):
     assert cli.main(["export", str(equalized), "--bioimageio", str(tmp_path / "e.zip"), "--sample", str(sample)]) == 2
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and "--normalize equalize" in err and not (tmp_path / "e.zip").exists()
+    context, _ = _run(tmp_path / "ctx", raw[:8], lucchi_crop[1][:8], 2, (5, 5, 5), context_slices=1)
+    assert cli.main(["export", str(context), "--bioimageio", str(tmp_path / "c.zip"), "--sample", str(sample)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "--context-slices" in err and not (tmp_path / "c.zip").exists()

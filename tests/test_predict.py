@@ -8,7 +8,7 @@ from conftest import jittered_probabilities
 from mitoseg import io, predict
 from mitoseg.config import Config
 from mitoseg.errors import MitosegError
-from mitoseg.models import bf16_native, build_model
+from mitoseg.models import autocast, bf16_native, build_model
 
 
 class Identity(torch.nn.Module):
@@ -119,6 +119,29 @@ def test_blocks_equal_whole(tmp_path, droso_crop, dims, net2d, net3d):
                                  dtype="float16", progress=False)
     blocks = io.open_volume(out)[:].astype(np.float32)
     np.testing.assert_allclose(blocks, whole, atol=2e-3)  # float16 storage
+
+
+def test_a_2d_model_with_context_sees_each_slice_between_its_neighbours(tmp_path, lucchi_crop):
+    """A 2.5D model (`context_slices` 1) gets each slice with the one above and below as channels, the end
+    slices repeated past the volume's first and last slice; in blocks as whole (the region reads the halo)."""
+    torch.manual_seed(0)
+    model = build_model(Config(dims=2, context_slices=1)).eval()
+    image = lucchi_crop[0][:7, :64, :96]
+    window = io.intensity_range(image)
+    whole = predict.predict_array(model, image, 2, (1, 64, 96), overlap=0.25, window=window)
+    padded = io.normalize(np.concatenate([image[:1], image, image[-1:]]), window)
+    x = torch.from_numpy(np.stack([padded[z:z + 3] for z in range(7)]))
+    with torch.inference_mode(), autocast(torch.device("cpu")):
+        expect = torch.sigmoid(model(x.contiguous(memory_format=torch.channels_last)).float())[:, 0].numpy()
+    np.testing.assert_allclose(whole, expect, atol=1e-6)
+    spread = Spread(model)  # the neighbours change the answer (far beyond the check's 1e-6): shown spread out
+    spread.context = 1
+    among = predict.predict_array(spread, image, 2, (1, 64, 96), window=window)[3]
+    alone = predict.predict_array(spread, image[3:4], 2, (1, 64, 96), window=window)[0]
+    assert np.abs(alone - among).max() > 0.01
+    out = predict.predict_volume(model, image, tmp_path / "p.zarr", 2, (1, 64, 96), overlap=0.25, block=(2, 64, 96),
+                                 dtype="float16", window=window, progress=False)
+    np.testing.assert_allclose(io.open_volume(out)[:].astype(np.float32), whole, atol=2e-3)
 
 
 def test_bf16_agrees_with_float32(droso_crop, net2d):

@@ -16,7 +16,9 @@ class Config:
 
     Patch extent: both models see the same in-plane extent ``patch_xy``; the 3D model sees
     ``patch_z`` slices at once, the 2D model sees single slices, ``patch_z`` times as many per batch,
-    so an iteration processes the same number of voxels for both.
+    so an iteration processes the same number of voxels for both. With ``context_slices`` k the 2D
+    model also sees the k slices above and below each slice as input channels (2.5D; it still predicts
+    the one slice); the 3D model ignores it.
     Epoch: ``iterations_per_epoch`` iterations; by default as many as it takes to sample as many
     voxels as the training volume holds (the study never defined it; both models use this one).
     """
@@ -47,6 +49,7 @@ class Config:
     ema: float = 0.0
     validate_every: int = 1  # epochs between validations (and test-subset scores); the last one always
     loader_workers: int | None = None  # processes preparing batches (None: 0 on a CPU, up to 12 on a GPU)
+    context_slices: int = 0  # neighbouring slices on each side given to the 2D model as channels (0: none)
     voxel_size: tuple[float, float, float] = (5.0, 5.0, 5.0)
     seed: int = 0
     amp: bool = True
@@ -81,8 +84,14 @@ class Config:
 
     @property
     def patch(self) -> tuple[int, int, int]:
-        """Training patch (Z, Y, X) of one sample: depth 1 for the 2D model."""
+        """Labelled training patch (Z, Y, X) of one sample: depth 1 for the 2D model (whose input also holds
+        `context` slices on each side)."""
         return (self.patch_z if self.dims == 3 else 1, self.patch_xy, self.patch_xy)
+
+    @property
+    def context(self) -> int:
+        """Neighbouring slices on each side of a slice that the model takes as channels: 0 for the 3D model."""
+        return self.context_slices if self.dims == 2 else 0
 
     @property
     def samples_per_batch(self) -> int:

@@ -99,9 +99,10 @@ class PatchSampler:
     """
 
     def __init__(self, volume: Volume, patch: tuple[int, int, int], fg_fraction: float,
-                 rng: np.random.Generator, max_fg_points: int = 1_000_000):
+                 rng: np.random.Generator, max_fg_points: int = 1_000_000, context: int = 0):
         check_patch(volume.image.shape, patch)
         self.volume, self.patch, self.fg_fraction, self.rng = volume, patch, fg_fraction, rng
+        self.context = context
         self.fg = self._points(volume.mask == 1, rng, max_fg_points)
         partial = volume.mask == IGNORE
         # partly annotated: the other patches are centred on an annotated voxel, so none is all unannotated
@@ -129,26 +130,29 @@ class PatchSampler:
         return tuple(int(np.clip(c, 0, s - p)) for c, s, p in zip(low, shape, self.patch, strict=True))
 
     def sample(self, n: int) -> tuple[np.ndarray, np.ndarray]:
-        """n patches: images float32 normalised to [0, 1] by the volume's window and masks float32
-        {0, 1, IGNORE}, each (n, 1, Z, Y, X)."""
+        """n patches: images float32 normalised to [0, 1] by the volume's window, (n, 1, Z + 2 * context, Y, X):
+        the patch's slices and `context` more on each side (the end slices repeated past the volume's ends,
+        as `io.read_region` does in prediction), and masks float32 {0, 1, IGNORE} of the patch, (n, 1, Z, Y, X)."""
         xs, ys = [], []
         for _ in range(n):
             z, y, x = self.corner()
             sl = np.s_[z:z + self.patch[0], y:y + self.patch[1], x:x + self.patch[2]]
-            xs.append(io.normalize(self.volume.image[sl], self.volume.window))
+            region = (slice(z - self.context, z + self.patch[0] + self.context), *sl[1:])
+            xs.append(io.normalize(io.read_region(self.volume.image, region), self.volume.window))
             ys.append(self.volume.mask[sl])
         return (np.stack(xs)[:, None].astype(np.float32), np.stack(ys)[:, None].astype(np.float32))
 
 
 def augmenter(seed: int, dims: int, intensity: float = 1.0, slice_jitter: float = 0.1, elastic: float = 0.0,
-              gamma_field: float = 0.0):
+              gamma_field: float = 0.0, z_flip: bool | None = None):
     """MONAI random transforms for one sample dict {"image", "label"} of arrays (1, Z, Y, X).
 
     With probability `elastic` an in-plane elastic deformation, the same for every slice (Z may be
     anisotropic): control points every 32 pixels moved by normal offsets whose standard deviation is
     drawn from 0..3 pixels per patch, image interpolated bilinearly, label by nearest neighbour, reflected
     at the edges.
-    Flips on every axis the model sees, 90-degree rotations in-plane only (Z may be anisotropic),
+    Flips in-plane and, with `z_flip` (default: for the 3D model), in Z (a 2D model's neighbouring slices
+    swap sides), 90-degree rotations in-plane only (Z may be anisotropic),
     per-slice contrast and brightness jitter (gain 1 +- `slice_jitter`, offset +- `slice_jitter` / 2;
     0 turns it off), and whole-patch intensity scale (+-0.3), shift (+-0.15), gamma (0.6..1.7) and noise
     on the image alone, ranges times `intensity` (0 turns them off): a model must not depend on the
@@ -168,7 +172,7 @@ def augmenter(seed: int, dims: int, intensity: float = 1.0, slice_jitter: float 
     )
 
     keys = ["image", "label"]
-    flip_axes = [1, 2] if dims == 2 else [0, 1, 2]
+    flip_axes = [0, 1, 2] if (dims == 3 if z_flip is None else z_flip) else [1, 2]
     tfs = []
     if elastic:  # slices as channels, so one in-plane field moves them all
         tfs += [Lambdad(keys, lambda a: a[0]),

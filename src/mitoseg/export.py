@@ -127,6 +127,10 @@ def export_bioimageio(run: str | Path, sample: str, out: str | Path, overwrite: 
     if config.normalize != "percentile":
         raise MitosegError(f"{run} was trained with --normalize {config.normalize}, which the bioimage.io "
                            "preprocessing steps cannot express; export a run trained with percentile normalisation")
+    if config.context:
+        raise MitosegError(f"{run} is a 2D model that takes {config.context} neighbouring slices on each side "
+                           "(--context-slices), which a bioimage.io consumer would not give it; export a run "
+                           "trained without them")
     net = _Probabilities(traceable(model.net)).eval()
     x = test_crop(io.open_volume(sample), config)[None, None]
     with torch.no_grad():

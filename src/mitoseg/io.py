@@ -210,6 +210,18 @@ def read_volume(spec: str | Path) -> np.ndarray:
 RULES = {"percentile": 2, "equalize": 256}  # normalisation rule: knots (grey levels at evenly spaced percentiles)
 
 
+def read_region(volume: Any, region: tuple[slice, slice, slice]) -> np.ndarray:
+    """A region (Z, Y, X slices with steps of 1) of a volume (Z, Y, X) as it is stored; slices of the region
+    before the volume's first or after its last slice repeat that slice (a 2D model's neighbouring slices
+    at the volume's ends, in training and in prediction alike)."""
+    depth = volume.shape[0]
+    lo, hi = max(region[0].start, 0), min(region[0].stop, depth)
+    raw = np.asarray(volume[(slice(lo, hi), *region[1:])])
+    if lo > region[0].start or hi < region[0].stop:
+        raw = np.pad(raw, ((lo - region[0].start, region[0].stop - hi), (0, 0), (0, 0)), mode="edge")
+    return raw
+
+
 def intensity_range(arr: Any, max_samples: int = 2_000_000, rule: str = "percentile") -> tuple[float, ...]:
     """The grey levels that `normalize` maps to evenly spaced values from 0 to 1 (the window), in the
     volume's units: its percentiles at ``RULES[rule]`` evenly spaced points from 0.5 to 99.5, taken over a

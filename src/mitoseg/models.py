@@ -123,15 +123,18 @@ class Conv3d(nn.Conv3d):
 
 
 def build_model(config: Config) -> nn.Module:
-    """A U-Net mapping (B, 1, [Z,] Y, X) float32 in [0, 1] to (B, 1, [Z,] Y, X) foreground logits.
+    """A U-Net mapping (B, 1, [Z,] Y, X) float32 in [0, 1] to (B, 1, [Z,] Y, X) foreground logits; a 2D model
+    with `config.context` k > 0 takes (B, 1 + 2k, Y, X): a slice's k neighbours on each side in Z order,
+    the slice itself in the middle channel.
 
     The encoder's strides follow `encoder_strides(config.voxel_size, config.dims)`; `config.norm` "instance"
     puts instance normalisation (with affine weights) where BatchNorm is, in the decoder and the encoder.
-    The model's `normalize` attribute is `config.normalize`, the intensity rule its inputs need."""
+    The model's `normalize` attribute is `config.normalize`, the intensity rule its inputs need, and its
+    `context` attribute is k, the neighbouring slices prediction reads (`predict.blend_block`)."""
     from monai.networks.nets import FlexibleUNet
 
     extra = {"norm": ("instance", {"affine": True})} if config.norm == "instance" else {}
-    net = FlexibleUNet(in_channels=1, out_channels=1, backbone=config.encoder,
+    net = FlexibleUNet(in_channels=1 + 2 * config.context, out_channels=1, backbone=config.encoder,
                        spatial_dims=config.dims, pretrained=False, **extra)
     if config.norm == "instance":
         _instance_norm(net)
@@ -144,6 +147,7 @@ def build_model(config: Config) -> nn.Module:
     divisors = [int(np.prod([stride[axis] for stride in strides])) for axis in range(config.dims)]
     model = PadToMultiple(net, divisors)
     model.normalize = config.normalize  # the input rule it expects: prediction without a window reads it
+    model.context = config.context
     return model
 
 

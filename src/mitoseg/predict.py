@@ -109,9 +109,11 @@ def _infer(model: torch.nn.Module, x: torch.Tensor, tta: bool, amp: bool) -> tor
 
 
 def block_plan(shape: tuple[int, ...], block: Block, tile: tuple[int, int, int],
-               overlap: float) -> tuple[tuple[int, int, int], list[list[int]], Block]:
+               overlap: float, context: int = 0) -> tuple[tuple[int, int, int], list[list[int]], Block]:
     """For one output block: the tile size (clipped to the volume), each axis's tile starts that overlap
-    the block, and the input region those tiles read (the block plus its halo)."""
+    the block, and the input region those tiles read: the block plus its halo and, for a 2D model that
+    takes `context` neighbouring slices on each side, that many more slices in Z, which reach past the
+    volume's first and last slice there (`io.read_region` repeats those)."""
     tile = tuple(min(t, s) for t, s in zip(tile, shape, strict=True))
     starts = []
     for axis in range(3):
@@ -119,12 +121,13 @@ def block_plan(shape: tuple[int, ...], block: Block, tile: tuple[int, int, int],
         starts.append([s for s in compute_steps(shape[axis], tile[axis], overlap)
                        if s < hi and s + tile[axis] > lo])
     region = tuple(slice(min(s), max(s) + t) for s, t in zip(starts, tile, strict=True))
-    return tile, starts, region
+    return tile, starts, (slice(region[0].start - context, region[0].stop + context), *region[1:])
 
 
-def read_region(volume: Any, region: Block) -> np.ndarray:
-    """A block's input region as the volume stores it (normalised on the model's device, `to_device`)."""
-    return np.asarray(volume[region])
+def input_context(model: torch.nn.Module, dims: int) -> int:
+    """Neighbouring slices on each side that a 2D model takes as channels with each slice (its `context`,
+    set by `models.build_model`); 0 for a 3D model or a model built elsewhere."""
+    return int(getattr(model, "context", 0)) if dims == 2 else 0
 
 
 def to_device(raw: np.ndarray, window: tuple[float, ...], device: torch.device) -> torch.Tensor:
@@ -160,13 +163,14 @@ def blend_block(model: torch.nn.Module, volume: Any, block: Block, tile: tuple[i
                 batch_size: int | None = None, tta: bool = False, amp: bool = True,
                 raw: np.ndarray | None = None) -> torch.Tensor:
     """`predict_block`'s probabilities as a float32 tensor on `device`. `raw` is the block's region already
-    read with `read_region` (read here when None)."""
-    tile, starts, region = block_plan(tuple(volume.shape), block, tile, overlap)
+    read with `io.read_region` (read here when None; normalised on the model's device, `to_device`)."""
+    context = input_context(model, dims)
+    tile, starts, region = block_plan(tuple(volume.shape), block, tile, overlap, context)
     batch_size = batch_size or auto_batch(tile, device)
     channels_last(model, dims)  # a no-op once converted
     # The region goes to the model's device once and its tiles are cut and blended there (on a GPU, not
     # on the host batch by batch); the caller copies the blended block back.
-    image = to_device(read_region(volume, region) if raw is None else raw, window, device)
+    image = to_device(io.read_region(volume, region) if raw is None else raw, window, device)
     weight = _device_weight(tile, device)
     bshape = tuple(b.stop - b.start for b in block)
     acc = torch.zeros(bshape, dtype=torch.float32, device=device)
@@ -174,10 +178,11 @@ def blend_block(model: torch.nn.Module, volume: Any, block: Block, tile: tuple[i
     corners = list(itertools.product(*starts))
     for i in range(0, len(corners), batch_size):
         chunk = corners[i:i + batch_size]
-        tiles = torch.stack([image[tuple(slice(c - r.start, c - r.start + t)
-                                         for c, r, t in zip(corner, region, tile, strict=True))]
+        # a tile's input reaches `context` slices further in Z on each side
+        tiles = torch.stack([image[tuple(slice(c - h - r.start, c + t + h - r.start)
+                                         for c, r, t, h in zip(corner, region, tile, (context, 0, 0), strict=True))]
                              for corner in chunk])
-        tiles = tiles[:, None] if dims == 3 else tiles[:, :1]  # (B, 1, Z, Y, X) or (B, 1, Y, X)
+        tiles = tiles[:, None] if dims == 3 else tiles[:, :1 + 2 * context]  # (B, 1, Z, Y, X) or (B, 1 + 2k, Y, X)
         probs = _infer(model, tiles, tta, amp)
         probs = probs[:, 0] if dims == 3 else probs  # back to (B, Z, Y, X)
         for corner, p in zip(chunk, probs, strict=True):
@@ -459,8 +464,9 @@ def predict_volume(model: torch.nn.Module, image: Any, out: str | Path, dims: in
         return result
 
     start = time.perf_counter()
+    context = input_context(model, dims)
     with ThreadPoolExecutor(max_workers=2 * depth) as pool:
-        read = lambda b: timed("read", read_region, volume, block_plan(shape, b, tile, overlap)[2])  # noqa: E731
+        read = lambda b: timed("read", io.read_region, volume, block_plan(shape, b, tile, overlap, context)[2])  # noqa: E731
         reads = deque(pool.submit(read, b) for b in todo[:depth])
         writes: deque = deque()
         for i, b in enumerate(todo):

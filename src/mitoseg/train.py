@@ -148,17 +148,21 @@ def load_init(model: torch.nn.Module, config: Config, device: torch.device) -> N
 
 def _batch(sampler: data.PatchSampler, tf, config: Config, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
     """One training batch, augmented, on `device`: images and masks (B, 1, [Z,] Y, X), channels-last."""
-    x, y = data.augment(tf, *sampler.sample(config.samples_per_batch))
-    if config.dims == 2:
-        x, y = x[:, :, 0], y[:, :, 0]
+    x, y = _as_input(config, *data.augment(tf, *sampler.sample(config.samples_per_batch)))
     x, y = torch.from_numpy(x).to(device), torch.from_numpy(y).to(device)
     return x.contiguous(memory_format=torch.channels_last if x.ndim == 4 else torch.channels_last_3d), y
+
+
+def _as_input(config: Config, x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Patches as the model takes them: unchanged for the 3D model (B, 1, Z, Y, X); for the 2D model images
+    (B, 1 + 2k, Y, X), a slice and its k neighbours on each side as channels, and masks (B, 1, Y, X)."""
+    return (x, y) if config.dims == 3 else (x[:, 0], y[:, :, 0])
 
 
 def augmenter(config: Config, seed: int):
     """`data.augmenter` with the augmentation settings of `config`, seeded with `seed`."""
     return data.augmenter(seed, config.dims, config.intensity_aug, config.slice_jitter, config.elastic,
-                          config.gamma_field)
+                          config.gamma_field, z_flip=config.dims == 3 or config.context > 0)
 
 
 class _Batches(torch.utils.data.IterableDataset):
@@ -174,9 +178,7 @@ class _Batches(torch.utils.data.IterableDataset):
         self.sampler.rng = np.random.default_rng(seeds)
         tf = augmenter(self.config, int(np.random.SeedSequence(seeds).generate_state(1)[0]))
         while True:
-            x, y = data.augment(tf, *self.sampler.sample(self.config.samples_per_batch))
-            if self.config.dims == 2:
-                x, y = x[:, :, 0], y[:, :, 0]
+            x, y = _as_input(self.config, *data.augment(tf, *self.sampler.sample(self.config.samples_per_batch)))
             yield torch.from_numpy(x), torch.from_numpy(y)
 
 
@@ -331,7 +333,8 @@ def _train(config: Config, image: np.ndarray, mask: np.ndarray, out: Path, resum
     train_vol, val_vol = data.split(image, mask, config.val_fraction, window)
     # kept with every checkpoint: what `predict --match-training` maps another volume's grey levels onto
     intensity = {"window": window, "reference": io.reference_levels(image)}
-    sampler = data.PatchSampler(train_vol, config.patch, config.fg_fraction, np.random.default_rng(config.seed))
+    sampler = data.PatchSampler(train_vol, config.patch, config.fg_fraction, np.random.default_rng(config.seed),
+                                context=config.context)
     tf = augmenter(config, config.seed)
     # channels-last throughout (prediction uses it too), so validation never changes the layout mid-run
     model = channels_last(build_model(config).to(device), config.dims)
