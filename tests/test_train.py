@@ -447,6 +447,8 @@ def test_init_starts_from_another_runs_weights(tmp_path, small):
         tr.train(tiny(3, init=str(tmp_path / "a")), *small, tmp_path / "c", progress=False)
     with pytest.raises(MitosegError, match="trained with --normalize percentile; give the same"):
         tr.train(tiny(2, init=str(tmp_path / "a"), normalize="equalize"), *small, tmp_path / "d", progress=False)
+    with pytest.raises(MitosegError, match="takes 0 neighbouring slices on each side; give the same --context-slices"):
+        tr.train(tiny(2, init=str(tmp_path / "a"), context_slices=1), *small, tmp_path / "e", progress=False)
 
 
 def test_best_checkpoint_never_comes_from_a_flat_zero_line(tmp_path, small, monkeypatch):

@@ -134,8 +134,9 @@ def masked_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
 
 
 def load_init(model: torch.nn.Module, config: Config, device: torch.device) -> None:
-    """Start `model` from the weights of the run (or checkpoint) `config.init`: same dims, encoder and
-    normalisation rule (its weights expect their input normalised as they were trained)."""
+    """Start `model` from the weights of the run (or checkpoint) `config.init`: same dims, encoder,
+    normalisation rule (its weights expect their input normalised as they were trained) and neighbouring
+    slices (its first layer's input channels)."""
     other_model, other = load_model(config.init, device)
     if (other.dims, other.encoder) != (config.dims, config.encoder):
         raise MitosegError(f"--init {config.init} is a {other.dims}D {other.encoder} run; this run is "
@@ -143,6 +144,9 @@ def load_init(model: torch.nn.Module, config: Config, device: torch.device) -> N
     if other.normalize != config.normalize:
         raise MitosegError(f"--init {config.init} was trained with --normalize {other.normalize}; give the same "
                            f"--normalize (not {config.normalize})")
+    if other.context != config.context:
+        raise MitosegError(f"--init {config.init} takes {other.context} neighbouring slices on each side; give the "
+                           f"same --context-slices (not {config.context})")
     model.load_state_dict(other_model.state_dict())
 
 
