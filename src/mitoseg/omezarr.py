@@ -121,7 +121,7 @@ def write_pyramid(path: str | Path, voxel_size: tuple[float, float, float], near
         src = group[str(level - 1)]
         shape = tuple(n // k for n, k in zip(src.shape, f, strict=True))
         dst = group.create_array(str(level), shape=shape, dtype=src.dtype, chunks=src.chunks, fill_value=0,
-                                 config={"write_empty_chunks": True})  # as `blocks.WRITE`, for the same reason
+                                 config=blocks.WRITE)
         for b in blocks.grid(shape, dst.chunks):  # one output chunk at a time, from its source region
             if nearest:  # zarr reads every f-th voxel itself: memory stays one output chunk
                 dst[b] = src[tuple(slice(s.start * k, s.stop * k, k) for s, k in zip(b, f, strict=True))]

@@ -90,9 +90,11 @@ class ZSmoothed:
         self.attrs = getattr(source, "attrs", {})
 
     def __getitem__(self, block: tuple[slice, ...]) -> np.ndarray:
-        if not isinstance(block, tuple) or len(block) != 3 or block[0].indices(self.shape[0])[2] != 1:
+        if not isinstance(block, tuple) or len(block) != 3:
             raise ValueError("ZSmoothed reads blocks: three slices, step 1 along Z")
-        z0, z1, _ = block[0].indices(self.shape[0])
+        z0, z1, step = block[0].indices(self.shape[0])
+        if step != 1:
+            raise ValueError("ZSmoothed reads blocks: three slices, step 1 along Z")
         r = halo(self.sigma)
         lo, hi = max(0, z0 - r), min(self.shape[0], z1 + r)
         return smooth_z(self.source[lo:hi, block[1], block[2]], self.sigma)[z0 - lo:z1 - lo]
