@@ -21,11 +21,13 @@ Run from the repository root:
     .venv/bin/python benchmarks/bench_train.py            # about 3 minutes on 2 CPU cores
     .venv/bin/python benchmarks/bench_train.py --small    # a few seconds (64x64 patches, 3 steps)
     .venv/bin/python benchmarks/bench_train.py --full     # adds the full presets (slow on CPU: ~15 min)
+    .venv/bin/python benchmarks/bench_train.py --change '{"full_resolution": 16}'  # each config also so changed
 Writes train.json and train.png (train_small.* with --small) into --out (default results/bench/).
 """
 
 from __future__ import annotations
 
+import json
 import resource
 import time
 
@@ -39,7 +41,7 @@ from mitoseg.models import autocast, bf16_native, build_model
 from mitoseg.train import _finite_step, adamw, learning_rate
 
 
-def configs(small: bool, full: bool, bf16: bool) -> list[tuple[str, Config]]:
+def configs(small: bool, full: bool, bf16: bool, change: dict | None = None) -> list[tuple[str, Config]]:
     if small:
         todo = [(f"small {d}D", quick(d, patch_xy=64, patch_z=8)) for d in (2, 3)]
     else:
@@ -47,6 +49,10 @@ def configs(small: bool, full: bool, bf16: bool) -> list[tuple[str, Config]]:
         todo.append(("ssTEM 3D", cpu(3, patch_z=20, voxel_size=(50.0, 4.6, 4.6))))  # the whole 20-section stack deep
         if full:
             todo += [(f"full {d}D", gpu(d)) for d in (2, 3)]
+    if change:  # each config beside itself with the change, named after it
+        label = ", ".join(f"{k} {v}" for k, v in change.items())
+        todo = [row for name, cfg in todo for row in ((name, cfg), (f"{name} {label}", Config(**{**cfg.__dict__,
+                                                                                               **change})))]
     out = []
     for name, cfg in todo:
         out.append((f"{name} fp32", Config(**{**cfg.__dict__, "amp": False})))
@@ -150,11 +156,12 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=None, help="timed iterations per model (default 10; 3 with --small)")
     p.add_argument("--warmup", type=int, default=2, help="untimed iterations first (default 2)")
     p.add_argument("--full", action="store_true", help="also the full presets Config(2)/Config(3) (default on GPU)")
+    p.add_argument("--change", type=json.loads, help='Config changes (JSON) each config is also timed with')
     args = p.parse_args()
     steps = args.steps or (3 if args.small else 10)
     device = common.setup(args)
     full = args.full or (device.type == "cuda" and not args.small)
-    todo = configs(args.small, full, bf16_native(device))
+    todo = configs(args.small, full, bf16_native(device), args.change)
     info = common.machine_info(device)
     common.print_header("training step time (forward + backward + AdamW, Dice+BCE)", info, [common.UNTRAINED])
 
@@ -200,11 +207,19 @@ def main() -> None:
                 ratios[key] = base["step_seconds_median"] / by[name]["step_seconds_median"]
                 print(f"   {name}: step {by[name]['step_seconds_median']:.3f} s as train runs it, "
                       f"{base['step_seconds_median']:.3f} s with plain nn.Conv3d ({ratios[key]:.2f}x)")
+    if args.change:
+        label = " " + ", ".join(f"{k} {v}" for k, v in args.change.items())
+        for row in [r for r in rows if label in r["name"]]:
+            name, base = row["name"], by[row["name"].replace(label, "")]
+            ratios[f"{name} over without"] = row["step_seconds_median"] / base["step_seconds_median"]
+            print(f"   {name}: step {row['step_seconds_median']:.3f} s, {ratios[f'{name} over without']:.2f}x the "
+                  f"{base['step_seconds_median']:.3f} s without it")
     print(f"   step = forward+backward+AdamW (median of {steps}); data = sampling+augmentation+copy to device")
 
     name = common.output_name("train", args.small)
     payload = {"benchmark": "train", "machine": info,
                "settings": {"steps": steps, "warmup": args.warmup, "seed": args.seed, "volume_shape": shape,
+                            "change": args.change,
                             "data": f"real Drosophila VNC stack 1 ({common.DROSO.name})"},
                "notes": [common.UNTRAINED, "step timed apart from data loading; GPU synchronised around each",
                          "CPU peak memory is the process's peak RSS so far (cumulative over models)"],

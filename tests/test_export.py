@@ -101,3 +101,17 @@ def test_export_mistakes_are_one_line(tmp_path, ca1_run, lucchi_crop, capsys):
     assert cli.main(["export", str(context), "--bioimageio", str(tmp_path / "c.zip"), "--sample", str(sample)]) == 2
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and "--context-slices" in err and not (tmp_path / "c.zip").exists()
+
+
+def test_a_full_resolution_run_reloads_and_traces_for_every_size(tmp_path, lucchi_crop):
+    """A run with `full_resolution` reloads as it was trained, and its network's trace (as the package holds it)
+    runs on another size than the traced one, as the network itself does."""
+    raw, mask = lucchi_crop
+    run, _ = _run(tmp_path, raw[:8], mask[:8], 2, (5, 5, 5), full_resolution=4)
+    model, cfg = tr.load_model(run)
+    assert cfg.full_resolution == 4 and model.net.stage.conv_0.conv.out_channels == 4
+    net = export.traceable(model.net).eval()
+    with torch.no_grad():
+        traced = torch.jit.trace(net, torch.rand(1, 1, 64, 64), check_trace=False)
+        x = torch.from_numpy(raw[:1, None, :96, :128].astype(np.float32) / 255)
+        torch.testing.assert_close(traced(x), net(x))

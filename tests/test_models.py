@@ -15,6 +15,7 @@ from mitoseg.errors import MitosegError
 from mitoseg.models import (
     DIVISOR,
     Conv3d,
+    FullResolutionUNet,
     PadToMultiple,
     autocast,
     bf16_native,
@@ -107,6 +108,25 @@ def test_wrapper_pads_at_the_far_end_and_crops_back(models):
     with torch.no_grad():
         want = models[2].net(F.pad(x2, (0, 24, 0, 12), mode="replicate"))[:, :, :20, :40]
         assert torch.allclose(models[2](x2), want)
+
+
+@pytest.mark.parametrize("dims, voxel_size, shape", [(2, (5, 5, 5), (2, 1, 50, 70)),
+                                                     (3, (50, 4.6, 4.6), (1, 1, 20, 40, 70))])
+def test_full_resolution_features_reach_the_decoders_last_block(dims, voxel_size, shape):
+    """`full_resolution` 8: the decoder's last block takes 8 channels made from the input beside its 32, the
+    output keeps the input's shape (also where the encoder halves Z less often) and depends on them."""
+    torch.manual_seed(0)
+    model = build_model(Config(dims=dims, voxel_size=voxel_size, full_resolution=8)).train()
+    plain = build_model(Config(dims=dims, voxel_size=voxel_size))
+    assert isinstance(model.net, FullResolutionUNet) and not isinstance(plain.net, FullResolutionUNet)
+    assert model.net.net.decoder.blocks[-1].convs.conv_0.conv.in_channels == 32 + 8
+    added = sum(p.numel() for p in model.parameters()) - sum(p.numel() for p in plain.parameters())
+    assert added == sum(p.numel() for p in model.net.stage.parameters()) + 8 * 16 * 3 ** dims
+    x = torch.rand(shape)
+    y = model(x)
+    assert y.shape == x.shape and torch.isfinite(y).all()
+    y.square().mean().backward()
+    assert model.net.stage.conv_0.conv.weight.grad.abs().sum() > 0
 
 
 def test_gradients_reach_the_first_conv(models):

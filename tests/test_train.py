@@ -255,9 +255,9 @@ def _nan_loss_on(monkeypatch, bad_calls):
     """Make the training loss NaN on the calls for which `bad_calls(call_number)` is true."""
     real, calls = tr.masked_loss, [0]
 
-    def sometimes_nan(logits, labels):
+    def sometimes_nan(logits, labels, boundary=0.0):
         calls[0] += 1
-        loss = real(logits, labels)
+        loss = real(logits, labels, boundary)
         return loss * float("nan") if bad_calls(calls[0]) else loss
 
     monkeypatch.setattr(tr, "masked_loss", sometimes_nan)
@@ -416,6 +416,33 @@ def test_masked_loss_is_dice_ce_where_annotated():
     assert logits.grad[:, :, 4:].abs().max() == 0 and logits.grad[:, :, :4].abs().max() > 0
 
 
+@pytest.mark.parametrize("shape", [(2, 1, 24, 20), (1, 1, 3, 24, 20)])
+def test_boundary_weight_weighs_the_cross_entropy_near_outlines(shape, lucchi_crop):
+    """The band is every pixel whose 5 x 5 in-plane square holds both classes (as binary dilation minus erosion,
+    slice by slice), and the loss adds `boundary` times the band's cross-entropy over the annotated voxels."""
+    from scipy import ndimage
+
+    torch.manual_seed(0)
+    mask = lucchi_crop[1]
+    n = int(np.prod(shape[:-2]))
+    labels = torch.from_numpy((mask[:n, 48:72, 80:100] > 0).astype(np.float32)).reshape(shape)
+    assert 0 < labels.mean() < 1
+    band = tr.outline_band(labels).numpy()
+    square = np.ones((5, 5), bool)
+    for index in np.ndindex(shape[:-2]):
+        t = labels.numpy()[index] > 0
+        want = ndimage.binary_dilation(t, square) & ~ndimage.binary_erosion(t, square, border_value=1)
+        np.testing.assert_array_equal(band[index], want)
+    labels[..., :4] = data.IGNORE  # columns 0-3 not annotated
+    logits = torch.randn(shape)
+    annotated, target = (labels != data.IGNORE).float(), (labels == 1).float()
+    ce = torch.nn.functional.binary_cross_entropy_with_logits(logits, target, reduction="none")
+    added = 3 * (ce * torch.from_numpy(band) * annotated).sum() / annotated.sum()
+    assert added > 0
+    assert tr.masked_loss(logits, labels, 3.0).item() == pytest.approx((tr.masked_loss(logits, labels) + added).item(),
+                                                                        rel=1e-5)
+
+
 def test_train_on_a_few_annotated_slices(tmp_path, small):
     raw, mask = small
     cfg = tiny(3, annotated_slices="0,2-3", epochs=1)  # this crop has mitochondria in slices 0 and 2 only
@@ -449,6 +476,8 @@ def test_init_starts_from_another_runs_weights(tmp_path, small):
         tr.train(tiny(2, init=str(tmp_path / "a"), normalize="equalize"), *small, tmp_path / "d", progress=False)
     with pytest.raises(MitosegError, match="takes 0 neighbouring slices on each side; give the same --context-slices"):
         tr.train(tiny(2, init=str(tmp_path / "a"), context_slices=1), *small, tmp_path / "e", progress=False)
+    with pytest.raises(MitosegError, match="has 0 full-resolution channels; give the same --full-resolution"):
+        tr.train(tiny(2, init=str(tmp_path / "a"), full_resolution=4), *small, tmp_path / "f", progress=False)
 
 
 def test_best_checkpoint_never_comes_from_a_flat_zero_line(tmp_path, small, monkeypatch):

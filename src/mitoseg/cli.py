@@ -46,7 +46,8 @@ def cmd_train(a: argparse.Namespace) -> None:
         epochs=a.epochs, minutes=a.minutes, patch_xy=a.patch_xy, patch_z=a.patch_z, batch=a.batch, lr=a.lr,
         iterations_per_epoch=a.iterations_per_epoch, validate_every=a.validate_every, norm=a.norm,
         bn_freeze=a.bn_freeze, ema=a.ema, elastic=a.elastic, gamma_field=a.gamma_field, normalize=a.normalize,
-        context_slices=a.context_slices, loader_workers=a.loader_workers, val_fraction=a.val_fraction, seed=a.seed,
+        context_slices=a.context_slices, full_resolution=a.full_resolution, boundary_weight=a.boundary_weight,
+        loader_workers=a.loader_workers, val_fraction=a.val_fraction, seed=a.seed,
         device=a.device, label_threshold=a.label_threshold, voxel_size=a.voxel_size, unlabeled=a.unlabeled,
         annotated_slices=a.annotated_slices, init=a.init, amp=False if a.fp32 else None).items() if v is not None}
     cfg = PRESETS["quick" if a.quick else a.preset](a.dims, **changes)
@@ -245,6 +246,13 @@ def parser() -> argparse.ArgumentParser:
                    help="2D model: also give it the K slices above and below each slice as input channels "
                         "(2.5D; default 0; K = 1 on CA1 matched the plain model on validation and lost 0.048 test "
                         "IoU, results/README.md; no bioimage.io export)")
+    t.add_argument("--full-resolution", type=arg("full_resolution"), metavar="C",
+                   help="give the decoder's last block C feature channels made from the input at full resolution "
+                        "(default 0: none, the ResNet encoder starts at half resolution; 16 on CA1 scored as the "
+                        "plain 2D model for a 1.23x step, results/README.md)")
+    t.add_argument("--boundary-weight", type=arg("boundary_weight"), metavar="W",
+                   help="weigh the cross-entropy of pixels within 2 pixels of a labelled outline 1 + W times "
+                        "(default 0: off; 3 on CA1 cost the 2D model 0.008 test IoU, results/README.md)")
     t.add_argument("--normalize", choices=("percentile", "equalize"),
                    help="how grey levels reach the network: percentile (default: the 0.5-99.5 %% window, linear) "
                         "or equalize (histogram equalisation: blind to gamma changes; no bioimage.io export; "

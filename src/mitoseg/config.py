@@ -50,6 +50,11 @@ class Config:
     validate_every: int = 1  # epochs between validations (and test-subset scores); the last one always
     loader_workers: int | None = None  # processes preparing batches (None: 0 on a CPU, up to 12 on a GPU)
     context_slices: int = 0  # neighbouring slices on each side given to the 2D model as channels (0: none)
+    # channels of a full-resolution stage (two 3x3 convolutions of the input) whose features the decoder's last
+    # block takes as its skip; 0: none (FlexibleUNet as it is: its encoder starts at half resolution)
+    full_resolution: int = 0
+    # the training cross-entropy of voxels within 2 pixels in-plane of a labelled outline weighs 1 + this (0: off)
+    boundary_weight: float = 0.0
     voxel_size: tuple[float, float, float] = (5.0, 5.0, 5.0)
     seed: int = 0
     amp: bool = True

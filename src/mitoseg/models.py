@@ -122,6 +122,33 @@ class Conv3d(nn.Conv3d):
                 and not torch.is_autocast_enabled("cpu") and not torch.jit.is_tracing())
 
 
+class FullResolutionUNet(nn.Module):
+    """A FlexibleUNet whose decoder's last block, at full resolution, also takes `channels` features of the input
+    made there (MONAI's TwoConv: two 3x3 convolutions, each normalised and rectified) as its skip.
+
+    Written here because FlexibleUNet cannot: its ResNet encoder starts at half resolution and its decoder's last
+    block has no skip, so every surface is placed from features upsampled from half resolution."""
+
+    def __init__(self, net: nn.Module, in_channels: int, channels: int, dims: int):
+        super().__init__()
+        from monai.networks.nets.basic_unet import TwoConv, UpCat
+
+        act, norm = ("relu", {"inplace": True}), ("batch", {"eps": 1e-3, "momentum": 0.1})  # FlexibleUNet's own
+        last = net.decoder.blocks[-1]
+        block = UpCat(dims, in_chns=last.convs.conv_0.conv.in_channels, cat_chns=channels,
+                      out_chns=last.convs.conv_1.conv.out_channels, act=act, norm=norm, bias=False,
+                      upsample="nontrainable", interp_mode="nearest", align_corners=None, halves=False,
+                      is_pad=False)  # PadToMultiple makes the sizes match: no pad copy at full resolution
+        block.upsample.upsample_non_trainable.scale_factor = last.upsample.upsample_non_trainable.scale_factor
+        net.decoder.blocks[-1] = block
+        self.net = net
+        self.stage = TwoConv(dims, in_channels, channels, act, norm, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        features = [self.stage(x), *self.net.encoder(x)]
+        return self.net.segmentation_head(self.net.decoder(features, len(features) - 1))
+
+
 def build_model(config: Config) -> nn.Module:
     """A U-Net mapping (B, 1, [Z,] Y, X) float32 in [0, 1] to (B, 1, [Z,] Y, X) foreground logits; a 2D model
     with `config.context` k > 0 takes (B, 1 + 2k, Y, X): a slice's k neighbours on each side in Z order,
@@ -130,17 +157,20 @@ def build_model(config: Config) -> nn.Module:
     The encoder's strides follow `encoder_strides(config.voxel_size, config.dims)`; `config.norm` "instance"
     puts instance normalisation (with affine weights) where BatchNorm is, in the decoder and the encoder.
     The model's `normalize` attribute is `config.normalize`, the intensity rule its inputs need, and its
-    `context` attribute is k, the neighbouring slices prediction reads (`predict.blend_block`)."""
+    `context` attribute is k, the neighbouring slices prediction reads (`predict.blend_block`).
+    `config.full_resolution` c > 0 gives the decoder c full-resolution features (`FullResolutionUNet`)."""
     from monai.networks.nets import FlexibleUNet
 
     extra = {"norm": ("instance", {"affine": True})} if config.norm == "instance" else {}
     net = FlexibleUNet(in_channels=1 + 2 * config.context, out_channels=1, backbone=config.encoder,
                        spatial_dims=config.dims, pretrained=False, **extra)
-    if config.norm == "instance":
-        _instance_norm(net)
     strides = encoder_strides(config.voxel_size, config.dims)
     if any(k != 2 for stride in strides for k in stride):
         _set_strides(net, strides)
+    if config.full_resolution:
+        net = FullResolutionUNet(net, 1 + 2 * config.context, config.full_resolution, config.dims)
+    if config.norm == "instance":
+        _instance_norm(net)
     for module in net.modules():
         if type(module) is nn.Conv3d:
             module.__class__ = Conv3d  # the same module and weights, only its forward differs (see Conv3d)

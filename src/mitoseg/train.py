@@ -22,6 +22,7 @@ import platform
 import shutil
 import sys
 import time
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -121,22 +122,35 @@ def validate(model: torch.nn.Module, val: data.Volume | None, config: Config, de
     return {**at[0.5], "best_jaccard": at[best]["jaccard"], "best_threshold": best}
 
 
-def masked_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+def masked_loss(logits: torch.Tensor, labels: torch.Tensor, boundary: float = 0.0) -> torch.Tensor:
     """Dice + binary cross-entropy (MONAI's DiceCELoss with sigmoid, to the last digit) over the annotated
-    voxels only: `labels` float {0, 1, IGNORE}, both (B, 1, [Z,] Y, X)."""
+    voxels only: `labels` float {0, 1, IGNORE}, both (B, 1, [Z,] Y, X). `boundary` > 0 weighs the cross-entropy
+    of the voxels of `outline_band` 1 + `boundary` times (the sum is still divided by the annotated voxels)."""
     from monai.losses import MaskedDiceLoss
 
     annotated = (labels != data.IGNORE).float()
     target = (labels == 1).float()
     dice = MaskedDiceLoss(sigmoid=True)(logits, target, annotated)
-    bce = torch.nn.functional.binary_cross_entropy_with_logits(logits, target, weight=annotated, reduction="sum")
+    weight = annotated * (1 + boundary * outline_band(target)) if boundary else annotated
+    bce = torch.nn.functional.binary_cross_entropy_with_logits(logits, target, weight=weight, reduction="sum")
     return dice + bce / annotated.sum().clamp(min=1.0)
+
+
+def outline_band(target: torch.Tensor, width: int = 2) -> torch.Tensor:
+    """1.0 where a voxel's (2 `width` + 1)-pixel square in Y and X holds foreground and background (within
+    `width` pixels in-plane of a labelled outline), else 0.0; `target` float {0, 1} (B, 1, [Z,] Y, X)."""
+    k = 2 * width + 1
+    if target.ndim == 5:
+        pool = partial(torch.nn.functional.max_pool3d, kernel_size=(1, k, k), stride=1, padding=(0, width, width))
+    else:
+        pool = partial(torch.nn.functional.max_pool2d, kernel_size=k, stride=1, padding=width)
+    return pool(target) + pool(-target)  # the window's max minus its min
 
 
 def load_init(model: torch.nn.Module, config: Config, device: torch.device) -> None:
     """Start `model` from the weights of the run (or checkpoint) `config.init`: same dims, encoder,
     normalisation rule (its weights expect their input normalised as they were trained) and neighbouring
-    slices (its first layer's input channels)."""
+    slices (its first layer's input channels) and full-resolution channels (its layers)."""
     other_model, other = load_model(config.init, device)
     if (other.dims, other.encoder) != (config.dims, config.encoder):
         raise MitosegError(f"--init {config.init} is a {other.dims}D {other.encoder} run; this run is "
@@ -147,6 +161,9 @@ def load_init(model: torch.nn.Module, config: Config, device: torch.device) -> N
     if other.context != config.context:
         raise MitosegError(f"--init {config.init} takes {other.context} neighbouring slices on each side; give the "
                            f"same --context-slices (not {config.context})")
+    if other.full_resolution != config.full_resolution:
+        raise MitosegError(f"--init {config.init} has {other.full_resolution} full-resolution channels; give the "
+                           f"same --full-resolution (not {config.full_resolution})")
     model.load_state_dict(other_model.state_dict())
 
 
@@ -393,7 +410,7 @@ def _train(config: Config, image: np.ndarray, mask: np.ndarray, out: Path, resum
                 group["lr"] = lr
             x, y = next(stream) if stream is not None else _batch(sampler, tf, config, device)
             with autocast(device, config.amp):
-                loss = masked_loss(model(x).float(), y)
+                loss = masked_loss(model(x).float(), y, config.boundary_weight)
             optimizer.zero_grad(set_to_none=True)
             if _finite_step(model, loss):
                 optimizer.step()
