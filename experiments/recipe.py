@@ -95,7 +95,9 @@ def table(record: dict, title: str) -> str:
     for name, count in (("test wrong voxels (FP + FN), reported", lambda e: e["fp"] + e["fn"]),
                         ("of them in whole objects (missed or false)", lambda e: e["fp_whole"] + e["fn_whole"]),
                         ("of them next to the labelled surface (within 1 voxel)",
-                         lambda e: e["fp_near_1"] + e["fn_near_1"])):
+                         lambda e: e["fp_near_1"] + e["fn_near_1"]),
+                        ("of them over 1, at most 2 voxels from it",
+                         lambda e: e["fp_near_2"] + e["fn_near_2"] - e["fp_near_1"] - e["fn_near_1"])):
         lines.append(f"| {name} | " + " | ".join(f"{count(r['errors']):,}" for r in rows.values()) + " |")
     lines.append("| post-processing chosen | " + " | ".join(
         f"threshold {r['postprocessing']['threshold']}, Z blur {r['postprocessing']['z_sigma']}, "
