@@ -252,7 +252,7 @@ def parser() -> argparse.ArgumentParser:
                         "plain 2D model for a 1.23x step, results/README.md)")
     t.add_argument("--boundary-weight", type=arg("boundary_weight"), metavar="W",
                    help="weigh the cross-entropy of pixels within 2 pixels of a labelled outline 1 + W times "
-                        "(default 0: off; 3 on CA1 cost the 2D model 0.008 test IoU, results/README.md)")
+                        "(default 0: off; 3 on CA1 cost the 2D model 0.006-0.008 test IoU, results/README.md)")
     t.add_argument("--normalize", choices=("percentile", "equalize"),
                    help="how grey levels reach the network: percentile (default: the 0.5-99.5 %% window, linear) "
                         "or equalize (histogram equalisation: blind to gamma changes; no bioimage.io export; "
