@@ -50,15 +50,19 @@ def configs(small: bool, full: bool, bf16: bool, change: dict | None = None) -> 
         if full:
             todo += [(f"full {d}D", gpu(d)) for d in (2, 3)]
     if change:  # each config beside itself with the change, named after it
-        label = ", ".join(f"{k} {v}" for k, v in change.items())
-        todo = [row for name, cfg in todo for row in ((name, cfg), (f"{name} {label}", Config(**{**cfg.__dict__,
-                                                                                               **change})))]
+        todo = [row for name, cfg in todo for row in ((name, cfg), (f"{name}{change_label(change)}",
+                                                                    Config(**{**cfg.__dict__, **change})))]
     out = []
     for name, cfg in todo:
         out.append((f"{name} fp32", Config(**{**cfg.__dict__, "amp": False})))
         if bf16:
             out.append((f"{name} bf16", cfg))
     return out
+
+
+def change_label(change: dict) -> str:
+    """What a changed config's name gets after its own: " full_resolution 16"."""
+    return " " + ", ".join(f"{k} {v}" for k, v in change.items())
 
 
 BASELINE = ", plain nn.Conv3d (before)"  # the row's name suffix: PyTorch's own convolution kernels
@@ -208,7 +212,7 @@ def main() -> None:
                 print(f"   {name}: step {by[name]['step_seconds_median']:.3f} s as train runs it, "
                       f"{base['step_seconds_median']:.3f} s with plain nn.Conv3d ({ratios[key]:.2f}x)")
     if args.change:
-        label = " " + ", ".join(f"{k} {v}" for k, v in args.change.items())
+        label = change_label(args.change)
         for row in [r for r in rows if label in r["name"]]:
             name, base = row["name"], by[row["name"].replace(label, "")]
             ratios[f"{name} over without"] = row["step_seconds_median"] / base["step_seconds_median"]
