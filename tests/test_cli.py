@@ -148,6 +148,16 @@ def test_predict_mask_applies_the_runs_z_smoothing_across_blocks(runs, capsys, t
     np.testing.assert_array_equal(io.open_volume(tmp_path / "n.zarr")[:], probs[:] >= 128)
     assert "mask: probability >= 0.5 (--threshold); the run's post-processing chosen" in capsys.readouterr().out
 
+    # `evaluate` scores probabilities at 0.5 and says what the run chose instead; not when told a threshold
+    truth = str(runs / "test_gt.tif")
+    assert main(["evaluate", str(tmp_path / "p.zarr"), truth]) == 0
+    assert capsys.readouterr().out.splitlines()[-1] == (
+        f"scored at probability 0.5; the run chose Z blur 2 slices, threshold {t:g} on validation: score the mask "
+        "of `mitoseg predict --mask` or `mitoseg label`'s output for its choice")
+    for args in ([str(tmp_path / "p.zarr"), truth, "--threshold", "0.5"], [str(tmp_path / "m.zarr"), truth]):
+        assert main(["evaluate", *args]) == 0
+        assert "scored at probability 0.5" not in capsys.readouterr().out
+
 
 def test_label_probabilities_without_a_runs_choice_use_half_threshold(runs):
     """A checkpoint file carries no post-processing chosen on validation: its probabilities are labelled at 0.5."""

@@ -128,6 +128,20 @@ def _label_words(input: str, out: str) -> str:
             + (" (its hole filling is not applied)" if holes else "") + "; --threshold / --min-size override it")
 
 
+def _evaluate_words(prediction: str, threshold: float | None) -> str:
+    """Where `mitoseg evaluate` scored a run's probabilities at 0.5 but the run chose another post-processing
+    on validation: one line that says so and how to score its choice; else ""."""
+    from mitoseg import io
+
+    attrs = io.open_volume(prediction).attrs
+    chosen = attrs.get("postprocessing") if attrs.get("kind") == "probability" else None
+    if threshold is not None or not chosen or (chosen["threshold"] == 0.5 and not chosen.get("z_sigma")):
+        return ""
+    blur = f"Z blur {chosen['z_sigma']:g} slices, " if chosen.get("z_sigma") else ""
+    return (f"scored at probability 0.5; the run chose {blur}threshold {chosen['threshold']:g} on validation: "
+            "score the mask of `mitoseg predict --mask` or `mitoseg label`'s output for its choice")
+
+
 def cmd_evaluate(a: argparse.Namespace) -> None:
     from mitoseg import io, metrics
 
@@ -138,6 +152,9 @@ def cmd_evaluate(a: argparse.Namespace) -> None:
                                   progress=not a.quiet)
     for k, v in result.items():
         print(f"{k:>10}: {v:.4f}" if isinstance(v, float) else f"{k:>10}: {v}")
+    words = _evaluate_words(a.prediction, a.threshold)
+    if words:
+        print(words)
     if a.json:
         Path(a.json).write_text(json.dumps(result, indent=2) + "\n")
 
