@@ -154,7 +154,8 @@ def test_predict_mask_applies_the_runs_z_smoothing_across_blocks(runs, capsys, t
     assert capsys.readouterr().out.splitlines()[-1] == (
         f"scored at probability 0.5; the run chose Z blur 2 slices, threshold {t:g} on validation: score the mask "
         "of `mitoseg predict --mask` or `mitoseg label`'s output for its choice")
-    for args in ([str(tmp_path / "p.zarr"), truth, "--threshold", "0.5"], [str(tmp_path / "m.zarr"), truth]):
+    for args in ([str(tmp_path / "p.zarr"), truth, "--threshold", "0.5"], [str(tmp_path / "m.zarr"), truth],
+                 [truth, truth]):  # a TIFF, no run's choice
         assert main(["evaluate", *args]) == 0
         assert "scored at probability 0.5" not in capsys.readouterr().out
 
