@@ -107,6 +107,21 @@ def test_train_predict_label_evaluate(runs, dims, capsys):
     assert got == pytest.approx(expect)
     assert "jaccard" in capsys.readouterr().out
 
+    # --places: where the errors lie, at the voxel size the probabilities state (the training run's)
+    places_json = d / f"places{dims}.json"
+    assert main(["--quiet", "evaluate", str(probs), str(d / "test_gt.tif"), "--places",
+                 "--json", str(places_json)]) == 0
+    voxel = io.voxel_size(probs)
+    assert voxel == pytest.approx(Config.load(d / f"run{dims}" / "config.json").voxel_size)
+    where = metrics.error_places(p[:] >= 128, truth, voxel)
+    assert json.loads(places_json.read_text())["places"] == {**where, "voxel_size": list(voxel)}
+    wrong = where["fp"] + where["fn"]
+    assert f"\nwhere the {wrong:,} wrong voxels lie: {where['fp_whole'] + where['fn_whole']:,} (" in \
+        capsys.readouterr().out
+    assert main(["--quiet", "evaluate", str(d / "test_gt.tif"), str(d / "test_gt.tif"), "--places"]) == 0
+    said = capsys.readouterr().out.splitlines()[-1]
+    assert said.startswith("where the 0 wrong voxels lie: 0 (0%) in whole objects") and "taken as cubes" in said
+
 
 def test_predict_mask_applies_the_runs_z_smoothing_across_blocks(runs, capsys, tmp_path):
     """A run whose chosen post-processing blurs along Z: the mask, predicted in blocks 2 slices deep (the
@@ -222,7 +237,7 @@ def bad(argv, capsys, match):
     assert match in err and "Traceback" not in err, err
 
 
-def test_user_mistakes_are_one_line(runs, capsys, tmp_path):
+def test_user_mistakes_are_one_line(runs, capsys, tmp_path, monkeypatch):
     d = runs
     t, g = str(d / "train.tif"), str(d / "train_gt.tif")
     bad(["train", str(tmp_path / "nope.tif"), g, "--out", str(tmp_path / "r")], capsys, "no such file")
@@ -250,6 +265,9 @@ def test_user_mistakes_are_one_line(runs, capsys, tmp_path):
         capsys, "no such file")
     bad(["train", t, g, "--out", str(d / "run2"), *TRAIN], capsys, "already exists")
     bad(["evaluate", str(d / "test.tif"), t], capsys, "differs from ground-truth shape")
+    monkeypatch.setattr(metrics, "MAX_PLACES_VOXELS", 1000)
+    bad(["evaluate", t, t, "--places"], capsys, "reads both volumes into memory")
+    bad(["evaluate", t, t, "--places", "--voxel-size", "5", "0", "5"], capsys, "voxel")
     assert not list(tmp_path.glob("*.zarr*"))  # no half-written output anywhere
 
 

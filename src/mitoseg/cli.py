@@ -149,14 +149,37 @@ def cmd_evaluate(a: argparse.Namespace) -> None:
         io.check_output(a.json, a.overwrite)
     with _client(a) as client:
         result = metrics.evaluate(a.prediction, a.truth, a.threshold, a.label_threshold, client=client,
-                                  progress=not a.quiet)
+                                  progress=not a.quiet, places=a.places,
+                                  voxel_size=_voxel(a.voxel_size) if a.voxel_size else None)
     for k, v in result.items():
-        print(f"{k:>10}: {v:.4f}" if isinstance(v, float) else f"{k:>10}: {v}")
+        if k != "places":
+            print(f"{k:>10}: {v:.4f}" if isinstance(v, float) else f"{k:>10}: {v}")
+    if a.places:
+        print(_places_words(result["places"]))
     words = _evaluate_words(a.prediction, a.threshold)
     if words:
         print(words)
     if a.json:
         Path(a.json).write_text(json.dumps(result, indent=2) + "\n")
+
+
+def _places_words(e: dict) -> str:
+    """One line: where `metrics.error_places`' wrong voxels lie, and what the IoU would be without some."""
+    from mitoseg import metrics
+
+    wrong, whole = e["fp"] + e["fn"], e["fp_whole"] + e["fn_whole"]
+    widths = metrics.ERROR_WIDTHS
+    near = [e[f"fp_near_{w}"] + e[f"fn_near_{w}"] for w in widths]
+
+    def share(n: int) -> str:
+        return f"{n:,} ({n / max(wrong, 1):.0%})"
+
+    voxel = (" x ".join(f"{v:g}" for v in e["voxel_size"]) + " nm voxels" if e["voxel_size"]
+             else "voxels taken as cubes: give --voxel-size if they are not")
+    return (f"where the {wrong:,} wrong voxels lie: {share(whole)} in whole objects (missed or false); "
+            + ", ".join(f"{share(n)} within {w} voxel{'s' * (w > 1)}" for w, n in zip(widths, near, strict=True))
+            + f" of the true surface ({voxel}); IoU {e['jaccard_whole_right']:.4f} if the whole-object "
+            f"errors were right, {e[f'jaccard_near_{widths[1]}_right']:.4f} if those within {widths[1]} voxels were")
 
 
 def cmd_compare(a: argparse.Namespace) -> None:
@@ -352,6 +375,11 @@ def parser() -> argparse.ArgumentParser:
     e.add_argument("truth", help="ground-truth labels")
     e.add_argument("--threshold", type=arg("threshold"), help=THRESHOLD_HELP)
     e.add_argument("--label-threshold", type=arg("label_threshold"), help=LABEL_THRESHOLD_HELP)
+    e.add_argument("--places", action="store_true",
+                   help="also say where the errors lie: in whole objects (missed or false) or how near the true "
+                        "surface (reads both volumes into memory)")
+    e.add_argument("--voxel-size", type=arg("voxel_size"), nargs=3, metavar=("Z", "Y", "X"),
+                   help="voxel size in nm, for --places' distances (default: the one either volume states, else 1 1 1)")
     e.add_argument("--json", help="also write the scores here (refused if it exists, unless --overwrite)")
     e.add_argument("--overwrite", action="store_true", help="replace an existing --json file")
     _dask_options(e)

@@ -91,7 +91,8 @@ def confusion_blockwise(pred, truth, block: Sequence[int] = (64, 512, 512), prog
 
 
 def evaluate(prediction, truth, threshold: float | None = None, label_threshold: float | None = None,
-             block: Sequence[int] = (64, 512, 512), client=None, progress: bool = True) -> dict:
+             block: Sequence[int] = (64, 512, 512), client=None, progress: bool = True, places: bool = False,
+             voxel_size: Sequence[float] | None = None) -> dict:
     """The `mitoseg evaluate` command: voxel scores (see `scores`) of a prediction against the truth, two
     volumes (paths or array-likes, Z, Y, X) read block by block, in this process or on a Dask `client`
     (then both must be paths every worker can read).
@@ -100,13 +101,21 @@ def evaluate(prediction, truth, threshold: float | None = None, label_threshold:
     other volumes are masks, foreground > 0 unless `threshold` is given. Truth: foreground >
     `label_threshold`; without one it must hold two values at most (`io.check_binary`). A truth with no
     foreground is refused (recall and F1 would mean nothing).
+
+    With `places`, also ``result["places"]``: where the errors lie (`error_places`) and its ``voxel_size``
+    (z, y, x) nm: the given one, else the one either volume states, else None (voxels taken as cubes);
+    computed in this process on both volumes read into memory (refused above `MAX_PLACES_VOXELS`).
     """
     from mitoseg import blocks, checks, cluster, io
 
-    checks.check(threshold=threshold, label_threshold=label_threshold, block=tuple(block))
+    checks.check(threshold=threshold, label_threshold=label_threshold, block=tuple(block), voxel_size=voxel_size)
     pred = io.open_volume(prediction) if isinstance(prediction, str | Path) else prediction
     true = io.open_volume(truth) if isinstance(truth, str | Path) else truth
     _check_same_shape(pred.shape, true.shape)
+    if places and int(np.prod(pred.shape)) > MAX_PLACES_VOXELS:
+        raise MitosegError(f"--places reads both volumes into memory (about 10 bytes per voxel): "
+                           f"{int(np.prod(pred.shape)):,} voxels are more than the {MAX_PLACES_VOXELS:,} it takes; "
+                           "evaluate a crop for it")
     if label_threshold is None:
         io.check_binary(true, "the truth's labels")
     t = io.foreground_threshold(pred, threshold)
@@ -121,7 +130,28 @@ def evaluate(prediction, truth, threshold: float | None = None, label_threshold:
     if total.tp + total.fn == 0:
         raise MitosegError("the truth holds no foreground voxels: recall and F1 are undefined "
                            "(check --label-threshold, or evaluate a region with objects)")
-    return scores(total)
+    result = scores(total)
+    if places:
+        paths = [v for v in (prediction, truth) if isinstance(v, str | Path)]
+        stated = voxel_size or next(filter(None, map(io.voxel_size, paths)), None)
+        mask = _read_binary(pred, lambda p: p > 0 if t is None else p >= t, block)
+        truth_mask = _read_binary(true, lambda p: p > (label_threshold or 0), block)
+        result["places"] = {**error_places(mask, truth_mask, stated or (1.0, 1.0, 1.0)),
+                            "voxel_size": [float(v) for v in stated] if stated else None}
+    return result
+
+
+MAX_PLACES_VOXELS = 2**30  # `evaluate(places=True)` holds both volumes and their labelled objects in memory
+
+
+def _read_binary(volume, foreground, block: Sequence[int]) -> np.ndarray:
+    """Bool (Z, Y, X): `foreground(block)` of a volume read block by block (no float copy of the whole)."""
+    from mitoseg import blocks
+
+    out = np.empty(volume.shape, bool)
+    for b in blocks.grid(volume.shape, tuple(block)):
+        out[b] = foreground(np.asarray(volume[b]))
+    return out
 
 
 def block_confusion(block: tuple[slice, ...], job: dict) -> Counts:
