@@ -266,7 +266,7 @@ def test_user_mistakes_are_one_line(runs, capsys, tmp_path, monkeypatch):
     bad(["train", t, g, "--out", str(d / "run2"), *TRAIN], capsys, "already exists")
     bad(["evaluate", str(d / "test.tif"), t], capsys, "differs from ground-truth shape")
     monkeypatch.setattr(metrics, "MAX_PLACES_VOXELS", 1000)
-    bad(["evaluate", t, t, "--places"], capsys, "reads both volumes into memory")
+    bad(["evaluate", t, t, "--places"], capsys, "reads both volumes and their labelled objects into memory")
     bad(["evaluate", t, t, "--places", "--voxel-size", "5", "0", "5"], capsys, "voxel")
     assert not list(tmp_path.glob("*.zarr*"))  # no half-written output anywhere
 

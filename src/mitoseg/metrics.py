@@ -113,7 +113,7 @@ def evaluate(prediction, truth, threshold: float | None = None, label_threshold:
     true = io.open_volume(truth) if isinstance(truth, str | Path) else truth
     _check_same_shape(pred.shape, true.shape)
     if places and int(np.prod(pred.shape)) > MAX_PLACES_VOXELS:
-        raise MitosegError(f"--places reads both volumes into memory (about 10 bytes per voxel): "
+        raise MitosegError(f"--places reads both volumes and their labelled objects into memory: "
                            f"{int(np.prod(pred.shape)):,} voxels are more than the {MAX_PLACES_VOXELS:,} it takes; "
                            "evaluate a crop for it")
     if label_threshold is None:
