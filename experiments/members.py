@@ -16,7 +16,7 @@ import argparse
 from pathlib import Path
 
 import numpy as np
-from record import header, provenance, save  # experiments/ is the script's folder, so on sys.path
+from record import header, provenance, save, short  # experiments/ is the script's folder, so on sys.path
 
 from mitoseg import compare, io, metrics, postprocess, predict
 from mitoseg.data import split
@@ -36,7 +36,7 @@ def main(argv: list[str] | None = None) -> None:
     record = header(__file__, argv, bench.description, rows=[])
     runs = sorted({run for g in a.group for run in g[1:]})
     wrong = {}  # each run's wrong test voxels (its own post-processed mask against the labels)
-    for name, members in [(_short(r), [r]) for r in runs] + [(g[0], g[1:]) for g in a.group]:
+    for name, members in [(short(r), [r]) for r in runs] + [(g[0], g[1:]) for g in a.group]:
         probs = {"validation": predict.mean_probabilities([_read(m, "val_probs.zarr") for m in members]),
                  "test": predict.mean_probabilities([_read(m, "test_probs_tta.zarr") for m in members])}
         pp, candidates = postprocess.choose(probs["validation"], truths["validation"])
@@ -47,7 +47,7 @@ def main(argv: list[str] | None = None) -> None:
         every = np.logical_and.reduce([wrong[m] for m in members])
         some = np.logical_or.reduce([wrong[m] for m in members])
         record["rows"].append({
-            "name": name, "members": [_short(m) for m in members], "chosen": pp.as_dict(),
+            "name": name, "members": [short(m) for m in members], "chosen": pp.as_dict(),
             "validation_iou": max(c["jaccard"] for c in candidates),
             "test_iou_tta_raw": _iou(probs["test"] >= 128, truths["test"]),
             "test": {k: voxel[k] for k in ("jaccard", "f1", "precision", "recall", "accuracy")},
@@ -55,11 +55,6 @@ def main(argv: list[str] | None = None) -> None:
             "members_wrong_all": int(np.count_nonzero(every)), "members_wrong_any": int(np.count_nonzero(some))})
         save(a.out, record, table(record))
     print(table(record))
-
-
-def _short(run: str) -> str:
-    """A run folder named by its last two parts (e.g. context/context0_seed0), no machine path."""
-    return "/".join(Path(run).parts[-2:])
 
 
 def _read(run: str, name: str) -> np.ndarray:

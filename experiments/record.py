@@ -27,6 +27,11 @@ def save(out: str | Path, record: dict, markdown: str) -> None:
     out.with_suffix(".md").write_text(markdown.rstrip("\n") + "\n")
 
 
+def short(run: str | Path) -> str:
+    """A run folder named by its last two parts (e.g. context/context0_seed0), no machine path."""
+    return "/".join(Path(run).parts[-2:])
+
+
 def provenance(meta: dict) -> str:
     """The sentence a table's caption ends with: the data, machine, date and command of `header`'s record."""
     machine = meta["machine"]

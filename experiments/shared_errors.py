@@ -20,7 +20,7 @@ import cc3d
 import numpy as np
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
-from record import header, provenance, save  # experiments/ is the script's folder, so on sys.path
+from record import header, provenance, save, short  # experiments/ is the script's folder, so on sys.path
 
 from mitoseg import compare, io, metrics, plots, postprocess
 
@@ -39,7 +39,7 @@ def main(argv: list[str] | None = None) -> None:
     masks = {}
     for run in a.runs:
         pp = postprocess.read(run)
-        masks[_short(run)] = postprocess.apply(io.open_volume(Path(run) / "test_probs_tta.zarr")[:], pp) > 0
+        masks[short(run)] = postprocess.apply(io.open_volume(Path(run) / "test_probs_tta.zarr")[:], pp) > 0
     (name_a, mask_a), (name_b, mask_b) = masks.items()
     consensus = np.where(mask_a == mask_b, mask_a, truth)
     record = header(__file__, argv, bench.description, runs=list(masks),
@@ -60,11 +60,6 @@ def main(argv: list[str] | None = None) -> None:
         crops = _surface_figure(np.asarray(bench.test_image[s]), truth[s], mask_a[s], mask_b[s], (name_a, name_b), s)
         plots.save(crops, out.with_name(f"surface_z{s}.png"))
     print(table(record))
-
-
-def _short(run: str) -> str:
-    """A run folder named by its last two parts (e.g. context/context0_seed0), no machine path."""
-    return "/".join(Path(run).parts[-2:])
 
 
 def _missed(truth: np.ndarray, mask_a: np.ndarray, mask_b: np.ndarray) -> list[dict]:
