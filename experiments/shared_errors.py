@@ -8,7 +8,8 @@ model's test mask is its own validation-chosen post-processing of its TTA probab
 are the errors of the consensus mask (the two masks where they agree, the labels where they do not), placed
 by `metrics.error_places`. Figures beside the JSON: `shared_errors.png`, the slice with the most shared
 whole-object errors; `surface_zZ.png`, crops of slice Z (`--slices`, default the middle one) where the
-labelled outline is densest, each model's outline drawn over the labels'. About two minutes on 2 cores.
+labelled outline is densest, each model's outline drawn over the labels'; `missed.png`, the (up to three
+largest) labelled objects both models miss, in their middle slices. About two minutes on 2 cores.
 """
 
 from __future__ import annotations
@@ -59,6 +60,9 @@ def main(argv: list[str] | None = None) -> None:
     for s in record["surface_slices"]:
         crops = _surface_figure(np.asarray(bench.test_image[s]), truth[s], mask_a[s], mask_b[s], (name_a, name_b), s)
         plots.save(crops, out.with_name(f"surface_z{s}.png"))
+    if record["missed_by_both"]:
+        plots.save(_missed_figure(bench.test_image, truth, mask_a, mask_b, record["missed_by_both"][:3],
+                                  (name_a, name_b)), out.with_name("missed.png"))
     print(table(record))
 
 
@@ -72,8 +76,9 @@ def _missed(truth: np.ndarray, mask_a: np.ndarray, mask_b: np.ndarray) -> list[d
     for i in np.flatnonzero((found[0] < 0.5) & (found[1] < 0.5) & (sizes > 0)):
         if i == 0:  # the background
             continue
-        zs = np.flatnonzero(np.any(objects == i, axis=(1, 2)))
-        rows.append({"voxels": int(sizes[i]), "slices": [int(zs[0]), int(zs[-1])],
+        zz, yy, xx = np.nonzero(objects == i)
+        rows.append({"voxels": int(sizes[i]), "slices": [int(zz.min()), int(zz.max())],
+                     "centre": [int(np.median(zz)), int(yy.mean()), int(xx.mean())],
                      "found_a": round(float(found[0][i]), 3), "found_b": round(float(found[1][i]), 3)})
     return sorted(rows, key=lambda r: -r["voxels"])
 
@@ -96,6 +101,34 @@ def _whole_errors(mask: np.ndarray, truth: np.ndarray) -> np.ndarray:
     return out
 
 
+def _missed_figure(image, truth: np.ndarray, a: np.ndarray, b: np.ndarray, rows: list[dict],
+                   names: tuple[str, str]) -> Figure:
+    """A crop (CROP voxels a side, inside the volume) around each missed object's centre, in its middle slice,
+    with the labels' and both models' outlines."""
+    fig = Figure(figsize=(5 * len(rows), 5.6), layout="constrained")
+    for ax, r in zip(np.atleast_1d(fig.subplots(1, len(rows))), rows, strict=True):
+        z, cy, cx = r["centre"]
+        y0 = int(np.clip(cy - CROP // 2, 0, truth.shape[1] - CROP))
+        x0 = int(np.clip(cx - CROP // 2, 0, truth.shape[2] - CROP))
+        sl = np.s_[y0:y0 + CROP, x0:x0 + CROP]
+        ax.imshow(np.asarray(image[z])[sl], cmap="gray", interpolation="nearest")
+        for key, m in (("labels", truth), ("A", a), ("B", b)):
+            if m[z][sl].any():
+                ax.contour(m[z][sl].astype(float), levels=[0.5], colors=COLOURS[key], linewidths=1.0)
+        ax.set_title(f"{r['voxels']:,} voxels, slices {r['slices'][0]}-{r['slices'][1]}; slice {z}, "
+                     f"y {y0}, x {x0}", fontsize="small")
+        ax.set_axis_off()
+        plots.scale_bar(ax, 5.0)
+    _legend(fig, names)
+    return fig
+
+
+def _legend(fig: Figure, names: tuple[str, str]) -> None:
+    labels = {"labels": "labels", "A": names[0], "B": names[1]}
+    fig.legend(handles=[Line2D([], [], color=COLOURS[k], label=v) for k, v in labels.items()],
+               loc="outside lower center", ncol=3, frameon=False)
+
+
 def _surface_figure(image: np.ndarray, truth: np.ndarray, a: np.ndarray, b: np.ndarray, names: tuple[str, str],
                     z: int) -> Figure:
     """Three crops of one slice where the labelled outline is longest, with the labels' and both models'
@@ -115,9 +148,7 @@ def _surface_figure(image: np.ndarray, truth: np.ndarray, a: np.ndarray, b: np.n
         ax.set_title(f"slice {z}, y {i * CROP}-{(i + 1) * CROP}, x {j * CROP}-{(j + 1) * CROP}", fontsize="small")
         ax.set_axis_off()
         plots.scale_bar(ax, 5.0)
-    labels = {"labels": "labels", "A": names[0], "B": names[1]}
-    fig.legend(handles=[Line2D([], [], color=COLOURS[k], label=v) for k, v in labels.items()],
-               loc="outside lower center", ncol=3, frameon=False)
+    _legend(fig, names)
     return fig
 
 
@@ -145,7 +176,8 @@ def table(record: dict) -> str:
               for r in missed[:20]]
     lines += ["", f"Figures: `shared_errors.png` (slice {record['figure_slice']}, the most shared whole-object "
               "errors), `surface_zZ.png` (crops of slice Z where the labelled outline is longest, "
-              f"Z = {', '.join(map(str, record['surface_slices']))}; A, B: " + ", ".join(record["runs"]) + ")."]
+              f"Z = {', '.join(map(str, record['surface_slices']))}), `missed.png` (the largest labelled objects both "
+              "miss; A, B: " + ", ".join(record["runs"]) + ")."]
     return "\n".join(lines)
 
 
