@@ -49,7 +49,7 @@ def main(argv: list[str] | None = None) -> None:
     record["missed_by_both"] = _missed(truth, mask_a, mask_b)
     record["slice_iou"] = {name: [round(v, 4) for v in _slice_iou(m, truth)] for name, m in masks.items()}
 
-    shared_whole = _whole_errors(consensus, truth)
+    shared_whole = metrics._whole_objects(truth, consensus) | metrics._whole_objects(consensus, truth)
     z = int(np.argmax(shared_whole.reshape(len(truth), -1).sum(1)))
     image = np.asarray(bench.test_image[z])
     record["figure_slice"], record["surface_slices"] = z, a.slices or [len(truth) // 2]
@@ -87,18 +87,6 @@ def _slice_iou(mask: np.ndarray, truth: np.ndarray) -> list[float]:
     """Foreground IoU of each slice (1.0 where neither has foreground)."""
     union = (mask | truth).sum((1, 2))
     return ((mask & truth).sum((1, 2)) / np.maximum(union, 1) + (union == 0)).tolist()
-
-
-def _whole_errors(mask: np.ndarray, truth: np.ndarray) -> np.ndarray:
-    """Bool (Z, Y, X): the voxels of missed labelled objects and of mask objects touching no label."""
-    out = np.zeros_like(truth)
-    for ours, theirs in ((truth, mask), (mask, truth)):
-        objects = cc3d.connected_components(ours, connectivity=26)
-        touched = np.zeros(int(objects.max()) + 1, bool)
-        touched[objects[theirs]] = True
-        touched[0] = True
-        out |= ~touched[objects]
-    return out
 
 
 def _missed_figure(image, truth: np.ndarray, a: np.ndarray, b: np.ndarray, rows: list[dict],

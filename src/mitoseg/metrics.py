@@ -104,7 +104,8 @@ def evaluate(prediction, truth, threshold: float | None = None, label_threshold:
 
     With `places`, also ``result["places"]``: where the errors lie (`error_places`) and its ``voxel_size``
     (z, y, x) nm: the given one, else the one either volume states, else None (voxels taken as cubes);
-    computed in this process on both volumes read into memory (refused above `MAX_PLACES_VOXELS`).
+    then the scores too are computed in this process, on both volumes read into memory once (refused above
+    `MAX_PLACES_VOXELS`).
     """
     from mitoseg import blocks, checks, cluster, io
 
@@ -120,13 +121,18 @@ def evaluate(prediction, truth, threshold: float | None = None, label_threshold:
         io.check_binary(true, "the truth's labels")
     t = io.foreground_threshold(pred, threshold)
     job = {"prediction": prediction, "truth": truth, "threshold": t, "label_threshold": label_threshold or 0}
-    if client is not None:
+    if places:  # both masks in memory anyway: the counts come from them, not from a second reading
+        mask = _read_binary(pred, lambda v: _foreground(v, t), block)
+        truth_mask = _read_binary(true, lambda v: v > (label_threshold or 0), block)
+        total = confusion(mask, truth_mask)
+    elif client is not None:
         job.update(prediction=cluster._spec(prediction, "prediction"), truth=cluster._spec(truth, "truth"))
         parts = blocks.run(cluster._confusion_task, blocks.grid(pred.shape, block), job, client, "evaluate", progress)
+        total = sum(parts, Counts(0, 0, 0, 0))
     else:
         job.update(prediction=pred, truth=true)
         parts = blocks.run(block_confusion, blocks.grid(pred.shape, block), job, None, "evaluate", progress)
-    total = sum(parts, Counts(0, 0, 0, 0))
+        total = sum(parts, Counts(0, 0, 0, 0))
     if total.tp + total.fn == 0:
         raise MitosegError("the truth holds no foreground voxels: recall and F1 are undefined "
                            "(check --label-threshold, or evaluate a region with objects)")
@@ -134,8 +140,6 @@ def evaluate(prediction, truth, threshold: float | None = None, label_threshold:
     if places:
         paths = [v for v in (prediction, truth) if isinstance(v, str | Path)]
         stated = voxel_size or next(filter(None, map(io.voxel_size, paths)), None)
-        mask = _read_binary(pred, lambda p: p > 0 if t is None else p >= t, block)
-        truth_mask = _read_binary(true, lambda p: p > (label_threshold or 0), block)
         result["places"] = {**error_places(mask, truth_mask, stated or (1.0, 1.0, 1.0)),
                             "voxel_size": [float(v) for v in stated] if stated else None}
     return result
@@ -157,9 +161,13 @@ def _read_binary(volume, foreground, block: Sequence[int]) -> np.ndarray:
 def block_confusion(block: tuple[slice, ...], job: dict) -> Counts:
     """Confusion counts of one block of `job`'s prediction and truth (array-likes), thresholded as in
     `evaluate`."""
-    p = np.asarray(job["prediction"][block])
-    p = p > 0 if job["threshold"] is None else p >= job["threshold"]
+    p = _foreground(np.asarray(job["prediction"][block]), job["threshold"])
     return confusion(p, np.asarray(job["truth"][block]) > job["label_threshold"])
+
+
+def _foreground(values: np.ndarray, threshold: float | None) -> np.ndarray:
+    """Bool: a prediction's foreground, > 0 for a mask (`threshold` None), else >= `threshold`."""
+    return values > 0 if threshold is None else values >= threshold
 
 
 def _ratio(num: int, den: int) -> float:
