@@ -214,6 +214,18 @@ def test_compare_interrupted_is_told_how_to_resume(tmp_path, monkeypatch, capsys
     assert "with --resume to keep the finished models" in capsys.readouterr().err
 
 
+def test_compare_planes_reach_the_2d_model_and_anisotropic_data_is_refused(droso_dir, tmp_path, capsys):
+    """`compare --planes 3` gives both configs the field (the 3D model ignores it); on the Drosophila stack (50 nm
+    sections, 4.6 nm pixels) the 2D model cannot slice along Z: one line, before anything is written."""
+    from mitoseg import compare as cmp
+
+    two, three = cmp.configs("quick", None, None, (5.0, 5.0, 5.0), changes={"planes": 3})
+    assert (two.slice_planes, three.slice_planes) == (3, 1)
+    bad(["compare", "--dataset", "drosophila", "--data", str(droso_dir), "--planes", "3", "--out",
+         str(tmp_path / "report")], capsys, "--planes 3 needs near-isotropic voxels")
+    assert not list(tmp_path.iterdir())
+
+
 def test_train_options_reach_the_saved_config(runs):
     d = runs
     argv = [*TRAIN[:-3], "2", *TRAIN[-2:], "--norm", "instance", "--validate-every", "2", "--loader-workers", "0",
@@ -285,6 +297,11 @@ def test_wrong_numbers_and_ambiguous_labels_are_refused(runs, capsys, tmp_path, 
     bad(["label", probs, "--out", out, "--voxel-size", "-5", "5", "5"], capsys, "--voxel-size: must be a number > 0")
     bad(["train", t, g, "--out", str(tmp_path / "r"), "--epochs", "0"], capsys, "--epochs: must be an integer >= 1")
     bad(["train", t, g, "--out", str(tmp_path / "r"), "--lr", "nan"], capsys, "--lr: must be a number > 0")
+    bad(["train", t, g, "--out", str(tmp_path / "r"), "--planes", "2"], capsys, "planes must be 1 or 3, not 2")
+    bad(["train", t, g, "--out", str(tmp_path / "r"), "--planes", "3", "--voxel-size", "50", "4.6", "4.6"], capsys,
+        "--planes 3 needs near-isotropic voxels (no axis over twice another's); these are 50 x 4.6 x 4.6 nm")
+    bad(["train", t, g, "--out", str(tmp_path / "r"), "--planes", "3", "--context-slices", "1"], capsys,
+        "give --planes 3 or --context-slices, not both")
     # anti-aliased 0..255 truth: refused without --label-threshold, scored with it
     soft = ndi.gaussian_filter(tifffile.imread(d / "test_gt.tif").astype(np.float32), (0, 1.5, 1.5))
     tifffile.imwrite(tmp_path / "soft.tif", np.rint(soft).astype(np.uint8))

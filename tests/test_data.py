@@ -317,3 +317,37 @@ def test_2d_samples_with_context_repeat_the_end_slice_past_the_volume(droso_crop
         z, y, x0 = replay.corner()
         assert z == 0
         np.testing.assert_allclose(x * 255, raw[[0, 0, 0, 1, 2], y:y + 64, x0:x0 + 64], atol=1e-3)
+
+
+def _found(row: np.ndarray, plane: np.ndarray) -> list[tuple[int, int]]:
+    """Where `row` (n,) lies along the last axis of `plane` (rows, cols): (row, first column) of each match."""
+    windows = np.lib.stride_tricks.sliding_window_view(plane, row.size, axis=1)
+    return [tuple(int(i) for i in hit) for hit in np.argwhere((windows == row).all(axis=-1))]
+
+
+def test_three_plane_samples_are_slices_along_each_axis(lucchi_crop):
+    """A 2D model of three planes (`planes` 3) trains on XY, ZX and ZY slices, each a true slice of the
+    volume with Z as its first axis across the other two planes; where the volume (32 slices) is shorter than
+    the patch (64), the image is mirrored and the mask there IGNORE, so nothing past the volume is scored."""
+    raw, mask = lucchi_crop
+    volume = data.Volume(raw, mask, (0.0, 255.0))
+    xs, ys = data.PatchSampler(volume, (1, 64, 64), 0.5, np.random.default_rng(0), planes=3).sample(24)
+    assert xs.shape == ys.shape == (24, 1, 1, 64, 64)
+    seen = set()
+    for x, y in zip(np.rint(xs[:, 0, 0] * 255).astype(np.uint8), ys[:, 0, 0], strict=True):
+        if (y != data.IGNORE).all():  # an XY slice: some slice of the volume holds it
+            seen.add("xy")
+            assert any(_found(x[0], raw[z]) for z in range(raw.shape[0]))
+            continue
+        assert (y[32:] == data.IGNORE).all() and (y[:32] != data.IGNORE).all()
+        np.testing.assert_array_equal(x[32:], x[31::-1])  # mirrored past the last slice
+        matches = []
+        for name, first in (("zx", raw[0]), ("zy", raw[0].T)):  # ZX: raw[:, y, x0:], ZY: raw[:, y0:, x]
+            for at, start in _found(x[0], first):
+                where = np.s_[:, at, start:start + 64] if name == "zx" else np.s_[:, start:start + 64, at]
+                if (raw[where] == x[:32]).all():
+                    matches.append(name)
+                    np.testing.assert_array_equal(y[:32], mask[where])
+        assert matches
+        seen.update(matches)
+    assert seen == {"xy", "zx", "zy"}

@@ -101,6 +101,10 @@ def test_export_mistakes_are_one_line(tmp_path, ca1_run, lucchi_crop, capsys):
     assert cli.main(["export", str(context), "--bioimageio", str(tmp_path / "c.zip"), "--sample", str(sample)]) == 2
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and "--context-slices" in err and not (tmp_path / "c.zip").exists()
+    planes, _ = _run(tmp_path / "planes", raw[:8], lucchi_crop[1][:8], 2, (5, 5, 5), planes=3)
+    assert cli.main(["export", str(planes), "--bioimageio", str(tmp_path / "p.zip"), "--sample", str(sample)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "--planes 3" in err and not (tmp_path / "p.zip").exists()
 
 
 def test_a_full_resolution_run_reloads_and_traces_for_every_size(tmp_path, lucchi_crop):

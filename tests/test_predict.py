@@ -144,6 +144,45 @@ def test_a_2d_model_with_context_sees_each_slice_between_its_neighbours(tmp_path
     np.testing.assert_allclose(io.open_volume(out)[:].astype(np.float32), whole, atol=2e-3)
 
 
+def test_a_2d_model_of_three_planes_gives_the_mean_along_each_axis(tmp_path, lucchi_crop):
+    """A 2D model of three planes (`planes` 3) predicts slice by slice along Z, Y and X and gives the mean of
+    the three, each turned back to (Z, Y, X); blocks give the whole (each plane has its own global tile grid)."""
+    torch.manual_seed(0)
+    model = build_model(Config(dims=2, planes=3)).eval()
+    image = lucchi_crop[0][:24, :40, :56]
+    window = io.intensity_range(image)
+    whole = predict.predict_array(model, image, 2, (1, 32, 32), overlap=0.25, window=window)
+    model.planes = 1
+    along = [predict.predict_array(model, np.ascontiguousarray(image.transpose(order)), 2, (1, 32, 32), overlap=0.25,
+                                   window=window).transpose(np.argsort(order)) for order in io.PLANES]
+    model.planes = 3
+    np.testing.assert_allclose(whole, np.mean(along, axis=0), atol=1e-5)
+    spread = Spread(model)  # the planes give different answers (shown spread out), so the mean is of three
+    spread.planes = 1
+    xy = predict.predict_array(spread, image, 2, (1, 32, 32), window=window)
+    spread.planes = 3
+    assert np.abs(predict.predict_array(spread, image, 2, (1, 32, 32), window=window) - xy).max() > 0.01
+    out = predict.predict_volume(model, image, tmp_path / "p.zarr", 2, (1, 32, 32), overlap=0.25, block=(8, 24, 40),
+                                 dtype="float16", window=window, progress=False)
+    np.testing.assert_allclose(io.open_volume(out)[:].astype(np.float32), whole, atol=2e-3)
+
+
+def test_three_planes_predict_whole_slices_in_one_block_only_where_the_volume_is_one_block():
+    """Whole-slice tiles for a 2D model of three planes would reach across every block along the other planes:
+    a volume of at most `WHOLE_VOLUME_VOXELS` is one block of whole slices, a larger one gets the run's tiles
+    and blocks planned as a 3D model's."""
+    small, large = (165, 768, 1024), (1065, 2048, 1536)
+    assert predict.default_tile(2, small, (1, 256, 256), planes=3) == (1, 768, 1024)
+    assert predict.plan(np.zeros(small, np.uint8), 2, (1, 768, 1024), 0.25, window=(0, 255), planes=3).block == small
+    assert predict.default_tile(2, large, (1, 256, 256), planes=3) == (1, 256, 256)
+    assert predict.default_tile(2, large, (1, 256, 256)) == (1, 2048, 1536)  # one plane: whole slices
+    volume = np.broadcast_to(np.uint8(0), large)  # its shape alone, no memory
+    one = predict.plan(volume, 2, (1, 256, 256), 0.25, window=(0, 255)).block
+    three = predict.plan(volume, 2, (1, 256, 256), 0.25, window=(0, 255), planes=3).block
+    assert one[1:] == large[1:] and one[0] < 32  # whole planes, a few slices deep
+    assert min(three) >= 256 and max(three) < 2 * min(three)  # about a cube, at least a tile on every axis
+
+
 def test_bf16_agrees_with_float32(droso_crop, net2d):
     """bf16 autocast (on where the CPU has native bf16) stays within a few thousandths of float32."""
     image = droso_crop[0][:4, :128, :128]

@@ -8,7 +8,8 @@
 #   smoke               benchmarks/gpu/smoke.py: both models a few iterations on synthetic data (no data
 #                       needed): seconds per iteration, per validation, per prediction ($OUT/smoke.json)
 #   study MINUTES|full  mitoseg compare --preset full on CA1, MINUTES of training per model or ('full') the
-#                       preset's 200 epochs (seed: $SEED, 0); stopped at the deadline, the same step in the
+#                       preset's 200 epochs (seed: $SEED, 0; $PLANES 3: the 2D model on three planes);
+#                       stopped at the deadline, the same step in the
 #                       next call on the warm machine resumes it (compare --resume)
 #   contrast            experiments/contrast.py on the study's two models: the central 32 test slices under
 #                       eight grey-level changes, own window and matched ($OUT/contrast-seedS.json, .md)
@@ -274,6 +275,7 @@ step_study() {  # step_study MINUTES|full: a compare on CA1; a second call on th
     # a finished study is replaced; an unfinished one ($run.partial) of the same settings is resumed
     # (compare --resume: its finished models kept, an interrupted training continued from its last
     # checkpoint, 30 s apart); one of other settings is dropped
+    [[ -n ${PLANES:-} ]] && budget+=(--planes "$PLANES")  # 3: the 2D model trained and predicting on three planes
     local args="${budget[*]} --seed $SEED"
     if [[ -d $run.partial && $(cat "$run.args" 2>/dev/null) != "$args" ]]; then
         say "study: dropping the unfinished study of other settings ($(cat "$run.args" 2>/dev/null))"

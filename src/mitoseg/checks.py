@@ -69,6 +69,7 @@ RULES: dict[str, Rule] = {
     "slice_jitter": Rule(float, 0, 0.5), "bn_batches": COUNT, "bn_freeze": COUNT, "ema": FRACTION,
     "elastic": Rule(float, 0, 1), "gamma_field": Rule(float, 0, 1),
     "loader_workers": COUNT, "validate_every": POSITIVE_INT, "context_slices": Rule(int, 0, 8),
+    "planes": Rule(int, 1, 3),
     "full_resolution": Rule(int, 0, 256), "boundary_weight": Rule(float, 0, 100),
     # prediction
     "tile_xy": Rule(int, 16), "tile_z": POSITIVE_INT, "overlap": FRACTION, "batch_size": POSITIVE_INT,

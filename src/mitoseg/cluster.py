@@ -219,7 +219,8 @@ def predict_volume_dask(client, model_path: str | Path, image_spec: str | Path, 
     if mask_out is not None:
         io.check_output(mask_out, overwrite)
     settings = predict.plan(volume, config.dims, tile or predict.run_tile(config, shape, tile_xy, tile_z),
-                            config.overlap if overlap is None else overlap, block, dtype=dtype, threshold=threshold,
+                            config.overlap if overlap is None else overlap, block, planes=config.slice_planes,
+                            dtype=dtype, threshold=threshold,
                             window=predict.input_window(net, volume, match_training), tta=tta, amp=amp,
                             batch_size=batch_size)
     attrs = {"voxel_size": config.voxel_size, **(attrs or {})}

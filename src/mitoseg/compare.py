@@ -120,9 +120,9 @@ def _predict(model, cfg: Config, image: np.ndarray, path: Path, tta: bool, progr
     settings (`predict.predicted_alike`) is kept, with the seconds it took then, and an unfinished one goes
     on from its finished blocks; anything else is predicted anew."""
     t0 = time.perf_counter()
-    tile = default_tile(cfg.dims, image.shape, cfg.tile)
+    tile = default_tile(cfg.dims, image.shape, cfg.tile, cfg.slice_planes)
     settings = plan(image, cfg.dims, tile, cfg.overlap, window=window or input_window(model, image), tta=tta,
-                    amp=cfg.amp)
+                    amp=cfg.amp, planes=cfg.slice_planes)
     if resume and predicted_alike(path, settings, model):
         return float(io.open_volume(path).attrs["seconds"]["wall"])
     go_on = resume and predicted_alike(io.partial_path(path), settings, model)

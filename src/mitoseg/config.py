@@ -50,6 +50,9 @@ class Config:
     validate_every: int = 1  # epochs between validations (and test-subset scores); the last one always
     loader_workers: int | None = None  # processes preparing batches (None: 0 on a CPU, up to 12 on a GPU)
     context_slices: int = 0  # neighbouring slices on each side given to the 2D model as channels (0: none)
+    # planes the 2D model is trained on and predicts along: 1 (XY slices) or 3 (XY, ZX and ZY slices, its
+    # prediction the mean of the three; for near-isotropic voxels); the 3D model ignores it
+    planes: int = 1
     # channels of a full-resolution stage (two 3x3 convolutions of the input) whose features the decoder's last
     # block takes as its skip; 0: none (FlexibleUNet as it is: its encoder starts at half resolution)
     full_resolution: int = 0
@@ -86,6 +89,15 @@ class Config:
             raise MitosegError(f"voxel-size must be three numbers (Z, Y, X) in nm, not {self.voxel_size}")
         checks.check(**{f.name: getattr(self, f.name) for f in fields(self) if f.name in checks.RULES})
         self.voxel_size = tuple(float(v) for v in self.voxel_size)
+        if self.planes not in (1, 3):
+            raise MitosegError(f"planes must be 1 or 3, not {self.planes}")
+        if self.dims == 2 and self.planes == 3 and self.context_slices:
+            raise MitosegError("a 2D model of three planes takes no neighbouring slices: give --planes 3 or "
+                               "--context-slices, not both")
+        if self.slice_planes == 3 and max(self.voxel_size) > 2 * min(self.voxel_size):
+            z, y, x = (f"{v:g}" for v in self.voxel_size)
+            raise MitosegError(f"--planes 3 needs near-isotropic voxels (no axis over twice another's); these are "
+                               f"{z} x {y} x {x} nm (Z, Y, X): train on XY slices (--planes 1)")
 
     @property
     def patch(self) -> tuple[int, int, int]:
@@ -97,6 +109,11 @@ class Config:
     def context(self) -> int:
         """Neighbouring slices on each side of a slice that the model takes as channels: 0 for the 3D model."""
         return self.context_slices if self.dims == 2 else 0
+
+    @property
+    def slice_planes(self) -> int:
+        """Planes the model is trained on and predicts along: `planes` for the 2D model, 1 for the 3D model."""
+        return self.planes if self.dims == 2 else 1
 
     @property
     def samples_per_batch(self) -> int:

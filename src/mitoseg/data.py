@@ -99,10 +99,10 @@ class PatchSampler:
     """
 
     def __init__(self, volume: Volume, patch: tuple[int, int, int], fg_fraction: float,
-                 rng: np.random.Generator, max_fg_points: int = 1_000_000, context: int = 0):
+                 rng: np.random.Generator, max_fg_points: int = 1_000_000, context: int = 0, planes: int = 1):
         check_patch(volume.image.shape, patch)
         self.volume, self.patch, self.fg_fraction, self.rng = volume, patch, fg_fraction, rng
-        self.context = context
+        self.context, self.planes = context, planes
         self.fg = self._points(volume.mask == 1, rng, max_fg_points)
         partial = volume.mask == IGNORE
         # partly annotated: the other patches are centred on an annotated voxel, so none is all unannotated
@@ -113,9 +113,11 @@ class PatchSampler:
         points = np.flatnonzero(where.ravel())
         return rng.choice(points, most, replace=False) if points.size > most else points
 
-    def corner(self) -> tuple[int, int, int]:
-        """The low corner (z, y, x) of the next patch."""
+    def corner(self, patch: tuple[int, int, int] | None = None) -> tuple[int, int, int]:
+        """The low corner (z, y, x) of the next patch (of `patch`'s extent, default the sampler's; at most
+        the volume's)."""
         shape = self.volume.image.shape
+        patch = patch or self.patch
         centres = None
         if self.fg.size and self.rng.random() < self.fg_fraction:
             centres = self.fg
@@ -124,10 +126,10 @@ class PatchSampler:
         if centres is not None:
             centre = np.unravel_index(self.rng.choice(centres), shape)
             low = [c - p // 2 + int(self.rng.integers(-(p // 4), p // 4 + 1))
-                   for c, p in zip(centre, self.patch, strict=True)]
+                   for c, p in zip(centre, patch, strict=True)]
         else:
-            low = [int(self.rng.integers(0, s - p + 1)) for s, p in zip(shape, self.patch, strict=True)]
-        return tuple(int(np.clip(c, 0, s - p)) for c, s, p in zip(low, shape, self.patch, strict=True))
+            low = [int(self.rng.integers(0, s - p + 1)) for s, p in zip(shape, patch, strict=True)]
+        return tuple(int(np.clip(c, 0, s - p)) for c, s, p in zip(low, shape, patch, strict=True))
 
     def sample(self, n: int) -> tuple[np.ndarray, np.ndarray]:
         """n patches: images float32 normalised to [0, 1] by the volume's window, (n, 1, Z + 2 * context, Y, X):
@@ -135,12 +137,36 @@ class PatchSampler:
         as `io.read_region` does in prediction), and masks float32 {0, 1, IGNORE} of the patch, (n, 1, Z, Y, X)."""
         xs, ys = [], []
         for _ in range(n):
-            z, y, x = self.corner()
-            sl = np.s_[z:z + self.patch[0], y:y + self.patch[1], x:x + self.patch[2]]
-            region = (slice(z - self.context, z + self.patch[0] + self.context), *sl[1:])
-            xs.append(io.normalize(io.read_region(self.volume.image, region), self.volume.window))
-            ys.append(self.volume.mask[sl])
+            if self.planes == 1:
+                z, y, x = self.corner()
+                sl = np.s_[z:z + self.patch[0], y:y + self.patch[1], x:x + self.patch[2]]
+                region = (slice(z - self.context, z + self.patch[0] + self.context), *sl[1:])
+                xs.append(io.normalize(io.read_region(self.volume.image, region), self.volume.window))
+                ys.append(self.volume.mask[sl])
+            else:
+                image, mask = self._plane_patch(io.PLANES[int(self.rng.integers(3))])
+                xs.append(image)
+                ys.append(mask)
         return (np.stack(xs)[:, None].astype(np.float32), np.stack(ys)[:, None].astype(np.float32))
+
+    def _plane_patch(self, order: tuple[int, int, int]) -> tuple[np.ndarray, np.ndarray]:
+        """One patch of a single slice across the volume's axis `order[0]`, its axes in `order` (its shape
+        `self.patch`): the normalised image and the mask. Where the volume is shorter than the patch (165
+        slices, 256-voxel patches), the image is mirrored past the volume's end and the mask there is IGNORE."""
+        shape = self.volume.image.shape
+        extent = [0, 0, 0]
+        for axis, p in zip(order, self.patch, strict=True):
+            extent[axis] = p
+        clipped = tuple(min(e, s) for e, s in zip(extent, shape, strict=True))
+        low = self.corner(clipped)
+        sl = tuple(slice(c, c + e) for c, e in zip(low, clipped, strict=True))
+        image = io.normalize(np.asarray(self.volume.image[sl]), self.volume.window)
+        mask = np.asarray(self.volume.mask[sl])
+        short = [(0, e - c) for e, c in zip(extent, clipped, strict=True)]
+        if any(after for _, after in short):
+            image = np.pad(image, short, mode="symmetric")
+            mask = np.pad(mask, short, constant_values=IGNORE)
+        return image.transpose(order), mask.transpose(order)
 
 
 def augmenter(seed: int, dims: int, intensity: float = 1.0, slice_jitter: float = 0.1, elastic: float = 0.0,

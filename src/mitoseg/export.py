@@ -131,6 +131,9 @@ def export_bioimageio(run: str | Path, sample: str, out: str | Path, overwrite: 
         raise MitosegError(f"{run} is a 2D model that takes {config.context} neighbouring slices on each side "
                            "(--context-slices), which a bioimage.io consumer would not give it; export a run "
                            "trained without them")
+    if config.slice_planes == 3:
+        raise MitosegError(f"{run} is a 2D model that predicts along three planes (--planes 3); a bioimage.io "
+                           "consumer would predict XY slices only; export a run trained with --planes 1")
     net = _Probabilities(traceable(model.net)).eval()
     x = test_crop(io.open_volume(sample), config)[None, None]
     with torch.no_grad():

@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -208,6 +209,34 @@ def read_volume(spec: str | Path) -> np.ndarray:
 
 
 RULES = {"percentile": 2, "equalize": 256}  # normalisation rule: knots (grey levels at evenly spaced percentiles)
+
+
+# The three slice planes of a volume (Z, Y, X) as axis orders, slice axis first: XY slices (along Z), ZX
+# slices (along Y) and ZY slices (along X). A 2D model of three planes is trained and predicts along each.
+PLANES = ((0, 1, 2), (1, 0, 2), (2, 0, 1))
+
+
+@dataclass(frozen=True)
+class Transposed:
+    """A volume (Z, Y, X) seen with its axes in `order` (one of `PLANES`): indexing it with slices reads the
+    matching region of the volume and transposes it; nothing is read before that."""
+
+    volume: Any
+    order: tuple[int, int, int]
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return tuple(self.volume.shape[a] for a in self.order)
+
+    @property
+    def dtype(self) -> Any:
+        return self.volume.dtype
+
+    def __getitem__(self, index: tuple[slice, slice, slice]) -> np.ndarray:
+        inner = [slice(None)] * 3
+        for i, axis in enumerate(self.order):
+            inner[axis] = index[i]
+        return np.asarray(self.volume[tuple(inner)]).transpose(self.order)
 
 
 def read_region(volume: Any, region: tuple[slice, slice, slice]) -> np.ndarray:

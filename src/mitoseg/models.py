@@ -157,7 +157,8 @@ def build_model(config: Config) -> nn.Module:
     The encoder's strides follow `encoder_strides(config.voxel_size, config.dims)`; `config.norm` "instance"
     puts instance normalisation (with affine weights) where BatchNorm is, in the decoder and the encoder.
     The model's `normalize` attribute is `config.normalize`, the intensity rule its inputs need, and its
-    `context` attribute is k, the neighbouring slices prediction reads (`predict.blend_block`).
+    `context` attribute is k, the neighbouring slices prediction reads (`predict.blend_block`), its `planes`
+    attribute the planes it predicts along (`Config.slice_planes`).
     `config.full_resolution` c > 0 gives the decoder c full-resolution features (`FullResolutionUNet`)."""
     from monai.networks.nets import FlexibleUNet
 
@@ -178,6 +179,7 @@ def build_model(config: Config) -> nn.Module:
     model = PadToMultiple(net, divisors)
     model.normalize = config.normalize  # the input rule it expects: prediction without a window reads it
     model.context = config.context
+    model.planes = config.slice_planes
     return model
 
 

@@ -124,6 +124,12 @@ def block_plan(shape: tuple[int, ...], block: Block, tile: tuple[int, int, int],
     return tile, starts, (slice(region[0].start - context, region[0].stop + context), *region[1:])
 
 
+def input_planes(model: torch.nn.Module, dims: int) -> int:
+    """Planes a 2D model predicts along (its `planes`, set by `models.build_model`: 1 or 3, `io.PLANES`);
+    1 for a 3D model or a model built elsewhere."""
+    return int(getattr(model, "planes", 1)) if dims == 2 else 1
+
+
 def input_context(model: torch.nn.Module, dims: int) -> int:
     """Neighbouring slices on each side that a 2D model takes as channels with each slice (its `context`,
     set by `models.build_model`); 0 for a 3D model or a model built elsewhere."""
@@ -136,7 +142,12 @@ def to_device(raw: np.ndarray, window: tuple[float, ...], device: torch.device) 
     other dtypes are normalised on the host."""
     if raw.dtype == np.uint8:
         table = torch.from_numpy(io.lookup_table(raw.dtype, window)).to(device)
-        return table[torch.from_numpy(np.require(raw, requirements=["C", "W"])).to(device).long()]
+        raw = torch.from_numpy(np.require(raw, requirements=["C", "W"])).to(device)
+        out = torch.empty(raw.shape, dtype=torch.float32, device=device)
+        step = max(1, 2**24 // max(1, raw[0].numel()))  # the int64 indices of about 16 M voxels at a time
+        for i in range(0, raw.shape[0], step):
+            out[i:i + step] = table[raw[i:i + step].long()]
+        return out
     return torch.from_numpy(io.normalize(raw, window)).to(device)
 
 
@@ -163,7 +174,26 @@ def blend_block(model: torch.nn.Module, volume: Any, block: Block, tile: tuple[i
                 batch_size: int | None = None, tta: bool = False, amp: bool = True,
                 raw: np.ndarray | None = None) -> torch.Tensor:
     """`predict_block`'s probabilities as a float32 tensor on `device`. `raw` is the block's region already
-    read with `io.read_region` (read here when None; normalised on the model's device, `to_device`)."""
+    read with `io.read_region` (read here when None; normalised on the model's device, `to_device`).
+    A 2D model of three planes (`input_planes`) predicts the block slice by slice along each axis, each on its
+    own global tile grid, and gives their mean; `raw` then serves the XY slices only."""
+    if input_planes(model, dims) == 3:
+        acc = None
+        for order in io.PLANES:
+            view = volume if order == io.PLANES[0] else io.Transposed(volume, order)
+            p = _blend_plane(model, view, tuple(block[a] for a in order), tile, overlap, window, device, dims,
+                             batch_size, tta, amp, raw if order == io.PLANES[0] else None)
+            p = p.permute(*np.argsort(order).tolist())
+            acc = p if acc is None else acc.add_(p)
+            del p
+        return acc.div_(len(io.PLANES))
+    return _blend_plane(model, volume, block, tile, overlap, window, device, dims, batch_size, tta, amp, raw)
+
+
+def _blend_plane(model: torch.nn.Module, volume: Any, block: Block, tile: tuple[int, int, int],
+                 overlap: float, window: tuple[float, ...], device: torch.device, dims: int,
+                 batch_size: int | None, tta: bool, amp: bool, raw: np.ndarray | None) -> torch.Tensor:
+    """`blend_block` along the volume's first axis: a 3D model, or a 2D model slice by slice."""
     context = input_context(model, dims)
     tile, starts, region = block_plan(tuple(volume.shape), block, tile, overlap, context)
     batch_size = batch_size or auto_batch(tile, device)
@@ -174,7 +204,9 @@ def blend_block(model: torch.nn.Module, volume: Any, block: Block, tile: tuple[i
     weight = _device_weight(tile, device)
     bshape = tuple(b.stop - b.start for b in block)
     acc = torch.zeros(bshape, dtype=torch.float32, device=device)
-    norm = torch.zeros(bshape, dtype=torch.float32, device=device)
+    # tiles that do not overlap (a 2D model's whole slices) cover each voxel once: no weights to divide by
+    alone = all(b - a >= t for s, t in zip(starts, tile, strict=True) for a, b in itertools.pairwise(s))
+    norm = None if alone else torch.zeros(bshape, dtype=torch.float32, device=device)
     corners = list(itertools.product(*starts))
     for i in range(0, len(corners), batch_size):
         chunk = corners[i:i + batch_size]
@@ -192,9 +224,12 @@ def blend_block(model: torch.nn.Module, volume: Any, block: Block, tile: tuple[i
                 src.append(slice(lo - c, hi - c))
                 dst.append(slice(lo - b.start, hi - b.start))
             src, dst = tuple(src), tuple(dst)
-            acc[dst] += p[src] * weight[src]
-            norm[dst] += weight[src]
-    return acc / norm
+            if norm is None:
+                acc[dst] = p[src]
+            else:
+                acc[dst] += p[src] * weight[src]
+                norm[dst] += weight[src]
+    return acc if norm is None else acc.div_(norm)
 
 
 def predict_array(model: torch.nn.Module, image: np.ndarray, dims: int, tile: tuple[int, int, int],
@@ -247,13 +282,19 @@ def _stored(probs: np.ndarray | torch.Tensor, dtype: str) -> torch.Tensor:
 
 
 WHOLE_SLICE_PIXELS = 2**22  # 2048 x 2048; 2048 x 1536 slices peaked at 2.5 GiB on CPU (results/README.md)
+# a 2D model of three planes predicts whole slices only where the whole volume is one block (the CA1 shape)
+WHOLE_VOLUME_VOXELS = 2**27
 
 
-def default_tile(dims: int, shape: tuple[int, ...], tile: tuple[int, int, int]) -> tuple[int, int, int]:
+def default_tile(dims: int, shape: tuple[int, ...], tile: tuple[int, int, int],
+                 planes: int = 1) -> tuple[int, int, int]:
     """The prediction tile (Z, Y, X) when the user gives none: for a 2D model, the whole slice of a
     volume (Z, Y, X) whose slices have at most 2048 x 2048 pixels (each slice computed once, with no
-    blending: 1.8x less work than 256-pixel tiles at overlap 0.25 on the CA1 shape); else `tile`."""
-    if dims == 2 and shape[1] * shape[2] <= WHOLE_SLICE_PIXELS:
+    blending: 1.8x less work than 256-pixel tiles at overlap 0.25 on the CA1 shape); else `tile`. A 2D model
+    of three `planes` takes whole slices only of a volume of at most `WHOLE_VOLUME_VOXELS`, predicted as one
+    block (`plan`): a slice across a block reaches out of it along the other planes."""
+    whole = planes == 1 or math.prod(shape) <= WHOLE_VOLUME_VOXELS
+    if dims == 2 and shape[1] * shape[2] <= WHOLE_SLICE_PIXELS and whole:
         return (1, int(shape[1]), int(shape[2]))
     return tuple(tile)
 
@@ -334,14 +375,20 @@ class Settings:
 
 
 def plan(volume: Any, dims: int, tile: tuple[int, int, int], overlap: float, block: tuple[int, int, int] | None = None,
-         window: tuple[float, ...] | None = None, **options: Any) -> Settings:
+         window: tuple[float, ...] | None = None, planes: int = 1, **options: Any) -> Settings:
     """The prediction settings for `volume` (Z, Y, X): `block` defaults to `default_block`, `window` to
     `io.intensity_range` of the volume; `options` are the other `Settings` fields. A 2D model's tile is
-    one slice deep whatever `tile` says."""
+    one slice deep whatever `tile` says. A 2D model of three `planes` (`input_planes`) slices each block along
+    every axis: its blocks are planned as a 3D model's with a cube of the tile's width (the whole volume when
+    its tiles are whole slices, `default_tile`)."""
     tile = tuple(int(t) for t in tile)
     tile = (1, *tile[1:]) if dims == 2 else tile
     window = tuple(float(w) for w in (window or io.intensity_range(volume)))
-    block = tuple(int(b) for b in (block or default_block(tuple(volume.shape), tile, overlap)))
+    shape = tuple(volume.shape)
+    if block is None and dims == 2 and planes == 3:
+        whole = tuple(tile[1:]) == shape[1:]
+        block = shape if whole else default_block(shape, (min(tile[1], shape[0]), *tile[1:]), overlap)
+    block = tuple(int(b) for b in (block or default_block(shape, tile, overlap)))
     return Settings(tile=tile, overlap=float(overlap), window=window, block=block, **options)
 
 
@@ -441,7 +488,8 @@ def predict_volume(model: torch.nn.Module, image: Any, out: str | Path, dims: in
     if mask_out is not None:
         io.check_output(mask_out, overwrite)
     window = window or input_window(model, volume)
-    settings = plan(volume, dims, tile, overlap, block, window, dtype=dtype, threshold=threshold, tta=tta, amp=amp,
+    settings = plan(volume, dims, tile, overlap, block, window, planes=input_planes(model, dims), dtype=dtype,
+                    threshold=threshold, tta=tta, amp=amp,
                     batch_size=batch_size)
     device = device or next(model.parameters()).device
     model.eval()
@@ -637,4 +685,4 @@ def run_tile(config: Any, shape: tuple[int, ...], tile_xy: int | None, tile_z: i
     `default_tile`)."""
     tile = (tile_z or config.tile[0], tile_xy or config.tile[1], tile_xy or config.tile[2])
     tile = (1, *tile[1:]) if config.dims == 2 else tile
-    return default_tile(config.dims, tuple(shape), tile) if tile_xy is None else tile
+    return default_tile(config.dims, tuple(shape), tile, config.slice_planes) if tile_xy is None else tile

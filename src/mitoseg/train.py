@@ -355,7 +355,7 @@ def _train(config: Config, image: np.ndarray, mask: np.ndarray, out: Path, resum
     # kept with every checkpoint: what `predict --match-training` maps another volume's grey levels onto
     intensity = {"window": window, "reference": io.reference_levels(image)}
     sampler = data.PatchSampler(train_vol, config.patch, config.fg_fraction, np.random.default_rng(config.seed),
-                                context=config.context)
+                                context=config.context, planes=config.slice_planes)
     tf = augmenter(config, config.seed)
     # channels-last throughout (prediction uses it too), so validation never changes the layout mid-run
     model = channels_last(build_model(config).to(device), config.dims)

@@ -1,0 +1,76 @@
+"""Predicting along three planes without training on them: a 2D model trained on XY slices, predicted along XY alone
+and along XY, ZX and ZY (the mean of the three, as `--planes 3` models predict).
+
+    python experiments/planes.py RUN [RUN ...] --out results/ca1-ablation/planes/predict_planes.json
+
+For each 2D run folder on CA1, the validation split and the whole CA1 test volume are predicted without TTA
+by the product's predictor (`predict.predict_array`, whole slices, the run's bf16 setting) with the model's
+`planes` attribute 1 and then 3; each chooses its post-processing on the validation split
+(`postprocess.choose`) and is scored on the test volume raw (probability 0.5) and post-processed. Writes the
+JSON and a Markdown table beside it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+
+import numpy as np
+from ablation import validation_strip  # experiments/ is the script's folder, so on sys.path
+from record import header, provenance, save, short
+
+from mitoseg import compare, io, metrics, postprocess, predict, train
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("runs", nargs="+", help="trained 2D run folders on CA1 (e.g. runs/context/context0_seed0)")
+    p.add_argument("--out", required=True, help="JSON to write; the .md table goes beside it")
+    a = p.parse_args(argv)
+    bench = compare.load_benchmark("lucchi")
+    meta = header(__file__, argv, bench.description)
+    truth = np.asarray(bench.test_mask)
+    rows = []
+    for run in a.runs:
+        model, cfg = train.load_model(run)
+        val = validation_strip(bench, cfg)
+        window = io.intensity_range(bench.test_image, rule=cfg.normalize)
+        for planes in (1, 3):
+            model.planes = planes
+            vprobs = predict.predict_array(model, val.image, 2, predict.default_tile(2, val.image.shape, cfg.tile),
+                                           cfg.overlap, val.window, amp=cfg.amp)
+            pp, _ = postprocess.choose(predict.to_storage(vprobs, "uint8"), val.mask)
+            t0 = time.perf_counter()
+            probs = predict.predict_array(model, bench.test_image, 2,
+                                          predict.default_tile(2, bench.test_image.shape, cfg.tile), cfg.overlap,
+                                          window, amp=cfg.amp)
+            seconds = time.perf_counter() - t0
+            stored = predict.to_storage(probs, "uint8")  # as `predict` stores them and `compare` scores them
+            row = {"run": short(run), "planes": planes, "trained_planes": cfg.slice_planes,
+                   "test_seconds": round(seconds, 1), "postprocessing": pp.as_dict(),
+                   "raw": metrics.scores(metrics.confusion(stored >= 128, truth))["jaccard"],
+                   "post": metrics.scores(metrics.confusion(postprocess.apply(stored, pp), truth))["jaccard"]}
+            rows.append(row)
+            print(json.dumps(row), flush=True)
+            save(a.out, {**meta, "rows": rows}, table(rows, meta))  # an interrupted run keeps its rows
+    print(table(rows, meta))
+
+
+def table(rows: list[dict], meta: dict) -> str:
+    """The rows as Markdown: one line per run and planes predicted along."""
+    lines = ["Whole CA1 test volume, no TTA; raw: foreground IoU at probability 0.5; post-processed: the "
+             "post-processing chosen on the validation split for that prediction. " + provenance(meta), "",
+             "| run (trained on) | predicted along | test IoU raw | + post-processing | chosen | seconds (test) |",
+             "|---|---|---|---|---|---|"]
+    for r in rows:
+        pp = r["postprocessing"]
+        chosen = f"threshold {pp['threshold']}, Z blur {pp['z_sigma']}, min size {pp['min_size']}"
+        lines.append(f"| {r['run']} ({'XY' if r['trained_planes'] == 1 else 'three planes'}) | "
+                     f"{'XY' if r['planes'] == 1 else 'XY, ZX, ZY'} | {r['raw']:.4f} | {r['post']:.4f} | {chosen} | "
+                     f"{r['test_seconds']:.0f} |")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    main()
