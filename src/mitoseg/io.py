@@ -228,10 +228,6 @@ class Transposed:
     def shape(self) -> tuple[int, ...]:
         return tuple(self.volume.shape[a] for a in self.order)
 
-    @property
-    def dtype(self) -> Any:
-        return self.volume.dtype
-
     def __getitem__(self, index: tuple[slice, slice, slice]) -> np.ndarray:
         inner = [slice(None)] * 3
         for i, axis in enumerate(self.order):
