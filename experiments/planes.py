@@ -4,10 +4,10 @@ and along XY, ZX and ZY (the mean of the three, as `--planes 3` models predict).
     python experiments/planes.py RUN [RUN ...] --out results/ca1-ablation/planes/predict_planes.json
 
 For each 2D run folder on CA1, the validation split and the whole CA1 test volume are predicted without TTA
-by the product's predictor (`predict.predict_array`, whole slices, the run's bf16 setting) with the model's
-`planes` attribute 1 and then 3; each chooses its post-processing on the validation split
-(`postprocess.choose`) and is scored on the test volume raw (probability 0.5) and post-processed. Writes the
-JSON and a Markdown table beside it.
+by the product's predictor (`predict.predict_array`, whole slices, the run's bf16 setting), the model loaded
+along 1 and then 3 planes (`train.load_model(run, planes=...)`, as `mitoseg predict --planes` does); each chooses
+its post-processing on the validation split (`postprocess.choose`) and is scored on the test volume raw
+(probability 0.5) and post-processed. Writes the JSON and a Markdown table beside it.
 """
 
 from __future__ import annotations
@@ -33,11 +33,11 @@ def main(argv: list[str] | None = None) -> None:
     truth = np.asarray(bench.test_mask)
     rows = []
     for run in a.runs:
-        model, cfg = train.load_model(run)
-        val = validation_strip(bench, cfg)
-        window = io.intensity_range(bench.test_image, rule=cfg.normalize)
+        trained = train.load_model(run)[1].slice_planes
         for planes in (1, 3):
-            model.planes = planes
+            model, cfg = train.load_model(run, planes=planes)
+            val = validation_strip(bench, cfg)
+            window = io.intensity_range(bench.test_image, rule=cfg.normalize)
             vprobs = predict.predict_array(model, val.image, 2, predict.default_tile(2, val.image.shape, cfg.tile),
                                            cfg.overlap, val.window, amp=cfg.amp)
             pp, _ = postprocess.choose(predict.to_storage(vprobs, "uint8"), val.mask)
@@ -47,7 +47,7 @@ def main(argv: list[str] | None = None) -> None:
                                           window, amp=cfg.amp)
             seconds = time.perf_counter() - t0
             stored = predict.to_storage(probs, "uint8")  # as `predict` stores them and `compare` scores them
-            row = {"run": short(run), "planes": planes, "trained_planes": cfg.slice_planes,
+            row = {"run": short(run), "planes": planes, "trained_planes": trained,
                    "test_seconds": round(seconds, 1), "postprocessing": pp.as_dict(),
                    "raw": metrics.scores(metrics.confusion(stored >= 128, truth))["jaccard"],
                    "post": metrics.scores(metrics.confusion(postprocess.apply(stored, pp), truth))["jaccard"]}

@@ -241,6 +241,18 @@ def test_train_options_reach_the_saved_config(runs):
     assert [r["val_iou"] == "nan" for r in rows] == [True, False]  # validated at epoch 2 only
 
 
+def test_predict_planes_3_reaches_the_prediction(runs, tmp_path):
+    """`mitoseg predict --planes 3` with a run trained on XY slices predicts along three planes (recorded in the
+    output's settings), not the XY prediction."""
+    d = runs
+    for planes in ("1", "3"):
+        assert main(["--quiet", "predict", str(d / "test.tif"), "--model", str(d / "run2"), "--planes", planes,
+                     "--out", str(tmp_path / f"p{planes}.zarr")]) == 0
+    one, three = (io.open_volume(tmp_path / f"p{n}.zarr") for n in (1, 3))
+    assert (one.attrs["settings"]["planes"], three.attrs["settings"]["planes"]) == (1, 3)
+    assert (one[:] != three[:]).any()  # a barely trained model: its planes differ by a level or so (test_predict)
+
+
 def bad(argv, capsys, match):
     capsys.readouterr()
     assert main(argv) == 2
@@ -298,6 +310,9 @@ def test_wrong_numbers_and_ambiguous_labels_are_refused(runs, capsys, tmp_path, 
     bad(["train", t, g, "--out", str(tmp_path / "r"), "--epochs", "0"], capsys, "--epochs: must be an integer >= 1")
     bad(["train", t, g, "--out", str(tmp_path / "r"), "--lr", "nan"], capsys, "--lr: must be a number > 0")
     bad(["train", t, g, "--out", str(tmp_path / "r"), "--planes", "2"], capsys, "planes must be 1 or 3, not 2")
+    bad([*predict, "--planes", "2"], capsys, "planes must be 1 or 3, not 2")
+    bad(["predict", test, "--model", str(d / "run3"), "--out", out, "--planes", "3"], capsys,
+        "--planes is for a 2D model; this run is a 3D model")
     bad(["train", t, g, "--out", str(tmp_path / "r"), "--planes", "3", "--voxel-size", "50", "4.6", "4.6"], capsys,
         "--planes 3 needs near-isotropic voxels (no axis over twice another's); these are 50 x 4.6 x 4.6 nm")
     bad(["train", t, g, "--out", str(tmp_path / "r"), "--planes", "3", "--context-slices", "1"], capsys,

@@ -93,7 +93,8 @@ def test_predict_2d_equals_single_process_and_resumes_its_run(dask_client, runs,
         predict.predict_volume(model, image, tmp_path / "other.zarr", 2, cfg.tile, cfg.overlap, block, progress=False)
     monkeypatch.undo()
     for change, named in [(dict(block=(3, 64, 48)), "block"), (dict(overlap=0.5), "overlap"), (dict(tta=True), "tta"),
-                          (dict(match_training=True), "window")]:  # grey levels matched: another window
+                          (dict(match_training=True), "window"),  # grey levels matched: another window
+                          (dict(planes=3), "planes")]:
         with pytest.raises(MitosegError, match=f"other settings .*{named}"):
             cluster.predict_volume_dask(dask_client, runs / "run2", image, tmp_path / "other.zarr",
                                         **dict(dict(block=block, tile=cfg.tile), **change), resume=True,
@@ -121,6 +122,24 @@ def test_predict_3d_equals_single_process(dask_client, runs, droso_crop, tmp_pat
     got = io.open_volume(out)[:]
     np.testing.assert_array_equal(got, io.open_volume(ref)[:])
     assert got.shape == (10, 64, 112) and 0 < got.std()
+
+
+def test_predict_along_three_planes_equals_single_process(dask_client, runs, droso_crop, tmp_path):
+    """An XY run asked for three planes (`planes=3`): every worker loads the model along three planes, and the
+    blocks (each reading whole slices along all three axes) equal this process's prediction."""
+    image = tmp_path / "image.tif"
+    tifffile.imwrite(image, droso_crop[0][:12, 100:164, 60:124])
+    block = (6, 32, 32)
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)  # as many threads as a worker has
+    try:
+        ref = predict.predict(runs / "run2", image, tmp_path / "ref.zarr", block=block, planes=3, progress=False)
+    finally:
+        torch.set_num_threads(before)
+    out = cluster.predict_volume_dask(dask_client, runs / "run2", str(image), tmp_path / "p.zarr", block=block,
+                                      planes=3, progress=False)
+    assert io.open_volume(out).attrs["settings"]["planes"] == 3
+    np.testing.assert_array_equal(io.open_volume(out)[:], io.open_volume(ref)[:])
 
 
 @pytest.fixture(scope="module")

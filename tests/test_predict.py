@@ -167,6 +167,44 @@ def test_a_2d_model_of_three_planes_gives_the_mean_along_each_axis(tmp_path, luc
     np.testing.assert_allclose(io.open_volume(out)[:].astype(np.float32), whole, atol=2e-3)
 
 
+def test_an_xy_run_predicts_along_three_planes_when_asked(tmp_path, lucchi_crop):
+    """`predict(planes=3)` turns a run trained on XY slices into a prediction along three planes: the mean of
+    the three, as a model of three planes gives it, recorded in the output's settings (a resume along one
+    plane is refused); a volume that states anisotropic voxels is refused, and `planes=1` gives the XY answer."""
+    import zarr
+
+    from mitoseg import train as tr
+
+    raw, mask = lucchi_crop
+    cfg = Config(dims=2, patch_xy=64, patch_z=8, batch=1, epochs=1, iterations_per_epoch=2, warmup_iterations=1,
+                 tile_xy=32, overlap=0.25, val_fraction=0.25, amp=False)
+    tr.train(cfg, raw[:8], mask[:8], tmp_path / "run", progress=False)
+    image = np.ascontiguousarray(raw[8:24, :40, :56])
+    stored = zarr.open_array(str(tmp_path / "image.zarr"), mode="w", shape=image.shape, dtype=image.dtype)
+    stored[:] = image
+    stored.attrs["voxel_size"] = [5.0, 5.0, 5.0]
+    opts = dict(tile_xy=32, block=(8, 24, 40), dtype="float16", amp=False, progress=False)
+    out = predict.predict(tmp_path / "run", tmp_path / "image.zarr", tmp_path / "p3.zarr", planes=3, **opts)
+    model, _ = tr.load_model(tmp_path / "run")
+    assert model.planes == 1
+    window = io.intensity_range(image)
+    xy = predict.predict_array(model, image, 2, (1, 32, 32), cfg.overlap, window, amp=False)
+    model.planes = 3
+    expect = predict.predict_array(model, image, 2, (1, 32, 32), cfg.overlap, window, amp=False)
+    got = io.open_volume(out)
+    np.testing.assert_allclose(got[:].astype(np.float32), expect, atol=5e-4)  # float16 storage near 0.5
+    assert np.abs(got[:] - xy).max() > 2e-3 and got.attrs["settings"]["planes"] == 3  # a barely trained model
+    one = predict.predict(tmp_path / "run", tmp_path / "image.zarr", tmp_path / "p1.zarr", planes=1, **opts)
+    np.testing.assert_allclose(io.open_volume(one)[:].astype(np.float32), xy, atol=5e-4)
+    (tmp_path / "p3.zarr").rename(tmp_path / "r.zarr.partial")  # as an interrupted run leaves it
+    with pytest.raises(MitosegError, match="other settings \\(planes 3 then, 1 now\\)"):
+        predict.predict(tmp_path / "run", tmp_path / "image.zarr", tmp_path / "r.zarr", planes=1, resume=True, **opts)
+    stored.attrs["voxel_size"] = [50.0, 5.0, 5.0]
+    with pytest.raises(MitosegError, match="near-isotropic voxels.*50 x 5 x 5 nm"):
+        predict.predict(tmp_path / "run", tmp_path / "image.zarr", tmp_path / "a.zarr", planes=3, **opts)
+    assert not (tmp_path / "a.zarr").exists()
+
+
 def test_three_planes_predict_whole_slices_in_one_block_only_where_the_volume_is_one_block():
     """Whole-slice tiles for a 2D model of three planes would reach across every block along the other planes:
     a volume of at most `WHOLE_VOLUME_VOXELS` is one block of whole slices, a larger one gets the run's tiles

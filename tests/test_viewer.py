@@ -151,6 +151,29 @@ def test_widget_predicts_and_labels_in_a_thread_worker(napari, outputs, run, qtb
     assert "holds no trained model" in widget.status.value and len(viewer.layers) == 3
 
 
+def test_segment_along_three_planes_goes_in_one_block_and_gives_the_mean(run, lucchi_crop):
+    """`segment(planes=3)` with an XY run: the crop (whole slices along every axis) is one block, one step and
+    the labels; its probabilities are the three-plane prediction of the whole crop (the mean of the three)."""
+    from mitoseg.viewer import segment
+
+    raw = lucchi_crop[0][8:24, :128, :128]
+    steps = segment(raw, run, planes=3)
+    seen = []
+    while True:
+        try:
+            seen.append(next(steps))
+        except StopIteration as done:
+            probs, labels = done.value
+            break
+    assert seen == [(1, 2), (2, 2)]
+    net, cfg = tr.load_model(run, planes=3)
+    expect = predict.to_storage(predict.predict_array(net, raw, 2, (1, 128, 128), cfg.overlap), "uint8")
+    np.testing.assert_array_equal(probs, expect)
+    net.planes = 1
+    assert (predict.to_storage(predict.predict_array(net, raw, 2, (1, 128, 128), cfg.overlap), "uint8") != probs).any()
+    assert labels.shape == raw.shape and labels.dtype == np.uint32
+
+
 def test_view_command_opens_the_outputs(napari, outputs, monkeypatch):
     from mitoseg.viewer import scale_bar
 

@@ -74,15 +74,16 @@ def _worker_device(device: str | None):
     return pick_device(device or "auto")
 
 
-def _worker_model(model: str, stamp: tuple, device: Any):
-    """(model, config) of a run folder or checkpoint, loaded once per worker process and device."""
+def _worker_model(model: str, stamp: tuple, device: Any, planes: int):
+    """(model, config) of a run folder or checkpoint predicting along `planes`, loaded once per worker
+    process, device and planes."""
     from mitoseg.train import load_model
 
-    key = (model, stamp, str(device))
+    key = (model, stamp, str(device), planes)
     with _LOCK:
         if key not in _MODELS:
             _MODELS.clear()  # one model at a time: a new checkpoint replaces the old one
-            _MODELS[key] = load_model(model, device)
+            _MODELS[key] = load_model(model, device, planes)
             _STATS["model_loads"] += 1
         return _MODELS[key]
 
@@ -112,8 +113,8 @@ def _predict_task(block: Block, job: dict) -> None:
     if job["torch_threads"]:
         torch.set_num_threads(job["torch_threads"])
     device = _worker_device(job["device"])
-    net, config = _worker_model(job["model"], job["stamp"], device)
     s = job["settings"]
+    net, config = _worker_model(job["model"], job["stamp"], device, s.planes)
     p = predict.blend_block(net, _open_input(job["image"]), block, s.tile, s.overlap, s.window, device, config.dims,
                             s.batch_size, s.tta, s.amp)  # encoded where it lies: a GPU copies back uint8
     outputs = [blocks.Output.reopen(path) for path in job["outputs"]]
@@ -194,13 +195,15 @@ def predict_volume_dask(client, model_path: str | Path, image_spec: str | Path, 
                         mask_out: str | Path | None = None, threshold: float = 0.5, batch_size: int | None = None,
                         tta: bool = False, amp: bool = True, overwrite: bool = False, resume: bool = False,
                         progress: bool = True, attrs: dict | None = None, device: str | None = None,
-                        torch_threads: int | None = None, match_training: bool = False) -> Path:
+                        torch_threads: int | None = None, match_training: bool = False,
+                        planes: int | None = None) -> Path:
     """`predict.predict_volume` on a Dask cluster: one task per block, the same Zarr output.
 
     `model_path` is a run folder or checkpoint and `image_spec` a path as `io.open_volume` takes it, both
     readable by every worker. `tile` defaults to the run's, with `tile_xy` / `tile_z` when given (a 2D
     model without `tile_xy`: whole slices up to 2048 x 2048, see `predict.default_tile`), and `overlap`
-    to the run's; `batch_size` None lets `predict_block` choose by the worker's device.
+    to the run's; `batch_size` None lets `predict_block` choose by the worker's device; `planes` (a 2D model's
+    1 or 3) to the run's (`predict.model_for`).
     Each worker loads the model once on `device` (default: the worker's GPU, CUDA or MPS, else cpu);
     `torch_threads`, when given, sets torch's CPU threads per worker (the Nanny starts workers with
     OMP_NUM_THREADS=1). The outputs go through the same block engine (`predict.open_outputs`), so either
@@ -208,11 +211,10 @@ def predict_volume_dask(client, model_path: str | Path, image_spec: str | Path, 
     Returns `out`.
     """
     from mitoseg import blocks, predict
-    from mitoseg.train import load_model
 
     image = _spec(image_spec, "image")
     model = str(Path(model_path).absolute())
-    net, config = load_model(model, "cpu")  # fails here, once, on a bad checkpoint; gives the defaults
+    net, config = predict.model_for(model, image, "cpu", planes)  # fails here, once, on a bad checkpoint
     volume = io.open_volume(image)
     shape = tuple(volume.shape)
     io.check_output(out, overwrite)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 
 from mitoseg import checks, io
@@ -94,10 +94,7 @@ class Config:
         if self.dims == 2 and self.planes == 3 and self.context_slices:
             raise MitosegError("a 2D model of three planes takes no neighbouring slices: give --planes 3 or "
                                "--context-slices, not both")
-        if self.slice_planes == 3 and max(self.voxel_size) > 2 * min(self.voxel_size):
-            z, y, x = (f"{v:g}" for v in self.voxel_size)
-            raise MitosegError(f"--planes 3 needs near-isotropic voxels (no axis over twice another's); these are "
-                               f"{z} x {y} x {x} nm (Z, Y, X): train on XY slices (--planes 1)")
+        check_planes(self.slice_planes, self.voxel_size)
 
     @property
     def patch(self) -> tuple[int, int, int]:
@@ -133,6 +130,28 @@ class Config:
         data = json.loads(Path(path).read_text())
         known = {f.name for f in fields(cls)}
         return cls(**{k: v for k, v in data.items() if k in known})
+
+
+def check_planes(planes: int, voxel_size: tuple[float, ...]) -> None:
+    """Refuse slices along three planes (`planes` 3) of voxels (Z, Y, X, nm) with an axis over twice another's:
+    a ZX or ZY slice of such a stack looks unlike the XY slices the model knows."""
+    if planes == 3 and max(voxel_size) > 2 * min(voxel_size):
+        z, y, x = (f"{v:g}" for v in voxel_size)
+        raise MitosegError(f"--planes 3 needs near-isotropic voxels (no axis over twice another's); these are "
+                           f"{z} x {y} x {x} nm (Z, Y, X): use XY slices (--planes 1)")
+
+
+def with_planes(config: Config, planes: int) -> Config:
+    """`config` predicting along `planes` (1: XY slices, 3: XY, ZX and ZY) instead of its own: another choice
+    only for a 2D model without neighbouring slices, at the run's near-isotropic voxel size."""
+    if planes == config.slice_planes:
+        return config
+    if config.dims == 3:
+        raise MitosegError("--planes is for a 2D model; this run is a 3D model")
+    if planes == 3 and config.context_slices:
+        raise MitosegError("a 2D model of neighbouring slices (--context-slices) predicts XY slices only: give no "
+                           "--planes 3")
+    return replace(config, planes=planes)
 
 
 def quick(dims: int, **changes) -> Config:

@@ -355,7 +355,8 @@ def fingerprint(model: torch.nn.Module) -> str:
 class Settings:
     """How a volume is predicted (Z, Y, X voxels): the tile and its `overlap`, the intensity `window` mapped
     to [0, 1], test-time augmentation, bf16 (`amp`), the stored `dtype`, the mask's `threshold` and the
-    output `block`. Everything but `batch_size` decides the values, and a resume must match it."""
+    output `block`, and the `planes` a 2D model predicts along (`input_planes`). Everything but `batch_size`
+    decides the values, and a resume must match it."""
 
     tile: tuple[int, int, int]
     overlap: float
@@ -366,6 +367,7 @@ class Settings:
     tta: bool = False
     amp: bool = True
     batch_size: int | None = None
+    planes: int = 1
 
     def __post_init__(self) -> None:
         checks.check(tile=self.tile, block=self.block, overlap=self.overlap, threshold=self.threshold,
@@ -389,7 +391,7 @@ def plan(volume: Any, dims: int, tile: tuple[int, int, int], overlap: float, blo
         whole = tuple(tile[1:]) == shape[1:]
         block = shape if whole else default_block(shape, (min(tile[1], shape[0]), *tile[1:]), overlap)
     block = tuple(int(b) for b in (block or default_block(shape, tile, overlap)))
-    return Settings(tile=tile, overlap=float(overlap), window=window, block=block, **options)
+    return Settings(tile=tile, overlap=float(overlap), window=window, block=block, planes=planes, **options)
 
 
 def recorded(settings: Settings, model_id: str) -> dict:
@@ -546,10 +548,12 @@ def predict(model: str | Path | Sequence[str | Path], image: str | Path, out: st
             block: tuple[int, int, int] | None = None, dtype: str = "uint8", threshold: float | None = None,
             batch_size: int | None = None, tta: bool = False, amp: bool = True, device: str = "auto",
             client: Any = None, overwrite: bool = False, resume: bool = False, progress: bool = True,
-            match_training: bool = False) -> Path:
+            match_training: bool = False, planes: int | None = None) -> Path:
     """The `mitoseg predict` command: a run folder or checkpoint's model over a whole volume, in this
     process (`predict_volume`) or on a Dask `client` (`cluster.predict_volume_dask`), with the same result.
     `match_training`: map the volume's grey levels onto the training volume's histogram first (`input_window`).
+    `planes`: a 2D model predicts along 1 (XY) or 3 planes (XY, ZX and ZY, the mean) instead of the run's
+    (`model_for`; three planes about triple the time and need near-isotropic voxels).
     Several models (e.g. a 2D and a 3D run): the voxel-wise mean of their probabilities (`predict_mean`).
 
     Defaults come from the run: `tile_xy`/`tile_z` (a 2D model: whole slices up to 2048 x 2048 when
@@ -561,8 +565,6 @@ def predict(model: str | Path | Sequence[str | Path], image: str | Path, out: st
     filling are left to `mitoseg label`), else >= 0.5. The outputs' attribute "postprocessing" holds the run's
     choice, the mask's "threshold" and "z_sigma" what it applied.
     """
-    from mitoseg.train import load_model
-
     checks.check(tile_xy=tile_xy, tile_z=tile_z, overlap=overlap, block=block, threshold=threshold,
                  batch_size=batch_size)
     single = isinstance(model, str | Path) or len(model) == 1
@@ -573,7 +575,8 @@ def predict(model: str | Path | Sequence[str | Path], image: str | Path, out: st
         if not (resume and Path(out).exists()):  # on --resume finished probabilities are kept
             predict(model, image, out, tile_xy=tile_xy, tile_z=tile_z, overlap=overlap, block=block, dtype=dtype,
                     threshold=pp.threshold, batch_size=batch_size, tta=tta, amp=amp, device=device, client=client,
-                    overwrite=overwrite, resume=resume, progress=progress, match_training=match_training)
+                    overwrite=overwrite, resume=resume, progress=progress, match_training=match_training,
+                    planes=planes)
         write_mask(out, mask_out, pp, overwrite=overwrite, resume=resume, progress=progress)
         return Path(out)
     threshold = pp.threshold
@@ -582,7 +585,7 @@ def predict(model: str | Path | Sequence[str | Path], image: str | Path, out: st
             return predict_mean(model, image, out, mask_out=mask_out, threshold=threshold, dtype=dtype,
                                 overwrite=overwrite, resume=resume, progress=progress, tile_xy=tile_xy, tile_z=tile_z,
                                 overlap=overlap, block=block, batch_size=batch_size, tta=tta, amp=amp, device=device,
-                                client=client, match_training=match_training)
+                                client=client, match_training=match_training, planes=planes)
         model = model[0]
     attrs = {"model": Path(model).name}
     if chosen:  # the run's choice, for `mitoseg label` and the user; the mask's own attributes say what it applied
@@ -597,14 +600,29 @@ def predict(model: str | Path | Sequence[str | Path], image: str | Path, out: st
             client, model, image, out, tile_xy=tile_xy, tile_z=tile_z, overlap=overlap, block=block, dtype=dtype,
             mask_out=mask_out, threshold=threshold, batch_size=batch_size, tta=tta, amp=amp, overwrite=overwrite,
             resume=resume, progress=progress, attrs=attrs, device=None if device == "auto" else device,
-            match_training=match_training)
-    net, config = load_model(model, device)
+            match_training=match_training, planes=planes)
+    net, config = model_for(model, image, device, planes)
     volume = io.open_volume(image)
     return predict_volume(net, volume, out, config.dims, run_tile(config, volume.shape, tile_xy, tile_z),
                           config.overlap if overlap is None else overlap, block, dtype, mask_out, threshold,
                           batch_size, tta, amp, attrs={"voxel_size": config.voxel_size, **attrs},
                           overwrite=overwrite, resume=resume, progress=progress,
                           window=input_window(net, volume, match_training))
+
+
+def model_for(model: str | Path, image: Any, device: str | torch.device = "auto",
+              planes: int | None = None) -> tuple[torch.nn.Module, Any]:
+    """(model, config) of a run folder or checkpoint to predict `image` (a path, or an array) with: along
+    `planes` when given (`train.load_model`), refused where a model of three planes meets a volume that states
+    voxels of an axis over twice another's (`config.check_planes`)."""
+    from mitoseg.config import check_planes
+    from mitoseg.train import load_model
+
+    net, config = load_model(model, device, planes)
+    stated = io.voxel_size(image) if isinstance(image, str | Path) else None
+    if stated:
+        check_planes(config.slice_planes, stated)
+    return net, config
 
 
 def write_mask(probs: str | Path, out: str | Path, pp: postprocess.PostProcessing, overwrite: bool = False,

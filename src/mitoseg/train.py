@@ -30,7 +30,7 @@ import torch
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from mitoseg import data, io, memory, metrics, postprocess
-from mitoseg.config import Config
+from mitoseg.config import Config, with_planes
 from mitoseg.errors import MitosegError
 from mitoseg.models import autocast, build_model, channels_last, pick_device, synchronize
 from mitoseg.predict import default_tile, predict_array, to_storage
@@ -558,8 +558,10 @@ def adamw(model: torch.nn.Module, config: Config, device: torch.device) -> torch
     return torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay, fused=fused)
 
 
-def load_model(run: str | Path, device: str | torch.device = "auto") -> tuple[torch.nn.Module, Config]:
-    """The trained model of a run folder (best.pt, else last.pt) or of a checkpoint file, in eval mode."""
+def load_model(run: str | Path, device: str | torch.device = "auto",
+               planes: int | None = None) -> tuple[torch.nn.Module, Config]:
+    """The trained model of a run folder (best.pt, else last.pt) or of a checkpoint file, in eval mode, and
+    its config; with `planes`, a 2D model predicting along 1 or 3 planes instead of the run's (`with_planes`)."""
     run = Path(run)
     path = run
     if run.is_dir():
@@ -577,4 +579,7 @@ def load_model(run: str | Path, device: str | torch.device = "auto") -> tuple[to
         model.intensity = ckpt.get("intensity")  # the training volume's window and histogram (None: older runs)
     except (KeyError, TypeError, RuntimeError, EOFError, OSError, pickle.UnpicklingError) as e:
         raise MitosegError(f"{path} is not a mitoseg checkpoint ({type(e).__name__})") from None
+    if planes is not None:
+        config = with_planes(config, planes)
+        model.planes = config.slice_planes  # what `models.build_model` sets from a config
     return model.eval(), config

@@ -226,8 +226,8 @@ def scale_bar(viewer: Any) -> Any:
 
 
 def segment(image: Any, model: str | Path, threshold: float = 0.5, min_size: int = 0, tta: bool = False,
-            device: str = "auto", z_sigma: float = 0.0) -> Generator[tuple[int, int], None,
-                                                                    tuple[np.ndarray, np.ndarray]]:
+            device: str = "auto", z_sigma: float = 0.0,
+            planes: int | None = None) -> Generator[tuple[int, int], None, tuple[np.ndarray, np.ndarray]]:
     """Predict and label an image volume (Z, Y, X; numpy, dask or zarr) with a trained run's model, as
     ``mitoseg predict`` then ``mitoseg label`` do, in memory.
 
@@ -235,18 +235,23 @@ def segment(image: Any, model: str | Path, threshold: float = 0.5, min_size: int
     probabilities uint8 (Z, Y, X; 0..255 for 0..1, as `mitoseg predict` stores them) and the instances
     uint32 (Z, Y, X; 26-connected components of probability >= `threshold` after a blur along Z of
     `z_sigma` slices (`postprocess.smooth_z`), objects under `min_size` voxels removed). Blocks lie on the
-    global tile grid (`predict.predict_block`): the result does not depend on them.
+    global tile grid (`predict.predict_block`): the result does not depend on them. `planes`: a 2D model
+    along 1 or 3 planes instead of the run's (`mitoseg predict --planes`); three planes go block by block as
+    `predict.plan` has them (the whole volume at once where it takes whole slices), not in slabs of slices.
     """
     from mitoseg import blocks, checks, instances, postprocess, predict
     from mitoseg.train import load_model
 
     checks.check(threshold=threshold, min_size=min_size, z_sigma=z_sigma)
     volume = io.check_volume(image, "the image layer")
-    net, config = load_model(model, device)
+    net, config = load_model(model, device, planes)
     tile = predict.run_tile(config, tuple(volume.shape), None, None)
     window = io.intensity_range(volume, rule=config.normalize)
-    z = volume.shape[0]
-    grid = blocks.grid(volume.shape, (max(tile[0], -(-z // 10)), *volume.shape[1:]))  # about 10 steps
+    if config.slice_planes == 3:  # slices along Y and X would cross every slab of Z: a slab would redo them
+        block = predict.plan(volume, config.dims, tile, config.overlap, window=window, planes=3).block
+    else:
+        block = (max(tile[0], -(-volume.shape[0] // 10)), *volume.shape[1:])  # about 10 steps
+    grid = blocks.grid(volume.shape, block)
     probs = np.zeros(volume.shape, np.uint8)
     dev = next(net.parameters()).device
     for i, b in enumerate(grid):
@@ -261,7 +266,7 @@ def segment(image: Any, model: str | Path, threshold: float = 0.5, min_size: int
 
 class SegmentWidget(_Container):
     """npe2 widget contribution "Segment mitochondria": image layer, model (run folder or .pt), threshold,
-    minimum object size, Z smoothing, TTA, a Run button and a progress bar. Choosing a run folder sets the
+    minimum object size, Z smoothing, TTA, three planes, a Run button and a progress bar. Choosing a run folder sets the
     threshold, minimum size and Z smoothing to its post-processing chosen on validation (`postprocess.read`),
     and says so. Runs `segment` in a napari thread worker and adds "<image> probability" and "<image>
     instances" at the image layer's scale (replacing the data of layers of those names). A class because
@@ -279,6 +284,9 @@ class SegmentWidget(_Container):
             w.FloatSpinBox(name="z_sigma", label="Z smoothing (slices)", value=0.0, min=0.0, max=32.0, step=0.5,
                            tooltip="blur the probabilities along Z (Gaussian sigma in slices) before the threshold"),
             w.CheckBox(name="tta", label="TTA (4 in-plane flips)", value=False),
+            w.CheckBox(name="planes", label="three planes (2D model)", value=False,
+                       tooltip="predict along XY, ZX and ZY slices and average them (near-isotropic voxels; "
+                               "about 3x the time); off: the run's own planes"),
             w.PushButton(name="run", text="Run"),
             w.ProgressBar(name="progress", label="progress", value=0, min=0, max=1),
             w.Label(name="status", value=""),
@@ -318,7 +326,8 @@ class SegmentWidget(_Container):
         self.run.enabled, self.progress.value, self.status.value = False, 0, "running..."
         worker = create_worker(segment, layer.data[0] if layer.multiscale else layer.data, model,
                                self.threshold.value, self.min_size.value, self.tta.value,
-                               z_sigma=self.z_sigma.value, _start_thread=False, _ignore_errors=True)
+                               z_sigma=self.z_sigma.value, planes=3 if self.planes.value else None,
+                               _start_thread=False, _ignore_errors=True)
         worker.yielded.connect(self._step)
         worker.returned.connect(lambda result: self._add(layer, *result))
         worker.errored.connect(lambda e: setattr(self.status, "value", f"error: {e}"))

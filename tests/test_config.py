@@ -1,0 +1,21 @@
+import pytest
+
+from mitoseg.config import Config, with_planes
+from mitoseg.errors import MitosegError
+
+
+def test_another_number_of_planes_only_for_a_2d_model_of_single_slices_on_near_isotropic_voxels():
+    """`with_planes`: an XY run may predict along three planes and a three-plane run along XY only; a 3D
+    model, a model of neighbouring slices and anisotropic voxels are refused with the reason."""
+    xy = Config(dims=2)
+    assert with_planes(xy, 3).slice_planes == 3 and with_planes(xy, 1) is xy
+    assert with_planes(Config(dims=2, planes=3), 1).slice_planes == 1
+    assert with_planes(Config(dims=3), 1).slice_planes == 1
+    with pytest.raises(MitosegError, match="--planes is for a 2D model; this run is a 3D model"):
+        with_planes(Config(dims=3), 3)
+    with pytest.raises(MitosegError, match="neighbouring slices"):
+        with_planes(Config(dims=2, context_slices=1), 3)
+    with pytest.raises(MitosegError, match="near-isotropic voxels .* 50 x 4.6 x 4.6 nm"):
+        with_planes(Config(dims=2, voxel_size=(50, 4.6, 4.6)), 3)
+    with pytest.raises(MitosegError, match="planes must be 1 or 3, not 2"):
+        with_planes(xy, 2)
