@@ -1,13 +1,14 @@
 """Predicting along three planes without training on them: a 2D model trained on XY slices, predicted along XY alone
 and along XY, ZX and ZY (the mean of the three, as `--planes 3` models predict).
 
-    python experiments/planes.py RUN [RUN ...] --out results/ca1-ablation/planes/predict_planes.json
+    python experiments/planes.py RUN [RUN ...] --out results/ca1-ablation/planes/predict_planes.json [--tta]
 
-For each 2D run folder on CA1, the validation split and the whole CA1 test volume are predicted without TTA
-by the product's predictor (`predict.predict_array`, whole slices, the run's bf16 setting), the model loaded
-along 1 and then 3 planes (`train.load_model(run, planes=...)`, as `mitoseg predict --planes` does); each chooses
-its post-processing on the validation split (`postprocess.choose`) and is scored on the test volume raw
-(probability 0.5) and post-processed. Writes the JSON and a Markdown table beside it.
+For each 2D run folder on CA1, the validation split and the whole CA1 test volume are predicted (with `--tta`
+averaged over `predict.TTA_SET`'s transforms, as `mitoseg predict --tta`) by the product's predictor
+(`predict.predict_array`, whole slices, the run's bf16 setting), the model loaded along 1 and then 3 planes
+(`train.load_model(run, planes=...)`, as `mitoseg predict --planes` does); each chooses its post-processing on
+the validation split (`postprocess.choose`) and is scored on the test volume raw (probability 0.5) and
+post-processed. Writes the JSON and a Markdown table beside it.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("runs", nargs="+", help="trained 2D run folders on CA1 (e.g. runs/context/context0_seed0)")
     p.add_argument("--out", required=True, help="JSON to write; the .md table goes beside it")
+    p.add_argument("--tta", action="store_true", help="test-time augmentation for both splits")
     a = p.parse_args(argv)
     bench = compare.load_benchmark("lucchi")
     meta = header(__file__, argv, bench.description)
@@ -39,15 +41,15 @@ def main(argv: list[str] | None = None) -> None:
             val = validation_strip(bench, cfg)
             window = io.intensity_range(bench.test_image, rule=cfg.normalize)
             vprobs = predict.predict_array(model, val.image, 2, predict.default_tile(2, val.image.shape, cfg.tile),
-                                           cfg.overlap, val.window, amp=cfg.amp)
+                                           cfg.overlap, val.window, tta=a.tta, amp=cfg.amp)
             pp, _ = postprocess.choose(predict.to_storage(vprobs, "uint8"), val.mask)
             t0 = time.perf_counter()
             probs = predict.predict_array(model, bench.test_image, 2,
                                           predict.default_tile(2, bench.test_image.shape, cfg.tile), cfg.overlap,
-                                          window, amp=cfg.amp)
+                                          window, tta=a.tta, amp=cfg.amp)
             seconds = time.perf_counter() - t0
             stored = predict.to_storage(probs, "uint8")  # as `predict` stores them and `compare` scores them
-            row = {"run": short(run), "planes": planes, "trained_planes": trained,
+            row = {"run": short(run), "planes": planes, "tta": a.tta, "trained_planes": trained,
                    "test_seconds": round(seconds, 1), "postprocessing": pp.as_dict(),
                    "raw": metrics.scores(metrics.confusion(stored >= 128, truth))["jaccard"],
                    "post": metrics.scores(metrics.confusion(postprocess.apply(stored, pp), truth))["jaccard"]}
@@ -59,7 +61,8 @@ def main(argv: list[str] | None = None) -> None:
 
 def table(rows: list[dict], meta: dict) -> str:
     """The rows as Markdown: one line per run and planes predicted along."""
-    lines = ["Whole CA1 test volume, no TTA; raw: foreground IoU at probability 0.5; post-processed: the "
+    tta = "with TTA" if rows and rows[0].get("tta") else "no TTA"
+    lines = [f"Whole CA1 test volume, {tta}; raw: foreground IoU at probability 0.5; post-processed: the "
              "post-processing chosen on the validation split for that prediction. " + provenance(meta), "",
              "| run (trained on) | predicted along | test IoU raw | + post-processing | chosen | seconds (test) |",
              "|---|---|---|---|---|---|"]

@@ -13,6 +13,8 @@
 #                       next call on the warm machine resumes it (compare --resume)
 #   contrast            experiments/contrast.py on the study's two models: the central 32 test slices under
 #                       eight grey-level changes, own window and matched ($OUT/contrast-seedS.json, .md)
+#   planes              experiments/planes.py --tta on the study's 2D model: the whole test volume predicted
+#                       along XY and along XY, ZX and ZY (`mitoseg predict --planes 3`) ($OUT/planes-seedS.json, .md)
 #   annotation ITER     experiments/annotation.py on CA1: the annotation curve (2D then 3D; 1..165 slices,
 #                       $CHOICES slice choices, default 3; for each seed in $SEEDS, default 0) and suggested
 #                       vs even slices, ITER iterations per run
@@ -322,6 +324,20 @@ step_contrast() {  # the study's two models under grey-level changes (experiment
     return "$rc"
 }
 
+# ------------------------------------------------------------------ planes
+
+step_planes() {  # the study's 2D model along one plane and three, with TTA (experiments/planes.py), after `study`
+    need_data lucchi-derived/ planes
+    need_cuda
+    local run=$BASE/ca1-gpu-seed$SEED rc=0
+    [[ -d $run ]] || run=$run.partial  # a study stopped at its deadline keeps its trained models there
+    [[ -f $run/model_2D/best.pt ]] || {
+        say "planes: no trained 2D study model in $BASE/ca1-gpu-seed$SEED (run 'study MINUTES' first)"; return 2; }
+    say "planes: model_2D along 1 and 3 planes, TTA, $(left) s left"
+    bounded 0 "$PY" experiments/planes.py "$run/model_2D" --tta --out "$OUT/planes-seed$SEED.json" || rc=$?
+    return "$rc"
+}
+
 # ------------------------------------------------------------------ annotation
 
 step_annotation() {  # the annotation curve of issue 11; rows are written one by one, so a stop keeps them
@@ -432,6 +448,7 @@ main() {
                 shift
                 step_annotation "$iterations" ;;
             contrast) step_contrast ;;
+            planes) step_planes ;;
             bench) step_bench ;;
             fullvolume)
                 (($#)) || { say "usage: fullvolume RUN|- [bench_full_volume.py options]"; return 2; }
@@ -439,7 +456,7 @@ main() {
                 shift
                 step_fullvolume "$model" "$@"
                 set -- ;;
-            *) say "unknown step '$step' (receive, check, smoke, study MINUTES|full, contrast, annotation ITERATIONS, bench, fullvolume RUN)"; return 2 ;;
+            *) say "unknown step '$step' (receive, check, smoke, study MINUTES|full, contrast, planes, annotation ITERATIONS, bench, fullvolume RUN)"; return 2 ;;
         esac
         say "$step: done in $((SECONDS - t0)) s"
     done
