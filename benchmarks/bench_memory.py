@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import json
 import resource
-import subprocess
 import sys
 import tempfile
 import time
@@ -33,19 +32,6 @@ from pathlib import Path
 
 import common
 import numpy as np
-
-RESULT = "RESULT "
-
-
-def proc_status_kib(field: str) -> int:
-    """A memory field (VmRSS, VmHWM, ...) of this process in KiB, from /proc/self/status (0 if absent)."""
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith(field + ":"):
-                return int(line.split()[1])
-    except OSError:
-        pass
-    return 0
 
 
 def child(spec: dict) -> None:
@@ -68,28 +54,19 @@ def child(spec: dict) -> None:
     predict_array(model, warm, 2, tile, spec["overlap"], device=device, batch_size=spec["batch_size"])
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
-    baseline = proc_status_kib("VmRSS")
+    baseline = common.proc_status_kib("VmRSS")
     block = tuple(spec["block"]) if spec["block"] else default_block(tuple(volume.shape), tile)
     t0 = time.perf_counter()
     predict_volume(model, volume, spec["output"], 2, tile, spec["overlap"], block=block,
                    batch_size=spec["batch_size"], device=device, progress=False)
     common.sync(device)
     seconds = time.perf_counter() - t0
-    result = {"baseline_rss_mib": baseline / 1024, "peak_rss_mib": proc_status_kib("VmHWM") / 1024,
+    result = {"baseline_rss_mib": baseline / 1024, "peak_rss_mib": common.proc_status_kib("VmHWM") / 1024,
               "ru_maxrss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-              "end_rss_mib": proc_status_kib("VmRSS") / 1024, "block_zyx": list(block), "seconds": seconds}
+              "end_rss_mib": common.proc_status_kib("VmRSS") / 1024, "block_zyx": list(block), "seconds": seconds}
     if device.type == "cuda":
         result["gpu_peak_mib"] = torch.cuda.max_memory_allocated(device) / 2**20
-    print(RESULT + json.dumps(result), flush=True)
-
-
-def run_child(spec: dict) -> dict:
-    proc = subprocess.run([sys.executable, str(Path(__file__).resolve()), "--child", json.dumps(spec)],
-                          capture_output=True, text=True)
-    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith(RESULT)]
-    if proc.returncode or not lines:
-        sys.exit(f"child failed ({proc.returncode}):\n{proc.stdout[-2000:]}\n{proc.stderr[-4000:]}")
-    return json.loads(lines[-1][len(RESULT):])
+    common.report(result)
 
 
 def main() -> None:
@@ -125,7 +102,7 @@ def main() -> None:
                 spec = {"input": str(src), "output": str(tmp / f"{label}_{mode}_probs.zarr"), "tile": tile,
                         "overlap": args.overlap, "batch_size": args.batch_size, "device": args.device,
                         "threads": args.threads, "seed": args.seed, "block": fixed if mode == "fixed" else None}
-                r = run_child(spec)
+                r = common.run_child(__file__, spec)
                 voxels = int(np.prod(shape))
                 rows.append(dict(r, size=label, mode=mode, volume_zyx=list(shape), voxels=voxels,
                                  increment_mib=r["peak_rss_mib"] - r["baseline_rss_mib"],
@@ -163,13 +140,8 @@ def main() -> None:
     fig, axes = plt.subplots(1, 2, figsize=(9, 3.5))
     groups = [f"{r['size']}\n{r['mode']}" for r in rows]
     x = np.arange(len(rows))
-    axes[0].bar(x, [r["baseline_rss_mib"] for r in rows], label="baseline (torch + model)", color="lightgrey")
-    axes[0].bar(x, [r["increment_mib"] for r in rows], bottom=[r["baseline_rss_mib"] for r in rows],
-                label="increment while predicting")
-    axes[0].set_xticks(x, groups)
-    axes[0].set_ylabel("peak resident memory (MiB)")
+    common.memory_bars(axes[0], rows, groups)
     axes[0].set_title("predict_volume peak RSS")
-    axes[0].legend(fontsize=7)
     axes[1].bar(x - 0.2, [r["increment_mib"] for r in rows], 0.4, label="predict_volume increment")
     axes[1].bar(x + 0.2, [r["naive_float32_mib"] for r in rows], 0.4, label="naive: volume as float32")
     axes[1].set_xticks(x, groups)

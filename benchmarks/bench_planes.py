@@ -21,7 +21,6 @@ Writes planes.json and planes.png (planes_small.* with --small) into --out (defa
 from __future__ import annotations
 
 import json
-import subprocess
 import sys
 import tempfile
 import time
@@ -29,7 +28,6 @@ from pathlib import Path
 
 import common
 import numpy as np
-from bench_memory import RESULT, proc_status_kib
 
 ROUTES = {  # name: (planes, tile in-plane or None for whole slices, block: None = default, "volume" = one block)
     "XY": (1, None, None),
@@ -63,25 +61,16 @@ def child(spec: dict) -> None:
     block = shape if spec["block"] == "volume" else None
     warm = np.asarray(volume[:8, :64, :64])
     predict.predict_array(model, warm, 2, (1, 64, 64), cfg.overlap, device=device, amp=cfg.amp)
-    baseline = proc_status_kib("VmRSS")
+    baseline = common.proc_status_kib("VmRSS")
     t0 = time.perf_counter()
     out = predict.predict_volume(model, volume, spec["output"], 2, tile, cfg.overlap, block, amp=cfg.amp,
                                  device=device, progress=False)
     common.sync(device)
     seconds = time.perf_counter() - t0
     written = zarr.open_array(str(out), mode="r")
-    print(RESULT + json.dumps({"seconds": seconds, "baseline_rss_mib": baseline / 1024,
-                               "peak_rss_mib": proc_status_kib("VmHWM") / 1024, "tile": list(tile),
-                               "block": list(written.chunks)}), flush=True)
-
-
-def run_child(spec: dict) -> dict:
-    proc = subprocess.run([sys.executable, str(Path(__file__).resolve()), "--child", json.dumps(spec)],
-                          capture_output=True, text=True)
-    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith(RESULT)]
-    if proc.returncode or not lines:
-        sys.exit(f"child failed ({proc.returncode}):\n{proc.stdout[-2000:]}\n{proc.stderr[-4000:]}")
-    return json.loads(lines[-1][len(RESULT):])
+    common.report({"seconds": seconds, "baseline_rss_mib": baseline / 1024,
+                   "peak_rss_mib": common.proc_status_kib("VmHWM") / 1024, "tile": list(tile),
+                   "block": list(written.chunks)})
 
 
 def iou(probs: np.ndarray, truth: np.ndarray) -> float:
@@ -120,7 +109,7 @@ def main() -> None:
             spec = {"input": str(src), "output": str(tmp / f"{i}.zarr"), "planes": planes, "tile": tile,
                     "block": block, "run": str(args.run) if args.run else None, "device": args.device,
                     "threads": args.threads, "seed": args.seed}
-            r = run_child(spec)
+            r = common.run_child(__file__, spec)
             outputs[name] = zarr.open_array(spec["output"], mode="r")[:]
             row = dict(r, route=name, planes=planes, increment_mib=r["peak_rss_mib"] - r["baseline_rss_mib"])
             if args.run:
@@ -162,12 +151,7 @@ def main() -> None:
     for i, r in enumerate(rows):
         if "test_iou" in r:
             axes[0].text(i, r["seconds"], f"IoU {r['test_iou']:.4f}", ha="center", va="bottom", fontsize=7)
-    axes[1].bar(x, [r["baseline_rss_mib"] for r in rows], color="lightgrey", label="baseline (torch + model)")
-    axes[1].bar(x, [r["increment_mib"] for r in rows], bottom=[r["baseline_rss_mib"] for r in rows],
-                label="increment while predicting")
-    axes[1].set_xticks(x, labels, fontsize=8)
-    axes[1].set_ylabel("peak resident memory (MiB)")
-    axes[1].legend(fontsize=7)
+    common.memory_bars(axes[1], rows, labels, fontsize=8)
     fig.tight_layout(rect=(0, 0, 1, 0.94))
     fig.suptitle(f"CA1 test volume {'x'.join(map(str, image.shape))}"
                  + (f", run {args.run.name}" if args.run else ", untrained model"), fontsize=9)

@@ -247,6 +247,38 @@ def median(values: Sequence[float]) -> float:
     return float(statistics.median(values))
 
 
+# ---------------------------------------------------------------- a measurement in a fresh process
+
+RESULT = "RESULT "
+
+
+def proc_status_kib(field: str) -> int:
+    """A memory field (VmRSS, VmHWM, ...) of this process in KiB, from /proc/self/status (0 if absent)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
+
+
+def report(result: dict) -> None:
+    """What a child process prints for `run_child`: one line of JSON after the RESULT marker."""
+    print(RESULT + json.dumps(result), flush=True)
+
+
+def run_child(script: str, spec: dict) -> dict:
+    """Run `script --child SPEC_JSON` in a fresh Python process and return the dict it `report`ed; exit
+    with its output when it fails."""
+    proc = subprocess.run([sys.executable, str(Path(script).resolve()), "--child", json.dumps(spec)],
+                          capture_output=True, text=True)
+    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith(RESULT)]
+    if proc.returncode or not lines:
+        sys.exit(f"child failed ({proc.returncode}):\n{proc.stdout[-2000:]}\n{proc.stderr[-4000:]}")
+    return json.loads(lines[-1][len(RESULT):])
+
+
 # ---------------------------------------------------------------- output
 
 
@@ -306,6 +338,18 @@ def figure():
     import matplotlib.pyplot as plt
 
     return plt
+
+
+def memory_bars(ax: Any, rows: Sequence[dict], labels: Sequence[str], fontsize: float | None = None) -> None:
+    """Stacked bars on `ax`, one per row: its `baseline_rss_mib` (after imports, model and warm-up) under its
+    `increment_mib` (what the measured work added), i.e. the peak resident memory in MiB."""
+    x = np.arange(len(rows))
+    ax.bar(x, [r["baseline_rss_mib"] for r in rows], color="lightgrey", label="baseline (torch + model)")
+    ax.bar(x, [r["increment_mib"] for r in rows], bottom=[r["baseline_rss_mib"] for r in rows],
+           label="increment while predicting")
+    ax.set_xticks(x, labels, fontsize=fontsize)
+    ax.set_ylabel("peak resident memory (MiB)")
+    ax.legend(fontsize=7)
 
 
 def save_figure(fig: Any, out: Path, name: str, info: dict) -> Path:
