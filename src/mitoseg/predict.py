@@ -26,6 +26,7 @@ import numpy as np
 import torch
 
 from mitoseg import blocks, checks, io, memory, metrics, postprocess
+from mitoseg.config import Config, check_planes
 from mitoseg.errors import MitosegError
 from mitoseg.models import accelerator, autocast, channels_last
 
@@ -553,7 +554,8 @@ def predict(model: str | Path | Sequence[str | Path], image: str | Path, out: st
     process (`predict_volume`) or on a Dask `client` (`cluster.predict_volume_dask`), with the same result.
     `match_training`: map the volume's grey levels onto the training volume's histogram first (`input_window`).
     `planes`: a 2D model predicts along 1 (XY) or 3 planes (XY, ZX and ZY, the mean) instead of the run's
-    (`model_for`; three planes about triple the time and need near-isotropic voxels).
+    (`model_for`; three planes about triple the time and need near-isotropic voxels); the run's post-processing,
+    chosen for its own planes, is then neither applied nor recorded.
     Several models (e.g. a 2D and a 3D run): the voxel-wise mean of their probabilities (`predict_mean`).
 
     Defaults come from the run: `tile_xy`/`tile_z` (a 2D model: whole slices up to 2048 x 2048 when
@@ -568,7 +570,11 @@ def predict(model: str | Path | Sequence[str | Path], image: str | Path, out: st
     checks.check(tile_xy=tile_xy, tile_z=tile_z, overlap=overlap, block=block, threshold=threshold,
                  batch_size=batch_size)
     single = isinstance(model, str | Path) or len(model) == 1
-    chosen = postprocess.read(model if isinstance(model, str | Path) else model[0]) if single else None
+    first = Path(model if isinstance(model, str | Path) else model[0])
+    chosen = postprocess.read(first) if single else None
+    if chosen and planes is not None and (first / "config.json").is_file() \
+            and Config.load(first / "config.json").slice_planes != planes:
+        chosen = None  # chosen on validation for the planes the run predicts along, not these
     pp = postprocess.PostProcessing(threshold) if threshold is not None else chosen or postprocess.PostProcessing()
     if pp.z_sigma and mask_out is not None:  # the mask needs neighbouring blocks: a pass of its own afterwards
         io.check_output(mask_out, overwrite)
@@ -615,7 +621,6 @@ def model_for(model: str | Path, image: Any, device: str | torch.device = "auto"
     """(model, config) of a run folder or checkpoint to predict `image` (a path, or an array) with: along
     `planes` when given (`train.load_model`), refused where a model of three planes meets a volume that states
     voxels of an axis over twice another's (`config.check_planes`)."""
-    from mitoseg.config import check_planes
     from mitoseg.train import load_model
 
     net, config = load_model(model, device, planes)
