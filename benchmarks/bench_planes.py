@@ -73,12 +73,6 @@ def child(spec: dict) -> None:
                    "block": list(written.chunks)})
 
 
-def iou(probs: np.ndarray, truth: np.ndarray) -> float:
-    """Foreground IoU of uint8 probabilities at 0.5 (>= 128, as `predict` masks them) against a {0, 1} truth."""
-    pred, truth = probs >= 128, truth.astype(bool)
-    return float((pred & truth).sum() / max(1, (pred | truth).sum()))
-
-
 def main() -> None:
     p = common.parser(__doc__)
     p.add_argument("--run", type=Path, help="a trained 2D run on CA1 (default: an untrained seeded model)")
@@ -92,7 +86,7 @@ def main() -> None:
 
     import zarr
 
-    from mitoseg import compare
+    from mitoseg import compare, metrics
 
     bench = compare.load_benchmark("lucchi")
     image, truth = np.asarray(bench.test_image), np.asarray(bench.test_mask)
@@ -113,7 +107,7 @@ def main() -> None:
             outputs[name] = zarr.open_array(spec["output"], mode="r")[:]
             row = dict(r, route=name, planes=planes, increment_mib=r["peak_rss_mib"] - r["baseline_rss_mib"])
             if args.run:
-                row["test_iou"] = iou(outputs[name], truth)
+                row["test_iou"] = metrics.jaccard(outputs[name] >= 128, truth)
             rows.append(row)
     whole, tiled = outputs["three planes, whole slices"], outputs["three planes, tiles"]
     diff = np.abs(whole.astype(np.int16) - tiled)

@@ -28,9 +28,10 @@ from mitoseg import compare, io, metrics, predict, train
 MEMBERS = ("2D", "3D", "mean")
 
 
-def iou(probs: np.ndarray, truth: np.ndarray) -> float:
-    """Foreground IoU of probabilities (Z, Y, X) at 0.5 against a {0, 1} truth."""
-    return metrics.scores(metrics.confusion(probs >= 0.5, truth))["jaccard"]
+def ious(probs: list[np.ndarray], truth: np.ndarray) -> dict[str, float]:
+    """Foreground IoU at probability 0.5 of each model's probabilities (Z, Y, X) and of their mean (`MEMBERS`)."""
+    return dict(zip(MEMBERS, [metrics.jaccard(x >= 0.5, truth) for x in (*probs, (probs[0] + probs[1]) / 2)],
+                    strict=True))
 
 
 def both(models: list, image: np.ndarray, window_of) -> list[np.ndarray]:
@@ -63,13 +64,13 @@ def main(argv: list[str] | None = None) -> None:
         folders = " + ".join(Path(run).name for run in pair)
         val = validation_strip(bench, models[0][1])
         probs = both(models, val.image, lambda cfg: io.intensity_range(bench.train_image, rule=cfg.normalize))
-        validation = dict(zip(MEMBERS, [iou(x, val.mask) for x in (*probs, (probs[0] + probs[1]) / 2)], strict=True))
+        validation = ious(probs, val.mask)
         for name, change in changes().items():
             if not any(part in name for part in a.changes):
                 continue
             vol = change(image)
             probs = both(models, vol, lambda cfg, vol=vol: io.intensity_range(vol, rule=cfg.normalize))
-            test = dict(zip(MEMBERS, [iou(x, truth) for x in (*probs, (probs[0] + probs[1]) / 2)], strict=True))
+            test = ious(probs, truth)
             rows.append({"folders": folders, "change": name, "validation": validation, "test": test})
             print(json.dumps(rows[-1]), flush=True)
             save(a.out, {**meta, "rows": rows}, table(rows, meta))  # a stopped run keeps its rows

@@ -49,7 +49,7 @@ def main(argv: list[str] | None = None) -> None:
         record["rows"].append({
             "name": name, "members": [short(m) for m in members], "chosen": pp.as_dict(),
             "validation_iou": max(c["jaccard"] for c in candidates),
-            "test_iou_tta_raw": _iou(probs["test"] >= 128, truths["test"]),
+            "test_iou_tta_raw": metrics.jaccard(probs["test"] >= 128, truths["test"]),
             "test": {k: voxel[k] for k in ("jaccard", "f1", "precision", "recall", "accuracy")},
             "wrong": int(np.count_nonzero(mask != truths["test"])),
             "members_wrong_all": int(np.count_nonzero(every)), "members_wrong_any": int(np.count_nonzero(some))})
@@ -59,10 +59,6 @@ def main(argv: list[str] | None = None) -> None:
 
 def _read(run: str, name: str) -> np.ndarray:
     return io.open_volume(Path(run) / name)[:]
-
-
-def _iou(mask: np.ndarray, truth: np.ndarray) -> float:
-    return metrics.scores(metrics.confusion(mask, truth))["jaccard"]
 
 
 def table(record: dict) -> str:

@@ -68,7 +68,7 @@ def main(argv: list[str] | None = None) -> None:
 
 def _ious(masks: dict, truths: dict) -> dict:
     """{'validation': IoU, 'test': IoU} of each volume's mask against its truth."""
-    return {v: _iou(masks[v], truth) for v, truth in truths.items()}
+    return {v: metrics.jaccard(masks[v], truth) for v, truth in truths.items()}
 
 
 def _median_scores(probs: np.ndarray, truth: np.ndarray, sizes: list[int]) -> dict:
@@ -78,12 +78,8 @@ def _median_scores(probs: np.ndarray, truth: np.ndarray, sizes: list[int]) -> di
     for t in postprocess.CHOICE_THRESHOLDS:
         above = (probs >= t * scale).astype(np.float32)
         for size in sizes:
-            out[(size, t)] = _iou(ndimage.uniform_filter(above, size) > 0.5, truth)
+            out[(size, t)] = metrics.jaccard(ndimage.uniform_filter(above, size) > 0.5, truth)
     return out
-
-
-def _iou(mask: np.ndarray, truth: np.ndarray) -> float:
-    return metrics.scores(metrics.confusion(np.asarray(mask) > 0, truth))["jaccard"]
 
 
 def table(record: dict) -> str:

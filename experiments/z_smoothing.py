@@ -30,16 +30,12 @@ from mitoseg.predict import mean_probabilities
 from mitoseg.train import load_model
 
 
-def iou(a: np.ndarray, b: np.ndarray) -> float:
-    return metrics.scores(metrics.confusion(a, b))["jaccard"]
-
-
 def roughness(mask: np.ndarray, sigma: float = 1.0) -> dict[str, float]:
     """IoU of `mask` with itself blurred along Z, Y and X apart (Gaussian of `sigma` voxels, then >= 0.5)."""
     out = {}
     for axis, name in enumerate("zyx"):
         blurred = ndimage.gaussian_filter1d(mask.astype(np.float32), sigma, axis=axis) >= 0.5
-        out[name] = iou(blurred, mask)
+        out[name] = metrics.jaccard(blurred, mask)
     return out
 
 
@@ -61,11 +57,12 @@ def probabilities(run: str, bench: compare.Benchmark, work: Path,
 
 
 def choices(val_probs: np.ndarray, val_mask: np.ndarray, test_probs: np.ndarray, truth: np.ndarray) -> dict:
-    row = {"test_iou_raw": iou(test_probs >= 128, truth), "test_mask_roughness": roughness(test_probs >= 128)}
+    row = {"test_iou_raw": metrics.jaccard(test_probs >= 128, truth),
+           "test_mask_roughness": roughness(test_probs >= 128)}
     for key, sigmas in (("without", (0.0,)), ("with", postprocess.Z_SIGMAS)):
         pp, rows = postprocess.choose(val_probs, val_mask, z_sigmas=sigmas)
         row[key] = {"chosen": pp.as_dict(), "validation_iou": max(r["jaccard"] for r in rows),
-                    "test_iou": iou(postprocess.apply(test_probs, pp), truth)}
+                    "test_iou": metrics.jaccard(postprocess.apply(test_probs, pp), truth)}
     return row
 
 

@@ -6,7 +6,7 @@ import scipy.ndimage as ndi
 import zarr
 
 from mitoseg.errors import MitosegError
-from mitoseg.metrics import Counts, confusion, confusion_blockwise, error_places, match_instances, scores
+from mitoseg.metrics import Counts, confusion, confusion_blockwise, error_places, jaccard, match_instances, scores
 
 
 def _numpy_counts(pred: np.ndarray, truth: np.ndarray) -> tuple[int, int, int, int]:
@@ -48,6 +48,16 @@ def test_dilated_prediction_has_full_recall(droso_crop):
     s = scores(confusion(pred, mask))
     assert s["recall"] == 1.0 and s["fn"] == 0
     assert 0.0 < s["precision"] < 1.0
+
+
+def test_jaccard_of_a_dilated_mask_by_hand(droso_crop):
+    """`jaccard`: the truth's voxels over the dilated mask's (every true voxel is inside it), whatever non-zero
+    value marks foreground."""
+    truth = droso_crop[1]
+    grown = ndi.binary_dilation(truth, iterations=2)
+    assert jaccard(grown, truth) == pytest.approx(truth.sum() / grown.sum()) and 0 < jaccard(grown, truth) < 1
+    assert jaccard(grown.astype(np.uint8) * 255, truth) == jaccard(grown, truth > 0)
+    assert jaccard(truth, truth) == 1.0
 
 
 def test_blockwise_equals_in_memory_on_zarr(droso_crop):

@@ -200,6 +200,12 @@ def scores(counts: Counts) -> dict[str, float]:
     }
 
 
+def jaccard(pred: np.ndarray, truth: np.ndarray) -> float:
+    """Foreground IoU of a mask against a truth (Z, Y, X; bool or {0, 1}, anything non-zero is foreground):
+    `scores`' "jaccard" of their `confusion`."""
+    return scores(confusion(np.asarray(pred) != 0, np.asarray(truth) != 0))["jaccard"]
+
+
 def _check_labels(name: str, labels: np.ndarray) -> np.ndarray:
     if not np.issubdtype(labels.dtype, np.integer) and labels.dtype != np.bool_:
         raise MitosegError(f"{name} must be an integer label array, got dtype {labels.dtype}")
