@@ -129,6 +129,11 @@ def test_widget_predicts_and_labels_in_a_thread_worker(napari, outputs, run, qtb
     widget.model.value = chosen
     assert (widget.threshold.value, widget.min_size.value, widget.z_sigma.value) == (t, 50, 2.0)
     assert widget.status.value == "the run's post-processing chosen on validation (its hole filling is not applied)"
+    widget.planes.value = True  # an XY run along three planes: its choice was made for XY slices
+    assert (widget.threshold.value, widget.min_size.value, widget.z_sigma.value) == (0.5, 0, 0.0)
+    assert widget.status.value == "the run's post-processing was chosen for XY slices, not three planes"
+    widget.planes.value = False
+    assert (widget.threshold.value, widget.min_size.value, widget.z_sigma.value) == (t, 50, 2.0)
     widget.min_size.value = 20
     widget.run.changed.emit(True)
     assert not widget.run.enabled  # running in the worker thread; the viewer stays responsive

@@ -17,6 +17,7 @@ import numpy as np
 from scipy import ndimage
 
 from mitoseg import checks, metrics
+from mitoseg.config import Config
 
 THRESHOLDS = (0.3, 0.4, 0.5, 0.6, 0.7)  # scored at every validation while training (`train.validate`)
 # searched by `choose` on the validation split; wider, because a model may be calibrated far from 0.5 (the CA1
@@ -137,11 +138,14 @@ def save(folder: str | Path, pp: PostProcessing, candidates: list[dict], probabi
     (Path(folder) / FILE).write_text(json.dumps(record, indent=2) + "\n")
 
 
-def read(run: str | Path) -> PostProcessing | None:
-    """The post-processing chosen for a run folder (`save`); None for a checkpoint file, or a run without one
-    (saved before training chose it, or validated on partly annotated labels)."""
-    path = Path(run) / FILE
-    return PostProcessing(**json.loads(path.read_text())["chosen"]) if path.is_file() else None
+def read(run: str | Path, planes: int | None = None) -> PostProcessing | None:
+    """The post-processing chosen for a run folder (`save`); None for a checkpoint file, a run without one
+    (saved before training chose it, or validated on partly annotated labels), or, with `planes`, a 2D run
+    that predicted along other planes when validation chose it (`Config.slice_planes`)."""
+    path, config = Path(run) / FILE, Path(run) / "config.json"
+    if not path.is_file() or (planes is not None and config.is_file() and Config.load(config).slice_planes != planes):
+        return None
+    return PostProcessing(**json.loads(path.read_text())["chosen"])
 
 
 def apply(probs: np.ndarray, pp: PostProcessing) -> np.ndarray:

@@ -26,7 +26,7 @@ import numpy as np
 import torch
 
 from mitoseg import blocks, checks, io, memory, metrics, postprocess
-from mitoseg.config import Config, check_planes
+from mitoseg.config import check_planes
 from mitoseg.errors import MitosegError
 from mitoseg.models import accelerator, autocast, channels_last
 
@@ -570,11 +570,7 @@ def predict(model: str | Path | Sequence[str | Path], image: str | Path, out: st
     checks.check(tile_xy=tile_xy, tile_z=tile_z, overlap=overlap, block=block, threshold=threshold,
                  batch_size=batch_size)
     single = isinstance(model, str | Path) or len(model) == 1
-    first = Path(model if isinstance(model, str | Path) else model[0])
-    chosen = postprocess.read(first) if single else None
-    if chosen and planes is not None and (first / "config.json").is_file() \
-            and Config.load(first / "config.json").slice_planes != planes:
-        chosen = None  # chosen on validation for the planes the run predicts along, not these
+    chosen = postprocess.read(model if isinstance(model, str | Path) else model[0], planes) if single else None
     pp = postprocess.PostProcessing(threshold) if threshold is not None else chosen or postprocess.PostProcessing()
     if pp.z_sigma and mask_out is not None:  # the mask needs neighbouring blocks: a pass of its own afterwards
         io.check_output(mask_out, overwrite)

@@ -295,14 +295,19 @@ class SegmentWidget(_Container):
             event.connect(lambda _: self.image.reset_choices())
         self.run.changed.connect(self.start)
         self.model.changed.connect(self._run_choice)
+        self.planes.changed.connect(self._run_choice)
 
     def _run_choice(self) -> None:
-        """Take the chosen run folder's post-processing chosen on validation, where it has one."""
+        """Take the chosen run folder's post-processing chosen on validation, where it has one for the planes
+        the widget predicts along; where it has one for other planes, say so and put back the defaults."""
         from mitoseg import postprocess
 
         folder = Path(str(self.model.value).strip())
-        chosen = postprocess.read(folder) if folder.is_dir() else None
+        chosen = postprocess.read(folder, 3 if self.planes.value else None) if folder.is_dir() else None
         if chosen is None:
+            if folder.is_dir() and postprocess.read(folder):
+                self.threshold.value, self.min_size.value, self.z_sigma.value = 0.5, 0, 0.0
+                self.status.value = "the run's post-processing was chosen for XY slices, not three planes"
             return
         self.threshold.value, self.min_size.value, self.z_sigma.value = (chosen.threshold, chosen.min_size,
                                                                           chosen.z_sigma)
