@@ -66,6 +66,13 @@ def test_predict_with_two_models_writes_the_mean_of_their_probabilities(runs, tm
     assert called == [[runs2, runs3], runs3] and not members.exists()
     np.testing.assert_array_equal(io.open_volume(tmp_path / "again.zarr")[:], mean[:])
 
+    # --planes 3 goes to the 2D member only (the 3D model sees every axis)
+    monkeypatch.undo()
+    assert main(["--quiet", "predict", test, "--model", runs2, "--model", runs3, "--out", str(tmp_path / "p.zarr"),
+                 "--planes", "3", *opts]) == 0
+    settings = io.open_volume(tmp_path / "p.zarr").attrs["settings"]["members"]
+    assert [m["planes"] for m in settings] == [3, 1]
+
 
 @pytest.mark.parametrize("dims", [2, 3])
 def test_train_predict_label_evaluate(runs, dims, capsys):

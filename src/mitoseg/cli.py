@@ -346,7 +346,8 @@ def parser() -> argparse.ArgumentParser:
     r.add_argument("--tta", action="store_true", help="average over in-plane flips")
     r.add_argument("--planes", type=arg("planes"), metavar="N",
                    help="a 2D model predicts along 1 plane (XY slices) or 3 (XY, ZX and ZY slices, the mean: about "
-                        "3x the time, near-isotropic voxels only); default: the run's (train --planes)")
+                        "3x the time, near-isotropic voxels only; with several --model, the 2D ones); default: the "
+                        "run's (train --planes)")
     r.add_argument("--match-training", action="store_true",
                    help="move the volume's grey levels onto the training volume's histogram first: undoes another "
                         "microscope's contrast, brightness and gamma (assumes similar tissue, no large empty areas)")

@@ -666,19 +666,27 @@ def predict_mean(models: Sequence[str | Path], image: str | Path, out: str | Pat
     """The voxel-wise mean of several models' probabilities (`mean_probabilities`) at `out`, and with
     `mask_out` the mask where it is >= `threshold`. Each model first predicts the whole volume as `predict`
     does (`each`: its other options) into ``<out>.partial.members/<i>.zarr``, removed when done; with
-    `resume`, finished members are kept and unfinished ones resumed. Returns `out`."""
+    `resume`, finished members are kept and unfinished ones resumed. `each`'s "planes" goes to the 2D models
+    only (a 3D model sees every axis), each checked before any is predicted. Returns `out`."""
     from tqdm.auto import tqdm
+
+    from mitoseg.train import load_model
 
     io.check_output(out, overwrite)
     if mask_out is not None:
         io.check_output(mask_out, overwrite)
+    planes = each.pop("planes", None)
+    member_planes = [None if planes is None or load_model(m, "cpu")[1].dims == 3 else planes for m in models]
+    for m, p in zip(models, member_planes, strict=True):
+        if p is not None:
+            model_for(m, image, "cpu", p)  # a refusal now, not after the other members' predictions
     members = Path(str(io.partial_path(out)) + ".members")
     if not resume:
         io.remove(members)
     paths = [members / f"{i}.zarr" for i in range(len(models))]
-    for model, path in zip(models, paths, strict=True):
+    for model, path, p in zip(models, paths, member_planes, strict=True):
         if not path.exists():
-            predict(model, image, path, dtype=dtype, resume=resume, progress=progress, **each)
+            predict(model, image, path, dtype=dtype, resume=resume, progress=progress, planes=p, **each)
     arrays = [io.open_volume(path) for path in paths]
     shape, block = tuple(arrays[0].shape), tuple(arrays[0].chunks)
     settings = {"members": [dict(a.attrs["settings"]) for a in arrays]}
