@@ -21,7 +21,7 @@ import numpy as np
 from ablation import validation_strip  # experiments/ is the script's folder, so on sys.path
 from record import header, provenance, save, short
 
-from mitoseg import compare, io, metrics, postprocess, predict, train
+from mitoseg import compare, instances, io, metrics, postprocess, predict, train
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -49,14 +49,23 @@ def main(argv: list[str] | None = None) -> None:
                                           window, tta=a.tta, amp=cfg.amp)
             seconds = time.perf_counter() - t0
             stored = predict.to_storage(probs, "uint8")  # as `predict` stores them and `compare` scores them
+            at_half, final = score(stored >= 128, truth, 0), score(postprocess.apply(stored, pp), truth, pp.min_size)
             row = {"run": short(run), "planes": planes, "tta": a.tta, "trained_planes": trained,
                    "test_seconds": round(seconds, 1), "postprocessing": pp.as_dict(),
-                   "raw": metrics.scores(metrics.confusion(stored >= 128, truth))["jaccard"],
-                   "post": metrics.scores(metrics.confusion(postprocess.apply(stored, pp), truth))["jaccard"]}
+                   "raw": at_half["jaccard"], "post": final["jaccard"], "scores_raw": at_half, "scores_post": final}
             rows.append(row)
             print(json.dumps(row), flush=True)
             save(a.out, {**meta, "rows": rows}, table(rows, meta))  # an interrupted run keeps its rows
     print(table(rows, meta))
+
+
+def score(mask: np.ndarray, truth: np.ndarray, min_size: int) -> dict:
+    """Voxel scores and object F1 (objects of at least `min_size` voxels, 26-connected, matched at IoU >= 0.5)
+    of a mask (Z, Y, X) against the truth, as `mitoseg compare` reports them."""
+    voxel = metrics.scores(metrics.confusion(mask, truth))
+    objects = metrics.match_instances(instances.label(mask, connectivity=26, min_size=min_size),
+                                      instances.label(truth, connectivity=26, min_size=min_size), 0.5)
+    return {**{k: voxel[k] for k in ("precision", "recall", "f1", "jaccard", "accuracy")}, "object_f1": objects["f1"]}
 
 
 def table(rows: list[dict], meta: dict) -> str:
@@ -64,15 +73,22 @@ def table(rows: list[dict], meta: dict) -> str:
     tta = "with TTA" if rows and rows[0].get("tta") else "no TTA"
     lines = [f"Whole CA1 test volume, {tta}; raw: foreground IoU at probability 0.5; post-processed: the "
              "post-processing chosen on the validation split for that prediction. " + provenance(meta), "",
-             "| run (trained on) | predicted along | test IoU raw | + post-processing | chosen | seconds (test) |",
-             "|---|---|---|---|---|---|"]
+             "| run (trained on) | predicted along | test IoU raw | + post-processing | chosen | seconds (test) |"
+             " F1 / precision / recall / accuracy / object F1: raw; + post-processing |",
+             "|---|---|---|---|---|---|---|"]
     for r in rows:
         pp = r["postprocessing"]
         chosen = f"threshold {pp['threshold']}, Z blur {pp['z_sigma']}, min size {pp['min_size']}"
         lines.append(f"| {r['run']} ({'XY' if r['trained_planes'] == 1 else 'three planes'}) | "
                      f"{'XY' if r['planes'] == 1 else 'XY, ZX, ZY'} | {r['raw']:.4f} | {r['post']:.4f} | {chosen} | "
-                     f"{r['test_seconds']:.0f} |")
+                     f"{r['test_seconds']:.0f} | {_words(r.get('scores_raw'))}; {_words(r.get('scores_post'))} |")
     return "\n".join(lines)
+
+
+def _words(s: dict | None) -> str:
+    """F1 / precision / recall / accuracy / object F1 of one `score`, or "-" for rows written before it."""
+    keys = ("f1", "precision", "recall", "accuracy", "object_f1")
+    return " / ".join(f"{s[k]:.4f}" if k == "accuracy" else f"{s[k]:.3f}" for k in keys) if s else "-"
 
 
 if __name__ == "__main__":

@@ -131,7 +131,7 @@ def test_widget_predicts_and_labels_in_a_thread_worker(napari, outputs, run, qtb
     assert widget.status.value == "the run's post-processing chosen on validation (its hole filling is not applied)"
     widget.planes.value = True  # an XY run along three planes: its choice was made for XY slices
     assert (widget.threshold.value, widget.min_size.value, widget.z_sigma.value) == (0.5, 0, 0.0)
-    assert widget.status.value == "the run's post-processing was chosen for XY slices, not three planes"
+    assert widget.status.value == "the run's post-processing was not chosen along three planes"
     widget.planes.value = False
     assert (widget.threshold.value, widget.min_size.value, widget.z_sigma.value) == (t, 50, 2.0)
     widget.min_size.value = 20

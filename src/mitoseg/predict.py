@@ -26,7 +26,7 @@ import numpy as np
 import torch
 
 from mitoseg import blocks, checks, io, memory, metrics, postprocess
-from mitoseg.config import check_planes
+from mitoseg.config import Config, check_planes
 from mitoseg.errors import MitosegError
 from mitoseg.models import accelerator, autocast, channels_last
 
@@ -613,7 +613,7 @@ def predict(model: str | Path | Sequence[str | Path], image: str | Path, out: st
 
 
 def model_for(model: str | Path, image: Any, device: str | torch.device = "auto",
-              planes: int | None = None) -> tuple[torch.nn.Module, Any]:
+              planes: int | None = None) -> tuple[torch.nn.Module, Config]:
     """(model, config) of a run folder or checkpoint to predict `image` (a path, or an array) with: along
     `planes` when given (`train.load_model`), refused where a model of three planes meets a volume that states
     voxels of an axis over twice another's (`config.check_planes`)."""

@@ -307,7 +307,7 @@ class SegmentWidget(_Container):
         if chosen is None:
             if folder.is_dir() and postprocess.read(folder):
                 self.threshold.value, self.min_size.value, self.z_sigma.value = 0.5, 0, 0.0
-                self.status.value = "the run's post-processing was chosen for XY slices, not three planes"
+                self.status.value = "the run's post-processing was not chosen along three planes"
             return
         self.threshold.value, self.min_size.value, self.z_sigma.value = (chosen.threshold, chosen.min_size,
                                                                           chosen.z_sigma)
