@@ -21,7 +21,7 @@ import numpy as np
 from ablation import validation_strip  # experiments/ is the script's folder, so on sys.path
 from record import header, provenance, save, short
 
-from mitoseg import compare, instances, io, metrics, postprocess, predict, train
+from mitoseg import compare, io, postprocess, predict, train
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -49,7 +49,9 @@ def main(argv: list[str] | None = None) -> None:
                                           window, tta=a.tta, amp=cfg.amp)
             seconds = time.perf_counter() - t0
             stored = predict.to_storage(probs, "uint8")  # as `predict` stores them and `compare` scores them
-            at_half, final = score(stored >= 128, truth, 0), score(postprocess.apply(stored, pp), truth, pp.min_size)
+            # voxel scores and object F1 as `mitoseg compare` reports them (objects of at least the minimum size)
+            at_half = compare._scores(stored >= 128, truth, 0)
+            final = compare._scores(postprocess.apply(stored, pp), truth, pp.min_size)
             row = {"run": short(run), "planes": planes, "tta": a.tta, "trained_planes": trained,
                    "test_seconds": round(seconds, 1), "postprocessing": pp.as_dict(),
                    "raw": at_half["jaccard"], "post": final["jaccard"], "scores_raw": at_half, "scores_post": final}
@@ -57,15 +59,6 @@ def main(argv: list[str] | None = None) -> None:
             print(json.dumps(row), flush=True)
             save(a.out, {**meta, "rows": rows}, table(rows, meta))  # an interrupted run keeps its rows
     print(table(rows, meta))
-
-
-def score(mask: np.ndarray, truth: np.ndarray, min_size: int) -> dict:
-    """Voxel scores and object F1 (objects of at least `min_size` voxels, 26-connected, matched at IoU >= 0.5)
-    of a mask (Z, Y, X) against the truth, as `mitoseg compare` reports them."""
-    voxel = metrics.scores(metrics.confusion(mask, truth))
-    objects = metrics.match_instances(instances.label(mask, connectivity=26, min_size=min_size),
-                                      instances.label(truth, connectivity=26, min_size=min_size), 0.5)
-    return {**{k: voxel[k] for k in ("precision", "recall", "f1", "jaccard", "accuracy")}, "object_f1": objects["f1"]}
 
 
 def table(rows: list[dict], meta: dict) -> str:
@@ -87,7 +80,7 @@ def table(rows: list[dict], meta: dict) -> str:
 
 def _words(s: dict | None) -> str:
     """F1 / precision / recall / accuracy / object F1 of one `score`, or "-" for rows written before it."""
-    keys = ("f1", "precision", "recall", "accuracy", "object_f1")
+    keys = ("f1", "precision", "recall", "accuracy", "object_f1_iou50")
     return " / ".join(f"{s[k]:.4f}" if k == "accuracy" else f"{s[k]:.3f}" for k in keys) if s else "-"
 
 
