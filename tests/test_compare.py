@@ -6,9 +6,10 @@ import pytest
 from conftest import dies_on_call
 
 from mitoseg import compare as cmp
-from mitoseg import datasets, metrics
+from mitoseg import datasets, io, metrics, postprocess, predict
+from mitoseg.data import split
 from mitoseg.errors import MitosegError
-from mitoseg.train import read_log
+from mitoseg.train import load_model, read_log, train
 
 TINY = dict(patch_xy=64, patch_z=8, iterations_per_epoch=2, tile_xy=64, tile_z=8, warmup_iterations=1)
 
@@ -51,6 +52,7 @@ def test_compare_writes_report(tmp_path, tiny_bench):
         chosen = json.loads((out / f"model_{d}" / "postprocessing.json").read_text())
         assert chosen["chosen_on"] == "validation split" and chosen["chosen"] == saved["models"][d]["postprocessing"]
         assert chosen["probabilities"] == "tta"  # compare's own choice, on TTA probabilities
+    assert not (out / "model_2D" / "postprocessing_planes3.json").exists()  # 50 nm sections: XY slices only
     ensemble = out / "model_2D+3D"  # the mean of the two models' probabilities, scored as a third row
     scored = {**saved["models"], cmp.ENSEMBLE: saved["ensemble"]}
     for name in cmp.PROBABILITIES:
@@ -80,6 +82,26 @@ def test_compare_writes_report(tmp_path, tiny_bench):
         cmp.compare(out, preset="quick", epochs=1, changes=TINY, progress=False)
     again = cmp.evaluate_model(out / "model_3D", tiny_bench, progress=False)  # a saved run, evaluated alike
     assert again["variants"] == saved["models"]["3D"]["variants"] and again["errors"] == saved["models"]["3D"]["errors"]
+
+
+def test_a_2d_run_evaluated_on_ca1_is_also_given_a_choice_for_three_planes(tmp_path, lucchi_crop):
+    """On 5 nm voxels `evaluate_model` chooses the 2D model's post-processing for three planes too, on the
+    validation split predicted along them with TTA, beside its own choice (`train.choose_postprocessing`)."""
+    raw, mask = lucchi_crop
+    bench = cmp.Benchmark("ca1-crop", "a CA1 crop", raw[:16, :128], mask[:16, :128], raw[16:, :128], mask[16:, :128],
+                          (5.0, 5.0, 5.0))
+    cfg = cmp.configs("quick", 3, None, bench.voxel_size, changes={**TINY, "iterations_per_epoch": 12, "lr": 2e-3})[0]
+    run = tmp_path / "run"  # trained enough that the planes' predictions, and so their candidates' IoU, differ
+    train(cfg, bench.train_image, bench.train_mask, run, progress=False, postprocessing=False)
+    cmp.evaluate_model(run, bench, progress=False)
+    own, three = (json.loads((run / f).read_text()) for f in (postprocess.FILE, "postprocessing_planes3.json"))
+    assert own["probabilities"] == three["probabilities"] == "tta"
+    model, config = load_model(run, planes=3)
+    _, val = split(bench.train_image, bench.train_mask, cfg.val_fraction, io.intensity_range(bench.train_image))
+    probs = predict.predict_array(model, val.image, 2, predict.default_tile(2, val.image.shape, config.tile, 3),
+                                  config.overlap, val.window, tta=True, amp=config.amp)
+    pp, candidates = postprocess.choose(predict.to_storage(probs, "uint8"), val.mask)
+    assert three["chosen"] == pp.as_dict() and three["candidates"] == candidates != own["candidates"]
 
 
 def test_compare_resumes_an_interrupted_run(tmp_path, tiny_bench, monkeypatch):

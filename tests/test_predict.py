@@ -196,14 +196,21 @@ def test_an_xy_run_predicts_along_three_planes_when_asked(tmp_path, lucchi_crop)
     assert np.abs(got[:] - xy).max() > 2e-3 and got.attrs["settings"]["planes"] == 3  # a barely trained model
     one = predict.predict(tmp_path / "run", tmp_path / "image.zarr", tmp_path / "p1.zarr", planes=1, **opts)
     np.testing.assert_allclose(io.open_volume(one)[:].astype(np.float32), xy, atol=5e-4)
-    chosen = postprocess.read(tmp_path / "run")  # chosen on validation along XY: not for three planes
-    assert chosen is not None
+    # the run's post-processing chosen on validation along XY and, apart, along three planes: each applied to its own
+    chosen = [postprocess.read(tmp_path / "run", planes) for planes in (1, 3)]
+    assert None not in chosen and chosen[0] == postprocess.read(tmp_path / "run")
     for planes in (1, 3):
         predict.predict(tmp_path / "run", tmp_path / "image.zarr", tmp_path / f"q{planes}.zarr", planes=planes,
                         mask_out=tmp_path / f"m{planes}.zarr", **opts)
     attrs = [dict(io.open_volume(tmp_path / f"m{planes}.zarr").attrs) for planes in (1, 3)]
-    assert attrs[0]["postprocessing"] == chosen.as_dict() and attrs[0]["threshold"] == chosen.threshold
-    assert "postprocessing" not in attrs[1] and attrs[1]["threshold"] == 0.5 and not attrs[1].get("z_sigma")
+    for pp, attr in zip(chosen, attrs, strict=True):
+        assert attr["postprocessing"] == pp.as_dict() and attr["threshold"] == pp.threshold
+    # a run trained before runs chose for both: none along three planes, the mask at 0.5
+    (tmp_path / "run" / postprocess.OTHER_PLANES_FILE.format(3)).unlink()
+    predict.predict(tmp_path / "run", tmp_path / "image.zarr", tmp_path / "q.zarr", planes=3,
+                    mask_out=tmp_path / "m.zarr", **opts)
+    old = dict(io.open_volume(tmp_path / "m.zarr").attrs)
+    assert "postprocessing" not in old and old["threshold"] == 0.5 and not old.get("z_sigma")
     (tmp_path / "p3.zarr").rename(tmp_path / "r.zarr.partial")  # as an interrupted run leaves it
     with pytest.raises(MitosegError, match="other settings \\(planes 3 then, 1 now\\)"):
         predict.predict(tmp_path / "run", tmp_path / "image.zarr", tmp_path / "r.zarr", planes=1, resume=True, **opts)

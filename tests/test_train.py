@@ -194,10 +194,13 @@ def _copy_state(model: torch.nn.Module) -> dict:
 def test_learns_on_real_data(tmp_path, droso_crop):
     """A few dozen iterations on real EM already separate mitochondria better than chance."""
     raw, mask = droso_crop
-    cfg = tiny(2, patch_z=4, epochs=3, iterations_per_epoch=12, lr=2e-3, tile_xy=128, val_fraction=0.3)
+    cfg = tiny(2, patch_z=4, epochs=3, iterations_per_epoch=12, lr=2e-3, tile_xy=128, val_fraction=0.3,
+               voxel_size=(50.0, 4.6, 4.6))
     tr.train(cfg, raw[:6], mask[:6], tmp_path / "run", progress=False)
     rows = tr.read_log(tmp_path / "run")
     assert rows[-1]["loss"] < rows[0]["loss"]
+    # post-processing chosen along XY only: 50 nm sections are not sliced along three planes
+    assert postprocess.read(tmp_path / "run") is not None and postprocess.read(tmp_path / "run", 3) is None
     assert max(r["val_dice"] for r in rows) > 2 * mask.mean()  # better than predicting everything foreground
     best = torch.load(tmp_path / "run" / "best.pt", weights_only=False)["state"]
     assert best["best_iou"] == max(r["val_iou_best"] for r in rows)  # best.pt: best validation IoU at any threshold
@@ -219,6 +222,15 @@ def test_learns_on_a_ca1_crop(tmp_path, lucchi_crop):
                              val.window, amp=cfg.amp)
     pp, candidates = postprocess.choose(predict.to_storage(probs, "uint8"), val.mask)
     assert (chosen["chosen"], chosen["probabilities"]) == (pp.as_dict(), "raw") and chosen["candidates"] == candidates
+    # and for predicting along three planes (5 nm voxels), on the split predicted so, kept apart
+    three = json.loads((tmp_path / "run" / "postprocessing_planes3.json").read_text())
+    model, _ = tr.load_model(tmp_path / "run", planes=3)
+    probs3 = predict.predict_array(model, val.image, 2, predict.default_tile(2, val.image.shape, cfg.tile, 3),
+                                   cfg.overlap, val.window, amp=cfg.amp)
+    assert np.abs(probs3 - probs).max() > 0.01  # another prediction
+    pp3, candidates3 = postprocess.choose(predict.to_storage(probs3, "uint8"), val.mask)
+    assert three["chosen"] == pp3.as_dict() and three["candidates"] == candidates3 != candidates
+    assert postprocess.read(tmp_path / "run", 3) == pp3 and postprocess.read(tmp_path / "run", 1) == pp
 
 
 def test_a_2d_model_learns_from_each_slice_between_its_neighbours(tmp_path, lucchi_crop):

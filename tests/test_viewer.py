@@ -122,6 +122,7 @@ def test_widget_predicts_and_labels_in_a_thread_worker(napari, outputs, run, qtb
     chosen = tmp_path / "chosen"
     shutil.copytree(run, chosen)
     postprocess.save(chosen, postprocess.PostProcessing(t, 50, True, 2.0), [], "raw")
+    postprocess.save(chosen, postprocess.PostProcessing(0.4, 100), [], "raw", other_planes=3)
     viewer = napari.components.ViewerModel()
     viewer.add_image(raw, name="crop", scale=VOXEL, translate=(300.0, 0.0, 0.0), units="nm")
     widget = SegmentWidget(viewer)
@@ -129,7 +130,12 @@ def test_widget_predicts_and_labels_in_a_thread_worker(napari, outputs, run, qtb
     widget.model.value = chosen
     assert (widget.threshold.value, widget.min_size.value, widget.z_sigma.value) == (t, 50, 2.0)
     assert widget.status.value == "the run's post-processing chosen on validation (its hole filling is not applied)"
-    widget.planes.value = True  # an XY run along three planes: its choice was made for XY slices
+    widget.planes.value = True  # an XY run along three planes: the choice its validation made for them
+    assert (widget.threshold.value, widget.min_size.value, widget.z_sigma.value) == (0.4, 100, 0.0)
+    assert widget.status.value == "the run's post-processing chosen on validation along three planes"
+    widget.planes.value = False
+    (chosen / postprocess.OTHER_PLANES_FILE.format(3)).unlink()  # a run trained before it chose for three planes
+    widget.planes.value = True
     assert (widget.threshold.value, widget.min_size.value, widget.z_sigma.value) == (0.5, 0, 0.0)
     assert widget.status.value == "the run's post-processing was not chosen along three planes"
     widget.planes.value = False

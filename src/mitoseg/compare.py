@@ -23,7 +23,7 @@ from mitoseg.config import PRESETS, Config
 from mitoseg.data import Volume, split
 from mitoseg.errors import MitosegError
 from mitoseg.predict import default_tile, input_window, mean_probabilities, plan, predict_volume, predicted_alike
-from mitoseg.train import load_model, train, versions
+from mitoseg.train import choose_postprocessing, load_model, train, versions
 
 # Table 1 of the reference study (Pelapur, M&M 2021): 2D U-Net 1000 epochs, 3D U-Net 25 epochs.
 STUDY = {
@@ -197,9 +197,10 @@ def evaluate_model(folder: Path, bench: Benchmark, progress: bool = True, tta: b
                    device: str = "auto", resume: bool = False) -> dict:
     """Evaluate the trained run in `folder` as `compare` does: predict its validation split and the test
     volume raw and with test-time augmentation (TTA, unless `tta` is False) into `folder`
-    (`PROBABILITIES`), then score them (`evaluate_probabilities`). Returns its scores with the inference
-    seconds and peak memory. `resume`: keep what an interrupted evaluation of the same model predicted
-    (`_predict`)."""
+    (`PROBABILITIES`), then score them (`evaluate_probabilities`); a 2D model on near-isotropic voxels also gets
+    its post-processing chosen for the planes it was not trained on (`train.choose_postprocessing`). Returns its
+    scores with the inference seconds and peak memory. `resume`: keep what an interrupted evaluation of the same
+    model predicted (`_predict`)."""
     model, cfg = load_model(folder, device)
     test_window = io.intensity_range(bench.test_image, rule=cfg.normalize)
     window = io.intensity_range(bench.train_image, rule=cfg.normalize)  # the validation split: as in training
@@ -209,6 +210,9 @@ def evaluate_model(folder: Path, bench: Benchmark, progress: bool = True, tta: b
     tta_s = _predict(model, cfg, bench.test_image, folder / "test_probs_tta.zarr", True, progress,
                      test_window, resume) if tta else None
     row = evaluate_probabilities(folder, bench, tta, cfg.val_fraction)
+    # the choice for the planes a 2D model was not trained on, for `predict --planes` of this run (not scored)
+    choose_postprocessing(folder, split(bench.train_image, bench.train_mask, cfg.val_fraction, window)[1], cfg,
+                          device, progress=False, tta=tta, own=False)
     return {
         **row, "inference_seconds": infer_s, "inference_tta_seconds": tta_s,
         "inference_voxels_per_second": bench.test_image.size / infer_s,

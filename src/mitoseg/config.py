@@ -132,10 +132,16 @@ class Config:
         return cls(**{k: v for k, v in data.items() if k in known})
 
 
+def near_isotropic(voxel_size: tuple[float, ...]) -> bool:
+    """Whether voxels (Z, Y, X, nm) have no axis over twice another's: the ones a 2D model may slice along three
+    planes."""
+    return max(voxel_size) <= 2 * min(voxel_size)
+
+
 def check_planes(planes: int, voxel_size: tuple[float, ...]) -> None:
     """Refuse slices along three planes (`planes` 3) of voxels (Z, Y, X, nm) with an axis over twice another's:
     a ZX or ZY slice of such a stack looks unlike the XY slices the model knows."""
-    if planes == 3 and max(voxel_size) > 2 * min(voxel_size):
+    if planes == 3 and not near_isotropic(voxel_size):
         z, y, x = (f"{v:g}" for v in voxel_size)
         raise MitosegError(f"--planes 3 needs near-isotropic voxels (no axis over twice another's); these are "
                            f"{z} x {y} x {x} nm (Z, Y, X): use XY slices (--planes 1)")
@@ -152,6 +158,14 @@ def with_planes(config: Config, planes: int) -> Config:
         raise MitosegError("a 2D model of neighbouring slices (--context-slices) predicts XY slices only: give no "
                            "--planes 3")
     return replace(config, planes=planes)
+
+
+def other_planes(config: Config) -> int | None:
+    """The planes a run may also predict along besides its own (`with_planes`): 3 for a 2D model of XY slices, 1 for
+    one of three planes, where it takes no neighbouring slices and its voxels are near-isotropic; else None."""
+    if config.dims != 2 or config.context_slices or not near_isotropic(config.voxel_size):
+        return None
+    return 3 if config.slice_planes == 1 else 1
 
 
 def quick(dims: int, **changes) -> Config:

@@ -29,6 +29,8 @@ MIN_SIZES = (0, 1000, 4000, 16000)  # voxels; a CA1 mitochondrion holds 10^5-10^
 Z_SIGMAS = (0.0, 1.0, 2.0, 4.0, 8.0)
 MAX_THREADS = 4  # threads of `choose` (a candidate each, holding a few copies of the volume) and `smooth_z`
 FILE = "postprocessing.json"  # in a run folder: the post-processing `predict` applies to its masks
+# beside it, a 2D run's choice for the other planes it may predict along (`config.other_planes`)
+OTHER_PLANES_FILE = "postprocessing_planes{}.json"
 
 
 @dataclass(frozen=True)
@@ -130,20 +132,26 @@ def for_labels(attrs: dict, threshold: float | None = None, min_size: int | None
     return {"threshold": threshold, "z_sigma": float(z_sigma), "min_size": int(min_size or 0), "from_run": from_run}
 
 
-def save(folder: str | Path, pp: PostProcessing, candidates: list[dict], probabilities: str) -> None:
+def save(folder: str | Path, pp: PostProcessing, candidates: list[dict], probabilities: str,
+         other_planes: int | None = None) -> None:
     """Write a choice to `folder`/postprocessing.json: the chosen `pp`, every candidate's validation IoU and
-    which `probabilities` it was chosen on ("raw" or "tta")."""
+    which `probabilities` it was chosen on ("raw" or "tta"); with `other_planes`, a 2D run's choice for
+    predicting along those planes instead of its own, to `OTHER_PLANES_FILE`."""
     record = {"chosen": pp.as_dict(), "chosen_on": "validation split", "probabilities": probabilities,
               "candidates": candidates}
-    (Path(folder) / FILE).write_text(json.dumps(record, indent=2) + "\n")
+    name = FILE if other_planes is None else OTHER_PLANES_FILE.format(other_planes)
+    (Path(folder) / name).write_text(json.dumps(record, indent=2) + "\n")
 
 
 def read(run: str | Path, planes: int | None = None) -> PostProcessing | None:
-    """The post-processing chosen for a run folder (`save`); None for a checkpoint file, a run without one
-    (saved before training chose it, or validated on partly annotated labels), or, with `planes`, a 2D run
-    that predicted along other planes when validation chose it (`Config.slice_planes`)."""
-    path, config = Path(run) / FILE, Path(run) / "config.json"
-    if not path.is_file() or (planes is not None and config.is_file() and Config.load(config).slice_planes != planes):
+    """The post-processing chosen for a run folder (`save`), for predicting along `planes` (None: the run's own,
+    `Config.slice_planes`); None for a checkpoint file, a run without one (saved before training chose it, or
+    validated on partly annotated labels), or a 2D run whose validation was never predicted along `planes`
+    (trained before runs chose for both, or on voxels too anisotropic for three planes)."""
+    config = Path(run) / "config.json"
+    own = planes is None or not config.is_file() or Config.load(config).slice_planes == planes
+    path = Path(run) / (FILE if own else OTHER_PLANES_FILE.format(planes))
+    if not path.is_file():
         return None
     return PostProcessing(**json.loads(path.read_text())["chosen"])
 

@@ -554,8 +554,8 @@ def predict(model: str | Path | Sequence[str | Path], image: str | Path, out: st
     process (`predict_volume`) or on a Dask `client` (`cluster.predict_volume_dask`), with the same result.
     `match_training`: map the volume's grey levels onto the training volume's histogram first (`input_window`).
     `planes`: a 2D model predicts along 1 (XY) or 3 planes (XY, ZX and ZY, the mean) instead of the run's
-    (`model_for`; three planes about triple the time and need near-isotropic voxels); the run's post-processing,
-    chosen for its own planes, is then neither applied nor recorded.
+    (`model_for`; three planes about triple the time and need near-isotropic voxels), with the run's post-processing
+    chosen for those planes (`postprocess.read`), where its training chose one, else none.
     Several models (e.g. a 2D and a 3D run): the voxel-wise mean of their probabilities (`predict_mean`).
 
     Defaults come from the run: `tile_xy`/`tile_z` (a 2D model: whole slices up to 2048 x 2048 when

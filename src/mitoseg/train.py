@@ -5,7 +5,8 @@ A run folder holds everything needed to repeat or continue it:
 ``last.pt`` (after the first epoch, then after each epoch ending 30 s or more after the last write, and
 at the end; used by --resume, which trains the epochs after it again), ``best.pt`` (best validation
 IoU, written with last.pt) and, at the end, ``postprocessing.json`` (how `predict` makes masks, chosen on
-the validation split: `choose_postprocessing`).
+the validation split: `choose_postprocessing`; a 2D run on near-isotropic voxels also chooses for the planes
+it was not trained on: ``postprocessing_planes3.json`` for three planes, ``_planes1`` for XY slices).
 Randomness is re-seeded from (seed, epoch) at every epoch start, so a resumed run draws the same
 patches as an uninterrupted one; with batch-preparing processes beside a GPU (`loader_workers`) a run
 repeats for the same number of processes, and a resumed one draws new patches.
@@ -30,7 +31,7 @@ import torch
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from mitoseg import data, io, memory, metrics, postprocess
-from mitoseg.config import Config, with_planes
+from mitoseg.config import Config, other_planes, with_planes
 from mitoseg.errors import MitosegError
 from mitoseg.models import autocast, build_model, channels_last, pick_device, synchronize
 from mitoseg.predict import default_tile, predict_array, to_storage
@@ -490,20 +491,29 @@ def _train(config: Config, image: np.ndarray, mask: np.ndarray, out: Path, resum
     return summarize(out)
 
 
-def choose_postprocessing(out: Path, val: data.Volume | None, config: Config, device: torch.device,
-                          progress: bool = True) -> None:
+def choose_postprocessing(out: Path, val: data.Volume | None, config: Config, device: torch.device | str,
+                          progress: bool = True, tta: bool = False, own: bool = True) -> None:
     """Choose how the run's probabilities become masks (`postprocess.choose`: Z smoothing, threshold, minimum
-    object size, hole filling) on its validation split, predicted by the delivered model, and save it in `out`
-    (`postprocess.FILE`), where `predict` finds it. Nothing without a wholly annotated validation split."""
+    object size, hole filling) on its validation split, predicted by the delivered model (with test-time
+    augmentation when `tta`), and save it in `out`, where `predict` finds it (`postprocess.save`): for the run's
+    own planes (unless `own` is False: a caller chose it already), then for the other planes it may predict
+    along (`config.other_planes`: a 2D model on near-isotropic voxels), saved apart. Nothing without a wholly
+    annotated validation split."""
     if val is None or (val.mask == data.IGNORE).any():
         return
-    model, _ = load_model(out, device)
-    tile = default_tile(config.dims, val.image.shape, config.tile)
-    probs = predict_array(model, val.image, config.dims, tile, config.overlap, val.window, device, amp=config.amp)
-    pp, candidates = postprocess.choose(to_storage(probs, "uint8"), val.mask)  # as `predict` stores them
-    postprocess.save(out, pp, candidates, "raw")
-    if progress:
-        print(f"{config.dims}D post-processing chosen on validation: {postprocess.words(pp.as_dict())}", flush=True)
+    along = ([config.slice_planes] if own else []) + ([other_planes(config)] if other_planes(config) else [])
+    for planes in along:
+        model, cfg = load_model(out, device, planes)
+        tile = default_tile(cfg.dims, val.image.shape, cfg.tile, planes)
+        probs = predict_array(model, val.image, cfg.dims, tile, cfg.overlap, val.window, tta=tta, amp=cfg.amp)
+        del model
+        pp, candidates = postprocess.choose(to_storage(probs, "uint8"), val.mask)  # as `predict` stores them
+        other = planes if planes != config.slice_planes else None
+        postprocess.save(out, pp, candidates, "tta" if tta else "raw", other)
+        if progress:
+            words = {None: "", 1: " for XY slices", 3: " for three planes"}[other]
+            print(f"{config.dims}D post-processing chosen on validation{words}: {postprocess.words(pp.as_dict())}",
+                  flush=True)
 
 
 def _copy(state_dict: dict) -> dict:

@@ -298,8 +298,8 @@ class SegmentWidget(_Container):
         self.planes.changed.connect(self._run_choice)
 
     def _run_choice(self) -> None:
-        """Take the chosen run folder's post-processing chosen on validation, where it has one for the planes
-        the widget predicts along; where it has one for other planes, say so and put back the defaults."""
+        """Take the chosen run folder's post-processing chosen on validation for the planes the widget predicts
+        along (`postprocess.read`); where it has one for other planes only, say so and put back the defaults."""
         from mitoseg import postprocess
 
         folder = Path(str(self.model.value).strip())
@@ -312,6 +312,7 @@ class SegmentWidget(_Container):
         self.threshold.value, self.min_size.value, self.z_sigma.value = (chosen.threshold, chosen.min_size,
                                                                           chosen.z_sigma)
         self.status.value = ("the run's post-processing chosen on validation"
+                             + (" along three planes" if self.planes.value else "")
                              + (" (its hole filling is not applied)" if chosen.fill_holes else ""))
 
     def _images(self, _: Any) -> list[tuple[str, Any]]:
