@@ -19,7 +19,7 @@ import numpy as np
 import zarr
 
 from mitoseg import datasets, download, instances, io, memory, metrics, plots, postprocess
-from mitoseg.config import PRESETS, Config
+from mitoseg.config import PRESETS, Config, other_planes
 from mitoseg.data import Volume, split
 from mitoseg.errors import MitosegError
 from mitoseg.predict import default_tile, input_window, mean_probabilities, plan, predict_volume, predicted_alike
@@ -211,8 +211,9 @@ def evaluate_model(folder: Path, bench: Benchmark, progress: bool = True, tta: b
                      test_window, resume) if tta else None
     row = evaluate_probabilities(folder, bench, tta, cfg.val_fraction)
     # the choice for the planes a 2D model was not trained on, for `predict --planes` of this run (not scored)
-    choose_postprocessing(folder, split(bench.train_image, bench.train_mask, cfg.val_fraction, window)[1], cfg,
-                          device, progress=False, tta=tta, own=False)
+    if other_planes(cfg):
+        choose_postprocessing(folder, split(bench.train_image, bench.train_mask, cfg.val_fraction, window)[1], cfg,
+                              device, progress=False, tta=tta, planes=[other_planes(cfg)])
     return {
         **row, "inference_seconds": infer_s, "inference_tta_seconds": tta_s,
         "inference_voxels_per_second": bench.test_image.size / infer_s,

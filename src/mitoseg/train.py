@@ -23,6 +23,7 @@ import platform
 import shutil
 import sys
 import time
+from collections.abc import Sequence
 from functools import partial
 from pathlib import Path
 
@@ -492,23 +493,24 @@ def _train(config: Config, image: np.ndarray, mask: np.ndarray, out: Path, resum
 
 
 def choose_postprocessing(out: Path, val: data.Volume | None, config: Config, device: torch.device | str,
-                          progress: bool = True, tta: bool = False, own: bool = True) -> None:
+                          progress: bool = True, tta: bool = False, planes: Sequence[int] | None = None) -> None:
     """Choose how the run's probabilities become masks (`postprocess.choose`: Z smoothing, threshold, minimum
     object size, hole filling) on its validation split, predicted by the delivered model (with test-time
-    augmentation when `tta`), and save it in `out`, where `predict` finds it (`postprocess.save`): for the run's
-    own planes (unless `own` is False: a caller chose it already), then for the other planes it may predict
-    along (`config.other_planes`: a 2D model on near-isotropic voxels), saved apart. Nothing without a wholly
-    annotated validation split."""
+    augmentation when `tta`) along each of `planes` (default: the run's own, then the other planes it may
+    predict along, `config.other_planes`: a 2D model on near-isotropic voxels), and save each choice in `out`,
+    where `predict` finds it (`postprocess.save`; the other planes' apart). Nothing without a wholly annotated
+    validation split."""
     if val is None or (val.mask == data.IGNORE).any():
         return
-    along = ([config.slice_planes] if own else []) + ([other_planes(config)] if other_planes(config) else [])
-    for planes in along:
-        model, cfg = load_model(out, device, planes)
-        tile = default_tile(cfg.dims, val.image.shape, cfg.tile, planes)
+    if planes is None:
+        planes = [config.slice_planes] + ([other_planes(config)] if other_planes(config) else [])
+    for n_planes in planes:
+        model, cfg = load_model(out, device, n_planes)
+        tile = default_tile(cfg.dims, val.image.shape, cfg.tile, n_planes)
         probs = predict_array(model, val.image, cfg.dims, tile, cfg.overlap, val.window, tta=tta, amp=cfg.amp)
         del model
         pp, candidates = postprocess.choose(to_storage(probs, "uint8"), val.mask)  # as `predict` stores them
-        other = planes if planes != config.slice_planes else None
+        other = n_planes if n_planes != config.slice_planes else None
         postprocess.save(out, pp, candidates, "tta" if tta else "raw", other)
         if progress:
             words = {None: "", 1: " for XY slices", 3: " for three planes"}[other]
