@@ -248,13 +248,20 @@ def test_train_options_reach_the_saved_config(runs):
     assert [r["val_iou"] == "nan" for r in rows] == [True, False]  # validated at epoch 2 only
 
 
-def test_predict_planes_3_reaches_the_prediction(runs, tmp_path):
+def test_predict_planes_3_reaches_the_prediction(runs, tmp_path, capsys):
     """`mitoseg predict --planes 3` with a run trained on XY slices predicts along three planes (recorded in the
-    output's settings), not the XY prediction."""
+    output's settings), not the XY prediction, and its mask follows the run's choice for three planes, as it says."""
     d = runs
     for planes in ("1", "3"):
+        capsys.readouterr()
         assert main(["--quiet", "predict", str(d / "test.tif"), "--model", str(d / "run2"), "--planes", planes,
-                     "--out", str(tmp_path / f"p{planes}.zarr")]) == 0
+                     "--out", str(tmp_path / f"p{planes}.zarr"), "--mask", str(tmp_path / f"m{planes}.zarr")]) == 0
+        chosen = postprocess.read(d / "run2", int(planes))
+        mask = io.open_volume(tmp_path / f"m{planes}.zarr").attrs
+        assert mask["postprocessing"] == chosen.as_dict() and mask["threshold"] == chosen.threshold
+        said = capsys.readouterr().out
+        assert f"probability >= {chosen.threshold:g}, the run's post-processing chosen on validation" in said
+        assert ("chosen on validation for three planes" in said) == (planes == "3")
     one, three = (io.open_volume(tmp_path / f"p{n}.zarr") for n in (1, 3))
     assert (one.attrs["settings"]["planes"], three.attrs["settings"]["planes"]) == (1, 3)
     assert (one[:] != three[:]).any()  # a barely trained model: its planes differ by a level or so (test_predict)

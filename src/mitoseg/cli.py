@@ -74,26 +74,28 @@ def cmd_predict(a: argparse.Namespace) -> None:
                 progress=not a.quiet, match_training=a.match_training, planes=a.planes)
     print(f"wrote {a.out}" + (f" and {a.mask}" if a.mask else ""))
     if a.mask:
-        print(_mask_words(a.mask))
+        print(_mask_words(a.mask, a.out))
 
 
-def _mask_words(path: str) -> str:
+def _mask_words(path: str, probabilities: str) -> str:
     """What a --mask output applied, and what of the run's post-processing is left to `mitoseg label`."""
     from mitoseg import io, postprocess
 
     attrs = io.open_volume(path).attrs
     chosen, applied = attrs.get("postprocessing"), f"probability >= {attrs['threshold']:g}"
+    three = io.open_volume(probabilities).attrs.get("settings", {}).get("planes") == 3
+    along = " for three planes" if three else ""
     if attrs.get("z_sigma"):
         applied = f"probabilities blurred along Z ({attrs['z_sigma']:g} slices), then {applied}"
     if not chosen:
         return f"mask: {applied}"
     if chosen["threshold"] != attrs["threshold"] or chosen["z_sigma"] != attrs.get("z_sigma", 0):
-        return f"mask: {applied} (--threshold); the run's post-processing chosen on validation: " + \
+        return f"mask: {applied} (--threshold); the run's post-processing chosen on validation{along}: " + \
             postprocess.words(chosen)
     rest = f"; `mitoseg label {path}` then removes objects under {chosen['min_size']:,} voxels" \
         if chosen["min_size"] else ""
     holes = " (its hole filling is not applied)" if chosen["fill_holes"] else ""
-    return f"mask: {applied}, the run's post-processing chosen on validation{rest}{holes}"
+    return f"mask: {applied}, the run's post-processing chosen on validation{along}{rest}{holes}"
 
 
 def cmd_label(a: argparse.Namespace) -> None:
