@@ -204,16 +204,15 @@ def evaluate_model(folder: Path, bench: Benchmark, progress: bool = True, tta: b
     model, cfg = load_model(folder, device)
     test_window = io.intensity_range(bench.test_image, rule=cfg.normalize)
     window = io.intensity_range(bench.train_image, rule=cfg.normalize)  # the validation split: as in training
-    _, val = split(bench.train_image, bench.train_mask, cfg.val_fraction)
-    _predict(model, cfg, val.image, folder / "val_probs.zarr", tta, progress, window, resume)
+    _, val = split(bench.train_image, bench.train_mask, cfg.val_fraction, window)
+    _predict(model, cfg, val.image, folder / "val_probs.zarr", tta, progress, val.window, resume)
     infer_s = _predict(model, cfg, bench.test_image, folder / "test_probs.zarr", False, progress, test_window, resume)
     tta_s = _predict(model, cfg, bench.test_image, folder / "test_probs_tta.zarr", True, progress,
                      test_window, resume) if tta else None
     row = evaluate_probabilities(folder, bench, tta, cfg.val_fraction)
     # the choice for the planes a 2D model was not trained on, for `predict --planes` of this run (not scored)
     if other_planes(cfg):
-        choose_postprocessing(folder, split(bench.train_image, bench.train_mask, cfg.val_fraction, window)[1], cfg,
-                              device, progress=False, tta=tta, planes=[other_planes(cfg)])
+        choose_postprocessing(folder, val, cfg, device, progress=False, tta=tta, planes=[other_planes(cfg)])
     return {
         **row, "inference_seconds": infer_s, "inference_tta_seconds": tta_s,
         "inference_voxels_per_second": bench.test_image.size / infer_s,
