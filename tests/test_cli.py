@@ -98,7 +98,8 @@ def test_train_predict_label_evaluate(runs, dims, capsys):
     assert main(["--quiet", "label", str(d / "test_gt.tif"), "--out", str(d / f"gt{dims}.zarr"), "--table", str(table),
                  "--min-size", "10", "--voxel-size", "50", "4.6", "4.6", "--block", "3", "50", "70"]) == 0
     labels = io.open_volume(d / f"gt{dims}.zarr")[:]
-    assert labels.max() > 5
+    objects, _ = ndi.label(tifffile.imread(d / "test_gt.tif") > 0, np.ones((3, 3, 3)))
+    assert labels.max() == (np.bincount(objects.ravel())[1:] >= 10).sum() >= 3  # 26-connected, >= 10 voxels
     rows = list(csv.DictReader(open(table)))
     assert len(rows) == labels.max()
     sizes = np.bincount(labels.ravel())[1:]
@@ -194,6 +195,67 @@ def test_label_probabilities_without_a_runs_choice_use_half_threshold(runs):
     np.testing.assert_array_equal(labels > 0, io.open_volume(probs)[:] >= 128)
 
 
+def test_outputs_that_would_replace_an_input_or_land_in_a_file_are_refused_before_the_work(runs, capsys, tmp_path):
+    """Outputs named like an input, like another format, inside a file or where a folder is, and a model that is
+    an image: one line each, before any work, and nothing is written (the image is left as it was)."""
+    d = runs
+    t, g, test, probs = str(d / "train.tif"), str(d / "train_gt.tif"), str(d / "test.tif"), str(d / "p2.zarr")
+    before = tifffile.imread(test)
+    predict = ["predict", test, "--model", str(d / "run2")]
+    bad([*predict, "--out", test, "--overwrite"], capsys, "is an input of this command")
+    bad([*predict, "--out", str(tmp_path / "p.tif")], capsys, "mitoseg writes Zarr; name the output *.zarr")
+    bad([*predict, "--out", str(tmp_path / "s.zarr"), "--mask", str(tmp_path / "s.zarr")], capsys,
+        "the probabilities and the mask are both")
+    bad([*predict, "--out", str(d / "test.tif" / "p.zarr")], capsys, "is a file, not a folder")
+    bad(["predict", test, "--model", t, "--out", str(tmp_path / "p.zarr")], capsys, "is not a mitoseg checkpoint")
+    bad(["train", t, g, "--out", test, "--overwrite", *TRAIN], capsys, "is a file; --out names the run's folder")
+    bad(["label", probs, "--out", probs, "--overwrite"], capsys, "is an input of this command")
+    (tmp_path / "folder").mkdir()
+    bad(["label", probs, "--out", str(tmp_path / "l.zarr"), "--table", str(tmp_path / "folder"), "--overwrite"],
+        capsys, "is a folder; give a file name")
+    bad(["evaluate", probs, str(d / "test_gt.tif"), "--json", str(tmp_path / "folder"), "--overwrite"], capsys,
+        "is a folder; give a file name")
+    bad(["compare", "--out", str(tmp_path / "c"), "--data", str(tmp_path / "nope"), "--quick"], capsys,
+        "no such folder")
+    bad(["compare", "--out", str(tmp_path / "c"), "--data", str(tmp_path / "folder"), "--quick"], capsys,
+        "holds neither the CA1 volumes")
+    bad(["train", t, g, "--out", str(d / "run2"), "--resume", *TRAIN[:-1], "3"], capsys,
+        "--resume continues")  # its saved run: 2 iterations per epoch
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["folder"] and not any((tmp_path / "folder").iterdir())
+    np.testing.assert_array_equal(tifffile.imread(test), before)
+    # tables and scores in folders that do not exist yet
+    assert main(["--quiet", "label", probs, "--out", str(tmp_path / "l.zarr"), "--table",
+                 str(tmp_path / "new" / "t.csv")]) == 0
+    assert main(["--quiet", "evaluate", probs, str(d / "test_gt.tif"), "--json", str(tmp_path / "new" / "s.json")]) == 0
+    assert (tmp_path / "new" / "t.csv").is_file() and "jaccard" in json.loads((tmp_path / "new" / "s.json").read_text())
+
+
+def test_volumes_of_more_than_two_values_need_a_threshold_to_be_labelled_or_scored(runs, capsys, tmp_path):
+    """Another tool's probabilities, an anti-aliased mask or the image itself given as the prediction or the
+    volume to label: refused without --threshold (read as > 0 they were all foreground), a raw value with it."""
+    d = runs
+    truth = (tifffile.imread(d / "test_gt.tif") > 0).astype(np.float32)
+    soft = ndi.gaussian_filter(truth, (0, 2, 2))
+    tifffile.imwrite(tmp_path / "soft.tif", soft)  # float probabilities in [0, 1]
+    tifffile.imwrite(tmp_path / "soft8.tif", np.rint(soft * 255).astype(np.uint8))  # an anti-aliased 0..255 mask
+    for name in ("soft.tif", "soft8.tif"):
+        bad(["evaluate", str(tmp_path / name), str(d / "test_gt.tif")], capsys,
+            "more than two values (0, ")
+        bad(["label", str(tmp_path / name), "--out", str(tmp_path / "l.zarr")], capsys, "no mitoseg probability map")
+    bad(["evaluate", str(d / "test.tif"), str(d / "test_gt.tif")], capsys, "give --threshold")
+    assert not list(tmp_path.glob("*.zarr*"))
+    for name, threshold in (("soft.tif", 0.5), ("soft8.tif", 128)):
+        capsys.readouterr()
+        assert main(["evaluate", str(tmp_path / name), str(d / "test_gt.tif"), "--threshold", str(threshold)]) == 0
+        jaccard = float(re.search(r"jaccard: ([\d.]+)", capsys.readouterr().out).group(1))
+        expected = metrics.scores(metrics.confusion(soft >= 0.5 if name == "soft.tif" else
+                                                    np.rint(soft * 255) >= 128, truth > 0))["jaccard"]
+        assert jaccard == pytest.approx(expected, abs=1e-4) and 0.5 < jaccard < 1
+        assert main(["--quiet", "label", str(tmp_path / name), "--out", str(tmp_path / f"{name}.zarr"),
+                     "--threshold", str(threshold)]) == 0
+        assert io.open_volume(tmp_path / f"{name}.zarr")[:].max() >= 1
+
+
 def test_train_resume_and_help(runs, capsys):
     d = runs
     assert main(["--quiet", "train", str(d / "train.tif"), str(d / "train_gt.tif"), "--out", str(d / "run2"),
@@ -250,7 +312,8 @@ def test_train_options_reach_the_saved_config(runs):
 
 def test_predict_planes_3_reaches_the_prediction(runs, tmp_path, capsys):
     """`mitoseg predict --planes 3` with a run trained on XY slices predicts along three planes (recorded in the
-    output's settings), not the XY prediction, and its mask follows the run's choice for three planes, as it says."""
+    output's settings), not the XY prediction, and its mask follows the run's choice for three planes, as it and
+    `mitoseg label` of it say."""
     d = runs
     for planes in ("1", "3"):
         capsys.readouterr()
@@ -259,9 +322,15 @@ def test_predict_planes_3_reaches_the_prediction(runs, tmp_path, capsys):
         chosen = postprocess.read(d / "run2", int(planes))
         mask = io.open_volume(tmp_path / f"m{planes}.zarr").attrs
         assert mask["postprocessing"] == chosen.as_dict() and mask["threshold"] == chosen.threshold
+        assert mask["postprocessing_planes"] == int(planes)
         said = capsys.readouterr().out
         assert f"probability >= {chosen.threshold:g}, the run's post-processing chosen on validation" in said
         assert ("chosen on validation for three planes" in said) == (planes == "3")
+        assert main(["--quiet", "label", str(tmp_path / f"m{planes}.zarr"), "--out",
+                     str(tmp_path / f"l{planes}.zarr")]) == 0
+        said = capsys.readouterr().out
+        assert "the run's post-processing chosen on validation" in said
+        assert ("chosen on validation for three planes:" in said) == (planes == "3")
     one, three = (io.open_volume(tmp_path / f"p{n}.zarr") for n in (1, 3))
     assert (one.attrs["settings"]["planes"], three.attrs["settings"]["planes"]) == (1, 3)
     assert (one[:] != three[:]).any()  # a barely trained model: its planes differ by a level or so (test_predict)
@@ -319,7 +388,8 @@ def test_wrong_numbers_and_ambiguous_labels_are_refused(runs, capsys, tmp_path, 
     bad([*predict, "--overlap", "1.5"], capsys, "--overlap: must be a number in [0, 1), not 1.5")
     bad([*predict, "--tile-xy", "0"], capsys, "--tile-xy: must be an integer >= 16, not 0")
     bad(["label", probs, "--out", out, "--min-size", "-5"], capsys, "--min-size: must be an integer >= 0")
-    bad(["label", probs, "--out", out, "--threshold", "128"], capsys, "--threshold: must be a number in (0, 1)")
+    bad(["label", probs, "--out", out, "--threshold", "128"], capsys,
+        "threshold must be a probability in (0, 1) for mitoseg probabilities, not 128")
     bad(["label", probs, "--out", out, "--voxel-size", "-5", "5", "5"], capsys, "--voxel-size: must be a number > 0")
     bad(["train", t, g, "--out", str(tmp_path / "r"), "--epochs", "0"], capsys, "--epochs: must be an integer >= 1")
     bad(["train", t, g, "--out", str(tmp_path / "r"), "--lr", "nan"], capsys, "--lr: must be a number > 0")
@@ -346,6 +416,9 @@ def test_wrong_numbers_and_ambiguous_labels_are_refused(runs, capsys, tmp_path, 
     assert main(["--quiet", *predict[:-1], str(tmp_path / "i.zarr"), "--overlap", "0.25"]) == 0
     shutil.copytree(tmp_path / "i.zarr", tmp_path / "o.zarr.partial")  # as if interrupted before its rename
     bad([*predict, "--overlap", "0.5", "--resume"], capsys, "other settings (overlap 0.25 then, 0.5 now)")
+    tifffile.imwrite(tmp_path / "flipped.tif", tifffile.imread(test)[:, ::-1])  # the same grey levels and window
+    bad(["predict", str(tmp_path / "flipped.tif"), *predict[2:], "--overlap", "0.25", "--resume"], capsys,
+        "other settings (source ")
     assert not (tmp_path / "o.zarr").exists()
     # Ctrl-C in the first epoch: no folder left behind, and no advice to --resume what cannot be resumed
     from mitoseg import data

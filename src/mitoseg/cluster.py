@@ -217,9 +217,9 @@ def predict_volume_dask(client, model_path: str | Path, image_spec: str | Path, 
     net, config = predict.model_for(model, image, "cpu", planes)  # fails here, once, on a bad checkpoint
     volume = io.open_volume(image)
     shape = tuple(volume.shape)
-    io.check_output(out, overwrite)
+    io.check_output(out, overwrite, "zarr", (image,))
     if mask_out is not None:
-        io.check_output(mask_out, overwrite)
+        io.check_output(mask_out, overwrite, "zarr", (image,))
     settings = predict.plan(volume, config.dims, tile or predict.run_tile(config, shape, tile_xy, tile_z),
                             config.overlap if overlap is None else overlap, block, planes=config.slice_planes,
                             dtype=dtype, threshold=threshold,

@@ -64,7 +64,10 @@ def load_benchmark(name: str = "auto", data: str | Path | None = None) -> Benchm
     copy in ``../shared/data/lucchi-derived``.
     Drosophila: the 20 x 1024 x 1024 ssTEM stack split in X halves (left trains, right tests), masks
     binarised at > 127 (anti-aliased PNGs), voxels 50 x 4.6 x 4.6 nm.
+    A `data` folder given is the one used: 'auto' looks there for either data set, never elsewhere.
     """
+    if data is not None and not Path(data).is_dir():
+        raise MitosegError(f"--data {data}: no such folder")
     if name in ("auto", "lucchi"):
         found = datasets.lucchi_dir(data)
         if found is not None:
@@ -74,8 +77,11 @@ def load_benchmark(name: str = "auto", data: str | Path | None = None) -> Benchm
             return Benchmark("lucchi", provenance, tr, trm, te, tem, (5.0, 5.0, 5.0))
         if name == "lucchi":
             download.paths("lucchi", data)  # raises the helpful message
+    if name == "auto" and data is not None and not (Path(data) / "raw").is_dir():
+        raise MitosegError(f"--data {data} holds neither the CA1 volumes (training.tif, testing.tif and their "
+                           "ground truth) nor the Drosophila stack (raw/, mitochondria/)")
     if name in ("auto", "drosophila"):
-        raw, mask = datasets.drosophila(data if name == "drosophila" else None)
+        raw, mask = datasets.drosophila(data)
         half = raw.shape[2] // 2
         return Benchmark("drosophila", "Drosophila VNC ssTEM stack 1 (Gerhard et al.); "
                          "train = left half in X, test = right half",

@@ -197,7 +197,10 @@ def _url(remote: Remote, fname: str, base_url: str | None) -> str:
 
 def _download(url: str, part: Path, size: int | None, progress: bool, label: str) -> str:
     """Stream ``url`` into ``part`` and return its SHA-256; any failure deletes ``part`` and raises."""
-    request = urllib.request.Request(url, headers={"User-Agent": "mitoseg (python urllib)"})
+    try:
+        request = urllib.request.Request(url, headers={"User-Agent": "mitoseg (python urllib)"})
+    except ValueError as e:  # no scheme, an unknown one
+        raise MitosegError(f"cannot download {url}: {e}") from None
     digest = hashlib.sha256()
     try:
         with urllib.request.urlopen(request, timeout=TIMEOUT_S) as response, open(part, "wb") as out:

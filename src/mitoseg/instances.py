@@ -304,6 +304,7 @@ def write_table(table: dict[str, np.ndarray], path: str | Path) -> None:
     if len(lengths) > 1:
         raise MitosegError(f"table columns have different lengths: {sorted(lengths)}")
     tmp = Path(str(path) + ".partial")
+    tmp.parent.mkdir(parents=True, exist_ok=True)
     with open(tmp, "w", newline="") as f:
         writer = csv.writer(f)
         writer.writerow(list(table))
@@ -525,15 +526,16 @@ def label_volume(input: str | Path, out: str | Path, block: Sequence[int] | None
     """
     from mitoseg import cluster, io, postprocess
 
-    checks.check(threshold=threshold, voxel_size=voxel_size, min_size=min_size)
+    checks.check(value_threshold=threshold, voxel_size=voxel_size, min_size=min_size)
     volume = io.open_volume(input)
+    io.check_place(out, "zarr", (input,))
     if table:
-        io.check_output(table, overwrite)
+        io.check_output(table, overwrite, "file", (input,))
     voxel = tuple(voxel_size or io.voxel_size(input) or (1.0, 1.0, 1.0))
     block = tuple(block) if block else (min(volume.shape[0], 64), 512, 512)
     applied = postprocess.for_labels(dict(volume.attrs) if hasattr(volume, "attrs") else {}, threshold, min_size)
     min_size, z_sigma = applied["min_size"], applied["z_sigma"]
-    raw_threshold = io.foreground_threshold(volume, applied["threshold"])
+    raw_threshold = io.foreground_threshold(volume, applied["threshold"], str(input))
     attrs = {"voxel_size": voxel, "connectivity": connectivity, "applied": applied}
     if client is not None:
         n = cluster.label_dask(client, input, out, block=block, connectivity=connectivity, min_size=min_size,

@@ -83,6 +83,9 @@ def check_volume(arr: Any, name: str) -> Any:
     shape = tuple(arr.shape)
     if len(shape) == 4 and shape[-1] in (3, 4):
         raise MitosegError(f"{name} has {shape[-1]} colour channels {shape}; convert it to greyscale first")
+    if len(shape) == 3 and shape[-1] in (3, 4) and min(shape[:2]) > 4:  # no volume is 3 or 4 pixels wide
+        raise MitosegError(f"{name} looks like one colour image (Y, X, channels) {shape}; a greyscale volume "
+                           "(Z, Y, X) is needed")
     if len(shape) == 2:
         raise MitosegError(f"{name} is a 2D image {shape}; a volume (Z, Y, X) is needed")
     if len(shape) != 3:
@@ -149,6 +152,11 @@ class SliceStack:
         self.dtype = first.dtype
         self.shape = (len(files), *first.shape)
         self.ndim = len(self.shape)
+        header = _slice_header(files[0])
+        for f in files[1:]:  # headers only: a slice of another size or mode fails here, not in the middle of a run
+            if _slice_header(f) != header:
+                raise MitosegError(f"slice {f.name} is {_slice_header(f)[0]} {_slice_header(f)[1]}, the first "
+                                   f"{files[0].name} {header[0]} {header[1]}: all slices need one size and type")
 
     def __getitem__(self, key: Any) -> np.ndarray:
         key = key if isinstance(key, tuple) else (key,)
@@ -167,14 +175,37 @@ class SliceStack:
 
 
 def _read_slice(path: Path) -> np.ndarray:
-    if path.suffix.lower() in TIFF:
-        import tifffile
+    try:
+        if path.suffix.lower() in TIFF:
+            import tifffile
 
-        return tifffile.imread(path)
-    from PIL import Image
+            return tifffile.imread(path)
+        from PIL import Image
 
-    with Image.open(path) as im:
-        return np.asarray(im)
+        with Image.open(path) as im:  # a 1-bit slice as 0/255, like the 8-bit slices it is stacked with
+            return np.asarray(im.convert("L") if im.mode == "1" else im)
+    except Exception as e:  # the libraries raise many types for corrupt files
+        raise MitosegError(f"slice {path} cannot be read ({type(e).__name__}: {e})") from None
+
+
+def _slice_header(path: Path) -> tuple[tuple[int, ...], np.dtype]:
+    """The shape and dtype a slice file holds, from its header alone."""
+    try:
+        if path.suffix.lower() in TIFF:
+            import tifffile
+
+            with tifffile.TiffFile(path) as tif:
+                series = tif.series[0]
+                return tuple(series.shape), np.dtype(series.dtype)
+        from PIL import Image
+
+        with Image.open(path) as im:  # lazy: reads the header
+            mode = {"1": np.uint8, "L": np.uint8, "I;16": np.uint16, "I": np.int32, "F": np.float32}.get(im.mode)
+            channels = len(im.getbands())
+            shape = (im.height, im.width) + ((channels,) if channels > 1 else ())
+            return shape, np.dtype(mode or np.uint8)
+    except Exception as e:
+        raise MitosegError(f"slice {path} cannot be read ({type(e).__name__}: {e})") from None
 
 
 def _open_slices(path: Path) -> SliceStack:
@@ -194,13 +225,30 @@ def voxel_size(spec: str | Path) -> tuple[float, float, float] | None:
     if is_zarr(path):
         import zarr
 
-        node = zarr.open(str(path), mode="r")
-        node = node[inner] if inner else node
+        try:
+            node = zarr.open(str(path), mode="r")
+            node = node[inner] if inner else node
+        except Exception as e:  # missing, empty or not Zarr: one line, as `open_volume` says
+            raise MitosegError(f"{spec}: cannot be read ({type(e).__name__}: {e})") from None
         if isinstance(node, zarr.Group) and omezarr.multiscales(dict(node.attrs)):
             return omezarr.level0(node)[1]
         found = dict(node.attrs).get("voxel_size")
         return tuple(float(v) for v in found) if found else None
     return None
+
+
+def content_id(volume: Any, size: int = 64) -> str:
+    """A short checksum of a volume's (Z, Y, X) shape and of `size`-square crops at the centre of its first,
+    middle and last slices: an interrupted prediction resumed on another volume of the same shape and grey levels
+    is told apart (three small reads, not a proof of equality)."""
+    import zlib
+
+    z, y, x = (int(s) for s in volume.shape)
+    y0, x0 = max(0, y // 2 - size // 2), max(0, x // 2 - size // 2)
+    crc = zlib.crc32(repr((z, y, x)).encode())
+    for k in sorted({0, z // 2, z - 1}):
+        crc = zlib.crc32(np.ascontiguousarray(volume[k:k + 1, y0:y0 + size, x0:x0 + size]).tobytes(), crc)
+    return f"{crc:08x}"
 
 
 def read_volume(spec: str | Path) -> np.ndarray:
@@ -388,18 +436,31 @@ class Thresholded:
         return block > self.threshold if self.strict else block >= self.threshold
 
 
-def foreground_threshold(volume: Any, threshold: float | None) -> float | None:
-    """The raw-value threshold t for ``volume >= t``, from a probability threshold in [0, 1].
+def foreground_threshold(volume: Any, threshold: float | None, name: str = "the input") -> float | None:
+    """The raw-value threshold t for ``volume >= t`` of `mitoseg label` and `evaluate`.
 
-    mitoseg probability outputs (attribute kind='probability') default to 0.5, scaled to 0..255 when
-    stored as uint8; other volumes (masks) return None, meaning any non-zero voxel is foreground,
-    unless a threshold is given, which then applies to the raw values.
+    mitoseg probability outputs (attribute kind='probability'): a probability in (0, 1), default 0.5, scaled
+    to 0..255 when stored as uint8. Other volumes: a given threshold applies to the raw values; without one
+    they are masks, None (any non-zero voxel is foreground), refused when they hold more than two values (in a
+    subsample, unless mitoseg wrote the mask): probabilities of another tool, an anti-aliased mask or object ids
+    read as ``> 0`` would be a silently wrong answer.
     """
-    probability = dict(getattr(volume, "attrs", {}) or {}).get("kind") == "probability"
-    if threshold is None and not probability:
-        return None
-    t = 0.5 if threshold is None else threshold
-    return t * 255 if probability and np.dtype(volume.dtype) == np.uint8 else t
+    kind = dict(getattr(volume, "attrs", {}) or {}).get("kind")
+    if kind == "probability":
+        if threshold is not None and threshold >= 1:
+            raise MitosegError(f"threshold must be a probability in (0, 1) for mitoseg probabilities, not "
+                               f"{threshold:g}")
+        t = 0.5 if threshold is None else threshold
+        return t * 255 if np.dtype(volume.dtype) == np.uint8 else t
+    if threshold is None and kind != "mask":
+        step = max(1, int(np.ceil((np.prod(volume.shape) / 2_000_000) ** (1 / 3))))
+        values = np.unique(np.asarray(volume[::step, ::step, ::step]))
+        if values.size > 2:
+            shown = ", ".join(f"{v:g}" for v in values[:4]) + (", ..." if values.size > 4 else "")
+            raise MitosegError(f"{name} holds more than two values ({shown}) and is no mitoseg probability map: "
+                               "give --threshold (foreground: value >= it; e.g. 0.5 for probabilities of another "
+                               "tool, 128 for an anti-aliased 0..255 mask, 1 for object ids)")
+    return threshold
 
 
 def load_pair(image: str | Path, labels: str | Path, threshold: float | None = None,
@@ -430,11 +491,31 @@ def load_pair(image: str | Path, labels: str | Path, threshold: float | None = N
 # ---------------------------------------------------------------- outputs
 
 
-def check_output(path: str | Path, overwrite: bool) -> Path:
-    """Refuse an existing output unless overwrite; returns the path."""
+OTHER_FORMATS = TIFF | H5 | SLICE_SUFFIXES | {".npy", ".csv", ".json"}
+
+
+def check_output(path: str | Path, overwrite: bool, kind: str | None = None, inputs: tuple = ()) -> Path:
+    """Refuse an existing output unless overwrite, and what `check_place` refuses; returns the path."""
     path = Path(path)
     if path.exists() and not overwrite:
         raise MitosegError(f"{path} already exists; pass --overwrite to replace it")
+    return check_place(path, kind, inputs)
+
+
+def check_place(path: str | Path, kind: str | None = None, inputs: tuple = ()) -> Path:
+    """Refuse an output inside a file, one that would replace one of `inputs` (paths or ``file.h5:inner`` specs;
+    arrays are skipped), and for `kind` "zarr" a name of another format (*.tif ...: mitoseg writes Zarr), for
+    "file" an existing folder; returns the path."""
+    path = Path(path)
+    if any(path.resolve() == split_path(i)[0].resolve() for i in inputs if isinstance(i, str | Path)):
+        raise MitosegError(f"{path} is an input of this command; give another output")
+    above = next(p for p in path.absolute().parents if p.exists())
+    if not above.is_dir():
+        raise MitosegError(f"{path}: {above} is a file, not a folder")
+    if kind == "zarr" and path.suffix.lower() in OTHER_FORMATS:
+        raise MitosegError(f"{path}: mitoseg writes Zarr; name the output *.zarr or *.ome.zarr")
+    if kind == "file" and path.is_dir():
+        raise MitosegError(f"{path} is a folder; give a file name")
     return path
 
 

@@ -109,7 +109,7 @@ def evaluate(prediction, truth, threshold: float | None = None, label_threshold:
     """
     from mitoseg import blocks, checks, cluster, io
 
-    checks.check(threshold=threshold, label_threshold=label_threshold, block=tuple(block), voxel_size=voxel_size)
+    checks.check(value_threshold=threshold, label_threshold=label_threshold, block=tuple(block), voxel_size=voxel_size)
     pred = io.open_volume(prediction) if isinstance(prediction, str | Path) else prediction
     true = io.open_volume(truth) if isinstance(truth, str | Path) else truth
     _check_same_shape(pred.shape, true.shape)
@@ -119,7 +119,8 @@ def evaluate(prediction, truth, threshold: float | None = None, label_threshold:
                            "evaluate a crop for it")
     if label_threshold is None:
         io.check_binary(true, "the truth's labels")
-    t = io.foreground_threshold(pred, threshold)
+    t = io.foreground_threshold(pred, threshold, f"the prediction {prediction}" if isinstance(prediction, str | Path)
+                                else "the prediction")
     job = {"prediction": prediction, "truth": truth, "threshold": t, "label_threshold": label_threshold or 0}
     if places:  # both masks in memory anyway: the counts come from them, not from a second reading
         mask = _read_binary(pred, lambda v: _foreground(v, t), block)

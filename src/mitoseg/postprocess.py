@@ -148,12 +148,20 @@ def read(run: str | Path, planes: int | None = None) -> PostProcessing | None:
     `Config.slice_planes`); None for a checkpoint file, a run without one (saved before training chose it, or
     validated on partly annotated labels), or a 2D run whose validation was never predicted along `planes`
     (trained before runs chose for both, or on voxels too anisotropic for three planes)."""
-    config = Path(run) / "config.json"
-    own = planes is None or not config.is_file() or Config.load(config).slice_planes == planes
+    own = planes is None or chosen_for(run, None) == planes
     path = Path(run) / (FILE if own else OTHER_PLANES_FILE.format(planes))
     if not path.is_file():
         return None
     return PostProcessing(**json.loads(path.read_text())["chosen"])
+
+
+def chosen_for(run: str | Path, planes: int | None = None) -> int:
+    """The planes that `read(run, planes)`'s choice was made for: `planes` when given, else the run's own
+    (`Config.slice_planes`; 1 for a checkpoint file or a 3D run)."""
+    config = Path(run) / "config.json"
+    if planes is not None:
+        return planes
+    return Config.load(config).slice_planes if config.is_file() else 1
 
 
 def apply(probs: np.ndarray, pp: PostProcessing) -> np.ndarray:

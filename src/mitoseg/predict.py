@@ -356,8 +356,8 @@ def fingerprint(model: torch.nn.Module) -> str:
 class Settings:
     """How a volume is predicted (Z, Y, X voxels): the tile and its `overlap`, the intensity `window` mapped
     to [0, 1], test-time augmentation, bf16 (`amp`), the stored `dtype`, the mask's `threshold` and the
-    output `block`, and the `planes` a 2D model predicts along (`input_planes`). Everything but `batch_size`
-    decides the values, and a resume must match it."""
+    output `block`, the `planes` a 2D model predicts along (`input_planes`), and the `source` volume's
+    `io.content_id`. Everything but `batch_size` decides the values, and a resume must match it."""
 
     tile: tuple[int, int, int]
     overlap: float
@@ -369,6 +369,7 @@ class Settings:
     amp: bool = True
     batch_size: int | None = None
     planes: int = 1
+    source: str = ""
 
     def __post_init__(self) -> None:
         checks.check(tile=self.tile, block=self.block, overlap=self.overlap, threshold=self.threshold,
@@ -392,7 +393,8 @@ def plan(volume: Any, dims: int, tile: tuple[int, int, int], overlap: float, blo
         whole = tuple(tile[1:]) == shape[1:]
         block = shape if whole else default_block(shape, (min(tile[1], shape[0]), *tile[1:]), overlap)
     block = tuple(int(b) for b in (block or default_block(shape, tile, overlap)))
-    return Settings(tile=tile, overlap=float(overlap), window=window, block=block, planes=planes, **options)
+    return Settings(tile=tile, overlap=float(overlap), window=window, block=block, planes=planes,
+                    source=io.content_id(volume), **options)
 
 
 def recorded(settings: Settings, model_id: str) -> dict:
@@ -565,10 +567,15 @@ def predict(model: str | Path | Sequence[str | Path], image: str | Path, out: st
     The mask: probability >= `threshold` when given; else the run's post-processing chosen on validation
     (`postprocess.read`: its Z smoothing, then its threshold, `write_mask`; its minimum object size and hole
     filling are left to `mitoseg label`), else >= 0.5. The outputs' attribute "postprocessing" holds the run's
-    choice, the mask's "threshold" and "z_sigma" what it applied.
+    choice ("postprocessing_planes": the planes it was chosen for), the mask's "threshold" and "z_sigma" what it
+    applied.
     """
     checks.check(tile_xy=tile_xy, tile_z=tile_z, overlap=overlap, block=block, threshold=threshold,
                  batch_size=batch_size)
+    for output in (out, mask_out) if mask_out is not None else (out,):
+        io.check_place(output, "zarr", (image,))
+    if mask_out is not None and Path(mask_out).absolute() == Path(out).absolute():
+        raise MitosegError(f"the probabilities and the mask are both {out}: give two outputs")
     single = isinstance(model, str | Path) or len(model) == 1
     chosen = postprocess.read(model if isinstance(model, str | Path) else model[0], planes) if single else None
     pp = postprocess.PostProcessing(threshold) if threshold is not None else chosen or postprocess.PostProcessing()
@@ -592,6 +599,7 @@ def predict(model: str | Path | Sequence[str | Path], image: str | Path, out: st
     attrs = {"model": Path(model).name}
     if chosen:  # the run's choice, for `mitoseg label` and the user; the mask's own attributes say what it applied
         attrs["postprocessing"] = chosen.as_dict()
+        attrs["postprocessing_planes"] = postprocess.chosen_for(model, planes)
     stated = io.voxel_size(image) if isinstance(image, str | Path) else None
     if stated:
         attrs["voxel_size"] = stated  # else the run's (the model was trained at it)

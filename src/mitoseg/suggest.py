@@ -12,6 +12,7 @@ the slices already annotated block every cell around them.
 from __future__ import annotations
 
 import csv
+import os
 import tempfile
 from pathlib import Path
 
@@ -97,7 +98,7 @@ def suggest(run: str | Path, image: str | Path, count: int = 8, gap: int | None 
 
     checks.check(count=count, gap=gap, box=box)
     if table:
-        io.check_output(table, overwrite)
+        io.check_output(table, overwrite, "file", (image,))
     shape = io.open_volume(image).shape
     depth, cells = shape[0], boxes(tuple(shape[1:]), box)
     done = data.parse_slices(annotated, depth) if annotated else []
@@ -117,10 +118,13 @@ def suggest(run: str | Path, image: str | Path, count: int = 8, gap: int | None 
 
     if table:
         rank = {zc: i + 1 for i, zc in enumerate(chosen)}
-        with open(table, "w", newline="") as f:
+        partial = io.partial_path(table)
+        partial.parent.mkdir(parents=True, exist_ok=True)
+        with open(partial, "w", newline="") as f:
             writer = csv.DictWriter(f, [*row(0, 0), "rank"])
             writer.writeheader()
             for z in range(depth):
                 for c in range(len(cells)):
                     writer.writerow({**row(z, c), "rank": rank.get((z, c), "")})
+        os.replace(partial, table)  # never a half-written table under the final name
     return [{"rank": i + 1, **row(z, c)} for i, (z, c) in enumerate(chosen)]

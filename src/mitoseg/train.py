@@ -93,7 +93,27 @@ def _save(obj: dict, path: Path) -> None:
     os.replace(tmp, path)
 
 
+RESUME_FREE = ("device", "loader_workers", "amp")  # where and how fast it trains, not what
+
+
+def check_resume(out: str | Path, changes: dict) -> None:
+    """Refuse settings given with --resume (`changes`: Config field -> value) that differ from the run's saved
+    ones, which a resumed run trains with, but for `RESUME_FREE`; nothing to check without a saved config."""
+    path = Path(out) / "config.json"
+    if not path.is_file():
+        return
+    saved = Config.load(path)
+    differ = [f"{k.replace('_', '-')} (saved {getattr(saved, k)}, given {v})" for k, v in changes.items()
+              if k not in RESUME_FREE and io.jsonable(getattr(saved, k)) != io.jsonable(v)]
+    if differ:
+        raise MitosegError(f"--resume continues {out} with its saved settings; these differ: {', '.join(differ)}: "
+                           "leave them out, or train a new run")
+
+
 def _prepare_dir(out: Path, resume: bool, overwrite: bool) -> None:
+    if out.exists() and not out.is_dir():
+        raise MitosegError(f"{out} is a file; --out names the run's folder")
+    io.check_place(out)  # not inside a file
     if resume:
         if not (out / "last.pt").exists():
             raise MitosegError(f"{out} holds no checkpoint (last.pt) to resume from")
@@ -589,7 +609,7 @@ def load_model(run: str | Path, device: str | torch.device = "auto",
         model = build_model(config).to(device)
         model.load_state_dict(ckpt["model"])
         model.intensity = ckpt.get("intensity")  # the training volume's window and histogram (None: older runs)
-    except (KeyError, TypeError, RuntimeError, EOFError, OSError, pickle.UnpicklingError) as e:
+    except (KeyError, TypeError, ValueError, RuntimeError, EOFError, OSError, pickle.UnpicklingError) as e:
         raise MitosegError(f"{path} is not a mitoseg checkpoint ({type(e).__name__})") from None
     if planes is not None:
         config = with_planes(config, planes)
