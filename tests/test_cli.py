@@ -4,6 +4,8 @@ import csv
 import json
 import re
 import shutil
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -350,6 +352,13 @@ def test_user_mistakes_are_one_line(runs, capsys, tmp_path, monkeypatch):
     bad(["train", str(tmp_path / "nope.tif"), g, "--out", str(tmp_path / "r")], capsys, "no such file")
     (tmp_path / "corrupt.tif").write_bytes(b"II*\x00" + b"\x07" * 100)
     bad(["train", str(tmp_path / "corrupt.tif"), g, "--out", str(tmp_path / "r")], capsys, "cannot be read")
+    whole = (d / "train.tif").read_bytes()
+    (tmp_path / "truncated.tif").write_bytes(whole[:len(whole) // 2])
+    # tifffile logs its own error on it, which only a process of its own shows (pytest captures logging)
+    said = subprocess.run([sys.executable, "-m", "mitoseg.cli", "train", str(tmp_path / "truncated.tif"), g, "--out",
+                           str(tmp_path / "r")], capture_output=True, text=True)
+    assert said.returncode == 2 and said.stderr.splitlines() == [said.stderr.strip()], said.stderr
+    assert said.stderr.startswith("mitoseg: error: ") and "cannot be read" in said.stderr
     tifffile.imwrite(tmp_path / "small_gt.tif", np.zeros((8, 64, 64), np.uint8))
     bad(["train", t, str(tmp_path / "small_gt.tif"), "--out", str(tmp_path / "r")], capsys, "differ in shape")
     tifffile.imwrite(tmp_path / "empty_gt.tif", np.zeros((8, 192, 192), np.uint8))

@@ -1,5 +1,6 @@
 """bioimage.io export: packages of models trained on real crops pass bioimageio.core's own model test."""
 
+import warnings
 import zipfile
 
 import bioimageio.core
@@ -46,7 +47,10 @@ def test_2d_package_passes_bioimageio_test_and_matches_mitoseg(tmp_path, ca1_run
     raw = lucchi_crop[0]
     run, sample = ca1_run
     package = tmp_path / "ca1_2d.zip"
-    assert cli.main(["export", str(run), "--bioimageio", str(package), "--sample", str(sample)]) == 0
+    with warnings.catch_warnings(record=True) as said:
+        warnings.simplefilter("always")
+        assert cli.main(["export", str(run), "--bioimageio", str(package), "--sample", str(sample)]) == 0
+    assert not [w for w in said if issubclass(w.category, torch.jit.TracerWarning)]  # no noise for users
     summary = bioimageio.core.test_model(str(package))
     assert summary.status == "passed", [(d.name, [e.msg for e in d.errors]) for d in summary.details]
 

@@ -1,6 +1,7 @@
 """`mitoseg suggest`: slices ranked by the model's uncertainty, spread out, never the annotated ones."""
 
 import csv
+import re
 
 import numpy as np
 import pytest
@@ -78,6 +79,12 @@ def test_suggest_ranks_by_the_models_own_uncertainty(tmp_path, ca1, capsys):
     expect = suggest.entropy(io.open_volume(probs)[:]).mean(axis=(1, 2))
     np.testing.assert_allclose([float(r["uncertainty_bits"]) for r in rows], expect, rtol=1e-5)
     assert slices[0] == max((z for z in range(3, 12)), key=lambda z: expect[z])  # the most uncertain first
+
+    # more than fit the gap: the ones that fit, and a line that says why not more
+    assert cli.main(["--quiet", "suggest", str(run), str(image), "--count", "12", "--gap", "2"]) == 0
+    out = capsys.readouterr().out
+    n = len(re.findall(r"^\s+\d+\s+\d+\s+[\d.]+\s+[\d.]+%$", out, re.M))
+    assert 1 < n < 12 and f"{n} of the 12 asked: no more lie apart" in out
 
 
 def test_suggest_boxes_rank_squares_by_uncertainty(tmp_path, ca1, capsys):

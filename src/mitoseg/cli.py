@@ -219,6 +219,9 @@ def cmd_suggest(a: argparse.Namespace) -> None:
 
     rows = suggest(a.run, a.image, a.count, a.gap, a.annotated_slices, tta=a.tta, table=a.table, device=a.device,
                    overwrite=a.overwrite, progress=not a.quiet, box=a.box)
+    if len(rows) < a.count:
+        print(f"{len(rows)} of the {a.count} asked: no more lie apart from each other and from the annotated slices "
+              "by the gap (--gap)")
     if a.box:
         print("rank  slice      y      x  height  width  uncertainty (bits)  predicted foreground")
         for r in rows:
@@ -496,7 +499,7 @@ def main(argv: list[str] | None = None) -> int:
         if e.code:
             return int(e.code)
         raise
-    logging.getLogger("tifffile").setLevel(logging.ERROR)  # its warnings on corrupt files precede our one line
+    logging.getLogger("tifffile").setLevel(logging.CRITICAL)  # its errors on corrupt files precede our one line
     from mitoseg import memory
 
     memory.one_arena()  # before the work starts threads

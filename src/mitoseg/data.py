@@ -53,6 +53,8 @@ def parse_slices(text: str, depth: int) -> list[int]:
             a, b = int(lo), int(hi) if sep else int(lo)
         except ValueError:
             raise MitosegError(f"annotated slices {text!r}: use indices and ranges such as 0,40-43,120") from None
+        if a > b:
+            raise MitosegError(f"annotated slices {part!r}: a range runs from the lower slice to the higher")
         if not 0 <= a <= b < depth:
             raise MitosegError(f"annotated slices {part!r} outside the volume's slices 0..{depth - 1}")
         out.update(range(a, b + 1))

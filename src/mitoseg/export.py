@@ -12,6 +12,7 @@ import copy
 import functools
 import json
 import tempfile
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -139,7 +140,9 @@ def export_bioimageio(run: str | Path, sample: str, out: str | Path, overwrite: 
     with torch.no_grad():
         ready = torch.from_numpy(preprocess(x))
         y = net(ready).numpy()
-        traced = torch.jit.trace(net, ready, check_trace=False)
+        with warnings.catch_warnings():  # the trace runs on every input size (`traceable`, tested): noise to users
+            warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
+            traced = torch.jit.trace(net, ready, check_trace=False)
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         traced.save(str(tmp / "weights.torchscript.pt"))

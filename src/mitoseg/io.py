@@ -154,9 +154,10 @@ class SliceStack:
         self.ndim = len(self.shape)
         header = _slice_header(files[0])
         for f in files[1:]:  # headers only: a slice of another size or mode fails here, not in the middle of a run
-            if _slice_header(f) != header:
-                raise MitosegError(f"slice {f.name} is {_slice_header(f)[0]} {_slice_header(f)[1]}, the first "
-                                   f"{files[0].name} {header[0]} {header[1]}: all slices need one size and type")
+            other = _slice_header(f)
+            if other != header:
+                raise MitosegError(f"slice {f.name} is {other[0]} {other[1]}, the first {files[0].name} {header[0]} "
+                                   f"{header[1]}: all slices need one size and type")
 
     def __getitem__(self, key: Any) -> np.ndarray:
         key = key if isinstance(key, tuple) else (key,)
@@ -401,17 +402,26 @@ def check_binary(labels: Any, name: str = "labels", max_samples: int = 2_000_000
     """Refuse a label volume with more than two values (in a strided subsample of about `max_samples`
     voxels) when no threshold was given: an anti-aliased 0..255 mask read as ``> 0`` keeps its soft rim
     and silently shifts every score."""
-    step = max(1, int(np.ceil((np.prod(labels.shape) / max_samples) ** (1 / len(labels.shape)))))
-    _refuse_many(np.unique(np.asarray(labels[(slice(None, None, step),) * len(labels.shape)])), name)
+    _refuse_many(sampled_values(labels, max_samples), name)
+
+
+def sampled_values(volume: Any, max_samples: int = 2_000_000) -> np.ndarray:
+    """The sorted distinct values of a strided subsample of about `max_samples` voxels of `volume`."""
+    step = max(1, int(np.ceil((np.prod(volume.shape) / max_samples) ** (1 / len(volume.shape)))))
+    return np.unique(np.asarray(volume[(slice(None, None, step),) * len(volume.shape)]))
 
 
 def _refuse_many(values: np.ndarray, name: str) -> None:
     """MitosegError when the sorted distinct label `values` are more than two."""
     if values.size > 2:
-        shown = ", ".join(f"{v:g}" for v in values[:4]) + (", ..." if values.size > 4 else "")
-        raise MitosegError(f"{name} hold more than two values ({shown}): give --label-threshold "
+        raise MitosegError(f"{name} hold more than two values ({_first_values(values)}): give --label-threshold "
                            "(foreground is label > it): 0 if the values are object ids, 127 for anti-aliased "
                            "0..255 masks")
+
+
+def _first_values(values: np.ndarray) -> str:
+    """The first four of sorted `values`, as a message shows them: "0, 1, 2, 3, ..."."""
+    return ", ".join(f"{v:g}" for v in values[:4]) + (", ..." if values.size > 4 else "")
 
 
 def binarize(labels: np.ndarray, threshold: float | None = None, name: str = "labels") -> np.ndarray:
@@ -453,13 +463,11 @@ def foreground_threshold(volume: Any, threshold: float | None, name: str = "the 
         t = 0.5 if threshold is None else threshold
         return t * 255 if np.dtype(volume.dtype) == np.uint8 else t
     if threshold is None and kind != "mask":
-        step = max(1, int(np.ceil((np.prod(volume.shape) / 2_000_000) ** (1 / 3))))
-        values = np.unique(np.asarray(volume[::step, ::step, ::step]))
+        values = sampled_values(volume)
         if values.size > 2:
-            shown = ", ".join(f"{v:g}" for v in values[:4]) + (", ..." if values.size > 4 else "")
-            raise MitosegError(f"{name} holds more than two values ({shown}) and is no mitoseg probability map: "
-                               "give --threshold (foreground: value >= it; e.g. 0.5 for probabilities of another "
-                               "tool, 128 for an anti-aliased 0..255 mask, 1 for object ids)")
+            raise MitosegError(f"{name} holds more than two values ({_first_values(values)}) and is no mitoseg "
+                               "probability map: give --threshold (foreground: value >= it; e.g. 0.5 for "
+                               "probabilities of another tool, 128 for an anti-aliased 0..255 mask, 1 for object ids)")
     return threshold
 
 
