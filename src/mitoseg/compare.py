@@ -478,8 +478,9 @@ def resumed(tmp: Path, fresh: dict) -> dict:
         elif old.get(key) != new[key]:
             diff.append(f"{key} {old.get(key)!r} then, {new[key]!r} now")
     if diff:
-        raise MitosegError(f"{tmp} was started with other settings ({'; '.join(diff)}): resume with the same "
-                           "settings, or start again without --resume")
+        shown = "; ".join(diff[:3]) + (f"; and {len(diff) - 3} more" if len(diff) > 3 else "")
+        raise MitosegError(f"{tmp} was started with other settings ({shown}): resume with the same settings, or "
+                           "start again without --resume")
     old.pop("ensemble", None)  # recomputed from the models' probabilities
     old["resumed"] = [*old.get("resumed", []), {"date": time.strftime("%Y-%m-%d %H:%M"), "machine": fresh["machine"]}]
     return old

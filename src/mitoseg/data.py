@@ -86,6 +86,13 @@ def split(image: np.ndarray, mask: np.ndarray, val_fraction: float,
             Volume(image[:, :, cut:], mask[:, :, cut:], window))
 
 
+def check_image(image: np.ndarray, name: str = "image") -> None:
+    """Refuse an image volume of one grey level: no model learns from it (an empty or wrongly exported stack)."""
+    low, high = np.min(image), np.max(image)
+    if low == high:
+        raise MitosegError(f"{name} holds one grey level ({low:g}) everywhere: nothing to learn from")
+
+
 def check_patch(shape: tuple[int, ...], patch: tuple[int, int, int], name: str = "training volume") -> None:
     """Refuse a volume smaller than one training patch."""
     if any(s < p for s, p in zip(shape, patch, strict=True)):

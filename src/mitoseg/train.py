@@ -348,6 +348,7 @@ def train(config: Config, image: np.ndarray, mask: np.ndarray, out: str | Path, 
     if config.annotated_slices:
         mask = data.annotate_slices(mask, data.parse_slices(config.annotated_slices, mask.shape[0]))
     data.check_labels(mask)
+    data.check_image(image)
     data.check_patch(image.shape, config.patch)
     _prepare_dir(out, resume, overwrite)
     if resume:
