@@ -158,9 +158,9 @@ def read(run: str | Path, planes: int | None = None) -> PostProcessing | None:
 def chosen_for(run: str | Path, planes: int | None = None) -> int:
     """The planes that `read(run, planes)`'s choice was made for: `planes` when given, else the run's own
     (`Config.slice_planes`; 1 for a checkpoint file or a 3D run)."""
-    config = Path(run) / "config.json"
     if planes is not None:
         return planes
+    config = Path(run) / "config.json"
     return Config.load(config).slice_planes if config.is_file() else 1
 
 
