@@ -10,9 +10,16 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
-from mitoseg import datasets
+from mitoseg import datasets, metrics
 from mitoseg.errors import MitosegError
+
+# Under pytest-xdist (`make test`: -n auto) each test process takes its share of the cores' threads, so the
+# processes do not oversubscribe the cores (measured on 2 cores: 2 threads each ran slower than 1 process).
+WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+if WORKERS > 1:
+    torch.set_num_threads(max(1, metrics.cores() // WORKERS))
 
 DROSO = datasets.shared_data() / datasets.DROSOPHILA
 LUCCHI = datasets.shared_data() / datasets.LUCCHI_DERIVED

@@ -39,6 +39,15 @@ def runs(files):
     return files
 
 
+@pytest.fixture(scope="module")
+def probs2(runs):
+    """The 2D run's probabilities of the test crop, for the tests that only read them."""
+    out = runs / "probs2.zarr"
+    assert main(["--quiet", "predict", str(runs / "test.tif"), "--model", str(runs / "run2"), "--out", str(out),
+                 "--tile-xy", "64", "--tile-z", "8"]) == 0
+    return out
+
+
 def test_predict_with_two_models_writes_the_mean_of_their_probabilities(runs, tmp_path, monkeypatch):
     """`--model` twice (a 2D and a 3D run): the rounded mean of the two models' own predictions, the mask
     where it is >= 0.5, the members' scratch folder removed, the voxel size kept; a stopped run resumes."""
@@ -197,11 +206,12 @@ def test_label_probabilities_without_a_runs_choice_use_half_threshold(runs):
     np.testing.assert_array_equal(labels > 0, io.open_volume(probs)[:] >= 128)
 
 
-def test_outputs_that_would_replace_an_input_or_land_in_a_file_are_refused_before_the_work(runs, capsys, tmp_path):
+def test_outputs_that_would_replace_an_input_or_land_in_a_file_are_refused_before_the_work(runs, probs2, capsys,
+                                                                                           tmp_path):
     """Outputs named like an input, like another format, inside a file or where a folder is, and a model that is
     an image: one line each, before any work, and nothing is written (the image is left as it was)."""
     d = runs
-    t, g, test, probs = str(d / "train.tif"), str(d / "train_gt.tif"), str(d / "test.tif"), str(d / "p2.zarr")
+    t, g, test, probs = str(d / "train.tif"), str(d / "train_gt.tif"), str(d / "test.tif"), str(probs2)
     before = tifffile.imread(test)
     predict = ["predict", test, "--model", str(d / "run2")]
     bad([*predict, "--out", test, "--overwrite"], capsys, "is an input of this command")
@@ -376,6 +386,23 @@ def test_user_mistakes_are_one_line(runs, capsys, tmp_path, monkeypatch):
     tifffile.imwrite(tmp_path / "nan.tif", nan, photometric="minisblack")
     bad(["predict", str(tmp_path / "nan.tif"), "--model", str(d / "run2"), "--out", str(tmp_path / "p.zarr")],
         capsys, "NaN")
+    # NaN where the grey-level sample does not look (odd places of a volume sampled every second voxel): found
+    # in its block, after earlier blocks were written; the progress bar stopped there ends its line, and the
+    # error's line after it names the part kept
+    tiled = np.tile(tifffile.imread(d / "test.tif").astype(np.float32), (2, 3, 3))  # (16, 384, 384): > 2e6 voxels
+    tiled[13, 301, 301] = np.nan
+    tifffile.imwrite(tmp_path / "late_nan.tif", tiled, photometric="minisblack")
+    capsys.readouterr()
+    assert main(["predict", str(tmp_path / "late_nan.tif"), "--model", str(d / "run2"), "--out",
+                 str(tmp_path / "p.zarr"), "--block", "4", "384", "384"]) == 2
+    bar, line = capsys.readouterr().err.rstrip("\n").rsplit("\n", 1)
+    assert "3/4" in bar.split("\r")[-1], bar  # the bar's last state: three of the four blocks done
+    assert line == ("mitoseg: error: the image holds NaN or infinite values; replace them before segmenting; the "
+                    f"blocks finished so far are kept in {tmp_path / 'p.zarr.partial'} (after fixing the cause, the "
+                    "same command with --resume goes on from them; or delete it)")
+    assert not (tmp_path / "p.zarr").exists() and len(list((tmp_path / "p.zarr.partial.done").iterdir())) == 3
+    shutil.rmtree(tmp_path / "p.zarr.partial")
+    shutil.rmtree(tmp_path / "p.zarr.partial.done")
     tifffile.imwrite(tmp_path / "flat.tif", np.zeros((64, 64), np.uint8))
     bad(["predict", str(tmp_path / "flat.tif"), "--model", str(d / "run2"), "--out", str(tmp_path / "p.zarr")],
         capsys, "2D image")
@@ -390,10 +417,10 @@ def test_user_mistakes_are_one_line(runs, capsys, tmp_path, monkeypatch):
     assert not list(tmp_path.glob("*.zarr*"))  # no half-written output anywhere
 
 
-def test_wrong_numbers_and_ambiguous_labels_are_refused(runs, capsys, tmp_path, monkeypatch):
+def test_wrong_numbers_and_ambiguous_labels_are_refused(runs, probs2, capsys, tmp_path, monkeypatch):
     """The bad-input table of issue 9: each is one line and exit 2, and nothing appears under the output name."""
     d = runs
-    t, g, test, probs = str(d / "train.tif"), str(d / "train_gt.tif"), str(d / "test.tif"), str(d / "p2.zarr")
+    t, g, test, probs = str(d / "train.tif"), str(d / "train_gt.tif"), str(d / "test.tif"), str(probs2)
     out = str(tmp_path / "o.zarr")
     predict = ["predict", test, "--model", str(d / "run2"), "--out", out]
     bad([*predict, "--overlap", "-0.5"], capsys, "--overlap: must be a number in [0, 1), not -0.5")

@@ -129,10 +129,15 @@ def test_http_404(tmp_path, monkeypatch, source, server):
 
 
 def test_missing_file_url(tmp_path, monkeypatch, source):
+    """Nothing fetched: the folders the call created are removed again; a folder that was there stays."""
     register(monkeypatch, source)
     with pytest.raises(MitosegError, match="download of .* failed"):
+        fetch(dest=tmp_path / "new" / "out", progress=False, base_url=(tmp_path / "nowhere").as_uri())
+    assert not (tmp_path / "new").exists()
+    (tmp_path / "out").mkdir()
+    with pytest.raises(MitosegError, match="download of .* failed"):
         fetch(dest=tmp_path / "out", progress=False, base_url=(tmp_path / "nowhere").as_uri())
-    assert not list((tmp_path / "out").glob("*.part"))
+    assert (tmp_path / "out").is_dir() and not list((tmp_path / "out").iterdir())
 
 
 def test_connection_refused(tmp_path, monkeypatch, source):

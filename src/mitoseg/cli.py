@@ -491,6 +491,17 @@ def _after_interrupt(a: argparse.Namespace) -> str:
     return "nothing was written under the output's name"
 
 
+def _kept(a: argparse.Namespace) -> str:
+    """What an error leaves behind that the user should know of: the finished part of a block output."""
+    from mitoseg import io
+
+    out = getattr(a, "out", None)
+    if a.command in ("predict", "label") and out and io.partial_path(out).exists():
+        return (f"; the blocks finished so far are kept in {io.partial_path(out)} (after fixing the cause, the same "
+                "command with --resume goes on from them; or delete it)")
+    return ""
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the `mitoseg` console script; returns the exit status."""
     try:
@@ -505,17 +516,17 @@ def main(argv: list[str] | None = None) -> int:
     memory.one_arena()  # before the work starts threads
     try:
         args.func(args)
+        return 0
     except MitosegError as e:
-        print(f"mitoseg: error: {e}", file=sys.stderr)
-        return 2
+        said, status = f"mitoseg: error: {e}", 2
     except OSError as e:  # a place the system refused (no space, no permission...) past mitoseg's own checks
-        where = f": {e.filename}" if e.filename else ""
-        print(f"mitoseg: error: {e.strerror or e}{where}", file=sys.stderr)
-        return 2
+        said, status = f"mitoseg: error: {e.strerror or e}" + (f": {e.filename}" if e.filename else ""), 2
     except KeyboardInterrupt:
-        print(f"mitoseg: interrupted; {_after_interrupt(args)}", file=sys.stderr)
-        return 130
-    return 0
+        said, status = f"mitoseg: interrupted; {_after_interrupt(args)}", 130
+    # said once the exception and the work's frames are gone: a progress bar stopped midway is closed with them
+    # and ends its line, so this line starts its own
+    print(said + ("" if status == 130 else _kept(args)), file=sys.stderr)
+    return status
 
 
 if __name__ == "__main__":

@@ -120,16 +120,25 @@ def fetch(
     ``base_url`` replaces the host and folder of every URL (a mirror, or ``file://`` in tests): the file
     is fetched from ``<base_url>/<file name>``. Each file is verified against the registry's SHA-256, else
     against ``SHA256SUMS`` in ``dest``; with neither, its hash is printed and recorded (trust-on-first-use).
-    Network and checksum failures raise MitosegError and leave neither a final nor a ``.part`` file.
+    Network and checksum failures raise MitosegError and leave neither a final nor a ``.part`` file, nor
+    the folders this call created for them when they stay empty.
     """
     files = _files(name)
     folder = Path(dest).expanduser() if dest is not None else cache_dir(name)
+    created = [p for p in (folder, *folder.parents) if not p.exists()]
     try:
         folder.mkdir(parents=True, exist_ok=True)
     except OSError as err:
         raise MitosegError(f"cannot create download folder {folder}: {err.strerror or err}") from err
-    for fname, remote in files.items():
-        _fetch_one(folder, fname, remote, overwrite, progress, base_url)
+    try:
+        for fname, remote in files.items():
+            _fetch_one(folder, fname, remote, overwrite, progress, base_url)
+    except BaseException:
+        for path in created:  # innermost first; a folder that holds anything stays
+            if any(path.iterdir()):
+                break
+            path.rmdir()
+        raise
     return folder
 
 
