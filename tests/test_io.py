@@ -204,6 +204,24 @@ def test_one_bit_slices_read_as_the_8_bit_slices_beside_them(droso_dir):
         assert 0.03 < (got > 127).mean() < 0.08
 
 
+def test_palette_slices_read_as_their_grey_levels_or_as_labels(tmp_path, crop, droso_dir):
+    """A slice stored as indices into a grey palette (here index 255 - g for grey g) reads as its grey levels,
+    not as the indices; indices into a palette of colours (a label image) read as the indices."""
+    grey, labels = tmp_path / "grey", tmp_path / "labels"
+    grey.mkdir(), labels.mkdir()
+    mask = io.open_volume(droso_dir / "mitochondria")[:3, 256:512, 256:512] > 127
+    for z in range(3):
+        im = Image.fromarray(255 - crop[z]).convert("P")
+        im.putpalette([v for i in range(256) for v in (255 - i,) * 3])
+        im.save(grey / f"{z}.png")
+        lab = Image.fromarray(mask[z].astype(np.uint8)).convert("P")
+        lab.putpalette([0, 0, 0, 230, 40, 40])
+        lab.save(labels / f"{z}.png")
+    assert Image.open(grey / "0.png").mode == Image.open(labels / "0.png").mode == "P"
+    np.testing.assert_array_equal(io.open_volume(grey)[:], crop[:3])
+    np.testing.assert_array_equal(io.open_volume(labels)[:], mask.astype(np.uint8))
+
+
 def test_slices_of_another_size_or_a_broken_slice_are_refused_when_opened(tmp_path, crop):
     for name, bad in (("size", lambda f: Image.fromarray(crop[0, :100]).save(f)),
                       ("colour", lambda f: Image.fromarray(np.stack([crop[0]] * 3, axis=-1)).save(f)),

@@ -184,9 +184,18 @@ def _read_slice(path: Path) -> np.ndarray:
         from PIL import Image
 
         with Image.open(path) as im:  # a 1-bit slice as 0/255, like the 8-bit slices it is stacked with
-            return np.asarray(im.convert("L") if im.mode == "1" else im)
+            return np.asarray(im.convert("L") if im.mode == "1" or _grey_palette(im) else im)
     except Exception as e:  # the libraries raise many types for corrupt files
         raise MitosegError(f"slice {path} cannot be read ({type(e).__name__}: {e})") from None
+
+
+def _grey_palette(im: Any) -> bool:
+    """Whether a PIL image is a palette image whose colours are all grey: its grey levels are the image (an
+    index is only a place in the palette). A palette of colours is read as its indices: a label image."""
+    if im.mode != "P":
+        return False
+    colours = np.asarray(im.getpalette("RGB") or [0, 0, 0], np.uint8).reshape(-1, 3)
+    return bool((colours == colours[:, :1]).all())
 
 
 def _slice_header(path: Path) -> tuple[tuple[int, ...], np.dtype]:
