@@ -78,3 +78,10 @@ def test_parse_errors_are_one_line(capsys):
     with pytest.raises(SystemExit) as exit_:
         cli.main(["--version"])
     assert exit_.value.code == 0 and capsys.readouterr().out.startswith("mitoseg 0.")
+
+
+def test_a_voxel_size_or_block_needs_one_number_per_axis():
+    checks.per_axis(voxel_size=(50, 4.6, 4.6), block=[64, 512, 512])
+    for value in ((5, 5), 5, (1, 2, 3, 4)):
+        with pytest.raises(MitosegError, match=r"voxel-size must be three numbers \(z, y, x\)"):
+            checks.per_axis(voxel_size=value)

@@ -434,6 +434,13 @@ def test_wrong_numbers_and_ambiguous_labels_are_refused(runs, probs2, capsys, tm
     bad(["train", t, g, "--out", str(tmp_path / "r"), "--lr", "nan"], capsys, "--lr: must be a number > 0")
     bad(["train", t, g, "--out", str(tmp_path / "r"), "--planes", "2"], capsys, "planes must be 1 or 3, not 2")
     bad([*predict, "--planes", "2"], capsys, "planes must be 1 or 3, not 2")
+    (tmp_path / "notarun").mkdir()
+    bad([*predict, "--model", str(tmp_path / "notarun")], capsys, "no trained model")  # found before run2 predicts
+    assert not list(tmp_path.glob("o.zarr*"))
+    (tmp_path / "notarun" / "mine.txt").write_text("my notes")
+    bad(["train", t, g, "--out", str(tmp_path / "notarun"), "--overwrite", *TRAIN], capsys,
+        "is a folder of other files (not a mitoseg run, report or Zarr volume)")
+    assert (tmp_path / "notarun" / "mine.txt").read_text() == "my notes"
     bad(["predict", test, "--model", str(d / "run3"), "--out", out, "--planes", "3"], capsys,
         "--planes is for a 2D model; this run is a 3D model")
     bad(["train", t, g, "--out", str(tmp_path / "r"), "--planes", "3", "--voxel-size", "50", "4.6", "4.6"], capsys,

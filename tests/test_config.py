@@ -19,3 +19,14 @@ def test_another_number_of_planes_only_for_a_2d_model_of_single_slices_on_near_i
         with_planes(Config(dims=2, voxel_size=(50, 4.6, 4.6)), 3)
     with pytest.raises(MitosegError, match="planes must be 1 or 3, not 2"):
         with_planes(xy, 2)
+
+
+def test_an_encoder_or_dims_it_cannot_build_is_refused_up_front():
+    """Before any training: an encoder FlexibleUNet offers but mitoseg cannot re-stride, a name it does not
+    know, and dims that are not 2 or 3; 2.0 is taken as 2 (MONAI needs an int)."""
+    for encoder in ("resnet999", "resnet50"):
+        with pytest.raises(MitosegError, match=f"encoder must be one of resnet18, resnet34, not '{encoder}'"):
+            Config(encoder=encoder)
+    with pytest.raises(MitosegError, match="dims must be 2 or 3, not '3'"):
+        Config(dims="3")
+    assert type(Config(dims=2.0).dims) is int

@@ -83,6 +83,26 @@ def test_label_rejects_bad_input():
         label(np.zeros((2, 2)))
 
 
+def test_label_refuses_probabilities(droso_crop):
+    """Probabilities read as > 0 would be one object over nearly everything: refused, threshold first."""
+    probs = jittered_probabilities(droso_crop[1][:4])
+    with pytest.raises(MitosegError, match=r"more than two values .*\(probabilities >= 0.5, or >= 128"):
+        label(probs)
+    assert label(probs >= 128).max() > 1
+
+
+def test_label_volume_checks_its_settings_before_writing(tmp_path, droso_crop):
+    """A voxel size or block of two numbers, and a table named as the labels: refused before anything is
+    written (before, the labels were finished and the table failed)."""
+    zarr.create_array(str(tmp_path / "m.zarr"), data=droso_crop[1][:4], chunks=(4, 128, 128))
+    for kw, match in (({"voxel_size": (5, 5)}, "voxel-size must be three numbers"),
+                      ({"block": (4, 128)}, "block must be three numbers"),
+                      ({"table": tmp_path / "l.zarr"}, "the labels and the table are both")):
+        with pytest.raises(MitosegError, match=match):
+            instances.label_volume(tmp_path / "m.zarr", tmp_path / "l.zarr", progress=False, **kw)
+        assert sorted(p.name for p in tmp_path.iterdir()) == ["m.zarr"]
+
+
 def test_measure_matches_numpy(droso_crop, tmp_path):
     _, mask = droso_crop
     labels = label(mask)

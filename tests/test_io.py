@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import tifffile
 import zarr
+from conftest import jittered_probabilities
 from PIL import Image
 
 from mitoseg import blocks, io
@@ -533,6 +534,12 @@ def test_foreground_threshold(tmp_path):
     with pytest.raises(MitosegError, match=r"the input holds more than two values \(0, 1, 2, 3, ...\)"):
         io.foreground_threshold(ids, None)
     assert io.foreground_threshold(ids, 1) == 1
+    # a probability given for whole numbers above 1 (0..255 probabilities of another tool): every non-zero
+    # voxel would pass it; for a 0/1 mask or floats it is a plain threshold
+    with pytest.raises(MitosegError, match="holds whole numbers up to 31, so --threshold 0.5 would make every"):
+        io.foreground_threshold(ids, 0.5)
+    assert io.foreground_threshold(ids.astype(np.float32) / 31, 0.5) == 0.5
+    assert io.foreground_threshold((ids > 9).astype(np.uint8), 0.5) == 0.5
     written = blocks.open_output(tmp_path / "m.zarr", (2, 4, 4), "uint8", (2, 4, 4), {}, {"kind": "mask"}).array
     written[:] = ids  # mitoseg's own masks are not sampled
     assert io.foreground_threshold(written, None) is None
@@ -554,3 +561,39 @@ def test_load_pair_keeps_unannotated_voxels(tmp_path, droso_crop):
         io.load_pair(tmp_path / "img.npy", tmp_path / "lab.npy", unlabeled=7)
     _, got = io.load_pair(tmp_path / "img.npy", tmp_path / "lab.npy", threshold=127, unlabeled=7)
     assert (got[10:] == 2).all() and got[0, 0, :3].tolist() == [0, 0, 0]
+
+
+def test_overwrite_replaces_only_what_mitoseg_writes(tmp_path, crop):
+    """--overwrite may replace a file, an empty folder, a run, a report or a Zarr volume; a folder of other
+    files (the user's data named as the output by mistake) is refused and left as it was."""
+    data = tmp_path / "data"
+    data.mkdir()
+    tifffile.imwrite(data / "stack.tif", crop[:2])
+    with pytest.raises(MitosegError, match="is a folder of other files .* --overwrite replaces only those"):
+        io.check_output(data, overwrite=True)
+    assert [p.name for p in data.iterdir()] == ["stack.tif"]
+    zarr.create_array(str(tmp_path / "p.zarr"), data=crop[:2])
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "config.json").write_text("{}")
+    (tmp_path / "empty").mkdir()
+    for ok in ("p.zarr", "run", "empty", "data/stack.tif"):
+        assert io.check_output(tmp_path / ok, overwrite=True) == tmp_path / ok
+
+
+def test_foreground_of_a_binary_mask_and_refusal_of_more_values(droso_crop):
+    """`foreground`: > 0 of bool, 0/1 and 0/255 masks of the real stack; probabilities, object ids and NaN
+    are refused with the values they hold."""
+    mask = droso_crop[1][:4]
+    for binary in (mask, mask.astype(bool), mask * 255, mask.astype(np.float32)):
+        np.testing.assert_array_equal(io.foreground(binary), mask > 0)
+    probs = jittered_probabilities(mask)
+    with pytest.raises(MitosegError, match=r"the mask holds more than two values \(0, 1, 2, 3, ...\): a binary"):
+        io.foreground(probs)
+    ids = mask.astype(np.int32)
+    ids[:, :, 128:] *= 7
+    with pytest.raises(MitosegError, match=r"\(0, 1, 7\)"):
+        io.foreground(ids)
+    nan = mask.astype(np.float32)
+    nan[0, 0, 0] = np.nan
+    with pytest.raises(MitosegError, match="more than two values"):
+        io.foreground(nan)

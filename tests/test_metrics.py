@@ -130,10 +130,10 @@ def test_slabs_cutting_objects_change_nothing(droso_crop, monkeypatch):
     _, mask = droso_crop
     truth, _ = ndi.label(mask, structure=np.ones((3, 3, 3)))
     pred, _ = ndi.label(_perturbed(mask), structure=np.ones((3, 3, 3)))
-    whole = confusion(pred, truth), match_instances(pred, truth)
+    whole = confusion(pred > 0, truth > 0), match_instances(pred, truth)
     monkeypatch.setattr(metrics, "SLAB_VOXELS", 3 * mask.shape[1] * mask.shape[2] + 7)  # 3 slices per slab
     assert len(list(metrics._slabs(pred, truth))) == -(-mask.shape[0] // 3)
-    assert (confusion(pred, truth), match_instances(pred, truth)) == whole
+    assert (confusion(pred > 0, truth > 0), match_instances(pred, truth)) == whole
     assert whole[1]["tp"] > 0 and whole[1]["fp"] + whole[1]["fn"] > 0
 
 
@@ -239,3 +239,15 @@ def test_error_places_refuses_other_shapes():
         error_places(np.zeros((2, 4, 4)), np.zeros((2, 4, 5)))
     with pytest.raises(MitosegError, match="Z, Y, X"):
         error_places(np.zeros((4, 4)), np.zeros((4, 4)))
+
+
+def test_confusion_refuses_probabilities_and_soft_masks(droso_crop):
+    """Voxel scores need two binary arrays: uint8 probabilities or an anti-aliased truth read as > 0 would
+    score a blob; the message says to threshold first. 0/255 and 0/1 masks score alike."""
+    mask = droso_crop[1][:4]
+    soft = np.rint(ndi.gaussian_filter(mask.astype(np.float32) * 255, (0, 1.5, 1.5))).astype(np.uint8)
+    with pytest.raises(MitosegError, match="the prediction holds more than two values .* threshold it first"):
+        confusion(soft, mask)
+    with pytest.raises(MitosegError, match="the truth holds more than two values"):
+        confusion(mask, soft)
+    assert confusion(mask * 255, mask) == confusion(mask.astype(bool), mask)

@@ -3,6 +3,7 @@ from dataclasses import replace
 import numpy as np
 import pytest
 import torch
+import zarr
 from conftest import jittered_probabilities
 
 from mitoseg import io, postprocess, predict
@@ -500,3 +501,19 @@ def test_mask_written_in_blocks_equals_the_whole_volume_smoothed_along_z(tmp_pat
         assert not (expect == (probs >= 153)).all()
         np.testing.assert_array_equal(io.open_volume(out)[:], expect)
         assert io.open_volume(out).attrs["z_sigma"] == sigma
+
+
+def test_the_block_engine_refuses_dims_not_the_models_and_its_own_input_as_output(tmp_path, droso_crop, net3d):
+    """`predict_volume` (the engine under `predict`): dims that are not the model's would fail deep in torch
+    after the output was begun; an output named as its input would replace it. Both refused before writing;
+    `predict` with no model at all too."""
+    zarr_path = tmp_path / "raw.zarr"
+    zarr.create_array(str(zarr_path), data=droso_crop[0][:8, :64, :64], chunks=(8, 64, 64))
+    with pytest.raises(MitosegError, match="dims must be the model's, 3, not 2"):
+        predict.predict_volume(net3d, str(zarr_path), tmp_path / "p.zarr", 2, (8, 64, 64), progress=False)
+    with pytest.raises(MitosegError, match="is an input of this command"):
+        predict.predict_volume(net3d, str(zarr_path), str(zarr_path), 3, (8, 64, 64), overwrite=True,
+                               progress=False)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["raw.zarr"]
+    with pytest.raises(MitosegError, match="no model given"):
+        predict.predict([], str(zarr_path), tmp_path / "p.zarr")

@@ -585,3 +585,21 @@ def test_ema_with_frozen_batchnorm_delivers_the_frozen_statistics(tmp_path, smal
     frozen = calls[-1][1]
     assert frozen and all(torch.equal(delivered[k], v) for k, v in frozen.items())
     assert not all(torch.equal(delivered[k], v) for k, v in calls[0][1].items())
+
+
+def test_labels_other_than_0_1_2_and_a_folder_of_other_files_are_refused_before_training(tmp_path, small):
+    """Object ids, a 0/255 mask and the image passed as the labels (arguments swapped) are refused with the
+    values found; --overwrite of a folder that is not a run (the user's data) deletes nothing."""
+    raw, mask = small
+    ids = mask.astype(np.uint16)
+    ids[:, :, 64:] *= 3
+    for labels, found in ((ids, "3"), (mask * 255, "255"), (raw, "")):
+        with pytest.raises(MitosegError, match=f"labels hold values other than 0, 1 .* and 2 .*: {found}"):
+            tr.train(tiny(2), raw, labels, tmp_path / "run", progress=False)
+    assert not (tmp_path / "run").exists()
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "notes.txt").write_text("my annotations")
+    with pytest.raises(MitosegError, match="is a folder of other files"):
+        tr.train(tiny(2), raw, mask, data, overwrite=True, progress=False)
+    assert [p.name for p in data.iterdir()] == ["notes.txt"]

@@ -99,6 +99,14 @@ def check(**values: Any) -> None:
                 raise MitosegError(f"{name.replace('_', '-')} must be {rule.words()}, not {v!r}")
 
 
+def per_axis(**values: Any) -> None:
+    """Raise MitosegError unless each value given (not None) holds one number per axis (z, y, x): a voxel
+    size or a block of a volume."""
+    for name, value in values.items():
+        if value is not None and (not isinstance(value, tuple | list | np.ndarray) or len(value) != 3):
+            raise MitosegError(f"{name.replace('_', '-')} must be three numbers (z, y, x), not {value!r}")
+
+
 def arg(name: str) -> Callable[[str], int | float]:
     """The argparse `type` of the option for setting `name`: parses the text and checks its range."""
     rule = RULES[name]

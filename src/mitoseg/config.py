@@ -9,6 +9,10 @@ from pathlib import Path
 from mitoseg import checks, io
 from mitoseg.errors import MitosegError
 
+# MONAI FlexibleUNet backbones whose 3D strides `models.encoder_strides` can set for anisotropic voxels (resnet10
+# and the bottleneck ResNets fail there); every measured mitoseg result is resnet18's
+ENCODERS = ("resnet18", "resnet34")
+
 
 @dataclass
 class Config:
@@ -66,7 +70,7 @@ class Config:
     tile_xy: int = 256
     tile_z: int = 32
     overlap: float = 0.5
-    encoder: str = "resnet18"
+    encoder: str = "resnet18"  # one of ENCODERS
     norm: str = "batch"  # "batch" (BatchNorm) or "instance" (InstanceNorm, independent of batch size)
     # how grey levels reach the network (`io.intensity_range`): "percentile" (linear 0.5-99.5 % window) or
     # "equalize" (histogram equalisation between them: blind to gamma); runs saved without it are percentile
@@ -80,7 +84,10 @@ class Config:
 
     def __post_init__(self) -> None:
         if self.dims not in (2, 3):
-            raise MitosegError(f"dims must be 2 or 3, not {self.dims}")
+            raise MitosegError(f"dims must be 2 or 3, not {self.dims!r}")
+        self.dims = int(self.dims)
+        if self.encoder not in ENCODERS:
+            raise MitosegError(f"encoder must be one of {', '.join(ENCODERS)}, not {self.encoder!r}")
         if self.norm not in ("batch", "instance"):
             raise MitosegError(f"norm must be batch or instance, not {self.norm!r}")
         if self.normalize not in io.RULES:

@@ -31,8 +31,15 @@ IGNORE = 2  # mask value of voxels nobody annotated: no loss, no sampling centre
 
 
 def check_labels(mask: np.ndarray, name: str = "labels") -> None:
-    """Refuse label volumes a model cannot learn from: no annotated voxel (all `IGNORE`), no foreground
-    among the annotated voxels, or nothing but foreground."""
+    """Refuse label volumes a model cannot learn from: values other than 0, 1 and `IGNORE` (object ids, grey
+    levels, a 0/255 mask: `io.load_pair` makes files into 0/1), no annotated voxel (all `IGNORE`), no
+    foreground among the annotated voxels, or nothing but foreground."""
+    other = (mask != 0) & (mask != 1) & (mask != IGNORE)
+    if other.any():
+        found = np.unique(mask[other])
+        values = ", ".join(f"{v:g}" for v in found[:4]) + (", ..." if found.size > 4 else "")
+        raise MitosegError(f"{name} hold values other than 0, 1 (foreground) and {IGNORE} (not annotated): {values}; "
+                           "make them 0/1 first (labels > 0 for object ids; io.load_pair thresholds label files)")
     annotated = int(np.count_nonzero(mask != IGNORE))
     fg = int(np.count_nonzero(mask == 1))
     if annotated == 0:

@@ -34,7 +34,7 @@ import scipy.sparse
 import scipy.sparse.csgraph
 from tqdm import tqdm
 
-from mitoseg import blocks, checks
+from mitoseg import blocks, checks, io
 from mitoseg.errors import MitosegError
 from mitoseg.io import block_marker
 
@@ -61,7 +61,8 @@ def _cc3d_connectivity(shape: Sequence[int], connectivity: int) -> int:
 
 
 def label(mask: np.ndarray, connectivity: int = 26, min_size: int = 0) -> np.ndarray:
-    """Connected components of a 3D binary mask (voxels > 0 are foreground).
+    """Connected components of a 3D binary mask (voxels > 0 are foreground; more than two values, e.g.
+    probabilities, are refused: `io.foreground`).
 
     Returns uint32 labels of the mask's shape (z, y, x): 0 background, objects 1..N consecutive in the
     order cc3d numbers them. Objects with fewer than `min_size` voxels are removed before numbering
@@ -70,7 +71,7 @@ def label(mask: np.ndarray, connectivity: int = 26, min_size: int = 0) -> np.nda
     _check_connectivity(connectivity)
     mask = np.asarray(mask)
     _check_3d("mask", mask.shape)
-    foreground = mask > 0
+    foreground = io.foreground(mask)
     labels, n = cc3d.connected_components(foreground, connectivity=_cc3d_connectivity(mask.shape, connectivity),
                                           out_dtype=np.uint32, return_N=True)
     if min_size > 0:
@@ -524,13 +525,16 @@ def label_volume(input: str | Path, out: str | Path, block: Sequence[int] | None
     `voxel_size` (z, y, x) nm defaults to the one the input states (`io.voxel_size`), else 1 1 1. An `out`
     named *.ome.zarr is OME-Zarr. `block` defaults to (64, 512, 512). Returns the number of objects.
     """
-    from mitoseg import cluster, io, postprocess
+    from mitoseg import cluster, postprocess
 
-    checks.check(value_threshold=threshold, voxel_size=voxel_size, min_size=min_size)
+    checks.check(value_threshold=threshold, voxel_size=voxel_size, min_size=min_size, block=block)
+    checks.per_axis(voxel_size=voxel_size, block=block)
     volume = io.open_volume(input)
     io.check_place(out, "zarr", (input,))
     if table:
         io.check_output(table, overwrite, "file", (input,))
+        if Path(table).absolute() == Path(out).absolute():
+            raise MitosegError(f"the labels and the table are both {out}: give two outputs")
     voxel = tuple(voxel_size or io.voxel_size(input) or (1.0, 1.0, 1.0))
     block = tuple(block) if block else (min(volume.shape[0], 64), 512, 512)
     applied = postprocess.for_labels(dict(volume.attrs) if hasattr(volume, "attrs") else {}, threshold, min_size)

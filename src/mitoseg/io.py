@@ -414,6 +414,22 @@ def check_binary(labels: Any, name: str = "labels", max_samples: int = 2_000_000
     _refuse_many(sampled_values(labels, max_samples), name)
 
 
+def foreground(mask: np.ndarray, name: str = "the mask") -> np.ndarray:
+    """bool, the shape of `mask`: ``mask > 0`` of an in-memory binary mask (bool, or 0 and one other value:
+    0/1, 0/255). Refuses more values (probabilities, grey levels, object ids, NaN), which ``> 0`` would
+    silently make one blob."""
+    mask = np.asarray(mask)
+    if mask.dtype == bool:
+        return mask
+    fg = mask > 0
+    top = mask[fg]
+    if np.count_nonzero(mask) != top.size or (top.size and (top != top[0]).any()):
+        raise MitosegError(f"{name} holds more than two values ({_first_values(np.unique(mask))}): a binary mask is "
+                           "needed; threshold it first (probabilities >= 0.5, or >= 128 as mitoseg stores them; "
+                           "object ids > 0)")
+    return fg
+
+
 def sampled_values(volume: Any, max_samples: int = 2_000_000) -> np.ndarray:
     """The sorted distinct values of a strided subsample of about `max_samples` voxels of `volume`."""
     step = max(1, int(np.ceil((np.prod(volume.shape) / max_samples) ** (1 / len(volume.shape)))))
@@ -462,7 +478,8 @@ def foreground_threshold(volume: Any, threshold: float | None, name: str = "the 
     to 0..255 when stored as uint8. Other volumes: a given threshold applies to the raw values; without one
     they are masks, None (any non-zero voxel is foreground), refused when they hold more than two values (in a
     subsample, unless mitoseg wrote the mask): probabilities of another tool, an anti-aliased mask or object ids
-    read as ``> 0`` would be a silently wrong answer.
+    read as ``> 0`` would be a silently wrong answer. A threshold under 1 for whole numbers above 1 is refused
+    too (every non-zero voxel would pass it).
     """
     kind = dict(getattr(volume, "attrs", {}) or {}).get("kind")
     if kind == "probability":
@@ -477,6 +494,12 @@ def foreground_threshold(volume: Any, threshold: float | None, name: str = "the 
             raise MitosegError(f"{name} holds more than two values ({_first_values(values)}) and is no mitoseg "
                                "probability map: give --threshold (foreground: value >= it; e.g. 0.5 for "
                                "probabilities of another tool, 128 for an anti-aliased 0..255 mask, 1 for object ids)")
+    if threshold is not None and threshold < 1 and np.issubdtype(np.dtype(volume.dtype), np.integer):
+        top = sampled_values(volume).max(initial=0)
+        if top > 1:  # >= t < 1 of whole numbers is every non-zero voxel: a probability given for stored levels
+            raise MitosegError(f"{name} holds whole numbers up to {top:g}, so --threshold {threshold:g} would make "
+                               "every non-zero voxel foreground: give a value on its scale (e.g. 128 for 0..255 "
+                               "probabilities, 1 for object ids)")
     return threshold
 
 
@@ -512,11 +535,26 @@ OTHER_FORMATS = TIFF | H5 | SLICE_SUFFIXES | {".npy", ".csv", ".json"}
 
 
 def check_output(path: str | Path, overwrite: bool, kind: str | None = None, inputs: tuple = ()) -> Path:
-    """Refuse an existing output unless overwrite, and what `check_place` refuses; returns the path."""
+    """Refuse an existing output unless overwrite, a folder that `replaceable` refuses, and what `check_place`
+    refuses; returns the path."""
     path = Path(path)
     if path.exists() and not overwrite:
         raise MitosegError(f"{path} already exists; pass --overwrite to replace it")
+    replaceable(path)
     return check_place(path, kind, inputs)
+
+
+WRITTEN_MARKS = ("config.json", "compare.json", "zarr.json", ".zarray", ".zgroup")  # a run, a report, a Zarr
+
+
+def replaceable(path: str | Path) -> None:
+    """Refuse to replace (--overwrite) a folder that holds files but is none of what mitoseg writes: a run
+    (config.json), a compare report (compare.json) or a Zarr volume. A folder of the user's own (their data,
+    say, named as the output by mistake) is never deleted."""
+    path = Path(path)
+    if path.is_dir() and any(path.iterdir()) and not any((path / mark).exists() for mark in WRITTEN_MARKS):
+        raise MitosegError(f"{path} is a folder of other files (not a mitoseg run, report or Zarr volume); "
+                           "--overwrite replaces only those: give another output")
 
 
 def check_place(path: str | Path, kind: str | None = None, inputs: tuple = ()) -> Path:

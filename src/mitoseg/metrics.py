@@ -61,14 +61,17 @@ def _slabs(a: np.ndarray, b: np.ndarray):
 def confusion(pred: np.ndarray, truth: np.ndarray) -> Counts:
     """Confusion counts of two in-memory binary arrays of the same shape (any ndim, any dtype).
 
-    A voxel is foreground where its value is > 0. Counts are exact integers; temporaries are one slab
+    A voxel is foreground where its value is > 0; an array of more than two values (probabilities, an
+    anti-aliased mask) is refused (`io.foreground`). Counts are exact integers; temporaries are one slab
     of about 4 M voxels, whatever the volume.
     """
+    from mitoseg import io
+
     pred, truth = np.asarray(pred), np.asarray(truth)
     _check_same_shape(pred.shape, truth.shape)
     tp = fp = fn = 0
     for p, t in _slabs(pred, truth):
-        p, t = p > 0, t > 0
+        p, t = io.foreground(p, "the prediction"), io.foreground(t, "the truth")
         both = int(np.count_nonzero(p & t))
         tp, fp, fn = tp + both, fp + int(np.count_nonzero(p)) - both, fn + int(np.count_nonzero(t)) - both
     return Counts(tp=tp, fp=fp, fn=fn, tn=int(pred.size) - tp - fp - fn)
@@ -110,9 +113,12 @@ def evaluate(prediction, truth, threshold: float | None = None, label_threshold:
     from mitoseg import blocks, checks, cluster, io
 
     checks.check(value_threshold=threshold, label_threshold=label_threshold, block=tuple(block), voxel_size=voxel_size)
+    checks.per_axis(block=tuple(block), voxel_size=voxel_size)
     pred = io.open_volume(prediction) if isinstance(prediction, str | Path) else prediction
     true = io.open_volume(truth) if isinstance(truth, str | Path) else truth
     _check_same_shape(pred.shape, true.shape)
+    if len(pred.shape) != 3:
+        raise MitosegError(f"evaluate takes two volumes (Z, Y, X), not arrays of shape {tuple(pred.shape)}")
     if places and int(np.prod(pred.shape)) > MAX_PLACES_VOXELS:
         raise MitosegError(f"--places reads both volumes and their labelled objects into memory: "
                            f"{int(np.prod(pred.shape)):,} voxels are more than the {MAX_PLACES_VOXELS:,} it takes; "

@@ -250,6 +250,12 @@ def autocast(device: torch.device, enabled: bool = True):
     return torch.autocast(device.type, dtype=torch.bfloat16, enabled=enabled and bf16_native(device))
 
 
+def model_dims(model: nn.Module) -> int | None:
+    """2 or 3: the dimensions of a network's first convolution; None for a network without one."""
+    first = next((m for m in model.modules() if isinstance(m, nn.Conv2d | nn.Conv3d)), None)
+    return None if first is None else 2 if isinstance(first, nn.Conv2d) else 3
+
+
 def channels_last(model: nn.Module, dims: int) -> nn.Module:
     """The model with channels-last weights (in place): 1.3x faster inference on CPU for both models
     (benchmarks/bench_backends.py); inputs are converted to match in `predict`."""

@@ -28,7 +28,7 @@ import torch
 from mitoseg import blocks, checks, io, memory, metrics, postprocess
 from mitoseg.config import Config, check_planes
 from mitoseg.errors import MitosegError
-from mitoseg.models import accelerator, autocast, channels_last
+from mitoseg.models import accelerator, autocast, channels_last, model_dims
 
 Block = blocks.Block
 
@@ -487,11 +487,13 @@ def predict_volume(model: torch.nn.Module, image: Any, out: str | Path, dims: in
     """
     from tqdm.auto import tqdm
 
+    if dims not in (2, 3) or model_dims(model) not in (None, dims):
+        raise MitosegError(f"dims must be the model's, {model_dims(model)}, not {dims!r}")
     volume = io.open_volume(image) if isinstance(image, str | Path) else image
     shape = tuple(volume.shape)
-    io.check_output(out, overwrite)
+    io.check_output(out, overwrite, "zarr", (image,))
     if mask_out is not None:
-        io.check_output(mask_out, overwrite)
+        io.check_output(mask_out, overwrite, "zarr", (image,))
     window = window or input_window(model, volume)
     settings = plan(volume, dims, tile, overlap, block, window, planes=input_planes(model, dims), dtype=dtype,
                     threshold=threshold, tta=tta, amp=amp,
@@ -572,6 +574,9 @@ def predict(model: str | Path | Sequence[str | Path], image: str | Path, out: st
     """
     checks.check(tile_xy=tile_xy, tile_z=tile_z, overlap=overlap, block=block, threshold=threshold,
                  batch_size=batch_size)
+    checks.per_axis(block=block)
+    if not isinstance(model, str | Path) and not model:
+        raise MitosegError("no model given: name a run folder or checkpoint")
     for output in (out, mask_out) if mask_out is not None else (out,):
         io.check_place(output, "zarr", (image,))
     if mask_out is not None and Path(mask_out).absolute() == Path(out).absolute():
@@ -684,7 +689,8 @@ def predict_mean(models: Sequence[str | Path], image: str | Path, out: str | Pat
     if mask_out is not None:
         io.check_output(mask_out, overwrite)
     planes = each.pop("planes", None)
-    member_planes = [None if planes is None or load_model(m, "cpu")[1].dims == 3 else planes for m in models]
+    dims = [load_model(m, "cpu")[1].dims for m in models]  # every member found before any predicts
+    member_planes = [None if planes is None or d == 3 else planes for d in dims]
     for m, p in zip(models, member_planes, strict=True):
         if p is not None:
             model_for(m, image, "cpu", p)  # a refusal now, not after the other members' predictions

@@ -121,6 +121,7 @@ def _prepare_dir(out: Path, resume: bool, overwrite: bool) -> None:
     if out.exists() and any(out.iterdir()):
         if not overwrite:
             raise MitosegError(f"{out} already exists; pass --overwrite to replace it or --resume to continue")
+        io.replaceable(out)
         shutil.rmtree(out)
     out.mkdir(parents=True, exist_ok=True)
 
@@ -330,7 +331,9 @@ def _finite_step(model: torch.nn.Module, loss: torch.Tensor) -> bool:
 def train(config: Config, image: np.ndarray, mask: np.ndarray, out: str | Path, resume: bool = False,
           overwrite: bool = False, progress: bool = True,
           monitor: data.Volume | None = None, postprocessing: bool = True) -> dict:
-    """Train one model on an image (Z, Y, X, any dtype) and its mask (Z, Y, X) {0, 1}; returns the summary.
+    """Train one model on an image (Z, Y, X, any dtype) and its mask (Z, Y, X) {0, 1, and 2 where nobody
+    annotated}; returns the summary. Other mask values are refused (`data.check_labels`); the config's
+    `label_threshold` and `unlabeled` say how `io.load_pair` made such a mask from a file, and are not applied here.
 
     Stops after `config.epochs` epochs or `config.minutes` of training, whichever comes first.
     The image is normalised patch by patch (`io.intensity_range` of the whole volume), never copied.
