@@ -518,6 +518,13 @@ def test_check_output(tmp_path):
     assert io.check_output(tmp_path / "new" / "deeper" / "t.csv", False, "file", (tmp_path / "image.tif",))
 
 
+def test_an_array_where_a_path_is_needed_is_one_line(droso_crop):
+    with pytest.raises(MitosegError, match="a volume's path .* is needed here, not a ndarray"):
+        io.open_volume(droso_crop[0])
+    with pytest.raises(MitosegError, match="not a ndarray"):
+        io.load_pair(*droso_crop)
+
+
 def test_foreground_threshold(tmp_path):
     kind = {"kind": "probability"}
     probs = blocks.open_output(tmp_path / "p.zarr", (2, 4, 4), "uint8", (2, 4, 4), {}, kind).array

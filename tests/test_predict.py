@@ -514,6 +514,8 @@ def test_the_block_engine_refuses_dims_not_the_models_and_its_own_input_as_outpu
     with pytest.raises(MitosegError, match="is an input of this command"):
         predict.predict_volume(net3d, str(zarr_path), str(zarr_path), 3, (8, 64, 64), overwrite=True,
                                progress=False)
+    with pytest.raises(MitosegError, match=r"must be a volume \(Z, Y, X\), not an array of shape \(64, 64\)"):
+        predict.predict_volume(net3d, droso_crop[0][0, :64, :64], tmp_path / "p.zarr", 3, (8, 64, 64), progress=False)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["raw.zarr"]
     with pytest.raises(MitosegError, match="no model given"):
         predict.predict([], str(zarr_path), tmp_path / "p.zarr")

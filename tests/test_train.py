@@ -589,7 +589,8 @@ def test_ema_with_frozen_batchnorm_delivers_the_frozen_statistics(tmp_path, smal
 
 def test_labels_other_than_0_1_2_and_a_folder_of_other_files_are_refused_before_training(tmp_path, small):
     """Object ids, a 0/255 mask and the image passed as the labels (arguments swapped) are refused with the
-    values found; --overwrite of a folder that is not a run (the user's data) deletes nothing."""
+    values found, a slice for a volume by its shape; --overwrite of a folder that is not a run (the user's data)
+    deletes nothing."""
     raw, mask = small
     ids = mask.astype(np.uint16)
     ids[:, :, 64:] *= 3
@@ -597,6 +598,8 @@ def test_labels_other_than_0_1_2_and_a_folder_of_other_files_are_refused_before_
         with pytest.raises(MitosegError, match=f"labels hold values other than 0, 1 .* and 2 .*: {found}"):
             tr.train(tiny(2), raw, labels, tmp_path / "run", progress=False)
     assert not (tmp_path / "run").exists()
+    with pytest.raises(MitosegError, match=r"must be a volume \(Z, Y, X\), not an array of shape \(128, 128\)"):
+        tr.train(tiny(2), raw[0], mask[0], tmp_path / "run", progress=False)
     data = tmp_path / "data"
     data.mkdir()
     (data / "notes.txt").write_text("my annotations")

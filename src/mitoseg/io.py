@@ -50,8 +50,11 @@ def open_volume(spec: str | Path) -> Any:
 
     Accepts a multi-page TIFF, a folder of 2D slices (sorted by name), ``.h5:dataset``, ``.zarr``
     (v2 or v3; ``.zarr:array`` for an array inside a group) and ``.npy`` (memory-mapped).
-    Raises MitosegError for a missing, unreadable or non-3D input.
+    Raises MitosegError for a missing, unreadable or non-3D input, and for anything but a path (an array).
     """
+    if not isinstance(spec, str | Path):
+        raise MitosegError(f"a volume's path (str or Path) is needed here, not a {type(spec).__name__}; arrays in "
+                           "memory go to predict.predict_volume, train.train, instances.label or metrics.evaluate")
     path, inner = split_path(spec)
     if not path.exists():
         raise MitosegError(f"{path}: no such file or folder")

@@ -491,6 +491,8 @@ def predict_volume(model: torch.nn.Module, image: Any, out: str | Path, dims: in
         raise MitosegError(f"dims must be the model's, {model_dims(model)}, not {dims!r}")
     volume = io.open_volume(image) if isinstance(image, str | Path) else image
     shape = tuple(volume.shape)
+    if len(shape) != 3:
+        raise MitosegError(f"the image must be a volume (Z, Y, X), not an array of shape {shape}")
     io.check_output(out, overwrite, "zarr", (image,))
     if mask_out is not None:
         io.check_output(mask_out, overwrite, "zarr", (image,))

@@ -346,6 +346,9 @@ def train(config: Config, image: np.ndarray, mask: np.ndarray, out: str | Path, 
     needed only to resume an interrupted run).
     """
     out = Path(out)
+    image, mask = image if hasattr(image, "shape") else np.asarray(image), np.asarray(mask)
+    if len(image.shape) != 3:
+        raise MitosegError(f"the image must be a volume (Z, Y, X), not an array of shape {tuple(image.shape)}")
     if tuple(image.shape) != tuple(mask.shape):
         raise MitosegError(f"image {image.shape} and labels {mask.shape} differ in shape")
     if config.annotated_slices:
