@@ -81,6 +81,12 @@ def test_label_rejects_bad_input():
         label(np.zeros((2, 2, 2)), connectivity=8)
     with pytest.raises(MitosegError, match="3D"):
         label(np.zeros((2, 2)))
+    for size in (-5, 2.5, "500"):
+        with pytest.raises(MitosegError, match="min-size must be an integer >= 0"):
+            label(np.zeros((2, 2, 2)), min_size=size)
+    for voxel in ((5, 5), (5, float("nan"), 5), (5, -1, 5)):
+        with pytest.raises(MitosegError, match="voxel-size must be"):
+            measure(np.zeros((2, 2, 2), np.uint32), voxel_size=voxel)
 
 
 def test_label_refuses_probabilities(droso_crop):
@@ -140,7 +146,7 @@ def test_measure_sparse_large_ids():
     assert table["voxels"].tolist() == [2, 1]
     assert table["centroid_y"].tolist() == [0.5, 0.0]
     assert [table[f"bbox_{k}"][0] for k in ("z0", "y0", "x0", "z1", "y1", "x1")] == [1, 0, 1, 2, 2, 2]
-    with pytest.raises(MitosegError, match="voxel_size"):
+    with pytest.raises(MitosegError, match="voxel-size must be three numbers"):
         measure(labels, voxel_size=(1, 1))
 
 

@@ -69,6 +69,7 @@ def label(mask: np.ndarray, connectivity: int = 26, min_size: int = 0) -> np.nda
     (the same labels as cc3d.dust then connected components, from one labelling pass instead of two).
     """
     _check_connectivity(connectivity)
+    checks.check(min_size=min_size)
     mask = np.asarray(mask)
     _check_3d("mask", mask.shape)
     foreground = io.foreground(mask)
@@ -110,8 +111,8 @@ def measure(labels: np.ndarray, voxel_size: Sequence[float] = (1.0, 1.0, 1.0)) -
     """
     labels = np.asarray(labels)
     _check_3d("labels", labels.shape)
-    if len(voxel_size) != 3 or any(float(v) <= 0 for v in voxel_size):
-        raise MitosegError(f"voxel_size must be three positive numbers (z, y, x) in nm, got {voxel_size}")
+    checks.per_axis(voxel_size=voxel_size)
+    checks.check(voxel_size=tuple(voxel_size))
     if not np.issubdtype(labels.dtype, np.integer):
         raise MitosegError(f"labels must be an integer array, got dtype {labels.dtype}")
     if labels.size and labels.min() < 0:

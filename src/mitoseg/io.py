@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from mitoseg import omezarr
+from mitoseg import checks, omezarr
 from mitoseg.errors import MitosegError
 
 TIFF = {".tif", ".tiff"}
@@ -513,6 +513,7 @@ def load_pair(image: str | Path, labels: str | Path, threshold: float | None = N
     Returns (image as stored, mask uint8), both (Z, Y, X): {0, 1} by `binarize` (`threshold` as there),
     and 2 (`data.IGNORE`, not annotated) where the labels equal `unlabeled`, when given.
     """
+    checks.check(label_threshold=threshold, unlabeled=unlabeled)
     img = open_volume(image)
     lab = open_volume(labels)
     if tuple(img.shape) != tuple(lab.shape):
