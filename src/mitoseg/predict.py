@@ -487,8 +487,9 @@ def predict_volume(model: torch.nn.Module, image: Any, out: str | Path, dims: in
     """
     from tqdm.auto import tqdm
 
-    if dims not in (2, 3) or model_dims(model) not in (None, dims):
-        raise MitosegError(f"dims must be the model's, {model_dims(model)}, not {dims!r}")
+    found = model_dims(model)
+    if dims not in (2, 3) or found not in (None, dims):
+        raise MitosegError(f"dims must be {found or '2 or 3'} (the model's), not {dims!r}")
     volume = io.open_volume(image) if isinstance(image, str | Path) else image
     shape = tuple(volume.shape)
     if len(shape) != 3:
