@@ -268,10 +268,15 @@ def test_volumes_of_more_than_two_values_need_a_threshold_to_be_labelled_or_scor
         assert io.open_volume(tmp_path / f"{name}.zarr")[:].max() >= 1
 
 
-def test_train_resume_and_help(runs, capsys):
+def test_train_resume_and_help(runs, capsys, tmp_path):
     d = runs
     assert main(["--quiet", "train", str(d / "train.tif"), str(d / "train_gt.tif"), "--out", str(d / "run2"),
                  "--resume", *TRAIN]) == 0  # already at its 1 epoch: nothing to do, still succeeds
+    # a 3D run resumes without --dims again, and --fp32 (where it trains) applies
+    shutil.copytree(d / "run3", tmp_path / "run3")
+    assert main(["--quiet", "train", str(d / "train.tif"), str(d / "train_gt.tif"), "--out", str(tmp_path / "run3"),
+                 "--resume", "--fp32"]) == 0
+    assert Config.load(tmp_path / "run3" / "config.json").amp is False
     with pytest.raises(SystemExit):
         main(["--help"])
     assert "compare" in capsys.readouterr().out

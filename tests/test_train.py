@@ -88,11 +88,14 @@ def _killed_after_first_checkpoint(cfg: Config, small, out, monkeypatch) -> None
 
 
 def test_resume_continues_exactly(tmp_path, small, monkeypatch):
-    """Killed after epoch 1 and resumed, a run ends with the same weights as an uninterrupted one."""
-    tr.train(tiny(2), *small, tmp_path / "a", progress=False)
-    _killed_after_first_checkpoint(tiny(2), small, tmp_path / "b", monkeypatch)
+    """Killed after epoch 1 and resumed, a run ends with the same weights as an uninterrupted one; resumed with
+    a config that leaves out its annotated slices, it trains on with the saved ones (not every slice's labels)."""
+    cfg = tiny(2, annotated_slices="0,3-4")
+    tr.train(cfg, *small, tmp_path / "a", progress=False)
+    _killed_after_first_checkpoint(cfg, small, tmp_path / "b", monkeypatch)
     assert len(tr.read_log(tmp_path / "b")) == 1
     tr.train(tiny(2), *small, tmp_path / "b", resume=True, progress=False)
+    assert Config.load(tmp_path / "b" / "config.json") == cfg
     a = torch.load(tmp_path / "a" / "last.pt", weights_only=False)["model"]
     b = torch.load(tmp_path / "b" / "last.pt", weights_only=False)["model"]
     for k in a:

@@ -17,7 +17,7 @@ from mitoseg import __version__
 from mitoseg.checks import arg
 from mitoseg.errors import MitosegError
 
-FP32_HELP = "compute in float32 (default: bf16 autocast on GPUs, and for prediction on CPUs with native bf16)"
+FP32_HELP = "compute in float32 (default: bf16 autocast on GPUs and on CPUs with native bf16)"
 IMAGE_HELP = "image volume: TIFF, slice folder, file.h5:dataset, file.zarr"
 THRESHOLD_HELP = ("foreground: value >= this; for mitoseg probabilities a probability in (0, 1) (default 0.5, "
                   "scaled to 0..255 when stored as uint8), for other inputs a raw value (e.g. 0.5 for another "
@@ -41,7 +41,7 @@ def _voxel(values: list[float]) -> tuple[float, float, float]:
 def cmd_train(a: argparse.Namespace) -> None:
     from mitoseg import io
     from mitoseg.config import PRESETS
-    from mitoseg.train import check_resume, train
+    from mitoseg.train import check_resume, resumed_config, train
 
     changes = {k: v for k, v in dict(
         epochs=a.epochs, minutes=a.minutes, patch_xy=a.patch_xy, patch_z=a.patch_z, batch=a.batch, lr=a.lr,
@@ -51,10 +51,13 @@ def cmd_train(a: argparse.Namespace) -> None:
         boundary_weight=a.boundary_weight, loader_workers=a.loader_workers, val_fraction=a.val_fraction, seed=a.seed,
         device=a.device, label_threshold=a.label_threshold, voxel_size=a.voxel_size, unlabeled=a.unlabeled,
         annotated_slices=a.annotated_slices, init=a.init, amp=False if a.fp32 else None).items() if v is not None}
-    if a.resume:
-        check_resume(a.out, changes)
-    image, mask = io.load_pair(a.image, a.labels, a.label_threshold, a.unlabeled)
-    cfg = PRESETS["quick" if a.quick else a.preset](a.dims, **changes)
+    if a.resume:  # the run's saved settings, those it read its labels with too; others given are refused
+        check_resume(a.out, {**changes, **({"dims": a.dims} if a.dims else {})})
+        cfg = resumed_config(a.out, changes)
+        image, mask = io.load_pair(a.image, a.labels, cfg.label_threshold, cfg.unlabeled)
+    else:
+        cfg = PRESETS["quick" if a.quick else a.preset](a.dims or 2, **changes)
+        image, mask = io.load_pair(a.image, a.labels, a.label_threshold, a.unlabeled)
     summary = train(cfg, image, mask, a.out, resume=a.resume, overwrite=a.overwrite, progress=not a.quiet)
     print(json.dumps(summary, indent=2))
 
@@ -271,7 +274,8 @@ def parser() -> argparse.ArgumentParser:
     t.add_argument("image", help=IMAGE_HELP)
     t.add_argument("labels", help="label volume of the same shape (foreground: label > --label-threshold)")
     t.add_argument("--out", required=True, help="run folder (config, log, checkpoints)")
-    t.add_argument("--dims", type=int, choices=(2, 3), default=2, help="2: a 2D U-Net on slices; 3: a 3D U-Net")
+    t.add_argument("--dims", type=int, choices=(2, 3),
+                   help="2 (default): a 2D U-Net on slices; 3: a 3D U-Net")
     t.add_argument("--preset", default="full", choices=("quick", "cpu", "full"),
                    help="quick: 3 minutes on a CPU; cpu: 30 minutes on 2 cores; full: the GPU preset (default)")
     t.add_argument("--quick", action="store_true", help="same as --preset quick")
@@ -377,10 +381,12 @@ def parser() -> argparse.ArgumentParser:
     lab = sub.add_parser("label", help="separate objects with 3D connected components; write labels and a table")
     lab.add_argument("input", help="probabilities or mask volume")
     lab.add_argument("--out", required=True, help="label volume, a .zarr path")
-    lab.add_argument("--table", help="per-object CSV (id, voxels, volume_um3, centroid, bbox)")
+    lab.add_argument("--table", help="per-object CSV (id, voxels, volume_um3, centroid, bbox, and shape: "
+                     "surface_um2, sphericity, equivalent_diameter_um, length_um, width_um, elongation, "
+                     "touches_border)")
     lab.add_argument("--threshold", type=arg("value_threshold"),
-                     help=THRESHOLD_HELP.replace("default 0.5 for", "default: the run's choice kept with mitoseg "
-                                                 "probabilities, blurred along Z as it chose, else 0.5 for"))
+                     help=THRESHOLD_HELP.replace("(default 0.5, ", "(default: the run's choice kept with them, "
+                                                 "blurred along Z as it chose, else 0.5; "))
     lab.add_argument("--connectivity", type=int, choices=(6, 18, 26), default=26,
                      help="voxel neighbourhood: 6 (faces), 18 (+ edges) or 26 (+ corners, default)")
     lab.add_argument("--min-size", type=arg("min_size"),
@@ -417,7 +423,7 @@ def parser() -> argparse.ArgumentParser:
     c.add_argument("--data", help="folder with the data set's files")
     c.add_argument("--quick", action="store_true", help="same as --preset quick (the demo)")
     c.add_argument("--preset", default="full", choices=("quick", "cpu", "full"),
-                   help="quick: 3 minutes per model (demo); cpu: 30 minutes per model on 2 cores (about 80 "
+                   help="quick: 3 minutes per model (demo); cpu: 30 minutes per model on 2 cores (about 95 "
                         "minutes in all); full: the GPU preset (default)")
     c.add_argument("--epochs", type=arg("epochs"), help="equal epochs for both models")
     c.add_argument("--minutes", type=arg("minutes"), help="equal training minutes for each model")

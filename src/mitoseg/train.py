@@ -24,6 +24,7 @@ import shutil
 import sys
 import time
 from collections.abc import Sequence
+from dataclasses import replace
 from functools import partial
 from pathlib import Path
 
@@ -108,6 +109,15 @@ def check_resume(out: str | Path, changes: dict) -> None:
     if differ:
         raise MitosegError(f"--resume continues {out} with its saved settings; these differ: {', '.join(differ)}: "
                            "leave them out, or train a new run")
+
+
+def resumed_config(out: str | Path, free: dict) -> Config:
+    """The config a resumed run trains with: its saved one, with the `RESUME_FREE` settings of `free` (Config
+    field -> value: where and how fast it trains) applied; the others in `free` are not looked at."""
+    path = Path(out) / "config.json"
+    if not path.is_file():
+        raise MitosegError(f"{out} holds no run to resume (no config.json)")
+    return replace(Config.load(path), **{k: v for k, v in free.items() if k in RESUME_FREE})
 
 
 def _prepare_dir(out: Path, resume: bool, overwrite: bool) -> None:
@@ -334,6 +344,8 @@ def train(config: Config, image: np.ndarray, mask: np.ndarray, out: str | Path, 
     """Train one model on an image (Z, Y, X, any dtype) and its mask (Z, Y, X) {0, 1, and 2 where nobody
     annotated}; returns the summary. Other mask values are refused (`data.check_labels`); the config's
     `label_threshold` and `unlabeled` say how `io.load_pair` made such a mask from a file, and are not applied here.
+    With `resume`, the run's saved config is trained with (`resumed_config`: of the given one, only its device,
+    loader workers and amp apply), its annotated slices too.
 
     Stops after `config.epochs` epochs or `config.minutes` of training, whichever comes first.
     The image is normalised patch by patch (`io.intensity_range` of the whole volume), never copied.
@@ -351,17 +363,18 @@ def train(config: Config, image: np.ndarray, mask: np.ndarray, out: str | Path, 
         raise MitosegError(f"the image must be a volume (Z, Y, X), not an array of shape {tuple(image.shape)}")
     if tuple(image.shape) != tuple(mask.shape):
         raise MitosegError(f"image {image.shape} and labels {mask.shape} differ in shape")
+    if resume:  # the saved settings, its annotated slices too
+        _prepare_dir(out, resume, overwrite)
+        given, config = config, resumed_config(out, {k: getattr(config, k) for k in RESUME_FREE})
+        if given.dims != config.dims:
+            raise MitosegError(f"{out} holds a {config.dims}D run; cannot resume it as {given.dims}D")
     if config.annotated_slices:
         mask = data.annotate_slices(mask, data.parse_slices(config.annotated_slices, mask.shape[0]))
     data.check_labels(mask)
     data.check_image(image)
     data.check_patch(image.shape, config.patch)
-    _prepare_dir(out, resume, overwrite)
-    if resume:
-        saved = Config.load(out / "config.json")
-        if saved.dims != config.dims:
-            raise MitosegError(f"{out} holds a {saved.dims}D run; cannot resume it as {config.dims}D")
-        config = saved
+    if not resume:
+        _prepare_dir(out, resume, overwrite)
     config.save(out / "config.json")
     (out / "versions.json").write_text(json.dumps(versions(), indent=2) + "\n")
     try:
