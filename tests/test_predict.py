@@ -509,6 +509,8 @@ def test_the_block_engine_refuses_dims_not_the_models_and_its_own_input_as_outpu
     `predict` with no model at all too."""
     zarr_path = tmp_path / "raw.zarr"
     zarr.create_array(str(zarr_path), data=droso_crop[0][:8, :64, :64], chunks=(8, 64, 64))
+    with pytest.raises(MitosegError, match=r"takes a loaded model \(train.load_model\), not a str"):
+        predict.predict_volume("runs/unet3d", str(zarr_path), tmp_path / "p.zarr", 3, (8, 64, 64), progress=False)
     with pytest.raises(MitosegError, match=r"dims must be 3 \(the model's\), not 2"):
         predict.predict_volume(net3d, str(zarr_path), tmp_path / "p.zarr", 2, (8, 64, 64), progress=False)
     with pytest.raises(MitosegError, match="is an input of this command"):

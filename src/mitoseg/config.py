@@ -92,8 +92,9 @@ class Config:
             raise MitosegError(f"norm must be batch or instance, not {self.norm!r}")
         if self.normalize not in io.RULES:
             raise MitosegError(f"normalize must be one of {', '.join(io.RULES)}, not {self.normalize!r}")
-        if len(tuple(self.voxel_size)) != 3:
-            raise MitosegError(f"voxel-size must be three numbers (Z, Y, X) in nm, not {self.voxel_size}")
+        if self.voxel_size is None:
+            raise MitosegError("voxel-size must be three numbers (z, y, x), not None")
+        checks.per_axis(voxel_size=self.voxel_size)
         checks.check(**{f.name: getattr(self, f.name) for f in fields(self) if f.name in checks.RULES})
         self.voxel_size = tuple(float(v) for v in self.voxel_size)
         if self.planes not in (1, 3):

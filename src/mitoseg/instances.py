@@ -47,7 +47,7 @@ COLUMNS = (
 
 def _check_connectivity(connectivity: int) -> None:
     if connectivity not in CONNECTIVITIES:
-        raise MitosegError(f"connectivity must be 6, 18 or 26 (3D), got {connectivity}")
+        raise MitosegError(f"connectivity must be 6, 18 or 26 (3D), not {connectivity!r}")
 
 
 def _check_3d(name: str, shape: Sequence[int]) -> None:

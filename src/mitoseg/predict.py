@@ -487,6 +487,9 @@ def predict_volume(model: torch.nn.Module, image: Any, out: str | Path, dims: in
     """
     from tqdm.auto import tqdm
 
+    if not isinstance(model, torch.nn.Module):
+        raise MitosegError(f"predict_volume takes a loaded model (train.load_model), not a {type(model).__name__}; "
+                           "predict.predict takes a run folder or checkpoint")
     found = model_dims(model)
     if dims not in (2, 3) or found not in (None, dims):
         raise MitosegError(f"dims must be {found or '2 or 3'} (the model's), not {dims!r}")
