@@ -46,6 +46,29 @@ def test_labels_are_downsampled_by_nearest_and_label_writes_ome(tmp_path, droso)
     level1 = np.asarray(node.data[1])
     np.testing.assert_array_equal(level1, labels[:][:, ::2, ::2])  # ids kept, never averaged
     assert io.voxel_size(tmp_path / "l.ome.zarr") == VOXEL
+    # an NGFF image-label on its own (ome-zarr-py reads a Label, not an image), every level named z, y, x
+    assert any(isinstance(spec, Label) for spec in node.specs)
+    group = zarr.open_group(str(tmp_path / "l.ome.zarr"), mode="r")
+    assert [group[d["path"]].metadata.dimension_names for d in omezarr.multiscales(dict(group.attrs))[0]["datasets"]] \
+        == [("z", "y", "x")] * len(node.data)
+
+
+def test_an_ome_zarr_input_without_units_states_no_voxel_size(tmp_path, droso):
+    """ome-zarr-py's default image (axes without a unit, scale 1) states no physical size: None, not 1 nm;
+    micrometres and metres are converted."""
+    from ome_zarr.writer import write_multiscales_metadata
+
+    raw = droso[0][:4, :128, :128]
+    for name, unit, scale, expect in (("none", None, 1.0, None), ("um", "micrometer", 0.005, (5.0, 5.0, 5.0)),
+                                      ("m", "meter", 5e-9, (5.0, 5.0, 5.0))):
+        group = zarr.open_group(str(tmp_path / f"{name}.ome.zarr"), mode="w")
+        group.create_array("0", data=raw, dimension_names=omezarr.DIMENSIONS)
+        axes = [{"name": a, "type": "space", **({"unit": unit} if unit else {})} for a in "zyx"]
+        write_multiscales_metadata(group, [{"path": "0", "coordinateTransformations": [
+            {"type": "scale", "scale": [scale] * 3}]}], axes=axes)
+        got = io.voxel_size(tmp_path / f"{name}.ome.zarr")
+        assert got == expect if expect is None else got == pytest.approx(expect), name
+        np.testing.assert_array_equal(io.open_volume(tmp_path / f"{name}.ome.zarr")[:], raw)
 
 
 @pytest.mark.parametrize("voxel, expect", [((5.0, 5.0, 5.0), (2, 2, 2)), ((50.0, 4.6, 4.6), (1, 2, 2)),

@@ -111,7 +111,8 @@ def open_output(path: str | Path, shape: Sequence[int], dtype: Any, block: Seque
     io.remove(tmp)
     if pyramid:
         array = zarr.open_group(str(tmp), mode="w").create_array("0", shape=shape, dtype=dtype, chunks=block,
-                                                                 fill_value=0, config=WRITE)
+                                                                 fill_value=0, config=WRITE,
+                                                                 dimension_names=omezarr.DIMENSIONS)
     else:
         array = zarr.create_array(str(tmp), shape=shape, dtype=dtype, chunks=block, fill_value=0, config=WRITE)
     array.attrs.update(io.jsonable(dict(attrs, settings=settings)))

@@ -21,7 +21,9 @@ import numpy as np
 
 SUFFIX = ".ome.zarr"
 AXES = [{"name": a, "type": "space", "unit": "nanometer"} for a in "zyx"]
-UNITS_NM = {"nanometer": 1.0, "micrometer": 1000.0, "angstrom": 0.1, "millimeter": 1e6}
+DIMENSIONS = ("z", "y", "x")  # every level's zarr dimension_names, which NGFF 0.5 requires to match the axes
+UNITS_NM = {"picometer": 1e-3, "angstrom": 0.1, "nanometer": 1.0, "micrometer": 1000.0, "millimeter": 1e6,
+            "centimeter": 1e7, "meter": 1e9}
 MIN_SIZE = 64  # the pyramid stops when an in-plane axis of the next level would be smaller
 
 
@@ -83,15 +85,15 @@ def multiscales(attrs: dict) -> list | None:
 
 def level0(group: Any) -> tuple[Any, tuple[float, float, float] | None]:
     """The highest-resolution array of an OME-Zarr image group and its voxel size (z, y, x) in nm (None
-    when the metadata has no spatial scale)."""
+    when the metadata has no spatial scale, or a spatial axis without a known unit)."""
     ms = multiscales(dict(group.attrs))[0]
     first = ms["datasets"][0]
     scale = next((t["scale"] for t in first.get("coordinateTransformations", []) if t.get("type") == "scale"), None)
     axes = ms.get("axes") or AXES
-    if scale is None or len(scale) < 3:
+    units = [a.get("unit") if isinstance(a, dict) else None for a in axes][-3:]
+    if scale is None or len(scale) < 3 or any(u not in UNITS_NM for u in units):  # no unit: no physical size
         return group[first["path"]], None
-    factors = [UNITS_NM.get(a.get("unit", "nanometer"), 1.0) if isinstance(a, dict) else 1.0 for a in axes]
-    voxel = tuple(float(s) * f for s, f in zip(scale[-3:], factors[-3:], strict=True))
+    voxel = tuple(float(s) * UNITS_NM[u] for s, u in zip(scale[-3:], units, strict=True))
     return group[first["path"]], voxel
 
 
@@ -121,7 +123,7 @@ def write_pyramid(path: str | Path, voxel_size: tuple[float, float, float], near
         src = group[str(level - 1)]
         shape = tuple(n // k for n, k in zip(src.shape, f, strict=True))
         dst = group.create_array(str(level), shape=shape, dtype=src.dtype, chunks=src.chunks, fill_value=0,
-                                 config=blocks.WRITE)
+                                 config=blocks.WRITE, dimension_names=DIMENSIONS)
         for b in blocks.grid(shape, dst.chunks):  # one output chunk at a time, from its source region
             if nearest:  # zarr reads every f-th voxel itself: memory stays one output chunk
                 dst[b] = src[tuple(slice(s.start * k, s.stop * k, k) for s, k in zip(b, f, strict=True))]
@@ -131,6 +133,11 @@ def write_pyramid(path: str | Path, voxel_size: tuple[float, float, float], near
         scale = scale * np.asarray(f)
         datasets.append({"path": str(level), "coordinateTransformations": [{"type": "scale", "scale": scale.tolist()}]})
     write_multiscales_metadata(group, datasets, axes=AXES, name=name)
+    if nearest:  # a mask or labels: an NGFF image-label, which OME-Zarr viewers show as labels
+        from ome_zarr.format import CurrentFormat
+        from ome_zarr.writer import add_metadata
+
+        add_metadata(group, {"image-label": {"version": CurrentFormat().version}})
 
 
 def downsample(region: np.ndarray, f: tuple[int, int, int]) -> np.ndarray:
