@@ -559,3 +559,22 @@ def test_train_from_a_few_slices_and_fine_tune(runs, capsys, tmp_path):
     bad(["train", t, g, "--init", str(d / "run3"), "--out", str(tmp_path / "r"), *TRAIN], capsys,
         "is a 3D resnet18 run; this run is 2D")
     assert not (tmp_path / "r").exists()
+
+
+def test_predict_records_the_voxel_size_the_image_states_or_is_given_and_says_which(runs, tmp_path, capsys):
+    """An ImageJ TIFF calibrated at 50 x 4.6 x 4.6 nm (as Fiji saves the Drosophila sections): the outputs
+    record it, not the run's, so `label` measures objects in it; --voxel-size overrides; an image that states
+    none gets the run's, and the line says so."""
+    d = runs
+    tifffile.imwrite(tmp_path / "ij.tif", tifffile.imread(d / "test.tif"), imagej=True,
+                     resolution=(1 / 0.0046, 1 / 0.0046), metadata={"spacing": 0.05, "unit": "micron", "axes": "ZYX"})
+    run_voxel = Config.load(d / "run2" / "config.json").voxel_size
+    for image, given, voxel, said in ((tmp_path / "ij.tif", [], (50.0, 4.6, 4.6), "as the image states"),
+                                      (tmp_path / "ij.tif", ["--voxel-size", "40", "4", "4"], (40.0, 4.0, 4.0),
+                                       "(--voxel-size)"),
+                                      (d / "test.tif", [], run_voxel, "the run's: the image states none")):
+        out = tmp_path / f"p{len(given)}{image.name}.ome.zarr"
+        capsys.readouterr()
+        assert main(["--quiet", "predict", str(image), "--model", str(d / "run2"), "--out", str(out), *given]) == 0
+        assert io.voxel_size(out) == pytest.approx(voxel)
+        assert said in capsys.readouterr().out

@@ -606,3 +606,15 @@ def test_foreground_of_a_binary_mask_and_refusal_of_more_values(droso_crop):
     nan[0, 0, 0] = np.nan
     with pytest.raises(MitosegError, match="more than two values"):
         io.foreground(nan)
+
+
+def test_an_imagej_tiff_states_its_calibration(tmp_path, crop):
+    """Fiji's calibration (slice spacing, pixel width, unit) is the TIFF's voxel size in nm; a TIFF without
+    one, or in pixels, states none."""
+    tifffile.imwrite(tmp_path / "nm.tif", crop[:4], imagej=True, resolution=(1 / 4.6, 1 / 4.6),
+                     metadata={"spacing": 50, "unit": "nm", "axes": "ZYX"})
+    tifffile.imwrite(tmp_path / "px.tif", crop[:4], imagej=True,
+                     metadata={"spacing": 1, "unit": "pixel", "axes": "ZYX"})
+    tifffile.imwrite(tmp_path / "plain.tif", crop[:4])
+    assert io.voxel_size(tmp_path / "nm.tif") == pytest.approx((50.0, 4.6, 4.6))
+    assert io.voxel_size(tmp_path / "px.tif") is None and io.voxel_size(tmp_path / "plain.tif") is None

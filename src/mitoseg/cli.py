@@ -78,10 +78,24 @@ def cmd_predict(a: argparse.Namespace) -> None:
         predict(a.model, a.image, a.out, mask_out=a.mask, tile_xy=a.tile_xy, tile_z=a.tile_z, overlap=a.overlap,
                 block=a.block, dtype=a.dtype, threshold=a.threshold, batch_size=a.batch_size, tta=a.tta,
                 amp=not a.fp32, device=a.device, client=client, overwrite=a.overwrite, resume=a.resume,
-                progress=not a.quiet, match_training=a.match_training, planes=a.planes)
+                progress=not a.quiet, match_training=a.match_training, planes=a.planes,
+                voxel_size=_voxel(a.voxel_size) if a.voxel_size else None)
     print(f"wrote {a.out}" + (f" and {a.mask}" if a.mask else ""))
+    print(_voxel_words(a))
     if a.mask:
         print(_mask_words(a.mask))
+
+
+def _voxel_words(a: argparse.Namespace) -> str:
+    """The voxel size a prediction recorded (what `label` measures objects in) and where it came from."""
+    from mitoseg import io
+
+    voxel = " x ".join(f"{v:g}" for v in io.voxel_size(a.out)) + " nm"
+    if a.voxel_size:
+        return f"voxel size {voxel} (--voxel-size)"
+    if io.voxel_size(a.image):
+        return f"voxel size {voxel}, as the image states"
+    return f"voxel size {voxel}, the run's: the image states none; give --voxel-size if its voxels differ"
 
 
 def _along(attrs: dict) -> str:
@@ -371,6 +385,9 @@ def parser() -> argparse.ArgumentParser:
     r.add_argument("--match-training", action="store_true",
                    help="move the volume's grey levels onto the training volume's histogram first: undoes another "
                         "microscope's contrast, brightness and gamma (assumes similar tissue, no large empty areas)")
+    r.add_argument("--voxel-size", type=arg("voxel_size"), nargs=3, metavar=("Z", "Y", "X"),
+                   help="voxel size in nm recorded with the outputs (default: the one the image states, OME-Zarr or "
+                        "ImageJ TIFF, else the run's)")
     r.add_argument("--device", help="auto (default: CUDA, then Apple MPS, then CPU), cpu, cuda, cuda:1, mps")
     r.add_argument("--fp32", action="store_true", help=FP32_HELP)
     r.add_argument("--resume", action="store_true", help="skip blocks an interrupted run finished")

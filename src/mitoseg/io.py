@@ -231,10 +231,17 @@ def _open_slices(path: Path) -> SliceStack:
     return stack
 
 
+IMAGEJ_UNITS_NM = {"nm": 1.0, "nanometer": 1.0, "micron": 1000.0, "um": 1000.0, "\u00b5m": 1000.0, "\\u00B5m": 1000.0,
+                   "mm": 1e6}  # ImageJ's unit names (it writes micrometres as "micron" or an escaped "µm")
+
+
 def voxel_size(spec: str | Path) -> tuple[float, float, float] | None:
-    """The voxel size (z, y, x) in nm a volume states: an OME-Zarr's scale, or a mitoseg output's
-    `voxel_size` attribute; None when it states none."""
+    """The voxel size (z, y, x) in nm a volume states: an OME-Zarr's scale, a mitoseg output's `voxel_size`
+    attribute, or an ImageJ TIFF's calibration (its slice spacing and pixel width in a known unit, as Fiji
+    saves them); None when it states none."""
     path, inner = split_path(spec)
+    if path.suffix.lower() in TIFF and path.is_file():
+        return _imagej_voxel_size(path)
     if is_zarr(path):
         import zarr
 
@@ -248,6 +255,22 @@ def voxel_size(spec: str | Path) -> tuple[float, float, float] | None:
         found = dict(node.attrs).get("voxel_size")
         return tuple(float(v) for v in found) if found else None
     return None
+
+
+def _imagej_voxel_size(path: Path) -> tuple[float, float, float] | None:
+    """(z, y, x) nm of an ImageJ TIFF stack that states its slice spacing, pixel size and unit; else None."""
+    import tifffile
+
+    try:
+        with tifffile.TiffFile(path) as tif:
+            meta, tags = tif.imagej_metadata or {}, tif.pages[0].tags
+            unit = IMAGEJ_UNITS_NM.get(str(meta.get("unit", "")))
+            if unit is None or "spacing" not in meta or "XResolution" not in tags or "YResolution" not in tags:
+                return None
+            (xn, xd), (yn, yd) = tags["XResolution"].value, tags["YResolution"].value  # pixels per unit
+            return float(meta["spacing"]) * unit, yd / yn * unit, xd / xn * unit
+    except Exception:  # an unreadable TIFF says so where it is opened; here it states no size
+        return None
 
 
 def content_id(volume: Any, size: int = 64) -> str:

@@ -559,7 +559,8 @@ def predict(model: str | Path | Sequence[str | Path], image: str | Path, out: st
             block: tuple[int, int, int] | None = None, dtype: str = "uint8", threshold: float | None = None,
             batch_size: int | None = None, tta: bool = False, amp: bool = True, device: str = "auto",
             client: Any = None, overwrite: bool = False, resume: bool = False, progress: bool = True,
-            match_training: bool = False, planes: int | None = None) -> Path:
+            match_training: bool = False, planes: int | None = None,
+            voxel_size: tuple[float, float, float] | None = None) -> Path:
     """The `mitoseg predict` command: a run folder or checkpoint's model over a whole volume, in this
     process (`predict_volume`) or on a Dask `client` (`cluster.predict_volume_dask`), with the same result.
     `match_training`: map the volume's grey levels onto the training volume's histogram first (`input_window`).
@@ -569,8 +570,9 @@ def predict(model: str | Path | Sequence[str | Path], image: str | Path, out: st
     Several models (e.g. a 2D and a 3D run): the voxel-wise mean of their probabilities (`predict_mean`).
 
     Defaults come from the run: `tile_xy`/`tile_z` (a 2D model: whole slices up to 2048 x 2048 when
-    `tile_xy` is not given) and `overlap`. An `out` (or `mask_out`) named *.ome.zarr is written as OME-Zarr
-    with a pyramid, at the input's voxel size when it states one, else the run's. Returns `out`.
+    `tile_xy` is not given) and `overlap`. The outputs record `voxel_size` (z, y, x) nm when given, else the one
+    the input states (`io.voxel_size`: OME-Zarr, ImageJ TIFF, a mitoseg output), else the run's; an `out` (or
+    `mask_out`) named *.ome.zarr is written as OME-Zarr with a pyramid at that scale. Returns `out`.
 
     The mask: probability >= `threshold` when given; else the run's post-processing chosen on validation
     (`postprocess.read`: its Z smoothing, then its threshold, `write_mask`; its minimum object size and hole
@@ -580,7 +582,8 @@ def predict(model: str | Path | Sequence[str | Path], image: str | Path, out: st
     """
     checks.check(tile_xy=tile_xy, tile_z=tile_z, overlap=overlap, block=block, threshold=threshold,
                  batch_size=batch_size)
-    checks.per_axis(block=block)
+    checks.check(voxel_size=voxel_size)
+    checks.per_axis(block=block, voxel_size=voxel_size)
     if not isinstance(model, str | Path) and not model:
         raise MitosegError("no model given: name a run folder or checkpoint")
     for output in (out, mask_out) if mask_out is not None else (out,):
@@ -596,7 +599,7 @@ def predict(model: str | Path | Sequence[str | Path], image: str | Path, out: st
             predict(model, image, out, tile_xy=tile_xy, tile_z=tile_z, overlap=overlap, block=block, dtype=dtype,
                     threshold=pp.threshold, batch_size=batch_size, tta=tta, amp=amp, device=device, client=client,
                     overwrite=overwrite, resume=resume, progress=progress, match_training=match_training,
-                    planes=planes)
+                    planes=planes, voxel_size=voxel_size)
         write_mask(out, mask_out, pp, overwrite=overwrite, resume=resume, progress=progress)
         return Path(out)
     threshold = pp.threshold
@@ -605,15 +608,15 @@ def predict(model: str | Path | Sequence[str | Path], image: str | Path, out: st
             return predict_mean(model, image, out, mask_out=mask_out, threshold=threshold, dtype=dtype,
                                 overwrite=overwrite, resume=resume, progress=progress, tile_xy=tile_xy, tile_z=tile_z,
                                 overlap=overlap, block=block, batch_size=batch_size, tta=tta, amp=amp, device=device,
-                                client=client, match_training=match_training, planes=planes)
+                                client=client, match_training=match_training, planes=planes, voxel_size=voxel_size)
         model = model[0]
     attrs = {"model": Path(model).name}
     if chosen:  # the run's choice, for `mitoseg label` and the user; the mask's own attributes say what it applied
         attrs["postprocessing"] = chosen.as_dict()
         attrs["postprocessing_planes"] = postprocess.chosen_for(model, planes)
-    stated = io.voxel_size(image) if isinstance(image, str | Path) else None
+    stated = voxel_size or (io.voxel_size(image) if isinstance(image, str | Path) else None)
     if stated:
-        attrs["voxel_size"] = stated  # else the run's (the model was trained at it)
+        attrs["voxel_size"] = tuple(float(v) for v in stated)  # else the run's (the model was trained at it)
     if client is not None:
         from mitoseg import cluster
 
@@ -622,7 +625,7 @@ def predict(model: str | Path | Sequence[str | Path], image: str | Path, out: st
             mask_out=mask_out, threshold=threshold, batch_size=batch_size, tta=tta, amp=amp, overwrite=overwrite,
             resume=resume, progress=progress, attrs=attrs, device=None if device == "auto" else device,
             match_training=match_training, planes=planes)
-    net, config = model_for(model, image, device, planes)
+    net, config = model_for(model, image, device, planes, voxel_size)
     volume = io.open_volume(image)
     return predict_volume(net, volume, out, config.dims, run_tile(config, volume.shape, tile_xy, tile_z),
                           config.overlap if overlap is None else overlap, block, dtype, mask_out, threshold,
@@ -632,14 +635,14 @@ def predict(model: str | Path | Sequence[str | Path], image: str | Path, out: st
 
 
 def model_for(model: str | Path, image: Any, device: str | torch.device = "auto",
-              planes: int | None = None) -> tuple[torch.nn.Module, Config]:
+              planes: int | None = None, voxel_size: tuple[float, ...] | None = None) -> tuple[torch.nn.Module, Config]:
     """(model, config) of a run folder or checkpoint to predict `image` (a path, or an array) with: along
-    `planes` when given (`train.load_model`), refused where a model of three planes meets a volume that states
-    voxels of an axis over twice another's (`config.check_planes`)."""
+    `planes` when given (`train.load_model`), refused where a model of three planes meets voxels (`voxel_size`,
+    else the ones the volume states) of an axis over twice another's (`config.check_planes`)."""
     from mitoseg.train import load_model
 
     net, config = load_model(model, device, planes)
-    stated = io.voxel_size(image) if isinstance(image, str | Path) else None
+    stated = voxel_size or (io.voxel_size(image) if isinstance(image, str | Path) else None)
     if stated:
         check_planes(config.slice_planes, stated)
     return net, config
@@ -699,7 +702,7 @@ def predict_mean(models: Sequence[str | Path], image: str | Path, out: str | Pat
     member_planes = [None if planes is None or d == 3 else planes for d in dims]
     for m, p in zip(models, member_planes, strict=True):
         if p is not None:
-            model_for(m, image, "cpu", p)  # a refusal now, not after the other members' predictions
+            model_for(m, image, "cpu", p, each.get("voxel_size"))  # a refusal now, not after the others predict
     members = Path(str(io.partial_path(out)) + ".members")
     if not resume:
         io.remove(members)
