@@ -286,6 +286,20 @@ def test_morphology_of_a_ball_a_rod_and_real_mitochondria(droso):
     assert np.array_equal(table["touches_border"], edge) and edge.any() and not edge.all()
 
 
+def test_undefined_shape_values_are_empty_cells_in_the_table(tmp_path, droso_crop):
+    """A real mitochondrion cut to one section has no width across sections: its elongation is infinite in
+    the table and an empty cell in the CSV (a spreadsheet reads "inf" as text); the other cells are numbers."""
+    labels = label(droso_crop[1][:3], 26, min_size=100)
+    labels[1:] = 0
+    labels = label(labels > 0, 26)
+    table = instances.morphology(labels, instances.measure(labels, (50, 4.6, 4.6)), (50, 4.6, 4.6))
+    assert np.isinf(table["elongation"]).all() and len(table["id"]) >= 2
+    write_table(table, tmp_path / "t.csv")
+    rows = list(csv.DictReader(open(tmp_path / "t.csv", newline="")))
+    assert {r["elongation"] for r in rows} == {""} and "inf" not in (tmp_path / "t.csv").read_text()
+    assert all(float(r["width_um"]) == 0 and float(r["volume_um3"]) > 0 for r in rows)
+
+
 def test_morphology_reads_a_chunked_array_once_per_block_of_boxes(droso):
     """From a chunked Zarr array the objects are read in groups (one box per chunk where their boxes
     start), not one read each, and measured exactly as from the whole array in memory."""

@@ -301,7 +301,9 @@ def _shape_row(out: dict[str, np.ndarray], i: int, mask: np.ndarray, spacing: np
 
 
 def write_table(table: dict[str, np.ndarray], path: str | Path) -> None:
-    """Write a table of equal-length columns (as returned by `measure`) to a CSV file with a header row."""
+    """Write a table of equal-length columns (as returned by `measure`) to a CSV file with a header row. An
+    undefined value (NaN, infinite: the elongation of an object one section thick) is an empty cell, which
+    spreadsheets and pandas read as missing, not as the text "inf"."""
     lengths = {len(col) for col in table.values()}
     if len(lengths) > 1:
         raise MitosegError(f"table columns have different lengths: {sorted(lengths)}")
@@ -310,8 +312,17 @@ def write_table(table: dict[str, np.ndarray], path: str | Path) -> None:
     with open(tmp, "w", newline="") as f:
         writer = csv.writer(f)
         writer.writerow(list(table))
-        writer.writerows(zip(*(np.asarray(col).tolist() for col in table.values()), strict=True))
+        writer.writerows(zip(*(_cells(col) for col in table.values()), strict=True))
     os.replace(tmp, path)  # never a half-written table under the final name
+
+
+def _cells(column: np.ndarray) -> list:
+    """A column's values for the CSV writer: non-finite floats as empty cells."""
+    column = np.asarray(column)
+    values = column.tolist()
+    if np.issubdtype(column.dtype, np.floating) and not np.isfinite(column).all():
+        values = ["" if bad else v for v, bad in zip(values, (~np.isfinite(column)).tolist(), strict=True)]
+    return values
 
 
 # ---------------------------------------------------------------- blockwise labelling, pure steps
