@@ -90,7 +90,10 @@ def _voxel_words(a: argparse.Namespace) -> str:
     """The voxel size a prediction recorded (what `label` measures objects in) and where it came from."""
     from mitoseg import io
 
-    voxel = " x ".join(f"{v:g}" for v in io.voxel_size(a.out)) + " nm"
+    found = io.voxel_size(a.out)
+    if not found:
+        return "voxel size: none recorded; give --voxel-size"
+    voxel = " x ".join(f"{v:g}" for v in found) + " nm"
     if a.voxel_size:
         return f"voxel size {voxel} (--voxel-size)"
     if io.voxel_size(a.image):
