@@ -94,7 +94,7 @@ def test_labels_written_into_an_image_are_its_ngff_image_label(tmp_path, droso, 
     assert same_partition(np.asarray(label.data[0]), instances.label(mask, 26))
     assert [t[0]["scale"] for t in label.metadata["coordinateTransformations"]][0] == list(VOXEL)  # the image's
     assert io.voxel_size(image / "labels" / "mito") == VOXEL
-    assert zarr.open_group(str(image / "labels")).attrs["ome"]["labels"] == ["mito"]
+    assert zarr.open_group(str(image / "labels")).attrs["ome"] == {"labels": ["mito"], "version": "0.5"}
     assert zarr.open_group(str(image / "labels" / "mito")).attrs["ome"]["image-label"]["source"] == {
         "image": "../../"}
 

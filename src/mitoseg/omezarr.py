@@ -67,6 +67,7 @@ def register_label(path: str | Path) -> None:
     """List the finished image-label at ``<image>/labels/<name>`` in its image (once) and point it back to
     the image (NGFF ``image-label`` metadata, written by ome-zarr-py)."""
     import zarr
+    from ome_zarr.format import CurrentFormat
     from ome_zarr.writer import write_label_metadata
 
     path = Path(str(path).rstrip("/"))
@@ -76,6 +77,8 @@ def register_label(path: str | Path) -> None:
         ome["labels"] = [n for n in ome["labels"] if n != path.name]
         labels.attrs["ome"] = ome
     write_label_metadata(labels, path.name, source={"image": "../../"})
+    ome = dict(labels.attrs["ome"])  # the labels group's own NGFF version, which ome-zarr-py leaves out
+    labels.attrs["ome"] = {**ome, "version": ome.get("version", CurrentFormat().version)}
 
 
 def multiscales(attrs: dict) -> list | None:
