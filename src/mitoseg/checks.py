@@ -87,14 +87,20 @@ RULES: dict[str, Rule] = {
 }
 
 
+PER_AXIS = ("voxel_size",)  # settings that always hold one number per axis (z, y, x)
+
+
 def check(**values: Any) -> None:
     """Raise MitosegError for the first value out of its rule's range; None passes (a default applies),
-    tuples and lists are checked element by element (voxel_size, block, tile). Unknown names are a bug."""
+    tuples, lists and arrays are checked element by element (voxel_size, block, tile), and a `PER_AXIS` one
+    must hold three (`per_axis`). Unknown names are a bug."""
     for name, value in values.items():
         if value is None:
             continue
+        if name in PER_AXIS:
+            per_axis(**{name: value})
         rule = RULES[name]
-        for v in value if isinstance(value, tuple | list) else (value,):
+        for v in value if isinstance(value, tuple | list | np.ndarray) else (value,):
             if not rule.ok(v):
                 raise MitosegError(f"{name.replace('_', '-')} must be {rule.words()}, not {v!r}")
 

@@ -36,8 +36,7 @@ def check_labels(mask: np.ndarray, name: str = "labels") -> None:
     foreground among the annotated voxels, or nothing but foreground."""
     other = (mask != 0) & (mask != 1) & (mask != IGNORE)
     if other.any():
-        found = np.unique(mask[other])
-        values = ", ".join(f"{v:g}" for v in found[:4]) + (", ..." if found.size > 4 else "")
+        values = io.first_values(np.unique(mask[other]))
         raise MitosegError(f"{name} hold values other than 0, 1 (foreground) and {IGNORE} (not annotated): {values}; "
                            "make them 0/1 first (labels > 0 for object ids; io.load_pair thresholds label files)")
     annotated = int(np.count_nonzero(mask != IGNORE))

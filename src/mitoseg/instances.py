@@ -111,8 +111,7 @@ def measure(labels: np.ndarray, voxel_size: Sequence[float] = (1.0, 1.0, 1.0)) -
     """
     labels = np.asarray(labels)
     _check_3d("labels", labels.shape)
-    checks.per_axis(voxel_size=voxel_size)
-    checks.check(voxel_size=tuple(voxel_size))
+    checks.check(voxel_size=voxel_size)
     if not np.issubdtype(labels.dtype, np.integer):
         raise MitosegError(f"labels must be an integer array, got dtype {labels.dtype}")
     if labels.size and labels.min() < 0:
@@ -540,7 +539,7 @@ def label_volume(input: str | Path, out: str | Path, block: Sequence[int] | None
     from mitoseg import cluster, postprocess
 
     checks.check(value_threshold=threshold, voxel_size=voxel_size, min_size=min_size, block=block)
-    checks.per_axis(voxel_size=voxel_size, block=block)
+    checks.per_axis(block=block)
     volume = io.open_volume(input)
     io.check_place(out, "zarr", (input,))
     if table:

@@ -263,12 +263,11 @@ def _imagej_voxel_size(path: Path) -> tuple[float, float, float] | None:
 
     try:
         with tifffile.TiffFile(path) as tif:
-            meta, tags = tif.imagej_metadata or {}, tif.pages[0].tags
+            meta, (x, y) = tif.imagej_metadata or {}, tif.pages[0].resolution  # pixels per unit
             unit = IMAGEJ_UNITS_NM.get(str(meta.get("unit", "")))
-            if unit is None or "spacing" not in meta or "XResolution" not in tags or "YResolution" not in tags:
+            if unit is None or "spacing" not in meta:
                 return None
-            (xn, xd), (yn, yd) = tags["XResolution"].value, tags["YResolution"].value  # pixels per unit
-            return float(meta["spacing"]) * unit, yd / yn * unit, xd / xn * unit
+            return float(meta["spacing"]) * unit, unit / y, unit / x
     except Exception:  # an unreadable TIFF says so where it is opened; here it states no size
         return None
 
@@ -450,7 +449,7 @@ def foreground(mask: np.ndarray, name: str = "the mask") -> np.ndarray:
     fg = mask > 0
     top = mask[fg]
     if np.count_nonzero(mask) != top.size or (top.size and (top != top[0]).any()):
-        raise MitosegError(f"{name} holds more than two values ({_first_values(np.unique(mask))}): a binary mask is "
+        raise MitosegError(f"{name} holds more than two values ({first_values(np.unique(mask))}): a binary mask is "
                            "needed; threshold it first (probabilities >= 0.5, or >= 128 as mitoseg stores them; "
                            "object ids > 0)")
     return fg
@@ -465,12 +464,12 @@ def sampled_values(volume: Any, max_samples: int = 2_000_000) -> np.ndarray:
 def _refuse_many(values: np.ndarray, name: str) -> None:
     """MitosegError when the sorted distinct label `values` are more than two."""
     if values.size > 2:
-        raise MitosegError(f"{name} hold more than two values ({_first_values(values)}): give --label-threshold "
+        raise MitosegError(f"{name} hold more than two values ({first_values(values)}): give --label-threshold "
                            "(foreground is label > it): 0 if the values are object ids, 127 for anti-aliased "
                            "0..255 masks")
 
 
-def _first_values(values: np.ndarray) -> str:
+def first_values(values: np.ndarray) -> str:
     """The first four of sorted `values`, as a message shows them: "0, 1, 2, 3, ..."."""
     return ", ".join(f"{v:g}" for v in values[:4]) + (", ..." if values.size > 4 else "")
 
@@ -517,7 +516,7 @@ def foreground_threshold(volume: Any, threshold: float | None, name: str = "the 
     if threshold is None and kind != "mask":
         values = sampled_values(volume)
         if values.size > 2:
-            raise MitosegError(f"{name} holds more than two values ({_first_values(values)}) and is no mitoseg "
+            raise MitosegError(f"{name} holds more than two values ({first_values(values)}) and is no mitoseg "
                                "probability map: give --threshold (foreground: value >= it; e.g. 0.5 for "
                                "probabilities of another tool, 128 for an anti-aliased 0..255 mask, 1 for object ids)")
     if threshold is not None and threshold < 1 and np.issubdtype(np.dtype(volume.dtype), np.integer):

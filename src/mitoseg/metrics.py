@@ -113,7 +113,7 @@ def evaluate(prediction, truth, threshold: float | None = None, label_threshold:
     from mitoseg import blocks, checks, cluster, io
 
     checks.check(value_threshold=threshold, label_threshold=label_threshold, block=tuple(block), voxel_size=voxel_size)
-    checks.per_axis(block=tuple(block), voxel_size=voxel_size)
+    checks.per_axis(block=tuple(block))
     pred = io.open_volume(prediction) if isinstance(prediction, str | Path) else prediction
     true = io.open_volume(truth) if isinstance(truth, str | Path) else truth
     _check_same_shape(pred.shape, true.shape)

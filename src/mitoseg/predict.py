@@ -581,9 +581,8 @@ def predict(model: str | Path | Sequence[str | Path], image: str | Path, out: st
     applied.
     """
     checks.check(tile_xy=tile_xy, tile_z=tile_z, overlap=overlap, block=block, threshold=threshold,
-                 batch_size=batch_size)
-    checks.check(voxel_size=voxel_size)
-    checks.per_axis(block=block, voxel_size=voxel_size)
+                 batch_size=batch_size, voxel_size=voxel_size)
+    checks.per_axis(block=block)
     if not isinstance(model, str | Path) and not model:
         raise MitosegError("no model given: name a run folder or checkpoint")
     for output in (out, mask_out) if mask_out is not None else (out,):
