@@ -9,13 +9,15 @@ import pytest
 import tifffile
 import zarr
 from conftest import jittered_probabilities
+from ome_zarr.format import FormatV04
+from ome_zarr.writer import write_image
 from PIL import Image
 
 from mitoseg import blocks, io
 from mitoseg.errors import MitosegError
 
 FORMATS = ["tiff", "tiff_folder", "png_folder", "h5", "zarr_v3", "zarr_v2", "zarr_v2_no_suffix", "zarr_group",
-           "zarr_v2_group", "npy"]
+           "zarr_v2_group", "npy", "ome_zarr_tczyx", "h5_zyxc"]
 
 
 @pytest.fixture(scope="module")
@@ -55,6 +57,14 @@ def written(crop, tmp_path_factory) -> dict[str, str]:
         specs[name] = f"{d / path}:raw"
     np.save(d / "vol.npy", crop)
     specs["npy"] = str(d / "vol.npy")
+    # as bioformats2raw and ome-zarr-py write it: NGFF 0.4 (Zarr v2), 5D TCZYX with one time point and channel
+    write_image(crop[None, None], zarr.open_group(str(d / "bf.ome.zarr"), mode="w", zarr_format=2), fmt=FormatV04(),
+                axes="tczyx", scale_factors=[2], axes_units={a: "micrometer" for a in "zyx"},
+                scale={"z": 0.05, "y": 0.0046, "x": 0.0046})
+    specs["ome_zarr_tczyx"] = str(d / "bf.ome.zarr")
+    with h5py.File(d / "ilastik.h5", "w") as f:  # an Ilastik export: axes zyxc, one channel
+        f.create_dataset("exported_data", data=crop[..., None], chunks=(1, 64, 64, 1))
+    specs["h5_zyxc"] = str(d / "ilastik.h5")
     return specs
 
 
@@ -250,6 +260,25 @@ def test_content_id_tells_another_volume_of_one_shape_and_histogram(lucchi_crop)
     assert io.content_id(image) == io.content_id(image.copy()) == io.content_id(zarr.array(image, chunks=(4, 64, 64)))
     assert io.content_id(image) != io.content_id(image[:, ::-1])
     assert io.content_id(image) != io.content_id(image[:-1])
+
+
+def test_extra_axes_of_size_one_are_dropped_and_others_named(written, crop, tmp_path):
+    """A 5D OME-Zarr (t = c = 1) or an HDF5 with a trailing channel is the volume it holds, read lazily, at its
+    stated voxel size; more channels or time points, or extra axes without names, are one line each."""
+    vol = io.open_volume(written["ome_zarr_tczyx"])
+    assert isinstance(vol, io.Squeezed) and vol.chunks == crop.shape and vol.ndim == 3
+    assert io.voxel_size(written["ome_zarr_tczyx"]) == pytest.approx((50.0, 4.6, 4.6))  # micrometres in nm
+    assert np.array_equal(vol[..., 7], crop[..., 7]) and np.array_equal(vol[3, ...], crop[3])
+    assert isinstance(io.open_volume(written["h5_zyxc"]).arr, h5py.Dataset)
+    two = np.stack([crop[:2], crop[:2]])[None]  # (t, c, z, y, x) = (1, 2, 2, 256, 256)
+    write_image(two, zarr.open_group(str(tmp_path / "two.ome.zarr"), mode="w"), axes="tczyx", scale_factors=[])
+    with pytest.raises(MitosegError, match=r"holds 2 channels \(axes tczyx"):
+        io.open_volume(tmp_path / "two.ome.zarr")
+    np.save(tmp_path / "4d.npy", np.zeros((1, 2, 3, 4, 1), np.uint8))
+    assert io.open_volume(tmp_path / "4d.npy").shape == (2, 3, 4)
+    np.save(tmp_path / "4d.npy", np.zeros((2, 3, 4, 5), np.uint8))
+    with pytest.raises(MitosegError, match="3D volume"):
+        io.open_volume(tmp_path / "4d.npy")
 
 
 def test_4d_and_complex_refused(tmp_path):

@@ -9,6 +9,7 @@ from ome_zarr.io import parse_url
 from ome_zarr.reader import Label, Reader
 
 from mitoseg import blocks, instances, io, omezarr
+from mitoseg.errors import MitosegError
 
 VOXEL = (50.0, 4.6, 4.6)
 
@@ -105,3 +106,48 @@ def test_labels_written_into_an_image_are_its_ngff_image_label(tmp_path, droso, 
         src = _write(tmp_path / "m2.zarr", mask[:, :128], "mask") if small else tmp_path / "mask.zarr"
         assert cli.main(["--quiet", "label", str(src), "--out", str(target), "--overwrite"]) == 2
         assert message in capsys.readouterr().err and not target.exists()
+
+
+def test_labels_added_to_a_bioformats2raw_image_follow_its_format(tmp_path, droso):
+    """An NGFF 0.4 image (Zarr v2, 5D TCZYX, micrometres, three levels with ome-zarr-py's half-voxel translations),
+    as bioformats2raw and ome-zarr-py write them: its image-label is Zarr v2 too, 5D with one time point and channel,
+    and has the image's levels, shapes, axes and coordinate transformations (an NGFF "MUST"), so the image's readers
+    find it; mitoseg reads it back as (Z, Y, X) at the image's voxel size."""
+    from ome_zarr.format import FormatV04
+    from ome_zarr.writer import write_image
+
+    from mitoseg import cli, viewer
+
+    raw, mask = droso[0][:, :300, :260], droso[1][:, :300, :260]  # odd level sizes: 300 x 260 -> 150 x 130 -> 75 x 65
+    image = tmp_path / "bf.ome.zarr"
+    write_image(raw[None, None], zarr.open_group(str(image), mode="w", zarr_format=2), fmt=FormatV04(), axes="tczyx",
+                scale_factors=[2, 4], axes_units={a: "micrometer" for a in "zyx"},
+                scale={"z": 0.05, "y": 0.0046, "x": 0.0046})
+    _write(tmp_path / "mask.zarr", mask, "mask")
+    assert cli.main(["--quiet", "label", str(tmp_path / "mask.zarr"), "--out", str(image / "labels" / "mito")]) == 0
+
+    label = image / "labels" / "mito"
+    assert (label / ".zattrs").is_file() and not (label / "zarr.json").exists()  # Zarr v2 inside a Zarr v2 image
+    ms_image, ms_label = (omezarr.multiscales(dict(zarr.open_group(str(p), mode="r").attrs))[0] for p in (image, label))
+    assert ms_label["axes"] == ms_image["axes"] and ms_label["version"] == "0.4"
+    assert [d["coordinateTransformations"] for d in ms_label["datasets"]] == \
+        [d["coordinateTransformations"] for d in ms_image["datasets"]]
+    group = zarr.open_group(str(label), mode="r")
+    shapes = [group[d["path"]].shape for d in ms_label["datasets"]]
+    assert shapes == [(1, 1, 20, 300, 260), (1, 1, 20, 150, 130), (1, 1, 20, 75, 65)]
+    assert group["0"].metadata.dimension_separator == "/"  # NGFF 0.4's chunk keys
+    ids = io.open_volume(label)[:]
+    assert same_partition(ids, instances.label(mask, 26))
+    np.testing.assert_array_equal(group["2"][0, 0], ids[:, ::4, ::4])  # each level the nearest voxels of level 0
+    assert io.voxel_size(label) == pytest.approx((50.0, 4.6, 4.6))
+    node = next(n for n in Reader(parse_url(str(image)))() if n.load(Label))  # ome-zarr-py finds it from the image
+    assert node.zarr.path.rstrip("/").endswith("labels/mito") and len(node.data) == 3
+    assert zarr.open_group(str(image / "labels"), mode="r").attrs["labels"] == ["mito"]
+    # in napari (mitoseg's reader): both as (Z, Y, X) pyramids
+    layers = viewer.layer_data(image)
+    assert [layer[2] for layer in layers] == ["image", "labels"]
+    assert all(level.shape == s[2:] for layer in layers for level, s in zip(layer[0], shapes, strict=True))
+    # probabilities are no image-label: one line, nothing written
+    with pytest.raises(MitosegError, match="write the probabilities as its own"):
+        blocks.open_output(image / "labels" / "p", raw.shape, np.uint8, (8, 128, 128), {}, {"kind": "probability"})
+    assert not (image / "labels" / "p.partial").exists()

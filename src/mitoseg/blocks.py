@@ -77,7 +77,7 @@ class Output:
 
         tmp = io.partial_path(path)
         array = zarr.open_array(str(tmp / "0" if omezarr.is_ome_output(path) else tmp), mode="r+", config=WRITE)
-        return cls(Path(path), array, Path(str(tmp) + ".done"))
+        return cls(Path(path), io.spatial(array, str(tmp)), Path(str(tmp) + ".done"))
 
 
 def open_output(path: str | Path, shape: Sequence[int], dtype: Any, block: Sequence[int], settings: dict,
@@ -92,16 +92,22 @@ def open_output(path: str | Path, shape: Sequence[int], dtype: Any, block: Seque
     settings = io.jsonable(dict(settings, shape=list(shape), dtype=str(np.dtype(dtype)), block=list(block)))
     tmp = io.partial_path(path)
     attrs = dict(attrs or {})
-    pyramid = None
+    pyramid, image = None, None
     if omezarr.is_ome_output(path):  # an NGFF image group: level 0 here, the pyramid when finished
         voxel = tuple(float(v) for v in attrs.get("voxel_size") or (1.0, 1.0, 1.0))
         name = attrs.get("kind", "image")
-        if omezarr.label_of(path):  # an image-label: its image's voxel size, its own name
-            voxel, name = omezarr.label_voxel_size(path, shape), Path(path).name
+        if omezarr.label_of(path):  # an image-label: its image's layout and voxel size, its own name
+            if attrs.get("kind") not in ("mask", "labels"):
+                what = {"probability": "probabilities"}.get(attrs.get("kind"), attrs.get("kind", "volume"))
+                raise MitosegError(f"{path}: an image's labels/ holds masks and labels (NGFF image-labels); write "
+                                   f"the {what} as its own NAME.ome.zarr")
+            image = omezarr.label_layout(path, shape)
+            voxel, name = image.voxel or (1.0, 1.0, 1.0), Path(path).name
             attrs["voxel_size"] = voxel
         pyramid = (voxel, attrs.get("kind") in ("mask", "labels"), name)
     if resume and tmp.exists():
         array = zarr.open_array(str(tmp / "0" if pyramid else tmp), mode="r+", config=WRITE)
+        array = io.spatial(array, str(tmp))
         old = dict(array.attrs.get("settings", {}))
         diff = [f"{k} {old.get(k)!r} then, {v!r} now" for k, v in settings.items() if old.get(k) != v]
         if diff:
@@ -110,9 +116,7 @@ def open_output(path: str | Path, shape: Sequence[int], dtype: Any, block: Seque
         return Output(path, array, io.done_dir(path, resume=True), pyramid)
     io.remove(tmp)
     if pyramid:
-        array = zarr.open_group(str(tmp), mode="w").create_array("0", shape=shape, dtype=dtype, chunks=block,
-                                                                 fill_value=0, config=WRITE,
-                                                                 dimension_names=omezarr.DIMENSIONS)
+        array = omezarr.create_level0(tmp, shape, dtype, block, image)
     else:
         array = zarr.create_array(str(tmp), shape=shape, dtype=dtype, chunks=block, fill_value=0, config=WRITE)
     array.attrs.update(io.jsonable(dict(attrs, settings=settings)))
@@ -121,9 +125,12 @@ def open_output(path: str | Path, shape: Sequence[int], dtype: Any, block: Seque
 
 def finish(*outputs: Output, overwrite: bool = False) -> None:
     """Rename every finished output to its final name (see `io.finish_output`); an OME-Zarr output gets its
-    pyramid and NGFF metadata first (`omezarr.write_pyramid`)."""
+    pyramid and NGFF metadata first (`omezarr.write_pyramid`; an image-label the levels of its image,
+    `omezarr.write_label_levels`)."""
     for out in outputs:
-        if out.pyramid:
+        if omezarr.label_of(out.path):  # an image-label: the levels and axes of its image
+            omezarr.write_label_levels(io.partial_path(out.path), out.path)
+        elif out.pyramid:
             omezarr.write_pyramid(io.partial_path(out.path), *out.pyramid)
         io.finish_output(out.path, overwrite)
         if omezarr.label_of(out.path):

@@ -58,10 +58,10 @@ def open_volume(spec: str | Path) -> Any:
     path, inner = split_path(spec)
     if not path.exists():
         raise MitosegError(f"{path}: no such file or folder")
-    suffix = path.suffix.lower()
+    suffix, axes = path.suffix.lower(), None
     try:
         if is_zarr(path):
-            arr = _open_zarr(path, inner)
+            arr, axes = _open_zarr(path, inner)
         elif path.is_dir():
             arr = _open_slices(path)
         elif suffix in TIFF:
@@ -78,7 +78,79 @@ def open_volume(spec: str | Path) -> Any:
         raise
     except Exception as e:  # the libraries raise many types for corrupt files
         raise MitosegError(f"{spec}: cannot be read ({type(e).__name__}: {e})") from None
-    return check_volume(arr, str(spec))
+    return check_volume(spatial(arr, str(spec), axes), str(spec))
+
+
+AXIS_WORDS = {"c": "channels", "t": "time points"}  # OME-Zarr's non-spatial axes, as a message names them
+
+
+def spatial(arr: Any, name: str, axes: list[str] | None = None) -> Any:
+    """`arr` seen as (Z, Y, X) when its axes beyond three are of size 1 (OME-Zarr's t and c, bioformats2raw's
+    5D TCZYX, Ilastik's trailing channel): `Squeezed`; other arrays unchanged. `axes`, the OME-Zarr axis names,
+    say which axes are space; without them leading, then trailing, axes of size 1 are dropped. An extra axis
+    longer than 1 (channels, time points) is one line."""
+    shape = tuple(int(n) for n in arr.shape)
+    if len(shape) <= 3 and axes is None:
+        return arr
+    if axes is not None:
+        space = [i for i, a in enumerate(axes) if a in ("z", "y", "x")]
+        other = [f"{shape[i]} {AXIS_WORDS.get(a, f'positions along axis {a!r}')}" for i, a in enumerate(axes)
+                 if i not in space and shape[i] > 1]
+        if other:
+            raise MitosegError(f"{name} holds {' x '.join(other)} (axes {''.join(axes)}, shape {shape}); mitoseg "
+                               "segments one greyscale volume (Z, Y, X): save the channel and time point to segment")
+        if len(space) != 3:
+            raise MitosegError(f"{name} has the spatial axes {[axes[i] for i in space]}; a volume (z, y, x) is needed")
+        keep = tuple(space)
+    else:
+        first, last = 0, len(shape)
+        while last - first > 3 and shape[first] == 1:
+            first += 1
+        while last - first > 3 and shape[last - 1] == 1:
+            last -= 1
+        if last - first > 3:
+            return arr  # check_volume names the shape
+        keep = tuple(range(first, last))
+    return arr if keep == tuple(range(len(shape))) else Squeezed(arr, keep)
+
+
+class Squeezed:
+    """An array with extra axes of size 1 seen as the (Z, Y, X) of its axes `keep`; reads only what is indexed.
+
+    Hand-written because zarr and h5py arrays have no views (numpy's squeeze would read the whole volume).
+    """
+
+    def __init__(self, arr: Any, keep: tuple[int, ...]):
+        self.arr, self.keep = arr, keep
+        self.shape = tuple(int(arr.shape[k]) for k in keep)
+        self.dtype, self.ndim = np.dtype(arr.dtype), len(keep)
+        chunks = getattr(arr, "chunks", None)
+        self.chunks = tuple(chunks[k] for k in keep) if chunks else None
+
+    @property
+    def attrs(self) -> Any:
+        return getattr(self.arr, "attrs", {})
+
+    def _full(self, key: Any) -> tuple:
+        """`key` (numpy indexing of the (Z, Y, X) view) as an index of the stored array: 0 along the other axes."""
+        key = key if isinstance(key, tuple) else (key,)
+        dots = [i for i, k in enumerate(key) if k is Ellipsis]
+        if dots:
+            key = key[:dots[0]] + (slice(None),) * (self.ndim - len(key) + 1) + key[dots[0] + 1:]
+        full: list[Any] = [0] * len(self.arr.shape)
+        for axis, part in zip(self.keep, key + (slice(None),) * (self.ndim - len(key)), strict=True):
+            full[axis] = part
+        return tuple(full)
+
+    def __getitem__(self, key: Any) -> Any:
+        return self.arr[self._full(key)]
+
+    def __setitem__(self, key: Any, value: Any) -> None:
+        self.arr[self._full(key)] = value
+
+    def __array__(self, dtype=None, copy=None) -> np.ndarray:
+        arr = np.asarray(self[:])
+        return arr if dtype is None else arr.astype(dtype)
 
 
 def check_volume(arr: Any, name: str) -> Any:
@@ -101,7 +173,8 @@ def check_volume(arr: Any, name: str) -> Any:
     return arr
 
 
-def _open_zarr(path: Path, inner: str | None) -> Any:
+def _open_zarr(path: Path, inner: str | None) -> tuple[Any, list[str] | None]:
+    """The Zarr array at `path` (an OME-Zarr image: its highest resolution) and its OME-Zarr axis names (else None)."""
     import zarr
 
     node = zarr.open(str(path), mode="r")
@@ -111,11 +184,11 @@ def _open_zarr(path: Path, inner: str | None) -> Any:
         except KeyError:
             raise MitosegError(f"{path}: no array {inner!r} in this Zarr store") from None
     if isinstance(node, zarr.Group) and omezarr.multiscales(dict(node.attrs)):
-        return omezarr.level0(node)[0]  # OME-Zarr: the highest resolution
+        return omezarr.level0(node)[0], omezarr.axis_names(node)  # OME-Zarr: the highest resolution
     if isinstance(node, zarr.Group):
         names = [k for k, _ in node.arrays()]
         raise MitosegError(f"{path} is a Zarr group; name an array as {path}:NAME (arrays: {names})")
-    return node
+    return node, None
 
 
 def _open_tiff(path: Path) -> Any:

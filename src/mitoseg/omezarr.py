@@ -8,12 +8,15 @@ Images and probabilities are averaged (2 x 2 in-plane, and in Z while Z is not c
 in-plane pixel), masks and labels take the nearest voxel, so ids are never blended.
 
 An output path ``<image>.ome.zarr/labels/<name>`` (a mask or labels) is written as an NGFF image-label
-of that existing image: same shape and voxel size, listed in ``<image>/labels`` and pointing back to
-it, so viewers that read OME-Zarr (napari, the ome-zarr-py reader) show it over its image.
+of that existing image, in the image's layout (`Image`: Zarr v2 for NGFF 0.4, its axes and units, one level
+per level of the image with its shape and coordinate transformations, size 1 along time and channel),
+listed in ``<image>/labels`` and pointing back to it, so viewers that read OME-Zarr (napari, the ome-zarr-py
+reader) show it over its image.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -43,9 +46,29 @@ def is_ome_output(path: str | Path) -> bool:
     return is_ome_path(path) or label_of(path) is not None
 
 
-def label_voxel_size(path: str | Path, shape: tuple[int, ...]) -> tuple[float, float, float]:
-    """The voxel size (nm) of the image an image-label output belongs to, after checking that the image
-    exists and that its highest resolution has the label's `shape` (MitosegError otherwise)."""
+@dataclass(frozen=True)
+class Image:
+    """The layout of an OME-Zarr image that an image-label of it follows: its Zarr format (2: NGFF 0.4, 3:
+    0.5), its axes as its metadata states them (units included), each level's path, coordinate transformations
+    and shape (level 0 first), and its voxel size (z, y, x) in nm (None when it states none). Space axes are
+    the last three (NGFF orders time and channel first); a label has size 1 along the others."""
+
+    zarr_format: int
+    axes: list
+    datasets: list
+    shapes: list
+    voxel: tuple[float, float, float] | None
+
+    @property
+    def lead(self) -> int:
+        """The number of axes before the three space axes (t, c)."""
+        return len(self.shapes[0]) - 3
+
+
+def label_layout(path: str | Path, shape: tuple[int, ...] | None = None) -> Image:
+    """The layout of the image an image-label output ``<image>.ome.zarr/labels/<name>`` belongs to, after
+    checking that the image exists, is NGFF 0.4 or 0.5 with three space axes last, and (given `shape`) that its
+    highest resolution is `shape` (Z, Y, X) in space (MitosegError otherwise)."""
     import zarr
 
     from mitoseg.errors import MitosegError
@@ -53,32 +76,93 @@ def label_voxel_size(path: str | Path, shape: tuple[int, ...]) -> tuple[float, f
     image = label_of(path)
     try:
         group = zarr.open_group(str(image), mode="r")
-        array, voxel = level0(group)
+        ms = multiscales(dict(group.attrs))[0]
+        names = axis_names(group)
+        shapes = [tuple(int(n) for n in group[d["path"]].shape) for d in ms["datasets"]]
+        voxel = level0(group)[1]
     except (FileNotFoundError, KeyError, TypeError, IndexError, ValueError):
         raise MitosegError(f"{image} is not an OME-Zarr image: labels/{Path(path).name} can only be added to an "
                            "existing one (write the image first, or name the output *.ome.zarr)") from None
-    if tuple(array.shape) != tuple(shape):
-        raise MitosegError(f"{image} holds an image of shape {tuple(array.shape)}; labels of shape {tuple(shape)} "
-                           "cannot be its image-label")
-    return voxel or (1.0, 1.0, 1.0)
+    if names is None or [a for a in names if a in "zyx"] != list("zyx") or names[-3:] != list("zyx"):
+        raise MitosegError(f"{image} is an OME-Zarr image of NGFF {ms.get('version', 'before 0.4')} with axes "
+                           f"{names or 'unnamed'}: labels can be added to NGFF 0.4 and 0.5 images whose last axes "
+                           f"are z, y, x; write them as their own NAME.ome.zarr")
+    if shape is not None and shapes[0][-3:] != tuple(shape):
+        raise MitosegError(f"{image} holds an image of shape {shapes[0][-3:]} (z, y, x); labels of shape "
+                           f"{tuple(shape)} cannot be its image-label")
+    return Image(group.metadata.zarr_format, list(ms["axes"]), list(ms["datasets"]), shapes, voxel)
+
+
+def create_level0(partial: str | Path, shape: tuple[int, ...], dtype: Any, block: tuple[int, ...],
+                  image: Image | None = None) -> Any:
+    """Create the image group at `partial` with its level-0 array "0" (chunks `block`) and return that array as
+    (Z, Y, X): of shape `shape` in NGFF 0.5, or, for an image-label of `image`, in the image's Zarr format with its
+    axes (size 1 along time and channel)."""
+    import zarr
+
+    from mitoseg import blocks, io
+
+    lead = image.lead if image else 0
+    group = zarr.open_group(str(partial), mode="w", zarr_format=image.zarr_format if image else 3)
+    array = group.create_array("0", shape=(1,) * lead + tuple(shape), chunks=(1,) * lead + tuple(block), dtype=dtype,
+                               fill_value=0, config=blocks.WRITE, **_array_kwargs(image))
+    return io.spatial(array, str(partial))
 
 
 def register_label(path: str | Path) -> None:
     """List the finished image-label at ``<image>/labels/<name>`` in its image (once) and point it back to
-    the image (NGFF ``image-label`` metadata, written by ome-zarr-py)."""
+    the image (NGFF ``image-label`` metadata, written by ome-zarr-py), in the image's Zarr format."""
     import zarr
     from ome_zarr.format import CurrentFormat
-    from ome_zarr.writer import write_label_metadata
+    from ome_zarr.writer import add_metadata, get_metadata, write_label_metadata
 
     path = Path(str(path).rstrip("/"))
-    labels = zarr.open_group(str(path.parent), mode="a")
-    ome = dict(labels.attrs.get("ome", {}))
-    if path.name in ome.get("labels", []):  # written again (--overwrite): listed once
-        ome["labels"] = [n for n in ome["labels"] if n != path.name]
-        labels.attrs["ome"] = ome
+    version = zarr.open_group(str(label_of(path)), mode="r").metadata.zarr_format
+    labels = zarr.open_group(str(path.parent), mode="a", zarr_format=version)
+    listed = get_metadata(labels).get("labels", [])
+    if path.name in listed:  # written again (--overwrite): listed once
+        add_metadata(labels, {"labels": [n for n in listed if n != path.name]})
     write_label_metadata(labels, path.name, source={"image": "../../"})
-    ome = dict(labels.attrs["ome"])  # the labels group's own NGFF version, which ome-zarr-py leaves out
-    labels.attrs["ome"] = {**ome, "version": ome.get("version", CurrentFormat().version)}
+    if version == 3:  # the labels group's own NGFF version, which ome-zarr-py leaves out
+        ome = dict(labels.attrs["ome"])
+        labels.attrs["ome"] = {**ome, "version": ome.get("version", CurrentFormat().version)}
+
+
+def write_label_levels(partial: str | Path, path: str | Path) -> None:
+    """Add levels 1.. and the NGFF metadata to the image-label being written at `partial` (level "0" done) for
+    ``<image>/labels/<name>`` = `path`: one level per level of the image, of its shape and with its coordinate
+    transformations and axes (an NGFF "MUST"), each voxel the nearest of the level before (ids are never blended)."""
+    import zarr
+    from ome_zarr.writer import add_metadata, check_format, write_multiscales_metadata
+
+    from mitoseg import blocks
+
+    image = label_layout(path)
+    group = zarr.open_group(str(partial), mode="r+")
+    lead = (0,) * image.lead
+    for level, full in enumerate(image.shapes[1:], start=1):  # each level from the one before: reads shrink too
+        src, shape = group[str(level - 1)], full[-3:]
+        dst = group.create_array(str(level), shape=(1,) * image.lead + shape, dtype=src.dtype, fill_value=0,
+                                 chunks=(1,) * image.lead + tuple(map(min, src.chunks[-3:], shape)),
+                                 config=blocks.WRITE, **_array_kwargs(image))
+        picks = [np.arange(n) * m // n for n, m in zip(shape, src.shape[-3:], strict=True)]  # each voxel's corner
+        for b in blocks.grid(shape, dst.chunks[-3:]):
+            dst[lead + b] = src.oindex[lead + tuple(p[s] for p, s in zip(picks, b, strict=True))]
+    datasets = [{"path": str(k), "coordinateTransformations": d["coordinateTransformations"]}
+                for k, d in enumerate(image.datasets)]
+    write_multiscales_metadata(group, datasets, axes=image.axes, name=Path(path).name)
+    add_metadata(group, {"image-label": {"version": check_format(group).version}})
+
+
+def _array_kwargs(image: Image | None) -> dict:
+    """How a level's array is created: NGFF 0.5 names its dimensions, 0.4 (Zarr v2) separates chunk indices by "/"."""
+    from ome_zarr.format import FormatV04
+
+    if image is None:
+        return {"dimension_names": DIMENSIONS}
+    if image.zarr_format == 2:
+        return {"chunk_key_encoding": FormatV04().chunk_key_encoding}
+    return {"dimension_names": [(a.get("name") if isinstance(a, dict) else a) for a in image.axes]}
 
 
 def multiscales(attrs: dict) -> list | None:
@@ -98,6 +182,13 @@ def level0(group: Any) -> tuple[Any, tuple[float, float, float] | None]:
         return group[first["path"]], None
     voxel = tuple(float(s) * UNITS_NM[u] for s, u in zip(scale[-3:], units, strict=True))
     return group[first["path"]], voxel
+
+
+def axis_names(group: Any) -> list[str] | None:
+    """The axis names of an OME-Zarr image group (0.4 and 0.5: a list of names or of {"name": ...}), else None
+    (0.1-0.3 state none: their arrays are 5D TCZYX)."""
+    axes = multiscales(dict(group.attrs))[0].get("axes")
+    return [a.get("name") if isinstance(a, dict) else str(a) for a in axes] if axes else None
 
 
 def factors(shape: tuple[int, ...], voxel_size: tuple[float, float, float]) -> list[tuple[int, int, int]]:
@@ -126,7 +217,7 @@ def write_pyramid(path: str | Path, voxel_size: tuple[float, float, float], near
         src = group[str(level - 1)]
         shape = tuple(n // k for n, k in zip(src.shape, f, strict=True))
         dst = group.create_array(str(level), shape=shape, dtype=src.dtype, chunks=src.chunks, fill_value=0,
-                                 config=blocks.WRITE, dimension_names=DIMENSIONS)
+                                 config=blocks.WRITE, **_array_kwargs(None))
         for b in blocks.grid(shape, dst.chunks):  # one output chunk at a time, from its source region
             if nearest:  # zarr reads every f-th voxel itself: memory stays one output chunk
                 dst[b] = src[tuple(slice(s.start * k, s.stop * k, k) for s, k in zip(b, f, strict=True))]

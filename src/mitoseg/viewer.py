@@ -76,6 +76,7 @@ def volume_layer(path: str | Path, voxel_size: Sequence[float] | None = None, na
     group = _ome_group(path)
     if group is not None:
         levels = [da.from_zarr(group[d["path"]]) for d in omezarr.multiscales(dict(group.attrs))[0]["datasets"]]
+        levels = [a[(0,) * (a.ndim - 3)] for a in levels]  # (Z, Y, X): time and channel (size 1) come first
         data = levels if len(levels) > 1 else levels[0]
     kind = kind or _stated_kind(path)
     dtype = np.dtype(level0.dtype)
