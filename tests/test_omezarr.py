@@ -28,6 +28,10 @@ def test_image_pyramid_reads_back_at_physical_scale(tmp_path, droso):
     node = next(iter(Reader(parse_url(str(path)))()))  # ome-zarr-py's own reader, as napari uses it
     scales = [t[0]["scale"] for t in node.metadata["coordinateTransformations"]]
     assert scales[0] == list(VOXEL) and scales[1] == [50.0, 9.2, 9.2]  # Z (50 nm) is not halved
+    # a mean of 2 x 2 voxels lies between their centres: level 1 is half a level-0 voxel (2.3 nm) off in-plane
+    assert node.metadata["coordinateTransformations"][1][1]["translation"] == pytest.approx([0.0, 2.3, 2.3])
+    assert node.metadata["coordinateTransformations"][2][1]["translation"] == pytest.approx([0.0, 6.9, 6.9])
+    assert omezarr.multiscales(dict(zarr.open_group(str(path), mode="r").attrs))[0]["type"] == "mean"
     assert [d.shape for d in node.data] == [(20, 512, 384), (20, 256, 192), (20, 128, 96), (20, 64, 48)][:len(scales)]
     assert len(scales) == 3  # the next level would be under 64 pixels wide
     np.testing.assert_array_equal(np.asarray(node.data[0]), raw)
@@ -46,10 +50,12 @@ def test_labels_are_downsampled_by_nearest_and_label_writes_ome(tmp_path, droso)
     node = next(iter(Reader(parse_url(str(tmp_path / "l.ome.zarr")))()))
     level1 = np.asarray(node.data[1])
     np.testing.assert_array_equal(level1, labels[:][:, ::2, ::2])  # ids kept, never averaged
+    assert all(len(t) == 1 for t in node.metadata["coordinateTransformations"])  # each a voxel of level 0: no shift
     assert io.voxel_size(tmp_path / "l.ome.zarr") == VOXEL
     # an NGFF image-label on its own (ome-zarr-py reads a Label, not an image), every level named z, y, x
     assert any(isinstance(spec, Label) for spec in node.specs)
     group = zarr.open_group(str(tmp_path / "l.ome.zarr"), mode="r")
+    assert omezarr.multiscales(dict(group.attrs))[0]["type"] == "nearest"
     assert [group[d["path"]].metadata.dimension_names for d in omezarr.multiscales(dict(group.attrs))[0]["datasets"]] \
         == [("z", "y", "x")] * len(node.data)
 

@@ -5,7 +5,8 @@ The metadata is written by ome-zarr-py (`ome_zarr.writer.write_multiscales_metad
 built here, one level from the one before, one output chunk at a time (ome-zarr-py's `write_image`
 wants the whole volume, or a dask graph of it, and a downsampler of its own), so memory stays a chunk.
 Images and probabilities are averaged (2 x 2 in-plane, and in Z while Z is not coarser than twice the
-in-plane pixel), masks and labels take the nearest voxel, so ids are never blended.
+in-plane pixel; each averaged level translated by half the voxels it averages), masks and labels take the
+nearest voxel, so ids are never blended.
 
 An output path ``<image>.ome.zarr/labels/<name>`` (a mask or labels) is written as an NGFF image-label
 of that existing image, in the image's layout (`Image`: Zarr v2 for NGFF 0.4, its axes and units, one level
@@ -204,14 +205,17 @@ def factors(shape: tuple[int, ...], voxel_size: tuple[float, float, float]) -> l
 
 
 def write_pyramid(path: str | Path, voxel_size: tuple[float, float, float], nearest: bool, name: str) -> None:
-    """Add levels 1.. (from level "0") and the NGFF metadata to the image group at `path`."""
+    """Add levels 1.. (from level "0") and the NGFF metadata to the image group at `path`. A level of means is
+    translated by half the voxels it averages (its voxel centres lie between theirs), one of nearest voxels is
+    not (each is a voxel of level 0); the multiscales' `type` says which."""
     import zarr
-    from ome_zarr.writer import write_multiscales_metadata
+    from ome_zarr.format import CurrentFormat
+    from ome_zarr.writer import add_metadata, write_multiscales_metadata
 
     from mitoseg import blocks
 
     group = zarr.open_group(str(path), mode="r+")
-    scale = np.asarray(voxel_size, dtype=float)
+    scale, shift = np.asarray(voxel_size, dtype=float), np.zeros(3)
     datasets = [{"path": "0", "coordinateTransformations": [{"type": "scale", "scale": scale.tolist()}]}]
     for level, f in enumerate(factors(group["0"].shape, voxel_size), start=1):
         src = group[str(level - 1)]
@@ -224,13 +228,17 @@ def write_pyramid(path: str | Path, voxel_size: tuple[float, float, float], near
             else:
                 region = np.asarray(src[tuple(slice(s.start * k, s.stop * k) for s, k in zip(b, f, strict=True))])
                 dst[b] = downsample(region, f)
+        shift = shift if nearest else shift + (np.asarray(f) - 1) / 2 * scale
         scale = scale * np.asarray(f)
-        datasets.append({"path": str(level), "coordinateTransformations": [{"type": "scale", "scale": scale.tolist()}]})
-    write_multiscales_metadata(group, datasets, axes=AXES, name=name)
+        datasets.append({"path": str(level), "coordinateTransformations": [{"type": "scale", "scale": scale.tolist()}]
+                         + ([{"type": "translation", "translation": shift.tolist()}] if shift.any() else [])})
+    write_multiscales_metadata(group, datasets, axes=AXES, name=name, metadata={
+        "description": "each level from the one before: 2 x 2 in-plane, 2 in Z while Z is not coarser than twice "
+                       "the in-plane pixel", "method": "mitoseg.omezarr.write_pyramid"})
+    ms = multiscales(dict(group.attrs))
+    ms[0]["type"] = "nearest" if nearest else "mean"  # ome-zarr-py's writer leaves the downscaling type out
+    add_metadata(group, {"multiscales": ms})
     if nearest:  # a mask or labels: an NGFF image-label, which OME-Zarr viewers show as labels
-        from ome_zarr.format import CurrentFormat
-        from ome_zarr.writer import add_metadata
-
         add_metadata(group, {"image-label": {"version": CurrentFormat().version}})
 
 
