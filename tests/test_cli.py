@@ -578,3 +578,24 @@ def test_predict_records_the_voxel_size_the_image_states_or_is_given_and_says_wh
         assert main(["--quiet", "predict", str(image), "--model", str(d / "run2"), "--out", str(out), *given]) == 0
         assert io.voxel_size(out) == pytest.approx(voxel)
         assert said in capsys.readouterr().out
+
+
+def test_train_takes_the_voxel_size_the_image_states_and_says_which(runs, tmp_path, capsys):
+    """An ImageJ TIFF calibrated at 50 x 4.6 x 4.6 nm trains a 3D model with in-plane-only first strides
+    and records that voxel size (the default 5 nm cubes before: a 3D model that halved 8 sections in Z);
+    an image stating none gets the default, and the line says to give --voxel-size."""
+    from mitoseg.models import encoder_strides
+
+    d = runs
+    tifffile.imwrite(tmp_path / "ij.tif", tifffile.imread(d / "train.tif"), imagej=True,
+                     resolution=(1 / 0.0046, 1 / 0.0046), metadata={"spacing": 0.05, "unit": "micron", "axes": "ZYX"})
+    capsys.readouterr()
+    assert main(["--quiet", "train", str(tmp_path / "ij.tif"), str(d / "train_gt.tif"), "--dims", "3",
+                 "--out", str(tmp_path / "ij_run"), *TRAIN]) == 0
+    assert "voxel size 50 x 4.6 x 4.6 nm, as the image states" in capsys.readouterr().out
+    cfg = Config.load(tmp_path / "ij_run" / "config.json")
+    assert cfg.voxel_size == pytest.approx((50.0, 4.6, 4.6)) and encoder_strides(cfg.voxel_size, 3)[0][0] == 1
+    assert cfg.data == "ij.tif with labels train_gt.tif"  # file names, no folders of this machine
+    assert main(["--quiet", "train", str(d / "train.tif"), str(d / "train_gt.tif"), "--out", str(tmp_path / "plain"),
+                 *TRAIN]) == 0
+    assert "voxel size 5 x 5 x 5 nm, the default: the image states none; give --voxel-size" in capsys.readouterr().out

@@ -124,6 +124,7 @@ def test_compare_resumes_an_interrupted_run(tmp_path, tiny_bench, monkeypatch):
     tmp = cmp.io.partial_path(out)
     left = json.loads((tmp / "compare.json").read_text())
     assert list(left["models"]) == ["2D"] and (tmp / "model_3D" / "last.pt").exists()
+    assert [c["data"] for c in left["configs"]] == ["real Drosophila crop"] * 2  # each run records what it learned
     epoch1 = read_log(tmp / "model_3D")
     assert [r["epoch"] for r in epoch1] == [1]
     with pytest.raises(MitosegError, match="other settings .*epochs 2 then, 3 now"):

@@ -1,5 +1,6 @@
 """bioimage.io export: packages of models trained on real crops pass bioimageio.core's own model test."""
 
+import json
 import warnings
 import zipfile
 
@@ -10,7 +11,7 @@ import tifffile
 import torch
 import yaml
 
-from mitoseg import cli, export
+from mitoseg import cli, datasets, export
 from mitoseg import train as tr
 from mitoseg.config import Config
 from mitoseg.predict import predict_array
@@ -28,7 +29,7 @@ def _run(tmp_path, raw, mask, dims, voxel_size, **changes):
 def ca1_run(tmp_path_factory, lucchi_crop):
     """A 2D run trained two iterations on 8 CA1 slices, and those slices as a TIFF."""
     raw, mask = lucchi_crop
-    return _run(tmp_path_factory.mktemp("ca1"), raw[:8], mask[:8], 2, (5, 5, 5))
+    return _run(tmp_path_factory.mktemp("ca1"), raw[:8], mask[:8], 2, (5, 5, 5), data=datasets.DERIVED)
 
 
 def _rdf(package) -> dict:
@@ -69,6 +70,16 @@ def test_2d_package_passes_bioimageio_test_and_matches_mitoseg(tmp_path, ca1_run
     ours = predict_array(model, x[0], 2, (1, 128, 128), 0.25, window, torch.device("cpu"), amp=False)
     np.testing.assert_allclose(y[0, 0], ours[0], atol=1e-4)
 
+    # what it learned from, cited and tagged as such, and the post-processing its validation chose
+    assert [c["doi"] for c in rdf["cite"]][0] == "10.1109/TMI.2011.2171705" and "fib-sem" in rdf["tags"]
+    with zipfile.ZipFile(package) as z:
+        readme = z.read("README.md").decode()
+    assert "Training data: EPFL CA1 hippocampus FIB-SEM (Lucchi et al.), derived public copy" in readme
+    chosen = json.loads((run / "postprocessing.json").read_text())["chosen"]
+    assert rdf["config"]["mitoseg"]["postprocessing"] == chosen
+    assert f"threshold it at {chosen['threshold']:g}" in readme
+    assert f"threshold it at {chosen['threshold']:g}" in rdf["outputs"][0]["description"]
+
 
 def test_3d_package_of_an_anisotropic_stack(tmp_path, droso_crop):
     """50 nm sections: the package's Z axis says 50 nm and accepts depths in steps of the Z stride (4)."""
@@ -80,6 +91,12 @@ def test_3d_package_of_an_anisotropic_stack(tmp_path, droso_crop):
     z = next(a for a in _rdf(package)["inputs"][0]["axes"] if a.get("id") == "z")
     assert z["scale"] == 50.0 and z["size"] == {"min": 4, "step": 4}
     assert _tensor(package, "test_input.npy").shape == (1, 1, 8, 128, 128)
+    # a run that recorded no data (the Python API without `data`): no data set cited or tagged, and it says so
+    rdf = _rdf(package)
+    assert [c["doi"] for c in rdf["cite"]] == [doi for _, doi in export.CITATIONS]
+    assert "fib-sem" not in rdf["tags"] and "sstem" not in rdf["tags"]
+    with zipfile.ZipFile(package) as z:
+        assert "Training data: not recorded by the run." in z.read("README.md").decode()
 
 
 def test_export_mistakes_are_one_line(tmp_path, ca1_run, lucchi_crop, capsys):

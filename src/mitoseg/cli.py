@@ -56,10 +56,28 @@ def cmd_train(a: argparse.Namespace) -> None:
         cfg = resumed_config(a.out, changes)
         image, mask = io.load_pair(a.image, a.labels, cfg.label_threshold, cfg.unlabeled)
     else:
-        cfg = PRESETS["quick" if a.quick else a.preset](a.dims or 2, **changes)
+        stated = None if a.voxel_size else io.voxel_size(a.image)  # an ImageJ TIFF's or OME-Zarr's own
+        cfg = PRESETS["quick" if a.quick else a.preset](a.dims or 2, **changes, **(
+            {"voxel_size": stated} if stated else {}), data=f"{_file_name(a.image)} with labels {_file_name(a.labels)}")
         image, mask = io.load_pair(a.image, a.labels, a.label_threshold, a.unlabeled)
+        voxel = "voxel size " + " x ".join(f"{v:g}" for v in cfg.voxel_size) + " nm"
+        if a.voxel_size:
+            print(f"{voxel} (--voxel-size)")
+        elif stated:
+            print(f"{voxel}, as the image states")
+        else:
+            print(f"{voxel}, the default: the image states none; give --voxel-size if its voxels differ (it sets "
+                  "the 3D encoder's strides and the run's measurements)")
     summary = train(cfg, image, mask, a.out, resume=a.resume, overwrite=a.overwrite, progress=not a.quiet)
     print(json.dumps(summary, indent=2))
+
+
+def _file_name(spec: str) -> str:
+    """A volume's file name (with its inner dataset), without the folders above it: what a run records of its data."""
+    from mitoseg import io
+
+    path, inner = io.split_path(spec)
+    return path.name + (f":{inner}" if inner else "")
 
 
 def _client(a: argparse.Namespace):
@@ -352,7 +370,8 @@ def parser() -> argparse.ArgumentParser:
     t.add_argument("--fp32", action="store_true", help=FP32_HELP)
     t.add_argument("--label-threshold", type=arg("label_threshold"), help=LABEL_THRESHOLD_HELP)
     t.add_argument("--voxel-size", type=arg("voxel_size"), nargs=3, metavar=("Z", "Y", "X"),
-                   help="voxel size in nm (chooses the 3D encoder's strides; default 5 5 5)")
+                   help="voxel size in nm (chooses the 3D encoder's strides; default: the one the image states, an "
+                        "ImageJ TIFF's calibration or an OME-Zarr's scale, else 5 5 5)")
     t.add_argument("--annotated-slices", metavar="LIST",
                    help="only these slices are annotated, e.g. 0,40-43,120 (the others are ignored)")
     t.add_argument("--unlabeled", type=arg("unlabeled"), metavar="VALUE",

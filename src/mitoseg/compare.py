@@ -505,7 +505,8 @@ def compare(out: str | Path, dataset: str = "auto", data: str | Path | None = No
     monitor = preset != "quick" if monitor is None else monitor
     out = io.check_output(out, overwrite)
     bench = load_benchmark(dataset, data)
-    cfgs = configs(preset, epochs, minutes, bench.voxel_size, seed, changes, slices=bench.train_image.shape[0])
+    cfgs = configs(preset, epochs, minutes, bench.voxel_size, seed, {"data": bench.description, **(changes or {})},
+                   slices=bench.train_image.shape[0])
     tmp = io.partial_path(out)
     print(f"mitoseg compare on {bench.name}: {bench.description}", flush=True)
     results = {

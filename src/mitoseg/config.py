@@ -80,6 +80,9 @@ class Config:
     annotated_slices: str | None = None
     unlabeled: float | None = None
     init: str | None = None
+    # what the run learned from, in words (a data set's provenance, or the image's and labels' file names), for its
+    # reports and its bioimage.io package; None: not recorded (runs of mitoseg before it was)
+    data: str | None = None
     extra: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:

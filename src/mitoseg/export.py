@@ -26,14 +26,27 @@ from mitoseg.models import encoder_strides
 LOW, HIGH = 0.5, 99.5  # percentiles of the package's input window, as in `io.intensity_range`
 EPS = 1e-6  # bioimage.io's scale_range default
 STUDY = "Mitochondria segmentation in FIB-SEM with 2D and 3D U-Nets (ResNet18 encoders); the study mitoseg reproduces"
-CITATIONS = [
-    ("Lucchi A., Smith K., Achanta R., Knott G., Fua P. Supervoxel-based segmentation of mitochondria in EM image "
-     "stacks with learned shape features. IEEE TMI 31(2), 2012 (the EPFL CA1 data)", "10.1109/TMI.2011.2171705"),
+CITATIONS = [  # the model's; the training data's come from `data_citations`
     ("He K., Zhang X., Ren S., Sun J. Deep residual learning for image recognition. CVPR 2016 (ResNet18 encoder)",
      "10.1109/CVPR.2016.90"),
     ("Ronneberger O., Fischer P., Brox T. U-Net: convolutional networks for biomedical image segmentation. "
      "MICCAI 2015", "10.1007/978-3-319-24574-4_28"),
 ]
+DATA = {  # words in a run's `data` -> the data set's citation and its imaging tag
+    "EPFL CA1": (("Lucchi A., Smith K., Achanta R., Knott G., Fua P. Supervoxel-based segmentation of mitochondria "
+                  "in EM image stacks with learned shape features. IEEE TMI 31(2), 2012 (the EPFL CA1 data)",
+                  "10.1109/TMI.2011.2171705"), "fib-sem"),
+    "Drosophila VNC": (("Gerhard S., Funke J., Martel J., Cardona A., Fetter R. Segmented anisotropic ssTEM dataset "
+                        "of neural tissue. figshare, 2013 (the Drosophila VNC stack)", "10.6084/m9.figshare.856713"),
+                       "sstem"),
+}
+
+
+def data_citations(config: Config) -> tuple[list[tuple[str, str]], list[str]]:
+    """The citations and imaging tags of the data set a run learned from (`config.data`), as far as mitoseg knows
+    it: none for a user's own data or a run that did not record it (no claim the package cannot back)."""
+    found = [entry for words, entry in DATA.items() if words in (config.data or "")]
+    return [cite for cite, _ in found], [tag for _, tag in found]
 
 
 class _Probabilities(torch.nn.Module):
@@ -135,6 +148,7 @@ def export_bioimageio(run: str | Path, sample: str, out: str | Path, overwrite: 
     if config.slice_planes == 3:
         raise MitosegError(f"{run} is a 2D model that predicts along three planes (--planes 3); a bioimage.io "
                            "consumer would predict XY slices only; export a run trained with --planes 1")
+    chosen = _chosen(run)
     net = _Probabilities(traceable(model.net)).eval()
     x = test_crop(io.open_volume(sample), config)[None, None]
     with torch.no_grad():
@@ -148,8 +162,8 @@ def export_bioimageio(run: str | Path, sample: str, out: str | Path, overwrite: 
         traced.save(str(tmp / "weights.torchscript.pt"))
         np.save(tmp / "test_input.npy", x)
         np.save(tmp / "test_output.npy", y.astype(np.float32))
-        (tmp / "README.md").write_text(_readme(run, config))
-        descr = _description(config, tmp)
+        (tmp / "README.md").write_text(_readme(run, config, chosen))
+        descr = _description(config, tmp, chosen)
         out.parent.mkdir(parents=True, exist_ok=True)
         partial = out.with_name(out.name + ".partial")
         save_bioimageio_package(descr, output_path=partial)
@@ -157,8 +171,25 @@ def export_bioimageio(run: str | Path, sample: str, out: str | Path, overwrite: 
     return out
 
 
-def _description(config: Config, folder: Path):
-    """The bioimage.io (spec 0.5) model description of files in `folder`."""
+def _chosen(run: str | Path) -> dict | None:
+    """The post-processing the run chose on its validation split (postprocessing.json), else None."""
+    path = Path(run) / "postprocessing.json"
+    return json.loads(path.read_text()).get("chosen") if path.is_file() else None
+
+
+def _after(chosen: dict | None) -> str:
+    """In words, what turns the package's probabilities into the run's masks and objects."""
+    if not chosen:
+        return "threshold it at 0.5"
+    steps = [f"blur it along Z (Gaussian, sigma {chosen['z_sigma']:g} slices)"] if chosen.get("z_sigma") else []
+    steps.append(f"threshold it at {chosen['threshold']:g}")
+    steps += ["fill holes"] if chosen.get("fill_holes") else []
+    steps += [f"remove objects under {chosen['min_size']:,} voxels"] if chosen.get("min_size") else []
+    return ", ".join(steps) + " (the post-processing the run chose on its validation split)"
+
+
+def _description(config: Config, folder: Path, chosen: dict | None = None):
+    """The bioimage.io (spec 0.5) model description of files in `folder`; `chosen`: the run's post-processing."""
     from bioimageio.spec.model import v0_5 as m
 
     names = ["z", "y", "x"][-config.dims:]
@@ -182,7 +213,9 @@ def _description(config: Config, folder: Path):
         ])
     prob = m.OutputTensorDescr(
         id=m.TensorId("probability"), axes=outputs, test_tensor=m.FileDescr(source=folder / "test_output.npy"),
-        description="foreground (mitochondrion) probability; mitoseg thresholds it at 0.5 by default",
+        description="foreground (mitochondrion) probability; " + (  # at most 128 characters: README has the rest
+            f"threshold it at {chosen['threshold']:g}, as the run chose on validation (README: all steps)" if chosen
+            else "threshold it at 0.5"),
         data=m.IntervalOrRatioDataDescr(type="float32", range=(0.0, 1.0)))
     return m.ModelDescr(
         name=f"mitoseg {config.dims}D U-Net ResNet18 mitochondria",
@@ -190,19 +223,21 @@ def _description(config: Config, folder: Path):
                     f"in electron microscopy volumes ({' x '.join(f'{v:g}' for v in config.voxel_size)} nm voxels), "
                     "trained with mitoseg",
         authors=[m.Author(name="mitoseg developers")],
-        cite=[m.CiteEntry(text=text, doi=m.Doi(doi)) for text, doi in CITATIONS],
+        cite=[m.CiteEntry(text=text, doi=m.Doi(doi)) for text, doi in data_citations(config)[0] + CITATIONS],
         license=m.LicenseId("MIT"),
-        tags=["mitochondria", "electron-microscopy", "fib-sem", "semantic-segmentation", f"{config.dims}d", "unet"],
+        tags=["mitochondria", "electron-microscopy", *data_citations(config)[1], "semantic-segmentation",
+              f"{config.dims}d", "unet"],
         documentation=m.FileDescr(source=folder / "README.md"),
         inputs=[raw], outputs=[prob],
         weights=m.WeightsDescr(torchscript=m.TorchscriptWeightsDescr(
             source=folder / "weights.torchscript.pt", pytorch_version=m.Version(torch.__version__.split("+")[0]))),
         config={"mitoseg": {"version": __version__, "training": {k: v for k, v in config.__dict__.items()
-                                                                if k not in ("extra", "device")}}},
+                                                                if k not in ("extra", "device")},
+                            "postprocessing": chosen}},
     )
 
 
-def _readme(run: str | Path, config: Config) -> str:
+def _readme(run: str | Path, config: Config, chosen: dict | None = None) -> str:
     """The package's documentation: what goes in, what comes out, how it was trained and validated."""
     summary = Path(run) / "summary.json"
     validation = "No validation record was found beside the checkpoint."
@@ -218,17 +253,16 @@ Input: one EM channel, {config.dims}D, voxel size {config.voxel_size} nm (Z, Y, 
 be a multiple of {divisors(config)} voxels. Preprocessing: the input's 0.5 and 99.5 percentiles are
 mapped to 0 and 1, then clipped (mitoseg itself takes these percentiles over the whole volume and leaves
 black or white borders out; crop such borders before running this package elsewhere).
-Output: the foreground (mitochondrion) probability; threshold it at 0.5 (or at the threshold mitoseg
-chose on validation) and split objects with 3D connected components.
+Output: the foreground (mitochondrion) probability; {_after(chosen)}, and split objects with 3D
+connected components.
 
 {STUDY}.
 
 ## Training
 
 At most {config.epochs} epochs or {config.minutes} minutes; patches {config.patch} voxels, batch {config.batch},
-AdamW lr {config.lr}, Dice + BCE, seed {config.seed}. Models trained on the EPFL CA1 volumes that come
-with mitoseg's tests learned from a derived public copy (per-slice stretched images, polygon-filled
-labels), not the EPFL originals.
+AdamW lr {config.lr}, Dice + BCE, seed {config.seed}.
+Training data: {config.data or "not recorded by the run"}.
 
 ## Validation
 
