@@ -80,6 +80,19 @@ def _file_name(spec: str) -> str:
     return path.name + (f":{inner}" if inner else "")
 
 
+def cmd_convert(a: argparse.Namespace) -> None:
+    from mitoseg.convert import convert
+
+    done = convert(a.input, a.out, _voxel(a.voxel_size) if a.voxel_size else None, tuple(a.block) if a.block else None,
+                   overwrite=a.overwrite, progress=not a.quiet)
+    voxel, stated = done["voxel_size"], "(--voxel-size)" if a.voxel_size else "as the input states"
+    words = f"voxel size {' x '.join(f'{v:g}' for v in voxel)} nm {stated}" if voxel else \
+        "no voxel size: the input states none; give --voxel-size"
+    print(f"wrote {a.out} ({done['dtype']}, {words})")
+    if done["changed"]:
+        print(done["changed"])
+
+
 def _client(a: argparse.Namespace):
     """A Dask client for --scheduler local or --dask-address, else a context holding None (this process)."""
     if not (a.dask_address or a.scheduler == "local"):
@@ -513,6 +526,17 @@ def parser() -> argparse.ArgumentParser:
                    help="an image volume the model is for; a central crop becomes the package's test input")
     x.add_argument("--overwrite", action="store_true", help="replace an existing package")
     x.set_defaults(func=cmd_export)
+
+    cv = sub.add_parser("convert", help="a volume to an ImageJ TIFF (for Fiji, calibrated in nm), Zarr or OME-Zarr")
+    cv.add_argument("input", help="any volume mitoseg reads (TIFF, slice folder, .h5:NAME, .zarr, .ome.zarr, .npy)")
+    cv.add_argument("--out", required=True, help="*.tif (ImageJ hyperstack), *.zarr, *.ome.zarr, or "
+                                                 "IMAGE.ome.zarr/labels/NAME (an image-label of that image)")
+    cv.add_argument("--voxel-size", type=arg("voxel_size"), nargs=3, metavar=("Z", "Y", "X"),
+                    help="voxel size in nm to record (default: the one the input states)")
+    cv.add_argument("--block", type=arg("block"), nargs=3, metavar=("Z", "Y", "X"),
+                    help="Zarr chunk size (default 64 512 512)")
+    cv.add_argument("--overwrite", action="store_true", help="replace an existing output")
+    cv.set_defaults(func=cmd_convert)
 
     v = sub.add_parser("view", help="open outputs in napari (needs: pip install \"mitoseg[napari]\")")
     v.add_argument("paths", nargs="+", metavar="PATH",

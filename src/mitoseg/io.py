@@ -340,7 +340,8 @@ def _imagej_voxel_size(path: Path) -> tuple[float, float, float] | None:
             unit = IMAGEJ_UNITS_NM.get(str(meta.get("unit", "")))
             if unit is None or "spacing" not in meta:
                 return None
-            return float(meta["spacing"]) * unit, unit / y, unit / x
+            size = (float(meta["spacing"]) * unit, unit / y, unit / x)
+            return tuple(float(f"{v:.12g}") for v in size)  # 4.6, not the 4.6000000000000005 of a rational
     except Exception:  # an unreadable TIFF says so where it is opened; here it states no size
         return None
 

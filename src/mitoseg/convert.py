@@ -1,0 +1,139 @@
+"""One volume into another format: an ImageJ TIFF (what Fiji opens, calibrated in nm), Zarr or OME-Zarr.
+
+Any volume mitoseg reads (TIFF, slice folder, HDF5, Zarr, OME-Zarr, .npy) goes in, read a slab of slices
+at a time, so memory stays a slab. A TIFF is written by tifffile as an ImageJ hyperstack (axes ZYX, the
+voxel size as its spacing, pixel size and unit "nm"); ImageJ holds 8- and 16-bit integers and 32-bit floats
+only, so wider integers (object ids) become uint16 when they fit, else float32 when every value is exact in
+it (below 2^24), and are refused otherwise; float64 becomes float32. Zarr and OME-Zarr go through the block
+engine (`blocks`: written as ``NAME.partial``, an OME-Zarr with its pyramid and NGFF metadata). Written
+values are the input's, never rescaled.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from mitoseg import blocks, io, omezarr
+from mitoseg.errors import MitosegError
+
+EXACT_FLOAT32 = 2**24  # every integer up to this is exact in float32
+IMAGEJ = (np.uint8, np.uint16, np.int16, np.float32)  # what an ImageJ TIFF holds as it is
+
+
+def convert(source: str | Path, out: str | Path, voxel_size: tuple[float, float, float] | None = None,
+            block: tuple[int, int, int] | None = None, overwrite: bool = False, progress: bool = True) -> dict:
+    """Write the volume `source` (a path `io.open_volume` reads) to `out`: ``*.tif``/``*.tiff`` an ImageJ TIFF,
+    ``*.zarr``/``*.ome.zarr`` Zarr (chunks `block`, default (64, 512, 512) capped at the shape). `voxel_size`
+    (z, y, x) nm is recorded, else the one `source` states, else none (an OME-Zarr needs one). Returns what was
+    written: {"dtype": stored dtype, "voxel_size": recorded or None, "changed": why the dtype changed or None}."""
+    volume = io.open_volume(source)
+    voxel = tuple(float(v) for v in voxel_size) if voxel_size is not None else io.voxel_size(source)
+    suffix = Path(out).suffix.lower()
+    if suffix in io.TIFF:
+        io.check_output(out, overwrite, "file", (source,))
+        dtype, changed = imagej_dtype(volume, progress)
+        write_tiff(volume, out, voxel, dtype, overwrite, progress)
+        return {"dtype": str(dtype), "voxel_size": voxel, "changed": changed}
+    if not (io.is_zarr(Path(out)) or omezarr.is_ome_output(out)):
+        raise MitosegError(f"{out}: mitoseg converts to a TIFF (*.tif), Zarr (*.zarr) or OME-Zarr (*.ome.zarr)")
+    io.check_output(out, overwrite, "zarr", (source,))
+    if omezarr.is_ome_output(out) and voxel is None and not omezarr.label_of(out):
+        raise MitosegError(f"{source} states no voxel size and an OME-Zarr states one: give --voxel-size Z Y X (nm)")
+    write_zarr(volume, out, voxel, kind(volume, out), block, overwrite, progress)
+    return {"dtype": str(np.dtype(volume.dtype)), "voxel_size": io.voxel_size(out), "changed": None}
+
+
+def kind(volume: Any, out: str | Path) -> str:
+    """What a Zarr output holds, which decides its pyramid (mean or nearest voxel): a mitoseg output's own
+    `kind`; labels for an image-label output or integers of 32 bits or more (object ids); else an image."""
+    stated = dict(getattr(volume, "attrs", {}) or {}).get("kind")
+    dtype = np.dtype(volume.dtype)
+    if omezarr.label_of(out):
+        if dtype.kind not in "iub":
+            raise MitosegError(f"{out}: an image's labels/ holds integer masks and labels, not {dtype} values")
+        return stated if stated in ("mask", "labels") else "labels"
+    return stated or ("labels" if dtype.kind in "iu" and dtype.itemsize >= 4 else "image")
+
+
+def imagej_dtype(volume: Any, progress: bool = False) -> tuple[np.dtype, str | None]:
+    """The dtype an ImageJ TIFF stores `volume` in, and why it differs from the volume's (None when it does not).
+    Integers wider than 16 bits are read once for their range (MitosegError when float32 cannot hold them)."""
+    dtype = np.dtype(volume.dtype)
+    if dtype in [np.dtype(t) for t in IMAGEJ]:
+        return dtype, None
+    if dtype.kind == "b" or dtype == np.int8:
+        return np.dtype(np.uint8 if dtype.kind == "b" else np.int16), None  # the same values
+    if dtype.kind == "f":
+        return np.dtype(np.float32), f"{dtype} values written as float32, the only float an ImageJ TIFF holds"
+    low, high = value_range(volume, progress)
+    if low >= 0 and high <= np.iinfo(np.uint16).max:
+        return np.dtype(np.uint16), None  # the same values
+    if -EXACT_FLOAT32 <= low and high <= EXACT_FLOAT32:
+        return np.dtype(np.float32), (f"{dtype} values up to {high:,} written as float32 (exact below 2^24): "
+                                      "ImageJ holds no integers over 16 bits")
+    raise MitosegError(f"values from {low:,} to {high:,} ({dtype}) cannot all be exact in an ImageJ TIFF (16-bit "
+                       "integers or float32, exact up to 2^24); convert to Zarr or OME-Zarr instead")
+
+
+def value_range(volume: Any, progress: bool = False) -> tuple[int, int]:
+    """The smallest and largest value of an integer volume, read a slab at a time."""
+    from tqdm.auto import tqdm
+
+    low, high, step = None, None, slab(volume)
+    for z in tqdm(range(0, volume.shape[0], step), desc="value range", unit="slab", disable=not progress):
+        part = np.asarray(volume[z:z + step])
+        low = int(part.min()) if low is None else min(low, int(part.min()))
+        high = int(part.max()) if high is None else max(high, int(part.max()))
+    return low, high
+
+
+def slab(volume: Any) -> int:
+    """Slices read at a time: the input's chunk depth (at most 64) when chunked, else 16."""
+    chunks = getattr(volume, "chunks", None)
+    return int(min(64, chunks[0])) if isinstance(chunks, tuple) and chunks else 16
+
+
+def write_tiff(volume: Any, out: str | Path, voxel_size: tuple[float, float, float] | None, dtype: Any,
+               overwrite: bool = False, progress: bool = True) -> Path:
+    """Write `volume` (Z, Y, X) as an ImageJ hyperstack TIFF of `dtype` (one of `IMAGEJ`), slice by slice through
+    ``NAME.partial``; calibrated with `voxel_size` (z, y, x) nm when given. Returns `out`."""
+    import tifffile
+    from tqdm.auto import tqdm
+
+    step = slab(volume)
+
+    def slices():
+        with tqdm(total=volume.shape[0], desc=f"write {Path(out).name}", unit="slice", disable=not progress) as bar:
+            for z in range(0, volume.shape[0], step):
+                for plane in np.asarray(volume[z:z + step]).astype(dtype, copy=False):
+                    yield plane
+                    bar.update(1)
+
+    calibration = {}
+    if voxel_size is not None:
+        calibration = {"resolution": (1 / voxel_size[2], 1 / voxel_size[1]),
+                       "metadata": {"spacing": voxel_size[0], "unit": "nm", "axes": "ZYX"}}
+    partial = io.partial_path(out)
+    io.remove(partial)
+    with tifffile.TiffWriter(partial, imagej=True) as tif:
+        tif.write(slices(), shape=tuple(volume.shape), dtype=dtype, **({"metadata": {"axes": "ZYX"}} | calibration))
+    return io.finish_output(out, overwrite)
+
+
+def write_zarr(volume: Any, out: str | Path, voxel_size: tuple[float, float, float] | None, kind: str,
+               block: tuple[int, int, int] | None = None, overwrite: bool = False, progress: bool = True) -> Path:
+    """Write `volume` (Z, Y, X) to the Zarr or OME-Zarr `out` through the block engine, chunks `block`, with its
+    `kind` ("image", "mask", "labels") and `voxel_size` (z, y, x) nm in its attributes. Returns `out`."""
+    from tqdm.auto import tqdm
+
+    shape = tuple(int(n) for n in volume.shape)
+    block = tuple(int(b) for b in block) if block else (min(shape[0], 64), 512, 512)
+    attrs = {"kind": kind, **({"voxel_size": list(voxel_size)} if voxel_size is not None else {})}
+    output = blocks.open_output(out, shape, volume.dtype, block, {"source": "convert"}, attrs, overwrite=overwrite)
+    for b in tqdm(blocks.grid(shape, block), desc=f"write {Path(out).name}", unit="block", disable=not progress):
+        output.write(b, np.asarray(volume[b]))
+    blocks.finish(output, overwrite=overwrite)
+    return Path(out)

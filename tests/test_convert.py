@@ -1,0 +1,83 @@
+"""`mitoseg convert`: real volumes into ImageJ TIFFs (as Fiji opens them), Zarr and OME-Zarr, values and
+voxel size kept; what an ImageJ TIFF cannot hold exactly is changed only where exact, and said."""
+
+import numpy as np
+import pytest
+import tifffile
+import zarr
+from conftest import same_partition
+
+from mitoseg import convert, instances, io, omezarr
+from mitoseg.cli import main
+from mitoseg.errors import MitosegError
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory, droso):
+    """A real ssTEM crop (20, 300, 260) as Fiji saves a calibrated stack: 50 x 4.6 x 4.6 nm."""
+    d = tmp_path_factory.mktemp("convert")
+    tifffile.imwrite(d / "ij.tif", droso[0][:, :300, :260], imagej=True, resolution=(1 / 4.6, 1 / 4.6),
+                     metadata={"spacing": 50, "unit": "nm", "axes": "ZYX"})
+    return d
+
+
+def test_a_calibrated_tiff_goes_to_ome_zarr_and_back_unchanged(stack, droso, capsys):
+    raw = droso[0][:, :300, :260]
+    assert main(["--quiet", "convert", str(stack / "ij.tif"), "--out", str(stack / "em.ome.zarr")]) == 0
+    assert "(uint8, voxel size 50 x 4.6 x 4.6 nm as the input states)" in capsys.readouterr().out
+    group = zarr.open_group(str(stack / "em.ome.zarr"), mode="r")
+    assert len(omezarr.multiscales(dict(group.attrs))[0]["datasets"]) == 3  # 300 x 260, 150 x 130, 75 x 65
+    assert io.voxel_size(stack / "em.ome.zarr") == pytest.approx((50.0, 4.6, 4.6))
+    assert main(["--quiet", "convert", str(stack / "em.ome.zarr"), "--out", str(stack / "back.tif")]) == 0
+    with tifffile.TiffFile(stack / "back.tif") as tif:  # what Fiji reads: a ZYX hyperstack calibrated in nm
+        meta = tif.imagej_metadata
+        assert (meta["slices"], meta["spacing"], meta["unit"]) == (20, 50.0, "nm")
+        np.testing.assert_array_equal(tif.asarray(), raw)
+    assert io.voxel_size(stack / "back.tif") == pytest.approx((50.0, 4.6, 4.6))
+    assert not list(stack.glob("*.partial"))
+
+
+def test_object_ids_are_kept_exact_or_refused(stack, droso, tmp_path):
+    """Labels (uint32) become uint16 when they fit and float32 when every id is exact in it, with a line saying
+    so; ids past 2^24 are refused; float64 becomes float32, said; a boolean mask stays 0/1 in uint8."""
+    ids = instances.label(droso[1][:, :300, :260], 26).astype(np.uint32)
+    assert ids.max() > 1
+    cases = [("fit", ids, np.uint16, None), ("wide", np.where(ids > 0, ids + 70_000, 0).astype(np.uint32), np.float32,
+             "up to"), ("float64", ids.astype(np.float64) / 7, np.float32, "float64 values written as float32"),
+             ("bool", ids > 0, np.uint8, None)]
+    for name, values, stored, said in cases:
+        np.save(tmp_path / f"{name}.npy", values)
+        done = convert.convert(tmp_path / f"{name}.npy", tmp_path / f"{name}.tif", (50, 4.6, 4.6), progress=False)
+        back = tifffile.imread(tmp_path / f"{name}.tif")
+        assert back.dtype == stored and (done["changed"] is None if said is None else said in done["changed"]), name
+        np.testing.assert_array_equal(back, values.astype(stored), err_msg=name)
+        if name == "wide":
+            assert same_partition(back.astype(np.int64), ids) and back.max() == ids.max() + 70_000
+    np.save(tmp_path / "huge.npy", np.where(ids > 0, ids + 2**24, 0).astype(np.uint32))
+    with pytest.raises(MitosegError, match="cannot all be exact in an ImageJ TIFF"):
+        convert.convert(tmp_path / "huge.npy", tmp_path / "huge.tif", progress=False)
+    assert not (tmp_path / "huge.tif").exists() and not (tmp_path / "huge.tif.partial").exists()
+
+
+def test_a_mask_becomes_an_image_label_and_mistakes_are_one_line(stack, droso, capsys):
+    if not (stack / "em.ome.zarr").exists():
+        convert.convert(stack / "ij.tif", stack / "em.ome.zarr", progress=False)
+    np.save(stack / "mask.npy", droso[1][:, :300, :260])
+    np.save(stack / "soft.npy", droso[1][:, :300, :260] / np.float32(2))
+    assert main(["--quiet", "convert", str(stack / "mask.npy"), "--out", str(stack / "em.ome.zarr" / "labels" / "m")]) \
+        == 0
+    label = stack / "em.ome.zarr" / "labels" / "m"
+    assert zarr.open_group(str(label), mode="r").attrs["ome"]["image-label"]["source"] == {"image": "../../"}
+    np.testing.assert_array_equal(io.open_volume(label)[:], droso[1][:, :300, :260])
+    for argv, said in [([str(stack / "ij.tif"), "--out", str(stack / "x.npy")], "converts to a TIFF (*.tif), Zarr"),
+                       ([str(stack / "mask.npy"), "--out", str(stack / "m.ome.zarr")], "states no voxel size"),
+                       ([str(stack / "ij.tif"), "--out", str(stack / "back.tif")], "already exists"),
+                       ([str(stack / "ij.tif"), "--out", str(stack / "ij.tif"), "--overwrite"], "is an input"),
+                       ([str(stack / "soft.npy"), "--out", str(stack / "em.ome.zarr" / "labels" / "soft")],
+                        "holds integer masks and labels, not float32")]:
+        if said == "already exists" and not (stack / "back.tif").exists():
+            convert.convert(stack / "ij.tif", stack / "back.tif", progress=False)
+        capsys.readouterr()
+        assert main(["--quiet", "convert", *argv]) == 2
+        err = capsys.readouterr().err
+        assert said in err and err.count("\n") == 1, err
