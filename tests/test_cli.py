@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import scipy.ndimage as ndi
 import tifffile
+import zarr
 
 from mitoseg import io, metrics, postprocess, predict
 from mitoseg.cli import main
@@ -578,6 +579,18 @@ def test_predict_records_the_voxel_size_the_image_states_or_is_given_and_says_wh
         assert main(["--quiet", "predict", str(image), "--model", str(d / "run2"), "--out", str(out), *given]) == 0
         assert io.voxel_size(out) == pytest.approx(voxel)
         assert said in capsys.readouterr().out
+    # a crop of a larger OME-Zarr volume (translated 1 micrometre in Y): its probabilities and labels start there
+    from ome_zarr.writer import write_multiscales_metadata
+
+    group = zarr.open_group(str(tmp_path / "crop.ome.zarr"), mode="w")
+    group.create_array("0", data=tifffile.imread(d / "test.tif"), dimension_names=("z", "y", "x"))
+    write_multiscales_metadata(group, [{"path": "0", "coordinateTransformations": [
+        {"type": "scale", "scale": [5.0, 5.0, 5.0]}, {"type": "translation", "translation": [0.0, 1000.0, 0.0]}]}],
+        axes=[{"name": a, "type": "space", "unit": "nanometer"} for a in "zyx"])
+    assert main(["--quiet", "predict", str(tmp_path / "crop.ome.zarr"), "--model", str(d / "run2"), "--out",
+                 str(tmp_path / "c.zarr")]) == 0
+    assert main(["--quiet", "label", str(tmp_path / "c.zarr"), "--out", str(tmp_path / "cl.ome.zarr")]) == 0
+    assert io.origin(tmp_path / "c.zarr") == io.origin(tmp_path / "cl.ome.zarr") == (0.0, 1000.0, 0.0)
 
 
 def test_train_takes_the_voxel_size_the_image_states_and_says_which(runs, tmp_path, capsys):

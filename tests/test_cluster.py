@@ -140,6 +140,11 @@ def test_predict_along_three_planes_equals_single_process(dask_client, runs, dro
                                       planes=3, progress=False)
     assert io.open_volume(out).attrs["settings"]["planes"] == 3
     np.testing.assert_array_equal(io.open_volume(out)[:], io.open_volume(ref)[:])
+    # voxels given as anisotropic (the image states none): refused on the cluster as in this process
+    with pytest.raises(MitosegError, match="near-isotropic voxels .* 50 x 4.6 x 4.6 nm"):
+        predict.predict(runs / "run2", str(image), tmp_path / "a.zarr", planes=3, voxel_size=(50, 4.6, 4.6),
+                        client=dask_client, progress=False)
+    assert not (tmp_path / "a.zarr").exists() and not io.partial_path(tmp_path / "a.zarr").exists()
 
 
 @pytest.fixture(scope="module")

@@ -157,3 +157,34 @@ def test_labels_added_to_a_bioformats2raw_image_follow_its_format(tmp_path, dros
     with pytest.raises(MitosegError, match="write the probabilities as its own"):
         blocks.open_output(image / "labels" / "p", raw.shape, np.uint8, (8, 128, 128), {}, {"kind": "probability"})
     assert not (image / "labels" / "p.partial").exists()
+
+
+def test_a_crop_of_a_larger_volume_keeps_its_place(tmp_path, droso):
+    """An OME-Zarr crop whose level 0 is translated (here 0.5, 1 and 2 micrometres into a larger volume): its labels
+    (`label`), conversions (`convert`, through a plain Zarr and back) and napari layers start where it does; mean
+    levels add their half voxel to it, nearest-voxel levels do not."""
+    from ome_zarr.writer import write_multiscales_metadata
+
+    from mitoseg import convert, viewer
+
+    mask = droso[1][:, :256, :256]
+    group = zarr.open_group(str(tmp_path / "crop.ome.zarr"), mode="w")
+    group.create_array("0", data=mask, dimension_names=omezarr.DIMENSIONS)
+    write_multiscales_metadata(group, [{"path": "0", "coordinateTransformations": [
+        {"type": "scale", "scale": [0.05, 0.0046, 0.0046]}, {"type": "translation", "translation": [0.5, 1.0, 2.0]}]}],
+        axes=[{"name": a, "type": "space", "unit": "micrometer"} for a in "zyx"])
+    origin = (500.0, 1000.0, 2000.0)
+    assert io.origin(tmp_path / "crop.ome.zarr") == pytest.approx(origin)
+    instances.label_volume(tmp_path / "crop.ome.zarr", tmp_path / "l.ome.zarr", (8, 128, 128), progress=False)
+    convert.convert(tmp_path / "crop.ome.zarr", tmp_path / "plain.zarr", progress=False)
+    convert.convert(tmp_path / "plain.zarr", tmp_path / "again.ome.zarr", progress=False)
+    for name, level1 in (("l.ome.zarr", origin), ("again.ome.zarr", np.add(origin, (0.0, 2.3, 2.3)))):
+        transforms = [d["coordinateTransformations"] for d in
+                      omezarr.multiscales(dict(zarr.open_group(str(tmp_path / name), mode="r").attrs))[0]["datasets"]]
+        assert transforms[0][1]["translation"] == pytest.approx(origin), name
+        assert transforms[1][1]["translation"] == pytest.approx(level1), name
+        assert io.origin(tmp_path / name) == pytest.approx(origin)
+    assert io.origin(tmp_path / "plain.zarr") == pytest.approx(origin)
+    assert viewer.volume_layer(tmp_path / "l.ome.zarr")[1]["translate"] == pytest.approx(origin)
+    assert viewer.volume_layer(tmp_path / "plain.zarr")[1]["translate"] == pytest.approx(origin)
+    assert "translate" not in viewer.volume_layer(tmp_path / "crop.ome.zarr" / "0")[1]  # an array that states none

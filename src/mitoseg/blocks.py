@@ -55,7 +55,7 @@ class Output:
     path: Path
     array: Any
     done: Path
-    pyramid: tuple | None = None  # OME-Zarr: (voxel size, nearest, name) of the pyramid `finish` builds
+    pyramid: tuple | None = None  # OME-Zarr: (voxel size, nearest, name, origin) of the pyramid `finish` builds
 
     def todo(self, blocks: Iterable[Block]) -> list[Block]:
         """The blocks not yet marked as written."""
@@ -104,7 +104,7 @@ def open_output(path: str | Path, shape: Sequence[int], dtype: Any, block: Seque
             image = omezarr.label_layout(path, shape)
             voxel, name = image.voxel or (1.0, 1.0, 1.0), Path(path).name
             attrs["voxel_size"] = voxel
-        pyramid = (voxel, attrs.get("kind") in ("mask", "labels"), name)
+        pyramid = (voxel, attrs.get("kind") in ("mask", "labels"), name, attrs.get("origin"))
     if resume and tmp.exists():
         array = zarr.open_array(str(tmp / "0" if pyramid else tmp), mode="r+", config=WRITE)
         array = io.spatial(array, str(tmp))

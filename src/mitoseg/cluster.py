@@ -214,7 +214,8 @@ def predict_volume_dask(client, model_path: str | Path, image_spec: str | Path, 
 
     image = _spec(image_spec, "image")
     model = str(Path(model_path).absolute())
-    net, config = predict.model_for(model, image, "cpu", planes)  # fails here, once, on a bad checkpoint
+    # fails here, once, on a bad checkpoint or three planes of anisotropic voxels (given, else the image's)
+    net, config = predict.model_for(model, image, "cpu", planes, (attrs or {}).get("voxel_size"))
     volume = io.open_volume(image)
     shape = tuple(volume.shape)
     io.check_output(out, overwrite, "zarr", (image,))

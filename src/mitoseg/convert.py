@@ -42,7 +42,7 @@ def convert(source: str | Path, out: str | Path, voxel_size: tuple[float, float,
     io.check_output(out, overwrite, "zarr", (source,))
     if omezarr.is_ome_output(out) and voxel is None and not omezarr.label_of(out):
         raise MitosegError(f"{source} states no voxel size and an OME-Zarr states one: give --voxel-size Z Y X (nm)")
-    write_zarr(volume, out, voxel, kind(volume, out), block, overwrite, progress)
+    write_zarr(volume, out, voxel, kind(volume, out), block, overwrite, progress, io.origin(source))
     return {"dtype": str(np.dtype(volume.dtype)), "voxel_size": io.voxel_size(out), "changed": None}
 
 
@@ -124,14 +124,16 @@ def write_tiff(volume: Any, out: str | Path, voxel_size: tuple[float, float, flo
 
 
 def write_zarr(volume: Any, out: str | Path, voxel_size: tuple[float, float, float] | None, kind: str,
-               block: tuple[int, int, int] | None = None, overwrite: bool = False, progress: bool = True) -> Path:
+               block: tuple[int, int, int] | None = None, overwrite: bool = False, progress: bool = True,
+               origin: tuple[float, float, float] | None = None) -> Path:
     """Write `volume` (Z, Y, X) to the Zarr or OME-Zarr `out` through the block engine, chunks `block`, with its
-    `kind` ("image", "mask", "labels") and `voxel_size` (z, y, x) nm in its attributes. Returns `out`."""
+    `kind` ("image", "mask", "labels"), `voxel_size` and `origin` (z, y, x) nm in its attributes. Returns `out`."""
     from tqdm.auto import tqdm
 
     shape = tuple(int(n) for n in volume.shape)
     block = tuple(int(b) for b in block) if block else (min(shape[0], 64), 512, 512)
-    attrs = {"kind": kind, **({"voxel_size": list(voxel_size)} if voxel_size is not None else {})}
+    attrs = {"kind": kind, **({"voxel_size": list(voxel_size)} if voxel_size is not None else {}),
+             **({"origin": list(origin)} if origin else {})}
     output = blocks.open_output(out, shape, volume.dtype, block, {"source": "convert"}, attrs, overwrite=overwrite)
     for b in tqdm(blocks.grid(shape, block), desc=f"write {Path(out).name}", unit="block", disable=not progress):
         output.write(b, np.asarray(volume[b]))

@@ -330,6 +330,25 @@ def voxel_size(spec: str | Path) -> tuple[float, float, float] | None:
     return None
 
 
+def origin(spec: str | Path) -> tuple[float, float, float] | None:
+    """Where a volume starts in space, (z, y, x) nm: an OME-Zarr's translation (a crop of a larger volume), a
+    mitoseg output's `origin` attribute; None when it states none (it starts at 0)."""
+    path, inner = split_path(spec)
+    if not is_zarr(path):
+        return None
+    import zarr
+
+    try:
+        node = zarr.open(str(path), mode="r")
+        node = node[inner] if inner else node
+    except Exception:  # unreadable: `open_volume` says so where the volume is opened
+        return None
+    if isinstance(node, zarr.Group) and omezarr.multiscales(dict(node.attrs)):
+        return omezarr.origin(node)
+    found = dict(node.attrs).get("origin")
+    return tuple(float(v) for v in found) if found else None
+
+
 def _imagej_voxel_size(path: Path) -> tuple[float, float, float] | None:
     """(z, y, x) nm of an ImageJ TIFF stack that states its slice spacing, pixel size and unit; else None."""
     import tifffile

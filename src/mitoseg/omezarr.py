@@ -174,15 +174,26 @@ def multiscales(attrs: dict) -> list | None:
 def level0(group: Any) -> tuple[Any, tuple[float, float, float] | None]:
     """The highest-resolution array of an OME-Zarr image group and its voxel size (z, y, x) in nm (None
     when the metadata has no spatial scale, or a spatial axis without a known unit)."""
+    first = multiscales(dict(group.attrs))[0]["datasets"][0]
+    return group[first["path"]], _transform(group, "scale")
+
+
+def origin(group: Any) -> tuple[float, float, float] | None:
+    """Where the highest resolution of an OME-Zarr image group starts: its translation (z, y, x) in nm, None when
+    it states none (or all zeros, or a spatial axis without a known unit)."""
+    found = _transform(group, "translation")
+    return found if found and any(found) else None
+
+
+def _transform(group: Any, kind: str) -> tuple[float, float, float] | None:
+    """Level 0's "scale" or "translation" along the three space axes (the last three) in nm, else None."""
     ms = multiscales(dict(group.attrs))[0]
-    first = ms["datasets"][0]
-    scale = next((t["scale"] for t in first.get("coordinateTransformations", []) if t.get("type") == "scale"), None)
-    axes = ms.get("axes") or AXES
-    units = [a.get("unit") if isinstance(a, dict) else None for a in axes][-3:]
-    if scale is None or len(scale) < 3 or any(u not in UNITS_NM for u in units):  # no unit: no physical size
-        return group[first["path"]], None
-    voxel = tuple(float(s) * UNITS_NM[u] for s, u in zip(scale[-3:], units, strict=True))
-    return group[first["path"]], voxel
+    values = next((t[kind] for t in ms["datasets"][0].get("coordinateTransformations", []) if t.get("type") == kind),
+                  None)
+    units = [a.get("unit") if isinstance(a, dict) else None for a in ms.get("axes") or AXES][-3:]
+    if values is None or len(values) < 3 or any(u not in UNITS_NM for u in units):  # no unit: no physical size
+        return None
+    return tuple(float(v) * UNITS_NM[u] for v, u in zip(values[-3:], units, strict=True))
 
 
 def axis_names(group: Any) -> list[str] | None:
@@ -204,10 +215,12 @@ def factors(shape: tuple[int, ...], voxel_size: tuple[float, float, float]) -> l
     return out
 
 
-def write_pyramid(path: str | Path, voxel_size: tuple[float, float, float], nearest: bool, name: str) -> None:
-    """Add levels 1.. (from level "0") and the NGFF metadata to the image group at `path`. A level of means is
-    translated by half the voxels it averages (its voxel centres lie between theirs), one of nearest voxels is
-    not (each is a voxel of level 0); the multiscales' `type` says which."""
+def write_pyramid(path: str | Path, voxel_size: tuple[float, float, float], nearest: bool, name: str,
+                  origin: tuple[float, float, float] | None = None) -> None:
+    """Add levels 1.. (from level "0") and the NGFF metadata to the image group at `path`, level 0 translated to
+    `origin` (z, y, x) nm when given (a crop of a larger volume). A level of means is translated by half the voxels
+    it averages more (its voxel centres lie between theirs), one of nearest voxels is not (each is a voxel of level
+    0); the multiscales' `type` says which."""
     import zarr
     from ome_zarr.format import CurrentFormat
     from ome_zarr.writer import add_metadata, write_multiscales_metadata
@@ -215,8 +228,9 @@ def write_pyramid(path: str | Path, voxel_size: tuple[float, float, float], near
     from mitoseg import blocks
 
     group = zarr.open_group(str(path), mode="r+")
-    scale, shift = np.asarray(voxel_size, dtype=float), np.zeros(3)
-    datasets = [{"path": "0", "coordinateTransformations": [{"type": "scale", "scale": scale.tolist()}]}]
+    scale, shift = np.asarray(voxel_size, dtype=float), np.asarray(origin or (0.0, 0.0, 0.0), dtype=float)
+    datasets = [{"path": "0", "coordinateTransformations": [{"type": "scale", "scale": scale.tolist()}]
+                 + ([{"type": "translation", "translation": shift.tolist()}] if shift.any() else [])}]
     for level, f in enumerate(factors(group["0"].shape, voxel_size), start=1):
         src = group[str(level - 1)]
         shape = tuple(n // k for n, k in zip(src.shape, f, strict=True))

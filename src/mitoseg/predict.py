@@ -616,6 +616,8 @@ def predict(model: str | Path | Sequence[str | Path], image: str | Path, out: st
     stated = voxel_size or (io.voxel_size(image) if isinstance(image, str | Path) else None)
     if stated:
         attrs["voxel_size"] = tuple(float(v) for v in stated)  # else the run's (the model was trained at it)
+    if isinstance(image, str | Path) and io.origin(image):  # a crop of a larger volume: where it lies
+        attrs["origin"] = io.origin(image)
     if client is not None:
         from mitoseg import cluster
 
@@ -712,7 +714,7 @@ def predict_mean(models: Sequence[str | Path], image: str | Path, out: str | Pat
     arrays = [io.open_volume(path) for path in paths]
     shape, block = tuple(arrays[0].shape), tuple(arrays[0].chunks)
     settings = {"members": [dict(a.attrs["settings"]) for a in arrays]}
-    attrs = {k: arrays[0].attrs[k] for k in ("voxel_size", "tta", "tta_set") if k in arrays[0].attrs}
+    attrs = {k: arrays[0].attrs[k] for k in ("voxel_size", "origin", "tta", "tta_set") if k in arrays[0].attrs}
     attrs.update(model=[str(Path(m).name) for m in models], created=time.strftime("%F %T"))
     outputs = [blocks.open_output(out, shape, arrays[0].dtype, block, settings, dict(attrs, kind="probability"),
                                   resume, overwrite)]

@@ -45,9 +45,10 @@ def _lazy(volume: Any) -> Any:
     return da.from_array(volume, chunks=chunks, asarray=False) if not isinstance(volume, da.Array) else volume
 
 
-def _meta(name: str, voxel: Sequence[float], kind: str, **extra: Any) -> dict:
+def _meta(name: str, voxel: Sequence[float], kind: str, origin: Sequence[float] | None = None, **extra: Any) -> dict:
     return {"name": name, "scale": tuple(float(v) for v in voxel), "units": "nm", "axis_labels": ("z", "y", "x"),
-            "metadata": {"mitoseg_kind": kind}, **extra}
+            "metadata": {"mitoseg_kind": kind}, **({"translate": tuple(map(float, origin))} if origin else {}),
+            **extra}
 
 
 def _ome_group(path: Path) -> Any | None:
@@ -65,7 +66,8 @@ def volume_layer(path: str | Path, voxel_size: Sequence[float] | None = None, na
     The layer type comes from `kind`, else the output's `kind` attribute (probability: image 0..1, magma,
     additive; mask, labels: labels; image), else the dtype (integers of 32 bits or more: labels).
     The scale is the voxel size (z, y, x) in nm the volume states (`io.voxel_size`), else `voxel_size`,
-    else 1 1 1. `name` defaults to the file name without its .zarr / .ome.zarr suffix.
+    else 1 1 1; the translate where it states it starts (`io.origin`: a crop of a larger volume). `name`
+    defaults to the file name without its .zarr / .ome.zarr suffix.
     """
     import dask.array as da
 
@@ -83,14 +85,14 @@ def volume_layer(path: str | Path, voxel_size: Sequence[float] | None = None, na
     if kind is None:
         kind = "labels" if dtype.kind in "iu" and dtype.itemsize >= 4 else "image"
     name = name or path.name.removesuffix(omezarr.SUFFIX).removesuffix(".zarr")
-    multiscale = {"multiscale": True} if isinstance(data, list) else {}
+    shown = {"origin": io.origin(path), **({"multiscale": True} if isinstance(data, list) else {})}
     if kind in ("mask", "labels"):
-        return data, _meta(name, voxel, kind, opacity=0.5, **multiscale), "labels"
+        return data, _meta(name, voxel, kind, opacity=0.5, **shown), "labels"
     if kind == "probability":
         top = 255.0 if dtype == np.uint8 else 1.0
         return data, _meta(name, voxel, kind, colormap="magma", blending="additive", contrast_limits=(0.0, top),
-                           opacity=0.7, **multiscale), "image"
-    return data, _meta(name, voxel, kind, colormap="gray", **multiscale), "image"
+                           opacity=0.7, **shown), "image"
+    return data, _meta(name, voxel, kind, colormap="gray", **shown), "image"
 
 
 def _test_image(data: dict) -> Any | None:
