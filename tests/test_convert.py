@@ -24,7 +24,7 @@ def stack(tmp_path_factory, droso):
 def test_a_calibrated_tiff_goes_to_ome_zarr_and_back_unchanged(stack, droso, capsys):
     raw = droso[0][:, :300, :260]
     assert main(["--quiet", "convert", str(stack / "ij.tif"), "--out", str(stack / "em.ome.zarr")]) == 0
-    assert "(uint8, voxel size 50 x 4.6 x 4.6 nm as the input states)" in capsys.readouterr().out
+    assert "(uint8, voxel size 50 x 4.6 x 4.6 nm, as the input states)" in capsys.readouterr().out
     group = zarr.open_group(str(stack / "em.ome.zarr"), mode="r")
     assert len(omezarr.multiscales(dict(group.attrs))[0]["datasets"]) == 3  # 300 x 260, 150 x 130, 75 x 65
     assert io.voxel_size(stack / "em.ome.zarr") == pytest.approx((50.0, 4.6, 4.6))
@@ -49,7 +49,7 @@ def test_object_ids_are_kept_exact_or_refused(stack, droso, tmp_path):
         np.save(tmp_path / f"{name}.npy", values)
         done = convert.convert(tmp_path / f"{name}.npy", tmp_path / f"{name}.tif", (50, 4.6, 4.6), progress=False)
         back = tifffile.imread(tmp_path / f"{name}.tif")
-        assert back.dtype == stored and (done["changed"] is None if said is None else said in done["changed"]), name
+        assert back.dtype == stored and (done["notes"] == [] if said is None else said in done["notes"][0]), name
         np.testing.assert_array_equal(back, values.astype(stored), err_msg=name)
         if name == "wide":
             assert same_partition(back.astype(np.int64), ids) and back.max() == ids.max() + 70_000
@@ -81,3 +81,43 @@ def test_a_mask_becomes_an_image_label_and_mistakes_are_one_line(stack, droso, c
         assert main(["--quiet", "convert", *argv]) == 2
         err = capsys.readouterr().err
         assert said in err and err.count("\n") == 1, err
+
+
+def test_what_a_conversion_cannot_keep_is_said_or_refused(stack, droso, tmp_path, capsys):
+    """An image-label takes its image's voxel size (--voxel-size refused, the line says whose); booleans become
+    uint8 labels (NGFF labels are integers); probabilities are no image-label; `--labels` gives a pyramid of
+    nearest voxels to uint16 ids; a TIFF says it keeps no place and makes its folders."""
+    from ome_zarr.writer import write_multiscales_metadata
+
+    if not (stack / "em.ome.zarr").exists():
+        convert.convert(stack / "ij.tif", stack / "em.ome.zarr", progress=False)
+    mask = droso[1][:, :300, :260]
+    image = tmp_path / "em.ome.zarr"
+    convert.convert(stack / "ij.tif", image, progress=False)
+    np.save(tmp_path / "bool.npy", mask > 0)
+    assert main(["--quiet", "convert", str(tmp_path / "bool.npy"), "--out", str(image / "labels" / "b")]) == 0
+    assert "(uint8, voxel size 50 x 4.6 x 4.6 nm, the image's)" in capsys.readouterr().out
+    np.testing.assert_array_equal(io.open_volume(image / "labels" / "b")[:], mask)
+    assert main(["--quiet", "convert", str(tmp_path / "bool.npy"), "--out", str(image / "labels" / "c"),
+                 "--voxel-size", "5", "5", "5"]) == 2
+    assert "takes its image's voxel size; leave out --voxel-size" in capsys.readouterr().err
+    probs = tmp_path / "probs.zarr"
+    zarr.create_array(str(probs), data=(mask * 200).astype(np.uint8)).attrs["kind"] = "probability"
+    assert main(["--quiet", "convert", str(probs), "--out", str(image / "labels" / "p")]) == 2
+    assert "write the probabilities as its own NAME.ome.zarr" in capsys.readouterr().err
+    ids = (instances.label(mask, 26) * 1000).astype(np.uint16)  # ids no volume of means would hold
+    np.save(tmp_path / "ids.npy", ids)
+    assert main(["--quiet", "convert", str(tmp_path / "ids.npy"), "--out", str(tmp_path / "ids.ome.zarr"),
+                 "--voxel-size", "50", "4.6", "4.6", "--labels"]) == 0
+    group = zarr.open_group(str(tmp_path / "ids.ome.zarr"), mode="r")
+    assert omezarr.multiscales(dict(group.attrs))[0]["type"] == "nearest"
+    assert set(np.unique(group["1"][:])) <= set(np.unique(ids))
+    crop = tmp_path / "crop.ome.zarr"
+    convert.convert(tmp_path / "ids.npy", crop, (50, 4.6, 4.6), progress=False, labels=True)
+    ms = omezarr.multiscales(dict(zarr.open_group(str(crop), mode="r").attrs))
+    write_multiscales_metadata(zarr.open_group(str(crop), mode="r+"), [
+        {"path": d["path"], "coordinateTransformations": d["coordinateTransformations"] + [
+            {"type": "translation", "translation": [100.0, 0.0, 0.0]}]} for d in ms[0]["datasets"]],
+        axes=ms[0]["axes"])
+    assert main(["--quiet", "convert", str(crop), "--out", str(tmp_path / "new" / "dir" / "ids.tif")]) == 0
+    assert "a TIFF keeps no place: this volume starts at 100 x 0 x 0 nm" in capsys.readouterr().out

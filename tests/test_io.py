@@ -272,10 +272,13 @@ def test_extra_axes_of_size_one_are_dropped_and_others_named(written, crop, tmp_
     assert isinstance(io.open_volume(written["h5_zyxc"]).arr, h5py.Dataset)
     two = np.stack([crop[:2], crop[:2]])[None]  # (t, c, z, y, x) = (1, 2, 2, 256, 256)
     write_image(two, zarr.open_group(str(tmp_path / "two.ome.zarr"), mode="w"), axes="tczyx", scale_factors=[])
-    with pytest.raises(MitosegError, match=r"holds 2 channels \(axes tczyx"):
+    with pytest.raises(MitosegError, match=r"holds 2 channels \(axes t, c, z, y, x"):
         io.open_volume(tmp_path / "two.ome.zarr")
     np.save(tmp_path / "4d.npy", np.zeros((1, 2, 3, 4, 1), np.uint8))
     assert io.open_volume(tmp_path / "4d.npy").shape == (2, 3, 4)
+    with h5py.File(tmp_path / "one.h5", "w") as f:  # Ilastik's export of one slice: (1, Y, X, 1), not (Y, X, 1)
+        f["exported_data"] = crop[3:4, ..., None]
+    np.testing.assert_array_equal(io.open_volume(tmp_path / "one.h5")[:], crop[3:4])
     np.save(tmp_path / "4d.npy", np.zeros((2, 3, 4, 5), np.uint8))
     with pytest.raises(MitosegError, match="3D volume"):
         io.open_volume(tmp_path / "4d.npy")

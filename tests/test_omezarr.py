@@ -144,7 +144,9 @@ def test_labels_added_to_a_bioformats2raw_image_follow_its_format(tmp_path, dros
     assert group["0"].metadata.dimension_separator == "/"  # NGFF 0.4's chunk keys
     ids = io.open_volume(label)[:]
     assert same_partition(ids, instances.label(mask, 26))
-    np.testing.assert_array_equal(group["2"][0, 0], ids[:, ::4, ::4])  # each level the nearest voxels of level 0
+    # each voxel the level-0 voxel nearest its centre, as ome-zarr-py's half-voxel translations of mean levels place it
+    np.testing.assert_array_equal(group["1"][0, 0], ids[:, 1::2, 1::2])
+    np.testing.assert_array_equal(group["2"][0, 0], ids[:, 2::4, 2::4])
     assert io.voxel_size(label) == pytest.approx((50.0, 4.6, 4.6))
     node = next(n for n in Reader(parse_url(str(image)))() if n.load(Label))  # ome-zarr-py finds it from the image
     assert node.zarr.path.rstrip("/").endswith("labels/mito") and len(node.data) == 3
@@ -188,3 +190,74 @@ def test_a_crop_of_a_larger_volume_keeps_its_place(tmp_path, droso):
     assert viewer.volume_layer(tmp_path / "l.ome.zarr")[1]["translate"] == pytest.approx(origin)
     assert viewer.volume_layer(tmp_path / "plain.zarr")[1]["translate"] == pytest.approx(origin)
     assert "translate" not in viewer.volume_layer(tmp_path / "crop.ome.zarr" / "0")[1]  # an array that states none
+
+
+def _image(path, data, axes, datasets, shared=None, zarr_format=3):
+    """An OME-Zarr image as other tools write them: `datasets` (path, transformations) of `data` downsampled by
+    stride, `axes` as given, the multiscales' own transformations `shared`."""
+    from ome_zarr.format import FormatV04
+    from ome_zarr.writer import add_metadata, write_multiscales_metadata
+
+    group = zarr.open_group(str(path), mode="w", zarr_format=zarr_format)
+    for d, step in datasets:
+        group.create_array(d["path"], data=data[(slice(None),) * (data.ndim - 2) + (slice(None, None, step),) * 2],
+                           **({} if zarr_format == 3 else {"chunk_key_encoding": FormatV04().chunk_key_encoding}))
+    write_multiscales_metadata(group, [d for d, _ in datasets], axes=axes)
+    if shared:
+        ms = omezarr.multiscales(dict(group.attrs))
+        ms[0]["coordinateTransformations"] = shared
+        add_metadata(group, {"multiscales": ms})
+    return path
+
+
+def test_images_as_other_tools_describe_them(tmp_path, droso):
+    """The multiscales' own transformations (applied to every level) give the voxel size and place, and an
+    image-label keeps them; space axes are known by their type, not their names; bioformats2raw's root opens as
+    its one image, and labels of that image are its image-labels; resuming after the levels were begun works."""
+    from mitoseg import cli
+
+    raw, mask = droso[0][:, :256, :256], droso[1][:, :256, :256]
+    axes = [{"name": n, "type": "space", "unit": "nanometer"} for n in ("plane", "row", "col")]
+    image = _image(tmp_path / "shared.ome.zarr", raw, axes,
+                   [({"path": "0", "coordinateTransformations": [{"type": "scale", "scale": [1.0, 1.0, 1.0]}]}, 1),
+                    ({"path": "1", "coordinateTransformations": [{"type": "scale", "scale": [1.0, 2.0, 2.0]}]}, 2)],
+                   shared=[{"type": "scale", "scale": [50.0, 4.6, 4.6]},
+                           {"type": "translation", "translation": [1000.0, 460.0, 920.0]}])
+    assert io.voxel_size(image) == pytest.approx((50.0, 4.6, 4.6)) and io.origin(image) == (1000.0, 460.0, 920.0)
+    np.testing.assert_array_equal(io.open_volume(image)[:], raw)  # axes named plane, row, col: space by type
+    _write(tmp_path / "mask.zarr", mask, "mask")
+    assert cli.main(["--quiet", "label", str(tmp_path / "mask.zarr"), "--out", str(image / "labels" / "m")]) == 0
+    ms = omezarr.multiscales(dict(zarr.open_group(str(image / "labels" / "m"), mode="r").attrs))[0]
+    assert ms["coordinateTransformations"][1]["translation"] == [1000.0, 460.0, 920.0]
+    assert io.voxel_size(image / "labels" / "m") == pytest.approx((50.0, 4.6, 4.6))
+
+    # bioformats2raw: the root holds its image in "0" (NGFF 0.4, Zarr v2, 5D)
+    root = tmp_path / "bf.ome.zarr"
+    zarr.open_group(str(root), mode="w", zarr_format=2).attrs["bioformats2raw.layout"] = 3
+    tczyx = [{"name": "t", "type": "time"}, {"name": "c", "type": "channel"}] + [
+        {"name": a, "type": "space", "unit": "micrometer"} for a in "zyx"]
+    _image(root / "0", raw[None, None], tczyx,
+           [({"path": "0", "coordinateTransformations": [{"type": "scale", "scale": [1, 1, 0.05, 0.0046, 0.0046]}]},
+             1)], zarr_format=2)
+    np.testing.assert_array_equal(io.open_volume(root)[:], raw)
+    assert io.voxel_size(root) == pytest.approx((50.0, 4.6, 4.6))
+    assert cli.main(["--quiet", "label", str(tmp_path / "mask.zarr"), "--out", str(root / "0" / "labels" / "m")]) == 0
+    node = next(n for n in Reader(parse_url(str(root / "0")))() if n.load(Label))
+    assert node.data[0].shape == (1, 1, 20, 256, 256) and (root / "0" / "labels" / "m" / ".zattrs").is_file()
+
+    # the image's labels group itself, or any other place inside an image, is no output: nothing replaced
+    for inside in (root / "0" / "labels", image / "0", image / "labels" / "m" / "0"):
+        assert cli.main(["--quiet", "label", str(tmp_path / "mask.zarr"), "--out", str(inside), "--overwrite"]) == 2
+    assert (root / "0" / "labels" / "m" / ".zattrs").is_file() and (image / "labels" / "m" / "zarr.json").is_file()
+
+    # interrupted while the levels were being built: they are built again on --resume
+    partial = io.partial_path(tmp_path / "again.ome.zarr")
+    out = blocks.open_output(tmp_path / "again.ome.zarr", mask.shape, mask.dtype, (4, 128, 128), {},
+                             {"kind": "mask", "voxel_size": VOXEL})
+    for b in blocks.grid(mask.shape, (4, 128, 128)):
+        out.write(b, mask[b])
+    omezarr.write_pyramid(partial, VOXEL, True, "again")  # then Ctrl-C before the rename
+    out = blocks.open_output(tmp_path / "again.ome.zarr", mask.shape, mask.dtype, (4, 128, 128), {},
+                             {"kind": "mask", "voxel_size": VOXEL}, resume=True)
+    blocks.finish(out)
+    np.testing.assert_array_equal(zarr.open_group(str(tmp_path / "again.ome.zarr"))["1"][:], mask[:, ::2, ::2])

@@ -77,7 +77,7 @@ class Output:
 
         tmp = io.partial_path(path)
         array = zarr.open_array(str(tmp / "0" if omezarr.is_ome_output(path) else tmp), mode="r+", config=WRITE)
-        return cls(Path(path), io.spatial(array, str(tmp)), Path(str(tmp) + ".done"))
+        return cls(Path(path), omezarr.space_view(array), Path(str(tmp) + ".done"))
 
 
 def open_output(path: str | Path, shape: Sequence[int], dtype: Any, block: Sequence[int], settings: dict,
@@ -104,10 +104,11 @@ def open_output(path: str | Path, shape: Sequence[int], dtype: Any, block: Seque
             image = omezarr.label_layout(path, shape)
             voxel, name = image.voxel or (1.0, 1.0, 1.0), Path(path).name
             attrs["voxel_size"] = voxel
+            attrs.pop("origin", None)  # its place is its image's (the image's transformations)
         pyramid = (voxel, attrs.get("kind") in ("mask", "labels"), name, attrs.get("origin"))
     if resume and tmp.exists():
         array = zarr.open_array(str(tmp / "0" if pyramid else tmp), mode="r+", config=WRITE)
-        array = io.spatial(array, str(tmp))
+        array = omezarr.space_view(array)
         old = dict(array.attrs.get("settings", {}))
         diff = [f"{k} {old.get(k)!r} then, {v!r} now" for k, v in settings.items() if old.get(k) != v]
         if diff:

@@ -81,16 +81,19 @@ def _file_name(spec: str) -> str:
 
 
 def cmd_convert(a: argparse.Namespace) -> None:
+    from mitoseg import omezarr
     from mitoseg.convert import convert
 
     done = convert(a.input, a.out, _voxel(a.voxel_size) if a.voxel_size else None, tuple(a.block) if a.block else None,
-                   overwrite=a.overwrite, progress=not a.quiet)
-    voxel, stated = done["voxel_size"], "(--voxel-size)" if a.voxel_size else "as the input states"
-    words = f"voxel size {' x '.join(f'{v:g}' for v in voxel)} nm {stated}" if voxel else \
+                   overwrite=a.overwrite, progress=not a.quiet, labels=a.labels)
+    voxel = done["voxel_size"]
+    stated = (" (--voxel-size)" if a.voxel_size else ", the image's" if omezarr.label_of(a.out)
+              else ", as the input states")
+    words = f"voxel size {' x '.join(f'{v:g}' for v in voxel)} nm{stated}" if voxel else \
         "no voxel size: the input states none; give --voxel-size"
     print(f"wrote {a.out} ({done['dtype']}, {words})")
-    if done["changed"]:
-        print(done["changed"])
+    for note in done["notes"]:
+        print(note)
 
 
 def _client(a: argparse.Namespace):
@@ -535,6 +538,9 @@ def parser() -> argparse.ArgumentParser:
                     help="voxel size in nm to record (default: the one the input states)")
     cv.add_argument("--block", type=arg("block"), nargs=3, metavar=("Z", "Y", "X"),
                     help="Zarr chunk size (default 64 512 512)")
+    cv.add_argument("--labels", action="store_true",
+                    help="the volume holds masks or object ids: an OME-Zarr pyramid of nearest voxels, never means "
+                         "(the default for mitoseg's masks and labels and for integers of 32 bits or more)")
     cv.add_argument("--overwrite", action="store_true", help="replace an existing output")
     cv.set_defaults(func=cmd_convert)
 

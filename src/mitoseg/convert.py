@@ -5,8 +5,8 @@ at a time, so memory stays a slab. A TIFF is written by tifffile as an ImageJ hy
 voxel size as its spacing, pixel size and unit "nm"); ImageJ holds 8- and 16-bit integers and 32-bit floats
 only, so wider integers (object ids) become uint16 when they fit, else float32 when every value is exact in
 it (below 2^24), and are refused otherwise; float64 becomes float32. Zarr and OME-Zarr go through the block
-engine (`blocks`: written as ``NAME.partial``, an OME-Zarr with its pyramid and NGFF metadata). Written
-values are the input's, never rescaled.
+engine (`blocks`: written as ``NAME.partial``, an OME-Zarr with its pyramid and NGFF metadata; booleans as
+uint8 0/1). Written values are the input's, never rescaled.
 """
 
 from __future__ import annotations
@@ -24,38 +24,61 @@ IMAGEJ = (np.uint8, np.uint16, np.int16, np.float32)  # what an ImageJ TIFF hold
 
 
 def convert(source: str | Path, out: str | Path, voxel_size: tuple[float, float, float] | None = None,
-            block: tuple[int, int, int] | None = None, overwrite: bool = False, progress: bool = True) -> dict:
+            block: tuple[int, int, int] | None = None, overwrite: bool = False, progress: bool = True,
+            labels: bool = False) -> dict:
     """Write the volume `source` (a path `io.open_volume` reads) to `out`: ``*.tif``/``*.tiff`` an ImageJ TIFF,
-    ``*.zarr``/``*.ome.zarr`` Zarr (chunks `block`, default (64, 512, 512) capped at the shape). `voxel_size`
-    (z, y, x) nm is recorded, else the one `source` states, else none (an OME-Zarr needs one). Returns what was
-    written: {"dtype": stored dtype, "voxel_size": recorded or None, "changed": why the dtype changed or None}."""
+    ``*.zarr``/``*.ome.zarr`` Zarr (chunks `block`, default (64, 512, 512) capped at the shape), or
+    ``IMAGE/labels/NAME`` an image-label of that OME-Zarr image. `voxel_size` (z, y, x) nm is recorded, else the
+    one `source` states, else none (an OME-Zarr needs one; an image-label takes its image's). `labels`: the volume
+    holds masks or object ids (an OME-Zarr pyramid of nearest voxels), which integers of 32 bits or more and a
+    mitoseg mask or labels output are anyway. Returns what was written: {"dtype": stored dtype, "voxel_size":
+    recorded or None, "notes": lines on what the output could not keep as it was}."""
     volume = io.open_volume(source)
     voxel = tuple(float(v) for v in voxel_size) if voxel_size is not None else io.voxel_size(source)
+    origin, notes = io.origin(source), []
     suffix = Path(out).suffix.lower()
     if suffix in io.TIFF:
         io.check_output(out, overwrite, "file", (source,))
         dtype, changed = imagej_dtype(volume, progress)
+        notes += [changed] if changed else []
+        if origin:
+            notes.append(f"a TIFF keeps no place: this volume starts at {_nm(origin)} (z, y, x) in the larger one")
         write_tiff(volume, out, voxel, dtype, overwrite, progress)
-        return {"dtype": str(dtype), "voxel_size": voxel, "changed": changed}
+        return {"dtype": str(dtype), "voxel_size": voxel, "notes": notes}
     if not (io.is_zarr(Path(out)) or omezarr.is_ome_output(out)):
         raise MitosegError(f"{out}: mitoseg converts to a TIFF (*.tif), Zarr (*.zarr) or OME-Zarr (*.ome.zarr)")
     io.check_output(out, overwrite, "zarr", (source,))
-    if omezarr.is_ome_output(out) and voxel is None and not omezarr.label_of(out):
+    if omezarr.label_of(out):
+        if voxel_size is not None:
+            raise MitosegError(f"{out} is an image-label: it takes its image's voxel size; leave out --voxel-size")
+        image = omezarr.label_layout(out, tuple(volume.shape)).voxel
+        if voxel and image and not np.allclose(voxel, image):
+            notes.append(f"the input states {_nm(voxel)} voxels; as an image-label it takes its image's {_nm(image)}")
+    elif omezarr.is_ome_output(out) and voxel is None:
         raise MitosegError(f"{source} states no voxel size and an OME-Zarr states one: give --voxel-size Z Y X (nm)")
-    write_zarr(volume, out, voxel, kind(volume, out), block, overwrite, progress, io.origin(source))
-    return {"dtype": str(np.dtype(volume.dtype)), "voxel_size": io.voxel_size(out), "changed": None}
+    what = kind(volume, out, labels)
+    write_zarr(volume, out, voxel, what, block, overwrite, progress, origin)
+    return {"dtype": str(np.dtype(np.uint8 if volume.dtype == bool else volume.dtype)),
+            "voxel_size": io.voxel_size(out), "notes": notes}
 
 
-def kind(volume: Any, out: str | Path) -> str:
+def _nm(values: tuple[float, ...]) -> str:
+    return " x ".join(f"{v:g}" for v in values) + " nm"
+
+
+def kind(volume: Any, out: str | Path, labels: bool = False) -> str:
     """What a Zarr output holds, which decides its pyramid (mean or nearest voxel): a mitoseg output's own
-    `kind`; labels for an image-label output or integers of 32 bits or more (object ids); else an image."""
+    `kind`; with `labels`, or for integers of 32 bits or more (object ids), labels; else an image. An image-label
+    output holds integers (masks, labels: MitosegError otherwise; probabilities are refused by `blocks`)."""
     stated = dict(getattr(volume, "attrs", {}) or {}).get("kind")
     dtype = np.dtype(volume.dtype)
     if omezarr.label_of(out):
         if dtype.kind not in "iub":
             raise MitosegError(f"{out}: an image's labels/ holds integer masks and labels, not {dtype} values")
-        return stated if stated in ("mask", "labels") else "labels"
-    return stated or ("labels" if dtype.kind in "iu" and dtype.itemsize >= 4 else "image")
+        return stated or "labels"
+    if stated:
+        return stated
+    return "labels" if labels or (dtype.kind in "iu" and dtype.itemsize >= 4) else "image"
 
 
 def imagej_dtype(volume: Any, progress: bool = False) -> tuple[np.dtype, str | None]:
@@ -118,6 +141,7 @@ def write_tiff(volume: Any, out: str | Path, voxel_size: tuple[float, float, flo
                        "metadata": {"spacing": voxel_size[0], "unit": "nm", "axes": "ZYX"}}
     partial = io.partial_path(out)
     io.remove(partial)
+    partial.parent.mkdir(parents=True, exist_ok=True)
     with tifffile.TiffWriter(partial, imagej=True) as tif:
         tif.write(slices(), shape=tuple(volume.shape), dtype=dtype, **({"metadata": {"axes": "ZYX"}} | calibration))
     return io.finish_output(out, overwrite)
@@ -134,8 +158,9 @@ def write_zarr(volume: Any, out: str | Path, voxel_size: tuple[float, float, flo
     block = tuple(int(b) for b in block) if block else (min(shape[0], 64), 512, 512)
     attrs = {"kind": kind, **({"voxel_size": list(voxel_size)} if voxel_size is not None else {}),
              **({"origin": list(origin)} if origin else {})}
-    output = blocks.open_output(out, shape, volume.dtype, block, {"source": "convert"}, attrs, overwrite=overwrite)
+    dtype = np.uint8 if volume.dtype == bool else volume.dtype  # NGFF labels are integers; 0/1 as they were
+    output = blocks.open_output(out, shape, dtype, block, {"source": "convert"}, attrs, overwrite=overwrite)
     for b in tqdm(blocks.grid(shape, block), desc=f"write {Path(out).name}", unit="block", disable=not progress):
-        output.write(b, np.asarray(volume[b]))
+        output.write(b, np.asarray(volume[b]).astype(dtype, copy=False))
     blocks.finish(output, overwrite=overwrite)
     return Path(out)

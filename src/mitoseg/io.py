@@ -81,33 +81,36 @@ def open_volume(spec: str | Path) -> Any:
     return check_volume(spatial(arr, str(spec), axes), str(spec))
 
 
-AXIS_WORDS = {"c": "channels", "t": "time points"}  # OME-Zarr's non-spatial axes, as a message names them
+AXIS_WORDS = {"channel": "channels", "time": "time points", "c": "channels", "t": "time points"}  # by type, name
 
 
-def spatial(arr: Any, name: str, axes: list[str] | None = None) -> Any:
+def spatial(arr: Any, name: str, axes: list[tuple[str, str | None]] | None = None) -> Any:
     """`arr` seen as (Z, Y, X) when its axes beyond three are of size 1 (OME-Zarr's t and c, bioformats2raw's
-    5D TCZYX, Ilastik's trailing channel): `Squeezed`; other arrays unchanged. `axes`, the OME-Zarr axis names,
-    say which axes are space; without them leading, then trailing, axes of size 1 are dropped. An extra axis
-    longer than 1 (channels, time points) is one line."""
+    5D TCZYX, Ilastik's trailing channel): `Squeezed`; other arrays unchanged. `axes`, an OME-Zarr's (name, type)
+    of each axis, say which are space (`omezarr.is_space`); without them trailing, then leading, axes of size 1
+    are dropped (Ilastik's one-slice (1, Y, X, 1) is (1, Y, X)). An extra axis longer than 1 (channels, time
+    points) is one line."""
     shape = tuple(int(n) for n in arr.shape)
     if len(shape) <= 3 and axes is None:
         return arr
     if axes is not None:
-        space = [i for i, a in enumerate(axes) if a in ("z", "y", "x")]
-        other = [f"{shape[i]} {AXIS_WORDS.get(a, f'positions along axis {a!r}')}" for i, a in enumerate(axes)
-                 if i not in space and shape[i] > 1]
+        space = [i for i, axis in enumerate(axes) if omezarr.is_space(axis)]
+        other = [f"{shape[i]} {AXIS_WORDS.get(kind or '', AXIS_WORDS.get(a, f'positions along axis {a!r}'))}"
+                 for i, (a, kind) in enumerate(axes) if i not in space and shape[i] > 1]
         if other:
-            raise MitosegError(f"{name} holds {' x '.join(other)} (axes {''.join(axes)}, shape {shape}); mitoseg "
-                               "segments one greyscale volume (Z, Y, X): save the channel and time point to segment")
+            raise MitosegError(f"{name} holds {' x '.join(other)} (axes {', '.join(str(a) for a, _ in axes)}, shape "
+                               f"{shape}); mitoseg segments one greyscale volume (Z, Y, X): save the one to segment "
+                               "on its own")
         if len(space) != 3:
-            raise MitosegError(f"{name} has the spatial axes {[axes[i] for i in space]}; a volume (z, y, x) is needed")
+            raise MitosegError(f"{name} has the spatial axes {[axes[i][0] for i in space]}; a volume (z, y, x) is "
+                               "needed")
         keep = tuple(space)
     else:
         first, last = 0, len(shape)
-        while last - first > 3 and shape[first] == 1:
-            first += 1
         while last - first > 3 and shape[last - 1] == 1:
             last -= 1
+        while last - first > 3 and shape[first] == 1:
+            first += 1
         if last - first > 3:
             return arr  # check_volume names the shape
         keep = tuple(range(first, last))
@@ -173,8 +176,9 @@ def check_volume(arr: Any, name: str) -> Any:
     return arr
 
 
-def _open_zarr(path: Path, inner: str | None) -> tuple[Any, list[str] | None]:
-    """The Zarr array at `path` (an OME-Zarr image: its highest resolution) and its OME-Zarr axis names (else None)."""
+def _open_zarr(path: Path, inner: str | None) -> tuple[Any, list | None]:
+    """The Zarr array at `path` (an OME-Zarr image: its highest resolution) and its OME-Zarr axes (name, type), else
+    None."""
     import zarr
 
     node = zarr.open(str(path), mode="r")
@@ -183,12 +187,24 @@ def _open_zarr(path: Path, inner: str | None) -> tuple[Any, list[str] | None]:
             node = node[inner]
         except KeyError:
             raise MitosegError(f"{path}: no array {inner!r} in this Zarr store") from None
+    node = _one_image(node)
     if isinstance(node, zarr.Group) and omezarr.multiscales(dict(node.attrs)):
-        return omezarr.level0(node)[0], omezarr.axis_names(node)  # OME-Zarr: the highest resolution
+        return omezarr.level0(node)[0], omezarr.axes(node)  # OME-Zarr: the highest resolution
     if isinstance(node, zarr.Group):
-        names = [k for k, _ in node.arrays()]
-        raise MitosegError(f"{path} is a Zarr group; name an array as {path}:NAME (arrays: {names})")
+        names = [k for k, _ in node.arrays()] + [k for k, g in node.groups() if omezarr.multiscales(dict(g.attrs))]
+        raise MitosegError(f"{path} is a Zarr group; name an array or image in it as {path}:NAME ({names})")
     return node, None
+
+
+def _one_image(node: Any) -> Any:
+    """A Zarr group that is no OME-Zarr image but holds exactly one (bioformats2raw's root, its image in "0"): that
+    image; else `node`."""
+    import zarr
+
+    if not isinstance(node, zarr.Group) or omezarr.multiscales(dict(node.attrs)):
+        return node
+    images = [g for _, g in node.groups() if omezarr.multiscales(dict(g.attrs))]
+    return images[0] if len(images) == 1 else node
 
 
 def _open_tiff(path: Path) -> Any:
@@ -312,27 +328,22 @@ def voxel_size(spec: str | Path) -> tuple[float, float, float] | None:
     """The voxel size (z, y, x) in nm a volume states: an OME-Zarr's scale, a mitoseg output's `voxel_size`
     attribute, or an ImageJ TIFF's calibration (its slice spacing and pixel width in a known unit, as Fiji
     saves them); None when it states none."""
-    path, inner = split_path(spec)
+    path, _ = split_path(spec)
     if path.suffix.lower() in TIFF and path.is_file():
         return _imagej_voxel_size(path)
-    if is_zarr(path):
-        import zarr
-
-        try:
-            node = zarr.open(str(path), mode="r")
-            node = node[inner] if inner else node
-        except Exception as e:  # missing, empty or not Zarr: one line, as `open_volume` says
-            raise MitosegError(f"{spec}: cannot be read ({type(e).__name__}: {e})") from None
-        if isinstance(node, zarr.Group) and omezarr.multiscales(dict(node.attrs)):
-            return omezarr.level0(node)[1]
-        found = dict(node.attrs).get("voxel_size")
-        return tuple(float(v) for v in found) if found else None
-    return None
+    return _stated(spec, "scale", "voxel_size")
 
 
 def origin(spec: str | Path) -> tuple[float, float, float] | None:
     """Where a volume starts in space, (z, y, x) nm: an OME-Zarr's translation (a crop of a larger volume), a
     mitoseg output's `origin` attribute; None when it states none (it starts at 0)."""
+    found = _stated(spec, "translation", "origin")
+    return found if found and any(found) else None
+
+
+def _stated(spec: str | Path, transform: str, attribute: str) -> tuple[float, float, float] | None:
+    """What a Zarr volume states, (z, y, x) nm: an OME-Zarr's level-0 `transform` ("scale", "translation"), else a
+    mitoseg output's `attribute`; None for other volumes or when it states none."""
     path, inner = split_path(spec)
     if not is_zarr(path):
         return None
@@ -340,12 +351,12 @@ def origin(spec: str | Path) -> tuple[float, float, float] | None:
 
     try:
         node = zarr.open(str(path), mode="r")
-        node = node[inner] if inner else node
-    except Exception:  # unreadable: `open_volume` says so where the volume is opened
-        return None
+        node = _one_image(node[inner] if inner else node)
+    except Exception as e:  # missing, empty or not Zarr: one line, as `open_volume` says
+        raise MitosegError(f"{spec}: cannot be read ({type(e).__name__}: {e})") from None
     if isinstance(node, zarr.Group) and omezarr.multiscales(dict(node.attrs)):
-        return omezarr.origin(node)
-    found = dict(node.attrs).get("origin")
+        return omezarr.transform(node, transform)
+    found = dict(node.attrs).get(attribute)
     return tuple(float(v) for v in found) if found else None
 
 
@@ -686,6 +697,10 @@ def check_place(path: str | Path, kind: str | None = None, inputs: tuple = ()) -
     above = next(p for p in path.absolute().parents if p.exists())
     if not above.is_dir():
         raise MitosegError(f"{path}: {above} is a file, not a folder")
+    image = next((p for p in path.absolute().parents if omezarr.is_image(p)), None)
+    if image is not None and omezarr.label_of(path.absolute()) != image:  # e.g. IMAGE/labels, which holds every label
+        raise MitosegError(f"{path} is inside the OME-Zarr image {image}: name an image-label of it, "
+                           f"{image}/labels/NAME, or an output outside it")
     if kind == "zarr" and path.suffix.lower() in OTHER_FORMATS:
         raise MitosegError(f"{path}: mitoseg writes Zarr; name the output *.zarr or *.ome.zarr")
     if kind == "file" and path.is_dir():

@@ -37,9 +37,25 @@ def is_ome_path(path: str | Path) -> bool:
 
 
 def label_of(path: str | Path) -> Path | None:
-    """The OME-Zarr image whose image-label an output path ``<image>.ome.zarr/labels/<name>`` names, else None."""
+    """The OME-Zarr image whose image-label an output path ``<image>/labels/<name>`` names (the image named
+    *.ome.zarr, or any OME-Zarr image on disk: bioformats2raw's ``<root>.ome.zarr/0``), else None."""
     path = Path(str(path).rstrip("/"))
-    return path.parent.parent if path.parent.name == "labels" and is_ome_path(path.parent.parent) else None
+    image = path.parent.parent
+    return image if path.parent.name == "labels" and (is_ome_path(image) or is_image(image)) else None
+
+
+def is_image(path: str | Path) -> bool:
+    """Whether `path` is an OME-Zarr image group on disk (NGFF multiscales in its zarr.json or .zattrs)."""
+    import json
+
+    for name in ("zarr.json", ".zattrs"):
+        try:
+            attrs = json.loads((Path(path) / name).read_text())
+        except (OSError, ValueError):
+            continue
+        if isinstance(attrs, dict) and multiscales(attrs.get("attributes", attrs) if name == "zarr.json" else attrs):
+            return True
+    return False
 
 
 def is_ome_output(path: str | Path) -> bool:
@@ -51,14 +67,16 @@ def is_ome_output(path: str | Path) -> bool:
 class Image:
     """The layout of an OME-Zarr image that an image-label of it follows: its Zarr format (2: NGFF 0.4, 3:
     0.5), its axes as its metadata states them (units included), each level's path, coordinate transformations
-    and shape (level 0 first), and its voxel size (z, y, x) in nm (None when it states none). Space axes are
-    the last three (NGFF orders time and channel first); a label has size 1 along the others."""
+    and shape (level 0 first), its voxel size (z, y, x) in nm (None when it states none) and the multiscales' own
+    transformations. Space axes are the last three (NGFF orders time and channel first); a label has size 1 along
+    the others."""
 
     zarr_format: int
     axes: list
     datasets: list
     shapes: list
     voxel: tuple[float, float, float] | None
+    shared: list | None = None  # the multiscales' own coordinate transformations, applied to every level
 
     @property
     def lead(self) -> int:
@@ -78,20 +96,21 @@ def label_layout(path: str | Path, shape: tuple[int, ...] | None = None) -> Imag
     try:
         group = zarr.open_group(str(image), mode="r")
         ms = multiscales(dict(group.attrs))[0]
-        names = axis_names(group)
+        found = axes(group)
         shapes = [tuple(int(n) for n in group[d["path"]].shape) for d in ms["datasets"]]
         voxel = level0(group)[1]
     except (FileNotFoundError, KeyError, TypeError, IndexError, ValueError):
         raise MitosegError(f"{image} is not an OME-Zarr image: labels/{Path(path).name} can only be added to an "
                            "existing one (write the image first, or name the output *.ome.zarr)") from None
-    if names is None or [a for a in names if a in "zyx"] != list("zyx") or names[-3:] != list("zyx"):
-        raise MitosegError(f"{image} is an OME-Zarr image of NGFF {ms.get('version', 'before 0.4')} with axes "
-                           f"{names or 'unnamed'}: labels can be added to NGFF 0.4 and 0.5 images whose last axes "
-                           f"are z, y, x; write them as their own NAME.ome.zarr")
+    if found is None or sum(map(is_space, found)) != 3 or not all(map(is_space, found[-3:])):
+        raise MitosegError(f"{image} is an OME-Zarr image of NGFF {version(group) or 'before 0.4'} with axes "
+                           f"{[a for a, _ in found] if found else 'unnamed'}: labels can be added to NGFF 0.4 and 0.5 "
+                           "images whose last three axes are space (z, y, x); write them as their own NAME.ome.zarr")
     if shape is not None and shapes[0][-3:] != tuple(shape):
         raise MitosegError(f"{image} holds an image of shape {shapes[0][-3:]} (z, y, x); labels of shape "
                            f"{tuple(shape)} cannot be its image-label")
-    return Image(group.metadata.zarr_format, list(ms["axes"]), list(ms["datasets"]), shapes, voxel)
+    return Image(group.metadata.zarr_format, list(ms["axes"]), list(ms["datasets"]), shapes, voxel,
+                 ms.get("coordinateTransformations"))
 
 
 def create_level0(partial: str | Path, shape: tuple[int, ...], dtype: Any, block: tuple[int, ...],
@@ -101,13 +120,20 @@ def create_level0(partial: str | Path, shape: tuple[int, ...], dtype: Any, block
     axes (size 1 along time and channel)."""
     import zarr
 
-    from mitoseg import blocks, io
+    from mitoseg import blocks
 
     lead = image.lead if image else 0
     group = zarr.open_group(str(partial), mode="w", zarr_format=image.zarr_format if image else 3)
     array = group.create_array("0", shape=(1,) * lead + tuple(shape), chunks=(1,) * lead + tuple(block), dtype=dtype,
                                fill_value=0, config=blocks.WRITE, **_array_kwargs(image))
-    return io.spatial(array, str(partial))
+    return space_view(array)
+
+
+def space_view(array: Any) -> Any:
+    """A level's array as (Z, Y, X): its last three axes (NGFF puts time and channel, of size 1 in a label, first)."""
+    from mitoseg import io
+
+    return io.Squeezed(array, tuple(range(array.ndim - 3, array.ndim))) if array.ndim > 3 else array
 
 
 def register_label(path: str | Path) -> None:
@@ -118,13 +144,13 @@ def register_label(path: str | Path) -> None:
     from ome_zarr.writer import add_metadata, get_metadata, write_label_metadata
 
     path = Path(str(path).rstrip("/"))
-    version = zarr.open_group(str(label_of(path)), mode="r").metadata.zarr_format
-    labels = zarr.open_group(str(path.parent), mode="a", zarr_format=version)
+    zarr_format = zarr.open_group(str(label_of(path)), mode="r").metadata.zarr_format
+    labels = zarr.open_group(str(path.parent), mode="a", zarr_format=zarr_format)
     listed = get_metadata(labels).get("labels", [])
     if path.name in listed:  # written again (--overwrite): listed once
         add_metadata(labels, {"labels": [n for n in listed if n != path.name]})
     write_label_metadata(labels, path.name, source={"image": "../../"})
-    if version == 3:  # the labels group's own NGFF version, which ome-zarr-py leaves out
+    if zarr_format == 3:  # the labels group's own NGFF version, which ome-zarr-py leaves out
         ome = dict(labels.attrs["ome"])
         labels.attrs["ome"] = {**ome, "version": ome.get("version", CurrentFormat().version)}
 
@@ -132,7 +158,9 @@ def register_label(path: str | Path) -> None:
 def write_label_levels(partial: str | Path, path: str | Path) -> None:
     """Add levels 1.. and the NGFF metadata to the image-label being written at `partial` (level "0" done) for
     ``<image>/labels/<name>`` = `path`: one level per level of the image, of its shape and with its coordinate
-    transformations and axes (an NGFF "MUST"), each voxel the nearest of the level before (ids are never blended)."""
+    transformations (its multiscales' own too) and axes (an NGFF "MUST"), each voxel the level-0 voxel nearest
+    its centre as those transformations place it (ids are never blended). Levels left by an interrupted run
+    are built again."""
     import zarr
     from ome_zarr.writer import add_metadata, check_format, write_multiscales_metadata
 
@@ -140,19 +168,34 @@ def write_label_levels(partial: str | Path, path: str | Path) -> None:
 
     image = label_layout(path)
     group = zarr.open_group(str(partial), mode="r+")
-    lead = (0,) * image.lead
-    for level, full in enumerate(image.shapes[1:], start=1):  # each level from the one before: reads shrink too
-        src, shape = group[str(level - 1)], full[-3:]
+    src, lead = group["0"], (0,) * image.lead
+    first = image.datasets[0].get("coordinateTransformations", [])
+    for level, full in enumerate(image.shapes[1:], start=1):
+        shape = full[-3:]
         dst = group.create_array(str(level), shape=(1,) * image.lead + shape, dtype=src.dtype, fill_value=0,
                                  chunks=(1,) * image.lead + tuple(map(min, src.chunks[-3:], shape)),
-                                 config=blocks.WRITE, **_array_kwargs(image))
-        picks = [np.arange(n) * m // n for n, m in zip(shape, src.shape[-3:], strict=True)]  # each voxel's corner
+                                 config=blocks.WRITE, overwrite=True, **_array_kwargs(image))
+        picks = nearest(first, image.datasets[level].get("coordinateTransformations", []), shape, src.shape[-3:])
         for b in blocks.grid(shape, dst.chunks[-3:]):
             dst[lead + b] = src.oindex[lead + tuple(p[s] for p, s in zip(picks, b, strict=True))]
     datasets = [{"path": str(k), "coordinateTransformations": d["coordinateTransformations"]}
                 for k, d in enumerate(image.datasets)]
     write_multiscales_metadata(group, datasets, axes=image.axes, name=Path(path).name)
+    if image.shared:  # the transformations the image's multiscales apply to every level (ome-zarr-py takes none)
+        ms = multiscales(dict(group.attrs))
+        ms[0]["coordinateTransformations"] = image.shared
+        add_metadata(group, {"multiscales": ms})
     add_metadata(group, {"image-label": {"version": check_format(group).version}})
+
+
+def nearest(first: list, other: list, shape: tuple[int, ...], full: tuple[int, ...]) -> list[np.ndarray]:
+    """Per space axis, the index of the level-0 voxel (of `full` voxels) nearest the centre of each voxel of a
+    level of `shape`, as the levels' coordinate transformations (`first`: level 0's, `other`: that level's) place
+    them: the corner voxel under scales alone, the middle one under the half-voxel translations of mean levels."""
+    s0, sk = _values(first, "scale") or [1.0] * 3, _values(other, "scale") or [1.0] * 3
+    t0, tk = _values(first, "translation") or [0.0] * 3, _values(other, "translation") or [0.0] * 3
+    return [np.clip(np.floor((t - u + s * np.arange(n)) / r + 0.5 + 1e-6), 0, m - 1).astype(np.int64)  # ties: up
+            for t, u, s, r, n, m in zip(tk, t0, sk, s0, shape, full, strict=True)]
 
 
 def _array_kwargs(image: Image | None) -> dict:
@@ -175,32 +218,52 @@ def level0(group: Any) -> tuple[Any, tuple[float, float, float] | None]:
     """The highest-resolution array of an OME-Zarr image group and its voxel size (z, y, x) in nm (None
     when the metadata has no spatial scale, or a spatial axis without a known unit)."""
     first = multiscales(dict(group.attrs))[0]["datasets"][0]
-    return group[first["path"]], _transform(group, "scale")
+    return group[first["path"]], transform(group, "scale")
 
 
-def origin(group: Any) -> tuple[float, float, float] | None:
-    """Where the highest resolution of an OME-Zarr image group starts: its translation (z, y, x) in nm, None when
-    it states none (or all zeros, or a spatial axis without a known unit)."""
-    found = _transform(group, "translation")
-    return found if found and any(found) else None
-
-
-def _transform(group: Any, kind: str) -> tuple[float, float, float] | None:
-    """Level 0's "scale" or "translation" along the three space axes (the last three) in nm, else None."""
+def transform(group: Any, kind: str) -> tuple[float, float, float] | None:
+    """Level 0's voxel size (`kind` "scale") or where it starts ("translation") of an OME-Zarr image group along
+    its three space axes (the last three), in nm: its dataset's transformations followed by the multiscales' own
+    (applied to every level); None when neither states it or a space axis has no known unit."""
     ms = multiscales(dict(group.attrs))[0]
-    values = next((t[kind] for t in ms["datasets"][0].get("coordinateTransformations", []) if t.get("type") == kind),
-                  None)
     units = [a.get("unit") if isinstance(a, dict) else None for a in ms.get("axes") or AXES][-3:]
-    if values is None or len(values) < 3 or any(u not in UNITS_NM for u in units):  # no unit: no physical size
+    level, shared = ms["datasets"][0].get("coordinateTransformations", []), ms.get("coordinateTransformations", [])
+    found = [_values(level, kind), _values(shared, kind)]
+    if all(v is None for v in found) or any(u not in UNITS_NM for u in units):  # no unit: no physical size
         return None
-    return tuple(float(v) * UNITS_NM[u] for v, u in zip(values[-3:], units, strict=True))
+    scale = (_values(level, "scale") or [1.0] * 3, _values(shared, "scale") or [1.0] * 3)
+    if kind == "scale":
+        values = np.multiply(*scale)
+    else:  # world = shared scale * (level scale * index + level translation) + shared translation
+        values = np.multiply(scale[1], _values(level, kind) or [0.0] * 3) + (_values(shared, kind) or [0.0] * 3)
+    return tuple(float(v) * UNITS_NM[u] for v, u in zip(values, units, strict=True))
 
 
-def axis_names(group: Any) -> list[str] | None:
-    """The axis names of an OME-Zarr image group (0.4 and 0.5: a list of names or of {"name": ...}), else None
-    (0.1-0.3 state none: their arrays are 5D TCZYX)."""
-    axes = multiscales(dict(group.attrs))[0].get("axes")
-    return [a.get("name") if isinstance(a, dict) else str(a) for a in axes] if axes else None
+def _values(transforms: list, kind: str) -> list[float] | None:
+    """The last three numbers of the `kind` ("scale", "translation") transformation in `transforms`, else None."""
+    values = next((t[kind] for t in transforms if t.get("type") == kind), None)
+    return [float(v) for v in values[-3:]] if values is not None and len(values) >= 3 else None
+
+
+def axes(group: Any) -> list[tuple[str, str | None]] | None:
+    """The (name, type) of each axis of an OME-Zarr image group (0.4 and 0.5; a 0.3 list of names has no types),
+    else None (0.1-0.2 state none: their arrays are 5D TCZYX)."""
+    found = multiscales(dict(group.attrs))[0].get("axes")
+    if not found:
+        return None
+    return [(a.get("name"), a.get("type")) if isinstance(a, dict) else (str(a), None) for a in found]
+
+
+def is_space(axis: tuple[str, str | None]) -> bool:
+    """Whether an axis (name, type) is spatial: its type says so, or, untyped, it is named z, y or x."""
+    name, kind = axis
+    return kind == "space" if kind else str(name).lower() in ("z", "y", "x")
+
+
+def version(group: Any) -> str | None:
+    """The NGFF version an OME-Zarr image group states (0.5: under "ome"; 0.4: in its multiscales)."""
+    attrs = dict(group.attrs)
+    return (attrs.get("ome") or {}).get("version") or (multiscales(attrs) or [{}])[0].get("version")
 
 
 def factors(shape: tuple[int, ...], voxel_size: tuple[float, float, float]) -> list[tuple[int, int, int]]:
@@ -235,7 +298,7 @@ def write_pyramid(path: str | Path, voxel_size: tuple[float, float, float], near
         src = group[str(level - 1)]
         shape = tuple(n // k for n, k in zip(src.shape, f, strict=True))
         dst = group.create_array(str(level), shape=shape, dtype=src.dtype, chunks=src.chunks, fill_value=0,
-                                 config=blocks.WRITE, **_array_kwargs(None))
+                                 config=blocks.WRITE, overwrite=True, **_array_kwargs(None))  # resumed: again
         for b in blocks.grid(shape, dst.chunks):  # one output chunk at a time, from its source region
             if nearest:  # zarr reads every f-th voxel itself: memory stays one output chunk
                 dst[b] = src[tuple(slice(s.start * k, s.stop * k, k) for s, k in zip(b, f, strict=True))]
