@@ -276,6 +276,13 @@ def test_extra_axes_of_size_one_are_dropped_and_others_named(written, crop, tmp_
         io.open_volume(tmp_path / "two.ome.zarr")
     np.save(tmp_path / "4d.npy", np.zeros((1, 2, 3, 4, 1), np.uint8))
     assert io.open_volume(tmp_path / "4d.npy").shape == (2, 3, 4)
+    ref = crop[:5, :4, :6]
+    view = io.Squeezed(ref[None, None], (2, 3, 4))  # numpy's indexing, advanced keys included
+    for key in (np.s_[:, [1, 3]], np.s_[None], np.s_[ref > 50], np.s_[[0, 2], :, [1, 5]], np.s_[-1, 2],
+                np.s_[::2, ..., 4], np.s_[np.array([True, False, True, False, True])], 3):
+        np.testing.assert_array_equal(view[key], ref[key], err_msg=str(key))
+        assert np.asarray(view[key]).shape == ref[key].shape, key
+    assert (len(view), view.size, view.nbytes) == (5, ref.size, ref.nbytes)
     with h5py.File(tmp_path / "one.h5", "w") as f:  # Ilastik's export of one slice: (1, Y, X, 1), not (Y, X, 1)
         f["exported_data"] = crop[3:4, ..., None]
     np.testing.assert_array_equal(io.open_volume(tmp_path / "one.h5")[:], crop[3:4])

@@ -245,10 +245,20 @@ def test_images_as_other_tools_describe_them(tmp_path, droso):
     node = next(n for n in Reader(parse_url(str(root / "0")))() if n.load(Label))
     assert node.data[0].shape == (1, 1, 20, 256, 256) and (root / "0" / "labels" / "m" / ".zattrs").is_file()
 
-    # the image's labels group itself, or any other place inside an image, is no output: nothing replaced
-    for inside in (root / "0" / "labels", image / "0", image / "labels" / "m" / "0"):
-        assert cli.main(["--quiet", "label", str(tmp_path / "mask.zarr"), "--out", str(inside), "--overwrite"]) == 2
+    # the image's labels group itself, any other place inside an image (through a link too), a table or TIFF in
+    # its labels/: no output, nothing replaced; beside the image (even named through "..") is fine
+    (tmp_path / "link").symlink_to(image / "labels")
+    for argv in (["--out", str(root / "0" / "labels")], ["--out", str(image / "0")],
+                 ["--out", str(image / "labels" / "m" / "0")], ["--out", str(tmp_path / "link" / "viasym")],
+                 ["--out", str(tmp_path / "x.zarr"), "--table", str(image / "labels" / "t.csv")]):
+        assert cli.main(["--quiet", "label", str(tmp_path / "mask.zarr"), *argv, "--overwrite"]) == 2, argv
     assert (root / "0" / "labels" / "m" / ".zattrs").is_file() and (image / "labels" / "m" / "zarr.json").is_file()
+    assert not (image / "labels" / "viasym").exists() and not (image / "labels" / "t.csv").exists()
+    assert cli.main(["--quiet", "label", str(tmp_path / "mask.zarr"), "--out", str(image / ".." / "beside.zarr")]) == 0
+    # a plain group holding arrays beside one image is no bioformats2raw root: it needs a NAME, as before
+    zarr.open_group(str(root), mode="a", zarr_format=2).create_array("other", data=mask[:2])
+    with pytest.raises(MitosegError, match="name an array or image in it"):
+        io.open_volume(root)
 
     # interrupted while the levels were being built: they are built again on --resume
     partial = io.partial_path(tmp_path / "again.ome.zarr")

@@ -217,16 +217,16 @@ def _description(config: Config, folder: Path, chosen: dict | None = None):
             f"threshold it at {chosen['threshold']:g}, as the run chose on validation (README: all steps)" if chosen
             else "threshold it at 0.5"),
         data=m.IntervalOrRatioDataDescr(type="float32", range=(0.0, 1.0)))
+    cites, tags = data_citations(config)
     return m.ModelDescr(
         name=f"mitoseg {config.dims}D U-Net ResNet18 mitochondria",
         description=f"{config.dims}D U-Net with a ResNet18 encoder (MONAI FlexibleUNet) that segments mitochondria "
                     f"in electron microscopy volumes ({' x '.join(f'{v:g}' for v in config.voxel_size)} nm voxels), "
                     "trained with mitoseg",
         authors=[m.Author(name="mitoseg developers")],
-        cite=[m.CiteEntry(text=text, doi=m.Doi(doi)) for text, doi in data_citations(config)[0] + CITATIONS],
+        cite=[m.CiteEntry(text=text, doi=m.Doi(doi)) for text, doi in cites + CITATIONS],
         license=m.LicenseId("MIT"),
-        tags=["mitochondria", "electron-microscopy", *data_citations(config)[1], "semantic-segmentation",
-              f"{config.dims}d", "unet"],
+        tags=["mitochondria", "electron-microscopy", *tags, "semantic-segmentation", f"{config.dims}d", "unet"],
         documentation=m.FileDescr(source=folder / "README.md"),
         inputs=[raw], outputs=[prob],
         weights=m.WeightsDescr(torchscript=m.TorchscriptWeightsDescr(

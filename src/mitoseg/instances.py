@@ -552,8 +552,9 @@ def label_volume(input: str | Path, out: str | Path, block: Sequence[int] | None
     min_size, z_sigma = applied["min_size"], applied["z_sigma"]
     raw_threshold = io.foreground_threshold(volume, applied["threshold"], str(input))
     attrs = {"voxel_size": voxel, "connectivity": connectivity, "applied": applied}
-    if io.origin(input):  # a crop of a larger volume: where it lies
-        attrs["origin"] = io.origin(input)
+    origin = io.origin(input)
+    if origin:  # a crop of a larger volume: where it lies
+        attrs["origin"] = origin
     if client is not None:
         n = cluster.label_dask(client, input, out, block=block, connectivity=connectivity, min_size=min_size,
                                threshold=raw_threshold, progress=progress, attrs=attrs, overwrite=overwrite,

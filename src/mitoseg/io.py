@@ -117,6 +117,15 @@ def spatial(arr: Any, name: str, axes: list[tuple[str, str | None]] | None = Non
     return arr if keep == tuple(range(len(shape))) else Squeezed(arr, keep)
 
 
+def _expand(key: Any, ndim: int) -> tuple:
+    """A numpy index of an `ndim`-axis array as one entry per axis (its Ellipsis and missing axes as full slices)."""
+    key = key if isinstance(key, tuple) else (key,)
+    dots = [i for i, k in enumerate(key) if k is Ellipsis]
+    if dots:
+        key = key[:dots[0]] + (slice(None),) * (ndim - len(key) + 1) + key[dots[0] + 1:]
+    return key + (slice(None),) * (ndim - len(key))
+
+
 class Squeezed:
     """An array with extra axes of size 1 seen as the (Z, Y, X) of its axes `keep`; reads only what is indexed.
 
@@ -134,19 +143,39 @@ class Squeezed:
     def attrs(self) -> Any:
         return getattr(self.arr, "attrs", {})
 
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    @property
+    def size(self) -> int:
+        return int(np.prod(self.shape))
+
+    @property
+    def nbytes(self) -> int:
+        return self.size * self.dtype.itemsize
+
     def _full(self, key: Any) -> tuple:
-        """`key` (numpy indexing of the (Z, Y, X) view) as an index of the stored array: 0 along the other axes."""
-        key = key if isinstance(key, tuple) else (key,)
-        dots = [i for i, k in enumerate(key) if k is Ellipsis]
-        if dots:
-            key = key[:dots[0]] + (slice(None),) * (self.ndim - len(key) + 1) + key[dots[0] + 1:]
+        """`key` (ints, slices and Ellipsis on the (Z, Y, X) view) as an index of the stored array: 0 along the
+        other axes."""
+        key = _expand(key, self.ndim)
         full: list[Any] = [0] * len(self.arr.shape)
-        for axis, part in zip(self.keep, key + (slice(None),) * (self.ndim - len(key)), strict=True):
+        for axis, part in zip(self.keep, key, strict=True):
             full[axis] = part
         return tuple(full)
 
     def __getitem__(self, key: Any) -> Any:
-        return self.arr[self._full(key)]
+        parts = key if isinstance(key, tuple) else (key,)
+        if all(isinstance(k, int | np.integer | slice) or k is Ellipsis for k in parts):
+            return self.arr[self._full(key)]
+        if any(k is None or (hasattr(k, "ndim") and k.ndim > 1) for k in parts):  # new axes, masks: numpy's own
+            return np.asarray(self)[key]
+        # index arrays: the slab they lie in (ints as one-voxel slices), then numpy's own indexing of it
+        parts = _expand(key, self.ndim)
+        slab = tuple(slice(k, k + 1 or None) if isinstance(k, int | np.integer) else k if isinstance(k, slice)
+                     else slice(None) for k in parts)
+        again = tuple(0 if isinstance(k, int | np.integer) else slice(None) if isinstance(k, slice) else k
+                      for k in parts)
+        return np.asarray(self.arr[self._full(slab)])[again]
 
     def __setitem__(self, key: Any, value: Any) -> None:
         self.arr[self._full(key)] = value
@@ -197,11 +226,11 @@ def _open_zarr(path: Path, inner: str | None) -> tuple[Any, list | None]:
 
 
 def _one_image(node: Any) -> Any:
-    """A Zarr group that is no OME-Zarr image but holds exactly one (bioformats2raw's root, its image in "0"): that
-    image; else `node`."""
+    """A Zarr group that is no OME-Zarr image, holds no array and exactly one image (bioformats2raw's root: its image
+    in "0" beside the metadata group "OME"): that image; else `node` (a group of arrays and images needs a NAME)."""
     import zarr
 
-    if not isinstance(node, zarr.Group) or omezarr.multiscales(dict(node.attrs)):
+    if not isinstance(node, zarr.Group) or omezarr.multiscales(dict(node.attrs)) or any(True for _ in node.arrays()):
         return node
     images = [g for _, g in node.groups() if omezarr.multiscales(dict(g.attrs))]
     return images[0] if len(images) == 1 else node
@@ -697,8 +726,10 @@ def check_place(path: str | Path, kind: str | None = None, inputs: tuple = ()) -
     above = next(p for p in path.absolute().parents if p.exists())
     if not above.is_dir():
         raise MitosegError(f"{path}: {above} is a file, not a folder")
-    image = next((p for p in path.absolute().parents if omezarr.is_image(p)), None)
-    if image is not None and omezarr.label_of(path.absolute()) != image:  # e.g. IMAGE/labels, which holds every label
+    real = path.resolve()  # ".." and links followed: where it would be written
+    image = next((p for p in real.parents if omezarr.is_image(p)), None)
+    named = omezarr.label_of(path.absolute())  # what the rest of mitoseg takes the name for
+    if image is not None and (kind != "zarr" or named is None or named.resolve() != image):  # e.g. IMAGE/labels
         raise MitosegError(f"{path} is inside the OME-Zarr image {image}: name an image-label of it, "
                            f"{image}/labels/NAME, or an output outside it")
     if kind == "zarr" and path.suffix.lower() in OTHER_FORMATS:

@@ -616,8 +616,9 @@ def predict(model: str | Path | Sequence[str | Path], image: str | Path, out: st
     stated = voxel_size or (io.voxel_size(image) if isinstance(image, str | Path) else None)
     if stated:
         attrs["voxel_size"] = tuple(float(v) for v in stated)  # else the run's (the model was trained at it)
-    if isinstance(image, str | Path) and io.origin(image):  # a crop of a larger volume: where it lies
-        attrs["origin"] = io.origin(image)
+    origin = io.origin(image) if isinstance(image, str | Path) else None
+    if origin:  # a crop of a larger volume: where it lies
+        attrs["origin"] = origin
     if client is not None:
         from mitoseg import cluster
 
