@@ -591,6 +591,10 @@ def test_predict_records_the_voxel_size_the_image_states_or_is_given_and_says_wh
                  str(tmp_path / "c.zarr")]) == 0
     assert main(["--quiet", "label", str(tmp_path / "c.zarr"), "--out", str(tmp_path / "cl.ome.zarr")]) == 0
     assert io.origin(tmp_path / "c.zarr") == io.origin(tmp_path / "cl.ome.zarr") == (0.0, 1000.0, 0.0)
+    # its mask as an image-label of it, through the run's post-processing (the mask written from the probabilities)
+    assert main(["--quiet", "predict", str(tmp_path / "crop.ome.zarr"), "--model", str(d / "run2"), "--out",
+                 str(tmp_path / "c2.zarr"), "--mask", str(tmp_path / "crop.ome.zarr" / "labels" / "mito")]) == 0
+    assert zarr.open_group(str(tmp_path / "crop.ome.zarr" / "labels")).attrs["ome"]["labels"] == ["mito"]
 
 
 def test_train_takes_the_voxel_size_the_image_states_and_says_which(runs, tmp_path, capsys):

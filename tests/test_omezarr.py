@@ -244,6 +244,9 @@ def test_images_as_other_tools_describe_them(tmp_path, droso):
     assert cli.main(["--quiet", "label", str(tmp_path / "mask.zarr"), "--out", str(root / "0" / "labels" / "m")]) == 0
     node = next(n for n in Reader(parse_url(str(root / "0")))() if n.load(Label))
     assert node.data[0].shape == (1, 1, 20, 256, 256) and (root / "0" / "labels" / "m" / ".zattrs").is_file()
+    from mitoseg import viewer  # `mitoseg view ROOT`: the image in 0 with its labels
+
+    assert [(layer[1]["name"], layer[2]) for layer in viewer.layer_data(root)] == [("bf", "image"), ("m", "labels")]
 
     # the image's labels group itself, any other place inside an image (through a link too), a table or TIFF in
     # its labels/: no output, nothing replaced; beside the image (even named through "..") is fine

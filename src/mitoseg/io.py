@@ -216,7 +216,7 @@ def _open_zarr(path: Path, inner: str | None) -> tuple[Any, list | None]:
             node = node[inner]
         except KeyError:
             raise MitosegError(f"{path}: no array {inner!r} in this Zarr store") from None
-    node = _one_image(node)
+    node = one_image(node)
     if isinstance(node, zarr.Group) and omezarr.multiscales(dict(node.attrs)):
         return omezarr.level0(node)[0], omezarr.axes(node)  # OME-Zarr: the highest resolution
     if isinstance(node, zarr.Group):
@@ -225,7 +225,7 @@ def _open_zarr(path: Path, inner: str | None) -> tuple[Any, list | None]:
     return node, None
 
 
-def _one_image(node: Any) -> Any:
+def one_image(node: Any) -> Any:
     """A Zarr group that is no OME-Zarr image, holds no array and exactly one image (bioformats2raw's root: its image
     in "0" beside the metadata group "OME"): that image; else `node` (a group of arrays and images needs a NAME)."""
     import zarr
@@ -380,7 +380,7 @@ def _stated(spec: str | Path, transform: str, attribute: str) -> tuple[float, fl
 
     try:
         node = zarr.open(str(path), mode="r")
-        node = _one_image(node[inner] if inner else node)
+        node = one_image(node[inner] if inner else node)
     except Exception as e:  # missing, empty or not Zarr: one line, as `open_volume` says
         raise MitosegError(f"{spec}: cannot be read ({type(e).__name__}: {e})") from None
     if isinstance(node, zarr.Group) and omezarr.multiscales(dict(node.attrs)):
@@ -718,8 +718,9 @@ def replaceable(path: str | Path) -> None:
 
 def check_place(path: str | Path, kind: str | None = None, inputs: tuple = ()) -> Path:
     """Refuse an output inside a file, one that would replace one of `inputs` (paths or ``file.h5:inner`` specs;
-    arrays are skipped), and for `kind` "zarr" a name of another format (*.tif ...: mitoseg writes Zarr), for
-    "file" an existing folder; returns the path."""
+    arrays are skipped), one inside an OME-Zarr image but its image-label ``IMAGE/labels/NAME`` (no file there), and
+    for `kind` "zarr" a name of another format (*.tif ...: mitoseg writes Zarr), for "file" an existing folder;
+    returns the path."""
     path = Path(path)
     if any(path.resolve() == split_path(i)[0].resolve() for i in inputs if isinstance(i, str | Path)):
         raise MitosegError(f"{path} is an input of this command; give another output")
@@ -729,7 +730,7 @@ def check_place(path: str | Path, kind: str | None = None, inputs: tuple = ()) -
     real = path.resolve()  # ".." and links followed: where it would be written
     image = next((p for p in real.parents if omezarr.is_image(p)), None)
     named = omezarr.label_of(path.absolute())  # what the rest of mitoseg takes the name for
-    if image is not None and (kind != "zarr" or named is None or named.resolve() != image):  # e.g. IMAGE/labels
+    if image is not None and (kind == "file" or named is None or named.resolve() != image):  # e.g. IMAGE/labels
         raise MitosegError(f"{path} is inside the OME-Zarr image {image}: name an image-label of it, "
                            f"{image}/labels/NAME, or an output outside it")
     if kind == "zarr" and path.suffix.lower() in OTHER_FORMATS:

@@ -593,7 +593,7 @@ def predict(model: str | Path | Sequence[str | Path], image: str | Path, out: st
     chosen = postprocess.read(model if isinstance(model, str | Path) else model[0], planes) if single else None
     pp = postprocess.PostProcessing(threshold) if threshold is not None else chosen or postprocess.PostProcessing()
     if pp.z_sigma and mask_out is not None:  # the mask needs neighbouring blocks: a pass of its own afterwards
-        io.check_output(mask_out, overwrite)
+        io.check_output(mask_out, overwrite, "zarr", (image,))
         if not (resume and Path(out).exists()):  # on --resume finished probabilities are kept
             predict(model, image, out, tile_xy=tile_xy, tile_z=tile_z, overlap=overlap, block=block, dtype=dtype,
                     threshold=pp.threshold, batch_size=batch_size, tta=tta, amp=amp, device=device, client=client,

@@ -157,11 +157,21 @@ def layer_data(path: str | Path, voxel_size: Sequence[float] | None = None) -> l
     """The napari layer tuples of one path: a report folder (`report_layers`), or one volume
     (`volume_layer`; `voxel_size` (z, y, x) nm applies where the volume states none) followed by its
     image-labels when it is an OME-Zarr image that has some."""
-    path = Path(path)
+    given = Path(path)
+    path = _image_dir(given)
     if (path / "report.json").is_file():
         return report_layers(path)
     labels = [volume_layer(p, kind=_stated_kind(p) or "labels") for p in image_labels(path)]
-    return [volume_layer(path, voxel_size), *labels]
+    name = None if path == given else given.name.removesuffix(omezarr.SUFFIX).removesuffix(".zarr")  # not "0"
+    return [volume_layer(path, voxel_size, name), *labels]
+
+
+def _image_dir(path: Path) -> Path:
+    """`path`, or the folder of the one OME-Zarr image it holds (bioformats2raw's root: its image in "0"), so its
+    pyramid and labels are found."""
+    group = _open_group(path)
+    one = io.one_image(group) if group is not None else None
+    return path / one.path if one is not None and one is not group and one.path else path
 
 
 def _stated_kind(path: Path) -> str | None:
