@@ -70,15 +70,12 @@ def kind(volume: Any, out: str | Path, labels: bool = False) -> str:
     """What a Zarr output holds, which decides its pyramid (mean or nearest voxel): a mitoseg output's own
     `kind`; with `labels`, or for integers of 32 bits or more (object ids), labels; else an image. An image-label
     output holds integers (masks, labels: MitosegError otherwise; probabilities are refused by `blocks`)."""
-    stated = dict(getattr(volume, "attrs", {}) or {}).get("kind")
-    dtype = np.dtype(volume.dtype)
+    stated, dtype = io.stated_kind(volume), np.dtype(volume.dtype)
     if omezarr.label_of(out):
         if dtype.kind not in "iub":
             raise MitosegError(f"{out}: an image's labels/ holds integer masks and labels, not {dtype} values")
         return stated or "labels"
-    if stated:
-        return stated
-    return "labels" if labels or (dtype.kind in "iu" and dtype.itemsize >= 4) else "image"
+    return stated or ("labels" if labels else io.kind(volume))
 
 
 def imagej_dtype(volume: Any, progress: bool = False) -> tuple[np.dtype, str | None]:

@@ -405,6 +405,18 @@ def _imagej_voxel_size(path: Path) -> tuple[float, float, float] | None:
         return None
 
 
+def stated_kind(volume: Any) -> str | None:
+    """The `kind` a mitoseg output states (probability, mask, labels, image), else None."""
+    return dict(getattr(volume, "attrs", {}) or {}).get("kind")
+
+
+def kind(volume: Any) -> str:
+    """What a volume holds: the `kind` it states, else labels for integers of 32 bits or more (object ids), else
+    an image (what decides a napari layer's type and an OME-Zarr pyramid's means or nearest voxels)."""
+    dtype = np.dtype(volume.dtype)
+    return stated_kind(volume) or ("labels" if dtype.kind in "iu" and dtype.itemsize >= 4 else "image")
+
+
 def content_id(volume: Any, size: int = 64) -> str:
     """A short checksum of a volume's (Z, Y, X) shape and of `size`-square crops at the centre of its first,
     middle and last slices: an interrupted prediction resumed on another volume of the same shape and grey levels

@@ -80,10 +80,8 @@ def volume_layer(path: str | Path, voxel_size: Sequence[float] | None = None, na
         levels = [da.from_zarr(group[d["path"]]) for d in omezarr.multiscales(dict(group.attrs))[0]["datasets"]]
         levels = [a[(0,) * (a.ndim - 3)] for a in levels]  # (Z, Y, X): time and channel (size 1) come first
         data = levels if len(levels) > 1 else levels[0]
-    kind = kind or _stated_kind(path)
+    kind = kind or io.kind(level0)
     dtype = np.dtype(level0.dtype)
-    if kind is None:
-        kind = "labels" if dtype.kind in "iu" and dtype.itemsize >= 4 else "image"
     name = name or path.name.removesuffix(omezarr.SUFFIX).removesuffix(".zarr")
     shown = {"origin": io.origin(path), **({"multiscale": True} if isinstance(data, list) else {})}
     if kind in ("mask", "labels"):
@@ -161,7 +159,7 @@ def layer_data(path: str | Path, voxel_size: Sequence[float] | None = None) -> l
     path = _image_dir(given)
     if (path / "report.json").is_file():
         return report_layers(path)
-    labels = [volume_layer(p, kind=_stated_kind(p) or "labels") for p in image_labels(path)]
+    labels = [volume_layer(p, kind=io.stated_kind(io.open_volume(p)) or "labels") for p in image_labels(path)]
     name = None if path == given else given.name.removesuffix(omezarr.SUFFIX).removesuffix(".zarr")  # not "0"
     return [volume_layer(path, voxel_size, name), *labels]
 
@@ -172,11 +170,6 @@ def _image_dir(path: Path) -> Path:
     group = _open_group(path)
     one = io.one_image(group) if group is not None else None
     return path / one.path if one is not None and one is not group and one.path else path
-
-
-def _stated_kind(path: Path) -> str | None:
-    """The `kind` attribute of a mitoseg output (probability, mask, labels, image), else None."""
-    return dict(getattr(io.open_volume(path), "attrs", {}) or {}).get("kind")
 
 
 def _readable(path: Path) -> bool:
