@@ -7,7 +7,7 @@ import tifffile
 import zarr
 from conftest import same_partition
 
-from mitoseg import convert, instances, io, omezarr
+from mitoseg import blocks, convert, instances, io, omezarr
 from mitoseg.cli import main
 from mitoseg.errors import MitosegError
 
@@ -121,3 +121,35 @@ def test_what_a_conversion_cannot_keep_is_said_or_refused(stack, droso, tmp_path
         axes=ms[0]["axes"])
     assert main(["--quiet", "convert", str(crop), "--out", str(tmp_path / "new" / "dir" / "ids.tif")]) == 0
     assert "a TIFF keeps no place: this volume starts at 100 x 0 x 0 nm" in capsys.readouterr().out
+
+
+def test_zarr_v2_for_tools_that_read_no_v3(stack, droso, tmp_path, capsys):
+    """`--zarr-format 2`: an OME-Zarr as NGFF 0.4 (Zarr v2, "/" chunk keys, metadata in .zattrs) that ome-zarr-py
+    reads as such, a plain Zarr v2 array, values and voxel size kept; labels added to the 0.4 image follow it; a
+    TIFF or an image-label with the option is one line; a partial v3 output is not resumed as v2."""
+    from ome_zarr.io import parse_url
+    from ome_zarr.reader import Reader
+
+    image = tmp_path / "em.ome.zarr"
+    assert main(["--quiet", "convert", str(stack / "ij.tif"), "--out", str(image), "--zarr-format", "2"]) == 0
+    group = zarr.open_group(str(image), mode="r")
+    assert group.metadata.zarr_format == 2 and omezarr.version(group) == "0.4"
+    assert (image / "0" / "0" / "0" / "0").is_file()  # NGFF 0.4's "/" chunk keys
+    node = next(iter(Reader(parse_url(str(image)))()))
+    assert [d.shape for d in node.data] == [(20, 300, 260), (20, 150, 130), (20, 75, 65)]
+    np.testing.assert_array_equal(io.open_volume(image)[:], droso[0][:, :300, :260])
+    assert io.voxel_size(image) == pytest.approx((50.0, 4.6, 4.6))
+    np.save(tmp_path / "mask.npy", droso[1][:, :300, :260])
+    convert.convert(tmp_path / "mask.npy", image / "labels" / "mito", progress=False)
+    assert zarr.open_group(str(image / "labels" / "mito"), mode="r").metadata.zarr_format == 2
+    convert.convert(tmp_path / "mask.npy", tmp_path / "mask.zarr", (50, 4.6, 4.6), progress=False, zarr_format=2)
+    plain = zarr.open_array(str(tmp_path / "mask.zarr"), mode="r")
+    assert plain.metadata.zarr_format == 2 and plain.attrs["voxel_size"] == [50.0, 4.6, 4.6]
+    np.testing.assert_array_equal(plain[:], droso[1][:, :300, :260])
+    for out, said in [(tmp_path / "m.tif", "a TIFF has no Zarr format"),
+                      (image / "labels" / "other", "an image-label takes its image's Zarr format")]:
+        assert main(["--quiet", "convert", str(tmp_path / "mask.npy"), "--out", str(out), "--zarr-format", "2"]) == 2
+        assert said in capsys.readouterr().err
+    blocks.open_output(tmp_path / "r.zarr", (4, 8, 8), np.uint8, (4, 8, 8), {})
+    with pytest.raises(MitosegError, match="Zarr format 3 then, 2 now"):
+        blocks.open_output(tmp_path / "r.zarr", (4, 8, 8), np.uint8, (4, 8, 8), {}, resume=True, zarr_format=2)

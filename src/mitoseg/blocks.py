@@ -81,10 +81,12 @@ class Output:
 
 
 def open_output(path: str | Path, shape: Sequence[int], dtype: Any, block: Sequence[int], settings: dict,
-                attrs: dict | None = None, resume: bool = False, overwrite: bool = False) -> Output:
-    """Create ``<path>.partial`` (chunks = `block`) with `attrs` and `settings` in its attributes, or, with
-    `resume`, reopen the one an interrupted run left when its shape, dtype, block and settings equal these
-    (else MitosegError naming the differences). Refuses an existing `path` unless `overwrite`."""
+                attrs: dict | None = None, resume: bool = False, overwrite: bool = False,
+                zarr_format: int = 3) -> Output:
+    """Create ``<path>.partial`` (chunks = `block`, Zarr `zarr_format`: 3, or 2 for tools that read only Zarr v2,
+    an OME-Zarr then NGFF 0.4; an image-label takes its image's) with `attrs` and `settings` in its attributes,
+    or, with `resume`, reopen the one an interrupted run left when its shape, dtype, block, format and settings
+    equal these (else MitosegError naming the differences). Refuses an existing `path` unless `overwrite`."""
     import zarr
 
     path = io.check_output(path, overwrite, "zarr")
@@ -111,15 +113,18 @@ def open_output(path: str | Path, shape: Sequence[int], dtype: Any, block: Seque
         array = omezarr.space_view(array)
         old = dict(array.attrs.get("settings", {}))
         diff = [f"{k} {old.get(k)!r} then, {v!r} now" for k, v in settings.items() if old.get(k) != v]
+        if image is None and array.metadata.zarr_format != zarr_format:
+            diff.append(f"Zarr format {array.metadata.zarr_format} then, {zarr_format} now")
         if diff:
             raise MitosegError(f"{tmp} was written with other settings ({'; '.join(diff)}): resume with the "
                                "same settings, or start again with --overwrite")
         return Output(path, array, io.done_dir(path, resume=True), pyramid)
     io.remove(tmp)
     if pyramid:
-        array = omezarr.create_level0(tmp, shape, dtype, block, image)
+        array = omezarr.create_level0(tmp, shape, dtype, block, image, zarr_format)
     else:
-        array = zarr.create_array(str(tmp), shape=shape, dtype=dtype, chunks=block, fill_value=0, config=WRITE)
+        array = zarr.create_array(str(tmp), shape=shape, dtype=dtype, chunks=block, fill_value=0, config=WRITE,
+                                  zarr_format=zarr_format)
     array.attrs.update(io.jsonable(dict(attrs, settings=settings)))
     return Output(path, array, io.done_dir(path, resume=False), pyramid)
 

@@ -85,7 +85,7 @@ def cmd_convert(a: argparse.Namespace) -> None:
     from mitoseg.convert import convert
 
     done = convert(a.input, a.out, _voxel(a.voxel_size) if a.voxel_size else None, tuple(a.block) if a.block else None,
-                   overwrite=a.overwrite, progress=not a.quiet, labels=a.labels)
+                   overwrite=a.overwrite, progress=not a.quiet, labels=a.labels, zarr_format=a.zarr_format)
     voxel = done["voxel_size"]
     stated = (" (--voxel-size)" if a.voxel_size else ", the image's" if omezarr.label_of(a.out)
               else ", as the input states")
@@ -541,6 +541,9 @@ def parser() -> argparse.ArgumentParser:
     cv.add_argument("--labels", action="store_true",
                     help="the volume holds masks or object ids: an OME-Zarr pyramid of nearest voxels, never means "
                          "(the default for mitoseg's masks and labels and for integers of 32 bits or more)")
+    cv.add_argument("--zarr-format", type=int, choices=(2, 3),
+                    help="2: Zarr v2 (an OME-Zarr then NGFF 0.4), for tools that read no Zarr v3 (zarr-python 2, "
+                         "NGFF 0.4 readers); default 3 (NGFF 0.5)")
     cv.add_argument("--overwrite", action="store_true", help="replace an existing output")
     cv.set_defaults(func=cmd_convert)
 

@@ -1,4 +1,5 @@
-"""One volume into another format: an ImageJ TIFF (what Fiji opens, calibrated in nm), Zarr or OME-Zarr.
+"""One volume into another format: an ImageJ TIFF (what Fiji opens, calibrated in nm), Zarr or OME-Zarr (Zarr v3
+and NGFF 0.5, or Zarr v2 and NGFF 0.4 for tools that read no v3).
 
 Any volume mitoseg reads (TIFF, slice folder, HDF5, Zarr, OME-Zarr, .npy) goes in, read a slab of slices
 at a time, so memory stays a slab. A TIFF is written by tifffile as an ImageJ hyperstack (axes ZYX, the
@@ -25,18 +26,25 @@ IMAGEJ = (np.uint8, np.uint16, np.int16, np.float32)  # what an ImageJ TIFF hold
 
 def convert(source: str | Path, out: str | Path, voxel_size: tuple[float, float, float] | None = None,
             block: tuple[int, int, int] | None = None, overwrite: bool = False, progress: bool = True,
-            labels: bool = False) -> dict:
+            labels: bool = False, zarr_format: int | None = None) -> dict:
     """Write the volume `source` (a path `io.open_volume` reads) to `out`: ``*.tif``/``*.tiff`` an ImageJ TIFF,
     ``*.zarr``/``*.ome.zarr`` Zarr (chunks `block`, default (64, 512, 512) capped at the shape), or
     ``IMAGE/labels/NAME`` an image-label of that OME-Zarr image. `voxel_size` (z, y, x) nm is recorded, else the
     one `source` states, else none (an OME-Zarr needs one; an image-label takes its image's). `labels`: the volume
     holds masks or object ids (an OME-Zarr pyramid of nearest voxels), which integers of 32 bits or more and a
-    mitoseg mask or labels output are anyway. Returns what was written: {"dtype": stored dtype, "voxel_size":
-    recorded or None, "notes": lines on what the output could not keep as it was}."""
+    mitoseg mask or labels output are anyway. `zarr_format` 2 writes Zarr v2 (an OME-Zarr then NGFF 0.4), for
+    tools that read no Zarr v3 (zarr-python 2, readers of NGFF 0.4 only); default 3 (NGFF 0.5). Returns what
+    was written: {"dtype": stored dtype, "voxel_size": recorded or None, "notes": lines on what the output could
+    not keep as it was}."""
     volume = io.open_volume(source)
     voxel = tuple(float(v) for v in voxel_size) if voxel_size is not None else io.voxel_size(source)
     origin, notes = io.origin(source), []
     suffix = Path(out).suffix.lower()
+    if zarr_format not in (None, 2, 3):
+        raise MitosegError(f"Zarr format {zarr_format}: mitoseg writes Zarr 2 (NGFF 0.4) or 3 (NGFF 0.5)")
+    if zarr_format is not None and (suffix in io.TIFF or omezarr.label_of(out)):
+        raise MitosegError(f"{out}: " + ("a TIFF has no Zarr format" if suffix in io.TIFF else "an image-label takes "
+                                         "its image's Zarr format") + "; leave out --zarr-format")
     if suffix in io.TIFF:
         io.check_output(out, overwrite, "file", (source,))
         dtype, changed = imagej_dtype(volume, progress)
@@ -57,7 +65,7 @@ def convert(source: str | Path, out: str | Path, voxel_size: tuple[float, float,
     elif omezarr.is_ome_output(out) and voxel is None:
         raise MitosegError(f"{source} states no voxel size and an OME-Zarr states one: give --voxel-size Z Y X (nm)")
     what = kind(volume, out, labels)
-    write_zarr(volume, out, voxel, what, block, overwrite, progress, origin)
+    write_zarr(volume, out, voxel, what, block, overwrite, progress, origin, zarr_format or 3)
     return {"dtype": str(np.dtype(np.uint8 if volume.dtype == bool else volume.dtype)),
             "voxel_size": io.voxel_size(out), "notes": notes}
 
@@ -146,9 +154,10 @@ def write_tiff(volume: Any, out: str | Path, voxel_size: tuple[float, float, flo
 
 def write_zarr(volume: Any, out: str | Path, voxel_size: tuple[float, float, float] | None, kind: str,
                block: tuple[int, int, int] | None = None, overwrite: bool = False, progress: bool = True,
-               origin: tuple[float, float, float] | None = None) -> Path:
-    """Write `volume` (Z, Y, X) to the Zarr or OME-Zarr `out` through the block engine, chunks `block`, with its
-    `kind` ("image", "mask", "labels"), `voxel_size` and `origin` (z, y, x) nm in its attributes. Returns `out`."""
+               origin: tuple[float, float, float] | None = None, zarr_format: int = 3) -> Path:
+    """Write `volume` (Z, Y, X) to the Zarr or OME-Zarr `out` (Zarr `zarr_format`) through the block engine, chunks
+    `block`, with its `kind` ("image", "mask", "labels"), `voxel_size` and `origin` (z, y, x) nm in its attributes.
+    Returns `out`."""
     from tqdm.auto import tqdm
 
     shape = tuple(int(n) for n in volume.shape)
@@ -156,7 +165,8 @@ def write_zarr(volume: Any, out: str | Path, voxel_size: tuple[float, float, flo
     attrs = {"kind": kind, **({"voxel_size": list(voxel_size)} if voxel_size is not None else {}),
              **({"origin": list(origin)} if origin else {})}
     dtype = np.uint8 if volume.dtype == bool else volume.dtype  # NGFF labels are integers; 0/1 as they were
-    output = blocks.open_output(out, shape, dtype, block, {"source": "convert"}, attrs, overwrite=overwrite)
+    output = blocks.open_output(out, shape, dtype, block, {"source": "convert"}, attrs, overwrite=overwrite,
+                                zarr_format=zarr_format)
     for b in tqdm(blocks.grid(shape, block), desc=f"write {Path(out).name}", unit="block", disable=not progress):
         output.write(b, np.asarray(volume[b]).astype(dtype, copy=False))
     blocks.finish(output, overwrite=overwrite)

@@ -1,5 +1,5 @@
-"""OME-Zarr (NGFF 0.5): outputs named ``*.ome.zarr`` are image groups with a multiscale pyramid and the
-voxel size as physical scale; inputs may be OME-Zarr (the highest resolution level is read).
+"""OME-Zarr (NGFF 0.5, or 0.4 on Zarr v2 when asked): outputs named ``*.ome.zarr`` are image groups with a
+multiscale pyramid and the voxel size as physical scale; inputs may be OME-Zarr (the highest resolution level is read).
 
 The metadata is written by ome-zarr-py (`ome_zarr.writer.write_multiscales_metadata`); the pyramid is
 built here, one level from the one before, one output chunk at a time (ome-zarr-py's `write_image`
@@ -114,18 +114,19 @@ def label_layout(path: str | Path, shape: tuple[int, ...] | None = None) -> Imag
 
 
 def create_level0(partial: str | Path, shape: tuple[int, ...], dtype: Any, block: tuple[int, ...],
-                  image: Image | None = None) -> Any:
+                  image: Image | None = None, zarr_format: int = 3) -> Any:
     """Create the image group at `partial` with its level-0 array "0" (chunks `block`) and return that array as
-    (Z, Y, X): of shape `shape` in NGFF 0.5, or, for an image-label of `image`, in the image's Zarr format with its
-    axes (size 1 along time and channel)."""
+    (Z, Y, X): of shape `shape` in NGFF 0.5 (`zarr_format` 3) or 0.4 (2), or, for an image-label of `image`, in the
+    image's Zarr format with its axes (size 1 along time and channel)."""
     import zarr
 
     from mitoseg import blocks
 
     lead = image.lead if image else 0
-    group = zarr.open_group(str(partial), mode="w", zarr_format=image.zarr_format if image else 3)
+    zarr_format = image.zarr_format if image else zarr_format
+    group = zarr.open_group(str(partial), mode="w", zarr_format=zarr_format)
     array = group.create_array("0", shape=(1,) * lead + tuple(shape), chunks=(1,) * lead + tuple(block), dtype=dtype,
-                               fill_value=0, config=blocks.WRITE, **_array_kwargs(image))
+                               fill_value=0, config=blocks.WRITE, **_array_kwargs(image, zarr_format))
     return space_view(array)
 
 
@@ -198,14 +199,15 @@ def nearest(first: list, other: list, shape: tuple[int, ...], full: tuple[int, .
             for t, u, s, r, n, m in zip(tk, t0, sk, s0, shape, full, strict=True)]
 
 
-def _array_kwargs(image: Image | None) -> dict:
-    """How a level's array is created: NGFF 0.5 names its dimensions, 0.4 (Zarr v2) separates chunk indices by "/"."""
+def _array_kwargs(image: Image | None, zarr_format: int = 3) -> dict:
+    """How a level's array is created: NGFF 0.5 names its dimensions, 0.4 (Zarr v2) separates chunk indices by "/"
+    (mitoseg's own image: `zarr_format`; an image-label: its image's)."""
     from ome_zarr.format import FormatV04
 
+    if (image.zarr_format if image else zarr_format) == 2:
+        return {"chunk_key_encoding": FormatV04().chunk_key_encoding}
     if image is None:
         return {"dimension_names": DIMENSIONS}
-    if image.zarr_format == 2:
-        return {"chunk_key_encoding": FormatV04().chunk_key_encoding}
     return {"dimension_names": [(a.get("name") if isinstance(a, dict) else a) for a in image.axes]}
 
 
@@ -283,14 +285,16 @@ def write_pyramid(path: str | Path, voxel_size: tuple[float, float, float], near
     """Add levels 1.. (from level "0") and the NGFF metadata to the image group at `path`, level 0 translated to
     `origin` (z, y, x) nm when given (a crop of a larger volume). A level of means is translated by half the voxels
     it averages more (its voxel centres lie between theirs), one of nearest voxels is not (each is a voxel of level
-    0); the multiscales' `type` says which."""
+    0); the multiscales' `type` says which. NGFF 0.5, or 0.4 when the group is Zarr v2."""
     import zarr
-    from ome_zarr.format import CurrentFormat
+    from ome_zarr.format import CurrentFormat, FormatV04
     from ome_zarr.writer import add_metadata, write_multiscales_metadata
 
     from mitoseg import blocks
 
     group = zarr.open_group(str(path), mode="r+")
+    zarr_format = group.metadata.zarr_format  # 3: NGFF 0.5, 2: 0.4 (as `create_level0` made it)
+    fmt = FormatV04() if zarr_format == 2 else CurrentFormat()
     scale, shift = np.asarray(voxel_size, dtype=float), np.asarray(origin or (0.0, 0.0, 0.0), dtype=float)
     datasets = [{"path": "0", "coordinateTransformations": [{"type": "scale", "scale": scale.tolist()}]
                  + ([{"type": "translation", "translation": shift.tolist()}] if shift.any() else [])}]
@@ -298,7 +302,8 @@ def write_pyramid(path: str | Path, voxel_size: tuple[float, float, float], near
         src = group[str(level - 1)]
         shape = tuple(n // k for n, k in zip(src.shape, f, strict=True))
         dst = group.create_array(str(level), shape=shape, dtype=src.dtype, chunks=src.chunks, fill_value=0,
-                                 config=blocks.WRITE, overwrite=True, **_array_kwargs(None))  # resumed: again
+                                 config=blocks.WRITE, overwrite=True,  # resumed: built again
+                                 **_array_kwargs(None, zarr_format))
         for b in blocks.grid(shape, dst.chunks):  # one output chunk at a time, from its source region
             if nearest:  # zarr reads every f-th voxel itself: memory stays one output chunk
                 dst[b] = src[tuple(slice(s.start * k, s.stop * k, k) for s, k in zip(b, f, strict=True))]
@@ -309,14 +314,14 @@ def write_pyramid(path: str | Path, voxel_size: tuple[float, float, float], near
         scale = scale * np.asarray(f)
         datasets.append({"path": str(level), "coordinateTransformations": [{"type": "scale", "scale": scale.tolist()}]
                          + ([{"type": "translation", "translation": shift.tolist()}] if shift.any() else [])})
-    write_multiscales_metadata(group, datasets, axes=AXES, name=name, metadata={
+    write_multiscales_metadata(group, datasets, fmt=fmt, axes=AXES, name=name, metadata={
         "description": "each level from the one before: 2 x 2 in-plane, 2 in Z while Z is not coarser than twice "
                        "the in-plane pixel", "method": "mitoseg.omezarr.write_pyramid"})
     ms = multiscales(dict(group.attrs))
     ms[0]["type"] = "nearest" if nearest else "mean"  # ome-zarr-py's writer leaves the downscaling type out
     add_metadata(group, {"multiscales": ms})
     if nearest:  # a mask or labels: an NGFF image-label, which OME-Zarr viewers show as labels
-        add_metadata(group, {"image-label": {"version": CurrentFormat().version}})
+        add_metadata(group, {"image-label": {"version": fmt.version}})
 
 
 def downsample(region: np.ndarray, f: tuple[int, int, int]) -> np.ndarray:
