@@ -87,3 +87,27 @@ def test_resume_needs_the_same_settings(tmp_path, crop):
 
 def test_run_in_process_keeps_item_order():
     assert blocks.run(lambda item, job: item * job["k"], [3, 1, 2], {"k": 10}) == [30, 10, 20]
+
+
+def test_a_block_is_one_shard_of_one_slice_chunks(tmp_path, crop):
+    """Zarr v3 outputs (plain and OME-Zarr, every pyramid level) store a block as one shard of one-slice chunks, so
+    a viewer reads one slice and no two tasks write the same file; Zarr v2 ones a block as a chunk; `block_of`
+    gives the block back for the engine's later passes."""
+    import zarr
+
+    from mitoseg import omezarr
+
+    block = (8, 128, 96)
+    for name, zarr_format in [("p.zarr", 3), ("p.ome.zarr", 3), ("p2.zarr", 2), ("p2.ome.zarr", 2)]:
+        out = blocks.open_output(tmp_path / name, crop.shape, "uint8", block, {}, {"voxel_size": [50, 4.6, 4.6]},
+                                 zarr_format=zarr_format)
+        for b in blocks.grid(crop.shape, block):
+            out.write(b, crop[b])
+        blocks.finish(out)
+        levels = ([zarr.open_group(str(tmp_path / name), mode="r")[str(k)] for k in range(3)]
+                  if omezarr.is_ome_path(name) else [zarr.open_array(str(tmp_path / name), mode="r")])
+        chunks = (1, 128, 96) if zarr_format == 3 else block
+        for level in levels:
+            assert blocks.block_of(level) == block and level.chunks == chunks, name
+        np.testing.assert_array_equal(io.open_volume(tmp_path / name)[:], crop)
+        assert blocks.block_of(io.open_volume(tmp_path / name)) == block

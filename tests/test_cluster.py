@@ -55,7 +55,7 @@ def test_predict_2d_equals_single_process_and_resumes_its_run(dask_client, runs,
     out = cluster.predict_volume_dask(dask_client, runs / "run2", str(image), tmp_path / "p.zarr", block=block,
                                       mask_out=tmp_path / "m.zarr", progress=False)
     got = zarr.open_array(str(out), mode="r")
-    assert got.dtype == np.uint8 and got.chunks == block
+    assert got.dtype == np.uint8 and got.shards == block  # a task writes whole shards
     np.testing.assert_array_equal(got[:], io.open_volume(ref)[:])
     np.testing.assert_array_equal(io.open_volume(tmp_path / "m.zarr")[:], io.open_volume(tmp_path / "ref_mask.zarr")[:])
     assert 0 < got[:].std() and dict(got.attrs)["kind"] == "probability"
@@ -168,7 +168,7 @@ def test_label_equals_blockwise_and_whole_volume(dask_client, real_mask, tmp_pat
     n = cluster.label_dask(dask_client, path, tmp_path / "labels.zarr", block=block, connectivity=connectivity,
                            progress=False, attrs={"kind": "labels"})
     got = zarr.open_array(str(tmp_path / "labels.zarr"), mode="r")
-    assert got.dtype == np.uint32 and got.chunks == block and dict(got.attrs)["kind"] == "labels"
+    assert got.dtype == np.uint32 and got.shards == block and dict(got.attrs)["kind"] == "labels"
     labels = got[:]
     assert n == n_single == ref.max()
     np.testing.assert_array_equal(labels, single)  # the same ids, not only the same partition

@@ -1,8 +1,8 @@
 """The block engine under predict, label and evaluate: one block grid, one output lifecycle, and block
 tasks run in this process or on a Dask client.
 
-An output volume is written as ``<name>.partial`` (a Zarr array whose chunks are the blocks, so no two
-tasks ever write the same chunk), with one marker file per finished block in ``<name>.partial.done/``
+An output volume is written as ``<name>.partial`` (a Zarr array whose shards, or chunks in Zarr v2, are the
+blocks, so no two tasks ever write the same file), with one marker file per finished block in ``<name>.partial.done/``
 and the settings that decide its values in its attributes (``settings``). `open_output` with `resume`
 reopens such a partial output only when the settings are the same, and otherwise refuses, naming each
 difference (so a resumed run never mixes blocks of two runs); `finish` renames it to its final name.
@@ -29,6 +29,23 @@ Block = tuple[slice, ...]
 # comparison that costs ~10x the write itself (a 64 x 512 x 512 uint8 chunk: 61 ms against 5.5 ms by hand;
 # zarr-python PR #4382), and an all-zero chunk compresses to 0.5-2 KB (uint8, uint32).
 WRITE = {"write_empty_chunks": True}
+
+
+def storage(block: Sequence[int], zarr_format: int = 3, lead: int = 0) -> dict:
+    """How an output array of blocks `block` (Z, Y, X) is stored, as zarr's create_array takes it: Zarr v3 holds
+    each block as one shard of one-slice chunks (a task writes whole shards, so no two write the same file, and a
+    viewer reads one slice, not a block's depth: benchmarks/bench_slices.py); v2 has no shards, a block is a chunk.
+    `lead` axes of size 1 (time, channel of an image-label) come first."""
+    block, ones = tuple(int(b) for b in block), (1,) * lead
+    if zarr_format == 2:
+        return {"chunks": ones + block}
+    return {"shards": ones + block, "chunks": ones + (1, *block[1:])}
+
+
+def block_of(array: Any) -> tuple[int, ...] | None:
+    """The block a stored array was written in: its shards (see `storage`), else its chunks, else None."""
+    found = getattr(array, "shards", None) or getattr(array, "chunks", None)
+    return tuple(int(n) for n in found) if isinstance(found, tuple) and found else None
 
 
 def grid(shape: Sequence[int], block: Sequence[int]) -> list[Block]:
@@ -83,8 +100,8 @@ class Output:
 def open_output(path: str | Path, shape: Sequence[int], dtype: Any, block: Sequence[int], settings: dict,
                 attrs: dict | None = None, resume: bool = False, overwrite: bool = False,
                 zarr_format: int = 3) -> Output:
-    """Create ``<path>.partial`` (chunks = `block`, Zarr `zarr_format`: 3, or 2 for tools that read only Zarr v2,
-    an OME-Zarr then NGFF 0.4; an image-label takes its image's) with `attrs` and `settings` in its attributes,
+    """Create ``<path>.partial`` (blocks `block`: `storage`; Zarr `zarr_format`: 3, or 2 for tools that read only
+    Zarr v2, an OME-Zarr then NGFF 0.4; an image-label takes its image's) with `attrs` and `settings` in its attributes,
     or, with `resume`, reopen the one an interrupted run left when its shape, dtype, block, format and settings
     equal these (else MitosegError naming the differences). Refuses an existing `path` unless `overwrite`."""
     import zarr
@@ -123,8 +140,8 @@ def open_output(path: str | Path, shape: Sequence[int], dtype: Any, block: Seque
     if pyramid:
         array = omezarr.create_level0(tmp, shape, dtype, block, image, zarr_format)
     else:
-        array = zarr.create_array(str(tmp), shape=shape, dtype=dtype, chunks=block, fill_value=0, config=WRITE,
-                                  zarr_format=zarr_format)
+        array = zarr.create_array(str(tmp), shape=shape, dtype=dtype, fill_value=0, config=WRITE,
+                                  zarr_format=zarr_format, **storage(block, zarr_format))
     array.attrs.update(io.jsonable(dict(attrs, settings=settings)))
     return Output(path, array, io.done_dir(path, resume=False), pyramid)
 

@@ -183,7 +183,7 @@ def table_dask(client, labels_spec: str | Path, n: int, voxel_size: Sequence[flo
     job = dict(spec=spec, n=int(n), voxel_size=tuple(float(v) for v in voxel_size))
     parts = blocks.run(_statistics_task, blocks.grid(labels.shape, block), job, client, "measure", progress)
     table = instances.merge_statistics(n, parts, voxel_size)
-    groups = instances.shape_groups(table, getattr(labels, "chunks", None) or block)
+    groups = instances.shape_groups(table, blocks.block_of(labels) or block)
     items = [{k: v[rows] for k, v in table.items()} for rows in groups]
     return instances.join_shapes(table, groups, blocks.run(_shapes_task, items, job, client, "shape", progress))
 

@@ -119,9 +119,9 @@ def value_range(volume: Any, progress: bool = False) -> tuple[int, int]:
 
 
 def slab(volume: Any) -> int:
-    """Slices read at a time: the input's chunk depth (at most 64) when chunked, else 16."""
-    chunks = getattr(volume, "chunks", None)
-    return int(min(64, chunks[0])) if isinstance(chunks, tuple) and chunks else 16
+    """Slices read at a time: the depth of the input's blocks (`blocks.block_of`, at most 64), else 16."""
+    found = blocks.block_of(volume)
+    return int(min(64, found[0])) if found else 16
 
 
 def write_tiff(volume: Any, out: str | Path, voxel_size: tuple[float, float, float] | None, dtype: Any,

@@ -225,10 +225,10 @@ def morphology(labels, table: dict[str, np.ndarray], voxel_size: Sequence[float]
     a face of the volume, so it may be cut and its shape is not the whole object's).
 
     `labels`: any array-like (Z, Y, X). Objects whose boxes start in the same `block` (default: the array's
-    chunks, else 64 x 512 x 512) are read together, as the one box around them all (`shape_groups`,
+    blocks, `blocks.block_of`, else 64 x 512 x 512) are read together, as the one box around them all (`shape_groups`,
     `group_shapes`): a chunked array is decompressed about once, not once per object. Memory: the largest
     such box. `mitoseg.cluster.table_dask` measures the groups in parallel, with the same table."""
-    groups = shape_groups(table, block or getattr(labels, "chunks", None) or (64, 512, 512))
+    groups = shape_groups(table, block or blocks.block_of(labels) or (64, 512, 512))
     bar = tqdm(total=len(table["id"]), desc="shape", disable=not progress)
     parts = []
     for rows in groups:

@@ -136,8 +136,9 @@ class Squeezed:
         self.arr, self.keep = arr, keep
         self.shape = tuple(int(arr.shape[k]) for k in keep)
         self.dtype, self.ndim = np.dtype(arr.dtype), len(keep)
-        chunks = getattr(arr, "chunks", None)
+        chunks, shards = getattr(arr, "chunks", None), getattr(arr, "shards", None)
         self.chunks = tuple(chunks[k] for k in keep) if chunks else None
+        self.shards = tuple(shards[k] for k in keep) if shards else None
 
     @property
     def attrs(self) -> Any:

@@ -115,9 +115,9 @@ def label_layout(path: str | Path, shape: tuple[int, ...] | None = None) -> Imag
 
 def create_level0(partial: str | Path, shape: tuple[int, ...], dtype: Any, block: tuple[int, ...],
                   image: Image | None = None, zarr_format: int = 3) -> Any:
-    """Create the image group at `partial` with its level-0 array "0" (chunks `block`) and return that array as
-    (Z, Y, X): of shape `shape` in NGFF 0.5 (`zarr_format` 3) or 0.4 (2), or, for an image-label of `image`, in the
-    image's Zarr format with its axes (size 1 along time and channel)."""
+    """Create the image group at `partial` with its level-0 array "0" (blocks `block`, `blocks.storage`) and
+    return that array as (Z, Y, X): of shape `shape` in NGFF 0.5 (`zarr_format` 3) or 0.4 (2), or, for an
+    image-label of `image`, in the image's Zarr format with its axes (size 1 along time and channel)."""
     import zarr
 
     from mitoseg import blocks
@@ -125,8 +125,8 @@ def create_level0(partial: str | Path, shape: tuple[int, ...], dtype: Any, block
     lead = image.lead if image else 0
     zarr_format = image.zarr_format if image else zarr_format
     group = zarr.open_group(str(partial), mode="w", zarr_format=zarr_format)
-    array = group.create_array("0", shape=(1,) * lead + tuple(shape), chunks=(1,) * lead + tuple(block), dtype=dtype,
-                               fill_value=0, config=blocks.WRITE, **_array_kwargs(image, zarr_format))
+    array = group.create_array("0", shape=(1,) * lead + tuple(shape), dtype=dtype, fill_value=0, config=blocks.WRITE,
+                               **blocks.storage(block, zarr_format, lead), **_array_kwargs(image, zarr_format))
     return space_view(array)
 
 
@@ -172,12 +172,13 @@ def write_label_levels(partial: str | Path, path: str | Path) -> None:
     src, lead = group["0"], (0,) * image.lead
     first = image.datasets[0].get("coordinateTransformations", [])
     for level, full in enumerate(image.shapes[1:], start=1):
-        shape = full[-3:]
+        shape, block = full[-3:], tuple(map(min, blocks.block_of(src)[-3:], full[-3:]))
         dst = group.create_array(str(level), shape=(1,) * image.lead + shape, dtype=src.dtype, fill_value=0,
-                                 chunks=(1,) * image.lead + tuple(map(min, src.chunks[-3:], shape)),
-                                 config=blocks.WRITE, overwrite=True, **_array_kwargs(image))
+                                 config=blocks.WRITE, overwrite=True, **blocks.storage(block, image.zarr_format,
+                                                                                       image.lead),
+                                 **_array_kwargs(image))
         picks = nearest(first, image.datasets[level].get("coordinateTransformations", []), shape, src.shape[-3:])
-        for b in blocks.grid(shape, dst.chunks[-3:]):
+        for b in blocks.grid(shape, block):
             dst[lead + b] = src.oindex[lead + tuple(p[s] for p, s in zip(picks, b, strict=True))]
     datasets = [{"path": str(k), "coordinateTransformations": d["coordinateTransformations"]}
                 for k, d in enumerate(image.datasets)]
@@ -301,10 +302,11 @@ def write_pyramid(path: str | Path, voxel_size: tuple[float, float, float], near
     for level, f in enumerate(factors(group["0"].shape, voxel_size), start=1):
         src = group[str(level - 1)]
         shape = tuple(n // k for n, k in zip(src.shape, f, strict=True))
-        dst = group.create_array(str(level), shape=shape, dtype=src.dtype, chunks=src.chunks, fill_value=0,
-                                 config=blocks.WRITE, overwrite=True,  # resumed: built again
+        block = blocks.block_of(src)
+        dst = group.create_array(str(level), shape=shape, dtype=src.dtype, fill_value=0, config=blocks.WRITE,
+                                 overwrite=True, **blocks.storage(block, zarr_format),  # resumed: built again
                                  **_array_kwargs(None, zarr_format))
-        for b in blocks.grid(shape, dst.chunks):  # one output chunk at a time, from its source region
+        for b in blocks.grid(shape, block):  # one output block at a time, from its source region
             if nearest:  # zarr reads every f-th voxel itself: memory stays one output chunk
                 dst[b] = src[tuple(slice(s.start * k, s.stop * k, k) for s, k in zip(b, f, strict=True))]
             else:

@@ -653,13 +653,13 @@ def model_for(model: str | Path, image: Any, device: str | torch.device = "auto"
 def write_mask(probs: str | Path, out: str | Path, pp: postprocess.PostProcessing, overwrite: bool = False,
                resume: bool = False, progress: bool = True) -> Path:
     """The mask (uint8 {0, 1}, Z, Y, X) of stored probabilities (`predict_volume`'s Zarr) at `out`, block by
-    block on their chunks: blurred along Z by `pp.z_sigma` slices (`postprocess.ZSmoothed`: each block read
+    block on their blocks: blurred along Z by `pp.z_sigma` slices (`postprocess.ZSmoothed`: each block read
     with its neighbouring slices), then >= `pp.threshold`; equal to `postprocess.apply` of the whole volume without
     its minimum size and hole filling. Resumable like every block engine output. Returns `out`."""
     from tqdm.auto import tqdm
 
     source = io.open_volume(probs)
-    shape, block = tuple(source.shape), tuple(source.chunks)
+    shape, block = tuple(source.shape), blocks.block_of(source)
     attrs = {k: v for k, v in source.attrs.items() if k not in ("settings", "kind", "seconds")}
     settings = {"probabilities": dict(source.attrs.get("settings", {})), "postprocessing": pp.as_dict()}
     output = blocks.open_output(out, shape, "uint8", block, settings,
@@ -713,7 +713,7 @@ def predict_mean(models: Sequence[str | Path], image: str | Path, out: str | Pat
         if not path.exists():
             predict(model, image, path, dtype=dtype, resume=resume, progress=progress, planes=p, **each)
     arrays = [io.open_volume(path) for path in paths]
-    shape, block = tuple(arrays[0].shape), tuple(arrays[0].chunks)
+    shape, block = tuple(arrays[0].shape), blocks.block_of(arrays[0])
     settings = {"members": [dict(a.attrs["settings"]) for a in arrays]}
     attrs = {k: arrays[0].attrs[k] for k in ("voxel_size", "origin", "tta", "tta_set") if k in arrays[0].attrs}
     attrs.update(model=[str(Path(m).name) for m in models], created=time.strftime("%F %T"))
