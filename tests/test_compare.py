@@ -222,3 +222,18 @@ def test_benchmark_falls_back_to_drosophila(droso_dir, monkeypatch, tmp_path):
     assert 0.02 < bench.test_mask.mean() < 0.1
     with pytest.raises(MitosegError, match="mitoseg data fetch"):
         cmp.load_benchmark("lucchi")
+
+
+def test_object_f1_scores_every_post_processing_against_the_same_true_objects(lucchi_crop):
+    """A mask without the truth's small objects (as a minimum size removes them) is scored against every true
+    object: it misses those, whatever minimum size it was made with (the truth was filtered with it before)."""
+    from mitoseg import instances
+
+    truth = lucchi_crop[1]
+    sizes = np.bincount(instances.label(truth, 26).ravel())[1:]
+    cut = int(np.sort(sizes)[1]) + 1  # the two smallest true objects go
+    mask = (instances.label(truth, 26, min_size=cut) > 0).astype(np.uint8)
+    every, cut_row = cmp._scores(mask, truth, 0), cmp._scores(mask, truth, cut)
+    assert every["objects_true"] == cut_row["objects_true"] == len(sizes) > 2
+    assert cut_row["objects_predicted"] == len(sizes) - 2
+    assert cut_row["object_f1_iou50"] == pytest.approx(2 * (len(sizes) - 2) / (2 * len(sizes) - 2))

@@ -6,6 +6,7 @@ import cc3d
 import numpy as np
 import pytest
 import scipy.ndimage as ndi
+import skimage.measure
 import zarr
 from conftest import dies_on_call, jittered_probabilities, same_partition
 
@@ -269,18 +270,23 @@ def test_morphology_of_a_ball_a_rod_and_real_mitochondria(droso):
     shapes = np.zeros((60, 60, 90), np.uint32)
     shapes[(z - 30) ** 2 + (y - 30) ** 2 + (x - 30) ** 2 <= 20**2] = 1  # a ball, 200 nm across at 5 nm
     shapes[((z - 30) ** 2 + (y - 30) ** 2 <= 8**2) & (x >= 50)] = 2  # a rod 80 nm wide to the volume's face
+    shapes[5, 5, 5], shapes[10:12, 10:12, 10:12] = 3, 4  # specks: a voxel, a 2 x 2 x 2 cube
     m = instances.morphology(shapes, instances.measure(shapes, (5, 5, 5)), (5, 5, 5))
     assert m["surface_um2"][0] == pytest.approx(4 * np.pi * 0.1**2, rel=0.1)  # the mesh, a little staircase
     assert 0.85 < m["sphericity"][0] <= 1.0 and m["sphericity"][1] < 0.8
+    assert np.all(m["sphericity"] <= 1.0)  # the mesh's own volume: a voxel's mesh, an octahedron, scores 0.85
     assert m["equivalent_diameter_um"][0] == pytest.approx(0.2, rel=0.01)
+    assert m["length_um"][0] == pytest.approx(0.2, rel=0.01) and m["width_um"][0] == pytest.approx(0.2, rel=0.01)
     assert m["elongation"][0] == pytest.approx(1.0, abs=0.01) and m["elongation"][1] > 2.5
-    assert m["width_um"][1] == pytest.approx(4 * 0.04 / 2, rel=0.1)  # 4 sqrt(r^2 / 4) for a disc of radius r
-    assert m["touches_border"].tolist() == [False, True]
+    assert m["touches_border"].tolist() == [False, True, False, False]
     mask = droso[1][:, 256:768, :512]  # 17 objects; one touches no face of the crop
     labels = label(mask, 26, min_size=100)
     table = instances.morphology(labels, instances.measure(labels, (50, 4.6, 4.6)), (50, 4.6, 4.6))
     assert set(instances.MORPHOLOGY) <= set(table) and len(table["id"]) == labels.max() > 5
-    assert np.all((table["sphericity"] > 0) & (table["sphericity"] <= 1.05))
+    assert np.all((table["sphericity"] > 0) & (table["sphericity"] <= 1.0))
+    props = skimage.measure.regionprops(labels, spacing=(0.05, 0.0046, 0.0046))  # the same axes as skimage's
+    np.testing.assert_allclose(table["length_um"], [p.axis_major_length for p in props], rtol=1e-6, atol=1e-7)
+    np.testing.assert_allclose(table["width_um"], [p.axis_minor_length for p in props], rtol=1e-6, atol=1e-7)
     edge = (table["bbox_y0"] == 0) | (table["bbox_x0"] == 0) | (table["bbox_y1"] == 512) | (table["bbox_x1"] == 512)
     edge |= (table["bbox_z0"] == 0) | (table["bbox_z1"] == 20)
     assert np.array_equal(table["touches_border"], edge) and edge.any() and not edge.all()
@@ -343,3 +349,17 @@ def test_label_applies_the_runs_choice_kept_with_probabilities(tmp_path, lucchi_
     assert instances.label_volume(tmp_path / "p.zarr", tmp_path / "t.zarr", (3, 100, 130), threshold=0.6,
                                   progress=False) == plain.max()
     assert same_partition(io.open_volume(tmp_path / "t.zarr")[:], plain)
+
+
+@pytest.mark.parametrize("voxel, surface, sphericity", [((5, 5, 5), 1.23, 0.92), ((50, 4.6, 4.6), 1.44, 0.79)])
+def test_a_ball_on_cubic_and_on_flat_voxels(voxel, surface, sphericity):
+    """A 600 nm ball (4 pi 0.3^2 = 1.13 µm²): the README's numbers. Its axes and equivalent diameter are 0.6 µm
+    (within 1 %) on both; the steps between 50 nm sections add surface, so its sphericity falls from 0.92 to 0.79."""
+    n = [int(np.ceil(600 / s)) + 6 for s in voxel]
+    grid = np.meshgrid(*[(np.arange(k) - k / 2 + 0.5) * s for k, s in zip(n, voxel, strict=True)], indexing="ij")
+    ball = (sum(g**2 for g in grid) <= 300.0**2).astype(np.uint32)
+    m = instances.morphology(ball, instances.measure(ball, voxel), voxel)
+    assert m["surface_um2"][0] == pytest.approx(surface, abs=0.005)
+    assert m["sphericity"][0] == pytest.approx(sphericity, abs=0.005)
+    for k in ("length_um", "width_um", "equivalent_diameter_um"):
+        assert m[k][0] == pytest.approx(0.6, rel=0.01), k

@@ -251,3 +251,27 @@ def test_confusion_refuses_probabilities_and_soft_masks(droso_crop):
     with pytest.raises(MitosegError, match="the truth holds more than two values"):
         confusion(mask, soft)
     assert confusion(mask * 255, mask) == confusion(mask.astype(bool), mask)
+
+
+def test_evaluate_scores_every_input_format_and_writes_its_json(droso_crop, tmp_path, capsys):
+    """`mitoseg evaluate` of a prediction saved as .npy or as a folder of slices (formats without attributes)
+    prints its scores and writes --json, exit 0, as for a TIFF; the Jaccard is numpy's."""
+    import json
+
+    import tifffile
+
+    from mitoseg.cli import main
+
+    _, mask = droso_crop
+    pred = _perturbed(mask)
+    tifffile.imwrite(tmp_path / "truth.tif", mask)
+    np.save(tmp_path / "pred.npy", pred)
+    (tmp_path / "slices").mkdir()
+    for z, plane in enumerate(pred):
+        tifffile.imwrite(tmp_path / "slices" / f"{z:02d}.tif", plane)
+    t, p = mask > 0, pred > 0
+    for name in ("pred.npy", "slices"):
+        assert main(["--quiet", "evaluate", str(tmp_path / name), str(tmp_path / "truth.tif"),
+                     "--json", str(tmp_path / f"{name}.json")]) == 0, capsys.readouterr().err
+        got = json.loads((tmp_path / f"{name}.json").read_text())
+        assert got["jaccard"] == pytest.approx((t & p).sum() / (t | p).sum())

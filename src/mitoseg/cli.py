@@ -161,12 +161,16 @@ def _mask_words(path: str) -> str:
 
 
 def cmd_label(a: argparse.Namespace) -> None:
+    from mitoseg import io
     from mitoseg.instances import label_volume
 
     with _client(a) as client:
         n = label_volume(a.input, a.out, a.block, a.connectivity, a.min_size, a.threshold, a.voxel_size, a.table,
                          client, a.resume, a.overwrite, progress=not a.quiet)
     print(f"{n} objects -> {a.out}" + (f", table {a.table}" if a.table else ""))
+    if a.table and not a.voxel_size and io.voxel_size(a.input) is None:
+        print(f"{a.input} states no voxel size: the table measures voxels of 1 x 1 x 1 nm; give --voxel-size Z Y X "
+              "(nm) for physical sizes")
     words = _label_words(a.input, a.out)
     if words:
         print(words)
@@ -199,7 +203,7 @@ def _evaluate_words(prediction: str, threshold: float | None) -> str:
     on validation: one line that says so and how to score its choice; else ""."""
     from mitoseg import io
 
-    attrs = io.open_volume(prediction).attrs
+    attrs = io.attributes(io.open_volume(prediction))
     chosen = attrs.get("postprocessing") if attrs.get("kind") == "probability" else None
     if threshold is not None or not chosen or (chosen["threshold"] == 0.5 and not chosen.get("z_sigma")):
         return ""

@@ -154,13 +154,13 @@ def average_runs(members: list[Path], folder: Path) -> None:
 
 
 def _scores(mask: np.ndarray, truth: np.ndarray, min_size: int, labels: np.ndarray | None = None) -> dict:
-    """Voxel scores and object F1 (objects of at least `min_size` voxels, 26-connected, in the mask and
-    in the truth) of one mask (Z, Y, X) against the truth (Z, Y, X), both {0, 1}; `labels`: the mask's
-    objects when already labelled so."""
+    """Voxel scores and object F1 of one mask (Z, Y, X) against the truth (Z, Y, X), both {0, 1}: the mask's
+    objects of at least `min_size` voxels (26-connected; `labels`: already labelled so) matched against every
+    object of the truth, so every model and post-processing is scored against the same objects."""
     voxel = metrics.scores(metrics.confusion(mask, truth))
     if labels is None:
         labels = instances.label(mask, connectivity=26, min_size=min_size)
-    objects = metrics.match_instances(labels, instances.label(truth, 26, min_size=min_size), 0.5)
+    objects = metrics.match_instances(labels, instances.label(truth, 26), 0.5)
     del labels
     memory.release()
     row = {k: voxel[k] for k in ("precision", "recall", "f1", "jaccard", "accuracy", "mean_iou")}
@@ -386,9 +386,9 @@ def write_report(out: Path, results: dict) -> None:
         table_markdown(results),
         "Our scores are on the whole test volume from one confusion matrix, after "
         f"{'test-time augmentation and ' if results.get('tta', True) else ''}"
-        f"the post-processing chosen on the validation split ({pp}); object F1 counts objects of at "
-        "least that size in prediction and truth. Foreground Jaccard is TP / (TP + FP + FN). The study's "
-        "'Jaccard Index/Accuracy' (0.948 beside F1 0.666) cannot be a foreground Jaccard, which is at most "
+        f"the post-processing chosen on the validation split ({pp}); object F1 matches the objects left by it "
+        "against every object of the truth (26-connected, IoU >= 0.5). Foreground Jaccard is TP / (TP + FP + FN). "
+        "The study's 'Jaccard Index/Accuracy' (0.948 beside F1 0.666) cannot be a foreground Jaccard, which is at most "
         "F1; it is close to voxel accuracy or mean IoU, so both are listed. The 2D + 3D column is no third "
         "training: the voxel-wise mean of the two models' probabilities (validation split and test volume"
         f"{', raw and with TTA' if results.get('tta', True) else ''}), its post-processing chosen on the "

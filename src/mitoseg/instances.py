@@ -218,11 +218,13 @@ def morphology(labels, table: dict[str, np.ndarray], voxel_size: Sequence[float]
                progress: bool = False, block: Sequence[int] | None = None) -> dict[str, np.ndarray]:
     """`table` (from `measure` or `measure_blockwise`) with the shape of every object added, each object
     measured whole from its bounding box: surface_um2 (marching-cubes mesh of the object, skimage),
-    sphericity (pi^(1/3) (6V)^(2/3) / surface: 1 for a ball, less for anything else; from the mesh, so a
-    voxelised ball scores about 0.9), equivalent_diameter_um (of the ball of the same volume), length_um and
-    width_um (the longest and shortest principal axes, 4 sqrt(eigenvalue) of the coordinates' covariance in
-    µm, as skimage's axis_major_length), elongation (length / width) and touches_border (the object reaches
-    a face of the volume, so it may be cut and its shape is not the whole object's).
+    sphericity (pi^(1/3) (6V)^(2/3) / S of that mesh, V the volume it encloses: 1 for a ball, less for
+    anything else, a voxelised ball about 0.9 on cubic voxels, less on flat ones, whose steps between sections
+    add surface), equivalent_diameter_um (of the ball of the voxels' volume), length_um and width_um (the
+    longest and shortest axis of the ellipsoid of the same second moments, sqrt(20 eigenvalue) of the
+    coordinates' covariance in µm, as skimage's axis_major_length and axis_minor_length), elongation (length /
+    width) and touches_border (the object reaches a face of the volume, so it may be cut and its shape is not
+    the whole object's).
 
     `labels`: any array-like (Z, Y, X). Objects whose boxes start in the same `block` (default: the array's
     blocks, `blocks.block_of`, else 64 x 512 x 512) are read together, as the one box around them all (`shape_groups`,
@@ -288,14 +290,18 @@ def _shape_row(out: dict[str, np.ndarray], i: int, mask: np.ndarray, spacing: np
     try:
         verts, faces, _, _ = marching_cubes(np.pad(mask, 1).astype(np.float32), 0.5, spacing=tuple(spacing))
         surface = float(mesh_surface_area(verts, faces))
+        enclosed = abs(float(np.einsum("ij,ij->i", verts[faces[:, 0]],
+                                       np.cross(verts[faces[:, 1]], verts[faces[:, 2]])).sum())) / 6
     except (ValueError, RuntimeError):  # too small to mesh
-        surface = float("nan")
-    eig = np.sort(np.linalg.eigvalsh(np.cov(coords.T))) if len(coords) > 3 else np.zeros(3)
+        surface, enclosed = float("nan"), float("nan")
+    # the coordinates' covariance as skimage's inertia tensor takes it (biased): a solid ellipsoid's variance
+    # along a semi-axis a is a^2 / 5, so its full axis is sqrt(20 eigenvalue)
+    eig = np.sort(np.linalg.eigvalsh(np.cov(coords.T, bias=True))) if len(coords) > 1 else np.zeros(3)
     out["surface_um2"][i] = surface
-    out["sphericity"][i] = np.pi ** (1 / 3) * (6 * volume) ** (2 / 3) / surface if surface > 0 else np.nan
+    out["sphericity"][i] = np.pi ** (1 / 3) * (6 * enclosed) ** (2 / 3) / surface if surface > 0 else np.nan
     out["equivalent_diameter_um"][i] = (6 * volume / np.pi) ** (1 / 3)
-    out["length_um"][i] = 4 * np.sqrt(max(eig[-1], 0.0))
-    out["width_um"][i] = 4 * np.sqrt(max(eig[0], 0.0))
+    out["length_um"][i] = np.sqrt(20 * max(eig[-1], 0.0))
+    out["width_um"][i] = np.sqrt(20 * max(eig[0], 0.0))
     out["elongation"][i] = out["length_um"][i] / out["width_um"][i] if out["width_um"][i] > 0 else np.inf
 
 
@@ -548,7 +554,7 @@ def label_volume(input: str | Path, out: str | Path, block: Sequence[int] | None
             raise MitosegError(f"the labels and the table are both {out}: give two outputs")
     voxel = tuple(voxel_size or io.voxel_size(input) or (1.0, 1.0, 1.0))
     block = tuple(block) if block else (min(volume.shape[0], 64), 512, 512)
-    applied = postprocess.for_labels(dict(volume.attrs) if hasattr(volume, "attrs") else {}, threshold, min_size)
+    applied = postprocess.for_labels(io.attributes(volume), threshold, min_size)
     min_size, z_sigma = applied["min_size"], applied["z_sigma"]
     raw_threshold = io.foreground_threshold(volume, applied["threshold"], str(input))
     attrs = {"voxel_size": voxel, "connectivity": connectivity, "applied": applied}

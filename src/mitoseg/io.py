@@ -406,9 +406,15 @@ def _imagej_voxel_size(path: Path) -> tuple[float, float, float] | None:
         return None
 
 
+def attributes(volume: Any) -> dict:
+    """The attributes a volume carries (a Zarr or HDF5 array's, a mitoseg output's settings among them); {} for
+    volumes that have none (.npy, a folder of slices)."""
+    return dict(getattr(volume, "attrs", {}) or {})
+
+
 def stated_kind(volume: Any) -> str | None:
     """The `kind` a mitoseg output states (probability, mask, labels, image), else None."""
-    return dict(getattr(volume, "attrs", {}) or {}).get("kind")
+    return attributes(volume).get("kind")
 
 
 def kind(volume: Any) -> str:
@@ -652,7 +658,7 @@ def foreground_threshold(volume: Any, threshold: float | None, name: str = "the 
     read as ``> 0`` would be a silently wrong answer. A threshold under 1 for whole numbers above 1 is refused
     too (every non-zero voxel would pass it).
     """
-    kind = dict(getattr(volume, "attrs", {}) or {}).get("kind")
+    kind = stated_kind(volume)
     if kind == "probability":
         if threshold is not None and threshold >= 1:
             raise MitosegError(f"threshold must be a probability in (0, 1) for mitoseg probabilities, not "
