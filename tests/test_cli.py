@@ -616,3 +616,18 @@ def test_train_takes_the_voxel_size_the_image_states_and_says_which(runs, tmp_pa
     assert main(["--quiet", "train", str(d / "train.tif"), str(d / "train_gt.tif"), "--out", str(tmp_path / "plain"),
                  *TRAIN]) == 0
     assert "voxel size 5 x 5 x 5 nm, the default: the image states none; give --voxel-size" in capsys.readouterr().out
+
+
+def test_label_says_when_its_table_measures_voxels_of_1_nm(droso_crop, tmp_path, capsys):
+    """A table of a mask that states no voxel size (.npy), without --voxel-size, is in 1 nm voxels: said in one
+    line; with --voxel-size, or from an ImageJ TIFF that states it, nothing is said."""
+    mask = droso_crop[1][:, :128, :128]
+    np.save(tmp_path / "mask.npy", mask)
+    tifffile.imwrite(tmp_path / "ij.tif", mask, imagej=True, resolution=(1 / 4.6, 1 / 4.6),
+                     metadata={"spacing": 50, "unit": "nm", "axes": "ZYX"})
+    for name, extra, said in [("mask.npy", [], True), ("mask.npy", ["--voxel-size", "50", "4.6", "4.6"], False),
+                              ("ij.tif", [], False)]:
+        out = tmp_path / f"{name}{len(extra)}"
+        assert main(["--quiet", "label", str(tmp_path / name), "--out", f"{out}.zarr", "--table", f"{out}.csv",
+                     *extra]) == 0
+        assert ("states no voxel size: the table measures voxels of 1 x 1 x 1 nm" in capsys.readouterr().out) == said
