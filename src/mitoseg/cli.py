@@ -220,12 +220,17 @@ def cmd_evaluate(a: argparse.Namespace) -> None:
     with _client(a) as client:
         result = metrics.evaluate(a.prediction, a.truth, a.threshold, a.label_threshold, client=client,
                                   progress=not a.quiet, places=a.places,
-                                  voxel_size=_voxel(a.voxel_size) if a.voxel_size else None)
+                                  voxel_size=_voxel(a.voxel_size) if a.voxel_size else None, objects=a.objects)
     for k, v in result.items():
-        if k != "places":
+        if k not in ("places", "objects"):
             print(f"{k:>10}: {v:.4f}" if isinstance(v, float) else f"{k:>10}: {v}")
     if a.places:
         print(_places_words(result["places"]))
+    if a.objects:
+        o = result["objects"]
+        print(f"objects (26-connected, matched one to one at IoU >= 0.5): {o['n_true']:,} true, {o['n_pred']:,} "
+              f"predicted, {o['tp']:,} matched: precision {o['precision']:.4f}, recall {o['recall']:.4f}, "
+              f"F1 {o['f1']:.4f}")
     words = _evaluate_words(a.prediction, a.threshold)
     if words:
         print(words)
@@ -468,6 +473,10 @@ def parser() -> argparse.ArgumentParser:
     e.add_argument("--places", action="store_true",
                    help="also say where the errors lie: in whole objects (missed or false) or how near the true "
                         "surface (reads both volumes into memory)")
+    e.add_argument("--objects", action="store_true",
+                   help="also object precision, recall and F1: each volume's 26-connected objects matched one to "
+                        "one at IoU >= 0.5 (reads both volumes into memory); the prediction's objects as they are: for "
+                        "objects after a minimum size, score `mitoseg label`'s output with --threshold 1")
     e.add_argument("--voxel-size", type=arg("voxel_size"), nargs=3, metavar=("Z", "Y", "X"),
                    help="voxel size in nm, for --places' distances (default: the one either volume states, else 1 1 1)")
     e.add_argument("--json", help="also write the scores here (refused if it exists, unless --overwrite)")

@@ -95,7 +95,7 @@ def confusion_blockwise(pred, truth, block: Sequence[int] = (64, 512, 512), prog
 
 def evaluate(prediction, truth, threshold: float | None = None, label_threshold: float | None = None,
              block: Sequence[int] = (64, 512, 512), client=None, progress: bool = True, places: bool = False,
-             voxel_size: Sequence[float] | None = None) -> dict:
+             voxel_size: Sequence[float] | None = None, objects: bool = False) -> dict:
     """The `mitoseg evaluate` command: voxel scores (see `scores`) of a prediction against the truth, two
     volumes (paths or array-likes, Z, Y, X) read block by block, in this process or on a Dask `client`
     (then both must be paths every worker can read).
@@ -108,7 +108,8 @@ def evaluate(prediction, truth, threshold: float | None = None, label_threshold:
     With `places`, also ``result["places"]``: where the errors lie (`error_places`) and its ``voxel_size``
     (z, y, x) nm: the given one, else the one either volume states, else None (voxels taken as cubes);
     then the scores too are computed in this process, on both volumes read into memory once (refused above
-    `MAX_PLACES_VOXELS`).
+    `MAX_PLACES_VOXELS`). With `objects`, so too ``result["objects"]``: `match_instances` of the two masks'
+    26-connected objects at IoU >= 0.5 (the prediction as it is: apply a minimum size first, `mitoseg label`).
     """
     from mitoseg import blocks, checks, cluster, io
 
@@ -119,16 +120,17 @@ def evaluate(prediction, truth, threshold: float | None = None, label_threshold:
     _check_same_shape(pred.shape, true.shape)
     if len(pred.shape) != 3:
         raise MitosegError(f"evaluate takes two volumes (Z, Y, X), not arrays of shape {tuple(pred.shape)}")
-    if places and int(np.prod(pred.shape)) > MAX_PLACES_VOXELS:
-        raise MitosegError(f"--places reads both volumes and their labelled objects into memory: "
-                           f"{int(np.prod(pred.shape)):,} voxels are more than the {MAX_PLACES_VOXELS:,} it takes; "
-                           "evaluate a crop for it")
+    in_memory = places or objects
+    if in_memory and int(np.prod(pred.shape)) > MAX_PLACES_VOXELS:
+        raise MitosegError(f"--{'places' if places else 'objects'} reads both volumes and their labelled objects "
+                           f"into memory: {int(np.prod(pred.shape)):,} voxels are more than the "
+                           f"{MAX_PLACES_VOXELS:,} it takes; evaluate a crop for it")
     if label_threshold is None:
         io.check_binary(true, "the truth's labels")
     t = io.foreground_threshold(pred, threshold, f"the prediction {prediction}" if isinstance(prediction, str | Path)
                                 else "the prediction")
     job = {"prediction": prediction, "truth": truth, "threshold": t, "label_threshold": label_threshold or 0}
-    if places:  # both masks in memory anyway: the counts come from them, not from a second reading
+    if in_memory:  # both masks in memory anyway: the counts come from them, not from a second reading
         mask = _read_binary(pred, lambda v: _foreground(v, t), block)
         truth_mask = _read_binary(true, lambda v: v > (label_threshold or 0), block)
         total = confusion(mask, truth_mask)
@@ -149,6 +151,9 @@ def evaluate(prediction, truth, threshold: float | None = None, label_threshold:
         stated = voxel_size or next(filter(None, map(io.voxel_size, paths)), None)
         result["places"] = {**error_places(mask, truth_mask, stated or (1.0, 1.0, 1.0)),
                             "voxel_size": [float(v) for v in stated] if stated else None}
+    if objects:
+        result["objects"] = match_instances(cc3d.connected_components(mask, connectivity=26),
+                                            cc3d.connected_components(truth_mask, connectivity=26), 0.5)
     return result
 
 

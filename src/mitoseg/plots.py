@@ -441,7 +441,7 @@ def figure_instances(image2d: np.ndarray, labels3d: np.ndarray, z: int,
 
 
 MORPHOLOGY_PANELS = (("volume_um3", "volume (µm³)", True), ("sphericity", "sphericity", False),
-                     ("length_um", "length, longest principal axis (µm)", False))
+                     ("length_um", "length, longest ellipsoid axis (µm)", False))
 
 
 def figure_morphology(tables: Mapping[str, Mapping[str, np.ndarray]], interior_only: bool = True) -> Figure:
