@@ -183,6 +183,18 @@ def test_predict_mask_applies_the_runs_z_smoothing_across_blocks(runs, capsys, t
     np.testing.assert_array_equal(io.open_volume(tmp_path / "n.zarr")[:], probs[:] >= 128)
     assert "mask: probability >= 0.5 (--threshold); the run's post-processing chosen" in capsys.readouterr().out
 
+    # interrupted while the mask was written: --resume keeps the finished probabilities when they were predicted
+    # alike, and refuses them when not (they were kept whatever their image, model or TTA)
+    created = io.open_volume(tmp_path / "p.zarr").attrs["created"]
+    mask_opts = [*opts, "--out", str(tmp_path / "p.zarr"), "--resume", "--mask"]
+    assert main(["--quiet", "predict", *mask_opts, str(tmp_path / "m2.zarr")]) == 0
+    assert io.open_volume(tmp_path / "p.zarr").attrs["created"] == created
+    np.testing.assert_array_equal(io.open_volume(tmp_path / "m2.zarr")[:], mask[:])
+    capsys.readouterr()
+    assert main(["--quiet", "predict", *mask_opts, str(tmp_path / "m3.zarr"), "--tta"]) == 2
+    assert "p.zarr was written with other settings (tta False then, True now" in capsys.readouterr().err
+    assert not (tmp_path / "m3.zarr").exists()
+
     # `evaluate` scores probabilities at 0.5 and says what the run chose instead; not when told a threshold
     truth = str(runs / "test_gt.tif")
     assert main(["evaluate", str(tmp_path / "p.zarr"), truth]) == 0

@@ -521,3 +521,20 @@ def test_the_block_engine_refuses_dims_not_the_models_and_its_own_input_as_outpu
     assert sorted(p.name for p in tmp_path.iterdir()) == ["raw.zarr"]
     with pytest.raises(MitosegError, match="no model given"):
         predict.predict([], str(zarr_path), tmp_path / "p.zarr")
+
+
+def test_float16_probabilities_meet_a_threshold_exactly(droso_crop, tmp_path):
+    """float16 probabilities of a real mask with soft edges, near 0.4 (which float16 holds as 0.39990234375):
+    the mask `predict` writes, `evaluate`'s and `label`'s foreground and `postprocess.apply` all count a voxel
+    when its stored value is >= 0.4 as a number, not >= 0.4 rounded to float16."""
+    from mitoseg import instances, metrics
+
+    soft = jittered_probabilities(droso_crop[1]).astype(np.float32) / 255
+    stored = (soft + (np.float16(0.4) - np.float32(0.4)) * (np.abs(soft - 0.4) < 0.01)).astype(np.float16)
+    exact = stored.astype(np.float64) >= 0.4
+    assert (stored == np.float16(0.4)).any() and (stored.astype(np.float64) < 0.4).any()  # some just under
+    settings = predict.Settings((1, 64, 64), 0.25, (0.0, 1.0), (20, 256, 256), dtype="float16", threshold=0.4)
+    np.testing.assert_array_equal(predict.encode_block(torch.as_tensor(stored), settings, True)[1], exact)
+    np.testing.assert_array_equal(metrics._foreground(stored, 0.4), exact)
+    np.testing.assert_array_equal(instances._foreground(stored, 0.4), exact)
+    np.testing.assert_array_equal(postprocess.apply(stored, postprocess.PostProcessing(0.4)), exact)

@@ -108,7 +108,7 @@ def open_output(path: str | Path, shape: Sequence[int], dtype: Any, block: Seque
 
     path = io.check_output(path, overwrite, "zarr")
     shape, block = tuple(int(s) for s in shape), tuple(int(b) for b in block)
-    settings = io.jsonable(dict(settings, shape=list(shape), dtype=str(np.dtype(dtype)), block=list(block)))
+    settings = _record(settings, shape, dtype, block)
     tmp = io.partial_path(path)
     attrs = dict(attrs or {})
     pyramid, image = None, None
@@ -128,8 +128,7 @@ def open_output(path: str | Path, shape: Sequence[int], dtype: Any, block: Seque
     if resume and tmp.exists():
         array = zarr.open_array(str(tmp / "0" if pyramid else tmp), mode="r+", config=WRITE)
         array = omezarr.space_view(array)
-        old = dict(array.attrs.get("settings", {}))
-        diff = [f"{k} {old.get(k)!r} then, {v!r} now" for k, v in settings.items() if old.get(k) != v]
+        diff = _differences(dict(array.attrs.get("settings", {})), settings)
         if image is None and array.metadata.zarr_format != zarr_format:
             diff.append(f"Zarr format {array.metadata.zarr_format} then, {zarr_format} now")
         if diff:
@@ -144,6 +143,30 @@ def open_output(path: str | Path, shape: Sequence[int], dtype: Any, block: Seque
                                   zarr_format=zarr_format, **storage(block, zarr_format))
     array.attrs.update(io.jsonable(dict(attrs, settings=settings)))
     return Output(path, array, io.done_dir(path, resume=False), pyramid)
+
+
+def _record(settings: dict, shape: Sequence[int], dtype: Any, block: Sequence[int]) -> dict:
+    """The settings an output records (JSON values), its shape, dtype and block among them."""
+    return io.jsonable(dict(settings, shape=[int(n) for n in shape], dtype=str(np.dtype(dtype)),
+                            block=[int(b) for b in block]))
+
+
+def _differences(old: dict, new: dict) -> list[str]:
+    """Each setting of `new` that `old` (an output's record) holds otherwise, in words."""
+    return [f"{k} {old.get(k)!r} then, {v!r} now" for k, v in new.items() if old.get(k) != v]
+
+
+def keep_finished(path: str | Path, shape: Sequence[int], dtype: Any, block: Sequence[int], settings: dict) -> bool:
+    """For a resume: whether a finished output is at `path` written with these settings (so it is kept as it is);
+    False when there is none; MitosegError naming the differences when one was written otherwise."""
+    if not Path(path).exists():
+        return False
+    old = io.attributes(io.open_volume(path)).get("settings", {})
+    diff = _differences(old, _record(settings, shape, dtype, block))
+    if diff:
+        raise MitosegError(f"{path} was written with other settings ({'; '.join(diff)}): resume with the same "
+                           "settings, or start again with --overwrite")
+    return True
 
 
 def finish(*outputs: Output, overwrite: bool = False) -> None:

@@ -218,14 +218,16 @@ def predict_volume_dask(client, model_path: str | Path, image_spec: str | Path, 
     net, config = predict.model_for(model, image, "cpu", planes, (attrs or {}).get("voxel_size"))
     volume = io.open_volume(image)
     shape = tuple(volume.shape)
-    io.check_output(out, overwrite, "zarr", (image,))
-    if mask_out is not None:
-        io.check_output(mask_out, overwrite, "zarr", (image,))
     settings = predict.plan(volume, config.dims, tile or predict.run_tile(config, shape, tile_xy, tile_z),
                             config.overlap if overlap is None else overlap, block, planes=config.slice_planes,
                             dtype=dtype, threshold=threshold,
                             window=predict.input_window(net, volume, match_training), tta=tta, amp=amp,
                             batch_size=batch_size)
+    if predict.kept(out, mask_out, shape, settings, predict.fingerprint(net), resume):
+        return Path(out)
+    io.check_output(out, overwrite, "zarr", (image,))
+    if mask_out is not None:
+        io.check_output(mask_out, overwrite, "zarr", (image,))
     attrs = {"voxel_size": config.voxel_size, **(attrs or {})}
     outputs = predict.open_outputs(shape, out, mask_out, settings, predict.fingerprint(net), attrs, resume, overwrite)
     del net

@@ -349,9 +349,9 @@ class BlockSummary(NamedTuple):
 
 
 def _foreground(block: np.ndarray, threshold: float | None) -> np.ndarray:
-    """Boolean foreground of a block: `block >= threshold`, or `block > 0` when threshold is None."""
+    """Boolean foreground of a block: `block >= threshold` (`io.at_least`), or `block > 0` when threshold is None."""
     block = np.asarray(block)
-    return block > 0 if threshold is None else block >= threshold
+    return block > 0 if threshold is None else io.at_least(block, threshold)
 
 
 def _label_block(mask_block: np.ndarray, connectivity: int) -> tuple[np.ndarray, int]:

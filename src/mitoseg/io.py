@@ -648,6 +648,23 @@ class Thresholded:
         return block > self.threshold if self.strict else block >= self.threshold
 
 
+def cut(dtype: Any, threshold: float) -> float:
+    """The smallest value of `dtype` at least `threshold`, so that ``values >= cut`` is exactly ``values >=
+    threshold`` for values of that dtype: numpy 2 and torch compare float16 (float32) values with a Python
+    float rounded to their precision (0.4 becomes 0.39990234375 in float16, and a stored 0.3999 would pass)."""
+    dtype = np.dtype(dtype)
+    if dtype.kind != "f" or dtype.itemsize >= 8:
+        return threshold
+    value = dtype.type(threshold)
+    return float(np.nextafter(value, dtype.type(np.inf)) if float(value) < threshold else value)
+
+
+def at_least(values: np.ndarray, threshold: float) -> np.ndarray:
+    """Bool: ``values >= threshold``, exactly, whatever the precision of `values` (see `cut`)."""
+    values = np.asarray(values)
+    return values >= cut(values.dtype, threshold)
+
+
 def foreground_threshold(volume: Any, threshold: float | None, name: str = "the input") -> float | None:
     """The raw-value threshold t for ``volume >= t`` of `mitoseg label` and `evaluate`.
 

@@ -178,8 +178,10 @@ def block_confusion(block: tuple[slice, ...], job: dict) -> Counts:
 
 
 def _foreground(values: np.ndarray, threshold: float | None) -> np.ndarray:
-    """Bool: a prediction's foreground, > 0 for a mask (`threshold` None), else >= `threshold`."""
-    return values > 0 if threshold is None else values >= threshold
+    """Bool: a prediction's foreground, > 0 for a mask (`threshold` None), else >= `threshold` (`io.at_least`)."""
+    from mitoseg import io
+
+    return values > 0 if threshold is None else io.at_least(values, threshold)
 
 
 def _ratio(num: int, den: int) -> float:

@@ -16,7 +16,7 @@ import cc3d
 import numpy as np
 from scipy import ndimage
 
-from mitoseg import checks, metrics
+from mitoseg import checks, io, metrics
 from mitoseg.config import Config
 
 THRESHOLDS = (0.3, 0.4, 0.5, 0.6, 0.7)  # scored at every validation while training (`train.validate`)
@@ -168,7 +168,7 @@ def apply(probs: np.ndarray, pp: PostProcessing) -> np.ndarray:
     """Mask uint8 {0, 1} (Z, Y, X) from probabilities (Z, Y, X): float in [0, 1], or uint8 0..255 as stored."""
     probs = np.asarray(probs)
     scale = 255.0 if probs.dtype == np.uint8 else 1.0
-    mask = smooth_z(probs, pp.z_sigma) >= pp.threshold * scale
+    mask = io.at_least(smooth_z(probs, pp.z_sigma), pp.threshold * scale)
     return _clean(mask, pp)
 
 
@@ -217,7 +217,7 @@ def choose(probs: np.ndarray, truth: np.ndarray, thresholds=CHOICE_THRESHOLDS, m
     def smoothing(z_sigma: float) -> tuple[np.ndarray, list[dict]]:
         candidate = smooth_z(probs, z_sigma)
         return candidate, [{**PostProcessing(t, 0, False, z_sigma).as_dict(),
-                            "jaccard": _iou(candidate >= t * scale, truth)} for t in thresholds]
+                            "jaccard": _iou(io.at_least(candidate, t * scale), truth)} for t in thresholds]
 
     rows, best = [], -1.0
     for z_sigma, (candidate, scored) in zip(sorted(z_sigmas), _map(smoothing, sorted(z_sigmas)), strict=True):
@@ -226,7 +226,7 @@ def choose(probs: np.ndarray, truth: np.ndarray, thresholds=CHOICE_THRESHOLDS, m
             best, sigma, smoothed = max(r["jaccard"] for r in scored), z_sigma, candidate
 
     def cleaning(t: float) -> list[dict]:
-        mask = smoothed >= t * scale
+        mask = io.at_least(smoothed, t * scale)
         objects = cc3d.connected_components(mask, connectivity=26)
         sizes = np.bincount(objects.ravel())
         out = []

@@ -422,6 +422,15 @@ def predicted_alike(path: str | Path, settings: Settings, model: torch.nn.Module
         old.get(k) == v for k, v in recorded(settings, fingerprint(model)).items())
 
 
+def kept(out: str | Path, mask_out: str | Path | None, shape: tuple[int, ...], settings: Settings, model_id: str,
+         resume: bool) -> bool:
+    """Whether a resumed prediction of probabilities alone finds them finished at `out` by this model with these
+    settings (kept as they are: `predict --mask --resume` blurring along Z, interrupted while writing the mask);
+    finished otherwise, refused (`blocks.keep_finished`)."""
+    return resume and mask_out is None and blocks.keep_finished(out, shape, settings.dtype, settings.block,
+                                                                recorded(settings, model_id))
+
+
 def open_outputs(shape: tuple[int, ...], out: str | Path, mask_out: str | Path | None, settings: Settings,
                  model_id: str, attrs: dict | None, resume: bool, overwrite: bool) -> list[blocks.Output]:
     """The probability output (and the mask output) of a prediction through the block engine; a resume
@@ -448,7 +457,7 @@ def encode_block(probs: np.ndarray | torch.Tensor, settings: Settings, mask: boo
     stored = _stored(probs, settings.dtype)
     arrays = [stored.cpu().numpy()]
     if mask:
-        cut = settings.threshold * 255 if settings.dtype == "uint8" else settings.threshold
+        cut = settings.threshold * 255 if settings.dtype == "uint8" else io.cut(np.float16, settings.threshold)
         arrays.append((stored >= cut).to(torch.uint8).cpu().numpy())
     return arrays
 
@@ -497,13 +506,15 @@ def predict_volume(model: torch.nn.Module, image: Any, out: str | Path, dims: in
     shape = tuple(volume.shape)
     if len(shape) != 3:
         raise MitosegError(f"the image must be a volume (Z, Y, X), not an array of shape {shape}")
-    io.check_output(out, overwrite, "zarr", (image,))
-    if mask_out is not None:
-        io.check_output(mask_out, overwrite, "zarr", (image,))
     window = window or input_window(model, volume)
     settings = plan(volume, dims, tile, overlap, block, window, planes=input_planes(model, dims), dtype=dtype,
                     threshold=threshold, tta=tta, amp=amp,
                     batch_size=batch_size)
+    if kept(out, mask_out, shape, settings, fingerprint(model), resume):
+        return Path(out)
+    io.check_output(out, overwrite, "zarr", (image,))
+    if mask_out is not None:
+        io.check_output(mask_out, overwrite, "zarr", (image,))
     device = device or next(model.parameters()).device
     model.eval()
     outputs = open_outputs(shape, out, mask_out, settings, fingerprint(model), attrs, resume, overwrite)
@@ -594,11 +605,10 @@ def predict(model: str | Path | Sequence[str | Path], image: str | Path, out: st
     pp = postprocess.PostProcessing(threshold) if threshold is not None else chosen or postprocess.PostProcessing()
     if pp.z_sigma and mask_out is not None:  # the mask needs neighbouring blocks: a pass of its own afterwards
         io.check_output(mask_out, overwrite, "zarr", (image,))
-        if not (resume and Path(out).exists()):  # on --resume finished probabilities are kept
-            predict(model, image, out, tile_xy=tile_xy, tile_z=tile_z, overlap=overlap, block=block, dtype=dtype,
-                    threshold=pp.threshold, batch_size=batch_size, tta=tta, amp=amp, device=device, client=client,
-                    overwrite=overwrite, resume=resume, progress=progress, match_training=match_training,
-                    planes=planes, voxel_size=voxel_size)
+        predict(model, image, out, tile_xy=tile_xy, tile_z=tile_z, overlap=overlap, block=block, dtype=dtype,
+                threshold=pp.threshold, batch_size=batch_size, tta=tta, amp=amp, device=device, client=client,
+                overwrite=overwrite, resume=resume, progress=progress, match_training=match_training,
+                planes=planes, voxel_size=voxel_size)  # on --resume, finished alike probabilities are kept
         write_mask(out, mask_out, pp, overwrite=overwrite, resume=resume, progress=progress)
         return Path(out)
     threshold = pp.threshold
