@@ -101,6 +101,20 @@ def test_resume_continues_exactly(tmp_path, small, monkeypatch):
     for k in a:
         torch.testing.assert_close(a[k], b[k], msg=k)
     assert len(tr.read_log(tmp_path / "b")) == 2
+    tr.check_resume(tmp_path / "b", {"annotated_slices": "0,3,4"})  # the same slices, written otherwise
+    with pytest.raises(MitosegError, match=r"annotated-slices \(saved 0,3-4, given 0,3\)"):
+        tr.check_resume(tmp_path / "b", {"annotated_slices": "0,3"})
+
+
+def test_a_run_interrupted_while_choosing_its_post_processing_chooses_it_when_resumed(tmp_path, small):
+    """Stopped after its training, in the post-processing choice (no postprocessing.json: `predict --mask` would
+    have fallen back to 0.5), a run resumed makes the same choice and trains no further."""
+    tr.train(tiny(2), *small, tmp_path / "a", progress=False)
+    chosen, weights = (tmp_path / "a" / postprocess.FILE).read_text(), (tmp_path / "a" / "last.pt").read_bytes()
+    (tmp_path / "a" / postprocess.FILE).unlink()
+    tr.train(tiny(2), *small, tmp_path / "a", resume=True, progress=False)
+    assert (tmp_path / "a" / postprocess.FILE).read_text() == chosen
+    assert (tmp_path / "a" / "last.pt").read_bytes() == weights
 
 
 def test_adamw_is_fused_and_resumes_a_checkpoint_of_the_unfused_one(tmp_path, small, monkeypatch):
@@ -493,6 +507,8 @@ def test_init_starts_from_another_runs_weights(tmp_path, small):
         tr.train(tiny(2, init=str(tmp_path / "a"), context_slices=1), *small, tmp_path / "e", progress=False)
     with pytest.raises(MitosegError, match="has 0 full-resolution channels; give the same --full-resolution"):
         tr.train(tiny(2, init=str(tmp_path / "a"), full_resolution=4), *small, tmp_path / "f", progress=False)
+    with pytest.raises(MitosegError, match="trained with --norm batch; give the same --norm"):
+        tr.train(tiny(2, init=str(tmp_path / "a"), norm="instance"), *small, tmp_path / "g", progress=False)
 
 
 def test_best_checkpoint_never_comes_from_a_flat_zero_line(tmp_path, small, monkeypatch):

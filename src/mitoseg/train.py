@@ -105,10 +105,20 @@ def check_resume(out: str | Path, changes: dict) -> None:
         return
     saved = Config.load(path)
     differ = [f"{k.replace('_', '-')} (saved {getattr(saved, k)}, given {v})" for k, v in changes.items()
-              if k not in RESUME_FREE and io.jsonable(getattr(saved, k)) != io.jsonable(v)]
+              if k not in RESUME_FREE and _setting(k, getattr(saved, k)) != _setting(k, v)]
     if differ:
         raise MitosegError(f"--resume continues {out} with its saved settings; these differ: {', '.join(differ)}: "
                            "leave them out, or train a new run")
+
+
+def _setting(name: str, value) -> object:
+    """A setting as --resume compares it: annotated slices as the slices they name ("0,5-7" is "0,5,6,7")."""
+    if name == "annotated_slices" and value:
+        try:
+            return data.parse_slices(value, 2**31)
+        except MitosegError:
+            return value
+    return io.jsonable(value)
 
 
 def resumed_config(out: str | Path, free: dict) -> Config:
@@ -194,6 +204,9 @@ def load_init(model: torch.nn.Module, config: Config, device: torch.device) -> N
     if other.context != config.context:
         raise MitosegError(f"--init {config.init} takes {other.context} neighbouring slices on each side; give the "
                            f"same --context-slices (not {config.context})")
+    if other.norm != config.norm:
+        raise MitosegError(f"--init {config.init} was trained with --norm {other.norm}; give the same --norm (not "
+                           f"{config.norm})")
     if other.full_resolution != config.full_resolution:
         raise MitosegError(f"--init {config.init} has {other.full_resolution} full-resolution channels; give the "
                            f"same --full-resolution (not {config.full_resolution})")
@@ -411,7 +424,9 @@ def _train(config: Config, image: np.ndarray, mask: np.ndarray, out: Path, resum
     state = {"epoch": 0, "iteration": 0, "elapsed": 0.0, "best_iou": -1.0}
     if resume:
         ckpt = torch.load(out / "last.pt", map_location=device, weights_only=False)
-        if "optimizer" not in ckpt:  # a finished run: nothing left to do
+        if "optimizer" not in ckpt:  # a finished run: at most its post-processing choice was left undone
+            if postprocessing and _unchosen(out, config):
+                choose_postprocessing(out, val_vol, config, device, progress, planes=_unchosen(out, config))
             return summarize(out)
         model.load_state_dict(ckpt["model"])
         for group in ckpt["optimizer"]["param_groups"]:  # a checkpoint from before the fused update: fuse it too
@@ -556,6 +571,14 @@ def choose_postprocessing(out: Path, val: data.Volume | None, config: Config, de
             words = {None: "", 1: " for XY slices", 3: " for three planes"}[other]
             print(f"{config.dims}D post-processing chosen on validation{words}: {postprocess.words(pp.as_dict())}",
                   flush=True)
+
+
+def _unchosen(out: Path, config: Config) -> list[int]:
+    """The planes (the run's own, then `other_planes`) whose post-processing choice `out` does not hold: what a
+    run interrupted while choosing left undone."""
+    own = [(config.slice_planes, postprocess.FILE)]
+    other = [(n, postprocess.OTHER_PLANES_FILE.format(n)) for n in [other_planes(config)] if n]
+    return [n for n, name in own + other if not (out / name).is_file()]
 
 
 def _copy(state_dict: dict) -> dict:
