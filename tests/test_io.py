@@ -609,6 +609,9 @@ def test_load_pair_keeps_unannotated_voxels(tmp_path, droso_crop):
         io.load_pair(tmp_path / "img.npy", tmp_path / "lab.npy", unlabeled=7)
     _, got = io.load_pair(tmp_path / "img.npy", tmp_path / "lab.npy", threshold=127, unlabeled=7)
     assert (got[10:] == 2).all() and got[0, 0, :3].tolist() == [0, 0, 0]
+    np.save(tmp_path / "ilastik.npy", np.where(np.arange(20)[:, None, None] < 10, mask + 1, 0).astype(np.uint8))
+    _, got = io.load_pair(tmp_path / "img.npy", tmp_path / "ilastik.npy", unlabeled=0)  # 0 none, 1 bg, 2 fg
+    assert np.array_equal(got[:10], mask[:10]) and (got[10:] == 2).all()
 
 
 def test_overwrite_replaces_only_what_mitoseg_writes(tmp_path, crop):

@@ -702,7 +702,9 @@ def load_pair(image: str | Path, labels: str | Path, threshold: float | None = N
     """Read an image volume and its label volume into memory, checked for training or evaluation.
 
     Returns (image as stored, mask uint8), both (Z, Y, X): {0, 1} by `binarize` (`threshold` as there),
-    and 2 (`data.IGNORE`, not annotated) where the labels equal `unlabeled`, when given.
+    and 2 (`data.IGNORE`, not annotated) where the labels equal `unlabeled`, when given; then, without a
+    `threshold`, of the two values the other voxels hold the higher is foreground (ilastik's labels: 0 not
+    annotated, 1 background, 2 mitochondria, with `unlabeled` 0).
     """
     checks.check(label_threshold=threshold, unlabeled=unlabeled)
     img = open_volume(image)
@@ -716,10 +718,12 @@ def load_pair(image: str | Path, labels: str | Path, threshold: float | None = N
     if not missing.any():
         raise MitosegError(f"labels {labels} hold no voxel of the --unlabeled value {unlabeled:g}")
     annotated = raw[~missing]
-    if threshold is None:
-        _refuse_many(np.unique(annotated), f"labels {labels} (annotated voxels)")
+    if threshold is None:  # of two annotated values the higher is foreground: 0/1, 0/255, ilastik's 1/2
+        values = np.unique(annotated)
+        _refuse_many(values, f"labels {labels} (annotated voxels)")
+        threshold = float(values[0]) if values.size == 2 else 0
     out = np.full(raw.shape, 2, np.uint8)  # data.IGNORE
-    out[~missing] = annotated > (threshold or 0)
+    out[~missing] = annotated > threshold
     return np.asarray(img[:]), out
 
 
