@@ -4,7 +4,7 @@ No scheduler of our own: `client` connects to any Dask scheduler (started by han
 and `dask worker`, or by dask-jobqueue on SLURM/PBS, see docs/cluster.md) or starts a LocalCluster.
 Tasks receive paths and block slices, never arrays: each opens the input and writes its block into the
 output Zarr store itself (so the stores must lie on a filesystem every worker sees at the same path),
-output chunks equal blocks so no two tasks write the same chunk, and each worker process loads the
+output blocks are Zarr shards (chunks in v2) so no two tasks write the same file, and each worker process loads the
 model once (cached per process, reloaded only when the checkpoint file changes).
 
 The per-block work is the single-process code: `predict.blend_block` and `predict.encode_block` for
