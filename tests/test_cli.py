@@ -12,6 +12,7 @@ import pytest
 import scipy.ndimage as ndi
 import tifffile
 import zarr
+from conftest import dies_on_call
 
 from mitoseg import io, metrics, postprocess, predict
 from mitoseg.cli import main
@@ -643,3 +644,30 @@ def test_label_says_when_its_table_measures_voxels_of_1_nm(droso_crop, tmp_path,
         assert main(["--quiet", "label", str(tmp_path / name), "--out", f"{out}.zarr", "--table", f"{out}.csv",
                      *extra]) == 0
         assert ("states no voxel size: the table measures voxels of 1 x 1 x 1 nm" in capsys.readouterr().out) == said
+
+
+def test_predict_resume_keeps_only_its_own_finished_prediction(runs, tmp_path, capsys, monkeypatch):
+    """--resume onto a finished prediction: kept when predicted alike; refused when the voxel size to record
+    differs; with --overwrite predicted again (and an interrupted --overwrite run resumes); a volume that is no
+    prediction is "already exists", as without --resume."""
+    opts = [str(runs / "test.tif"), "--model", str(runs / "run2"), "--tile-xy", "64", "--block", "2", "64", "64"]
+    out = tmp_path / "p.zarr"
+    assert main(["--quiet", "predict", *opts, "--out", str(out)]) == 0
+    created = io.open_volume(out).attrs["created"]
+    assert main(["--quiet", "predict", *opts, "--out", str(out), "--resume"]) == 0
+    assert io.open_volume(out).attrs["created"] == created
+    capsys.readouterr()
+    assert main(["--quiet", "predict", *opts, "--out", str(out), "--resume", "--voxel-size", "10", "10", "10"]) == 2
+    assert "p.zarr was written with other settings (voxel_size [5.0, 5.0, 5.0] then, [10.0, 10.0, 10.0] now)" \
+        in capsys.readouterr().err
+    assert main(["--quiet", "predict", *opts, "--out", str(out), "--resume", "--overwrite", "--dtype", "float16"]) == 0
+    assert io.open_volume(out).dtype == np.float16
+    with monkeypatch.context() as m:  # replaced by a uint8 prediction again, interrupted: resumed, not refused
+        m.setattr(predict, "write_block", dies_on_call(predict.write_block, 3))
+        assert main(["--quiet", "predict", *opts, "--out", str(out), "--overwrite"]) == 130
+    assert main(["--quiet", "predict", *opts, "--out", str(out), "--overwrite", "--resume"]) == 0
+    assert io.open_volume(out).dtype == np.uint8 and io.open_volume(out).attrs["created"] != created
+    assert main(["--quiet", "convert", str(runs / "test.tif"), "--out", str(tmp_path / "c.zarr")]) == 0
+    capsys.readouterr()
+    assert main(["--quiet", "predict", *opts, "--out", str(tmp_path / "c.zarr"), "--resume"]) == 2
+    assert "c.zarr already exists; pass --overwrite" in capsys.readouterr().err

@@ -156,13 +156,22 @@ def _differences(old: dict, new: dict) -> list[str]:
     return [f"{k} {old.get(k)!r} then, {v!r} now" for k, v in new.items() if old.get(k) != v]
 
 
-def keep_finished(path: str | Path, shape: Sequence[int], dtype: Any, block: Sequence[int], settings: dict) -> bool:
-    """For a resume: whether a finished output is at `path` written with these settings (so it is kept as it is);
-    False when there is none; MitosegError naming the differences when one was written otherwise."""
+def keep_finished(path: str | Path, kind: str, shape: Sequence[int], dtype: Any, block: Sequence[int],
+                  settings: dict, stated: dict | None = None) -> bool:
+    """For a resume: whether a finished output of `kind` is at `path` written with these settings and the
+    attributes `stated` (e.g. its voxel size), so it is kept as it is; False when there is no such output there
+    (nothing, or something else: `io.check_output` then says so); MitosegError naming the differences when one
+    was written otherwise."""
     if not Path(path).exists():
         return False
-    old = io.attributes(io.open_volume(path)).get("settings", {})
-    diff = _differences(old, _record(settings, shape, dtype, block))
+    try:
+        attrs = io.attributes(io.open_volume(path))
+    except MitosegError:
+        return False
+    if attrs.get("kind") != kind or "settings" not in attrs:
+        return False
+    diff = _differences(attrs["settings"], _record(settings, shape, dtype, block))
+    diff += _differences(attrs, io.jsonable(dict(stated or {})))
     if diff:
         raise MitosegError(f"{path} was written with other settings ({'; '.join(diff)}): resume with the same "
                            "settings, or start again with --overwrite")

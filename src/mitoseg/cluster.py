@@ -223,12 +223,12 @@ def predict_volume_dask(client, model_path: str | Path, image_spec: str | Path, 
                             dtype=dtype, threshold=threshold,
                             window=predict.input_window(net, volume, match_training), tta=tta, amp=amp,
                             batch_size=batch_size)
-    if predict.kept(out, mask_out, shape, settings, predict.fingerprint(net), resume):
+    attrs = {"voxel_size": config.voxel_size, **(attrs or {})}
+    if predict.kept(out, mask_out, shape, settings, predict.fingerprint(net), attrs, resume, overwrite):
         return Path(out)
     io.check_output(out, overwrite, "zarr", (image,))
     if mask_out is not None:
         io.check_output(mask_out, overwrite, "zarr", (image,))
-    attrs = {"voxel_size": config.voxel_size, **(attrs or {})}
     outputs = predict.open_outputs(shape, out, mask_out, settings, predict.fingerprint(net), attrs, resume, overwrite)
     del net
     todo = outputs[0].todo(blocks.grid(shape, settings.block))

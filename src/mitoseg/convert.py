@@ -41,7 +41,7 @@ def convert(source: str | Path, out: str | Path, voxel_size: tuple[float, float,
     origin, notes = io.origin(source), []
     suffix = Path(out).suffix.lower()
     if zarr_format not in (None, 2, 3):
-        raise MitosegError(f"Zarr format {zarr_format}: mitoseg writes Zarr 2 (NGFF 0.4) or 3 (NGFF 0.5)")
+        raise MitosegError(f"Zarr format {zarr_format!r}: mitoseg writes Zarr 2 (NGFF 0.4) or 3 (NGFF 0.5)")
     if zarr_format is not None and (suffix in io.TIFF or omezarr.label_of(out)):
         raise MitosegError(f"{out}: " + ("a TIFF has no Zarr format" if suffix in io.TIFF else "an image-label takes "
                                          "its image's Zarr format") + "; leave out --zarr-format")

@@ -721,7 +721,10 @@ def load_pair(image: str | Path, labels: str | Path, threshold: float | None = N
     if threshold is None:  # of two annotated values the higher is foreground: 0/1, 0/255, ilastik's 1/2
         values = np.unique(annotated)
         _refuse_many(values, f"labels {labels} (annotated voxels)")
-        threshold = float(values[0]) if values.size == 2 else 0
+        if values.size == 1:  # background or foreground? nothing tells
+            raise MitosegError(f"labels {labels} hold one value ({values[0]:g}) besides the --unlabeled "
+                               f"{unlabeled:g}: give --label-threshold (foreground: label > it) to say which it is")
+        threshold = float(values[0])
     out = np.full(raw.shape, 2, np.uint8)  # data.IGNORE
     out[~missing] = annotated > threshold
     return np.asarray(img[:]), out

@@ -423,12 +423,16 @@ def predicted_alike(path: str | Path, settings: Settings, model: torch.nn.Module
 
 
 def kept(out: str | Path, mask_out: str | Path | None, shape: tuple[int, ...], settings: Settings, model_id: str,
-         resume: bool) -> bool:
-    """Whether a resumed prediction of probabilities alone finds them finished at `out` by this model with these
-    settings (kept as they are: `predict --mask --resume` blurring along Z, interrupted while writing the mask);
-    finished otherwise, refused (`blocks.keep_finished`)."""
-    return resume and mask_out is None and blocks.keep_finished(out, shape, settings.dtype, settings.block,
-                                                                recorded(settings, model_id))
+         attrs: dict | None, resume: bool, overwrite: bool) -> bool:
+    """Whether a resumed prediction of probabilities alone (not `overwrite`, no unfinished ``.partial``) finds them
+    finished at `out` by this model with these settings and the voxel size and origin of `attrs` (kept as they
+    are: `predict --mask --resume` blurring along Z, interrupted while writing the mask); a prediction finished
+    otherwise is refused (`blocks.keep_finished`)."""
+    if not resume or overwrite or mask_out is not None or io.partial_path(out).exists():
+        return False
+    stated = {k: v for k, v in (attrs or {}).items() if k in ("voxel_size", "origin")}
+    return blocks.keep_finished(out, "probability", shape, settings.dtype, settings.block,
+                                recorded(settings, model_id), stated)
 
 
 def open_outputs(shape: tuple[int, ...], out: str | Path, mask_out: str | Path | None, settings: Settings,
@@ -510,7 +514,7 @@ def predict_volume(model: torch.nn.Module, image: Any, out: str | Path, dims: in
     settings = plan(volume, dims, tile, overlap, block, window, planes=input_planes(model, dims), dtype=dtype,
                     threshold=threshold, tta=tta, amp=amp,
                     batch_size=batch_size)
-    if kept(out, mask_out, shape, settings, fingerprint(model), resume):
+    if kept(out, mask_out, shape, settings, fingerprint(model), attrs, resume, overwrite):
         return Path(out)
     io.check_output(out, overwrite, "zarr", (image,))
     if mask_out is not None:
@@ -736,7 +740,7 @@ def predict_mean(models: Sequence[str | Path], image: str | Path, out: str | Pat
     for b in tqdm(outputs[0].todo(blocks.grid(shape, block)), desc=f"mean {Path(out).name}", unit="block",
                   disable=not progress):
         mean = mean_probabilities([a[b] for a in arrays])
-        write_block(outputs, b, [mean, (mean >= cut).astype(np.uint8)])
+        write_block(outputs, b, [mean, io.at_least(mean, cut).astype(np.uint8)])
     blocks.finish(*outputs, overwrite=overwrite)
     io.remove(members)
     return Path(out)
