@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from mitoseg import __version__, io
+from mitoseg import __version__, io, postprocess
 from mitoseg.config import Config
 from mitoseg.errors import MitosegError
 from mitoseg.models import encoder_strides
@@ -148,7 +148,8 @@ def export_bioimageio(run: str | Path, sample: str, out: str | Path, overwrite: 
     if config.slice_planes == 3:
         raise MitosegError(f"{run} is a 2D model that predicts along three planes (--planes 3); a bioimage.io "
                            "consumer would predict XY slices only; export a run trained with --planes 1")
-    chosen = _chosen(run)
+    chosen = postprocess.read(run)  # the post-processing the run chose on its validation split
+    chosen = chosen.as_dict() if chosen else None
     net = _Probabilities(traceable(model.net)).eval()
     x = test_crop(io.open_volume(sample), config)[None, None]
     with torch.no_grad():
@@ -169,12 +170,6 @@ def export_bioimageio(run: str | Path, sample: str, out: str | Path, overwrite: 
         save_bioimageio_package(descr, output_path=partial)
         partial.replace(out)
     return out
-
-
-def _chosen(run: str | Path) -> dict | None:
-    """The post-processing the run chose on its validation split (postprocessing.json), else None."""
-    path = Path(run) / "postprocessing.json"
-    return json.loads(path.read_text()).get("chosen") if path.is_file() else None
 
 
 def _after(chosen: dict | None) -> str:
