@@ -111,3 +111,22 @@ def test_a_block_is_one_shard_of_one_slice_chunks(tmp_path, crop):
             assert blocks.block_of(level) == block and level.chunks == chunks, name
         np.testing.assert_array_equal(io.open_volume(tmp_path / name)[:], crop)
         assert blocks.block_of(io.open_volume(tmp_path / name)) == block
+
+
+def test_reopened_outputs_store_empty_blocks_as_new_ones_do(tmp_path, crop):
+    """A block written by a Dask worker (`Output.reopen`) or after a resume is stored byte for byte as in a fresh
+    output, all-zero slices too (zarr skips empty chunks of an array it opens unless told otherwise)."""
+    block, b = (4, 64, 64), np.s_[0:4, 0:64, 0:64]
+    data = crop[b].copy()
+    data[1:3] = 0  # two empty one-slice chunks in the block's shard
+    for name in ["p.zarr", "p.ome.zarr"]:
+        fresh = blocks.open_output(tmp_path / "fresh" / name, crop.shape, "uint8", block, {})
+        fresh.write(b, data)
+        blocks.open_output(tmp_path / "worker" / name, crop.shape, "uint8", block, {})
+        blocks.Output.reopen(tmp_path / "worker" / name).write(b, data)
+        blocks.open_output(tmp_path / "resumed" / name, crop.shape, "uint8", block, {})
+        blocks.open_output(tmp_path / "resumed" / name, crop.shape, "uint8", block, {}, resume=True).write(b, data)
+        shard = ("0/" if name.endswith(".ome.zarr") else "") + "c/0/0/0"
+        stored = {way: (io.partial_path(tmp_path / way / name) / shard).read_bytes()
+                  for way in ("fresh", "worker", "resumed")}
+        assert stored["worker"] == stored["fresh"] and stored["resumed"] == stored["fresh"], name

@@ -27,7 +27,8 @@ from mitoseg.errors import MitosegError
 Block = tuple[slice, ...]
 # Every chunk is written, all-zero ones too: zarr 3 (3.1.6) first asks whether a chunk is all fill value with a
 # comparison that costs ~10x the write itself (a 64 x 512 x 512 uint8 chunk: 61 ms against 5.5 ms by hand;
-# zarr-python PR #4382), and an all-zero chunk compresses to 0.5-2 KB (uint8, uint32).
+# zarr-python PR #4382), and an all-zero chunk compresses to 0.5-2 KB (uint8, uint32). An array opened again takes it
+# through `with_config` (zarr 3.1.6's open_array passes `config` only to an array it creates).
 WRITE = {"write_empty_chunks": True}
 
 
@@ -93,7 +94,7 @@ class Output:
         import zarr
 
         tmp = io.partial_path(path)
-        array = zarr.open_array(str(tmp / "0" if omezarr.is_ome_output(path) else tmp), mode="r+", config=WRITE)
+        array = zarr.open_array(str(tmp / "0" if omezarr.is_ome_output(path) else tmp), mode="r+").with_config(WRITE)
         return cls(Path(path), omezarr.space_view(array), Path(str(tmp) + ".done"))
 
 
@@ -126,7 +127,7 @@ def open_output(path: str | Path, shape: Sequence[int], dtype: Any, block: Seque
             attrs.pop("origin", None)  # its place is its image's (the image's transformations)
         pyramid = (voxel, attrs.get("kind") in ("mask", "labels"), name, attrs.get("origin"))
     if resume and tmp.exists():
-        array = zarr.open_array(str(tmp / "0" if pyramid else tmp), mode="r+", config=WRITE)
+        array = zarr.open_array(str(tmp / "0" if pyramid else tmp), mode="r+").with_config(WRITE)
         array = omezarr.space_view(array)
         diff = _differences(dict(array.attrs.get("settings", {})), settings)
         if image is None and array.metadata.zarr_format != zarr_format:
