@@ -101,6 +101,13 @@ def test_slice_folder_sorts_by_name_not_creation(tmp_path, crop):
     assert np.array_equal(io.open_volume(tmp_path)[:], crop[:6])
 
 
+def test_slice_folder_reads_unpadded_numbers_as_numbers(tmp_path, crop):
+    # slice_2 before slice_10 (as Fiji's Image Sequence), not after it as text sorts
+    for z in range(12):
+        tifffile.imwrite(tmp_path / f"slice_{z}.tif", crop[z])
+    assert np.array_equal(io.open_volume(tmp_path)[:], crop[:12])
+
+
 def test_slice_stack_reads_only_requested_slices(written, crop, monkeypatch):
     calls = []
     real = io._read_slice

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -341,13 +342,20 @@ def _slice_header(path: Path) -> tuple[tuple[int, ...], np.dtype]:
 
 
 def _open_slices(path: Path) -> SliceStack:
-    files = sorted(p for p in path.iterdir() if p.suffix.lower() in SLICE_SUFFIXES)
+    files = sorted((p for p in path.iterdir() if p.suffix.lower() in SLICE_SUFFIXES), key=natural_order)
     if not files:
         raise MitosegError(f"{path}: folder holds no image slices (TIFF/PNG/JPEG)")
     stack = SliceStack(files)
     if len(stack.shape) != 3:
         raise MitosegError(f"{path}: slices have shape {stack.shape[1:]}; greyscale 2D slices are needed")
     return stack
+
+
+def natural_order(path: Path) -> tuple:
+    """A slice file's place in its folder: by name with every run of digits read as a number (slice_2 before
+    slice_10, as Fiji's File > Import > Image Sequence sorts), then by the name itself."""
+    parts = re.split(r"([0-9]+)", path.name)  # text, digits, text, ...: digits at the odd places
+    return [int(part) if k % 2 else part for k, part in enumerate(parts)], path.name
 
 
 IMAGEJ_UNITS_NM = {"nm": 1.0, "nanometer": 1.0, "micron": 1000.0, "um": 1000.0, "\u00b5m": 1000.0, "\\u00B5m": 1000.0,
