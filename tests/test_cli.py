@@ -247,6 +247,17 @@ def test_outputs_that_would_replace_an_input_or_land_in_a_file_are_refused_befor
         "holds neither the CA1 volumes")
     bad(["train", t, g, "--out", str(d / "run2"), "--resume", *TRAIN[:-1], "3"], capsys,
         "--resume continues")  # its saved run: 2 iterations per epoch
+    run = sorted(p.name for p in (d / "run2").iterdir())  # a model is an input: --overwrite never deletes it
+    bad([*predict, "--out", str(d / "run2"), "--overwrite"], capsys, "run2 is an input of this command")
+    bad(["predict", test, "--model", str(d / "run2" / "best.pt"), "--out", str(tmp_path / "p.zarr"), "--mask",
+         str(d / "run2"), "--overwrite"], capsys, "run2 holds best.pt, an input of this command")
+    bad(["train", t, g, "--init", str(d / "run2"), "--out", str(d / "run2"), "--overwrite", *TRAIN], capsys,
+        "run2 is an input of this command")
+    bad(["train", str(d / "run2" / "config.json"), g, "--out", str(d / "run2"), "--overwrite", *TRAIN], capsys,
+        "run2 holds config.json, an input of this command")  # the image: not deleted with an old run
+    bad(["suggest", str(d / "run2"), test, "--table", str(d / "run2"), "--overwrite"], capsys,
+        "run2 is an input of this command")
+    assert sorted(p.name for p in (d / "run2").iterdir()) == run
     assert sorted(p.name for p in tmp_path.iterdir()) == ["folder"] and not any((tmp_path / "folder").iterdir())
     np.testing.assert_array_equal(tifffile.imread(test), before)
     # tables and scores in folders that do not exist yet

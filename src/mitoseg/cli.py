@@ -56,6 +56,7 @@ def cmd_train(a: argparse.Namespace) -> None:
         cfg = resumed_config(a.out, changes)
         image, mask = io.load_pair(a.image, a.labels, cfg.label_threshold, cfg.unlabeled)
     else:
+        io.check_place(a.out, inputs=(a.image, a.labels))  # --overwrite must not delete them with an old run
         stated = None if a.voxel_size else io.voxel_size(a.image)  # an ImageJ TIFF's or OME-Zarr's own
         cfg = PRESETS["quick" if a.quick else a.preset](a.dims or 2, **changes, **(
             {"voxel_size": stated} if stated else {}), data=f"{_file_name(a.image)} with labels {_file_name(a.labels)}")

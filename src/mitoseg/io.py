@@ -768,13 +768,16 @@ def replaceable(path: str | Path) -> None:
 
 
 def check_place(path: str | Path, kind: str | None = None, inputs: tuple = ()) -> Path:
-    """Refuse an output inside a file, one that would replace one of `inputs` (paths or ``file.h5:inner`` specs;
-    arrays are skipped), one inside an OME-Zarr image but its image-label ``IMAGE/labels/NAME`` (no file there), and
-    for `kind` "zarr" a name of another format (*.tif ...: mitoseg writes Zarr), for "file" an existing folder;
-    returns the path."""
+    """Refuse an output inside a file, one that would replace one of `inputs` (paths or ``file.h5:inner`` specs, a
+    model's run folder or checkpoint; arrays are skipped) or a folder holding one, one inside an OME-Zarr image but
+    its image-label ``IMAGE/labels/NAME`` (no file there), and for `kind` "zarr" a name of another format (*.tif
+    ...: mitoseg writes Zarr), for "file" an existing folder; returns the path."""
     path = Path(path)
-    if any(path.resolve() == split_path(i)[0].resolve() for i in inputs if isinstance(i, str | Path)):
-        raise MitosegError(f"{path} is an input of this command; give another output")
+    for source in (split_path(i)[0].resolve() for i in inputs if isinstance(i, str | Path)):
+        if path.resolve() == source:
+            raise MitosegError(f"{path} is an input of this command; give another output")
+        if path.resolve() in source.parents:
+            raise MitosegError(f"{path} holds {source.name}, an input of this command; give another output")
     above = next(p for p in path.absolute().parents if p.exists())
     if not above.is_dir():
         raise MitosegError(f"{path}: {above} is a file, not a folder")

@@ -600,8 +600,9 @@ def predict(model: str | Path | Sequence[str | Path], image: str | Path, out: st
     checks.per_axis(block=block)
     if not isinstance(model, str | Path) and not model:
         raise MitosegError("no model given: name a run folder or checkpoint")
+    models = (model,) if isinstance(model, str | Path) else tuple(model)
     for output in (out, mask_out) if mask_out is not None else (out,):
-        io.check_place(output, "zarr", (image,))
+        io.check_place(output, "zarr", (image, *models))
     if mask_out is not None and Path(mask_out).absolute() == Path(out).absolute():
         raise MitosegError(f"the probabilities and the mask are both {out}: give two outputs")
     single = isinstance(model, str | Path) or len(model) == 1

@@ -98,7 +98,7 @@ def suggest(run: str | Path, image: str | Path, count: int = 8, gap: int | None 
 
     checks.check(count=count, gap=gap, box=box)
     if table:
-        io.check_output(table, overwrite, "file", (image,))
+        io.check_output(table, overwrite, "file", (image, run))
     shape = io.open_volume(image).shape
     depth, cells = shape[0], boxes(tuple(shape[1:]), box)
     done = data.parse_slices(annotated, depth) if annotated else []

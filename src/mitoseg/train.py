@@ -130,10 +130,10 @@ def resumed_config(out: str | Path, free: dict) -> Config:
     return replace(Config.load(path), **{k: v for k, v in free.items() if k in RESUME_FREE})
 
 
-def _prepare_dir(out: Path, resume: bool, overwrite: bool) -> None:
+def _prepare_dir(out: Path, resume: bool, overwrite: bool, inputs: tuple = ()) -> None:
     if out.exists() and not out.is_dir():
         raise MitosegError(f"{out} is a file; --out names the run's folder")
-    io.check_place(out)  # not inside a file
+    io.check_place(out, inputs=inputs)  # not inside a file, nor the run it starts from (`--init`)
     if resume:
         if not (out / "last.pt").exists():
             raise MitosegError(f"{out} holds no checkpoint (last.pt) to resume from")
@@ -387,7 +387,7 @@ def train(config: Config, image: np.ndarray, mask: np.ndarray, out: str | Path, 
     data.check_image(image)
     data.check_patch(image.shape, config.patch)
     if not resume:
-        _prepare_dir(out, resume, overwrite)
+        _prepare_dir(out, resume, overwrite, (config.init,) if config.init else ())
     config.save(out / "config.json")
     (out / "versions.json").write_text(json.dumps(versions(), indent=2) + "\n")
     try:
