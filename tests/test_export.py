@@ -1,10 +1,12 @@
 """bioimage.io export: packages of models trained on real crops pass bioimageio.core's own model test."""
 
+import dataclasses
 import json
 import warnings
 import zipfile
 
 import bioimageio.core
+import bioimageio.spec
 import numpy as np
 import pytest
 import tifffile
@@ -60,6 +62,19 @@ def test_2d_package_passes_bioimageio_test_and_matches_mitoseg(tmp_path, ca1_run
     axes = {a["id"]: a for a in rdf["inputs"][0]["axes"] if a["type"] == "space"}
     assert {k: (a["scale"], a["unit"]) for k, a in axes.items()} == {"y": (5.0, "nanometer"), "x": (5.0, "nanometer")}
     assert [p["id"] for p in rdf["inputs"][0]["preprocessing"] if p["id"] != "ensure_dtype"] == ["scale_range", "clip"]
+    # a consumer's blocks get a halo in whole encoder steps, as much as one tile (128 here) leaves valid
+    assert [a.get("halo") for a in rdf["outputs"][0]["axes"] if a["type"] == "space"] == [32, 32]
+    assert [a["size"] for a in axes.values()] == [{"min": 96, "step": 32}] * 2
+    with zipfile.ZipFile(package) as z:  # the run it started from (--init) by name only
+        z.extractall(tmp_path / "unpacked")
+    _, cfg = tr.load_model(run, "cpu")
+    started = dataclasses.replace(cfg, init=str(tmp_path / "old_run"))
+    descr = export._description(started, tmp_path / "unpacked", None, [32, 32])
+    assert descr.model_dump(mode="json")["config"]["mitoseg"]["training"]["init"] == "old_run"
+    with zipfile.ZipFile(package) as z, zipfile.ZipFile(z.open("weights.torchscript.pt")) as weights:
+        names = weights.namelist()  # no debug records: they hold this machine's paths
+        assert any(n.endswith("data.pkl") for n in names) and not any(n.endswith(".debug_pkl") for n in names)
+        assert str(tmp_path.parents[1]).encode() not in z.read("rdf.yaml") + z.read("README.md")
 
     # the package computes what mitoseg computes: its test output is mitoseg's prediction of the test input
     x, y = _tensor(package, "test_input.npy"), _tensor(package, "test_output.npy")
@@ -99,7 +114,7 @@ def test_3d_package_of_an_anisotropic_stack(tmp_path, droso_crop):
         assert "Training data: not recorded by the run." in z.read("README.md").decode()
 
 
-def test_export_mistakes_are_one_line(tmp_path, ca1_run, lucchi_crop, capsys):
+def test_export_mistakes_are_one_line(tmp_path, ca1_run, lucchi_crop, capsys, monkeypatch):
     raw = lucchi_crop[0]
     run, sample = ca1_run
     (tmp_path / "taken.zip").write_bytes(b"")
@@ -114,6 +129,28 @@ def test_export_mistakes_are_one_line(tmp_path, ca1_run, lucchi_crop, capsys):
         err = capsys.readouterr().err.strip()
         assert err.count("\n") == 0 and message in err, err
     assert not (tmp_path / "m.zip").exists() and (tmp_path / "taken.zip").read_bytes() == b""
+    (tmp_path / "folder.zip").mkdir()
+    broken = raw[:4].astype(np.float32)
+    broken[:, 100, 100] = np.nan
+    tifffile.imwrite(tmp_path / "nan.tif", broken)
+    for args, message in [
+        (["--bioimageio", str(tmp_path / "folder.zip"), "--overwrite"], "is a folder; give the package's file name"),
+        (["--bioimageio", str(tmp_path / "m.zip"), "--sample", str(tmp_path / "nan.tif")], "NaN or infinite"),
+    ]:
+        args = args if "--sample" in args else [*args, "--sample", str(sample)]
+        assert cli.main(["export", str(run), *args]) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.count("\n") == 0 and message in err, err
+    assert sorted(p.name for p in tmp_path.iterdir() if "zip" in p.name) == ["folder.zip", "taken.zip"]
+
+    def cut(descr, output_path):  # Ctrl-C while the package is being written
+        output_path.write_bytes(b"half a package")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(bioimageio.spec, "save_bioimageio_package", cut)
+    with pytest.raises(KeyboardInterrupt):
+        export.export_bioimageio(run, str(sample), tmp_path / "cut.zip")
+    assert not [p.name for p in tmp_path.iterdir() if p.name.startswith("cut")]
     equalized, _ = _run(tmp_path / "eq", raw[:8], lucchi_crop[1][:8], 2, (5, 5, 5), normalize="equalize")
     assert cli.main(["export", str(equalized), "--bioimageio", str(tmp_path / "e.zip"), "--sample", str(sample)]) == 2
     err = capsys.readouterr().err.strip()

@@ -13,6 +13,7 @@ import functools
 import json
 import tempfile
 import warnings
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -25,7 +26,8 @@ from mitoseg.models import encoder_strides
 
 LOW, HIGH = 0.5, 99.5  # percentiles of the package's input window, as in `io.intensity_range`
 EPS = 1e-6  # bioimage.io's scale_range default
-STUDY = "Mitochondria segmentation in FIB-SEM with 2D and 3D U-Nets (ResNet18 encoders); the study mitoseg reproduces"
+STUDY = ("Made with mitoseg, which reproduces a study of mitochondria segmentation in FIB-SEM with 2D and 3D U-Nets "
+         "(ResNet18 encoders)")
 CITATIONS = [  # the model's; the training data's come from `data_citations`
     ("He K., Zhang X., Ren S., Sun J. Deep residual learning for image recognition. CVPR 2016 (ResNet18 encoder)",
      "10.1109/CVPR.2016.90"),
@@ -94,6 +96,18 @@ def divisors(config: Config) -> list[int]:
     return [int(np.prod([s[axis] for s in strides])) for axis in range(config.dims)]
 
 
+def halos(config: Config, size: Sequence[int]) -> list[int]:
+    """Per spatial axis ((Z,) Y, X) the voxels a consumer that predicts block by block adds around each block and
+    crops from its output (bioimage.io's output `halo`): the most that leaves an input of `size` (the test
+    input: one of mitoseg's tiles, or the sample where smaller) valid (bioimage.io: larger than twice the halo),
+    in whole steps of `divisors` so that every block keeps the encoder's grid (the network is not shift
+    invariant within a step); 0, no halo, where not even one step fits (Z of a 32-slice tile of an isotropic 3D
+    model). Measured (`experiments/halo.py`: a CA1 2D model, a 512 x 512 slice, masks at 0.5 against one whole-slice
+    pass): blocks cut edge to edge IoU 0.71-0.98, with a halo of 64 pixels 0.964-0.995, of 96 0.997-0.998
+    (mitoseg's own tiles: 0.995); 112, off the grid, 0.983-0.989."""
+    return [max(0, (n - d) // 2 // d * d) for n, d in zip(size, divisors(config), strict=True)]
+
+
 def test_crop(image, config: Config) -> np.ndarray:
     """A central crop of `image` (Z, Y, X) of one prediction tile ((Z,) Y, X; a single slice for the 2D
     model), shrunk to multiples of `divisors`; raw values as float32."""
@@ -135,6 +149,8 @@ def export_bioimageio(run: str | Path, sample: str, out: str | Path, overwrite: 
     out = Path(out)
     if out.suffix != ".zip":
         raise MitosegError(f"--bioimageio {out}: the package is a .zip file")
+    if out.is_dir():
+        raise MitosegError(f"--bioimageio {out} is a folder; give the package's file name")
     if out.exists() and not overwrite:
         raise MitosegError(f"{out} exists; pass --overwrite to replace it")
     model, config = load_model(run, "cpu")
@@ -152,6 +168,8 @@ def export_bioimageio(run: str | Path, sample: str, out: str | Path, overwrite: 
     chosen = chosen.as_dict() if chosen else None
     net = _Probabilities(traceable(model.net)).eval()
     x = test_crop(io.open_volume(sample), config)[None, None]
+    if not np.isfinite(x).all():
+        raise MitosegError(f"--sample {sample}: its test crop holds NaN or infinite values; give a sample without them")
     with torch.no_grad():
         ready = torch.from_numpy(preprocess(x))
         y = net(ready).numpy()
@@ -161,42 +179,63 @@ def export_bioimageio(run: str | Path, sample: str, out: str | Path, overwrite: 
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         traced.save(str(tmp / "weights.torchscript.pt"))
+        _without_debug(tmp / "weights.torchscript.pt")
         np.save(tmp / "test_input.npy", x)
         np.save(tmp / "test_output.npy", y.astype(np.float32))
-        (tmp / "README.md").write_text(_readme(run, config, chosen))
-        descr = _description(config, tmp, chosen)
+        halo = halos(config, x.shape[2:])
+        (tmp / "README.md").write_text(_readme(run, config, chosen, halo))
+        descr = _description(config, tmp, chosen, halo)
         out.parent.mkdir(parents=True, exist_ok=True)
         partial = out.with_name(out.name + ".partial")
-        save_bioimageio_package(descr, output_path=partial)
+        try:
+            save_bioimageio_package(descr, output_path=partial)
+        except BaseException:  # an error or Ctrl-C: nothing left under either name
+            partial.unlink(missing_ok=True)
+            raise
         partial.replace(out)
     return out
+
+
+def _without_debug(path: Path) -> None:
+    """Drop the TorchScript file's debug records (``*.debug_pkl``: source lines with this machine's paths to
+    mitoseg and torch), which loading does not need."""
+    import zipfile
+
+    with zipfile.ZipFile(path) as old:
+        kept = [(item, old.read(item.filename)) for item in old.infolist() if not item.filename.endswith(".debug_pkl")]
+    with zipfile.ZipFile(path, "w") as new:
+        for item, data in kept:
+            new.writestr(item, data)
 
 
 def _after(chosen: dict | None) -> str:
     """In words, what turns the package's probabilities into the run's masks and objects."""
     if not chosen:
         return "threshold it at 0.5"
-    steps = [f"blur it along Z (Gaussian, sigma {chosen['z_sigma']:g} slices)"] if chosen.get("z_sigma") else []
+    sigma = chosen.get("z_sigma")
+    steps = [f"blur it along Z (Gaussian, sigma {sigma:g} slice{'' if sigma == 1 else 's'})"] if sigma else []
     steps.append(f"threshold it at {chosen['threshold']:g}")
     steps += ["fill holes"] if chosen.get("fill_holes") else []
     steps += [f"remove objects under {chosen['min_size']:,} voxels"] if chosen.get("min_size") else []
     return ", ".join(steps) + " (the post-processing the run chose on its validation split)"
 
 
-def _description(config: Config, folder: Path, chosen: dict | None = None):
-    """The bioimage.io (spec 0.5) model description of files in `folder`; `chosen`: the run's post-processing."""
+def _description(config: Config, folder: Path, chosen: dict | None, halo: Sequence[int]):
+    """The bioimage.io (spec 0.5) model description of files in `folder`; `chosen`: the run's post-processing;
+    `halo`: per spatial axis, see `halos`."""
     from bioimageio.spec.model import v0_5 as m
 
     names = ["z", "y", "x"][-config.dims:]
     voxel = list(config.voxel_size)[-config.dims:]
-    steps = divisors(config)
+    least = [(2 * h // d + 1) * d for h, d in zip(halo, divisors(config), strict=True)]  # above twice the halo
     inputs = [m.BatchAxis(), m.ChannelAxis(channel_names=[m.Identifier("em")])]
-    inputs += [m.SpaceInputAxis(id=m.AxisId(n), size=m.ParameterizedSize(min=d, step=d), unit="nanometer", scale=v)
-               for n, d, v in zip(names, steps, voxel, strict=True)]
+    inputs += [m.SpaceInputAxis(id=m.AxisId(n), size=m.ParameterizedSize(min=a, step=d), unit="nanometer", scale=v)
+               for n, a, d, v in zip(names, least, divisors(config), voxel, strict=True)]
     outputs = [m.BatchAxis(), m.ChannelAxis(channel_names=[m.Identifier("foreground")])]
     same = {n: m.SizeReference(tensor_id=m.TensorId("raw"), axis_id=m.AxisId(n)) for n in names}
-    outputs += [m.SpaceOutputAxis(id=m.AxisId(n), size=same[n], unit="nanometer", scale=v)
-                for n, v in zip(names, voxel, strict=True)]
+    outputs += [m.SpaceOutputAxisWithHalo(id=m.AxisId(n), size=same[n], halo=h, unit="nanometer", scale=v) if h
+                else m.SpaceOutputAxis(id=m.AxisId(n), size=same[n], unit="nanometer", scale=v)
+                for n, v, h in zip(names, voxel, halo, strict=True)]
     spatial = [m.AxisId(n) for n in names]
     raw = m.InputTensorDescr(
         id=m.TensorId("raw"), axes=inputs, test_tensor=m.FileDescr(source=folder / "test_input.npy"),
@@ -226,17 +265,23 @@ def _description(config: Config, folder: Path, chosen: dict | None = None):
         inputs=[raw], outputs=[prob],
         weights=m.WeightsDescr(torchscript=m.TorchscriptWeightsDescr(
             source=folder / "weights.torchscript.pt", pytorch_version=m.Version(torch.__version__.split("+")[0]))),
-        config={"mitoseg": {"version": __version__, "training": {k: v for k, v in config.__dict__.items()
-                                                                if k not in ("extra", "device")},
+        config={"mitoseg": {"version": __version__, "training": {
+            k: Path(v).name if k == "init" and v else v  # the run it started from, by name: no machine path
+            for k, v in config.__dict__.items() if k not in ("extra", "device")},
                             "postprocessing": chosen}},
     )
 
 
-def _readme(run: str | Path, config: Config, chosen: dict | None = None) -> str:
+def _readme(run: str | Path, config: Config, chosen: dict | None, halo: Sequence[int]) -> str:
     """The package's documentation: what goes in, what comes out, how it was trained and validated."""
     summary = Path(run) / "summary.json"
     validation = "No validation record was found beside the checkpoint."
-    if summary.is_file():
+    if Path(run).is_file():
+        validation = (f"Exported from the checkpoint `{Path(run).name}` alone: its run's validation record and "
+                      "post-processing were not read (export the run folder for them).")
+    elif not (Path(run) / "best.pt").exists():
+        validation = "The run holds no best checkpoint (`best.pt`): exported from its last one, `last.pt`."
+    elif summary.is_file():
         best = json.loads(summary.read_text()).get("best_val_iou", float("nan"))
         validation = (f"Foreground IoU on the run's validation split (the last {config.val_fraction:.0%} of the "
                       f"training volume along X, never trained on), probability >= 0.5: {best:.3f} (best epoch).")
@@ -245,9 +290,12 @@ def _readme(run: str | Path, config: Config, chosen: dict | None = None) -> str:
 Exported by mitoseg {__version__} from the training run `{Path(run).name}`.
 
 Input: one EM channel, {config.dims}D, voxel size {config.voxel_size} nm (Z, Y, X); every spatial size must
-be a multiple of {divisors(config)} voxels. Preprocessing: the input's 0.5 and 99.5 percentiles are
-mapped to 0 and 1, then clipped (mitoseg itself takes these percentiles over the whole volume and leaves
-black or white borders out; crop such borders before running this package elsewhere).
+be a multiple of {divisors(config)} voxels. Predicting block by block, pad each block by the output's halo
+({", ".join(f"{h} voxels in {a}" for h, a in zip(halo, "zyx"[-config.dims:], strict=True))}) and crop it
+from the output: blocks cut edge to edge differ at their borders.
+Preprocessing: the input's 0.5 and 99.5 percentiles are mapped to 0 and 1, then clipped (mitoseg itself
+takes these percentiles over the whole volume and leaves black or white borders out; crop such borders
+before running this package elsewhere).
 Output: the foreground (mitochondrion) probability; {_after(chosen)}, and split objects with 3D
 connected components.
 
