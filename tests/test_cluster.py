@@ -9,8 +9,9 @@ import tifffile
 import torch
 import zarr
 from conftest import dies_on_call, jittered_probabilities, same_partition
+from distributed import get_task_stream
 
-from mitoseg import cluster, instances, io, postprocess, predict
+from mitoseg import blocks, cluster, instances, io, postprocess, predict
 from mitoseg.config import Config
 from mitoseg.errors import MitosegError
 from mitoseg.instances import label_blockwise
@@ -203,6 +204,44 @@ def test_label_threshold_min_size_and_connecting_to_a_scheduler(dask_client, rea
     np.testing.assert_array_equal(io.open_volume(tmp_path / "l6.zarr")[:], single6)
 
 
+def test_schedulers_and_workers_that_cannot_serve_are_one_line(dask_client, tmp_path, capsys):
+    """A missing or broken scheduler file, workers that cannot import mitoseg or run another version (before:
+    the run waited for ever), and workers that keep dying on a block (before: a KilledWorker traceback)."""
+    (tmp_path / "broken.json").write_text(json.dumps({"garbage": 1}))
+    for where, words in [(tmp_path / "nosuch.json", "no such scheduler file"),
+                         (tmp_path / "broken.json", "cannot reach the Dask scheduler at the scheduler file")]:
+        with pytest.raises(MitosegError, match=words):
+            cluster.client(str(where))
+
+    class Workers:  # what `client.run` of the version check gives back
+        def __init__(self, answer):
+            self.answer = answer
+
+        def run(self, function):
+            if isinstance(self.answer, Exception):
+                raise self.answer
+            return self.answer
+
+    cluster.check_workers(dask_client)  # the test cluster's workers run this mitoseg
+    for answer, words in [(ModuleNotFoundError("No module named 'mitoseg'"), "workers cannot run mitoseg"),
+                          ({"tcp://w1": "0.0.1"}, "workers run mitoseg 0.0.1, this client")]:
+        with pytest.raises(MitosegError, match=words):
+            cluster.check_workers(Workers(answer))
+    cluster.check_workers(Workers({}))
+    assert "no workers yet" in capsys.readouterr().err
+
+    with pytest.raises(MitosegError, match="Dask workers died running a block .*smaller --block"):
+        blocks.run(_dies, [1, 2], {}, dask_client)
+
+
+def _dies(item, job):
+    from types import SimpleNamespace
+
+    from distributed.scheduler import KilledWorker
+
+    raise KilledWorker(f"task {item}", SimpleNamespace(address="tcp://worker"), 3)
+
+
 def test_label_table_on_the_cluster_equals_this_process(dask_client, real_mask, tmp_path):
     """`mitoseg label --table` on the cluster (measurements per block, shapes per group of objects) writes
     the single-process table, byte for byte."""
@@ -229,6 +268,29 @@ def test_label_blurs_probabilities_along_z_on_the_cluster_as_in_this_process(das
     one = io.open_volume(tmp_path / "one.zarr")[:]
     np.testing.assert_array_equal(io.open_volume(tmp_path / "many.zarr")[:], one)
     assert not np.array_equal(one > 0, z[:] >= 128)
+
+
+def test_a_mask_blurred_along_z_is_written_by_the_workers_as_by_this_process(dask_client, real_mask, tmp_path):
+    """`predict --mask` of a run that blurs along Z makes the mask in a pass of its own (`write_mask`): on the
+    cluster its tasks run on the workers, and every stored file, empty slices too, is this process's."""
+    mask, _ = real_mask
+    block = (4, 128, 256)
+    probs = blocks.open_output(tmp_path / "p.zarr", mask.shape, "uint8", block, {}, {"kind": "probability"})
+    probs.array[:] = jittered_probabilities(mask)
+    blocks.finish(probs)
+    pp = postprocess.PostProcessing(0.5, 0, False, 1.5)
+    predict.write_mask(tmp_path / "p.zarr", tmp_path / "one.zarr", pp, progress=False)
+    with get_task_stream(dask_client) as tasks:
+        predict.write_mask(tmp_path / "p.zarr", tmp_path / "many.zarr", pp, progress=False, client=dask_client)
+    assert len([t for t in tasks.data if t["key"].startswith("_mask_task")]) == len(blocks.grid(mask.shape, block))
+    files = sorted(p.relative_to(tmp_path / "one.zarr") for p in (tmp_path / "one.zarr").rglob("*") if p.is_file())
+    assert len(files) > 5 and files == sorted(p.relative_to(tmp_path / "many.zarr")
+                                              for p in (tmp_path / "many.zarr").rglob("*") if p.is_file())
+    for f in files:
+        if f.name != "zarr.json":
+            assert (tmp_path / "one.zarr" / f).read_bytes() == (tmp_path / "many.zarr" / f).read_bytes(), f
+    one = io.open_volume(tmp_path / "one.zarr")[:]
+    assert one.any() and not np.array_equal(one, io.open_volume(tmp_path / "p.zarr")[:] >= 128)  # blurred
 
 
 def test_label_resumes_a_single_process_run_on_the_cluster(dask_client, real_mask, tmp_path, monkeypatch):

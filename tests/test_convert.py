@@ -153,3 +153,21 @@ def test_zarr_v2_for_tools_that_read_no_v3(stack, droso, tmp_path, capsys):
     blocks.open_output(tmp_path / "r.zarr", (4, 8, 8), np.uint8, (4, 8, 8), {})
     with pytest.raises(MitosegError, match="Zarr format 3 then, 2 now"):
         blocks.open_output(tmp_path / "r.zarr", (4, 8, 8), np.uint8, (4, 8, 8), {}, resume=True, zarr_format=2)
+
+
+def test_a_conversion_that_fails_midway_leaves_nothing(droso, tmp_path, capsys):
+    """A slice folder whose seventh slice is cut short (its header reads, its pixels do not): one line, and no
+    `NAME.partial` left beside the outputs (before: a partial TIFF, or a partial Zarr and its markers)."""
+    from PIL import Image
+
+    folder = tmp_path / "slices"
+    folder.mkdir()
+    for z, plane in enumerate(droso[0][:8, :128, :128]):
+        Image.fromarray(plane).save(folder / f"s{z:02d}.png")
+    cut = (folder / "s06.png").read_bytes()
+    (folder / "s06.png").write_bytes(cut[: len(cut) // 2])
+    for out in ("c.tif", "c.zarr"):
+        assert main(["--quiet", "convert", str(folder), "--out", str(tmp_path / out), "--block", "2", "128", "128"]
+                    if out.endswith("zarr") else ["--quiet", "convert", str(folder), "--out", str(tmp_path / out)]) == 2
+        assert "s06.png cannot be read" in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["slices"]

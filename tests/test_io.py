@@ -101,6 +101,33 @@ def test_slice_folder_sorts_by_name_not_creation(tmp_path, crop):
     assert np.array_equal(io.open_volume(tmp_path)[:], crop[:6])
 
 
+def test_pages_written_one_by_one_are_one_volume(tmp_path, crop):
+    """A TIFF written page by page (a loop of TiffWriter.write: a series per page) is the volume of its pages,
+    as Fiji opens it (before: "a 2D image", its first page); pages of other sizes are named as such."""
+    with tifffile.TiffWriter(tmp_path / "pages.tif") as tif:
+        for page in crop[:5]:
+            tif.write(page)
+    np.testing.assert_array_equal(io.open_volume(tmp_path / "pages.tif")[:], crop[:5])
+    with tifffile.TiffWriter(tmp_path / "mixed.tif") as tif:
+        for page in (crop[0], crop[1], crop[2, :64, :64]):
+            tif.write(page)
+    with pytest.raises(MitosegError, match=r"its 3 pages are images of different sizes or types \(\(256, 256\) uint8"):
+        io.open_volume(tmp_path / "mixed.tif")
+
+
+def test_stated_voxel_sizes_must_be_sizes(tmp_path, crop):
+    """A voxel size of 0 or below stated by the file (an ImageJ spacing, an OME-Zarr scale) is refused where it
+    is read (before: volumes of 0 um3 in tables, a ZeroDivisionError in evaluate --places)."""
+    for spacing in (0, -50):
+        tifffile.imwrite(tmp_path / f"s{spacing}.tif", crop[:4], imagej=True, resolution=(0.2, 0.2),
+                         metadata={"axes": "ZYX", "unit": "nm", "spacing": spacing})
+        with pytest.raises(MitosegError, match=f"states a voxel size of {spacing:g} x 5 x 5 nm, not sizes > 0"):
+            io.voxel_size(tmp_path / f"s{spacing}.tif")
+    tifffile.imwrite(tmp_path / "s50.tif", crop[:4], imagej=True, resolution=(0.2, 0.2),
+                     metadata={"axes": "ZYX", "unit": "nm", "spacing": 50})
+    assert io.voxel_size(tmp_path / "s50.tif") == (50.0, 5.0, 5.0)
+
+
 def test_slice_folder_reads_unpadded_numbers_as_numbers(tmp_path, crop):
     # slice_2 before slice_10 (as Fiji's Image Sequence), not after it as text sorts
     for z in range(12):
@@ -298,6 +325,17 @@ def test_extra_axes_of_size_one_are_dropped_and_others_named(written, crop, tmp_
         io.open_volume(tmp_path / "4d.npy")
 
 
+def test_space_axes_in_another_order_are_refused(tmp_path, crop):
+    """An OME-Zarr whose space axes are stored y, x, z (NGFF asks z, y, x) was read with Y as Z: now one line."""
+    group = zarr.open_group(str(tmp_path / "yxz.ome.zarr"), mode="w")
+    write_image(crop[:4, :8, :16], group, axes="zyx", scale_factors=[])
+    ome = dict(group.attrs)["ome"]
+    ome["multiscales"][0]["axes"] = [ome["multiscales"][0]["axes"][i] for i in (1, 2, 0)]
+    group.attrs["ome"] = ome
+    with pytest.raises(MitosegError, match="stores its space axes in the order y, x, z; mitoseg reads them as z, y"):
+        io.open_volume(tmp_path / "yxz.ome.zarr")
+
+
 def test_4d_and_complex_refused(tmp_path):
     np.save(tmp_path / "4d.npy", np.zeros((2, 3, 4, 5), np.uint8))
     with pytest.raises(MitosegError, match="3D volume"):
@@ -483,6 +521,8 @@ def test_intensity_range_large_volume_subsamples_close_to_exact(crop):
 def test_intensity_range_constant_volume():
     low, high = io.intensity_range(np.full((2, 3, 4), 7.0, np.float32))
     assert (low, high) == (7.0, 8.0)
+    with pytest.raises(MitosegError, match="the image holds one grey level \\(7\\) in 99 % of its voxels"):
+        io.intensity_range(np.full((2, 3, 4), 7.0, np.float32), flat="the image")
 
 
 def test_normalize_uint8_window(crop):
@@ -594,6 +634,10 @@ def test_foreground_threshold(tmp_path):
     with pytest.raises(MitosegError, match="holds whole numbers up to 31, so --threshold 0.5 would make every"):
         io.foreground_threshold(ids, 0.5)
     assert io.foreground_threshold(ids.astype(np.float32) / 31, 0.5) == 0.5
+    # the other way round: a threshold on the 0..255 scale for floats of 0..1 would make nothing foreground
+    with pytest.raises(MitosegError, match="holds values from 0 to 1, so --threshold 128 would make no voxel"):
+        io.foreground_threshold(ids.astype(np.float32) / 31, 128)
+    assert io.foreground_threshold(ids.astype(np.float32), 16) == 16  # floats of another scale: as given
     assert io.foreground_threshold((ids > 9).astype(np.uint8), 0.5) == 0.5
     written = blocks.open_output(tmp_path / "m.zarr", (2, 4, 4), "uint8", (2, 4, 4), {}, {"kind": "mask"}).array
     written[:] = ids  # mitoseg's own masks are not sampled

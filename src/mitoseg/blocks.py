@@ -209,6 +209,7 @@ def wait(futures: list, desc: str = "", progress: bool = False) -> list:
     """Results of Dask `futures`, in their order, with a progress bar as they complete; on any error (or
     Ctrl-C) the remaining tasks are cancelled and the error is raised here."""
     from distributed import as_completed
+    from distributed.scheduler import KilledWorker
     from tqdm.auto import tqdm
 
     index = {f.key: i for i, f in enumerate(futures)}
@@ -218,8 +219,11 @@ def wait(futures: list, desc: str = "", progress: bool = False) -> list:
             for future in as_completed(futures):
                 results[index[future.key]] = future.result()
                 bar.update(1)
-    except BaseException:
+    except BaseException as e:
         if futures:
             futures[0].client.cancel(futures)
+        if isinstance(e, KilledWorker):
+            raise MitosegError(f"Dask workers died running a block ({e}); often out of memory: give the workers more "
+                               "memory or use a smaller --block") from None
         raise
     return results

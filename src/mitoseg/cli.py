@@ -103,6 +103,9 @@ def _client(a: argparse.Namespace):
         return contextlib.nullcontext(None)
     from mitoseg import cluster
 
+    if a.dask_address and a.scheduler == "local":
+        raise MitosegError("--dask-address uses a running cluster, --scheduler local starts one: give one of them")
+
     return cluster.client(a.dask_address, workers=a.workers)
 
 

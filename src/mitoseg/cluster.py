@@ -45,18 +45,54 @@ def client(address: str | None = None, workers: int = 2, threads_per_worker: int
     also stops a LocalCluster it started."""
     from distributed import Client
 
-    if address and "://" not in address and Path(address).is_file():
+    if address and "://" not in address and (Path(address).is_file() or address.endswith(".json")):
         address, scheduler_file = None, address
+    if scheduler_file and not Path(scheduler_file).is_file():
+        raise MitosegError(f"{scheduler_file}: no such scheduler file; give tcp://HOST:PORT or the file that "
+                           "`dask scheduler --scheduler-file` wrote")
     if address or scheduler_file:
         where = address or f"the scheduler file {scheduler_file}"
         try:
             if address:
-                return Client(address, timeout="30s")
-            return Client(scheduler_file=str(scheduler_file), timeout="30s")
-        except (OSError, TimeoutError, ValueError) as e:
+                connected = Client(address, timeout="30s")
+            else:
+                connected = Client(scheduler_file=str(scheduler_file), timeout="30s")
+        except (OSError, TimeoutError, ValueError, KeyError, AssertionError) as e:  # the last two: a broken file
             raise MitosegError(f"cannot reach the Dask scheduler at {where} ({type(e).__name__}: {e})") from None
+        try:
+            check_workers(connected)
+        except BaseException:
+            connected.close()
+            raise
+        return connected
     return Client(n_workers=workers, threads_per_worker=threads_per_worker, processes=True,
                   dashboard_address=None, memory_limit=memory_limit)
+
+
+def check_workers(client) -> None:
+    """Refuse a cluster whose workers cannot run mitoseg's tasks, or run another mitoseg version (a worker that
+    cannot unpickle a task leaves the run waiting for ever); say so when it has no workers yet."""
+    import sys
+
+    from mitoseg import __version__
+
+    try:
+        found = client.run(_version)
+    except Exception as e:  # noqa: BLE001 - whatever a worker's import raised
+        raise MitosegError(f"the Dask workers cannot run mitoseg ({type(e).__name__}: {e}); install mitoseg "
+                           f"{__version__} in the workers' environment") from None
+    other = sorted({v for v in found.values() if v != __version__})
+    if other:
+        raise MitosegError(f"the Dask workers run mitoseg {', '.join(other)}, this client {__version__}: install "
+                           "the same version in both")
+    if not found:
+        print("the Dask scheduler has no workers yet: the blocks wait until one joins", file=sys.stderr)
+
+
+def _version() -> str:
+    from mitoseg import __version__
+
+    return __version__
 
 
 # ---------------------------------------------------------------- helpers that run on the workers

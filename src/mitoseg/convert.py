@@ -147,8 +147,12 @@ def write_tiff(volume: Any, out: str | Path, voxel_size: tuple[float, float, flo
     partial = io.partial_path(out)
     io.remove(partial)
     partial.parent.mkdir(parents=True, exist_ok=True)
-    with tifffile.TiffWriter(partial, imagej=True) as tif:
-        tif.write(slices(), shape=tuple(volume.shape), dtype=dtype, **({"metadata": {"axes": "ZYX"}} | calibration))
+    try:
+        with tifffile.TiffWriter(partial, imagej=True) as tif:
+            tif.write(slices(), shape=tuple(volume.shape), dtype=dtype, **({"metadata": {"axes": "ZYX"}} | calibration))
+    except BaseException:  # an unreadable slice, a full disk, Ctrl-C: no half-written file left behind
+        io.remove(partial)
+        raise
     return io.finish_output(out, overwrite)
 
 
@@ -167,7 +171,12 @@ def write_zarr(volume: Any, out: str | Path, voxel_size: tuple[float, float, flo
     dtype = np.uint8 if volume.dtype == bool else volume.dtype  # NGFF labels are integers; 0/1 as they were
     output = blocks.open_output(out, shape, dtype, block, {"source": "convert"}, attrs, overwrite=overwrite,
                                 zarr_format=zarr_format)
-    for b in tqdm(blocks.grid(shape, block), desc=f"write {Path(out).name}", unit="block", disable=not progress):
-        output.write(b, np.asarray(volume[b]).astype(dtype, copy=False))
+    try:
+        for b in tqdm(blocks.grid(shape, block), desc=f"write {Path(out).name}", unit="block", disable=not progress):
+            output.write(b, np.asarray(volume[b]).astype(dtype, copy=False))
+    except BaseException:  # a conversion is not resumed: nothing half-written left behind
+        io.remove(io.partial_path(out))
+        io.remove(output.done)
+        raise
     blocks.finish(output, overwrite=overwrite)
     return Path(out)

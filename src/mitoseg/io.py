@@ -105,6 +105,10 @@ def spatial(arr: Any, name: str, axes: list[tuple[str, str | None]] | None = Non
         if len(space) != 3:
             raise MitosegError(f"{name} has the spatial axes {[axes[i][0] for i in space]}; a volume (z, y, x) is "
                                "needed")
+        names = [str(axes[i][0]).lower() for i in space]
+        if sorted(names) == ["x", "y", "z"] and names != ["z", "y", "x"]:  # NGFF: zyx; read otherwise, Y were Z
+            raise MitosegError(f"{name} stores its space axes in the order {', '.join(names)}; mitoseg reads them "
+                               "as z, y, x: save it with the axes in that order")
         keep = tuple(space)
     else:
         first, last = 0, len(shape)
@@ -243,6 +247,15 @@ def _open_tiff(path: Path) -> Any:
     import zarr
 
     arr = zarr.open(tifffile.imread(path, aszarr=True), mode="r")
+    if arr.ndim == 2:  # pages written one by one (a loop of TiffWriter.write) are series of one page each
+        with tifffile.TiffFile(path) as tif:
+            pages = {(s.shape, s.dtype.name) for s in tif.series}
+            several = len(tif.series)
+        if several > 1 and len(pages) > 1:
+            raise MitosegError(f"{path}: its {several} pages are images of different sizes or types "
+                               f"({', '.join(sorted(f'{sh} {dt}' for sh, dt in pages))}); a volume needs one")
+        if several > 1:  # one volume of its pages, as Fiji opens them
+            arr = zarr.open(tifffile.imread(path, aszarr=True, is_shaped=False), mode="r")
     if arr.ndim and min(arr.shape):
         arr[-1]  # a truncated file fails on its last page: fail here, not in the middle of a run
     return arr
@@ -365,11 +378,15 @@ IMAGEJ_UNITS_NM = {"nm": 1.0, "nanometer": 1.0, "micron": 1000.0, "um": 1000.0, 
 def voxel_size(spec: str | Path) -> tuple[float, float, float] | None:
     """The voxel size (z, y, x) in nm a volume states: an OME-Zarr's scale, a mitoseg output's `voxel_size`
     attribute, or an ImageJ TIFF's calibration (its slice spacing and pixel width in a known unit, as Fiji
-    saves them); None when it states none."""
+    saves them); None when it states none. A stated size that is not a number > 0 is refused (it would
+    measure nothing, or fail deep in a run)."""
     path, _ = split_path(spec)
-    if path.suffix.lower() in TIFF and path.is_file():
-        return _imagej_voxel_size(path)
-    return _stated(spec, "scale", "voxel_size")
+    found = _imagej_voxel_size(path) if path.suffix.lower() in TIFF and path.is_file() else _stated(
+        spec, "scale", "voxel_size")
+    if found is not None and not all(np.isfinite(v) and v > 0 for v in found):
+        raise MitosegError(f"{spec} states a voxel size of {' x '.join(f'{v:g}' for v in found)} nm, not sizes > 0; "
+                           "give --voxel-size")
+    return found
 
 
 def origin(spec: str | Path) -> tuple[float, float, float] | None:
@@ -423,6 +440,14 @@ def attributes(volume: Any) -> dict:
 def stated_kind(volume: Any) -> str | None:
     """The `kind` a mitoseg output states (probability, mask, labels, image), else None."""
     return attributes(volume).get("kind")
+
+
+def refuse_output(volume: Any, name: str | Path, wanted: str, kinds: tuple[str, ...]) -> None:
+    """Refuse a mitoseg output of one of `kinds` where `wanted` (words: "the EM image") is needed: a slip, often two
+    arguments swapped, that would otherwise run and give a silently wrong answer."""
+    found = stated_kind(volume)
+    if found in kinds:
+        raise MitosegError(f"{name} is a mitoseg {found} output, not {wanted}: are two arguments swapped?")
 
 
 def kind(volume: Any) -> str:
@@ -490,7 +515,8 @@ def read_region(volume: Any, region: tuple[slice, slice, slice]) -> np.ndarray:
     return raw
 
 
-def intensity_range(arr: Any, max_samples: int = 2_000_000, rule: str = "percentile") -> tuple[float, ...]:
+def intensity_range(arr: Any, max_samples: int = 2_000_000, rule: str = "percentile",
+                    flat: str | None = None) -> tuple[float, ...]:
     """The grey levels that `normalize` maps to evenly spaced values from 0 to 1 (the window), in the
     volume's units: its percentiles at ``RULES[rule]`` evenly spaced points from 0.5 to 99.5, taken over a
     strided subsample of the whole volume (about `max_samples` voxels), black borders and other padding left
@@ -503,13 +529,18 @@ def intensity_range(arr: Any, max_samples: int = 2_000_000, rule: str = "percent
       rank in the volume, so any monotone change of the grey levels (gamma too) reaches the network alike,
       as long as the volume holds the same mixture of tissue.
 
-    The window is computed once per volume, so blocks predicted separately still agree with the whole.
+    The window is computed once per volume, so blocks predicted separately still agree with the whole. A
+    volume of one grey level (in 99 % of its subsample) gets a window one unit wide, or, named by `flat` (the
+    volume's name), is refused: nothing to segment (a blank export, an empty channel, the wrong dataset).
     Raises MitosegError on NaN or infinite values in the subsample, or on an unknown rule.
     """
     if rule not in RULES:
         raise MitosegError(f"normalisation rule must be one of {', '.join(RULES)}, not {rule!r}")
     levels = np.percentile(_sample(arr, max_samples), np.linspace(0.5, 99.5, RULES[rule]))
     if levels[-1] <= levels[0]:
+        if flat is not None:
+            raise MitosegError(f"{flat} holds one grey level ({levels[0]:g}) in 99 % of its voxels: nothing to "
+                               "segment (a blank export, an empty channel, the wrong dataset?)")
         levels = np.linspace(levels[0], levels[0] + 1.0, len(levels))
     return tuple(float(v) for v in levels)
 
@@ -681,7 +712,7 @@ def foreground_threshold(volume: Any, threshold: float | None, name: str = "the 
     they are masks, None (any non-zero voxel is foreground), refused when they hold more than two values (in a
     subsample, unless mitoseg wrote the mask): probabilities of another tool, an anti-aliased mask or object ids
     read as ``> 0`` would be a silently wrong answer. A threshold under 1 for whole numbers above 1 is refused
-    too (every non-zero voxel would pass it).
+    too (every non-zero voxel would pass it), and one above 1 for floats of at most 1 (none would).
     """
     kind = stated_kind(volume)
     if kind == "probability":
@@ -702,6 +733,11 @@ def foreground_threshold(volume: Any, threshold: float | None, name: str = "the 
             raise MitosegError(f"{name} holds whole numbers up to {top:g}, so --threshold {threshold:g} would make "
                                "every non-zero voxel foreground: give a value on its scale (e.g. 128 for 0..255 "
                                "probabilities, 1 for object ids)")
+    if threshold is not None and threshold > 1 and np.issubdtype(np.dtype(volume.dtype), np.floating):
+        top = sampled_values(volume).max(initial=0)
+        if top <= 1:  # a 0..255 threshold for probabilities in 0..1: nothing would be foreground
+            raise MitosegError(f"{name} holds values from 0 to {top:g}, so --threshold {threshold:g} would make no "
+                               "voxel foreground: give a value on its scale (e.g. 0.5 for probabilities)")
     return threshold
 
 
@@ -717,6 +753,8 @@ def load_pair(image: str | Path, labels: str | Path, threshold: float | None = N
     checks.check(label_threshold=threshold, unlabeled=unlabeled)
     img = open_volume(image)
     lab = open_volume(labels)
+    refuse_output(img, image, "the EM image", ("probability", "mask", "labels"))
+    refuse_output(lab, labels, "the true labels", ("probability",))
     if tuple(img.shape) != tuple(lab.shape):
         raise MitosegError(f"image {tuple(img.shape)} and labels {tuple(lab.shape)} differ in shape")
     raw = np.asarray(lab[:])

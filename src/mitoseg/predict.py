@@ -13,6 +13,7 @@ import functools
 import hashlib
 import itertools
 import math
+import sys
 import threading
 import time
 from collections import deque
@@ -25,7 +26,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from mitoseg import blocks, checks, io, memory, metrics, postprocess
+from mitoseg import blocks, checks, io, memory, metrics, omezarr, postprocess
 from mitoseg.config import Config, check_planes
 from mitoseg.errors import MitosegError
 from mitoseg.models import accelerator, autocast, channels_last, model_dims
@@ -253,7 +254,7 @@ def input_window(model: torch.nn.Module, volume: Any, match_training: bool = Fal
     gamma as long as the volume holds a similar mixture of tissue. Raises MitosegError when the model
     carries no training histogram (runs trained before it was kept)."""
     if not match_training:
-        return io.intensity_range(volume, rule=input_rule(model))
+        return io.intensity_range(volume, rule=input_rule(model), flat="the image")
     intensity = getattr(model, "intensity", None)
     if not intensity:
         raise MitosegError("this model was trained before mitoseg kept the training volume's histogram with it; "
@@ -605,6 +606,13 @@ def predict(model: str | Path | Sequence[str | Path], image: str | Path, out: st
         io.check_place(output, "zarr", (image, *models))
     if mask_out is not None and Path(mask_out).absolute() == Path(out).absolute():
         raise MitosegError(f"the probabilities and the mask are both {out}: give two outputs")
+    if mask_out is not None:  # one inside the other (but an image-label): replacing the outer would delete both
+        probs, mask = Path(out).resolve(), Path(mask_out).resolve()
+        if (probs in mask.parents and not omezarr.is_ome_path(out)) or mask in probs.parents:
+            raise MitosegError(f"the mask {mask_out} and the probabilities {out} lie one inside the other: give "
+                               "two outputs side by side")
+    if isinstance(image, str | Path):
+        io.refuse_output(io.open_volume(image), image, "the EM image", ("probability", "mask", "labels"))
     single = isinstance(model, str | Path) or len(model) == 1
     chosen = postprocess.read(model if isinstance(model, str | Path) else model[0], planes) if single else None
     pp = postprocess.PostProcessing(threshold) if threshold is not None else chosen or postprocess.PostProcessing()
@@ -614,7 +622,7 @@ def predict(model: str | Path | Sequence[str | Path], image: str | Path, out: st
                 threshold=pp.threshold, batch_size=batch_size, tta=tta, amp=amp, device=device, client=client,
                 overwrite=overwrite, resume=resume, progress=progress, match_training=match_training,
                 planes=planes, voxel_size=voxel_size)  # on --resume, finished alike probabilities are kept
-        write_mask(out, mask_out, pp, overwrite=overwrite, resume=resume, progress=progress)
+        write_mask(out, mask_out, pp, overwrite=overwrite, resume=resume, progress=progress, client=client)
         return Path(out)
     threshold = pp.threshold
     if not isinstance(model, str | Path):
@@ -662,17 +670,29 @@ def model_for(model: str | Path, image: Any, device: str | torch.device = "auto"
     stated = voxel_size or (io.voxel_size(image) if isinstance(image, str | Path) else None)
     if stated:
         check_planes(config.slice_planes, stated)
+        other = voxel_note(config.voxel_size, stated)
+        if other:
+            print(other, file=sys.stderr)
     return net, config
 
 
+def voxel_note(trained: Sequence[float], stated: Sequence[float]) -> str | None:
+    """One line when the image's voxels (z, y, x nm) differ from those the model was trained on by more than a
+    factor 1.5 along an axis (what it learned to see is then another size there); None when alike."""
+    if all(1 / 1.5 <= float(s) / float(t) <= 1.5 for s, t in zip(stated, trained, strict=True)):
+        return None
+    words = [" x ".join(f"{float(v):g}" for v in size) for size in (trained, stated)]
+    return (f"note: the model was trained on {words[0]} nm voxels and the image's are {words[1]} nm: its accuracy on "
+            "them is unmeasured (resample the image to the model's voxels, or train on such voxels)")
+
+
 def write_mask(probs: str | Path, out: str | Path, pp: postprocess.PostProcessing, overwrite: bool = False,
-               resume: bool = False, progress: bool = True) -> Path:
+               resume: bool = False, progress: bool = True, client: Any = None) -> Path:
     """The mask (uint8 {0, 1}, Z, Y, X) of stored probabilities (`predict_volume`'s Zarr) at `out`, block by
     block on their blocks: blurred along Z by `pp.z_sigma` slices (`postprocess.ZSmoothed`: each block read
     with its neighbouring slices), then >= `pp.threshold`; equal to `postprocess.apply` of the whole volume without
-    its minimum size and hole filling. Resumable like every block engine output. Returns `out`."""
-    from tqdm.auto import tqdm
-
+    its minimum size and hole filling. In this process, or one Dask task a block on `client`. Resumable like every
+    block engine output. Returns `out`."""
     source = io.open_volume(probs)
     shape, block = tuple(source.shape), blocks.block_of(source)
     attrs = {k: v for k, v in source.attrs.items() if k not in ("settings", "kind", "seconds")}
@@ -680,12 +700,18 @@ def write_mask(probs: str | Path, out: str | Path, pp: postprocess.PostProcessin
     output = blocks.open_output(out, shape, "uint8", block, settings,
                                 dict(attrs, kind="mask", threshold=pp.threshold, z_sigma=pp.z_sigma),
                                 resume, overwrite)
-    blurred, threshold = postprocess.ZSmoothed(source, pp.z_sigma), postprocess.PostProcessing(pp.threshold)
-    for b in tqdm(output.todo(blocks.grid(shape, block)), desc=f"mask {Path(out).name}", unit="block",
-                  disable=not progress):
-        output.write(b, postprocess.apply(blurred[b], threshold))
+    job = {"probs": str(Path(probs).absolute()), "out": str(Path(out).absolute()), "z_sigma": pp.z_sigma,
+           "threshold": pp.threshold}
+    blocks.run(_mask_task, output.todo(blocks.grid(shape, block)), job, client, f"mask {Path(out).name}", progress)
     blocks.finish(output, overwrite=overwrite)
     return Path(out)
+
+
+def _mask_task(block: blocks.Block, job: dict) -> None:
+    """One block of `write_mask`'s mask, written into its output (in this process or on a Dask worker)."""
+    blurred = postprocess.ZSmoothed(io.open_volume(job["probs"]), job["z_sigma"])
+    blocks.Output.reopen(job["out"]).write(block, postprocess.apply(blurred[block],
+                                                                    postprocess.PostProcessing(job["threshold"])))
 
 
 def mean_probabilities(parts: Sequence[np.ndarray]) -> np.ndarray:
