@@ -52,13 +52,15 @@ def test_2d_package_passes_bioimageio_test_and_matches_mitoseg(tmp_path, ca1_run
     package = tmp_path / "ca1_2d.zip"
     with warnings.catch_warnings(record=True) as said:
         warnings.simplefilter("always")
-        assert cli.main(["export", str(run), "--bioimageio", str(package), "--sample", str(sample)]) == 0
+        assert cli.main(["export", str(run), "--bioimageio", str(package), "--sample", str(sample), "--license",
+                         "CC-BY-4.0", "--author", "A. Person", "--author", "B. Person"]) == 0
     assert not [w for w in said if issubclass(w.category, torch.jit.TracerWarning)]  # no noise for users
     summary = bioimageio.core.test_model(str(package))
     assert summary.status == "passed", [(d.name, [e.msg for e in d.errors]) for d in summary.details]
 
     rdf = _rdf(package)
     assert rdf["format_version"].startswith("0.5") and "torchscript" in rdf["weights"]
+    assert rdf["license"] == "CC-BY-4.0" and [a["name"] for a in rdf["authors"]] == ["A. Person", "B. Person"]
     axes = {a["id"]: a for a in rdf["inputs"][0]["axes"] if a["type"] == "space"}
     assert {k: (a["scale"], a["unit"]) for k, a in axes.items()} == {"y": (5.0, "nanometer"), "x": (5.0, "nanometer")}
     assert [p["id"] for p in rdf["inputs"][0]["preprocessing"] if p["id"] != "ensure_dtype"] == ["scale_range", "clip"]
@@ -112,6 +114,9 @@ def test_3d_package_of_an_anisotropic_stack(tmp_path, droso_crop):
     assert "fib-sem" not in rdf["tags"] and "sstem" not in rdf["tags"]
     with zipfile.ZipFile(package) as z:
         assert "Training data: not recorded by the run." in z.read("README.md").decode()
+    assert rdf["license"] == "MIT" and [a["name"] for a in rdf["authors"]] == ["mitoseg developers"]  # defaults
+    _, cfg = tr.load_model(run, "cpu")  # the Drosophila stack's licence, when a run learned from it
+    assert "Its licence: CC BY-NC-SA 3.0" in export._data_licence(dataclasses.replace(cfg, data="Drosophila VNC ssTEM"))
 
 
 def test_export_mistakes_are_one_line(tmp_path, ca1_run, lucchi_crop, capsys, monkeypatch):
@@ -122,6 +127,7 @@ def test_export_mistakes_are_one_line(tmp_path, ca1_run, lucchi_crop, capsys, mo
     for args, message in [
         (["--bioimageio", str(tmp_path / "taken.zip")], "exists; pass --overwrite"),
         (["--bioimageio", str(tmp_path / "model.yaml")], "the package is a .zip file"),
+        (["--bioimageio", str(tmp_path / "m.zip"), "--license", "FOO"], "--license FOO is not an SPDX licence id"),
         (["--bioimageio", str(tmp_path / "m.zip"), "--sample", str(tmp_path / "tiny.tif")], "smaller than one input"),
     ]:
         args = args if "--sample" in args else [*args, "--sample", str(sample)]

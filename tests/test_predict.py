@@ -100,7 +100,7 @@ def test_constant_tiles_blend_to_weighted_mean():
             calls.append(len(x))
             return out
 
-    image = np.zeros((1, 8, 12), np.uint8)  # tiles at x = 0 and x = 4 (tile 8, overlap 0.5)
+    image = np.arange(96, dtype=np.uint8).reshape(1, 8, 12)  # tiles at x = 0 and x = 4 (tile 8, overlap 0.5)
     p = predict.predict_array(Const(), image, 2, (1, 8, 8), overlap=0.5, batch_size=1)
     w = predict.gaussian_weight((1, 8, 8))[0, 0]
     expect = np.zeros(12)

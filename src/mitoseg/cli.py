@@ -308,7 +308,8 @@ def cmd_suggest(a: argparse.Namespace) -> None:
 def cmd_export(a: argparse.Namespace) -> None:
     from mitoseg.export import export_bioimageio
 
-    path = export_bioimageio(a.run, a.sample, a.bioimageio, overwrite=a.overwrite)
+    path = export_bioimageio(a.run, a.sample, a.bioimageio, overwrite=a.overwrite, license=a.license,
+                             authors=a.author or ("mitoseg developers",))
     print(f"bioimage.io package: {path}")
 
 
@@ -544,6 +545,10 @@ def parser() -> argparse.ArgumentParser:
     x.add_argument("--bioimageio", required=True, metavar="MODEL.zip", help="the package to write (.zip)")
     x.add_argument("--sample", required=True, metavar="IMAGE",
                    help="an image volume the model is for; a central crop becomes the package's test input")
+    x.add_argument("--license", default="MIT", metavar="SPDX",
+                   help="the package's licence, an SPDX id (default MIT; e.g. CC-BY-4.0; weigh your training data's)")
+    x.add_argument("--author", action="append", metavar="NAME",
+                   help="a name the package credits (repeat for several; default: mitoseg developers)")
     x.add_argument("--overwrite", action="store_true", help="replace an existing package")
     x.set_defaults(func=cmd_export)
 

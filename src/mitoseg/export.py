@@ -44,6 +44,9 @@ DATA = {  # words in a run's `data` -> the data set's citation and its imaging t
 }
 
 
+DATA_LICENCES = {"Drosophila VNC": "CC BY-NC-SA 3.0 (non-commercial, share-alike)"}  # of data sets mitoseg knows
+
+
 def data_citations(config: Config) -> tuple[list[tuple[str, str]], list[str]]:
     """The citations and imaging tags of the data set a run learned from (`config.data`), as far as mitoseg knows
     it: none for a user's own data or a run that did not record it (no claim the package cannot back)."""
@@ -132,12 +135,14 @@ def preprocess(x: np.ndarray) -> np.ndarray:
     return np.clip((x - low) / (high - low + EPS), 0.0, 1.0).astype(np.float32)
 
 
-def export_bioimageio(run: str | Path, sample: str, out: str | Path, overwrite: bool = False) -> Path:
+def export_bioimageio(run: str | Path, sample: str, out: str | Path, overwrite: bool = False, license: str = "MIT",
+                      authors: Sequence[str] = ("mitoseg developers",)) -> Path:
     """Write the bioimage.io package (a .zip) of a trained run; its test tensors come from `sample`.
 
     `sample`: an image volume spec (as `mitoseg predict` reads it) of the kind the model is for; a central
     crop of one tile becomes the package's test input, and the output mitoseg computes for it its test
-    output. Returns the package's path. Needs the `bioimageio` extra (bioimageio.spec, bioimageio.core).
+    output. `license`: the package's SPDX licence id; `authors`: the names it credits. Returns the package's
+    path. Needs the `bioimageio` extra (bioimageio.spec, bioimageio.core).
     """
     from mitoseg.train import load_model
 
@@ -146,6 +151,16 @@ def export_bioimageio(run: str | Path, sample: str, out: str | Path, overwrite: 
     except ImportError:
         raise MitosegError('mitoseg export --bioimageio needs bioimageio.spec: pip install "mitoseg[bioimageio]"') \
             from None
+    from bioimageio.spec.model import v0_5 as m
+
+    try:
+        m.LicenseId(license)
+    except ValueError:  # pydantic's ValidationError
+        raise MitosegError(f"--license {license} is not an SPDX licence id that bioimage.io knows (e.g. MIT, "
+                           "CC-BY-4.0, CC-BY-NC-SA-3.0)") from None
+    authors = [str(a).strip() for a in authors]
+    if not authors or not all(authors):
+        raise MitosegError("--author needs a name")
     out = Path(out)
     if out.suffix != ".zip":
         raise MitosegError(f"--bioimageio {out}: the package is a .zip file")
@@ -184,7 +199,7 @@ def export_bioimageio(run: str | Path, sample: str, out: str | Path, overwrite: 
         np.save(tmp / "test_output.npy", y.astype(np.float32))
         halo = halos(config, x.shape[2:])
         (tmp / "README.md").write_text(_readme(run, config, chosen, halo))
-        descr = _description(config, tmp, chosen, halo)
+        descr = _description(config, tmp, chosen, halo, license, authors)
         out.parent.mkdir(parents=True, exist_ok=True)
         partial = out.with_name(out.name + ".partial")
         try:
@@ -208,6 +223,12 @@ def _without_debug(path: Path) -> None:
             new.writestr(item, data)
 
 
+def _data_licence(config: Config) -> str:
+    """The training data's licence in words, when mitoseg knows the data set (for the package's own licence)."""
+    found = [licence for words, licence in DATA_LICENCES.items() if words in (config.data or "")]
+    return f" Its licence: {'; '.join(found)}; weigh it in this package's licence." if found else ""
+
+
 def _after(chosen: dict | None) -> str:
     """In words, what turns the package's probabilities into the run's masks and objects."""
     if not chosen:
@@ -220,9 +241,10 @@ def _after(chosen: dict | None) -> str:
     return ", ".join(steps) + " (the post-processing the run chose on its validation split)"
 
 
-def _description(config: Config, folder: Path, chosen: dict | None, halo: Sequence[int]):
+def _description(config: Config, folder: Path, chosen: dict | None, halo: Sequence[int], license: str = "MIT",
+                 authors: Sequence[str] = ("mitoseg developers",)):
     """The bioimage.io (spec 0.5) model description of files in `folder`; `chosen`: the run's post-processing;
-    `halo`: per spatial axis, see `halos`."""
+    `halo`: per spatial axis, see `halos`; `license` (SPDX) and `authors` as `export_bioimageio` takes them."""
     from bioimageio.spec.model import v0_5 as m
 
     names = ["z", "y", "x"][-config.dims:]
@@ -257,9 +279,9 @@ def _description(config: Config, folder: Path, chosen: dict | None, halo: Sequen
         description=f"{config.dims}D U-Net with a ResNet18 encoder (MONAI FlexibleUNet) that segments mitochondria "
                     f"in electron microscopy volumes ({' x '.join(f'{v:g}' for v in config.voxel_size)} nm voxels), "
                     "trained with mitoseg",
-        authors=[m.Author(name="mitoseg developers")],
+        authors=[m.Author(name=name) for name in authors],
         cite=[m.CiteEntry(text=text, doi=m.Doi(doi)) for text, doi in cites + CITATIONS],
-        license=m.LicenseId("MIT"),
+        license=m.LicenseId(license),
         tags=["mitochondria", "electron-microscopy", *tags, "semantic-segmentation", f"{config.dims}d", "unet"],
         documentation=m.FileDescr(source=folder / "README.md"),
         inputs=[raw], outputs=[prob],
@@ -305,7 +327,7 @@ connected components.
 
 At most {config.epochs} epochs or {config.minutes} minutes; patches {config.patch} voxels, batch {config.batch},
 AdamW lr {config.lr}, Dice + BCE, seed {config.seed}.
-Training data: {config.data or "not recorded by the run"}.
+Training data: {config.data or "not recorded by the run"}.{_data_licence(config)}
 
 ## Validation
 
