@@ -206,7 +206,8 @@ def test_label_threshold_min_size_and_connecting_to_a_scheduler(dask_client, rea
 
 def test_schedulers_and_workers_that_cannot_serve_are_one_line(dask_client, tmp_path, capsys):
     """A missing or broken scheduler file, workers that cannot import mitoseg or run another version (before:
-    the run waited for ever), and workers that keep dying on a block (before: a KilledWorker traceback)."""
+    the run waited for ever), workers that keep dying on a block (before: a KilledWorker traceback), and a file a
+    worker cannot find (said as the worker's)."""
     (tmp_path / "broken.json").write_text(json.dumps({"garbage": 1}))
     for where, words in [(tmp_path / "nosuch.json", "no such scheduler file"),
                          (tmp_path / "broken.json", "cannot reach the Dask scheduler at the scheduler file")]:
@@ -232,6 +233,12 @@ def test_schedulers_and_workers_that_cannot_serve_are_one_line(dask_client, tmp_
 
     with pytest.raises(MitosegError, match="Dask workers died running a block .*smaller --block"):
         blocks.run(_dies, [1, 2], {}, dask_client)
+    with pytest.raises(MitosegError, match=r"No such file or directory: .*nowhere.tif \(on a Dask worker, which must"):
+        blocks.run(_reads, [1], {"path": str(tmp_path / "nowhere.tif")}, dask_client)
+
+
+def _reads(item, job):
+    open(job["path"], "rb")
 
 
 def _dies(item, job):

@@ -714,3 +714,33 @@ def test_an_imagej_tiff_states_its_calibration(tmp_path, crop):
     tifffile.imwrite(tmp_path / "plain.tif", crop[:4])
     assert io.voxel_size(tmp_path / "nm.tif") == pytest.approx((50.0, 4.6, 4.6))
     assert io.voxel_size(tmp_path / "px.tif") is None and io.voxel_size(tmp_path / "plain.tif") is None
+
+
+def test_what_other_tools_write_is_read_or_named(tmp_path, crop):
+    """An OME-TIFF's physical sizes (micrometres by default, or its unit), macOS's hidden ._ files beside
+    slices, a two-channel ImageJ hyperstack, a text file named .npy, an empty path and float labels of 0..1:
+    read, or one line that names what they are (before: no voxel size, the folder refused, a bare shape,
+    numpy's advice to load a pickle, the current folder read as slices, hints for integer labels)."""
+    tifffile.imwrite(tmp_path / "um.ome.tif", crop[:4], metadata={"axes": "ZYX", "PhysicalSizeX": 0.0046,
+                                                                  "PhysicalSizeY": 0.0046, "PhysicalSizeZ": 0.05})
+    tifffile.imwrite(tmp_path / "nm.ome.tif", crop[:4], metadata={
+        "axes": "ZYX", **{f"PhysicalSize{a}": v for a, v in zip("ZYX", (50, 5, 5), strict=True)},
+        **{f"PhysicalSize{a}Unit": "nm" for a in "ZYX"}})
+    assert io.voxel_size(tmp_path / "um.ome.tif") == (50.0, 4.6, 4.6)
+    assert io.voxel_size(tmp_path / "nm.ome.tif") == (50.0, 5.0, 5.0)
+    folder = tmp_path / "slices"
+    folder.mkdir()
+    for z in range(3):
+        tifffile.imwrite(folder / f"s{z}.tif", crop[z])
+        (folder / f"._s{z}.tif").write_bytes(b"\x00\x05\x16\x07 AppleDouble")
+    np.testing.assert_array_equal(io.open_volume(folder)[:], crop[:3])
+    tifffile.imwrite(tmp_path / "zcyx.tif", np.stack([crop[:3], crop[:3]], axis=1), imagej=True,
+                     metadata={"axes": "ZCYX"})
+    (tmp_path / "text.npy").write_text("not an array")
+    for spec, words in [(tmp_path / "zcyx.tif", r"holds 2 channels \(axes ZCYX"),
+                        (tmp_path / "text.npy", "is no .npy array of numbers"), ("", "an empty path was given")]:
+        with pytest.raises(MitosegError, match=words):
+            io.open_volume(spec)
+    soft = np.linspace(0, 1, 64, dtype=np.float32).reshape(1, 8, 8)
+    with pytest.raises(MitosegError, match="give --label-threshold .*0.5 for labels or probabilities of 0..1"):
+        io.binarize(soft, None, "labels")

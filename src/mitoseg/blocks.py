@@ -225,5 +225,9 @@ def wait(futures: list, desc: str = "", progress: bool = False) -> list:
         if isinstance(e, KilledWorker):
             raise MitosegError(f"Dask workers died running a block ({e}); often out of memory: give the workers more "
                                "memory or use a smaller --block") from None
+        if isinstance(e, MitosegError | OSError):  # a task's: where the worker looked may not be where you did
+            said = f"{e.strerror}: {e.filename}" if isinstance(e, OSError) and e.strerror and e.filename else str(e)
+            raise MitosegError(f"{said} (on a Dask worker, which must see the same files at the same paths: "
+                               "docs/cluster.md)") from None
         raise
     return results

@@ -56,6 +56,8 @@ def open_volume(spec: str | Path) -> Any:
     if not isinstance(spec, str | Path):
         raise MitosegError(f"a volume's path (str or Path) is needed here, not a {type(spec).__name__}; arrays in "
                            "memory go to predict.predict_volume, train.train, instances.label or metrics.evaluate")
+    if not str(spec).strip():
+        raise MitosegError("an empty path was given where a volume is needed")
     path, inner = split_path(spec)
     if not path.exists():
         raise MitosegError(f"{path}: no such file or folder")
@@ -70,7 +72,10 @@ def open_volume(spec: str | Path) -> Any:
         elif suffix in H5:
             arr = _open_h5(path, inner)
         elif suffix == ".npy":
-            arr = np.load(path, mmap_mode="r")
+            try:
+                arr = np.load(path, mmap_mode="r")
+            except ValueError:  # numpy's advice for pickles (load unsafely) is no answer for a volume
+                raise MitosegError(f"{path} is no .npy array of numbers (numpy.save of a volume)") from None
         elif suffix in SLICE_SUFFIXES:
             raise MitosegError(f"{path} is a single 2D image; a volume (Z, Y, X) is needed: pass the folder")
         else:
@@ -82,7 +87,8 @@ def open_volume(spec: str | Path) -> Any:
     return check_volume(spatial(arr, str(spec), axes), str(spec))
 
 
-AXIS_WORDS = {"channel": "channels", "time": "time points", "c": "channels", "t": "time points"}  # by type, name
+AXIS_WORDS = {"channel": "channels", "time": "time points", "c": "channels", "t": "time points",
+              "s": "colour samples"}  # by type, name
 
 
 def spatial(arr: Any, name: str, axes: list[tuple[str, str | None]] | None = None) -> Any:
@@ -256,6 +262,14 @@ def _open_tiff(path: Path) -> Any:
                                f"({', '.join(sorted(f'{sh} {dt}' for sh, dt in pages))}); a volume needs one")
         if several > 1:  # one volume of its pages, as Fiji opens them
             arr = zarr.open(tifffile.imread(path, aszarr=True, is_shaped=False), mode="r")
+    if arr.ndim > 3:  # an ImageJ or OME hyperstack: its axes name what is more than a volume
+        with tifffile.TiffFile(path) as tif:
+            series = tif.series[0]
+            extra = [f"{n} {AXIS_WORDS.get(a.lower(), f'positions along axis {a}')}"
+                     for a, n in zip(series.axes, series.shape, strict=True) if a not in "ZYX" and n > 1]
+        if extra:
+            raise MitosegError(f"{path} holds {' x '.join(extra)} (axes {series.axes}, shape {series.shape}); mitoseg "
+                               "segments one greyscale volume (Z, Y, X): save the one to segment on its own")
     if arr.ndim and min(arr.shape):
         arr[-1]  # a truncated file fails on its last page: fail here, not in the middle of a run
     return arr
@@ -355,7 +369,8 @@ def _slice_header(path: Path) -> tuple[tuple[int, ...], np.dtype]:
 
 
 def _open_slices(path: Path) -> SliceStack:
-    files = sorted((p for p in path.iterdir() if p.suffix.lower() in SLICE_SUFFIXES), key=natural_order)
+    files = sorted((p for p in path.iterdir() if p.suffix.lower() in SLICE_SUFFIXES and not p.name.startswith(".")),
+                   key=natural_order)  # hidden files (macOS's ._NAME beside each slice) are no slices
     if not files:
         raise MitosegError(f"{path}: folder holds no image slices (TIFF/PNG/JPEG)")
     stack = SliceStack(files)
@@ -381,8 +396,8 @@ def voxel_size(spec: str | Path) -> tuple[float, float, float] | None:
     saves them); None when it states none. A stated size that is not a number > 0 is refused (it would
     measure nothing, or fail deep in a run)."""
     path, _ = split_path(spec)
-    found = _imagej_voxel_size(path) if path.suffix.lower() in TIFF and path.is_file() else _stated(
-        spec, "scale", "voxel_size")
+    found = (_imagej_voxel_size(path) or _ome_tiff_voxel_size(path)) if path.suffix.lower() in TIFF and path.is_file() \
+        else _stated(spec, "scale", "voxel_size")
     if found is not None and not all(np.isfinite(v) and v > 0 for v in found):
         raise MitosegError(f"{spec} states a voxel size of {' x '.join(f'{v:g}' for v in found)} nm, not sizes > 0; "
                            "give --voxel-size")
@@ -428,6 +443,27 @@ def _imagej_voxel_size(path: Path) -> tuple[float, float, float] | None:
             size = (float(meta["spacing"]) * unit, unit / y, unit / x)
             return tuple(float(f"{v:.12g}") for v in size)  # 4.6, not the 4.6000000000000005 of a rational
     except Exception:  # an unreadable TIFF says so where it is opened; here it states no size
+        return None
+
+
+OME_UNITS_NM = {"nm": 1.0, "\u00b5m": 1000.0, "um": 1000.0, "mm": 1e6, "\u00c5": 0.1, "pm": 1e-3}
+
+
+def _ome_tiff_voxel_size(path: Path) -> tuple[float, float, float] | None:
+    """(z, y, x) nm of an OME-TIFF that states its first image's PhysicalSizeZ/Y/X (micrometres unless it names
+    another unit, as OME says); else None."""
+    import tifffile
+
+    try:
+        with tifffile.TiffFile(path) as tif:
+            if not tif.is_ome:
+                return None
+            image = tifffile.xml2dict(tif.ome_metadata)["OME"]["Image"]
+            pixels = (image[0] if isinstance(image, list) else image)["Pixels"]
+            size = tuple(float(pixels[f"PhysicalSize{a}"]) * OME_UNITS_NM[pixels.get(f"PhysicalSize{a}Unit", "\u00b5m")]
+                         for a in "ZYX")
+            return tuple(float(f"{v:.12g}") for v in size)
+    except Exception:  # no such sizes, an unknown unit: it states none mitoseg can read
         return None
 
 
@@ -655,9 +691,11 @@ def sampled_values(volume: Any, max_samples: int = 2_000_000) -> np.ndarray:
 def _refuse_many(values: np.ndarray, name: str) -> None:
     """MitosegError when the sorted distinct label `values` are more than two."""
     if values.size > 2:
+        floats = np.issubdtype(values.dtype, np.floating) and values.max() <= 1
         raise MitosegError(f"{name} hold more than two values ({first_values(values)}): give --label-threshold "
-                           "(foreground is label > it): 0 if the values are object ids, 127 for anti-aliased "
-                           "0..255 masks")
+                           "(foreground is label > it): " + ("0.5 for labels or probabilities of 0..1" if floats else
+                                                             "0 if the values are object ids, 127 for anti-aliased "
+                                                             "0..255 masks"))
 
 
 def first_values(values: np.ndarray) -> str:
