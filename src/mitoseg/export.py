@@ -111,6 +111,12 @@ def halos(config: Config, size: Sequence[int]) -> list[int]:
     return [max(0, (n - d) // 2 // d * d) for n, d in zip(size, divisors(config), strict=True)]
 
 
+def least_sizes(config: Config, halo: Sequence[int]) -> list[int]:
+    """Per spatial axis the smallest input the package takes: the first multiple of `divisors` above twice the
+    `halo` (bioimage.io's rule, so a block keeps some voxels after its halo is cropped)."""
+    return [(2 * h // d + 1) * d for h, d in zip(halo, divisors(config), strict=True)]
+
+
 def test_crop(image, config: Config) -> np.ndarray:
     """A central crop of `image` (Z, Y, X) of one prediction tile ((Z,) Y, X; a single slice for the 2D
     model), shrunk to multiples of `divisors`; raw values as float32."""
@@ -249,7 +255,7 @@ def _description(config: Config, folder: Path, chosen: dict | None, halo: Sequen
 
     names = ["z", "y", "x"][-config.dims:]
     voxel = list(config.voxel_size)[-config.dims:]
-    least = [(2 * h // d + 1) * d for h, d in zip(halo, divisors(config), strict=True)]  # above twice the halo
+    least = least_sizes(config, halo)
     inputs = [m.BatchAxis(), m.ChannelAxis(channel_names=[m.Identifier("em")])]
     inputs += [m.SpaceInputAxis(id=m.AxisId(n), size=m.ParameterizedSize(min=a, step=d), unit="nanometer", scale=v)
                for n, a, d, v in zip(names, least, divisors(config), voxel, strict=True)]
@@ -312,7 +318,8 @@ def _readme(run: str | Path, config: Config, chosen: dict | None, halo: Sequence
 Exported by mitoseg {__version__} from the training run `{Path(run).name}`.
 
 Input: one EM channel, {config.dims}D, voxel size {config.voxel_size} nm (Z, Y, X); every spatial size must
-be a multiple of {divisors(config)} voxels. Predicting block by block, pad each block by the output's halo
+be a multiple of {divisors(config)} voxels, at least {least_sizes(config, halo)}. Predicting block by block,
+pad each block by the output's halo
 ({", ".join(f"{h} voxels in {a}" for h, a in zip(halo, "zyx"[-config.dims:], strict=True))}) and crop it
 from the output: blocks cut edge to edge differ at their borders.
 Preprocessing: the input's 0.5 and 99.5 percentiles are mapped to 0 and 1, then clipped (mitoseg itself
