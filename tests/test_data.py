@@ -48,6 +48,23 @@ def test_split_without_validation_and_too_narrow(volume):
         data.split(volume.image[:, :, :1], volume.mask[:, :, :1], 0.5)
 
 
+def test_split_refuses_annotation_all_on_one_side(volume):
+    """Boxes annotated only left of the validation cut (the last 15 % of X): before, validation scored no voxel
+    and logged IoU 1.0; only right of it: a traceback from the patch sampler. Now one line each."""
+    boxes = np.full(volume.mask.shape, data.IGNORE, np.uint8)
+    boxes[:, 40:140, 100:200] = volume.mask[:, 40:140, 100:200]  # x < 218: the training part only
+    with pytest.raises(MitosegError, match=r"the validation part \(x >= 218, the last 15% of X\) holds no annotated "
+                                           "voxel, so the run would score nothing"):
+        data.split(volume.image, boxes, 0.15)
+    boxes = np.full(volume.mask.shape, data.IGNORE, np.uint8)
+    boxes[:, 40:140, 220:] = volume.mask[:, 40:140, 220:]
+    with pytest.raises(MitosegError, match=r"the training part \(x < 218.* so the run would learn nothing"):
+        data.split(volume.image, boxes, 0.15)
+    boxes[:, 40:140, 100:200] = volume.mask[:, 40:140, 100:200]  # both sides annotated
+    train, val = data.split(volume.image, boxes, 0.15)
+    assert (train.mask != data.IGNORE).any() and (val.mask != data.IGNORE).any()
+
+
 def test_check_labels(volume):
     data.check_labels(volume.mask)
     with pytest.raises(MitosegError, match="no foreground"):

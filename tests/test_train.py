@@ -487,6 +487,9 @@ def test_train_on_a_few_annotated_slices(tmp_path, small):
     with pytest.raises(MitosegError, match="no foreground voxels where annotated"):
         tr.train(tiny(2, annotated_slices="4"), raw, mask, tmp_path / "empty", progress=False)
     assert not (tmp_path / "empty").exists()
+    with pytest.raises(MitosegError, match="name no slice"):  # an empty list (a script's empty variable): before,
+        tr.train(tiny(2, annotated_slices=""), raw, mask, tmp_path / "none", progress=False)  # all slices silently
+    assert not (tmp_path / "none").exists()
 
 
 def test_init_starts_from_another_runs_weights(tmp_path, small):

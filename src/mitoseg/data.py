@@ -88,6 +88,13 @@ def split(image: np.ndarray, mask: np.ndarray, val_fraction: float,
     cut = nx - max(1, int(round(nx * val_fraction)))
     if cut < 1:
         raise MitosegError(f"volume too narrow ({nx} voxels in X) for a validation split")
+    for part, where, then in ((mask[:, :, :cut], f"training part (x < {cut}, the first {1 - val_fraction:.0%} of X)",
+                               "learn nothing"),
+                              (mask[:, :, cut:], f"validation part (x >= {cut}, the last {val_fraction:.0%} of X)",
+                               "score nothing")):
+        if not (part != IGNORE).any():  # partial annotation (boxes) all on one side of the cut
+            raise MitosegError(f"the {where} holds no annotated voxel, so the run would {then}: annotate some there "
+                               "too, or change --val-fraction")
     return (Volume(image[:, :, :cut], mask[:, :, :cut], window),
             Volume(image[:, :, cut:], mask[:, :, cut:], window))
 

@@ -101,7 +101,7 @@ def suggest(run: str | Path, image: str | Path, count: int = 8, gap: int | None 
         io.check_output(table, overwrite, "file", (image, run))
     shape = io.open_volume(image).shape
     depth, cells = shape[0], boxes(tuple(shape[1:]), box)
-    done = data.parse_slices(annotated, depth) if annotated else []
+    done = data.parse_slices(annotated, depth) if annotated is not None else []
     gap = max(1, depth // (4 * -(-count // len(cells)))) if gap is None else gap
     if not pick(np.zeros((depth, 1)), 1, gap, done):  # said before the prediction, not after it
         raise MitosegError(f"no slice left to suggest: all {depth} are annotated or within {gap} of one")

@@ -381,7 +381,7 @@ def train(config: Config, image: np.ndarray, mask: np.ndarray, out: str | Path, 
         given, config = config, resumed_config(out, {k: getattr(config, k) for k in RESUME_FREE})
         if given.dims != config.dims:
             raise MitosegError(f"{out} holds a {config.dims}D run; cannot resume it as {given.dims}D")
-    if config.annotated_slices:
+    if config.annotated_slices is not None:  # "" too: it names no slice, refused (not "all slices")
         mask = data.annotate_slices(mask, data.parse_slices(config.annotated_slices, mask.shape[0]))
     data.check_labels(mask)
     data.check_image(image)
