@@ -663,6 +663,9 @@ def test_load_pair_keeps_unannotated_voxels(tmp_path, droso_crop):
     np.save(tmp_path / "ilastik.npy", np.where(np.arange(20)[:, None, None] < 10, mask + 1, 0).astype(np.uint8))
     _, got = io.load_pair(tmp_path / "img.npy", tmp_path / "ilastik.npy", unlabeled=0)  # 0 none, 1 bg, 2 fg
     assert np.array_equal(got[:10], mask[:10]) and (got[10:] == 2).all()
+    # without --unlabeled: before, a hint to --label-threshold 0, which made every annotated voxel foreground
+    with pytest.raises(MitosegError, match="hold the values 0, 1 and 2: if 0 marks voxels nobody annotated"):
+        io.load_pair(tmp_path / "img.npy", tmp_path / "ilastik.npy")
     np.save(tmp_path / "one.npy", np.where(np.arange(20)[:, None, None] < 10, np.ones_like(mask), 0).astype(np.uint8))
     with pytest.raises(MitosegError, match=r"hold one value \(1\) besides the --unlabeled 0: give --label-thr"):
         io.load_pair(tmp_path / "img.npy", tmp_path / "one.npy", unlabeled=0)  # background only, or foreground?

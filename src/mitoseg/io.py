@@ -796,6 +796,10 @@ def load_pair(image: str | Path, labels: str | Path, threshold: float | None = N
     if tuple(img.shape) != tuple(lab.shape):
         raise MitosegError(f"image {tuple(img.shape)} and labels {tuple(lab.shape)} differ in shape")
     raw = np.asarray(lab[:])
+    if unlabeled is None and threshold is None and sampled_values(raw).tolist() == [0, 1, 2]:
+        raise MitosegError(f"labels {labels} hold the values 0, 1 and 2: if 0 marks voxels nobody annotated, 1 "
+                           "background and 2 mitochondria (ilastik's export), give --unlabeled 0; else give "
+                           "--label-threshold (foreground is label > it)")
     if unlabeled is None:
         return np.asarray(img[:]), binarize(raw, threshold, f"labels {labels}")
     missing = raw == unlabeled
