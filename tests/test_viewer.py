@@ -5,6 +5,7 @@ the offscreen platform lacks (the widget itself is real Qt)."""
 
 import json
 import os
+import re
 import sys
 
 os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
@@ -86,6 +87,19 @@ def test_reader_opens_outputs_lazily_at_physical_scale(napari, outputs):
     np.testing.assert_array_equal(np.asarray(viewer.layers["image"].data[0]), raw)
     assert viewer.layers["probs"].contrast_limits == [0.0, 255.0]
     assert not viewer.layers["mask"].multiscale  # a plain Zarr output (its voxel size in its attributes)
+    # a volume that states no voxel size is in pixels (the scale bar must not call them nm); Zarr of other
+    # content is declined (napari may offer it to another reader) rather than raising in napari
+    from mitoseg.viewer import napari_get_reader
+
+    zarr.create_array(str(d / "plain.zarr"), data=raw)
+    _, meta, _ = napari_get_reader(str(d / "plain.zarr"))(str(d / "plain.zarr"))[0]
+    assert meta["units"] == "pixel" and meta["scale"] == (1.0, 1.0, 1.0)
+    zarr.open_group(str(d / "empty.zarr"), mode="w")
+    zarr.create_array(str(d / "flat.zarr"), data=raw[0])
+    other = zarr.open_group(str(d / "other.zarr"), mode="w")
+    other.create_array("a", data=raw[0])
+    other.create_array("b", data=raw[:2])
+    assert [napari_get_reader(str(d / n)) for n in ("empty.zarr", "flat.zarr", "other.zarr")] == [None] * 3
 
 
 def test_reader_opens_a_compare_report_folder(napari, outputs):
@@ -144,7 +158,7 @@ def test_widget_predicts_and_labels_in_a_thread_worker(napari, outputs, run, qtb
     widget.run.changed.emit(True)
     assert not widget.run.enabled  # running in the worker thread; the viewer stays responsive
     qtbot.waitUntil(lambda: widget.run.enabled, timeout=60_000)
-    assert widget.status.value.endswith("objects"), widget.status.value
+    assert re.fullmatch(r"1 object|\d+ objects", widget.status.value), widget.status.value
     probs, labels = viewer.layers["crop probability"], viewer.layers["crop instances"]
     assert type(probs).__name__ == "Image" and type(labels).__name__ == "Labels"
     for layer in (probs, labels):
@@ -155,6 +169,20 @@ def test_widget_predicts_and_labels_in_a_thread_worker(napari, outputs, run, qtb
     blurred = postprocess.smooth_z(probs.data, 2.0) >= t * 255
     assert 0 < blurred.mean() < 1 and not np.array_equal(blurred, probs.data >= t * 255)
     np.testing.assert_array_equal(labels.data, instances.label(blurred, 26, min_size=20))
+
+    widget.model.value = chosen / "best.pt"  # a checkpoint alone: the defaults, not the previous run's choice
+    assert (widget.threshold.value, widget.min_size.value, widget.z_sigma.value) == (0.5, 0, 0.0)
+    viewer.layers["crop"].scale, viewer.layers["crop"].translate = (10.0, 10.0, 10.0), (0.0, 0.0, 0.0)
+    widget.start()  # again, the image rescaled and moved: its outputs follow it
+    qtbot.waitUntil(lambda: widget.run.enabled, timeout=60_000)
+    for layer in (viewer.layers["crop probability"], viewer.layers["crop instances"]):
+        assert tuple(layer.scale) == (10.0, 10.0, 10.0) and tuple(layer.translate) == (0.0, 0.0, 0.0)
+    viewer.layers["crop"].scale = (50.0, 5.0, 5.0)  # ssTEM-like sections: three planes are refused, as by predict
+    widget.planes.value = True
+    widget.start()
+    qtbot.waitUntil(lambda: widget.run.enabled, timeout=10_000)
+    assert "near-isotropic voxels" in widget.status.value, widget.status.value
+    widget.planes.value = False
 
     widget.model.value = outputs[0]  # a folder without a checkpoint: the error is shown, nothing is added
     widget.start()
@@ -192,6 +220,9 @@ def test_view_command_opens_the_outputs(napari, outputs, monkeypatch):
     opened = []
     monkeypatch.setattr(napari, "Viewer", lambda: opened.append(napari.components.ViewerModel()) or opened[-1])
     monkeypatch.setattr(napari, "run", lambda: None)  # the event loop would wait for the window to close
+    assert cli.main(["view", str(d / "image.ome.zarr")]) == 2  # offscreen (these tests'): no window, one line
+    assert not opened
+    monkeypatch.setenv("QT_QPA_PLATFORM", "xcb")  # a display, as far as mitoseg can tell
     assert cli.main(["view", str(d / "image.ome.zarr"), str(d / "labels.ome.zarr")]) == 0
     assert [x.name for x in opened[0].layers] == ["image", "truth", "labels"] and scale_bar(opened[0]).visible
 

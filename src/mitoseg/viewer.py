@@ -45,8 +45,11 @@ def _lazy(volume: Any) -> Any:
     return da.from_array(volume, chunks=chunks, asarray=False) if not isinstance(volume, da.Array) else volume
 
 
-def _meta(name: str, voxel: Sequence[float], kind: str, origin: Sequence[float] | None = None, **extra: Any) -> dict:
-    return {"name": name, "scale": tuple(float(v) for v in voxel), "units": "nm", "axis_labels": ("z", "y", "x"),
+def _meta(name: str, voxel: Sequence[float] | None, kind: str, origin: Sequence[float] | None = None,
+          **extra: Any) -> dict:
+    """napari layer metadata: at `voxel` (z, y, x) nm, or in pixels (unit "pixel", not nm) when it is None."""
+    return {"name": name, "scale": tuple(float(v) for v in voxel or (1.0, 1.0, 1.0)),
+            "units": "nm" if voxel else "pixel", "axis_labels": ("z", "y", "x"),
             "metadata": {"mitoseg_kind": kind}, **({"translate": tuple(map(float, origin))} if origin else {}),
             **extra}
 
@@ -66,14 +69,15 @@ def volume_layer(path: str | Path, voxel_size: Sequence[float] | None = None, na
     The layer type comes from `kind`, else the output's `kind` attribute (probability: image 0..1, magma,
     additive; mask, labels: labels; image), else the dtype (integers of 32 bits or more: labels).
     The scale is the voxel size (z, y, x) in nm the volume states (`io.voxel_size`), else `voxel_size`,
-    else 1 1 1; the translate where it states it starts (`io.origin`: a crop of a larger volume). `name`
+    else 1 1 1 in pixels (napari's scale bar then counts pixels, not nm); the translate where it states it
+    starts (`io.origin`: a crop of a larger volume). `name`
     defaults to the file name without its .zarr / .ome.zarr suffix.
     """
     import dask.array as da
 
     path = Path(path)
     level0 = io.open_volume(path)
-    voxel = io.voxel_size(path) or voxel_size or (1.0, 1.0, 1.0)
+    voxel = io.voxel_size(path) or voxel_size  # None: in pixels
     data: Any = _lazy(level0)
     group = _ome_group(path)
     if group is not None:
@@ -173,7 +177,16 @@ def _image_dir(path: Path) -> Path:
 
 
 def _readable(path: Path) -> bool:
-    return path.is_dir() and ((path / "report.json").is_file() or io.is_zarr(path))
+    """A report folder, or a Zarr that mitoseg reads as a volume (an image, its outputs); not a Zarr of other
+    content, which napari may then offer to another reader."""
+    if not path.is_dir():
+        return False
+    if (path / "report.json").is_file():
+        return True
+    try:
+        return io.is_zarr(path) and io.open_volume(_image_dir(path)) is not None
+    except MitosegError:
+        return False
 
 
 def napari_get_reader(path: str | list[str]) -> Callable[[Any], list[LayerData]] | None:
@@ -216,6 +229,8 @@ def view(paths: Sequence[str | Path], voxel_size: Sequence[float] | None = None)
     if sys.platform.startswith("linux") and not (os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")
                                                  or os.environ.get("QT_QPA_PLATFORM")):
         raise MitosegError("mitoseg view needs a display (DISPLAY is not set)")
+    if os.environ.get("QT_QPA_PLATFORM") in ("offscreen", "minimal"):  # no window, and no OpenGL for the canvas
+        raise MitosegError(f"mitoseg view needs a display; QT_QPA_PLATFORM={os.environ['QT_QPA_PLATFORM']} shows none")
     viewer = napari.Viewer()
     add_layers(viewer, paths, voxel_size)
     scale_bar(viewer).visible = True
@@ -232,8 +247,9 @@ def scale_bar(viewer: Any) -> Any:
 
 
 def segment(image: Any, model: str | Path, threshold: float = 0.5, min_size: int = 0, tta: bool = False,
-            device: str = "auto", z_sigma: float = 0.0,
-            planes: int | None = None) -> Generator[tuple[int, int], None, tuple[np.ndarray, np.ndarray]]:
+            device: str = "auto", z_sigma: float = 0.0, planes: int | None = None,
+            voxel_size: Sequence[float] | None = None,
+            ) -> Generator[tuple[int, int], None, tuple[np.ndarray, np.ndarray]]:
     """Predict and label an image volume (Z, Y, X; numpy, dask or zarr) with a trained run's model, as
     ``mitoseg predict`` then ``mitoseg label`` do, in memory.
 
@@ -244,13 +260,14 @@ def segment(image: Any, model: str | Path, threshold: float = 0.5, min_size: int
     global tile grid (`predict.predict_block`): the result does not depend on them. `planes`: a 2D model
     along 1 or 3 planes instead of the run's (`mitoseg predict --planes`); three planes go block by block as
     `predict.plan` has them (the whole volume at once where it takes whole slices), not in slabs of slices.
+    `voxel_size` (z, y, x) nm, the layer's: checked against the model as `mitoseg predict` checks the image's
+    (`predict.model_for`: three planes need near-isotropic voxels; voxels unlike the model's are noted).
     """
     from mitoseg import blocks, checks, instances, postprocess, predict
-    from mitoseg.train import load_model
 
-    checks.check(threshold=threshold, min_size=min_size, z_sigma=z_sigma)
+    checks.check(threshold=threshold, min_size=min_size, z_sigma=z_sigma, voxel_size=voxel_size)
     volume = io.check_volume(image, "the image layer")
-    net, config = load_model(model, device, planes)
+    net, config = predict.model_for(model, volume, device, planes, voxel_size)
     tile = predict.run_tile(config, tuple(volume.shape), None, None)
     window = io.intensity_range(volume, rule=config.normalize)
     if config.slice_planes == 3:  # slices along Y and X would cross every slab of Z: a slab would redo them
@@ -268,6 +285,13 @@ def segment(image: Any, model: str | Path, threshold: float = 0.5, min_size: int
                              min_size=min_size)
     yield len(grid) + 1, len(grid) + 1
     return probs, labels
+
+
+def _layer_voxel(layer: Any) -> tuple[float, ...] | None:
+    """An image layer's voxel size (z, y, x) nm when its scale is in nanometres (as mitoseg's reader and napari's
+    OME-Zarr readers set it), else None (pixels: nothing to check)."""
+    units = [str(u) for u in getattr(layer, "units", ())]
+    return tuple(float(v) for v in layer.scale) if len(units) == 3 and set(units) == {"nanometer"} else None
 
 
 class SegmentWidget(_Container):
@@ -310,10 +334,10 @@ class SegmentWidget(_Container):
 
         folder = Path(str(self.model.value).strip())
         chosen = postprocess.read(folder, 3 if self.planes.value else None) if folder.is_dir() else None
-        if chosen is None:
-            if folder.is_dir() and postprocess.read(folder):
-                self.threshold.value, self.min_size.value, self.z_sigma.value = 0.5, 0, 0.0
-                self.status.value = "the run's post-processing was not chosen along three planes"
+        if chosen is None:  # the defaults, not the previous run's choice
+            self.threshold.value, self.min_size.value, self.z_sigma.value = 0.5, 0, 0.0
+            self.status.value = ("the run's post-processing was not chosen along three planes"
+                                 if folder.is_dir() and postprocess.read(folder) else "")
             return
         self.threshold.value, self.min_size.value, self.z_sigma.value = (chosen.threshold, chosen.min_size,
                                                                           chosen.z_sigma)
@@ -339,7 +363,7 @@ class SegmentWidget(_Container):
         worker = create_worker(segment, layer.data[0] if layer.multiscale else layer.data, model,
                                self.threshold.value, self.min_size.value, self.tta.value,
                                z_sigma=self.z_sigma.value, planes=3 if self.planes.value else None,
-                               _start_thread=False, _ignore_errors=True)
+                               voxel_size=_layer_voxel(layer), _start_thread=False, _ignore_errors=True)
         worker.yielded.connect(self._step)
         worker.returned.connect(lambda result: self._add(layer, *result))
         worker.errored.connect(lambda e: setattr(self.status, "value", f"error: {e}"))
@@ -358,8 +382,10 @@ class SegmentWidget(_Container):
                                                  "contrast_limits": (0, 255), "opacity": 0.7}),
                 (labels, "instances", "labels", {"opacity": 0.5})):
             name = f"{layer.name} {suffix}"
-            if name in self.viewer.layers:
-                self.viewer.layers[name].data = data
+            if name in self.viewer.layers:  # the image layer may have moved or been rescaled since
+                old = self.viewer.layers[name]
+                old.data, old.scale, old.translate = data, layer.scale, layer.translate
             else:
                 getattr(self.viewer, f"add_{kind}")(data, name=name, **where, **style)
-        self.status.value = f"{int(labels.max())} objects"
+        n = int(labels.max())
+        self.status.value = f"{n} object{'' if n == 1 else 's'}"
