@@ -635,7 +635,7 @@ def test_foreground_threshold(tmp_path):
         io.foreground_threshold(ids, 0.5)
     assert io.foreground_threshold(ids.astype(np.float32) / 31, 0.5) == 0.5
     # the other way round: a threshold on the 0..255 scale for floats of 0..1 would make nothing foreground
-    with pytest.raises(MitosegError, match="holds values from 0 to 1, so --threshold 128 would make no voxel"):
+    with pytest.raises(MitosegError, match=r"holds values from 0 to 1 \(sampled\), so --threshold 128 would make no"):
         io.foreground_threshold(ids.astype(np.float32) / 31, 128)
     assert io.foreground_threshold(ids.astype(np.float32), 16) == 16  # floats of another scale: as given
     assert io.foreground_threshold((ids > 9).astype(np.uint8), 0.5) == 0.5
@@ -747,3 +747,12 @@ def test_what_other_tools_write_is_read_or_named(tmp_path, crop):
     soft = np.linspace(0, 1, 64, dtype=np.float32).reshape(1, 8, 8)
     with pytest.raises(MitosegError, match="give --label-threshold .*0.5 for labels or probabilities of 0..1"):
         io.binarize(soft, None, "labels")
+
+
+def test_a_threshold_above_sparse_or_empty_floats_is_not_refused():
+    """The refusal of --threshold > 1 looks at a sample: a sparse float 0..255 prediction (its few voxels missed)
+    or an empty one is scored as given, not refused with a claim the sample cannot back."""
+    sparse = np.zeros((64, 512, 512), np.float32)
+    sparse[10:12, 200:202, 200:202] = 255
+    assert io.foreground_threshold(sparse, 128) == 128
+    assert io.foreground_threshold(np.zeros((4, 64, 64), np.float32), 128) == 128

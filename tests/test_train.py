@@ -492,10 +492,14 @@ def test_train_on_a_few_annotated_slices(tmp_path, small):
     assert not (tmp_path / "none").exists()
 
 
-def test_init_starts_from_another_runs_weights(tmp_path, small):
+def test_init_starts_from_another_runs_weights(tmp_path, small, capsys, monkeypatch):
     tr.train(tiny(2, epochs=1), *small, tmp_path / "a", progress=False)
+    capsys.readouterr()
     tr.train(tiny(2, epochs=1, iterations_per_epoch=1, lr=1e-12, warmup_iterations=1, init=str(tmp_path / "a")),
              *small, tmp_path / "b", progress=False)  # one step at a negligible learning rate
+    assert "note: --init" not in capsys.readouterr().err  # the same voxels
+    monkeypatch.chdir(tmp_path)  # --resume names the --init run as its path resolves, however it is written
+    tr.check_resume(tmp_path / "b", {"init": "./a/"})
     a, _ = tr.load_model(tmp_path / "a")
     b, cfg = tr.load_model(tmp_path / "b" / "last.pt")
     assert cfg.init == str(tmp_path / "a")
@@ -512,6 +516,16 @@ def test_init_starts_from_another_runs_weights(tmp_path, small):
         tr.train(tiny(2, init=str(tmp_path / "a"), full_resolution=4), *small, tmp_path / "f", progress=False)
     with pytest.raises(MitosegError, match="trained with --norm batch; give the same --norm"):
         tr.train(tiny(2, init=str(tmp_path / "a"), norm="instance"), *small, tmp_path / "g", progress=False)
+    with pytest.raises(MitosegError, match="give the same --context-slices"):  # with --overwrite of a run: refused
+        tr.train(tiny(2, init=str(tmp_path / "a"), context_slices=1), *small, tmp_path / "b", overwrite=True,
+                 progress=False)
+    assert (tmp_path / "b" / "last.pt").exists()  # before the fix the old run was deleted first, then refused
+    tr.train(tiny(3, epochs=1, iterations_per_epoch=1), *small, tmp_path / "a3", progress=False)
+    capsys.readouterr()
+    tr.train(tiny(3, epochs=1, iterations_per_epoch=1, init=str(tmp_path / "a3"), voxel_size=(50, 5, 5)), *small,
+             tmp_path / "h", progress=False)
+    assert "note: --init a3 was trained on 5 x 5 x 5 nm voxels, this run's are 50 x 5 x 5 nm: it starts from " \
+           "features of another scale and other encoder strides" in capsys.readouterr().err
 
 
 def test_best_checkpoint_never_comes_from_a_flat_zero_line(tmp_path, small, monkeypatch):

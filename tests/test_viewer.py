@@ -231,3 +231,17 @@ def test_view_without_napari_says_how_to_install(outputs, monkeypatch, capsys):
     monkeypatch.setitem(sys.modules, "napari", None)  # what `import napari` meets where it is not installed
     assert cli.main(["view", str(outputs[0] / "image.ome.zarr")]) == 2
     assert capsys.readouterr().err == 'mitoseg: error: mitoseg view needs napari: pip install "mitoseg[napari]"\n'
+
+
+def test_a_given_voxel_size_stands_in_for_one_of_zero(tmp_path):
+    """`mitoseg view FILE --voxel-size ...` of a file stating 0 nm slices: the given size, not a dead end."""
+    import tifffile
+
+    from mitoseg.viewer import volume_layer
+
+    tifffile.imwrite(tmp_path / "z.tif", np.zeros((4, 32, 32), np.uint8) + np.arange(32, dtype=np.uint8), imagej=True,
+                     resolution=(0.2, 0.2), metadata={"axes": "ZYX", "unit": "nm", "spacing": 0.0})
+    _, meta, _ = volume_layer(tmp_path / "z.tif", (5.0, 5.0, 5.0))
+    assert meta["scale"] == (5.0, 5.0, 5.0) and meta["units"] == "nm"
+    with pytest.raises(io.MitosegError, match="states a voxel size of 0 x 5 x 5 nm"):
+        volume_layer(tmp_path / "z.tif")

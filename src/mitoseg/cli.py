@@ -301,7 +301,7 @@ def cmd_suggest(a: argparse.Namespace) -> None:
     for r in rows:
         print(f"{r['rank']:>4}  {r['slice']:>5}  {r['uncertainty_bits']:>18.3f}  {r['foreground_fraction']:>19.1%}")
     picked = sorted(r["slice"] for r in rows)
-    done = f"{a.annotated_slices}," if a.annotated_slices else ""
+    done = f"{a.annotated_slices.replace(' ', '')}," if a.annotated_slices else ""  # pasted unquoted, it must hold
     print(f"annotate these slices next, then train with --annotated-slices {done}{','.join(map(str, picked))}")
 
 

@@ -772,10 +772,11 @@ def foreground_threshold(volume: Any, threshold: float | None, name: str = "the 
                                "every non-zero voxel foreground: give a value on its scale (e.g. 128 for 0..255 "
                                "probabilities, 1 for object ids)")
     if threshold is not None and threshold > 1 and np.issubdtype(np.dtype(volume.dtype), np.floating):
-        top = sampled_values(volume).max(initial=0)
-        if top <= 1:  # a 0..255 threshold for probabilities in 0..1: nothing would be foreground
-            raise MitosegError(f"{name} holds values from 0 to {top:g}, so --threshold {threshold:g} would make no "
-                               "voxel foreground: give a value on its scale (e.g. 0.5 for probabilities)")
+        values = sampled_values(volume)
+        if values.size and 0 <= values[0] and 0 < values[-1] <= 1:  # probabilities of 0..1 and a 0..255 threshold
+            raise MitosegError(f"{name} holds values from {values[0]:g} to {values[-1]:g} (sampled), so --threshold "
+                               f"{threshold:g} would make no voxel foreground: give a value on its scale (e.g. 0.5 "
+                               "for probabilities)")
     return threshold
 
 
@@ -858,6 +859,9 @@ def check_place(path: str | Path, kind: str | None = None, inputs: tuple = ()) -
             raise MitosegError(f"{path} is an input of this command; give another output")
         if path.resolve() in source.parents:
             raise MitosegError(f"{path} holds {source.name}, an input of this command; give another output")
+        if source in path.resolve().parents and (source / "config.json").is_file() and path.exists():
+            raise MitosegError(f"{path} is a file of the run {source.name}, an input of this command (its model, "
+                               "settings or records); give another output")
     above = next(p for p in path.absolute().parents if p.exists())
     if not above.is_dir():
         raise MitosegError(f"{path}: {above} is a file, not a folder")

@@ -670,15 +670,17 @@ def model_for(model: str | Path, image: Any, device: str | torch.device = "auto"
     stated = voxel_size or (io.voxel_size(image) if isinstance(image, str | Path) else None)
     if stated:
         check_planes(config.slice_planes, stated)
-        other = voxel_note(config.voxel_size, stated)
+        # a model along XY slices sees the pixels alone: Z counts for 3D models and three planes
+        axes = slice(1, 3) if config.dims == 2 and config.slice_planes == 1 else slice(0, 3)
+        other = voxel_note(config.voxel_size[axes], stated[axes])
         if other:
             print(other, file=sys.stderr)
     return net, config
 
 
 def voxel_note(trained: Sequence[float], stated: Sequence[float]) -> str | None:
-    """One line when the image's voxels (z, y, x nm) differ from those the model was trained on by more than a
-    factor 1.5 along an axis (what it learned to see is then another size there); None when alike."""
+    """One line when the image's voxels (z, y, x nm, or y, x) differ from those the model was trained on by more than
+    a factor 1.5 along an axis (what it learned to see is then another size there); None when alike."""
     if all(1 / 1.5 <= float(s) / float(t) <= 1.5 for s, t in zip(stated, trained, strict=True)):
         return None
     words = [" x ".join(f"{float(v):g}" for v in size) for size in (trained, stated)]

@@ -112,7 +112,10 @@ def check_resume(out: str | Path, changes: dict) -> None:
 
 
 def _setting(name: str, value) -> object:
-    """A setting as --resume compares it: annotated slices as the slices they name ("0,5-7" is "0,5,6,7")."""
+    """A setting as --resume compares it: annotated slices as the slices they name ("0,5-7" is "0,5,6,7"), the
+    --init run as the folder its path names ("./runs/a/" is "runs/a")."""
+    if name == "init" and value:
+        return str(Path(value).resolve())
     if name == "annotated_slices" and value:
         try:
             return data.parse_slices(value, 2**31)
@@ -191,9 +194,20 @@ def outline_band(target: torch.Tensor, width: int = 2) -> torch.Tensor:
 
 
 def load_init(model: torch.nn.Module, config: Config, device: torch.device) -> None:
-    """Start `model` from the weights of the run (or checkpoint) `config.init`: same dims, encoder,
-    normalisation rule (its weights expect their input normalised as they were trained) and neighbouring
-    slices (its first layer's input channels) and full-resolution channels (its layers)."""
+    """Start `model` from the weights of the run (or checkpoint) `config.init` (`check_init`)."""
+    other_model, other = check_init(config, device)
+    model.load_state_dict(other_model.state_dict())
+    if any(not 1 / 1.5 <= float(a) / float(b) <= 1.5 for a, b in zip(config.voxel_size, other.voxel_size, strict=True)):
+        words = [" x ".join(f"{float(v):g}" for v in c.voxel_size) for c in (other, config)]
+        print(f"note: --init {Path(config.init).name} was trained on {words[0]} nm voxels, this run's are "
+              f"{words[1]} nm: it starts from features of another scale"
+              + (" and other encoder strides" if config.dims == 3 else ""), file=sys.stderr)
+
+
+def check_init(config: Config, device: torch.device | str = "cpu") -> tuple[torch.nn.Module, Config]:
+    """The model and config of the run (or checkpoint) `config.init`, refused unless it has the same dims,
+    encoder, normalisation rule (its weights expect their input normalised as they were trained), neighbouring
+    slices (its first layer's input channels), norm and full-resolution channels (its layers)."""
     other_model, other = load_model(config.init, device)
     if (other.dims, other.encoder) != (config.dims, config.encoder):
         raise MitosegError(f"--init {config.init} is a {other.dims}D {other.encoder} run; this run is "
@@ -210,7 +224,7 @@ def load_init(model: torch.nn.Module, config: Config, device: torch.device) -> N
     if other.full_resolution != config.full_resolution:
         raise MitosegError(f"--init {config.init} has {other.full_resolution} full-resolution channels; give the "
                            f"same --full-resolution (not {config.full_resolution})")
-    model.load_state_dict(other_model.state_dict())
+    return other_model, other
 
 
 def _batch(sampler: data.PatchSampler, tf, config: Config, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
@@ -386,7 +400,10 @@ def train(config: Config, image: np.ndarray, mask: np.ndarray, out: str | Path, 
     data.check_labels(mask)
     data.check_image(image)
     data.check_patch(image.shape, config.patch)
-    if not resume:
+    if not resume:  # what can be refused is, before --overwrite deletes an old run there
+        data.split(image, mask, config.val_fraction)  # annotation on both sides of the validation cut
+        if config.init:
+            check_init(config)
         _prepare_dir(out, resume, overwrite, (config.init,) if config.init else ())
     config.save(out / "config.json")
     (out / "versions.json").write_text(json.dumps(versions(), indent=2) + "\n")

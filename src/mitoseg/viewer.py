@@ -77,7 +77,12 @@ def volume_layer(path: str | Path, voxel_size: Sequence[float] | None = None, na
 
     path = Path(path)
     level0 = io.open_volume(path)
-    voxel = io.voxel_size(path) or voxel_size  # None: in pixels
+    try:
+        voxel = io.voxel_size(path) or voxel_size  # None: in pixels
+    except MitosegError:  # it states sizes that are none (0 nm): the given ones, when given
+        if voxel_size is None:
+            raise
+        voxel = voxel_size
     data: Any = _lazy(level0)
     group = _ome_group(path)
     if group is not None:
