@@ -400,6 +400,7 @@ def test_a_mitoseg_output_where_the_image_or_the_truth_goes_is_one_line(runs, pr
     bad(["predict", probs, "--model", str(d / "run2"), "--out", str(tmp_path / "p.zarr")], capsys,
         swapped.format("the EM image"))
     bad(["evaluate", gt, probs], capsys, swapped.format("the true labels"))
+    assert main(["--quiet", "evaluate", gt, probs, "--label-threshold", "127"]) == 0  # meant: another model's
     bad(["train", test, probs, "--out", str(tmp_path / "r"), *TRAIN], capsys, swapped.format("the true labels"))
     bad(["predict", test, "--model", str(d / "run2"), "--out", str(tmp_path / "p.zarr"), "--mask",
          str(tmp_path / "p.zarr" / "m.zarr")], capsys, "lie one inside the other")

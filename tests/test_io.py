@@ -115,6 +115,15 @@ def test_pages_written_one_by_one_are_one_volume(tmp_path, crop):
         io.open_volume(tmp_path / "mixed.tif")
 
 
+def test_a_pyramidal_tiff_is_its_full_resolution(tmp_path, crop):
+    """A TIFF with reduced-resolution sub-IFDs (as pyramids are saved) is read at full resolution (before: "cannot
+    be read (AttributeError: 'Group' object has no attribute 'ndim')")."""
+    with tifffile.TiffWriter(tmp_path / "pyramid.tif") as tif:
+        tif.write(crop[:4], subifds=1, photometric="minisblack")
+        tif.write(crop[:4, ::2, ::2], subfiletype=1, photometric="minisblack")
+    np.testing.assert_array_equal(io.open_volume(tmp_path / "pyramid.tif")[:], crop[:4])
+
+
 def test_stated_voxel_sizes_must_be_sizes(tmp_path, crop):
     """A voxel size of 0 or below stated by the file (an ImageJ spacing, an OME-Zarr scale) is refused where it
     is read (before: volumes of 0 um3 in tables, a ZeroDivisionError in evaluate --places)."""

@@ -252,7 +252,7 @@ def _open_tiff(path: Path) -> Any:
     import tifffile
     import zarr
 
-    arr = zarr.open(tifffile.imread(path, aszarr=True), mode="r")
+    arr = _level0(zarr.open(tifffile.imread(path, aszarr=True), mode="r"))
     if arr.ndim == 2:  # pages written one by one (a loop of TiffWriter.write) are series of one page each
         with tifffile.TiffFile(path) as tif:
             pages = {(s.shape, s.dtype.name) for s in tif.series}
@@ -261,7 +261,7 @@ def _open_tiff(path: Path) -> Any:
             raise MitosegError(f"{path}: its {several} pages are images of different sizes or types "
                                f"({', '.join(sorted(f'{sh} {dt}' for sh, dt in pages))}); a volume needs one")
         if several > 1:  # one volume of its pages, as Fiji opens them
-            arr = zarr.open(tifffile.imread(path, aszarr=True, is_shaped=False), mode="r")
+            arr = _level0(zarr.open(tifffile.imread(path, aszarr=True, is_shaped=False), mode="r"))
     if arr.ndim > 3:  # an ImageJ or OME hyperstack: its axes name what is more than a volume
         with tifffile.TiffFile(path) as tif:
             series = tif.series[0]
@@ -273,6 +273,14 @@ def _open_tiff(path: Path) -> Any:
     if arr.ndim and min(arr.shape):
         arr[-1]  # a truncated file fails on its last page: fail here, not in the middle of a run
     return arr
+
+
+def _level0(node: Any) -> Any:
+    """A TIFF's array: a pyramidal TIFF (reduced-resolution sub-IFDs or pages) opens as a group of levels, the
+    full resolution "0"."""
+    import zarr
+
+    return node["0"] if isinstance(node, zarr.Group) else node
 
 
 def _open_h5(path: Path, inner: str | None) -> Any:
@@ -793,7 +801,8 @@ def load_pair(image: str | Path, labels: str | Path, threshold: float | None = N
     img = open_volume(image)
     lab = open_volume(labels)
     refuse_output(img, image, "the EM image", ("probability", "mask", "labels"))
-    refuse_output(lab, labels, "the true labels", ("probability",))
+    if threshold is None:  # given, it says the labels are meant as they are
+        refuse_output(lab, labels, "the true labels", ("probability",))
     if tuple(img.shape) != tuple(lab.shape):
         raise MitosegError(f"image {tuple(img.shape)} and labels {tuple(lab.shape)} differ in shape")
     raw = np.asarray(lab[:])

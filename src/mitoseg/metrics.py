@@ -117,7 +117,9 @@ def evaluate(prediction, truth, threshold: float | None = None, label_threshold:
     checks.per_axis(block=tuple(block))
     pred = io.open_volume(prediction) if isinstance(prediction, str | Path) else prediction
     true = io.open_volume(truth) if isinstance(truth, str | Path) else truth
-    io.refuse_output(true, truth if isinstance(truth, str | Path) else "the truth", "the true labels", ("probability",))
+    if label_threshold is None:  # given, it says the reference is meant as it is (another model's probabilities)
+        io.refuse_output(true, truth if isinstance(truth, str | Path) else "the truth", "the true labels",
+                         ("probability",))
     _check_same_shape(pred.shape, true.shape)
     if len(pred.shape) != 3:
         raise MitosegError(f"evaluate takes two volumes (Z, Y, X), not arrays of shape {tuple(pred.shape)}")
