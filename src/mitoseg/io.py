@@ -87,8 +87,7 @@ def open_volume(spec: str | Path) -> Any:
     return check_volume(spatial(arr, str(spec), axes), str(spec))
 
 
-AXIS_WORDS = {"channel": "channels", "time": "time points", "c": "channels", "t": "time points",
-              "s": "colour samples"}  # by type, name
+AXIS_WORDS = {"channel": "channels", "time": "time points", "c": "channels", "t": "time points"}  # by type, name
 
 
 def spatial(arr: Any, name: str, axes: list[tuple[str, str | None]] | None = None) -> Any:
@@ -265,8 +264,8 @@ def _open_tiff(path: Path) -> Any:
     if arr.ndim > 3:  # an ImageJ or OME hyperstack: its axes name what is more than a volume
         with tifffile.TiffFile(path) as tif:
             series = tif.series[0]
-            extra = [f"{n} {AXIS_WORDS.get(a.lower(), f'positions along axis {a}')}"
-                     for a, n in zip(series.axes, series.shape, strict=True) if a not in "ZYX" and n > 1]
+            extra = [f"{n} {AXIS_WORDS[a.lower()]}" for a, n in zip(series.axes, series.shape, strict=True)
+                     if a in "CT" and n > 1]  # colour samples (S): check_volume names them
         if extra:
             raise MitosegError(f"{path} holds {' x '.join(extra)} (axes {series.axes}, shape {series.shape}); mitoseg "
                                "segments one greyscale volume (Z, Y, X): save the one to segment on its own")
