@@ -73,6 +73,9 @@ def test_check_labels(volume):
         data.check_labels(np.ones_like(volume.mask), name="my labels")
     with pytest.raises(MitosegError, match="^my labels"):
         data.check_labels(np.ones_like(volume.mask), name="my labels")
+    only_fg = np.where(volume.mask > 0, 1, data.IGNORE).astype(np.uint8)  # --unlabeled naming a 0/255's background
+    with pytest.raises(MitosegError, match="foreground wherever annotated: nothing to learn \\(check --unlabeled"):
+        data.check_labels(only_fg)
 
 
 def test_check_patch():

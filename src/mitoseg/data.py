@@ -46,6 +46,9 @@ def check_labels(mask: np.ndarray, name: str = "labels") -> None:
     if fg == 0:
         raise MitosegError(f"{name} hold no foreground voxels{' where annotated' if annotated < mask.size else ''}: "
                            "nothing to learn (check --label-threshold)")
+    if fg == annotated and annotated < mask.size:  # e.g. --unlabeled naming the background of a 0/255 mask
+        raise MitosegError(f"{name} are foreground wherever annotated: nothing to learn (check --unlabeled: does it "
+                           "name the background? and --label-threshold)")
     if fg == annotated:
         raise MitosegError(f"{name} are foreground everywhere: nothing to learn (check --label-threshold)")
 
