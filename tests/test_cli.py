@@ -540,6 +540,9 @@ def test_label_on_a_local_dask_cluster_equals_single_process(runs, capsys):
     np.testing.assert_array_equal(io.open_volume(d / "dask.zarr")[:], io.open_volume(d / "single.zarr")[:])
     bad([*common[1:], "--out", str(d / "both.zarr"), "--scheduler", "local", "--dask-address", "tcp://h:1"],
         capsys, "give one of them")
+    capsys.readouterr()
+    assert main([*common[1:], "--out", str(d / "said.zarr"), "--scheduler", "local", "--workers", "1"]) == 0
+    assert re.search(r"Dask scheduler tcp://\S+: 1 workers, 1 threads", capsys.readouterr().out)  # where it ran
 
 
 def test_predict_matched_to_the_training_histogram_undoes_a_gamma_change(runs, capsys, tmp_path):

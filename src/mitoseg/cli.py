@@ -106,7 +106,10 @@ def _client(a: argparse.Namespace):
     if a.dask_address and a.scheduler == "local":
         raise MitosegError("--dask-address uses a running cluster, --scheduler local starts one: give one of them")
 
-    return cluster.client(a.dask_address, workers=a.workers)
+    client = cluster.client(a.dask_address, workers=a.workers)
+    if not a.quiet:  # where the blocks will run (a scheduler without workers is said by cluster.client)
+        print(cluster.scheduler_info(client))
+    return client
 
 
 def cmd_predict(a: argparse.Namespace) -> None:
