@@ -720,3 +720,12 @@ def test_predict_resume_keeps_only_its_own_finished_prediction(runs, tmp_path, c
     capsys.readouterr()
     assert main(["--quiet", "predict", *opts, "--out", str(tmp_path / "c.zarr"), "--resume"]) == 2
     assert "c.zarr already exists; pass --overwrite" in capsys.readouterr().err
+    # probabilities and mask, and labels and table, finished: nothing to resume (before: "already exists; pass
+    # --overwrite", which predicts everything again)
+    both = [*opts, "--out", str(tmp_path / "q.zarr"), "--mask", str(tmp_path / "m.zarr"), "--threshold", "0.5"]
+    assert main(["--quiet", "predict", *both]) == 0
+    assert main(["--quiet", "label", str(tmp_path / "m.zarr"), "--out", str(tmp_path / "l.zarr"), "--table",
+                 str(tmp_path / "t.csv")]) == 0
+    bad(["predict", *both, "--resume"], capsys, "m.zarr are finished: nothing to resume")
+    bad(["label", str(tmp_path / "m.zarr"), "--out", str(tmp_path / "l.zarr"), "--table", str(tmp_path / "t.csv"),
+         "--resume"], capsys, "t.csv are finished: nothing to resume")

@@ -493,7 +493,7 @@ def parser() -> argparse.ArgumentParser:
     e.set_defaults(func=cmd_evaluate)
 
     c = sub.add_parser("compare", help="the study end to end: train 2D and 3D, predict, evaluate, label, report")
-    c.add_argument("--out", default="report", help="report folder")
+    c.add_argument("--out", default="report", help="report folder (default: report)")
     c.add_argument("--dataset", default="auto", choices=("auto", "lucchi", "drosophila"),
                    help="lucchi: EPFL CA1; drosophila: the 20-section ssTEM stack; auto: CA1 when found")
     c.add_argument("--data", help="folder with the data set's files")

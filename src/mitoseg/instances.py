@@ -26,7 +26,7 @@ import os
 from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import cc3d
 import numpy as np
@@ -529,7 +529,7 @@ def open_labels(out: str | Path, shape: Sequence[int], block: Sequence[int], con
 
 def label_volume(input: str | Path, out: str | Path, block: Sequence[int] | None = None, connectivity: int = 26,
                  min_size: int | None = None, threshold: float | None = None,
-                 voxel_size: Sequence[float] | None = None, table: str | Path | None = None, client=None,
+                 voxel_size: Sequence[float] | None = None, table: str | Path | None = None, client: Any = None,
                  resume: bool = False, overwrite: bool = False, progress: bool = True) -> int:
     """The `mitoseg label` command: label a probability or mask volume into a uint32 Zarr at `out`, block by
     block, in this process or on a Dask `client`, and optionally write the per-object table (CSV).
@@ -548,6 +548,9 @@ def label_volume(input: str | Path, out: str | Path, block: Sequence[int] | None
     checks.per_axis(block=block)
     volume = io.open_volume(input)
     io.check_place(out, "zarr", (input,))
+    if resume and not overwrite and table and Path(table).exists() and Path(out).exists() and \
+            not io.partial_path(out).exists():
+        raise MitosegError(f"{out} and {table} are finished: nothing to resume (--overwrite labels again)")
     if table:
         io.check_output(table, overwrite, "file", (input,))
         if Path(table).absolute() == Path(out).absolute():

@@ -10,6 +10,7 @@ import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import cc3d
 import edt  # seung-lab's anisotropic distance transform (float32): by hand 0.9 s vs scipy's 6.8 s on a CA1 slab
@@ -93,8 +94,9 @@ def confusion_blockwise(pred, truth, block: Sequence[int] = (64, 512, 512), prog
     return total
 
 
-def evaluate(prediction, truth, threshold: float | None = None, label_threshold: float | None = None,
-             block: Sequence[int] = (64, 512, 512), client=None, progress: bool = True, places: bool = False,
+def evaluate(prediction: str | Path | Any, truth: str | Path | Any, threshold: float | None = None,
+             label_threshold: float | None = None,
+             block: Sequence[int] = (64, 512, 512), client: Any = None, progress: bool = True, places: bool = False,
              voxel_size: Sequence[float] | None = None, objects: bool = False) -> dict:
     """The `mitoseg evaluate` command: voxel scores (see `scores`) of a prediction against the truth, two
     volumes (paths or array-likes, Z, Y, X) read block by block, in this process or on a Dask `client`

@@ -613,6 +613,9 @@ def predict(model: str | Path | Sequence[str | Path], image: str | Path, out: st
                                "two outputs side by side")
     if isinstance(image, str | Path):
         io.refuse_output(io.open_volume(image), image, "the EM image", ("probability", "mask", "labels"))
+    if resume and not overwrite and mask_out is not None and all(
+            Path(p).exists() and not io.partial_path(p).exists() for p in (out, mask_out)):
+        raise MitosegError(f"{out} and {mask_out} are finished: nothing to resume (--overwrite predicts them again)")
     single = isinstance(model, str | Path) or len(model) == 1
     chosen = postprocess.read(model if isinstance(model, str | Path) else model[0], planes) if single else None
     pp = postprocess.PostProcessing(threshold) if threshold is not None else chosen or postprocess.PostProcessing()
