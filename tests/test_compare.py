@@ -127,6 +127,8 @@ def test_compare_resumes_an_interrupted_run(tmp_path, tiny_bench, monkeypatch):
     assert [c["data"] for c in left["configs"]] == ["real Drosophila crop"] * 2  # each run records what it learned
     epoch1 = read_log(tmp / "model_3D")
     assert [r["epoch"] for r in epoch1] == [1]
+    with pytest.raises(MitosegError, match="holds an interrupted compare: add --resume to go on with it"):
+        cmp.compare(out, preset="quick", epochs=2, changes=TINY, progress=False, monitor=True)  # before: deleted it
     with pytest.raises(MitosegError, match="other settings .*epochs 2 then, 3 now"):
         cmp.compare(out, preset="quick", epochs=3, changes=TINY, progress=False, monitor=True, resume=True)
     other = dict(TINY, patch_xy=32, tile_xy=32, lr=2e-3, weight_decay=0.5)  # 4 fields x 2 configs
@@ -149,6 +151,8 @@ def test_compare_resumes_an_interrupted_run(tmp_path, tiny_bench, monkeypatch):
     assert [r["epoch"] for r in log] == [1, 2] and log[0] == epoch1[0]
     assert set(results["ensemble"]["variants"]) == {"raw", "post"} and not tmp.exists()
     assert len(results["resumed"]) == 1 and "Interrupted and resumed on" in (out / "report.md").read_text()
+    with pytest.raises(MitosegError, match="report is finished: nothing to resume"):  # before: "pass --overwrite",
+        cmp.compare(out, preset="quick", epochs=2, changes=TINY, progress=False, resume=True)  # which ran it all again
 
 
 def test_compare_resume_keeps_what_an_interrupted_evaluation_predicted(tmp_path, tiny_bench, monkeypatch):

@@ -144,3 +144,11 @@ def test_labelling_takes_what_the_input_has_not_applied_of_the_runs_choice():
     assert postprocess.for_labels({**mask, "threshold": 0.5}) == nothing  # `predict --threshold 0.5 --mask`
     assert postprocess.for_labels({**mask, "z_sigma": 0.0}) == nothing
     assert postprocess.for_labels({"kind": "probability"}) == postprocess.for_labels({}) == nothing
+
+
+def test_a_choice_in_words():
+    """What the reports say of a choice: no "objects under 0 voxels removed", no "1 slices"."""
+    said = postprocess.words({"threshold": 0.5, "min_size": 0, "fill_holes": False, "z_sigma": 1})
+    assert said == "probabilities blurred along Z (Gaussian, 1 slice), threshold 0.5, no objects removed, holes kept"
+    said = postprocess.words({"threshold": 0.4, "min_size": 1200, "fill_holes": True})  # older records: no z_sigma
+    assert said == "threshold 0.4, objects under 1,200 voxels removed, holes filled"

@@ -503,11 +503,18 @@ def compare(out: str | Path, dataset: str = "auto", data: str | Path | None = No
     """
     tta = preset != "quick" if tta is None else tta
     monitor = preset != "quick" if monitor is None else monitor
+    tmp = io.partial_path(out)
+    started = (tmp / "compare.json").exists()  # an interrupted compare, which --resume goes on with
+    if resume and not started and Path(out).exists():
+        raise MitosegError(f"{out} is finished: nothing to resume (leave out --resume; with --overwrite the study "
+                           "runs again)")
+    if started and not resume and not overwrite:
+        raise MitosegError(f"{tmp} holds an interrupted compare: add --resume to go on with it, or --overwrite to "
+                           "start again")
     out = io.check_output(out, overwrite)
     bench = load_benchmark(dataset, data)
     cfgs = configs(preset, epochs, minutes, bench.voxel_size, seed, {"data": bench.description, **(changes or {})},
                    slices=bench.train_image.shape[0])
-    tmp = io.partial_path(out)
     print(f"mitoseg compare on {bench.name}: {bench.description}", flush=True)
     results = {
         "data": {"name": bench.name, "description": bench.description, "train_shape": bench.train_image.shape,
@@ -516,7 +523,11 @@ def compare(out: str | Path, dataset: str = "auto", data: str | Path | None = No
         "machine": versions(), "date": time.strftime("%Y-%m-%d"), "command": command, "models": {},
         "study": STUDY, "configs": [dict(c.__dict__) for c in cfgs], "tta": tta, "monitor": monitor,
     }
-    resume = resume and (tmp / "compare.json").exists()
+    if resume and not started:
+        print(f"no interrupted compare in {tmp} to resume: starting from the beginning", flush=True)
+    elif started and not resume:
+        print(f"starting again (--overwrite): the interrupted compare in {tmp} is discarded", flush=True)
+    resume = resume and started
     if resume:
         results = resumed(tmp, results)
         print(f"resuming the compare in {tmp}: " + ", ".join(

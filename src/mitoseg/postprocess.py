@@ -105,10 +105,10 @@ class ZSmoothed:
 
 def words(pp: dict) -> str:
     """A chosen post-processing (`PostProcessing.as_dict`) in words; older records have no z_sigma."""
-    smooth = (f"probabilities blurred along Z (Gaussian, {pp['z_sigma']:g} slices), " if pp.get("z_sigma")
-              else "")
-    return (f"{smooth}threshold {pp['threshold']}, objects under {pp['min_size']:,} voxels removed, holes "
-            f"{'filled' if pp['fill_holes'] else 'kept'}")
+    sigma = pp.get("z_sigma")
+    smooth = f"probabilities blurred along Z (Gaussian, {sigma:g} slice{'' if sigma == 1 else 's'}), " if sigma else ""
+    small = f"objects under {pp['min_size']:,} voxels removed" if pp["min_size"] else "no objects removed"
+    return f"{smooth}threshold {pp['threshold']}, {small}, holes {'filled' if pp['fill_holes'] else 'kept'}"
 
 
 def for_labels(attrs: dict, threshold: float | None = None, min_size: int | None = None) -> dict:
