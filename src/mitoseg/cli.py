@@ -309,10 +309,10 @@ def cmd_suggest(a: argparse.Namespace) -> None:
 
 
 def cmd_export(a: argparse.Namespace) -> None:
-    from mitoseg.export import export_bioimageio
+    from mitoseg.export import AUTHORS, export_bioimageio
 
     path = export_bioimageio(a.run, a.sample, a.bioimageio, overwrite=a.overwrite, license=a.license,
-                             authors=a.author or ("mitoseg developers",))
+                             authors=a.author or AUTHORS)
     print(f"bioimage.io package: {path}")
 
 

@@ -44,6 +44,7 @@ DATA = {  # words in a run's `data` -> the data set's citation and its imaging t
 }
 
 
+LICENSE, AUTHORS = "MIT", ("mitoseg developers",)  # a package's, unless the user names others
 DATA_LICENCES = {"Drosophila VNC": "CC BY-NC-SA 3.0 (non-commercial, share-alike)"}  # of data sets mitoseg knows
 
 
@@ -141,8 +142,8 @@ def preprocess(x: np.ndarray) -> np.ndarray:
     return np.clip((x - low) / (high - low + EPS), 0.0, 1.0).astype(np.float32)
 
 
-def export_bioimageio(run: str | Path, sample: str, out: str | Path, overwrite: bool = False, license: str = "MIT",
-                      authors: Sequence[str] = ("mitoseg developers",)) -> Path:
+def export_bioimageio(run: str | Path, sample: str, out: str | Path, overwrite: bool = False,
+                      license: str = LICENSE, authors: Sequence[str] = AUTHORS) -> Path:
     """Write the bioimage.io package (a .zip) of a trained run; its test tensors come from `sample`.
 
     `sample`: an image volume spec (as `mitoseg predict` reads it) of the kind the model is for; a central
@@ -247,8 +248,8 @@ def _after(chosen: dict | None) -> str:
     return ", ".join(steps) + " (the post-processing the run chose on its validation split)"
 
 
-def _description(config: Config, folder: Path, chosen: dict | None, halo: Sequence[int], license: str = "MIT",
-                 authors: Sequence[str] = ("mitoseg developers",)):
+def _description(config: Config, folder: Path, chosen: dict | None, halo: Sequence[int], license: str = LICENSE,
+                 authors: Sequence[str] = AUTHORS):
     """The bioimage.io (spec 0.5) model description of files in `folder`; `chosen`: the run's post-processing;
     `halo`: per spatial axis, see `halos`; `license` (SPDX) and `authors` as `export_bioimageio` takes them."""
     from bioimageio.spec.model import v0_5 as m

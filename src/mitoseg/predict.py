@@ -681,10 +681,16 @@ def model_for(model: str | Path, image: Any, device: str | torch.device = "auto"
     return net, config
 
 
+def unlike_voxels(trained: Sequence[float], other: Sequence[float]) -> bool:
+    """Whether voxel sizes (nm, axis by axis) differ by more than a factor 1.5 along an axis: what a model learned
+    to see is then another size there."""
+    return any(not 1 / 1.5 <= float(o) / float(t) <= 1.5 for o, t in zip(other, trained, strict=True))
+
+
 def voxel_note(trained: Sequence[float], stated: Sequence[float]) -> str | None:
-    """One line when the image's voxels (z, y, x nm, or y, x) differ from those the model was trained on by more than
-    a factor 1.5 along an axis (what it learned to see is then another size there); None when alike."""
-    if all(1 / 1.5 <= float(s) / float(t) <= 1.5 for s, t in zip(stated, trained, strict=True)):
+    """One line when the image's voxels (z, y, x nm, or y, x) differ from those the model was trained on
+    (`unlike_voxels`); None when alike."""
+    if not unlike_voxels(trained, stated):
         return None
     words = [" x ".join(f"{float(v):g}" for v in size) for size in (trained, stated)]
     return (f"note: the model was trained on {words[0]} nm voxels and the image's are {words[1]} nm: its accuracy on "

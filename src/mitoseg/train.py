@@ -36,7 +36,7 @@ from mitoseg import data, io, memory, metrics, postprocess
 from mitoseg.config import Config, other_planes, with_planes
 from mitoseg.errors import MitosegError
 from mitoseg.models import autocast, build_model, channels_last, pick_device, synchronize
-from mitoseg.predict import default_tile, predict_array, to_storage
+from mitoseg.predict import default_tile, predict_array, to_storage, unlike_voxels
 
 LOG_FIELDS = ["epoch", "iterations", "loss", "val_dice", "val_iou", "val_iou_best", "val_threshold", "monitor_iou",
               "lr", "epoch_seconds", "seconds_per_iteration", "elapsed_seconds", "skipped_steps", "peak_memory_mib"]
@@ -197,7 +197,7 @@ def load_init(model: torch.nn.Module, config: Config, device: torch.device) -> N
     """Start `model` from the weights of the run (or checkpoint) `config.init` (`check_init`)."""
     other_model, other = check_init(config, device)
     model.load_state_dict(other_model.state_dict())
-    if any(not 1 / 1.5 <= float(a) / float(b) <= 1.5 for a, b in zip(config.voxel_size, other.voxel_size, strict=True)):
+    if unlike_voxels(other.voxel_size, config.voxel_size):
         words = [" x ".join(f"{float(v):g}" for v in c.voxel_size) for c in (other, config)]
         print(f"note: --init {Path(config.init).name} was trained on {words[0]} nm voxels, this run's are "
               f"{words[1]} nm: it starts from features of another scale"
