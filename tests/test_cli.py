@@ -37,7 +37,7 @@ TRAIN = ["--patch-xy", "64", "--patch-z", "8", "--batch", "1", "--epochs", "1", 
 def runs(files):
     for dims in (2, 3):
         assert main(["--quiet", "train", str(files / "train.tif"), str(files / "train_gt.tif"), "--dims", str(dims),
-                     "--out", str(files / f"run{dims}"), *TRAIN]) == 0
+                     "--out", str(files / f"run{dims}"), "--voxel-size", "5", "5", "5", *TRAIN]) == 0
     return files
 
 
@@ -318,7 +318,7 @@ def test_compare_interrupted_is_told_how_to_resume(tmp_path, monkeypatch, capsys
 
     def interrupted(out, *a, **k):
         seen.update(k)
-        io.partial_path(out).mkdir()
+        io.partial_path(out).mkdir(exist_ok=True)
         (io.partial_path(out) / "compare.json").write_text("{}")
         raise KeyboardInterrupt
 
@@ -326,6 +326,10 @@ def test_compare_interrupted_is_told_how_to_resume(tmp_path, monkeypatch, capsys
     assert main(["--quiet", "compare", "--out", str(tmp_path / "r"), "--resume"]) == 130
     assert seen["resume"] is True
     assert "with --resume to keep the finished models" in capsys.readouterr().err
+    monkeypatch.chdir(tmp_path)  # the recorded command holds no path of this machine (before: as typed)
+    monkeypatch.setattr(sys, "argv", ["mitoseg", "compare", "--out", str(tmp_path / "r"), f"--data={tmp_path.parent}"])
+    main(sys.argv[1:])
+    assert seen["command"] == f"mitoseg compare --out r --data=.../{tmp_path.parent.name}"
 
 
 def test_compare_planes_reach_the_2d_model_and_anisotropic_data_is_refused(droso_dir, tmp_path, capsys):
@@ -678,6 +682,16 @@ def test_train_takes_the_voxel_size_the_image_states_and_says_which(runs, tmp_pa
     assert main(["--quiet", "train", str(d / "train.tif"), str(d / "train_gt.tif"), "--out", str(tmp_path / "plain"),
                  *TRAIN]) == 0
     assert "voxel size 5 x 5 x 5 nm, the default: the image states none; give --voxel-size" in capsys.readouterr().out
+    assert not Config.load(tmp_path / "plain" / "config.json").voxel_size_stated
+    # its predictions record no voxel size (before: the default 5 nm, as if known) and note no other one
+    assert main(["--quiet", "predict", str(d / "test.tif"), "--model", str(tmp_path / "plain"), "--out",
+                 str(tmp_path / "p.zarr"), "--tile-xy", "64", "--tile-z", "8"]) == 0
+    told = capsys.readouterr()
+    assert io.voxel_size(tmp_path / "p.zarr") is None and "voxel size: none recorded" in told.out
+    assert main(["--quiet", "predict", str(d / "test.tif"), "--model", str(tmp_path / "plain"), "--out",
+                 str(tmp_path / "p10.zarr"), "--tile-xy", "64", "--tile-z", "8", "--voxel-size", "50", "10", "10"]) == 0
+    told = capsys.readouterr()
+    assert io.voxel_size(tmp_path / "p10.zarr") == (50.0, 10.0, 10.0) and "note:" not in told.err
 
 
 def test_label_says_when_its_table_measures_voxels_of_1_nm(droso_crop, tmp_path, capsys):

@@ -1,4 +1,5 @@
 import csv
+import dataclasses
 import json
 
 import numpy as np
@@ -59,6 +60,10 @@ def test_compare_writes_report(tmp_path, tiny_bench):
         two, three = (cmp.io.open_volume(out / f"model_{d}" / name)[:].astype(int) for d in ("2D", "3D"))
         assert np.array_equal(cmp.io.open_volume(ensemble / name)[:], (two + three + 1) // 2), name
     mean = cmp.io.open_volume(ensemble / "test_probs.zarr")[:] >= 128
+    for d in ("2D", "3D", cmp.ENSEMBLE):  # each output opened alone is at its voxel size (before: in pixels)
+        for name in (*cmp.PROBABILITIES, "test_labels.zarr"):
+            assert cmp.io.voxel_size(out / f"model_{d}" / name) == tiny_bench.voxel_size, (d, name)
+    assert cmp.io.kind(cmp.io.open_volume(ensemble / "test_labels.zarr")) == "labels"
     assert saved["ensemble"]["variants"]["raw"] == cmp._scores(mean, tiny_bench.test_mask, 0)
     assert set(saved["ensemble"]["variants"]) == {"raw", "tta", "tta_post"}
     chosen = json.loads((ensemble / "postprocessing.json").read_text())
@@ -135,6 +140,11 @@ def test_compare_resumes_an_interrupted_run(tmp_path, tiny_bench, monkeypatch):
     with pytest.raises(MitosegError, match=r"other settings \(2D .*; and 5 more\)") as e:
         cmp.compare(out, preset="quick", epochs=2, changes=other, progress=False, monitor=True, resume=True)
     assert len(str(e.value)) < 400  # the first differences, not every one
+    other_data = dataclasses.replace(tiny_bench, name="other-crop")
+    monkeypatch.setattr(cmp, "load_benchmark", lambda *a, **k: other_data)
+    with pytest.raises(MitosegError, match=r"other settings \(data name 'drosophila-crop' then, 'other-crop' now\)"):
+        cmp.compare(out, preset="quick", epochs=2, changes=TINY, progress=False, monitor=True, resume=True)
+    monkeypatch.setattr(cmp, "load_benchmark", lambda *a, **k: tiny_bench)  # before: both data records in full
 
     trained = []
 
@@ -150,7 +160,9 @@ def test_compare_resumes_an_interrupted_run(tmp_path, tiny_bench, monkeypatch):
     log = read_log(out / "model_3D")
     assert [r["epoch"] for r in log] == [1, 2] and log[0] == epoch1[0]
     assert set(results["ensemble"]["variants"]) == {"raw", "post"} and not tmp.exists()
-    assert len(results["resumed"]) == 1 and "Interrupted and resumed on" in (out / "report.md").read_text()
+    md = (out / "report.md").read_text()
+    assert len(results["resumed"]) == 1 and "Interrupted and resumed on" in md
+    assert "Train (8, 128, 128), test (8, 128, 128) voxels" in md and "(50.0, 4.6, 4.6) nm" in md  # not as lists
     with pytest.raises(MitosegError, match="report is finished: nothing to resume"):  # before: "pass --overwrite",
         cmp.compare(out, preset="quick", epochs=2, changes=TINY, progress=False, resume=True)  # which ran it all again
 

@@ -117,6 +117,14 @@ def test_3d_package_of_an_anisotropic_stack(tmp_path, droso_crop):
     assert rdf["license"] == "MIT" and [a["name"] for a in rdf["authors"]] == ["mitoseg developers"]  # defaults
     _, cfg = tr.load_model(run, "cpu")  # the Drosophila stack's licence, when a run learned from it
     assert "Its licence: CC BY-NC-SA 3.0" in export._data_licence(dataclasses.replace(cfg, data="Drosophila VNC ssTEM"))
+    # a run whose voxel size nobody stated: axes in voxels, not the default's nm (before: 5 nm, as if known)
+    with zipfile.ZipFile(package) as z:
+        z.extractall(tmp_path / "files")
+    unstated = export._description(dataclasses.replace(cfg, voxel_size_stated=False), tmp_path / "files", None,
+                                   [0, 0, 0])
+    assert [(a.unit, a.scale) for a in unstated.inputs[0].axes[2:]] == [(None, 1.0)] * 3
+    assert [(a.unit, a.scale) for a in unstated.outputs[0].axes[2:]] == [(None, 1.0)] * 3
+    assert "voxel size not stated by its training data" in unstated.description
 
 
 def test_export_mistakes_are_one_line(tmp_path, ca1_run, lucchi_crop, capsys, monkeypatch):

@@ -59,7 +59,8 @@ def cmd_train(a: argparse.Namespace) -> None:
         io.check_place(a.out, inputs=(a.image, a.labels))  # --overwrite must not delete them with an old run
         stated = None if a.voxel_size else io.voxel_size(a.image)  # an ImageJ TIFF's or OME-Zarr's own
         cfg = PRESETS["quick" if a.quick else a.preset](a.dims or 2, **changes, **(
-            {"voxel_size": stated} if stated else {}), data=f"{_file_name(a.image)} with labels {_file_name(a.labels)}")
+            {"voxel_size": stated} if stated else {} if a.voxel_size else {"voxel_size_stated": False}),
+            data=f"{_file_name(a.image)} with labels {_file_name(a.labels)}")
         image, mask = io.load_pair(a.image, a.labels, a.label_threshold, a.unlabeled)
         voxel = "voxel size " + " x ".join(f"{v:g}" for v in cfg.voxel_size) + " nm"
         if a.voxel_size:
@@ -67,8 +68,8 @@ def cmd_train(a: argparse.Namespace) -> None:
         elif stated:
             print(f"{voxel}, as the image states")
         else:
-            print(f"{voxel}, the default: the image states none; give --voxel-size if its voxels differ (it sets "
-                  "the 3D encoder's strides and the run's measurements)")
+            print(f"{voxel}, the default: the image states none; give --voxel-size (it sets the 3D encoder's "
+                  "strides, and predictions record it; without it they record no voxel size)")
     summary = train(cfg, image, mask, a.out, resume=a.resume, overwrite=a.overwrite, progress=not a.quiet)
     print(json.dumps(summary, indent=2))
 
@@ -133,7 +134,8 @@ def _voxel_words(a: argparse.Namespace) -> str:
 
     found = io.voxel_size(a.out)
     if not found:
-        return "voxel size: none recorded; give --voxel-size"
+        return ("voxel size: none recorded (neither the image nor the run's training data stated one): give "
+                "--voxel-size, or `mitoseg label` measures in voxels")
     voxel = " x ".join(f"{v:g}" for v in found) + " nm"
     if a.voxel_size:
         return f"voxel size {voxel} (--voxel-size)"
@@ -265,11 +267,26 @@ def _places_words(e: dict) -> str:
             f"errors were right, {e[f'jaccard_near_{widths[1]}_right']:.4f} if those within {widths[1]} voxels were")
 
 
+def public_command(args: list[str]) -> str:
+    """The command line as a report records it, with no path of this machine: an absolute path is written
+    relative to the current folder when it lies inside it, else as `.../NAME` (its last part)."""
+
+    def public(word: str) -> str:
+        key, eq, value = word.partition("=") if word.startswith("--") else ("", "", word)
+        if not Path(value).is_absolute():
+            return word
+        path, here = Path(value), Path.cwd()
+        value = str(path.relative_to(here)) if path.is_relative_to(here) else f".../{path.name}"
+        return key + eq + value
+
+    return "mitoseg " + shlex.join(public(w) for w in args)
+
+
 def cmd_compare(a: argparse.Namespace) -> None:
     from mitoseg.compare import compare
 
     compare(a.out, a.dataset, a.data, "quick" if a.quick else a.preset, a.epochs, a.minutes, a.seed,
-            a.overwrite, progress=not a.quiet, command="mitoseg " + shlex.join(sys.argv[1:]), tta=a.tta,
+            a.overwrite, progress=not a.quiet, command=public_command(sys.argv[1:]), tta=a.tta,
             resume=a.resume, changes=None if a.planes is None else {"planes": a.planes})
 
 

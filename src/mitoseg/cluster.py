@@ -259,7 +259,7 @@ def predict_volume_dask(client: Any, model_path: str | Path, image_spec: str | P
                             dtype=dtype, threshold=threshold,
                             window=predict.input_window(net, volume, match_training), tta=tta, amp=amp,
                             batch_size=batch_size)
-    attrs = {"voxel_size": config.voxel_size, **(attrs or {})}
+    attrs = {**predict.recorded_voxel(config), **(attrs or {})}
     if predict.kept(out, mask_out, shape, settings, predict.fingerprint(net), attrs, resume, overwrite):
         return Path(out)
     io.check_output(out, overwrite, "zarr", (image,))

@@ -133,7 +133,8 @@ def _predict(model, cfg: Config, image: np.ndarray, path: Path, tta: bool, progr
         return float(io.open_volume(path).attrs["seconds"]["wall"])
     go_on = resume and predicted_alike(io.partial_path(path), settings, model)
     predict_volume(model, image, path, cfg.dims, tile, cfg.overlap, amp=cfg.amp, tta=tta, overwrite=True,
-                   resume=go_on, progress=progress, window=settings.window)
+                   resume=go_on, progress=progress, window=settings.window,
+                   attrs={"voxel_size": tuple(cfg.voxel_size)})  # opened alone (napari, evaluate), at its size
     return time.perf_counter() - t0
 
 
@@ -149,8 +150,10 @@ def average_runs(members: list[Path], folder: Path) -> None:
         paths = [m / name for m in members]
         if not all(p.exists() for p in paths):
             continue
-        mean = mean_probabilities([io.open_volume(path)[:] for path in paths])
-        zarr.create_array(str(folder / name), data=mean, chunks=(32, 256, 256), overwrite=True)
+        first = io.open_volume(paths[0])
+        mean = mean_probabilities([first[:], *(io.open_volume(path)[:] for path in paths[1:])])
+        zarr.create_array(str(folder / name), data=mean, chunks=(32, 256, 256), overwrite=True,
+                          attributes={k: first.attrs[k] for k in ("voxel_size", "kind") if k in first.attrs})
 
 
 def _scores(mask: np.ndarray, truth: np.ndarray, min_size: int, labels: np.ndarray | None = None) -> dict:
@@ -247,8 +250,9 @@ def evaluate_probabilities(folder: Path, bench: Benchmark, tta: bool = True, val
     del probs
     labels = instances.label(final, connectivity=26, min_size=pp.min_size)
     variants["tta_post" if tta else "post"] = _scores(final, bench.test_mask, pp.min_size, labels)
-    zarr.create_array(str(folder / "test_labels.zarr"), data=labels, chunks=(32, 256, 256),
-                      overwrite=True)  # compressed: ~1 % of npy; replaced when a saved run is evaluated again
+    # compressed: ~1 % of npy; replaced when a saved run is evaluated again
+    zarr.create_array(str(folder / "test_labels.zarr"), data=labels, chunks=(32, 256, 256), overwrite=True,
+                      attributes={"voxel_size": tuple(bench.voxel_size), "kind": "labels"})
     del labels
     errors = metrics.error_places(final, bench.test_mask, bench.voxel_size)
     del final
@@ -377,8 +381,9 @@ def write_report(out: Path, results: dict) -> None:
              "volume holds")
     text = [
         f"# mitoseg compare: 2D vs 3D U-Net (ResNet18 encoder) on {results['data']['name']}", "",
-        f"Data: {results['data']['description']}. Train {results['data']['train_shape']}, "
-        f"test {results['data']['test_shape']} voxels (Z, Y, X), voxel size {results['data']['voxel_size']} nm. "
+        f"Data: {results['data']['description']}. Train {tuple(results['data']['train_shape'])}, "
+        f"test {tuple(results['data']['test_shape'])} voxels (Z, Y, X), voxel size "
+        f"{tuple(results['data']['voxel_size'])} nm. "
         "The last 15 % of the training volume in X is the validation split.",
         f"Preset `{results['preset']}`: {_budget_words(results)}; {epoch}. Machine: {hw}. Date: {results['date']}."
         + _resumed_words(results),
@@ -475,6 +480,9 @@ def resumed(tmp: Path, fresh: dict) -> dict:
         if key == "configs" and len(old.get(key) or []) == len(new[key]):
             diff += [f"{c['dims']}D {k} {o.get(k)!r} then, {v!r} now"
                      for o, c in zip(old[key], new[key], strict=True) for k, v in c.items() if o.get(k) != v]
+        elif isinstance(old.get(key), dict) and isinstance(new[key], dict):  # the data: name what differs
+            diff += [f"{key} {k} {old[key].get(k)!r} then, {v!r} now" for k, v in new[key].items()
+                     if old[key].get(k) != v]
         elif old.get(key) != new[key]:
             diff.append(f"{key} {old.get(key)!r} then, {new[key]!r} now")
     if diff:

@@ -63,6 +63,9 @@ class Config:
     # the training cross-entropy of voxels within 2 pixels in-plane of a labelled outline weighs 1 + this (0: off)
     boundary_weight: float = 0.0
     voxel_size: tuple[float, float, float] = (5.0, 5.0, 5.0)
+    # False: neither the training image nor the user stated the voxel size, so `voxel_size` is the default: it
+    # plans the 3D encoder's strides, but outputs record no size from it and predict notes no difference to it
+    voxel_size_stated: bool = True
     seed: int = 0
     amp: bool = True
     device: str = "auto"

@@ -248,6 +248,13 @@ def _after(chosen: dict | None) -> str:
     return ", ".join(steps) + " (the post-processing the run chose on its validation split)"
 
 
+def voxel_words(config: Config) -> str:
+    """The run's voxel size in words: "5 x 5 x 5 nm voxels", or that its training data stated none."""
+    size = " x ".join(f"{v:g}" for v in config.voxel_size)
+    return f"{size} nm voxels" if config.voxel_size_stated else \
+        f"voxel size not stated by its training data (encoder strides planned for {size} nm)"
+
+
 def _description(config: Config, folder: Path, chosen: dict | None, halo: Sequence[int], license: str = LICENSE,
                  authors: Sequence[str] = AUTHORS):
     """The bioimage.io (spec 0.5) model description of files in `folder`; `chosen`: the run's post-processing;
@@ -255,15 +262,17 @@ def _description(config: Config, folder: Path, chosen: dict | None, halo: Sequen
     from bioimageio.spec.model import v0_5 as m
 
     names = ["z", "y", "x"][-config.dims:]
-    voxel = list(config.voxel_size)[-config.dims:]
+    # axes in nm when the run's voxel size was stated; else in voxels (scale 1, no unit): nobody knows their size
+    voxel = list(config.voxel_size)[-config.dims:] if config.voxel_size_stated else [1.0] * config.dims
+    unit = "nanometer" if config.voxel_size_stated else None
     least = least_sizes(config, halo)
     inputs = [m.BatchAxis(), m.ChannelAxis(channel_names=[m.Identifier("em")])]
-    inputs += [m.SpaceInputAxis(id=m.AxisId(n), size=m.ParameterizedSize(min=a, step=d), unit="nanometer", scale=v)
+    inputs += [m.SpaceInputAxis(id=m.AxisId(n), size=m.ParameterizedSize(min=a, step=d), unit=unit, scale=v)
                for n, a, d, v in zip(names, least, divisors(config), voxel, strict=True)]
     outputs = [m.BatchAxis(), m.ChannelAxis(channel_names=[m.Identifier("foreground")])]
     same = {n: m.SizeReference(tensor_id=m.TensorId("raw"), axis_id=m.AxisId(n)) for n in names}
-    outputs += [m.SpaceOutputAxisWithHalo(id=m.AxisId(n), size=same[n], halo=h, unit="nanometer", scale=v) if h
-                else m.SpaceOutputAxis(id=m.AxisId(n), size=same[n], unit="nanometer", scale=v)
+    outputs += [m.SpaceOutputAxisWithHalo(id=m.AxisId(n), size=same[n], halo=h, unit=unit, scale=v) if h
+                else m.SpaceOutputAxis(id=m.AxisId(n), size=same[n], unit=unit, scale=v)
                 for n, v, h in zip(names, voxel, halo, strict=True)]
     spatial = [m.AxisId(n) for n in names]
     raw = m.InputTensorDescr(
@@ -284,7 +293,7 @@ def _description(config: Config, folder: Path, chosen: dict | None, halo: Sequen
     return m.ModelDescr(
         name=f"mitoseg {config.dims}D U-Net ResNet18 mitochondria",
         description=f"{config.dims}D U-Net with a ResNet18 encoder (MONAI FlexibleUNet) that segments mitochondria "
-                    f"in electron microscopy volumes ({' x '.join(f'{v:g}' for v in config.voxel_size)} nm voxels), "
+                    f"in electron microscopy volumes ({voxel_words(config)}), "
                     "trained with mitoseg",
         authors=[m.Author(name=name) for name in authors],
         cite=[m.CiteEntry(text=text, doi=m.Doi(doi)) for text, doi in cites + CITATIONS],
@@ -318,7 +327,7 @@ def _readme(run: str | Path, config: Config, chosen: dict | None, halo: Sequence
 
 Exported by mitoseg {__version__} from the training run `{Path(run).name}`.
 
-Input: one EM channel, {config.dims}D, voxel size {config.voxel_size} nm (Z, Y, X); every spatial size must
+Input: one EM channel, {config.dims}D, {voxel_words(config)} (Z, Y, X); every spatial size must
 be a multiple of {divisors(config)} voxels, at least {least_sizes(config, halo)}. Predicting block by block,
 pad each block by the output's halo
 ({", ".join(f"{h} voxels in {a}" for h, a in zip(halo, "zyx"[-config.dims:], strict=True))}) and crop it

@@ -641,7 +641,7 @@ def predict(model: str | Path | Sequence[str | Path], image: str | Path, out: st
         attrs["postprocessing_planes"] = postprocess.chosen_for(model, planes)
     stated = voxel_size or (io.voxel_size(image) if isinstance(image, str | Path) else None)
     if stated:
-        attrs["voxel_size"] = tuple(float(v) for v in stated)  # else the run's (the model was trained at it)
+        attrs["voxel_size"] = tuple(float(v) for v in stated)  # else the run's, when stated (`recorded_voxel`)
     origin = io.origin(image) if isinstance(image, str | Path) else None
     if origin:  # a crop of a larger volume: where it lies
         attrs["origin"] = origin
@@ -657,7 +657,7 @@ def predict(model: str | Path | Sequence[str | Path], image: str | Path, out: st
     volume = io.open_volume(image)
     return predict_volume(net, volume, out, config.dims, run_tile(config, volume.shape, tile_xy, tile_z),
                           config.overlap if overlap is None else overlap, block, dtype, mask_out, threshold,
-                          batch_size, tta, amp, attrs={"voxel_size": config.voxel_size, **attrs},
+                          batch_size, tta, amp, attrs={**recorded_voxel(config), **attrs},
                           overwrite=overwrite, resume=resume, progress=progress,
                           window=input_window(net, volume, match_training))
 
@@ -673,12 +673,19 @@ def model_for(model: str | Path, image: Any, device: str | torch.device = "auto"
     stated = voxel_size or (io.voxel_size(image) if isinstance(image, str | Path) else None)
     if stated:
         check_planes(config.slice_planes, stated)
+    if stated and config.voxel_size_stated:  # a run trained at the default size: nothing known to compare
         # a model along XY slices sees the pixels alone: Z counts for 3D models and three planes
         axes = slice(1, 3) if config.dims == 2 and config.slice_planes == 1 else slice(0, 3)
         other = voxel_note(config.voxel_size[axes], stated[axes])
         if other:
             print(other, file=sys.stderr)
     return net, config
+
+
+def recorded_voxel(config: Config) -> dict:
+    """{"voxel_size": (z, y, x) nm} of the run's training data for the outputs that state none of their own;
+    {} when that was the default, stated by nobody (`Config.voxel_size_stated`)."""
+    return {"voxel_size": tuple(config.voxel_size)} if config.voxel_size_stated else {}
 
 
 def unlike_voxels(trained: Sequence[float], other: Sequence[float]) -> bool:

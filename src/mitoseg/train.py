@@ -197,7 +197,7 @@ def load_init(model: torch.nn.Module, config: Config, device: torch.device) -> N
     """Start `model` from the weights of the run (or checkpoint) `config.init` (`check_init`)."""
     other_model, other = check_init(config, device)
     model.load_state_dict(other_model.state_dict())
-    if unlike_voxels(other.voxel_size, config.voxel_size):
+    if other.voxel_size_stated and config.voxel_size_stated and unlike_voxels(other.voxel_size, config.voxel_size):
         words = [" x ".join(f"{float(v):g}" for v in c.voxel_size) for c in (other, config)]
         print(f"note: --init {Path(config.init).name} was trained on {words[0]} nm voxels, this run's are "
               f"{words[1]} nm: it starts from features of another scale"
