@@ -472,12 +472,19 @@ def test_boundary_weight_weighs_the_cross_entropy_near_outlines(shape, lucchi_cr
                                                                         rel=1e-5)
 
 
-def test_train_on_a_few_annotated_slices(tmp_path, small):
+def test_train_on_a_few_annotated_slices(tmp_path, small, capsys):
     raw, mask = small
     cfg = tiny(3, annotated_slices="0,2-3", epochs=1)  # this crop has mitochondria in slices 0 to 2 only
-    tr.train(cfg, raw, mask, tmp_path / "run", progress=False)
+    summary = tr.train(cfg, raw, mask, tmp_path / "run", progress=False)
     saved = Config.load(tmp_path / "run" / "config.json")
     assert saved.annotated_slices == "0,2-3"
+    # slice 1's foreground, not named, is left out and said so (before: silently); what it learned from is recorded
+    assert "the labels hold foreground in 1 slice outside the annotated slices (1), left out" in capsys.readouterr().err
+    parts = summary["annotation"]
+    assert parts == json.loads((tmp_path / "run" / "annotation.json").read_text())
+    assert parts["training"]["annotated_voxels"] + parts["validation"]["annotated_voxels"] == 3 * 128 * 128
+    assert parts["training"]["foreground_voxels"] + parts["validation"]["foreground_voxels"] == mask[[0, 2, 3]].sum()
+    assert parts["validation"]["annotated_voxels"] == 3 * 128 * round(128 * cfg.val_fraction)
     model, cfg = tr.load_model(tmp_path / "run")
     partial = data.annotate_slices(mask, [0, 2, 3])
     _, val = data.split(raw, partial, cfg.val_fraction, io.intensity_range(raw))

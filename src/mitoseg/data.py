@@ -79,6 +79,21 @@ def annotate_slices(mask: np.ndarray, slices: list[int]) -> np.ndarray:
     return out
 
 
+def foreground_outside(mask: np.ndarray, slices: list[int]) -> list[int]:
+    """The slices (Z indices) of `mask` (Z, Y, X) outside `slices` that hold foreground (1): painted, yet not
+    named as annotated, so `annotate_slices` leaves them out."""
+    named = set(slices)
+    return [int(z) for z in np.flatnonzero((mask == 1).any(axis=(1, 2))) if int(z) not in named]
+
+
+def counts(volume: Volume | None) -> dict:
+    """{"annotated_voxels", "foreground_voxels"} of a volume's mask ({} for none): what a run learned from."""
+    if volume is None:
+        return {}
+    return {"annotated_voxels": int(np.count_nonzero(volume.mask != IGNORE)),
+            "foreground_voxels": int(np.count_nonzero(volume.mask == 1))}
+
+
 def split(image: np.ndarray, mask: np.ndarray, val_fraction: float,
           window: tuple[float, ...] = (0.0, 1.0)) -> tuple[Volume, Volume | None]:
     """Hold out the last `val_fraction` of the X axis for validation; both parts are views with `window`.

@@ -1,7 +1,8 @@
 """One training loop for both models: patches, Dice+BCE, AdamW, warmup+cosine, checkpoints, resume.
 
 A run folder holds everything needed to repeat or continue it:
-``config.json``, ``versions.json``, ``log.csv`` (one row per epoch), ``summary.json``,
+``config.json``, ``versions.json``, ``annotation.json`` (annotated and foreground voxels of the training and
+validation parts), ``log.csv`` (one row per epoch), ``summary.json``,
 ``last.pt`` (after the first epoch, then after each epoch ending 30 s or more after the last write, and
 at the end; used by --resume, which trains the epochs after it again), ``best.pt`` (best validation
 IoU, written with last.pt) and, at the end, ``postprocessing.json`` (how `predict` makes masks, chosen on
@@ -396,7 +397,13 @@ def train(config: Config, image: np.ndarray, mask: np.ndarray, out: str | Path, 
         if given.dims != config.dims:
             raise MitosegError(f"{out} holds a {config.dims}D run; cannot resume it as {given.dims}D")
     if config.annotated_slices is not None:  # "" too: it names no slice, refused (not "all slices")
-        mask = data.annotate_slices(mask, data.parse_slices(config.annotated_slices, mask.shape[0]))
+        slices = data.parse_slices(config.annotated_slices, mask.shape[0])
+        outside = data.foreground_outside(mask, slices)
+        if outside and not resume:
+            print(f"note: the labels hold foreground in {len(outside)} slice{'s' * (len(outside) > 1)} outside the "
+                  f"annotated slices ({io.first_values(np.array(outside))}), left out: name them in "
+                  "--annotated-slices if they are annotated", file=sys.stderr)
+        mask = data.annotate_slices(mask, slices)
     data.check_labels(mask)
     data.check_image(image)
     data.check_patch(image.shape, config.patch)
@@ -424,6 +431,8 @@ def _train(config: Config, image: np.ndarray, mask: np.ndarray, out: Path, resum
     torch.manual_seed(config.seed)
     window = io.intensity_range(image, rule=config.normalize)
     train_vol, val_vol = data.split(image, mask, config.val_fraction, window)
+    (out / "annotation.json").write_text(json.dumps(  # what the run learned from and was validated on, in voxels
+        {"training": data.counts(train_vol), "validation": data.counts(val_vol)}, indent=2) + "\n")
     # kept with every checkpoint: what `predict --match-training` maps another volume's grey levels onto
     intensity = {"window": window, "reference": io.reference_levels(image)}
     sampler = data.PatchSampler(train_vol, config.patch, config.fg_fraction, np.random.default_rng(config.seed),
@@ -638,6 +647,8 @@ def summarize(run: str | Path) -> dict:
         "final_loss": rows[-1]["loss"] if rows else float("nan"),
         "peak_memory_mib": max((r["peak_memory_mib"] for r in rows), default=0.0),
     }
+    if (run / "annotation.json").exists():  # runs since 2026-12-07
+        summary["annotation"] = json.loads((run / "annotation.json").read_text())
     (run / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     return summary
 
