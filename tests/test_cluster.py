@@ -275,6 +275,11 @@ def test_label_blurs_probabilities_along_z_on_the_cluster_as_in_this_process(das
     one = io.open_volume(tmp_path / "one.zarr")[:]
     np.testing.assert_array_equal(io.open_volume(tmp_path / "many.zarr")[:], one)
     assert not np.array_equal(one > 0, z[:] >= 128)
+    for threshold in (None, 0.5):  # the engine alone takes stored values: before, every voxel > 0 or >= 0.5 of 255
+        with pytest.raises(MitosegError, match="holds mitoseg probabilities stored as uint8: give label_dask a thr"):
+            cluster.label_dask(dask_client, path, tmp_path / "raw.zarr", block=block, threshold=threshold,
+                               progress=False)
+    assert not (tmp_path / "raw.zarr").exists() and not io.partial_path(tmp_path / "raw.zarr").exists()
 
 
 def test_a_mask_blurred_along_z_is_written_by_the_workers_as_by_this_process(dask_client, real_mask, tmp_path):

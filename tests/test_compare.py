@@ -165,6 +165,9 @@ def test_compare_resumes_an_interrupted_run(tmp_path, tiny_bench, monkeypatch):
     assert "Train (8, 128, 128), test (8, 128, 128) voxels" in md and "(50.0, 4.6, 4.6) nm" in md  # not as lists
     with pytest.raises(MitosegError, match="report is finished: nothing to resume"):  # before: "pass --overwrite",
         cmp.compare(out, preset="quick", epochs=2, changes=TINY, progress=False, resume=True)  # which ran it all again
+    (tmp_path / "empty").mkdir()  # a folder that holds no report is not "finished"
+    with pytest.raises(MitosegError, match="empty already exists"):
+        cmp.compare(tmp_path / "empty", preset="quick", epochs=2, changes=TINY, progress=False, resume=True)
 
 
 def test_compare_resume_keeps_what_an_interrupted_evaluation_predicted(tmp_path, tiny_bench, monkeypatch):

@@ -290,6 +290,8 @@ def test_morphology_of_a_ball_a_rod_and_real_mitochondria(droso):
     edge = (table["bbox_y0"] == 0) | (table["bbox_x0"] == 0) | (table["bbox_y1"] == 512) | (table["bbox_x1"] == 512)
     edge |= (table["bbox_z0"] == 0) | (table["bbox_z1"] == 20)
     assert np.array_equal(table["touches_border"], edge) and edge.any() and not edge.all()
+    with pytest.raises(MitosegError, match="measured with voxels of 1058 nm³ and voxel_size"):  # before: surfaces
+        instances.morphology(labels, instances.measure(labels, (50, 4.6, 4.6)))  # at 1 nm beside volumes at 50
 
 
 def test_undefined_shape_values_are_empty_cells_in_the_table(tmp_path, droso_crop):

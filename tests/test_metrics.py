@@ -251,6 +251,12 @@ def test_confusion_refuses_probabilities_and_soft_masks(droso_crop):
     with pytest.raises(MitosegError, match="the truth holds more than two values"):
         confusion(mask, soft)
     assert confusion(mask * 255, mask) == confusion(mask.astype(bool), mask)
+    probs = soft.astype(np.float32) / 255  # as a notebook holds them: before, scored as "> 0", a blob
+    with pytest.raises(MitosegError, match="the prediction holds more than two values"):
+        jaccard(probs, mask)
+    with pytest.raises(MitosegError, match="the mask holds more than two values"):
+        error_places(probs, mask)
+    assert error_places(mask * 255, mask)["jaccard"] == jaccard(mask, mask.astype(bool)) == 1.0
 
 
 def test_evaluate_scores_every_input_format_and_writes_its_json(droso_crop, tmp_path, capsys):

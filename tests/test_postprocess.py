@@ -113,6 +113,25 @@ def test_bad_settings_refused():
         PostProcessing(z_sigma=-1.0)
 
 
+def test_probabilities_on_another_scale_or_shape_are_refused(damaged):
+    """Float probabilities of 0..255 (before: every threshold made 0.5 of 255 nearly all foreground), integers
+    other than uint8, a single slice (before: its Y blurred as Z, or an unpacking error) and a negative blur."""
+    probs, truth = damaged
+    pp = PostProcessing(0.5, 0, False, 1.0)
+    for bad, said in ((probs * 255, "floats from 0 to 255, not probabilities in"),
+                      (probs.astype(np.uint16), "are uint16: probabilities are floats")):
+        with pytest.raises(MitosegError, match=said):
+            postprocess.apply(bad, pp)
+        with pytest.raises(MitosegError, match=said):
+            postprocess.choose(bad, truth)
+    with pytest.raises(MitosegError, match=r"must be a volume \(Z, Y, X\), not an array of shape \(256, 256\)"):
+        postprocess.apply(probs[0], pp)
+    with pytest.raises(MitosegError, match=r"the mask must be a volume \(Z, Y, X\)"):
+        postprocess.fill_holes(truth[0])
+    with pytest.raises(MitosegError, match="z-sigma must be a number >= 0"):
+        postprocess.smooth_z(probs, -1)
+
+
 def test_z_smoothed_view_reads_each_block_with_its_neighbouring_slices(damaged):
     """`ZSmoothed`: blocks 3 slices deep, cut anywhere in Y and X, equal the whole volume blurred along Z (ends
     mirrored), stored uint8 and floats alike; sigma 0 is the volume as stored."""

@@ -518,6 +518,10 @@ def test_the_block_engine_refuses_dims_not_the_models_and_its_own_input_as_outpu
                                progress=False)
     with pytest.raises(MitosegError, match=r"must be a volume \(Z, Y, X\), not an array of shape \(64, 64\)"):
         predict.predict_volume(net3d, droso_crop[0][0, :64, :64], tmp_path / "p.zarr", 3, (8, 64, 64), progress=False)
+    with pytest.raises(MitosegError, match=r"must be a volume \(Z, Y, X\), not an array of shape \(64, 64\)"):
+        predict.predict_array(net3d, droso_crop[0][0, :64, :64], 3, (8, 64, 64))  # before: an IndexError
+    with pytest.raises(MitosegError, match=r"dims must be 3 \(the model's\), not 2"):
+        predict.predict_array(net3d, droso_crop[0][:8, :64, :64], 2, (8, 64, 64))  # before: deep in torch
     assert sorted(p.name for p in tmp_path.iterdir()) == ["raw.zarr"]
     with pytest.raises(MitosegError, match="no model given"):
         predict.predict([], str(zarr_path), tmp_path / "p.zarr")

@@ -10,12 +10,15 @@ import tifffile
 from mitoseg import cli, predict, suggest
 from mitoseg import train as tr
 from mitoseg.config import Config
+from mitoseg.errors import MitosegError
 
 
 def test_entropy_is_one_bit_at_half_and_zero_when_certain():
     e = suggest.entropy(np.array([0.5, 0.0, 1.0, 0.1]))
     np.testing.assert_allclose(e, [1.0, 0.0, 0.0, 0.469], atol=1e-3)
     np.testing.assert_allclose(suggest.entropy(np.array([128, 0], np.uint8)), [1.0, 0.0], atol=1e-3)
+    with pytest.raises(MitosegError, match="floats from 0 to 128, not probabilities"):  # before: 2e-5 bits
+        suggest.entropy(np.array([128.0, 0.0]))
 
 
 def test_pick_spreads_and_skips_annotated():

@@ -397,6 +397,8 @@ def test_bad_inputs(tmp_path, small):
         tr.train(tiny(2), raw, np.ones_like(mask), tmp_path / "r1", progress=False)
     with pytest.raises(MitosegError, match="smaller than the patch"):
         tr.train(tiny(3, patch_z=16), raw, mask, tmp_path / "r1", progress=False)
+    with pytest.raises(MitosegError, match=r"the training part \(x < 96; the rest validates\) \(8, 128, 96\) is sm"):
+        tr.train(tiny(2, patch_xy=128), raw, mask, tmp_path / "r1", progress=False)  # before: later, a shape not given
     with pytest.raises(MitosegError, match="differ in shape"):
         tr.train(tiny(2), raw, mask[:, :64], tmp_path / "r1", progress=False)
     with pytest.raises(MitosegError, match="no checkpoint"):

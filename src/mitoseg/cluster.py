@@ -280,8 +280,10 @@ def label_dask(client: Any, mask_spec: str | Path, out: str | Path, *, block: Se
                attrs: dict | None = None, overwrite: bool = False, resume: bool = False, z_sigma: float = 0.0) -> int:
     """`instances.label_blockwise` on a Dask cluster: the same labels, id for id, in a new Zarr at `out`.
 
-    `mask_spec`: a path (`io.open_volume`) every worker can read; foreground is `>= threshold`, or `> 0`
-    when threshold is None, after a blur along Z of `z_sigma` slices (`postprocess.ZSmoothed`: each task
+    `mask_spec`: a path (`io.open_volume`) every worker can read; foreground is `>= threshold` on the stored
+    values (128 for 0.5 of uint8 probabilities: `instances.label_volume(..., client=client)` converts a probability
+    and applies the run's choice), or `> 0` when threshold is None (refused for mitoseg probabilities), after a
+    blur along Z of `z_sigma` slices (`postprocess.ZSmoothed`: each task
     reads its block's neighbouring slices too). `block` defaults to (64, 512, 512) and is also the output's
     chunk shape.
     Pass 1 labels every block alone and keeps its faces on the cluster; one task per block finds the ids
@@ -295,7 +297,12 @@ def label_dask(client: Any, mask_spec: str | Path, out: str | Path, *, block: Se
     from mitoseg import blocks
 
     spec = _spec(mask_spec, "mask")
-    shape = tuple(io.open_volume(spec).shape)
+    volume = io.open_volume(spec)
+    shape = tuple(volume.shape)
+    if io.stated_kind(volume) == "probability" and (threshold is None or threshold < 1 and volume.dtype == np.uint8):
+        raise MitosegError(f"{mask_spec} holds mitoseg probabilities stored as {volume.dtype}: give label_dask a "
+                           "threshold on that scale (e.g. 128 for 0.5 of uint8), or label with "
+                           "instances.label_volume(..., client=client), which converts it")
     block = tuple(int(b) for b in (block or (min(shape[0], 64), 512, 512)))
     output = instances.open_labels(out, shape, block, connectivity, min_size, threshold, attrs, resume, overwrite,
                                    z_sigma)

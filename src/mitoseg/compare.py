@@ -513,7 +513,7 @@ def compare(out: str | Path, dataset: str = "auto", data: str | Path | None = No
     monitor = preset != "quick" if monitor is None else monitor
     tmp = io.partial_path(out)
     started = (tmp / "compare.json").exists()  # an interrupted compare, which --resume goes on with
-    if resume and not started and Path(out).exists():
+    if resume and not started and (Path(out) / "report.json").exists():
         raise MitosegError(f"{out} is finished: nothing to resume (leave out --resume; with --overwrite the study "
                            "runs again)")
     if started and not resume and not overwrite:

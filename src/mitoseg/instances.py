@@ -229,7 +229,15 @@ def morphology(labels, table: dict[str, np.ndarray], voxel_size: Sequence[float]
     `labels`: any array-like (Z, Y, X). Objects whose boxes start in the same `block` (default: the array's
     blocks, `blocks.block_of`, else 64 x 512 x 512) are read together, as the one box around them all (`shape_groups`,
     `group_shapes`): a chunked array is decompressed about once, not once per object. Memory: the largest
-    such box. `mitoseg.cluster.table_dask` measures the groups in parallel, with the same table."""
+    such box. `mitoseg.cluster.table_dask` measures the groups in parallel, with the same table.
+    `voxel_size` must be the one `table` was measured with (its volumes tell), else MitosegError."""
+    voxels, volumes = table.get("voxels"), table.get("volume_um3")
+    if voxels is not None and volumes is not None and len(voxels):
+        measured = float(volumes[0]) * 1e9 / float(voxels[0])  # nm³ of one voxel
+        if not np.isclose(measured, float(np.prod(np.asarray(voxel_size, dtype=np.float64))), rtol=1e-6):
+            raise MitosegError(f"the table was measured with voxels of {measured:g} nm³ and voxel_size "
+                               f"{tuple(float(v) for v in voxel_size)} makes {float(np.prod(voxel_size)):g}: give "
+                               "morphology the voxel_size given to measure")
     groups = shape_groups(table, block or blocks.block_of(labels) or (64, 512, 512))
     bar = tqdm(total=len(table["id"]), desc="shape", disable=not progress)
     parts = []

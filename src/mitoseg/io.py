@@ -689,6 +689,21 @@ def foreground(mask: np.ndarray, name: str = "the mask") -> np.ndarray:
     return fg
 
 
+def probability_scale(probs: np.ndarray, name: str = "the probabilities") -> float:
+    """255.0 for uint8 probabilities (0..255, as mitoseg stores them), 1.0 for floats in [0, 1]; other
+    dtypes, and floats outside [0, 1] (0..255 ones would turn every threshold into nearly all), refused."""
+    dtype = np.dtype(probs.dtype)
+    if dtype == np.uint8:
+        return 255.0
+    if not np.issubdtype(dtype, np.floating):
+        raise MitosegError(f"{name} are {dtype}: probabilities are floats in [0, 1] or uint8 0..255")
+    low, high = (float(np.min(probs)), float(np.max(probs))) if probs.size else (0.0, 0.0)
+    if not 0 <= low <= high <= 1:
+        raise MitosegError(f"{name} are floats from {low:g} to {high:g}, not probabilities in [0, 1] (0..255: store "
+                           "them as uint8, or divide by 255)")
+    return 1.0
+
+
 def sampled_values(volume: Any, max_samples: int = 2_000_000) -> np.ndarray:
     """The sorted distinct values of a strided subsample of about `max_samples` voxels of `volume`."""
     step = max(1, int(np.ceil((np.prod(volume.shape) / max_samples) ** (1 / len(volume.shape)))))

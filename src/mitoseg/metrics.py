@@ -220,9 +220,9 @@ def scores(counts: Counts) -> dict[str, float]:
 
 
 def jaccard(pred: np.ndarray, truth: np.ndarray) -> float:
-    """Foreground IoU of a mask against a truth (Z, Y, X; bool or {0, 1}, anything non-zero is foreground):
-    `scores`' "jaccard" of their `confusion`."""
-    return scores(confusion(np.asarray(pred) != 0, np.asarray(truth) != 0))["jaccard"]
+    """Foreground IoU of a mask against a truth (Z, Y, X; binary: bool, or 0 and one other value, which is
+    foreground; more values are refused, `io.foreground`): `scores`' "jaccard" of their `confusion`."""
+    return scores(confusion(pred, truth))["jaccard"]
 
 
 def _check_labels(name: str, labels: np.ndarray) -> np.ndarray:
@@ -350,7 +350,8 @@ def error_places(mask: np.ndarray, truth: np.ndarray, voxel_size: Sequence[float
                  widths: Sequence[int] = ERROR_WIDTHS, slab: int = 32) -> dict:
     """Where a binary mask's errors lie against the truth: in whole objects, or how near the true surface.
 
-    `mask`, `truth`: in-memory (Z, Y, X) arrays of one shape, foreground > 0; `voxel_size` (z, y, x) in nm.
+    `mask`, `truth`: in-memory binary (Z, Y, X) arrays of one shape, foreground > 0 (more values are refused,
+    `io.foreground`); `voxel_size` (z, y, x) in nm.
     Each false positive (FP) and false negative (FN) voxel is counted once: in a *whole object* when it
     belongs to a true object the mask misses entirely (FN) or to a 26-connected object of the mask that
     touches no true voxel (FP); otherwise by its Euclidean distance to the true surface (a voxel next to
@@ -360,8 +361,9 @@ def error_places(mask: np.ndarray, truth: np.ndarray, voxel_size: Sequence[float
     removed, FN found). Distances are exact up to the largest width: the volume is taken `slab` slices
     at a time with as many slices around as that width spans in Z, so memory follows the slab.
     """
-    mask = np.asarray(mask) > 0
-    truth = np.asarray(truth) > 0
+    from mitoseg import io
+
+    mask, truth = io.foreground(mask, "the mask"), io.foreground(truth, "the truth")
     _check_same_shape(mask.shape, truth.shape)
     if mask.ndim != 3:
         raise MitosegError(f"error_places needs (Z, Y, X) volumes, not shape {mask.shape}")

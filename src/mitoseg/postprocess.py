@@ -11,6 +11,7 @@ import json
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import cc3d
 import numpy as np
@@ -18,6 +19,7 @@ from scipy import ndimage
 
 from mitoseg import checks, io, metrics
 from mitoseg.config import Config
+from mitoseg.errors import MitosegError
 
 THRESHOLDS = (0.3, 0.4, 0.5, 0.6, 0.7)  # scored at every validation while training (`train.validate`)
 # searched by `choose` on the validation split; wider, because a model may be calibrated far from 0.5 (the CA1
@@ -57,7 +59,8 @@ def smooth_z(probs: np.ndarray, sigma: float, rows: int = 64) -> np.ndarray:
     own units and dtype (uint8 0..255 rounded back to uint8, floats as float32); computed `rows` rows of Y at
     a time, shared out among threads (`_map`), so the float32 copies stay small. `sigma` 0 returns `probs`
     itself."""
-    probs = np.asarray(probs)
+    checks.check(z_sigma=sigma)
+    probs = _volume(probs)
     if sigma == 0:
         return probs
     out = np.empty(probs.shape, np.uint8 if probs.dtype == np.uint8 else np.float32)
@@ -164,10 +167,18 @@ def chosen_for(run: str | Path, planes: int | None = None) -> int:
     return Config.load(config).slice_planes if config.is_file() else 1
 
 
+def _volume(values: Any, name: str = "the probabilities") -> np.ndarray:
+    """`values` as an in-memory (Z, Y, X) array; other shapes refused (a 2D array's Y would be blurred as Z)."""
+    values = np.asarray(values)
+    if values.ndim != 3:
+        raise MitosegError(f"{name} must be a volume (Z, Y, X), not an array of shape {values.shape}")
+    return values
+
+
 def apply(probs: np.ndarray, pp: PostProcessing) -> np.ndarray:
     """Mask uint8 {0, 1} (Z, Y, X) from probabilities (Z, Y, X): float in [0, 1], or uint8 0..255 as stored."""
-    probs = np.asarray(probs)
-    scale = 255.0 if probs.dtype == np.uint8 else 1.0
+    probs = _volume(probs)
+    scale = io.probability_scale(probs)
     mask = io.at_least(smooth_z(probs, pp.z_sigma), pp.threshold * scale)
     return _clean(mask, pp)
 
@@ -185,7 +196,7 @@ def fill_holes(mask: np.ndarray, slices: int = 16) -> np.ndarray:
     (background not 4-connected to the slice's edge becomes foreground), by connected components of the
     background, faster than scipy's (`benchmarks/bench_evaluation.py`). `slices` slices are labelled in one 2D
     call: stacked along Y, each followed by a row of foreground, so no background component spans two."""
-    out = np.array(mask, dtype=bool)
+    out = np.array(_volume(mask, "the mask"), dtype=bool)
     depth, height, width = out.shape
     for z0 in range(0, depth, slices):
         part = out[z0:z0 + slices]
@@ -210,8 +221,8 @@ def choose(probs: np.ndarray, truth: np.ndarray, thresholds=CHOICE_THRESHOLDS, m
     Ties go to the simpler setting (less smoothing, threshold nearest 0.5, smaller min_size, no hole
     filling). Each candidate's mask is `apply`'s; the objects are found once per threshold, not per candidate.
     """
-    probs = np.asarray(probs)
-    scale = 255.0 if probs.dtype == np.uint8 else 1.0
+    probs = _volume(probs)
+    scale = io.probability_scale(probs)
     thresholds = sorted(thresholds, key=lambda t: abs(t - 0.5))
 
     def smoothing(z_sigma: float) -> tuple[np.ndarray, list[dict]]:

@@ -240,11 +240,27 @@ def predict_array(model: torch.nn.Module, image: np.ndarray, dims: int, tile: tu
                   amp: bool = True) -> np.ndarray:
     """Probabilities float32 (Z, Y, X) for an in-memory volume: one block covering it all. `window`
     defaults to `io.intensity_range` of `image` by the model's own rule (`input_rule`)."""
+    check_call(model, image, dims, "predict_array")
     device = device or next(model.parameters()).device
     window = window or input_window(model, image)
     block = tuple(slice(0, s) for s in image.shape)
     model.eval()
     return predict_block(model, image, block, tile, overlap, window, device, dims, batch_size, tta, amp)
+
+
+def check_call(model: Any, image: Any, dims: Any, name: str) -> tuple[int, ...]:
+    """The shape of `image` when `model` is a loaded network of `dims` (2 or 3) and `image` a volume
+    (Z, Y, X); else MitosegError in one line (`name`: the function called)."""
+    if not isinstance(model, torch.nn.Module):
+        raise MitosegError(f"{name} takes a loaded model (train.load_model), not a {type(model).__name__}; "
+                           "predict.predict takes a run folder or checkpoint")
+    found = model_dims(model)
+    if dims not in (2, 3) or found not in (None, dims):
+        raise MitosegError(f"dims must be {found or '2 or 3'} (the model's), not {dims!r}")
+    shape = tuple(image.shape)
+    if len(shape) != 3:
+        raise MitosegError(f"the image must be a volume (Z, Y, X), not an array of shape {shape}")
+    return shape
 
 
 def input_window(model: torch.nn.Module, volume: Any, match_training: bool = False) -> tuple[float, ...]:
@@ -501,16 +517,8 @@ def predict_volume(model: torch.nn.Module, image: Any, out: str | Path, dims: in
     """
     from tqdm.auto import tqdm
 
-    if not isinstance(model, torch.nn.Module):
-        raise MitosegError(f"predict_volume takes a loaded model (train.load_model), not a {type(model).__name__}; "
-                           "predict.predict takes a run folder or checkpoint")
-    found = model_dims(model)
-    if dims not in (2, 3) or found not in (None, dims):
-        raise MitosegError(f"dims must be {found or '2 or 3'} (the model's), not {dims!r}")
     volume = io.open_volume(image) if isinstance(image, str | Path) else image
-    shape = tuple(volume.shape)
-    if len(shape) != 3:
-        raise MitosegError(f"the image must be a volume (Z, Y, X), not an array of shape {shape}")
+    shape = check_call(model, volume, dims, "predict_volume")
     window = window or input_window(model, volume)
     settings = plan(volume, dims, tile, overlap, block, window, planes=input_planes(model, dims), dtype=dtype,
                     threshold=threshold, tta=tta, amp=amp,
@@ -587,8 +595,9 @@ def predict(model: str | Path | Sequence[str | Path], image: str | Path, out: st
 
     Defaults come from the run: `tile_xy`/`tile_z` (a 2D model: whole slices up to 2048 x 2048 when
     `tile_xy` is not given) and `overlap`. The outputs record `voxel_size` (z, y, x) nm when given, else the one
-    the input states (`io.voxel_size`: OME-Zarr, ImageJ TIFF, a mitoseg output), else the run's; an `out` (or
-    `mask_out`) named *.ome.zarr is written as OME-Zarr with a pyramid at that scale. Returns `out`.
+    the input states (`io.voxel_size`: OME-Zarr, ImageJ TIFF, a mitoseg output), else the run's when stated
+    (`recorded_voxel`); an `out` (or `mask_out`) named *.ome.zarr is written as OME-Zarr with a pyramid at that
+    scale. Returns `out`.
 
     The mask: probability >= `threshold` when given; else the run's post-processing chosen on validation
     (`postprocess.read`: its Z smoothing, then its threshold, `write_mask`; its minimum object size and hole

@@ -27,9 +27,8 @@ SLAB = 16  # slices read at a time from the probabilities
 def entropy(probs: np.ndarray) -> np.ndarray:
     """Binary entropy in bits (0 where certain, 1 at p = 0.5) of probabilities, any shape, float [0, 1]
     or uint8 0..255 as mitoseg stores them."""
-    p = np.asarray(probs, dtype=np.float32)
-    if np.asarray(probs).dtype == np.uint8:
-        p = p / 255.0
+    probs = np.asarray(probs)
+    p = probs.astype(np.float32) / np.float32(io.probability_scale(probs))
     p = np.clip(p, 1e-6, 1 - 1e-6)
     return -(p * np.log2(p) + (1 - p) * np.log2(1 - p))
 

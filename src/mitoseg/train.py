@@ -407,8 +407,10 @@ def train(config: Config, image: np.ndarray, mask: np.ndarray, out: str | Path, 
     data.check_labels(mask)
     data.check_image(image)
     data.check_patch(image.shape, config.patch)
+    part, _ = data.split(image, mask, config.val_fraction)  # annotation on both sides of the validation cut
+    cut = part.image.shape[2]
+    data.check_patch(part.image.shape, config.patch, f"the training part (x < {cut}; the rest validates)")
     if not resume:  # what can be refused is, before --overwrite deletes an old run there
-        data.split(image, mask, config.val_fraction)  # annotation on both sides of the validation cut
         if config.init:
             check_init(config)
         _prepare_dir(out, resume, overwrite, (config.init,) if config.init else ())
