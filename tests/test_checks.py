@@ -49,8 +49,10 @@ def test_rules_in_words_and_at_their_edges():
     assert ok(0) and ok(0.99) and not ok(1) and not ok(-0.01) and not ok(float("nan")) and not ok(True)
     assert bad(1) is True and not bad(0) and not bad(1.5) and bad(np.int64(3))
     checks.check(voxel_size=(50, 4.6, 4.6), block=None)
-    with pytest.raises(MitosegError, match=r"voxel-size must be a number > 0, not -5"):
+    with pytest.raises(MitosegError, match=r"voxel_size must be a number > 0, not -5"):
         checks.check(voxel_size=(5, -5, 5))
+    with pytest.raises(MitosegError, match=r"^threshold must be a number > 0, not -1"):  # the keyword, not its rule
+        checks.check(value_threshold=-1)  # label_volume's and evaluate's (before: "value-threshold")
     with pytest.raises(KeyError):
         checks.check(no_such_setting=1)  # a setting without a rule is a bug, not a pass
 
@@ -59,11 +61,11 @@ def test_rules_in_words_and_at_their_edges():
     (lambda: Config(epochs=0), "epochs must be an integer >= 1, not 0"),
     (lambda: Config(overlap=1.5), r"overlap must be a number in \[0, 1\), not 1.5"),
     (lambda: Config(voxel_size=(5, 5)), "three numbers"),
-    (lambda: Config(val_fraction=0.95), r"val-fraction must be a number in \[0, 0.9\]"),
+    (lambda: Config(val_fraction=0.95), r"val_fraction must be a number in \[0, 0.9\]"),
     (lambda: PostProcessing(threshold=128), r"threshold must be a number in \(0, 1\), not 128"),
-    (lambda: PostProcessing(min_size=-5), "min-size must be an integer >= 0, not -5"),
+    (lambda: PostProcessing(min_size=-5), "min_size must be an integer >= 0, not -5"),
     (lambda: predict.Settings((1, 64, 64), -0.5, (0.0, 1.0), (4, 64, 64)), "overlap must be"),
-    (lambda: predict.Settings((1, 64, 64), 0.5, (0.0, 1.0), (4, 64, 64), batch_size=0), "batch-size must be"),
+    (lambda: predict.Settings((1, 64, 64), 0.5, (0.0, 1.0), (4, 64, 64), batch_size=0), "batch_size must be"),
 ])
 def test_the_api_refuses_what_the_cli_refuses(make, match):
     with pytest.raises(MitosegError, match=match):
@@ -83,5 +85,5 @@ def test_parse_errors_are_one_line(capsys):
 def test_a_voxel_size_or_block_needs_one_number_per_axis():
     checks.per_axis(voxel_size=(50, 4.6, 4.6), block=[64, 512, 512])
     for value in ((5, 5), 5, (1, 2, 3, 4)):
-        with pytest.raises(MitosegError, match=r"voxel-size must be three numbers \(z, y, x\)"):
+        with pytest.raises(MitosegError, match=r"voxel_size must be three numbers \(z, y, x\)"):
             checks.per_axis(voxel_size=value)

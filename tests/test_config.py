@@ -31,5 +31,5 @@ def test_an_encoder_or_dims_it_cannot_build_is_refused_up_front():
         Config(dims="3")
     assert type(Config(dims=2.0).dims) is int
     for voxel in (5, None, (5, 5)):
-        with pytest.raises(MitosegError, match=r"voxel-size must be three numbers \(z, y, x\)"):
+        with pytest.raises(MitosegError, match=r"voxel_size must be three numbers \(z, y, x\)"):
             Config(voxel_size=voxel)

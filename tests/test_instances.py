@@ -83,10 +83,10 @@ def test_label_rejects_bad_input():
     with pytest.raises(MitosegError, match="3D"):
         label(np.zeros((2, 2)))
     for size in (-5, 2.5, "500"):
-        with pytest.raises(MitosegError, match="min-size must be an integer >= 0"):
+        with pytest.raises(MitosegError, match="min_size must be an integer >= 0"):
             label(np.zeros((2, 2, 2)), min_size=size)
     for voxel in ((5, 5), (5, float("nan"), 5), (5, -1, 5)):
-        with pytest.raises(MitosegError, match="voxel-size must be"):
+        with pytest.raises(MitosegError, match="voxel_size must be"):
             measure(np.zeros((2, 2, 2), np.uint32), voxel_size=voxel)
 
 
@@ -102,7 +102,7 @@ def test_label_volume_checks_its_settings_before_writing(tmp_path, droso_crop):
     """A voxel size or block of two numbers, and a table named as the labels: refused before anything is
     written (before, the labels were finished and the table failed)."""
     zarr.create_array(str(tmp_path / "m.zarr"), data=droso_crop[1][:4], chunks=(4, 128, 128))
-    for kw, match in (({"voxel_size": (5, 5)}, "voxel-size must be three numbers"),
+    for kw, match in (({"voxel_size": (5, 5)}, "voxel_size must be three numbers"),
                       ({"block": (4, 128)}, "block must be three numbers"),
                       ({"table": tmp_path / "l.zarr"}, "the labels and the table are both")):
         with pytest.raises(MitosegError, match=match):
@@ -147,7 +147,7 @@ def test_measure_sparse_large_ids():
     assert table["voxels"].tolist() == [2, 1]
     assert table["centroid_y"].tolist() == [0.5, 0.0]
     assert [table[f"bbox_{k}"][0] for k in ("z0", "y0", "x0", "z1", "y1", "x1")] == [1, 0, 1, 2, 2, 2]
-    with pytest.raises(MitosegError, match="voxel-size must be three numbers"):
+    with pytest.raises(MitosegError, match="voxel_size must be three numbers"):
         measure(labels, voxel_size=(1, 1))
 
 

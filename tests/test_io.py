@@ -406,7 +406,7 @@ def test_load_pair(tmp_path, droso_crop):
     assert np.array_equal(img, raw) and np.array_equal(lab, mask) and lab.dtype == np.uint8
     with pytest.raises(MitosegError, match=r"image \(20, 256, 256\) and labels \(10, 256, 256\) differ in shape"):
         io.load_pair(tmp_path / "img.npy", tmp_path / "short.npy")
-    with pytest.raises(MitosegError, match="label-threshold must be a number >= 0, not -5"):
+    with pytest.raises(MitosegError, match="label_threshold must be a number >= 0, not -5"):
         io.load_pair(tmp_path / "img.npy", tmp_path / "lab.npy", threshold=-5)
 
 

@@ -107,9 +107,9 @@ def test_fill_holes_matches_scipy_slice_by_slice(damaged):
 def test_bad_settings_refused():
     with pytest.raises(MitosegError, match="threshold"):
         PostProcessing(threshold=1.5)
-    with pytest.raises(MitosegError, match="min-size must be an integer >= 0, not -5"):
+    with pytest.raises(MitosegError, match="min_size must be an integer >= 0, not -5"):
         PostProcessing(min_size=-5)
-    with pytest.raises(MitosegError, match="z-sigma must be a number >= 0"):
+    with pytest.raises(MitosegError, match="z_sigma must be a number >= 0"):
         PostProcessing(z_sigma=-1.0)
 
 
@@ -128,7 +128,7 @@ def test_probabilities_on_another_scale_or_shape_are_refused(damaged):
         postprocess.apply(probs[0], pp)
     with pytest.raises(MitosegError, match=r"the mask must be a volume \(Z, Y, X\)"):
         postprocess.fill_holes(truth[0])
-    with pytest.raises(MitosegError, match="z-sigma must be a number >= 0"):
+    with pytest.raises(MitosegError, match="z_sigma must be a number >= 0"):
         postprocess.smooth_z(probs, -1)
 
 

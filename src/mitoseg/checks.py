@@ -87,6 +87,8 @@ RULES: dict[str, Rule] = {
 }
 
 
+# a value out of range is named as the Python keyword (the command line's own parser names its --options)
+SHOWN = {"value_threshold": "threshold"}
 PER_AXIS = ("voxel_size",)  # settings that always hold one number per axis (z, y, x)
 
 
@@ -102,7 +104,7 @@ def check(**values: Any) -> None:
         rule = RULES[name]
         for v in value if isinstance(value, tuple | list | np.ndarray) else (value,):
             if not rule.ok(v):
-                raise MitosegError(f"{name.replace('_', '-')} must be {rule.words()}, not {v!r}")
+                raise MitosegError(f"{SHOWN.get(name, name)} must be {rule.words()}, not {v!r}")
 
 
 def per_axis(**values: Any) -> None:
@@ -110,7 +112,7 @@ def per_axis(**values: Any) -> None:
     size or a block of a volume."""
     for name, value in values.items():
         if value is not None and (not isinstance(value, tuple | list | np.ndarray) or len(value) != 3):
-            raise MitosegError(f"{name.replace('_', '-')} must be three numbers (z, y, x), not {value!r}")
+            raise MitosegError(f"{SHOWN.get(name, name)} must be three numbers (z, y, x), not {value!r}")
 
 
 def arg(name: str) -> Callable[[str], int | float]:

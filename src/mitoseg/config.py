@@ -99,7 +99,7 @@ class Config:
         if self.normalize not in io.RULES:
             raise MitosegError(f"normalize must be one of {', '.join(io.RULES)}, not {self.normalize!r}")
         if self.voxel_size is None:
-            raise MitosegError("voxel-size must be three numbers (z, y, x), not None")
+            raise MitosegError("voxel_size must be three numbers (z, y, x), not None")
         checks.check(**{f.name: getattr(self, f.name) for f in fields(self) if f.name in checks.RULES})
         self.voxel_size = tuple(float(v) for v in self.voxel_size)
         if self.planes not in (1, 3):
