@@ -37,6 +37,12 @@ def test_pick_blocks_boxes_only_in_their_own_cell():
     scores = np.array([[0.9, 0.1], [0.8, 0.7], [0.2, 0.3]])  # 3 slices, 2 cells
     assert suggest.pick(scores, 3, 1) == [(0, 0), (1, 1), (2, 0)]  # (1, 0) neighbours (0, 0) in its cell
     assert suggest.pick(scores, 3, 0, annotated=[1]) == [(0, 0), (2, 1), (2, 0)]
+    # the last column of `boxes` is shifted inwards: overlapping squares are blocked together (before: both
+    # picked in one slice, the overlap annotated twice); squares apart are not
+    cells = suggest.boxes((64, 100), 64)  # x 0..63 and 36..99
+    assert suggest.pick(np.array([[0.9, 0.8]]), 2, 0, cells=cells) == [(0, 0)]
+    cells = suggest.boxes((64, 128), 64)  # x 0..63 and 64..127
+    assert suggest.pick(np.array([[0.9, 0.8]]), 2, 0, cells=cells) == [(0, 0), (0, 1)]
 
 
 def test_boxes_cover_the_slice_with_whole_squares():
@@ -120,3 +126,21 @@ def test_suggest_mistakes_are_one_line(tmp_path, ca1, capsys):
         assert cli.main(["--quiet", "suggest", str(run), str(image), *args]) == 2
         err = capsys.readouterr().err.strip()
         assert err.count("\n") == 0 and message in err, err
+
+
+def test_suggest_names_the_runs_own_annotated_slices(tmp_path, ca1, capsys):
+    """A run trained on a few annotated slices: without --annotated-slices, one note names them (they may be
+    this image's, and would be suggested again; before: nothing said); given, no note."""
+    import json
+    import shutil
+
+    run, image = ca1
+    few = tmp_path / "few"
+    shutil.copytree(run, few)
+    saved = json.loads((few / "config.json").read_text())
+    (few / "config.json").write_text(json.dumps({**saved, "annotated_slices": "0,5", "data": "image.tif"}))
+    assert len(suggest.suggest(few, image, count=2, tta=False, progress=False)) == 2
+    assert ("note: few learned from the annotated slices 0,5 of image.tif; if that is this image, give "
+            "--annotated-slices 0,5") in capsys.readouterr().err
+    suggest.suggest(few, image, count=2, tta=False, progress=False, annotated="0,5")
+    assert "note:" not in capsys.readouterr().err

@@ -13,12 +13,14 @@ from __future__ import annotations
 
 import csv
 import os
+import sys
 import tempfile
 from pathlib import Path
 
 import numpy as np
 
 from mitoseg import checks, io
+from mitoseg.config import Config
 from mitoseg.errors import MitosegError
 
 SLAB = 16  # slices read at a time from the probabilities
@@ -62,10 +64,13 @@ def slice_scores(probs, cells: list[tuple[int, int, int, int]] | None = None) ->
     return uncertainty, foreground
 
 
-def pick(scores: np.ndarray, count: int, gap: int, annotated: list[int] | None = None) -> list[tuple[int, int]]:
+def pick(scores: np.ndarray, count: int, gap: int, annotated: list[int] | None = None,
+         cells: list[tuple[int, int, int, int]] | None = None) -> list[tuple[int, int]]:
     """Up to `count` (slice, cell) pairs of `scores` (Z, cells), highest score first, each more than `gap`
-    slices from every earlier pick in the same cell and from every `annotated` slice (fewer when the
-    volume has no room left)."""
+    slices from every earlier pick in the same cell, or in a cell overlapping it (`cells`: their (y, x, height,
+    width), as `boxes` gives them), and from every `annotated` slice (fewer when the volume has no room left)."""
+    if cells is not None:
+        y, x, h, w = (np.array(v) for v in zip(*cells, strict=True))
     blocked = np.zeros(scores.shape, bool)
     for z in annotated or []:
         blocked[max(0, z - gap):z + gap + 1] = True
@@ -76,7 +81,8 @@ def pick(scores: np.ndarray, count: int, gap: int, annotated: list[int] | None =
         z, c = (int(i) for i in np.unravel_index(flat, scores.shape))
         if not blocked[z, c]:
             chosen.append((z, c))
-            blocked[max(0, z - gap):z + gap + 1, c] = True
+            near = c if cells is None else (y < y[c] + h[c]) & (y + h > y[c]) & (x < x[c] + w[c]) & (x + w > x[c])
+            blocked[max(0, z - gap):z + gap + 1, near] = True
     return chosen
 
 
@@ -101,6 +107,11 @@ def suggest(run: str | Path, image: str | Path, count: int = 8, gap: int | None 
     shape = io.open_volume(image).shape
     depth, cells = shape[0], boxes(tuple(shape[1:]), box)
     done = data.parse_slices(annotated, depth) if annotated is not None else []
+    config = Config.load(Path(run) / "config.json") if (Path(run) / "config.json").is_file() else None
+    if annotated is None and config is not None and config.annotated_slices:  # may be this image's: said
+        print(f"note: {Path(run).name} learned from the annotated slices {config.annotated_slices} of "
+              f"{config.data or 'its training image'}; if that is this image, give --annotated-slices "
+              f"{config.annotated_slices} so they are not suggested", file=sys.stderr)
     gap = max(1, depth // (4 * -(-count // len(cells)))) if gap is None else gap
     if not pick(np.zeros((depth, 1)), 1, gap, done):  # said before the prediction, not after it
         raise MitosegError(f"no slice left to suggest: all {depth} are annotated or within {gap} of one")
@@ -108,7 +119,7 @@ def suggest(run: str | Path, image: str | Path, count: int = 8, gap: int | None 
         probs = predict.predict(run, image, Path(tmp) / "probabilities.zarr", tta=tta, device=device,
                                 progress=progress)
         uncertainty, foreground = slice_scores(io.open_volume(probs), cells)
-    chosen = pick(uncertainty, count, gap, done)
+    chosen = pick(uncertainty, count, gap, done, cells)
 
     def row(z: int, c: int) -> dict:
         y, x, h, w = cells[c]
