@@ -374,7 +374,7 @@ def test_single_dataset_hdf5_needs_no_name(tmp_path, crop):
     assert np.array_equal(io.open_volume(tmp_path / "one.h5")[:], crop[:3])
 
 
-def test_bad_zarr_names(written):
+def test_bad_zarr_names(written, tmp_path):
     store = written["zarr_group"].rpartition(":")[0]
     with pytest.raises(MitosegError, match="no array 'nope'"):
         io.open_volume(f"{store}:nope")
@@ -383,6 +383,12 @@ def test_bad_zarr_names(written):
     store2 = written["zarr_v2_group"].rpartition(":")[0]
     with pytest.raises(MitosegError, match=r"is a Zarr group; name an array"):
         io.open_volume(store2)
+    # in its own words (before: the libraries' IndexError on 'fields' and GroupNotFoundError)
+    with pytest.raises(MitosegError, match=r"is one Zarr array, not a group: give it without :raw$"):
+        io.open_volume(f"{written['zarr_v3']}:raw")
+    (tmp_path / "empty.zarr").mkdir()
+    with pytest.raises(MitosegError, match=r"holds no Zarr array or group \(an empty or unfinished .zarr folder\)"):
+        io.open_volume(tmp_path / "empty.zarr")
 
 
 def test_empty_folder_and_unknown_suffix(tmp_path):

@@ -221,7 +221,11 @@ def _open_zarr(path: Path, inner: str | None) -> tuple[Any, list | None]:
     None."""
     import zarr
 
+    if path.is_dir() and not any((path / m).exists() for m in ZARR_MARKERS):
+        raise MitosegError(f"{path} holds no Zarr array or group (an empty or unfinished .zarr folder)")
     node = zarr.open(str(path), mode="r")
+    if inner and not isinstance(node, zarr.Group):
+        raise MitosegError(f"{path} is one Zarr array, not a group: give it without :{inner}")
     if inner:
         try:
             node = node[inner]
