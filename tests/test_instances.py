@@ -149,6 +149,8 @@ def test_measure_sparse_large_ids():
     assert [table[f"bbox_{k}"][0] for k in ("z0", "y0", "x0", "z1", "y1", "x1")] == [1, 0, 1, 2, 2, 2]
     with pytest.raises(MitosegError, match="voxel_size must be three numbers"):
         measure(labels, voxel_size=(1, 1))
+    with pytest.raises(MitosegError, match=r"got dtype bool; a mask: label it first \(instances.label\)"):
+        measure(labels > 0)
 
 
 @pytest.mark.parametrize("share", [0.05, 0.5])

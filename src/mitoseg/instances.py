@@ -113,7 +113,8 @@ def measure(labels: np.ndarray, voxel_size: Sequence[float] = (1.0, 1.0, 1.0)) -
     _check_3d("labels", labels.shape)
     checks.check(voxel_size=voxel_size)
     if not np.issubdtype(labels.dtype, np.integer):
-        raise MitosegError(f"labels must be an integer array, got dtype {labels.dtype}")
+        raise MitosegError(f"labels must be an integer array of object ids, got dtype {labels.dtype}"
+                           + ("; a mask: label it first (instances.label)" if labels.dtype == bool else ""))
     if labels.size and labels.min() < 0:
         raise MitosegError("labels must be >= 0 (0 is background)")
     top = int(labels.max(initial=0))
