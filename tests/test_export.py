@@ -7,6 +7,7 @@ import zipfile
 
 import bioimageio.core
 import bioimageio.spec
+import imageio
 import numpy as np
 import pytest
 import tifffile
@@ -69,6 +70,10 @@ def test_2d_package_passes_bioimageio_test_and_matches_mitoseg(tmp_path, ca1_run
     assert [a["size"] for a in axes.values()] == [{"min": 96, "step": 32}] * 2
     with zipfile.ZipFile(package) as z:  # the run it started from (--init) by name only
         z.extractall(tmp_path / "unpacked")
+    # a cover for the model zoo's page, the test input and output split along the diagonal (before: none saved)
+    assert [c["source"] for c in rdf["covers"]] == ["cover.png"]
+    cover = imageio.v3.imread(tmp_path / "unpacked" / "cover.png")
+    assert cover.shape[:2] == _tensor(package, "test_input.npy").shape[-2:] and cover.std() > 0
     _, cfg = tr.load_model(run, "cpu")
     started = dataclasses.replace(cfg, init=str(tmp_path / "old_run"))
     descr = export._description(started, tmp_path / "unpacked", None, [32, 32])

@@ -176,7 +176,7 @@ def cmd_label(a: argparse.Namespace) -> None:
     with _client(a) as client:
         n = label_volume(a.input, a.out, a.block, a.connectivity, a.min_size, a.threshold, a.voxel_size, a.table,
                          client, a.resume, a.overwrite, progress=not a.quiet)
-    print(f"{n} objects -> {a.out}" + (f", table {a.table}" if a.table else ""))
+    print(f"{n:,} object{'s' * (n != 1)} -> {a.out}" + (f", table {a.table}" if a.table else ""))
     if a.table and not a.voxel_size and io.voxel_size(a.input) is None:
         print(f"{a.input} states no voxel size: the table measures voxels of 1 x 1 x 1 nm; give --voxel-size Z Y X "
               "(nm) for physical sizes")

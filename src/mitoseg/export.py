@@ -300,7 +300,7 @@ def _description(config: Config, folder: Path, chosen: dict | None, halo: Sequen
         license=m.LicenseId(license),
         tags=["mitochondria", "electron-microscopy", *tags, "semantic-segmentation", f"{config.dims}d", "unet"],
         documentation=m.FileDescr(source=folder / "README.md"),
-        inputs=[raw], outputs=[prob],
+        covers=[m.FileDescr(source=c) for c in covers(folder, raw, prob)], inputs=[raw], outputs=[prob],
         weights=m.WeightsDescr(torchscript=m.TorchscriptWeightsDescr(
             source=folder / "weights.torchscript.pt", pytorch_version=m.Version(torch.__version__.split("+")[0]))),
         config={"mitoseg": {"version": __version__, "training": {
@@ -308,6 +308,21 @@ def _description(config: Config, folder: Path, chosen: dict | None, halo: Sequen
             for k, v in config.__dict__.items() if k not in ("extra", "device")},
                             "postprocessing": chosen}},
     )
+
+
+def covers(folder: Path, raw, prob) -> list[Path]:
+    """bioimage.io's own cover (the test input and output split along the diagonal, `generate_covers`), written
+    into `folder`: given explicitly, as the cover it makes by itself is left out of a saved package."""
+    import shutil
+
+    from bioimageio.spec.model.v0_5 import generate_covers
+
+    made = [Path(c.source) for c in generate_covers([(raw, np.load(folder / "test_input.npy"))],
+                                                    [(prob, np.load(folder / "test_output.npy"))])]
+    for path in made:
+        shutil.move(path, folder / path.name)
+        shutil.rmtree(path.parent, ignore_errors=True)  # its own temporary folder
+    return [folder / path.name for path in made]
 
 
 def _readme(run: str | Path, config: Config, chosen: dict | None, halo: Sequence[int]) -> str:
