@@ -235,7 +235,7 @@ def morphology(labels, table: dict[str, np.ndarray], voxel_size: Sequence[float]
     voxels, volumes = table.get("voxels"), table.get("volume_um3")
     if voxels is not None and volumes is not None and len(voxels):
         measured = float(volumes[0]) * 1e9 / float(voxels[0])  # nm³ of one voxel
-        if not np.isclose(measured, float(np.prod(np.asarray(voxel_size, dtype=np.float64))), rtol=1e-6):
+        if not np.isclose(measured, float(np.prod(np.asarray(voxel_size, dtype=np.float64))), rtol=1e-3):
             raise MitosegError(f"the table was measured with voxels of {measured:g} nm³ and voxel_size "
                                f"{tuple(float(v) for v in voxel_size)} makes {float(np.prod(voxel_size)):g}: give "
                                "morphology the voxel_size given to measure")
