@@ -15,7 +15,8 @@ Timings are medians, the variants run in turn. Untrained, seeded models; the rea
 
 Run from the repository root:
     .venv/bin/python benchmarks/bench_conv3d.py --out results/bench/2026-12-05-conv3d   # ~2 min, 2 cores
-Writes conv3d.json into --out.
+    .venv/bin/python benchmarks/bench_conv3d.py --small   # the thin patch only, an 8 x 64 x 64 tile, one repeat
+Writes conv3d.json (conv3d_small.json) into --out.
 """
 
 from __future__ import annotations
@@ -72,13 +73,15 @@ def main() -> None:
     p.add_argument("--repeats", type=int, default=5, help="timed calls per variant (default 5)")
     args = p.parse_args()
     common.setup(args)
+    repeats, shape = (1, (8, 64, 64)) if args.small else (args.repeats, (32, 256, 256))  # the inference tile
     info = common.machine_info(torch.device("cpu"))
     common.print_header("3D convolution kernels on the CPU (float32)", info, [common.UNTRAINED])
     raw, _ = common.load_stack()
     raw = common.mirror_tile(raw, (64, *raw.shape[1:]))  # 20 sections, mirrored in Z to 64
     rows = {}
 
-    for name, cfg in (("cpu preset, 32 x 128 x 128", cpu(3)), ("thin stack, 8 x 64 x 64", Config(dims=3, **THIN))):
+    patches = (("cpu preset, 32 x 128 x 128", cpu(3)), ("thin stack, 8 x 64 x 64", Config(dims=3, **THIN)))
+    for name, cfg in patches[1:] if args.small else patches:
         torch.manual_seed(args.seed)
         model = build_model(cfg).train()
         z, xy = cfg.patch_z, cfg.patch_xy
@@ -92,18 +95,18 @@ def main() -> None:
     x1 = torch.from_numpy(raw[:8, 256:320, 256:320].astype(np.float32) / 255)[None, None]
     x2 = torch.cat([x1, torch.from_numpy(raw[8:16, 256:320, 256:320].astype(np.float32) / 255)[None, None]])
     steps = median_seconds({"plain, batch 1": lambda: step(base, x1), "plain, batch 2": lambda: step(base, x2),
-                            "mitoseg, batch 1": lambda: step(thin, x1)}, args.repeats)
+                            "mitoseg, batch 1": lambda: step(thin, x1)}, repeats)
     print(f"   thin patch, seconds per training step: {steps}", flush=True)
 
     torch.manual_seed(args.seed)
     predictor = build_model(cpu(3)).eval().to(memory_format=torch.channels_last_3d)
     predictor_plain = common.plain_conv3d(predictor)
-    tile = torch.from_numpy(raw[:32, :256, :256].astype(np.float32) / 255)[None, None]
+    tile = torch.from_numpy(raw[:shape[0], :shape[1], :shape[2]].astype(np.float32) / 255)[None, None]
     tile = tile.contiguous(memory_format=torch.channels_last_3d)
     with torch.inference_mode():
         tiles = median_seconds({"mitoseg": lambda: predictor(tile), "plain nn.Conv3d": lambda: predictor_plain(tile)},
-                               args.repeats)
-    print(f"   32 x 256 x 256 tile, seconds of inference: {tiles}", flush=True)
+                               repeats)
+    print(f"   {' x '.join(map(str, shape))} tile, seconds of inference: {tiles}", flush=True)
 
     reference = common.plain_conv3d(thin).double()
     errors = {
@@ -114,11 +117,11 @@ def main() -> None:
     for name, err in errors.items():
         print(f"   float32 gradient error over float64, {name}: largest {err['max']:.1e}, median {err['median']:.1e}")
 
-    payload = {"benchmark": "conv3d", "machine": info, "settings": {"repeats": args.repeats, "seed": args.seed},
+    payload = {"benchmark": "conv3d", "machine": info, "settings": {"repeats": repeats, "seed": args.seed},
                "notes": [common.UNTRAINED, "training mode (BatchNorm of the batch), float32, CPU"],
                "kernels_per_training_step": rows, "thin_step_seconds": steps,
-               "tile_32x256x256_inference_seconds": tiles, "gradient_error_over_float64": errors}
-    print(f"\n   saved {common.save_json(args.out, 'conv3d', payload)}")
+               f"tile_{'x'.join(map(str, shape))}_inference_seconds": tiles, "gradient_error_over_float64": errors}
+    print(f"\n   saved {common.save_json(args.out, common.output_name('conv3d', args.small), payload)}")
 
 
 if __name__ == "__main__":

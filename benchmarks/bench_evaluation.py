@@ -62,6 +62,8 @@ def main() -> None:
     args = p.parse_args()
     if args.evaluate_once:
         return evaluate_once(args.evaluate_once)
+    if args.run and args.small:
+        p.error("--small crops the stand-in volumes; --run times a whole compare folder as it is: give one")
     if args.run:
         return whole_run(args.run, args.base, args.out)
     info = common.machine_info("cpu")
