@@ -20,10 +20,13 @@ def header(script: str, argv: list[str] | None, data: str, **extra) -> dict:
 
 
 def save(out: str | Path, record: dict, markdown: str) -> None:
-    """Write `record` as JSON to `out` (its folder made) and `markdown` beside it (.md, one final newline)."""
+    """Write `record` as JSON to `out` (its folder made) and `markdown` beside it (.md, one final newline),
+    ending with the record's `provenance` when the markdown does not name its command yet."""
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(record, indent=2) + "\n")
+    if "Command:" not in markdown and all(k in record for k in ("command", "date", "machine", "data")):
+        markdown = markdown.rstrip("\n") + "\n\n" + provenance(record)
     out.with_suffix(".md").write_text(markdown.rstrip("\n") + "\n")
 
 
