@@ -5,6 +5,7 @@ import pytest
 import scipy.ndimage as ndi
 import zarr
 
+from mitoseg import metrics
 from mitoseg.errors import MitosegError
 from mitoseg.metrics import Counts, confusion, confusion_blockwise, error_places, jaccard, match_instances, scores
 
@@ -105,6 +106,10 @@ def test_mismatched_shapes_raise():
         confusion_blockwise(a, b, block=(1, 1, 1))
     with pytest.raises(MitosegError, match="shape"):
         match_instances(a.astype(int), b.astype(int))
+    with pytest.raises(MitosegError, match=r"pred_labels must be object ids, not a bool mask: label it first"):
+        match_instances(a > 0, a.astype(int))  # before: the mask scored as one object
+    with pytest.raises(MitosegError, match="the prediction must be a path or an array .*not a list"):
+        metrics.evaluate(a.tolist(), a)  # before: an AttributeError
     with pytest.raises(MitosegError, match="block"):
         confusion_blockwise(a, a, block=(1, 0, 1))
 

@@ -119,6 +119,10 @@ def evaluate(prediction: str | Path | Any, truth: str | Path | Any, threshold: f
     checks.per_axis(block=tuple(block))
     pred = io.open_volume(prediction) if isinstance(prediction, str | Path) else prediction
     true = io.open_volume(truth) if isinstance(truth, str | Path) else truth
+    for name, volume in (("prediction", pred), ("truth", true)):
+        if not hasattr(volume, "shape"):
+            raise MitosegError(f"the {name} must be a path or an array (numpy, Zarr, Dask), not a "
+                               f"{type(volume).__name__}")
     if label_threshold is None:  # given, it says the reference is meant as it is (another model's probabilities)
         io.refuse_output(true, truth if isinstance(truth, str | Path) else "the truth", "the true labels",
                          ("probability",))
@@ -194,7 +198,7 @@ def _ratio(num: int, den: int) -> float:
     return float(num) / float(den) if den else 1.0
 
 
-def scores(counts: Counts) -> dict[str, float]:
+def scores(counts: Counts) -> dict[str, float | int]:
     """Voxel scores of confusion counts, plus the counts themselves (keys tp, fp, fn, tn, as ints).
 
     precision = tp/(tp+fp), recall = tp/(tp+fn), f1 = dice = 2tp/(2tp+fp+fn),
@@ -226,7 +230,9 @@ def jaccard(pred: np.ndarray, truth: np.ndarray) -> float:
 
 
 def _check_labels(name: str, labels: np.ndarray) -> np.ndarray:
-    if not np.issubdtype(labels.dtype, np.integer) and labels.dtype != np.bool_:
+    if labels.dtype == np.bool_:  # a mask would be one object
+        raise MitosegError(f"{name} must be object ids, not a bool mask: label it first (instances.label)")
+    if not np.issubdtype(labels.dtype, np.integer):
         raise MitosegError(f"{name} must be an integer label array, got dtype {labels.dtype}")
     if labels.size and np.issubdtype(labels.dtype, np.signedinteger) and labels.min() < 0:
         raise MitosegError(f"{name} has negative labels; 0 is background and objects are > 0")
@@ -298,7 +304,8 @@ def _max_matches(rows: np.ndarray, cols: np.ndarray, iou: np.ndarray) -> int:
     return matched
 
 
-def match_instances(pred_labels: np.ndarray, true_labels: np.ndarray, iou_threshold: float = 0.5) -> dict[str, float]:
+def match_instances(pred_labels: np.ndarray, true_labels: np.ndarray,
+                    iou_threshold: float = 0.5) -> dict[str, float | int]:
     """Object-level scores: one-to-one matching of predicted and true objects with IoU >= `iou_threshold`.
 
     `pred_labels`, `true_labels`: in-memory integer label arrays of the same shape (0 = background;
