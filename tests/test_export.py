@@ -74,6 +74,10 @@ def test_2d_package_passes_bioimageio_test_and_matches_mitoseg(tmp_path, ca1_run
     assert [c["source"] for c in rdf["covers"]] == ["cover.png"]
     cover = imageio.v3.imread(tmp_path / "unpacked" / "cover.png")
     assert cover.shape[:2] == _tensor(package, "test_input.npy").shape[-2:] and cover.std() > 0
+    for tensor, name in ((rdf["inputs"][0], "input"), (rdf["outputs"][0], "output")):  # for FAIR: viewers read TIFF
+        assert tensor["sample_tensor"]["source"] == f"sample_{name}.tif"
+        sample = tifffile.imread(tmp_path / "unpacked" / f"sample_{name}.tif")
+        np.testing.assert_array_equal(sample, _tensor(package, f"test_{name}.npy")[0, 0])
     _, cfg = tr.load_model(run, "cpu")
     started = dataclasses.replace(cfg, init=str(tmp_path / "old_run"))
     descr = export._description(started, tmp_path / "unpacked", None, [32, 32])

@@ -17,6 +17,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
+import tifffile
 import torch
 
 from mitoseg import __version__, io, postprocess
@@ -204,6 +205,8 @@ def export_bioimageio(run: str | Path, sample: str, out: str | Path, overwrite: 
         _without_debug(tmp / "weights.torchscript.pt")
         np.save(tmp / "test_input.npy", x)
         np.save(tmp / "test_output.npy", y.astype(np.float32))
+        for name, array in (("sample_input.tif", x), ("sample_output.tif", y)):  # the same, for people's viewers
+            tifffile.imwrite(tmp / name, array[0, 0].astype(np.float32))
         halo = halos(config, x.shape[2:])
         (tmp / "README.md").write_text(_readme(run, config, chosen, halo))
         descr = _description(config, tmp, chosen, halo, license, authors)
@@ -277,6 +280,7 @@ def _description(config: Config, folder: Path, chosen: dict | None, halo: Sequen
     spatial = [m.AxisId(n) for n in names]
     raw = m.InputTensorDescr(
         id=m.TensorId("raw"), axes=inputs, test_tensor=m.FileDescr(source=folder / "test_input.npy"),
+        sample_tensor=m.FileDescr(source=folder / "sample_input.tif"),
         description="EM image, any grey-level range (float32)", data=m.IntervalOrRatioDataDescr(type="float32"),
         preprocessing=[
             m.ScaleRangeDescr(kwargs=m.ScaleRangeKwargs(axes=spatial, min_percentile=LOW, max_percentile=HIGH,
@@ -285,6 +289,7 @@ def _description(config: Config, folder: Path, chosen: dict | None, halo: Sequen
         ])
     prob = m.OutputTensorDescr(
         id=m.TensorId("probability"), axes=outputs, test_tensor=m.FileDescr(source=folder / "test_output.npy"),
+        sample_tensor=m.FileDescr(source=folder / "sample_output.tif"),
         description="foreground (mitochondrion) probability; " + (  # at most 128 characters: README has the rest
             f"threshold it at {chosen['threshold']:g}, as the run chose on validation (README: all steps)" if chosen
             else "threshold it at 0.5"),
