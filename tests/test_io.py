@@ -682,8 +682,12 @@ def test_load_pair_keeps_unannotated_voxels(tmp_path, droso_crop):
     with pytest.raises(MitosegError, match="hold the values 0, 1 and 2: if 0 marks voxels nobody annotated"):
         io.load_pair(tmp_path / "img.npy", tmp_path / "ilastik.npy")
     np.save(tmp_path / "one.npy", np.where(np.arange(20)[:, None, None] < 10, np.ones_like(mask), 0).astype(np.uint8))
-    with pytest.raises(MitosegError, match=r"hold one value \(1\) besides the --unlabeled 0: give --label-thr"):
+    with pytest.raises(MitosegError, match=r"hold one value \(1\) besides the --unlabeled 0, so the annotated"):
         io.load_pair(tmp_path / "img.npy", tmp_path / "one.npy", unlabeled=0)  # background only, or foreground?
+    # a plain 0/255 mask given --unlabeled 0 by mistake: the line says to leave it out (before: only a threshold)
+    np.save(tmp_path / "plain.npy", (mask * 255).astype(np.uint8))
+    with pytest.raises(MitosegError, match=r"\(255\) besides the --unlabeled 0, .*if 0 is the background, leave out"):
+        io.load_pair(tmp_path / "img.npy", tmp_path / "plain.npy", unlabeled=0)
 
 
 def test_overwrite_replaces_only_what_mitoseg_writes(tmp_path, crop):

@@ -839,7 +839,9 @@ def load_pair(image: str | Path, labels: str | Path, threshold: float | None = N
         _refuse_many(values, f"labels {labels} (annotated voxels)")
         if values.size == 1:  # background or foreground? nothing tells
             raise MitosegError(f"labels {labels} hold one value ({values[0]:g}) besides the --unlabeled "
-                               f"{unlabeled:g}: give --label-threshold (foreground: label > it) to say which it is")
+                               f"{unlabeled:g}, so the annotated voxels are all of one class: if {unlabeled:g} is "
+                               "the background, leave out --unlabeled; else give --label-threshold (foreground: "
+                               "label > it) to say which class they are")
         threshold = float(values[0])
     out = np.full(raw.shape, 2, np.uint8)  # data.IGNORE
     out[~missing] = annotated > threshold
