@@ -310,6 +310,35 @@ def test_train_resume_and_help(runs, capsys, tmp_path):
     assert "compare" in capsys.readouterr().out
 
 
+def test_an_interrupted_predict_or_label_names_what_resume_goes_on_from(tmp_path):
+    """After Ctrl-C: the mask's unfinished blocks (its probabilities finished), a mean's finished members, labels
+    whose table was not written; before, "nothing was written under the output's name" for each of them."""
+    import argparse
+
+    from mitoseg.cli import _after_interrupt
+
+    def said(command, **given):
+        return _after_interrupt(argparse.Namespace(command=command, **given))
+
+    p, m, table = tmp_path / "p.zarr", tmp_path / "m.zarr", tmp_path / "t.csv"
+    assert said("predict", out=p, mask=m) == "nothing was left half-written (no --resume needed)"
+    p.mkdir()
+    io.partial_path(m).mkdir()
+    assert said("predict", out=p, mask=m) == "run the same command with --resume to go on from what is finished " \
+                                            "(m.zarr.partial)"
+    (tmp_path / "p.zarr.partial.members").mkdir()
+    assert "(m.zarr.partial, p.zarr.partial.members)" in said("predict", out=p, mask=m)
+    assert said("label", out=p, table=table).endswith("(p.zarr)")  # the labels finished, the table not
+    table.write_text("id\n")
+    assert said("label", out=p, table=table) == "nothing was left half-written (no --resume needed)"
+    # and the one line stays one: zarr's event loop, stopped inside a read, logged up to 500 lines of pending
+    # tasks at exit through asyncio's logger (seen on `convert` and predict's mask pass)
+    import logging
+
+    assert main(["evaluate", str(tmp_path / "none.tif"), str(tmp_path / "none.tif")]) == 2  # any command's run
+    assert logging.getLogger("asyncio").level == logging.CRITICAL
+
+
 def test_compare_interrupted_is_told_how_to_resume(tmp_path, monkeypatch, capsys):
     """`compare --resume` reaches the API; a Ctrl-C that leaves an unfinished compare advises --resume."""
     from mitoseg import compare as cmp
@@ -455,9 +484,9 @@ def test_user_mistakes_are_one_line(runs, capsys, tmp_path, monkeypatch):
                  str(tmp_path / "p.zarr"), "--block", "4", "384", "384"]) == 2
     bar, line = capsys.readouterr().err.rstrip("\n").rsplit("\n", 1)
     assert "3/4" in bar.split("\r")[-1], bar  # the bar's last state: three of the four blocks done
-    assert line == ("mitoseg: error: the image holds NaN or infinite values; replace them before segmenting; the "
-                    f"blocks finished so far are kept in {tmp_path / 'p.zarr.partial'} (after fixing the cause, the "
-                    "same command with --resume goes on from them; or delete it)")
+    assert line == ("mitoseg: error: the image holds NaN or infinite values; replace them before segmenting; what "
+                    f"was finished is kept ({tmp_path / 'p.zarr.partial'}): after fixing the cause, the same command "
+                    "with --resume goes on from it")
     assert not (tmp_path / "p.zarr").exists() and len(list((tmp_path / "p.zarr.partial.done").iterdir())) == 3
     shutil.rmtree(tmp_path / "p.zarr.partial")
     shutil.rmtree(tmp_path / "p.zarr.partial.done")

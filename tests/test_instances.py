@@ -267,6 +267,34 @@ def test_label_blockwise_resumes_after_a_kill(tmp_path, droso, monkeypatch):
     np.testing.assert_array_equal(io.open_volume(tmp_path / "l.zarr")[:], ref[:])
 
 
+def test_label_table_interrupted_after_the_labels_resumes_with_the_table_only(tmp_path, droso, monkeypatch):
+    """Ctrl-C while the table is measured, after the labels got their name: --resume keeps the labels (labelling
+    nothing again) and writes the table an uninterrupted run writes (before: "already exists", only --overwrite,
+    which labelled everything again); other settings are still refused."""
+    from mitoseg import io
+
+    mask = droso[1][:, :200, :260]
+    np.save(tmp_path / "mask.npy", mask)
+    block = (7, 100, 130)
+    n = instances.label_volume(tmp_path / "mask.npy", tmp_path / "ref.zarr", block, table=tmp_path / "ref.csv",
+                               voxel_size=(50, 4.6, 4.6), progress=False)
+    real = instances.morphology
+    monkeypatch.setattr(instances, "morphology", dies_on_call(real, 1))
+    with pytest.raises(KeyboardInterrupt):
+        instances.label_volume(tmp_path / "mask.npy", tmp_path / "l.zarr", block, table=tmp_path / "l.csv",
+                               voxel_size=(50, 4.6, 4.6), progress=False)
+    assert (tmp_path / "l.zarr").exists() and not (tmp_path / "l.csv").exists()
+    monkeypatch.setattr(instances, "morphology", real)
+    with pytest.raises(MitosegError, match="min_size 0 then, 10 now"):
+        instances.label_volume(tmp_path / "mask.npy", tmp_path / "l.zarr", block, min_size=10,
+                               table=tmp_path / "l.csv", voxel_size=(50, 4.6, 4.6), resume=True, progress=False)
+    monkeypatch.setattr(instances, "label_blockwise", lambda *a, **k: pytest.fail("labelled again"))
+    assert instances.label_volume(tmp_path / "mask.npy", tmp_path / "l.zarr", block, table=tmp_path / "l.csv",
+                                  voxel_size=(50, 4.6, 4.6), resume=True, progress=False) == n > 5
+    assert (tmp_path / "l.csv").read_text() == (tmp_path / "ref.csv").read_text()
+    np.testing.assert_array_equal(io.open_volume(tmp_path / "l.zarr")[:], io.open_volume(tmp_path / "ref.zarr")[:])
+
+
 def test_morphology_of_a_ball_a_rod_and_real_mitochondria(droso):
     z, y, x = np.mgrid[:60, :60, :90]
     shapes = np.zeros((60, 60, 90), np.uint32)

@@ -775,3 +775,31 @@ def test_a_threshold_above_sparse_or_empty_floats_is_not_refused():
     sparse[10:12, 200:202, 200:202] = 255
     assert io.foreground_threshold(sparse, 128) == 128
     assert io.foreground_threshold(np.zeros((4, 64, 64), np.float32), 128) == 128
+
+
+def test_an_output_another_process_writes_is_refused(tmp_path):
+    """Two runs on one output: the second is refused in one line naming the first's pid (before: it deleted the
+    first's unfinished blocks, and the first renamed a volume of zeros as finished); free again once the first
+    ends, and after `finish_output` this process's lock file is gone."""
+    import subprocess
+    import sys
+    import time
+
+    out = tmp_path / "p.zarr"
+    holder = subprocess.Popen([sys.executable, "-c", "import sys, time; from mitoseg import io; "
+                               f"io.claim({str(out)!r}); print('held', flush=True); time.sleep(60)"],
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        with pytest.raises(MitosegError, match=rf"p.zarr is being written by another mitoseg process \(pid "
+                                               rf"{holder.pid}\): wait for it to end"):
+            io.check_output(out, overwrite=True)
+    finally:
+        holder.kill()
+        holder.wait()
+    time.sleep(0.1)
+    io.check_output(out, overwrite=False)  # the first ended: its lock went with it
+    io.check_output(out, overwrite=False)  # this process's own claim is no obstacle to itself
+    io.partial_path(out).mkdir()
+    io.finish_output(out)
+    assert str(out.absolute()) not in io.CLAIMS and not io._lock_file(str(out.absolute())).exists()

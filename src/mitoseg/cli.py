@@ -604,22 +604,40 @@ def _after_interrupt(a: argparse.Namespace) -> str:
 
     if a.command == "train" and (Path(a.out) / "last.pt").exists():
         return "run the same command with --resume to continue from the last finished epoch"
-    if a.command in ("predict", "label") and io.partial_path(a.out).exists():
-        return "run the same command with --resume to skip the finished blocks"
+    left = _unfinished(a)
+    if left:
+        return (f"run the same command with --resume to go on from what is finished "
+                f"({', '.join(p.name for p in left)})")
     if a.command == "compare" and (io.partial_path(a.out) / "compare.json").exists():
         return "run the same command with --resume to keep the finished models and go on from the last checkpoint"
-    return "nothing was written under the output's name"
+    return "nothing was left half-written (no --resume needed)"
 
 
 def _kept(a: argparse.Namespace) -> str:
     """What an error leaves behind that the user should know of: the finished part of a block output."""
+
+    left = _unfinished(a)
+    if left:
+        return (f"; what was finished is kept ({', '.join(str(p) for p in left)}): after fixing the cause, the same "
+                "command with --resume goes on from it")
+    return ""
+
+
+def _unfinished(a: argparse.Namespace) -> list[Path]:
+    """What a stopped predict or label left to go on from: its outputs' unfinished blocks (``.partial``), the
+    members of a mean of models, finished labels whose table was not written."""
     from mitoseg import io
 
-    out = getattr(a, "out", None)
-    if a.command in ("predict", "label") and out and io.partial_path(out).exists():
-        return (f"; the blocks finished so far are kept in {io.partial_path(out)} (after fixing the cause, the same "
-                "command with --resume goes on from them; or delete it)")
-    return ""
+    if a.command not in ("predict", "label"):
+        return []
+    outputs = [a.out, getattr(a, "mask", None)]
+    left = [io.partial_path(o) for o in outputs if o and io.partial_path(o).exists()]
+    members = Path(str(io.partial_path(a.out)) + ".members")  # `predict.predict_mean`'s
+    if a.command == "predict" and members.exists():
+        left.append(members)
+    if a.command == "label" and a.table and Path(a.out).exists() and not Path(a.table).exists():
+        left.append(Path(a.out))
+    return left
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -631,6 +649,8 @@ def main(argv: list[str] | None = None) -> int:
             return int(e.code)
         raise
     logging.getLogger("tifffile").setLevel(logging.CRITICAL)  # its errors on corrupt files precede our one line
+    # zarr's event loop, stopped by Ctrl-C inside a read or write, logs each of its pending tasks at exit (asyncio)
+    logging.getLogger("asyncio").setLevel(logging.CRITICAL)
     from mitoseg import memory
 
     memory.one_arena()  # before the work starts threads

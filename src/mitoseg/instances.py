@@ -529,11 +529,16 @@ def open_labels(out: str | Path, shape: Sequence[int], block: Sequence[int], con
     must match the connectivity, the minimum size, the threshold and the Z smoothing."""
     _check_connectivity(connectivity)
     checks.check(min_size=min_size)
+    return blocks.open_output(out, shape, "uint32", block, _settings(connectivity, min_size, threshold, z_sigma),
+                              dict(attrs or {}, kind="labels"), resume, overwrite)
+
+
+def _settings(connectivity: int, min_size: int, threshold: float | None, z_sigma: float) -> dict:
+    """What a label output records of how it was made (a resume must match it)."""
     settings = {"connectivity": connectivity, "min_size": int(min_size), "threshold": threshold}
     if z_sigma:
         settings["z_sigma"] = float(z_sigma)
-    return blocks.open_output(out, shape, "uint32", block, settings, dict(attrs or {}, kind="labels"), resume,
-                              overwrite)
+    return settings
 
 
 def label_volume(input: str | Path, out: str | Path, block: Sequence[int] | None = None, connectivity: int = 26,
@@ -573,7 +578,12 @@ def label_volume(input: str | Path, out: str | Path, block: Sequence[int] | None
     origin = io.origin(input)
     if origin:  # a crop of a larger volume: where it lies
         attrs["origin"] = origin
-    if client is not None:
+    if resume and not overwrite and table and blocks.keep_finished(  # labels finished, the table not yet
+            out, "labels", tuple(volume.shape), "uint32", block,
+            _settings(connectivity, min_size, raw_threshold, z_sigma), {"voxel_size": voxel}):
+        labels = io.open_volume(out)
+        n = max((int(labels[b].max(initial=0)) for b in blocks.grid(tuple(labels.shape), block)), default=0)
+    elif client is not None:
         n = cluster.label_dask(client, input, out, block=block, connectivity=connectivity, min_size=min_size,
                                threshold=raw_threshold, progress=progress, attrs=attrs, overwrite=overwrite,
                                resume=resume, z_sigma=z_sigma)

@@ -855,9 +855,10 @@ OTHER_FORMATS = TIFF | H5 | SLICE_SUFFIXES | {".npy", ".csv", ".json"}
 
 
 def check_output(path: str | Path, overwrite: bool, kind: str | None = None, inputs: tuple = ()) -> Path:
-    """Refuse an existing output unless overwrite, a folder that `replaceable` refuses, and what `check_place`
-    refuses; returns the path."""
+    """Refuse an output another mitoseg process writes now (`claim`), an existing one unless overwrite, a folder
+    that `replaceable` refuses, and what `check_place` refuses; returns the path."""
     path = Path(path)
+    claim(path)
     if path.exists() and not overwrite:
         raise MitosegError(f"{path} already exists; pass --overwrite to replace it")
     replaceable(path)
@@ -907,6 +908,51 @@ def check_place(path: str | Path, kind: str | None = None, inputs: tuple = ()) -
     return path
 
 
+CLAIMS: dict[str, int] = {}  # output path -> the lock file's descriptor, held while this process writes it
+
+
+def claim(path: str | Path) -> None:
+    """Refuse to write `path` while another mitoseg process writes it (two runs on one --out would delete each
+    other's unfinished blocks): an exclusive lock on a file in the temporary folder named after the path, held
+    until `release` (`finish_output`) or the process's end. Hand-written: nothing in the stack locks a Zarr
+    output. POSIX (fcntl) only; elsewhere no lock."""
+    key = str(Path(path).absolute())
+    if key in CLAIMS:
+        return
+    try:
+        import fcntl
+    except ImportError:
+        return
+    fd = os.open(_lock_file(key), os.O_RDWR | os.O_CREAT, 0o666)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        pid = os.read(fd, 16).decode(errors="replace").strip()
+        os.close(fd)
+        raise MitosegError(f"{path} is being written by another mitoseg process{f' (pid {pid})' if pid else ''}: "
+                           "wait for it to end, or stop it first") from None
+    os.ftruncate(fd, 0)
+    os.write(fd, str(os.getpid()).encode())
+    CLAIMS[key] = fd
+
+
+def release(path: str | Path) -> None:
+    """End this process's `claim` on `path` (its lock file removed)."""
+    key = str(Path(path).absolute())
+    fd = CLAIMS.pop(key, None)
+    if fd is not None:
+        _lock_file(key).unlink(missing_ok=True)
+        os.close(fd)
+
+
+def _lock_file(key: str) -> Path:
+    """The lock file of an output's absolute path `key`, in the temporary folder (none in the user's folders)."""
+    import hashlib
+    import tempfile
+
+    return Path(tempfile.gettempdir()) / f"mitoseg-{hashlib.sha1(key.encode()).hexdigest()[:16]}.lock"
+
+
 def partial_path(path: str | Path) -> Path:
     """Where an output is written until it is complete."""
     path = Path(path)
@@ -939,6 +985,7 @@ def finish_output(path: str | Path, overwrite: bool = False) -> Path:
         shutil.rmtree(path) if path.is_dir() else path.unlink()
     os.replace(partial_path(path), path)
     shutil.rmtree(Path(str(partial_path(path)) + ".done"), ignore_errors=True)
+    release(path)
     return path
 
 
