@@ -615,7 +615,6 @@ def _after_interrupt(a: argparse.Namespace) -> str:
 
 def _kept(a: argparse.Namespace) -> str:
     """What an error leaves behind that the user should know of: the finished part of a block output."""
-
     left = _unfinished(a)
     if left:
         return (f"; what was finished is kept ({', '.join(str(p) for p in left)}): after fixing the cause, the same "
