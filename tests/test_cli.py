@@ -339,6 +339,24 @@ def test_an_interrupted_predict_or_label_names_what_resume_goes_on_from(tmp_path
     assert logging.getLogger("asyncio").level == logging.CRITICAL
 
 
+def test_sigterm_is_a_ctrl_c(files, tmp_path):
+    """`kill` or a batch system's time limit (SIGTERM) stops a run as Ctrl-C does: one line, status 130, and the
+    same cleanup (here: the run folder of a training stopped before its first checkpoint); before, no line and
+    what was unfinished left behind (an export's temporary folder and .partial package)."""
+    import signal
+
+    run = subprocess.Popen([sys.executable, "-m", "mitoseg.cli", "--quiet", "train", str(files / "train.tif"),
+                            str(files / "train_gt.tif"), "--out", str(tmp_path / "r"), "--patch-xy", "64",
+                            "--patch-z", "8", "--minutes", "2"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                           text=True)
+    assert "voxel size" in run.stdout.readline()  # training starts now
+    run.send_signal(signal.SIGTERM)
+    _, err = run.communicate(timeout=120)
+    assert run.returncode == 130 and err.strip().splitlines() == ["mitoseg: interrupted; nothing was left "
+                                                                   "half-written (no --resume needed)"], err
+    assert not (tmp_path / "r").exists()
+
+
 def test_compare_interrupted_is_told_how_to_resume(tmp_path, monkeypatch, capsys):
     """`compare --resume` reaches the API; a Ctrl-C that leaves an unfinished compare advises --resume."""
     from mitoseg import compare as cmp

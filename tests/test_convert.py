@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import tifffile
 import zarr
-from conftest import same_partition
+from conftest import dies_on_call, same_partition
 
 from mitoseg import blocks, convert, instances, io, omezarr
 from mitoseg.cli import main
@@ -170,4 +170,12 @@ def test_a_conversion_that_fails_midway_leaves_nothing(droso, tmp_path, capsys):
         assert main(["--quiet", "convert", str(folder), "--out", str(tmp_path / out), "--block", "2", "128", "128"]
                     if out.endswith("zarr") else ["--quiet", "convert", str(folder), "--out", str(tmp_path / out)]) == 2
         assert "s06.png cannot be read" in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["slices"]
+    # Ctrl-C while an OME-Zarr's pyramid is built, after every block was written: nothing left either (before:
+    # the .partial with its levels and its markers)
+    (folder / "s06.png").write_bytes(cut)
+    with pytest.MonkeyPatch.context() as m:
+        m.setattr(omezarr, "write_pyramid", dies_on_call(omezarr.write_pyramid, 1))
+        assert main(["--quiet", "convert", str(folder), "--out", str(tmp_path / "c.ome.zarr"), "--voxel-size",
+                     "50", "4.6", "4.6"]) == 130
     assert sorted(p.name for p in tmp_path.iterdir()) == ["slices"]

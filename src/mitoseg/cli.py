@@ -10,8 +10,11 @@ import contextlib
 import json
 import logging
 import shlex
+import signal
 import sys
+import threading
 from pathlib import Path
+from typing import Any
 
 from mitoseg import __version__
 from mitoseg.checks import arg
@@ -639,6 +642,10 @@ def _unfinished(a: argparse.Namespace) -> list[Path]:
     return left
 
 
+def _terminate(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the `mitoseg` console script; returns the exit status."""
     try:
@@ -653,15 +660,23 @@ def main(argv: list[str] | None = None) -> int:
     from mitoseg import memory
 
     memory.one_arena()  # before the work starts threads
+    # SIGTERM (kill, a batch system's time limit) as Ctrl-C: the same cleanup (temporary folders, unfinished
+    # files) and the same one line; the previous handler is put back for a caller that goes on (tests)
+    terminated = signal.signal(signal.SIGTERM, _terminate) if threading.current_thread() is threading.main_thread() \
+        else None
     try:
         args.func(args)
         return 0
     except MitosegError as e:
         said, status = f"mitoseg: error: {e}", 2
     except OSError as e:  # a place the system refused (no space, no permission...) past mitoseg's own checks
-        said, status = f"mitoseg: error: {e.strerror or e}" + (f": {e.filename}" if e.filename else ""), 2
+        said, status = f"mitoseg: error: {e.strerror or type(e).__name__}" + (f": {e.filename}" if e.filename
+                                                                            else ""), 2
     except KeyboardInterrupt:
         said, status = f"mitoseg: interrupted; {_after_interrupt(args)}", 130
+    finally:
+        if terminated is not None:
+            signal.signal(signal.SIGTERM, terminated)
     # said once the exception and the work's frames are gone: a progress bar stopped midway is closed with them
     # and ends its line, so this line starts its own
     print(said + ("" if status == 130 else _kept(args)), file=sys.stderr)

@@ -174,6 +174,7 @@ def export_bioimageio(run: str | Path, sample: str, out: str | Path, overwrite: 
         raise MitosegError(f"--bioimageio {out}: the package is a .zip file")
     if out.is_dir():
         raise MitosegError(f"--bioimageio {out} is a folder; give the package's file name")
+    io.claim(out)  # another export to the same package would write the same .partial
     if out.exists() and not overwrite:
         raise MitosegError(f"{out} exists; pass --overwrite to replace it")
     model, config = load_model(run, "cpu")
@@ -199,7 +200,7 @@ def export_bioimageio(run: str | Path, sample: str, out: str | Path, overwrite: 
         with warnings.catch_warnings():  # the trace runs on every input size (`traceable`, tested): noise to users
             warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
             traced = torch.jit.trace(net, ready, check_trace=False)
-    with tempfile.TemporaryDirectory() as tmp:
+    with tempfile.TemporaryDirectory(prefix="mitoseg-export-") as tmp:
         tmp = Path(tmp)
         traced.save(str(tmp / "weights.torchscript.pt"))
         _without_debug(tmp / "weights.torchscript.pt")
@@ -218,6 +219,7 @@ def export_bioimageio(run: str | Path, sample: str, out: str | Path, overwrite: 
             partial.unlink(missing_ok=True)
             raise
         partial.replace(out)
+    io.release(out)
     return out
 
 

@@ -138,6 +138,7 @@ def _prepare_dir(out: Path, resume: bool, overwrite: bool, inputs: tuple = ()) -
     if out.exists() and not out.is_dir():
         raise MitosegError(f"{out} is a file; --out names the run's folder")
     io.check_place(out, inputs=inputs)  # not inside a file, nor the run it starts from (`--init`)
+    io.claim(out)  # a second training into it would delete or mix this one's checkpoints
     if resume:
         if not (out / "last.pt").exists():
             raise MitosegError(f"{out} holds no checkpoint (last.pt) to resume from")
@@ -414,10 +415,12 @@ def train(config: Config, image: np.ndarray, mask: np.ndarray, out: str | Path, 
         if config.init:
             check_init(config)
         _prepare_dir(out, resume, overwrite, (config.init,) if config.init else ())
-    config.save(out / "config.json")
-    (out / "versions.json").write_text(json.dumps(versions(), indent=2) + "\n")
     try:
-        return _train(config, image, mask, out, resume, progress, monitor, postprocessing)
+        config.save(out / "config.json")
+        (out / "versions.json").write_text(json.dumps(versions(), indent=2) + "\n")
+        summary = _train(config, image, mask, out, resume, progress, monitor, postprocessing)
+        io.release(out)
+        return summary
     except BaseException:  # an error or Ctrl-C before the first checkpoint leaves no folder to block a re-run
         if not resume and not (out / "last.pt").exists():
             shutil.rmtree(out, ignore_errors=True)
