@@ -232,7 +232,8 @@ def cmd_evaluate(a: argparse.Namespace) -> None:
     with _client(a) as client:
         result = metrics.evaluate(a.prediction, a.truth, a.threshold, a.label_threshold, client=client,
                                   progress=not a.quiet, places=a.places,
-                                  voxel_size=_voxel(a.voxel_size) if a.voxel_size else None, objects=a.objects)
+                                  voxel_size=_voxel(a.voxel_size) if a.voxel_size else None, objects=a.objects,
+                                  unlabeled=a.unlabeled)
     for k, v in result.items():
         if k not in ("places", "objects"):
             print(f"{k:>10}: {v:.4f}" if isinstance(v, float) else f"{k:>10}: {v}")
@@ -246,6 +247,10 @@ def cmd_evaluate(a: argparse.Namespace) -> None:
     words = _evaluate_words(a.prediction, a.threshold)
     if words:
         print(words)
+    if a.unlabeled is not None:
+        scored = sum(result[k] for k in ("tp", "fp", "fn", "tn"))
+        print(f"scored on the {scored:,} annotated voxels of the truth (those of value {a.unlabeled:g}, nobody's "
+              "annotation, left out)")
     if a.json:
         Path(a.json).parent.mkdir(parents=True, exist_ok=True)
         Path(a.json).write_text(json.dumps(result, indent=2) + "\n")
@@ -498,6 +503,8 @@ def parser() -> argparse.ArgumentParser:
     e.add_argument("truth", help="ground-truth labels")
     e.add_argument("--threshold", type=arg("value_threshold"), help=THRESHOLD_HELP)
     e.add_argument("--label-threshold", type=arg("label_threshold"), help=LABEL_THRESHOLD_HELP)
+    e.add_argument("--unlabeled", type=arg("unlabeled"), metavar="VALUE",
+                   help="the truth's value of voxels nobody annotated (a partial annotation): left out of the scores")
     e.add_argument("--places", action="store_true",
                    help="also say where the errors lie: in whole objects (missed or false) or how near the true "
                         "surface (reads both volumes into memory)")

@@ -674,7 +674,7 @@ def check_binary(labels: Any, name: str = "labels", max_samples: int = 2_000_000
     """Refuse a label volume with more than two values (in a strided subsample of about `max_samples`
     voxels) when no threshold was given: an anti-aliased 0..255 mask read as ``> 0`` keeps its soft rim
     and silently shifts every score."""
-    _refuse_many(sampled_values(labels, max_samples), name)
+    refuse_many(sampled_values(labels, max_samples), name)
 
 
 def foreground(mask: np.ndarray, name: str = "the mask") -> np.ndarray:
@@ -714,14 +714,15 @@ def sampled_values(volume: Any, max_samples: int = 2_000_000) -> np.ndarray:
     return np.unique(np.asarray(volume[(slice(None, None, step),) * len(volume.shape)]))
 
 
-def _refuse_many(values: np.ndarray, name: str) -> None:
+def refuse_many(values: np.ndarray, name: str) -> None:
     """MitosegError when the sorted distinct label `values` are more than two."""
     if values.size > 2:
         floats = np.issubdtype(values.dtype, np.floating) and values.max() <= 1
         raise MitosegError(f"{name} hold more than two values ({first_values(values)}): give --label-threshold "
                            "(foreground is label > it): " + ("0.5 for labels or probabilities of 0..1" if floats else
                                                              "0 if the values are object ids, 127 for anti-aliased "
-                                                             "0..255 masks"))
+                                                             "0..255 masks") + "; or, if one value marks voxels "
+                           "nobody annotated, --unlabeled VALUE")
 
 
 def first_values(values: np.ndarray) -> str:
@@ -836,7 +837,7 @@ def load_pair(image: str | Path, labels: str | Path, threshold: float | None = N
     annotated = raw[~missing]
     if threshold is None:  # of two annotated values the higher is foreground: 0/1, 0/255, ilastik's 1/2
         values = np.unique(annotated)
-        _refuse_many(values, f"labels {labels} (annotated voxels)")
+        refuse_many(values, f"labels {labels} (annotated voxels)")
         if values.size == 1:  # background or foreground? nothing tells
             raise MitosegError(f"labels {labels} hold one value ({values[0]:g}) besides the --unlabeled "
                                f"{unlabeled:g}, so the annotated voxels are all of one class: if {unlabeled:g} is "

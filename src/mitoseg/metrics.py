@@ -97,7 +97,7 @@ def confusion_blockwise(pred, truth, block: Sequence[int] = (64, 512, 512), prog
 def evaluate(prediction: str | Path | Any, truth: str | Path | Any, threshold: float | None = None,
              label_threshold: float | None = None,
              block: Sequence[int] = (64, 512, 512), client: Any = None, progress: bool = True, places: bool = False,
-             voxel_size: Sequence[float] | None = None, objects: bool = False) -> dict:
+             voxel_size: Sequence[float] | None = None, objects: bool = False, unlabeled: float | None = None) -> dict:
     """The `mitoseg evaluate` command: voxel scores (see `scores`) of a prediction against the truth, two
     volumes (paths or array-likes, Z, Y, X) read block by block, in this process or on a Dask `client`
     (then both must be paths every worker can read).
@@ -112,10 +112,14 @@ def evaluate(prediction: str | Path | Any, truth: str | Path | Any, threshold: f
     then the scores too are computed in this process, on both volumes read into memory once (refused above
     `MAX_PLACES_VOXELS`). With `objects`, so too ``result["objects"]``: `match_instances` of the two masks'
     26-connected objects at IoU >= 0.5 (the prediction as it is: apply a minimum size first, `mitoseg label`).
+    `unlabeled`: the truth's value of voxels nobody annotated (a partial annotation, as `train --unlabeled`
+    takes it): they are left out of every count; of the two other values the higher is foreground unless
+    `label_threshold` says otherwise. Not with `places` or `objects`, which need a whole truth.
     """
     from mitoseg import blocks, checks, cluster, io
 
-    checks.check(value_threshold=threshold, label_threshold=label_threshold, block=tuple(block), voxel_size=voxel_size)
+    checks.check(value_threshold=threshold, label_threshold=label_threshold, block=tuple(block), voxel_size=voxel_size,
+                 unlabeled=unlabeled)
     checks.per_axis(block=tuple(block))
     pred = io.open_volume(prediction) if isinstance(prediction, str | Path) else prediction
     true = io.open_volume(truth) if isinstance(truth, str | Path) else truth
@@ -134,11 +138,17 @@ def evaluate(prediction: str | Path | Any, truth: str | Path | Any, threshold: f
         raise MitosegError(f"--{'places' if places else 'objects'} reads both volumes and their labelled objects "
                            f"into memory: {int(np.prod(pred.shape)):,} voxels are more than the "
                            f"{MAX_PLACES_VOXELS:,} it takes; evaluate a crop for it")
-    if label_threshold is None:
+    if unlabeled is not None:
+        if in_memory:
+            raise MitosegError("--places and --objects need a whole truth; score a partial annotation (--unlabeled) "
+                               "without them")
+        label_threshold = _annotated_threshold(true, unlabeled, label_threshold)
+    elif label_threshold is None:
         io.check_binary(true, "the truth's labels")
     t = io.foreground_threshold(pred, threshold, f"the prediction {prediction}" if isinstance(prediction, str | Path)
                                 else "the prediction")
-    job = {"prediction": prediction, "truth": truth, "threshold": t, "label_threshold": label_threshold or 0}
+    job = {"prediction": prediction, "truth": truth, "threshold": t, "label_threshold": label_threshold or 0,
+           "unlabeled": unlabeled}
     if in_memory:  # both masks in memory anyway: the counts come from them, not from a second reading
         mask = _read_binary(pred, lambda v: _foreground(v, t), block)
         truth_mask = _read_binary(true, lambda v: v > (label_threshold or 0), block)
@@ -183,7 +193,29 @@ def block_confusion(block: tuple[slice, ...], job: dict) -> Counts:
     """Confusion counts of one block of `job`'s prediction and truth (array-likes), thresholded as in
     `evaluate`."""
     p = _foreground(np.asarray(job["prediction"][block]), job["threshold"])
-    return confusion(p, np.asarray(job["truth"][block]) > job["label_threshold"])
+    t = np.asarray(job["truth"][block])
+    if job.get("unlabeled") is not None:  # voxels nobody annotated are not scored
+        annotated = t != job["unlabeled"]
+        p, t = p[annotated], t[annotated]
+    return confusion(p, t > job["label_threshold"])
+
+
+def _annotated_threshold(truth: Any, unlabeled: float, label_threshold: float | None) -> float:
+    """The label threshold of a partly annotated truth: `label_threshold`, else the lower of the two values its
+    annotated voxels hold (in a subsample; as `io.load_pair` reads labels for training)."""
+    from mitoseg import io
+
+    values = io.sampled_values(truth)
+    if not (values == unlabeled).any():
+        raise MitosegError(f"the truth holds no voxel of the --unlabeled value {unlabeled:g} (in a sample)")
+    if label_threshold is not None:
+        return label_threshold
+    annotated = values[values != unlabeled]
+    io.refuse_many(annotated, "the truth's annotated labels")
+    if annotated.size < 2:
+        raise MitosegError(f"the truth's annotated voxels hold one value besides --unlabeled {unlabeled:g}: give "
+                           "--label-threshold (foreground: label > it) to say which class they are")
+    return float(annotated[0])
 
 
 def _foreground(values: np.ndarray, threshold: float | None) -> np.ndarray:
