@@ -754,6 +754,14 @@ def test_label_says_when_its_table_measures_voxels_of_1_nm(droso_crop, tmp_path,
         assert main(["--quiet", "label", str(tmp_path / name), "--out", f"{out}.zarr", "--table", f"{out}.csv",
                      *extra]) == 0
         assert ("states no voxel size: the table measures voxels of 1 x 1 x 1 nm" in capsys.readouterr().out) == said
+        assert (io.voxel_size(f"{out}.zarr") is None) == said  # before: 1 x 1 x 1 nm recorded, as if stated
+    # an OME-Zarr output of a volume of no known voxel size: axes without a unit (before: 1 nm, "as stated")
+    assert main(["--quiet", "label", str(tmp_path / "mask.npy"), "--out", str(tmp_path / "l.ome.zarr")]) == 0
+    assert io.voxel_size(tmp_path / "l.ome.zarr") is None
+    assert "unit" not in zarr.open_group(str(tmp_path / "l.ome.zarr")).attrs["ome"]["multiscales"][0]["axes"][0]
+    assert main(["--quiet", "label", str(tmp_path / "l.ome.zarr"), "--out", str(tmp_path / "again.zarr"), "--table",
+                 str(tmp_path / "again.csv"), "--threshold", "1"]) == 0
+    assert "states no voxel size" in capsys.readouterr().out  # still said for the output labelled again
 
 
 def test_predict_resume_keeps_only_its_own_finished_prediction(runs, tmp_path, capsys, monkeypatch):

@@ -114,7 +114,7 @@ def open_output(path: str | Path, shape: Sequence[int], dtype: Any, block: Seque
     attrs = dict(attrs or {})
     pyramid, image = None, None
     if omezarr.is_ome_output(path):  # an NGFF image group: level 0 here, the pyramid when finished
-        voxel = tuple(float(v) for v in attrs.get("voxel_size") or (1.0, 1.0, 1.0))
+        voxel = tuple(float(v) for v in attrs["voxel_size"]) if attrs.get("voxel_size") else None  # None: voxels
         name = attrs.get("kind", "image")
         if omezarr.label_of(path):  # an image-label: its image's layout and voxel size, its own name
             if attrs.get("kind") not in ("mask", "labels"):

@@ -553,8 +553,9 @@ def label_volume(input: str | Path, out: str | Path, block: Sequence[int] | None
     post-processing chosen on validation where `predict` kept it with the input (`postprocess.for_labels`:
     probabilities are then also blurred along Z as chosen, block by block with their neighbouring slices);
     else 0.5 and 0. The output's attribute "applied" says what was applied and what came from the run.
-    `voxel_size` (z, y, x) nm defaults to the one the input states (`io.voxel_size`), else 1 1 1. An `out`
-    named *.ome.zarr is OME-Zarr. `block` defaults to (64, 512, 512). Returns the number of objects.
+    `voxel_size` (z, y, x) nm defaults to the one the input states (`io.voxel_size`); with neither, the output
+    states none and the table measures 1 nm voxels. An `out` named *.ome.zarr is OME-Zarr. `block` defaults to
+    (64, 512, 512). Returns the number of objects.
     """
     from mitoseg import cluster, postprocess
 
@@ -569,18 +570,19 @@ def label_volume(input: str | Path, out: str | Path, block: Sequence[int] | None
         io.check_output(table, overwrite, "file", (input,))
         if Path(table).absolute() == Path(out).absolute():
             raise MitosegError(f"the labels and the table are both {out}: give two outputs")
-    voxel = tuple(voxel_size or io.voxel_size(input) or (1.0, 1.0, 1.0))
+    stated = voxel_size or io.voxel_size(input)  # None: the output states none, the table measures 1 nm voxels
+    voxel = tuple(stated or (1.0, 1.0, 1.0))
     block = tuple(block) if block else (min(volume.shape[0], 64), 512, 512)
     applied = postprocess.for_labels(io.attributes(volume), threshold, min_size)
     min_size, z_sigma = applied["min_size"], applied["z_sigma"]
     raw_threshold = io.foreground_threshold(volume, applied["threshold"], str(input))
-    attrs = {"voxel_size": voxel, "connectivity": connectivity, "applied": applied}
+    attrs = {**({"voxel_size": voxel} if stated else {}), "connectivity": connectivity, "applied": applied}
     origin = io.origin(input)
     if origin:  # a crop of a larger volume: where it lies
         attrs["origin"] = origin
     if resume and not overwrite and table and blocks.keep_finished(  # labels finished, the table not yet
             out, "labels", tuple(volume.shape), "uint32", block,
-            _settings(connectivity, min_size, raw_threshold, z_sigma), {"voxel_size": voxel}):
+            _settings(connectivity, min_size, raw_threshold, z_sigma), {"voxel_size": voxel} if stated else {}):
         labels = io.open_volume(out)
         n = max((int(labels[b].max(initial=0)) for b in blocks.grid(tuple(labels.shape), block)), default=0)
     elif client is not None:

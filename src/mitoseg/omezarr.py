@@ -281,10 +281,11 @@ def factors(shape: tuple[int, ...], voxel_size: tuple[float, float, float]) -> l
     return out
 
 
-def write_pyramid(path: str | Path, voxel_size: tuple[float, float, float], nearest: bool, name: str,
+def write_pyramid(path: str | Path, voxel_size: tuple[float, float, float] | None, nearest: bool, name: str,
                   origin: tuple[float, float, float] | None = None) -> None:
     """Add levels 1.. (from level "0") and the NGFF metadata to the image group at `path`, level 0 translated to
-    `origin` (z, y, x) nm when given (a crop of a larger volume). A level of means is translated by half the voxels
+    `origin` (z, y, x) nm when given (a crop of a larger volume). `voxel_size` None (nobody stated it): scale 1
+    and axes without a unit, so readers take voxels, not 1 nm. A level of means is translated by half the voxels
     it averages more (its voxel centres lie between theirs), one of nearest voxels is not (each is a voxel of level
     0); the multiscales' `type` says which. NGFF 0.5, or 0.4 when the group is Zarr v2."""
     import zarr
@@ -296,6 +297,8 @@ def write_pyramid(path: str | Path, voxel_size: tuple[float, float, float], near
     group = zarr.open_group(str(path), mode="r+")
     zarr_format = group.metadata.zarr_format  # 3: NGFF 0.5, 2: 0.4 (as `create_level0` made it)
     fmt = FormatV04() if zarr_format == 2 else CurrentFormat()
+    axes = AXES if voxel_size is not None else [{"name": a, "type": "space"} for a in "zyx"]
+    voxel_size = voxel_size or (1.0, 1.0, 1.0)
     scale, shift = np.asarray(voxel_size, dtype=float), np.asarray(origin or (0.0, 0.0, 0.0), dtype=float)
     datasets = [{"path": "0", "coordinateTransformations": [{"type": "scale", "scale": scale.tolist()}]
                  + ([{"type": "translation", "translation": shift.tolist()}] if shift.any() else [])}]
@@ -316,7 +319,7 @@ def write_pyramid(path: str | Path, voxel_size: tuple[float, float, float], near
         scale = scale * np.asarray(f)
         datasets.append({"path": str(level), "coordinateTransformations": [{"type": "scale", "scale": scale.tolist()}]
                          + ([{"type": "translation", "translation": shift.tolist()}] if shift.any() else [])})
-    write_multiscales_metadata(group, datasets, fmt=fmt, axes=AXES, name=name, metadata={
+    write_multiscales_metadata(group, datasets, fmt=fmt, axes=axes, name=name, metadata={
         "description": "each level from the one before: 2 x 2 in-plane, 2 in Z while Z is not coarser than twice "
                        "the in-plane pixel", "method": "mitoseg.omezarr.write_pyramid"})
     ms = multiscales(dict(group.attrs))
