@@ -128,9 +128,10 @@ def test_suggest_mistakes_are_one_line(tmp_path, ca1, capsys):
         assert err.count("\n") == 0 and message in err, err
 
 
-def test_suggest_names_the_runs_own_annotated_slices(tmp_path, ca1, capsys):
-    """A run trained on a few annotated slices: without --annotated-slices, one note names them (they may be
-    this image's, and would be suggested again; before: nothing said); given, no note."""
+def test_suggest_takes_the_runs_own_annotated_slices_on_its_training_image(tmp_path, ca1, capsys):
+    """A run trained on a few annotated slices of this image (by name): they are taken as annotated, never
+    suggested nor neighboured, and the advice keeps them (before: a note, then advice that dropped them); of
+    another image, one note names them; given, nothing is said."""
     import json
     import shutil
 
@@ -138,9 +139,17 @@ def test_suggest_names_the_runs_own_annotated_slices(tmp_path, ca1, capsys):
     few = tmp_path / "few"
     shutil.copytree(run, few)
     saved = json.loads((few / "config.json").read_text())
-    (few / "config.json").write_text(json.dumps({**saved, "annotated_slices": "0,5", "data": "image.tif"}))
-    assert len(suggest.suggest(few, image, count=2, tta=False, progress=False)) == 2
-    assert ("note: few learned from the annotated slices 0,5 of image.tif; if that is this image, give "
-            "--annotated-slices 0,5") in capsys.readouterr().err
-    suggest.suggest(few, image, count=2, tta=False, progress=False, annotated="0,5")
+    (few / "config.json").write_text(json.dumps({**saved, "annotated_slices": "0,5",
+                                                 "data": "image.tif with labels image_gt.tif"}))
+    assert cli.main(["--quiet", "suggest", str(few), str(image), "--count", "2", "--gap", "1", "--no-tta"]) == 0
+    told = capsys.readouterr()
+    assert "the run's annotated slices 0,5 of its training image image.tif are taken as annotated" in told.err
+    picked = [int(z) for z in re.search(r"--annotated-slices 0,5,([\d,]+)", told.out).group(1).split(",")]
+    assert len(picked) == 2 and not {4, 5, 6, 0, 1} & set(picked)
+    other = tmp_path / "other.tif"
+    shutil.copy(image, other)
+    assert len(suggest.suggest(few, other, count=2, tta=False, progress=False)) == 2
+    assert ("note: few learned from the annotated slices 0,5 of image.tif with labels image_gt.tif; if that is this "
+            "image, give --annotated-slices 0,5") in capsys.readouterr().err
+    suggest.suggest(few, other, count=2, tta=False, progress=False, annotated="0,5")
     assert "note:" not in capsys.readouterr().err

@@ -63,7 +63,7 @@ def cmd_train(a: argparse.Namespace) -> None:
         stated = None if a.voxel_size else io.voxel_size(a.image)  # an ImageJ TIFF's or OME-Zarr's own
         cfg = PRESETS["quick" if a.quick else a.preset](a.dims or 2, **changes, **(
             {"voxel_size": stated} if stated else {} if a.voxel_size else {"voxel_size_stated": False}),
-            data=f"{_file_name(a.image)} with labels {_file_name(a.labels)}")
+            data=f"{io.file_name(a.image)} with labels {io.file_name(a.labels)}")
         image, mask = io.load_pair(a.image, a.labels, a.label_threshold, a.unlabeled)
         voxel = "voxel size " + " x ".join(f"{v:g}" for v in cfg.voxel_size) + " nm"
         if a.voxel_size:
@@ -75,14 +75,6 @@ def cmd_train(a: argparse.Namespace) -> None:
                   "strides, and predictions record it; without it they record no voxel size)")
     summary = train(cfg, image, mask, a.out, resume=a.resume, overwrite=a.overwrite, progress=not a.quiet)
     print(json.dumps(summary, indent=2))
-
-
-def _file_name(spec: str) -> str:
-    """A volume's file name (with its inner dataset), without the folders above it: what a run records of its data."""
-    from mitoseg import io
-
-    path, inner = io.split_path(spec)
-    return path.name + (f":{inner}" if inner else "")
 
 
 def cmd_convert(a: argparse.Namespace) -> None:
@@ -310,7 +302,7 @@ def cmd_data(a: argparse.Namespace) -> None:
 
 
 def cmd_suggest(a: argparse.Namespace) -> None:
-    from mitoseg.suggest import suggest
+    from mitoseg.suggest import run_annotation, suggest
 
     rows = suggest(a.run, a.image, a.count, a.gap, a.annotated_slices, tta=a.tta, table=a.table, device=a.device,
                    overwrite=a.overwrite, progress=not a.quiet, box=a.box)
@@ -329,7 +321,8 @@ def cmd_suggest(a: argparse.Namespace) -> None:
     for r in rows:
         print(f"{r['rank']:>4}  {r['slice']:>5}  {r['uncertainty_bits']:>18.3f}  {r['foreground_fraction']:>19.1%}")
     picked = sorted(r["slice"] for r in rows)
-    done = f"{a.annotated_slices.replace(' ', '')}," if a.annotated_slices else ""  # pasted unquoted, it must hold
+    annotated = a.annotated_slices if a.annotated_slices is not None else run_annotation(a.run, a.image)
+    done = f"{annotated.replace(' ', '')}," if annotated else ""  # pasted unquoted, it must hold
     print(f"annotate these slices next, then train with --annotated-slices {done}{','.join(map(str, picked))}")
 
 

@@ -37,6 +37,12 @@ def is_zarr(path: Path) -> bool:
     return path.suffix.lower() == ".zarr" or (path.is_dir() and any((path / m).exists() for m in ZARR_MARKERS))
 
 
+def file_name(spec: str | Path) -> str:
+    """A volume's file name (with its inner dataset), without the folders above it: what a run records of its data."""
+    path, inner = split_path(spec)
+    return path.name + (f":{inner}" if inner else "")
+
+
 def split_path(spec: str | Path) -> tuple[Path, str | None]:
     """Split ``file.h5:inner/path`` into the file path and the inner dataset (None if absent)."""
     text = str(spec)

@@ -86,6 +86,16 @@ def pick(scores: np.ndarray, count: int, gap: int, annotated: list[int] | None =
     return chosen
 
 
+def run_annotation(run: str | Path, image: str | Path) -> str | None:
+    """The slices a run was trained on as annotated (`Config.annotated_slices`) when `image` is its training
+    image by name (`train` records "IMAGE with labels LABELS" of file names, `io.file_name`), else None."""
+    path = Path(run) / "config.json"
+    config = Config.load(path) if path.is_file() else None
+    if config is None or not config.annotated_slices or not config.data:
+        return None
+    return config.annotated_slices if config.data.startswith(f"{io.file_name(image)} with labels ") else None
+
+
 def suggest(run: str | Path, image: str | Path, count: int = 8, gap: int | None = None,
             annotated: str | None = None, tta: bool = True, table: str | Path | None = None,
             device: str = "auto", overwrite: bool = False, progress: bool = True,
@@ -97,7 +107,8 @@ def suggest(run: str | Path, image: str | Path, count: int = 8, gap: int | None 
     The model predicts the whole volume block by block (`predict.predict`, with TTA unless `tta` is
     False) into a temporary Zarr; `gap` (default: depth // (4 * picks per grid cell), at least 1) keeps
     picks in one cell apart; `annotated` ("0,40-43") are slices already annotated, never suggested nor
-    neighboured. `table`: the score of every slice (or box) as CSV.
+    neighboured (default: the run's own, `run_annotation`, when `image` is its training image). `table`: the
+    score of every slice (or box) as CSV.
     """
     from mitoseg import data, predict
 
@@ -106,12 +117,16 @@ def suggest(run: str | Path, image: str | Path, count: int = 8, gap: int | None 
         io.check_output(table, overwrite, "file", (image, run))
     shape = io.open_volume(image).shape
     depth, cells = shape[0], boxes(tuple(shape[1:]), box)
-    done = data.parse_slices(annotated, depth) if annotated is not None else []
     config = Config.load(Path(run) / "config.json") if (Path(run) / "config.json").is_file() else None
-    if annotated is None and config is not None and config.annotated_slices:  # may be this image's: said
+    if annotated is None and run_annotation(run, image):  # its training image: those slices are annotated
+        annotated = run_annotation(run, image)
+        print(f"the run's annotated slices {annotated} of its training image {io.file_name(image)} are taken as "
+              "annotated (give --annotated-slices to say otherwise)", file=sys.stderr)
+    elif annotated is None and config is not None and config.annotated_slices:  # maybe this image's: said
         print(f"note: {Path(run).name} learned from the annotated slices {config.annotated_slices} of "
               f"{config.data or 'its training image'}; if that is this image, give --annotated-slices "
               f"{config.annotated_slices} so they are not suggested", file=sys.stderr)
+    done = data.parse_slices(annotated, depth) if annotated is not None else []
     gap = max(1, depth // (4 * -(-count // len(cells)))) if gap is None else gap
     if not pick(np.zeros((depth, 1)), 1, gap, done):  # said before the prediction, not after it
         raise MitosegError(f"no slice left to suggest: all {depth} are annotated or within {gap} of one")
