@@ -651,3 +651,15 @@ def test_labels_other_than_0_1_2_and_a_folder_of_other_files_are_refused_before_
     with pytest.raises(MitosegError, match="is a folder of other files"):
         tr.train(tiny(2), raw, mask, data, overwrite=True, progress=False)
     assert [p.name for p in data.iterdir()] == ["notes.txt"]
+
+
+@pytest.mark.parametrize("iou, said", [(0.05, "note: the 2D model has barely learned (best validation IoU 0.050)"),
+                                       (0.5, None)])
+def test_a_run_that_learned_little_is_told_so(tmp_path, small, capsys, monkeypatch, iou, said):
+    """After training, the best validation IoU under 0.01 is a warning, under `BARELY` (0.1) a note (before:
+    nothing above 0.01, and a run at 0.047 made 0.25 % foreground where the truth holds 7 %), above it nothing."""
+    monkeypatch.setattr(tr, "validate", lambda *a, **k: {"f1": iou, "jaccard": iou, "best_jaccard": iou,
+                                                         "best_threshold": 0.5})
+    tr.train(tiny(2, epochs=1), *small, tmp_path / "run", progress=False, postprocessing=False)
+    err = capsys.readouterr().err
+    assert (said in err) if said else ("learned" not in err), err

@@ -151,6 +151,9 @@ def _prepare_dir(out: Path, resume: bool, overwrite: bool, inputs: tuple = ()) -
     out.mkdir(parents=True, exist_ok=True)
 
 
+BARELY = 0.1  # a best validation IoU under this (at any threshold) is noted after training: the masks will be poor
+
+
 def validate(model: torch.nn.Module, val: data.Volume | None, config: Config, device: torch.device) -> dict:
     """Dice ("f1") and IoU ("jaccard") of the prediction thresholded at 0.5 on a volume normalised by
     its window, on its annotated voxels, and the best IoU over `postprocess.THRESHOLDS` ("best_jaccard",
@@ -566,6 +569,10 @@ def _train(config: Config, image: np.ndarray, mask: np.ndarray, out: Path, resum
         print(f"mitoseg: warning: the {config.dims}D model has not learned (best validation IoU "
               f"{max(state['best_iou'], 0.0):.3f}); its predictions mean nothing: train longer, or check the "
               "labels", file=sys.stderr, flush=True)
+    elif val_vol is not None and state["best_iou"] < BARELY:
+        print(f"mitoseg: note: the {config.dims}D model has barely learned (best validation IoU "
+              f"{state['best_iou']:.3f}): expect poor masks; train longer, annotate more, or start from a trained "
+              "model (--init)", file=sys.stderr, flush=True)
     if best is not None:
         _save(best, out / "best.pt")
     if ckpt is not None:  # finished: the weights that are delivered, without what only resuming needs
