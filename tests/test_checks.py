@@ -49,8 +49,10 @@ def test_rules_in_words_and_at_their_edges():
     assert ok(0) and ok(0.99) and not ok(1) and not ok(-0.01) and not ok(float("nan")) and not ok(True)
     assert bad(1) is True and not bad(0) and not bad(1.5) and bad(np.int64(3))
     checks.check(voxel_size=(50, 4.6, 4.6), block=None)
-    with pytest.raises(MitosegError, match=r"voxel_size must be a number > 0, not -5"):
+    with pytest.raises(MitosegError, match=r"voxel_size must be a number >= 0.1, not -5"):
         checks.check(voxel_size=(5, -5, 5))
+    with pytest.raises(MitosegError, match=r"not 0.05 \(voxel sizes are in nm: micrometres x 1000\)"):
+        checks.check(voxel_size=(0.05, 0.0046, 0.0046))  # µm taken as nm: before, volumes 1e9 times too small
     with pytest.raises(MitosegError, match=r"^threshold must be a number > 0, not -1"):  # the keyword, not its rule
         checks.check(value_threshold=-1)  # label_volume's and evaluate's (before: "value-threshold")
     with pytest.raises(KeyError):

@@ -534,7 +534,7 @@ def test_wrong_numbers_and_ambiguous_labels_are_refused(runs, probs2, capsys, tm
     bad(["label", probs, "--out", out, "--min-size", "-5"], capsys, "--min-size: must be an integer >= 0")
     bad(["label", probs, "--out", out, "--threshold", "128"], capsys,
         "threshold must be a probability in (0, 1) for mitoseg probabilities, not 128")
-    bad(["label", probs, "--out", out, "--voxel-size", "-5", "5", "5"], capsys, "--voxel-size: must be a number > 0")
+    bad(["label", probs, "--out", out, "--voxel-size", "-5", "5", "5"], capsys, "--voxel-size: must be a number >= 0.1")
     bad(["train", t, g, "--out", str(tmp_path / "r"), "--epochs", "0"], capsys, "--epochs: must be an integer >= 1")
     bad(["train", t, g, "--out", str(tmp_path / "r"), "--lr", "nan"], capsys, "--lr: must be a number > 0")
     bad(["train", t, g, "--out", str(tmp_path / "r"), "--planes", "2"], capsys, "planes must be 1 or 3, not 2")

@@ -76,7 +76,8 @@ RULES: dict[str, Rule] = {
     "threshold": PROBABILITY, "z_sigma": Rule(float, 0),
     "value_threshold": POSITIVE,  # label and evaluate: a probability for mitoseg probabilities, else a raw value
     # labels, objects, units
-    "label_threshold": Rule(float, 0), "unlabeled": Rule(float), "min_size": COUNT, "voxel_size": POSITIVE,
+    "label_threshold": Rule(float, 0), "unlabeled": Rule(float), "min_size": COUNT,
+    "voxel_size": Rule(float, 0.1),  # nm: no microscope's voxel is smaller; sizes in µm (0.005) are caught
     "block": POSITIVE_INT,
     "connectivity": Rule(int, 6, 26),
     # Dask and reports
@@ -89,6 +90,7 @@ RULES: dict[str, Rule] = {
 
 # a value out of range is named as the Python keyword (the command line's own parser names its --options)
 SHOWN = {"value_threshold": "threshold"}
+HINTS = {"voxel_size": " (voxel sizes are in nm: micrometres x 1000)"}  # said after a value out of range
 PER_AXIS = ("voxel_size",)  # settings that always hold one number per axis (z, y, x)
 
 
@@ -104,7 +106,7 @@ def check(**values: Any) -> None:
         rule = RULES[name]
         for v in value if isinstance(value, tuple | list | np.ndarray) else (value,):
             if not rule.ok(v):
-                raise MitosegError(f"{SHOWN.get(name, name)} must be {rule.words()}, not {v!r}")
+                raise MitosegError(f"{SHOWN.get(name, name)} must be {rule.words()}, not {v!r}{HINTS.get(name, '')}")
 
 
 def per_axis(**values: Any) -> None:
@@ -125,7 +127,7 @@ def arg(name: str) -> Callable[[str], int | float]:
         except ValueError:
             raise argparse.ArgumentTypeError(f"must be {rule.words()}, not {text!r}") from None
         if not rule.ok(value):
-            raise argparse.ArgumentTypeError(f"must be {rule.words()}, not {text}")
+            raise argparse.ArgumentTypeError(f"must be {rule.words()}, not {text}{HINTS.get(name, '')}")
         return value
 
     parse.rule = rule  # type: ignore[attr-defined]  # tests find every option's rule here
