@@ -112,6 +112,13 @@ def test_labels_written_into_an_image_are_its_ngff_image_label(tmp_path, droso, 
         src = _write(tmp_path / "m2.zarr", mask[:, :128], "mask") if small else tmp_path / "mask.zarr"
         assert cli.main(["--quiet", "label", str(src), "--out", str(target), "--overwrite"]) == 2
         assert message in capsys.readouterr().err and not target.exists()
+    # another voxel size than the image's: refused (before: the table measured at it, the labels at the image's)
+    target = image / "labels" / "other"
+    assert cli.main(["--quiet", "label", str(tmp_path / "mask.zarr"), "--out", str(target), "--table",
+                     str(tmp_path / "t.csv"), "--voxel-size", "40", "4", "4"]) == 2
+    assert "is an image-label: it takes its image's voxel size" in capsys.readouterr().err and not target.exists()
+    assert cli.main(["--quiet", "label", str(tmp_path / "mask.zarr"), "--out", str(target), "--voxel-size",
+                     *map(str, VOXEL)]) == 0  # the image's own: fine
 
 
 def test_labels_added_to_a_bioformats2raw_image_follow_its_format(tmp_path, droso):

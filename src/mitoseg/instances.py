@@ -34,7 +34,7 @@ import scipy.sparse
 import scipy.sparse.csgraph
 from tqdm import tqdm
 
-from mitoseg import blocks, checks, io
+from mitoseg import blocks, checks, io, omezarr
 from mitoseg.errors import MitosegError
 from mitoseg.io import block_marker
 
@@ -570,6 +570,7 @@ def label_volume(input: str | Path, out: str | Path, block: Sequence[int] | None
         io.check_output(table, overwrite, "file", (input,))
         if Path(table).absolute() == Path(out).absolute():
             raise MitosegError(f"the labels and the table are both {out}: give two outputs")
+    omezarr.refuse_other_voxel(out, voxel_size)
     stated = voxel_size or io.voxel_size(input)  # None: the output states none, the table measures 1 nm voxels
     voxel = tuple(stated or (1.0, 1.0, 1.0))
     block = tuple(block) if block else (min(volume.shape[0], 64), 512, 512)

@@ -17,6 +17,7 @@ reader) show it over its image.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -82,6 +83,20 @@ class Image:
     def lead(self) -> int:
         """The number of axes before the three space axes (t, c)."""
         return len(self.shapes[0]) - 3
+
+
+def refuse_other_voxel(path: str | Path, voxel_size: Sequence[float] | None) -> None:
+    """MitosegError when `path` is an image-label and `voxel_size` (z, y, x nm, given by the user) differs from
+    its image's: the label takes its image's, so a measurement at the given size would not be the label's."""
+    from mitoseg.errors import MitosegError
+
+    if voxel_size is None or label_of(path) is None:
+        return
+    image = label_layout(path).voxel
+    if image is not None and not np.allclose(tuple(float(v) for v in voxel_size), image):
+        words = [" x ".join(f"{float(v):g}" for v in size) for size in (voxel_size, image)]
+        raise MitosegError(f"{path} is an image-label: it takes its image's voxel size ({words[1]} nm), not "
+                           f"{words[0]} nm; leave out --voxel-size, or write the output as its own NAME.ome.zarr")
 
 
 def label_layout(path: str | Path, shape: tuple[int, ...] | None = None) -> Image:

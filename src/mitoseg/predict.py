@@ -620,6 +620,7 @@ def predict(model: str | Path | Sequence[str | Path], image: str | Path, out: st
         if (probs in mask.parents and not omezarr.is_ome_path(out)) or mask in probs.parents:
             raise MitosegError(f"the mask {mask_out} and the probabilities {out} lie one inside the other: give "
                                "two outputs side by side")
+        omezarr.refuse_other_voxel(mask_out, voxel_size)  # an image-label's would differ from the probabilities'
     if isinstance(image, str | Path):
         io.refuse_output(io.open_volume(image), image, "the EM image", ("probability", "mask", "labels"))
     if resume and not overwrite and mask_out is not None and all(
