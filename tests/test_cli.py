@@ -137,8 +137,9 @@ def test_train_predict_label_evaluate(runs, dims, capsys):
     where = metrics.error_places(p[:] >= 128, truth, voxel)
     assert json.loads(places_json.read_text())["places"] == {**where, "voxel_size": list(voxel)}
     wrong = where["fp"] + where["fn"]
-    assert f"\nwhere the {wrong:,} wrong voxels lie: {where['fp_whole'] + where['fn_whole']:,} (" in \
-        capsys.readouterr().out
+    said = capsys.readouterr().out
+    assert f"\nwhere the {wrong:,} wrong voxels lie: {where['fp_whole'] + where['fn_whole']:,} (" in said
+    assert f"within {voxel[-1]:g} nm, " in said  # in-plane pixels, in nm (before: "within 1 voxel" of any axis)
     assert main(["--quiet", "evaluate", str(d / "test_gt.tif"), str(d / "test_gt.tif"), "--places"]) == 0
     said = capsys.readouterr().out.splitlines()[-1]
     assert said.startswith("where the 0 wrong voxels lie: 0 (0%) in whole objects") and "taken as cubes" in said

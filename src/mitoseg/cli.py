@@ -261,10 +261,16 @@ def _places_words(e: dict) -> str:
 
     voxel = (" x ".join(f"{v:g}" for v in e["voxel_size"]) + " nm voxels" if e["voxel_size"]
              else "voxels taken as cubes: give --voxel-size if they are not")
+    pixel = e["voxel_size"][-1] if e["voxel_size"] else None  # distances count in-plane pixels (`error_places`)
+
+    def within(w: int) -> str:
+        return f"{w * pixel:g} nm" if pixel else f"{w} pixel{'s' * (w > 1)}"
+
     return (f"where the {wrong:,} wrong voxels lie: {share(whole)} in whole objects (missed or false); "
-            + ", ".join(f"{share(n)} within {w} voxel{'s' * (w > 1)}" for w, n in zip(widths, near, strict=True))
-            + f" of the true surface ({voxel}); IoU {e['jaccard_whole_right']:.4f} if the whole-object "
-            f"errors were right, {e[f'jaccard_near_{widths[1]}_right']:.4f} if those within {widths[1]} voxels were")
+            + ", ".join(f"{share(n)} within {within(w)}" for w, n in zip(widths, near, strict=True))
+            + f" of the true surface ({voxel}; distances in in-plane pixels); IoU {e['jaccard_whole_right']:.4f} if "
+            f"the whole-object errors were right, {e[f'jaccard_near_{widths[1]}_right']:.4f} if those within "
+            f"{within(widths[1])} were")
 
 
 def public_command(args: list[str]) -> str:
