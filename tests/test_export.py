@@ -125,6 +125,12 @@ def test_3d_package_of_an_anisotropic_stack(tmp_path, droso_crop):
         assert "Training data: not recorded by the run." in z.read("README.md").decode()
     assert rdf["license"] == "MIT" and [a["name"] for a in rdf["authors"]] == ["mitoseg developers"]  # defaults
     _, cfg = tr.load_model(run, "cpu")  # the Drosophila stack's licence, when a run learned from it
+    with zipfile.ZipFile(package) as z:  # its budget and batch as they were (before: "or None minutes", "batch 1")
+        readme = z.read("README.md").decode()
+    assert "None" not in readme and f"{export._budget(cfg)}; patches" in readme and "1 a batch" in readme
+    assert export._budget(dataclasses.replace(cfg, minutes=None, epochs=1)) == "1 epoch at most"
+    assert export._start(dataclasses.replace(cfg, init="/x/old", annotated_slices="0,6")) == (
+        " Started from the run `old` (fine-tuned). Annotated slices only: 0,6.")
     assert "Its licence: CC BY-NC-SA 3.0" in export._data_licence(dataclasses.replace(cfg, data="Drosophila VNC ssTEM"))
     # a run whose voxel size nobody stated: axes in voxels, not the default's nm (before: 5 nm, as if known)
     with zipfile.ZipFile(package) as z:

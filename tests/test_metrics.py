@@ -344,3 +344,21 @@ def test_evaluate_objects_counts_missed_and_false_objects(droso_crop, tmp_path, 
     assert main([*argv, "--json", str(tmp_path / "v.json")]) == 0
     plain = json.loads((tmp_path / "v.json").read_text())
     assert plain == {k: v for k, v in got.items() if k != "objects"}
+
+
+def test_evaluate_notes_swapped_arguments_and_unlike_voxel_sizes(droso_crop, tmp_path, capsys):
+    """A mitoseg mask given as the truth of a plain prediction (arguments swapped: precision and recall exchanged)
+    and two volumes stating other voxel sizes are each said in one line (before: scored without a word)."""
+    import tifffile
+
+    _, mask = droso_crop
+    z = zarr.create_array(str(tmp_path / "mask.zarr"), data=mask)
+    z.attrs.update(kind="mask", voxel_size=[50.0, 4.6, 4.6])
+    tifffile.imwrite(tmp_path / "truth.tif", mask, imagej=True, resolution=(1 / 5, 1 / 5),
+                     metadata={"spacing": 5, "unit": "nm", "axes": "ZYX"})
+    metrics.evaluate(tmp_path / "truth.tif", tmp_path / "mask.zarr", progress=False)
+    err = capsys.readouterr().err
+    assert "note: the truth is a mitoseg mask output and the prediction is not" in err
+    assert "note: the prediction states 5 x 5 x 5 nm voxels and the truth 50 x 4.6 x 4.6 nm" in err
+    metrics.evaluate(tmp_path / "mask.zarr", tmp_path / "mask.zarr", progress=False)
+    assert "note" not in capsys.readouterr().err

@@ -332,6 +332,19 @@ def covers(folder: Path, raw, prob) -> list[Path]:
     return [folder / path.name for path in made]
 
 
+def _budget(config: Config) -> str:
+    """The training budget in words: epochs, and minutes when the run had a limit."""
+    epochs = f"{config.epochs} epoch{'s' * (config.epochs != 1)}"
+    return f"At most {epochs} or {config.minutes:g} minutes" if config.minutes else f"{epochs} at most"
+
+
+def _start(config: Config) -> str:
+    """What the run started from and learned on, beyond its data: `--init`'s run, `--annotated-slices`."""
+    words = [f" Started from the run `{Path(config.init).name}` (fine-tuned)." if config.init else "",
+             f" Annotated slices only: {config.annotated_slices}." if config.annotated_slices else ""]
+    return "".join(words)
+
+
 def _readme(run: str | Path, config: Config, chosen: dict | None, halo: Sequence[int]) -> str:
     """The package's documentation: what goes in, what comes out, how it was trained and validated."""
     summary = Path(run) / "summary.json"
@@ -364,8 +377,8 @@ connected components.
 
 ## Training
 
-At most {config.epochs} epochs or {config.minutes} minutes; patches {config.patch} voxels, batch {config.batch},
-AdamW lr {config.lr}, Dice + BCE, seed {config.seed}.
+{_budget(config)}; patches {config.patch} voxels, {config.samples_per_batch} a batch,
+AdamW lr {config.lr}, Dice + BCE, seed {config.seed}.{_start(config)}
 Training data: {config.data or "not recorded by the run"}.{_data_licence(config)}
 
 ## Validation

@@ -404,7 +404,7 @@ def natural_order(path: Path) -> tuple:
 
 
 IMAGEJ_UNITS_NM = {"nm": 1.0, "nanometer": 1.0, "micron": 1000.0, "um": 1000.0, "\u00b5m": 1000.0, "\\u00B5m": 1000.0,
-                   "mm": 1e6}  # ImageJ's unit names (it writes micrometres as "micron" or an escaped "µm")
+                   "mm": 1e6, "cm": 1e7}  # ImageJ's unit names (it writes micrometres as "micron" or an escaped "µm")
 
 
 def voxel_size(spec: str | Path) -> tuple[float, float, float] | None:

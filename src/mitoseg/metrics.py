@@ -133,6 +133,7 @@ def evaluate(prediction: str | Path | Any, truth: str | Path | Any, threshold: f
     _check_same_shape(pred.shape, true.shape)
     if len(pred.shape) != 3:
         raise MitosegError(f"evaluate takes two volumes (Z, Y, X), not arrays of shape {tuple(pred.shape)}")
+    _notes(prediction, truth, pred, true)
     in_memory = places or objects
     if in_memory and int(np.prod(pred.shape)) > MAX_PLACES_VOXELS:
         raise MitosegError(f"--{'places' if places else 'objects'} reads both volumes and their labelled objects "
@@ -174,6 +175,24 @@ def evaluate(prediction: str | Path | Any, truth: str | Path | Any, threshold: f
         result["objects"] = match_instances(cc3d.connected_components(mask, connectivity=26),
                                             cc3d.connected_components(truth_mask, connectivity=26), 0.5)
     return result
+
+
+def _notes(prediction: Any, truth: Any, pred: Any, true: Any) -> None:
+    """One line each (stderr) when the arguments look swapped (the truth a mitoseg mask or labels output, the
+    prediction not) or the two volumes state other voxel sizes (another volume, or a wrong calibration)."""
+    import sys
+
+    from mitoseg import io
+
+    kind = io.stated_kind(true)
+    if kind in ("mask", "labels") and io.stated_kind(pred) is None:
+        print(f"note: the truth is a mitoseg {kind} output and the prediction is not: if the two are swapped, "
+              "precision and recall are exchanged (the order is PREDICTION TRUTH)", file=sys.stderr)
+    sizes = [io.voxel_size(v) if isinstance(v, str | Path) else None for v in (prediction, truth)]
+    if all(sizes) and not np.allclose(sizes[0], sizes[1], rtol=0.01):
+        words = [" x ".join(f"{v:g}" for v in s) for s in sizes]
+        print(f"note: the prediction states {words[0]} nm voxels and the truth {words[1]} nm: another volume, or a "
+              "wrong calibration?", file=sys.stderr)
 
 
 MAX_PLACES_VOXELS = 2**30  # `evaluate(places=True)` holds both volumes and their labelled objects in memory
