@@ -183,7 +183,8 @@ def test_predict_mask_applies_the_runs_z_smoothing_across_blocks(runs, capsys, t
     assert main(["predict", *opts, "--out", str(tmp_path / "q.zarr"), "--mask", str(tmp_path / "n.zarr"),
                  "--threshold", "0.5"]) == 0
     np.testing.assert_array_equal(io.open_volume(tmp_path / "n.zarr")[:], probs[:] >= 128)
-    assert "mask: probability >= 0.5 (--threshold); the run's post-processing chosen" in capsys.readouterr().out
+    assert "mask: probability >= 0.5 (--threshold, applied alone: not the run's post-processing chosen" in \
+        capsys.readouterr().out  # before: its choice listed as if applied
 
     # interrupted while the mask was written: --resume keeps the finished probabilities when they were predicted
     # alike, and refuses them when not (they were kept whatever their image, model or TTA)

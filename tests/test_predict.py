@@ -168,7 +168,7 @@ def test_a_2d_model_of_three_planes_gives_the_mean_along_each_axis(tmp_path, luc
     np.testing.assert_allclose(io.open_volume(out)[:].astype(np.float32), whole, atol=2e-3)
 
 
-def test_an_xy_run_predicts_along_three_planes_when_asked(tmp_path, lucchi_crop):
+def test_an_xy_run_predicts_along_three_planes_when_asked(tmp_path, lucchi_crop, capsys):
     """`predict(planes=3)` turns a run trained on XY slices into a prediction along three planes: the mean of
     the three, as a model of three planes gives it, recorded in the output's settings (a resume along one
     plane is refused); a volume that states anisotropic voxels is refused, and `planes=1` gives the XY answer."""
@@ -219,6 +219,9 @@ def test_an_xy_run_predicts_along_three_planes_when_asked(tmp_path, lucchi_crop)
     with pytest.raises(MitosegError, match="near-isotropic voxels.*50 x 5 x 5 nm"):
         predict.predict(tmp_path / "run", tmp_path / "image.zarr", tmp_path / "a.zarr", planes=3, **opts)
     assert not (tmp_path / "a.zarr").exists()
+    del stored.attrs["voxel_size"]  # nothing to check it by: said (before: three planes ran on it without a word)
+    predict.predict(tmp_path / "run", tmp_path / "image.zarr", tmp_path / "b.zarr", planes=3, **opts)
+    assert "note: the image states no voxel size: three planes assume near-isotropic voxels" in capsys.readouterr().err
 
 
 def test_three_planes_predict_whole_slices_in_one_block_only_where_the_volume_is_one_block():

@@ -144,6 +144,10 @@ def _along(attrs: dict) -> str:
     return " for three planes" if attrs.get("postprocessing_planes") == 3 else ""
 
 
+def _slices(sigma: float) -> str:
+    return f"{sigma:g} slice{'' if sigma == 1 else 's'}"
+
+
 def _mask_words(path: str) -> str:
     """What a --mask output applied, and what of the run's post-processing is left to `mitoseg label`."""
     from mitoseg import io, postprocess
@@ -152,12 +156,12 @@ def _mask_words(path: str) -> str:
     chosen, applied = attrs.get("postprocessing"), f"probability >= {attrs['threshold']:g}"
     along = _along(attrs)
     if attrs.get("z_sigma"):
-        applied = f"probabilities blurred along Z ({attrs['z_sigma']:g} slices), then {applied}"
+        applied = f"probabilities blurred along Z ({_slices(attrs['z_sigma'])}), then {applied}"
     if not chosen:
         return f"mask: {applied}"
     if chosen["threshold"] != attrs["threshold"] or chosen["z_sigma"] != attrs.get("z_sigma", 0):
-        return f"mask: {applied} (--threshold); the run's post-processing chosen on validation{along}: " + \
-            postprocess.words(chosen)
+        return (f"mask: {applied} (--threshold, applied alone: not the run's post-processing chosen on validation"
+                f"{along}, {postprocess.words(chosen)}; nor will `mitoseg label` of it apply that)")
     rest = f"; `mitoseg label {path}` then removes objects under {chosen['min_size']:,} voxels" \
         if chosen["min_size"] else ""
     holes = " (its hole filling is not applied)" if chosen["fill_holes"] else ""
@@ -190,7 +194,7 @@ def _label_words(input: str, out: str) -> str:
         return ""
     done = []
     if "z_sigma" in applied["from_run"] and applied["z_sigma"]:
-        done.append(f"probabilities blurred along Z ({applied['z_sigma']:g} slices)")
+        done.append(f"probabilities blurred along Z ({_slices(applied['z_sigma'])})")
     if "threshold" in applied["from_run"]:
         done.append(f"probability >= {applied['threshold']:g}")
     if "min_size" in applied["from_run"]:

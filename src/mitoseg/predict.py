@@ -683,6 +683,9 @@ def model_for(model: str | Path, image: Any, device: str | torch.device = "auto"
     stated = voxel_size or (io.voxel_size(image) if isinstance(image, str | Path) else None)
     if stated:
         check_planes(config.slice_planes, stated)
+    elif config.slice_planes == 3:
+        print("note: the image states no voxel size: three planes assume near-isotropic voxels (give --voxel-size "
+              "to have that checked)", file=sys.stderr)
     if stated and config.voxel_size_stated:  # a run trained at the default size: nothing known to compare
         # a model along XY slices sees the pixels alone: Z counts for 3D models and three planes
         axes = slice(1, 3) if config.dims == 2 and config.slice_planes == 1 else slice(0, 3)
