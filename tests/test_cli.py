@@ -6,6 +6,7 @@ import re
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -50,7 +51,7 @@ def probs2(runs):
     return out
 
 
-def test_predict_with_two_models_writes_the_mean_of_their_probabilities(runs, tmp_path, monkeypatch):
+def test_predict_with_two_models_writes_the_mean_of_their_probabilities(runs, tmp_path, monkeypatch, capsys):
     """`--model` twice (a 2D and a 3D run): the rounded mean of the two models' own predictions, the mask
     where it is >= 0.5, the members' scratch folder removed, the voxel size kept; a stopped run resumes."""
     d, opts = runs, ["--tile-xy", "64", "--tile-z", "8", "--block", "4", "64", "64"]
@@ -72,12 +73,22 @@ def test_predict_with_two_models_writes_the_mean_of_their_probabilities(runs, tm
     members = tmp_path / "again.zarr.partial.members"
     members.mkdir()
     shutil.copytree(tmp_path / "2.zarr", members / "0.zarr")
-    real, called = predict.predict, []
-    monkeypatch.setattr(predict, "predict", lambda model, *a, **k: called.append(model) or real(model, *a, **k))
+    real, called = predict.open_outputs, []
+    monkeypatch.setattr(predict, "open_outputs", lambda shape, out, *a, **k: called.append(Path(out).name) or real(
+        shape, out, *a, **k))
     assert main(["--quiet", "predict", test, "--model", runs2, "--model", runs3, "--out", str(tmp_path / "again.zarr"),
                  "--resume", *opts]) == 0
-    assert called == [[runs2, runs3], runs3] and not members.exists()
+    assert called == ["1.zarr"] and not members.exists()  # the 3D model's prediction only
     np.testing.assert_array_equal(io.open_volume(tmp_path / "again.zarr")[:], mean[:])
+    # a finished member of another model is refused (before: kept, the mean labelled with the models asked for)
+    other = tmp_path / "again2.zarr.partial.members"
+    other.mkdir()
+    shutil.copytree(tmp_path / "3.zarr", other / "0.zarr")
+    capsys.readouterr()
+    assert main(["--quiet", "predict", test, "--model", runs2, "--model", runs3, "--out", str(tmp_path / "again2.zarr"),
+                 "--resume", *opts]) == 2
+    err = capsys.readouterr().err
+    assert "0.zarr was written with other settings (" in err, err
 
     # --planes 3 goes to the 2D member only (the 3D model sees every axis)
     monkeypatch.undo()
@@ -582,7 +593,7 @@ def test_wrong_numbers_and_ambiguous_labels_are_refused(runs, probs2, capsys, tm
     monkeypatch.setattr(data, "augment", interrupt)
     capsys.readouterr()
     assert main(["--quiet", "train", t, g, "--out", str(tmp_path / "r"), *TRAIN]) == 130
-    assert "nothing was written" in capsys.readouterr().err and not (tmp_path / "r").exists()
+    assert "nothing was left half-written" in capsys.readouterr().err and not (tmp_path / "r").exists()
 
 
 def test_label_on_a_local_dask_cluster_equals_single_process(runs, capsys):

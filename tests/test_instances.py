@@ -295,6 +295,24 @@ def test_label_table_interrupted_after_the_labels_resumes_with_the_table_only(tm
     np.testing.assert_array_equal(io.open_volume(tmp_path / "l.zarr")[:], io.open_volume(tmp_path / "ref.zarr")[:])
 
 
+def test_label_resume_onto_another_input_is_refused(tmp_path, droso, monkeypatch):
+    """Interrupted midway, then the input replaced by another of the same shape: --resume is refused naming it
+    (before: the finished blocks of the old input were kept beside the new one's); the same input resumes."""
+    mask = droso[1][:, :200, :260]
+    np.save(tmp_path / "mask.npy", mask)
+    block = (7, 100, 130)
+    real = instances.relabel_block
+    monkeypatch.setattr(instances, "relabel_block", dies_on_call(real, 5))
+    with pytest.raises(KeyboardInterrupt):
+        instances.label_volume(tmp_path / "mask.npy", tmp_path / "l.zarr", block, progress=False)
+    monkeypatch.setattr(instances, "relabel_block", real)
+    np.save(tmp_path / "mask.npy", mask[:, ::-1])
+    with pytest.raises(MitosegError, match="was written with other settings \\(source "):
+        instances.label_volume(tmp_path / "mask.npy", tmp_path / "l.zarr", block, resume=True, progress=False)
+    np.save(tmp_path / "mask.npy", mask)
+    assert instances.label_volume(tmp_path / "mask.npy", tmp_path / "l.zarr", block, resume=True, progress=False) > 5
+
+
 def test_morphology_of_a_ball_a_rod_and_real_mitochondria(droso):
     z, y, x = np.mgrid[:60, :60, :90]
     shapes = np.zeros((60, 60, 90), np.uint32)

@@ -305,7 +305,7 @@ def label_dask(client: Any, mask_spec: str | Path, out: str | Path, *, block: Se
                            "instances.label_volume(..., client=client), which converts it")
     block = tuple(int(b) for b in (block or (min(shape[0], 64), 512, 512)))
     output = instances.open_labels(out, shape, block, connectivity, min_size, threshold, attrs, resume, overwrite,
-                                   z_sigma)
+                                   z_sigma, io.content_id(volume))
     grid = blocks.grid(shape, block)
 
     run = uuid.uuid4().hex[:8]

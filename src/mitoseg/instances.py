@@ -524,20 +524,25 @@ def _write_block(out, block: blocks.Block, labels: np.ndarray, done: Path | None
 
 def open_labels(out: str | Path, shape: Sequence[int], block: Sequence[int], connectivity: int, min_size: int,
                 threshold: float | None, attrs: dict | None = None, resume: bool = False,
-                overwrite: bool = False, z_sigma: float = 0.0):
+                overwrite: bool = False, z_sigma: float = 0.0, source: str | None = None):
     """The uint32 label output of a labelling through the block engine (`blocks.open_output`); a resume
-    must match the connectivity, the minimum size, the threshold and the Z smoothing."""
+    must match the connectivity, the minimum size, the threshold, the Z smoothing and the input (`source`:
+    its `io.content_id`, when given)."""
     _check_connectivity(connectivity)
     checks.check(min_size=min_size)
-    return blocks.open_output(out, shape, "uint32", block, _settings(connectivity, min_size, threshold, z_sigma),
+    return blocks.open_output(out, shape, "uint32", block,
+                              _settings(connectivity, min_size, threshold, z_sigma, source),
                               dict(attrs or {}, kind="labels"), resume, overwrite)
 
 
-def _settings(connectivity: int, min_size: int, threshold: float | None, z_sigma: float) -> dict:
+def _settings(connectivity: int, min_size: int, threshold: float | None, z_sigma: float,
+              source: str | None = None) -> dict:
     """What a label output records of how it was made (a resume must match it)."""
     settings = {"connectivity": connectivity, "min_size": int(min_size), "threshold": threshold}
     if z_sigma:
         settings["z_sigma"] = float(z_sigma)
+    if source:  # the input's checksum: a resume onto other probabilities would mix two labellings
+        settings["source"] = source
     return settings
 
 
@@ -578,12 +583,13 @@ def label_volume(input: str | Path, out: str | Path, block: Sequence[int] | None
     min_size, z_sigma = applied["min_size"], applied["z_sigma"]
     raw_threshold = io.foreground_threshold(volume, applied["threshold"], str(input))
     attrs = {**({"voxel_size": voxel} if stated else {}), "connectivity": connectivity, "applied": applied}
+    source = io.content_id(volume)
     origin = io.origin(input)
     if origin:  # a crop of a larger volume: where it lies
         attrs["origin"] = origin
     if resume and not overwrite and table and blocks.keep_finished(  # labels finished, the table not yet
             out, "labels", tuple(volume.shape), "uint32", block,
-            _settings(connectivity, min_size, raw_threshold, z_sigma), {"voxel_size": voxel} if stated else {}):
+            _settings(connectivity, min_size, raw_threshold, z_sigma, source), {"voxel_size": voxel} if stated else {}):
         labels = io.open_volume(out)
         n = max((int(labels[b].max(initial=0)) for b in blocks.grid(tuple(labels.shape), block)), default=0)
     elif client is not None:
@@ -592,7 +598,7 @@ def label_volume(input: str | Path, out: str | Path, block: Sequence[int] | None
                                resume=resume, z_sigma=z_sigma)
     else:
         output = open_labels(out, tuple(volume.shape), block, connectivity, min_size, raw_threshold, attrs, resume,
-                             overwrite, z_sigma)
+                             overwrite, z_sigma, source)
         source = postprocess.ZSmoothed(volume, z_sigma) if z_sigma else volume
         n = label_blockwise(source, output.array, block, connectivity, min_size, raw_threshold, progress, output.done)
         blocks.finish(output, overwrite=overwrite)

@@ -762,7 +762,8 @@ def predict_mean(models: Sequence[str | Path], image: str | Path, out: str | Pat
     """The voxel-wise mean of several models' probabilities (`mean_probabilities`) at `out`, and with
     `mask_out` the mask where it is >= `threshold`. Each model first predicts the whole volume as `predict`
     does (`each`: its other options) into ``<out>.partial.members/<i>.zarr``, removed when done; with
-    `resume`, finished members are kept and unfinished ones resumed. `each`'s "planes" goes to the 2D models
+    `resume`, finished members predicted alike (this model, these settings) are kept, unfinished ones resumed,
+    others refused. `each`'s "planes" goes to the 2D models
     only (a 3D model sees every axis), each checked before any is predicted. Returns `out`."""
     from tqdm.auto import tqdm
 
@@ -781,9 +782,8 @@ def predict_mean(models: Sequence[str | Path], image: str | Path, out: str | Pat
     if not resume:
         io.remove(members)
     paths = [members / f"{i}.zarr" for i in range(len(models))]
-    for model, path, p in zip(models, paths, member_planes, strict=True):
-        if not path.exists():
-            predict(model, image, path, dtype=dtype, resume=resume, progress=progress, planes=p, **each)
+    for model, path, p in zip(models, paths, member_planes, strict=True):  # a finished member is kept only when
+        predict(model, image, path, dtype=dtype, resume=resume, progress=progress, planes=p, **each)  # alike
     arrays = [io.open_volume(path) for path in paths]
     shape, block = tuple(arrays[0].shape), blocks.block_of(arrays[0])
     settings = {"members": [dict(a.attrs["settings"]) for a in arrays]}
