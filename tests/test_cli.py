@@ -18,6 +18,7 @@ from conftest import dies_on_call
 from mitoseg import io, metrics, postprocess, predict
 from mitoseg.cli import main
 from mitoseg.config import Config
+from mitoseg.errors import MitosegError
 
 
 @pytest.fixture(scope="module")
@@ -323,7 +324,7 @@ def test_train_resume_and_help(runs, capsys, tmp_path):
     assert "compare" in capsys.readouterr().out
 
 
-def test_an_interrupted_predict_or_label_names_what_resume_goes_on_from(tmp_path):
+def test_an_interrupted_predict_or_label_names_what_resume_goes_on_from(tmp_path, capsys, monkeypatch):
     """After Ctrl-C: the mask's unfinished blocks (its probabilities finished), a mean's finished members, labels
     whose table was not written; before, "nothing was written under the output's name" for each of them."""
     import argparse
@@ -344,6 +345,24 @@ def test_an_interrupted_predict_or_label_names_what_resume_goes_on_from(tmp_path
     assert said("label", out=p, table=table).endswith("(p.zarr)")  # the labels finished, the table not
     table.write_text("id\n")
     assert said("label", out=p, table=table) == "nothing was left half-written (no --resume needed)"
+    # run again without --resume: refused in one line, as train and compare do (before: the finished blocks of the
+    # mask and the members were deleted silently)
+    capsys.readouterr()
+    assert main(["predict", "image.tif", "--model", "run", "--out", str(p), "--mask", str(m)]) == 2
+    assert capsys.readouterr().err == (f"mitoseg: error: {io.partial_path(m)}, {tmp_path / 'p.zarr.partial.members'}: "
+                                       "left by an earlier run of this command; add --resume to go on from it, or "
+                                       "--overwrite to start again\n")
+    # an error of a --resume names no finished part to --resume from (before: advised right after refusing it)
+    from mitoseg import instances
+
+    def other_settings(*a, **k):
+        raise MitosegError("l.zarr.partial was written with other settings (min_size 0 then, 10 now)")
+
+    monkeypatch.setattr(instances, "label_volume", other_settings)
+    io.partial_path(tmp_path / "l.zarr").mkdir()
+    assert main(["label", str(p), "--out", str(tmp_path / "l.zarr"), "--resume"]) == 2
+    assert capsys.readouterr().err == ("mitoseg: error: l.zarr.partial was written with other settings (min_size 0 "
+                                       "then, 10 now)\n")
     # and the one line stays one: zarr's event loop, stopped inside a read, logged up to 500 lines of pending
     # tasks at exit through asyncio's logger (seen on `convert` and predict's mask pass)
     import logging
@@ -594,6 +613,15 @@ def test_wrong_numbers_and_ambiguous_labels_are_refused(runs, probs2, capsys, tm
     capsys.readouterr()
     assert main(["--quiet", "train", t, g, "--out", str(tmp_path / "r"), *TRAIN]) == 130
     assert "nothing was left half-written" in capsys.readouterr().err and not (tmp_path / "r").exists()
+    # the same Ctrl-C of a training that --overwrite's an old run: the old run is as it was (before: deleted)
+    shutil.copytree(d / "run2", tmp_path / "old")
+    before = sorted(p.name for p in (tmp_path / "old").iterdir())
+    assert main(["--quiet", "train", t, g, "--out", str(tmp_path / "old"), "--overwrite", *TRAIN]) == 130
+    assert sorted(p.name for p in (tmp_path / "old").iterdir()) == before
+    assert not (tmp_path / "old.replaced").exists()
+    monkeypatch.undo()
+    assert main(["--quiet", "train", t, g, "--out", str(tmp_path / "old"), "--overwrite", *TRAIN]) == 0
+    assert not (tmp_path / "old.replaced").exists()  # gone with the new run's first checkpoint
 
 
 def test_label_on_a_local_dask_cluster_equals_single_process(runs, capsys):
@@ -721,6 +749,16 @@ def test_predict_records_the_voxel_size_the_image_states_or_is_given_and_says_wh
     assert main(["--quiet", "predict", str(tmp_path / "crop.ome.zarr"), "--model", str(d / "run2"), "--out",
                  str(tmp_path / "c2.zarr"), "--mask", str(tmp_path / "crop.ome.zarr" / "labels" / "mito")]) == 0
     assert zarr.open_group(str(tmp_path / "crop.ome.zarr" / "labels")).attrs["ome"]["labels"] == ["mito"]
+
+
+def test_predicting_with_an_unfinished_training_is_noted(runs, tmp_path, capsys):
+    """A run whose training stopped before its end (no summary.json) predicts with the checkpoint it reached, and
+    one line says so (before: nothing)."""
+    shutil.copytree(runs / "run2", tmp_path / "stopped")
+    (tmp_path / "stopped" / "summary.json").unlink()
+    assert main(["--quiet", "predict", str(runs / "test.tif"), "--model", str(tmp_path / "stopped"), "--out",
+                 str(tmp_path / "p.zarr"), "--tile-xy", "64"]) == 0
+    assert "note: the training of stopped did not finish" in capsys.readouterr().err
 
 
 def test_train_takes_the_voxel_size_the_image_states_and_says_which(runs, tmp_path, capsys):

@@ -134,7 +134,7 @@ def test_compare_resumes_an_interrupted_run(tmp_path, tiny_bench, monkeypatch):
     assert [r["epoch"] for r in epoch1] == [1]
     with pytest.raises(MitosegError, match="holds an interrupted compare: add --resume to go on with it"):
         cmp.compare(out, preset="quick", epochs=2, changes=TINY, progress=False, monitor=True)  # before: deleted it
-    with pytest.raises(MitosegError, match="other settings .*epochs 2 then, 3 now"):
+    with pytest.raises(MitosegError, match="other settings .*epochs 2 then, 3 now.*start again with --overwrite"):
         cmp.compare(out, preset="quick", epochs=3, changes=TINY, progress=False, monitor=True, resume=True)
     other = dict(TINY, patch_xy=32, tile_xy=32, lr=2e-3, weight_decay=0.5)  # 4 fields x 2 configs
     with pytest.raises(MitosegError, match=r"other settings \(2D .*; and 5 more\)") as e:

@@ -627,8 +627,9 @@ def _after_interrupt(a: argparse.Namespace) -> str:
 
 
 def _kept(a: argparse.Namespace) -> str:
-    """What an error leaves behind that the user should know of: the finished part of a block output."""
-    left = _unfinished(a)
+    """What an error leaves behind that the user should know of: the finished part of a block output (not said
+    when --resume was given: the error is about resuming it)."""
+    left = [] if getattr(a, "resume", False) else _unfinished(a)
     if left:
         return (f"; what was finished is kept ({', '.join(str(p) for p in left)}): after fixing the cause, the same "
                 "command with --resume goes on from it")
@@ -674,7 +675,12 @@ def main(argv: list[str] | None = None) -> int:
     # files) and the same one line; the previous handler is put back for a caller that goes on (tests)
     terminated = signal.signal(signal.SIGTERM, _terminate) if threading.current_thread() is threading.main_thread() \
         else None
+    # as train and compare: an earlier run's finished work is never discarded silently
+    left = [] if getattr(args, "resume", False) or getattr(args, "overwrite", False) else _unfinished(args)
     try:
+        if left:
+            raise MitosegError(f"{', '.join(map(str, left))}: left by an earlier run of this command; add --resume to "
+                               "go on from it, or --overwrite to start again")
         args.func(args)
         return 0
     except MitosegError as e:
@@ -689,7 +695,7 @@ def main(argv: list[str] | None = None) -> int:
             signal.signal(signal.SIGTERM, terminated)
     # said once the exception and the work's frames are gone: a progress bar stopped midway is closed with them
     # and ends its line, so this line starts its own
-    print(said + ("" if status == 130 else _kept(args)), file=sys.stderr)
+    print(said + ("" if status == 130 or left else _kept(args)), file=sys.stderr)
     return status
 
 

@@ -488,7 +488,7 @@ def resumed(tmp: Path, fresh: dict) -> dict:
     if diff:
         shown = "; ".join(diff[:3]) + (f"; and {len(diff) - 3} more" if len(diff) > 3 else "")
         raise MitosegError(f"{tmp} was started with other settings ({shown}): resume with the same settings, or "
-                           "start again without --resume")
+                           "start again with --overwrite")
     old.pop("ensemble", None)  # recomputed from the models' probabilities
     old["resumed"] = [*old.get("resumed", []), {"date": time.strftime("%Y-%m-%d %H:%M"), "machine": fresh["machine"]}]
     return old

@@ -680,6 +680,9 @@ def model_for(model: str | Path, image: Any, device: str | torch.device = "auto"
     from mitoseg.train import load_model
 
     net, config = load_model(model, device, planes)
+    if (Path(model) / "config.json").is_file() and not (Path(model) / "summary.json").exists():
+        print(f"note: the training of {Path(model).name} did not finish (no summary.json): it predicts with the "
+              "checkpoint it had reached; `mitoseg train ... --resume` finishes it", file=sys.stderr)
     stated = voxel_size or (io.voxel_size(image) if isinstance(image, str | Path) else None)
     if stated:
         check_planes(config.slice_planes, stated)

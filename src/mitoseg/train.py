@@ -147,8 +147,14 @@ def _prepare_dir(out: Path, resume: bool, overwrite: bool, inputs: tuple = ()) -
         if not overwrite:
             raise MitosegError(f"{out} already exists; pass --overwrite to replace it or --resume to continue")
         io.replaceable(out)
-        shutil.rmtree(out)
+        io.remove(replaced(out))
+        out.rename(replaced(out))  # deleted at the new run's first checkpoint; put back if it stops before
     out.mkdir(parents=True, exist_ok=True)
+
+
+def replaced(out: Path) -> Path:
+    """Where `--overwrite` keeps the run it replaces until the new run's first checkpoint (``<out>.replaced``)."""
+    return out.with_name(out.name + ".replaced")
 
 
 BARELY = 0.1  # a best validation IoU under this (at any threshold) is noted after training: the masks will be poor
@@ -427,6 +433,8 @@ def train(config: Config, image: np.ndarray, mask: np.ndarray, out: str | Path, 
     except BaseException:  # an error or Ctrl-C before the first checkpoint leaves no folder to block a re-run
         if not resume and not (out / "last.pt").exists():
             shutil.rmtree(out, ignore_errors=True)
+            if replaced(out).exists():  # the run --overwrite was replacing: as it was
+                replaced(out).rename(out)
         raise
 
 
@@ -564,6 +572,7 @@ def _train(config: Config, image: np.ndarray, mask: np.ndarray, out: Path, resum
                 _save(best, out / "best.pt")
                 best = None
             _save(ckpt, out / "last.pt")
+            io.remove(replaced(out))  # the run --overwrite replaces: gone once this one can be resumed
             saved_at = time.perf_counter()
     if val_vol is not None and state["best_iou"] < 0.01:
         print(f"mitoseg: warning: the {config.dims}D model has not learned (best validation IoU "
