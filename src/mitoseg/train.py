@@ -435,6 +435,7 @@ def train(config: Config, image: np.ndarray, mask: np.ndarray, out: str | Path, 
             shutil.rmtree(out, ignore_errors=True)
             if replaced(out).exists():  # the run --overwrite was replacing: as it was
                 replaced(out).rename(out)
+        io.release(out)  # a Python session that goes on does not keep others from it
         raise
 
 
