@@ -803,3 +803,11 @@ def test_an_output_another_process_writes_is_refused(tmp_path):
     io.partial_path(out).mkdir()
     io.finish_output(out)
     assert str(out.absolute()) not in io.CLAIMS and not io._lock_file(str(out.absolute())).exists()
+    # an API function that fails midway lets go of what it claimed (a notebook that goes on blocks no one)
+    from mitoseg import instances
+
+    np.save(tmp_path / "mask.npy", np.eye(4, dtype=np.uint8)[None].repeat(4, axis=0))
+    (tmp_path / "t.csv").write_text("an existing table")
+    with pytest.raises(MitosegError, match="t.csv already exists"):  # refused after its claim
+        instances.label_volume(tmp_path / "mask.npy", tmp_path / "l.zarr", table=tmp_path / "t.csv", progress=False)
+    assert str((tmp_path / "t.csv").absolute()) not in io.CLAIMS

@@ -224,6 +224,7 @@ def table_dask(client, labels_spec: str | Path, n: int, voxel_size: Sequence[flo
     return instances.join_shapes(table, groups, blocks.run(_shapes_task, items, job, client, "shape", progress))
 
 
+@io.releasing
 def predict_volume_dask(client: Any, model_path: str | Path, image_spec: str | Path, out: str | Path, *,
                         tile: tuple[int, int, int] | None = None, tile_xy: int | None = None,
                         tile_z: int | None = None, overlap: float | None = None,
@@ -275,6 +276,7 @@ def predict_volume_dask(client: Any, model_path: str | Path, image_spec: str | P
     return Path(out)
 
 
+@io.releasing
 def label_dask(client: Any, mask_spec: str | Path, out: str | Path, *, block: Sequence[int] | None = None,
                connectivity: int = 26, min_size: int = 0, threshold: float | None = None, progress: bool = True,
                attrs: dict | None = None, overwrite: bool = False, resume: bool = False, z_sigma: float = 0.0) -> int:

@@ -494,6 +494,7 @@ def resumed(tmp: Path, fresh: dict) -> dict:
     return old
 
 
+@io.releasing
 def compare(out: str | Path, dataset: str = "auto", data: str | Path | None = None, preset: str = "quick",
             epochs: int | None = None, minutes: float | None = None, seed: int = 0, overwrite: bool = False,
             progress: bool = True, command: str = "", changes: dict | None = None, tta: bool | None = None,

@@ -24,6 +24,7 @@ EXACT_FLOAT32 = 2**24  # every integer up to this is exact in float32
 IMAGEJ = (np.uint8, np.uint16, np.int16, np.float32)  # what an ImageJ TIFF holds as it is
 
 
+@io.releasing
 def convert(source: str | Path, out: str | Path, voxel_size: tuple[float, float, float] | None = None,
             block: tuple[int, int, int] | None = None, overwrite: bool = False, progress: bool = True,
             labels: bool = False, zarr_format: int | None = None) -> dict:

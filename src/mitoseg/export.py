@@ -143,6 +143,7 @@ def preprocess(x: np.ndarray) -> np.ndarray:
     return np.clip((x - low) / (high - low + EPS), 0.0, 1.0).astype(np.float32)
 
 
+@io.releasing
 def export_bioimageio(run: str | Path, sample: str, out: str | Path, overwrite: bool = False,
                       license: str = LICENSE, authors: Sequence[str] = AUTHORS) -> Path:
     """Write the bioimage.io package (a .zip) of a trained run; its test tensors come from `sample`.

@@ -546,6 +546,7 @@ def _settings(connectivity: int, min_size: int, threshold: float | None, z_sigma
     return settings
 
 
+@io.releasing
 def label_volume(input: str | Path, out: str | Path, block: Sequence[int] | None = None, connectivity: int = 26,
                  min_size: int | None = None, threshold: float | None = None,
                  voxel_size: Sequence[float] | None = None, table: str | Path | None = None, client: Any = None,

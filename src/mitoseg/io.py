@@ -13,10 +13,12 @@ Conventions:
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import re
 import shutil
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -941,6 +943,22 @@ def claim(path: str | Path) -> None:
     os.ftruncate(fd, 0)
     os.write(fd, str(os.getpid()).encode())
     CLAIMS[key] = fd
+
+
+def releasing(func: Callable) -> Callable:
+    """`func` (an API function that writes outputs) with the claims it took (`claim`) released when it raises: a
+    Python session that goes on after an error keeps no other process from those outputs."""
+    @functools.wraps(func)
+    def wrapped(*args: Any, **kwargs: Any) -> Any:
+        before = set(CLAIMS)
+        try:
+            return func(*args, **kwargs)
+        except BaseException:
+            for key in set(CLAIMS) - before:
+                release(key)
+            raise
+
+    return wrapped
 
 
 def release(path: str | Path) -> None:

@@ -496,6 +496,7 @@ def pipeline_depth(device: torch.device) -> int:
     return max(1, min(4, metrics.cores() // 4)) if accelerator(device) else 1
 
 
+@io.releasing
 def predict_volume(model: torch.nn.Module, image: Any, out: str | Path, dims: int,
                    tile: tuple[int, int, int], overlap: float = 0.5, block: tuple[int, int, int] | None = None,
                    dtype: str = "uint8", mask_out: str | Path | None = None, threshold: float = 0.5,
@@ -577,6 +578,7 @@ def predict_volume(model: torch.nn.Module, image: Any, out: str | Path, dims: in
     return Path(out)
 
 
+@io.releasing
 def predict(model: str | Path | Sequence[str | Path], image: str | Path, out: str | Path, *,
             mask_out: str | Path | None = None,
             tile_xy: int | None = None, tile_z: int | None = None, overlap: float | None = None,
@@ -720,6 +722,7 @@ def voxel_note(trained: Sequence[float], stated: Sequence[float]) -> str | None:
             "them is unmeasured (resample the image to the model's voxels, or train on such voxels)")
 
 
+@io.releasing
 def write_mask(probs: str | Path, out: str | Path, pp: postprocess.PostProcessing, overwrite: bool = False,
                resume: bool = False, progress: bool = True, client: Any = None) -> Path:
     """The mask (uint8 {0, 1}, Z, Y, X) of stored probabilities (`predict_volume`'s Zarr) at `out`, block by
@@ -759,6 +762,7 @@ def mean_probabilities(parts: Sequence[np.ndarray]) -> np.ndarray:
     return (sum(part.astype(np.float32) for part in parts) / len(parts)).astype(parts[0].dtype)
 
 
+@io.releasing
 def predict_mean(models: Sequence[str | Path], image: str | Path, out: str | Path, *,
                  mask_out: str | Path | None = None, threshold: float = 0.5, dtype: str = "uint8",
                  overwrite: bool = False, resume: bool = False, progress: bool = True, **each: Any) -> Path:

@@ -96,6 +96,7 @@ def run_annotation(run: str | Path, image: str | Path) -> str | None:
     return config.annotated_slices if config.data.startswith(f"{io.file_name(image)} with labels ") else None
 
 
+@io.releasing
 def suggest(run: str | Path, image: str | Path, count: int = 8, gap: int | None = None,
             annotated: str | None = None, tta: bool = True, table: str | Path | None = None,
             device: str = "auto", overwrite: bool = False, progress: bool = True,

@@ -376,6 +376,7 @@ def _finite_step(model: torch.nn.Module, loss: torch.Tensor) -> bool:
     return False
 
 
+@io.releasing
 def train(config: Config, image: np.ndarray, mask: np.ndarray, out: str | Path, resume: bool = False,
           overwrite: bool = False, progress: bool = True,
           monitor: data.Volume | None = None, postprocessing: bool = True) -> dict:
@@ -435,7 +436,6 @@ def train(config: Config, image: np.ndarray, mask: np.ndarray, out: str | Path, 
             shutil.rmtree(out, ignore_errors=True)
             if replaced(out).exists():  # the run --overwrite was replacing: as it was
                 replaced(out).rename(out)
-        io.release(out)  # a Python session that goes on does not keep others from it
         raise
 
 
