@@ -332,7 +332,7 @@ def test_an_interrupted_predict_or_label_names_what_resume_goes_on_from(tmp_path
     from mitoseg.cli import _after_interrupt
 
     def said(command, **given):
-        return _after_interrupt(argparse.Namespace(command=command, **given))
+        return _after_interrupt(argparse.Namespace(command=command, **{"overwrite": False, **given}))
 
     p, m, table = tmp_path / "p.zarr", tmp_path / "m.zarr", tmp_path / "t.csv"
     assert said("predict", out=p, mask=m) == "nothing was left half-written (no --resume needed)"
@@ -343,6 +343,7 @@ def test_an_interrupted_predict_or_label_names_what_resume_goes_on_from(tmp_path
     (tmp_path / "p.zarr.partial.members").mkdir()
     assert "(m.zarr.partial, p.zarr.partial.members)" in said("predict", out=p, mask=m)
     assert said("label", out=p, table=table).endswith("(p.zarr)")  # the labels finished, the table not
+    assert said("label", out=p, table=table, overwrite=True) == "nothing was left half-written (no --resume needed)"
     table.write_text("id\n")
     assert said("label", out=p, table=table) == "nothing was left half-written (no --resume needed)"
     # run again without --resume: refused in one line, as train and compare do (before: the finished blocks of the
@@ -619,6 +620,14 @@ def test_wrong_numbers_and_ambiguous_labels_are_refused(runs, probs2, capsys, tm
     assert main(["--quiet", "train", t, g, "--out", str(tmp_path / "old"), "--overwrite", *TRAIN]) == 130
     assert sorted(p.name for p in (tmp_path / "old").iterdir()) == before
     assert not (tmp_path / "old.replaced").exists()
+    assert capsys.readouterr().err == f"mitoseg: interrupted; the run that was at {tmp_path / 'old'} is as it was\n"
+    # killed (-9) before its first checkpoint: the beginning of the new run in old/, the old run in old.replaced;
+    # an --overwrite again keeps the old run aside (before: deleted it), and puts it back when stopped early
+    (tmp_path / "old").rename(tmp_path / "old.replaced")
+    (tmp_path / "old").mkdir()
+    (tmp_path / "old" / "config.json").write_text("{}")
+    assert main(["--quiet", "train", t, g, "--out", str(tmp_path / "old"), "--overwrite", *TRAIN]) == 130
+    assert sorted(p.name for p in (tmp_path / "old").iterdir()) == before
     monkeypatch.undo()
     assert main(["--quiet", "train", t, g, "--out", str(tmp_path / "old"), "--overwrite", *TRAIN]) == 0
     assert not (tmp_path / "old.replaced").exists()  # gone with the new run's first checkpoint

@@ -280,6 +280,10 @@ def test_label_blurs_probabilities_along_z_on_the_cluster_as_in_this_process(das
             cluster.label_dask(dask_client, path, tmp_path / "raw.zarr", block=block, threshold=threshold,
                                progress=False)
     assert not (tmp_path / "raw.zarr").exists() and not io.partial_path(tmp_path / "raw.zarr").exists()
+    # label_volume's own stored-scale threshold under 1 (a probability under 1/255) is no mistake: as in this process
+    tiny = instances.label_volume(path, tmp_path / "tiny.zarr", block, threshold=0.002, progress=False)
+    assert instances.label_volume(path, tmp_path / "tiny_d.zarr", block, threshold=0.002, client=dask_client,
+                                  progress=False) == tiny
 
 
 def test_a_mask_blurred_along_z_is_written_by_the_workers_as_by_this_process(dask_client, real_mask, tmp_path):

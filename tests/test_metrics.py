@@ -314,8 +314,9 @@ def test_evaluate_scores_a_partial_annotation_on_its_annotated_voxels(droso_crop
     assert f"scored on the {t.size:,} annotated voxels of the truth" in capsys.readouterr().out
     with pytest.raises(MitosegError, match="--places and --objects need a whole truth"):
         metrics.evaluate(tmp_path / "pred.npy", tmp_path / "partial.tif", unlabeled=99, places=True)
-    with pytest.raises(MitosegError, match="holds no voxel of the --unlabeled value 7"):
-        metrics.evaluate(tmp_path / "pred.npy", tmp_path / "partial.tif", unlabeled=7)
+    whole = metrics.evaluate(tmp_path / "pred.npy", tmp_path / "partial.tif", unlabeled=99, label_threshold=0,
+                             progress=False)
+    assert whole["tp"] == got["tp"]  # an explicit label threshold: the same
 
 
 def test_evaluate_objects_counts_missed_and_false_objects(droso_crop, tmp_path, capsys):

@@ -76,6 +76,11 @@ def test_an_ome_zarr_input_without_units_states_no_voxel_size(tmp_path, droso):
         got = io.voxel_size(tmp_path / f"{name}.ome.zarr")
         assert got == expect if expect is None else got == pytest.approx(expect), name
         np.testing.assert_array_equal(io.open_volume(tmp_path / f"{name}.ome.zarr")[:], raw)
+    # its image-label cannot state a --voxel-size (before: the table measured at it, the label stating none)
+    np.save(tmp_path / "mask.npy", (raw > 128).astype(np.uint8))
+    with pytest.raises(MitosegError, match="an image-label of an image that states no voxel size, so it cannot"):
+        instances.label_volume(tmp_path / "mask.npy", tmp_path / "none.ome.zarr" / "labels" / "m",
+                               voxel_size=(50, 4.6, 4.6), progress=False)
 
 
 @pytest.mark.parametrize("voxel, expect", [((5.0, 5.0, 5.0), (2, 2, 2)), ((50.0, 4.6, 4.6), (1, 2, 2)),

@@ -146,6 +146,10 @@ def test_suggest_takes_the_runs_own_annotated_slices_on_its_training_image(tmp_p
     assert "the run's annotated slices 0,5 of its training image image.tif are taken as annotated" in told.err
     picked = [int(z) for z in re.search(r"--annotated-slices 0,5,([\d,]+)", told.out).group(1).split(",")]
     assert len(picked) == 2 and not {4, 5, 6, 0, 1} & set(picked)
+    assert cli.main(["--quiet", "suggest", str(few), str(image), "--count", "2", "--gap", "1", "--no-tta",
+                     "--annotated-slices", "none"]) == 0  # said to be none (before: "" was refused)
+    told = capsys.readouterr()
+    assert "taken as annotated" not in told.err and re.search(r"--annotated-slices \d+,\d+$", told.out.strip())
     other = tmp_path / "other.tif"
     shutil.copy(image, other)
     assert len(suggest.suggest(few, other, count=2, tta=False, progress=False)) == 2

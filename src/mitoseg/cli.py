@@ -249,7 +249,9 @@ def cmd_evaluate(a: argparse.Namespace) -> None:
               "annotation, left out)")
     if a.json:
         Path(a.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(a.json).write_text(json.dumps(result, indent=2) + "\n")
+        partial = io.partial_path(a.json)  # never a half-written file under its name
+        partial.write_text(json.dumps(result, indent=2) + "\n")
+        io.finish_output(a.json, a.overwrite)
 
 
 def _places_words(e: dict) -> str:
@@ -332,6 +334,7 @@ def cmd_suggest(a: argparse.Namespace) -> None:
         print(f"{r['rank']:>4}  {r['slice']:>5}  {r['uncertainty_bits']:>18.3f}  {r['foreground_fraction']:>19.1%}")
     picked = sorted(r["slice"] for r in rows)
     annotated = a.annotated_slices if a.annotated_slices is not None else run_annotation(a.run, a.image)
+    annotated = None if annotated and annotated.strip().lower() == "none" else annotated
     done = f"{annotated.replace(' ', '')}," if annotated else ""  # pasted unquoted, it must hold
     print(f"annotate these slices next, then train with --annotated-slices {done}{','.join(map(str, picked))}")
 
@@ -564,7 +567,8 @@ def parser() -> argparse.ArgumentParser:
                    help="suggested slices (boxes at one place) lie more than this many slices apart "
                         "(default: depth / (4 x suggestions per place))")
     s.add_argument("--annotated-slices", metavar="LIST",
-                   help="slices already annotated, e.g. 0,40-43: never suggested, nor their neighbours")
+                   help="slices already annotated, e.g. 0,40-43: never suggested, nor their neighbours (default: "
+                        "the run's own on its training image; none: none)")
     s.add_argument("--tta", action=argparse.BooleanOptionalAction, default=True,
                    help="average 4 in-plane flips, so disagreement counts as uncertainty (default: on)")
     s.add_argument("--table", help="write every slice's uncertainty to this CSV")
@@ -648,7 +652,7 @@ def _unfinished(a: argparse.Namespace) -> list[Path]:
     members = Path(str(io.partial_path(a.out)) + ".members")  # `predict.predict_mean`'s
     if a.command == "predict" and members.exists():
         left.append(members)
-    if a.command == "label" and a.table and Path(a.out).exists() and not Path(a.table).exists():
+    if a.command == "label" and a.table and not a.overwrite and Path(a.out).exists() and not Path(a.table).exists():
         left.append(Path(a.out))
     return left
 
@@ -688,11 +692,17 @@ def main(argv: list[str] | None = None) -> int:
     except OSError as e:  # a place the system refused (no space, no permission...) past mitoseg's own checks
         said, status = f"mitoseg: error: {e.strerror or type(e).__name__}" + (f": {e.filename}" if e.filename
                                                                             else ""), 2
-    except KeyboardInterrupt:
-        said, status = f"mitoseg: interrupted; {_after_interrupt(args)}", 130
+    except KeyboardInterrupt as e:
+        said = f"the run that was at {e.restored} is as it was" if getattr(e, "restored", None) else \
+            _after_interrupt(args)
+        said, status = f"mitoseg: interrupted; {said}", 130
     finally:
         if terminated is not None:
             signal.signal(signal.SIGTERM, terminated)
+        from mitoseg import io
+
+        for key in list(io.CLAIMS):  # the command is over: no lock file left beside its outputs
+            io.release(key)
     # said once the exception and the work's frames are gone: a progress bar stopped midway is closed with them
     # and ends its line, so this line starts its own
     print(said + ("" if status == 130 or left else _kept(args)), file=sys.stderr)

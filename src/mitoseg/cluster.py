@@ -279,15 +279,16 @@ def predict_volume_dask(client: Any, model_path: str | Path, image_spec: str | P
 @io.releasing
 def label_dask(client: Any, mask_spec: str | Path, out: str | Path, *, block: Sequence[int] | None = None,
                connectivity: int = 26, min_size: int = 0, threshold: float | None = None, progress: bool = True,
-               attrs: dict | None = None, overwrite: bool = False, resume: bool = False, z_sigma: float = 0.0) -> int:
+               attrs: dict | None = None, overwrite: bool = False, resume: bool = False, z_sigma: float = 0.0,
+               stored: bool = False) -> int:
     """`instances.label_blockwise` on a Dask cluster: the same labels, id for id, in a new Zarr at `out`.
 
     `mask_spec`: a path (`io.open_volume`) every worker can read; foreground is `>= threshold` on the stored
     values (128 for 0.5 of uint8 probabilities: `instances.label_volume(..., client=client)` converts a probability
-    and applies the run's choice), or `> 0` when threshold is None (refused for mitoseg probabilities), after a
-    blur along Z of `z_sigma` slices (`postprocess.ZSmoothed`: each task
-    reads its block's neighbouring slices too). `block` defaults to (64, 512, 512) and is also the output's
-    chunk shape.
+    and applies the run's choice), or `> 0` when threshold is None (refused for mitoseg probabilities unless
+    `stored` says the threshold is already on the stored scale, as `label_volume` passes it), after a blur along Z
+    of `z_sigma` slices (`postprocess.ZSmoothed`: each task reads its block's neighbouring slices too). `block`
+    defaults to (64, 512, 512) and is also the output's chunk shape.
     Pass 1 labels every block alone and keeps its faces on the cluster; one task per block finds the ids
     touching the blocks before it, from their faces; the client solves the equivalences (a few bytes per
     object); pass 2 relabels every block into ``<out>.partial`` (with `resume`, skipping the blocks an
@@ -301,7 +302,8 @@ def label_dask(client: Any, mask_spec: str | Path, out: str | Path, *, block: Se
     spec = _spec(mask_spec, "mask")
     volume = io.open_volume(spec)
     shape = tuple(volume.shape)
-    if io.stated_kind(volume) == "probability" and (threshold is None or threshold < 1 and volume.dtype == np.uint8):
+    if not stored and io.stated_kind(volume) == "probability" and (
+            threshold is None or threshold < 1 and volume.dtype == np.uint8):
         raise MitosegError(f"{mask_spec} holds mitoseg probabilities stored as {volume.dtype}: give label_dask a "
                            "threshold on that scale (e.g. 128 for 0.5 of uint8), or label with "
                            "instances.label_volume(..., client=client), which converts it")

@@ -328,6 +328,7 @@ def write_table(table: dict[str, np.ndarray], path: str | Path) -> None:
         writer.writerow(list(table))
         writer.writerows(zip(*(_cells(col) for col in table.values()), strict=True))
     os.replace(tmp, path)  # never a half-written table under the final name
+    io.release(path)
 
 
 def _cells(column: np.ndarray) -> list:
@@ -596,7 +597,7 @@ def label_volume(input: str | Path, out: str | Path, block: Sequence[int] | None
     elif client is not None:
         n = cluster.label_dask(client, input, out, block=block, connectivity=connectivity, min_size=min_size,
                                threshold=raw_threshold, progress=progress, attrs=attrs, overwrite=overwrite,
-                               resume=resume, z_sigma=z_sigma)
+                               resume=resume, z_sigma=z_sigma, stored=True)
     else:
         output = open_labels(out, tuple(volume.shape), block, connectivity, min_size, raw_threshold, attrs, resume,
                              overwrite, z_sigma, source)

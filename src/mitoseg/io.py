@@ -922,16 +922,18 @@ CLAIMS: dict[str, int] = {}  # output path -> the lock file's descriptor, held w
 
 def claim(path: str | Path) -> None:
     """Refuse to write `path` while another mitoseg process writes it (two runs on one --out would delete each
-    other's unfinished blocks): an exclusive lock on a file in the temporary folder named after the path, held
-    until `release` (`finish_output`) or the process's end. Hand-written: nothing in the stack locks a Zarr
-    output. POSIX (fcntl) only; elsewhere no lock."""
-    key = str(Path(path).absolute())
+    other's unfinished blocks): an exclusive lock on a hidden file beside it (``.NAME.lock``, its folder made),
+    held until `release` (`finish_output`, or an API function's error: `releasing`) or the process's end; beside
+    the output, so processes with other temporary folders, or on other nodes of a shared file system that locks,
+    meet it too. Hand-written: nothing in the stack locks a Zarr output. POSIX (fcntl) only; elsewhere no lock."""
+    key = str(Path(path).resolve())
     if key in CLAIMS:
         return
     try:
         import fcntl
     except ImportError:
         return
+    _lock_file(key).parent.mkdir(parents=True, exist_ok=True)
     fd = os.open(_lock_file(key), os.O_RDWR | os.O_CREAT, 0o666)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -963,7 +965,7 @@ def releasing(func: Callable) -> Callable:
 
 def release(path: str | Path) -> None:
     """End this process's `claim` on `path` (its lock file removed)."""
-    key = str(Path(path).absolute())
+    key = str(Path(path).resolve())
     fd = CLAIMS.pop(key, None)
     if fd is not None:
         _lock_file(key).unlink(missing_ok=True)
@@ -971,11 +973,8 @@ def release(path: str | Path) -> None:
 
 
 def _lock_file(key: str) -> Path:
-    """The lock file of an output's absolute path `key`, in the temporary folder (none in the user's folders)."""
-    import hashlib
-    import tempfile
-
-    return Path(tempfile.gettempdir()) / f"mitoseg-{hashlib.sha1(key.encode()).hexdigest()[:16]}.lock"
+    """The lock file of an output's resolved path `key`: hidden, beside it."""
+    return Path(key).with_name(f".{Path(key).name}.lock")
 
 
 def partial_path(path: str | Path) -> Path:

@@ -225,8 +225,6 @@ def _annotated_threshold(truth: Any, unlabeled: float, label_threshold: float | 
     from mitoseg import io
 
     values = io.sampled_values(truth)
-    if not (values == unlabeled).any():
-        raise MitosegError(f"the truth holds no voxel of the --unlabeled value {unlabeled:g} (in a sample)")
     if label_threshold is not None:
         return label_threshold
     annotated = values[values != unlabeled]

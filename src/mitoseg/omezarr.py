@@ -93,7 +93,11 @@ def refuse_other_voxel(path: str | Path, voxel_size: Sequence[float] | None) -> 
     if voxel_size is None or label_of(path) is None:
         return
     image = label_layout(path).voxel
-    if image is not None and not np.allclose(tuple(float(v) for v in voxel_size), image):
+    if image is None:
+        raise MitosegError(f"{path} is an image-label of an image that states no voxel size, so it cannot state "
+                           "--voxel-size; give the image one (mitoseg convert --voxel-size), or write the output as "
+                           "its own NAME.ome.zarr")
+    if not np.allclose(tuple(float(v) for v in voxel_size), image):
         words = [" x ".join(f"{float(v):g}" for v in size) for size in (voxel_size, image)]
         raise MitosegError(f"{path} is an image-label: it takes its image's voxel size ({words[1]} nm), not "
                            f"{words[0]} nm; leave out --voxel-size, or write the output as its own NAME.ome.zarr")

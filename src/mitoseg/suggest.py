@@ -108,7 +108,8 @@ def suggest(run: str | Path, image: str | Path, count: int = 8, gap: int | None 
     The model predicts the whole volume block by block (`predict.predict`, with TTA unless `tta` is
     False) into a temporary Zarr; `gap` (default: depth // (4 * picks per grid cell), at least 1) keeps
     picks in one cell apart; `annotated` ("0,40-43") are slices already annotated, never suggested nor
-    neighboured (default: the run's own, `run_annotation`, when `image` is its training image). `table`: the
+    neighboured (default: the run's own, `run_annotation`, when `image` is its training image; "none": none).
+    `table`: the
     score of every slice (or box) as CSV.
     """
     from mitoseg import data, predict
@@ -122,12 +123,13 @@ def suggest(run: str | Path, image: str | Path, count: int = 8, gap: int | None 
     if annotated is None and run_annotation(run, image):  # its training image: those slices are annotated
         annotated = run_annotation(run, image)
         print(f"the run's annotated slices {annotated} of its training image {io.file_name(image)} are taken as "
-              "annotated (give --annotated-slices to say otherwise)", file=sys.stderr)
+              "annotated (give --annotated-slices to say otherwise, `none` for none)", file=sys.stderr)
     elif annotated is None and config is not None and config.annotated_slices:  # maybe this image's: said
         print(f"note: {Path(run).name} learned from the annotated slices {config.annotated_slices} of "
               f"{config.data or 'its training image'}; if that is this image, give --annotated-slices "
               f"{config.annotated_slices} so they are not suggested", file=sys.stderr)
-    done = data.parse_slices(annotated, depth) if annotated is not None else []
+    none = annotated is None or str(annotated).strip().lower() == "none"
+    done = [] if none else data.parse_slices(annotated, depth)
     gap = max(1, depth // (4 * -(-count // len(cells)))) if gap is None else gap
     if not pick(np.zeros((depth, 1)), 1, gap, done):  # said before the prediction, not after it
         raise MitosegError(f"no slice left to suggest: all {depth} are annotated or within {gap} of one")
@@ -153,4 +155,5 @@ def suggest(run: str | Path, image: str | Path, count: int = 8, gap: int | None 
                 for c in range(len(cells)):
                     writer.writerow({**row(z, c), "rank": rank.get((z, c), "")})
         os.replace(partial, table)  # never a half-written table under the final name
+        io.release(table)
     return [{"rank": i + 1, **row(z, c)} for i, (z, c) in enumerate(chosen)]

@@ -15,6 +15,7 @@ repeats for the same number of processes, and a resumed one draws new patches.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
 import math
@@ -147,8 +148,11 @@ def _prepare_dir(out: Path, resume: bool, overwrite: bool, inputs: tuple = ()) -
         if not overwrite:
             raise MitosegError(f"{out} already exists; pass --overwrite to replace it or --resume to continue")
         io.replaceable(out)
-        io.remove(replaced(out))
-        out.rename(replaced(out))  # deleted at the new run's first checkpoint; put back if it stops before
+        if replaced(out).exists() and not (out / "last.pt").exists():  # a killed --overwrite: its beginning here,
+            shutil.rmtree(out)  # the run it was replacing in NAME.replaced, kept on
+        else:
+            io.remove(replaced(out))
+            out.rename(replaced(out))  # deleted at the new run's first checkpoint; put back if it stops before
     out.mkdir(parents=True, exist_ok=True)
 
 
@@ -436,6 +440,9 @@ def train(config: Config, image: np.ndarray, mask: np.ndarray, out: str | Path, 
             shutil.rmtree(out, ignore_errors=True)
             if replaced(out).exists():  # the run --overwrite was replacing: as it was
                 replaced(out).rename(out)
+                exc = sys.exc_info()[1]
+                with contextlib.suppress(AttributeError):
+                    exc.restored = str(out)  # for the command line's one line
         raise
 
 
