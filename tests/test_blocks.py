@@ -34,7 +34,7 @@ def test_output_is_partial_until_finished(tmp_path, crop):
     target = tmp_path / "probs.zarr"
     out = blocks.open_output(target, crop.shape, "uint8", (4, 64, 64), SETTINGS, {"window": np.array([0.0, 255.0])})
     out.write(np.s_[0:4, 0:64, 0:64], crop[:4, :64, :64])
-    assert sorted(os.listdir(tmp_path)) == ["probs.zarr.partial", "probs.zarr.partial.done"]
+    assert sorted(os.listdir(tmp_path)) == [".probs.zarr.lock", "probs.zarr.partial", "probs.zarr.partial.done"]
     assert out.todo(blocks.grid(crop.shape, (4, 64, 64)))[0] == np.s_[0:4, 0:64, 64:128]  # the first is done
     blocks.finish(out)
     assert sorted(os.listdir(tmp_path)) == ["probs.zarr"]

@@ -867,11 +867,12 @@ def check_output(path: str | Path, overwrite: bool, kind: str | None = None, inp
     """Refuse an output another mitoseg process writes now (`claim`), an existing one unless overwrite, a folder
     that `replaceable` refuses, and what `check_place` refuses; returns the path."""
     path = Path(path)
-    claim(path)
     if path.exists() and not overwrite:
         raise MitosegError(f"{path} already exists; pass --overwrite to replace it")
     replaceable(path)
-    return check_place(path, kind, inputs)
+    check_place(path, kind, inputs)
+    claim(path)
+    return path
 
 
 WRITTEN_MARKS = ("config.json", "compare.json", "zarr.json", ".zarray", ".zgroup")  # a run, a report, a Zarr
