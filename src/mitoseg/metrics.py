@@ -224,9 +224,9 @@ def _annotated_threshold(truth: Any, unlabeled: float, label_threshold: float | 
     annotated voxels hold (in a subsample; as `io.load_pair` reads labels for training)."""
     from mitoseg import io
 
-    values = io.sampled_values(truth)
     if label_threshold is not None:
         return label_threshold
+    values = io.sampled_values(truth)
     annotated = values[values != unlabeled]
     io.refuse_many(annotated, "the truth's annotated labels")
     if annotated.size < 2:

@@ -109,8 +109,7 @@ def suggest(run: str | Path, image: str | Path, count: int = 8, gap: int | None 
     False) into a temporary Zarr; `gap` (default: depth // (4 * picks per grid cell), at least 1) keeps
     picks in one cell apart; `annotated` ("0,40-43") are slices already annotated, never suggested nor
     neighboured (default: the run's own, `run_annotation`, when `image` is its training image; "none": none).
-    `table`: the
-    score of every slice (or box) as CSV.
+    `table`: the score of every slice (or box) as CSV.
     """
     from mitoseg import data, predict
 
