@@ -36,7 +36,12 @@ ZARR_MARKERS = ("zarr.json", ".zarray", ".zgroup")  # v3, v2 array, v2 group
 
 def is_zarr(path: Path) -> bool:
     """True for a path named *.zarr or a folder holding a Zarr array or group (v2 or v3)."""
-    return path.suffix.lower() == ".zarr" or (path.is_dir() and any((path / m).exists() for m in ZARR_MARKERS))
+    return path.suffix.lower() == ".zarr" or _zarr_marked(path)
+
+
+def _zarr_marked(path: Path) -> bool:
+    """True for a folder holding a Zarr array's or group's metadata file (v2 or v3)."""
+    return path.is_dir() and any((path / m).exists() for m in ZARR_MARKERS)
 
 
 def file_name(spec: str | Path) -> str:
@@ -229,7 +234,7 @@ def _open_zarr(path: Path, inner: str | None) -> tuple[Any, list | None]:
     None."""
     import zarr
 
-    if path.is_dir() and not any((path / m).exists() for m in ZARR_MARKERS):
+    if path.is_dir() and not _zarr_marked(path):
         raise MitosegError(f"{path} holds no Zarr array or group (an empty or unfinished .zarr folder)")
     node = zarr.open(str(path), mode="r")
     if inner and not isinstance(node, zarr.Group):
