@@ -454,6 +454,20 @@ def test_tiles_per_length_counts_the_tiles_the_engine_computes(tmp_path, droso_c
     assert model.slices == _tiles(image.shape, block, tile)
 
 
+def test_a_block_that_computes_many_more_tiles_is_noted(droso_crop, capsys):
+    """`--block 1 1 1` was accepted in silence: every voxel's block computes each tile over it."""
+    image = droso_crop[0][:20, :96, :80]
+    tile = (8, 32, 32)
+    default = predict.plan(image, 3, tile, 0.25).block
+    assert capsys.readouterr().err == ""
+    assert predict.plan(image, 3, tile, 0.25, block=default).block == default
+    assert capsys.readouterr().err == ""
+    assert predict.plan(image, 3, tile, 0.25, block=(2, 4, 4)).block == (2, 4, 4)
+    note = capsys.readouterr().err
+    given, best = _tiles(image.shape, (2, 4, 4), tile), _tiles(image.shape, default, tile)
+    assert f"computes {given} tiles, {given / best:.0f} times the {best} of the default block" in note
+
+
 
 
 def test_a_run_trained_with_equalize_predicts_with_its_rule(tmp_path, lucchi_crop):

@@ -317,6 +317,7 @@ def default_tile(dims: int, shape: tuple[int, ...], tile: tuple[int, int, int],
     return tuple(tile)
 
 
+@functools.lru_cache(maxsize=64)
 def tiles_per_length(size: int, tile: int, overlap: float) -> dict[int, int]:
     """Along one axis of `size` voxels: {block length: tiles computed in all blocks of that length}, for
     every length from 1 to the whole axis. An output block gathers each tile that overlaps it, so
@@ -358,6 +359,22 @@ def default_block(shape: tuple[int, ...], tile: tuple[int, int, int], overlap: f
         limit = tables[axis][best[axis]]
         best[axis] = max(length for length, n in tables[axis].items() if length <= cap and n <= limit)
     return tuple(best)
+
+
+def tiles_computed(shape: tuple[int, ...], tile: tuple[int, ...], overlap: float, block: tuple[int, ...]) -> int:
+    """How many tiles (`tile`, Z, Y, X) the blocks `block` of a volume of `shape` compute in all."""
+    return math.prod(tiles_per_length(s, t, overlap)[min(b, s)] for s, t, b in zip(shape, tile, block, strict=True))
+
+
+def slow_block(shape: tuple[int, ...], tile: tuple[int, ...], overlap: float, block: tuple[int, ...],
+               default: tuple[int, ...]) -> str | None:
+    """A note when the user's `block` computes over twice the tiles of the `default` block (a tile is computed
+    once per block it overlaps), else None."""
+    given, best = tiles_computed(shape, tile, overlap, block), tiles_computed(shape, tile, overlap, default)
+    if given <= 2 * best:
+        return None
+    return (f"note: --block {' '.join(map(str, block))} computes {given} tiles, {given / best:.0f} times the {best} "
+            f"of the default block ({' '.join(map(str, default))}): leave --block out unless memory needs it")
 
 
 def fingerprint(model: torch.nn.Module) -> str:
@@ -406,10 +423,14 @@ def plan(volume: Any, dims: int, tile: tuple[int, int, int], overlap: float, blo
     tile = (1, *tile[1:]) if dims == 2 else tile
     window = tuple(float(w) for w in (window or io.intensity_range(volume)))
     shape = tuple(volume.shape)
-    if block is None and dims == 2 and planes == 3:
-        whole = tuple(tile[1:]) == shape[1:]
-        block = shape if whole else default_block(shape, (min(tile[1], shape[0]), *tile[1:]), overlap)
-    block = tuple(int(b) for b in (block or default_block(shape, tile, overlap)))
+    cost_tile = (min(tile[1], shape[0]), *tile[1:]) if dims == 2 and planes == 3 else tile
+    whole = dims == 2 and planes == 3 and tuple(tile[1:]) == shape[1:]
+    default = shape if whole else default_block(shape, cost_tile, overlap)
+    if block is not None:
+        note = slow_block(shape, cost_tile, overlap, tuple(int(b) for b in block), default)
+        if note:
+            print(note, file=sys.stderr)
+    block = tuple(int(b) for b in (block or default))
     return Settings(tile=tile, overlap=float(overlap), window=window, block=block, planes=planes,
                     source=io.content_id(volume), **options)
 
