@@ -274,6 +274,7 @@ def test_label_blurs_probabilities_along_z_on_the_cluster_as_in_this_process(das
     assert instances.label_volume(path, tmp_path / "many.zarr", block, client=dask_client, progress=False) == n > 5
     one = io.open_volume(tmp_path / "one.zarr")[:]
     np.testing.assert_array_equal(io.open_volume(tmp_path / "many.zarr")[:], one)
+    assert [io.attributes(io.open_volume(tmp_path / f))["objects"] for f in ("one.zarr", "many.zarr")] == [n, n]
     assert not np.array_equal(one > 0, z[:] >= 128)
     for threshold in (None, 0.5):  # the engine alone takes stored values: before, every voxel > 0 or >= 0.5 of 255
         with pytest.raises(MitosegError, match="holds mitoseg probabilities stored as uint8: give label_dask a thr"):

@@ -289,6 +289,7 @@ def test_label_table_interrupted_after_the_labels_resumes_with_the_table_only(tm
         instances.label_volume(tmp_path / "mask.npy", tmp_path / "l.zarr", block, min_size=10,
                                table=tmp_path / "l.csv", voxel_size=(50, 4.6, 4.6), resume=True, progress=False)
     monkeypatch.setattr(instances, "label_blockwise", lambda *a, **k: pytest.fail("labelled again"))
+    assert io.attributes(io.open_volume(tmp_path / "l.zarr"))["objects"] == n  # no pass over the labels to count
     assert instances.label_volume(tmp_path / "mask.npy", tmp_path / "l.zarr", block, table=tmp_path / "l.csv",
                                   voxel_size=(50, 4.6, 4.6), resume=True, progress=False) == n > 5
     assert (tmp_path / "l.csv").read_text() == (tmp_path / "ref.csv").read_text()

@@ -334,6 +334,7 @@ def label_dask(client: Any, mask_spec: str | Path, out: str | Path, *, block: Se
     job = dict(spec=spec, connectivity=connectivity, threshold=threshold, z_sigma=z_sigma,
                output=str(output.path.absolute()))
     blocks.run(_relabel_task, items, job, client, "label pass 2/2", progress)
+    output.array.attrs["objects"] = int(n_objects)
     blocks.finish(output, overwrite=overwrite)
     return n_objects
 

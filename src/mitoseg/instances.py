@@ -559,8 +559,8 @@ def label_volume(input: str | Path, out: str | Path, block: Sequence[int] | None
     values > 0 are foreground unless it is given. Not given (None), it and `min_size` come from the run's
     post-processing chosen on validation where `predict` kept it with the input (`postprocess.for_labels`:
     probabilities are then also blurred along Z as chosen, block by block with their neighbouring slices);
-    else 0.5 and 0. The output's attribute "applied" says what was applied and what came from the run.
-    `voxel_size` (z, y, x) nm defaults to the one the input states (`io.voxel_size`); with neither, the output
+    else 0.5 and 0. The output's attribute "applied" says what was applied and what came from the run, "objects"
+    the number of objects (ids 1..n). `voxel_size` (z, y, x) nm defaults to the one the input states (`io.voxel_size`); with neither, the output
     states none and the table measures 1 nm voxels. An `out` named *.ome.zarr is OME-Zarr. `block` defaults to
     (64, 512, 512). Returns the number of objects.
     """
@@ -593,7 +593,9 @@ def label_volume(input: str | Path, out: str | Path, block: Sequence[int] | None
             out, "labels", tuple(volume.shape), "uint32", block,
             _settings(connectivity, min_size, raw_threshold, z_sigma, source), {"voxel_size": voxel} if stated else {}):
         labels = io.open_volume(out)
-        n = max((int(labels[b].max(initial=0)) for b in blocks.grid(tuple(labels.shape), block)), default=0)
+        n = io.attributes(labels).get("objects")  # labels finished before 2026-12-07 lack it: ids are 1..n
+        if n is None:
+            n = max((int(labels[b].max(initial=0)) for b in blocks.grid(tuple(labels.shape), block)), default=0)
     elif client is not None:
         n = cluster.label_dask(client, input, out, block=block, connectivity=connectivity, min_size=min_size,
                                threshold=raw_threshold, progress=progress, attrs=attrs, overwrite=overwrite,
@@ -603,6 +605,7 @@ def label_volume(input: str | Path, out: str | Path, block: Sequence[int] | None
                              overwrite, z_sigma, source)
         source = postprocess.ZSmoothed(volume, z_sigma) if z_sigma else volume
         n = label_blockwise(source, output.array, block, connectivity, min_size, raw_threshold, progress, output.done)
+        output.array.attrs["objects"] = n
         blocks.finish(output, overwrite=overwrite)
     if table and client is not None:
         write_table(cluster.table_dask(client, out, n, voxel, block, progress), table)
