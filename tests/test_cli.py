@@ -626,11 +626,35 @@ def test_wrong_numbers_and_ambiguous_labels_are_refused(runs, probs2, capsys, tm
     (tmp_path / "old").rename(tmp_path / "old.replaced")
     (tmp_path / "old").mkdir()
     (tmp_path / "old" / "config.json").write_text("{}")
+    aside = f"{tmp_path / 'old.replaced'} holds the run a stopped `train --overwrite` was replacing"
+    bad(["predict", test, "--model", str(tmp_path / "old"), "--out", str(tmp_path / "x.zarr")], capsys, aside)
+    shutil.rmtree(tmp_path / "old")  # the new run's beginning removed by hand: a plain train there deleted old.replaced
+    bad(["train", t, g, "--out", str(tmp_path / "old"), *TRAIN], capsys, f"{aside}: move it back to ")
+    (tmp_path / "old").mkdir()
+    (tmp_path / "old" / "config.json").write_text("{}")
     assert main(["--quiet", "train", t, g, "--out", str(tmp_path / "old"), "--overwrite", *TRAIN]) == 130
     assert sorted(p.name for p in (tmp_path / "old").iterdir()) == before
     monkeypatch.undo()
     assert main(["--quiet", "train", t, g, "--out", str(tmp_path / "old"), "--overwrite", *TRAIN]) == 0
     assert not (tmp_path / "old.replaced").exists()  # gone with the new run's first checkpoint
+
+
+def test_an_output_that_is_a_link_is_replaced_and_its_target_kept(runs, capsys, tmp_path, monkeypatch):
+    """`--overwrite` of an output that is a symbolic link ended in "OSError" alone (shutil's "Cannot call rmtree on a
+    symbolic link" dropped): the link is replaced, what it links to is kept; a system error's own words are said."""
+    (tmp_path / "real").mkdir()
+    label = ["--quiet", "label", str(runs / "test_gt.tif"), "--block", "3", "50", "70", "--overwrite", "--out"]
+    assert main([*label, str(tmp_path / "real" / "l.zarr")]) == 0
+    (tmp_path / "link.zarr").symlink_to(tmp_path / "real" / "l.zarr")
+    assert main([*label, str(tmp_path / "link.zarr")]) == 0
+    assert not (tmp_path / "link.zarr").is_symlink() and (tmp_path / "real" / "l.zarr" / "zarr.json").is_file()
+    from mitoseg import instances
+
+    def refused(*a, **k):
+        raise OSError("a library's own words")
+
+    monkeypatch.setattr(instances, "label_volume", refused)
+    bad(label[1:] + [str(tmp_path / "x.zarr")], capsys, "mitoseg: error: a library's own words")
 
 
 def test_label_on_a_local_dask_cluster_equals_single_process(runs, capsys):

@@ -125,13 +125,18 @@ def test_a_pyramidal_tiff_is_its_full_resolution(tmp_path, crop):
 
 
 def test_stated_voxel_sizes_must_be_sizes(tmp_path, crop):
-    """A voxel size of 0 or below stated by the file (an ImageJ spacing, an OME-Zarr scale) is refused where it
-    is read (before: volumes of 0 um3 in tables, a ZeroDivisionError in evaluate --places)."""
-    for spacing in (0, -50):
+    """A voxel size under 0.1 nm stated by the file (an ImageJ spacing, an OME-Zarr scale) is refused where it
+    is read, as a typed one (before: volumes of 0 um3 in tables, a ZeroDivisionError in evaluate --places; sizes
+    in micrometres written as nm went into predict and label outputs, tables 1e6 times too small)."""
+    for spacing in (0, -50, 0.05):
         tifffile.imwrite(tmp_path / f"s{spacing}.tif", crop[:4], imagej=True, resolution=(0.2, 0.2),
                          metadata={"axes": "ZYX", "unit": "nm", "spacing": spacing})
-        with pytest.raises(MitosegError, match=f"states a voxel size of {spacing:g} x 5 x 5 nm, not sizes > 0"):
+        with pytest.raises(MitosegError, match=f"states a voxel size of {spacing:g} x 5 x 5 nm, not sizes >= 0.1 nm "
+                                               r"\(micrometres written as nm\?\): give --voxel-size"):
             io.voxel_size(tmp_path / f"s{spacing}.tif")
+    from mitoseg import metrics
+
+    assert metrics.stated_voxel(tmp_path / "s0.05.tif") is None  # evaluate's notes: the given --voxel-size counts
     tifffile.imwrite(tmp_path / "s50.tif", crop[:4], imagej=True, resolution=(0.2, 0.2),
                      metadata={"axes": "ZYX", "unit": "nm", "spacing": 50})
     assert io.voxel_size(tmp_path / "s50.tif") == (50.0, 5.0, 5.0)
@@ -303,6 +308,18 @@ def test_content_id_tells_another_volume_of_one_shape_and_histogram(lucchi_crop)
     assert io.content_id(image) == io.content_id(image.copy()) == io.content_id(zarr.array(image, chunks=(4, 64, 64)))
     assert io.content_id(image) != io.content_id(image[:, ::-1])
     assert io.content_id(image) != io.content_id(image[:-1])
+
+
+def test_content_id_tells_sparse_masks_apart(lucchi_crop):
+    """A mask with one more object off the centre, and a mitoseg output written again, are other inputs (before:
+    only three 64-pixel centre crops were read, background in most masks, so a label resume mixed two)."""
+    mask = lucchi_crop[1].copy()
+    other = mask.copy()
+    other[:, :20, :20] = 1  # a corner object through every slice
+    assert io.content_id(mask) != io.content_id(other)
+    first, again = (zarr.array(mask, chunks=(4, 64, 64)) for _ in range(2))
+    first.attrs["created"], again.attrs["created"] = "2026-12-07 10:00:00", "2026-12-07 11:00:00"
+    assert io.content_id(first) != io.content_id(again)
 
 
 def test_extra_axes_of_size_one_are_dropped_and_others_named(written, crop, tmp_path):
@@ -811,3 +828,29 @@ def test_an_output_another_process_writes_is_refused(tmp_path):
     with pytest.raises(MitosegError, match="t.csv already exists"):  # refused after its claim
         instances.label_volume(tmp_path / "mask.npy", tmp_path / "l.zarr", table=tmp_path / "t.csv", progress=False)
     assert str((tmp_path / "t.csv").resolve()) not in io.CLAIMS and not list(tmp_path.glob(".*.lock"))
+    # an output in folders that do not exist yet, refused after its claim: the folders go with the lock (before:
+    # an empty "new dir/" was left by a refused export)
+    from mitoseg import export
+
+    with pytest.raises(MitosegError, match="no such model folder or checkpoint"):
+        export.export_bioimageio(tmp_path / "no run", str(tmp_path / "mask.npy"), tmp_path / "new dir" / "p.zip")
+    assert not (tmp_path / "new dir").exists()
+    io.claim(tmp_path / "new dir" / "deeper" / "l.zarr")
+    io.release(tmp_path / "new dir" / "deeper" / "l.zarr")
+    assert not (tmp_path / "new dir").exists()
+    io.claim(tmp_path / "kept" / "l.zarr")
+    (tmp_path / "kept" / "l.zarr").mkdir()  # written: the folder holds it, and stays
+    io.release(tmp_path / "kept" / "l.zarr")
+    assert (tmp_path / "kept" / "l.zarr").is_dir()
+
+
+def test_the_current_folder_is_never_replaced(tmp_path, monkeypatch):
+    """`train --out . --overwrite` in a run folder ended in a traceback (PosixPath('.') has an empty name; before
+    that, the folder was emptied under the user's feet): one line now, for the folder and those above it."""
+    (tmp_path / "run" / "inner").mkdir(parents=True)
+    (tmp_path / "run" / "config.json").write_text("{}")
+    monkeypatch.chdir(tmp_path / "run" / "inner")
+    for out in (".", "..", str(tmp_path / "run")):
+        with pytest.raises(MitosegError, match="holds the current folder, which --overwrite cannot replace"):
+            io.check_output(out, overwrite=True)
+    io.replaceable(tmp_path / "other")  # elsewhere: as before

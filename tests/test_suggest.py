@@ -128,12 +128,14 @@ def test_suggest_mistakes_are_one_line(tmp_path, ca1, capsys):
         assert err.count("\n") == 0 and message in err, err
 
 
-def test_suggest_takes_the_runs_own_annotated_slices_on_its_training_image(tmp_path, ca1, capsys):
-    """A run trained on a few annotated slices of this image (by name): they are taken as annotated, never
+def test_suggest_takes_the_runs_own_annotated_slices_on_its_training_image(tmp_path, ca1, lucchi_crop, capsys):
+    """A run trained on a few annotated slices of this image (by content): they are taken as annotated, never
     suggested nor neighboured, and the advice keeps them (before: a note, then advice that dropped them); of
-    another image, one note names them; given, nothing is said."""
+    another image, even of that name, one note names them; given, nothing is said."""
     import json
     import shutil
+
+    from mitoseg import io
 
     run, image = ca1
     few = tmp_path / "few"
@@ -141,6 +143,11 @@ def test_suggest_takes_the_runs_own_annotated_slices_on_its_training_image(tmp_p
     saved = json.loads((few / "config.json").read_text())
     (few / "config.json").write_text(json.dumps({**saved, "annotated_slices": "0,5",
                                                  "data": "image.tif with labels image_gt.tif"}))
+    record = json.loads((few / "annotation.json").read_text())
+    trained = lucchi_crop[0][:8]  # the `ca1` run's training image
+    assert record["image"] == {"shape": list(trained.shape), "source": io.content_id(trained)}
+    record["image"] = {"shape": [12, 128, 128], "source": io.content_id(io.open_volume(image))}  # trained on it
+    (few / "annotation.json").write_text(json.dumps(record))
     assert cli.main(["--quiet", "suggest", str(few), str(image), "--count", "2", "--gap", "1", "--no-tta"]) == 0
     told = capsys.readouterr()
     assert "the run's annotated slices 0,5 of its training image image.tif are taken as annotated" in told.err
@@ -150,10 +157,32 @@ def test_suggest_takes_the_runs_own_annotated_slices_on_its_training_image(tmp_p
                      "--annotated-slices", "none"]) == 0  # said to be none (before: "" was refused)
     told = capsys.readouterr()
     assert "taken as annotated" not in told.err and re.search(r"--annotated-slices \d+,\d+$", told.out.strip())
-    other = tmp_path / "other.tif"
-    shutil.copy(image, other)
+    other = tmp_path / "other" / "image.tif"  # another image of that name (before: its slices were taken)
+    other.parent.mkdir()
+    tifffile.imwrite(other, tifffile.imread(image)[:, ::-1])
     assert len(suggest.suggest(few, other, count=2, tta=False, progress=False)) == 2
     assert ("note: few learned from the annotated slices 0,5 of image.tif with labels image_gt.tif; if that is this "
             "image, give --annotated-slices 0,5") in capsys.readouterr().err
     suggest.suggest(few, other, count=2, tta=False, progress=False, annotated="0,5")
     assert "note:" not in capsys.readouterr().err
+
+
+def test_a_run_without_a_recorded_image_matches_by_name_and_slices(tmp_path, ca1, capsys):
+    """Runs trained before the image's content was recorded: the file name, and only slices inside the image
+    (before: "annotated slices '12-15' outside the volume's slices", of an option nobody gave)."""
+    import json
+    import shutil
+
+    run, image = ca1
+    old = tmp_path / "old"
+    shutil.copytree(run, old)
+    saved = json.loads((old / "config.json").read_text())
+    record = json.loads((old / "annotation.json").read_text())
+    del record["image"]
+    (old / "annotation.json").write_text(json.dumps(record))
+    for slices, taken in (("0,5", "0,5"), ("0-2,12-15", None)):
+        (old / "config.json").write_text(json.dumps({**saved, "annotated_slices": slices,
+                                                     "data": "image.tif with labels image_gt.tif"}))
+        assert suggest.run_annotation(old, image) == taken
+    assert len(suggest.suggest(old, image, count=2, tta=False, progress=False)) == 2
+    assert "note: old learned from the annotated slices 0-2,12-15" in capsys.readouterr().err

@@ -690,7 +690,7 @@ def main(argv: list[str] | None = None) -> int:
     except MitosegError as e:
         said, status = f"mitoseg: error: {e}", 2
     except OSError as e:  # a place the system refused (no space, no permission...) past mitoseg's own checks
-        said, status = f"mitoseg: error: {e.strerror or type(e).__name__}" + (f": {e.filename}" if e.filename
+        said, status = f"mitoseg: error: {e.strerror or str(e) or type(e).__name__}" + (f": {e.filename}" if e.filename
                                                                             else ""), 2
     except KeyboardInterrupt as e:
         said = f"the run that was at {e.restored} is as it was" if getattr(e, "restored", None) else \

@@ -560,9 +560,9 @@ def label_volume(input: str | Path, out: str | Path, block: Sequence[int] | None
     post-processing chosen on validation where `predict` kept it with the input (`postprocess.for_labels`:
     probabilities are then also blurred along Z as chosen, block by block with their neighbouring slices);
     else 0.5 and 0. The output's attribute "applied" says what was applied and what came from the run, "objects"
-    the number of objects (ids 1..n). `voxel_size` (z, y, x) nm defaults to the one the input states (`io.voxel_size`); with neither, the output
-    states none and the table measures 1 nm voxels. An `out` named *.ome.zarr is OME-Zarr. `block` defaults to
-    (64, 512, 512). Returns the number of objects.
+    the number of objects (ids 1..n). `voxel_size` (z, y, x) nm defaults to the one the input states
+    (`io.voxel_size`); with neither, the output states none and the table measures 1 nm voxels. An `out` named
+    *.ome.zarr is OME-Zarr. `block` defaults to (64, 512, 512). Returns the number of objects.
     """
     from mitoseg import cluster, postprocess
 

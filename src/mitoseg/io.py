@@ -417,14 +417,14 @@ IMAGEJ_UNITS_NM = {"nm": 1.0, "nanometer": 1.0, "micron": 1000.0, "um": 1000.0, 
 def voxel_size(spec: str | Path) -> tuple[float, float, float] | None:
     """The voxel size (z, y, x) in nm a volume states: an OME-Zarr's scale, a mitoseg output's `voxel_size`
     attribute, or an ImageJ TIFF's calibration (its slice spacing and pixel width in a known unit, as Fiji
-    saves them); None when it states none. A stated size that is not a number > 0 is refused (it would
-    measure nothing, or fail deep in a run)."""
+    saves them); None when it states none. A stated size out of `checks.RULES` (under 0.1 nm, 0, not a number) is
+    refused: it would measure nothing, or objects 1e9 times too small (micrometres written as nm)."""
     path, _ = split_path(spec)
     found = (_imagej_voxel_size(path) or _ome_tiff_voxel_size(path)) if path.suffix.lower() in TIFF and path.is_file() \
         else _stated(spec, "scale", "voxel_size")
-    if found is not None and not all(np.isfinite(v) and v > 0 for v in found):
-        raise MitosegError(f"{spec} states a voxel size of {' x '.join(f'{v:g}' for v in found)} nm, not sizes > 0; "
-                           "give --voxel-size")
+    if found is not None and not all(checks.RULES["voxel_size"].ok(v) for v in found):
+        raise MitosegError(f"{spec} states a voxel size of {' x '.join(f'{v:g}' for v in found)} nm, not sizes >= "
+                           f"{checks.RULES['voxel_size'].low:g} nm (micrometres written as nm?): give --voxel-size")
     return found
 
 
@@ -517,17 +517,18 @@ def kind(volume: Any) -> str:
     return stated_kind(volume) or ("labels" if dtype.kind in "iu" and dtype.itemsize >= 4 else "image")
 
 
-def content_id(volume: Any, size: int = 64) -> str:
-    """A short checksum of a volume's (Z, Y, X) shape and of `size`-square crops at the centre of its first,
-    middle and last slices: an interrupted prediction resumed on another volume of the same shape and grey levels
-    is told apart (three small reads, not a proof of equality)."""
+def content_id(volume: Any) -> str:
+    """A short checksum of a volume's (Z, Y, X) shape, of its whole first, middle and last slices and, for a
+    mitoseg output, of when it was written (attribute "created"): an interrupted prediction or labelling resumed on
+    another volume of the same shape is told apart, a sparse mask written again too (three slices read, not a
+    proof of equality)."""
     import zlib
 
-    z, y, x = (int(s) for s in volume.shape)
-    y0, x0 = max(0, y // 2 - size // 2), max(0, x // 2 - size // 2)
-    crc = zlib.crc32(repr((z, y, x)).encode())
+    z = int(volume.shape[0])
+    crc = zlib.crc32(repr(tuple(int(s) for s in volume.shape)).encode())
+    crc = zlib.crc32(str(attributes(volume).get("created", "")).encode(), crc)
     for k in sorted({0, z // 2, z - 1}):
-        crc = zlib.crc32(np.ascontiguousarray(volume[k:k + 1, y0:y0 + size, x0:x0 + size]).tobytes(), crc)
+        crc = zlib.crc32(np.ascontiguousarray(volume[k:k + 1]).tobytes(), crc)
     return f"{crc:08x}"
 
 
@@ -885,12 +886,16 @@ WRITTEN_MARKS = ("config.json", "compare.json", "zarr.json", ".zarray", ".zgroup
 
 def replaceable(path: str | Path) -> None:
     """Refuse to replace (--overwrite) a folder that holds files but is none of what mitoseg writes: a run
-    (config.json), a compare report (compare.json) or a Zarr volume. A folder of the user's own (their data,
-    say, named as the output by mistake) is never deleted."""
+    (config.json), a compare report (compare.json) or a Zarr volume, and the folder the process runs in (or one
+    holding it). A folder of the user's own (their data, say, named as the output by mistake) is never deleted."""
     path = Path(path)
     if path.is_dir() and any(path.iterdir()) and not any((path / mark).exists() for mark in WRITTEN_MARKS):
         raise MitosegError(f"{path} is a folder of other files (not a mitoseg run, report or Zarr volume); "
                            "--overwrite replaces only those: give another output")
+    here = Path.cwd().resolve()
+    if path.exists() and (path.resolve() == here or path.resolve() in here.parents):
+        raise MitosegError(f"{path} holds the current folder, which --overwrite cannot replace: give another output "
+                           "or run from another folder")
 
 
 def check_place(path: str | Path, kind: str | None = None, inputs: tuple = ()) -> Path:
@@ -924,6 +929,7 @@ def check_place(path: str | Path, kind: str | None = None, inputs: tuple = ()) -
 
 
 CLAIMS: dict[str, int] = {}  # output path -> the lock file's descriptor, held while this process writes it
+MADE: dict[str, Path] = {}  # output path -> the outermost folder `claim` made for its lock file
 
 
 def claim(path: str | Path) -> None:
@@ -939,7 +945,10 @@ def claim(path: str | Path) -> None:
         import fcntl
     except ImportError:
         return
+    missing = [p for p in _lock_file(key).parents if not p.exists()]
     _lock_file(key).parent.mkdir(parents=True, exist_ok=True)
+    if missing:
+        MADE[key] = missing[-1]
     fd = os.open(_lock_file(key), os.O_RDWR | os.O_CREAT, 0o666)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -970,12 +979,21 @@ def releasing(func: Callable) -> Callable:
 
 
 def release(path: str | Path) -> None:
-    """End this process's `claim` on `path` (its lock file removed)."""
+    """End this process's `claim` on `path`: its lock file removed, and the folders the claim made for it when they
+    stayed empty (a refusal after the claim leaves no empty folder)."""
     key = str(Path(path).resolve())
     fd = CLAIMS.pop(key, None)
     if fd is not None:
         _lock_file(key).unlink(missing_ok=True)
         os.close(fd)
+    made = MADE.pop(key, None)
+    for folder in [_lock_file(key).parent, *_lock_file(key).parent.parents] if made else []:
+        if folder != made and made not in folder.parents:
+            break
+        try:
+            folder.rmdir()
+        except OSError:  # it holds the output (or anything else): kept
+            break
 
 
 def _lock_file(key: str) -> Path:
@@ -1012,7 +1030,7 @@ def finish_output(path: str | Path, overwrite: bool = False) -> Path:
     if path.exists():
         if not overwrite:
             raise MitosegError(f"{path} already exists; pass --overwrite to replace it")
-        shutil.rmtree(path) if path.is_dir() else path.unlink()
+        remove(path)
     os.replace(partial_path(path), path)
     shutil.rmtree(Path(str(partial_path(path)) + ".done"), ignore_errors=True)
     release(path)
@@ -1020,11 +1038,11 @@ def finish_output(path: str | Path, overwrite: bool = False) -> Path:
 
 
 def remove(path: str | Path) -> None:
-    """Delete a file or folder if it exists."""
+    """Delete a file or folder if it exists; a link, not what it links to."""
     path = Path(path)
-    if path.is_dir():
+    if path.is_dir() and not path.is_symlink():
         shutil.rmtree(path)
-    elif path.exists():
+    elif path.exists() or path.is_symlink():
         path.unlink()
 
 

@@ -177,6 +177,17 @@ def evaluate(prediction: str | Path | Any, truth: str | Path | Any, threshold: f
     return result
 
 
+def stated_voxel(volume: Any) -> tuple[float, float, float] | None:
+    """The voxel size a volume's path states (`io.voxel_size`), None for arrays and for sizes it refuses (where a
+    size is used, the refusal is said)."""
+    from mitoseg import io
+
+    try:
+        return io.voxel_size(volume) if isinstance(volume, str | Path) else None
+    except MitosegError:
+        return None
+
+
 def _notes(prediction: Any, truth: Any, pred: Any, true: Any) -> None:
     """One line each (stderr) when the arguments look swapped (the truth a mitoseg mask or labels output, the
     prediction not) or the two volumes state other voxel sizes (another volume, or a wrong calibration)."""
@@ -188,7 +199,7 @@ def _notes(prediction: Any, truth: Any, pred: Any, true: Any) -> None:
     if kind in ("mask", "labels") and io.stated_kind(pred) is None:
         print(f"note: the truth is a mitoseg {kind} output and the prediction is not: if the two are swapped, "
               "precision and recall are exchanged (the order is PREDICTION TRUTH)", file=sys.stderr)
-    sizes = [io.voxel_size(v) if isinstance(v, str | Path) else None for v in (prediction, truth)]
+    sizes = [stated_voxel(v) for v in (prediction, truth)]
     if all(sizes) and not np.allclose(sizes[0], sizes[1], rtol=0.01):
         words = [" x ".join(f"{v:g}" for v in s) for s in sizes]
         print(f"note: the prediction states {words[0]} nm voxels and the truth {words[1]} nm: another volume, or a "

@@ -12,6 +12,7 @@ the slices already annotated block every cell around them.
 from __future__ import annotations
 
 import csv
+import json
 import os
 import sys
 import tempfile
@@ -88,12 +89,27 @@ def pick(scores: np.ndarray, count: int, gap: int, annotated: list[int] | None =
 
 def run_annotation(run: str | Path, image: str | Path) -> str | None:
     """The slices a run was trained on as annotated (`Config.annotated_slices`) when `image` is its training
-    image by name (`train` records "IMAGE with labels LABELS" of file names, `io.file_name`), else None."""
+    image, else None: the same content (`io.content_id`, recorded in the run's annotation.json), or for runs
+    that recorded none (before 2026-12-07) the same file name (`train` records "IMAGE with labels LABELS",
+    `io.file_name`) and slices inside the image."""
+    from mitoseg import data
+
     path = Path(run) / "config.json"
     config = Config.load(path) if path.is_file() else None
-    if config is None or not config.annotated_slices or not config.data:
+    if config is None or not config.annotated_slices:
         return None
-    return config.annotated_slices if config.data.startswith(f"{io.file_name(image)} with labels ") else None
+    record = Path(run) / "annotation.json"
+    source = json.loads(record.read_text()).get("image", {}).get("source") if record.is_file() else None
+    volume = io.open_volume(image)
+    if source is not None and io.content_id(volume) != source:
+        return None
+    if source is None and not (config.data or "").startswith(f"{io.file_name(image)} with labels "):
+        return None
+    try:
+        data.parse_slices(config.annotated_slices, volume.shape[0])
+    except MitosegError:  # another image of that name
+        return None
+    return config.annotated_slices
 
 
 @io.releasing
@@ -119,8 +135,9 @@ def suggest(run: str | Path, image: str | Path, count: int = 8, gap: int | None 
     shape = io.open_volume(image).shape
     depth, cells = shape[0], boxes(tuple(shape[1:]), box)
     config = Config.load(Path(run) / "config.json") if (Path(run) / "config.json").is_file() else None
-    if annotated is None and run_annotation(run, image):  # its training image: those slices are annotated
-        annotated = run_annotation(run, image)
+    own = run_annotation(run, image) if annotated is None else None
+    if own:  # its training image: those slices are annotated
+        annotated = own
         print(f"the run's annotated slices {annotated} of its training image {io.file_name(image)} are taken as "
               "annotated (give --annotated-slices to say otherwise, `none` for none)", file=sys.stderr)
     elif annotated is None and config is not None and config.annotated_slices:  # maybe this image's: said

@@ -142,8 +142,10 @@ def _prepare_dir(out: Path, resume: bool, overwrite: bool, inputs: tuple = ()) -
     io.claim(out)  # a second training into it would delete or mix this one's checkpoints
     if resume:
         if not (out / "last.pt").exists():
-            raise MitosegError(f"{out} holds no checkpoint (last.pt) to resume from")
+            raise MitosegError(f"{out} holds no checkpoint (last.pt) to resume from{kept_aside(out)}")
         return
+    if replaced(out).exists() and (not overwrite or (out / "last.pt").exists()):  # only a --overwrite goes on with it
+        raise MitosegError(f"{kept_aside(out)[2:]}: move it back to {out}, or delete it, first")
     if out.exists() and any(out.iterdir()):
         if not overwrite:
             raise MitosegError(f"{out} already exists; pass --overwrite to replace it or --resume to continue")
@@ -158,7 +160,14 @@ def _prepare_dir(out: Path, resume: bool, overwrite: bool, inputs: tuple = ()) -
 
 def replaced(out: Path) -> Path:
     """Where `--overwrite` keeps the run it replaces until the new run's first checkpoint (``<out>.replaced``)."""
+    out = Path(os.path.abspath(out))  # "." and "runs/a/.." have names too
     return out.with_name(out.name + ".replaced")
+
+
+def kept_aside(out: Path) -> str:
+    """"; NAME.replaced holds ..." when a stopped `train --overwrite` left the run it was replacing there, else ""."""
+    return f"; {replaced(out)} holds the run a stopped `train --overwrite` was replacing" \
+        if replaced(out).exists() else ""
 
 
 BARELY = 0.1  # a best validation IoU under this (at any threshold) is noted after training: the masks will be poor
@@ -455,8 +464,9 @@ def _train(config: Config, image: np.ndarray, mask: np.ndarray, out: Path, resum
     torch.manual_seed(config.seed)
     window = io.intensity_range(image, rule=config.normalize)
     train_vol, val_vol = data.split(image, mask, config.val_fraction, window)
-    (out / "annotation.json").write_text(json.dumps(  # what the run learned from and was validated on, in voxels
-        {"training": data.counts(train_vol), "validation": data.counts(val_vol)}, indent=2) + "\n")
+    (out / "annotation.json").write_text(json.dumps(  # what the run learned from and was validated on, in voxels,
+        {"training": data.counts(train_vol), "validation": data.counts(val_vol),  # and which image (`suggest`)
+         "image": {"shape": list(image.shape), "source": io.content_id(image)}}, indent=2) + "\n")
     # kept with every checkpoint: what `predict --match-training` maps another volume's grey levels onto
     intensity = {"window": window, "reference": io.reference_levels(image)}
     sampler = data.PatchSampler(train_vol, config.patch, config.fg_fraction, np.random.default_rng(config.seed),
@@ -699,7 +709,7 @@ def load_model(run: str | Path, device: str | torch.device = "auto",
     if run.is_dir():
         path = next((run / n for n in ("best.pt", "last.pt") if (run / n).exists()), None)
         if path is None:
-            raise MitosegError(f"{run} holds no trained model (best.pt or last.pt)")
+            raise MitosegError(f"{run} holds no trained model (best.pt or last.pt){kept_aside(run)}")
     elif not run.exists():
         raise MitosegError(f"{run}: no such model folder or checkpoint")
     device = pick_device(device) if isinstance(device, str) else device
