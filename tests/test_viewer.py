@@ -6,6 +6,7 @@ the offscreen platform lacks (the widget itself is real Qt)."""
 import json
 import os
 import re
+import shutil
 import sys
 
 os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
@@ -100,12 +101,21 @@ def test_reader_opens_outputs_lazily_at_physical_scale(napari, outputs):
     other.create_array("a", data=raw[0])
     other.create_array("b", data=raw[:2])
     assert [napari_get_reader(str(d / n)) for n in ("empty.zarr", "flat.zarr", "other.zarr")] == [None] * 3
+    # an interrupted output's unfinished blocks are zeros: declined, and said (before: opened as finished)
+    from mitoseg.viewer import layer_data
+
+    shutil.copytree(d / "mask.zarr", d / "cut.zarr.partial")
+    assert napari_get_reader(str(d / "cut.zarr.partial")) is None
+    with pytest.raises(io.MitosegError, match="cut.zarr.partial is the unfinished output of a stopped run: run that "
+                                           "command again with --resume to finish cut.zarr"):
+        layer_data(d / "cut.zarr.partial")
 
 
 def test_reader_opens_a_compare_report_folder(napari, outputs):
     d, _ = outputs
     report = d / "report"
     (report / "model_2D").mkdir(parents=True)
+    (report / "compare.json").write_text("{}")
     (report / "report.json").write_text(json.dumps(
         {"data": {"name": "lucchi", "voxel_size": list(VOXEL), "test_shape": [165, 768, 1024]}}))
     probs = io.open_volume(d / "probs.ome.zarr")[:]
@@ -119,13 +129,18 @@ def test_reader_opens_a_compare_report_folder(napari, outputs):
     assert viewer.layers["test image"].data.shape == (165, 768, 1024)  # the CA1 test volume, lazily
     assert all(tuple(x.scale) == VOXEL for x in viewer.layers)
     np.testing.assert_array_equal(np.asarray(viewer.layers["2D instances"].data), labels)
+    # another tool's report.json is no compare report (before: KeyError 'data', or a JSONDecodeError)
+    from mitoseg.viewer import napari_get_reader
+
+    for text in ('{"tool": "other"}', "{not json"):
+        (d / "other").mkdir(exist_ok=True)
+        (d / "other" / "report.json").write_text(text)
+        assert napari_get_reader(str(d / "other")) is None
 
 
 def test_widget_predicts_and_labels_in_a_thread_worker(napari, outputs, run, qtbot, tmp_path):
     """The widget takes a run folder's post-processing chosen on validation (its threshold, minimum size and Z
     smoothing; here one written for the test), which the user may change, and labels what `segment` predicts."""
-    import shutil
-
     from mitoseg import postprocess
     from mitoseg.viewer import SegmentWidget
 
@@ -182,7 +197,15 @@ def test_widget_predicts_and_labels_in_a_thread_worker(napari, outputs, run, qtb
     widget.start()
     qtbot.waitUntil(lambda: widget.run.enabled, timeout=10_000)
     assert "near-isotropic voxels" in widget.status.value, widget.status.value
+    viewer.layers["crop"].scale, viewer.layers["crop"].units = (0.05, 0.005, 0.005), "um"  # other readers' unit
+    widget.start()  # before: taken as pixels, three planes ran on 10x anisotropic voxels
+    qtbot.waitUntil(lambda: widget.run.enabled, timeout=10_000)
+    assert "near-isotropic voxels" in widget.status.value, widget.status.value
     widget.planes.value = False
+    widget.image.value = viewer.layers["crop probability"]  # its own output: refused, as predict refuses it
+    assert widget.start() is None and widget.status.value == ("crop probability holds a mitoseg probability, not an "
+                                                              "EM image: choose the image layer")
+    widget.image.value = viewer.layers["crop"]
 
     widget.model.value = outputs[0]  # a folder without a checkpoint: the error is shown, nothing is added
     widget.start()
@@ -245,3 +268,17 @@ def test_a_given_voxel_size_stands_in_for_one_of_zero(tmp_path):
     assert meta["scale"] == (5.0, 5.0, 5.0) and meta["units"] == "nm"
     with pytest.raises(io.MitosegError, match="states a voxel size of 0 x 5 x 5 nm"):
         volume_layer(tmp_path / "z.tif")
+
+
+def test_a_given_voxel_size_scales_an_images_labels_as_the_image(tmp_path, lucchi_crop):
+    """`mitoseg view IMAGE.ome.zarr --voxel-size 5 5 5` of an image stating none: its image-labels, stating none
+    too, at the same scale (before: the image at 5 nm, its labels in pixels, 5 times smaller). The image here:
+    labels written as OME-Zarr with no voxel size (unit-less axes), as a prediction of an image stating none."""
+    from mitoseg.viewer import layer_data
+
+    np.save(tmp_path / "mask.npy", lucchi_crop[1][:8, :64, :64])
+    instances.label_volume(tmp_path / "mask.npy", tmp_path / "im.ome.zarr", progress=False)
+    instances.label_volume(tmp_path / "mask.npy", tmp_path / "im.ome.zarr" / "labels" / "mito", progress=False)
+    layers = layer_data(tmp_path / "im.ome.zarr", (5.0, 5.0, 5.0))
+    assert [(meta["name"], meta["scale"], meta["units"]) for _, meta, _ in layers] == [
+        ("im", (5.0, 5.0, 5.0), "nm"), ("mito", (5.0, 5.0, 5.0), "nm")]

@@ -64,7 +64,8 @@ def open_volume(spec: str | Path) -> Any:
 
     Accepts a multi-page TIFF, a folder of 2D slices (sorted by name), ``.h5:dataset``, ``.zarr``
     (v2 or v3; ``.zarr:array`` for an array inside a group) and ``.npy`` (memory-mapped).
-    Raises MitosegError for a missing, unreadable or non-3D input, and for anything but a path (an array).
+    Raises MitosegError for a missing, unreadable or non-3D input, an unfinished output (``NAME.partial``), and
+    for anything but a path (an array).
     """
     if not isinstance(spec, str | Path):
         raise MitosegError(f"a volume's path (str or Path) is needed here, not a {type(spec).__name__}; arrays in "
@@ -74,6 +75,10 @@ def open_volume(spec: str | Path) -> Any:
     path, inner = split_path(spec)
     if not path.exists():
         raise MitosegError(f"{path}: no such file or folder")
+    unfinished = next((p for p in (path, *path.parents) if p.name.endswith(".partial") and is_zarr(p)), None)
+    if unfinished is not None:  # its blocks not yet written are zeros: read as finished, a silent wrong answer
+        raise MitosegError(f"{unfinished} is the unfinished output of a stopped run: run that command again with "
+                           f"--resume to finish {unfinished.name.removesuffix('.partial')}")
     suffix, axes = path.suffix.lower(), None
     try:
         if is_zarr(path):

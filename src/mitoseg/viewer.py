@@ -117,6 +117,15 @@ def _test_image(data: dict) -> Any | None:
     return image if image is not None and list(image.shape) == list(data["test_shape"]) else None
 
 
+def _is_report(path: Path) -> bool:
+    """Whether `path` is a `mitoseg compare` report folder: its compare.json and a report.json stating the data."""
+    try:
+        return (path / "compare.json").is_file() and "voxel_size" in json.loads(
+            (path / "report.json").read_text())["data"]
+    except (OSError, ValueError, KeyError, TypeError):  # no report, or another tool's report.json
+        return False
+
+
 def report_layers(folder: str | Path) -> list[LayerData]:
     """A ``mitoseg compare`` report folder as layers at its voxel size (report.json): "test image" (when
     the data set is found here), then per model "2D probability" (with TTA when predicted) and
@@ -166,9 +175,10 @@ def layer_data(path: str | Path, voxel_size: Sequence[float] | None = None) -> l
     image-labels when it is an OME-Zarr image that has some."""
     given = Path(path)
     path = _image_dir(given)
-    if (path / "report.json").is_file():
+    if _is_report(path):
         return report_layers(path)
-    labels = [volume_layer(p, kind=io.stated_kind(io.open_volume(p)) or "labels") for p in image_labels(path)]
+    labels = [volume_layer(p, voxel_size, kind=io.stated_kind(io.open_volume(p)) or "labels")
+              for p in image_labels(path)]  # `voxel_size` where they state none, as their image
     name = None if path == given else given.name.removesuffix(omezarr.SUFFIX).removesuffix(".zarr")  # not "0"
     return [volume_layer(path, voxel_size, name), *labels]
 
@@ -186,7 +196,7 @@ def _readable(path: Path) -> bool:
     content, which napari may then offer to another reader."""
     if not path.is_dir():
         return False
-    if (path / "report.json").is_file():
+    if _is_report(path):
         return True
     try:
         return io.is_zarr(path) and io.open_volume(_image_dir(path)) is not None
@@ -293,10 +303,16 @@ def segment(image: Any, model: str | Path, threshold: float = 0.5, min_size: int
 
 
 def _layer_voxel(layer: Any) -> tuple[float, ...] | None:
-    """An image layer's voxel size (z, y, x) nm when its scale is in nanometres (as mitoseg's reader and napari's
-    OME-Zarr readers set it), else None (pixels: nothing to check)."""
-    units = [str(u) for u in getattr(layer, "units", ())]
-    return tuple(float(v) for v in layer.scale) if len(units) == 3 and set(units) == {"nanometer"} else None
+    """An image layer's voxel size (z, y, x) in nm when its scale has units of length (nm as mitoseg's reader
+    sets it, µm as other OME-Zarr readers do; napari's units are pint's), else None (pixels: nothing to check)."""
+    units = list(getattr(layer, "units", ()))
+    if len(units) != 3:
+        return None
+    try:
+        return tuple(float(s) * float((1 * u).to("nanometer").magnitude) for s, u in zip(layer.scale, units,
+                                                                                          strict=True))
+    except (AttributeError, TypeError, ValueError):  # pixels (no length), or no pint unit
+        return None
 
 
 class SegmentWidget(_Container):
@@ -364,6 +380,10 @@ class SegmentWidget(_Container):
         if layer is None or model in ("", "."):
             self.status.value = "choose an image layer and a model"
             return None
+        kind = getattr(layer, "metadata", {}).get("mitoseg_kind")
+        if kind in ("probability", "mask", "labels"):  # as `mitoseg predict` refuses them
+            self.status.value = f"{layer.name} holds a mitoseg {kind}, not an EM image: choose the image layer"
+            return None
         self.run.enabled, self.progress.value, self.status.value = False, 0, "running..."
         worker = create_worker(segment, layer.data[0] if layer.multiscale else layer.data, model,
                                self.threshold.value, self.min_size.value, self.tta.value,
@@ -384,8 +404,9 @@ class SegmentWidget(_Container):
                  "axis_labels": layer.axis_labels}
         for data, suffix, kind, style in (
                 (probs, "probability", "image", {"colormap": "magma", "blending": "additive",
-                                                 "contrast_limits": (0, 255), "opacity": 0.7}),
-                (labels, "instances", "labels", {"opacity": 0.5})):
+                                                 "contrast_limits": (0, 255), "opacity": 0.7,
+                                                 "metadata": {"mitoseg_kind": "probability"}}),
+                (labels, "instances", "labels", {"opacity": 0.5, "metadata": {"mitoseg_kind": "labels"}})):
             name = f"{layer.name} {suffix}"
             if name in self.viewer.layers:  # the image layer may have moved or been rescaled since
                 old = self.viewer.layers[name]
