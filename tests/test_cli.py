@@ -342,10 +342,18 @@ def test_an_interrupted_predict_or_label_names_what_resume_goes_on_from(tmp_path
                                             "(m.zarr.partial)"
     (tmp_path / "p.zarr.partial.members").mkdir()
     assert "(m.zarr.partial, p.zarr.partial.members)" in said("predict", out=p, mask=m)
-    assert said("label", out=p, table=table).endswith("(p.zarr)")  # the labels finished, the table not
-    assert said("label", out=p, table=table, overwrite=True) == "nothing was left half-written (no --resume needed)"
+    labels = tmp_path / "labels.zarr"
+    zarr.create_array(str(labels), shape=(2, 4, 4), dtype="uint32").attrs["kind"] = "labels"
+    assert said("label", input="m.zarr", out=labels, table=table).endswith("(labels.zarr)")  # the labels, no table
+    assert said("label", input="m.zarr", out=labels, table=table, overwrite=True) == "nothing was left half-written " \
+                                                                                     "(no --resume needed)"
+    # neither is what label writes: the input named as the output, a folder of something else (before: "left by an
+    # earlier run of this command")
+    assert said("label", input=str(labels), out=labels, table=table).startswith("nothing was left")
+    assert said("label", input="m.zarr", out=p, table=table).startswith("nothing was left")
     table.write_text("id\n")
-    assert said("label", out=p, table=table) == "nothing was left half-written (no --resume needed)"
+    assert said("label", input="m.zarr", out=labels, table=table) == "nothing was left half-written (no --resume " \
+                                                                    "needed)"
     # run again without --resume: refused in one line, as train and compare do (before: the finished blocks of the
     # mask and the members were deleted silently)
     capsys.readouterr()
@@ -353,6 +361,17 @@ def test_an_interrupted_predict_or_label_names_what_resume_goes_on_from(tmp_path
     assert capsys.readouterr().err == (f"mitoseg: error: {io.partial_path(m)}, {tmp_path / 'p.zarr.partial.members'}: "
                                        "left by an earlier run of this command; add --resume to go on from it, or "
                                        "--overwrite to start again\n")
+    # a run writing the output now is said first (before: "left by an earlier run", --resume advised)
+    holder = subprocess.Popen([sys.executable, "-c", "import sys, time; from mitoseg import io; "
+                               f"io.claim({str(p)!r}); print('held', flush=True); time.sleep(60)"],
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        assert main(["predict", "image.tif", "--model", "run", "--out", str(p), "--mask", str(m)]) == 2
+        assert f"p.zarr is being written by another mitoseg process (pid {holder.pid})" in capsys.readouterr().err
+    finally:
+        holder.kill()
+        holder.wait()
     # an error of a --resume names no finished part to --resume from (before: advised right after refusing it)
     from mitoseg import instances
 

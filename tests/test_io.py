@@ -844,6 +844,40 @@ def test_an_output_another_process_writes_is_refused(tmp_path):
     assert (tmp_path / "kept" / "l.zarr").is_dir()
 
 
+def test_a_lock_that_cannot_be_taken_is_said_of_the_output(tmp_path, monkeypatch):
+    """A file system that cannot lock (NFS without lockd: ENOLCK) refused every output as "being written by
+    another mitoseg process": it goes on unlocked; a folder nobody may write in is said of the output (before: of
+    its hidden lock file, by absolute path)."""
+    import errno
+    import fcntl
+
+    out = tmp_path / "p.zarr"
+
+    def no_locks(fd, op):
+        raise OSError(errno.ENOLCK, "No locks available")
+
+    with monkeypatch.context() as m:
+        m.setattr(fcntl, "flock", no_locks)
+        io.check_output(out, overwrite=False)
+    assert str(out.resolve()) not in io.CLAIMS and not list(tmp_path.glob(".*.lock"))
+
+    def refused(*a, **k):
+        raise PermissionError(errno.EACCES, "Permission denied")
+
+    with monkeypatch.context() as m:
+        m.setattr(io.os, "open", refused)
+        with pytest.raises(MitosegError, match=rf"p.zarr: cannot write in {tmp_path} \(Permission denied\)"):
+            io.check_output(out, overwrite=False)
+
+
+def test_remove_takes_a_link_not_what_it_links_to(tmp_path):
+    (tmp_path / "real").mkdir()
+    (tmp_path / "real" / "x").write_text("kept")
+    (tmp_path / "link").symlink_to(tmp_path / "real")
+    io.remove(tmp_path / "link")  # before: shutil.rmtree refused a link ("OSError" alone after train --overwrite)
+    assert not (tmp_path / "link").is_symlink() and (tmp_path / "real" / "x").read_text() == "kept"
+
+
 def test_the_current_folder_is_never_replaced(tmp_path, monkeypatch):
     """`train --out . --overwrite` in a run folder ended in a traceback (PosixPath('.') has an empty name; before
     that, the folder was emptied under the user's feet): one line now, for the folder and those above it."""

@@ -652,9 +652,20 @@ def _unfinished(a: argparse.Namespace) -> list[Path]:
     members = Path(str(io.partial_path(a.out)) + ".members")  # `predict.predict_mean`'s
     if a.command == "predict" and members.exists():
         left.append(members)
-    if a.command == "label" and a.table and not a.overwrite and Path(a.out).exists() and not Path(a.table).exists():
+    if a.command == "label" and a.table and not a.overwrite and Path(a.out).exists() and not Path(a.table).exists() \
+            and Path(a.out).resolve() != io.split_path(a.input)[0].resolve() and _labels(a.out):
         left.append(Path(a.out))
     return left
+
+
+def _labels(path: str) -> bool:
+    """Whether `path` is a mitoseg labels output (what `label` writes before its table)."""
+    from mitoseg import io
+
+    try:
+        return io.stated_kind(io.open_volume(path)) == "labels"
+    except MitosegError:  # not a volume: the command's own checks say what it is
+        return False
 
 
 def _terminate(signum: int, frame: Any) -> None:
@@ -672,7 +683,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.getLogger("tifffile").setLevel(logging.CRITICAL)  # its errors on corrupt files precede our one line
     # zarr's event loop, stopped by Ctrl-C inside a read or write, logs each of its pending tasks at exit (asyncio)
     logging.getLogger("asyncio").setLevel(logging.CRITICAL)
-    from mitoseg import memory
+    from mitoseg import io, memory
 
     memory.one_arena()  # before the work starts threads
     # SIGTERM (kill, a batch system's time limit) as Ctrl-C: the same cleanup (temporary folders, unfinished
@@ -683,6 +694,9 @@ def main(argv: list[str] | None = None) -> int:
     left = [] if getattr(args, "resume", False) or getattr(args, "overwrite", False) else _unfinished(args)
     try:
         if left:
+            for output in (args.out, getattr(args, "mask", None)):  # a run writing them now is said first
+                if output:
+                    io.claim(output)
             raise MitosegError(f"{', '.join(map(str, left))}: left by an earlier run of this command; add --resume to "
                                "go on from it, or --overwrite to start again")
         args.func(args)
@@ -699,8 +713,6 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         if terminated is not None:
             signal.signal(signal.SIGTERM, terminated)
-        from mitoseg import io
-
         for key in list(io.CLAIMS):  # the command is over: no lock file left beside its outputs
             io.release(key)
     # said once the exception and the work's frames are gone: a progress bar stopped midway is closed with them

@@ -13,6 +13,7 @@ Conventions:
 
 from __future__ import annotations
 
+import errno
 import functools
 import json
 import os
@@ -942,7 +943,8 @@ def claim(path: str | Path) -> None:
     other's unfinished blocks): an exclusive lock on a hidden file beside it (``.NAME.lock``, its folder made),
     held until `release` (`finish_output`, or an API function's error: `releasing`) or the process's end; beside
     the output, so processes with other temporary folders, or on other nodes of a shared file system that locks,
-    meet it too. Hand-written: nothing in the stack locks a Zarr output. POSIX (fcntl) only; elsewhere no lock."""
+    meet it too. Hand-written: nothing in the stack locks a Zarr output. POSIX (fcntl) only; elsewhere, and on file
+    systems that cannot lock, no lock. A folder it cannot write in is said of `path`."""
     key = str(Path(path).resolve())
     if key in CLAIMS:
         return
@@ -951,13 +953,20 @@ def claim(path: str | Path) -> None:
     except ImportError:
         return
     missing = [p for p in _lock_file(key).parents if not p.exists()]
-    _lock_file(key).parent.mkdir(parents=True, exist_ok=True)
+    try:
+        _lock_file(key).parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(_lock_file(key), os.O_RDWR | os.O_CREAT, 0o666)
+    except OSError as e:  # said of the output, not of its hidden lock file
+        raise MitosegError(f"{path}: cannot write in {Path(key).parent} ({e.strerror or e})") from None
     if missing:
         MADE[key] = missing[-1]
-    fd = os.open(_lock_file(key), os.O_RDWR | os.O_CREAT, 0o666)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError:
+    except OSError as e:
+        if e.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):  # a file system that cannot lock (NFS
+            os.close(fd)  # without lockd: ENOLCK; some FUSE mounts): no lock, as where fcntl is missing
+            _lock_file(key).unlink(missing_ok=True)
+            return
         pid = os.read(fd, 16).decode(errors="replace").strip()
         os.close(fd)
         raise MitosegError(f"{path} is being written by another mitoseg process{f' (pid {pid})' if pid else ''}: "
