@@ -5,7 +5,7 @@ import pytest
 import scipy.ndimage as ndi
 import zarr
 
-from mitoseg import metrics
+from mitoseg import io, metrics
 from mitoseg.errors import MitosegError
 from mitoseg.metrics import Counts, confusion, confusion_blockwise, error_places, jaccard, match_instances, scores
 
@@ -317,6 +317,19 @@ def test_evaluate_scores_a_partial_annotation_on_its_annotated_voxels(droso_crop
     whole = metrics.evaluate(tmp_path / "pred.npy", tmp_path / "partial.tif", unlabeled=99, label_threshold=0,
                              progress=False)
     assert whole["tp"] == got["tp"]  # an explicit label threshold: the same
+
+
+def test_a_truth_annotated_on_slices_the_subsample_skips_finds_its_two_values(droso_crop):
+    """`evaluate --unlabeled` looked for the two classes in a strided subsample (every 3rd slice here): a truth
+    annotated on slices 1 and 5 alone was refused ("one value besides --unlabeled", having seen none)."""
+    _, mask = droso_crop
+    truth = np.full((20, 1024, 1024), 128, np.uint8)  # 21 M voxels: the subsample takes every 3rd slice
+    truth[[1, 5], :mask.shape[1], :mask.shape[2]] = mask[:2] * 255
+    assert set(io.sampled_values(truth)) == {128}
+    assert metrics._annotated_threshold(truth, 128, None) == 0.0
+    truth[[1, 5]] = 128
+    with pytest.raises(MitosegError, match="hold no value besides --unlabeled 128"):
+        metrics._annotated_threshold(truth, 128, None)
 
 
 def test_evaluate_objects_counts_missed_and_false_objects(droso_crop, tmp_path, capsys):

@@ -734,6 +734,13 @@ def sampled_values(volume: Any, max_samples: int = 2_000_000) -> np.ndarray:
     return np.unique(np.asarray(volume[(slice(None, None, step),) * len(volume.shape)]))
 
 
+def all_values(volume: Any, voxels: int = 2**24) -> np.ndarray:
+    """The sorted distinct values of the whole `volume` (Z, Y, X), read in slabs of about `voxels`."""
+    depth = max(1, voxels // max(1, int(np.prod(volume.shape[1:]))))
+    found = [np.unique(np.asarray(volume[z:z + depth])) for z in range(0, volume.shape[0], depth)]
+    return np.unique(np.concatenate(found)) if found else np.array([])
+
+
 def refuse_many(values: np.ndarray, name: str) -> None:
     """MitosegError when the sorted distinct label `values` are more than two."""
     if values.size > 2:

@@ -232,17 +232,22 @@ def block_confusion(block: tuple[slice, ...], job: dict) -> Counts:
 
 def _annotated_threshold(truth: Any, unlabeled: float, label_threshold: float | None) -> float:
     """The label threshold of a partly annotated truth: `label_threshold`, else the lower of the two values its
-    annotated voxels hold (in a subsample; as `io.load_pair` reads labels for training)."""
+    annotated voxels hold (as `io.load_pair` reads labels for training): in a subsample, else in the whole truth
+    (annotation on a few slices, which the subsample may skip)."""
     from mitoseg import io
 
     if label_threshold is not None:
         return label_threshold
     values = io.sampled_values(truth)
     annotated = values[values != unlabeled]
+    if annotated.size < 2:
+        values = io.all_values(truth)
+        annotated = values[values != unlabeled]
     io.refuse_many(annotated, "the truth's annotated labels")
     if annotated.size < 2:
-        raise MitosegError(f"the truth's annotated voxels hold one value besides --unlabeled {unlabeled:g}: give "
-                           "--label-threshold (foreground: label > it) to say which class they are")
+        raise MitosegError(f"the truth's annotated voxels hold {'one value' if annotated.size else 'no value'} "
+                           f"besides --unlabeled {unlabeled:g}: give --label-threshold (foreground: label > it) to "
+                           "say which class they are")
     return float(annotated[0])
 
 
