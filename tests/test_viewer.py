@@ -282,3 +282,5 @@ def test_a_given_voxel_size_scales_an_images_labels_as_the_image(tmp_path, lucch
     layers = layer_data(tmp_path / "im.ome.zarr", (5.0, 5.0, 5.0))
     assert [(meta["name"], meta["scale"], meta["units"]) for _, meta, _ in layers] == [
         ("im", (5.0, 5.0, 5.0), "nm"), ("mito", (5.0, 5.0, 5.0), "nm")]
+    shutil.rmtree(tmp_path / "im.ome.zarr" / "labels" / "mito")  # deleted by hand, still listed: the image opens
+    assert [meta["name"] for _, meta, _ in layer_data(tmp_path / "im.ome.zarr")] == ["im"]

@@ -151,13 +151,16 @@ def report_layers(folder: str | Path) -> list[LayerData]:
 
 def image_labels(path: str | Path) -> list[Path]:
     """The NGFF image-labels of an OME-Zarr image (``<image>/labels/<name>``, as listed in
-    ``<image>/labels``), in their listed order; [] when it has none."""
+    ``<image>/labels``), in their listed order; [] when it has none. One listed but gone is left out, and said."""
     path = Path(path)
     labels = _open_group(path / "labels") if _ome_group(path) is not None else None
     if labels is None:
         return []
     attrs = dict(labels.attrs)
-    return [path / "labels" / n for n in (attrs.get("ome") or attrs).get("labels", [])]
+    listed = [path / "labels" / n for n in (attrs.get("ome") or attrs).get("labels", [])]
+    for gone in (p for p in listed if not p.exists()):
+        print(f"note: {gone} is listed among the image's labels but is not there: left out", file=sys.stderr)
+    return [p for p in listed if p.exists()]
 
 
 def _open_group(path: Path) -> Any | None:
