@@ -1,6 +1,8 @@
 """Dask cluster execution: a LocalCluster of two worker processes gives the single-process outputs exactly."""
 
 import json
+import re
+import signal
 
 import cc3d
 import numpy as np
@@ -209,9 +211,12 @@ def test_schedulers_and_workers_that_cannot_serve_are_one_line(dask_client, tmp_
     the run waited for ever), workers that keep dying on a block (before: a KilledWorker traceback), and a file a
     worker cannot find (said as the worker's)."""
     (tmp_path / "broken.json").write_text(json.dumps({"garbage": 1}))
+    (tmp_path / "image.tif").write_bytes(b"II*\x00")
     for where, words in [(tmp_path / "nosuch.json", "no such scheduler file"),
-                         (tmp_path / "broken.json", "cannot reach the Dask scheduler at the scheduler file")]:
-        with pytest.raises(MitosegError, match=words):
+                         (tmp_path / "broken.json", "broken.json is not a Dask scheduler file"),
+                         (tmp_path / "image.tif", "image.tif is not a Dask scheduler file"),  # was "(AssertionError: )"
+                         ("tls://127.0.0.1:1", "cannot reach the Dask scheduler at tls://127.0.0.1:1 (TypeError")]:
+        with pytest.raises(MitosegError, match=re.escape(words)):  # tls://: a traceback before
             cluster.client(str(where))
 
     class Workers:  # what `client.run` of the version check gives back
@@ -224,6 +229,10 @@ def test_schedulers_and_workers_that_cannot_serve_are_one_line(dask_client, tmp_
             return self.answer
 
     cluster.check_workers(dask_client)  # the test cluster's workers run this mitoseg
+    # Ctrl-C in a terminal reaches the LocalCluster's processes too: each printed a traceback; they ignore it
+    ignored = dask_client.run(lambda: int(next(line for line in open("/proc/self/status")
+                                               if line.startswith("SigIgn:")).split()[1], 16))
+    assert ignored and all(mask & (1 << (signal.SIGINT - 1)) for mask in ignored.values())
     for answer, words in [(ModuleNotFoundError("No module named 'mitoseg'"), "workers cannot run mitoseg"),
                           ({"tcp://w1": "0.0.1"}, "workers run mitoseg 0.0.1, this client")]:
         with pytest.raises(MitosegError, match=words):

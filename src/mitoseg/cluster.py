@@ -16,6 +16,7 @@ with the same number of torch threads; see docs/cluster.md).
 
 from __future__ import annotations
 
+import signal
 import threading
 import uuid
 from collections.abc import Sequence
@@ -41,8 +42,9 @@ def client(address: str | None = None, workers: int = 2, threads_per_worker: int
     """A `distributed.Client`: connected to the scheduler at `address` (``tcp://host:8786``) or described
     by `scheduler_file` (the JSON file ``dask scheduler --scheduler-file`` writes; an `address` naming an
     existing file is taken as one), or else to a new LocalCluster of `workers` processes with
-    `threads_per_worker` threads each and no dashboard. Use it as a context manager: closing the client
-    also stops a LocalCluster it started."""
+    `threads_per_worker` threads each, its HTTP server on a free port (the default 8787 may be another cluster's), its
+    workers deaf to Ctrl-C (a terminal sends it to them too: each printed a traceback; closing the client stops
+    them). Use it as a context manager: closing the client also stops a LocalCluster it started."""
     from distributed import Client
 
     if address and "://" not in address and (Path(address).is_file() or address.endswith(".json")):
@@ -57,7 +59,12 @@ def client(address: str | None = None, workers: int = 2, threads_per_worker: int
                 connected = Client(address, timeout="30s")
             else:
                 connected = Client(scheduler_file=str(scheduler_file), timeout="30s")
-        except (OSError, TimeoutError, ValueError, KeyError, AssertionError) as e:  # the last two: a broken file
+        except (KeyError, AssertionError, ValueError) as e:  # a file of something else, or a broken address
+            if scheduler_file:
+                raise MitosegError(f"{scheduler_file} is not a Dask scheduler file (the JSON that `dask scheduler "
+                                   "--scheduler-file` writes)") from None
+            raise MitosegError(f"cannot reach the Dask scheduler at {where} ({type(e).__name__}: {e})") from None
+        except (OSError, TimeoutError, TypeError) as e:  # TypeError: tls:// without Dask's TLS settings
             raise MitosegError(f"cannot reach the Dask scheduler at {where} ({type(e).__name__}: {e})") from None
         try:
             check_workers(connected)
@@ -65,8 +72,14 @@ def client(address: str | None = None, workers: int = 2, threads_per_worker: int
             connected.close()
             raise
         return connected
-    return Client(n_workers=workers, threads_per_worker=threads_per_worker, processes=True,
-                  dashboard_address=None, memory_limit=memory_limit)
+    main = threading.current_thread() is threading.main_thread()
+    before = signal.signal(signal.SIGINT, signal.SIG_IGN) if main else None  # the workers inherit it
+    try:
+        return Client(n_workers=workers, threads_per_worker=threads_per_worker, processes=True,
+                      dashboard_address=":0", memory_limit=memory_limit)
+    finally:
+        if main:
+            signal.signal(signal.SIGINT, before)
 
 
 def check_workers(client) -> None:
