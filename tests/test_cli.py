@@ -369,6 +369,12 @@ def test_an_interrupted_predict_or_label_names_what_resume_goes_on_from(tmp_path
         assert holder.stdout.readline().strip() == "held"
         assert main(["predict", "image.tif", "--model", "run", "--out", str(p), "--mask", str(m)]) == 2
         assert f"p.zarr is being written by another mitoseg process (pid {holder.pid})" in capsys.readouterr().err
+        np.save(tmp_path / "mask.npy", np.eye(8, dtype=np.uint8)[None].repeat(4, axis=0))
+        io.partial_path(p).mkdir()  # the other process's: not said to be this one's to --resume from
+        assert main(["label", str(tmp_path / "mask.npy"), "--out", str(p), "--overwrite"]) == 2
+        assert capsys.readouterr().err == (f"mitoseg: error: {p} is being written by another mitoseg process (pid "
+                                           f"{holder.pid}): wait for it to end, or stop it first\n")
+        io.partial_path(p).rmdir()
     finally:
         holder.kill()
         holder.wait()

@@ -139,7 +139,12 @@ def test_3d_package_of_an_anisotropic_stack(tmp_path, droso_crop):
                                    [0, 0, 0])
     assert [(a.unit, a.scale) for a in unstated.inputs[0].axes[2:]] == [(None, 1.0)] * 3
     assert [(a.unit, a.scale) for a in unstated.outputs[0].axes[2:]] == [(None, 1.0)] * 3
-    assert "voxel size not stated by its training data" in unstated.description
+    size = " x ".join(f"{v:g}" for v in cfg.voxel_size)
+    assert f"(voxels of a size its training data did not state; encoder strides planned for {size} nm)" in \
+        unstated.description  # a 3D run (before: brackets inside brackets, then a "(Z, Y, X)" of nothing)
+    flat = dataclasses.replace(cfg, voxel_size_stated=False, dims=2)
+    assert "2D, voxels of a size its training data did not state; every spatial size" in export._readme(
+        run, flat, None, [0, 0]) and "strides" not in export.voxel_words(flat)
 
 
 def test_export_mistakes_are_one_line(tmp_path, ca1_run, lucchi_crop, capsys, monkeypatch):

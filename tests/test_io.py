@@ -844,6 +844,24 @@ def test_an_output_another_process_writes_is_refused(tmp_path):
     assert (tmp_path / "kept" / "l.zarr").is_dir()
 
 
+def test_an_image_labels_lock_is_not_made_inside_the_image(tmp_path):
+    """`predict --out p.ome.zarr --mask p.ome.zarr/labels/mask` was refused ("p.ome.zarr already exists"): the mask's
+    lock made p.ome.zarr/labels/ before the image was written, and every retry met that folder."""
+    from mitoseg import instances
+
+    label = tmp_path / "im.ome.zarr" / "labels" / "mito"
+    io.claim(label)
+    assert not (tmp_path / "im.ome.zarr").exists() and (tmp_path / ".im.ome.zarr.labels.mito.lock").is_file()
+    io.release(label)
+    np.save(tmp_path / "mask.npy", np.eye(8, dtype=np.uint8)[None].repeat(4, axis=0))
+    with pytest.raises(MitosegError):  # its image first
+        instances.label_volume(tmp_path / "mask.npy", label, voxel_size=(5, 5, 5), progress=False)
+    assert not (tmp_path / "im.ome.zarr").exists()
+    instances.label_volume(tmp_path / "mask.npy", tmp_path / "im.ome.zarr", voxel_size=(5, 5, 5), progress=False)
+    instances.label_volume(tmp_path / "mask.npy", label, progress=False)
+    assert io.open_volume(label).shape == (4, 8, 8) and not list(tmp_path.glob(".*.lock"))
+
+
 def test_a_lock_that_cannot_be_taken_is_said_of_the_output(tmp_path, monkeypatch):
     """A file system that cannot lock (NFS without lockd: ENOLCK) refused every output as "being written by
     another mitoseg process": it goes on unlocked; a folder nobody may write in is said of the output (before: of

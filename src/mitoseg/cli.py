@@ -473,7 +473,7 @@ def parser() -> argparse.ArgumentParser:
                         "microscope's contrast, brightness and gamma (assumes similar tissue, no large empty areas)")
     r.add_argument("--voxel-size", type=arg("voxel_size"), nargs=3, metavar=("Z", "Y", "X"),
                    help="voxel size in nm recorded with the outputs (default: the one the image states, OME-Zarr or "
-                        "ImageJ TIFF, else the run's)")
+                        "ImageJ TIFF, else the run's when its training data stated one, else none)")
     r.add_argument("--device", help="auto (default: CUDA, then Apple MPS, then CPU), cpu, cuda, cuda:1, mps")
     r.add_argument("--fp32", action="store_true", help=FP32_HELP)
     r.add_argument("--resume", action="store_true", help="skip blocks an interrupted run finished")
@@ -630,10 +630,12 @@ def _after_interrupt(a: argparse.Namespace) -> str:
     return "nothing was left half-written (no --resume needed)"
 
 
-def _kept(a: argparse.Namespace) -> str:
-    """What an error leaves behind that the user should know of: the finished part of a block output (not said
-    when --resume was given: the error is about resuming it)."""
-    left = [] if getattr(a, "resume", False) else _unfinished(a)
+def _kept(a: argparse.Namespace, mine: set[str]) -> str:
+    """What an error leaves behind that the user should know of: the finished part of a block output, when this
+    process wrote it (its output among the `io.claim`s it took, `mine`: not another process's unfinished output
+    that refused it), and not when --resume was given (the error is about resuming it)."""
+    ours = getattr(a, "out", None) is not None and str(Path(a.out).resolve()) in mine
+    left = _unfinished(a) if ours and not getattr(a, "resume", False) else []
     if left:
         return (f"; what was finished is kept ({', '.join(str(p) for p in left)}): after fixing the cause, the same "
                 "command with --resume goes on from it")
@@ -690,9 +692,11 @@ def main(argv: list[str] | None = None) -> int:
     # files) and the same one line; the previous handler is put back for a caller that goes on (tests)
     terminated = signal.signal(signal.SIGTERM, _terminate) if threading.current_thread() is threading.main_thread() \
         else None
-    # as train and compare: an earlier run's finished work is never discarded silently
-    left = [] if getattr(args, "resume", False) or getattr(args, "overwrite", False) else _unfinished(args)
+    left: list[Path] = []
+    taken = set(io.TAKEN)
     try:
+        # as train and compare: an earlier run's finished work is never discarded silently
+        left = [] if getattr(args, "resume", False) or getattr(args, "overwrite", False) else _unfinished(args)
         if left:
             for output in (args.out, getattr(args, "mask", None)):  # a run writing them now is said first
                 if output:
@@ -713,11 +717,12 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         if terminated is not None:
             signal.signal(signal.SIGTERM, terminated)
+        mine = io.TAKEN - taken  # what this command claimed, released or not
         for key in list(io.CLAIMS):  # the command is over: no lock file left beside its outputs
             io.release(key)
     # said once the exception and the work's frames are gone: a progress bar stopped midway is closed with them
     # and ends its line, so this line starts its own
-    print(said + ("" if status == 130 or left else _kept(args)), file=sys.stderr)
+    print(said + ("" if status == 130 or left else _kept(args, mine)), file=sys.stderr)
     return status
 
 

@@ -255,10 +255,13 @@ def _after(chosen: dict | None) -> str:
 
 
 def voxel_words(config: Config) -> str:
-    """The run's voxel size in words: "5 x 5 x 5 nm voxels", or that its training data stated none."""
+    """The run's voxel size (Z, Y, X) in words: "5 x 5 x 5 nm voxels (Z, Y, X)", or that its training data stated
+    none (and, for a 3D model, the size its encoder strides were planned for)."""
     size = " x ".join(f"{v:g}" for v in config.voxel_size)
-    return f"{size} nm voxels" if config.voxel_size_stated else \
-        f"voxel size not stated by its training data (encoder strides planned for {size} nm)"
+    if config.voxel_size_stated:
+        return f"{size} nm voxels (Z, Y, X)"
+    return "voxels of a size its training data did not state" + (
+        f"; encoder strides planned for {size} nm" if config.dims == 3 else "")
 
 
 def _description(config: Config, folder: Path, chosen: dict | None, halo: Sequence[int], license: str = LICENSE,
@@ -363,7 +366,7 @@ def _readme(run: str | Path, config: Config, chosen: dict | None, halo: Sequence
 
 Exported by mitoseg {__version__} from the training run `{Path(run).name}`.
 
-Input: one EM channel, {config.dims}D, {voxel_words(config)} (Z, Y, X); every spatial size must
+Input: one EM channel, {config.dims}D, {voxel_words(config)}; every spatial size must
 be a multiple of {divisors(config)} voxels, at least {least_sizes(config, halo)}. Predicting block by block,
 pad each block by the output's halo
 ({", ".join(f"{h} voxels in {a}" for h, a in zip(halo, "zyx"[-config.dims:], strict=True))}) and crop it

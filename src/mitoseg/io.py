@@ -13,6 +13,7 @@ Conventions:
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import functools
 import json
@@ -943,6 +944,7 @@ def check_place(path: str | Path, kind: str | None = None, inputs: tuple = ()) -
 
 CLAIMS: dict[str, int] = {}  # output path -> the lock file's descriptor, held while this process writes it
 MADE: dict[str, Path] = {}  # output path -> the outermost folder `claim` made for its lock file
+TAKEN: set[str] = set()  # every output path this process has claimed (the command line's `_kept` asks)
 
 
 def claim(path: str | Path) -> None:
@@ -958,13 +960,18 @@ def claim(path: str | Path) -> None:
     try:
         import fcntl
     except ImportError:
+        TAKEN.add(key)
         return
-    missing = [p for p in _lock_file(key).parents if not p.exists()]
+    lock = _lock_file(key)
+    missing = [p for p in lock.parents if not p.exists()]
     try:
-        _lock_file(key).parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(_lock_file(key), os.O_RDWR | os.O_CREAT, 0o666)
+        lock.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o666)
+        except PermissionError:  # another user's, left by a killed run: a lock needs no writing
+            fd = os.open(lock, os.O_RDONLY)
     except OSError as e:  # said of the output, not of its hidden lock file
-        raise MitosegError(f"{path}: cannot write in {Path(key).parent} ({e.strerror or e})") from None
+        raise MitosegError(f"{path}: cannot write in {lock.parent} ({e.strerror or e})") from None
     if missing:
         MADE[key] = missing[-1]
     try:
@@ -972,15 +979,18 @@ def claim(path: str | Path) -> None:
     except OSError as e:
         if e.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):  # a file system that cannot lock (NFS
             os.close(fd)  # without lockd: ENOLCK; some FUSE mounts): no lock, as where fcntl is missing
-            _lock_file(key).unlink(missing_ok=True)
+            lock.unlink(missing_ok=True)
+            TAKEN.add(key)
             return
         pid = os.read(fd, 16).decode(errors="replace").strip()
         os.close(fd)
         raise MitosegError(f"{path} is being written by another mitoseg process{f' (pid {pid})' if pid else ''}: "
                            "wait for it to end, or stop it first") from None
-    os.ftruncate(fd, 0)
-    os.write(fd, str(os.getpid()).encode())
+    with contextlib.suppress(OSError):  # the pid, for the message above; not on another user's file
+        os.ftruncate(fd, 0)
+        os.write(fd, str(os.getpid()).encode())
     CLAIMS[key] = fd
+    TAKEN.add(key)
 
 
 def releasing(func: Callable) -> Callable:
@@ -1005,7 +1015,8 @@ def release(path: str | Path) -> None:
     key = str(Path(path).resolve())
     fd = CLAIMS.pop(key, None)
     if fd is not None:
-        _lock_file(key).unlink(missing_ok=True)
+        with contextlib.suppress(OSError):  # another user's file in a folder of theirs: left
+            _lock_file(key).unlink(missing_ok=True)
         os.close(fd)
     made = MADE.pop(key, None)
     for folder in [_lock_file(key).parent, *_lock_file(key).parent.parents] if made else []:
@@ -1018,7 +1029,11 @@ def release(path: str | Path) -> None:
 
 
 def _lock_file(key: str) -> Path:
-    """The lock file of an output's resolved path `key`: hidden, beside it."""
+    """The lock file of an output's resolved path `key`: hidden, beside it; an image-label's beside its image (made
+    inside an image not yet written, its labels/ folder would stand where the image goes)."""
+    image = omezarr.label_of(key)
+    if image is not None:
+        return image.with_name(f".{image.name}.labels.{Path(key).name}.lock")
     return Path(key).with_name(f".{Path(key).name}.lock")
 
 
