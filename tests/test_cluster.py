@@ -242,12 +242,26 @@ def test_schedulers_and_workers_that_cannot_serve_are_one_line(dask_client, tmp_
 
     with pytest.raises(MitosegError, match="Dask workers died running a block .*smaller --block"):
         blocks.run(_dies, [1, 2], {}, dask_client)
+    # the scheduler gone midway (its job's time limit) cancels every task: one line (before: a traceback, status 1)
+    import threading
+
+    futures = dask_client.map(_sleeps, [1, 2], pure=False)
+    threading.Timer(0.5, dask_client.cancel, [futures]).start()
+    with pytest.raises(MitosegError, match="the Dask scheduler stopped answering"):
+        blocks.wait(futures)
     with pytest.raises(MitosegError, match=r"No such file or directory: .*nowhere.tif \(on a Dask worker, which must"):
         blocks.run(_reads, [1], {"path": str(tmp_path / "nowhere.tif")}, dask_client)
 
 
 def _reads(item, job):
     open(job["path"], "rb")
+
+
+def _sleeps(item):
+    import time
+
+    time.sleep(4)
+    return item
 
 
 def _dies(item, job):

@@ -14,6 +14,7 @@ pyramid and NGFF metadata added by `finish`, see `mitoseg.omezarr`); one named
 from __future__ import annotations
 
 import itertools
+import uuid
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -74,6 +75,7 @@ class Output:
     array: Any
     done: Path
     pyramid: tuple | None = None  # OME-Zarr: (voxel size, nearest, name, origin) of the pyramid `finish` builds
+    run: str = ""  # which run writes it (attribute "run"): a stopped run's late block is not written (`write`)
 
     def todo(self, blocks: Iterable[Block]) -> list[Block]:
         """The blocks not yet marked as written."""
@@ -84,18 +86,22 @@ class Output:
         io.block_marker(self.done, block).touch()
 
     def write(self, block: Block, data: Any) -> None:
-        """Write one block's data, then mark it."""
+        """Write one block's data, then mark it; nothing when the output is another run's now (a block a Dask worker
+        went on computing after its run was stopped, and the output was started or resumed since)."""
+        if self.array.attrs.get("run") != self.run:
+            return
         self.array[block] = data
         self.mark(block)
 
     @classmethod
-    def reopen(cls, path: str | Path) -> Output:
-        """The output being written at `path` (by `open_output`), opened again, e.g. in a Dask worker."""
+    def reopen(cls, path: str | Path, run: str) -> Output:
+        """The output being written at `path` by the run `run` (`open_output`), opened again, e.g. in a Dask
+        worker (its attributes read now, as `write` checks them)."""
         import zarr
 
         tmp = io.partial_path(path)
         array = zarr.open_array(str(tmp / "0" if omezarr.is_ome_output(path) else tmp), mode="r+").with_config(WRITE)
-        return cls(Path(path), omezarr.space_view(array), Path(str(tmp) + ".done"))
+        return cls(Path(path), omezarr.space_view(array), Path(str(tmp) + ".done"), run=run)
 
 
 def open_output(path: str | Path, shape: Sequence[int], dtype: Any, block: Sequence[int], settings: dict,
@@ -113,6 +119,7 @@ def open_output(path: str | Path, shape: Sequence[int], dtype: Any, block: Seque
     tmp = io.partial_path(path)
     attrs = dict(attrs or {})
     pyramid, image = None, None
+    run = uuid.uuid4().hex
     if omezarr.is_ome_output(path):  # an NGFF image group: level 0 here, the pyramid when finished
         voxel = tuple(float(v) for v in attrs["voxel_size"]) if attrs.get("voxel_size") else None  # None: voxels
         name = attrs.get("kind", "image")
@@ -135,15 +142,16 @@ def open_output(path: str | Path, shape: Sequence[int], dtype: Any, block: Seque
         if diff:
             raise MitosegError(f"{tmp} was written with other settings ({'; '.join(diff)}): resume with the "
                                "same settings, or start again with --overwrite")
-        return Output(path, array, io.done_dir(path, resume=True), pyramid)
+        array.attrs["run"] = run
+        return Output(path, array, io.done_dir(path, resume=True), pyramid, run)
     io.remove(tmp)
     if pyramid:
         array = omezarr.create_level0(tmp, shape, dtype, block, image, zarr_format)
     else:
         array = zarr.create_array(str(tmp), shape=shape, dtype=dtype, fill_value=0, config=WRITE,
                                   zarr_format=zarr_format, **storage(block, zarr_format))
-    array.attrs.update(io.jsonable(dict(attrs, settings=settings)))
-    return Output(path, array, io.done_dir(path, resume=False), pyramid)
+    array.attrs.update(io.jsonable(dict(attrs, settings=settings, run=run)))
+    return Output(path, array, io.done_dir(path, resume=False), pyramid, run)
 
 
 def _record(settings: dict, shape: Sequence[int], dtype: Any, block: Sequence[int]) -> dict:
@@ -208,7 +216,10 @@ def run(task: Callable, items: Sequence, job: dict | None = None, client: Any = 
 def wait(futures: list, desc: str = "", progress: bool = False) -> list:
     """Results of Dask `futures`, in their order, with a progress bar as they complete; on any error (or
     Ctrl-C) the remaining tasks are cancelled and the error is raised here."""
+    from concurrent.futures import CancelledError
+
     from distributed import as_completed
+    from distributed.comm.core import CommClosedError
     from distributed.scheduler import KilledWorker
     from tqdm.auto import tqdm
 
@@ -225,6 +236,8 @@ def wait(futures: list, desc: str = "", progress: bool = False) -> list:
         if isinstance(e, KilledWorker):
             raise MitosegError(f"Dask workers died running a block ({e}); often out of memory: give the workers more "
                                "memory or use a smaller --block") from None
+        if isinstance(e, CancelledError | CommClosedError):  # the scheduler gone: its job's time limit, a crash
+            raise MitosegError(f"the Dask scheduler stopped answering ({type(e).__name__}: {e})") from None
         if isinstance(e, MitosegError | OSError):  # a task's: where the worker looked may not be where you did
             said = f"{e.strerror}: {e.filename}" if isinstance(e, OSError) and e.strerror and e.filename else str(e)
             raise MitosegError(f"{said} (on a Dask worker, which must see the same files at the same paths: "

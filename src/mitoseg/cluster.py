@@ -166,7 +166,7 @@ def _predict_task(block: Block, job: dict) -> None:
     net, config = _worker_model(job["model"], job["stamp"], device, s.planes)
     p = predict.blend_block(net, _open_input(job["image"]), block, s.tile, s.overlap, s.window, device, config.dims,
                             s.batch_size, s.tta, s.amp)  # encoded where it lies: a GPU copies back uint8
-    outputs = [blocks.Output.reopen(path) for path in job["outputs"]]
+    outputs = [blocks.Output.reopen(path, run) for path, run in job["outputs"]]
     predict.write_block(outputs, block, predict.encode_block(p, s, mask=len(outputs) > 1))
 
 
@@ -198,7 +198,7 @@ def _relabel_task(item: tuple[Block, np.ndarray], job: dict) -> None:
     block, table = item
     labels = instances.relabel_block(_blurred(job["spec"], job["z_sigma"])[block], table, job["connectivity"],
                                      job["threshold"])
-    blocks.Output.reopen(job["output"]).write(block, labels)
+    blocks.Output.reopen(job["output"], job["run"]).write(block, labels)
 
 
 def _statistics_task(block: Block, job: dict) -> tuple:
@@ -283,7 +283,7 @@ def predict_volume_dask(client: Any, model_path: str | Path, image_spec: str | P
     del net
     todo = outputs[0].todo(blocks.grid(shape, settings.block))
     job = dict(model=model, stamp=_stamp(Path(model)), device=device, image=image, settings=settings,
-               outputs=[str(o.path.absolute()) for o in outputs], torch_threads=torch_threads)
+               outputs=[(str(o.path.absolute()), o.run) for o in outputs], torch_threads=torch_threads)
     blocks.run(_predict_task, todo, job, client, f"predict {Path(out).name}", progress)
     blocks.finish(*outputs, overwrite=overwrite)
     return Path(out)
@@ -345,7 +345,7 @@ def label_dask(client: Any, mask_spec: str | Path, out: str | Path, *, block: Se
     items = [(sl, instances.block_table(lookup, o, n)) for sl, o, n in zip(grid, offsets, counts, strict=True)
              if tuple(s.start for s in sl) in todo]  # each task gets its own block's table
     job = dict(spec=spec, connectivity=connectivity, threshold=threshold, z_sigma=z_sigma,
-               output=str(output.path.absolute()))
+               output=str(output.path.absolute()), run=output.run)
     blocks.run(_relabel_task, items, job, client, "label pass 2/2", progress)
     output.array.attrs["objects"] = int(n_objects)
     blocks.finish(output, overwrite=overwrite)

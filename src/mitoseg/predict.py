@@ -759,7 +759,7 @@ def write_mask(probs: str | Path, out: str | Path, pp: postprocess.PostProcessin
                                 dict(attrs, kind="mask", threshold=pp.threshold, z_sigma=pp.z_sigma),
                                 resume, overwrite)
     job = {"probs": str(Path(probs).absolute()), "out": str(Path(out).absolute()), "z_sigma": pp.z_sigma,
-           "threshold": pp.threshold}
+           "threshold": pp.threshold, "run": output.run}
     blocks.run(_mask_task, output.todo(blocks.grid(shape, block)), job, client, f"mask {Path(out).name}", progress)
     blocks.finish(output, overwrite=overwrite)
     return Path(out)
@@ -768,7 +768,7 @@ def write_mask(probs: str | Path, out: str | Path, pp: postprocess.PostProcessin
 def _mask_task(block: blocks.Block, job: dict) -> None:
     """One block of `write_mask`'s mask, written into its output (in this process or on a Dask worker)."""
     blurred = postprocess.ZSmoothed(io.open_volume(job["probs"]), job["z_sigma"])
-    blocks.Output.reopen(job["out"]).write(block, postprocess.apply(blurred[block],
+    blocks.Output.reopen(job["out"], job["run"]).write(block, postprocess.apply(blurred[block],
                                                                     postprocess.PostProcessing(job["threshold"])))
 
 
