@@ -682,6 +682,14 @@ def test_an_output_that_is_a_link_is_replaced_and_its_target_kept(runs, capsys, 
     bad(label[1:] + [str(tmp_path / "x.zarr")], capsys, "mitoseg: error: a library's own words")
 
 
+def test_workers_without_a_local_cluster_are_refused(runs, capsys, tmp_path):
+    """`--workers 8` without `--scheduler local` was ignored in silence (one process ran, or the cluster's own)."""
+    label = ["label", str(runs / "test_gt.tif"), "--out", str(tmp_path / "l.zarr"), "--workers", "8"]
+    bad(label, capsys, "--workers sets the processes of --scheduler local; without it everything runs in this")
+    bad([*label, "--dask-address", "tcp://127.0.0.1:1"], capsys, "a running cluster (--dask-address) has its own")
+    assert not (tmp_path / "l.zarr").exists()
+
+
 def test_label_on_a_local_dask_cluster_equals_single_process(runs, capsys):
     d = runs
     common = ["--quiet", "label", str(d / "test_gt.tif"), "--block", "3", "50", "70"]

@@ -137,6 +137,8 @@ def open_output(path: str | Path, shape: Sequence[int], dtype: Any, block: Seque
         array = zarr.open_array(str(tmp / "0" if pyramid else tmp), mode="r+").with_config(WRITE)
         array = omezarr.space_view(array)
         diff = _differences(dict(array.attrs.get("settings", {})), settings)
+        diff += [f"{key.replace('_', ' ')} {array.attrs.get(key)} then, {io.jsonable(attrs.get(key))} now"
+                 for key in ("voxel_size", "origin") if array.attrs.get(key) != io.jsonable(attrs.get(key))]
         if image is None and array.metadata.zarr_format != zarr_format:
             diff.append(f"Zarr format {array.metadata.zarr_format} then, {zarr_format} now")
         if diff:

@@ -95,6 +95,10 @@ def cmd_convert(a: argparse.Namespace) -> None:
 
 def _client(a: argparse.Namespace):
     """A Dask client for --scheduler local or --dask-address, else a context holding None (this process)."""
+    if a.workers is not None and a.scheduler != "local":  # before: ignored in silence
+        raise MitosegError("--workers sets the processes of --scheduler local"
+                           + (": a running cluster (--dask-address) has its own" if a.dask_address else
+                              "; without it everything runs in this process"))
     if not (a.dask_address or a.scheduler == "local"):
         return contextlib.nullcontext(None)
     from mitoseg import cluster
@@ -102,7 +106,7 @@ def _client(a: argparse.Namespace):
     if a.dask_address and a.scheduler == "local":
         raise MitosegError("--dask-address uses a running cluster, --scheduler local starts one: give one of them")
 
-    client = cluster.client(a.dask_address, workers=a.workers)
+    client = cluster.client(a.dask_address, workers=a.workers or 2)
     if not a.quiet:  # where the blocks will run (a scheduler without workers is said by cluster.client)
         print(cluster.scheduler_info(client))
     return client
@@ -357,7 +361,7 @@ def _dask_options(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("Dask cluster (docs/cluster.md)")
     g.add_argument("--scheduler", choices=("single", "local"), default="single",
                    help="single: this process (default); local: a Dask LocalCluster of --workers processes")
-    g.add_argument("--workers", type=arg("workers"), default=2, help="worker processes of --scheduler local")
+    g.add_argument("--workers", type=arg("workers"), help="worker processes of --scheduler local (default 2)")
     g.add_argument("--dask-address", metavar="ADDRESS",
                    help="run the blocks on the Dask scheduler at tcp://host:port (or a scheduler file); "
                         "inputs and outputs must be on a filesystem the workers share")
