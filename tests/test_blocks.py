@@ -83,12 +83,14 @@ def test_resume_needs_the_same_settings(tmp_path, crop):
     fresh = blocks.open_output(target, crop.shape, "uint8", (4, 64, 64), dict(SETTINGS, overlap=0.5))
     assert not fresh.array[:].any()  # without resume: started afresh, markers gone
     assert len(fresh.todo(blocks.grid(crop.shape, (4, 64, 64)))) == 5 * 4 * 4
-    # another voxel size (or place): refused as a finished output's is (before: kept the first, a table measured
-    # at the second)
-    blocks.open_output(tmp_path / "v.zarr", crop.shape, "uint8", (4, 64, 64), SETTINGS, {"voxel_size": (5, 5, 5)})
-    with pytest.raises(MitosegError, match=r"voxel size \[5, 5, 5\] then, \[10, 5, 5\] now"):
-        blocks.open_output(tmp_path / "v.zarr", crop.shape, "uint8", (4, 64, 64), SETTINGS, {"voxel_size": (10, 5, 5)},
-                           resume=True)
+    # another voxel size (or none, or another place): the resuming run's, which its table measures (before: the
+    # first run's was kept, the labels said 5 nm and the table measured 10)
+    blocks.open_output(tmp_path / "v.zarr", crop.shape, "uint8", (4, 64, 64), SETTINGS,
+                       {"voxel_size": (5, 5, 5), "origin": (0, 10, 10)})
+    for given in ({"voxel_size": (10, 5, 5)}, {}):
+        again = blocks.open_output(tmp_path / "v.zarr", crop.shape, "uint8", (4, 64, 64), SETTINGS, given, resume=True)
+        assert {k: again.array.attrs.get(k) for k in ("voxel_size", "origin")} == {
+            "voxel_size": io.jsonable(given.get("voxel_size")), "origin": None}
     other = blocks.open_output(tmp_path / "other.zarr", (2, 3, 4), "float32", (1, 3, 4), {}, resume=True)
     assert not other.array[:].any()  # resume with nothing to resume starts one
 

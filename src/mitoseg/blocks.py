@@ -137,14 +137,15 @@ def open_output(path: str | Path, shape: Sequence[int], dtype: Any, block: Seque
         array = zarr.open_array(str(tmp / "0" if pyramid else tmp), mode="r+").with_config(WRITE)
         array = omezarr.space_view(array)
         diff = _differences(dict(array.attrs.get("settings", {})), settings)
-        diff += [f"{key.replace('_', ' ')} {array.attrs.get(key)} then, {io.jsonable(attrs.get(key))} now"
-                 for key in ("voxel_size", "origin") if array.attrs.get(key) != io.jsonable(attrs.get(key))]
         if image is None and array.metadata.zarr_format != zarr_format:
             diff.append(f"Zarr format {array.metadata.zarr_format} then, {zarr_format} now")
         if diff:
             raise MitosegError(f"{tmp} was written with other settings ({'; '.join(diff)}): resume with the "
                                "same settings, or start again with --overwrite")
         array.attrs["run"] = run
+        for key in ("voxel_size", "origin"):  # where the voxels lie, not their values: as the resuming run says
+            array.attrs.pop(key, None)
+        array.attrs.update(io.jsonable({k: attrs[k] for k in ("voxel_size", "origin") if attrs.get(k)}))
         return Output(path, array, io.done_dir(path, resume=True), pyramid, run)
     io.remove(tmp)
     if pyramid:
