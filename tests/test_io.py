@@ -159,7 +159,7 @@ def test_slice_stack_reads_only_requested_slices(written, crop, monkeypatch):
 
     monkeypatch.setattr(io, "_read_slice", counting)
     vol = io.open_volume(written["png_folder"])
-    assert isinstance(vol, io.SliceStack)
+    assert isinstance(vol.arr, io.SliceStack)  # read through `io.Readable`
     assert calls == ["00.png"]  # the first slice, for shape and dtype
     calls.clear()
     assert np.array_equal(vol[7], crop[7])
@@ -177,9 +177,36 @@ def test_slice_stack_reads_only_requested_slices(written, crop, monkeypatch):
 
 def test_other_readers_are_lazy(written):
     assert isinstance(io.open_volume(written["npy"]), np.memmap)
-    assert isinstance(io.open_volume(written["h5"]), h5py.Dataset)
+    assert isinstance(io.open_volume(written["h5"]).arr, h5py.Dataset)  # read through `io.Readable`
     for fmt in ["tiff", "zarr_v3", "zarr_v2", "zarr_group"]:
-        assert isinstance(io.open_volume(written[fmt]), zarr.Array), fmt
+        assert isinstance(io.open_volume(written[fmt]).arr, zarr.Array), fmt
+
+
+def test_a_damaged_chunk_or_page_is_one_line_naming_the_file(tmp_path, crop, capsys):
+    """A Zarr chunk or a TIFF page of junk opened fine and failed deep in a run with the codec's own traceback
+    (Zstd decompression error, DeflateError): a MitosegError naming the file and the region read."""
+    import os
+
+    import tifffile
+
+    from mitoseg.cli import main
+
+    z = zarr.create_array(str(tmp_path / "z.zarr"), data=crop[:16, :128, :128], chunks=(4, 128, 128))
+    (tmp_path / "z.zarr" / "c" / "2" / "0" / "0").write_bytes(os.urandom(5000))
+    vol = io.open_volume(tmp_path / "z.zarr")
+    np.testing.assert_array_equal(vol[:8], z[:8])  # the rest reads as it is
+    with pytest.raises(MitosegError, match=r"z.zarr: cannot be read at slices 6-9 \(.*\); the file may be damaged"):
+        vol[6:10]
+    tifffile.imwrite(tmp_path / "c.tif", crop[:16, :128, :128], compression="zlib")
+    page = tifffile.TiffFile(tmp_path / "c.tif").pages[8]
+    data = bytearray((tmp_path / "c.tif").read_bytes())
+    data[page.dataoffsets[0]:page.dataoffsets[0] + page.databytecounts[0]] = os.urandom(page.databytecounts[0])
+    (tmp_path / "bad.tif").write_bytes(bytes(data))
+    for bad in ("z.zarr", "bad.tif"):
+        assert main(["--quiet", "convert", str(tmp_path / bad), "--out", str(tmp_path / f"{bad}.out.zarr")]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith(f"mitoseg: error: {tmp_path / bad}: cannot be read") and err.count("\n") == 1, err
+        assert not list(tmp_path.glob(f"{bad}.out.zarr*"))
 
 
 def test_split_path():
@@ -326,10 +353,10 @@ def test_extra_axes_of_size_one_are_dropped_and_others_named(written, crop, tmp_
     """A 5D OME-Zarr (t = c = 1) or an HDF5 with a trailing channel is the volume it holds, read lazily, at its
     stated voxel size; more channels or time points, or extra axes without names, are one line each."""
     vol = io.open_volume(written["ome_zarr_tczyx"])
-    assert isinstance(vol, io.Squeezed) and vol.chunks == crop.shape and vol.ndim == 3
+    assert isinstance(vol.arr, io.Squeezed) and vol.chunks == crop.shape and vol.ndim == 3
     assert io.voxel_size(written["ome_zarr_tczyx"]) == pytest.approx((50.0, 4.6, 4.6))  # micrometres in nm
     assert np.array_equal(vol[..., 7], crop[..., 7]) and np.array_equal(vol[3, ...], crop[3])
-    assert isinstance(io.open_volume(written["h5_zyxc"]).arr, h5py.Dataset)
+    assert isinstance(io.open_volume(written["h5_zyxc"]).arr.arr, h5py.Dataset)
     two = np.stack([crop[:2], crop[:2]])[None]  # (t, c, z, y, x) = (1, 2, 2, 256, 256)
     write_image(two, zarr.open_group(str(tmp_path / "two.ome.zarr"), mode="w"), axes="tczyx", scale_factors=[])
     with pytest.raises(MitosegError, match=r"holds 2 channels \(axes t, c, z, y, x"):
@@ -671,6 +698,16 @@ def test_foreground_threshold(tmp_path):
         io.foreground_threshold(ids.astype(np.float32) / 31, 128)
     assert io.foreground_threshold(ids.astype(np.float32), 16) == 16  # floats of another scale: as given
     assert io.foreground_threshold((ids > 9).astype(np.uint8), 0.5) == 0.5
+    # a class export's background 1 and foreground 2 (no 0): read as > 0, every voxel was foreground, one object
+    classes = (ids > 9).astype(np.uint8) + 1
+    with pytest.raises(MitosegError, match="holds two values, 1 and 2, and no 0, so every voxel would be foreground: "
+                                           "if 2 marks mitochondria, give --threshold 2"):
+        io.foreground_threshold(classes, None)
+    assert io.foreground_threshold(classes, 2) == 2
+    with pytest.raises(MitosegError, match="give --label-threshold 1 \\(foreground: label > it\\)"):
+        io.binarize(classes)
+    np.testing.assert_array_equal(io.binarize(classes, 1), ids > 9)
+    io.check_binary(ids > 9)  # bool, and 0/1: as before
     written = blocks.open_output(tmp_path / "m.zarr", (2, 4, 4), "uint8", (2, 4, 4), {}, {"kind": "mask"}).array
     written[:] = ids  # mitoseg's own masks are not sampled
     assert io.foreground_threshold(written, None) is None

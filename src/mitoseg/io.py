@@ -104,7 +104,49 @@ def open_volume(spec: str | Path) -> Any:
         raise
     except Exception as e:  # the libraries raise many types for corrupt files
         raise MitosegError(f"{spec}: cannot be read ({type(e).__name__}: {e})") from None
-    return check_volume(spatial(arr, str(spec), axes), str(spec))
+    volume = check_volume(spatial(arr, str(spec), axes), str(spec))
+    return volume if isinstance(volume, np.ndarray) else Readable(volume, str(spec))
+
+
+class Readable:
+    """A lazily read volume whose reads that fail (a damaged chunk, page or shard, found only when read, deep in a
+    run) raise a MitosegError naming the file and the region; all else is the array's own. Hand-written: zarr,
+    tifffile, h5py and the codecs each raise their own types."""
+
+    def __init__(self, arr: Any, name: str):
+        self.arr, self.name = arr, name
+
+    def __getattr__(self, attr: str) -> Any:
+        if attr.startswith("__") or attr in ("arr", "name"):  # not found on this object itself (e.g. unpickling)
+            raise AttributeError(attr)
+        return getattr(self.arr, attr)
+
+    def __len__(self) -> int:
+        return len(self.arr)
+
+    def __getitem__(self, key: Any) -> Any:
+        try:
+            return self.arr[key]
+        except (MitosegError, IndexError, TypeError):  # ours, or an index the caller got wrong: as they are
+            raise
+        except Exception as e:  # noqa: BLE001 - whatever a codec or a file system raised
+            raise MitosegError(f"{self.name}: cannot be read at {_region(key)} ({type(e).__name__}: {e}); the file "
+                               "may be damaged") from None
+
+    def __array__(self, dtype: Any = None, copy: Any = None) -> np.ndarray:
+        return np.asarray(self[...], dtype=dtype)
+
+
+def _region(key: Any) -> str:
+    """An index as words: "slices 8-11, rows 0-255, columns 0-255" for slices of (Z, Y, X)."""
+    key = key if isinstance(key, tuple) else (key,)
+    words = []
+    for name, k in zip(("slices", "rows", "columns"), key, strict=False):  # a key may index fewer axes
+        if isinstance(k, slice) and k.start is not None and k.stop is not None and (k.step or 1) == 1:
+            words.append(f"{name} {k.start}-{k.stop - 1}")
+        elif isinstance(k, int | np.integer):
+            words.append(f"{name[:-1]} {k}")
+    return ", ".join(words) or "a part of it"
 
 
 AXIS_WORDS = {"channel": "channels", "time": "time points", "c": "channels", "t": "time points"}  # by type, name
@@ -694,8 +736,13 @@ def _normalize_values(values: np.ndarray, window: tuple[float, ...]) -> np.ndarr
 def check_binary(labels: Any, name: str = "labels", max_samples: int = 2_000_000) -> None:
     """Refuse a label volume with more than two values (in a strided subsample of about `max_samples`
     voxels) when no threshold was given: an anti-aliased 0..255 mask read as ``> 0`` keeps its soft rim
-    and silently shifts every score."""
-    refuse_many(sampled_values(labels, max_samples), name)
+    and silently shifts every score; and two values without 0 (1/2 of a class export), all ``> 0``."""
+    values = sampled_values(labels, max_samples)
+    refuse_many(values, name)
+    if values.size == 2 and values[0] != 0:
+        raise MitosegError(f"{name} hold two values, {values[0]:g} and {values[1]:g}, and no 0, so every voxel would "
+                           f"be foreground: if {values[1]:g} marks mitochondria, give --label-threshold {values[0]:g} "
+                           "(foreground: label > it)")
 
 
 def foreground(mask: np.ndarray, name: str = "the mask") -> np.ndarray:
@@ -802,10 +849,11 @@ def foreground_threshold(volume: Any, threshold: float | None, name: str = "the 
 
     mitoseg probability outputs (attribute kind='probability'): a probability in (0, 1), default 0.5, scaled
     to 0..255 when stored as uint8. Other volumes: a given threshold applies to the raw values; without one
-    they are masks, None (any non-zero voxel is foreground), refused when they hold more than two values (in a
-    subsample, unless mitoseg wrote the mask): probabilities of another tool, an anti-aliased mask or object ids
-    read as ``> 0`` would be a silently wrong answer. A threshold under 1 for whole numbers above 1 is refused
-    too (every non-zero voxel would pass it), and one above 1 for floats of at most 1 (none would).
+    they are masks, None (any non-zero voxel is foreground), refused when they hold more than two values or two
+    without 0 (in a subsample, unless mitoseg wrote the mask): probabilities of another tool, an anti-aliased mask,
+    object ids or a class export's 1/2 read as ``> 0`` would be a silently wrong answer. A threshold under 1 for
+    whole numbers above 1 is refused too (every non-zero voxel would pass it), and one above 1 for floats of at most
+    1 (none would).
     """
     kind = stated_kind(volume)
     if kind == "probability":
@@ -820,6 +868,10 @@ def foreground_threshold(volume: Any, threshold: float | None, name: str = "the 
             raise MitosegError(f"{name} holds more than two values ({first_values(values)}) and is no mitoseg "
                                "probability map: give --threshold (foreground: value >= it; e.g. 0.5 for "
                                "probabilities of another tool, 128 for an anti-aliased 0..255 mask, 1 for object ids)")
+        if values.size == 2 and values[0] != 0:  # a class export's 1/2: every voxel > 0
+            raise MitosegError(f"{name} holds two values, {values[0]:g} and {values[1]:g}, and no 0, so every voxel "
+                               f"would be foreground: if {values[1]:g} marks mitochondria, give --threshold "
+                               f"{values[1]:g} (foreground: value >= it)")
     if threshold is not None and threshold < 1 and np.issubdtype(np.dtype(volume.dtype), np.integer):
         top = sampled_values(volume).max(initial=0)
         if top > 1:  # >= t < 1 of whole numbers is every non-zero voxel: a probability given for stored levels
