@@ -294,6 +294,23 @@ def test_label_table_interrupted_after_the_labels_resumes_with_the_table_only(tm
                                   voxel_size=(50, 4.6, 4.6), resume=True, progress=False) == n > 5
     assert (tmp_path / "l.csv").read_text() == (tmp_path / "ref.csv").read_text()
     np.testing.assert_array_equal(io.open_volume(tmp_path / "l.zarr")[:], io.open_volume(tmp_path / "ref.zarr")[:])
+    # labels finished before 2026-12-07 record the input checksum of then (64-pixel centre crops) and no object
+    # count: still kept, their table written (before this was mended: "other settings (source ...)")
+    import zlib
+
+    import zarr
+
+    old = zlib.crc32(repr(mask.shape).encode())
+    y0, x0 = mask.shape[1] // 2 - 32, mask.shape[2] // 2 - 32
+    for k in sorted({0, mask.shape[0] // 2, mask.shape[0] - 1}):
+        old = zlib.crc32(np.ascontiguousarray(mask[k:k + 1, y0:y0 + 64, x0:x0 + 64]).tobytes(), old)
+    earlier = zarr.open_array(str(tmp_path / "l.zarr"), mode="r+")
+    earlier.attrs["settings"] = {**earlier.attrs["settings"], "source": f"{old:08x}"}
+    del earlier.attrs["objects"]
+    (tmp_path / "l.csv").unlink()
+    assert instances.label_volume(tmp_path / "mask.npy", tmp_path / "l.zarr", block, table=tmp_path / "l.csv",
+                                  voxel_size=(50, 4.6, 4.6), resume=True, progress=False) == n
+    assert (tmp_path / "l.csv").read_text() == (tmp_path / "ref.csv").read_text()
 
 
 def test_label_resume_onto_another_input_is_refused(tmp_path, droso, monkeypatch):

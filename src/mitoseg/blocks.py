@@ -165,7 +165,8 @@ def _record(settings: dict, shape: Sequence[int], dtype: Any, block: Sequence[in
 
 def _differences(old: dict, new: dict) -> list[str]:
     """Each setting of `new` that `old` (an output's record) holds otherwise, in words."""
-    return [f"{k} {old.get(k)!r} then, {v!r} now" for k, v in new.items() if old.get(k) != v]
+    return [f"{k} {old.get(k)!r} then, {v!r} now" for k, v in new.items()
+            if old.get(k) != v and not (k == "source" and io.same_source(old.get(k), v))]
 
 
 def keep_finished(path: str | Path, kind: str, shape: Sequence[int], dtype: Any, block: Sequence[int],

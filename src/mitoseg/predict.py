@@ -457,7 +457,8 @@ def predicted_alike(path: str | Path, settings: Settings, model: torch.nn.Module
     stored = zarr.open_array(str(path), mode="r")
     old = dict(stored.attrs.get("settings", {}))
     return np.dtype(stored.dtype) == np.dtype(settings.dtype) and all(
-        old.get(k) == v for k, v in recorded(settings, fingerprint(model)).items())
+        old.get(k) == v or (k == "source" and io.same_source(old.get(k), v))
+        for k, v in recorded(settings, fingerprint(model)).items())
 
 
 def kept(out: str | Path, mask_out: str | Path | None, shape: tuple[int, ...], settings: Settings, model_id: str,
