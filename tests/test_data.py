@@ -42,7 +42,9 @@ def test_split_holds_out_last_x_fraction(volume):
 def test_split_without_validation_and_too_narrow(volume):
     train, val = data.split(volume.image, volume.mask, 0.0)
     assert val is None and train.image is volume.image and train.mask is volume.mask
-    train, val = data.split(volume.image[:, :, :2], volume.mask[:, :, :2], 0.1)  # at least one column held out
+    two = np.zeros((2, 4, 2), np.uint8)
+    two[:, 1:3] = 1  # foreground in both columns
+    train, val = data.split(two, two, 0.1)  # at least one column held out
     assert train.image.shape[2] == 1 and val.image.shape[2] == 1
     with pytest.raises(MitosegError, match="too narrow"):
         data.split(volume.image[:, :, :1], volume.mask[:, :, :1], 0.5)
@@ -63,6 +65,20 @@ def test_split_refuses_annotation_all_on_one_side(volume):
     boxes[:, 40:140, 100:200] = volume.mask[:, 40:140, 100:200]  # both sides annotated
     train, val = data.split(volume.image, boxes, 0.15)
     assert (train.mask != data.IGNORE).any() and (val.mask != data.IGNORE).any()
+
+
+def test_split_refuses_a_part_without_foreground(volume):
+    """A validation part of background alone scored an empty prediction 1.0 and chose that checkpoint (and a
+    post-processing "chosen on validation" on nothing), in silence."""
+    mask = volume.mask.copy()
+    mask[:, :, 218:] = 0
+    with pytest.raises(MitosegError, match=r"the validation part \(x >= 218, the last 15% of X\) holds no foreground "
+                                           r"\(mitochondria\), so the run would choose its checkpoint"):
+        data.split(volume.image, mask, 0.15)
+    mask = volume.mask.copy()
+    mask[:, :, :218] = 0
+    with pytest.raises(MitosegError, match=r"the training part .* so the run would learn background alone"):
+        data.split(volume.image, mask, 0.15)
 
 
 def test_check_labels(volume):

@@ -495,7 +495,7 @@ def resumed(tmp: Path, fresh: dict) -> dict:
 
 
 @io.releasing
-def compare(out: str | Path, dataset: str = "auto", data: str | Path | None = None, preset: str = "quick",
+def compare(out: str | Path, dataset: str = "auto", data: str | Path | None = None, preset: str = "full",
             epochs: int | None = None, minutes: float | None = None, seed: int = 0, overwrite: bool = False,
             progress: bool = True, command: str = "", changes: dict | None = None, tta: bool | None = None,
             monitor: bool | None = None, resume: bool = False) -> dict:

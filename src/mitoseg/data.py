@@ -98,7 +98,8 @@ def split(image: np.ndarray, mask: np.ndarray, val_fraction: float,
           window: tuple[float, ...] = (0.0, 1.0)) -> tuple[Volume, Volume | None]:
     """Hold out the last `val_fraction` of the X axis for validation; both parts are views with `window`.
 
-    X is cut (not Z) so thin stacks keep every section in both parts. Returns (train, val or None).
+    X is cut (not Z) so thin stacks keep every section in both parts; each part must hold annotated voxels and
+    foreground (an empty validation part scores an empty prediction 1.0, and picks it). Returns (train, val or None).
     """
     if val_fraction <= 0:
         return Volume(image, mask, window), None
@@ -106,13 +107,17 @@ def split(image: np.ndarray, mask: np.ndarray, val_fraction: float,
     cut = nx - max(1, int(round(nx * val_fraction)))
     if cut < 1:
         raise MitosegError(f"volume too narrow ({nx} voxels in X) for a validation split")
-    for part, where, then in ((mask[:, :, :cut], f"training part (x < {cut}, the first {1 - val_fraction:.0%} of X)",
-                               "learn nothing"),
-                              (mask[:, :, cut:], f"validation part (x >= {cut}, the last {val_fraction:.0%} of X)",
-                               "score nothing")):
+    for part, where, then, empty in (
+            (mask[:, :, :cut], f"training part (x < {cut}, the first {1 - val_fraction:.0%} of X)", "learn nothing",
+             "learn background alone"),
+            (mask[:, :, cut:], f"validation part (x >= {cut}, the last {val_fraction:.0%} of X)", "score nothing",
+             "choose its checkpoint and post-processing for predicting nothing")):
         if not (part != IGNORE).any():  # partial annotation (boxes) all on one side of the cut
             raise MitosegError(f"the {where} holds no annotated voxel, so the run would {then}: annotate some there "
                                "too, or change --val-fraction")
+        if not (part == 1).any():  # validation: checkpoints and post-processing chosen for predicting nothing
+            raise MitosegError(f"the {where} holds no foreground (mitochondria), so the run would {empty}: change "
+                               "--val-fraction, or crop the volume so that both parts hold some")
     return (Volume(image[:, :, :cut], mask[:, :, :cut], window),
             Volume(image[:, :, cut:], mask[:, :, cut:], window))
 

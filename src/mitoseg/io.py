@@ -953,10 +953,10 @@ def check_output(path: str | Path, overwrite: bool, kind: str | None = None, inp
     """Refuse an output another mitoseg process writes now (`claim`), an existing one unless overwrite, a folder
     that `replaceable` refuses, and what `check_place` refuses; returns the path."""
     path = Path(path)
+    check_place(path, kind, inputs)  # first: a folder where a file goes is not cured by --overwrite
     if path.exists() and not overwrite:
         raise MitosegError(f"{path} already exists; pass --overwrite to replace it")
     replaceable(path)
-    check_place(path, kind, inputs)
     claim(path)
     return path
 
