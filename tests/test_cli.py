@@ -25,8 +25,8 @@ from mitoseg.errors import MitosegError
 def files(tmp_path_factory, droso):
     raw, mask = droso
     d = tmp_path_factory.mktemp("cli")
-    tifffile.imwrite(d / "train.tif", raw[:8, :192, :192])
-    tifffile.imwrite(d / "train_gt.tif", mask[:8, :192, :192] * 255)
+    tifffile.imwrite(d / "train.tif", raw[:8, 32:224, :192])  # mitochondria on both sides of the validation cut
+    tifffile.imwrite(d / "train_gt.tif", mask[:8, 32:224, :192] * 255)
     tifffile.imwrite(d / "test.tif", raw[:8, 704:832, 384:512])
     tifffile.imwrite(d / "test_gt.tif", mask[:8, 704:832, 384:512] * 255)
     return d

@@ -43,8 +43,10 @@ def test_object_ids_are_kept_exact_or_refused(stack, droso, tmp_path):
     ids = instances.label(droso[1][:, :300, :260], 26).astype(np.uint32)
     assert ids.max() > 1
     cases = [("fit", ids, np.uint16, None), ("wide", np.where(ids > 0, ids + 70_000, 0).astype(np.uint32), np.float32,
-             "up to"), ("float64", ids.astype(np.float64) / 7, np.float32, "float64 values written as float32"),
-             ("bool", ids > 0, np.uint8, None)]
+             "uint32 values from 0 to "), ("float64", ids.astype(np.float64) / 7, np.float32,
+                                           "float64 values written as float32"),
+             ("bool", ids > 0, np.uint8, None),
+             ("negative", -ids.astype(np.int32), np.int16, None)]  # before: float32, "values up to 0"
     for name, values, stored, said in cases:
         np.save(tmp_path / f"{name}.npy", values)
         done = convert.convert(tmp_path / f"{name}.npy", tmp_path / f"{name}.tif", (50, 4.6, 4.6), progress=False)

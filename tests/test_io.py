@@ -708,6 +708,11 @@ def test_foreground_threshold(tmp_path):
         io.binarize(classes)
     np.testing.assert_array_equal(io.binarize(classes, 1), ids > 9)
     io.check_binary(ids > 9)  # bool, and 0/1: as before
+    # NaN in another tool's probabilities: >= any threshold is false, so they were read as background in silence
+    nan = ids.astype(np.float32) / 31
+    nan[1] = np.nan
+    with pytest.raises(MitosegError, match=r"the input holds NaN values \(in a subsample\): replace them first"):
+        io.foreground_threshold(nan, 0.5)
     written = blocks.open_output(tmp_path / "m.zarr", (2, 4, 4), "uint8", (2, 4, 4), {}, {"kind": "mask"}).array
     written[:] = ids  # mitoseg's own masks are not sampled
     assert io.foreground_threshold(written, None) is None

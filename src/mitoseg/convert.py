@@ -100,9 +100,11 @@ def imagej_dtype(volume: Any, progress: bool = False) -> tuple[np.dtype, str | N
     low, high = value_range(volume, progress)
     if low >= 0 and high <= np.iinfo(np.uint16).max:
         return np.dtype(np.uint16), None  # the same values
+    if low >= np.iinfo(np.int16).min and high <= np.iinfo(np.int16).max:
+        return np.dtype(np.int16), None  # the same values (before: float32, "values up to 0")
     if -EXACT_FLOAT32 <= low and high <= EXACT_FLOAT32:
-        return np.dtype(np.float32), (f"{dtype} values up to {high:,} written as float32 (exact below 2^24): "
-                                      "ImageJ holds no integers over 16 bits")
+        return np.dtype(np.float32), (f"{dtype} values from {low:,} to {high:,} written as float32 (exact below "
+                                      "2^24): ImageJ holds no integers over 16 bits")
     raise MitosegError(f"values from {low:,} to {high:,} ({dtype}) cannot all be exact in an ImageJ TIFF (16-bit "
                        "integers or float32, exact up to 2^24); convert to Zarr or OME-Zarr instead")
 

@@ -870,6 +870,9 @@ def foreground_threshold(volume: Any, threshold: float | None, name: str = "the 
     1 (none would).
     """
     kind = stated_kind(volume)
+    if np.issubdtype(np.dtype(volume.dtype), np.floating) and np.isnan(sampled_values(volume)).any():
+        raise MitosegError(f"{name} holds NaN values (in a subsample): replace them first (NaN >= any threshold is "
+                           "false, so they would be read as background)")
     if kind == "probability":
         if threshold is not None and threshold >= 1:
             raise MitosegError(f"threshold must be a probability in (0, 1) for mitoseg probabilities, not "
