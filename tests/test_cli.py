@@ -815,6 +815,12 @@ def test_predict_records_the_voxel_size_the_image_states_or_is_given_and_says_wh
     assert main(["--quiet", "predict", str(tmp_path / "crop.ome.zarr"), "--model", str(d / "run2"), "--out",
                  str(tmp_path / "c2.zarr"), "--mask", str(tmp_path / "crop.ome.zarr" / "labels" / "mito")]) == 0
     assert zarr.open_group(str(tmp_path / "crop.ome.zarr" / "labels")).attrs["ome"]["labels"] == ["mito"]
+    # the mask as an image-label of the probabilities image this very command writes, at a given voxel size
+    # (before: refused, "p.ome.zarr is not an OME-Zarr image", the image not yet written)
+    assert main(["--quiet", "predict", str(d / "test.tif"), "--model", str(d / "run2"), "--out",
+                 str(tmp_path / "p.ome.zarr"), "--mask", str(tmp_path / "p.ome.zarr" / "labels" / "mask"),
+                 "--voxel-size", "5", "5", "5"]) == 0
+    assert io.voxel_size(tmp_path / "p.ome.zarr" / "labels" / "mask") == (5.0, 5.0, 5.0)
 
 
 def test_predicting_with_an_unfinished_training_is_noted(runs, tmp_path, capsys):

@@ -13,6 +13,7 @@ import pytest
 import tifffile
 import torch
 import yaml
+import zarr
 
 from mitoseg import cli, datasets, export
 from mitoseg import train as tr
@@ -152,7 +153,13 @@ def test_export_mistakes_are_one_line(tmp_path, ca1_run, lucchi_crop, capsys, mo
     run, sample = ca1_run
     (tmp_path / "taken.zip").write_bytes(b"")
     tifffile.imwrite(tmp_path / "tiny.tif", raw[:2, :16, :16])
+    tifffile.imwrite(tmp_path / "flat.tif", np.full((8, 256, 256), 7, np.uint8))
+    probs = zarr.create_array(str(tmp_path / "probs.zarr"), data=raw[:8])
+    probs.attrs["kind"] = "probability"
     for args, message in [
+        (["--bioimageio", str(tmp_path / "m.zip"), "--sample", str(tmp_path / "flat.tif")], "holds one grey level"),
+        (["--bioimageio", str(tmp_path / "m.zip"), "--sample", str(tmp_path / "probs.zarr")],
+         "is a mitoseg probability output"),
         (["--bioimageio", str(tmp_path / "taken.zip")], "exists; pass --overwrite"),
         (["--bioimageio", str(tmp_path / "model.yaml")], "the package is a .zip file"),
         (["--bioimageio", str(tmp_path / "m.zip"), "--license", "FOO"], "--license FOO is not an SPDX licence id"),

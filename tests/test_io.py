@@ -918,8 +918,10 @@ def test_a_lock_that_cannot_be_taken_is_said_of_the_output(tmp_path, monkeypatch
 
     with monkeypatch.context() as m:
         m.setattr(fcntl, "flock", no_locks)
-        io.check_output(out, overwrite=False)
-    assert str(out.resolve()) not in io.CLAIMS and not list(tmp_path.glob(".*.lock"))
+        io.check_output(tmp_path / "new" / "p.zarr", overwrite=False)
+    assert not list(tmp_path.rglob(".*.lock"))
+    io.release(tmp_path / "new" / "p.zarr")  # a refusal after it: the folder made for it goes (before: left)
+    assert not (tmp_path / "new").exists()
 
     def refused(*a, **k):
         raise PermissionError(errno.EACCES, "Permission denied")

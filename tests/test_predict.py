@@ -221,7 +221,13 @@ def test_an_xy_run_predicts_along_three_planes_when_asked(tmp_path, lucchi_crop,
     assert not (tmp_path / "a.zarr").exists()
     del stored.attrs["voxel_size"]  # nothing to check it by: said (before: three planes ran on it without a word)
     predict.predict(tmp_path / "run", tmp_path / "image.zarr", tmp_path / "b.zarr", planes=3, **opts)
-    assert "note: the image states no voxel size: three planes assume near-isotropic voxels" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "note: the image states no voxel size: three planes assume near-isotropic voxels" in err
+    assert "three planes on a volume of" not in err  # 16 slices: not thin
+    zarr.create_array(str(tmp_path / "thin.zarr"), data=image[:2]).attrs["voxel_size"] = [5.0, 5.0, 5.0]
+    predict.predict(tmp_path / "run", tmp_path / "thin.zarr", tmp_path / "t.zarr", planes=3, **opts)
+    assert "note: three planes on a volume of 2 slices: its ZX and ZY slices are 2 pixels tall" in \
+        capsys.readouterr().err  # before: F1 0.89 to 0.66 on one slice, in silence
 
 
 def test_three_planes_predict_whole_slices_in_one_block_only_where_the_volume_is_one_block():

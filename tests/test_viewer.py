@@ -106,8 +106,8 @@ def test_reader_opens_outputs_lazily_at_physical_scale(napari, outputs):
 
     shutil.copytree(d / "mask.zarr", d / "cut.zarr.partial")
     assert napari_get_reader(str(d / "cut.zarr.partial")) is None
-    with pytest.raises(io.MitosegError, match="cut.zarr.partial is the unfinished output of a stopped run: run that "
-                                           "command again with --resume to finish cut.zarr"):
+    with pytest.raises(io.MitosegError, match=r"cut.zarr.partial is the unfinished output of a stopped run: finish "
+                                           r"cut.zarr first \(predict and label go on with --resume"):
         layer_data(d / "cut.zarr.partial")
 
 

@@ -241,7 +241,8 @@ def wait(futures: list, desc: str = "", progress: bool = False) -> list:
             raise MitosegError(f"Dask workers died running a block ({e}); often out of memory: give the workers more "
                                "memory or use a smaller --block") from None
         if isinstance(e, CancelledError | CommClosedError):  # the scheduler gone: its job's time limit, a crash
-            raise MitosegError(f"the Dask scheduler stopped answering ({type(e).__name__}: {e})") from None
+            said = " ".join(str(e).split())  # Dask's reason runs over several lines
+            raise MitosegError(f"the Dask scheduler stopped answering ({type(e).__name__}: {said})") from None
         if isinstance(e, MitosegError | OSError):  # a task's: where the worker looked may not be where you did
             said = f"{e.strerror}: {e.filename}" if isinstance(e, OSError) and e.strerror and e.filename else str(e)
             raise MitosegError(f"{said} (on a Dask worker, which must see the same files at the same paths: "

@@ -192,9 +192,13 @@ def export_bioimageio(run: str | Path, sample: str, out: str | Path, overwrite: 
     chosen = postprocess.read(run)  # the post-processing the run chose on its validation split
     chosen = chosen.as_dict() if chosen else None
     net = _Probabilities(traceable(model.net)).eval()
-    x = test_crop(io.open_volume(sample), config)[None, None]
+    volume = io.open_volume(sample)
+    io.refuse_output(volume, sample, "the sample EM image", ("probability", "mask", "labels"))
+    x = test_crop(volume, config)[None, None]
     if not np.isfinite(x).all():
         raise MitosegError(f"--sample {sample}: its test crop holds NaN or infinite values; give a sample without them")
+    if x.min() == x.max():  # the package's test tensors would test nothing
+        raise MitosegError(f"--sample {sample}: its test crop holds one grey level ({x.min():g}); give an EM volume")
     with torch.no_grad():
         ready = torch.from_numpy(preprocess(x))
         y = net(ready).numpy()

@@ -79,8 +79,9 @@ def open_volume(spec: str | Path) -> Any:
         raise MitosegError(f"{path}: no such file or folder")
     unfinished = next((p for p in (path, *path.parents) if p.name.endswith(".partial") and is_zarr(p)), None)
     if unfinished is not None:  # its blocks not yet written are zeros: read as finished, a silent wrong answer
-        raise MitosegError(f"{unfinished} is the unfinished output of a stopped run: run that command again with "
-                           f"--resume to finish {unfinished.name.removesuffix('.partial')}")
+        raise MitosegError(f"{unfinished} is the unfinished output of a stopped run: finish "
+                           f"{unfinished.name.removesuffix('.partial')} first (predict and label go on with --resume; "
+                           "run other commands again)")
     suffix, axes = path.suffix.lower(), None
     try:
         if is_zarr(path):
@@ -881,6 +882,9 @@ def foreground_threshold(volume: Any, threshold: float | None, name: str = "the 
         return t * 255 if np.dtype(volume.dtype) == np.uint8 else t
     if threshold is None and kind != "mask":
         values = sampled_values(volume)
+        if values.size > 2 and kind == "labels":  # object ids of `mitoseg label`
+            raise MitosegError(f"{name} is a mitoseg labels output (object ids {first_values(values)}): give "
+                               "--threshold 1 to take every object as foreground")
         if values.size > 2:
             raise MitosegError(f"{name} holds more than two values ({first_values(values)}) and is no mitoseg "
                                "probability map: give --threshold (foreground: value >= it; e.g. 0.5 for "
@@ -1049,6 +1053,7 @@ def claim(path: str | Path) -> None:
         if e.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):  # a file system that cannot lock (NFS
             os.close(fd)  # without lockd: ENOLCK; some FUSE mounts): no lock, as where fcntl is missing
             lock.unlink(missing_ok=True)
+            CLAIMS[key] = -1  # claimed, with no lock file: `release` still removes the folders made for it
             TAKEN.add(key)
             return
         pid = os.read(fd, 16).decode(errors="replace").strip()
@@ -1083,7 +1088,7 @@ def release(path: str | Path) -> None:
     stayed empty (a refusal after the claim leaves no empty folder)."""
     key = str(Path(path).resolve())
     fd = CLAIMS.pop(key, None)
-    if fd is not None:
+    if fd is not None and fd >= 0:
         with contextlib.suppress(OSError):  # another user's file in a folder of theirs: left
             _lock_file(key).unlink(missing_ok=True)
         os.close(fd)

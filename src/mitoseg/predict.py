@@ -644,7 +644,8 @@ def predict(model: str | Path | Sequence[str | Path], image: str | Path, out: st
         if (probs in mask.parents and not omezarr.is_ome_path(out)) or mask in probs.parents:
             raise MitosegError(f"the mask {mask_out} and the probabilities {out} lie one inside the other: give "
                                "two outputs side by side")
-        omezarr.refuse_other_voxel(mask_out, voxel_size)  # an image-label's would differ from the probabilities'
+        if omezarr.label_of(mask_out) is None or omezarr.label_of(mask_out).resolve() != probs:  # of another image:
+            omezarr.refuse_other_voxel(mask_out, voxel_size)  # the label's would differ from the probabilities'
     if isinstance(image, str | Path):
         io.refuse_output(io.open_volume(image), image, "the EM image", ("probability", "mask", "labels"))
     if resume and not overwrite and mask_out is not None and all(
@@ -653,7 +654,10 @@ def predict(model: str | Path | Sequence[str | Path], image: str | Path, out: st
     single = isinstance(model, str | Path) or len(model) == 1
     chosen = postprocess.read(model if isinstance(model, str | Path) else model[0], planes) if single else None
     pp = postprocess.PostProcessing(threshold) if threshold is not None else chosen or postprocess.PostProcessing()
-    if pp.z_sigma and mask_out is not None:  # the mask needs neighbouring blocks: a pass of its own afterwards
+    inside = mask_out is not None and omezarr.label_of(mask_out) is not None and \
+        omezarr.label_of(mask_out).resolve() == Path(out).resolve()  # an image-label of the image written here
+    if (pp.z_sigma or inside) and mask_out is not None:  # a pass of its own afterwards: the mask needs neighbouring
+        # blocks (Z smoothing), or the image it labels written first
         io.check_output(mask_out, overwrite, "zarr", (image,))
         predict(model, image, out, tile_xy=tile_xy, tile_z=tile_z, overlap=overlap, block=block, dtype=dtype,
                 threshold=pp.threshold, batch_size=batch_size, tta=tta, amp=amp, device=device, client=client,
@@ -696,6 +700,9 @@ def predict(model: str | Path | Sequence[str | Path], image: str | Path, out: st
                           window=input_window(net, volume, match_training))
 
 
+THIN_SLICES = 16  # a volume of fewer slices is noted when a model predicts it along three planes
+
+
 def model_for(model: str | Path, image: Any, device: str | torch.device = "auto",
               planes: int | None = None, voxel_size: tuple[float, ...] | None = None) -> tuple[torch.nn.Module, Config]:
     """(model, config) of a run folder or checkpoint to predict `image` (a path, or an array) with: along
@@ -713,6 +720,11 @@ def model_for(model: str | Path, image: Any, device: str | torch.device = "auto"
     elif config.slice_planes == 3:
         print("note: the image states no voxel size: three planes assume near-isotropic voxels (give --voxel-size "
               "to have that checked)", file=sys.stderr)
+    depth = int((io.open_volume(image) if isinstance(image, str | Path) else image).shape[0])
+    if config.slice_planes == 3 and depth < THIN_SLICES:
+        print(f"note: three planes on a volume of {depth} slice{'s' * (depth > 1)}: its ZX and ZY slices are {depth} "
+              "pixels tall, unlike anything the model learned from; --planes 1 predicts the XY slices alone",
+              file=sys.stderr)
     if stated and config.voxel_size_stated:  # a run trained at the default size: nothing known to compare
         # a model along XY slices sees the pixels alone: Z counts for 3D models and three planes
         axes = slice(1, 3) if config.dims == 2 and config.slice_planes == 1 else slice(0, 3)
