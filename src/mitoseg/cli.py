@@ -370,7 +370,7 @@ def _dask_options(p: argparse.ArgumentParser) -> None:
 def parser() -> argparse.ArgumentParser:
     p = _Parser(prog="mitoseg", description="Segment mitochondria in EM volumes with 2D/3D U-Nets.")
     p.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
-    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument("--quiet", action="store_true", help="no progress bars, nor the line saying where Dask blocks run")
     sub = p.add_subparsers(dest="command", required=True)
 
     t = sub.add_parser("train", help="train a 2D or 3D U-Net (ResNet18 encoder) on an image and its labels")
@@ -457,7 +457,7 @@ def parser() -> argparse.ArgumentParser:
     r.add_argument("--out", required=True, help="probabilities, a .zarr path")
     r.add_argument("--mask", help="also write a binary mask here (.zarr)")
     r.add_argument("--threshold", type=arg("threshold"),
-                   help="probability threshold of --mask (0..1); default: the run's post-processing chosen on its "
+                   help="probability threshold of --mask, in (0, 1); default: the run's post-processing chosen on its "
                         "validation split (Z smoothing and threshold), else 0.5")
     r.add_argument("--dtype", choices=("uint8", "float16"), default="uint8",
                    help="stored probabilities: uint8 0..255 (default) or float16")
@@ -465,7 +465,8 @@ def parser() -> argparse.ArgumentParser:
                    help="in-plane tile (default: 2D whole slices up to 2048x2048 pixels, else the run's tile)")
     r.add_argument("--tile-z", type=arg("tile_z"), help="tile depth of a 3D model (default: the run's)")
     r.add_argument("--overlap", type=arg("overlap"), help="tile overlap, 0 <= overlap < 1 (default: the run's)")
-    r.add_argument("--block", type=arg("block"), nargs=3, metavar=("Z", "Y", "X"), help="output block and chunk size")
+    r.add_argument("--block", type=arg("block"), nargs=3, metavar=("Z", "Y", "X"),
+                   help="output block (a shard of one-slice chunks)")
     r.add_argument("--batch-size", type=arg("batch_size"), help="tiles per batch (default: by tile size and device)")
     r.add_argument("--tta", action="store_true", help="average over in-plane flips")
     r.add_argument("--planes", type=arg("planes"), metavar="N",
@@ -502,7 +503,7 @@ def parser() -> argparse.ArgumentParser:
     lab.add_argument("--voxel-size", type=arg("voxel_size"), nargs=3, metavar=("Z", "Y", "X"),
                      help="voxel size in nm, for the table's volumes (default: the input's, else 1 1 1)")
     lab.add_argument("--block", type=arg("block"), nargs=3, metavar=("Z", "Y", "X"),
-                     help="block and chunk size (default 64 512 512)")
+                     help="block, a shard of one-slice chunks (default 64 512 512)")
     lab.add_argument("--resume", action="store_true", help="skip blocks an interrupted run finished")
     lab.add_argument("--overwrite", action="store_true", help="replace existing outputs")
     _dask_options(lab)
@@ -614,7 +615,7 @@ def parser() -> argparse.ArgumentParser:
     v.add_argument("paths", nargs="+", metavar="PATH",
                    help="a predict or label output (.zarr, .ome.zarr), a compare report folder, or an image volume")
     v.add_argument("--voxel-size", type=arg("voxel_size"), nargs=3, metavar=("Z", "Y", "X"),
-                   help="voxel size in nm of volumes that state none (default 1 1 1)")
+                   help="voxel size in nm of volumes that state none (default: none, shown in pixels)")
     v.set_defaults(func=cmd_view)
     return p
 
