@@ -871,7 +871,8 @@ def foreground_threshold(volume: Any, threshold: float | None, name: str = "the 
     1 (none would).
     """
     kind = stated_kind(volume)
-    if np.issubdtype(np.dtype(volume.dtype), np.floating) and np.isnan(sampled_values(volume)).any():
+    sample = functools.cache(lambda: sampled_values(volume))  # one strided pass (it visits every chunk) at most
+    if np.issubdtype(np.dtype(volume.dtype), np.floating) and np.isnan(sample()).any():
         raise MitosegError(f"{name} holds NaN values (in a subsample): replace them first (NaN >= any threshold is "
                            "false, so they would be read as background)")
     if kind == "probability":
@@ -881,7 +882,7 @@ def foreground_threshold(volume: Any, threshold: float | None, name: str = "the 
         t = 0.5 if threshold is None else threshold
         return t * 255 if np.dtype(volume.dtype) == np.uint8 else t
     if threshold is None and kind != "mask":
-        values = sampled_values(volume)
+        values = sample()
         if values.size > 2 and kind == "labels":  # object ids of `mitoseg label`
             raise MitosegError(f"{name} is a mitoseg labels output (object ids {first_values(values)}): give "
                                "--threshold 1 to take every object as foreground")
@@ -894,13 +895,13 @@ def foreground_threshold(volume: Any, threshold: float | None, name: str = "the 
                                f"would be foreground: if {values[1]:g} marks mitochondria, give --threshold "
                                f"{values[1]:g} (foreground: value >= it)")
     if threshold is not None and threshold < 1 and np.issubdtype(np.dtype(volume.dtype), np.integer):
-        top = sampled_values(volume).max(initial=0)
+        top = sample().max(initial=0)
         if top > 1:  # >= t < 1 of whole numbers is every non-zero voxel: a probability given for stored levels
             raise MitosegError(f"{name} holds whole numbers up to {top:g}, so --threshold {threshold:g} would make "
                                "every non-zero voxel foreground: give a value on its scale (e.g. 128 for 0..255 "
                                "probabilities, 1 for object ids)")
     if threshold is not None and threshold > 1 and np.issubdtype(np.dtype(volume.dtype), np.floating):
-        values = sampled_values(volume)
+        values = sample()
         if values.size and 0 <= values[0] and 0 < values[-1] <= 1:  # probabilities of 0..1 and a 0..255 threshold
             raise MitosegError(f"{name} holds values from {values[0]:g} to {values[-1]:g} (sampled), so --threshold "
                                f"{threshold:g} would make no voxel foreground: give a value on its scale (e.g. 0.5 "
