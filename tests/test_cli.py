@@ -682,6 +682,16 @@ def test_an_output_that_is_a_link_is_replaced_and_its_target_kept(runs, capsys, 
     bad(label[1:] + [str(tmp_path / "x.zarr")], capsys, "mitoseg: error: a library's own words")
 
 
+def test_a_tilde_after_an_equals_sign_is_the_home_folder(runs, tmp_path, monkeypatch):
+    """`--out=~/l.zarr`: the shell leaves that ~ as it is, and a folder named "~" was made in the current one."""
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "home").mkdir()
+    assert main(["--quiet", "label", str(runs / "test_gt.tif"), "--out=~/l.zarr", "--table=~/t.csv"]) == 0
+    assert (tmp_path / "home" / "l.zarr").is_dir() and (tmp_path / "home" / "t.csv").is_file()
+    assert not (tmp_path / "~").exists()
+
+
 def test_workers_without_a_local_cluster_are_refused(runs, capsys, tmp_path):
     """`--workers 8` without `--scheduler local` was ignored in silence (one process ran, or the cluster's own)."""
     label = ["label", str(runs / "test_gt.tif"), "--out", str(tmp_path / "l.zarr"), "--workers", "8"]

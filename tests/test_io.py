@@ -207,6 +207,16 @@ def test_a_damaged_chunk_or_page_is_one_line_naming_the_file(tmp_path, crop, cap
         err = capsys.readouterr().err
         assert err.startswith(f"mitoseg: error: {tmp_path / bad}: cannot be read") and err.count("\n") == 1, err
         assert not list(tmp_path.glob(f"{bad}.out.zarr*"))
+    # a TIFF of pages written one by one, cut short after page 8: it read as a volume of 9 slices, in silence
+    with tifffile.TiffWriter(tmp_path / "pages.tif") as tif:
+        for plane in crop[:16, :64, :64]:
+            tif.write(plane, compression="zlib")
+    page = tifffile.TiffFile(tmp_path / "pages.tif").pages[8]
+    cut = (tmp_path / "pages.tif").read_bytes()[:page.dataoffsets[0] + page.databytecounts[0]]
+    (tmp_path / "cut.tif").write_bytes(cut)
+    with pytest.raises(MitosegError, match="cut.tif: tifffile could not read all of it .*truncated or damaged"):
+        io.open_volume(tmp_path / "cut.tif")
+    assert io.open_volume(tmp_path / "pages.tif").shape == (16, 64, 64)
 
 
 def test_split_path():

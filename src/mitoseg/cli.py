@@ -9,6 +9,7 @@ import argparse
 import contextlib
 import json
 import logging
+import os
 import shlex
 import signal
 import sys
@@ -687,6 +688,12 @@ def main(argv: list[str] | None = None) -> int:
         if e.code:
             return int(e.code)
         raise
+    for key, value in vars(args).items():  # `--out=~/x`: the shell expands ~ only at the start of a word
+        if isinstance(value, str) and value.startswith("~"):
+            setattr(args, key, os.path.expanduser(value))
+        elif isinstance(value, list):
+            setattr(args, key, [os.path.expanduser(v) if isinstance(v, str) and v.startswith("~") else v
+                                for v in value])
     logging.getLogger("tifffile").setLevel(logging.CRITICAL)  # its errors on corrupt files precede our one line
     # zarr's event loop, stopped by Ctrl-C inside a read or write, logs each of its pending tasks at exit (asyncio)
     logging.getLogger("asyncio").setLevel(logging.CRITICAL)

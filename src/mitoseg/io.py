@@ -314,7 +314,37 @@ def one_image(node: Any) -> Any:
     return images[0] if len(images) == 1 else node
 
 
+@contextlib.contextmanager
+def _errors_of(name: str):
+    """The messages a library's logger `name` logs at ERROR inside the block (a list, filled as they come), kept
+    from the terminal (the command line mutes tifffile's) but not from the caller."""
+    import logging
+
+    logger, said = logging.getLogger(name), []
+    handler = logging.Handler(logging.ERROR)
+    handler.emit = lambda record: said.append(record.getMessage())
+    level, propagate = logger.level, logger.propagate
+    logger.setLevel(logging.ERROR)
+    logger.propagate = False
+    logger.addHandler(handler)
+    try:
+        yield said
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
+        logger.propagate = propagate
+
+
 def _open_tiff(path: Path) -> Any:
+    with _errors_of("tifffile") as said:
+        arr = _open_tiff_pages(path)
+    if said:  # e.g. "invalid page offset": a file cut short reads as fewer slices, in silence
+        raise MitosegError(f"{path}: tifffile could not read all of it ({said[0].split('> ')[-1]}): the file may be "
+                           "truncated or damaged")
+    return arr
+
+
+def _open_tiff_pages(path: Path) -> Any:
     import tifffile
     import zarr
 
