@@ -293,7 +293,7 @@ def predict_volume_dask(client: Any, model_path: str | Path, image_spec: str | P
 def label_dask(client: Any, mask_spec: str | Path, out: str | Path, *, block: Sequence[int] | None = None,
                connectivity: int = 26, min_size: int = 0, threshold: float | None = None, progress: bool = True,
                attrs: dict | None = None, overwrite: bool = False, resume: bool = False, z_sigma: float = 0.0,
-               stored: bool = False) -> int:
+               stored: bool = False, source: str | None = None) -> int:
     """`instances.label_blockwise` on a Dask cluster: the same labels, id for id, in a new Zarr at `out`.
 
     `mask_spec`: a path (`io.open_volume`) every worker can read; foreground is `>= threshold` on the stored
@@ -301,7 +301,8 @@ def label_dask(client: Any, mask_spec: str | Path, out: str | Path, *, block: Se
     and applies the run's choice), or `> 0` when threshold is None (refused for mitoseg probabilities unless
     `stored` says the threshold is already on the stored scale, as `label_volume` passes it), after a blur along Z
     of `z_sigma` slices (`postprocess.ZSmoothed`: each task reads its block's neighbouring slices too). `block`
-    defaults to (64, 512, 512) and is also the output's chunk shape.
+    defaults to (64, 512, 512) and is also the output's chunk shape. `source`: the input's `io.content_id` when
+    the caller has it (a resume must match it).
     Pass 1 labels every block alone and keeps its faces on the cluster; one task per block finds the ids
     touching the blocks before it, from their faces; the client solves the equivalences (a few bytes per
     object); pass 2 relabels every block into ``<out>.partial`` (with `resume`, skipping the blocks an
@@ -322,7 +323,7 @@ def label_dask(client: Any, mask_spec: str | Path, out: str | Path, *, block: Se
                            "instances.label_volume(..., client=client), which converts it")
     block = tuple(int(b) for b in (block or (min(shape[0], 64), 512, 512)))
     output = instances.open_labels(out, shape, block, connectivity, min_size, threshold, attrs, resume, overwrite,
-                                   z_sigma, io.content_id(volume))
+                                   z_sigma, source or io.content_id(volume))
     grid = blocks.grid(shape, block)
 
     run = uuid.uuid4().hex[:8]

@@ -599,7 +599,7 @@ def label_volume(input: str | Path, out: str | Path, block: Sequence[int] | None
     elif client is not None:
         n = cluster.label_dask(client, input, out, block=block, connectivity=connectivity, min_size=min_size,
                                threshold=raw_threshold, progress=progress, attrs=attrs, overwrite=overwrite,
-                               resume=resume, z_sigma=z_sigma, stored=True)
+                               resume=resume, z_sigma=z_sigma, stored=True, source=source)
     else:
         output = open_labels(out, tuple(volume.shape), block, connectivity, min_size, raw_threshold, attrs, resume,
                              overwrite, z_sigma, source)

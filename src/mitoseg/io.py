@@ -898,11 +898,11 @@ def foreground_threshold(volume: Any, threshold: float | None, name: str = "the 
     without 0 (in a subsample, unless mitoseg wrote the mask): probabilities of another tool, an anti-aliased mask,
     object ids or a class export's 1/2 read as ``> 0`` would be a silently wrong answer. A threshold under 1 for
     whole numbers above 1 is refused too (every non-zero voxel would pass it), and one above 1 for floats of at most
-    1 (none would).
+    1 (none would). Float volumes of another tool holding NaN (in a subsample) are refused: read as background.
     """
     kind = stated_kind(volume)
     sample = functools.cache(lambda: sampled_values(volume))  # one strided pass (it visits every chunk) at most
-    if np.issubdtype(np.dtype(volume.dtype), np.floating) and np.isnan(sample()).any():
+    if kind is None and np.issubdtype(np.dtype(volume.dtype), np.floating) and np.isnan(sample()).any():
         raise MitosegError(f"{name} holds NaN values (in a subsample): replace them first (NaN >= any threshold is "
                            "false, so they would be read as background)")
     if kind == "probability":
