@@ -686,12 +686,13 @@ def intensity_range(arr: Any, max_samples: int = 2_000_000, rule: str = "percent
 
     The window is computed once per volume, so blocks predicted separately still agree with the whole. A
     volume of one grey level (in 99 % of its subsample) gets a window one unit wide, or, named by `flat` (the
-    volume's name), is refused: nothing to segment (a blank export, an empty channel, the wrong dataset).
+    volume's name), is refused: nothing to segment (a blank export, an empty channel, the wrong dataset). Named
+    so, a volume of two or three grey levels (bool too) is refused as well: a mask or labels given as the image.
     Raises MitosegError on NaN or infinite values in the subsample, or on an unknown rule.
     """
     if rule not in RULES:
         raise MitosegError(f"normalisation rule must be one of {', '.join(RULES)}, not {rule!r}")
-    levels = np.percentile(_sample(arr, max_samples), np.linspace(0.5, 99.5, RULES[rule]))
+    levels = np.percentile(_sample(arr, max_samples, flat), np.linspace(0.5, 99.5, RULES[rule]))
     if levels[-1] <= levels[0]:
         if flat is not None:
             raise MitosegError(f"{flat} holds one grey level ({levels[0]:g}) in 99 % of its voxels: nothing to "
@@ -703,15 +704,20 @@ def intensity_range(arr: Any, max_samples: int = 2_000_000, rule: str = "percent
 PADDING_SHARE = 0.01  # an end grey level holding more than this share of the voxels is padding or saturation
 
 
-def _sample(arr: Any, max_samples: int) -> np.ndarray:
+def _sample(arr: Any, max_samples: int, image: str | None = None) -> np.ndarray:
     """A strided float64 subsample (flat) of about `max_samples` voxels of the whole volume, without padding:
     the lowest or the highest grey level is left out where it holds more than ``PADDING_SHARE`` of the
     subsample (black borders of an aligned stack, a saturated detector; in tissue the end levels hold few
-    voxels), unless nothing would be left. Refuses NaN/inf."""
+    voxels), unless nothing would be left. Refuses NaN/inf, and, given the `image`'s name, a subsample of two or
+    three grey levels: no EM image has so few, a mask or labels do."""
     step = max(1, int(np.ceil((np.prod(arr.shape) / max_samples) ** (1 / 3))))
     sample = np.asarray(arr[::step, ::step, ::step], dtype=np.float64).ravel()
     if not np.isfinite(sample).all():
         raise MitosegError("the image holds NaN or infinite values; replace them before segmenting")
+    levels = np.unique(sample) if image is not None else None
+    if levels is not None and 1 < len(levels) <= 3:
+        raise MitosegError(f"{image} holds only the grey levels {first_values(levels)} (sampled): a mask or labels, "
+                           "not an EM image (image and labels swapped?)")
     keep = np.ones(sample.size, bool)
     for end in (sample.min(), sample.max()):
         at_end = sample == end

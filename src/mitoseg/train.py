@@ -462,7 +462,7 @@ def _train(config: Config, image: np.ndarray, mask: np.ndarray, out: Path, resum
 
     device = pick_device(config.device)
     torch.manual_seed(config.seed)
-    window = io.intensity_range(image, rule=config.normalize)
+    window = io.intensity_range(image, rule=config.normalize, flat="the image")
     train_vol, val_vol = data.split(image, mask, config.val_fraction, window)
     (out / "annotation.json").write_text(json.dumps(  # what the run learned from and was validated on, in voxels,
         {"training": data.counts(train_vol), "validation": data.counts(val_vol),  # and which image (`suggest`)
