@@ -324,6 +324,8 @@ def test_label_resume_onto_another_input_is_refused(tmp_path, droso, monkeypatch
     with pytest.raises(KeyboardInterrupt):
         instances.label_volume(tmp_path / "mask.npy", tmp_path / "l.zarr", block, progress=False)
     monkeypatch.setattr(instances, "relabel_block", real)
+    with pytest.raises(MitosegError, match="l.zarr.partial: left by an earlier run"):  # before: deleted silently
+        instances.label_volume(tmp_path / "mask.npy", tmp_path / "l.zarr", block, progress=False)
     np.save(tmp_path / "mask.npy", mask[:, ::-1])
     with pytest.raises(MitosegError, match="was written with other settings \\(source "):
         instances.label_volume(tmp_path / "mask.npy", tmp_path / "l.zarr", block, resume=True, progress=False)

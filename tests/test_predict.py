@@ -316,6 +316,10 @@ def test_resume_after_kill_is_identical(tmp_path, droso_crop, net2d, net3d, monk
     assert not predict.predicted_alike(io.partial_path(out), replace(settings, tta=True), net2d)
     assert not predict.predicted_alike(io.partial_path(out), settings, net3d)
     assert not predict.predicted_alike(out, settings, net2d)
+    # called again as before (a notebook cell run again): refused, as the command line does (before: the finished
+    # blocks were deleted silently)
+    with pytest.raises(MitosegError, match="p.zarr.partial, .*m.zarr.partial: left by an earlier run"):
+        predict.predict_volume(net2d, image, out, mask_out=tmp_path / "m.zarr", **kw)
     calls["n"] = -100
     seen = []
     monkeypatch.setattr(predict, "blend_block", lambda *a, **k: seen.append(1) or real(*a, **k))

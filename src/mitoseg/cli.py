@@ -655,11 +655,11 @@ def _unfinished(a: argparse.Namespace) -> list[Path]:
 
     if a.command not in ("predict", "label"):
         return []
-    outputs = [a.out, getattr(a, "mask", None)]
-    left = [io.partial_path(o) for o in outputs if o and io.partial_path(o).exists()]
-    members = Path(str(io.partial_path(a.out)) + ".members")  # `predict.predict_mean`'s
-    if a.command == "predict" and members.exists():
-        left.append(members)
+    left = io.unfinished((a.out, getattr(a, "mask", None)))
+    if a.command == "predict":
+        from mitoseg.predict import left_members
+
+        left += left_members(a.out)
     if a.command == "label" and a.table and not a.overwrite and Path(a.out).exists() and not Path(a.table).exists() \
             and Path(a.out).resolve() != io.split_path(a.input)[0].resolve() and _labels(a.out):
         left.append(Path(a.out))
@@ -709,12 +709,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         # as train and compare: an earlier run's finished work is never discarded silently
         left = [] if getattr(args, "resume", False) or getattr(args, "overwrite", False) else _unfinished(args)
-        if left:
-            for output in (args.out, getattr(args, "mask", None)):  # a run writing them now is said first
-                if output:
-                    io.claim(output)
-            raise MitosegError(f"{', '.join(map(str, left))}: left by an earlier run of this command; add --resume to "
-                               "go on from it, or --overwrite to start again")
+        io.refuse_left((getattr(args, "out", None), getattr(args, "mask", None)), left)
         args.func(args)
         return 0
     except MitosegError as e:

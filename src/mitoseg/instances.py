@@ -570,6 +570,8 @@ def label_volume(input: str | Path, out: str | Path, block: Sequence[int] | None
     checks.per_axis(block=block)
     volume = io.open_volume(input)
     io.check_place(out, "zarr", (input,))
+    if not (resume or overwrite):  # an earlier run's finished blocks are never discarded silently
+        io.refuse_left((out,), io.unfinished((out,)))
     if resume and not overwrite and table and Path(table).exists() and Path(out).exists() and \
             not io.partial_path(out).exists():
         raise MitosegError(f"{out} and {table} are finished: nothing to resume (--overwrite labels again)")

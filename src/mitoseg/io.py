@@ -20,7 +20,7 @@ import json
 import os
 import re
 import shutil
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -1146,6 +1146,24 @@ def _lock_file(key: str) -> Path:
     if image is not None:
         return image.with_name(f".{image.name}.labels.{Path(key).name}.lock")
     return Path(key).with_name(f".{Path(key).name}.lock")
+
+
+def refuse_left(outputs: Sequence[str | Path | None], left: Sequence[Path]) -> None:
+    """Refuse to write `outputs` (None: none) while what an earlier run `left` of them (unfinished blocks,
+    ``.partial``) exists: never discarded silently, by the command line or the API. The outputs are claimed
+    first, so a run writing them now is said instead."""
+    if not left:
+        return
+    for output in outputs:
+        if output is not None:
+            claim(output)
+    raise MitosegError(f"{', '.join(map(str, left))}: left by an earlier run of this command; add --resume to go on "
+                       "from it, or --overwrite to start again")
+
+
+def unfinished(outputs: Sequence[str | Path | None]) -> list[Path]:
+    """The unfinished parts (``.partial``) that exist of `outputs` (None: none)."""
+    return [partial_path(o) for o in outputs if o is not None and partial_path(o).exists()]
 
 
 def partial_path(path: str | Path) -> Path:

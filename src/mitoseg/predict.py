@@ -477,7 +477,10 @@ def kept(out: str | Path, mask_out: str | Path | None, shape: tuple[int, ...], s
 def open_outputs(shape: tuple[int, ...], out: str | Path, mask_out: str | Path | None, settings: Settings,
                  model_id: str, attrs: dict | None, resume: bool, overwrite: bool) -> list[blocks.Output]:
     """The probability output (and the mask output) of a prediction through the block engine; a resume
-    must match the settings and the model (`model_id`, see `fingerprint`)."""
+    must match the settings and the model (`model_id`, see `fingerprint`); without `resume` or `overwrite`, an
+    unfinished one is refused (`io.refuse_left`)."""
+    if not (resume or overwrite):
+        io.refuse_left((out, mask_out), io.unfinished((out, mask_out)))
     values = recorded(settings, model_id)
     meta = dict(attrs or {}, overlap=settings.overlap, tile=settings.tile, tta=settings.tta, window=settings.window,
                 created=time.strftime("%F %T"))
@@ -637,6 +640,8 @@ def predict(model: str | Path | Sequence[str | Path], image: str | Path, out: st
     models = (model,) if isinstance(model, str | Path) else tuple(model)
     for output in (out, mask_out) if mask_out is not None else (out,):
         io.check_place(output, "zarr", (image, *models))
+    if not (resume or overwrite):  # an earlier run's finished blocks are never discarded silently
+        io.refuse_left((out, mask_out), io.unfinished((out, mask_out)) + left_members(out))
     if mask_out is not None and Path(mask_out).absolute() == Path(out).absolute():
         raise MitosegError(f"the probabilities and the mask are both {out}: give two outputs")
     if mask_out is not None:  # one inside the other (but an image-label): replacing the outer would delete both
@@ -797,6 +802,16 @@ def mean_probabilities(parts: Sequence[np.ndarray]) -> np.ndarray:
 
 
 @io.releasing
+def _members(out: str | Path) -> Path:
+    """Where `predict_mean` keeps the probabilities of each model until their mean at `out` is finished."""
+    return Path(str(io.partial_path(out)) + ".members")
+
+
+def left_members(out: str | Path) -> list[Path]:
+    """The members an unfinished `predict_mean` into `out` left (`_members`), as a list of none or one."""
+    return [_members(out)] if _members(out).exists() else []
+
+
 def predict_mean(models: Sequence[str | Path], image: str | Path, out: str | Path, *,
                  mask_out: str | Path | None = None, threshold: float = 0.5, dtype: str = "uint8",
                  overwrite: bool = False, resume: bool = False, progress: bool = True, **each: Any) -> Path:
@@ -819,7 +834,7 @@ def predict_mean(models: Sequence[str | Path], image: str | Path, out: str | Pat
     for m, p in zip(models, member_planes, strict=True):
         if p is not None:
             model_for(m, image, "cpu", p, each.get("voxel_size"))  # a refusal now, not after the others predict
-    members = Path(str(io.partial_path(out)) + ".members")
+    members = _members(out)
     if not resume:
         io.remove(members)
     paths = [members / f"{i}.zarr" for i in range(len(models))]
