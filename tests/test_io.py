@@ -680,6 +680,10 @@ def test_an_array_where_a_path_is_needed_is_one_line(droso_crop):
         io.open_volume(droso_crop[0])
     with pytest.raises(MitosegError, match="not a ndarray"):
         io.load_pair(*droso_crop)
+    with pytest.raises(MitosegError, match="not a ndarray"):  # before: an OSError printing the whole array
+        io.voxel_size(droso_crop[0])
+    with pytest.raises(MitosegError, match="not a list"):  # before: None, as if it stated no size
+        io.voxel_size(["raw.tif"])
 
 
 def test_foreground_threshold(tmp_path):
@@ -793,6 +797,8 @@ def test_foreground_of_a_binary_mask_and_refusal_of_more_values(droso_crop):
     nan[0, 0, 0] = np.nan
     with pytest.raises(MitosegError, match="more than two values"):
         io.foreground(nan)
+    with pytest.raises(MitosegError, match=r"holds two values without 0 \(1, 2\): a binary mask of 0"):
+        io.foreground(mask + 1)  # before: "more than two values (1, 2)"
 
 
 def test_an_imagej_tiff_states_its_calibration(tmp_path, crop):

@@ -545,6 +545,11 @@ def test_the_block_engine_refuses_dims_not_the_models_and_its_own_input_as_outpu
                                progress=False)
     with pytest.raises(MitosegError, match=r"must be a volume \(Z, Y, X\), not an array of shape \(64, 64\)"):
         predict.predict_volume(net3d, droso_crop[0][0, :64, :64], tmp_path / "p.zarr", 3, (8, 64, 64), progress=False)
+    # before: an AttributeError and a ValueError of zip() deep inside
+    with pytest.raises(MitosegError, match="predict_volume takes a volume's path or an array .*, not a list"):
+        predict.predict_volume(net3d, droso_crop[0][:8, :64, :64].tolist(), tmp_path / "p.zarr", 3, (8, 64, 64))
+    with pytest.raises(MitosegError, match=r"tile must be three numbers \(z, y, x\), not \(64, 64\)"):
+        predict.predict_volume(net3d, str(zarr_path), tmp_path / "p.zarr", 3, (64, 64), progress=False)
     with pytest.raises(MitosegError, match=r"must be a volume \(Z, Y, X\), not an array of shape \(64, 64\)"):
         predict.predict_array(net3d, droso_crop[0][0, :64, :64], 3, (8, 64, 64))  # before: an IndexError
     with pytest.raises(MitosegError, match=r"dims must be 3 \(the model's\), not 2"):

@@ -53,7 +53,11 @@ def file_name(spec: str | Path) -> str:
 
 
 def split_path(spec: str | Path) -> tuple[Path, str | None]:
-    """Split ``file.h5:inner/path`` into the file path and the inner dataset (None if absent)."""
+    """Split ``file.h5:inner/path`` into the file path and the inner dataset (None if absent). Anything but a
+    path (str or Path: an array) is refused."""
+    if not isinstance(spec, str | Path):
+        raise MitosegError(f"a volume's path (str or Path) is needed here, not a {type(spec).__name__}; arrays in "
+                           "memory go to predict.predict_volume, train.train, instances.label or metrics.evaluate")
     text = str(spec)
     head, sep, tail = text.rpartition(":")
     if sep and head and tail and Path(head).suffix.lower() in H5 | {".zarr"}:
@@ -69,12 +73,9 @@ def open_volume(spec: str | Path) -> Any:
     Raises MitosegError for a missing, unreadable or non-3D input, an unfinished output (``NAME.partial``), and
     for anything but a path (an array).
     """
-    if not isinstance(spec, str | Path):
-        raise MitosegError(f"a volume's path (str or Path) is needed here, not a {type(spec).__name__}; arrays in "
-                           "memory go to predict.predict_volume, train.train, instances.label or metrics.evaluate")
+    path, inner = split_path(spec)
     if not str(spec).strip():
         raise MitosegError("an empty path was given where a volume is needed")
-    path, inner = split_path(spec)
     if not path.exists():
         raise MitosegError(f"{path}: no such file or folder")
     unfinished = next((p for p in (path, *path.parents) if p.name.endswith(".partial") and is_zarr(p)), None)
@@ -806,9 +807,12 @@ def foreground(mask: np.ndarray, name: str = "the mask") -> np.ndarray:
     fg = mask > 0
     top = mask[fg]
     if np.count_nonzero(mask) != top.size or (top.size and (top != top[0]).any()):
-        raise MitosegError(f"{name} holds more than two values ({first_values(np.unique(mask))}): a binary mask is "
-                           "needed; threshold it first (probabilities >= 0.5, or >= 128 as mitoseg stores them; "
-                           "object ids > 0)")
+        values = np.unique(mask)
+        held = f"two values without 0 ({first_values(values)})" if values.size == 2 else \
+            f"more than two values ({first_values(values)})"
+        raise MitosegError(f"{name} holds {held}: a binary mask of 0 (background) and one other value is needed; "
+                           "threshold it first (probabilities >= 0.5, or >= 128 as mitoseg stores them; object ids "
+                           "> 0)")
     return fg
 
 

@@ -257,6 +257,9 @@ def check_call(model: Any, image: Any, dims: Any, name: str) -> tuple[int, ...]:
     found = model_dims(model)
     if dims not in (2, 3) or found not in (None, dims):
         raise MitosegError(f"dims must be {found or '2 or 3'} (the model's), not {dims!r}")
+    if not hasattr(image, "shape"):
+        raise MitosegError(f"{name} takes a volume's path or an array (numpy, zarr, dask), not a "
+                           f"{type(image).__name__}")
     shape = tuple(image.shape)
     if len(shape) != 3:
         raise MitosegError(f"the image must be a volume (Z, Y, X), not an array of shape {shape}")
@@ -545,6 +548,7 @@ def predict_volume(model: torch.nn.Module, image: Any, out: str | Path, dims: in
 
     volume = io.open_volume(image) if isinstance(image, str | Path) else image
     shape = check_call(model, volume, dims, "predict_volume")
+    checks.per_axis(tile=tile, block=block)
     window = window or input_window(model, volume)
     settings = plan(volume, dims, tile, overlap, block, window, planes=input_planes(model, dims), dtype=dtype,
                     threshold=threshold, tta=tta, amp=amp,
