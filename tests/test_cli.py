@@ -908,9 +908,11 @@ def test_predict_resume_keeps_only_its_own_finished_prediction(runs, tmp_path, c
     out = tmp_path / "p.zarr"
     assert main(["--quiet", "predict", *opts, "--out", str(out)]) == 0
     created = io.open_volume(out).attrs["created"]
+    capsys.readouterr()
     assert main(["--quiet", "predict", *opts, "--out", str(out), "--resume"]) == 0
     assert io.open_volume(out).attrs["created"] == created
-    capsys.readouterr()
+    # said so (before: "wrote p.zarr")
+    assert capsys.readouterr().out.startswith(f"kept {out}, finished earlier with these settings")
     assert main(["--quiet", "predict", *opts, "--out", str(out), "--resume", "--voxel-size", "10", "10", "10"]) == 2
     assert "p.zarr was written with other settings (voxel_size [5.0, 5.0, 5.0] then, [10.0, 10.0, 10.0] now)" \
         in capsys.readouterr().err
@@ -934,3 +936,5 @@ def test_predict_resume_keeps_only_its_own_finished_prediction(runs, tmp_path, c
     bad(["predict", *both, "--resume"], capsys, "m.zarr are finished: nothing to resume")
     bad(["label", str(tmp_path / "m.zarr"), "--out", str(tmp_path / "l.zarr"), "--table", str(tmp_path / "t.csv"),
          "--resume"], capsys, "t.csv are finished: nothing to resume")
+    bad(["label", str(tmp_path / "m.zarr"), "--out", str(tmp_path / "l.zarr"), "--resume"], capsys,
+        "l.zarr is finished: nothing to resume")  # no table asked (before: "already exists; pass --overwrite")

@@ -114,15 +114,20 @@ def _client(a: argparse.Namespace):
 
 
 def cmd_predict(a: argparse.Namespace) -> None:
+    from mitoseg import io
     from mitoseg.predict import predict
 
+    kept = a.resume and not a.overwrite and Path(a.out).exists() and not io.partial_path(a.out).exists()
     with _client(a) as client:
         predict(a.model, a.image, a.out, mask_out=a.mask, tile_xy=a.tile_xy, tile_z=a.tile_z, overlap=a.overlap,
                 block=a.block, dtype=a.dtype, threshold=a.threshold, batch_size=a.batch_size, tta=a.tta,
                 amp=not a.fp32, device=a.device, client=client, overwrite=a.overwrite, resume=a.resume,
                 progress=not a.quiet, match_training=a.match_training, planes=a.planes,
                 voxel_size=_voxel(a.voxel_size) if a.voxel_size else None)
-    print(f"wrote {a.out}" + (f" and {a.mask}" if a.mask else ""))
+    if kept:  # finished alike by an earlier run (else refused)
+        print(f"kept {a.out}, finished earlier with these settings" + (f"; wrote {a.mask}" if a.mask else ""))
+    else:
+        print(f"wrote {a.out}" + (f" and {a.mask}" if a.mask else ""))
     print(_voxel_words(a))
     if a.mask:
         print(_mask_words(a.mask))

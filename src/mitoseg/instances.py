@@ -572,9 +572,10 @@ def label_volume(input: str | Path, out: str | Path, block: Sequence[int] | None
     io.check_place(out, "zarr", (input,))
     if not (resume or overwrite):  # an earlier run's finished blocks are never discarded silently
         io.refuse_left((out,), io.unfinished((out,)))
-    if resume and not overwrite and table and Path(table).exists() and Path(out).exists() and \
+    if resume and not overwrite and (not table or Path(table).exists()) and Path(out).exists() and \
             not io.partial_path(out).exists():
-        raise MitosegError(f"{out} and {table} are finished: nothing to resume (--overwrite labels again)")
+        raise MitosegError(f"{out}{f' and {table} are' if table else ' is'} finished: nothing to resume (--overwrite "
+                           "labels again)")
     if table:
         io.check_output(table, overwrite, "file", (input,))
         if Path(table).absolute() == Path(out).absolute():
