@@ -332,6 +332,8 @@ def test_slices_and_partial_annotation(droso_crop):
             data.parse_slices(bad, 20)
     partial = data.annotate_slices(mask, [2, 9])
     assert (partial[[2, 9]] == mask[[2, 9]]).all() and (np.delete(partial, [2, 9], axis=0) == data.IGNORE).all()
+    # a bool mask alike (before: its other slices were True, all foreground)
+    np.testing.assert_array_equal(data.annotate_slices(mask.astype(bool), [2, 9]), partial)
     data.check_labels(partial)
     with pytest.raises(MitosegError, match="no annotated voxel"):
         data.check_labels(np.full_like(mask, data.IGNORE))

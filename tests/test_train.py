@@ -104,6 +104,12 @@ def test_resume_continues_exactly(tmp_path, small, monkeypatch):
     tr.check_resume(tmp_path / "b", {"annotated_slices": "0,3,4"})  # the same slices, written otherwise
     with pytest.raises(MitosegError, match=r"annotated-slices \(saved 0,3-4, given 0,3\)"):
         tr.check_resume(tmp_path / "b", {"annotated_slices": "0,3"})
+    # resumed with another image or other labels of the same shape: refused (before: its epochs mixed two data sets)
+    raw, mask = small
+    with pytest.raises(MitosegError, match="was trained on another image"):
+        tr.train(tiny(2), raw[:, ::-1].copy(), mask, tmp_path / "b", resume=True, progress=False)
+    with pytest.raises(MitosegError, match="was trained on other labels"):
+        tr.train(tiny(2), raw, mask[:, ::-1].copy(), tmp_path / "b", resume=True, progress=False)
 
 
 def test_a_run_interrupted_while_choosing_its_post_processing_chooses_it_when_resumed(tmp_path, small):

@@ -73,8 +73,9 @@ def parse_slices(text: str, depth: int) -> list[int]:
 
 
 def annotate_slices(mask: np.ndarray, slices: list[int]) -> np.ndarray:
-    """A copy of `mask` (Z, Y, X) in which every slice not in `slices` is `IGNORE` (not annotated)."""
-    out = np.full_like(mask, IGNORE)
+    """A copy of `mask` (Z, Y, X) in which every slice not in `slices` is `IGNORE` (not annotated); a bool mask's
+    copy is uint8 (in bool, `IGNORE` would be foreground)."""
+    out = np.full(mask.shape, IGNORE, np.promote_types(mask.dtype, np.uint8))
     out[slices] = mask[slices]
     return out
 

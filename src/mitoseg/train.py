@@ -429,6 +429,8 @@ def train(config: Config, image: np.ndarray, mask: np.ndarray, out: str | Path, 
                   "--annotated-slices if they are annotated", file=sys.stderr)
         mask = data.annotate_slices(mask, slices)
     data.check_labels(mask)
+    if resume:
+        check_same_data(out, image, mask)
     data.check_image(image)
     data.check_patch(image.shape, config.patch)
     part, _ = data.split(image, mask, config.val_fraction)  # annotation on both sides of the validation cut
@@ -455,6 +457,21 @@ def train(config: Config, image: np.ndarray, mask: np.ndarray, out: str | Path, 
         raise
 
 
+def check_same_data(out: Path, image: np.ndarray, mask: np.ndarray) -> None:
+    """Refuse to resume the run in `out` with an image or labels (`mask` as trained on: annotated slices applied)
+    other than those it began with (checksums in its annotation.json, `io.content_id`; runs begun before 2026-12-07
+    record the image's alone): its epochs would mix two data sets."""
+    path = out / "annotation.json"
+    recorded = json.loads(path.read_text()) if path.is_file() else {}
+    then = recorded.get("image", {}).get("source")
+    if then is not None and not io.same_source(then, io.content_id(image)):
+        raise MitosegError(f"{out} was trained on another image (its checksum differs): resume it with the image it "
+                           "began with, or start again with --overwrite")
+    if recorded.get("labels") not in (None, io.content_id(mask)):
+        raise MitosegError(f"{out} was trained on other labels (their checksum differs; --annotated-slices are the "
+                           "run's): resume it with the labels it began with, or start again with --overwrite")
+
+
 def _train(config: Config, image: np.ndarray, mask: np.ndarray, out: Path, resume: bool, progress: bool,
            monitor: data.Volume | None, postprocessing: bool) -> dict:
     """The training loop of `train`, in a prepared run folder."""
@@ -466,7 +483,8 @@ def _train(config: Config, image: np.ndarray, mask: np.ndarray, out: Path, resum
     train_vol, val_vol = data.split(image, mask, config.val_fraction, window)
     (out / "annotation.json").write_text(json.dumps(  # what the run learned from and was validated on, in voxels,
         {"training": data.counts(train_vol), "validation": data.counts(val_vol),  # and which image (`suggest`)
-         "image": {"shape": list(image.shape), "source": io.content_id(image)}}, indent=2) + "\n")
+         "image": {"shape": list(image.shape), "source": io.content_id(image)}, "labels": io.content_id(mask)},
+        indent=2) + "\n")
     # kept with every checkpoint: what `predict --match-training` maps another volume's grey levels onto
     intensity = {"window": window, "reference": io.reference_levels(image)}
     sampler = data.PatchSampler(train_vol, config.patch, config.fg_fraction, np.random.default_rng(config.seed),
