@@ -103,8 +103,9 @@ def test_a_2d_run_evaluated_on_ca1_is_also_given_a_choice_for_three_planes(tmp_p
     assert own["probabilities"] == three["probabilities"] == "tta"
     model, config = load_model(run, planes=3)
     _, val = split(bench.train_image, bench.train_mask, cfg.val_fraction, io.intensity_range(bench.train_image))
-    probs = predict.predict_array(model, val.image, 2, predict.default_tile(2, val.image.shape, config.tile, 3),
-                                  config.overlap, val.window, tta=True, amp=config.amp)
+    probs = val.scored(predict.predict_array(model, val.image, 2, predict.default_tile(2, val.image.shape, config.tile,
+                                                                                       3),
+                                             config.overlap, val.window, tta=True, amp=config.amp))
     pp, candidates = postprocess.choose(predict.to_storage(probs, "uint8"), val.mask)
     assert three["chosen"] == pp.as_dict() and three["candidates"] == candidates != own["candidates"]
 

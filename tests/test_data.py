@@ -31,10 +31,12 @@ def _inplane_match(src: np.ndarray, out: np.ndarray) -> bool:
 
 def test_split_holds_out_last_x_fraction(volume):
     train, val = data.split(volume.image, volume.mask, 0.15)
-    assert train.image.shape == (20, 256, 218) and val.image.shape == (20, 256, 38)
-    assert train.mask.shape == train.image.shape and val.mask.shape == val.image.shape
+    # the validation image lends the training part's last VAL_MARGIN columns (predicted, not scored)
+    assert train.image.shape == (20, 256, 218) and val.image.shape == (20, 256, 38 + data.VAL_MARGIN)
+    assert train.mask.shape == train.image.shape and val.mask.shape == (20, 256, 38) and val.margin == 64
     assert np.array_equal(train.image, volume.image[:, :, :218])
-    assert np.array_equal(val.image, volume.image[:, :, 218:])
+    assert np.array_equal(val.image, volume.image[:, :, 218 - 64:])
+    assert np.array_equal(val.scored(val.image), volume.image[:, :, 218:])
     assert np.array_equal(np.concatenate([train.mask, val.mask], axis=2), volume.mask)
     assert val.mask.any()  # the real crop has mitochondria in the held-out strip
 
@@ -44,8 +46,8 @@ def test_split_without_validation_and_too_narrow(volume):
     assert val is None and train.image is volume.image and train.mask is volume.mask
     two = np.zeros((2, 4, 2), np.uint8)
     two[:, 1:3] = 1  # foreground in both columns
-    train, val = data.split(two, two, 0.1)  # at least one column held out
-    assert train.image.shape[2] == 1 and val.image.shape[2] == 1
+    train, val = data.split(two, two, 0.1)  # at least one column held out, its margin as wide as the rest
+    assert train.image.shape[2] == 1 and val.image.shape[2] == 2 and val.mask.shape[2] == 1 and val.margin == 1
     with pytest.raises(MitosegError, match="too narrow"):
         data.split(volume.image[:, :, :1], volume.mask[:, :, :1], 0.5)
 

@@ -241,15 +241,15 @@ def test_learns_on_a_ca1_crop(tmp_path, lucchi_crop):
     chosen = json.loads((tmp_path / "run" / "postprocessing.json").read_text())
     model, _ = tr.load_model(tmp_path / "run")
     _, val = data.split(raw[:8], mask[:8], cfg.val_fraction, io.intensity_range(raw[:8]))
-    probs = predict.predict_array(model, val.image, 2, predict.default_tile(2, val.image.shape, cfg.tile), cfg.overlap,
-                             val.window, amp=cfg.amp)
+    probs = val.scored(predict.predict_array(model, val.image, 2, predict.default_tile(2, val.image.shape, cfg.tile),
+                                             cfg.overlap, val.window, amp=cfg.amp))
     pp, candidates = postprocess.choose(predict.to_storage(probs, "uint8"), val.mask)
     assert (chosen["chosen"], chosen["probabilities"]) == (pp.as_dict(), "raw") and chosen["candidates"] == candidates
     # and for predicting along three planes (5 nm voxels), on the split predicted so, kept apart
     three = json.loads((tmp_path / "run" / "postprocessing_planes3.json").read_text())
     model, _ = tr.load_model(tmp_path / "run", planes=3)
-    probs3 = predict.predict_array(model, val.image, 2, predict.default_tile(2, val.image.shape, cfg.tile, 3),
-                                   cfg.overlap, val.window, amp=cfg.amp)
+    tile3 = predict.default_tile(2, val.image.shape, cfg.tile, 3)
+    probs3 = val.scored(predict.predict_array(model, val.image, 2, tile3, cfg.overlap, val.window, amp=cfg.amp))
     assert np.abs(probs3 - probs).max() > 0.01  # another prediction
     pp3, candidates3 = postprocess.choose(predict.to_storage(probs3, "uint8"), val.mask)
     assert three["chosen"] == pp3.as_dict() and three["candidates"] == candidates3 != candidates
@@ -496,7 +496,7 @@ def test_train_on_a_few_annotated_slices(tmp_path, small, capsys):
     model, cfg = tr.load_model(tmp_path / "run")
     partial = data.annotate_slices(mask, [0, 2, 3])
     _, val = data.split(raw, partial, cfg.val_fraction, io.intensity_range(raw))
-    probs = tr.predict_array(model, val.image, 3, cfg.tile, cfg.overlap, val.window)
+    probs = val.scored(tr.predict_array(model, val.image, 3, cfg.tile, cfg.overlap, val.window))
     on_annotated = tr.metrics.scores(tr.metrics.confusion(probs[[0, 2, 3]] >= 0.5, val.mask[[0, 2, 3]]))
     assert tr.read_log(tmp_path / "run")[0]["val_iou"] == pytest.approx(on_annotated["jaccard"], abs=1e-6)
     with pytest.raises(MitosegError, match="no foreground voxels where annotated"):

@@ -237,7 +237,7 @@ def evaluate_probabilities(folder: Path, bench: Benchmark, tta: bool = True, val
     top level, each variant under "variants", and the validation split's IoU under the chosen post-processing
     ("validation_jaccard"), which ranks a model against the ensemble without the test volume."""
     _, val = split(bench.train_image, bench.train_mask, val_fraction)
-    pp, candidates = postprocess.choose(io.open_volume(folder / "val_probs.zarr")[:], val.mask)
+    pp, candidates = postprocess.choose(val.scored(io.open_volume(folder / "val_probs.zarr")[:]), val.mask)
     postprocess.save(folder, pp, candidates, "tta" if tta else "raw")  # replaces the one `train` chose on raw
     memory.release()
     probs = io.open_volume(folder / "test_probs.zarr")[:]

@@ -20,14 +20,25 @@ from mitoseg.errors import MitosegError
 class Volume:
     """An image (Z, Y, X) as stored (any dtype), its mask (Z, Y, X) uint8 {0, 1, IGNORE}, and the intensity
     window that maps the image to the network's [0, 1] (`io.intensity_range` of the whole volume).
-    Patches are normalised as they are read, so no float copy of the volume is ever made."""
+    Patches are normalised as they are read, so no float copy of the volume is ever made.
+    `margin`: the image's first `margin` columns in X are not the mask's (the mask covers the rest): a validation
+    part's neighbourhood, predicted with it and not scored (`scored`)."""
 
     image: np.ndarray
     mask: np.ndarray
     window: tuple[float, ...] = (0.0, 1.0)
+    margin: int = 0
+
+    def scored(self, probs: np.ndarray) -> np.ndarray:
+        """The part of `probs` (Z, Y, X), a prediction of `image`, that `mask` covers."""
+        return probs[:, :, self.margin:]
 
 
 IGNORE = 2  # mask value of voxels nobody annotated: no loss, no sampling centre, no score
+# X columns of the training part that the validation part is predicted with (`split`), as `predict` sees its
+# voxels in the whole volume; measured on CA1 (40 slices, 2D model, tile 256): IoU 0.877 predicted alone, 0.891
+# with 64 columns, 0.891 with 128 or 256 (0.896 inside whole slices, whose tiles lie elsewhere)
+VAL_MARGIN = 64
 
 
 def check_labels(mask: np.ndarray, name: str = "labels") -> None:
@@ -100,7 +111,9 @@ def split(image: np.ndarray, mask: np.ndarray, val_fraction: float,
     """Hold out the last `val_fraction` of the X axis for validation; both parts are views with `window`.
 
     X is cut (not Z) so thin stacks keep every section in both parts; each part must hold annotated voxels and
-    foreground (an empty validation part scores an empty prediction 1.0, and picks it). Returns (train, val or None).
+    foreground (an empty validation part scores an empty prediction 1.0, and picks it). The validation part's image
+    starts `VAL_MARGIN` columns before the cut (its `margin`: never scored, and its labels unused), so its first
+    columns are predicted as `predict` predicts them in the whole volume, not at an edge. Returns (train, val or None).
     """
     if val_fraction <= 0:
         return Volume(image, mask, window), None
@@ -119,8 +132,9 @@ def split(image: np.ndarray, mask: np.ndarray, val_fraction: float,
         if not (part == 1).any():  # validation: checkpoints and post-processing chosen for predicting nothing
             raise MitosegError(f"the {where} holds no foreground (mitochondria), so the run would {empty}: change "
                                "--val-fraction, or crop the volume so that both parts hold some")
+    lent = min(cut, VAL_MARGIN)
     return (Volume(image[:, :, :cut], mask[:, :, :cut], window),
-            Volume(image[:, :, cut:], mask[:, :, cut:], window))
+            Volume(image[:, :, cut - lent:], mask[:, :, cut:], window, lent))
 
 
 def check_image(image: np.ndarray, name: str = "image") -> None:

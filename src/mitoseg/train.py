@@ -182,7 +182,8 @@ def validate(model: torch.nn.Module, val: data.Volume | None, config: Config, de
         return {"f1": float("nan"), "jaccard": float("nan"), "best_jaccard": float("nan"),
                 "best_threshold": float("nan")}
     tile = default_tile(config.dims, val.image.shape, config.tile)
-    probs = predict_array(model, val.image, config.dims, tile, config.overlap, val.window, device, amp=config.amp)
+    probs = val.scored(predict_array(model, val.image, config.dims, tile, config.overlap, val.window, device,
+                                     amp=config.amp))
     truth = val.mask
     annotated = val.mask != data.IGNORE
     if not annotated.all():
@@ -645,7 +646,8 @@ def choose_postprocessing(out: Path, val: data.Volume | None, config: Config, de
     for n_planes in planes:
         model, cfg = load_model(out, device, n_planes)
         tile = default_tile(cfg.dims, val.image.shape, cfg.tile, n_planes)
-        probs = predict_array(model, val.image, cfg.dims, tile, cfg.overlap, val.window, tta=tta, amp=cfg.amp)
+        probs = val.scored(predict_array(model, val.image, cfg.dims, tile, cfg.overlap, val.window, tta=tta,
+                                         amp=cfg.amp))
         del model
         pp, candidates = postprocess.choose(to_storage(probs, "uint8"), val.mask)  # as `predict` stores them
         other = n_planes if n_planes != config.slice_planes else None
