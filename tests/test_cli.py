@@ -319,6 +319,21 @@ def test_train_resume_and_help(runs, capsys, tmp_path):
     assert main(["--quiet", "train", str(d / "train.tif"), str(d / "train_gt.tif"), "--out", str(tmp_path / "run3"),
                  "--resume", "--fp32"]) == 0
     assert Config.load(tmp_path / "run3" / "config.json").amp is False
+    # --epochs N with a preset of minutes: N epochs (as compare --epochs; before: cut at the quick preset's 3 minutes,
+    # silently); the summary printed as summary.json holds it
+    capsys.readouterr()
+    assert main(["--quiet", "train", str(d / "train.tif"), str(d / "train_gt.tif"), "--out", str(tmp_path / "q"),
+                 "--quick", *TRAIN]) == 0
+    assert Config.load(tmp_path / "q" / "config.json").minutes is None
+    printed = capsys.readouterr().out.split("\n", 1)[1]  # after the voxel size line
+    assert json.loads(printed) == json.loads((tmp_path / "q" / "summary.json").read_text())
+    # a 3D run on a stack thinner than the preset's patch: the deepest patch that fits, as compare picks it (before:
+    # refused with every preset)
+    thin = [a for a in TRAIN if a not in ("--patch-z", "8")]
+    assert main(["--quiet", "train", str(d / "train.tif"), str(d / "train_gt.tif"), "--out", str(tmp_path / "t"),
+                 "--dims", "3", "--quick", *thin]) == 0
+    assert Config.load(tmp_path / "t" / "config.json").patch_z == 8
+    assert "patch depth 8 slices: the image holds 8 (the preset's 32 would not fit)" in capsys.readouterr().out
     with pytest.raises(SystemExit):
         main(["--help"])
     assert "compare" in capsys.readouterr().out
@@ -544,6 +559,21 @@ def test_user_mistakes_are_one_line(runs, capsys, tmp_path, monkeypatch):
     bad(["train", t, str(tmp_path / "empty_gt.tif"), "--out", str(tmp_path / "r"), *TRAIN], capsys, "no foreground")
     bad(["train", t, g, "--out", str(tmp_path / "r"), "--dims", "3", "--patch-z", "32"], capsys,
         "smaller than the patch")
+    # options that named two things at once (before: one of them silently ignored)
+    bad(["train", t, g, "--out", str(tmp_path / "r"), "--quick", "--preset", "cpu"], capsys,
+        "--quick is --preset quick: give it or --preset cpu, not both")
+    bad(["compare", "--out", str(tmp_path / "c"), "--quick", "--preset", "full"], capsys, "not both")
+    bad(["train", t, g, "--out", str(tmp_path / "r"), "--dims", "3", "--planes", "3"], capsys,
+        "--planes is the 2D model's")
+    assert not (tmp_path / "r").exists() and not (tmp_path / "c").exists()
+    # the GPU preset on a CPU, by default: said before its days of training begin
+    import mitoseg.train
+
+    monkeypatch.setattr(mitoseg.train, "train", lambda cfg, image, mask, out, **k: (
+        Path(out).mkdir(), (Path(out) / "summary.json").write_text(json.dumps({"epochs": cfg.epochs}))))
+    assert main(["--quiet", "train", t, g, "--out", str(tmp_path / "gpu"), "--device", "cpu"]) == 0
+    assert "note: the full preset (the default) is sized for a GPU: on a CPU its 200 epochs take days" in \
+        capsys.readouterr().err
     tifffile.imwrite(tmp_path / "rgb.tif", np.zeros((4, 32, 32, 3), np.uint8))
     bad(["predict", str(tmp_path / "rgb.tif"), "--model", str(d / "run2"), "--out", str(tmp_path / "p.zarr")],
         capsys, "colour channels")

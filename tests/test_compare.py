@@ -231,6 +231,13 @@ def test_ca1_is_found_and_named_by_provenance(lucchi_dir, monkeypatch, tmp_path)
     assert found is not None and found[1] == datasets.DERIVED
     assert "per-slice stretched" in datasets.DERIVED and "polygon-filled" in datasets.DERIVED
     assert "/" not in datasets.DERIVED
+    # a folder of the user's own: named as given, not as "the EPFL files" (before: any folder was)
+    (tmp_path / "mycopy").mkdir()
+    for name in ("training.tif", "training_groundtruth.tif", "testing.tif", "testing_groundtruth.tif"):
+        (tmp_path / "mycopy" / name).symlink_to(found[0] / name)
+    mine = datasets.lucchi_dir(tmp_path / "mycopy")
+    assert mine is not None and mine[1].endswith("the files of the folder mycopy (their source not checked)")
+    assert "EPFL files" not in mine[1] and "/" not in mine[1]
 
 
 def test_benchmark_falls_back_to_drosophila(droso_dir, monkeypatch, tmp_path):

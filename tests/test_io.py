@@ -468,6 +468,12 @@ def test_load_pair(tmp_path, droso_crop):
         io.load_pair(tmp_path / "img.npy", tmp_path / "short.npy")
     with pytest.raises(MitosegError, match="label_threshold must be a number >= 0, not -5"):
         io.load_pair(tmp_path / "img.npy", tmp_path / "lab.npy", threshold=-5)
+    nan = mask.astype(np.float32)
+    nan[3, 100, 100] = np.nan
+    np.save(tmp_path / "nan.npy", nan)
+    for threshold in (None, 0.5):  # before: "more than two values (0, 1, nan)", or with a threshold background
+        with pytest.raises(MitosegError, match="labels .*nan.npy hold NaN values: replace them first"):
+            io.load_pair(tmp_path / "img.npy", tmp_path / "nan.npy", threshold=threshold)
 
 
 # ---------------------------------------------------------------- intensities and labels

@@ -42,7 +42,16 @@ def _voxel(values: list[float]) -> tuple[float, float, float]:
     return tuple(float(v) for v in values)
 
 
+def _preset(a: argparse.Namespace) -> str:
+    """The preset `--quick` or `--preset` names ("full" when neither); both, naming two, refused."""
+    if a.quick and a.preset not in (None, "quick"):
+        raise MitosegError(f"--quick is --preset quick: give it or --preset {a.preset}, not both")
+    return "quick" if a.quick else a.preset or "full"
+
+
 def cmd_train(a: argparse.Namespace) -> None:
+    import torch
+
     from mitoseg import io
     from mitoseg.config import PRESETS
     from mitoseg.train import check_resume, resumed_config, train
@@ -55,6 +64,10 @@ def cmd_train(a: argparse.Namespace) -> None:
         boundary_weight=a.boundary_weight, loader_workers=a.loader_workers, val_fraction=a.val_fraction, seed=a.seed,
         device=a.device, label_threshold=a.label_threshold, voxel_size=a.voxel_size, unlabeled=a.unlabeled,
         annotated_slices=a.annotated_slices, init=a.init, amp=False if a.fp32 else None).items() if v is not None}
+    if a.epochs is not None and a.minutes is None and not a.resume:  # N epochs, not the preset's minutes
+        changes["minutes"] = None
+    if a.planes == 3 and (a.dims or 2) == 3:
+        raise MitosegError("--planes is the 2D model's (slices cut along three axes); a 3D model sees the volume whole")
     if a.resume:  # the run's saved settings, those it read its labels with too; others given are refused
         check_resume(a.out, {**changes, **({"dims": a.dims} if a.dims else {})})
         cfg = resumed_config(a.out, changes)
@@ -62,10 +75,23 @@ def cmd_train(a: argparse.Namespace) -> None:
     else:
         io.check_place(a.out, inputs=(a.image, a.labels))  # --overwrite must not delete them with an old run
         stated = None if a.voxel_size else io.voxel_size(a.image)  # an ImageJ TIFF's or OME-Zarr's own
-        cfg = PRESETS["quick" if a.quick else a.preset](a.dims or 2, **changes, **(
+        preset = _preset(a)
+        cfg = PRESETS[preset](a.dims or 2, **changes, **(
             {"voxel_size": stated} if stated else {} if a.voxel_size else {"voxel_size_stated": False}),
             data=f"{io.file_name(a.image)} with labels {io.file_name(a.labels)}")
         image, mask = io.load_pair(a.image, a.labels, a.label_threshold, a.unlabeled)
+        if preset == "full" and a.epochs is None and a.minutes is None and \
+                (a.device == "cpu" or not torch.cuda.is_available()):
+            print(f"note: the full preset (the default) is sized for a GPU: on a CPU its {cfg.epochs} epochs take "
+                  "days; --preset cpu trains for 30 minutes on 2 cores, --quick for 3", file=sys.stderr)
+        if cfg.dims == 3 and a.patch_z is None and image.shape[0] < cfg.patch_z:  # a thin stack: as `compare` does
+            from dataclasses import replace
+
+            from mitoseg.compare import patch_depth
+
+            cfg = replace(cfg, patch_z=patch_depth(image.shape[0], cfg.voxel_size, most=cfg.patch_z))
+            print(f"patch depth {cfg.patch_z} slices: the image holds {image.shape[0]} (the preset's "
+                  f"{PRESETS[preset](3).patch_z} would not fit)")
         voxel = "voxel size " + " x ".join(f"{v:g}" for v in cfg.voxel_size) + " nm"
         if a.voxel_size:
             print(f"{voxel} (--voxel-size)")
@@ -74,8 +100,8 @@ def cmd_train(a: argparse.Namespace) -> None:
         else:
             print(f"{voxel}, the default: the image states none; give --voxel-size (it sets the 3D encoder's "
                   "strides, and predictions record it; without it they record no voxel size)")
-    summary = train(cfg, image, mask, a.out, resume=a.resume, overwrite=a.overwrite, progress=not a.quiet)
-    print(json.dumps(summary, indent=2))
+    train(cfg, image, mask, a.out, resume=a.resume, overwrite=a.overwrite, progress=not a.quiet)
+    print((Path(a.out) / "summary.json").read_text(), end="")  # as written: strict JSON (no NaN)
 
 
 def cmd_convert(a: argparse.Namespace) -> None:
@@ -307,7 +333,7 @@ def public_command(args: list[str]) -> str:
 def cmd_compare(a: argparse.Namespace) -> None:
     from mitoseg.compare import compare
 
-    compare(a.out, a.dataset, a.data, "quick" if a.quick else a.preset, a.epochs, a.minutes, a.seed,
+    compare(a.out, a.dataset, a.data, _preset(a), a.epochs, a.minutes, a.seed,
             a.overwrite, progress=not a.quiet, command=public_command(sys.argv[1:]), tta=a.tta,
             resume=a.resume, changes=None if a.planes is None else {"planes": a.planes})
 
@@ -385,7 +411,7 @@ def parser() -> argparse.ArgumentParser:
     t.add_argument("--out", required=True, help="run folder (config, log, checkpoints)")
     t.add_argument("--dims", type=int, choices=(2, 3),
                    help="2 (default): a 2D U-Net on slices; 3: a 3D U-Net")
-    t.add_argument("--preset", default="full", choices=("quick", "cpu", "full"),
+    t.add_argument("--preset", choices=("quick", "cpu", "full"),
                    help="quick: 3 minutes on a CPU; cpu: 30 minutes on 2 cores; full: the GPU preset (default)")
     t.add_argument("--quick", action="store_true", help="same as --preset quick")
     t.add_argument("--epochs", type=arg("epochs"), help="epochs to train (default: the preset's)")
@@ -542,7 +568,7 @@ def parser() -> argparse.ArgumentParser:
                    help="lucchi: EPFL CA1; drosophila: the 20-section ssTEM stack; auto: CA1 when found")
     c.add_argument("--data", help="folder with the data set's files")
     c.add_argument("--quick", action="store_true", help="same as --preset quick (the demo)")
-    c.add_argument("--preset", default="full", choices=("quick", "cpu", "full"),
+    c.add_argument("--preset", choices=("quick", "cpu", "full"),
                    help="quick: 3 minutes per model (demo); cpu: 30 minutes per model on 2 cores (about 95 "
                         "minutes in all); full: the GPU preset (default)")
     c.add_argument("--epochs", type=arg("epochs"), help="equal epochs for both models")

@@ -20,9 +20,9 @@ from mitoseg.errors import MitosegError
 
 DROSOPHILA = "drosophila-vnc-stack1"
 LUCCHI_DERIVED = "lucchi-derived"
-DERIVED = ("EPFL CA1 hippocampus FIB-SEM (Lucchi et al.), derived public copy: per-slice stretched images, "
-           "polygon-filled labels")
-ORIGINAL = "EPFL CA1 hippocampus FIB-SEM (Lucchi et al.), the EPFL files"
+CA1 = "EPFL CA1 hippocampus FIB-SEM (Lucchi et al.)"
+DERIVED = f"{CA1}, derived public copy: per-slice stretched images, polygon-filled labels"
+ORIGINAL = f"{CA1}, the EPFL files"
 
 
 def shared_data() -> Path:
@@ -51,7 +51,8 @@ def drosophila(folder: str | Path | None = None) -> tuple[np.ndarray, np.ndarray
 
 def lucchi_dir(data: str | Path | None = None) -> tuple[Path, str] | None:
     """The CA1 folder and its provenance in words: the EPFL files when found (`download.data_dir`), else
-    the derived public copy in the shared data folder; None when neither is there."""
+    the derived public copy in the shared data folder; None when neither is there. A folder the user names
+    (`data`) that is not the derived copy is named as given: nothing tells that its files are the EPFL ones."""
     found = download.data_dir("lucchi", data)
     if found is None and data is None:
         found = download.data_dir("lucchi", shared_data() / LUCCHI_DERIVED)
@@ -59,4 +60,8 @@ def lucchi_dir(data: str | Path | None = None) -> tuple[Path, str] | None:
         return None
     readme = found / "README.md"
     derived = "derived" in found.name or (readme.exists() and "derived public copy" in readme.read_text())
-    return found, DERIVED if derived else ORIGINAL
+    if derived:
+        return found, DERIVED
+    if data is None:
+        return found, ORIGINAL
+    return found, f"{CA1}, the files of the folder {found.name} (their source not checked)"

@@ -11,6 +11,7 @@ from __future__ import annotations
 import copy
 import functools
 import json
+import math
 import tempfile
 import warnings
 from collections.abc import Sequence
@@ -363,9 +364,11 @@ def _readme(run: str | Path, config: Config, chosen: dict | None, halo: Sequence
     elif not (Path(run) / "best.pt").exists():
         validation = "The run holds no best checkpoint (`best.pt`): exported from its last one, `last.pt`."
     elif summary.is_file():
-        best = json.loads(summary.read_text()).get("best_val_iou", float("nan"))
+        best = json.loads(summary.read_text()).get("best_val_iou")
         validation = (f"Foreground IoU on the run's validation split (the last {config.val_fraction:.0%} of the "
-                      f"training volume along X, never trained on), probability >= 0.5: {best:.3f} (best epoch).")
+                      f"training volume along X, never trained on), probability >= 0.5: {best:.3f} (best epoch)."
+                      if best is not None and math.isfinite(best) else
+                      "The run was trained without a validation split: no validation IoU.")
     return f"""# mitoseg {config.dims}D U-Net (ResNet18 encoder) for mitochondria in EM
 
 Exported by mitoseg {__version__} from the training run `{Path(run).name}`.

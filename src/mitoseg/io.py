@@ -612,7 +612,7 @@ def content_id(volume: Any) -> str:
     y0, x0 = max(0, y // 2 - 32), max(0, x // 2 - 32)
     for k in sorted({0, z // 2, z - 1}):
         plane = np.asarray(volume[k:k + 1])
-        crc = zlib.crc32(np.ascontiguousarray(plane).tobytes(), crc)
+        crc = zlib.crc32(np.ascontiguousarray(plane), crc)  # its buffer: no copy of a whole slice
         old = zlib.crc32(np.ascontiguousarray(plane[:, y0:y0 + 64, x0:x0 + 64]).tobytes(), old)
     EARLIER_IDS[f"{crc:08x}"] = f"{old:08x}"
     return f"{crc:08x}"
@@ -967,6 +967,9 @@ def load_pair(image: str | Path, labels: str | Path, threshold: float | None = N
     if tuple(img.shape) != tuple(lab.shape):
         raise MitosegError(f"image {tuple(img.shape)} and labels {tuple(lab.shape)} differ in shape")
     raw = np.asarray(lab[:])
+    if np.issubdtype(raw.dtype, np.floating) and np.isnan(raw).any():  # NaN > any threshold is False: background
+        raise MitosegError(f"labels {labels} hold NaN values: replace them first (0 for background, or a value "
+                           "given as --unlabeled for voxels nobody annotated)")
     if unlabeled is None and threshold is None and sampled_values(raw).tolist() == [0, 1, 2]:
         raise MitosegError(f"labels {labels} hold the values 0, 1 and 2: if 0 marks voxels nobody annotated, 1 "
                            "background and 2 mitochondria (ilastik's export), give --unlabeled 0; else give "

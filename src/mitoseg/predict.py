@@ -369,6 +369,20 @@ def tiles_computed(shape: tuple[int, ...], tile: tuple[int, ...], overlap: float
     return math.prod(tiles_per_length(s, t, overlap)[min(b, s)] for s, t, b in zip(shape, tile, block, strict=True))
 
 
+def chunk_note(chunks: Any, block: tuple[int, ...]) -> str | None:
+    """A note when the image's chunks (Z, Y, X voxels: what a read decompresses whole) are so much larger than the
+    prediction's `block` that each block decompresses over 4 times the voxels it needs, else None (no chunks: a
+    TIFF, a contiguous HDF5, an array in memory)."""
+    if not isinstance(chunks, tuple) or len(chunks) != 3 or not all(isinstance(c, int | np.integer) for c in chunks):
+        return None  # a Dask array's chunks are tuples of sizes
+    waste = float(np.prod([max(1.0, c / b) for c, b in zip(chunks, block, strict=True)]))
+    if waste < 4:
+        return None
+    return (f"note: the image is stored in chunks of {tuple(int(c) for c in chunks)} voxels and predicted in blocks of "
+            f"{block}: each block decompresses about {waste:.0f} times the voxels it needs; `mitoseg convert IMAGE "
+            "--out NEW.zarr` rewrites it in chunks of (64, 512, 512)")
+
+
 def slow_block(shape: tuple[int, ...], tile: tuple[int, ...], overlap: float, block: tuple[int, ...],
                default: tuple[int, ...]) -> str | None:
     """A note when the user's `block` computes over twice the tiles of the `default` block (a tile is computed
@@ -434,6 +448,9 @@ def plan(volume: Any, dims: int, tile: tuple[int, int, int], overlap: float, blo
         if note:
             print(note, file=sys.stderr)
     block = tuple(int(b) for b in (block or default))
+    note = chunk_note(getattr(volume, "chunks", None), block)
+    if note:
+        print(note, file=sys.stderr)
     return Settings(tile=tile, overlap=float(overlap), window=window, block=block, planes=planes,
                     source=io.content_id(volume), **options)
 
@@ -655,8 +672,8 @@ def predict(model: str | Path | Sequence[str | Path], image: str | Path, out: st
                                "two outputs side by side")
         if omezarr.label_of(mask_out) is None or omezarr.label_of(mask_out).resolve() != probs:  # of another image:
             omezarr.refuse_other_voxel(mask_out, voxel_size)  # the label's would differ from the probabilities'
-    if isinstance(image, str | Path):
-        io.refuse_output(io.open_volume(image), image, "the EM image", ("probability", "mask", "labels"))
+    volume = io.open_volume(image)  # once: a TIFF of thousands of pages takes seconds to open
+    io.refuse_output(volume, image, "the EM image", ("probability", "mask", "labels"))
     if resume and not overwrite and mask_out is not None and all(
             Path(p).exists() and not io.partial_path(p).exists() for p in (out, mask_out)):
         raise MitosegError(f"{out} and {mask_out} are finished: nothing to resume (--overwrite predicts them again)")
@@ -700,8 +717,7 @@ def predict(model: str | Path | Sequence[str | Path], image: str | Path, out: st
             mask_out=mask_out, threshold=threshold, batch_size=batch_size, tta=tta, amp=amp, overwrite=overwrite,
             resume=resume, progress=progress, attrs=attrs, device=None if device == "auto" else device,
             match_training=match_training, planes=planes)
-    net, config = model_for(model, image, device, planes, voxel_size)
-    volume = io.open_volume(image)
+    net, config = model_for(model, volume, device, planes, stated)
     return predict_volume(net, volume, out, config.dims, run_tile(config, volume.shape, tile_xy, tile_z),
                           config.overlap if overlap is None else overlap, block, dtype, mask_out, threshold,
                           batch_size, tta, amp, attrs={**recorded_voxel(config), **attrs},

@@ -34,7 +34,7 @@ import numpy as np
 import torch
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
-from mitoseg import data, io, memory, metrics, postprocess
+from mitoseg import __version__, data, io, memory, metrics, postprocess
 from mitoseg.config import Config, other_planes, with_planes
 from mitoseg.errors import MitosegError
 from mitoseg.models import autocast, build_model, channels_last, pick_device, synchronize
@@ -55,8 +55,8 @@ def versions() -> dict:
     """Software and hardware the run used, for the record."""
     import monai
 
-    info = {"python": platform.python_version(), "torch": torch.__version__, "monai": monai.__version__,
-            "numpy": np.__version__, "machine": platform.machine(), "cpu": cpu_name(),
+    info = {"mitoseg": __version__, "python": platform.python_version(), "torch": torch.__version__,
+            "monai": monai.__version__, "numpy": np.__version__, "machine": platform.machine(), "cpu": cpu_name(),
             "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads()}
     if torch.cuda.is_available():
         info["gpu"] = torch.cuda.get_device_name(0)
@@ -222,7 +222,10 @@ def load_init(model: torch.nn.Module, config: Config, device: torch.device) -> N
     """Start `model` from the weights of the run (or checkpoint) `config.init` (`check_init`)."""
     other_model, other = check_init(config, device)
     model.load_state_dict(other_model.state_dict())
-    if other.voxel_size_stated and config.voxel_size_stated and unlike_voxels(other.voxel_size, config.voxel_size):
+    # a model along XY slices sees the pixels alone (as `predict.model_for` compares them): Z counts for 3D and 3 planes
+    axes = slice(1, 3) if config.dims == 2 and config.slice_planes == 1 else slice(0, 3)
+    if other.voxel_size_stated and config.voxel_size_stated and \
+            unlike_voxels(tuple(other.voxel_size)[axes], tuple(config.voxel_size)[axes]):
         words = [" x ".join(f"{float(v):g}" for v in c.voxel_size) for c in (other, config)]
         print(f"note: --init {Path(config.init).name} was trained on {words[0]} nm voxels, this run's are "
               f"{words[1]} nm: it starts from features of another scale"
@@ -437,6 +440,9 @@ def train(config: Config, image: np.ndarray, mask: np.ndarray, out: str | Path, 
     part, _ = data.split(image, mask, config.val_fraction)  # annotation on both sides of the validation cut
     cut = part.image.shape[2]
     data.check_patch(part.image.shape, config.patch, f"the training part (x < {cut}; the rest validates)")
+    if config.val_fraction <= 0 and not resume:
+        print("note: no validation split (--val-fraction 0): no validation IoU, every epoch's weights are kept as the "
+              "best, and no post-processing is chosen (predict thresholds at 0.5)", file=sys.stderr)
     if not resume:  # what can be refused is, before --overwrite deletes an old run there
         if config.init:
             check_init(config)
@@ -611,14 +617,16 @@ def _train(config: Config, image: np.ndarray, mask: np.ndarray, out: Path, resum
             _save(ckpt, out / "last.pt")
             io.remove(replaced(out))  # the run --overwrite replaces: gone once this one can be resumed
             saved_at = time.perf_counter()
-    if val_vol is not None and state["best_iou"] < 0.01:
+    share = data.counts(val_vol)  # calling every voxel mitochondria scores the foreground's share as IoU
+    share = share["foreground_voxels"] / share["annotated_voxels"] if share else 0.0
+    if val_vol is not None and state["best_iou"] < max(0.01, 2 * share):  # `compare`'s "learned" too
         print(f"mitoseg: warning: the {config.dims}D model has not learned (best validation IoU "
-              f"{max(state['best_iou'], 0.0):.3f}); its predictions mean nothing: train longer, or check the "
-              "labels", file=sys.stderr, flush=True)
+              f"{max(state['best_iou'], 0.0):.3f}; calling every voxel mitochondria scores {share:.3f}); its "
+              "predictions mean nothing: train longer, or check the labels", file=sys.stderr, flush=True)
     elif val_vol is not None and state["best_iou"] < BARELY:
         print(f"mitoseg: note: the {config.dims}D model has barely learned (best validation IoU "
-              f"{state['best_iou']:.3f}): expect poor masks; train longer, annotate more, or start from a trained "
-              "model (--init)", file=sys.stderr, flush=True)
+              f"{state['best_iou']:.3f}): expect poor masks; train longer, annotate more"
+              + ("" if config.init else ", or start from a trained model (--init)"), file=sys.stderr, flush=True)
     if best is not None:
         _save(best, out / "best.pt")
     if ckpt is not None:  # finished: the weights that are delivered, without what only resuming needs
@@ -688,15 +696,17 @@ def _best(values) -> float:
 
 
 def summarize(run: str | Path) -> dict:
-    """Training summary of a run folder (written to summary.json): epochs, times, best validation."""
+    """Training summary of a run folder (written to summary.json): epochs, times, best validation. Its
+    seconds_per_epoch are of the whole epochs (not of a last one cut short by the time limit)."""
     run = Path(run)
     rows = read_log(run)
     iters = sum(r["iterations"] for r in rows)
+    whole = [r for r in rows if r["iterations"] == max(q["iterations"] for q in rows)]  # not one cut by --minutes
     summary = {
         "epochs": len(rows),
         "iterations": int(iters),
         "train_seconds": rows[-1]["elapsed_seconds"] if rows else 0.0,
-        "seconds_per_epoch": float(np.mean([r["epoch_seconds"] for r in rows])) if rows else 0.0,
+        "seconds_per_epoch": float(np.mean([r["epoch_seconds"] for r in whole])) if rows else 0.0,
         "seconds_per_iteration": (rows[-1]["elapsed_seconds"] / iters) if iters else 0.0,
         "best_val_dice": _best(r["val_dice"] for r in rows),
         "best_val_iou": _best(r["val_iou"] for r in rows),
@@ -708,7 +718,8 @@ def summarize(run: str | Path) -> dict:
     }
     if (run / "annotation.json").exists():  # runs since 2026-12-07
         summary["annotation"] = json.loads((run / "annotation.json").read_text())
-    (run / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    undefined = {k: None for k, v in summary.items() if isinstance(v, float) and not math.isfinite(v)}  # no NaN
+    (run / "summary.json").write_text(json.dumps({**summary, **undefined}, indent=2) + "\n")  # in a JSON file
     return summary
 
 
