@@ -566,14 +566,6 @@ def test_user_mistakes_are_one_line(runs, capsys, tmp_path, monkeypatch):
     bad(["train", t, g, "--out", str(tmp_path / "r"), "--dims", "3", "--planes", "3"], capsys,
         "--planes is the 2D model's")
     assert not (tmp_path / "r").exists() and not (tmp_path / "c").exists()
-    # the GPU preset on a CPU, by default: said before its days of training begin
-    import mitoseg.train
-
-    monkeypatch.setattr(mitoseg.train, "train", lambda cfg, image, mask, out, **k: (
-        Path(out).mkdir(), (Path(out) / "summary.json").write_text(json.dumps({"epochs": cfg.epochs}))))
-    assert main(["--quiet", "train", t, g, "--out", str(tmp_path / "gpu"), "--device", "cpu"]) == 0
-    assert "note: the full preset (the default) is sized for a GPU: on a CPU its 200 epochs take days" in \
-        capsys.readouterr().err
     tifffile.imwrite(tmp_path / "rgb.tif", np.zeros((4, 32, 32, 3), np.uint8))
     bad(["predict", str(tmp_path / "rgb.tif"), "--model", str(d / "run2"), "--out", str(tmp_path / "p.zarr")],
         capsys, "colour channels")

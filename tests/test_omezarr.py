@@ -38,6 +38,8 @@ def test_image_pyramid_reads_back_at_physical_scale(tmp_path, droso):
     mean = raw[:, :2 * 256, :2 * 192].reshape(20, 256, 2, 192, 2).mean(axis=(2, 4))
     assert np.abs(np.asarray(node.data[1]).astype(float) - mean).max() <= 0.5  # averaged, rounded
     assert np.array_equal(io.open_volume(path)[:], raw) and io.voxel_size(path) == VOXEL
+    group = zarr.open_group(str(path), mode="r")  # each level's blocks fit in it (before: level 0's, (4, 128, 128))
+    assert [blocks.block_of(group[str(i)]) for i in range(3)] == [(4, 128, 128), (4, 128, 128), (4, 128, 96)]
 
 
 def test_labels_are_downsampled_by_nearest_and_label_writes_ome(tmp_path, droso):

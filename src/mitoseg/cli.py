@@ -50,8 +50,6 @@ def _preset(a: argparse.Namespace) -> str:
 
 
 def cmd_train(a: argparse.Namespace) -> None:
-    import torch
-
     from mitoseg import io
     from mitoseg.config import PRESETS
     from mitoseg.train import check_resume, resumed_config, train
@@ -80,10 +78,6 @@ def cmd_train(a: argparse.Namespace) -> None:
             {"voxel_size": stated} if stated else {} if a.voxel_size else {"voxel_size_stated": False}),
             data=f"{io.file_name(a.image)} with labels {io.file_name(a.labels)}")
         image, mask = io.load_pair(a.image, a.labels, a.label_threshold, a.unlabeled)
-        if preset == "full" and a.epochs is None and a.minutes is None and \
-                (a.device == "cpu" or not torch.cuda.is_available()):
-            print(f"note: the full preset (the default) is sized for a GPU: on a CPU its {cfg.epochs} epochs take "
-                  "days; --preset cpu trains for 30 minutes on 2 cores, --quick for 3", file=sys.stderr)
         if cfg.dims == 3 and a.patch_z is None and image.shape[0] < cfg.patch_z:  # a thin stack: as `compare` does
             from dataclasses import replace
 

@@ -324,7 +324,7 @@ def write_pyramid(path: str | Path, voxel_size: tuple[float, float, float] | Non
     for level, f in enumerate(factors(group["0"].shape, voxel_size), start=1):
         src = group[str(level - 1)]
         shape = tuple(n // k for n, k in zip(src.shape, f, strict=True))
-        block = blocks.block_of(src)
+        block = tuple(min(b, max(1, n)) for b, n in zip(blocks.block_of(src), shape, strict=True))  # fits the level
         dst = group.create_array(str(level), shape=shape, dtype=src.dtype, fill_value=0, config=blocks.WRITE,
                                  overwrite=True, **blocks.storage(block, zarr_format),  # resumed: built again
                                  **_array_kwargs(None, zarr_format))

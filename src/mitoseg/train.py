@@ -170,6 +170,7 @@ def kept_aside(out: Path) -> str:
         if replaced(out).exists() else ""
 
 
+LONG_ON_CPU = 2000  # iterations without --minutes that are noted on a CPU (the cpu preset's 30 minutes: about 2,100)
 BARELY = 0.1  # a best validation IoU under this (at any threshold) is noted after training: the masks will be poor
 
 
@@ -505,6 +506,9 @@ def _train(config: Config, image: np.ndarray, mask: np.ndarray, out: Path, resum
     ema = averaged(model, config.ema)
     n_iter = iterations_per_epoch(config, train_vol.image.shape)
     total_iter = n_iter * config.epochs
+    if device.type == "cpu" and not config.minutes and total_iter >= LONG_ON_CPU and not resume:
+        print(f"note: {total_iter:,} iterations on a CPU without a time limit (the full preset, the default, is sized "
+              "for a GPU): expect hours; --preset cpu trains for 30 minutes on 2 cores, --quick for 3", file=sys.stderr)
 
     state = {"epoch": 0, "iteration": 0, "elapsed": 0.0, "best_iou": -1.0}
     if resume:
@@ -619,7 +623,7 @@ def _train(config: Config, image: np.ndarray, mask: np.ndarray, out: Path, resum
             saved_at = time.perf_counter()
     share = data.counts(val_vol)  # calling every voxel mitochondria scores the foreground's share as IoU
     share = share["foreground_voxels"] / share["annotated_voxels"] if share else 0.0
-    if val_vol is not None and state["best_iou"] < max(0.01, 2 * share):  # `compare`'s "learned" too
+    if val_vol is not None and state["best_iou"] < max(0.01, share):  # no better than all foreground
         print(f"mitoseg: warning: the {config.dims}D model has not learned (best validation IoU "
               f"{max(state['best_iou'], 0.0):.3f}; calling every voxel mitochondria scores {share:.3f}); its "
               "predictions mean nothing: train longer, or check the labels", file=sys.stderr, flush=True)
