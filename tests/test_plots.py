@@ -311,3 +311,17 @@ def test_save_failure_leaves_nothing(tmp_path, monkeypatch):
     with pytest.raises(RuntimeError, match="disk full"):
         plots.save(fig, tmp_path / "f.png")
     assert list(Path(tmp_path).iterdir()) == []
+
+
+def test_training_curves_mark_the_epoch_whose_checkpoint_was_kept():
+    """The committed Drosophila quick run's 2D log: its IoU at 0.5 peaks at epoch 16, but `train` kept epoch 17's
+    checkpoint (the best IoU at its best threshold); the mark is on 17 (before: 16)."""
+    import csv
+
+    path = Path(__file__).parents[1] / "results" / "drosophila-quick-epyc" / "model_2D" / "log.csv"
+    rows = list(csv.DictReader(path.open()))
+    assert int(np.argmax([float(r["val_iou"]) for r in rows])) + 1 == 16
+    ax_loss, ax_val = Figure().subplots(1, 2)
+    plots.training_curves(ax_loss, ax_val, {"2D U-Net": rows}, time_unit="s")
+    (x, y), = ax_val.collections[0].get_offsets()
+    assert (x, y) == (float(rows[16]["elapsed_seconds"]), float(rows[16]["val_iou"]))

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -52,6 +52,15 @@ class PostProcessing:
 
     def as_dict(self) -> dict:
         return asdict(self)
+
+
+def at_voxels(pp: PostProcessing, trained: Any, voxel: Any) -> PostProcessing:
+    """`pp`, chosen on voxels of `trained` (z, y, x nm), for voxels of `voxel`: its Z blur kept in nm (slices of the
+    new thickness) and its minimum size in nm³ (voxels of the new size); the threshold and hole filling as they
+    are."""
+    z_sigma = pp.z_sigma * float(trained[0]) / float(voxel[0])
+    min_size = pp.min_size * float(np.prod(trained, dtype=np.float64) / np.prod(voxel, dtype=np.float64))
+    return replace(pp, z_sigma=round(z_sigma, 2), min_size=int(round(min_size)))
 
 
 def smooth_z(probs: np.ndarray, sigma: float, rows: int = 64) -> np.ndarray:

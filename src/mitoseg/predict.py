@@ -679,6 +679,9 @@ def predict(model: str | Path | Sequence[str | Path], image: str | Path, out: st
         raise MitosegError(f"{out} and {mask_out} are finished: nothing to resume (--overwrite predicts them again)")
     single = isinstance(model, str | Path) or len(model) == 1
     chosen = postprocess.read(model if isinstance(model, str | Path) else model[0], planes) if single else None
+    stated = voxel_size or io.voxel_size(image)
+    if chosen and stated:
+        chosen = _chosen_at(chosen, model if isinstance(model, str | Path) else model[0], stated)
     pp = postprocess.PostProcessing(threshold) if threshold is not None else chosen or postprocess.PostProcessing()
     inside = mask_out is not None and omezarr.label_of(mask_out) is not None and \
         omezarr.label_of(mask_out).resolve() == Path(out).resolve()  # an image-label of the image written here
@@ -703,7 +706,6 @@ def predict(model: str | Path | Sequence[str | Path], image: str | Path, out: st
     if chosen:  # the run's choice, for `mitoseg label` and the user; the mask's own attributes say what it applied
         attrs["postprocessing"] = chosen.as_dict()
         attrs["postprocessing_planes"] = postprocess.chosen_for(model, planes)
-    stated = voxel_size or (io.voxel_size(image) if isinstance(image, str | Path) else None)
     if stated:
         attrs["voxel_size"] = tuple(float(v) for v in stated)  # else the run's, when stated (`recorded_voxel`)
     origin = io.origin(image) if isinstance(image, str | Path) else None
@@ -757,6 +759,24 @@ def model_for(model: str | Path, image: Any, device: str | torch.device = "auto"
         if other:
             print(other, file=sys.stderr)
     return net, config
+
+
+def _chosen_at(chosen: postprocess.PostProcessing, run: str | Path,
+               voxel: Sequence[float]) -> postprocess.PostProcessing:
+    """The run's post-processing `chosen` on its training voxels, for an image of `voxel` (z, y, x nm) unlike them
+    (`unlike_voxels`; both stated): its Z blur and minimum size kept in nm (`postprocess.at_voxels`), said in a
+    note; else as chosen."""
+    config = Path(run) / "config.json"
+    trained = Config.load(config) if config.is_file() else None
+    if trained is None or not trained.voxel_size_stated or not unlike_voxels(trained.voxel_size, voxel):
+        return chosen
+    moved = postprocess.at_voxels(chosen, trained.voxel_size, voxel)
+    if (moved.z_sigma, moved.min_size) != (chosen.z_sigma, chosen.min_size):
+        words = [" x ".join(f"{float(v):g}" for v in size) for size in (trained.voxel_size, voxel)]
+        print(f"note: the run's post-processing was chosen on {words[0]} nm voxels; on these {words[1]} nm ones it "
+              f"blurs {moved.z_sigma:g} slices along Z (not {chosen.z_sigma:g}) and keeps objects of "
+              f"{moved.min_size:,} voxels or more (not {chosen.min_size:,}): the same nm", file=sys.stderr)
+    return moved
 
 
 def recorded_voxel(config: Config) -> dict:
