@@ -83,9 +83,15 @@ def central_slices(bench, slices: int) -> tuple[int, np.ndarray, np.ndarray]:
 
 
 def validation_strip(bench, cfg) -> data.Volume:
-    """The training volume's validation split as training validates it (through the whole volume's window)."""
-    return data.split(bench.train_image, bench.train_mask, cfg.val_fraction,
-                      io.intensity_range(bench.train_image, rule=cfg.normalize))[1]
+    """The training volume's validation split (through the whole volume's window), the strip alone (`strip_alone`)."""
+    return strip_alone(data.split(bench.train_image, bench.train_mask, cfg.val_fraction,
+                                  io.intensity_range(bench.train_image, rule=cfg.normalize))[1])
+
+
+def strip_alone(val: data.Volume) -> data.Volume:
+    """A validation split without the columns of context `data.split` lends it: the strip alone, as these
+    experiments measured it (before 2026-12-07; training validates it with `data.VAL_MARGIN` columns since)."""
+    return data.Volume(val.image[:, :, val.margin:], val.mask, val.window)
 
 
 def score(model, cfg, image: np.ndarray, truth: np.ndarray, window) -> float:

@@ -29,7 +29,7 @@ import time
 import numpy as np
 import torch
 import torch.nn.functional as F
-from ablation import gamma, with_training_histogram  # experiments/ is the script's folder, so on sys.path
+from ablation import gamma, strip_alone, with_training_histogram  # experiments/: the script's folder, on sys.path
 from ablation import score as iou
 from record import header, save
 
@@ -152,6 +152,7 @@ def main(argv: list[str] | None = None) -> None:
         dark_window = io.intensity_range(gamma(bench.test_image, 1.4), rule=cfg.normalize)
         train_vol, val_vol = data.split(bench.train_image, bench.train_mask, cfg.val_fraction,
                                         io.intensity_range(bench.train_image, rule=cfg.normalize))
+        val_vol = strip_alone(val_vol)
         sampler = data.PatchSampler(train_vol, cfg.patch, cfg.fg_fraction, np.random.default_rng(cfg.seed),
                                     context=cfg.context)
         tf = train.augmenter(cfg, cfg.seed)

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from ablation import PER_EPOCH, central_slices, gamma, score  # experiments/ is the script's folder, so on sys.path
+from ablation import PER_EPOCH, central_slices, gamma, score, strip_alone  # experiments/: on sys.path
 from record import header, save
 
 from mitoseg import compare, config, data, io, train
@@ -55,6 +55,7 @@ def train_keeping_epochs(cfg: config.Config, bench, folder: Path) -> None:
 def validation_iou(model, cfg: config.Config, image: np.ndarray, mask: np.ndarray) -> float:
     """IoU at 0.5 on the validation strip of a training volume `image` (its own window) as training splits it."""
     _, val = data.split(image, mask, cfg.val_fraction, io.intensity_range(image, rule=cfg.normalize))
+    val = strip_alone(val)
     return score(model, cfg, val.image, val.mask, val.window)
 
 

@@ -32,7 +32,7 @@ def main(argv: list[str] | None = None) -> None:
              "|---|---|---|---|---|"]
     for run in a.runs:
         folder = Path(run)
-        val_probs = io.open_volume(folder / "val_probs.zarr")[:]
+        val_probs = io.open_volume(folder / "val_probs.zarr")[:, :, -val.mask.shape[2]:]  # the strip's columns
         name = "test_probs_tta.zarr" if (folder / "test_probs_tta.zarr").exists() else "test_probs.zarr"
         test_probs = io.open_volume(folder / name)[:]
         for span, thresholds in RANGES.items():

@@ -37,7 +37,8 @@ def main(argv: list[str] | None = None) -> None:
     runs = sorted({run for g in a.group for run in g[1:]})
     wrong = {}  # each run's wrong test voxels (its own post-processed mask against the labels)
     for name, members in [(short(r), [r]) for r in runs] + [(g[0], g[1:]) for g in a.group]:
-        probs = {"validation": predict.mean_probabilities([_read(m, "val_probs.zarr") for m in members]),
+        probs = {"validation": predict.mean_probabilities([_read(m, "val_probs.zarr") for m in members])[
+                     :, :, -val.mask.shape[2]:],  # the strip's columns (compares since 2026-12-07: 64 more before)
                  "test": predict.mean_probabilities([_read(m, "test_probs_tta.zarr") for m in members])}
         pp, candidates = postprocess.choose(probs["validation"], truths["validation"])
         mask = postprocess.apply(probs["test"], pp) > 0

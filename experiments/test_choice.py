@@ -45,7 +45,7 @@ def main(argv: list[str] | None = None) -> None:
     for run in a.runs:
         folder = Path(run)
         name = "test_probs_tta.zarr" if (folder / "test_probs_tta.zarr").exists() else "test_probs.zarr"
-        probs = {"validation": io.open_volume(folder / "val_probs.zarr")[:],
+        probs = {"validation": io.open_volume(folder / "val_probs.zarr")[:, :, -val.mask.shape[2]:],  # the strip's
                  "test": io.open_volume(folder / name)[:]}
         record["runs"][folder.name] = rows = {"probabilities": name}
         for on in ("validation", "test"):

@@ -47,7 +47,8 @@ def probabilities(run: str, bench: compare.Benchmark, work: Path,
     tag = "_".join(Path(run).parts[-2:])
     _, val = split(bench.train_image, bench.train_mask, cfg.val_fraction)
     out = []
-    for name, image, window_of in (("val", val.image, bench.train_image), ("test", bench.test_image, bench.test_image)):
+    strip = val.image[:, :, val.margin:]  # the strip alone, as measured before 2026-12-07
+    for name, image, window_of in (("val", strip, bench.train_image), ("test", bench.test_image, bench.test_image)):
         path = work / f"{tag}_{name}_probs{'_tta' * tta}.zarr"
         if not path.exists():
             window = io.intensity_range(window_of, rule=cfg.normalize)  # validation: the training volume's window

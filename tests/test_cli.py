@@ -531,8 +531,10 @@ def test_a_mitoseg_output_where_the_image_or_the_truth_goes_is_one_line(runs, pr
     tifffile.imwrite(tmp_path / "blank.tif", np.zeros((4, 96, 96), np.uint8))
     bad(["predict", str(tmp_path / "blank.tif"), "--model", str(d / "run2"), "--out", str(tmp_path / "p.zarr")],
         capsys, "the image holds one grey level (0) in 99 % of its voxels: nothing to segment")
-    mask = "the image holds only the grey levels 0, 255 (sampled): a mask or labels, not an EM image"
+    mask = "the image holds only the grey levels 0, 255 (sampled): a mask or labels"
     bad(["predict", gt, "--model", str(d / "run2"), "--out", str(tmp_path / "p.zarr")], capsys, mask)
+    bad(["predict", gt, "--model", str(d / "run2"), "--out", str(tmp_path / "p.zarr"), "--match-training"], capsys,
+        mask)
     bad(["train", gt, gt, "--out", str(tmp_path / "r"), *TRAIN], capsys, mask)  # before: learned the identity
     assert sorted(p.name for p in tmp_path.iterdir()) == ["blank.tif"]
 

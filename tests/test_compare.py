@@ -4,6 +4,7 @@ import json
 
 import numpy as np
 import pytest
+import zarr
 from conftest import dies_on_call
 
 from mitoseg import compare as cmp
@@ -264,3 +265,22 @@ def test_object_f1_scores_every_post_processing_against_the_same_true_objects(lu
     assert every["objects_true"] == cut_row["objects_true"] == len(sizes) > 2
     assert cut_row["objects_predicted"] == len(sizes) - 2
     assert cut_row["object_f1_iou50"] == pytest.approx(2 * (len(sizes) - 2) / (2 * len(sizes) - 2))
+
+
+def test_a_compare_begun_before_the_validation_margin_is_evaluated_again(tmp_path, tiny_bench):
+    """A model folder whose validation probabilities were predicted without the 64 columns of context (a compare
+    begun before 2026-12-07): scoring them is refused in one line (before: a shape error, or a traceback where a kept
+    model met a new one), `stale_validation` tells it, so `compare --resume` evaluates such a model again; and such a
+    compare on a user's CA1 folder, then called "the EPFL files", resumes under today's wording."""
+    _, val = split(tiny_bench.train_image, tiny_bench.train_mask, 0.15)
+    folder = tmp_path / "model_2D"
+    zarr.create_array(str(folder / "val_probs.zarr"), data=np.zeros(val.mask.shape, np.uint8))  # the strip alone
+    assert cmp.stale_validation(folder, val) and not cmp.stale_validation(tmp_path / "none", val)
+    with pytest.raises(MitosegError, match="val_probs.zarr was predicted before validation took 64 columns"):
+        cmp.evaluate_probabilities(folder, tiny_bench, False, 0.15)
+    new = f"{datasets.CA1}, the files of the folder myca1 (their source not checked)"
+    job = {"data": {"name": "lucchi", "description": datasets.ORIGINAL}, "preset": "quick",
+           "configs": [{"dims": 2, "data": datasets.ORIGINAL}], "tta": True, "monitor": False, "models": {}}
+    (tmp_path / "compare.json").write_text(json.dumps(job))
+    fresh = json.loads(json.dumps(job).replace(datasets.ORIGINAL, new))
+    assert cmp.resumed(tmp_path, {**fresh, "machine": "here"})["data"]["description"] == new

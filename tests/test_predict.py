@@ -581,15 +581,16 @@ def test_float16_probabilities_meet_a_threshold_exactly(droso_crop, tmp_path):
 
 
 def test_chunks_far_deeper_than_the_blocks_are_noted(tmp_path, droso_crop, net2d, capsys):
-    """A Zarr whose chunks are 8 slices deep under 2-slice blocks: each block decompresses 4 times what it needs
-    (an audit measured 5.4 s per block instead of 0.6 s at gigavoxels), said in one note (before: nothing)."""
+    """A Zarr whose chunks are 16 slices deep under 1-slice blocks: each block decompresses 16 times what it needs
+    (an audit measured 5.4 s per block instead of 0.6 s at gigavoxels, 64 times), said in one note (before:
+    nothing); 8 times (as 64-deep chunks under a 2D model's 8-slice blocks) is not noted."""
     path = tmp_path / "deep.zarr"
-    zarr.create_array(str(path), data=droso_crop[0][:8, :64, :64], chunks=(8, 64, 64))
-    predict.predict_volume(net2d, str(path), tmp_path / "p.zarr", 2, (1, 64, 64), block=(2, 64, 64), progress=False)
-    assert "note: the image is stored in chunks of (8, 64, 64) voxels and predicted in blocks of (2, 64, 64): each " \
-           "block decompresses about 4 times the voxels it needs" in capsys.readouterr().err
-    predict.predict_volume(net2d, str(path), tmp_path / "q.zarr", 2, (1, 64, 64), block=(4, 64, 64), progress=False)
-    assert "chunks" not in capsys.readouterr().err  # twice: not noted
+    zarr.create_array(str(path), data=droso_crop[0][:16, :64, :64], chunks=(16, 64, 64))
+    predict.predict_volume(net2d, str(path), tmp_path / "p.zarr", 2, (1, 64, 64), block=(1, 64, 64), progress=False)
+    assert "note: the image is stored in chunks of (16, 64, 64) voxels and predicted in blocks of (1, 64, 64): each " \
+           "block decompresses about 16 times the voxels it needs" in capsys.readouterr().err
+    predict.predict_volume(net2d, str(path), tmp_path / "q.zarr", 2, (1, 64, 64), block=(2, 64, 64), progress=False)
+    assert "chunks" not in capsys.readouterr().err  # 8 times: not noted
     assert predict.chunk_note(((8,), (64,), (64,)), (2, 64, 64)) is None  # a Dask array's chunks
 
 

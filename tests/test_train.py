@@ -723,3 +723,15 @@ def test_a_long_run_on_a_cpu_without_a_time_limit_is_noted(tmp_path, small, caps
     assert f"note: {tr.LONG_ON_CPU:,} iterations on a CPU without a time limit" in capsys.readouterr().err
     tr.train(tiny(2, epochs=1, device="cpu"), *small, tmp_path / "short", progress=False)
     assert "without a time limit" not in capsys.readouterr().err
+
+
+def test_a_model_no_better_than_all_foreground_has_not_learned(tmp_path, small, capsys, monkeypatch):
+    """Its best IoU (at its best threshold) is exactly the foreground's share, what calling every voxel foreground
+    scores: a warning (before: "barely learned", the comparison being strict)."""
+    raw, mask = small
+    _, val = data.split(raw, mask, 0.25)
+    share = data.counts(val)["foreground_voxels"] / data.counts(val)["annotated_voxels"]
+    monkeypatch.setattr(tr, "validate", lambda *a, **k: {"f1": 0.0, "jaccard": 0.0, "best_jaccard": share,
+                                                         "best_threshold": 0.3})
+    tr.train(tiny(2, epochs=1), raw, mask, tmp_path / "run", progress=False, postprocessing=False)
+    assert "warning: the 2D model has not learned" in capsys.readouterr().err

@@ -20,7 +20,7 @@ import zarr
 
 from mitoseg import datasets, download, instances, io, memory, metrics, plots, postprocess
 from mitoseg.config import PRESETS, Config, other_planes
-from mitoseg.data import Volume, split
+from mitoseg.data import VAL_MARGIN, Volume, split
 from mitoseg.errors import MitosegError
 from mitoseg.predict import default_tile, input_window, mean_probabilities, plan, predict_volume, predicted_alike
 from mitoseg.train import choose_postprocessing, load_model, train, versions
@@ -138,6 +138,13 @@ def _predict(model, cfg: Config, image: np.ndarray, path: Path, tta: bool, progr
     return time.perf_counter() - t0
 
 
+def stale_validation(folder: Path, val: Volume) -> bool:
+    """Whether the validation probabilities in `folder` were predicted without the margin `split` now gives the
+    strip (a compare begun before 2026-12-07): narrower than `val`'s image."""
+    path = folder / "val_probs.zarr"
+    return path.exists() and io.open_volume(path).shape[2] != val.image.shape[2]
+
+
 PROBABILITIES = ("val_probs.zarr", "test_probs.zarr", "test_probs_tta.zarr")  # what a run folder's evaluation saves
 ENSEMBLE = "2D+3D"  # the report's name of the mean of the two models' probabilities
 
@@ -237,6 +244,9 @@ def evaluate_probabilities(folder: Path, bench: Benchmark, tta: bool = True, val
     top level, each variant under "variants", and the validation split's IoU under the chosen post-processing
     ("validation_jaccard"), which ranks a model against the ensemble without the test volume."""
     _, val = split(bench.train_image, bench.train_mask, val_fraction)
+    if stale_validation(folder, val):
+        raise MitosegError(f"{folder / 'val_probs.zarr'} was predicted before validation took {VAL_MARGIN} columns "
+                           "of context (2026-12-07): evaluate the model again (compare.evaluate_model)")
     pp, candidates = postprocess.choose(val.scored(io.open_volume(folder / "val_probs.zarr")[:]), val.mask)
     postprocess.save(folder, pp, candidates, "tta" if tta else "raw")  # replaces the one `train` chose on raw
     memory.release()
@@ -475,6 +485,10 @@ def resumed(tmp: Path, fresh: dict) -> dict:
     recorded (date, machine) under "resumed"; the rest (first date, machine, command) stays the first run's."""
     old = json.loads((tmp / "compare.json").read_text())
     new = json.loads(json.dumps(fresh, default=str))
+    said = new["data"]["description"]  # a user's CA1 folder, called "the EPFL files" by compares begun before 12-07
+    if said.startswith(f"{datasets.CA1}, the files of the folder") and old.get("data", {}).get("description") == \
+            datasets.ORIGINAL:
+        old = json.loads(json.dumps(old).replace(json.dumps(datasets.ORIGINAL)[1:-1], json.dumps(said)[1:-1]))
     diff = []
     for key in JOB:
         if key == "configs" and len(old.get(key) or []) == len(new[key]):
@@ -547,6 +561,11 @@ def compare(out: str | Path, dataset: str = "auto", data: str | Path | None = No
         if tmp.exists():
             shutil.rmtree(tmp)
         tmp.mkdir(parents=True)
+    _, val = split(bench.train_image, bench.train_mask, cfgs[0].val_fraction)
+    for name in [n for n in results["models"] if stale_validation(tmp / f"model_{n}", val)]:
+        print(f"{name}: its validation was predicted before it took {VAL_MARGIN} columns of context (2026-12-07): "
+              "evaluated again", flush=True)
+        del results["models"][name]  # its training is finished: `run_model` goes on to its evaluation
     (tmp / "compare.json").write_text(json.dumps(results, indent=2, default=str))
     for cfg in cfgs:
         name = f"{cfg.dims}D"

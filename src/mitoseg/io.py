@@ -717,8 +717,8 @@ def _sample(arr: Any, max_samples: int, image: str | None = None) -> np.ndarray:
         raise MitosegError("the image holds NaN or infinite values; replace them before segmenting")
     levels = np.unique(sample) if image is not None else None
     if levels is not None and 1 < len(levels) <= 3:
-        raise MitosegError(f"{image} holds only the grey levels {first_values(levels)} (sampled): a mask or labels, "
-                           "not an EM image (image and labels swapped?)")
+        raise MitosegError(f"{image} holds only the grey levels {first_values(levels)} (sampled): a mask or labels "
+                           "(image and labels swapped?) or a blank export, not an EM image")
     keep = np.ones(sample.size, bool)
     for end in (sample.min(), sample.max()):
         at_end = sample == end
@@ -737,16 +737,17 @@ def reference_levels(arr: Any, max_samples: int = 2_000_000) -> tuple[float, ...
 
 
 def matched_window(arr: Any, reference: tuple[float, ...], window: tuple[float, ...],
-                   max_samples: int = 2_000_000) -> tuple[float, ...]:
+                   max_samples: int = 2_000_000, image: str | None = None) -> tuple[float, ...]:
     """A window (256 levels, for `normalize`) that maps `arr` as if its grey levels were first moved onto the
     reference volume's histogram (`reference_levels`, quantile by quantile) and then normalised with that
     volume's `window`. Any monotone change of the grey levels (gamma too) is undone; the volume as trained on
     gets (about) its own window back; padding is left out of both histograms (see `intensity_range`).
-    Assumes the volume holds a similar mixture of tissue."""
+    Assumes the volume holds a similar mixture of tissue. Named (`image`), a volume of two or three grey levels is
+    refused, as by `intensity_range`."""
     ref, where = np.unique(np.asarray(reference, dtype=np.float64), return_inverse=True)
     ranks = np.bincount(where, np.linspace(0, 100, len(reference))) / np.bincount(where)  # mid-rank of tied levels
     targets = np.interp(np.linspace(0, 1, 256), np.linspace(0, 1, len(window)), window)  # grey levels -> 0..1
-    levels = np.percentile(_sample(arr, max_samples), np.interp(targets, ref, ranks))
+    levels = np.percentile(_sample(arr, max_samples, image), np.interp(targets, ref, ranks))
     if levels[-1] <= levels[0]:
         levels = np.linspace(levels[0], levels[0] + 1.0, len(levels))
     return tuple(float(v) for v in levels)

@@ -278,7 +278,7 @@ def input_window(model: torch.nn.Module, volume: Any, match_training: bool = Fal
     if not intensity:
         raise MitosegError("this model was trained before mitoseg kept the training volume's histogram with it; "
                            "train it again to use --match-training")
-    return io.matched_window(volume, intensity["reference"], intensity["window"])
+    return io.matched_window(volume, intensity["reference"], intensity["window"], image="the image")
 
 
 def input_rule(model: torch.nn.Module) -> str:
@@ -369,18 +369,23 @@ def tiles_computed(shape: tuple[int, ...], tile: tuple[int, ...], overlap: float
     return math.prod(tiles_per_length(s, t, overlap)[min(b, s)] for s, t, b in zip(shape, tile, block, strict=True))
 
 
+# a block that decompresses this many times its voxels is noted: measured by an audit (2 cores, 2048 x 2048 slices,
+# 8-slice blocks): 64 times (512-deep chunks) 5.4 s a block, 8 times (64-deep) 0.6 s, beside about 55 s of compute
+CHUNK_WASTE = 16
+
+
 def chunk_note(chunks: Any, block: tuple[int, ...]) -> str | None:
     """A note when the image's chunks (Z, Y, X voxels: what a read decompresses whole) are so much larger than the
-    prediction's `block` that each block decompresses over 4 times the voxels it needs, else None (no chunks: a
-    TIFF, a contiguous HDF5, an array in memory)."""
+    prediction's `block` that each block decompresses `CHUNK_WASTE` times the voxels it needs or more, else None (no
+    chunks: a TIFF, a contiguous HDF5, an array in memory)."""
     if not isinstance(chunks, tuple) or len(chunks) != 3 or not all(isinstance(c, int | np.integer) for c in chunks):
         return None  # a Dask array's chunks are tuples of sizes
     waste = float(np.prod([max(1.0, c / b) for c, b in zip(chunks, block, strict=True)]))
-    if waste < 4:
+    if waste < CHUNK_WASTE:
         return None
     return (f"note: the image is stored in chunks of {tuple(int(c) for c in chunks)} voxels and predicted in blocks of "
             f"{block}: each block decompresses about {waste:.0f} times the voxels it needs; `mitoseg convert IMAGE "
-            "--out NEW.zarr` rewrites it in chunks of (64, 512, 512)")
+            "--out NEW.zarr` rewrites it as Zarr v3 of one-slice chunks, read slice by slice")
 
 
 def slow_block(shape: tuple[int, ...], tile: tuple[int, ...], overlap: float, block: tuple[int, ...],
@@ -841,7 +846,6 @@ def mean_probabilities(parts: Sequence[np.ndarray]) -> np.ndarray:
     return (sum(part.astype(np.float32) for part in parts) / len(parts)).astype(parts[0].dtype)
 
 
-@io.releasing
 def _members(out: str | Path) -> Path:
     """Where `predict_mean` keeps the probabilities of each model until their mean at `out` is finished."""
     return Path(str(io.partial_path(out)) + ".members")
@@ -852,6 +856,7 @@ def left_members(out: str | Path) -> list[Path]:
     return [_members(out)] if _members(out).exists() else []
 
 
+@io.releasing
 def predict_mean(models: Sequence[str | Path], image: str | Path, out: str | Path, *,
                  mask_out: str | Path | None = None, threshold: float = 0.5, dtype: str = "uint8",
                  overwrite: bool = False, resume: bool = False, progress: bool = True, **each: Any) -> Path:

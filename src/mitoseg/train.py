@@ -507,8 +507,9 @@ def _train(config: Config, image: np.ndarray, mask: np.ndarray, out: Path, resum
     n_iter = iterations_per_epoch(config, train_vol.image.shape)
     total_iter = n_iter * config.epochs
     if device.type == "cpu" and not config.minutes and total_iter >= LONG_ON_CPU and not resume:
-        print(f"note: {total_iter:,} iterations on a CPU without a time limit (the full preset, the default, is sized "
-              "for a GPU): expect hours; --preset cpu trains for 30 minutes on 2 cores, --quick for 3", file=sys.stderr)
+        print(f"note: {total_iter:,} iterations on a CPU without a time limit: the cpu preset's patches take about 30 "
+              "minutes for 2,100 on 2 cores, the full preset's (the default, sized for a GPU) far longer; --minutes "
+              "sets a limit", file=sys.stderr)
 
     state = {"epoch": 0, "iteration": 0, "elapsed": 0.0, "best_iou": -1.0}
     if resume:
@@ -623,7 +624,7 @@ def _train(config: Config, image: np.ndarray, mask: np.ndarray, out: Path, resum
             saved_at = time.perf_counter()
     share = data.counts(val_vol)  # calling every voxel mitochondria scores the foreground's share as IoU
     share = share["foreground_voxels"] / share["annotated_voxels"] if share else 0.0
-    if val_vol is not None and state["best_iou"] < max(0.01, share):  # no better than all foreground
+    if val_vol is not None and state["best_iou"] <= max(0.01, share) + 1e-9:  # no better than all foreground
         print(f"mitoseg: warning: the {config.dims}D model has not learned (best validation IoU "
               f"{max(state['best_iou'], 0.0):.3f}; calling every voxel mitochondria scores {share:.3f}); its "
               "predictions mean nothing: train longer, or check the labels", file=sys.stderr, flush=True)
