@@ -582,8 +582,8 @@ def test_float16_probabilities_meet_a_threshold_exactly(droso_crop, tmp_path):
 
 def test_chunks_far_deeper_than_the_blocks_are_noted(tmp_path, droso_crop, net2d, capsys):
     """A Zarr whose chunks are 16 slices deep under 1-slice blocks: each block decompresses 16 times what it needs
-    (an audit measured 5.4 s per block instead of 0.6 s at gigavoxels, 64 times), said in one note (before:
-    nothing); 8 times (as 64-deep chunks under a 2D model's 8-slice blocks) is not noted."""
+    (512-deep chunks under 8-slice blocks: 64 times), said in one note (before: nothing); 8 times (as 64-deep
+    chunks under a 2D model's 8-slice blocks) is not noted."""
     path = tmp_path / "deep.zarr"
     zarr.create_array(str(path), data=droso_crop[0][:16, :64, :64], chunks=(16, 64, 64))
     predict.predict_volume(net2d, str(path), tmp_path / "p.zarr", 2, (1, 64, 64), block=(1, 64, 64), progress=False)
@@ -596,7 +596,7 @@ def test_chunks_far_deeper_than_the_blocks_are_noted(tmp_path, droso_crop, net2d
 
 def test_the_runs_post_processing_keeps_its_nm_on_other_voxels(tmp_path, lucchi_crop, capsys):
     """A run's choice made on 5 nm sections (a Z blur of 8 slices, objects of 500 voxels) applied to 50 nm sections:
-    kept in nm, 0.8 slices and 50 voxels, and said (before: 8 slices, 400 nm; an audit measured a Drosophila mask's
+    kept in nm, 0.8 slices and 50 voxels, and said (before: 8 slices, 400 nm; an audit saw a Drosophila mask's
     IoU fall from 0.262 to 0.152 by it)."""
     import json
 

@@ -37,7 +37,8 @@ class Volume:
 IGNORE = 2  # mask value of voxels nobody annotated: no loss, no sampling centre, no score
 # X columns of the training part that the validation part is predicted with (`split`), as `predict` sees its
 # voxels in the whole volume; measured on CA1 (40 slices, 2D model, tile 256): IoU 0.877 predicted alone, 0.891
-# with 64 columns, 0.891 with 128 or 256 (0.896 inside whole slices, whose tiles lie elsewhere)
+# with 64 columns, 0.891 with 128 or 256 (0.896 inside whole slices, whose tiles lie elsewhere;
+# experiments/val_margin.py, results/ca1-ablation/val_margin.md)
 VAL_MARGIN = 64
 
 
