@@ -16,7 +16,7 @@ import zarr
 from conftest import dies_on_call
 
 from mitoseg import io, metrics, postprocess, predict
-from mitoseg.cli import main
+from mitoseg.cli import main, parser
 from mitoseg.config import Config
 from mitoseg.errors import MitosegError
 
@@ -530,7 +530,7 @@ def test_a_mitoseg_output_where_the_image_or_the_truth_goes_is_one_line(runs, pr
          str(tmp_path / "p.zarr" / "m.zarr")], capsys, "lie one inside the other")
     tifffile.imwrite(tmp_path / "blank.tif", np.zeros((4, 96, 96), np.uint8))
     bad(["predict", str(tmp_path / "blank.tif"), "--model", str(d / "run2"), "--out", str(tmp_path / "p.zarr")],
-        capsys, "the image holds one grey level (0) in 99 % of its voxels: nothing to segment")
+        capsys, "the image holds one grey level (0) in 99 % of its voxels or more: nothing to segment")
     mask = "the image holds only the grey levels 0, 255 (sampled): a mask or labels"
     bad(["predict", gt, "--model", str(d / "run2"), "--out", str(tmp_path / "p.zarr")], capsys, mask)
     bad(["predict", gt, "--model", str(d / "run2"), "--out", str(tmp_path / "p.zarr"), "--match-training"], capsys,
@@ -543,6 +543,11 @@ def test_user_mistakes_are_one_line(runs, capsys, tmp_path, monkeypatch):
     d = runs
     t, g = str(d / "train.tif"), str(d / "train_gt.tif")
     bad(["train", str(tmp_path / "nope.tif"), g, "--out", str(tmp_path / "r")], capsys, "no such file")
+    # a word too many, in the command's name as its other mistakes (before: "mitoseg: error: ... (see mitoseg --help)")
+    bad(["label", t, "--out", str(tmp_path / "l.zarr"), "--voxel-size", "5", "5", "5", "5"], capsys,
+        "mitoseg label: error: unrecognized arguments: 5 (see mitoseg label --help)")
+    assert parser().parse_args(["label", t, "--out", "x", "--quiet"]).quiet  # after the command too (before: refused)
+    assert not parser().parse_args(["label", t, "--out", "x"]).quiet and parser().parse_args(["--quiet", "view"]).quiet
     (tmp_path / "corrupt.tif").write_bytes(b"II*\x00" + b"\x07" * 100)
     bad(["train", str(tmp_path / "corrupt.tif"), g, "--out", str(tmp_path / "r")], capsys, "cannot be read")
     whole = (d / "train.tif").read_bytes()
@@ -945,6 +950,12 @@ def test_predict_resume_keeps_only_its_own_finished_prediction(runs, tmp_path, c
     with monkeypatch.context() as m:  # replaced by a uint8 prediction again, interrupted: resumed, not refused
         m.setattr(predict, "write_block", dies_on_call(predict.write_block, 3))
         assert main(["--quiet", "predict", *opts, "--out", str(out), "--overwrite"]) == 130
+    # the finished prediction and the unfinished one replacing it (before: --resume alone was advised, and then
+    # refused with "already exists; pass --overwrite", which discards the finished blocks)
+    bad(["predict", *opts, "--out", str(out)], capsys, "add --resume --overwrite to go on from it (it was replacing "
+        "p.zarr), or --overwrite to start again")
+    bad(["predict", *opts, "--out", str(out), "--resume"], capsys, "p.zarr already exists, and p.zarr.partial, left "
+        "by a run replacing it: go on with --resume --overwrite")
     assert main(["--quiet", "predict", *opts, "--out", str(out), "--overwrite", "--resume"]) == 0
     assert io.open_volume(out).dtype == np.uint8 and io.open_volume(out).attrs["created"] != created
     assert main(["--quiet", "convert", str(runs / "test.tif"), "--out", str(tmp_path / "c.zarr")]) == 0
@@ -962,3 +973,15 @@ def test_predict_resume_keeps_only_its_own_finished_prediction(runs, tmp_path, c
          "--resume"], capsys, "t.csv are finished: nothing to resume")
     bad(["label", str(tmp_path / "m.zarr"), "--out", str(tmp_path / "l.zarr"), "--resume"], capsys,
         "l.zarr is finished: nothing to resume")  # no table asked (before: "already exists; pass --overwrite")
+
+
+def test_what_an_interrupt_left_is_found_without_importing_torch(tmp_path):
+    """Ctrl-C in the first seconds of `predict` lands in torch's import; the line said after it looked for an
+    unfinished mean of models by importing mitoseg.predict, hence torch, half-imported: a 50-line traceback of
+    torch's (exit 1). It finds it by its path alone, which the unfinished outputs include."""
+    (tmp_path / "o.zarr.partial.members").mkdir()
+    said = subprocess.run([sys.executable, "-c", "import sys; from mitoseg import cli; a = cli.parser().parse_args("
+                           "['predict', 'x.tif', '--model', 'm', '--out', 'o.zarr']); print(cli._after_interrupt(a)); "
+                           "print('torch' in sys.modules)"], capture_output=True, text=True, cwd=tmp_path)
+    assert said.stdout.splitlines() == ["run the same command with --resume to go on from what is finished "
+                                        "(o.zarr.partial.members)", "False"], said.stderr

@@ -110,6 +110,16 @@ def test_label_volume_checks_its_settings_before_writing(tmp_path, droso_crop):
         assert sorted(p.name for p in tmp_path.iterdir()) == ["m.zarr"]
 
 
+def test_a_voxel_size_given_against_the_stated_one_is_said(tmp_path, droso_crop, capsys):
+    stored = zarr.create_array(str(tmp_path / "m.zarr"), data=droso_crop[1][:4], chunks=(4, 128, 128))
+    stored.attrs["voxel_size"] = [5.0, 5.0, 5.0]
+    instances.label_volume(tmp_path / "m.zarr", tmp_path / "l.zarr", voxel_size=(50, 4.6, 4.6), progress=False)
+    assert "note: m.zarr states 5 x 5 x 5 nm voxels and --voxel-size 50 x 4.6 x 4.6 nm: the table measures the given " \
+           "ones" in capsys.readouterr().err  # before: nothing said
+    instances.label_volume(tmp_path / "m.zarr", tmp_path / "k.zarr", voxel_size=(5, 5, 5), progress=False)
+    assert "note" not in capsys.readouterr().err
+
+
 def test_measure_matches_numpy(droso_crop, tmp_path):
     _, mask = droso_crop
     labels = label(mask)
@@ -374,6 +384,15 @@ def test_undefined_shape_values_are_empty_cells_in_the_table(tmp_path, droso_cro
     rows = list(csv.DictReader(open(tmp_path / "t.csv", newline="")))
     assert {r["elongation"] for r in rows} == {""} and "inf" not in (tmp_path / "t.csv").read_text()
     assert all(float(r["width_um"]) == 0 and float(r["volume_um3"]) > 0 for r in rows)
+
+
+def test_a_table_stopped_while_written_leaves_no_file(tmp_path, droso_crop, monkeypatch):
+    labels = label(droso_crop[1][:3], 26)
+    table = instances.measure(labels, (50, 4.6, 4.6))
+    monkeypatch.setattr(instances, "_cells", dies_on_call(instances._cells, 4))  # Ctrl-C (or a full disk) midway
+    with pytest.raises(KeyboardInterrupt):
+        write_table(table, tmp_path / "t.csv")
+    assert list(tmp_path.iterdir()) == []  # before: t.csv.partial, with its first rows, was left
 
 
 def test_morphology_reads_a_chunked_array_once_per_block_of_boxes(droso):

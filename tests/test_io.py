@@ -1,6 +1,7 @@
 """Volume I/O on a crop of the real Drosophila stack: every format reads the same voxels, lazily where it
 claims to, every bad input gives a MitosegError, and outputs appear under their final name only when finished."""
 
+import os
 from pathlib import Path
 
 import h5py
@@ -953,6 +954,16 @@ def test_a_lock_that_cannot_be_taken_is_said_of_the_output(tmp_path, monkeypatch
         with pytest.raises(MitosegError, match=rf"p.zarr: cannot write in {tmp_path} \(Permission denied\)"):
             io.check_output(out, overwrite=False)
 
+    def read_only_folder(path, flags, *a):  # as the system answers there for a lock file that is not yet
+        if flags & os.O_CREAT:
+            raise PermissionError(errno.EACCES, "Permission denied")
+        raise FileNotFoundError(errno.ENOENT, "No such file or directory")
+
+    with monkeypatch.context() as m:  # before: "(No such file or directory)", of the folder that exists
+        m.setattr(io.os, "open", read_only_folder)
+        with pytest.raises(MitosegError, match=rf"p.zarr: cannot write in {tmp_path} \(Permission denied\)"):
+            io.check_output(out, overwrite=False)
+
 
 def test_remove_takes_a_link_not_what_it_links_to(tmp_path):
     (tmp_path / "real").mkdir()
@@ -972,3 +983,45 @@ def test_the_current_folder_is_never_replaced(tmp_path, monkeypatch):
         with pytest.raises(MitosegError, match="holds the current folder, which --overwrite cannot replace"):
             io.check_output(out, overwrite=True)
     io.replaceable(tmp_path / "other")  # elsewhere: as before
+
+
+def test_labels_on_slices_the_subsample_skips_are_read(tmp_path, droso):
+    raw, mask = droso  # (20, 1024, 1024): a strided subsample of 2 million voxels takes every third slice
+    ilastik = np.zeros_like(mask)
+    ilastik[[1, 8]] = mask[[1, 8]] + 1  # 0 nobody annotated, 1 background, 2 mitochondria, on two slices it skips
+    tifffile.imwrite(tmp_path / "img.tif", raw)
+    tifffile.imwrite(tmp_path / "ilastik.tif", ilastik)
+    # before: the subsample saw 0 alone, and every painted voxel (background too) was trained on as foreground
+    with pytest.raises(MitosegError, match="hold the values 0, 1 and 2: .* give --unlabeled 0"):
+        io.load_pair(tmp_path / "img.tif", tmp_path / "ilastik.tif")
+    _, got = io.load_pair(tmp_path / "img.tif", tmp_path / "ilastik.tif", unlabeled=0)
+    assert np.array_equal(got[[1, 8]], mask[[1, 8]]) and (np.delete(got, [1, 8], axis=0) == 2).all()
+    lazy = zarr.create_array(tmp_path / "truth.zarr", shape=ilastik.shape, chunks=(1, 512, 512), dtype=np.uint8)
+    lazy[:] = ilastik
+    assert io.sampled_values(lazy).tolist() == [0, 1, 2]  # the subsample's one value: the whole volume read
+    with pytest.raises(MitosegError, match=r"hold more than two values \(0, 1, 2\)"):  # evaluate's truth
+        io.check_binary(zarr.open_array(tmp_path / "truth.zarr", mode="r"), "the truth's labels")
+
+
+def test_labels_say_which_annotated_value_is_foreground(tmp_path, droso_crop, capsys):
+    raw, mask = droso_crop
+    painted = np.zeros_like(mask)
+    painted[:4] = np.where(mask[:4] > 0, 1, 2)  # napari: 1 painted on mitochondria, 2 on background, 0 nothing
+    np.save(tmp_path / "img.npy", raw)
+    np.save(tmp_path / "painted.npy", painted)
+    with pytest.raises(MitosegError, match="if 1 marks mitochondria and 2 background, swap the two first"):
+        io.load_pair(tmp_path / "img.npy", tmp_path / "painted.npy")
+    _, got = io.load_pair(tmp_path / "img.npy", tmp_path / "painted.npy", unlabeled=0)
+    assert np.array_equal(got[:4], 1 - mask[:4])  # ilastik's order (the higher is foreground), now said:
+    assert "2 is taken as foreground and 1 as background" in capsys.readouterr().err  # before: in silence
+
+
+def test_image_and_labels_swapped_are_said_so(tmp_path, droso_crop):
+    raw, mask = droso_crop
+    np.save(tmp_path / "img.npy", raw)
+    np.save(tmp_path / "lab.npy", mask * 255)
+    # before: "labels img.npy hold more than two values ...: give --label-threshold", and only with one given was the
+    # swap said (by training's check of the image)
+    with pytest.raises(MitosegError, match=r"the image .*lab.npy holds only the values 0, 255 and the labels .*img.npy "
+                                           "many: are the two swapped?"):
+        io.load_pair(tmp_path / "lab.npy", tmp_path / "img.npy")

@@ -4,9 +4,9 @@ import numpy as np
 import pytest
 import torch
 import zarr
-from conftest import jittered_probabilities
+from conftest import dies_on_call, jittered_probabilities
 
-from mitoseg import io, postprocess, predict
+from mitoseg import io, omezarr, postprocess, predict
 from mitoseg.config import Config
 from mitoseg.errors import MitosegError
 from mitoseg.models import autocast, bf16_native, build_model
@@ -614,11 +614,34 @@ def test_the_runs_post_processing_keeps_its_nm_on_other_voxels(tmp_path, lucchi_
     capsys.readouterr()
     predict.predict(tmp_path / "run", tmp_path / "image.zarr", tmp_path / "p.zarr", mask_out=tmp_path / "m.zarr",
                     amp=False, progress=False)
+    err = capsys.readouterr().err
     assert "on these 50 x 5 x 5 nm ones it blurs 0.8 slices along Z (not 8) and keeps objects of 50 voxels or more " \
-           "(not 500)" in capsys.readouterr().err
+           "(not 500)" in err
+    assert err.count("note: the run's post-processing") == 1  # before: twice (the probabilities' pass said it again)
     assert io.open_volume(tmp_path / "m.zarr").attrs["z_sigma"] == 0.8
     assert io.open_volume(tmp_path / "p.zarr").attrs["postprocessing"]["min_size"] == 50  # what `label` applies
     stored.attrs["voxel_size"] = [5.0, 5.0, 5.0]  # the run's own voxels: as chosen
     predict.predict(tmp_path / "run", tmp_path / "image.zarr", tmp_path / "q.zarr", mask_out=tmp_path / "n.zarr",
                     amp=False, progress=False)
     assert io.open_volume(tmp_path / "n.zarr").attrs["z_sigma"] == 8.0 and "blurs" not in capsys.readouterr().err
+    stored.attrs["voxel_size"] = [5.0, 10.0, 10.0]  # its minimum size alone changes: said alone (before: "blurs 8
+    predict.predict(tmp_path / "run", tmp_path / "image.zarr", tmp_path / "r.zarr", amp=False, progress=False)
+    assert "ones it keeps objects of 125 voxels or more (not 500): the same nm" in capsys.readouterr().err  # (not 8)")
+
+
+def test_outputs_finish_together(tmp_path, droso_crop, net2d, monkeypatch):
+    image = droso_crop[0][:4, :64, :64]
+    kw = dict(dims=2, tile=(1, 64, 64), overlap=0.25, block=(2, 64, 64), progress=False)
+    predict.predict_volume(net2d, image, tmp_path / "ref.ome.zarr", mask_out=tmp_path / "ref_mask.ome.zarr", **kw)
+    out, mask = tmp_path / "p.ome.zarr", tmp_path / "m.ome.zarr"
+    with monkeypatch.context() as m:  # Ctrl-C while the mask's pyramid is built, every block written
+        m.setattr(omezarr, "write_pyramid", dies_on_call(omezarr.write_pyramid, 2))
+        with pytest.raises(KeyboardInterrupt):
+            predict.predict_volume(net2d, image, out, mask_out=mask, **kw)
+    # before: the probabilities were finished already, and --resume refused them ("already exists")
+    assert not out.exists() and not mask.exists() and io.partial_path(out).exists()
+    predict.predict_volume(net2d, image, out, mask_out=mask, resume=True, **kw)
+    for got, ref in ((out, "ref.ome.zarr"), (mask, "ref_mask.ome.zarr")):
+        np.testing.assert_array_equal(io.open_volume(got)[:], io.open_volume(tmp_path / ref)[:])
+    predict.predict_volume(net2d, image, out, mask_out=mask, overwrite=True, **kw)  # old outputs replaced
+    np.testing.assert_array_equal(io.open_volume(mask)[:], io.open_volume(tmp_path / "ref_mask.ome.zarr")[:])

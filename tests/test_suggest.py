@@ -119,6 +119,29 @@ def test_suggest_boxes_rank_squares_by_uncertainty(tmp_path, ca1, capsys):
         assert all(abs(a[1] - b[1]) > 1 for b in picked[i + 1:] if b[2:4] == a[2:4])
 
 
+def test_the_default_gap_leaves_room_beside_annotated_slices(ca1, capsys, tmp_path):
+    run, image = ca1  # 12 slices
+    # 1 asked: 3 slices apart by default, which around 0,3,6,9 would leave none (before: refused); 1 leaves slice 11
+    rows = suggest.suggest(run, image, count=1, annotated="0,3,6,9", tta=False, progress=False)
+    assert [r["slice"] for r in rows] == [11]
+    # boxes: one per place, 3 slices apart, but the annotated slices' neighbourhood as for 4 slices (1), not 3
+    # (before: slices 0-11 all blocked, refused; at a larger depth all boxes in the few slices left)
+    rows = suggest.suggest(run, image, count=4, box=64, annotated="0-2,9-11", tta=False, progress=False)
+    assert len(rows) == 4 and {r["slice"] for r in rows} <= {4, 5, 6, 7}
+    with pytest.raises(MitosegError, match=r"all 12 are annotated or within 2 of one \(--gap\)"):
+        suggest.suggest(run, image, count=1, gap=2, annotated="0,3,6,9", tta=False, progress=False)
+    import json
+    import shutil
+
+    boxed = tmp_path / "boxed"  # a run of box annotations: which boxes were annotated is in its labels alone
+    shutil.copytree(run, boxed)
+    (boxed / "config.json").write_text(json.dumps({**json.loads((run / "config.json").read_text()), "unlabeled": 7}))
+    capsys.readouterr()
+    suggest.suggest(boxed / "best.pt", image, count=2, box=64, tta=False, progress=False)
+    assert "note: boxed learned from labels with voxels nobody annotated (--unlabeled 7): which boxes were annotated " \
+           "is not known here, and may be suggested again" in capsys.readouterr().err
+
+
 def test_suggest_mistakes_are_one_line(tmp_path, ca1, capsys):
     run, image = ca1
     for args, message in [(["--count", "0"], "--count"), (["--box", "8"], "--box"),
@@ -153,6 +176,7 @@ def test_suggest_takes_the_runs_own_annotated_slices_on_its_training_image(tmp_p
     assert "the run's annotated slices 0,5 of its training image image.tif are taken as annotated" in told.err
     picked = [int(z) for z in re.search(r"--annotated-slices 0,5,([\d,]+)", told.out).group(1).split(",")]
     assert len(picked) == 2 and not {4, 5, 6, 0, 1} & set(picked)
+    assert suggest.run_annotation(few / "best.pt", image) == "0,5"  # a checkpoint: its run's (before: none)
     assert cli.main(["--quiet", "suggest", str(few), str(image), "--count", "2", "--gap", "1", "--no-tta",
                      "--annotated-slices", "none"]) == 0  # said to be none (before: "" was refused)
     told = capsys.readouterr()

@@ -112,9 +112,13 @@ def test_resume_continues_exactly(tmp_path, small, monkeypatch):
         tr.train(tiny(2), raw[:, ::-1].copy(), mask, tmp_path / "b", resume=True, progress=False)
     with pytest.raises(MitosegError, match="was trained on other labels"):
         tr.train(tiny(2), raw, mask[:, ::-1].copy(), tmp_path / "b", resume=True, progress=False)
+    edited = mask.copy()
+    edited[3] = 1 - edited[3]  # an annotated slice but the first, middle and last (before: not looked at)
+    with pytest.raises(MitosegError, match="was trained on other labels"):
+        tr.train(tiny(2), raw, edited, tmp_path / "b", resume=True, progress=False)
 
 
-def test_a_run_interrupted_while_choosing_its_post_processing_chooses_it_when_resumed(tmp_path, small):
+def test_a_run_interrupted_while_choosing_its_post_processing_chooses_it_when_resumed(tmp_path, small, capsys):
     """Stopped after its training, in the post-processing choice (no postprocessing.json: `predict --mask` would
     have fallen back to 0.5), a run resumed makes the same choice and trains no further."""
     tr.train(tiny(2), *small, tmp_path / "a", progress=False)
@@ -122,6 +126,8 @@ def test_a_run_interrupted_while_choosing_its_post_processing_chooses_it_when_re
     (tmp_path / "a" / postprocess.FILE).unlink()
     tr.train(tiny(2), *small, tmp_path / "a", resume=True, progress=False)
     assert (tmp_path / "a" / postprocess.FILE).read_text() == chosen
+    tr.train(tiny(2), *small, tmp_path / "a", resume=True, progress=False)  # said (before: nothing said)
+    assert "a finished training earlier: nothing to resume" in capsys.readouterr().err
     assert (tmp_path / "a" / "last.pt").read_bytes() == weights
 
 
@@ -413,8 +419,12 @@ def test_bad_inputs(tmp_path, small):
         tr.train(tiny(2), raw, mask, tmp_path / "r2", resume=True, progress=False)
     (tmp_path / "r3").mkdir()
     (tmp_path / "r3" / "x").write_text("x")
-    with pytest.raises(MitosegError, match="already exists"):
+    # a run killed in its first epoch (no checkpoint): neither message sends to the other (before: "or --resume to
+    # continue", then "no checkpoint" and nothing more)
+    with pytest.raises(MitosegError, match=r"already exists; pass --overwrite to replace it \(it holds no checkpoint"):
         tr.train(tiny(2), raw, mask, tmp_path / "r3", progress=False)
+    with pytest.raises(MitosegError, match="r3 holds no checkpoint .* to resume from; --overwrite starts it again"):
+        tr.train(tiny(2), raw, mask, tmp_path / "r3", resume=True, progress=False)
     with pytest.raises(MitosegError, match="no trained model"):
         tr.load_model(tmp_path / "r3")
     (tmp_path / "bad.pt").write_bytes(b"not a checkpoint")
@@ -494,6 +504,11 @@ def test_train_on_a_few_annotated_slices(tmp_path, small, capsys):
     assert parts == json.loads((tmp_path / "run" / "annotation.json").read_text())
     assert parts["training"]["annotated_voxels"] + parts["validation"]["annotated_voxels"] == 3 * 128 * 128
     assert parts["training"]["foreground_voxels"] + parts["validation"]["foreground_voxels"] == mask[[0, 2, 3]].sum()
+    painted = np.zeros_like(mask)
+    painted[0] = mask[0]  # one slice painted, without --annotated-slices: the rest is background (before: in silence)
+    tr.train(tiny(2, epochs=1, iterations_per_epoch=1), raw, painted, tmp_path / "few", progress=False)
+    assert "note: foreground lies in only 1 of the 8 slices (0); every other voxel is trained on as background: if " \
+           "only some slices are annotated, name them in --annotated-slices" in capsys.readouterr().err
     assert parts["validation"]["annotated_voxels"] == 3 * 128 * round(128 * cfg.val_fraction)
     model, cfg = tr.load_model(tmp_path / "run")
     partial = data.annotate_slices(mask, [0, 2, 3])
@@ -543,6 +558,11 @@ def test_init_starts_from_another_runs_weights(tmp_path, small, capsys, monkeypa
              tmp_path / "h", progress=False)
     assert "note: --init a3 was trained on 5 x 5 x 5 nm voxels, this run's are 50 x 5 x 5 nm: it starts from " \
            "features of another scale and other encoder strides" in capsys.readouterr().err
+    # an image that states no voxel size, from a run that stated its own (before: nothing said)
+    tr.train(tiny(3, epochs=1, iterations_per_epoch=1, init=str(tmp_path / "h"), voxel_size_stated=False), *small,
+             tmp_path / "h2", progress=False)
+    assert "note: --init h was trained on 50 x 5 x 5 nm voxels; this image states none, so this run takes the " \
+           "default 5 x 5 x 5 nm (and its encoder strides): give --voxel-size 50 5 5 if" in capsys.readouterr().err
     # a 2D model along XY slices sees the pixels alone: thicker sections are no other scale to it (before: noted, as
     # for the README's CA1 -> Drosophila fine-tuning, whose pixels are alike)
     tr.train(tiny(2, epochs=1, iterations_per_epoch=1, voxel_size=(5, 5, 5)), *small, tmp_path / "a2", progress=False)

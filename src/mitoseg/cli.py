@@ -595,8 +595,9 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--box", type=arg("box"), metavar="PIXELS",
                    help="suggest PIXELS x PIXELS squares within slices instead of whole slices")
     s.add_argument("--gap", type=arg("gap"),
-                   help="suggested slices (boxes at one place) lie more than this many slices apart "
-                        "(default: depth / (4 x suggestions per place))")
+                   help="suggested slices (boxes at one place) lie more than this many slices apart and from the "
+                        "annotated slices (default: depth / (4 x suggestions per place) apart, depth / (4 x "
+                        "suggestions) from the annotated slices, less where that leaves none)")
     s.add_argument("--annotated-slices", metavar="LIST",
                    help="slices already annotated, e.g. 0,40-43: never suggested, nor their neighbours (default: "
                         "the run's own on its training image; none: none)")
@@ -643,6 +644,10 @@ def parser() -> argparse.ArgumentParser:
     v.add_argument("--voxel-size", type=arg("voxel_size"), nargs=3, metavar=("Z", "Y", "X"),
                    help="voxel size in nm of volumes that state none (default: none, shown in pixels)")
     v.set_defaults(func=cmd_view)
+    p.commands = sub.choices  # each command's parser: its mistakes are said in its name (`main`)
+    for command in p.commands.values():  # `mitoseg label ... --quiet` as `mitoseg --quiet label ...`
+        command.add_argument("--quiet", action="store_true", default=argparse.SUPPRESS,
+                             help="no progress bars, nor the line saying where Dask blocks run")
     return p
 
 
@@ -680,11 +685,7 @@ def _unfinished(a: argparse.Namespace) -> list[Path]:
 
     if a.command not in ("predict", "label"):
         return []
-    left = io.unfinished((a.out, getattr(a, "mask", None)))
-    if a.command == "predict":
-        from mitoseg.predict import left_members
-
-        left += left_members(a.out)
+    left = io.unfinished((a.out, getattr(a, "mask", None)))  # no torch imported: a Ctrl-C may have stopped its import
     if a.command == "label" and a.table and not a.overwrite and Path(a.out).exists() and not Path(a.table).exists() \
             and Path(a.out).resolve() != io.split_path(a.input)[0].resolve() and _labels(a.out):
         left.append(Path(a.out))
@@ -708,7 +709,10 @@ def _terminate(signum: int, frame: Any) -> None:
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the `mitoseg` console script; returns the exit status."""
     try:
-        args = parser().parse_args(argv)
+        p = parser()
+        args, extra = p.parse_known_args(argv)
+        if extra:  # a word too many (`--voxel-size 5 5 5 5`): in the command's name, as its other mistakes
+            p.commands.get(args.command, p).error(f"unrecognized arguments: {' '.join(extra)}")
     except SystemExit as e:  # a mistake in the arguments (already one line on stderr); --help and --version exit 0
         if e.code:
             return int(e.code)

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import csv
 import itertools
-import os
+import sys
 from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -321,13 +321,10 @@ def write_table(table: dict[str, np.ndarray], path: str | Path) -> None:
     lengths = {len(col) for col in table.values()}
     if len(lengths) > 1:
         raise MitosegError(f"table columns have different lengths: {sorted(lengths)}")
-    tmp = Path(str(path) + ".partial")
-    tmp.parent.mkdir(parents=True, exist_ok=True)
-    with open(tmp, "w", newline="") as f:
+    with io.writing(path) as tmp, open(tmp, "w", newline="") as f:  # never a half-written table
         writer = csv.writer(f)
         writer.writerow(list(table))
         writer.writerows(zip(*(_cells(col) for col in table.values()), strict=True))
-    os.replace(tmp, path)  # never a half-written table under the final name
     io.release(path)
 
 
@@ -581,8 +578,13 @@ def label_volume(input: str | Path, out: str | Path, block: Sequence[int] | None
         if Path(table).absolute() == Path(out).absolute():
             raise MitosegError(f"the labels and the table are both {out}: give two outputs")
     omezarr.refuse_other_voxel(out, voxel_size)
-    stated = voxel_size or io.voxel_size(input)  # None: the output states none, the table measures 1 nm voxels
+    own = io.voxel_size(input)
+    stated = voxel_size or own  # None: the output states none, the table measures 1 nm voxels
     voxel = tuple(stated or (1.0, 1.0, 1.0))
+    if voxel_size and own and not np.allclose(own, voxel_size, rtol=1e-3):  # a wrong calibration, or the given one
+        words = [" x ".join(f"{float(v):g}" for v in size) for size in (own, voxel_size)]
+        print(f"note: {io.file_name(input)} states {words[0]} nm voxels and --voxel-size {words[1]} nm: the table "
+              "measures the given ones, while the post-processing it records stays in its voxels", file=sys.stderr)
     block = tuple(block) if block else (min(volume.shape[0], 64), 512, 512)
     applied = postprocess.for_labels(io.attributes(volume), threshold, min_size)
     min_size, z_sigma = applied["min_size"], applied["z_sigma"]

@@ -20,7 +20,8 @@ import json
 import os
 import re
 import shutil
-from collections.abc import Callable, Sequence
+import sys
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -696,7 +697,7 @@ def intensity_range(arr: Any, max_samples: int = 2_000_000, rule: str = "percent
     levels = np.percentile(_sample(arr, max_samples, flat), np.linspace(0.5, 99.5, RULES[rule]))
     if levels[-1] <= levels[0]:
         if flat is not None:
-            raise MitosegError(f"{flat} holds one grey level ({levels[0]:g}) in 99 % of its voxels: nothing to "
+            raise MitosegError(f"{flat} holds one grey level ({levels[0]:g}) in 99 % of its voxels or more: nothing to "
                                "segment (a blank export, an empty channel, the wrong dataset?)")
         levels = np.linspace(levels[0], levels[0] + 1.0, len(levels))
     return tuple(float(v) for v in levels)
@@ -787,9 +788,9 @@ def _normalize_values(values: np.ndarray, window: tuple[float, ...]) -> np.ndarr
 
 
 def check_binary(labels: Any, name: str = "labels", max_samples: int = 2_000_000) -> None:
-    """Refuse a label volume with more than two values (in a strided subsample of about `max_samples`
-    voxels) when no threshold was given: an anti-aliased 0..255 mask read as ``> 0`` keeps its soft rim
-    and silently shifts every score; and two values without 0 (1/2 of a class export), all ``> 0``."""
+    """Refuse a label volume with more than two values (`sampled_values`) when no threshold was given: an
+    anti-aliased 0..255 mask read as ``> 0`` keeps its soft rim and silently shifts every score; and two values
+    without 0 (1/2 of a class export), all ``> 0``."""
     values = sampled_values(labels, max_samples)
     refuse_many(values, name)
     if values.size == 2 and values[0] != 0:
@@ -833,9 +834,15 @@ def probability_scale(probs: np.ndarray, name: str = "the probabilities") -> flo
 
 
 def sampled_values(volume: Any, max_samples: int = 2_000_000) -> np.ndarray:
-    """The sorted distinct values of a strided subsample of about `max_samples` voxels of `volume`."""
+    """The sorted distinct values of `volume`: of an array in memory all of them; of another (a file's), those of a
+    strided subsample of about `max_samples` voxels, or of the whole volume (`all_values`) when the subsample holds
+    one value at most. Labels painted on a few slices (a little annotation) may lie only in slices the stride skips:
+    the subsample then sees the unpainted value alone, and a 0/1/2 export would pass as one of 0 and 1."""
+    if isinstance(volume, np.ndarray):
+        return np.unique(volume)
     step = max(1, int(np.ceil((np.prod(volume.shape) / max_samples) ** (1 / len(volume.shape)))))
-    return np.unique(np.asarray(volume[(slice(None, None, step),) * len(volume.shape)]))
+    values = np.unique(np.asarray(volume[(slice(None, None, step),) * len(volume.shape)]))
+    return values if values.size > 1 or step == 1 else all_values(volume)
 
 
 def all_values(volume: Any, voxels: int = 2**24) -> np.ndarray:
@@ -912,7 +919,7 @@ def foreground_threshold(volume: Any, threshold: float | None, name: str = "the 
     1 (none would). Float volumes of another tool holding NaN (in a subsample) are refused: read as background.
     """
     kind = stated_kind(volume)
-    sample = functools.cache(lambda: sampled_values(volume))  # one strided pass (it visits every chunk) at most
+    sample = functools.cache(lambda: sampled_values(volume))  # once at most: a strided pass (it visits every chunk)
     if kind is None and np.issubdtype(np.dtype(volume.dtype), np.floating) and np.isnan(sample()).any():
         raise MitosegError(f"{name} holds NaN values (in a subsample): replace them first (NaN >= any threshold is "
                            "false, so they would be read as background)")
@@ -971,28 +978,51 @@ def load_pair(image: str | Path, labels: str | Path, threshold: float | None = N
     if np.issubdtype(raw.dtype, np.floating) and np.isnan(raw).any():  # NaN > any threshold is False: background
         raise MitosegError(f"labels {labels} hold NaN values: replace them first (0 for background, or a value "
                            "given as --unlabeled for voxels nobody annotated)")
+    try:
+        mask = _mask_of(raw, threshold, unlabeled, f"labels {labels}")
+    except MitosegError:
+        levels = sampled_values(img)
+        if levels.size <= 3 < sampled_values(raw).size:  # the EM image given as the labels
+            raise MitosegError(f"the image {image} holds only the values {first_values(levels)} and the labels "
+                               f"{labels} many: are the two swapped? Give the EM image first, then its "
+                               "labels") from None
+        raise
+    return np.asarray(img[:]), mask
+
+
+def _mask_of(raw: np.ndarray, threshold: float | None, unlabeled: float | None, name: str) -> np.ndarray:
+    """The training mask of labels `raw` read into memory, as `load_pair` returns it."""
     if unlabeled is None and threshold is None and sampled_values(raw).tolist() == [0, 1, 2]:
-        raise MitosegError(f"labels {labels} hold the values 0, 1 and 2: if 0 marks voxels nobody annotated, 1 "
-                           "background and 2 mitochondria (ilastik's export), give --unlabeled 0; else give "
-                           "--label-threshold (foreground is label > it)")
+        raise MitosegError(f"{name} hold the values 0, 1 and 2: if 0 marks voxels nobody annotated, 1 background and "
+                           "2 mitochondria (ilastik's export), give --unlabeled 0 (if 1 marks mitochondria and 2 "
+                           "background, swap the two first); else give --label-threshold (foreground is label > it)")
     if unlabeled is None:
-        return np.asarray(img[:]), binarize(raw, threshold, f"labels {labels}")
+        return binarize(raw, threshold, name)
     missing = raw == unlabeled
     if not missing.any():
-        raise MitosegError(f"labels {labels} hold no voxel of the --unlabeled value {unlabeled:g}")
+        raise MitosegError(f"{name} hold no voxel of the --unlabeled value {unlabeled:g}")
     annotated = raw[~missing]
-    if threshold is None:  # of two annotated values the higher is foreground: 0/1, 0/255, ilastik's 1/2
-        values = np.unique(annotated)
-        refuse_many(values, f"labels {labels} (annotated voxels)")
-        if values.size == 1:  # background or foreground? nothing tells
-            raise MitosegError(f"labels {labels} hold one value ({values[0]:g}) besides the --unlabeled "
-                               f"{unlabeled:g}, so the annotated voxels are all of one class: if {unlabeled:g} is "
-                               "the background, leave out --unlabeled; else give --label-threshold (foreground: "
-                               "label > it) to say which class they are")
-        threshold = float(values[0])
+    if threshold is None:
+        threshold = higher_is_foreground(np.unique(annotated), unlabeled, name)
     out = np.full(raw.shape, 2, np.uint8)  # data.IGNORE
     out[~missing] = annotated > threshold
-    return np.asarray(img[:]), out
+    return out
+
+
+def higher_is_foreground(values: np.ndarray, unlabeled: float, name: str) -> float:
+    """The label threshold of a partial annotation whose annotated voxels (all but those of value `unlabeled`) hold
+    the sorted distinct `values`: of two, the lower, so the higher is foreground (0/1, 0/255, ilastik's 1/2), said
+    in a note (a napari painting may mean 1 as the organelle); one value or more than two are refused."""
+    refuse_many(values, f"{name} (annotated voxels)")
+    if values.size < 2:  # background or foreground? nothing tells
+        held = f"one value ({values[0]:g})" if values.size else "no value"
+        raise MitosegError(f"{name} hold {held} besides the --unlabeled {unlabeled:g}, so the annotated voxels are all "
+                           f"of one class: if {unlabeled:g} is the background, leave out --unlabeled; else give "
+                           "--label-threshold (foreground: label > it) to say which class they are")
+    print(f"note: {name}: {values[1]:g} is taken as foreground and {values[0]:g} as background (of the two values "
+          f"annotated voxels hold, the higher is foreground; if {values[0]:g} marks the organelle, swap the two first)",
+          file=sys.stderr)
+    return float(values[0])
 
 
 # ---------------------------------------------------------------- outputs
@@ -1006,6 +1036,9 @@ def check_output(path: str | Path, overwrite: bool, kind: str | None = None, inp
     that `replaceable` refuses, and what `check_place` refuses; returns the path."""
     path = Path(path)
     check_place(path, kind, inputs)  # first: a folder where a file goes is not cured by --overwrite
+    if path.exists() and not overwrite and partial_path(path).exists():  # a --resume of an --overwrite run
+        raise MitosegError(f"{path} already exists, and {partial_path(path).name}, left by a run replacing it: go on "
+                           "with --resume --overwrite, or start again with --overwrite")
     if path.exists() and not overwrite:
         raise MitosegError(f"{path} already exists; pass --overwrite to replace it")
     replaceable(path)
@@ -1087,6 +1120,8 @@ def claim(path: str | Path) -> None:
         try:
             fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o666)
         except PermissionError:  # another user's, left by a killed run: a lock needs no writing
+            if not lock.exists():  # a folder not ours to write in: said so, not "no such file"
+                raise
             fd = os.open(lock, os.O_RDONLY)
     except OSError as e:  # said of the output, not of its hidden lock file
         raise MitosegError(f"{path}: cannot write in {lock.parent} ({e.strerror or e})") from None
@@ -1165,13 +1200,36 @@ def refuse_left(outputs: Sequence[str | Path | None], left: Sequence[Path]) -> N
     for output in outputs:
         if output is not None:
             claim(output)
-    raise MitosegError(f"{', '.join(map(str, left))}: left by an earlier run of this command; add --resume to go on "
-                       "from it, or --overwrite to start again")
+    replacing = [Path(o).name for o in outputs if o is not None and Path(o).exists() and partial_path(o) in left]
+    how = f"--resume --overwrite to go on from it (it was replacing {', '.join(replacing)})" if replacing else \
+        "--resume to go on from it"
+    raise MitosegError(f"{', '.join(map(str, left))}: left by an earlier run of this command; add {how}, or "
+                       "--overwrite to start again")
 
 
 def unfinished(outputs: Sequence[str | Path | None]) -> list[Path]:
-    """The unfinished parts (``.partial``) that exist of `outputs` (None: none)."""
-    return [partial_path(o) for o in outputs if o is not None and partial_path(o).exists()]
+    """The unfinished parts that exist of `outputs` (None: none): ``NAME.partial``, and ``NAME.partial.members``
+    (each model's probabilities of an unfinished mean of models, `members_path`)."""
+    return [p for o in outputs if o is not None for p in (partial_path(o), members_path(o)) if p.exists()]
+
+
+@contextlib.contextmanager
+def writing(path: str | Path) -> Iterator[Path]:
+    """A file written whole or not at all: yields ``PATH.partial`` to write, renamed to `path` when the block ends,
+    deleted on an error or Ctrl-C (a half-written table is left under neither name)."""
+    tmp = partial_path(path)
+    tmp.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def members_path(out: str | Path) -> Path:
+    """Where `predict.predict_mean` keeps each model's probabilities until their mean at `out` is finished."""
+    return Path(str(partial_path(out)) + ".members")
 
 
 def partial_path(path: str | Path) -> Path:

@@ -243,12 +243,7 @@ def _annotated_threshold(truth: Any, unlabeled: float, label_threshold: float | 
     if annotated.size < 2:
         values = io.all_values(truth)
         annotated = values[values != unlabeled]
-    io.refuse_many(annotated, "the truth's annotated labels")
-    if annotated.size < 2:
-        raise MitosegError(f"the truth's annotated voxels hold {'one value' if annotated.size else 'no value'} "
-                           f"besides --unlabeled {unlabeled:g}: give --label-threshold (foreground: label > it) to "
-                           "say which class they are")
-    return float(annotated[0])
+    return io.higher_is_foreground(annotated, unlabeled, "the truth's labels")
 
 
 def _foreground(values: np.ndarray, threshold: float | None) -> np.ndarray:

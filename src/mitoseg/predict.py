@@ -667,7 +667,7 @@ def predict(model: str | Path | Sequence[str | Path], image: str | Path, out: st
     for output in (out, mask_out) if mask_out is not None else (out,):
         io.check_place(output, "zarr", (image, *models))
     if not (resume or overwrite):  # an earlier run's finished blocks are never discarded silently
-        io.refuse_left((out, mask_out), io.unfinished((out, mask_out)) + left_members(out))
+        io.refuse_left((out, mask_out), io.unfinished((out, mask_out)))
     if mask_out is not None and Path(mask_out).absolute() == Path(out).absolute():
         raise MitosegError(f"the probabilities and the mask are both {out}: give two outputs")
     if mask_out is not None:  # one inside the other (but an image-label): replacing the outer would delete both
@@ -685,12 +685,16 @@ def predict(model: str | Path | Sequence[str | Path], image: str | Path, out: st
     single = isinstance(model, str | Path) or len(model) == 1
     chosen = postprocess.read(model if isinstance(model, str | Path) else model[0], planes) if single else None
     stated = voxel_size or io.voxel_size(image)
+    note = None
     if chosen and stated:
-        chosen = _chosen_at(chosen, model if isinstance(model, str | Path) else model[0], stated)
+        chosen, note = _chosen_at(chosen, model if isinstance(model, str | Path) else model[0], stated)
     pp = postprocess.PostProcessing(threshold) if threshold is not None else chosen or postprocess.PostProcessing()
     inside = mask_out is not None and omezarr.label_of(mask_out) is not None and \
         omezarr.label_of(mask_out).resolve() == Path(out).resolve()  # an image-label of the image written here
-    if (pp.z_sigma or inside) and mask_out is not None:  # a pass of its own afterwards: the mask needs neighbouring
+    two_passes = bool(pp.z_sigma or inside) and mask_out is not None
+    if note and not two_passes:  # else the probabilities' pass (this function again) says it
+        print(note, file=sys.stderr)
+    if two_passes:  # a pass of its own afterwards: the mask needs neighbouring
         # blocks (Z smoothing), or the image it labels written first
         io.check_output(mask_out, overwrite, "zarr", (image,))
         predict(model, image, out, tile_xy=tile_xy, tile_z=tile_z, overlap=overlap, block=block, dtype=dtype,
@@ -767,21 +771,23 @@ def model_for(model: str | Path, image: Any, device: str | torch.device = "auto"
 
 
 def _chosen_at(chosen: postprocess.PostProcessing, run: str | Path,
-               voxel: Sequence[float]) -> postprocess.PostProcessing:
+               voxel: Sequence[float]) -> tuple[postprocess.PostProcessing, str | None]:
     """The run's post-processing `chosen` on its training voxels, for an image of `voxel` (z, y, x nm) unlike them
-    (`unlike_voxels`; both stated): its Z blur and minimum size kept in nm (`postprocess.at_voxels`), said in a
-    note; else as chosen."""
+    (`unlike_voxels`; both stated): its Z blur and minimum size kept in nm (`postprocess.at_voxels`), and the note
+    that says so; else as chosen, and None."""
     config = Path(run) / "config.json"
     trained = Config.load(config) if config.is_file() else None
     if trained is None or not trained.voxel_size_stated or not unlike_voxels(trained.voxel_size, voxel):
-        return chosen
+        return chosen, None
     moved = postprocess.at_voxels(chosen, trained.voxel_size, voxel)
-    if (moved.z_sigma, moved.min_size) != (chosen.z_sigma, chosen.min_size):
-        words = [" x ".join(f"{float(v):g}" for v in size) for size in (trained.voxel_size, voxel)]
-        print(f"note: the run's post-processing was chosen on {words[0]} nm voxels; on these {words[1]} nm ones it "
-              f"blurs {moved.z_sigma:g} slices along Z (not {chosen.z_sigma:g}) and keeps objects of "
-              f"{moved.min_size:,} voxels or more (not {chosen.min_size:,}): the same nm", file=sys.stderr)
-    return moved
+    changed = ([f"blurs {moved.z_sigma:g} slices along Z (not {chosen.z_sigma:g})"] * (moved.z_sigma != chosen.z_sigma)
+               + [f"keeps objects of {moved.min_size:,} voxels or more (not {chosen.min_size:,})"]
+               * (moved.min_size != chosen.min_size))
+    if not changed:
+        return moved, None
+    words = [" x ".join(f"{float(v):g}" for v in size) for size in (trained.voxel_size, voxel)]
+    return moved, (f"note: the run's post-processing was chosen on {words[0]} nm voxels; on these {words[1]} nm ones "
+                   f"it {' and '.join(changed)}: the same nm")
 
 
 def recorded_voxel(config: Config) -> dict:
@@ -846,16 +852,6 @@ def mean_probabilities(parts: Sequence[np.ndarray]) -> np.ndarray:
     return (sum(part.astype(np.float32) for part in parts) / len(parts)).astype(parts[0].dtype)
 
 
-def _members(out: str | Path) -> Path:
-    """Where `predict_mean` keeps the probabilities of each model until their mean at `out` is finished."""
-    return Path(str(io.partial_path(out)) + ".members")
-
-
-def left_members(out: str | Path) -> list[Path]:
-    """The members an unfinished `predict_mean` into `out` left (`_members`), as a list of none or one."""
-    return [_members(out)] if _members(out).exists() else []
-
-
 @io.releasing
 def predict_mean(models: Sequence[str | Path], image: str | Path, out: str | Path, *,
                  mask_out: str | Path | None = None, threshold: float = 0.5, dtype: str = "uint8",
@@ -879,7 +875,7 @@ def predict_mean(models: Sequence[str | Path], image: str | Path, out: str | Pat
     for m, p in zip(models, member_planes, strict=True):
         if p is not None:
             model_for(m, image, "cpu", p, each.get("voxel_size"))  # a refusal now, not after the others predict
-    members = _members(out)
+    members = io.members_path(out)
     if not resume:
         io.remove(members)
     paths = [members / f"{i}.zarr" for i in range(len(models))]

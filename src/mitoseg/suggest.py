@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import csv
 import json
-import os
 import sys
 import tempfile
 from pathlib import Path
@@ -66,15 +65,17 @@ def slice_scores(probs, cells: list[tuple[int, int, int, int]] | None = None) ->
 
 
 def pick(scores: np.ndarray, count: int, gap: int, annotated: list[int] | None = None,
-         cells: list[tuple[int, int, int, int]] | None = None) -> list[tuple[int, int]]:
+         cells: list[tuple[int, int, int, int]] | None = None, around: int | None = None) -> list[tuple[int, int]]:
     """Up to `count` (slice, cell) pairs of `scores` (Z, cells), highest score first, each more than `gap`
     slices from every earlier pick in the same cell, or in a cell overlapping it (`cells`: their (y, x, height,
-    width), as `boxes` gives them), and from every `annotated` slice (fewer when the volume has no room left)."""
+    width), as `boxes` gives them), and more than `around` (default `gap`) from every `annotated` slice (fewer when
+    the volume has no room left)."""
     if cells is not None:
         y, x, h, w = (np.array(v) for v in zip(*cells, strict=True))
     blocked = np.zeros(scores.shape, bool)
+    around = gap if around is None else around
     for z in annotated or []:
-        blocked[max(0, z - gap):z + gap + 1] = True
+        blocked[max(0, z - around):z + around + 1] = True
     chosen: list[tuple[int, int]] = []
     for flat in np.argsort(-scores, axis=None, kind="stable"):
         if len(chosen) == count:
@@ -91,14 +92,15 @@ def run_annotation(run: str | Path, image: str | Path) -> str | None:
     """The slices a run was trained on as annotated (`Config.annotated_slices`) when `image` is its training
     image, else None: the same content (`io.content_id`, recorded in the run's annotation.json), or for runs
     that recorded none (before 2026-12-07) the same file name (`train` records "IMAGE with labels LABELS",
-    `io.file_name`) and slices inside the image."""
+    `io.file_name`) and slices inside the image. A checkpoint file: its run folder's."""
     from mitoseg import data
 
-    path = Path(run) / "config.json"
+    folder = Path(run) if Path(run).is_dir() else Path(run).parent
+    path = folder / "config.json"
     config = Config.load(path) if path.is_file() else None
     if config is None or not config.annotated_slices:
         return None
-    record = Path(run) / "annotation.json"
+    record = folder / "annotation.json"
     source = json.loads(record.read_text()).get("image", {}).get("source") if record.is_file() else None
     volume = io.open_volume(image)
     if source is not None and io.content_id(volume) != source:
@@ -122,9 +124,10 @@ def suggest(run: str | Path, image: str | Path, count: int = 8, gap: int | None 
     y, x, height, width in pixels, uncertainty in bits, foreground fraction), most useful first.
 
     The model predicts the whole volume block by block (`predict.predict`, with TTA unless `tta` is
-    False) into a temporary Zarr; `gap` (default: depth // (4 * picks per grid cell), at least 1) keeps
-    picks in one cell apart; `annotated` ("0,40-43") are slices already annotated, never suggested nor
-    neighboured (default: the run's own, `run_annotation`, when `image` is its training image; "none": none).
+    False) into a temporary Zarr; `gap` keeps picks in one cell apart and from the `annotated` slices ("0,40-43"),
+    which are never suggested (default: the run's own, `run_annotation`, when `image` is its training image;
+    "none": none). Its default: depth // (4 * picks per grid cell), at least 1, and around the annotated slices
+    depth // (4 * count) (boxes: as many as slices would be), made smaller while it leaves no slice.
     `table`: the score of every slice (or box) as CSV.
     """
     from mitoseg import data, predict
@@ -134,7 +137,8 @@ def suggest(run: str | Path, image: str | Path, count: int = 8, gap: int | None 
         io.check_output(table, overwrite, "file", (image, run))
     shape = io.open_volume(image).shape
     depth, cells = shape[0], boxes(tuple(shape[1:]), box)
-    config = Config.load(Path(run) / "config.json") if (Path(run) / "config.json").is_file() else None
+    folder = Path(run) if Path(run).is_dir() else Path(run).parent  # RUN/best.pt: RUN
+    config = Config.load(folder / "config.json") if (folder / "config.json").is_file() else None
     own = run_annotation(run, image) if annotated is None else None
     if own:  # its training image: those slices are annotated
         annotated = own
@@ -144,16 +148,24 @@ def suggest(run: str | Path, image: str | Path, count: int = 8, gap: int | None 
         print(f"note: {Path(run).name} learned from the annotated slices {config.annotated_slices} of "
               f"{config.data or 'its training image'}; if that is this image, give --annotated-slices "
               f"{config.annotated_slices} so they are not suggested", file=sys.stderr)
+    if config is not None and config.unlabeled is not None:  # boxes, say: their places are in the labels alone
+        print(f"note: {folder.name} learned from labels with voxels nobody annotated (--unlabeled "
+              f"{config.unlabeled:g}): which boxes were annotated is not known here, and may be suggested again",
+              file=sys.stderr)
     none = annotated is None or str(annotated).strip().lower() == "none"
     done = [] if none else data.parse_slices(annotated, depth)
-    gap = max(1, depth // (4 * -(-count // len(cells)))) if gap is None else gap
-    if not pick(np.zeros((depth, 1)), 1, gap, done):  # said before the prediction, not after it
-        raise MitosegError(f"no slice left to suggest: all {depth} are annotated or within {gap} of one")
+    around = gap
+    if gap is None:  # apart, and from the annotated slices as far as a slice each would be (not a box's place)
+        gap, around = max(1, depth // (4 * -(-count // len(cells)))), max(1, depth // (4 * count))
+        while around > 1 and not pick(np.zeros((depth, 1)), 1, gap, done, around=around):
+            around -= 1  # room left for some: e.g. 4 asked of 32 slices, 11 annotated
+    if not pick(np.zeros((depth, 1)), 1, gap, done, around=around):  # said before the prediction, not after it
+        raise MitosegError(f"no slice left to suggest: all {depth} are annotated or within {around} of one (--gap)")
     with tempfile.TemporaryDirectory(prefix="mitoseg-suggest-") as tmp:
         probs = predict.predict(run, image, Path(tmp) / "probabilities.zarr", tta=tta, device=device,
                                 progress=progress)
         uncertainty, foreground = slice_scores(io.open_volume(probs), cells)
-    chosen = pick(uncertainty, count, gap, done, cells)
+    chosen = pick(uncertainty, count, gap, done, cells, around)
 
     def row(z: int, c: int) -> dict:
         y, x, h, w = cells[c]
@@ -162,14 +174,11 @@ def suggest(run: str | Path, image: str | Path, count: int = 8, gap: int | None 
 
     if table:
         rank = {zc: i + 1 for i, zc in enumerate(chosen)}
-        partial = io.partial_path(table)
-        partial.parent.mkdir(parents=True, exist_ok=True)
-        with open(partial, "w", newline="") as f:
+        with io.writing(table) as partial, open(partial, "w", newline="") as f:  # never a half-written table
             writer = csv.DictWriter(f, [*row(0, 0), "rank"])
             writer.writeheader()
             for z in range(depth):
                 for c in range(len(cells)):
                     writer.writerow({**row(z, c), "rank": rank.get((z, c), "")})
-        os.replace(partial, table)  # never a half-written table under the final name
         io.release(table)
     return [{"rank": i + 1, **row(z, c)} for i, (z, c) in enumerate(chosen)]

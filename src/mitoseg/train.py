@@ -142,13 +142,16 @@ def _prepare_dir(out: Path, resume: bool, overwrite: bool, inputs: tuple = ()) -
     io.claim(out)  # a second training into it would delete or mix this one's checkpoints
     if resume:
         if not (out / "last.pt").exists():
-            raise MitosegError(f"{out} holds no checkpoint (last.pt) to resume from{kept_aside(out)}")
+            raise MitosegError(f"{out} holds no checkpoint (last.pt) to resume from{kept_aside(out)}"
+                               + ("; --overwrite starts it again" if out.is_dir() and any(out.iterdir()) else ""))
         return
     if replaced(out).exists() and (not overwrite or (out / "last.pt").exists()):  # only a --overwrite goes on with it
         raise MitosegError(f"{kept_aside(out)[2:]}: move it back to {out}, or delete it, first")
     if out.exists() and any(out.iterdir()):
         if not overwrite:
-            raise MitosegError(f"{out} already exists; pass --overwrite to replace it or --resume to continue")
+            raise MitosegError(f"{out} already exists; pass --overwrite to replace it"
+                               + (" or --resume to continue" if (out / "last.pt").exists() else
+                                  " (it holds no checkpoint to resume from: stopped in its first epoch?)"))
         io.replaceable(out)
         if replaced(out).exists() and not (out / "last.pt").exists():  # a killed --overwrite: its beginning here,
             shutil.rmtree(out)  # the run it was replacing in NAME.replaced, kept on
@@ -231,6 +234,13 @@ def load_init(model: torch.nn.Module, config: Config, device: torch.device) -> N
         print(f"note: --init {Path(config.init).name} was trained on {words[0]} nm voxels, this run's are "
               f"{words[1]} nm: it starts from features of another scale"
               + (" and other encoder strides" if config.dims == 3 else ""), file=sys.stderr)
+    elif other.voxel_size_stated and not config.voxel_size_stated and \
+            unlike_voxels(tuple(other.voxel_size)[axes], tuple(config.voxel_size)[axes]):  # nobody said this run's
+        words = [" x ".join(f"{float(v):g}" for v in c.voxel_size) for c in (other, config)]
+        print(f"note: --init {Path(config.init).name} was trained on {words[0]} nm voxels; this image states none, "
+              f"so this run takes the default {words[1]} nm"
+              + (" (and its encoder strides)" if config.dims == 3 else "")
+              + f": give --voxel-size {words[0].replace(' x ', ' ')} if its voxels are those", file=sys.stderr)
 
 
 def check_init(config: Config, device: torch.device | str = "cpu") -> tuple[torch.nn.Module, Config]:
@@ -433,6 +443,12 @@ def train(config: Config, image: np.ndarray, mask: np.ndarray, out: str | Path, 
                   f"annotated slices ({io.first_values(np.array(outside))}), left out: name them in "
                   "--annotated-slices if they are annotated", file=sys.stderr)
         mask = data.annotate_slices(mask, slices)
+    elif not resume and mask.shape[0] >= 8 and not (mask == data.IGNORE).any():
+        held = np.flatnonzero(mask.reshape(mask.shape[0], -1).max(axis=1))  # slices holding foreground
+        if 0 < held.size <= mask.shape[0] // 4:  # labels painted on a few slices, the rest trained as background?
+            print(f"note: foreground lies in only {held.size} of the {mask.shape[0]} slices ({io.first_values(held)}); "
+                  "every other voxel is trained on as background: if only some slices are annotated, name them in "
+                  "--annotated-slices", file=sys.stderr)
     data.check_labels(mask)
     if resume:
         check_same_data(out, image, mask)
@@ -467,17 +483,25 @@ def train(config: Config, image: np.ndarray, mask: np.ndarray, out: str | Path, 
 
 def check_same_data(out: Path, image: np.ndarray, mask: np.ndarray) -> None:
     """Refuse to resume the run in `out` with an image or labels (`mask` as trained on: annotated slices applied)
-    other than those it began with (checksums in its annotation.json, `io.content_id`; runs begun before 2026-12-07
-    record the image's alone): its epochs would mix two data sets."""
+    other than those it began with (checksums in its annotation.json: the image's `io.content_id`, the labels'
+    `labels_id`; runs begun before 2026-12-07 record the image's alone): its epochs would mix two data sets."""
     path = out / "annotation.json"
     recorded = json.loads(path.read_text()) if path.is_file() else {}
     then = recorded.get("image", {}).get("source")
     if then is not None and not io.same_source(then, io.content_id(image)):
         raise MitosegError(f"{out} was trained on another image (its checksum differs): resume it with the image it "
                            "began with, or start again with --overwrite")
-    if recorded.get("labels") not in (None, io.content_id(mask)):
+    if recorded.get("labels") not in (None, labels_id(mask), io.content_id(mask)):  # content_id: runs of 2026-12-07
         raise MitosegError(f"{out} was trained on other labels (their checksum differs; --annotated-slices are the "
                            "run's): resume it with the labels it began with, or start again with --overwrite")
+
+
+def labels_id(mask: np.ndarray) -> str:
+    """A checksum of the whole mask (Z, Y, X) trained on: a little annotation lies on a few slices, which a checksum
+    of some slices (`io.content_id`: the first, middle and last) would not see edited."""
+    import zlib
+
+    return f"{zlib.crc32(np.ascontiguousarray(mask), zlib.crc32(repr(mask.shape).encode())):08x}"  # no copy
 
 
 def _train(config: Config, image: np.ndarray, mask: np.ndarray, out: Path, resume: bool, progress: bool,
@@ -491,7 +515,7 @@ def _train(config: Config, image: np.ndarray, mask: np.ndarray, out: Path, resum
     train_vol, val_vol = data.split(image, mask, config.val_fraction, window)
     (out / "annotation.json").write_text(json.dumps(  # what the run learned from and was validated on, in voxels,
         {"training": data.counts(train_vol), "validation": data.counts(val_vol),  # and which image (`suggest`)
-         "image": {"shape": list(image.shape), "source": io.content_id(image)}, "labels": io.content_id(mask)},
+         "image": {"shape": list(image.shape), "source": io.content_id(image)}, "labels": labels_id(mask)},
         indent=2) + "\n")
     # kept with every checkpoint: what `predict --match-training` maps another volume's grey levels onto
     intensity = {"window": window, "reference": io.reference_levels(image)}
@@ -516,7 +540,11 @@ def _train(config: Config, image: np.ndarray, mask: np.ndarray, out: Path, resum
         ckpt = torch.load(out / "last.pt", map_location=device, weights_only=False)
         if "optimizer" not in ckpt:  # a finished run: at most its post-processing choice was left undone
             if postprocessing and _unchosen(out, config):
+                print(f"{out} finished training earlier; its post-processing, left unchosen, is chosen now",
+                      file=sys.stderr)
                 choose_postprocessing(out, val_vol, config, device, progress, planes=_unchosen(out, config))
+            else:
+                print(f"{out} finished training earlier: nothing to resume", file=sys.stderr)
             return summarize(out)
         model.load_state_dict(ckpt["model"])
         for group in ckpt["optimizer"]["param_groups"]:  # a checkpoint from before the fused update: fuse it too
