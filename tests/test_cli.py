@@ -547,7 +547,8 @@ def test_user_mistakes_are_one_line(runs, capsys, tmp_path, monkeypatch):
     bad(["label", t, "--out", str(tmp_path / "l.zarr"), "--voxel-size", "5", "5", "5", "5"], capsys,
         "mitoseg label: error: unrecognized arguments: 5 (see mitoseg label --help)")
     assert parser().parse_args(["label", t, "--out", "x", "--quiet"]).quiet  # after the command too (before: refused)
-    assert not parser().parse_args(["label", t, "--out", "x"]).quiet and parser().parse_args(["--quiet", "view"]).quiet
+    assert not parser().parse_args(["label", t, "--out", "x"]).quiet
+    assert parser().parse_args(["--quiet", "view", t]).quiet
     (tmp_path / "corrupt.tif").write_bytes(b"II*\x00" + b"\x07" * 100)
     bad(["train", str(tmp_path / "corrupt.tif"), g, "--out", str(tmp_path / "r")], capsys, "cannot be read")
     whole = (d / "train.tif").read_bytes()

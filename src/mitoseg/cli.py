@@ -685,7 +685,8 @@ def _unfinished(a: argparse.Namespace) -> list[Path]:
 
     if a.command not in ("predict", "label"):
         return []
-    left = io.unfinished((a.out, getattr(a, "mask", None)))  # no torch imported: a Ctrl-C may have stopped its import
+    # no torch imported (not mitoseg.predict): a Ctrl-C may have stopped its import
+    left = io.unfinished((a.out, getattr(a, "mask", None)), members=a.command == "predict")
     if a.command == "label" and a.table and not a.overwrite and Path(a.out).exists() and not Path(a.table).exists() \
             and Path(a.out).resolve() != io.split_path(a.input)[0].resolve() and _labels(a.out):
         left.append(Path(a.out))

@@ -1207,10 +1207,14 @@ def refuse_left(outputs: Sequence[str | Path | None], left: Sequence[Path]) -> N
                        "--overwrite to start again")
 
 
-def unfinished(outputs: Sequence[str | Path | None]) -> list[Path]:
-    """The unfinished parts that exist of `outputs` (None: none): ``NAME.partial``, and ``NAME.partial.members``
-    (each model's probabilities of an unfinished mean of models, `members_path`)."""
-    return [p for o in outputs if o is not None for p in (partial_path(o), members_path(o)) if p.exists()]
+def unfinished(outputs: Sequence[str | Path | None], members: bool = False) -> list[Path]:
+    """The unfinished parts (``NAME.partial``) that exist of `outputs` (None: none), and with `members` those of
+    the first output's ``NAME.partial.members`` (each model's probabilities of an unfinished mean of models,
+    `members_path`)."""
+    left = [partial_path(o) for o in outputs if o is not None and partial_path(o).exists()]
+    if members and members_path(outputs[0]).exists():
+        left.append(members_path(outputs[0]))
+    return left
 
 
 @contextlib.contextmanager

@@ -667,7 +667,7 @@ def predict(model: str | Path | Sequence[str | Path], image: str | Path, out: st
     for output in (out, mask_out) if mask_out is not None else (out,):
         io.check_place(output, "zarr", (image, *models))
     if not (resume or overwrite):  # an earlier run's finished blocks are never discarded silently
-        io.refuse_left((out, mask_out), io.unfinished((out, mask_out)))
+        io.refuse_left((out, mask_out), io.unfinished((out, mask_out), members=True))
     if mask_out is not None and Path(mask_out).absolute() == Path(out).absolute():
         raise MitosegError(f"the probabilities and the mask are both {out}: give two outputs")
     if mask_out is not None:  # one inside the other (but an image-label): replacing the outer would delete both
