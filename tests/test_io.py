@@ -1001,6 +1001,9 @@ def test_labels_on_slices_the_subsample_skips_are_read(tmp_path, droso):
     assert io.sampled_values(lazy).tolist() == [0, 1, 2]  # the subsample's one value: the whole volume read
     with pytest.raises(MitosegError, match=r"hold more than two values \(0, 1, 2\)"):  # evaluate's truth
         io.check_binary(zarr.open_array(tmp_path / "truth.zarr", mode="r"), "the truth's labels")
+    chunked = zarr.create_array(tmp_path / "c.zarr", shape=ilastik.shape, chunks=(4, 512, 512), dtype=np.uint8)
+    chunked[:] = ilastik  # read chunk by chunk (each decompressed once), not in slabs across them
+    assert io.all_values(chunked).tolist() == [0, 1, 2] and io.sampled_values(chunked).tolist() == [0, 1, 2]
 
 
 def test_labels_say_which_annotated_value_is_foreground(tmp_path, droso_crop, capsys):

@@ -509,6 +509,11 @@ def test_train_on_a_few_annotated_slices(tmp_path, small, capsys):
     tr.train(tiny(2, epochs=1, iterations_per_epoch=1), raw, painted, tmp_path / "few", progress=False)
     assert "note: foreground lies in only 1 of the 8 slices (0); every other voxel is trained on as background: if " \
            "only some slices are annotated, name them in --annotated-slices" in capsys.readouterr().err
+    # background and foreground swapped (a box of background alone, 99 outside it, read as 0/99): said before training
+    tr.train(tiny(2, epochs=1, iterations_per_epoch=1), raw, 1 - mask, tmp_path / "inverted", progress=False)
+    share = 1 - mask.mean()
+    assert f"note: {share:.1%} of the annotated voxels are foreground (mitochondria seldom are most of a volume)" \
+        in capsys.readouterr().err
     assert parts["validation"]["annotated_voxels"] == 3 * 128 * round(128 * cfg.val_fraction)
     model, cfg = tr.load_model(tmp_path / "run")
     partial = data.annotate_slices(mask, [0, 2, 3])

@@ -42,10 +42,11 @@ IGNORE = 2  # mask value of voxels nobody annotated: no loss, no sampling centre
 VAL_MARGIN = 64
 
 
-def check_labels(mask: np.ndarray, name: str = "labels") -> None:
+def check_labels(mask: np.ndarray, name: str = "labels") -> float:
     """Refuse label volumes a model cannot learn from: values other than 0, 1 and `IGNORE` (object ids, grey
     levels, a 0/255 mask: `io.load_pair` makes files into 0/1), no annotated voxel (all `IGNORE`), no
-    foreground among the annotated voxels, or nothing but foreground."""
+    foreground among the annotated voxels, or nothing but foreground. Returns the foreground's share of the
+    annotated voxels."""
     other = (mask != 0) & (mask != 1) & (mask != IGNORE)
     if other.any():
         values = io.first_values(np.unique(mask[other]))
@@ -63,6 +64,7 @@ def check_labels(mask: np.ndarray, name: str = "labels") -> None:
                            "name the background? and --label-threshold)")
     if fg == annotated:
         raise MitosegError(f"{name} are foreground everywhere: nothing to learn (check --label-threshold)")
+    return fg / annotated
 
 
 def parse_slices(text: str, depth: int) -> list[int]:

@@ -846,9 +846,18 @@ def sampled_values(volume: Any, max_samples: int = 2_000_000) -> np.ndarray:
 
 
 def all_values(volume: Any, voxels: int = 2**24) -> np.ndarray:
-    """The sorted distinct values of the whole `volume` (Z, Y, X), read in slabs of about `voxels`."""
-    depth = max(1, voxels // max(1, int(np.prod(volume.shape[1:]))))
-    found = [np.unique(np.asarray(volume[z:z + depth])) for z in range(0, volume.shape[0], depth)]
+    """The sorted distinct values of the whole `volume` (Z, Y, X), read by its stored blocks (a Zarr array's shards
+    or chunks, an HDF5 dataset's chunks: each decompressed once) when they hold 2**20 to 2**27 voxels, else in
+    slabs of about `voxels`."""
+    from mitoseg import blocks
+
+    stored = blocks.block_of(volume)
+    if stored and len(stored) == len(volume.shape) and 2**20 <= int(np.prod(stored)) <= 2**27:
+        regions = blocks.grid(volume.shape, stored)
+    else:
+        depth = max(1, voxels // max(1, int(np.prod(volume.shape[1:]))))
+        regions = [slice(z, z + depth) for z in range(0, volume.shape[0], depth)]
+    found = [np.unique(np.asarray(volume[r])) for r in regions]
     return np.unique(np.concatenate(found)) if found else np.array([])
 
 

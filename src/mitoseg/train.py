@@ -174,6 +174,7 @@ def kept_aside(out: Path) -> str:
 
 
 LONG_ON_CPU = 2000  # iterations without --minutes that are noted on a CPU (the cpu preset's 30 minutes: about 2,100)
+MOSTLY = 0.5  # a foreground share of the annotated voxels above this is noted before training: labels misread?
 BARELY = 0.1  # a best validation IoU under this (at any threshold) is noted after training: the masks will be poor
 
 
@@ -449,7 +450,11 @@ def train(config: Config, image: np.ndarray, mask: np.ndarray, out: str | Path, 
             print(f"note: foreground lies in only {held.size} of the {mask.shape[0]} slices ({io.first_values(held)}); "
                   "every other voxel is trained on as background: if only some slices are annotated, name them in "
                   "--annotated-slices", file=sys.stderr)
-    data.check_labels(mask)
+    share = data.check_labels(mask)
+    if share > MOSTLY and not resume:  # e.g. boxes of background alone, 99 outside them, without --unlabeled 99
+        print(f"note: {share:.1%} of the annotated voxels are foreground (mitochondria seldom are most of a volume): "
+              "does a value of the labels mark voxels nobody annotated (--unlabeled VALUE), or the background "
+              "(--label-threshold)?", file=sys.stderr)
     if resume:
         check_same_data(out, image, mask)
     data.check_image(image)
