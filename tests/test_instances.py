@@ -113,9 +113,10 @@ def test_label_volume_checks_its_settings_before_writing(tmp_path, droso_crop):
 def test_a_voxel_size_given_against_the_stated_one_is_said(tmp_path, droso_crop, capsys):
     stored = zarr.create_array(str(tmp_path / "m.zarr"), data=droso_crop[1][:4], chunks=(4, 128, 128))
     stored.attrs["voxel_size"] = [5.0, 5.0, 5.0]
-    instances.label_volume(tmp_path / "m.zarr", tmp_path / "l.zarr", voxel_size=(50, 4.6, 4.6), progress=False)
-    assert "note: m.zarr states 5 x 5 x 5 nm voxels and --voxel-size 50 x 4.6 x 4.6 nm: the table measures the given " \
-           "ones" in capsys.readouterr().err  # before: nothing said
+    instances.label_volume(tmp_path / "m.zarr", tmp_path / "l.zarr", voxel_size=(50, 4.6, 4.6), progress=False,
+                           table=tmp_path / "t.csv")
+    assert "note: m.zarr states 5 x 5 x 5 nm voxels and --voxel-size 50 x 4.6 x 4.6 nm: the labels record the given " \
+           "ones (and the table measures them)" in capsys.readouterr().err  # before: nothing said
     instances.label_volume(tmp_path / "m.zarr", tmp_path / "k.zarr", voxel_size=(5, 5, 5), progress=False)
     assert "note" not in capsys.readouterr().err
 

@@ -334,6 +334,13 @@ def test_resume_after_kill_is_identical(tmp_path, droso_crop, net2d, net3d, monk
     assert not predict.predicted_alike(out, replace(settings, dtype="float16"), net2d)
     np.testing.assert_array_equal(io.open_volume(tmp_path / "m.zarr")[:], io.open_volume(tmp_path / "ref_mask.zarr")[:])
     assert not io.partial_path(out).exists()
+    # finished probabilities of a resumed --overwrite run (its mask pass stopped): kept alike, replaced otherwise
+    # (before: predicted again whatever they were)
+    model_id, shape = predict.fingerprint(net2d), image.shape
+    assert predict.kept(out, None, shape, settings, model_id, None, resume=True, overwrite=True)
+    assert not predict.kept(out, None, shape, replace(settings, dtype="float16"), model_id, None, True, True)
+    with pytest.raises(MitosegError, match="was written with other settings"):
+        predict.kept(out, None, shape, replace(settings, dtype="float16"), model_id, None, True, False)
 
 
 def test_resume_refuses_another_tta_set(tmp_path, droso_crop, net2d, monkeypatch):
@@ -627,6 +634,9 @@ def test_the_runs_post_processing_keeps_its_nm_on_other_voxels(tmp_path, lucchi_
     stored.attrs["voxel_size"] = [5.0, 10.0, 10.0]  # its minimum size alone changes: said alone (before: "blurs 8
     predict.predict(tmp_path / "run", tmp_path / "image.zarr", tmp_path / "r.zarr", amp=False, progress=False)
     assert "ones it keeps objects of 125 voxels or more (not 500): the same nm" in capsys.readouterr().err  # (not 8)")
+    predict.predict(tmp_path / "run", tmp_path / "image.zarr", tmp_path / "s.zarr", mask_out=tmp_path / "sm.zarr",
+                    threshold=0.5, amp=False, progress=False)  # --threshold: no choice applied, none described
+    assert "post-processing was chosen" not in capsys.readouterr().err
 
 
 def test_outputs_finish_together(tmp_path, droso_crop, net2d, monkeypatch):

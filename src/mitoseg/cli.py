@@ -137,14 +137,14 @@ def cmd_predict(a: argparse.Namespace) -> None:
     from mitoseg import io
     from mitoseg.predict import predict
 
-    kept = a.resume and not a.overwrite and Path(a.out).exists() and not io.partial_path(a.out).exists()
+    finished = _written_by(a.out) if a.resume and not io.partial_path(a.out).exists() else None
     with _client(a) as client:
         predict(a.model, a.image, a.out, mask_out=a.mask, tile_xy=a.tile_xy, tile_z=a.tile_z, overlap=a.overlap,
                 block=a.block, dtype=a.dtype, threshold=a.threshold, batch_size=a.batch_size, tta=a.tta,
                 amp=not a.fp32, device=a.device, client=client, overwrite=a.overwrite, resume=a.resume,
                 progress=not a.quiet, match_training=a.match_training, planes=a.planes,
                 voxel_size=_voxel(a.voxel_size) if a.voxel_size else None)
-    if kept:  # finished alike by an earlier run (else refused)
+    if finished is not None and _written_by(a.out) == finished:  # finished alike by an earlier run (else refused)
         print(f"kept {a.out}, finished earlier with these settings" + (f"; wrote {a.mask}" if a.mask else ""))
     else:
         print(f"wrote {a.out}" + (f" and {a.mask}" if a.mask else ""))
@@ -691,6 +691,17 @@ def _unfinished(a: argparse.Namespace) -> list[Path]:
             and Path(a.out).resolve() != io.split_path(a.input)[0].resolve() and _labels(a.out):
         left.append(Path(a.out))
     return left
+
+
+def _written_by(path: str) -> str | None:
+    """Which run wrote the mitoseg output at `path` (its attribute "run", a run's own id; "" for outputs without
+    it); None for none there."""
+    from mitoseg import io
+
+    try:
+        return io.attributes(io.open_volume(path)).get("run", "") if Path(path).exists() else None
+    except MitosegError:
+        return None
 
 
 def _labels(path: str) -> bool:

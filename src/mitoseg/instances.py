@@ -583,8 +583,9 @@ def label_volume(input: str | Path, out: str | Path, block: Sequence[int] | None
     voxel = tuple(stated or (1.0, 1.0, 1.0))
     if voxel_size and own and not np.allclose(own, voxel_size, rtol=1e-3):  # a wrong calibration, or the given one
         words = [" x ".join(f"{float(v):g}" for v in size) for size in (own, voxel_size)]
-        print(f"note: {io.file_name(input)} states {words[0]} nm voxels and --voxel-size {words[1]} nm: the table "
-              "measures the given ones, while the post-processing it records stays in its voxels", file=sys.stderr)
+        print(f"note: {io.file_name(input)} states {words[0]} nm voxels and --voxel-size {words[1]} nm: the labels "
+              f"record the given ones{' (and the table measures them)' if table else ''}, while the post-processing "
+              "it records stays in its voxels", file=sys.stderr)
     block = tuple(block) if block else (min(volume.shape[0], 64), 512, 512)
     applied = postprocess.for_labels(io.attributes(volume), threshold, min_size)
     min_size, z_sigma = applied["min_size"], applied["z_sigma"]

@@ -488,15 +488,21 @@ def predicted_alike(path: str | Path, settings: Settings, model: torch.nn.Module
 
 def kept(out: str | Path, mask_out: str | Path | None, shape: tuple[int, ...], settings: Settings, model_id: str,
          attrs: dict | None, resume: bool, overwrite: bool) -> bool:
-    """Whether a resumed prediction of probabilities alone (not `overwrite`, no unfinished ``.partial``) finds them
-    finished at `out` by this model with these settings and the voxel size and origin of `attrs` (kept as they
-    are: `predict --mask --resume` blurring along Z, interrupted while writing the mask); a prediction finished
-    otherwise is refused (`blocks.keep_finished`)."""
-    if not resume or overwrite or mask_out is not None or io.partial_path(out).exists():
+    """Whether a resumed prediction of probabilities alone (no unfinished ``.partial``) finds them finished at
+    `out` by this model with these settings and the voxel size and origin of `attrs` (kept as they are: `predict
+    --mask --resume` blurring along Z, interrupted while writing the mask, with --overwrite too: its probabilities
+    were written by the run it resumes); a prediction finished otherwise is refused (`blocks.keep_finished`), or with
+    `overwrite` replaced."""
+    if not resume or mask_out is not None or io.partial_path(out).exists():
         return False
     stated = {k: v for k, v in (attrs or {}).items() if k in ("voxel_size", "origin")}
-    return blocks.keep_finished(out, "probability", shape, settings.dtype, settings.block,
-                                recorded(settings, model_id), stated)
+    try:
+        return blocks.keep_finished(out, "probability", shape, settings.dtype, settings.block,
+                                    recorded(settings, model_id), stated)
+    except MitosegError:
+        if overwrite:  # written otherwise: replaced
+            return False
+        raise
 
 
 def open_outputs(shape: tuple[int, ...], out: str | Path, mask_out: str | Path | None, settings: Settings,
@@ -691,10 +697,9 @@ def predict(model: str | Path | Sequence[str | Path], image: str | Path, out: st
     pp = postprocess.PostProcessing(threshold) if threshold is not None else chosen or postprocess.PostProcessing()
     inside = mask_out is not None and omezarr.label_of(mask_out) is not None and \
         omezarr.label_of(mask_out).resolve() == Path(out).resolve()  # an image-label of the image written here
-    two_passes = bool(pp.z_sigma or inside) and mask_out is not None
-    if note and not two_passes:  # else the probabilities' pass (this function again) says it
+    if note and threshold is None:  # a threshold given applies no choice (this function's probabilities pass too)
         print(note, file=sys.stderr)
-    if two_passes:  # a pass of its own afterwards: the mask needs neighbouring
+    if (pp.z_sigma or inside) and mask_out is not None:  # a pass of its own afterwards: the mask needs neighbouring
         # blocks (Z smoothing), or the image it labels written first
         io.check_output(mask_out, overwrite, "zarr", (image,))
         predict(model, image, out, tile_xy=tile_xy, tile_z=tile_z, overlap=overlap, block=block, dtype=dtype,
