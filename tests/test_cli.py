@@ -953,8 +953,8 @@ def test_predict_resume_keeps_only_its_own_finished_prediction(runs, tmp_path, c
         assert main(["--quiet", "predict", *opts, "--out", str(out), "--overwrite"]) == 130
     # the finished prediction and the unfinished one replacing it (before: --resume alone was advised, and then
     # refused with "already exists; pass --overwrite", which discards the finished blocks)
-    bad(["predict", *opts, "--out", str(out)], capsys, "add --resume --overwrite to go on from it (it was replacing "
-        "p.zarr), or --overwrite to start again")
+    bad(["predict", *opts, "--out", str(out)], capsys, "add --resume --overwrite to go on from it (p.zarr already "
+        "there), or --overwrite to start again")
     bad(["predict", *opts, "--out", str(out), "--resume"], capsys, "p.zarr already exists, and p.zarr.partial, left "
         "by a run replacing it: go on with --resume --overwrite")
     assert main(["--quiet", "predict", *opts, "--out", str(out), "--overwrite", "--resume"]) == 0

@@ -110,6 +110,23 @@ def test_label_volume_checks_its_settings_before_writing(tmp_path, droso_crop):
         assert sorted(p.name for p in tmp_path.iterdir()) == ["m.zarr"]
 
 
+def test_labels_replaced_and_stopped_before_the_rename_say_how_to_go_on(tmp_path, droso_crop, monkeypatch):
+    zarr.create_array(str(tmp_path / "m.zarr"), data=droso_crop[1][:4], chunks=(4, 128, 128))
+    out, table = tmp_path / "l.zarr", tmp_path / "t.csv"
+    instances.label_volume(tmp_path / "m.zarr", out, table=table, progress=False)
+    before = table.read_text()
+    with monkeypatch.context() as m:  # --overwrite: the old labels deleted, stopped before the new ones' rename
+        m.setattr(io, "finish_output", dies_on_call(io.finish_output, 1))
+        with pytest.raises(KeyboardInterrupt):
+            instances.label_volume(tmp_path / "m.zarr", out, table=table, overwrite=True, progress=False)
+    assert not out.exists() and io.partial_path(out).exists() and table.exists()
+    # before: "add --resume", which then refused the old table ("already exists; pass --overwrite")
+    with pytest.raises(MitosegError, match=r"add --resume --overwrite to go on from it \(t.csv already there\)"):
+        instances.label_volume(tmp_path / "m.zarr", out, table=table, progress=False)
+    instances.label_volume(tmp_path / "m.zarr", out, table=table, resume=True, overwrite=True, progress=False)
+    assert table.read_text() == before and not io.partial_path(out).exists()
+
+
 def test_a_voxel_size_given_against_the_stated_one_is_said(tmp_path, droso_crop, capsys):
     stored = zarr.create_array(str(tmp_path / "m.zarr"), data=droso_crop[1][:4], chunks=(4, 128, 128))
     stored.attrs["voxel_size"] = [5.0, 5.0, 5.0]

@@ -750,7 +750,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         # as train and compare: an earlier run's finished work is never discarded silently
         left = [] if getattr(args, "resume", False) or getattr(args, "overwrite", False) else _unfinished(args)
-        io.refuse_left((getattr(args, "out", None), getattr(args, "mask", None)), left)
+        io.refuse_left([getattr(args, k, None) for k in ("out", "mask", "table")], left)
         args.func(args)
         return 0
     except MitosegError as e:

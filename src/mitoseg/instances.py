@@ -568,7 +568,7 @@ def label_volume(input: str | Path, out: str | Path, block: Sequence[int] | None
     volume = io.open_volume(input)
     io.check_place(out, "zarr", (input,))
     if not (resume or overwrite):  # an earlier run's finished blocks are never discarded silently
-        io.refuse_left((out,), io.unfinished((out,)))
+        io.refuse_left((out, table), io.unfinished((out,)))
     if resume and not overwrite and (not table or Path(table).exists()) and Path(out).exists() and \
             not io.partial_path(out).exists():
         raise MitosegError(f"{out}{f' and {table} are' if table else ' is'} finished: nothing to resume (--overwrite "

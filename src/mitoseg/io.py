@@ -1209,8 +1209,11 @@ def refuse_left(outputs: Sequence[str | Path | None], left: Sequence[Path]) -> N
     for output in outputs:
         if output is not None:
             claim(output)
-    replacing = [Path(o).name for o in outputs if o is not None and Path(o).exists() and partial_path(o) in left]
-    how = f"--resume --overwrite to go on from it (it was replacing {', '.join(replacing)})" if replacing else \
+    # what an --overwrite run stopped before replacing: an output beside its own .partial, or a file (label's table,
+    # written last) beside the labels' .partial
+    there = [Path(o).name for o in outputs if o is not None and Path(o).exists()
+             and (partial_path(o) in left or Path(o).is_file())]
+    how = f"--resume --overwrite to go on from it ({', '.join(there)} already there)" if there else \
         "--resume to go on from it"
     raise MitosegError(f"{', '.join(map(str, left))}: left by an earlier run of this command; add {how}, or "
                        "--overwrite to start again")
