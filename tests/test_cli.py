@@ -808,6 +808,17 @@ def test_train_from_a_few_slices_and_fine_tune(runs, capsys, tmp_path):
                  "0-2", "--init", str(d / "run2"), "--out", str(out), *TRAIN]) == 0
     saved = json.loads((out / "config.json").read_text())
     assert (saved["init"], saved["annotated_slices"], saved["unlabeled"]) == (str(d / "run2"), "0-2", 99)
+    # an ilastik export (0 nobody, 1 background, 2 mitochondria) resumes: before, the saved label threshold 0 (the
+    # default, none given) read 1 and 2 as foreground on --resume, refused ("foreground wherever annotated")
+    ilastik = np.where(np.arange(8)[:, None, None] < 3, (labels > 0) + 1, 0).astype(np.uint8)
+    tifffile.imwrite(tmp_path / "ilastik.tif", ilastik)
+    args = ["--quiet", "train", t, str(tmp_path / "ilastik.tif"), "--unlabeled", "0", "--out", str(tmp_path / "il")]
+    assert main([*args, *TRAIN]) == 0 and json.loads((tmp_path / "il" / "config.json").read_text())["label_threshold"] \
+        is None
+    assert main([*args, "--resume"]) == 0
+    old = json.loads((tmp_path / "il" / "config.json").read_text())
+    (tmp_path / "il" / "config.json").write_text(json.dumps({**old, "label_threshold": 0.0}))  # as recorded before
+    assert main([*args, "--resume"]) == 0
     assert not (out / "postprocessing.json").exists()  # chosen only on a wholly annotated validation split
     bad(["train", t, g, "--annotated-slices", "5-9", "--out", str(tmp_path / "r"), *TRAIN], capsys,
         "annotated slices '5-9' outside the volume's slices 0..7")

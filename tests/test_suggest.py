@@ -138,8 +138,8 @@ def test_the_default_gap_leaves_room_beside_annotated_slices(ca1, capsys, tmp_pa
     (boxed / "config.json").write_text(json.dumps({**json.loads((run / "config.json").read_text()), "unlabeled": 7}))
     capsys.readouterr()
     suggest.suggest(boxed / "best.pt", image, count=2, box=64, tta=False, progress=False)
-    assert "note: boxed learned from labels with voxels nobody annotated (--unlabeled 7): which boxes were annotated " \
-           "is not known here, and may be suggested again" in capsys.readouterr().err
+    assert "note: boxed learned from labels with voxels nobody annotated (--unlabeled 7): which were annotated " \
+           "(boxes, say) is not known here, and they may be suggested again" in capsys.readouterr().err
 
 
 def test_suggest_mistakes_are_one_line(tmp_path, ca1, capsys):

@@ -69,7 +69,10 @@ def cmd_train(a: argparse.Namespace) -> None:
     if a.resume:  # the run's saved settings, those it read its labels with too; others given are refused
         check_resume(a.out, {**changes, **({"dims": a.dims} if a.dims else {})})
         cfg = resumed_config(a.out, changes)
-        image, mask = io.load_pair(a.image, a.labels, cfg.label_threshold, cfg.unlabeled)
+        threshold = cfg.label_threshold
+        if threshold == 0 and cfg.unlabeled is not None:  # runs begun before 2026-12-07 recorded 0 for none given:
+            threshold = None  # their mask was made by the rule, not by > 0 (an ilastik export's 1 and 2 both)
+        image, mask = io.load_pair(a.image, a.labels, threshold, cfg.unlabeled)
     else:
         io.check_place(a.out, inputs=(a.image, a.labels))  # --overwrite must not delete them with an old run
         stated = None if a.voxel_size else io.voxel_size(a.image)  # an ImageJ TIFF's or OME-Zarr's own

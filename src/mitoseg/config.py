@@ -39,7 +39,7 @@ class Config:
     warmup_iterations: int = 20
     fg_fraction: float = 0.5
     val_fraction: float = 0.15
-    label_threshold: float = 0.0
+    label_threshold: float | None = None  # None: not given (binary labels, or of two annotated values the higher)
     intensity_aug: float = 1.0  # strength of whole-patch scale, shift and gamma augmentation (0: off)
     slice_jitter: float = 0.1  # per-slice gain range (offset: half of it); 0: off
     elastic: float = 0.0  # probability of an in-plane elastic deformation per training patch (0: off)

@@ -834,11 +834,12 @@ def probability_scale(probs: np.ndarray, name: str = "the probabilities") -> flo
 
 
 def sampled_values(volume: Any, max_samples: int = 2_000_000) -> np.ndarray:
-    """The sorted distinct values of `volume`: of an array in memory all of them; of another (a file's), those of a
-    strided subsample of about `max_samples` voxels, or of the whole volume (`all_values`) when the subsample holds
-    one value at most. Labels painted on a few slices (a little annotation) may lie only in slices the stride skips:
-    the subsample then sees the unpainted value alone, and a 0/1/2 export would pass as one of 0 and 1."""
-    if isinstance(volume, np.ndarray):
+    """The sorted distinct values of `volume`: of whole numbers (labels) in memory all of them; of another volume
+    (a file's, a memory map, floats), those of a strided subsample of about `max_samples` voxels, or of the whole
+    volume (`all_values`) when the subsample holds one value at most. Labels painted on a few slices (a little
+    annotation) may lie only in slices the stride skips: the subsample then sees the unpainted value alone, and a
+    0/1/2 export would pass as one of 0 and 1."""
+    if isinstance(volume, np.ndarray) and not isinstance(volume, np.memmap) and volume.dtype.kind in "biu":
         return np.unique(volume)
     step = max(1, int(np.ceil((np.prod(volume.shape) / max_samples) ** (1 / len(volume.shape)))))
     values = np.unique(np.asarray(volume[(slice(None, None, step),) * len(volume.shape)]))
@@ -1028,9 +1029,10 @@ def higher_is_foreground(values: np.ndarray, unlabeled: float, name: str) -> flo
         raise MitosegError(f"{name} hold {held} besides the --unlabeled {unlabeled:g}, so the annotated voxels are all "
                            f"of one class: if {unlabeled:g} is the background, leave out --unlabeled; else give "
                            "--label-threshold (foreground: label > it) to say which class they are")
-    print(f"note: {name}: {values[1]:g} is taken as foreground and {values[0]:g} as background (of the two values "
-          f"annotated voxels hold, the higher is foreground; if {values[0]:g} marks the organelle, swap the two first)",
-          file=sys.stderr)
+    if values[0] != 0:  # 0 and another value: 0 is the background, nothing to say
+        print(f"note: {name}: {values[1]:g} is taken as foreground and {values[0]:g} as background (of the two values "
+              f"annotated voxels hold, the higher is foreground; if {values[0]:g} marks the organelle, swap the two "
+              "first)", file=sys.stderr)
     return float(values[0])
 
 

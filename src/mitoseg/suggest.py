@@ -127,7 +127,7 @@ def suggest(run: str | Path, image: str | Path, count: int = 8, gap: int | None 
     False) into a temporary Zarr; `gap` keeps picks in one cell apart and from the `annotated` slices ("0,40-43"),
     which are never suggested (default: the run's own, `run_annotation`, when `image` is its training image;
     "none": none). Its default: depth // (4 * picks per grid cell), at least 1, and around the annotated slices
-    depth // (4 * count) (boxes: as many as slices would be), made smaller while it leaves no slice.
+    depth // (4 * count) (boxes: as many as slices would be), made smaller (to 0) while it leaves no slice.
     `table`: the score of every slice (or box) as CSV.
     """
     from mitoseg import data, predict
@@ -145,19 +145,19 @@ def suggest(run: str | Path, image: str | Path, count: int = 8, gap: int | None 
         print(f"the run's annotated slices {annotated} of its training image {io.file_name(image)} are taken as "
               "annotated (give --annotated-slices to say otherwise, `none` for none)", file=sys.stderr)
     elif annotated is None and config is not None and config.annotated_slices:  # maybe this image's: said
-        print(f"note: {Path(run).name} learned from the annotated slices {config.annotated_slices} of "
+        print(f"note: {folder.name} learned from the annotated slices {config.annotated_slices} of "
               f"{config.data or 'its training image'}; if that is this image, give --annotated-slices "
               f"{config.annotated_slices} so they are not suggested", file=sys.stderr)
     if config is not None and config.unlabeled is not None:  # boxes, say: their places are in the labels alone
         print(f"note: {folder.name} learned from labels with voxels nobody annotated (--unlabeled "
-              f"{config.unlabeled:g}): which boxes were annotated is not known here, and may be suggested again",
-              file=sys.stderr)
+              f"{config.unlabeled:g}): which were annotated (boxes, say) is not known here, and they may be suggested "
+              "again", file=sys.stderr)
     none = annotated is None or str(annotated).strip().lower() == "none"
     done = [] if none else data.parse_slices(annotated, depth)
     around = gap
     if gap is None:  # apart, and from the annotated slices as far as a slice each would be (not a box's place)
         gap, around = max(1, depth // (4 * -(-count // len(cells)))), max(1, depth // (4 * count))
-        while around > 1 and not pick(np.zeros((depth, 1)), 1, gap, done, around=around):
+        while around > 0 and not pick(np.zeros((depth, 1)), 1, gap, done, around=around):
             around -= 1  # room left for some: e.g. 4 asked of 32 slices, 11 annotated
     if not pick(np.zeros((depth, 1)), 1, gap, done, around=around):  # said before the prediction, not after it
         raise MitosegError(f"no slice left to suggest: all {depth} are annotated or within {around} of one (--gap)")

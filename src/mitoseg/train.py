@@ -446,7 +446,8 @@ def train(config: Config, image: np.ndarray, mask: np.ndarray, out: str | Path, 
         mask = data.annotate_slices(mask, slices)
     elif not resume and mask.shape[0] >= 8 and not (mask == data.IGNORE).any():
         held = np.flatnonzero(mask.reshape(mask.shape[0], -1).max(axis=1))  # slices holding foreground
-        if 0 < held.size <= mask.shape[0] // 4:  # labels painted on a few slices, the rest trained as background?
+        # labels painted on a few slices apart, the rest trained as background? (an organelle spans neighbouring ones)
+        if 0 < held.size <= mask.shape[0] // 4 and (held.size == 1 or np.diff(held).min() > 1):
             print(f"note: foreground lies in only {held.size} of the {mask.shape[0]} slices ({io.first_values(held)}); "
                   "every other voxel is trained on as background: if only some slices are annotated, name them in "
                   "--annotated-slices", file=sys.stderr)
