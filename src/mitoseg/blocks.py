@@ -202,8 +202,9 @@ def finish(*outputs: Output, overwrite: bool = False) -> None:
             omezarr.write_label_levels(io.partial_path(out.path), out.path)
         elif out.pyramid:
             omezarr.write_pyramid(io.partial_path(out.path), *out.pyramid)
-    for out in outputs if overwrite else ():
-        io.remove(out.path)
+    if overwrite:
+        for out in outputs:
+            io.remove(out.path)
     for out in outputs:
         io.finish_output(out.path, overwrite)
         if omezarr.label_of(out.path):

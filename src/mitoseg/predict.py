@@ -785,9 +785,11 @@ def _chosen_at(chosen: postprocess.PostProcessing, run: str | Path,
     if trained is None or not trained.voxel_size_stated or not unlike_voxels(trained.voxel_size, voxel):
         return chosen, None
     moved = postprocess.at_voxels(chosen, trained.voxel_size, voxel)
-    changed = ([f"blurs {moved.z_sigma:g} slices along Z (not {chosen.z_sigma:g})"] * (moved.z_sigma != chosen.z_sigma)
-               + [f"keeps objects of {moved.min_size:,} voxels or more (not {chosen.min_size:,})"]
-               * (moved.min_size != chosen.min_size))
+    changed = []
+    if moved.z_sigma != chosen.z_sigma:
+        changed.append(f"blurs {moved.z_sigma:g} slices along Z (not {chosen.z_sigma:g})")
+    if moved.min_size != chosen.min_size:
+        changed.append(f"keeps objects of {moved.min_size:,} voxels or more (not {chosen.min_size:,})")
     if not changed:
         return moved, None
     words = [" x ".join(f"{float(v):g}" for v in size) for size in (trained.voxel_size, voxel)]
