@@ -181,3 +181,19 @@ def test_a_conversion_that_fails_midway_leaves_nothing(droso, tmp_path, capsys):
         assert main(["--quiet", "convert", str(folder), "--out", str(tmp_path / "c.ome.zarr"), "--voxel-size",
                      "50", "4.6", "4.6"]) == 130
     assert sorted(p.name for p in tmp_path.iterdir()) == ["slices"]
+
+
+def test_a_tiff_past_a_file_size_limit_is_said_of_its_file(droso, tmp_path):
+    """Past `ulimit -f` a write stops short, which numpy says as "N requested and M written" alone (before: that
+    line, naming neither the file nor why)."""
+    import resource
+    import subprocess
+    import sys
+
+    tifffile.imwrite(tmp_path / "in.tif", droso[0][:8])
+    said = subprocess.run([sys.executable, "-m", "mitoseg.cli", "--quiet", "convert", str(tmp_path / "in.tif"), "--out",
+                           str(tmp_path / "c.tif")], capture_output=True, text=True,
+                          preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_FSIZE, (300_000, 300_000)))
+    assert said.returncode == 2 and said.stderr.strip().count("\n") == 0, said.stderr
+    assert "c.tif: the file stopped growing (" in said.stderr and "a full disk, or a file size limit" in said.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.tif"]

@@ -153,8 +153,11 @@ def write_tiff(volume: Any, out: str | Path, voxel_size: tuple[float, float, flo
     try:
         with tifffile.TiffWriter(partial, imagej=True) as tif:
             tif.write(slices(), shape=tuple(volume.shape), dtype=dtype, **({"metadata": {"axes": "ZYX"}} | calibration))
-    except BaseException:  # an unreadable slice, a full disk, Ctrl-C: no half-written file left behind
+    except BaseException as e:  # an unreadable slice, a full disk, Ctrl-C: no half-written file left behind
         io.remove(partial)
+        if isinstance(e, OSError) and e.errno is None:  # numpy's short write: "N requested and M written"
+            raise MitosegError(f"{out}: the file stopped growing ({e}): a full disk, or a file size limit "
+                               "(ulimit -f)?") from None
         raise
     return io.finish_output(out, overwrite)
 
