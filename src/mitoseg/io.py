@@ -839,11 +839,16 @@ def sampled_values(volume: Any, max_samples: int = 2_000_000) -> np.ndarray:
     volume (`all_values`) when the subsample holds one value at most. Labels painted on a few slices (a little
     annotation) may lie only in slices the stride skips: the subsample then sees the unpainted value alone, and a
     0/1/2 export would pass as one of 0 and 1."""
-    if isinstance(volume, np.ndarray) and not isinstance(volume, np.memmap) and volume.dtype.kind in "biu":
+    if held_whole(volume):
         return np.unique(volume)
     step = max(1, int(np.ceil((np.prod(volume.shape) / max_samples) ** (1 / len(volume.shape)))))
     values = np.unique(np.asarray(volume[(slice(None, None, step),) * len(volume.shape)]))
     return values if values.size > 1 or step == 1 else all_values(volume)
+
+
+def held_whole(volume: Any) -> bool:
+    """Whether `sampled_values` takes every value of `volume`: whole numbers (labels) in memory, not a memory map."""
+    return isinstance(volume, np.ndarray) and not isinstance(volume, np.memmap) and volume.dtype.kind in "biu"
 
 
 def all_values(volume: Any, voxels: int = 2**24) -> np.ndarray:

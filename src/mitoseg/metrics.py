@@ -240,7 +240,7 @@ def _annotated_threshold(truth: Any, unlabeled: float, label_threshold: float | 
         return label_threshold
     values = io.sampled_values(truth)
     annotated = values[values != unlabeled]
-    if annotated.size < 2 and values.size > 1 and not isinstance(truth, np.ndarray):  # else all read already
+    if annotated.size < 2 and values.size > 1 and not io.held_whole(truth):  # else all read already
         values = io.all_values(truth)
         annotated = values[values != unlabeled]
     return io.higher_is_foreground(annotated, unlabeled, "the truth's labels")

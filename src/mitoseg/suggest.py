@@ -88,6 +88,11 @@ def pick(scores: np.ndarray, count: int, gap: int, annotated: list[int] | None =
     return chosen
 
 
+def run_folder(run: str | Path) -> Path:
+    """The run folder of `run`: itself, or a checkpoint file's folder (RUN/best.pt: RUN)."""
+    return Path(run) if Path(run).is_dir() else Path(run).parent
+
+
 def run_annotation(run: str | Path, image: str | Path) -> str | None:
     """The slices a run was trained on as annotated (`Config.annotated_slices`) when `image` is its training
     image, else None: the same content (`io.content_id`, recorded in the run's annotation.json), or for runs
@@ -95,7 +100,7 @@ def run_annotation(run: str | Path, image: str | Path) -> str | None:
     `io.file_name`) and slices inside the image. A checkpoint file: its run folder's."""
     from mitoseg import data
 
-    folder = Path(run) if Path(run).is_dir() else Path(run).parent
+    folder = run_folder(run)
     path = folder / "config.json"
     config = Config.load(path) if path.is_file() else None
     if config is None or not config.annotated_slices:
@@ -137,7 +142,7 @@ def suggest(run: str | Path, image: str | Path, count: int = 8, gap: int | None 
         io.check_output(table, overwrite, "file", (image, run))
     shape = io.open_volume(image).shape
     depth, cells = shape[0], boxes(tuple(shape[1:]), box)
-    folder = Path(run) if Path(run).is_dir() else Path(run).parent  # RUN/best.pt: RUN
+    folder = run_folder(run)
     config = Config.load(folder / "config.json") if (folder / "config.json").is_file() else None
     own = run_annotation(run, image) if annotated is None else None
     if own:  # its training image: those slices are annotated
