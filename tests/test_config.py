@@ -15,7 +15,9 @@ def test_another_number_of_planes_only_for_a_2d_model_of_single_slices_on_near_i
         with_planes(Config(dims=3), 3)
     with pytest.raises(MitosegError, match="neighbouring slices"):
         with_planes(Config(dims=2, context_slices=1), 3)
-    with pytest.raises(MitosegError, match="near-isotropic voxels .* 50 x 4.6 x 4.6 nm"):
+    # said of the run's training voxels (before: "these are 50 x 4.6 x 4.6 nm", read as the image's)
+    with pytest.raises(MitosegError, match=r"this model was trained on 50 x 4.6 x 4.6 nm voxels \(Z, Y, X\), too "
+                                           "anisotropic for slices along ZX and ZY: it predicts XY slices only"):
         with_planes(Config(dims=2, voxel_size=(50, 4.6, 4.6)), 3)
     with pytest.raises(MitosegError, match="planes must be 1 or 3, not 2"):
         with_planes(xy, 2)

@@ -197,3 +197,27 @@ def test_a_tiff_past_a_file_size_limit_is_said_of_its_file(droso, tmp_path):
     assert said.returncode == 2 and said.stderr.strip().count("\n") == 0, said.stderr
     assert "c.tif: the file stopped growing (" in said.stderr and "a full disk, or a file size limit" in said.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == ["in.tif"]
+
+
+def test_a_mitoseg_output_keeps_its_kind_in_a_tiff(droso, tmp_path):
+    """A TIFF has no attributes: `convert` states a mitoseg output's kind in its ImageJ description, so object ids
+    written as uint16 still read as labels (napari: a Labels layer) and probabilities are refused as an EM image
+    (before: both read back as a grey "image")."""
+    ids = instances.label(droso[1][:, :300, :260], 26).astype(np.uint32)
+    probs = (droso[1][:, :300, :260] > 0).astype(np.uint8) * 200
+    out = blocks.open_output(tmp_path / "p.zarr", probs.shape, np.uint8, probs.shape, {},
+                             {"kind": "probability", "voxel_size": [50.0, 4.6, 4.6]})
+    out.write(tuple(slice(0, s) for s in probs.shape), probs)
+    blocks.finish(out)
+    np.save(tmp_path / "ids.npy", ids)
+    tifffile.imwrite(tmp_path / "em.tif", droso[0][:, :300, :260])
+    kinds = {}
+    for name in ("p.zarr", "ids.npy", "em.tif"):
+        convert.convert(tmp_path / name, tmp_path / f"{name}.tif", (50, 4.6, 4.6), progress=False)
+        back = io.open_volume(tmp_path / f"{name}.tif")
+        kinds[name] = (back.dtype.name, io.kind(back))
+    assert kinds == {"p.zarr": ("uint8", "probability"), "ids.npy": ("uint16", "labels"), "em.tif": ("uint8", "image")}
+    with pytest.raises(MitosegError, match="p.zarr.tif is a mitoseg probability output, not the EM image"):
+        io.refuse_output(io.open_volume(tmp_path / "p.zarr.tif"), tmp_path / "p.zarr.tif", "the EM image",
+                         ("probability", "mask", "labels"))
+    np.testing.assert_array_equal(io.open_volume(tmp_path / "ids.npy.tif")[:], ids)

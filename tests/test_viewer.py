@@ -105,7 +105,11 @@ def test_reader_opens_outputs_lazily_at_physical_scale(napari, outputs):
     from mitoseg.viewer import layer_data
 
     shutil.copytree(d / "mask.zarr", d / "cut.zarr.partial")
-    assert napari_get_reader(str(d / "cut.zarr.partial")) is None
+    said = []
+    with pytest.MonkeyPatch.context() as m:  # napari alone says "refused the file", not why
+        m.setattr("napari.utils.notifications.show_warning", said.append)
+        assert napari_get_reader(str(d / "cut.zarr.partial")) is None
+    assert len(said) == 1 and "cut.zarr.partial is the unfinished output of a stopped run" in said[0]
     with pytest.raises(io.MitosegError, match=r"cut.zarr.partial is the unfinished output of a stopped run: finish "
                                            r"cut.zarr first \(predict and label go on with --resume"):
         layer_data(d / "cut.zarr.partial")
@@ -187,11 +191,19 @@ def test_widget_predicts_and_labels_in_a_thread_worker(napari, outputs, run, qtb
 
     widget.model.value = chosen / "best.pt"  # a checkpoint alone: the defaults, not the previous run's choice
     assert (widget.threshold.value, widget.min_size.value, widget.z_sigma.value) == (0.5, 0, 0.0)
-    viewer.layers["crop"].scale, viewer.layers["crop"].translate = (10.0, 10.0, 10.0), (0.0, 0.0, 0.0)
-    widget.start()  # again, the image rescaled and moved: its outputs follow it
+    crop = viewer.layers["crop"]
+    crop.scale, crop.translate, crop.units = (0.01, 0.01, 0.01), (0.0, 0.0, 0.0), "um"
+    widget.start()  # again, the image rescaled to 10 nm (in µm) and moved: its outputs follow it, units too
     qtbot.waitUntil(lambda: widget.run.enabled, timeout=60_000)
     for layer in (viewer.layers["crop probability"], viewer.layers["crop instances"]):
-        assert tuple(layer.scale) == (10.0, 10.0, 10.0) and tuple(layer.translate) == (0.0, 0.0, 0.0)
+        assert tuple(layer.scale) == (0.01, 0.01, 0.01) and tuple(layer.translate) == (0.0, 0.0, 0.0)
+        assert [str(u) for u in layer.units] == ["micrometer"] * 3  # before: nanometer, as on the first run
+    # the note `mitoseg predict` prints is shown under the result (before: on a console a launcher hides)
+    status = widget.status.value.split("\n")
+    assert re.fullmatch(r"1 object|\d+ objects", status[0]) and status[1:] == [
+        "note: the model was trained on 5 x 5 nm voxels and the image's are 10 x 10 nm: its accuracy on them "
+        "is unmeasured (resample the image to the model's voxels, or train on such voxels)"], widget.status.value
+    crop.scale, crop.units = (10.0, 10.0, 10.0), "nm"
     viewer.layers["crop"].scale = (50.0, 5.0, 5.0)  # ssTEM-like sections: three planes are refused, as by predict
     widget.planes.value = True
     widget.start()
@@ -205,6 +217,14 @@ def test_widget_predicts_and_labels_in_a_thread_worker(napari, outputs, run, qtb
     widget.image.value = viewer.layers["crop probability"]  # its own output: refused, as predict refuses it
     assert widget.start() is None and widget.status.value == ("crop probability holds a mitoseg probability, not an "
                                                               "EM image: choose the image layer")
+    widget.image.value = viewer.layers["crop"]
+    viewer.add_image((raw > 128).astype(np.uint8) * 255, name="mask as image", scale=VOXEL, units="nm")
+    widget.image.value = viewer.layers["mask as image"]  # refused as `mitoseg predict` refuses it (before: segmented)
+    widget.start()
+    qtbot.waitUntil(lambda: widget.run.enabled, timeout=10_000)
+    assert widget.status.value == ("error: the image holds only the grey levels 0, 255 (sampled): a mask or labels "
+                                   "(image and labels swapped?) or a blank export, not an EM image")
+    viewer.layers.remove("mask as image")
     widget.image.value = viewer.layers["crop"]
 
     widget.model.value = outputs[0]  # a folder without a checkpoint: the error is shown, nothing is added
@@ -227,7 +247,8 @@ def test_segment_along_three_planes_goes_in_one_block_and_gives_the_mean(run, lu
         except StopIteration as done:
             probs, labels = done.value
             break
-    assert seen == [(1, 2), (2, 2)]
+    assert seen == ["note: the image states no voxel size: three planes assume near-isotropic voxels (give "
+                    "--voxel-size to have that checked)", (1, 2), (2, 2)]  # the note first: the widget shows it
     net, cfg = tr.load_model(run, planes=3)
     expect = predict.to_storage(predict.predict_array(net, raw, 2, (1, 128, 128), cfg.overlap), "uint8")
     np.testing.assert_array_equal(probs, expect)
@@ -248,6 +269,30 @@ def test_view_command_opens_the_outputs(napari, outputs, monkeypatch):
     monkeypatch.setenv("QT_QPA_PLATFORM", "xcb")  # a display, as far as mitoseg can tell
     assert cli.main(["view", str(d / "image.ome.zarr"), str(d / "labels.ome.zarr")]) == 0
     assert [x.name for x in opened[0].layers] == ["image", "truth", "labels"] and scale_bar(opened[0]).visible
+
+
+def test_view_overlays_an_image_stating_no_voxel_size_on_its_outputs(napari, outputs, tmp_path, capsys):
+    """`mitoseg view IMAGE.tif OUTPUTS`: the TIFF stating no voxel size is shown at the outputs' (before: in
+    pixels, 5 times smaller, silently); a TIFF `convert` wrote from instance labels opens as a Labels layer
+    (before: a grey image); different voxel sizes are said."""
+    import tifffile
+
+    from mitoseg import convert
+    from mitoseg.viewer import add_layers
+
+    d, raw = outputs
+    tifffile.imwrite(tmp_path / "raw.tif", raw)
+    convert.convert(d / "labels.ome.zarr", tmp_path / "labels.tif", progress=False)
+    viewer = napari.components.ViewerModel()
+    capsys.readouterr()
+    add_layers(viewer, [tmp_path / "raw.tif", d / "probs.ome.zarr", tmp_path / "labels.tif"])
+    assert [(x.name, type(x).__name__, tuple(x.scale)) for x in viewer.layers] == [
+        ("raw", "Image", VOXEL), ("probs", "Image", VOXEL), ("labels", "Labels", VOXEL)]
+    assert capsys.readouterr().err == (f"note: {tmp_path / 'raw.tif'} states no voxel size: shown at "
+                                       f"{d / 'probs.ome.zarr'}'s 5 x 5 x 5 nm to overlay it (give --voxel-size to "
+                                       "choose another)\n")
+    add_layers(napari.components.ViewerModel(), [tmp_path / "raw.tif", d / "probs.ome.zarr"], (10.0, 10.0, 10.0))
+    assert "shown at different voxel sizes and do not overlay voxel for voxel: " in capsys.readouterr().err
 
 
 def test_view_without_napari_says_how_to_install(outputs, monkeypatch, capsys):

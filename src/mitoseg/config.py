@@ -170,6 +170,10 @@ def with_planes(config: Config, planes: int) -> Config:
     if planes == 3 and config.context_slices:
         raise MitosegError("a 2D model of neighbouring slices (--context-slices) predicts XY slices only: give no "
                            "--planes 3")
+    if planes == 3 and not near_isotropic(config.voxel_size):  # said of the run, not as the image's voxels
+        z, y, x = (f"{v:g}" for v in config.voxel_size)
+        raise MitosegError(f"this model was trained on {z} x {y} x {x} nm voxels (Z, Y, X), too anisotropic for "
+                           "slices along ZX and ZY: it predicts XY slices only (give no --planes 3)")
     return replace(config, planes=planes)
 
 

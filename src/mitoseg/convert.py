@@ -52,7 +52,7 @@ def convert(source: str | Path, out: str | Path, voxel_size: tuple[float, float,
         notes += [changed] if changed else []
         if origin:
             notes.append(f"a TIFF keeps no place: this volume starts at {_nm(origin)} (z, y, x) in the larger one")
-        write_tiff(volume, out, voxel, dtype, overwrite, progress)
+        write_tiff(volume, out, voxel, dtype, overwrite, progress, kind(volume, out, labels))
         return {"dtype": str(dtype), "voxel_size": voxel, "notes": notes}
     if not (io.is_zarr(Path(out)) or omezarr.is_ome_output(out)):
         raise MitosegError(f"{out}: mitoseg converts to a TIFF (*.tif), Zarr (*.zarr) or OME-Zarr (*.ome.zarr)")
@@ -76,7 +76,8 @@ def _nm(values: tuple[float, ...]) -> str:
 
 
 def kind(volume: Any, out: str | Path, labels: bool = False) -> str:
-    """What a Zarr output holds, which decides its pyramid (mean or nearest voxel): a mitoseg output's own
+    """What an output holds, which decides a Zarr's pyramid (mean or nearest voxel) and a napari layer's type (a TIFF
+    states it too, `write_tiff`): a mitoseg output's own
     `kind`; with `labels`, or for integers of 32 bits or more (object ids), labels; else an image. An image-label
     output holds integers (masks, labels: MitosegError otherwise; probabilities are refused by `blocks`)."""
     stated, dtype = io.stated_kind(volume), np.dtype(volume.dtype)
@@ -128,9 +129,10 @@ def slab(volume: Any) -> int:
 
 
 def write_tiff(volume: Any, out: str | Path, voxel_size: tuple[float, float, float] | None, dtype: Any,
-               overwrite: bool = False, progress: bool = True) -> Path:
+               overwrite: bool = False, progress: bool = True, kind: str | None = None) -> Path:
     """Write `volume` (Z, Y, X) as an ImageJ hyperstack TIFF of `dtype` (one of `IMAGEJ`), slice by slice through
-    ``NAME.partial``; calibrated with `voxel_size` (z, y, x) nm when given. Returns `out`."""
+    ``NAME.partial``; calibrated with `voxel_size` (z, y, x) nm when given; a mitoseg output's `kind` (probability,
+    mask, labels) in its description (``mitoseg_kind=``, `io.open_volume` reads it back). Returns `out`."""
     import tifffile
     from tqdm.auto import tqdm
 
@@ -143,16 +145,17 @@ def write_tiff(volume: Any, out: str | Path, voxel_size: tuple[float, float, flo
                     yield plane
                     bar.update(1)
 
+    metadata = {"axes": "ZYX", **({io.TIFF_KIND: kind} if kind and kind != "image" else {})}
     calibration = {}
     if voxel_size is not None:
-        calibration = {"resolution": (1 / voxel_size[2], 1 / voxel_size[1]),
-                       "metadata": {"spacing": voxel_size[0], "unit": "nm", "axes": "ZYX"}}
+        calibration = {"resolution": (1 / voxel_size[2], 1 / voxel_size[1])}
+        metadata |= {"spacing": voxel_size[0], "unit": "nm"}
     partial = io.partial_path(out)
     io.remove(partial)
     partial.parent.mkdir(parents=True, exist_ok=True)
     try:
         with tifffile.TiffWriter(partial, imagej=True) as tif:
-            tif.write(slices(), shape=tuple(volume.shape), dtype=dtype, **({"metadata": {"axes": "ZYX"}} | calibration))
+            tif.write(slices(), shape=tuple(volume.shape), dtype=dtype, metadata=metadata, **calibration)
     except BaseException as e:  # an unreadable slice, a full disk, Ctrl-C: no half-written file left behind
         io.remove(partial)
         if isinstance(e, OSError) and e.errno is None:  # numpy's short write: "N requested and M written"

@@ -108,20 +108,37 @@ def open_volume(spec: str | Path) -> Any:
     except Exception as e:  # the libraries raise many types for corrupt files
         raise MitosegError(f"{spec}: cannot be read ({type(e).__name__}: {e})") from None
     volume = check_volume(spatial(arr, str(spec), axes), str(spec))
-    return volume if isinstance(volume, np.ndarray) else Readable(volume, str(spec))
+    stated = _tiff_kind(path) if suffix in TIFF else {}
+    return volume if isinstance(volume, np.ndarray) else Readable(volume, str(spec), stated)
+
+
+TIFF_KIND = "mitoseg_kind"  # the ImageJ description's key for the `kind` of a mitoseg output `convert` wrote
+
+
+def _tiff_kind(path: Path) -> dict:
+    """{"kind": ...} of an ImageJ TIFF `convert` wrote from a mitoseg output (probability, mask, labels: a TIFF has
+    no attributes), else {}."""
+    import tifffile
+
+    with tifffile.TiffFile(path) as tif:
+        kind = (tif.imagej_metadata or {}).get(TIFF_KIND)
+    return {"kind": kind} if kind in ("probability", "mask", "labels") else {}
 
 
 class Readable:
     """A lazily read volume whose reads that fail (a damaged chunk, page or shard, found only when read, deep in a
     run) raise a MitosegError naming the file and the region; all else is the array's own. Hand-written: zarr,
-    tifffile, h5py and the codecs each raise their own types."""
+    tifffile, h5py and the codecs each raise their own types. `stated`: attributes the file states elsewhere (a
+    TIFF's kind), added to the array's own."""
 
-    def __init__(self, arr: Any, name: str):
-        self.arr, self.name = arr, name
+    def __init__(self, arr: Any, name: str, stated: dict | None = None):
+        self.arr, self.name, self.stated = arr, name, stated or {}
 
     def __getattr__(self, attr: str) -> Any:
-        if attr.startswith("__") or attr in ("arr", "name"):  # not found on this object itself (e.g. unpickling)
+        if attr.startswith("__") or attr in ("arr", "name", "stated"):  # not found on this object (e.g. unpickling)
             raise AttributeError(attr)
+        if attr == "attrs" and self.stated:
+            return {**dict(getattr(self.arr, "attrs", {}) or {}), **self.stated}
         return getattr(self.arr, attr)
 
     def __len__(self) -> int:

@@ -17,7 +17,7 @@ import sys
 import threading
 import time
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -744,34 +744,39 @@ def predict(model: str | Path | Sequence[str | Path], image: str | Path, out: st
 THIN_SLICES = 16  # a volume of fewer slices is noted when a model predicts it along three planes
 
 
+def _to_stderr(line: str) -> None:
+    print(line, file=sys.stderr)
+
+
 def model_for(model: str | Path, image: Any, device: str | torch.device = "auto",
-              planes: int | None = None, voxel_size: tuple[float, ...] | None = None) -> tuple[torch.nn.Module, Config]:
+              planes: int | None = None, voxel_size: tuple[float, ...] | None = None,
+              say: Callable[[str], Any] = _to_stderr) -> tuple[torch.nn.Module, Config]:
     """(model, config) of a run folder or checkpoint to predict `image` (a path, or an array) with: along
     `planes` when given (`train.load_model`), refused where a model of three planes meets voxels (`voxel_size`,
-    else the ones the volume states) of an axis over twice another's (`config.check_planes`)."""
+    else the ones the volume states) of an axis over twice another's (`config.check_planes`). Its notes (an
+    unfinished training, voxels unlike the model's) go to `say`, by default the console."""
     from mitoseg.train import load_model
 
     net, config = load_model(model, device, planes)
     if (Path(model) / "config.json").is_file() and not (Path(model) / "summary.json").exists():
-        print(f"note: the training of {Path(model).name} did not finish (no summary.json): it predicts with the "
-              "checkpoint it had reached; `mitoseg train ... --resume` finishes it", file=sys.stderr)
+        say(f"note: the training of {Path(model).name} did not finish (no summary.json): it predicts with the "
+            "checkpoint it had reached; `mitoseg train ... --resume` finishes it")
     stated = voxel_size or (io.voxel_size(image) if isinstance(image, str | Path) else None)
     if stated:
         check_planes(config.slice_planes, stated)
     elif config.slice_planes == 3:
-        print("note: the image states no voxel size: three planes assume near-isotropic voxels (give --voxel-size "
-              "to have that checked)", file=sys.stderr)
+        say("note: the image states no voxel size: three planes assume near-isotropic voxels (give --voxel-size "
+            "to have that checked)")
     depth = int((io.open_volume(image) if isinstance(image, str | Path) else image).shape[0])
     if config.slice_planes == 3 and depth < THIN_SLICES:
-        print(f"note: three planes on a volume of {depth} slice{'s' * (depth > 1)}: its ZX and ZY slices are {depth} "
-              "pixels tall, unlike anything the model learned from; --planes 1 predicts the XY slices alone",
-              file=sys.stderr)
+        say(f"note: three planes on a volume of {depth} slice{'s' * (depth > 1)}: its ZX and ZY slices are {depth} "
+            "pixels tall, unlike anything the model learned from; --planes 1 predicts the XY slices alone")
     if stated and config.voxel_size_stated:  # a run trained at the default size: nothing known to compare
         # a model along XY slices sees the pixels alone: Z counts for 3D models and three planes
         axes = slice(1, 3) if config.dims == 2 and config.slice_planes == 1 else slice(0, 3)
         other = voxel_note(config.voxel_size[axes], stated[axes])
         if other:
-            print(other, file=sys.stderr)
+            say(other)
     return net, config
 
 

@@ -54,6 +54,12 @@ def _meta(name: str, voxel: Sequence[float] | None, kind: str, origin: Sequence[
             **extra}
 
 
+def _name(path: Path) -> str:
+    """A layer's name: the file name without its volume suffix (.zarr, .ome.zarr, .tif, .tiff)."""
+    name = path.name.removesuffix(omezarr.SUFFIX)
+    return Path(name).stem if Path(name).suffix.lower() in {".zarr", *io.TIFF} else name
+
+
 def _ome_group(path: Path) -> Any | None:
     """The OME-Zarr image group (NGFF multiscales) at `path`, else None."""
     group = _open_group(path)
@@ -91,7 +97,7 @@ def volume_layer(path: str | Path, voxel_size: Sequence[float] | None = None, na
         data = levels if len(levels) > 1 else levels[0]
     kind = kind or io.kind(level0)
     dtype = np.dtype(level0.dtype)
-    name = name or path.name.removesuffix(omezarr.SUFFIX).removesuffix(".zarr")
+    name = name or _name(path)
     shown = {"origin": io.origin(path), **({"multiscale": True} if isinstance(data, list) else {})}
     if kind in ("mask", "labels"):
         return data, _meta(name, voxel, kind, opacity=0.5, **shown), "labels"
@@ -182,7 +188,7 @@ def layer_data(path: str | Path, voxel_size: Sequence[float] | None = None) -> l
         return report_layers(path)
     labels = [volume_layer(p, voxel_size, kind=io.stated_kind(io.open_volume(p)) or "labels")
               for p in image_labels(path)]  # `voxel_size` where they state none, as their image
-    name = None if path == given else given.name.removesuffix(omezarr.SUFFIX).removesuffix(".zarr")  # not "0"
+    name = None if path == given else _name(given)  # not "0"
     return [volume_layer(path, voxel_size, name), *labels]
 
 
@@ -203,7 +209,11 @@ def _readable(path: Path) -> bool:
         return True
     try:
         return io.is_zarr(path) and io.open_volume(_image_dir(path)) is not None
-    except MitosegError:
+    except MitosegError as e:
+        if path.name.endswith(".partial"):  # mitoseg's own unfinished output: napari alone says "refused", not why
+            from napari.utils.notifications import show_warning
+
+            show_warning(str(e))
         return False
 
 
@@ -218,14 +228,42 @@ def napari_get_reader(path: str | list[str]) -> Callable[[Any], list[LayerData]]
 
 def add_layers(viewer: Any, paths: Sequence[str | Path], voxel_size: Sequence[float] | None = None) -> list:
     """Add every path's layers (`layer_data`) to a napari viewer (or `napari.components.ViewerModel`);
-    returns the layers added."""
+    returns the layers added. Volumes that state no voxel size, beside others that all state one and the same
+    (an image and its outputs), are shown at it, and said; volumes shown at different voxel sizes are said too
+    (napari places them by nm: they do not overlay voxel for voxel)."""
     from napari.layers import Layer
 
+    found = [layer_data(path, voxel_size) for path in paths]
+
+    def scales(units: str) -> dict[tuple[float, ...], str]:  # each scale in `units` -> the first path shown at it
+        first: dict[tuple[float, ...], str] = {}
+        for path, layers in zip(paths, found, strict=True):
+            for _, meta, _ in layers:
+                if meta["units"] == units:
+                    first.setdefault(meta["scale"], str(path))
+        return first
+
+    stated = scales("nm")
+    if len(stated) == 1 and scales("pixel"):  # no --voxel-size (it would have scaled them)
+        (size, source), = stated.items()
+        for i, path in enumerate(paths):
+            if any(meta["units"] == "pixel" for _, meta, _ in found[i]):
+                found[i] = layer_data(path, size)
+                print(f"note: {path} states no voxel size: shown at {source}'s {_nm(size)} to overlay it (give "
+                      "--voxel-size to choose another)", file=sys.stderr)
+    elif len(stated) > 1:
+        print("note: these volumes are shown at different voxel sizes and do not overlay voxel for voxel: "
+              + "; ".join(f"{p} at {_nm(s)}" for s, p in stated.items())
+              + "".join(f"; {p} in pixels" for p in scales("pixel").values()), file=sys.stderr)
     added = []
-    for path in paths:
-        for data, meta, kind in layer_data(path, voxel_size):
+    for layers in found:
+        for data, meta, kind in layers:
             added.append(viewer.add_layer(Layer.create(data, meta, kind)))
     return added
+
+
+def _nm(size: Sequence[float]) -> str:
+    return " x ".join(f"{v:g}" for v in size) + " nm"
 
 
 def _import_napari() -> Any:
@@ -267,11 +305,12 @@ def scale_bar(viewer: Any) -> Any:
 def segment(image: Any, model: str | Path, threshold: float = 0.5, min_size: int = 0, tta: bool = False,
             device: str = "auto", z_sigma: float = 0.0, planes: int | None = None,
             voxel_size: Sequence[float] | None = None,
-            ) -> Generator[tuple[int, int], None, tuple[np.ndarray, np.ndarray]]:
+            ) -> Generator[tuple[int, int] | str, None, tuple[np.ndarray, np.ndarray]]:
     """Predict and label an image volume (Z, Y, X; numpy, dask or zarr) with a trained run's model, as
-    ``mitoseg predict`` then ``mitoseg label`` do, in memory.
+    ``mitoseg predict`` then ``mitoseg label`` do, in memory; refused as they refuse it (one grey level, a mask).
 
-    A generator: yields (steps done, steps) after each block of slices and after labelling; returns the
+    A generator: first yields the notes `mitoseg predict` would print (str: voxels unlike the model's, an
+    unfinished training), then (steps done, steps) after each block of slices and after labelling; returns the
     probabilities uint8 (Z, Y, X; 0..255 for 0..1, as `mitoseg predict` stores them) and the instances
     uint32 (Z, Y, X; 26-connected components of probability >= `threshold` after a blur along Z of
     `z_sigma` slices (`postprocess.smooth_z`), objects under `min_size` voxels removed). Blocks lie on the
@@ -285,9 +324,11 @@ def segment(image: Any, model: str | Path, threshold: float = 0.5, min_size: int
 
     checks.check(threshold=threshold, min_size=min_size, z_sigma=z_sigma, voxel_size=voxel_size)
     volume = io.check_volume(image, "the image layer")
-    net, config = predict.model_for(model, volume, device, planes, voxel_size)
+    notes: list[str] = []
+    net, config = predict.model_for(model, volume, device, planes, voxel_size, say=notes.append)
+    yield from notes
     tile = predict.run_tile(config, tuple(volume.shape), None, None)
-    window = io.intensity_range(volume, rule=config.normalize)
+    window = predict.input_window(net, volume)
     if config.slice_planes == 3:  # slices along Y and X would cross every slab of Z: a slab would redo them
         block = predict.plan(volume, config.dims, tile, config.overlap, window=window, planes=3).block
     else:
@@ -329,7 +370,7 @@ class SegmentWidget(_Container):
     def __init__(self, napari_viewer: Any) -> None:
         from magicgui import widgets as w
 
-        self.viewer = napari_viewer
+        self.viewer, self.notes = napari_viewer, []  # the notes of the last run, shown under its result
         super().__init__(widgets=[
             w.ComboBox(name="image", label="image", choices=self._images),
             w.FileEdit(name="model", label="model", mode="d", tooltip="run folder (best.pt) or a checkpoint .pt"),
@@ -387,7 +428,7 @@ class SegmentWidget(_Container):
         if kind in ("probability", "mask", "labels"):  # as `mitoseg predict` refuses them
             self.status.value = f"{layer.name} holds a mitoseg {kind}, not an EM image: choose the image layer"
             return None
-        self.run.enabled, self.progress.value, self.status.value = False, 0, "running..."
+        self.run.enabled, self.progress.value, self.status.value, self.notes = False, 0, "running...", []
         worker = create_worker(segment, layer.data[0] if layer.multiscale else layer.data, model,
                                self.threshold.value, self.min_size.value, self.tta.value,
                                z_sigma=self.z_sigma.value, planes=3 if self.planes.value else None,
@@ -399,7 +440,11 @@ class SegmentWidget(_Container):
         worker.start()
         return worker
 
-    def _step(self, step: tuple[int, int]) -> None:
+    def _step(self, step: tuple[int, int] | str) -> None:
+        if isinstance(step, str):  # a note, kept under the result (the console is unseen from a launcher)
+            self.notes.append(step.removeprefix("note: "))
+            self.status.value = "running...\nnote: " + "\nnote: ".join(self.notes)
+            return
         self.progress.max, self.progress.value = step[1], step[0]
 
     def _add(self, layer: Any, probs: np.ndarray, labels: np.ndarray) -> None:
@@ -413,8 +458,8 @@ class SegmentWidget(_Container):
             name = f"{layer.name} {suffix}"
             if name in self.viewer.layers:  # the image layer may have moved or been rescaled since
                 old = self.viewer.layers[name]
-                old.data, old.scale, old.translate = data, layer.scale, layer.translate
+                old.data, old.scale, old.translate, old.units = data, layer.scale, layer.translate, layer.units
             else:
                 getattr(self.viewer, f"add_{kind}")(data, name=name, **where, **style)
         n = int(labels.max())
-        self.status.value = f"{n} object{'' if n == 1 else 's'}"
+        self.status.value = "\nnote: ".join([f"{n} object{'' if n == 1 else 's'}", *self.notes])
