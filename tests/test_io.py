@@ -822,7 +822,8 @@ def test_an_imagej_tiff_states_its_calibration(tmp_path, crop):
 
 def test_what_other_tools_write_is_read_or_named(tmp_path, crop):
     """An OME-TIFF's physical sizes (micrometres by default, or its unit), macOS's hidden ._ files beside
-    slices, a two-channel ImageJ hyperstack, a text file named .npy, an empty path and float labels of 0..1:
+    slices, a two-channel ImageJ hyperstack, a TIFF of axes Y, X, Z, a text file named .npy, an empty path and float
+    labels of 0..1:
     read, or one line that names what they are (before: no voxel size, the folder refused, a bare shape,
     numpy's advice to load a pickle, the current folder read as slices, hints for integer labels)."""
     tifffile.imwrite(tmp_path / "um.ome.tif", crop[:4], metadata={"axes": "ZYX", "PhysicalSizeX": 0.0046,
@@ -841,7 +842,10 @@ def test_what_other_tools_write_is_read_or_named(tmp_path, crop):
     tifffile.imwrite(tmp_path / "zcyx.tif", np.stack([crop[:3], crop[:3]], axis=1), imagej=True,
                      metadata={"axes": "ZCYX"})
     (tmp_path / "text.npy").write_text("not an array")
+    tifffile.imwrite(tmp_path / "yxz.tif", np.ascontiguousarray(crop[:3].transpose(1, 2, 0)), metadata={"axes": "YXZ"})
     for spec, words in [(tmp_path / "zcyx.tif", r"holds 2 channels \(axes ZCYX"),
+                        (tmp_path / "yxz.tif", "states its axes in the order Y, X, Z; mitoseg reads them as Z, Y, X: "
+                                               "save it with the axes in that order"),  # before: read, Y taken as Z
                         (tmp_path / "text.npy", "is no .npy array of numbers"), ("", "an empty path was given")]:
         with pytest.raises(MitosegError, match=words):
             io.open_volume(spec)
@@ -1028,3 +1032,21 @@ def test_image_and_labels_swapped_are_said_so(tmp_path, droso_crop):
     with pytest.raises(MitosegError, match=r"the image .*lab.npy holds only the values 0, 255 and the labels .*img.npy "
                                            "many: are the two swapped?"):
         io.load_pair(tmp_path / "lab.npy", tmp_path / "img.npy")
+
+
+def test_a_file_written_whole_or_not_at_all(tmp_path):
+    """`io.writing` (evaluate's --json, label's and suggest's tables): renamed when done, its claim ended; a full
+    disk's error, which names no file, is said of the output and leaves no ``NAME.partial`` (before: evaluate's
+    --json left an empty s.json.partial and said only "No space left on device")."""
+    import errno
+
+    out = tmp_path / "s.json"
+    io.check_output(out, False, "file")
+    with io.writing(out) as partial:
+        partial.write_text("{}")
+    assert out.read_text() == "{}" and str(out.resolve()) not in io.CLAIMS
+    with pytest.raises(OSError) as said, io.writing(tmp_path / "full.json") as partial:
+        partial.write_text("{")
+        raise OSError(errno.ENOSPC, "No space left on device")  # what write() raises on a full disk
+    assert said.value.filename == str(tmp_path / "full.json") and said.value.errno == errno.ENOSPC
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["s.json"]

@@ -281,10 +281,8 @@ def cmd_evaluate(a: argparse.Namespace) -> None:
         print(f"scored on the {scored:,} annotated voxels of the truth (those of value {a.unlabeled:g}, nobody's "
               "annotation, left out)")
     if a.json:
-        Path(a.json).parent.mkdir(parents=True, exist_ok=True)
-        partial = io.partial_path(a.json)  # never a half-written file under its name
-        partial.write_text(json.dumps(result, indent=2) + "\n")
-        io.finish_output(a.json, a.overwrite)
+        with io.writing(a.json) as partial:  # never a half-written file, under its name or as NAME.partial
+            partial.write_text(json.dumps(result, indent=2) + "\n")
 
 
 def _places_words(e: dict) -> str:

@@ -23,7 +23,7 @@ from mitoseg.config import PRESETS, Config, other_planes
 from mitoseg.data import VAL_MARGIN, Volume, split
 from mitoseg.errors import MitosegError
 from mitoseg.predict import default_tile, input_window, mean_probabilities, plan, predict_volume, predicted_alike
-from mitoseg.train import choose_postprocessing, load_model, train, versions
+from mitoseg.train import choose_postprocessing, learned, load_model, train, versions
 
 # Table 1 of the reference study (Pelapur, M&M 2021): 2D U-Net 1000 epochs, 3D U-Net 25 epochs.
 STUDY = {
@@ -204,8 +204,7 @@ def run_model(cfg: Config, bench: Benchmark, folder: Path, progress: bool, tta: 
         "seconds_per_epoch": summary["seconds_per_epoch"], "seconds_per_iteration": summary["seconds_per_iteration"],
         "train_seconds": summary["train_seconds"],
         "peak_memory_mib": max(summary["peak_memory_mib"], row["peak_memory_mib"]),
-        # all-foreground scores val.mask.mean()
-        "learned": bool(summary["best_val_iou_any_threshold"] >= 2 * val.mask.mean()),
+        "learned": learned(summary["best_val_iou_any_threshold"], float(val.mask.mean())),
     }
 
 

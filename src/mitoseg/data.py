@@ -148,8 +148,14 @@ def check_image(image: np.ndarray, name: str = "image") -> None:
 
 
 def check_patch(shape: tuple[int, ...], patch: tuple[int, int, int], name: str = "training volume") -> None:
-    """Refuse a volume smaller than one training patch."""
+    """Refuse a volume smaller than one training patch; one whose X is far the shortest axis is asked whether it is a
+    stack saved as (Y, X, Z) (a smaller patch would train on it transposed)."""
     if any(s < p for s, p in zip(shape, patch, strict=True)):
+        z, y, x = shape
+        if 4 * x <= min(z, y):
+            raise MitosegError(f"{name} {tuple(shape)} is smaller than the patch {patch} (Z, Y, X) in X, its shortest "
+                               "axis by far: a stack saved as (Y, X, Z)? mitoseg reads volumes as (Z, Y, X): save it "
+                               "with its slices first")
         raise MitosegError(f"{name} {tuple(shape)} is smaller than the patch {patch} (Z, Y, X); "
                            "use a smaller --patch-xy/--patch-z or more data")
 

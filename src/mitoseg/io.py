@@ -385,6 +385,12 @@ def _open_tiff_pages(path: Path) -> Any:
         if extra:
             raise MitosegError(f"{path} holds {' x '.join(extra)} (axes {series.axes}, shape {series.shape}); mitoseg "
                                "segments one greyscale volume (Z, Y, X): save the one to segment on its own")
+    elif arr.ndim == 3:  # axes stated in another order (tifffile's shaped or OME metadata): read as Z, Y, X, Y were Z
+        with tifffile.TiffFile(path) as tif:
+            axes = tif.series[0].axes
+        if sorted(axes) == ["X", "Y", "Z"] and axes != "ZYX":
+            raise MitosegError(f"{path} states its axes in the order {', '.join(axes)}; mitoseg reads them as Z, Y, "
+                               "X: save it with the axes in that order")
     if arr.ndim and min(arr.shape):
         arr[-1]  # a truncated file fails on its last page: fail here, not in the middle of a run
     return arr
@@ -1256,15 +1262,20 @@ def unfinished(outputs: Sequence[str | Path | None], members: bool = False) -> l
 @contextlib.contextmanager
 def writing(path: str | Path) -> Iterator[Path]:
     """A file written whole or not at all: yields ``PATH.partial`` to write, renamed to `path` when the block ends,
-    deleted on an error or Ctrl-C (a half-written table is left under neither name)."""
+    deleted on an error or Ctrl-C (a half-written table is left under neither name). A failed write that names no
+    file (a full disk's) is said of `path`. Ends this process's `claim` on `path` either way."""
     tmp = partial_path(path)
     tmp.parent.mkdir(parents=True, exist_ok=True)
     try:
         yield tmp
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         tmp.unlink(missing_ok=True)
+        if isinstance(e, OSError) and e.errno and not e.filename:
+            raise OSError(e.errno, e.strerror, str(path)) from None
         raise
+    finally:
+        release(path)
 
 
 def members_path(out: str | Path) -> Path:

@@ -12,6 +12,7 @@ import bisect
 import functools
 import hashlib
 import itertools
+import json
 import math
 import sys
 import threading
@@ -758,9 +759,15 @@ def model_for(model: str | Path, image: Any, device: str | torch.device = "auto"
     from mitoseg.train import load_model
 
     net, config = load_model(model, device, planes)
-    if (Path(model) / "config.json").is_file() and not (Path(model) / "summary.json").exists():
+    summary = Path(model) / "summary.json"
+    found = json.loads(summary.read_text()) if summary.is_file() else None
+    if (Path(model) / "config.json").is_file() and found is None:
         say(f"note: the training of {Path(model).name} did not finish (no summary.json): it predicts with the "
             "checkpoint it had reached; `mitoseg train ... --resume` finishes it")
+    elif found and found.get("learned") is False:  # said again after training's warning: logs are long
+        say(f"mitoseg: warning: {Path(model).name} has not learned (best validation IoU "
+            f"{found['best_val_iou_any_threshold']:.3f}; calling every voxel mitochondria scores "
+            f"{found['all_foreground_iou']:.3f}): its masks will be mostly wrong")
     stated = voxel_size or (io.voxel_size(image) if isinstance(image, str | Path) else None)
     if stated:
         check_planes(config.slice_planes, stated)

@@ -178,6 +178,17 @@ MOSTLY = 0.5  # a foreground share of the annotated voxels above this is noted b
 BARELY = 0.1  # a best validation IoU under this (at any threshold) is noted after training: the masks will be poor
 
 
+def learned(best_iou: float, share: float) -> bool:
+    """Whether a model learned: its best validation IoU (any threshold) at least twice the validation's foreground
+    `share` (what calling every voxel mitochondria scores) and over 0.01; below, its masks are mostly wrong."""
+    return best_iou >= max(2 * share, 0.01)
+
+
+def all_foreground(counts: dict) -> float:
+    """The IoU of calling every annotated voxel mitochondria: the foreground's share of `data.counts`' voxels."""
+    return counts["foreground_voxels"] / counts["annotated_voxels"] if counts else 0.0
+
+
 def validate(model: torch.nn.Module, val: data.Volume | None, config: Config, device: torch.device) -> dict:
     """Dice ("f1") and IoU ("jaccard") of the prediction thresholded at 0.5 on a volume normalised by
     its window, on its annotated voxels, and the best IoU over `postprocess.THRESHOLDS` ("best_jaccard",
@@ -455,7 +466,8 @@ def train(config: Config, image: np.ndarray, mask: np.ndarray, out: str | Path, 
     if share > MOSTLY and not resume:  # e.g. boxes of background alone, 99 outside them, without --unlabeled 99
         print(f"note: {share:.1%} of the annotated voxels are foreground (mitochondria seldom are most of a volume): "
               "does a value of the labels mark voxels nobody annotated (--unlabeled VALUE), or the background "
-              "(--label-threshold)?", file=sys.stderr)
+              "(--label-threshold)? Or are they inverted (the background the higher value)? Then invert them first "
+              "(in Fiji: Edit > Invert)", file=sys.stderr)
     if resume:
         check_same_data(out, image, mask)
     data.check_image(image)
@@ -656,12 +668,12 @@ def _train(config: Config, image: np.ndarray, mask: np.ndarray, out: Path, resum
             _save(ckpt, out / "last.pt")
             io.remove(replaced(out))  # the run --overwrite replaces: gone once this one can be resumed
             saved_at = time.perf_counter()
-    share = data.counts(val_vol)  # calling every voxel mitochondria scores the foreground's share as IoU
-    share = share["foreground_voxels"] / share["annotated_voxels"] if share else 0.0
-    if val_vol is not None and state["best_iou"] <= max(0.01, share) + 1e-9:  # no better than all foreground
+    share = all_foreground(data.counts(val_vol))
+    if val_vol is not None and not learned(state["best_iou"], share):
         print(f"mitoseg: warning: the {config.dims}D model has not learned (best validation IoU "
-              f"{max(state['best_iou'], 0.0):.3f}; calling every voxel mitochondria scores {share:.3f}); its "
-              "predictions mean nothing: train longer, or check the labels", file=sys.stderr, flush=True)
+              f"{max(state['best_iou'], 0.0):.3f}; calling every voxel mitochondria scores {share:.3f}, a model that "
+              "learned twice that); its masks will be mostly wrong: train longer, or check the labels",
+              file=sys.stderr, flush=True)
     elif val_vol is not None and state["best_iou"] < BARELY:
         print(f"mitoseg: note: the {config.dims}D model has barely learned (best validation IoU "
               f"{state['best_iou']:.3f}): expect poor masks; train longer, annotate more"
@@ -757,6 +769,10 @@ def summarize(run: str | Path) -> dict:
     }
     if (run / "annotation.json").exists():  # runs since 2026-12-07
         summary["annotation"] = json.loads((run / "annotation.json").read_text())
+        share = all_foreground(summary["annotation"]["validation"])
+        if summary["annotation"]["validation"] and math.isfinite(summary["best_val_iou_any_threshold"]):
+            summary["all_foreground_iou"] = share  # what `predict` warns of (`predict.model_for`)
+            summary["learned"] = learned(summary["best_val_iou_any_threshold"], share)
     undefined = {k: None for k, v in summary.items() if isinstance(v, float) and not math.isfinite(v)}  # no NaN
     (run / "summary.json").write_text(json.dumps({**summary, **undefined}, indent=2) + "\n")  # in a JSON file
     return summary
