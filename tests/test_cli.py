@@ -731,6 +731,9 @@ def test_workers_without_a_local_cluster_are_refused(runs, capsys, tmp_path):
     bad(label, capsys, "--workers sets the processes of --scheduler local; without it everything runs in this")
     bad([*label, "--dask-address", "tcp://127.0.0.1:1"], capsys, "a running cluster (--dask-address) has its own")
     assert not (tmp_path / "l.zarr").exists()
+    # an existing output is refused before the cluster is reached (before: after its 30 s timeout, which was said)
+    (tmp_path / "l.zarr").mkdir()
+    bad([*label[:-2], "--dask-address", "tcp://127.0.0.1:1"], capsys, "l.zarr already exists; pass --overwrite")
 
 
 def test_label_on_a_local_dask_cluster_equals_single_process(runs, capsys):

@@ -154,10 +154,13 @@ def test_export_mistakes_are_one_line(tmp_path, ca1_run, lucchi_crop, capsys, mo
     (tmp_path / "taken.zip").write_bytes(b"")
     tifffile.imwrite(tmp_path / "tiny.tif", raw[:2, :16, :16])
     tifffile.imwrite(tmp_path / "flat.tif", np.full((8, 256, 256), 7, np.uint8))
+    tifffile.imwrite(tmp_path / "mask.tif", lucchi_crop[1][:8] * np.uint8(255))  # before: packaged as the sample
     probs = zarr.create_array(str(tmp_path / "probs.zarr"), data=raw[:8])
     probs.attrs["kind"] = "probability"
     for args, message in [
         (["--bioimageio", str(tmp_path / "m.zip"), "--sample", str(tmp_path / "flat.tif")], "holds one grey level"),
+        (["--bioimageio", str(tmp_path / "m.zip"), "--sample", str(tmp_path / "mask.tif")],
+         "holds only the grey levels 0, 255 (sampled): a mask or labels"),
         (["--bioimageio", str(tmp_path / "m.zip"), "--sample", str(tmp_path / "probs.zarr")],
          "is a mitoseg probability output"),
         (["--bioimageio", str(tmp_path / "taken.zip")], "exists; pass --overwrite"),

@@ -117,8 +117,10 @@ def cmd_convert(a: argparse.Namespace) -> None:
         print(note)
 
 
-def _client(a: argparse.Namespace):
-    """A Dask client for --scheduler local or --dask-address, else a context holding None (this process)."""
+def _client(a: argparse.Namespace, outputs: tuple = ()):
+    """A Dask client for --scheduler local or --dask-address, else a context holding None (this process). An
+    existing output among `outputs` is refused first, as the command would refuse it (not after the seconds a
+    cluster takes to start, or a timeout of 30 s)."""
     if a.workers is not None and a.scheduler != "local":  # before: ignored in silence
         raise MitosegError("--workers sets the processes of --scheduler local"
                            + (": a running cluster (--dask-address) has its own" if a.dask_address else
@@ -129,6 +131,11 @@ def _client(a: argparse.Namespace):
 
     if a.dask_address and a.scheduler == "local":
         raise MitosegError("--dask-address uses a running cluster, --scheduler local starts one: give one of them")
+    from mitoseg import io
+
+    for out in outputs if not (a.overwrite or getattr(a, "resume", False)) else ():
+        if out is not None and Path(out).exists():
+            io.check_output(out, False)  # raises: it exists
 
     client = cluster.client(a.dask_address, workers=a.workers or 2)
     if not a.quiet:  # where the blocks will run (a scheduler without workers is said by cluster.client)
@@ -141,7 +148,7 @@ def cmd_predict(a: argparse.Namespace) -> None:
     from mitoseg.predict import predict
 
     finished = _written_by(a.out) if a.resume and not io.partial_path(a.out).exists() else None
-    with _client(a) as client:
+    with _client(a, (a.out, a.mask)) as client:
         predict(a.model, a.image, a.out, mask_out=a.mask, tile_xy=a.tile_xy, tile_z=a.tile_z, overlap=a.overlap,
                 block=a.block, dtype=a.dtype, threshold=a.threshold, batch_size=a.batch_size, tta=a.tta,
                 amp=not a.fp32, device=a.device, client=client, overwrite=a.overwrite, resume=a.resume,
@@ -205,7 +212,7 @@ def cmd_label(a: argparse.Namespace) -> None:
     from mitoseg import io
     from mitoseg.instances import label_volume
 
-    with _client(a) as client:
+    with _client(a, (a.out, a.table)) as client:
         n = label_volume(a.input, a.out, a.block, a.connectivity, a.min_size, a.threshold, a.voxel_size, a.table,
                          client, a.resume, a.overwrite, progress=not a.quiet)
     print(f"{n:,} object{'s' * (n != 1)} -> {a.out}" + (f", table {a.table}" if a.table else ""))
@@ -397,7 +404,8 @@ def _dask_options(p: argparse.ArgumentParser) -> None:
 def parser() -> argparse.ArgumentParser:
     p = _Parser(prog="mitoseg", description="Segment mitochondria in EM volumes with 2D/3D U-Nets.")
     p.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
-    p.add_argument("--quiet", action="store_true", help="no progress bars, nor the line saying where Dask blocks run")
+    p.add_argument("--quiet", action="store_true", help="no progress bars (nor, with Dask, the line saying where "
+                   "blocks run)")
     sub = p.add_subparsers(dest="command", required=True)
 
     t = sub.add_parser("train", help="train a 2D or 3D U-Net (ResNet18 encoder) on an image and its labels")
@@ -643,12 +651,14 @@ def parser() -> argparse.ArgumentParser:
     v.add_argument("paths", nargs="+", metavar="PATH",
                    help="a predict or label output (.zarr, .ome.zarr), a compare report folder, or an image volume")
     v.add_argument("--voxel-size", type=arg("voxel_size"), nargs=3, metavar=("Z", "Y", "X"),
-                   help="voxel size in nm of volumes that state none (default: none, shown in pixels)")
+                   help="voxel size in nm of volumes that state none (default: the one the others state, else "
+                        "none: shown in pixels)")
     v.set_defaults(func=cmd_view)
     p.commands = sub.choices  # each command's parser: its mistakes are said in its name (`main`)
     for command in p.commands.values():  # `mitoseg label ... --quiet` as `mitoseg --quiet label ...`
-        command.add_argument("--quiet", action="store_true", default=argparse.SUPPRESS,
-                             help="no progress bars, nor the line saying where Dask blocks run")
+        dask = any("--scheduler" in x.option_strings for x in command._actions)
+        command.add_argument("--quiet", action="store_true", default=argparse.SUPPRESS, help="no progress bars"
+                             + (", nor the line saying where Dask blocks run" if dask else ""))
     return p
 
 

@@ -195,6 +195,7 @@ def export_bioimageio(run: str | Path, sample: str, out: str | Path, overwrite: 
     net = _Probabilities(traceable(model.net)).eval()
     volume = io.open_volume(sample)
     io.refuse_output(volume, sample, "the sample EM image", ("probability", "mask", "labels"))
+    io.intensity_range(volume, flat=f"the sample {sample}")  # a blank volume or a mask refused, as `predict` does
     x = test_crop(volume, config)[None, None]
     if not np.isfinite(x).all():
         raise MitosegError(f"--sample {sample}: its test crop holds NaN or infinite values; give a sample without them")
