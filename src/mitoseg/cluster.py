@@ -16,6 +16,7 @@ with the same number of torch threads; see docs/cluster.md).
 
 from __future__ import annotations
 
+import logging
 import signal
 import threading
 import uuid
@@ -44,7 +45,9 @@ def client(address: str | None = None, workers: int = 2, threads_per_worker: int
     existing file is taken as one), or else to a new LocalCluster of `workers` processes with
     `threads_per_worker` threads each, its HTTP server on a free port (the default 8787 may be another cluster's), its
     workers deaf to Ctrl-C (a terminal sends it to them too: each printed a traceback; closing the client stops
-    them). Use it as a context manager: closing the client also stops a LocalCluster it started."""
+    them) and its logs muted (after Ctrl-C the workers logged their cancelled tasks and heartbeats to the closing
+    scheduler, with tracebacks; a block that fails, or kills its workers, still reaches the caller as an error).
+    Use it as a context manager: closing the client also stops a LocalCluster it started."""
     from distributed import Client
 
     if address and "://" not in address and (Path(address).is_file() or address.endswith(".json")):
@@ -76,7 +79,7 @@ def client(address: str | None = None, workers: int = 2, threads_per_worker: int
     before = signal.signal(signal.SIGINT, signal.SIG_IGN) if main else None  # the workers inherit it
     try:
         return Client(n_workers=workers, threads_per_worker=threads_per_worker, processes=True,
-                      dashboard_address=":0", memory_limit=memory_limit)
+                      dashboard_address=":0", memory_limit=memory_limit, silence_logs=logging.CRITICAL)
     finally:
         if main:
             signal.signal(signal.SIGINT, before)
