@@ -177,7 +177,10 @@ def test_widget_predicts_and_labels_in_a_thread_worker(napari, outputs, run, qtb
     widget.run.changed.emit(True)
     assert not widget.run.enabled  # running in the worker thread; the viewer stays responsive
     qtbot.waitUntil(lambda: widget.run.enabled, timeout=60_000)
-    assert re.fullmatch(r"1 object|\d+ objects", widget.status.value), widget.status.value
+    unlearned = predict.unlearned(chosen)  # the tiny run has not learned: said under the result, as predict says it
+    assert unlearned is not None
+    status = widget.status.value.split("\n")
+    assert re.fullmatch(r"1 object|\d+ objects", status[0]) and status[1:] == [unlearned.removeprefix("mitoseg: ")]
     probs, labels = viewer.layers["crop probability"], viewer.layers["crop instances"]
     assert type(probs).__name__ == "Image" and type(labels).__name__ == "Labels"
     for layer in (probs, labels):
@@ -203,6 +206,7 @@ def test_widget_predicts_and_labels_in_a_thread_worker(napari, outputs, run, qtb
     assert re.fullmatch(r"1 object|\d+ objects", status[0]) and status[1:] == [
         "note: the model was trained on 5 x 5 nm voxels and the image's are 10 x 10 nm: its accuracy on them "
         "is unmeasured (resample the image to the model's voxels, or train on such voxels)"], widget.status.value
+    # (a checkpoint alone, this time: no summary says whether it learned)
     crop.scale, crop.units = (10.0, 10.0, 10.0), "nm"
     viewer.layers["crop"].scale = (50.0, 5.0, 5.0)  # ssTEM-like sections: three planes are refused, as by predict
     widget.planes.value = True
@@ -248,7 +252,8 @@ def test_segment_along_three_planes_goes_in_one_block_and_gives_the_mean(run, lu
             probs, labels = done.value
             break
     assert seen == ["note: the image states no voxel size: three planes assume near-isotropic voxels (give "
-                    "--voxel-size to have that checked)", (1, 2), (2, 2)]  # the note first: the widget shows it
+                    "--voxel-size to have that checked)", (1, 2), predict.unlearned(run), (2, 2)]  # the widget shows
+    # the notes; the tiny run has not learned
     net, cfg = tr.load_model(run, planes=3)
     expect = predict.to_storage(predict.predict_array(net, raw, 2, (1, 128, 128), cfg.overlap), "uint8")
     np.testing.assert_array_equal(probs, expect)

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import logging
 import signal
+import sys
 import threading
 import uuid
 from collections.abc import Sequence
@@ -289,6 +290,8 @@ def predict_volume_dask(client: Any, model_path: str | Path, image_spec: str | P
                outputs=[(str(o.path.absolute()), o.run) for o in outputs], torch_threads=torch_threads)
     blocks.run(_predict_task, todo, job, client, f"predict {Path(out).name}", progress)
     blocks.finish(*outputs, overwrite=overwrite)
+    if warning := predict.unlearned(model):
+        print(warning, file=sys.stderr)
     return Path(out)
 
 

@@ -735,11 +735,14 @@ def predict(model: str | Path | Sequence[str | Path], image: str | Path, out: st
             resume=resume, progress=progress, attrs=attrs, device=None if device == "auto" else device,
             match_training=match_training, planes=planes)
     net, config = model_for(model, volume, device, planes, stated)
-    return predict_volume(net, volume, out, config.dims, run_tile(config, volume.shape, tile_xy, tile_z),
-                          config.overlap if overlap is None else overlap, block, dtype, mask_out, threshold,
-                          batch_size, tta, amp, attrs={**recorded_voxel(config), **attrs},
-                          overwrite=overwrite, resume=resume, progress=progress,
-                          window=input_window(net, volume, match_training))
+    written = predict_volume(net, volume, out, config.dims, run_tile(config, volume.shape, tile_xy, tile_z),
+                             config.overlap if overlap is None else overlap, block, dtype, mask_out, threshold,
+                             batch_size, tta, amp, attrs={**recorded_voxel(config), **attrs},
+                             overwrite=overwrite, resume=resume, progress=progress,
+                             window=input_window(net, volume, match_training))
+    if warning := unlearned(model):
+        print(warning, file=sys.stderr)
+    return written
 
 
 THIN_SLICES = 16  # a volume of fewer slices is noted when a model predicts it along three planes
@@ -747,6 +750,19 @@ THIN_SLICES = 16  # a volume of fewer slices is noted when a model predicts it a
 
 def _to_stderr(line: str) -> None:
     print(line, file=sys.stderr)
+
+
+def unlearned(model: str | Path) -> str | None:
+    """The warning that a run has not learned (its summary.json: `train.learned`), said again after each prediction
+    with it (training's warning ends a long log; a refusal stays one line); None for a run that learned, or a
+    checkpoint."""
+    summary = Path(model) / "summary.json"
+    found = json.loads(summary.read_text()) if summary.is_file() else {}
+    if found.get("learned") is not False:
+        return None
+    return (f"mitoseg: warning: {Path(model).name} has not learned (best validation IoU "
+            f"{found['best_val_iou_any_threshold']:.3f}; calling every voxel mitochondria scores "
+            f"{found['all_foreground_iou']:.3f}): its masks will be mostly wrong")
 
 
 def model_for(model: str | Path, image: Any, device: str | torch.device = "auto",
@@ -759,15 +775,9 @@ def model_for(model: str | Path, image: Any, device: str | torch.device = "auto"
     from mitoseg.train import load_model
 
     net, config = load_model(model, device, planes)
-    summary = Path(model) / "summary.json"
-    found = json.loads(summary.read_text()) if summary.is_file() else None
-    if (Path(model) / "config.json").is_file() and found is None:
+    if (Path(model) / "config.json").is_file() and not (Path(model) / "summary.json").exists():
         say(f"note: the training of {Path(model).name} did not finish (no summary.json): it predicts with the "
             "checkpoint it had reached; `mitoseg train ... --resume` finishes it")
-    elif found and found.get("learned") is False:  # said again after training's warning: logs are long
-        say(f"mitoseg: warning: {Path(model).name} has not learned (best validation IoU "
-            f"{found['best_val_iou_any_threshold']:.3f}; calling every voxel mitochondria scores "
-            f"{found['all_foreground_iou']:.3f}): its masks will be mostly wrong")
     stated = voxel_size or (io.voxel_size(image) if isinstance(image, str | Path) else None)
     if stated:
         check_planes(config.slice_planes, stated)

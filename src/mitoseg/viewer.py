@@ -309,8 +309,9 @@ def segment(image: Any, model: str | Path, threshold: float = 0.5, min_size: int
     """Predict and label an image volume (Z, Y, X; numpy, dask or zarr) with a trained run's model, as
     ``mitoseg predict`` then ``mitoseg label`` do, in memory; refused as they refuse it (one grey level, a mask).
 
-    A generator: first yields the notes `mitoseg predict` would print (str: voxels unlike the model's, an
-    unfinished training), then (steps done, steps) after each block of slices and after labelling; returns the
+    A generator: yields the notes `mitoseg predict` would print (str: first voxels unlike the model's, an
+    unfinished training; last a run that has not learned) and (steps done, steps) after each block of slices and
+    after labelling; returns the
     probabilities uint8 (Z, Y, X; 0..255 for 0..1, as `mitoseg predict` stores them) and the instances
     uint32 (Z, Y, X; 26-connected components of probability >= `threshold` after a blur along Z of
     `z_sigma` slices (`postprocess.smooth_z`), objects under `min_size` voxels removed). Blocks lie on the
@@ -342,6 +343,8 @@ def segment(image: Any, model: str | Path, threshold: float = 0.5, min_size: int
         yield i + 1, len(grid) + 1
     labels = instances.label(postprocess.smooth_z(probs, z_sigma) >= threshold * 255, connectivity=26,
                              min_size=min_size)
+    if warning := predict.unlearned(model):
+        yield warning
     yield len(grid) + 1, len(grid) + 1
     return probs, labels
 
@@ -441,9 +444,9 @@ class SegmentWidget(_Container):
         return worker
 
     def _step(self, step: tuple[int, int] | str) -> None:
-        if isinstance(step, str):  # a note, kept under the result (the console is unseen from a launcher)
-            self.notes.append(step.removeprefix("note: "))
-            self.status.value = "running...\nnote: " + "\nnote: ".join(self.notes)
+        if isinstance(step, str):  # a note or warning, kept under the result (a launcher hides the console)
+            self.notes.append(step.removeprefix("mitoseg: "))
+            self.status.value = "\n".join(["running...", *self.notes])
             return
         self.progress.max, self.progress.value = step[1], step[0]
 
@@ -462,4 +465,4 @@ class SegmentWidget(_Container):
             else:
                 getattr(self.viewer, f"add_{kind}")(data, name=name, **where, **style)
         n = int(labels.max())
-        self.status.value = "\nnote: ".join([f"{n} object{'' if n == 1 else 's'}", *self.notes])
+        self.status.value = "\n".join([f"{n} object{'' if n == 1 else 's'}", *self.notes])
