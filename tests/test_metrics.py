@@ -1,5 +1,6 @@
 """Voxel metrics against independent numpy counts, blockwise == in-memory, and object matching."""
 
+import cc3d
 import numpy as np
 import pytest
 import scipy.ndimage as ndi
@@ -358,6 +359,36 @@ def test_evaluate_objects_counts_missed_and_false_objects(droso_crop, tmp_path, 
     assert main([*argv, "--json", str(tmp_path / "v.json")]) == 0
     plain = json.loads((tmp_path / "v.json").read_text())
     assert plain == {k: v for k, v in got.items() if k != "objects"}
+
+
+def test_evaluate_objects_keeps_object_ids(droso_crop, tmp_path, capsys):
+    """Object ids given as ids (--threshold 1, --label-threshold 0): two touching true objects stay two, so a
+    prediction that merges them misses one (before: both sides relabelled by connectivity, the two true ids
+    became one object and the merge scored F1 1.0). A mask's objects are still its connected components."""
+    import json
+
+    import tifffile
+
+    from mitoseg.cli import main
+
+    ids = cc3d.connected_components(droso_crop[1] > 0, connectivity=26).astype(np.uint16)
+    n = int(ids.max())
+    big = np.argmax(np.bincount(ids.ravel())[1:]) + 1
+    x = np.nonzero(ids == big)[2]
+    split = ids.copy()
+    split[(ids == big) & (np.arange(ids.shape[2]) < np.quantile(x, 0.3))] = n + 1  # touching its other part
+    tifffile.imwrite(tmp_path / "truth.tif", split)
+    tifffile.imwrite(tmp_path / "pred.tif", ids)
+    argv = ["--quiet", "evaluate", str(tmp_path / "pred.tif"), str(tmp_path / "truth.tif"), "--threshold", "1",
+            "--label-threshold", "0", "--objects", "--json"]
+    assert main([*argv, str(tmp_path / "ids.json")]) == 0
+    assert (f"objects (object ids, matched one to one at IoU >= 0.5): {n + 1:,} true, {n:,} predicted, {n:,} matched"
+            in capsys.readouterr().out)
+    got = json.loads((tmp_path / "ids.json").read_text())["objects"]
+    assert (got["fn"], got["fp"], got["truth_objects"], got["prediction_objects"]) == (1, 0, "ids", "ids")
+    tifffile.imwrite(tmp_path / "mask.tif", (ids > 0).astype(np.uint8))  # a mask: its 26-connected objects
+    assert main([*argv[:2], str(tmp_path / "mask.tif"), *argv[3:], str(tmp_path / "mask.json")]) == 0
+    assert "objects (predicted 26-connected, true object ids, matched" in capsys.readouterr().out
 
 
 def test_evaluate_notes_swapped_arguments_and_unlike_voxel_sizes(droso_crop, tmp_path, capsys):

@@ -277,9 +277,11 @@ def cmd_evaluate(a: argparse.Namespace) -> None:
         print(_places_words(result["places"]))
     if a.objects:
         o = result["objects"]
-        print(f"objects (26-connected, matched one to one at IoU >= 0.5): {o['n_true']:,} true, {o['n_pred']:,} "
-              f"predicted, {o['tp']:,} matched: precision {o['precision']:.4f}, recall {o['recall']:.4f}, "
-              f"F1 {o['f1']:.4f}")
+        made = {o["prediction_objects"], o["truth_objects"]}
+        how = made.pop() if len(made) == 1 else f"predicted {o['prediction_objects']}, true {o['truth_objects']}"
+        print(f"objects ({how.replace('ids', 'object ids')}, matched one to one at IoU >= 0.5): {o['n_true']:,} true, "
+              f"{o['n_pred']:,} predicted, {o['tp']:,} matched: precision {o['precision']:.4f}, recall "
+              f"{o['recall']:.4f}, F1 {o['f1']:.4f}")
     words = _evaluate_words(a.prediction, a.threshold)
     if words:
         print(words)

@@ -110,8 +110,10 @@ def evaluate(prediction: str | Path | Any, truth: str | Path | Any, threshold: f
     With `places`, also ``result["places"]``: where the errors lie (`error_places`) and its ``voxel_size``
     (z, y, x) nm: the given one, else the one either volume states, else None (voxels taken as cubes);
     then the scores too are computed in this process, on both volumes read into memory once (refused above
-    `MAX_PLACES_VOXELS`). With `objects`, so too ``result["objects"]``: `match_instances` of the two masks'
-    26-connected objects at IoU >= 0.5 (the prediction as it is: apply a minimum size first, `mitoseg label`).
+    `MAX_PLACES_VOXELS`). With `objects`, so too ``result["objects"]``: `match_instances` of the two volumes' objects
+    at IoU >= 0.5 (the prediction as it is: apply a minimum size first, `mitoseg label`): a side's own object ids
+    where it holds them (`_objects`), else its mask's 26-connected objects; "prediction_objects" and
+    "truth_objects" say which.
     `unlabeled`: the truth's value of voxels nobody annotated (a partial annotation, as `train --unlabeled`
     takes it): they are left out of every count; of the two other values the higher is foreground unless
     `label_threshold` says otherwise. Not with `places` or `objects`, which need a whole truth.
@@ -172,9 +174,26 @@ def evaluate(prediction: str | Path | Any, truth: str | Path | Any, threshold: f
         result["places"] = {**error_places(mask, truth_mask, stated or (1.0, 1.0, 1.0)),
                             "voxel_size": [float(v) for v in stated] if stated else None}
     if objects:
-        result["objects"] = match_instances(cc3d.connected_components(mask, connectivity=26),
-                                            cc3d.connected_components(truth_mask, connectivity=26), 0.5)
+        (pred_objects, pred_from), (true_objects, true_from) = (_objects(pred, mask, t),
+                                                                _objects(true, truth_mask, label_threshold or 0))
+        result["objects"] = {**match_instances(pred_objects, true_objects, 0.5),
+                             "prediction_objects": pred_from, "truth_objects": true_from}
     return result
+
+
+def _objects(volume: Any, mask: np.ndarray, cut: float | None) -> tuple[np.ndarray, str]:
+    """The objects of one side of `evaluate(objects=True)` and where they come from: its own values where they are
+    object ids ("ids": integers cut at 1 or below, so every id is foreground, holding more than one id: a `mitoseg
+    label` output, an instance annotation; two ids that touch stay two objects), else the 26-connected components of
+    its `mask` ("26-connected")."""
+    from mitoseg import io
+
+    if np.dtype(volume.dtype).kind in "iu" and cut is not None and cut <= 1 and io.stated_kind(volume) != "probability":
+        ids = np.where(mask, np.asarray(volume[...]), 0)
+        found = ids[mask]
+        if found.size and found.min() != found.max():
+            return ids, "ids"
+    return cc3d.connected_components(mask, connectivity=26), "26-connected"
 
 
 def stated_voxel(volume: Any) -> tuple[float, float, float] | None:
