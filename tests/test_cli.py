@@ -253,6 +253,9 @@ def test_outputs_that_would_replace_an_input_or_land_in_a_file_are_refused_befor
     (tmp_path / "folder").mkdir()
     bad(["label", probs, "--out", str(tmp_path / "l.zarr"), "--table", str(tmp_path / "folder"), "--overwrite"],
         capsys, "is a folder; give a file name")
+    bad(["label", probs, "--out", str(tmp_path / "l.zarr"), "--table", str(tmp_path / "t.xlsx")], capsys,
+        "t.xlsx: the table is CSV (comma-separated text, which Excel opens): name it t.csv")  # before: CSV as .xlsx
+    assert not (tmp_path / "l.zarr").exists() and not list(tmp_path.glob(".*.lock"))
     bad(["evaluate", probs, str(d / "test_gt.tif"), "--json", str(tmp_path / "folder"), "--overwrite"], capsys,
         "is a folder; give a file name")
     bad(["compare", "--out", str(tmp_path / "c"), "--data", str(tmp_path / "nope"), "--quick"], capsys,

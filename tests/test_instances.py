@@ -175,6 +175,9 @@ def test_measure_sparse_large_ids():
     assert table["voxels"].tolist() == [2, 1]
     assert table["centroid_y"].tolist() == [0.5, 0.0]
     assert [table[f"bbox_{k}"][0] for k in ("z0", "y0", "x0", "z1", "y1", "x1")] == [1, 0, 1, 2, 2, 2]
+    huge = labels.astype(np.uint64)
+    huge[huge == 100] = 2**40  # a supervoxel id of another tool (before: MemoryError, an 8 TiB array of ids)
+    assert measure(huge, voxel_size=(10, 10, 10))["id"].tolist() == [7, 2**40]
     with pytest.raises(MitosegError, match="voxel_size must be three numbers"):
         measure(labels, voxel_size=(1, 1))
     with pytest.raises(MitosegError, match=r"got dtype bool; a mask: label it first \(instances.label\)"):

@@ -218,7 +218,7 @@ def cmd_label(a: argparse.Namespace) -> None:
     print(f"{n:,} object{'s' * (n != 1)} -> {a.out}" + (f", table {a.table}" if a.table else ""))
     if a.table and not a.voxel_size and io.voxel_size(a.input) is None:
         print(f"{a.input} states no voxel size: the table measures voxels of 1 x 1 x 1 nm; give --voxel-size Z Y X "
-              "(nm) for physical sizes")
+              "(nm) for physical sizes, and for shapes (sphericity, elongation) of voxels that are not cubes")
     words = _label_words(a.input, a.out)
     if words:
         print(words)

@@ -118,11 +118,12 @@ def measure(labels: np.ndarray, voxel_size: Sequence[float] = (1.0, 1.0, 1.0)) -
     if labels.size and labels.min() < 0:
         raise MitosegError("labels must be >= 0 (0 is background)")
     top = int(labels.max(initial=0))
-    original_ids = np.arange(top + 1)
-    if top >= labels.size:  # cc3d.statistics needs ids < number of voxels: compact them
+    if top >= labels.size:  # cc3d.statistics needs ids < number of voxels: compact them (before any array of top)
         original_ids, labels = np.unique(labels, return_inverse=True)
         if original_ids[0] != 0:  # keep index 0 for the background
             original_ids, labels = np.concatenate([[0], original_ids]), labels + 1
+    else:
+        original_ids = np.arange(top + 1)
     unsigned = labels.view(f"u{labels.dtype.itemsize}")  # cc3d wants unsigned ids; no copy
     stats = cc3d.statistics(unsigned, no_slice_conversion=True)
     voxels = np.asarray(stats["voxel_counts"], dtype=np.int64)
@@ -575,6 +576,9 @@ def label_volume(input: str | Path, out: str | Path, block: Sequence[int] | None
                            "labels again)")
     if table:
         io.check_output(table, overwrite, "file", (input,))
+        if Path(table).suffix.lower() != ".csv":  # e.g. .xlsx: Excel would refuse CSV text under its own format's name
+            raise MitosegError(f"{table}: the table is CSV (comma-separated text, which Excel opens): name it "
+                               f"{Path(table).with_suffix('.csv').name}")
         if Path(table).absolute() == Path(out).absolute():
             raise MitosegError(f"the labels and the table are both {out}: give two outputs")
     omezarr.refuse_other_voxel(out, voxel_size)
