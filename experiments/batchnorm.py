@@ -190,8 +190,8 @@ def main(argv: list[str] | None = None) -> None:
     meta = header(__file__, argv, bench.description, test_slices=[z0, z0 + a.slices])
     m = meta["machine"]
     lines = [f"BatchNorm statistics as saved (0 batches) and re-estimated over N training batches; IoU at "
-             f"probability 0.5, no TTA; test slices {z0}..{z0 + a.slices - 1}. Machine: {m['cpu']} "
-             f"({m['cpu_count']} cores). Date: {meta['date']}. Command: `{meta['command']}`", "",
+             f"probability 0.5, no TTA; test slices {z0}..{z0 + a.slices - 1}. Data: {bench.description}. "
+             f"Machine: {m['cpu']} ({m['cpu_count']} cores). Date: {meta['date']}. Command: `{meta['command']}`", "",
              "| model | BN statistics | validation IoU | test IoU | test IoU, gamma 1.4 | seconds to re-estimate |",
              "|---|---|---|---|---|---|"]
     for r in rows:
