@@ -737,6 +737,8 @@ def test_workers_without_a_local_cluster_are_refused(runs, capsys, tmp_path):
     # an existing output is refused before the cluster is reached (before: after its 30 s timeout, which was said)
     (tmp_path / "l.zarr").mkdir()
     bad([*label[:-2], "--dask-address", "tcp://127.0.0.1:1"], capsys, "l.zarr already exists; pass --overwrite")
+    bad(["label", label[1], "--out", label[1], "--dask-address", "tcp://127.0.0.1:1"], capsys,
+        "is an input of this command; give another output")  # not "pass --overwrite", which would replace it
 
 
 def test_label_on_a_local_dask_cluster_equals_single_process(runs, capsys):

@@ -843,9 +843,12 @@ def test_what_other_tools_write_is_read_or_named(tmp_path, crop):
                      metadata={"axes": "ZCYX"})
     (tmp_path / "text.npy").write_text("not an array")
     tifffile.imwrite(tmp_path / "yxz.tif", np.ascontiguousarray(crop[:3].transpose(1, 2, 0)), metadata={"axes": "YXZ"})
+    tifffile.imwrite(tmp_path / "yxzc.tif", np.ascontiguousarray(crop[:3].transpose(1, 2, 0))[..., None],
+                     metadata={"axes": "YXZC"})  # a channel of one: read as (Y, X, Z) too
     for spec, words in [(tmp_path / "zcyx.tif", r"holds 2 channels \(axes ZCYX"),
                         (tmp_path / "yxz.tif", "states its axes in the order Y, X, Z; mitoseg reads them as Z, Y, X: "
                                                "save it with the axes in that order"),  # before: read, Y taken as Z
+                        (tmp_path / "yxzc.tif", "states its axes in the order Y, X, Z"),
                         (tmp_path / "text.npy", "is no .npy array of numbers"), ("", "an empty path was given")]:
         with pytest.raises(MitosegError, match=words):
             io.open_volume(spec)

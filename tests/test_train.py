@@ -701,7 +701,7 @@ def test_labels_other_than_0_1_2_and_a_folder_of_other_files_are_refused_before_
 @pytest.mark.parametrize("iou, said", [(0.09, "note: the 2D model has barely learned (best validation IoU 0.090)"),
                                        (0.06, "warning: the 2D model has not learned (best validation IoU 0.060; "
                                               "calling every voxel mitochondria scores 0.037, a model that learned "
-                                              "twice that)"),
+                                              "0.075 or more)"),
                                        (0.5, None)])
 def test_a_run_that_learned_little_is_told_so(tmp_path, small, capsys, monkeypatch, iou, said):
     """After training, a best validation IoU under twice what calling every voxel foreground scores is a warning
@@ -718,6 +718,17 @@ def test_a_run_that_learned_little_is_told_so(tmp_path, small, capsys, monkeypat
     assert predict.unlearned(tmp_path / "run") == (None if summary["learned"] else (
         "mitoseg: warning: run has not learned (best validation IoU 0.060; calling every voxel mitochondria scores "
         "0.037): its masks will be mostly wrong"))
+    (tmp_path / "run" / "summary.json").write_text('{"learned": fal')  # damaged: no warning, no traceback
+    assert predict.unlearned(tmp_path / "run") is None
+
+
+def test_the_bar_of_having_learned_stays_below_a_perfect_model():
+    """Twice the all-foreground IoU, or halfway from it to 1 where that is less: a partial annotation of
+    mitochondria and a ring of background (share 0.536) needs 0.768 (before: 1.072, so even a perfect model had
+    "not learned" and every prediction said so)."""
+    assert tr.learned(0.075, 0.037) and not tr.learned(0.073, 0.037)
+    assert tr.learned(0.77, 0.536) and tr.learned(1.0, 0.536) and not tr.learned(0.76, 0.536)
+    assert not tr.learned(0.009, 0.0) and tr.learned(0.011, 0.0)
 
 
 def test_a_run_without_validation_says_so_and_writes_strict_json(tmp_path, small, capsys):

@@ -298,6 +298,13 @@ def test_view_overlays_an_image_stating_no_voxel_size_on_its_outputs(napari, out
                                        "choose another)\n")
     add_layers(napari.components.ViewerModel(), [tmp_path / "raw.tif", d / "probs.ome.zarr"], (10.0, 10.0, 10.0))
     assert "shown at different voxel sizes and do not overlay voxel for voxel: " in capsys.readouterr().err
+    tifffile.imwrite(tmp_path / "fiji.tif", raw, imagej=True, resolution=(1 / 4.9, 1 / 4.9),
+                     metadata={"spacing": 29.0, "unit": "nm", "axes": "ZYX"})
+    zarr.create_array(str(tmp_path / "um.zarr"), data=raw).attrs["voxel_size"] = [29.0, 0.0049 * 1000, 0.0049 * 1000]
+    viewer = napari.components.ViewerModel()  # 4.8999999999999995 nm (a size in µm) is the TIFF's 4.9 nm
+    add_layers(viewer, [tmp_path / "fiji.tif", tmp_path / "um.zarr", tmp_path / "raw.tif"])
+    assert "different voxel sizes" not in capsys.readouterr().err
+    assert tuple(viewer.layers["raw"].scale) == (29, 4.9, 4.9)
 
 
 def test_view_without_napari_says_how_to_install(outputs, monkeypatch, capsys):

@@ -244,8 +244,9 @@ def wait(futures: list, desc: str = "", progress: bool = False) -> list:
         if futures:
             futures[0].client.cancel(futures)
         if isinstance(e, KilledWorker):
-            raise MitosegError(f"Dask workers died running a block ({e}); often out of memory: give the workers more "
-                               "memory or use a smaller --block") from None
+            said = str(e).split(". ")[0]  # not Dask's advice to read the worker logs: a local cluster mutes them
+            raise MitosegError(f"Dask workers died running a block ({said}); often out of memory: give the workers "
+                               "more memory or use a smaller --block") from None
         if isinstance(e, CancelledError | CommClosedError):  # the scheduler gone: its job's time limit, a crash
             said = " ".join(str(e).split())  # Dask's reason runs over several lines
             raise MitosegError(f"the Dask scheduler stopped answering ({type(e).__name__}: {said})") from None

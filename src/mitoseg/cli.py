@@ -117,10 +117,10 @@ def cmd_convert(a: argparse.Namespace) -> None:
         print(note)
 
 
-def _client(a: argparse.Namespace, outputs: tuple = ()):
+def _client(a: argparse.Namespace, outputs: tuple = (), inputs: tuple = ()):
     """A Dask client for --scheduler local or --dask-address, else a context holding None (this process). An
-    existing output among `outputs` is refused first, as the command would refuse it (not after the seconds a
-    cluster takes to start, or a timeout of 30 s)."""
+    existing output among `outputs` (one of the command's `inputs`, or not) is refused first, as the command would
+    refuse it (not after the seconds a cluster takes to start, or a timeout of 30 s)."""
     if a.workers is not None and a.scheduler != "local":  # before: ignored in silence
         raise MitosegError("--workers sets the processes of --scheduler local"
                            + (": a running cluster (--dask-address) has its own" if a.dask_address else
@@ -133,9 +133,10 @@ def _client(a: argparse.Namespace, outputs: tuple = ()):
         raise MitosegError("--dask-address uses a running cluster, --scheduler local starts one: give one of them")
     from mitoseg import io
 
-    for out in outputs if not (a.overwrite or getattr(a, "resume", False)) else ():
-        if out is not None and Path(out).exists():
-            io.check_output(out, False)  # raises: it exists
+    given = [Path(out).absolute() for out in outputs if out is not None]
+    for out in given if not (a.overwrite or getattr(a, "resume", False) or len(set(given)) < len(given)) else ():
+        if out.exists():  # (outputs given twice: the command says so)
+            io.check_output(out, False, None, inputs)  # raises: an input of the command, or it exists
 
     client = cluster.client(a.dask_address, workers=a.workers or 2)
     if not a.quiet:  # where the blocks will run (a scheduler without workers is said by cluster.client)
@@ -148,7 +149,7 @@ def cmd_predict(a: argparse.Namespace) -> None:
     from mitoseg.predict import predict
 
     finished = _written_by(a.out) if a.resume and not io.partial_path(a.out).exists() else None
-    with _client(a, (a.out, a.mask)) as client:
+    with _client(a, (a.out, a.mask), (a.image, *a.model)) as client:
         predict(a.model, a.image, a.out, mask_out=a.mask, tile_xy=a.tile_xy, tile_z=a.tile_z, overlap=a.overlap,
                 block=a.block, dtype=a.dtype, threshold=a.threshold, batch_size=a.batch_size, tta=a.tta,
                 amp=not a.fp32, device=a.device, client=client, overwrite=a.overwrite, resume=a.resume,
@@ -212,7 +213,7 @@ def cmd_label(a: argparse.Namespace) -> None:
     from mitoseg import io
     from mitoseg.instances import label_volume
 
-    with _client(a, (a.out, a.table)) as client:
+    with _client(a, (a.out, a.table), (a.input,)) as client:
         n = label_volume(a.input, a.out, a.block, a.connectivity, a.min_size, a.threshold, a.voxel_size, a.table,
                          client, a.resume, a.overwrite, progress=not a.quiet)
     print(f"{n:,} object{'s' * (n != 1)} -> {a.out}" + (f", table {a.table}" if a.table else ""))

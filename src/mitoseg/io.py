@@ -377,19 +377,17 @@ def _open_tiff_pages(path: Path) -> Any:
                                f"({', '.join(sorted(f'{sh} {dt}' for sh, dt in pages))}); a volume needs one")
         if several > 1:  # one volume of its pages, as Fiji opens them
             arr = _level0(zarr.open(tifffile.imread(path, aszarr=True, is_shaped=False), mode="r"))
-    if arr.ndim > 3:  # an ImageJ or OME hyperstack: its axes name what is more than a volume
+    if arr.ndim >= 3:  # an ImageJ or OME hyperstack, tifffile's shaped metadata: the axes it states
         with tifffile.TiffFile(path) as tif:
             series = tif.series[0]
-            extra = [f"{n} {AXIS_WORDS[a.lower()]}" for a, n in zip(series.axes, series.shape, strict=True)
-                     if a in "CT" and n > 1]  # colour samples (S): check_volume names them
+        extra = [f"{n} {AXIS_WORDS[a.lower()]}" for a, n in zip(series.axes, series.shape, strict=True)
+                 if a in "CT" and n > 1]  # colour samples (S): check_volume names them
         if extra:
             raise MitosegError(f"{path} holds {' x '.join(extra)} (axes {series.axes}, shape {series.shape}); mitoseg "
                                "segments one greyscale volume (Z, Y, X): save the one to segment on its own")
-    elif arr.ndim == 3:  # axes stated in another order (tifffile's shaped or OME metadata): read as Z, Y, X, Y were Z
-        with tifffile.TiffFile(path) as tif:
-            axes = tif.series[0].axes
-        if sorted(axes) == ["X", "Y", "Z"] and axes != "ZYX":
-            raise MitosegError(f"{path} states its axes in the order {', '.join(axes)}; mitoseg reads them as Z, Y, "
+        space = "".join(a for a in series.axes if a in "ZYX")  # read as Z, Y, X whatever their order: Y were Z
+        if sorted(space) == ["X", "Y", "Z"] and space != "ZYX":
+            raise MitosegError(f"{path} states its axes in the order {', '.join(space)}; mitoseg reads them as Z, Y, "
                                "X: save it with the axes in that order")
     if arr.ndim and min(arr.shape):
         arr[-1]  # a truncated file fails on its last page: fail here, not in the middle of a run

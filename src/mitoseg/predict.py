@@ -756,9 +756,11 @@ def unlearned(model: str | Path) -> str | None:
     """The warning that a run has not learned (its summary.json: `train.learned`), said again after each prediction
     with it (training's warning ends a long log; a refusal stays one line); None for a run that learned, or a
     checkpoint."""
-    summary = Path(model) / "summary.json"
-    found = json.loads(summary.read_text()) if summary.is_file() else {}
-    if found.get("learned") is not False:
+    try:
+        found = json.loads((Path(model) / "summary.json").read_text())
+    except (OSError, ValueError):  # none (a checkpoint, an unfinished run), or damaged: nothing to say
+        return None
+    if not isinstance(found, dict) or found.get("learned") is not False:
         return None
     return (f"mitoseg: warning: {Path(model).name} has not learned (best validation IoU "
             f"{found['best_val_iou_any_threshold']:.3f}; calling every voxel mitochondria scores "

@@ -239,8 +239,8 @@ def add_layers(viewer: Any, paths: Sequence[str | Path], voxel_size: Sequence[fl
         first: dict[tuple[float, ...], str] = {}
         for path, layers in zip(paths, found, strict=True):
             for _, meta, _ in layers:
-                if meta["units"] == units:
-                    first.setdefault(meta["scale"], str(path))
+                if meta["units"] == units:  # to 6 digits: 4.8999999999999995 nm (from µm) is a TIFF's 4.9 nm
+                    first.setdefault(tuple(float(f"{v:.6g}") for v in meta["scale"]), str(path))
         return first
 
     stated = scales("nm")
@@ -438,7 +438,7 @@ class SegmentWidget(_Container):
                                voxel_size=_layer_voxel(layer), _start_thread=False, _ignore_errors=True)
         worker.yielded.connect(self._step)
         worker.returned.connect(lambda result: self._add(layer, *result))
-        worker.errored.connect(lambda e: setattr(self.status, "value", f"error: {e}"))
+        worker.errored.connect(lambda e: setattr(self.status, "value", "\n".join([f"error: {e}", *self.notes])))
         worker.finished.connect(lambda: setattr(self.run, "enabled", True))
         worker.start()
         return worker
