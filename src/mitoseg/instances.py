@@ -576,11 +576,11 @@ def label_volume(input: str | Path, out: str | Path, block: Sequence[int] | None
                            "labels again)")
     if table:
         io.check_output(table, overwrite, "file", (input,))
+        if Path(table).absolute() == Path(out).absolute():
+            raise MitosegError(f"the labels and the table are both {out}: give two outputs")
         if Path(table).suffix.lower() != ".csv":  # e.g. .xlsx: Excel would refuse CSV text under its own format's name
             raise MitosegError(f"{table}: the table is CSV (comma-separated text, which Excel opens): name it "
                                f"{Path(table).with_suffix('.csv').name}")
-        if Path(table).absolute() == Path(out).absolute():
-            raise MitosegError(f"the labels and the table are both {out}: give two outputs")
     omezarr.refuse_other_voxel(out, voxel_size)
     own = io.voxel_size(input)
     stated = voxel_size or own  # None: the output states none, the table measures 1 nm voxels

@@ -84,14 +84,14 @@ def open_volume(spec: str | Path) -> Any:
         raise MitosegError(f"{unfinished} is the unfinished output of a stopped run: finish "
                            f"{unfinished.name.removesuffix('.partial')} first (predict and label go on with --resume; "
                            "run other commands again)")
-    suffix, axes = path.suffix.lower(), None
+    suffix, axes, stated = path.suffix.lower(), None, {}
     try:
         if is_zarr(path):
             arr, axes = _open_zarr(path, inner)
         elif path.is_dir():
             arr = _open_slices(path)
         elif suffix in TIFF:
-            arr = _open_tiff(path)
+            arr, stated = _open_tiff(path)
         elif suffix in H5:
             arr = _open_h5(path, inner)
         elif suffix == ".npy":
@@ -108,21 +108,10 @@ def open_volume(spec: str | Path) -> Any:
     except Exception as e:  # the libraries raise many types for corrupt files
         raise MitosegError(f"{spec}: cannot be read ({type(e).__name__}: {e})") from None
     volume = check_volume(spatial(arr, str(spec), axes), str(spec))
-    stated = _tiff_kind(path) if suffix in TIFF else {}
     return volume if isinstance(volume, np.ndarray) else Readable(volume, str(spec), stated)
 
 
 TIFF_KIND = "mitoseg_kind"  # the ImageJ description's key for the `kind` of a mitoseg output `convert` wrote
-
-
-def _tiff_kind(path: Path) -> dict:
-    """{"kind": ...} of an ImageJ TIFF `convert` wrote from a mitoseg output (probability, mask, labels: a TIFF has
-    no attributes), else {}."""
-    import tifffile
-
-    with tifffile.TiffFile(path) as tif:
-        kind = (tif.imagej_metadata or {}).get(TIFF_KIND)
-    return {"kind": kind} if kind in ("probability", "mask", "labels") else {}
 
 
 class Readable:
@@ -354,16 +343,20 @@ def _errors_of(name: str):
         logger.propagate = propagate
 
 
-def _open_tiff(path: Path) -> Any:
+def _open_tiff(path: Path) -> tuple[Any, dict]:
+    """A TIFF's array and what it states besides (`_open_tiff_pages`)."""
     with _errors_of("tifffile") as said:
-        arr = _open_tiff_pages(path)
+        arr, stated = _open_tiff_pages(path)
     if said:  # e.g. "invalid page offset": a file cut short reads as fewer slices, in silence
         raise MitosegError(f"{path}: tifffile could not read all of it ({said[0].split('> ')[-1]}): the file may be "
                            "truncated or damaged")
-    return arr
+    return arr, stated
 
 
-def _open_tiff_pages(path: Path) -> Any:
+def _open_tiff_pages(path: Path) -> tuple[Any, dict]:
+    """A TIFF's array, and {"kind": ...} where `convert` wrote a mitoseg output to it (probability, mask, labels, in
+    its ImageJ description: a TIFF has no attributes), else {}; refused where its axes are more than one volume's or
+    stated in another order than Z, Y, X."""
     import tifffile
     import zarr
 
@@ -377,9 +370,11 @@ def _open_tiff_pages(path: Path) -> Any:
                                f"({', '.join(sorted(f'{sh} {dt}' for sh, dt in pages))}); a volume needs one")
         if several > 1:  # one volume of its pages, as Fiji opens them
             arr = _level0(zarr.open(tifffile.imread(path, aszarr=True, is_shaped=False), mode="r"))
+    stated = {}
     if arr.ndim >= 3:  # an ImageJ or OME hyperstack, tifffile's shaped metadata: the axes it states
         with tifffile.TiffFile(path) as tif:
-            series = tif.series[0]
+            series, kind = tif.series[0], (tif.imagej_metadata or {}).get(TIFF_KIND)
+        stated = {"kind": kind} if kind in ("probability", "mask", "labels") else {}
         extra = [f"{n} {AXIS_WORDS[a.lower()]}" for a, n in zip(series.axes, series.shape, strict=True)
                  if a in "CT" and n > 1]  # colour samples (S): check_volume names them
         if extra:
@@ -391,7 +386,7 @@ def _open_tiff_pages(path: Path) -> Any:
                                "X: save it with the axes in that order")
     if arr.ndim and min(arr.shape):
         arr[-1]  # a truncated file fails on its last page: fail here, not in the middle of a run
-    return arr
+    return arr, stated
 
 
 def _level0(node: Any) -> Any:
