@@ -680,8 +680,7 @@ def _train(config: Config, image: np.ndarray, mask: np.ndarray, out: Path, resum
         print(f"mitoseg: warning: the {config.dims}D model has not learned (best validation IoU "
               f"{max(state['best_iou'], 0.0):.3f}; calling every voxel mitochondria scores {share:.3f}, a model that "
               f"learned {learned_bar(share):.3f} or more); its masks will be mostly wrong: train longer, or check the "
-              "labels",
-              file=sys.stderr, flush=True)
+              "labels", file=sys.stderr, flush=True)
     elif val_vol is not None and state["best_iou"] < BARELY:
         print(f"mitoseg: note: the {config.dims}D model has barely learned (best validation IoU "
               f"{state['best_iou']:.3f}): expect poor masks; train longer, annotate more"
@@ -779,7 +778,7 @@ def summarize(run: str | Path) -> dict:
         summary["annotation"] = json.loads((run / "annotation.json").read_text())
         share = all_foreground(summary["annotation"]["validation"])
         if summary["annotation"]["validation"] and math.isfinite(summary["best_val_iou_any_threshold"]):
-            summary["all_foreground_iou"] = share  # what `predict` warns of (`predict.model_for`)
+            summary["all_foreground_iou"] = share  # what `predict` warns of (`predict.unlearned`)
             summary["learned"] = learned(summary["best_val_iou_any_threshold"], share)
     undefined = {k: None for k, v in summary.items() if isinstance(v, float) and not math.isfinite(v)}  # no NaN
     with io.writing(run / "summary.json") as partial:  # in a JSON file; whole or not at all (`predict` reads it)
