@@ -160,3 +160,21 @@ def test_a_stopped_runs_late_block_is_not_written(tmp_path, crop):
             np.testing.assert_array_equal(again.array[b], crop[b])
             again.array[b] = 0
             io.remove(io.block_marker(again.done, b))
+
+
+def test_a_long_block_shows_its_bar_moving():
+    """`blocks.ticking` (predict's bar, and every block engine's): the elapsed time moves while a block computes
+    (before: a gigavoxel volume's first block, minutes on a CPU, showed "0/N [00:00" until it was done)."""
+    import time
+    from io import StringIO
+
+    from tqdm import tqdm
+
+    said = StringIO()
+    bar = tqdm(total=3, desc="predict p.zarr", unit="block", file=said)
+    with blocks.ticking(bar, every=0.2):
+        time.sleep(1.3)
+    bar.close()
+    assert "0/3 [00:01" in said.getvalue(), said.getvalue()
+    with blocks.ticking(tqdm(total=3, disable=True), every=0.2):  # --quiet: nothing to redraw
+        time.sleep(0.3)

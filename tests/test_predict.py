@@ -656,20 +656,3 @@ def test_outputs_finish_together(tmp_path, droso_crop, net2d, monkeypatch):
     predict.predict_volume(net2d, image, out, mask_out=mask, overwrite=True, **kw)  # old outputs replaced
     np.testing.assert_array_equal(io.open_volume(mask)[:], io.open_volume(tmp_path / "ref_mask.ome.zarr")[:])
 
-
-def test_a_long_block_shows_its_bar_moving():
-    """`predict.ticking`: the bar's elapsed time moves while a block computes (before: a gigavoxel volume's first
-    block, minutes on a CPU, showed "0/N [00:00" until it was done)."""
-    import time
-    from io import StringIO
-
-    from tqdm import tqdm
-
-    said = StringIO()
-    bar = tqdm(total=3, desc="predict p.zarr", unit="block", file=said)
-    with predict.ticking(bar, every=0.2):
-        time.sleep(1.3)
-    bar.close()
-    assert "0/3 [00:01" in said.getvalue(), said.getvalue()
-    with predict.ticking(tqdm(total=3, disable=True), every=0.2):  # --quiet: nothing to redraw
-        time.sleep(0.3)

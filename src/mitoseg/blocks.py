@@ -13,9 +13,11 @@ pyramid and NGFF metadata added by `finish`, see `mitoseg.omezarr`); one named
 
 from __future__ import annotations
 
+import contextlib
 import itertools
+import threading
 import uuid
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -211,6 +213,28 @@ def finish(*outputs: Output, overwrite: bool = False) -> None:
             omezarr.register_label(out.path)
 
 
+@contextlib.contextmanager
+def ticking(bar: Any, every: float = 1.0) -> Iterator[None]:
+    """A progress bar redrawn every `every` seconds while the block runs, so its elapsed time moves during a long
+    block (a gigavoxel volume's first block takes minutes on a CPU: a bar standing still looks hung)."""
+    stop = threading.Event()
+    if bar.disable:  # no bar (--quiet)
+        yield
+        return
+
+    def tick() -> None:
+        while not stop.wait(every):
+            bar.refresh()
+
+    thread = threading.Thread(target=tick, daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join()
+
+
 def run(task: Callable, items: Sequence, job: dict | None = None, client: Any = None, desc: str = "",
         progress: bool = False) -> list:
     """``task(item, job=job)`` for every item, results in item order: in this process, or as one Dask task
@@ -219,7 +243,9 @@ def run(task: Callable, items: Sequence, job: dict | None = None, client: Any = 
     from tqdm.auto import tqdm
 
     if client is None:
-        return [task(item, job=job) for item in tqdm(items, desc=desc, unit="block", disable=not progress)]
+        bar = tqdm(items, desc=desc, unit="block", disable=not progress)
+        with ticking(bar):
+            return [task(item, job=job) for item in bar]
     return wait(client.map(task, items, job=job, pure=False), desc, progress)  # job=: map() has a batch_size
 
 
@@ -236,7 +262,7 @@ def wait(futures: list, desc: str = "", progress: bool = False) -> list:
     index = {f.key: i for i, f in enumerate(futures)}
     results: list = [None] * len(futures)
     try:
-        with tqdm(total=len(futures), desc=desc, unit="block", disable=not progress) as bar:
+        with tqdm(total=len(futures), desc=desc, unit="block", disable=not progress) as bar, ticking(bar):
             for future in as_completed(futures):
                 results[index[future.key]] = future.result()
                 bar.update(1)

@@ -9,7 +9,6 @@ Memory holds one block, its input halo and a batch of tiles, never the volume.
 from __future__ import annotations
 
 import bisect
-import contextlib
 import functools
 import hashlib
 import itertools
@@ -19,7 +18,7 @@ import sys
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -610,7 +609,7 @@ def predict_volume(model: torch.nn.Module, image: Any, out: str | Path, dims: in
 
     start = time.perf_counter()
     context = input_context(model, dims)
-    with ticking(bar), ThreadPoolExecutor(max_workers=2 * depth) as pool:
+    with blocks.ticking(bar), ThreadPoolExecutor(max_workers=2 * depth) as pool:
         read = lambda b: timed("read", io.read_region, volume, block_plan(shape, b, tile, overlap, context)[2])  # noqa: E731
         reads = deque(pool.submit(read, b) for b in todo[:depth])
         writes: deque = deque()
@@ -635,28 +634,6 @@ def predict_volume(model: torch.nn.Module, image: Any, out: str | Path, dims: in
     blocks.finish(*outputs, overwrite=overwrite)
     memory.release()
     return Path(out)
-
-
-@contextlib.contextmanager
-def ticking(bar: Any, every: float = 1.0) -> Iterator[None]:
-    """A progress bar redrawn every `every` seconds while the block runs, so its elapsed time moves during a long
-    block (a gigavoxel volume's first block takes minutes on a CPU: a bar standing still looks hung)."""
-    stop = threading.Event()
-    if bar.disable:  # no bar (--quiet)
-        yield
-        return
-
-    def tick() -> None:
-        while not stop.wait(every):
-            bar.refresh()
-
-    thread = threading.Thread(target=tick, daemon=True)
-    thread.start()
-    try:
-        yield
-    finally:
-        stop.set()
-        thread.join()
 
 
 @io.releasing
