@@ -284,3 +284,17 @@ def test_a_compare_begun_before_the_validation_margin_is_evaluated_again(tmp_pat
     (tmp_path / "compare.json").write_text(json.dumps(job))
     fresh = json.loads(json.dumps(job).replace(datasets.ORIGINAL, new))
     assert cmp.resumed(tmp_path, {**fresh, "machine": "here"})["data"]["description"] == new
+
+
+def test_a_prediction_of_nothing_is_said_beside_its_precision():
+    """A 3D model whose probabilities never reach 0.5 (a 1-minute Drosophila run): its raw row's precision, 0 / 0
+    taken as 1, says "nothing predicted" (before: 1.0000 alone, read as a perfect prediction); one minute is
+    singular."""
+    empty = {**metrics.scores(metrics.Counts(0, 0, 500, 9500)), "object_f1_iou50": 0.0}
+    some = {**metrics.scores(metrics.Counts(400, 100, 100, 9400)), "object_f1_iou50": 0.5}
+    table = cmp.variants_markdown({"models": {"3D": {"variants": {"raw": empty, "tta_post": some}}}})
+    raw, post = table.splitlines()[2:]
+    assert "| 3D | raw (threshold 0.5) | 0.0000 | 0.0000 | 1.0000 (nothing predicted) | 0.0000 |" in raw
+    assert "nothing predicted" not in post
+    assert cmp._budget_words({"budget": {"minutes_per_model": 1.0, "epochs": 1000}}) == (
+        "1000 epochs or 1 minute per model, whichever comes first")

@@ -66,3 +66,16 @@ def test_one_arena_lets_one_thread_reuse_what_others_freed():
                                         check=True).stdout) for kind in ("one", "default")}
     assert grown["default"] > 250, grown  # the threads' freed blocks sat in their own arenas
     assert grown["one"] < 100, grown  # one heap: reused
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="/proc/self/clear_refs is Linux's")
+def test_reset_peak_starts_the_peak_over():
+    """`compare` reports each model's own peak: after `reset_peak` a freed 400 MB array no longer counts (before:
+    the model trained second reported the first's peak whenever that was higher)."""
+    cpu = torch.device("cpu")
+    before = _rss_mib()  # whatever this test process holds already
+    block = np.ones(400 * 2**20 // 8)
+    del block
+    assert memory.peak_mib(cpu) >= before + 390
+    memory.reset_peak()
+    assert _rss_mib() - 1 <= memory.peak_mib(cpu) < before + 200

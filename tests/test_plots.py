@@ -315,7 +315,8 @@ def test_save_failure_leaves_nothing(tmp_path, monkeypatch):
 
 def test_training_curves_mark_the_epoch_whose_checkpoint_was_kept():
     """The committed Drosophila quick run's 2D log: its IoU at 0.5 peaks at epoch 16, but `train` kept epoch 17's
-    checkpoint (the best IoU at its best threshold); the mark is on 17 (before: 16)."""
+    checkpoint (the best IoU at its best threshold); the mark is on 17 (before: 16), on the curve of the IoU at the
+    best threshold, which is drawn (before: at 0.5, where a model calibrated lower drew 0 beside a kept 0.37)."""
     import csv
 
     path = Path(__file__).parents[1] / "results" / "drosophila-quick-epyc" / "model_2D" / "log.csv"
@@ -324,4 +325,7 @@ def test_training_curves_mark_the_epoch_whose_checkpoint_was_kept():
     ax_loss, ax_val = Figure().subplots(1, 2)
     plots.training_curves(ax_loss, ax_val, {"2D U-Net": rows}, time_unit="s")
     (x, y), = ax_val.collections[0].get_offsets()
-    assert (x, y) == (float(rows[16]["elapsed_seconds"]), float(rows[16]["val_iou"]))
+    assert (x, y) == (float(rows[16]["elapsed_seconds"]), float(rows[16]["val_iou_best"]))
+    line, = ax_val.lines
+    assert line.get_label() == "2D U-Net, validation (best threshold)"
+    np.testing.assert_array_equal(line.get_ydata(), [float(r["val_iou_best"]) for r in rows])

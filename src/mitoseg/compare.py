@@ -190,6 +190,7 @@ def run_model(cfg: Config, bench: Benchmark, folder: Path, progress: bool, tta: 
     test_part = Volume(bench.test_image[z0:z0 + MONITOR_SLICES], bench.test_mask[z0:z0 + MONITOR_SLICES],
                        test_window)  # normalised as the whole test volume is
     go_on = resume and (folder / "last.pt").exists()
+    memory.reset_peak()  # this model's peak, not the one trained before it
     summary = train(cfg, bench.train_image, bench.train_mask, folder, resume=go_on, overwrite=not go_on,
                     progress=progress, monitor=test_part if monitor else None,
                     postprocessing=False)  # chosen below, on the validation split's TTA probabilities
@@ -323,7 +324,10 @@ def variants_markdown(results: dict) -> str:
     lines = ["| model | prediction | " + " | ".join(t for _, t in keys) + " |", "|---|---|" + "---|" * len(keys)]
     for d, row in _rows(results).items():
         for v, scores in row["variants"].items():
-            lines.append(f"| {d} | {VARIANTS[v]} | " + " | ".join(f"{scores[k]:.4f}" for k, _ in keys) + " |")
+            empty = scores.get("tp", 1) + scores.get("fp", 1) == 0  # precision 0 / 0, taken as 1: said
+            lines.append(f"| {d} | {VARIANTS[v]} | " + " | ".join(
+                f"{scores[k]:.4f}" + (" (nothing predicted)" if empty and k == "precision" else "") for k, _ in keys)
+                + " |")
     return "\n".join(lines) + "\n"
 
 
@@ -348,12 +352,16 @@ def errors_markdown(results: dict) -> str:
     return "\n".join(lines) + "\n" if len(lines) > 2 else ""
 
 
+def _minutes(m: float) -> str:
+    return f"{m:g} minute{'' if m == 1 else 's'}"
+
+
 def _budget_words(results: dict) -> str:
     b = results["budget"]
     if b["minutes_per_model"] and b["epochs"] >= 100_000:
-        return f"{b['minutes_per_model']:g} minutes of training per model (equal wall time)"
+        return f"{_minutes(b['minutes_per_model'])} of training per model (equal wall time)"
     if b["minutes_per_model"]:
-        return f"{b['epochs']} epochs or {b['minutes_per_model']:g} minutes per model, whichever comes first"
+        return f"{b['epochs']} epochs or {_minutes(b['minutes_per_model'])} per model, whichever comes first"
     return f"{b['epochs']} epochs per model (equal epochs)"
 
 

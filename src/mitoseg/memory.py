@@ -32,6 +32,21 @@ def peak_mib(device: torch.device) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
+def reset_peak() -> None:
+    """Start `peak_mib` over from now (`compare` reports each model's own peak, not the process's so far): CUDA's
+    peak statistics, and on Linux the resident peak (5 written to /proc/self/clear_refs resets VmHWM, and with it
+    ru_maxrss); elsewhere the CPU peak stays the process's."""
+    import torch
+
+    if torch.cuda.is_available():
+        torch.cuda.reset_peak_memory_stats()
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+    except OSError:  # not Linux, or not allowed
+        pass
+
+
 def release() -> None:
     """Collect garbage and return the C heap's free pages to the system (glibc's malloc_trim; a no-op
     where there is no glibc)."""

@@ -311,8 +311,9 @@ def training_curves(ax_loss: Axes, ax_val: Axes, logs: Mapping[str, Sequence[Map
     "loss", "val_iou" (older logs: "val_dice"), optionally "monitor_iou", and "elapsed_seconds" (numbers
     or numeric strings). The x axis is the elapsed training time, so models of different speed compare
     fairly: which model reaches what quality per minute. `time_unit` is "s", "min", "h" or "auto"
-    (minutes past 2 minutes, hours past 2 hours). The epoch whose checkpoint each model kept is marked (the best
-    validation IoU at its best threshold, "val_iou_best"; older logs: at 0.5).
+    (minutes past 2 minutes, hours past 2 hours). The validation IoU drawn is each epoch's at its best threshold
+    ("val_iou_best", by which the checkpoint is kept, marked; older logs: at 0.5): at 0.5 alone a model calibrated
+    lower drew 0 while the report gave its kept score.
     """
     longest = max((np.nanmax(_column(r, "elapsed_seconds"), initial=0.0) for r in logs.values() if r),
                   default=0.0)
@@ -327,14 +328,15 @@ def training_curves(ax_loss: Axes, ax_val: Axes, logs: Mapping[str, Sequence[Map
     name_of = {"val_iou": "IoU", "val_dice": "Dice"}[metric]
     for i, (name, rows) in enumerate(logs.items()):
         t = _column(rows, "elapsed_seconds") / scale
-        loss, val = _column(rows, "loss"), _column(rows, metric)
+        loss = _column(rows, "loss")
+        best_threshold = metric == "val_iou" and "val_iou_best" in rows[0]
+        val = _column(rows, "val_iou_best" if best_threshold else metric)
         ax_loss.plot(t, loss, color=f"C{i}", label=name, marker=marker, markersize=3)
         ok = np.isfinite(val)  # epochs between validations log none
-        ax_val.plot(t[ok], val[ok], color=f"C{i}", label=f"{name}, validation", marker=marker, markersize=3)
-        # the epoch whose checkpoint was kept: best at its best threshold (older logs: at 0.5), as `train` chooses
-        kept = _column(rows, "val_iou_best") if metric == "val_iou" and "val_iou_best" in rows[0] else val
-        if np.isfinite(kept).any():
-            best = int(np.nanargmax(kept))
+        ax_val.plot(t[ok], val[ok], color=f"C{i}", marker=marker, markersize=3,
+                    label=f"{name}, validation" + (" (best threshold)" if best_threshold else ""))
+        if ok.any():  # the epoch whose checkpoint was kept, as `train` chooses it
+            best = int(np.nanargmax(val))
             ax_val.scatter([t[best]], [val[best]], s=40, color=f"C{i}", edgecolors="black", zorder=3)
         monitor = _column(rows, "monitor_iou")
         if metric == "val_iou" and np.isfinite(monitor).any():
