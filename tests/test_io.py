@@ -433,14 +433,26 @@ def test_bad_zarr_names(written, tmp_path):
     store = written["zarr_group"].rpartition(":")[0]
     with pytest.raises(MitosegError, match="no array 'nope'"):
         io.open_volume(f"{store}:nope")
-    with pytest.raises(MitosegError, match=r"is a Zarr group; name an array.*'raw'"):
+    with pytest.raises(MitosegError, match=r"is a Zarr group; name an array or image in it as .*:NAME \(other, raw\)"):
         io.open_volume(store)
+    nested = zarr.open_group(str(tmp_path / "nested.zarr"), mode="w")  # nested arrays named too (before: raw alone)
+    nested.create_array("raw", data=np.zeros((2, 4, 4), np.uint8))
+    nested.create_group("seg").create_array("mito", data=np.zeros((2, 4, 4), np.uint8))
+    with pytest.raises(MitosegError, match=r"NAME \(raw, seg/mito\)$"):
+        io.open_volume(tmp_path / "nested.zarr")
+    one = zarr.open_group(str(tmp_path / "one.zarr"), mode="w")  # its one array opens, as an HDF5 file's one dataset
+    one.create_group("seg").create_array("mito", data=np.arange(32, dtype=np.uint8).reshape(2, 4, 4))
+    np.testing.assert_array_equal(io.open_volume(tmp_path / "one.zarr")[:], np.arange(32).reshape(2, 4, 4))
     store2 = written["zarr_v2_group"].rpartition(":")[0]
     with pytest.raises(MitosegError, match=r"is a Zarr group; name an array"):
         io.open_volume(store2)
     # in its own words (before: the libraries' IndexError on 'fields' and GroupNotFoundError)
     with pytest.raises(MitosegError, match=r"is one Zarr array, not a group: give it without :raw$"):
         io.open_volume(f"{written['zarr_v3']}:raw")
+    (tmp_path / "vol.n5").mkdir()
+    (tmp_path / "vol.n5" / "attributes.json").write_text('{"n5": "2.5.1"}')  # before: "holds no image slices"
+    with pytest.raises(MitosegError, match=r"vol.n5 is an N5 container, which mitoseg does not read"):
+        io.open_volume(tmp_path / "vol.n5")
     (tmp_path / "empty.zarr").mkdir()
     with pytest.raises(MitosegError, match=r"holds no Zarr array or group \(an empty or unfinished .zarr folder\)"):
         io.open_volume(tmp_path / "empty.zarr")

@@ -88,6 +88,9 @@ def open_volume(spec: str | Path) -> Any:
     try:
         if is_zarr(path):
             arr, axes = _open_zarr(path, inner)
+        elif path.is_dir() and (path / "attributes.json").is_file():  # N5's root (BigDataViewer, Paintera, z5py)
+            raise MitosegError(f"{path} is an N5 container, which mitoseg does not read: convert it to Zarr or HDF5 "
+                               "first (e.g. with z5py, or Fiji's N5 plugins)")
         elif path.is_dir():
             arr = _open_slices(path)
         elif suffix in TIFF:
@@ -306,9 +309,20 @@ def _open_zarr(path: Path, inner: str | None) -> tuple[Any, list | None]:
     if isinstance(node, zarr.Group) and omezarr.multiscales(dict(node.attrs)):
         return omezarr.level0(node)[0], omezarr.axes(node)  # OME-Zarr: the highest resolution
     if isinstance(node, zarr.Group):
-        names = [k for k, _ in node.arrays()] + [k for k, g in node.groups() if omezarr.multiscales(dict(g.attrs))]
-        raise MitosegError(f"{path} is a Zarr group; name an array or image in it as {path}:NAME ({names})")
+        names = _contents(node)
+        if len(names) == 1 and isinstance(node[names[0]], zarr.Array):  # its one array, as an HDF5 file's one dataset
+            return node[names[0]], None
+        raise MitosegError(f"{path} is a Zarr group; name an array or image in it as {path}:NAME "
+                           f"({', '.join(names) or 'it holds none'})")
     return node, None
+
+
+def _contents(group: Any, prefix: str = "") -> list[str]:
+    """The arrays and OME-Zarr images in a Zarr group, nested ones too, by path (``seg/mito``), sorted."""
+    names = [prefix + k for k, _ in group.arrays()]
+    for k, g in group.groups():
+        names += [prefix + k] if omezarr.multiscales(dict(g.attrs)) else _contents(g, f"{prefix}{k}/")
+    return sorted(names)
 
 
 def one_image(node: Any) -> Any:
