@@ -834,8 +834,8 @@ def test_an_imagej_tiff_states_its_calibration(tmp_path, crop):
 
 def test_what_other_tools_write_is_read_or_named(tmp_path, crop):
     """An OME-TIFF's physical sizes (micrometres by default, or its unit), macOS's hidden ._ files beside
-    slices, a two-channel ImageJ hyperstack, a TIFF of axes Y, X, Z, a text file named .npy, an empty path and float
-    labels of 0..1:
+    slices, a two-channel ImageJ hyperstack, volumes stating axes X, Y, Z (TIFF, Zarr, HDF5), a TIFF of two volumes,
+    a 0/-1 mask, a text file named .npy, an empty path and float labels of 0..1:
     read, or one line that names what they are (before: no voxel size, the folder refused, a bare shape,
     numpy's advice to load a pickle, the current folder read as slices, hints for integer labels)."""
     tifffile.imwrite(tmp_path / "um.ome.tif", crop[:4], metadata={"axes": "ZYX", "PhysicalSizeX": 0.0046,
@@ -857,13 +857,28 @@ def test_what_other_tools_write_is_read_or_named(tmp_path, crop):
     tifffile.imwrite(tmp_path / "yxz.tif", np.ascontiguousarray(crop[:3].transpose(1, 2, 0)), metadata={"axes": "YXZ"})
     tifffile.imwrite(tmp_path / "yxzc.tif", np.ascontiguousarray(crop[:3].transpose(1, 2, 0))[..., None],
                      metadata={"axes": "YXZC"})  # a channel of one: read as (Y, X, Z) too
+    xyz = np.ascontiguousarray(crop[:3].transpose(2, 1, 0))
+    zarr.create_array(str(tmp_path / "xyz.zarr"), data=xyz, dimension_names=("x", "y", "z"))  # xarray's names
+    with tifffile.TiffWriter(tmp_path / "two.tif") as tif:  # an image and its mask in one file
+        tif.write(crop[:4], photometric="minisblack")
+        tif.write((crop[:4] > 100).astype(np.uint8), photometric="minisblack")
+    with h5py.File(tmp_path / "xyz.h5", "w") as f:  # HDF5 dimension labels
+        f.create_dataset("v", data=xyz)
+        for axis, label in enumerate("xyz"):
+            f["v"].dims[axis].label = label
     for spec, words in [(tmp_path / "zcyx.tif", r"holds 2 channels \(axes ZCYX"),
                         (tmp_path / "yxz.tif", "states its axes in the order Y, X, Z; mitoseg reads them as Z, Y, X: "
                                                "save it with the axes in that order"),  # before: read, Y taken as Z
                         (tmp_path / "yxzc.tif", "states its axes in the order Y, X, Z"),
+                        (tmp_path / "xyz.zarr", "states its axes in the order X, Y, Z"),  # before: read, X taken as Z
+                        (tmp_path / "xyz.h5", "states its axes in the order X, Y, Z"),
+                        (tmp_path / "two.tif", r"holds 2 volumes \(TIFF series"),  # before: the mask dropped unsaid
                         (tmp_path / "text.npy", "is no .npy array of numbers"), ("", "an empty path was given")]:
         with pytest.raises(MitosegError, match=words):
             io.open_volume(spec)
+    signed = np.where(crop[:3] > 100, -1, 0).astype(np.int8)  # a 0/255 mask saved as int8 (before: "and no 0")
+    with pytest.raises(MitosegError, match=r"holds only the values -1 and 0, so no voxel would be foreground"):
+        io.check_binary(signed, "the truth")
     soft = np.linspace(0, 1, 64, dtype=np.float32).reshape(1, 8, 8)
     with pytest.raises(MitosegError, match="give --label-threshold .*0.5 for labels or probabilities of 0..1"):
         io.binarize(soft, None, "labels")

@@ -110,8 +110,29 @@ def open_volume(spec: str | Path) -> Any:
         raise
     except Exception as e:  # the libraries raise many types for corrupt files
         raise MitosegError(f"{spec}: cannot be read ({type(e).__name__}: {e})") from None
+    if axes is None:  # (an OME-Zarr's axes: `spatial` checks them)
+        refuse_axis_order(_dimension_names(arr), str(spec))
     volume = check_volume(spatial(arr, str(spec), axes), str(spec))
     return volume if isinstance(volume, np.ndarray) else Readable(volume, str(spec), stated)
+
+
+def _dimension_names(arr: Any) -> list[str]:
+    """The names an array gives its axes: Zarr v3's dimension_names, Zarr v2's xarray `_ARRAY_DIMENSIONS`, HDF5's
+    dimension labels; [] where it gives none."""
+    names = getattr(getattr(arr, "metadata", None), "dimension_names", None)
+    names = names or dict(getattr(arr, "attrs", {}) or {}).get("_ARRAY_DIMENSIONS")
+    if names is None and hasattr(arr, "dims"):  # h5py
+        names = [d.label for d in arr.dims]
+    return [str(n) for n in names or [] if n is not None]
+
+
+def refuse_axis_order(names: Sequence[str], name: str) -> None:
+    """Refuse a volume whose axis names (`_dimension_names`, a TIFF's axes) put x, y and z in another order than
+    z, y, x: read as (Z, Y, X), Y would be taken as Z."""
+    space = [n.lower() for n in names if n.lower() in ("x", "y", "z")]
+    if sorted(space) == ["x", "y", "z"] and space != ["z", "y", "x"]:
+        raise MitosegError(f"{name} states its axes in the order {', '.join(s.upper() for s in space)}; mitoseg reads "
+                           "them as Z, Y, X: save it with the axes in that order")
 
 
 TIFF_KIND = "mitoseg_kind"  # the ImageJ description's key for the `kind` of a mitoseg output `convert` wrote
@@ -388,16 +409,17 @@ def _open_tiff_pages(path: Path) -> tuple[Any, dict]:
     if arr.ndim >= 3:  # an ImageJ or OME hyperstack, tifffile's shaped metadata: the axes it states
         with tifffile.TiffFile(path) as tif:
             series, kind = tif.series[0], (tif.imagej_metadata or {}).get(TIFF_KIND)
+            volumes = [s.shape for s in tif.series if sum(a not in "SC" for a in s.axes) >= 3]  # not a thumbnail's
+        if len(volumes) > 1:  # read, the first alone would be taken, the others dropped without a word
+            raise MitosegError(f"{path} holds {len(volumes)} volumes (TIFF series of shapes "
+                               f"{', '.join(map(str, volumes))}); mitoseg reads one: save each on its own")
         stated = {"kind": kind} if kind in ("probability", "mask", "labels") else {}
         extra = [f"{n} {AXIS_WORDS[a.lower()]}" for a, n in zip(series.axes, series.shape, strict=True)
                  if a in "CT" and n > 1]  # colour samples (S): check_volume names them
         if extra:
             raise MitosegError(f"{path} holds {' x '.join(extra)} (axes {series.axes}, shape {series.shape}); mitoseg "
                                "segments one greyscale volume (Z, Y, X): save the one to segment on its own")
-        space = "".join(a for a in series.axes if a in "ZYX")  # read as Z, Y, X whatever their order: Y were Z
-        if sorted(space) == ["X", "Y", "Z"] and space != "ZYX":
-            raise MitosegError(f"{path} states its axes in the order {', '.join(space)}; mitoseg reads them as Z, Y, "
-                               "X: save it with the axes in that order")
+        refuse_axis_order(list(series.axes), str(path))  # read as Z, Y, X whatever their order: Y were Z
     if arr.ndim and min(arr.shape):
         arr[-1]  # a truncated file fails on its last page: fail here, not in the middle of a run
     return arr, stated
@@ -823,7 +845,8 @@ def check_binary(labels: Any, name: str = "labels", max_samples: int = 2_000_000
     without 0 (1/2 of a class export), all ``> 0``."""
     values = sampled_values(labels, max_samples)
     refuse_many(values, name)
-    if values.size == 2 and values[0] != 0:
+    refuse_nonpositive(values, name)
+    if values.size == 2 and values[0] > 0:
         raise MitosegError(f"{name} hold two values, {values[0]:g} and {values[1]:g}, and no 0, so every voxel would "
                            f"be foreground: if {values[1]:g} marks mitochondria, give --label-threshold {values[0]:g} "
                            "(foreground: label > it)")
@@ -908,6 +931,15 @@ def refuse_many(values: np.ndarray, name: str) -> None:
                            "nobody annotated, --unlabeled VALUE")
 
 
+def refuse_nonpositive(values: np.ndarray, name: str) -> None:
+    """Refuse a mask of two values none above 0 (sorted `values`), where foreground (> 0) would be nothing: most
+    often a 0/255 mask saved as signed 8-bit integers, 255 become -1."""
+    if values.size == 2 and values[1] <= 0:
+        raise MitosegError(f"{name} holds only the values {values[0]:g} and {values[1]:g}, so no voxel would be "
+                           f"foreground (> 0): a 0/255 mask saved as signed integers (255 became -1)? Save it "
+                           "unsigned (uint8)")
+
+
 def first_values(values: np.ndarray) -> str:
     """The first four of sorted `values`, as a message shows them: "0, 1, 2, 3, ..."."""
     return ", ".join(f"{v:g}" for v in values[:4]) + (", ..." if values.size > 4 else "")
@@ -983,7 +1015,8 @@ def foreground_threshold(volume: Any, threshold: float | None, name: str = "the 
             raise MitosegError(f"{name} holds more than two values ({first_values(values)}) and is no mitoseg "
                                "probability map: give --threshold (foreground: value >= it; e.g. 0.5 for "
                                "probabilities of another tool, 128 for an anti-aliased 0..255 mask, 1 for object ids)")
-        if values.size == 2 and values[0] != 0:  # a class export's 1/2: every voxel > 0
+        refuse_nonpositive(values, name)
+        if values.size == 2 and values[0] > 0:  # a class export's 1/2: every voxel > 0
             raise MitosegError(f"{name} holds two values, {values[0]:g} and {values[1]:g}, and no 0, so every voxel "
                                f"would be foreground: if {values[1]:g} marks mitochondria, give --threshold "
                                f"{values[1]:g} (foreground: value >= it)")
