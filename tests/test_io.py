@@ -427,6 +427,9 @@ def test_single_dataset_hdf5_needs_no_name(tmp_path, crop):
     with h5py.File(tmp_path / "one.h5", "w") as f:
         f.create_dataset("deep/inside/vol", data=crop[:3])
     assert np.array_equal(io.open_volume(tmp_path / "one.h5")[:], crop[:3])
+    with h5py.File(tmp_path / "link.h5", "w") as f:  # its one dataset behind an external link (before: "none")
+        f["vol"] = h5py.ExternalLink("one.h5", "/deep/inside/vol")
+    assert np.array_equal(io.open_volume(tmp_path / "link.h5")[:], crop[:3])
 
 
 def test_bad_zarr_names(written, tmp_path):

@@ -111,7 +111,8 @@ def cmd_convert(a: argparse.Namespace) -> None:
     stated = (" (--voxel-size)" if a.voxel_size else ", the image's" if omezarr.label_of(a.out)
               else ", as the input states")
     words = f"voxel size {' x '.join(f'{v:g}' for v in voxel)} nm{stated}" if voxel else \
-        "no voxel size: the input states none; give --voxel-size"
+        "no voxel size: its image states none in nm (an image-label takes its image's)" if omezarr.label_of(a.out) \
+        else "no voxel size: the input states none; give --voxel-size"
     print(f"wrote {a.out} ({done['dtype']}, {words})")
     for note in done["notes"]:
         print(note)

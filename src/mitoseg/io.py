@@ -439,6 +439,7 @@ def _open_h5(path: Path, inner: str | None) -> Any:
     f = h5py.File(path, "r")
     names: list[str] = []
     f.visititems(lambda n, o: names.append(n) if isinstance(o, h5py.Dataset) else None)
+    names += [k for k in f if k not in names and isinstance(f.get(k), h5py.Dataset)]  # external links: not visited
     if inner is None:
         if len(names) != 1:
             raise MitosegError(f"{path}: name the dataset as {path}:NAME (datasets: {', '.join(names) or 'none'})")
