@@ -35,3 +35,6 @@ def test_an_encoder_or_dims_it_cannot_build_is_refused_up_front():
     for voxel in (5, None, (5, 5)):
         with pytest.raises(MitosegError, match=r"voxel_size must be three numbers \(z, y, x\)"):
             Config(voxel_size=voxel)
+    for flag in ("amp", "voxel_size_stated"):  # before: "no" taken as true
+        with pytest.raises(MitosegError, match=f"{flag} must be True or False, not 'no'"):
+            Config(**{flag: "no"})

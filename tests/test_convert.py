@@ -85,6 +85,20 @@ def test_a_mask_becomes_an_image_label_and_mistakes_are_one_line(stack, droso, c
         assert said in err and err.count("\n") == 1, err
 
 
+def test_sizes_that_are_no_voxel_size_or_block_are_refused_before_writing(stack, tmp_path):
+    """Before: (5, 5) was recorded (and `label` failed on it later with a broadcast error), a negative size was
+    written and then refused as the output's, leaving it, and a block of two numbers raised zarr's ValueError."""
+    for voxel, said in (((5, 5), r"voxel_size must be three numbers \(z, y, x\), not \(5, 5\)"),
+                        ((-5, 5, 5), "voxel_size must be a number >= 0.1, not -5"),
+                        ((0.05, 0.0046, 0.0046), r"not 0.05 \(voxel sizes are in nm: micrometres x 1000\)")):
+        for out in ("c.zarr", "c.tif"):
+            with pytest.raises(MitosegError, match=said):
+                convert.convert(stack / "ij.tif", tmp_path / out, voxel, progress=False)
+    with pytest.raises(MitosegError, match=r"block must be three numbers \(z, y, x\), not \(16, 128\)"):
+        convert.convert(stack / "ij.tif", tmp_path / "c.zarr", block=(16, 128), progress=False)
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_what_a_conversion_cannot_keep_is_said_or_refused(stack, droso, tmp_path, capsys):
     """An image-label takes its image's voxel size (--voxel-size refused, the line says whose); booleans become
     uint8 labels (NGFF labels are integers); probabilities are no image-label; `--labels` gives a pyramid of

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import scipy.ndimage as ndi
 import skimage.measure
+import tifffile
 import zarr
 from conftest import dies_on_call, jittered_probabilities, same_partition
 
@@ -96,6 +97,30 @@ def test_label_refuses_probabilities(droso_crop):
     with pytest.raises(MitosegError, match=r"more than two values .*\(probabilities >= 0.5, or >= 128"):
         label(probs)
     assert label(probs >= 128).max() > 1
+
+
+def test_measuring_needs_a_voxel_size_object_ids_and_arrays(droso_crop, tmp_path):
+    """`io.voxel_size` is None for a file stating none: as a voxel size it is refused (before: volumes of NaN µm³,
+    a TypeError in morphology); a mask given as labels to `morphology` too (before: NaN sphericity of every object
+    but the first), a size of two numbers said as such, and a path where an array is needed named as a path
+    (before: "got shape ()")."""
+    labels = label(droso_crop[1][:4])
+    table = measure(labels, (50, 4.6, 4.6))
+    tifffile.imwrite(tmp_path / "plain.tif", labels)
+    for call in (lambda: measure(labels, io.voxel_size(tmp_path / "plain.tif")),
+                 lambda: instances.measure_blockwise(labels, int(labels.max()), None),
+                 lambda: instances.morphology(labels, table, None)):
+        with pytest.raises(MitosegError, match=r"voxel_size must be three numbers \(z, y, x\) in nm, not None"):
+            call()
+    with pytest.raises(MitosegError, match="labels must be an integer array of object ids, got dtype bool; a mask"):
+        instances.morphology(labels > 0, table, (50, 4.6, 4.6))
+    with pytest.raises(MitosegError, match=r"voxel_size must be three numbers \(z, y, x\), not \(5, 5\)"):
+        instances.morphology(labels, table, (5, 5))
+    with pytest.raises(MitosegError, match="labels must be an array, not the path .*: read it first"):
+        measure(str(tmp_path / "plain.tif"))
+    with pytest.raises(MitosegError, match="mask must be an array, not the path"):
+        label(tmp_path / "plain.tif")
+    assert np.isfinite(instances.morphology(labels, table, (50, 4.6, 4.6))["surface_um2"]).all()
 
 
 def test_label_volume_checks_its_settings_before_writing(tmp_path, droso_crop):

@@ -141,6 +141,8 @@ def test_stated_voxel_sizes_must_be_sizes(tmp_path, crop):
     tifffile.imwrite(tmp_path / "s50.tif", crop[:4], imagej=True, resolution=(0.2, 0.2),
                      metadata={"axes": "ZYX", "unit": "nm", "spacing": 50})
     assert io.voxel_size(tmp_path / "s50.tif") == (50.0, 5.0, 5.0)
+    with pytest.raises(MitosegError, match="s5.tif: no such file or folder"):
+        io.voxel_size(tmp_path / "s5.tif")  # misspelt: before None, "states none", and a guessed size went on
 
 
 def test_slice_folder_reads_unpadded_numbers_as_numbers(tmp_path, crop):

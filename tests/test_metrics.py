@@ -247,6 +247,22 @@ def test_error_places_refuses_other_shapes():
         error_places(np.zeros((4, 4)), np.zeros((4, 4)))
 
 
+def test_notebook_slips_are_one_line(droso_crop):
+    """A path where an array is needed (before: a numpy UFuncTypeError), a dict where Counts are (an
+    AttributeError), a threshold as text (a TypeError) and a voxel size of two numbers (an IndexError in edt)."""
+    mask = droso_crop[1][:4]
+    with pytest.raises(MitosegError, match="the prediction must be an array, not the path 'a.tif': read it first"):
+        confusion("a.tif", mask)
+    with pytest.raises(MitosegError, match="scores takes the Counts of metrics.confusion, not a dict"):
+        scores({"tp": 1, "fp": 0, "fn": 0, "tn": 1})
+    labels = cc3d.connected_components(mask)
+    with pytest.raises(MitosegError, match=r"iou_threshold must be a number in \(0, 1\], not '0.5'"):
+        match_instances(labels, labels, iou_threshold="0.5")
+    with pytest.raises(MitosegError, match=r"voxel_size must be three numbers \(z, y, x\), not \(5, 5\)"):
+        error_places(mask, mask, voxel_size=(5, 5))
+    assert match_instances(labels, labels)["f1"] == scores(confusion(mask, mask))["f1"] == 1.0
+
+
 def test_confusion_refuses_probabilities_and_soft_masks(droso_crop):
     """Voxel scores need two binary arrays: uint8 probabilities or an anti-aliased truth read as > 0 would
     score a blob; the message says to threshold first. 0/255 and 0/1 masks score alike."""

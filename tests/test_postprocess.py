@@ -111,6 +111,22 @@ def test_bad_settings_refused():
         PostProcessing(min_size=-5)
     with pytest.raises(MitosegError, match="z_sigma must be a number >= 0"):
         PostProcessing(z_sigma=-1.0)
+    with pytest.raises(MitosegError, match="fill_holes must be True or False, not 'no'"):
+        PostProcessing(fill_holes="no")  # before: a true string, so holes were filled
+
+
+def test_arrays_of_another_kind_are_refused(damaged, tmp_path):
+    """Probabilities given to `fill_holes` (before: every voxel foreground), a dict for the settings and a path
+    for the probabilities (before: an AttributeError, "an array of shape ()")."""
+    probs, truth = damaged
+    stored = np.round(probs * 255).astype(np.uint8)
+    with pytest.raises(MitosegError, match="the mask holds more than two values .* threshold it first"):
+        postprocess.fill_holes(stored)
+    assert postprocess.fill_holes(stored >= 128).mean() < 0.5
+    with pytest.raises(MitosegError, match="apply takes a postprocess.PostProcessing, not a dict"):
+        postprocess.apply(stored, {"threshold": 0.5})
+    with pytest.raises(MitosegError, match="the probabilities must be an array, not the path"):
+        postprocess.apply(str(tmp_path / "probs.zarr"), PostProcessing())
 
 
 def test_probabilities_on_another_scale_or_shape_are_refused(damaged):

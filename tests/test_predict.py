@@ -565,6 +565,20 @@ def test_the_block_engine_refuses_dims_not_the_models_and_its_own_input_as_outpu
         predict.predict_array(net3d, droso_crop[0][0, :64, :64], 3, (8, 64, 64))  # before: an IndexError
     with pytest.raises(MitosegError, match=r"dims must be 3 \(the model's\), not 2"):
         predict.predict_array(net3d, droso_crop[0][:8, :64, :64], 2, (8, 64, 64))  # before: deep in torch
+    for tile, overlap, said in (((8, 64, 64), 1.0, r"overlap must be a number in \[0, 1\), not 1.0"),  # before: a
+                                ((8, 64, 64), -0.5, "overlap must be .*, not -0.5"),  # tile per voxel, for hours
+                                ((64, 64), 0.25, r"tile must be three numbers \(z, y, x\), not \(64, 64\)")):
+        with pytest.raises(MitosegError, match=said):
+            predict.predict_array(net3d, droso_crop[0][:8, :64, :64], 3, tile, overlap)
+    with pytest.raises(MitosegError, match="predict_array takes an array .*, not a str"):
+        predict.predict_array(net3d, str(zarr_path), 3, (8, 64, 64))
+    with pytest.raises(MitosegError, match="predict.predict takes run folders or checkpoints .*, not a loaded model"):
+        predict.predict(net3d, str(zarr_path), tmp_path / "p.zarr")  # before: a TypeError, not iterable
+    probs = tmp_path / "probs.zarr"
+    zarr.create_array(str(probs), data=droso_crop[1][:8, :64, :64]).attrs["kind"] = "probability"
+    with pytest.raises(MitosegError, match="probs.zarr is a mitoseg probability output, not the EM image"):
+        predict.predict_volume(net3d, str(probs), tmp_path / "p.zarr", 3, (8, 64, 64), progress=False)
+    io.remove(probs)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["raw.zarr"]
     with pytest.raises(MitosegError, match="no model given"):
         predict.predict([], str(zarr_path), tmp_path / "p.zarr")

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import tifffile
 
-from mitoseg import cli, predict, suggest
+from mitoseg import cli, io, predict, suggest
 from mitoseg import train as tr
 from mitoseg.config import Config
 from mitoseg.errors import MitosegError
@@ -149,6 +149,12 @@ def test_suggest_mistakes_are_one_line(tmp_path, ca1, capsys):
         assert cli.main(["--quiet", "suggest", str(run), str(image), *args]) == 2
         err = capsys.readouterr().err.strip()
         assert err.count("\n") == 0 and message in err, err
+    probs = predict.predict(run, image, tmp_path / "probs.zarr", progress=False)
+    with pytest.raises(MitosegError, match="the probabilities must be an array, not the path"):
+        suggest.slice_scores(str(probs))  # before: an AttributeError
+    with pytest.raises(MitosegError, match=r"must be a volume \(Z, Y, X\), not an array of shape"):
+        suggest.slice_scores(io.open_volume(probs)[0])  # before: a ValueError of unpacking
+    assert suggest.slice_scores(io.open_volume(probs))[0].shape == (io.open_volume(probs).shape[0], 1)
 
 
 def test_suggest_takes_the_runs_own_annotated_slices_on_its_training_image(tmp_path, ca1, lucchi_crop, capsys):

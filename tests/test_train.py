@@ -690,6 +690,10 @@ def test_labels_other_than_0_1_2_and_a_folder_of_other_files_are_refused_before_
     assert not (tmp_path / "run").exists()
     with pytest.raises(MitosegError, match=r"must be a volume \(Z, Y, X\), not an array of shape \(128, 128\)"):
         tr.train(tiny(2), raw[0], mask[0], tmp_path / "run", progress=False)
+    with pytest.raises(MitosegError, match="the image must be an array, not the path 'raw.tif': read it first"):
+        tr.train(tiny(2), "raw.tif", "mask.tif", tmp_path / "run", progress=False)  # before: "shape ()"
+    with pytest.raises(MitosegError, match="train takes a config.Config, not a dict"):
+        tr.train({"dims": 2}, raw, mask, tmp_path / "run", progress=False)  # before: an AttributeError
     data = tmp_path / "data"
     data.mkdir()
     (data / "notes.txt").write_text("my annotations")

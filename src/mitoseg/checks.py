@@ -109,6 +109,22 @@ def check(**values: Any) -> None:
                 raise MitosegError(f"{SHOWN.get(name, name)} must be {rule.words()}, not {v!r}{HINTS.get(name, '')}")
 
 
+def voxel_size(value: Any) -> None:
+    """`check(voxel_size=value)` where a size is needed to measure: None (what `io.voxel_size` says of a file
+    stating none) refused too."""
+    if value is None:
+        raise MitosegError("voxel_size must be three numbers (z, y, x) in nm, not None (io.voxel_size gives None "
+                           "for a volume that states no size: give the size)")
+    check(voxel_size=value)
+
+
+def flags(**values: Any) -> None:
+    """Raise MitosegError unless each value is True or False (a string such as "no" would count as true)."""
+    for name, value in values.items():
+        if not isinstance(value, bool | np.bool_):
+            raise MitosegError(f"{name} must be True or False, not {value!r}")
+
+
 def per_axis(**values: Any) -> None:
     """Raise MitosegError unless each value given (not None) holds one number per axis (z, y, x): a voxel
     size or a block of a volume."""

@@ -101,6 +101,7 @@ class Config:
         if self.voxel_size is None:
             raise MitosegError("voxel_size must be three numbers (z, y, x), not None")
         checks.check(**{f.name: getattr(self, f.name) for f in fields(self) if f.name in checks.RULES})
+        checks.flags(**{f.name: getattr(self, f.name) for f in fields(self) if f.type == "bool"})
         self.voxel_size = tuple(float(v) for v in self.voxel_size)
         if self.planes not in (1, 3):
             raise MitosegError(f"planes must be 1 or 3, not {self.planes}")

@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from mitoseg import blocks, io, omezarr
+from mitoseg import blocks, checks, io, omezarr
 from mitoseg.errors import MitosegError
 
 EXACT_FLOAT32 = 2**24  # every integer up to this is exact in float32
@@ -37,6 +37,8 @@ def convert(source: str | Path, out: str | Path, voxel_size: tuple[float, float,
     tools that read no Zarr v3 (zarr-python 2, readers of NGFF 0.4 only); default 3 (NGFF 0.5). Returns what
     was written: {"dtype": stored dtype, "voxel_size": recorded or None, "notes": lines on what the output could
     not keep as it was}."""
+    checks.check(voxel_size=voxel_size, block=block)  # before anything is written
+    checks.per_axis(block=block)
     volume = io.open_volume(source)
     voxel = tuple(float(v) for v in voxel_size) if voxel_size is not None else io.voxel_size(source)
     origin, notes = io.origin(source), []

@@ -50,6 +50,12 @@ def _check_connectivity(connectivity: int) -> None:
         raise MitosegError(f"connectivity must be 6, 18 or 26 (3D), not {connectivity!r}")
 
 
+def _check_ids(dtype: Any) -> None:
+    if not np.issubdtype(dtype, np.integer):
+        raise MitosegError(f"labels must be an integer array of object ids, got dtype {dtype}"
+                           + ("; a mask: label it first (instances.label)" if np.dtype(dtype) == np.bool_ else ""))
+
+
 def _check_3d(name: str, shape: Sequence[int]) -> None:
     if len(shape) != 3:
         raise MitosegError(f"{name} must be 3D (z, y, x), got shape {tuple(shape)}")
@@ -70,7 +76,7 @@ def label(mask: np.ndarray, connectivity: int = 26, min_size: int = 0) -> np.nda
     """
     _check_connectivity(connectivity)
     checks.check(min_size=min_size)
-    mask = np.asarray(mask)
+    mask = np.asarray(io.refuse_path(mask, "mask"))
     _check_3d("mask", mask.shape)
     foreground = io.foreground(mask)
     labels, n = cc3d.connected_components(foreground, connectivity=_cc3d_connectivity(mask.shape, connectivity),
@@ -109,12 +115,10 @@ def measure(labels: np.ndarray, voxel_size: Sequence[float] = (1.0, 1.0, 1.0)) -
     prod(voxel_size) / 1e9), centroid_z/y/x (float64, in voxels), bbox_z0/y0/x0/z1/y1/x1 (int64, voxels,
     half-open: the object lies in [z0, z1) x [y0, y1) x [x0, x1)). Keys are in `COLUMNS` order.
     """
-    labels = np.asarray(labels)
+    labels = np.asarray(io.refuse_path(labels, "labels"))
     _check_3d("labels", labels.shape)
-    checks.check(voxel_size=voxel_size)
-    if not np.issubdtype(labels.dtype, np.integer):
-        raise MitosegError(f"labels must be an integer array of object ids, got dtype {labels.dtype}"
-                           + ("; a mask: label it first (instances.label)" if labels.dtype == bool else ""))
+    checks.voxel_size(voxel_size)
+    _check_ids(labels.dtype)
     if labels.size and labels.min() < 0:
         raise MitosegError("labels must be >= 0 (0 is background)")
     top = int(labels.max(initial=0))
@@ -157,7 +161,9 @@ def measure_blockwise(labels, n: int, voxel_size: Sequence[float] = (1.0, 1.0, 1
     because cc3d.statistics needs the whole array at once. `mitoseg.cluster.table_dask` runs the blocks in
     parallel, with the same table.
     """
+    io.refuse_path(labels, "labels")
     _check_3d("labels", labels.shape)
+    checks.voxel_size(voxel_size)
     grid = blocks.grid(labels.shape, block)
     with ThreadPoolExecutor(max_workers=1) as pool:
         reads = tqdm(_read_ahead(pool, labels, grid), total=len(grid), desc="measure", unit="block",
@@ -233,6 +239,10 @@ def morphology(labels, table: dict[str, np.ndarray], voxel_size: Sequence[float]
     `group_shapes`): a chunked array is decompressed about once, not once per object. Memory: the largest
     such box. `mitoseg.cluster.table_dask` measures the groups in parallel, with the same table.
     `voxel_size` must be the one `table` was measured with (its volumes tell), else MitosegError."""
+    io.refuse_path(labels, "labels")
+    _check_3d("labels", labels.shape)
+    _check_ids(labels.dtype)
+    checks.voxel_size(voxel_size)
     voxels, volumes = table.get("voxels"), table.get("volume_um3")
     if voxels is not None and volumes is not None and len(voxels):
         measured = float(volumes[0]) * 1e9 / float(voxels[0])  # nm³ of one voxel

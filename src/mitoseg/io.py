@@ -555,6 +555,8 @@ def voxel_size(spec: str | Path) -> tuple[float, float, float] | None:
     saves them); None when it states none. A stated size out of `checks.RULES` (under 0.1 nm, 0, not a number) is
     refused: it would measure nothing, or objects 1e9 times too small (micrometres written as nm)."""
     path, _ = split_path(spec)
+    if not path.exists():  # a misspelt name is not a volume that states no size
+        raise MitosegError(f"{path}: no such file or folder")
     found = (_imagej_voxel_size(path) or _ome_tiff_voxel_size(path)) if path.suffix.lower() in TIFF and path.is_file() \
         else _stated(spec, "scale", "voxel_size")
     if found is not None and not all(checks.RULES["voxel_size"].ok(v) for v in found):
@@ -684,6 +686,15 @@ def same_source(old: Any, new: Any) -> bool:
 def read_volume(spec: str | Path) -> np.ndarray:
     """Read a whole volume into memory as a numpy array (Z, Y, X), keeping its dtype."""
     return np.asarray(open_volume(spec)[:])
+
+
+def refuse_path(values: Any, name: str) -> Any:
+    """`values` unchanged unless it is a path (str, Path), refused in one line: the functions that take arrays
+    would read a path as an array of shape ()."""
+    if isinstance(values, str | Path):
+        raise MitosegError(f"{name} must be an array, not the path {str(values)!r}: read it first (io.read_volume, "
+                           "or io.open_volume for a lazy one)")
+    return values
 
 
 RULES = {"percentile": 2, "equalize": 256}  # normalisation rule: knots (grey levels at evenly spaced percentiles)

@@ -20,6 +20,7 @@ import scipy.sparse.csgraph
 from scipy.optimize import linear_sum_assignment
 from tqdm import tqdm
 
+from mitoseg import checks
 from mitoseg.errors import MitosegError
 
 SLAB_VOXELS = 2**22  # voxels per slab in `confusion` and object matching: bounded temporaries
@@ -68,7 +69,8 @@ def confusion(pred: np.ndarray, truth: np.ndarray) -> Counts:
     """
     from mitoseg import io
 
-    pred, truth = np.asarray(pred), np.asarray(truth)
+    pred = np.asarray(io.refuse_path(pred, "the prediction"))
+    truth = np.asarray(io.refuse_path(truth, "the truth"))
     _check_same_shape(pred.shape, truth.shape)
     tp = fp = fn = 0
     for p, t in _slabs(pred, truth):
@@ -286,6 +288,8 @@ def scores(counts: Counts) -> dict[str, float | int]:
     Rule for 0/0 (no NaN): a zero denominator means its numerator is zero too, and the score is 1.0
     (e.g. precision of an empty prediction is 1.0; its recall is 0.0 unless the truth is empty too).
     """
+    if not isinstance(counts, Counts):
+        raise MitosegError(f"scores takes the Counts of metrics.confusion, not a {type(counts).__name__}")
     tp, fp, fn, tn = counts.tp, counts.fp, counts.fn, counts.tn
     jaccard = _ratio(tp, tp + fp + fn)
     return {
@@ -392,9 +396,11 @@ def match_instances(pred_labels: np.ndarray, true_labels: np.ndarray,
     (matched pairs), fp (unmatched predicted objects), fn (unmatched true objects), and precision =
     tp/n_pred, recall = tp/n_true, f1 = 2tp/(n_pred+n_true), each 1.0 for 0/0 as in `scores`.
     """
-    if not 0.0 < iou_threshold <= 1.0:
-        raise MitosegError(f"iou_threshold must be in (0, 1], got {iou_threshold}")
-    pred_labels, true_labels = np.asarray(pred_labels), np.asarray(true_labels)
+    from mitoseg import io
+
+    checks.check(iou_threshold=iou_threshold)
+    pred_labels = np.asarray(io.refuse_path(pred_labels, "pred_labels"))
+    true_labels = np.asarray(io.refuse_path(true_labels, "true_labels"))
     _check_same_shape(pred_labels.shape, true_labels.shape)
     inter, true_sizes, pred_sizes = _overlaps(_check_labels("true_labels", true_labels),
                                               _check_labels("pred_labels", pred_labels))
@@ -449,7 +455,9 @@ def error_places(mask: np.ndarray, truth: np.ndarray, voxel_size: Sequence[float
     """
     from mitoseg import io
 
-    mask, truth = io.foreground(mask, "the mask"), io.foreground(truth, "the truth")
+    checks.voxel_size(voxel_size)
+    mask = io.foreground(io.refuse_path(mask, "the mask"), "the mask")
+    truth = io.foreground(io.refuse_path(truth, "the truth"), "the truth")
     _check_same_shape(mask.shape, truth.shape)
     if mask.ndim != 3:
         raise MitosegError(f"error_places needs (Z, Y, X) volumes, not shape {mask.shape}")

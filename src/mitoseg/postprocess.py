@@ -49,6 +49,7 @@ class PostProcessing:
 
     def __post_init__(self) -> None:
         checks.check(threshold=self.threshold, min_size=self.min_size, z_sigma=self.z_sigma)
+        checks.flags(fill_holes=self.fill_holes)
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -178,7 +179,7 @@ def chosen_for(run: str | Path, planes: int | None = None) -> int:
 
 def _volume(values: Any, name: str = "the probabilities") -> np.ndarray:
     """`values` as an in-memory (Z, Y, X) array; other shapes refused (a 2D array's Y would be blurred as Z)."""
-    values = np.asarray(values)
+    values = np.asarray(io.refuse_path(values, name))
     if values.ndim != 3:
         raise MitosegError(f"{name} must be a volume (Z, Y, X), not an array of shape {values.shape}")
     return values
@@ -186,6 +187,8 @@ def _volume(values: Any, name: str = "the probabilities") -> np.ndarray:
 
 def apply(probs: np.ndarray, pp: PostProcessing) -> np.ndarray:
     """Mask uint8 {0, 1} (Z, Y, X) from probabilities (Z, Y, X): float in [0, 1], or uint8 0..255 as stored."""
+    if not isinstance(pp, PostProcessing):
+        raise MitosegError(f"apply takes a postprocess.PostProcessing, not a {type(pp).__name__}")
     probs = _volume(probs)
     scale = io.probability_scale(probs)
     mask = io.at_least(smooth_z(probs, pp.z_sigma), pp.threshold * scale)
@@ -205,7 +208,7 @@ def fill_holes(mask: np.ndarray, slices: int = 16) -> np.ndarray:
     (background not 4-connected to the slice's edge becomes foreground), by connected components of the
     background, faster than scipy's (`benchmarks/bench_evaluation.py`). `slices` slices are labelled in one 2D
     call: stacked along Y, each followed by a row of foreground, so no background component spans two."""
-    out = np.array(_volume(mask, "the mask"), dtype=bool)
+    out = np.array(io.foreground(_volume(mask, "the mask")), dtype=bool)  # probabilities refused: all would fill
     depth, height, width = out.shape
     for z0 in range(0, depth, slices):
         part = out[z0:z0 + slices]

@@ -241,7 +241,7 @@ def predict_array(model: torch.nn.Module, image: np.ndarray, dims: int, tile: tu
                   amp: bool = True) -> np.ndarray:
     """Probabilities float32 (Z, Y, X) for an in-memory volume: one block covering it all. `window`
     defaults to `io.intensity_range` of `image` by the model's own rule (`input_rule`)."""
-    check_call(model, image, dims, "predict_array")
+    check_call(model, image, dims, "predict_array", tile, overlap)
     device = device or next(model.parameters()).device
     window = window or input_window(model, image)
     block = tuple(slice(0, s) for s in image.shape)
@@ -249,18 +249,20 @@ def predict_array(model: torch.nn.Module, image: np.ndarray, dims: int, tile: tu
     return predict_block(model, image, block, tile, overlap, window, device, dims, batch_size, tta, amp)
 
 
-def check_call(model: Any, image: Any, dims: Any, name: str) -> tuple[int, ...]:
-    """The shape of `image` when `model` is a loaded network of `dims` (2 or 3) and `image` a volume
-    (Z, Y, X); else MitosegError in one line (`name`: the function called)."""
+def check_call(model: Any, image: Any, dims: Any, name: str, tile: Any, overlap: Any) -> tuple[int, ...]:
+    """The shape of `image` when `model` is a loaded network of `dims` (2 or 3), `image` a volume (Z, Y, X),
+    `tile` three sizes and `overlap` in [0, 1); else MitosegError in one line (`name`: the function called)."""
     if not isinstance(model, torch.nn.Module):
         raise MitosegError(f"{name} takes a loaded model (train.load_model), not a {type(model).__name__}; "
                            "predict.predict takes a run folder or checkpoint")
     found = model_dims(model)
     if dims not in (2, 3) or found not in (None, dims):
         raise MitosegError(f"dims must be {found or '2 or 3'} (the model's), not {dims!r}")
+    checks.per_axis(tile=tile)
+    checks.check(tile=tile, overlap=overlap)
     if not hasattr(image, "shape"):
-        raise MitosegError(f"{name} takes a volume's path or an array (numpy, zarr, dask), not a "
-                           f"{type(image).__name__}")
+        takes = "a volume's path or an array" if name == "predict_volume" else "an array"
+        raise MitosegError(f"{name} takes {takes} (numpy, zarr, dask), not a {type(image).__name__}")
     shape = tuple(image.shape)
     if len(shape) != 3:
         raise MitosegError(f"the image must be a volume (Z, Y, X), not an array of shape {shape}")
@@ -576,8 +578,10 @@ def predict_volume(model: torch.nn.Module, image: Any, out: str | Path, dims: in
     from tqdm.auto import tqdm
 
     volume = io.open_volume(image) if isinstance(image, str | Path) else image
-    shape = check_call(model, volume, dims, "predict_volume")
-    checks.per_axis(tile=tile, block=block)
+    shape = check_call(model, volume, dims, "predict_volume", tile, overlap)
+    io.refuse_output(volume, image if isinstance(image, str | Path) else "the image", "the EM image",
+                     ("probability", "mask", "labels"))
+    checks.per_axis(block=block)
     window = window or input_window(model, volume)
     settings = plan(volume, dims, tile, overlap, block, window, planes=input_planes(model, dims), dtype=dtype,
                     threshold=threshold, tta=tta, amp=amp,
@@ -670,7 +674,12 @@ def predict(model: str | Path | Sequence[str | Path], image: str | Path, out: st
     checks.per_axis(block=block)
     if not isinstance(model, str | Path) and not model:
         raise MitosegError("no model given: name a run folder or checkpoint")
-    models = (model,) if isinstance(model, str | Path) else tuple(model)
+    models = (model,) if isinstance(model, str | Path | torch.nn.Module) else tuple(model)
+    wrong = next((m for m in models if not isinstance(m, str | Path)), None)
+    if wrong is not None:
+        given = "a loaded model" if isinstance(wrong, torch.nn.Module) else f"a {type(wrong).__name__}"
+        raise MitosegError(f"predict.predict takes run folders or checkpoints (paths), not {given}; a loaded model "
+                           "goes to predict.predict_volume")
     for output in (out, mask_out) if mask_out is not None else (out,):
         io.check_place(output, "zarr", (image, *models))
     if not (resume or overwrite):  # an earlier run's finished blocks are never discarded silently

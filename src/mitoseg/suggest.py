@@ -51,6 +51,9 @@ def slice_scores(probs, cells: list[tuple[int, int, int, int]] | None = None) ->
     """Per slice of probabilities (Z, Y, X; array-like, read `SLAB` slices at a time) and per cell
     (y, x, height, width; default: the whole slice): the mean entropy (bits) and the predicted foreground
     fraction (probability >= 0.5), each float64 (Z, cells)."""
+    io.refuse_path(probs, "the probabilities")
+    if len(probs.shape) != 3:
+        raise MitosegError(f"the probabilities must be a volume (Z, Y, X), not an array of shape {probs.shape}")
     depth = probs.shape[0]
     cells = cells or boxes(tuple(probs.shape[1:]), None)
     uncertainty, foreground = np.zeros((depth, len(cells))), np.zeros((depth, len(cells)))

@@ -443,8 +443,11 @@ def train(config: Config, image: np.ndarray, mask: np.ndarray, out: str | Path, 
     When training ends, `last.pt` keeps the weights only (the optimiser state, twice the weights' size, is
     needed only to resume an interrupted run).
     """
+    if not isinstance(config, Config):
+        raise MitosegError(f"train takes a config.Config, not a {type(config).__name__}")
     out = Path(out)
-    image, mask = image if hasattr(image, "shape") else np.asarray(image), np.asarray(mask)
+    image, mask = io.refuse_path(image, "the image"), np.asarray(io.refuse_path(mask, "the mask"))
+    image = image if hasattr(image, "shape") else np.asarray(image)
     if len(image.shape) != 3:
         raise MitosegError(f"the image must be a volume (Z, Y, X), not an array of shape {tuple(image.shape)}")
     if tuple(image.shape) != tuple(mask.shape):
