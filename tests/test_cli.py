@@ -322,6 +322,9 @@ def test_train_resume_and_help(runs, capsys, tmp_path):
     assert main(["--quiet", "train", str(d / "train.tif"), str(d / "train_gt.tif"), "--out", str(tmp_path / "run3"),
                  "--resume", "--fp32"]) == 0
     assert Config.load(tmp_path / "run3" / "config.json").amp is False
+    assert Config.load(tmp_path / "run3" / "config.json").preset == "full"  # the run's folder says how it was made
+    bad(["train", str(d / "train.tif"), str(d / "train_gt.tif"), "--out", str(tmp_path / "run3"), "--resume",
+         "--quick"], capsys, "these differ: preset (saved full, given quick)")  # before: accepted, not applied
     # --epochs N with a preset of minutes: N epochs (as compare --epochs; before: cut at the quick preset's 3 minutes,
     # silently); the summary printed as summary.json holds it
     capsys.readouterr()
@@ -689,6 +692,11 @@ def test_wrong_numbers_and_ambiguous_labels_are_refused(runs, probs2, capsys, tm
     (tmp_path / "old" / "config.json").write_text("{}")
     aside = f"{tmp_path / 'old.replaced'} holds the run a stopped `train --overwrite` was replacing"
     bad(["predict", test, "--model", str(tmp_path / "old"), "--out", str(tmp_path / "x.zarr")], capsys, aside)
+    # before: "move it back to old", which `mv` does into the unfinished old/, hiding it there
+    bad(["train", t, g, "--out", str(tmp_path / "old"), *TRAIN], capsys, f"{aside}, and {tmp_path / 'old'} the new "
+        f"run's unfinished beginning: delete {tmp_path / 'old'} and rename old.replaced to old to keep the old run")
+    bad(["train", t, g, "--out", str(tmp_path / "old"), "--resume", "--overwrite"], capsys,
+        "give --resume (go on with the run) or --overwrite (start it again), not both")
     shutil.rmtree(tmp_path / "old")  # the new run's beginning removed by hand: a plain train there deleted old.replaced
     bad(["train", t, g, "--out", str(tmp_path / "old"), *TRAIN], capsys, f"{aside}: move it back to ")
     (tmp_path / "old").mkdir()

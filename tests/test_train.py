@@ -341,6 +341,58 @@ def test_checkpoints_written_seconds_apart_resume_the_unsaved_epochs(tmp_path, s
         torch.testing.assert_close(a[k], b[k], msg=k)
 
 
+def test_a_resume_says_from_where_and_refuses_another_image_and_damaged_files(tmp_path, small, monkeypatch, capsys):
+    """Ctrl-C's line names the epoch of the last checkpoint (before: "the last finished epoch", which resume trains
+    again); an image edited in one slice but its first, middle and last is refused (before: trained on silently);
+    a damaged last.pt, config.json or annotation.json is one line (before: tracebacks), a log row cut by a kill is
+    left out (before: a TypeError), and the resumed run says from where it goes on."""
+    monkeypatch.setattr(tr, "CHECKPOINT_SECONDS", 1e9)  # after epoch 1 and at the end only
+    raw, mask = small
+    real = tr.validate
+    calls = []
+
+    def killed_in_epoch_3(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 5:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(tr, "validate", killed_in_epoch_3)
+    run = tmp_path / "b"
+    with pytest.raises(KeyboardInterrupt):
+        tr.train(tiny(2, epochs=3), raw, mask, run, progress=False)
+    monkeypatch.setattr(tr, "validate", real)
+    assert tr.going_on_from(run) == "to go on from its last checkpoint, epoch 1 of 3 (epochs after it are trained " \
+                                    "again)"
+    import argparse
+
+    from mitoseg.cli import _after_interrupt
+
+    assert _after_interrupt(argparse.Namespace(command="train", out=run)) == \
+        f"run the same command with --resume {tr.going_on_from(run)}"
+    edited = raw.copy()
+    edited[2] = 255 - edited[2]  # not the first, middle or last slice of 8
+    with pytest.raises(MitosegError, match="was trained on another image"):
+        tr.train(tiny(2, epochs=3), edited, mask, run, resume=True, progress=False)
+    for name, cut in (("last.pt", 1000), ("config.json", 100), ("annotation.json", 50)):
+        shutil.copytree(run, tmp_path / name)
+        whole = (run / name).read_bytes()
+        (tmp_path / name / name).write_bytes(whole[:cut])
+        with pytest.raises(MitosegError, match=f"{name} is damaged"):
+            tr.train(tiny(2, epochs=3), raw, mask, tmp_path / name, resume=True, progress=False)
+    with open(run / "log.csv", "a") as f:
+        f.write("3,3,1.1")  # a row a kill cut while it was appended
+    assert [r["epoch"] for r in tr.read_log(run)] == [1, 2]
+    capsys.readouterr()
+    tr.train(tiny(2, epochs=3), raw, mask, run, resume=True)
+    assert f"{run}: going on from epoch 1 of 3 (last.pt)" in capsys.readouterr().out
+    assert [r["epoch"] for r in tr.read_log(run)] == [1, 2, 3]
+    assert tr.going_on_from(run) == "to choose the post-processing (training had finished)"
+    (run / "postprocessing.json").write_text('{"chosen": {"thresh')
+    with pytest.raises(MitosegError, match="postprocessing.json is damaged"):
+        postprocess.read(run)
+
+
 def test_a_non_finite_step_is_skipped_and_logged(tmp_path, small, monkeypatch):
     _nan_loss_on(monkeypatch, lambda call: call == 2)
     summary = tr.train(tiny(2), *small, tmp_path / "run", progress=False)

@@ -67,7 +67,8 @@ def cmd_train(a: argparse.Namespace) -> None:
     if a.planes == 3 and (a.dims or 2) == 3:
         raise MitosegError("--planes is the 2D model's (slices cut along three axes); a 3D model sees the volume whole")
     if a.resume:  # the run's saved settings, those it read its labels with too; others given are refused
-        check_resume(a.out, {**changes, **({"dims": a.dims} if a.dims else {})})
+        check_resume(a.out, {**changes, **({"dims": a.dims} if a.dims else {}),
+                             **({"preset": _preset(a)} if a.quick or a.preset else {})})
         cfg = resumed_config(a.out, changes)
         threshold = cfg.label_threshold
         if threshold == 0 and cfg.unlabeled is not None:  # runs begun before 2026-12-07 recorded 0 for none given:
@@ -671,7 +672,9 @@ def _after_interrupt(a: argparse.Namespace) -> str:
     from mitoseg import io
 
     if a.command == "train" and (Path(a.out) / "last.pt").exists():
-        return "run the same command with --resume to continue from the last finished epoch"
+        from mitoseg.train import going_on_from  # imported already: the training ran
+
+        return f"run the same command with --resume {going_on_from(a.out) or 'to go on from its last checkpoint'}"
     left = _unfinished(a)
     if left:
         return (f"run the same command with --resume to go on from what is finished "

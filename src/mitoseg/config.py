@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 
@@ -86,6 +85,9 @@ class Config:
     # what the run learned from, in words (a data set's provenance, or the image's and labels' file names), for its
     # reports and its bioimage.io package; None: not recorded (runs of mitoseg before it was)
     data: str | None = None
+    # the preset whose defaults the run began from ("quick", "cpu", "full"; None: none, or not recorded: runs of
+    # mitoseg before 2026-12-08), so that its folder says how it was made and `train --resume --quick` is checked
+    preset: str | None = None
     extra: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -96,6 +98,8 @@ class Config:
             raise MitosegError(f"encoder must be one of {', '.join(ENCODERS)}, not {self.encoder!r}")
         if self.norm not in ("batch", "instance"):
             raise MitosegError(f"norm must be batch or instance, not {self.norm!r}")
+        if self.preset not in (None, "quick", "cpu", "full"):
+            raise MitosegError(f"preset must be quick, cpu or full, not {self.preset!r}")
         if self.normalize not in io.RULES:
             raise MitosegError(f"normalize must be one of {', '.join(io.RULES)}, not {self.normalize!r}")
         if self.voxel_size is None:
@@ -137,11 +141,11 @@ class Config:
         return (self.tile_z if self.dims == 3 else 1, self.tile_xy, self.tile_xy)
 
     def save(self, path: str | Path) -> None:
-        Path(path).write_text(json.dumps(asdict(self), indent=2) + "\n")
+        io.write_json(path, asdict(self))
 
     @classmethod
     def load(cls, path: str | Path) -> Config:
-        data = json.loads(Path(path).read_text())
+        data = io.read_json(path)
         known = {f.name for f in fields(cls)}
         return cls(**{k: v for k, v in data.items() if k in known})
 
@@ -189,7 +193,7 @@ def other_planes(config: Config) -> int | None:
 def quick(dims: int, **changes) -> Config:
     """The demo preset: 3 minutes of training per model on a 2-core CPU."""
     base = dict(dims=dims, patch_xy=128, patch_z=32, batch=1, epochs=1000, minutes=3.0,
-                iterations_per_epoch=20, warmup_iterations=5, tile_xy=256, tile_z=32, overlap=0.25)
+                iterations_per_epoch=20, warmup_iterations=5, tile_xy=256, tile_z=32, overlap=0.25, preset="quick")
     base.update(changes)
     return Config(**base)
 
@@ -198,7 +202,7 @@ def cpu(dims: int, **changes) -> Config:
     """The CPU preset: 30 minutes of training per model on 2 cores (bf16 where the CPU has it), patches
     of 32 x 128 x 128 voxels (the 2D model: 32 slices of 128 x 128), validation every 250 iterations."""
     base = dict(dims=dims, patch_xy=128, patch_z=32, batch=1, epochs=100_000, minutes=30.0,
-                iterations_per_epoch=250, warmup_iterations=50, tile_xy=256, tile_z=32, overlap=0.25)
+                iterations_per_epoch=250, warmup_iterations=50, tile_xy=256, tile_z=32, overlap=0.25, preset="cpu")
     base.update(changes)
     return Config(**base)
 
@@ -208,7 +212,7 @@ def gpu(dims: int, **changes) -> Config:
     of 256 x 256), 200 epochs of one training volume's voxels each, validated every 5th (on an H200 an
     epoch takes 1.5 s, a validation about as long)."""
     base = dict(dims=dims, patch_xy=256, patch_z=32, batch=2, epochs=200, warmup_iterations=100,
-                tile_xy=256, tile_z=32, overlap=0.5, validate_every=5)
+                tile_xy=256, tile_z=32, overlap=0.5, validate_every=5, preset="full")
     base.update(changes)
     return Config(**base)
 

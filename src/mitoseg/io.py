@@ -1330,6 +1330,22 @@ def writing(path: str | Path) -> Iterator[Path]:
         release(path)
 
 
+def write_json(path: str | Path, obj: Any) -> None:
+    """`obj` as indented JSON at `path`, whole or not at all (`writing`): a run's record that a kill cut short would
+    stop the next command reading it."""
+    with writing(path) as partial:
+        partial.write_text(json.dumps(obj, indent=2) + "\n")
+
+
+def read_json(path: str | Path) -> Any:
+    """The JSON at `path`; a file that is not JSON (cut short, edited) refused in one line naming it."""
+    try:
+        return json.loads(Path(path).read_text())
+    except (ValueError, UnicodeDecodeError) as e:
+        raise MitosegError(f"{path} is damaged (not JSON: {e}); a run's files are mitoseg's own: start the run "
+                           "again with --overwrite, or restore the file") from None
+
+
 def members_path(out: str | Path) -> Path:
     """Where `predict.predict_mean` keeps each model's probabilities until their mean at `out` is finished."""
     return Path(str(partial_path(out)) + ".members")

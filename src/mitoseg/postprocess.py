@@ -7,7 +7,6 @@ chosen `PostProcessing` is then applied unchanged to the test volume.
 
 from __future__ import annotations
 
-import json
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -153,7 +152,7 @@ def save(folder: str | Path, pp: PostProcessing, candidates: list[dict], probabi
     record = {"chosen": pp.as_dict(), "chosen_on": "validation split", "probabilities": probabilities,
               "candidates": candidates}
     name = FILE if other_planes is None else OTHER_PLANES_FILE.format(other_planes)
-    (Path(folder) / name).write_text(json.dumps(record, indent=2) + "\n")
+    io.write_json(Path(folder) / name, record)
 
 
 def read(run: str | Path, planes: int | None = None) -> PostProcessing | None:
@@ -165,7 +164,7 @@ def read(run: str | Path, planes: int | None = None) -> PostProcessing | None:
     path = Path(run) / (FILE if own else OTHER_PLANES_FILE.format(planes))
     if not path.is_file():
         return None
-    return PostProcessing(**json.loads(path.read_text())["chosen"])
+    return PostProcessing(**io.read_json(path)["chosen"])
 
 
 def chosen_for(run: str | Path, planes: int | None = None) -> int:

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import contextlib
 import csv
-import json
 import math
 import os
 import pickle
@@ -47,6 +46,7 @@ MAX_SKIPPED_IN_A_ROW = 10  # non-finite steps in a row before training stops as 
 # they were last written, and at the end: on a GPU an epoch takes ~1.5 s and writing them (155 MiB
 # for 2D, 461 MiB for 3D with the optimiser state) cost more than the training (results/README.md)
 CHECKPOINT_SECONDS = 30.0
+SLAB = 16  # slices read at a time by `data_id`
 FREEZE_BATCHES = 50  # training batches that estimate the BatchNorm statistics frozen at `Config.bn_freeze`
 EMA_BN_BATCHES = 20  # training batches that estimate an averaged model's BatchNorm statistics (`Config.ema`)
 
@@ -91,9 +91,8 @@ def iterations_per_epoch(config: Config, train_shape: tuple[int, ...]) -> int:
 
 
 def _save(obj: dict, path: Path) -> None:
-    tmp = path.with_suffix(".tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+    with io.writing(path) as partial:  # whole or not at all; a stopped write leaves no partial file
+        torch.save(obj, partial)
 
 
 RESUME_FREE = ("device", "loader_workers", "amp")  # where and how fast it trains, not what
@@ -107,7 +106,8 @@ def check_resume(out: str | Path, changes: dict) -> None:
         return
     saved = Config.load(path)
     differ = [f"{k.replace('_', '-')} (saved {getattr(saved, k)}, given {v})" for k, v in changes.items()
-              if k not in RESUME_FREE and _setting(k, getattr(saved, k)) != _setting(k, v)]
+              if k not in RESUME_FREE and _setting(k, getattr(saved, k)) != _setting(k, v)
+              and not (k == "preset" and saved.preset is None)]  # runs of before 2026-12-08 recorded none
     if differ:
         raise MitosegError(f"--resume continues {out} with its saved settings; these differ: {', '.join(differ)}: "
                            "leave them out, or train a new run")
@@ -146,6 +146,10 @@ def _prepare_dir(out: Path, resume: bool, overwrite: bool, inputs: tuple = ()) -
                                + ("; --overwrite starts it again" if out.is_dir() and any(out.iterdir()) else ""))
         return
     if replaced(out).exists() and (not overwrite or (out / "last.pt").exists()):  # only a --overwrite goes on with it
+        if out.exists() and not (out / "last.pt").exists():  # a `mv` back would put it inside that beginning
+            raise MitosegError(f"{kept_aside(out)[2:]}, and {out} the new run's unfinished beginning: delete {out} "
+                               f"and rename {replaced(out).name} to {out.name} to keep the old run, or delete both to "
+                               "start again")
         raise MitosegError(f"{kept_aside(out)[2:]}: move it back to {out}, or delete it, first")
     if out.exists() and any(out.iterdir()):
         if not overwrite:
@@ -445,6 +449,8 @@ def train(config: Config, image: np.ndarray, mask: np.ndarray, out: str | Path, 
     """
     if not isinstance(config, Config):
         raise MitosegError(f"train takes a config.Config, not a {type(config).__name__}")
+    if resume and overwrite:
+        raise MitosegError("give --resume (go on with the run) or --overwrite (start it again), not both")
     out = Path(out)
     image, mask = io.refuse_path(image, "the image"), np.asarray(io.refuse_path(mask, "the mask"))
     image = image if hasattr(image, "shape") else np.asarray(image)
@@ -494,7 +500,7 @@ def train(config: Config, image: np.ndarray, mask: np.ndarray, out: str | Path, 
         _prepare_dir(out, resume, overwrite, (config.init,) if config.init else ())
     try:
         config.save(out / "config.json")
-        (out / "versions.json").write_text(json.dumps(versions(), indent=2) + "\n")
+        io.write_json(out / "versions.json", versions())
         summary = _train(config, image, mask, out, resume, progress, monitor, postprocessing)
         io.release(out)
         return summary
@@ -511,25 +517,31 @@ def train(config: Config, image: np.ndarray, mask: np.ndarray, out: str | Path, 
 
 def check_same_data(out: Path, image: np.ndarray, mask: np.ndarray) -> None:
     """Refuse to resume the run in `out` with an image or labels (`mask` as trained on: annotated slices applied)
-    other than those it began with (checksums in its annotation.json: the image's `io.content_id`, the labels'
-    `labels_id`; runs begun before 2026-12-07 record the image's alone): its epochs would mix two data sets."""
+    other than those it began with (checksums in its annotation.json: the image's and the labels' `data_id`; runs
+    begun before 2026-12-08 record the image's `io.content_id`, of three slices, alone or with the labels'): its
+    epochs would mix two data sets."""
     path = out / "annotation.json"
-    recorded = json.loads(path.read_text()) if path.is_file() else {}
-    then = recorded.get("image", {}).get("source")
-    if then is not None and not io.same_source(then, io.content_id(image)):
+    recorded = io.read_json(path) if path.is_file() else {}
+    then = recorded.get("image", {})
+    if ("checksum" in then and then["checksum"] != data_id(image)) or (
+            "source" in then and not io.same_source(then["source"], io.content_id(image))):
         raise MitosegError(f"{out} was trained on another image (its checksum differs): resume it with the image it "
                            "began with, or start again with --overwrite")
-    if recorded.get("labels") not in (None, labels_id(mask), io.content_id(mask)):  # content_id: runs of 2026-12-07
+    if recorded.get("labels") not in (None, data_id(mask), io.content_id(mask)):  # content_id: runs of 2026-12-07
         raise MitosegError(f"{out} was trained on other labels (their checksum differs; --annotated-slices are the "
                            "run's): resume it with the labels it began with, or start again with --overwrite")
 
 
-def labels_id(mask: np.ndarray) -> str:
-    """A checksum of the whole mask (Z, Y, X) trained on: a little annotation lies on a few slices, which a checksum
-    of some slices (`io.content_id`: the first, middle and last) would not see edited."""
+def data_id(volume) -> str:
+    """A checksum of a whole volume (Z, Y, X; any array-like, read `SLAB` slices at a time): a little annotation lies
+    on a few slices, an edited image may differ in one, which a checksum of some slices (`io.content_id`: the
+    first, middle and last) would not see."""
     import zlib
 
-    return f"{zlib.crc32(np.ascontiguousarray(mask), zlib.crc32(repr(mask.shape).encode())):08x}"  # no copy
+    crc = zlib.crc32(repr(tuple(volume.shape)).encode())
+    for z in range(0, volume.shape[0], SLAB):
+        crc = zlib.crc32(np.ascontiguousarray(volume[z:z + SLAB]), crc)  # no copy of a numpy array's slices
+    return f"{crc:08x}"
 
 
 def _train(config: Config, image: np.ndarray, mask: np.ndarray, out: Path, resume: bool, progress: bool,
@@ -541,10 +553,10 @@ def _train(config: Config, image: np.ndarray, mask: np.ndarray, out: Path, resum
     torch.manual_seed(config.seed)
     window = io.intensity_range(image, rule=config.normalize, flat="the image")
     train_vol, val_vol = data.split(image, mask, config.val_fraction, window)
-    (out / "annotation.json").write_text(json.dumps(  # what the run learned from and was validated on, in voxels,
-        {"training": data.counts(train_vol), "validation": data.counts(val_vol),  # and which image (`suggest`)
-         "image": {"shape": list(image.shape), "source": io.content_id(image)}, "labels": labels_id(mask)},
-        indent=2) + "\n")
+    io.write_json(out / "annotation.json",  # what the run learned from and was validated on, in voxels, and
+                  {"training": data.counts(train_vol), "validation": data.counts(val_vol),  # which image (`suggest`)
+                   "image": {"shape": list(image.shape), "source": io.content_id(image), "checksum": data_id(image)},
+                   "labels": data_id(mask)})
     # kept with every checkpoint: what `predict --match-training` maps another volume's grey levels onto
     intensity = {"window": window, "reference": io.reference_levels(image)}
     sampler = data.PatchSampler(train_vol, config.patch, config.fg_fraction, np.random.default_rng(config.seed),
@@ -565,7 +577,11 @@ def _train(config: Config, image: np.ndarray, mask: np.ndarray, out: Path, resum
 
     state = {"epoch": 0, "iteration": 0, "elapsed": 0.0, "best_iou": -1.0}
     if resume:
-        ckpt = torch.load(out / "last.pt", map_location=device, weights_only=False)
+        try:
+            ckpt = torch.load(out / "last.pt", map_location=device, weights_only=False)
+        except (RuntimeError, EOFError, pickle.UnpicklingError) as e:  # cut short (a copy), or not a checkpoint
+            raise MitosegError(f"{out / 'last.pt'} is damaged ({type(e).__name__}): the run cannot go on from it; "
+                               "--overwrite starts it again") from None
         if "optimizer" not in ckpt:  # a finished run: at most its post-processing choice was left undone
             if postprocessing and _unchosen(out, config):
                 print(f"{out} finished training earlier; its post-processing, left unchosen, is chosen now",
@@ -581,10 +597,12 @@ def _train(config: Config, image: np.ndarray, mask: np.ndarray, out: Path, resum
         if ema is not None:
             ema.load_state_dict(ckpt["ema"])
         state = {"best_iou": -1.0, **ckpt["state"]}
+        if progress:
+            print(f"{out}: going on from epoch {state['epoch']} of {config.epochs} (last.pt)", flush=True)
     log_path = out / "log.csv"
     # a new log, or on resume the rows up to the checkpoint's epoch (later epochs are trained again)
     rows = [r for r in read_log(out) if r["epoch"] <= state["epoch"]] if resume else []
-    with open(log_path, "w", newline="") as f:
+    with io.writing(log_path) as partial, open(partial, "w", newline="") as f:  # never a log cut short
         writer = csv.DictWriter(f, LOG_FIELDS)
         writer.writeheader()
         writer.writerows({k: _log_value(k, v) for k, v in r.items()} for r in rows)
@@ -700,6 +718,19 @@ def _train(config: Config, image: np.ndarray, mask: np.ndarray, out: Path, resum
     return summarize(out)
 
 
+def going_on_from(out: str | Path) -> str:
+    """What `train --resume` of the run `out` goes on from, in words: its last checkpoint's epoch, or the
+    post-processing left to choose after training finished; "" when last.pt cannot be read."""
+    try:  # memory-mapped: the weights are not read
+        ckpt = torch.load(Path(out) / "last.pt", map_location="cpu", weights_only=False, mmap=True)
+        epoch, epochs = int(ckpt["state"]["epoch"]), int(ckpt["config"]["epochs"])
+    except (OSError, RuntimeError, EOFError, KeyError, TypeError, ValueError, pickle.UnpicklingError):
+        return ""  # the general line then
+    if "optimizer" not in ckpt:
+        return "to choose the post-processing (training had finished)"
+    return f"to go on from its last checkpoint, epoch {epoch} of {epochs} (epochs after it are trained again)"
+
+
 def choose_postprocessing(out: Path, val: data.Volume | None, config: Config, device: torch.device | str,
                           progress: bool = True, tta: bool = False, planes: Sequence[int] | None = None) -> None:
     """Choose how the run's probabilities become masks (`postprocess.choose`: Z smoothing, threshold, minimum
@@ -746,9 +777,15 @@ def _log_value(key: str, value: float) -> int | float:
 
 
 def read_log(run: str | Path) -> list[dict]:
-    """The per-epoch log of a run folder as a list of dicts of floats."""
-    with open(Path(run) / "log.csv") as f:
-        return [{k: float(v) for k, v in row.items()} for row in csv.DictReader(f)]
+    """The per-epoch log of a run folder as a list of dicts of floats. A last row without its line end (a kill while
+    it was appended) is left out: its numbers may be cut."""
+    path = Path(run) / "log.csv"
+    lines = path.read_text().splitlines(keepends=True)
+    whole = lines if not lines or lines[-1].endswith("\n") else lines[:-1]
+    try:
+        return [{k: float(v) for k, v in row.items()} for row in csv.DictReader(whole)]
+    except (TypeError, ValueError) as e:  # a row of too few or unreadable values: edited, not written so
+        raise MitosegError(f"{path} is damaged ({e}): start the run again with --overwrite") from None
 
 
 def _best(values) -> float:
@@ -778,14 +815,13 @@ def summarize(run: str | Path) -> dict:
         "peak_memory_mib": max((r["peak_memory_mib"] for r in rows), default=0.0),
     }
     if (run / "annotation.json").exists():  # runs since 2026-12-07
-        summary["annotation"] = json.loads((run / "annotation.json").read_text())
+        summary["annotation"] = io.read_json(run / "annotation.json")
         share = all_foreground(summary["annotation"]["validation"])
         if summary["annotation"]["validation"] and math.isfinite(summary["best_val_iou_any_threshold"]):
             summary["all_foreground_iou"] = share  # what `predict` warns of (`predict.unlearned`)
             summary["learned"] = learned(summary["best_val_iou_any_threshold"], share)
     undefined = {k: None for k, v in summary.items() if isinstance(v, float) and not math.isfinite(v)}  # no NaN
-    with io.writing(run / "summary.json") as partial:  # in a JSON file; whole or not at all (`predict` reads it)
-        partial.write_text(json.dumps({**summary, **undefined}, indent=2) + "\n")
+    io.write_json(run / "summary.json", {**summary, **undefined})  # in a JSON file; `predict` reads it
     return summary
 
 
