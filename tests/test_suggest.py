@@ -139,7 +139,22 @@ def test_the_default_gap_leaves_room_beside_annotated_slices(ca1, capsys, tmp_pa
     capsys.readouterr()
     suggest.suggest(boxed / "best.pt", image, count=2, box=64, tta=False, progress=False)
     assert "note: boxed learned from labels with voxels nobody annotated (--unlabeled 7): which were annotated " \
-           "(boxes, say) is not known here, and they may be suggested again" in capsys.readouterr().err
+           "(boxes, say) is known from the labels alone: give --labels LABELS" in capsys.readouterr().err
+    # given them, boxes and slices more than half annotated are not suggested (before: suggested again)
+    labels = np.full((12, 128, 128), 7, np.uint8)
+    labels[5] = 0  # a whole slice: neither it nor its neighbours
+    labels[:, :64, :64] = 0  # one box in every slice
+    tifffile.imwrite(tmp_path / "labels.tif", labels)
+    assert cli.main(["--quiet", "suggest", str(boxed), str(image), "--count", "40", "--box", "64", "--gap", "0",
+                     "--labels", str(tmp_path / "labels.tif"), "--table", str(tmp_path / "b.csv")]) == 0
+    out = capsys.readouterr().out
+    picked = [r for r in csv.DictReader(open(tmp_path / "b.csv", newline="")) if r["rank"]]
+    assert picked and not [r for r in picked if (r["y"], r["x"]) == ("0", "0") or r["slice"] == "5"]
+    assert len(picked) == 11 * 3  # 12 slices but 5, each 3 boxes of 4 (slices 4 and 6 too, at --gap 0)
+    assert b"\r" not in (tmp_path / "b.csv").read_bytes()  # before: csv's CRLF
+    assert "slices count from 0: Fiji's slice 1 is 0" in out
+    with pytest.raises(MitosegError, match="--labels needs --unlabeled VALUE"):
+        suggest.suggest(run, image, count=2, labels=tmp_path / "labels.tif", tta=False, progress=False)
 
 
 def test_suggest_mistakes_are_one_line(tmp_path, ca1, capsys):
@@ -149,6 +164,14 @@ def test_suggest_mistakes_are_one_line(tmp_path, ca1, capsys):
         assert cli.main(["--quiet", "suggest", str(run), str(image), *args]) == 2
         err = capsys.readouterr().err.strip()
         assert err.count("\n") == 0 and message in err, err
+    import json
+
+    bare = tmp_path / "bare"  # a run's settings without its model: one line (before: a note on its slices first)
+    bare.mkdir()
+    (bare / "config.json").write_text(json.dumps({**json.loads((run / "config.json").read_text()),
+                                                  "annotated_slices": "0,5", "data": "image.tif with labels l.tif"}))
+    assert cli.main(["--quiet", "suggest", str(bare), str(image)]) == 2
+    assert capsys.readouterr().err == f"mitoseg: error: {bare} holds no trained model (best.pt or last.pt)\n"
     probs = predict.predict(run, image, tmp_path / "probs.zarr", progress=False)
     with pytest.raises(MitosegError, match="the probabilities must be an array, not the path"):
         suggest.slice_scores(str(probs))  # before: an AttributeError
@@ -174,7 +197,7 @@ def test_suggest_takes_the_runs_own_annotated_slices_on_its_training_image(tmp_p
                                                  "data": "image.tif with labels image_gt.tif"}))
     record = json.loads((few / "annotation.json").read_text())
     trained = lucchi_crop[0][:8]  # the `ca1` run's training image
-    assert record["image"] == {"shape": list(trained.shape), "source": io.content_id(trained)}
+    assert record["image"]["source"] == io.content_id(trained) and record["image"]["shape"] == list(trained.shape)
     record["image"] = {"shape": [12, 128, 128], "source": io.content_id(io.open_volume(image))}  # trained on it
     (few / "annotation.json").write_text(json.dumps(record))
     assert cli.main(["--quiet", "suggest", str(few), str(image), "--count", "2", "--gap", "1", "--no-tta"]) == 0
@@ -199,7 +222,8 @@ def test_suggest_takes_the_runs_own_annotated_slices_on_its_training_image(tmp_p
 
 def test_a_run_without_a_recorded_image_matches_by_name_and_slices(tmp_path, ca1, capsys):
     """Runs trained before the image's content was recorded: the file name, and only slices inside the image
-    (before: "annotated slices '12-15' outside the volume's slices", of an option nobody gave)."""
+    (before: "annotated slices '12-15' outside the volume's slices", of an option nobody gave); slices outside
+    it are not advised in a note either."""
     import json
     import shutil
 
@@ -215,4 +239,4 @@ def test_a_run_without_a_recorded_image_matches_by_name_and_slices(tmp_path, ca1
                                                      "data": "image.tif with labels image_gt.tif"}))
         assert suggest.run_annotation(old, image) == taken
     assert len(suggest.suggest(old, image, count=2, tta=False, progress=False)) == 2
-    assert "note: old learned from the annotated slices 0-2,12-15" in capsys.readouterr().err
+    assert "note:" not in capsys.readouterr().err  # slices it does not hold (before: advised as --annotated-slices)

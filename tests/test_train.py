@@ -551,7 +551,9 @@ def test_train_on_a_few_annotated_slices(tmp_path, small, capsys):
     saved = Config.load(tmp_path / "run" / "config.json")
     assert saved.annotated_slices == "0,2-3"
     # slice 1's foreground, not named, is left out and said so (before: silently); what it learned from is recorded
-    assert "the labels hold foreground in 1 slice outside the annotated slices (1), left out" in capsys.readouterr().err
+    said = capsys.readouterr().err
+    assert "the labels hold foreground in 1 slice outside the annotated slices (1), left out" in said
+    assert "Fiji" not in said  # slice 2, named, holds foreground: no sign of numbers from 1
     parts = summary["annotation"]
     assert parts == json.loads((tmp_path / "run" / "annotation.json").read_text())
     assert parts["training"]["annotated_voxels"] + parts["validation"]["annotated_voxels"] == 3 * 128 * 128
@@ -577,6 +579,12 @@ def test_train_on_a_few_annotated_slices(tmp_path, small, capsys):
     assert tr.read_log(tmp_path / "run")[0]["val_iou"] == pytest.approx(on_annotated["jaccard"], abs=1e-6)
     with pytest.raises(MitosegError, match="no foreground voxels where annotated"):
         tr.train(tiny(2, annotated_slices="4"), raw, mask, tmp_path / "empty", progress=False)
+    fiji = np.zeros_like(mask)
+    fiji[[0, 2]] = mask[[0, 2]]  # painted at the slices Fiji numbers 1 and 3, which were given
+    with pytest.raises(MitosegError, match="no foreground voxels where annotated"):
+        tr.train(tiny(2, annotated_slices="1,3"), raw, fiji, tmp_path / "fiji", progress=False)
+    assert "(0, 2), left out: name them in --annotated-slices if they are annotated; each lies just below a named " \
+           "one that holds none: slices count from 0 here (Fiji's slice 1 is 0)" in capsys.readouterr().err
     assert not (tmp_path / "empty").exists()
     with pytest.raises(MitosegError, match="name no slice"):  # an empty list (a script's empty variable): before,
         tr.train(tiny(2, annotated_slices=""), raw, mask, tmp_path / "none", progress=False)  # all slices silently

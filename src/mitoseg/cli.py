@@ -360,7 +360,7 @@ def cmd_suggest(a: argparse.Namespace) -> None:
     from mitoseg.suggest import run_annotation, suggest
 
     rows = suggest(a.run, a.image, a.count, a.gap, a.annotated_slices, tta=a.tta, table=a.table, device=a.device,
-                   overwrite=a.overwrite, progress=not a.quiet, box=a.box)
+                   overwrite=a.overwrite, progress=not a.quiet, box=a.box, labels=a.labels, unlabeled=a.unlabeled)
     if len(rows) < a.count:
         print(f"{len(rows)} of the {a.count} asked: no more lie apart from each other and from the annotated slices "
               "by the gap (--gap)")
@@ -369,8 +369,8 @@ def cmd_suggest(a: argparse.Namespace) -> None:
         for r in rows:
             print(f"{r['rank']:>4}  {r['slice']:>5}  {r['y']:>5}  {r['x']:>5}  {r['height']:>6}  {r['width']:>5}  "
                   f"{r['uncertainty_bits']:>18.3f}  {r['foreground_fraction']:>19.1%}")
-        print("annotate these boxes next (rows y..y+height-1, columns x..x+width-1 of each slice), give every "
-              "voxel nobody annotated one value, and train with --unlabeled VALUE")
+        print("annotate these boxes next (rows y..y+height-1, columns x..x+width-1 of each slice; slices count from 0: "
+              "Fiji's slice 1 is 0), give every voxel nobody annotated one value, and train with --unlabeled VALUE")
         return
     print("rank  slice  uncertainty (bits)  predicted foreground")
     for r in rows:
@@ -379,7 +379,12 @@ def cmd_suggest(a: argparse.Namespace) -> None:
     annotated = a.annotated_slices if a.annotated_slices is not None else run_annotation(a.run, a.image)
     annotated = None if annotated and annotated.strip().lower() == "none" else annotated
     done = f"{annotated.replace(' ', '')}," if annotated else ""  # pasted unquoted, it must hold
-    print(f"annotate these slices next, then train with --annotated-slices {done}{','.join(map(str, picked))}")
+    if a.labels:  # annotated in labels of voxels nobody annotated: no list of slices to give
+        print("annotate these slices next (slices count from 0: Fiji's slice 1 is 0), then train with --unlabeled "
+              "VALUE as before")
+        return
+    print(f"annotate these slices next (slices count from 0: Fiji's slice 1 is 0), then train with --annotated-slices "
+          f"{done}{','.join(map(str, picked))}")
 
 
 def cmd_export(a: argparse.Namespace) -> None:
@@ -481,7 +486,8 @@ def parser() -> argparse.ArgumentParser:
                    help="voxel size in nm (chooses the 3D encoder's strides; default: the one the image states, an "
                         "ImageJ TIFF's calibration or an OME-Zarr's scale, else 5 5 5)")
     t.add_argument("--annotated-slices", metavar="LIST",
-                   help="only these slices are annotated, e.g. 0,40-43,120 (the others are ignored)")
+                   help="only these slices are annotated, e.g. 0,40-43,120, counted from 0 (Fiji's slice 1 is 0; "
+                        "the others are ignored)")
     t.add_argument("--unlabeled", type=arg("unlabeled"), metavar="VALUE",
                    help="label value of voxels nobody annotated (ignored in training and validation)")
     t.add_argument("--init", metavar="RUN", help="start from this run's (or checkpoint's) weights: fine-tuning")
@@ -613,8 +619,13 @@ def parser() -> argparse.ArgumentParser:
                         "annotated slices (default: depth / (4 x suggestions per place) apart, depth / (4 x "
                         "suggestions) from the annotated slices, less where that leaves none)")
     s.add_argument("--annotated-slices", metavar="LIST",
-                   help="slices already annotated, e.g. 0,40-43: never suggested, nor their neighbours (default: "
-                        "the run's own on its training image; none: none)")
+                   help="slices already annotated, e.g. 0,40-43, counted from 0 (Fiji's slice 1 is 0): never "
+                        "suggested, nor their neighbours (default: the run's own on its training image; none: none)")
+    s.add_argument("--labels", metavar="LABELS",
+                   help="the labels annotated so far, of voxels nobody annotated one value (--unlabeled): slices and "
+                        "boxes more than half annotated are not suggested")
+    s.add_argument("--unlabeled", type=arg("unlabeled"), metavar="VALUE",
+                   help="with --labels: the value of voxels nobody annotated (default: the run's)")
     s.add_argument("--tta", action=argparse.BooleanOptionalAction, default=True,
                    help="average 4 in-plane flips, so disagreement counts as uncertainty (default: on)")
     s.add_argument("--table", help="write every slice's uncertainty to this CSV")

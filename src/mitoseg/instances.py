@@ -333,7 +333,7 @@ def write_table(table: dict[str, np.ndarray], path: str | Path) -> None:
     if len(lengths) > 1:
         raise MitosegError(f"table columns have different lengths: {sorted(lengths)}")
     with io.writing(path) as tmp, open(tmp, "w", newline="") as f:  # never a half-written table
-        writer = csv.writer(f)
+        writer = csv.writer(f, lineterminator="\n")  # not csv's CRLF: awk and cut read the last column whole
         writer.writerow(list(table))
         writer.writerows(zip(*(_cells(col) for col in table.values()), strict=True))
     io.release(path)

@@ -467,9 +467,13 @@ def train(config: Config, image: np.ndarray, mask: np.ndarray, out: str | Path, 
         slices = data.parse_slices(config.annotated_slices, mask.shape[0])
         outside = data.foreground_outside(mask, slices)
         if outside and not resume:
+            empty = set(slices) - set(np.flatnonzero((mask == 1).any(axis=(1, 2))).tolist())
+            shifted = all(z + 1 in empty for z in outside)  # Fiji's numbers (from 1) given for the painted slices?
             print(f"note: the labels hold foreground in {len(outside)} slice{'s' * (len(outside) > 1)} outside the "
                   f"annotated slices ({io.first_values(np.array(outside))}), left out: name them in "
-                  "--annotated-slices if they are annotated", file=sys.stderr)
+                  "--annotated-slices if they are annotated" + (
+                      "; each lies just below a named one that holds none: slices count from 0 here (Fiji's slice 1 "
+                      "is 0), were they numbered as in Fiji?" if shifted else ""), file=sys.stderr)
         mask = data.annotate_slices(mask, slices)
     elif not resume and mask.shape[0] >= 8 and not (mask == data.IGNORE).any():
         held = np.flatnonzero(mask.reshape(mask.shape[0], -1).max(axis=1))  # slices holding foreground
@@ -603,7 +607,7 @@ def _train(config: Config, image: np.ndarray, mask: np.ndarray, out: Path, resum
     # a new log, or on resume the rows up to the checkpoint's epoch (later epochs are trained again)
     rows = [r for r in read_log(out) if r["epoch"] <= state["epoch"]] if resume else []
     with io.writing(log_path) as partial, open(partial, "w", newline="") as f:  # never a log cut short
-        writer = csv.DictWriter(f, LOG_FIELDS)
+        writer = csv.DictWriter(f, LOG_FIELDS, lineterminator="\n")
         writer.writeheader()
         writer.writerows({k: _log_value(k, v) for k, v in r.items()} for r in rows)
 
@@ -675,7 +679,7 @@ def _train(config: Config, image: np.ndarray, mask: np.ndarray, out: Path, resum
                "elapsed_seconds": state["elapsed"], "skipped_steps": skipped,
                "peak_memory_mib": memory.peak_mib(device)}
         with open(log_path, "a", newline="") as f:
-            csv.DictWriter(f, LOG_FIELDS).writerow(row)
+            csv.DictWriter(f, LOG_FIELDS, lineterminator="\n").writerow(row)
         if progress:
             score = f" val IoU {row['val_iou']:.4f}" if checked and val_vol is not None else ""
             print(f"{config.dims}D epoch {state['epoch']}: loss {row['loss']:.4f}{score} ({seconds:.1f} s)", flush=True)
@@ -833,18 +837,25 @@ def adamw(model: torch.nn.Module, config: Config, device: torch.device) -> torch
     return torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay, fused=fused)
 
 
-def load_model(run: str | Path, device: str | torch.device = "auto",
-               planes: int | None = None) -> tuple[torch.nn.Module, Config]:
-    """The trained model of a run folder (best.pt, else last.pt) or of a checkpoint file, in eval mode, and
-    its config; with `planes`, a 2D model predicting along 1 or 3 planes instead of the run's (`with_planes`)."""
+def checkpoint_path(run: str | Path) -> Path:
+    """The checkpoint `load_model` reads of a run folder (best.pt, else last.pt) or checkpoint file; MitosegError
+    when there is none."""
     run = Path(run)
-    path = run
     if run.is_dir():
         path = next((run / n for n in ("best.pt", "last.pt") if (run / n).exists()), None)
         if path is None:
             raise MitosegError(f"{run} holds no trained model (best.pt or last.pt){kept_aside(run)}")
-    elif not run.exists():
+        return path
+    if not run.exists():
         raise MitosegError(f"{run}: no such model folder or checkpoint")
+    return run
+
+
+def load_model(run: str | Path, device: str | torch.device = "auto",
+               planes: int | None = None) -> tuple[torch.nn.Module, Config]:
+    """The trained model of a run folder (best.pt, else last.pt) or of a checkpoint file, in eval mode, and
+    its config; with `planes`, a 2D model predicting along 1 or 3 planes instead of the run's (`with_planes`)."""
+    path = checkpoint_path(run)
     device = pick_device(device) if isinstance(device, str) else device
     try:
         ckpt = torch.load(path, map_location=device, weights_only=False)
