@@ -101,8 +101,10 @@ def test_check_patch():
     data.check_patch((20, 256, 256), (1, 256, 256))
     with pytest.raises(MitosegError, match=r"\(20, 256, 256\) is smaller than the patch \(32, 128, 128\)"):
         data.check_patch((20, 256, 256), (32, 128, 128))  # the default 3D patch on the 20-section stack
-    with pytest.raises(MitosegError, match="use a smaller --patch-xy/--patch-z or more data"):
-        data.check_patch((20, 256, 100), (1, 128, 128))
+    with pytest.raises(MitosegError, match=r"in X: give --patch-xy 100 or less, or more data"):
+        data.check_patch((20, 256, 100), (1, 128, 128))  # before: which axis, and by how much, unsaid
+    with pytest.raises(MitosegError, match=r"in Z and Y: give --patch-z 20 or less and --patch-xy 100 or less"):
+        data.check_patch((20, 100, 3000), (32, 128, 128))
     # 20 ssTEM sections saved as (Y, X, Z): asked, not told to shrink the patch (which trains on it transposed)
     with pytest.raises(MitosegError, match=r"\(512, 512, 20\) is smaller than the patch \(1, 128, 128\) \(Z, Y, X\) in "
                                            r"X, its shortest axis by far: a stack saved as \(Y, X, Z\)\?"):

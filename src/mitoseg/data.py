@@ -156,8 +156,15 @@ def check_patch(shape: tuple[int, ...], patch: tuple[int, int, int], name: str =
             raise MitosegError(f"{name} {tuple(shape)} is smaller than the patch {patch} (Z, Y, X) in X, its shortest "
                                "axis by far: a stack saved as (Y, X, Z)? mitoseg reads volumes as (Z, Y, X): save it "
                                "with its slices first")
-        raise MitosegError(f"{name} {tuple(shape)} is smaller than the patch {patch} (Z, Y, X); "
-                           "use a smaller --patch-xy/--patch-z or more data")
+        limits: dict[str, int] = {}  # the option that sets each short axis's patch size, and the most it may be
+        for axis, s, p in zip("ZYX", shape, patch, strict=True):
+            if s < p:
+                option = "--patch-z" if axis == "Z" else "--patch-xy"
+                limits[option] = min(limits.get(option, s), s)
+        short = " and ".join(a for a, s, p in zip("ZYX", shape, patch, strict=True) if s < p)
+        give = " and ".join(f"{option} {n} or less" for option, n in limits.items())
+        raise MitosegError(f"{name} {tuple(shape)} is smaller than the patch {patch} (Z, Y, X) in {short}: give "
+                           f"{give}, or more data")
 
 
 class PatchSampler:

@@ -241,7 +241,8 @@ def morphology(labels, table: dict[str, np.ndarray], voxel_size: Sequence[float]
     `voxel_size` must be the one `table` was measured with (its volumes tell), else MitosegError."""
     io.refuse_path(labels, "labels")
     _check_3d("labels", labels.shape)
-    _check_ids(labels.dtype)
+    if hasattr(labels, "dtype"):  # a mask given as the labels: NaN shapes
+        _check_ids(labels.dtype)
     checks.voxel_size(voxel_size)
     voxels, volumes = table.get("voxels"), table.get("volume_um3")
     if voxels is not None and volumes is not None and len(voxels):

@@ -36,7 +36,7 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from mitoseg import __version__, data, io, memory, metrics, postprocess
 from mitoseg.config import Config, other_planes, with_planes
 from mitoseg.errors import MitosegError
-from mitoseg.models import autocast, build_model, channels_last, pick_device, synchronize
+from mitoseg.models import autocast, bf16_native, build_model, channels_last, encoder_strides, pick_device, synchronize
 from mitoseg.predict import default_tile, predict_array, to_storage, unlike_voxels
 
 LOG_FIELDS = ["epoch", "iterations", "loss", "val_dice", "val_iou", "val_iou_best", "val_threshold", "monitor_iou",
@@ -579,6 +579,7 @@ def _train(config: Config, image: np.ndarray, mask: np.ndarray, out: Path, resum
               "minutes for 2,100 on 2 cores, the full preset's (the default, sized for a GPU) far longer; --minutes "
               "sets a limit", file=sys.stderr)
 
+    amp = training_amp(config, device)
     state = {"epoch": 0, "iteration": 0, "elapsed": 0.0, "best_iou": -1.0}
     if resume:
         try:
@@ -634,7 +635,7 @@ def _train(config: Config, image: np.ndarray, mask: np.ndarray, out: Path, resum
             for group in optimizer.param_groups:
                 group["lr"] = lr
             x, y = next(stream) if stream is not None else _batch(sampler, tf, config, device)
-            with autocast(device, config.amp):
+            with autocast(device, amp):
                 loss = masked_loss(model(x).float(), y, config.boundary_weight)
             optimizer.zero_grad(set_to_none=True)
             if _finite_step(model, loss):
@@ -720,6 +721,27 @@ def _train(config: Config, image: np.ndarray, mask: np.ndarray, out: Path, resum
     if postprocessing:
         choose_postprocessing(out, val_vol, config, device, progress)
     return summarize(out)
+
+
+BF16_3D_PATCH = (32, 128, 128)  # the largest 3D patch whose bf16 training steps were measured on a CPU
+
+
+def training_amp(config: Config, device: torch.device) -> bool:
+    """Whether training steps run in bf16 (`autocast`): the run's `amp`, but a 3D model on a CPU only with a patch of
+    at most `BF16_3D_PATCH` (the quick and cpu presets') whose encoder halves Y and X from its first stage (not voxels
+    finer along Z). Else float32, said in a note: oneDNN's bf16 backward of some 3D convolutions outside that stalls
+    for minutes a step (`benchmarks/bench_bf16_3d.py`: the full preset's 32 x 256 x 256 patch, and 2 x 10 x 10 nm
+    voxels)."""
+    if not (config.amp and device.type == "cpu" and config.dims == 3 and bf16_native(device)):
+        return config.amp
+    measured = all(p <= m for p, m in zip(config.patch, BF16_3D_PATCH, strict=True)) and \
+        encoder_strides(config.voxel_size, 3)[0][1:] == (2, 2)
+    if not measured:
+        print(f"note: the 3D model trains in float32 on this CPU: bf16 is used for patches of at most "
+              f"{' x '.join(map(str, BF16_3D_PATCH))} voxels on voxels no finer along Z than in-plane, where its steps "
+              "were measured (outside, oneDNN's bf16 backward of some convolutions stalls for minutes)",
+              file=sys.stderr)
+    return measured
 
 
 def going_on_from(out: str | Path) -> str:
