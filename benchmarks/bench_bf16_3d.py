@@ -15,10 +15,8 @@ Writes bf16_3d.json (bf16_3d_small.json) into --out.
 from __future__ import annotations
 
 import json
-import subprocess
 import sys
 import time
-from pathlib import Path
 
 import common
 
@@ -65,12 +63,8 @@ def main() -> None:
         row = {"patch": "x".join(map(str, patch)), "voxel_nm": "x".join(f"{v:g}" for v in voxel)}
         for name, bf16 in (("fp32", False), ("bf16", True)):
             spec = {"patch": patch, "voxel": voxel, "bf16": bf16, "seed": args.seed, "threads": args.threads}
-            cmd = [sys.executable, str(Path(__file__).resolve()), "--child", json.dumps(spec)]
-            try:
-                out = subprocess.run(cmd, capture_output=True, text=True, timeout=args.limit).stdout
-                row[name] = json.loads(out.split(common.RESULT)[-1])["step_seconds"]
-            except subprocess.TimeoutExpired:
-                row[name] = None  # stalled
+            r = common.run_child(__file__, spec, timeout=args.limit)
+            row[name] = r["step_seconds"] if r else None  # None: stalled
             print(f"   {row['patch']} at {row['voxel_nm']} nm, {name}: "
                   + (f"{row[name]:.2f} s" if row[name] is not None else f"stalled (> {args.limit:g} s)"), flush=True)
         rows.append(row)

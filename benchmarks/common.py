@@ -268,11 +268,14 @@ def report(result: dict) -> None:
     print(RESULT + json.dumps(result), flush=True)
 
 
-def run_child(script: str, spec: dict) -> dict:
-    """Run `script --child SPEC_JSON` in a fresh Python process and return the dict it `report`ed; exit
-    with its output when it fails."""
-    proc = subprocess.run([sys.executable, str(Path(script).resolve()), "--child", json.dumps(spec)],
-                          capture_output=True, text=True)
+def run_child(script: str, spec: dict, timeout: float | None = None) -> dict | None:
+    """Run `script --child SPEC_JSON` in a fresh Python process and return the dict it `report`ed; None when it
+    runs past `timeout` seconds (it is killed); exit with its output when it fails."""
+    try:
+        proc = subprocess.run([sys.executable, str(Path(script).resolve()), "--child", json.dumps(spec)],
+                              capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        return None
     lines = [ln for ln in proc.stdout.splitlines() if ln.startswith(RESULT)]
     if proc.returncode or not lines:
         sys.exit(f"child failed ({proc.returncode}):\n{proc.stdout[-2000:]}\n{proc.stderr[-4000:]}")

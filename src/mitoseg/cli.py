@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import logging
 import os
 import shlex
@@ -293,8 +292,7 @@ def cmd_evaluate(a: argparse.Namespace) -> None:
         print(f"scored on the {scored:,} annotated voxels of the truth (those of value {a.unlabeled:g}, nobody's "
               "annotation, left out)")
     if a.json:
-        with io.writing(a.json) as partial:  # never a half-written file, under its name or as NAME.partial
-            partial.write_text(json.dumps(result, indent=2) + "\n")
+        io.write_json(a.json, result)  # never a half-written file, under its name or as NAME.partial
 
 
 def _places_words(e: dict) -> str:

@@ -98,8 +98,8 @@ class Config:
             raise MitosegError(f"encoder must be one of {', '.join(ENCODERS)}, not {self.encoder!r}")
         if self.norm not in ("batch", "instance"):
             raise MitosegError(f"norm must be batch or instance, not {self.norm!r}")
-        if self.preset not in (None, "quick", "cpu", "full"):
-            raise MitosegError(f"preset must be quick, cpu or full, not {self.preset!r}")
+        if self.preset is not None and self.preset not in PRESETS:
+            raise MitosegError(f"preset must be one of {', '.join(PRESETS)}, not {self.preset!r}")
         if self.normalize not in io.RULES:
             raise MitosegError(f"normalize must be one of {', '.join(io.RULES)}, not {self.normalize!r}")
         if self.voxel_size is None:

@@ -557,10 +557,12 @@ def _train(config: Config, image: np.ndarray, mask: np.ndarray, out: Path, resum
     torch.manual_seed(config.seed)
     window = io.intensity_range(image, rule=config.normalize, flat="the image")
     train_vol, val_vol = data.split(image, mask, config.val_fraction, window)
-    io.write_json(out / "annotation.json",  # what the run learned from and was validated on, in voxels, and
-                  {"training": data.counts(train_vol), "validation": data.counts(val_vol),  # which image (`suggest`)
-                   "image": {"shape": list(image.shape), "source": io.content_id(image), "checksum": data_id(image)},
-                   "labels": data_id(mask)})
+    # what the run learned from and was validated on, in voxels, and which image (`suggest`); a resumed run's was
+    # checked against this data (`check_same_data`)
+    if not resume:
+        image_id = {"shape": list(image.shape), "source": io.content_id(image), "checksum": data_id(image)}
+        io.write_json(out / "annotation.json", {"training": data.counts(train_vol), "validation": data.counts(val_vol),
+                                                "image": image_id, "labels": data_id(mask)})
     # kept with every checkpoint: what `predict --match-training` maps another volume's grey levels onto
     intensity = {"window": window, "reference": io.reference_levels(image)}
     sampler = data.PatchSampler(train_vol, config.patch, config.fg_fraction, np.random.default_rng(config.seed),
