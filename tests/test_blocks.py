@@ -178,3 +178,33 @@ def test_a_long_block_shows_its_bar_moving():
     assert "0/3 [00:01" in said.getvalue(), said.getvalue()
     with blocks.ticking(tqdm(total=3, disable=True), every=0.2):  # --quiet: nothing to redraw
         time.sleep(0.3)
+
+
+def test_label_and_evaluate_read_predicts_outputs_in_whole_chunks(tmp_path, droso):
+    """Without --block, label and evaluate read in `reading_block`: 64 x 512 x 512 widened to whole chunks of the
+    input and made shallower to as many voxels (predict's one-slice whole-plane chunks are read once, not once per
+    512-wide block), with the same objects and scores as 64 x 512 x 512 blocks."""
+    from conftest import jittered_probabilities, same_partition
+
+    from mitoseg import instances, metrics
+
+    mask = droso[1][:, :, :768]  # (20, 1024, 768): planes wider than 512 along both axes
+    probs = tmp_path / "probs.zarr"
+    out = blocks.open_output(probs, mask.shape, "uint8", mask.shape, {}, {"kind": "probability"})
+    out.write(tuple(slice(0, n) for n in mask.shape), jittered_probabilities(mask))
+    blocks.finish(out)
+    stored = io.open_volume(probs)
+    assert stored.chunks == (1, 1024, 768)
+    assert blocks.reading_block(stored) == (6, 1024, 768)  # 20 x 512 x 512 voxels: 6 whole planes
+    assert blocks.reading_block(mask) == (20, 512, 512)  # numpy: no chunks
+    for shape, chunks, block in [((100, 1000, 1000), (64, 64, 64), (64, 512, 512)),  # already whole chunks
+                                 ((100, 300, 1000), (1, 300, 700), (46, 300, 700)),  # 64 x 300 x 512 voxels
+                                 ((200, 1000, 1000), (128, 100, 100), (64, 512, 512))]:  # whole chunks: too large
+        assert blocks.reading_block(zarr.create_array(store={}, shape=shape, chunks=chunks, dtype="u1")) == block
+    n = instances.label_volume(probs, tmp_path / "labels.zarr", progress=False)
+    assert blocks.block_of(io.open_volume(tmp_path / "labels.zarr")) == (6, 1024, 768)
+    plain = instances.label_volume(probs, tmp_path / "plain.zarr", (64, 512, 512), progress=False)
+    assert n == plain > 20
+    assert same_partition(io.open_volume(tmp_path / "labels.zarr")[:], io.open_volume(tmp_path / "plain.zarr")[:])
+    scores = metrics.evaluate(probs, mask, progress=False)
+    assert scores == metrics.evaluate(probs, mask, block=(64, 512, 512), progress=False) and scores["f1"] > 0.8

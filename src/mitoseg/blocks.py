@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import itertools
+import math
 import threading
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -44,6 +45,27 @@ def storage(block: Sequence[int], zarr_format: int = 3, lead: int = 0) -> dict:
     if zarr_format == 2:
         return {"chunks": ones + block}
     return {"shards": ones + block, "chunks": ones + (1, *block[1:])}
+
+
+READ_BLOCK = (64, 512, 512)  # label's and evaluate's block (Z, Y, X voxels) where the input's chunks call for no other
+
+
+def reading_block(array: Any) -> tuple[int, ...]:
+    """The block (Z, Y, X voxels) label and evaluate read a volume `array` in when none is given: `READ_BLOCK`, each
+    axis widened to whole stored chunks (``array.chunks``: a block across a chunk decompresses it once per block it
+    touches, as 512-wide blocks do predict's one-slice whole-plane chunks and TIFF pages), then made shallower, in
+    whole chunks, to about `READ_BLOCK`'s voxels again; capped at the shape. Arrays without chunks, and chunks that
+    would make it more than twice as large, keep `READ_BLOCK` (benchmarks/bench_read_block.py)."""
+    shape = tuple(int(n) for n in array.shape)
+    plain = tuple(min(b, n) for b, n in zip(READ_BLOCK, shape, strict=True))
+    chunks = getattr(array, "chunks", None)
+    if not (isinstance(chunks, tuple) and len(chunks) == len(shape) and all(isinstance(c, int) for c in chunks)):
+        return plain  # no chunks, or a Dask array's per-axis chunk lists
+    chunks = [max(1, min(c, n)) for c, n in zip(chunks, shape, strict=True)]
+    block = [min(-(-b // c) * c, n) for b, c, n in zip(plain, chunks, shape, strict=True)]
+    budget = math.prod(plain)
+    block[0] = min(block[0], max(chunks[0], budget // (block[1] * block[2]) // chunks[0] * chunks[0]))
+    return tuple(block) if math.prod(block) <= 2 * budget else plain
 
 
 def block_of(array: Any) -> tuple[int, ...] | None:

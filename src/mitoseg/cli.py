@@ -547,7 +547,8 @@ def parser() -> argparse.ArgumentParser:
     lab.add_argument("--voxel-size", type=arg("voxel_size"), nargs=3, metavar=("Z", "Y", "X"),
                      help="voxel size in nm, for the table's volumes (default: the input's, else 1 1 1)")
     lab.add_argument("--block", type=arg("block"), nargs=3, metavar=("Z", "Y", "X"),
-                     help="block, a shard of one-slice chunks (default 64 512 512)")
+                     help="block, a shard of one-slice chunks (default 64 512 512, widened to whole chunks of the "
+                          "input and made shallower to as many voxels: e.g. whole planes of predict's outputs)")
     lab.add_argument("--resume", action="store_true", help="skip blocks an interrupted run finished")
     lab.add_argument("--overwrite", action="store_true", help="replace existing outputs")
     _dask_options(lab)

@@ -307,8 +307,8 @@ def label_dask(client: Any, mask_spec: str | Path, out: str | Path, *, block: Se
     and applies the run's choice), or `> 0` when threshold is None (refused for mitoseg probabilities unless
     `stored` says the threshold is already on the stored scale, as `label_volume` passes it), after a blur along Z
     of `z_sigma` slices (`postprocess.ZSmoothed`: each task reads its block's neighbouring slices too). `block`
-    defaults to (64, 512, 512) and is also the output's chunk shape. `source`: the input's `io.content_id` when
-    the caller has it (a resume must match it).
+    defaults to `blocks.reading_block` of the input and is also the output's shard shape. `source`: the input's
+    `io.content_id` when the caller has it (a resume must match it).
     Pass 1 labels every block alone and keeps its faces on the cluster; one task per block finds the ids
     touching the blocks before it, from their faces; the client solves the equivalences (a few bytes per
     object); pass 2 relabels every block into ``<out>.partial`` (with `resume`, skipping the blocks an
@@ -327,7 +327,7 @@ def label_dask(client: Any, mask_spec: str | Path, out: str | Path, *, block: Se
         raise MitosegError(f"{mask_spec} holds mitoseg probabilities stored as {volume.dtype}: give label_dask a "
                            "threshold on that scale (e.g. 128 for 0.5 of uint8), or label with "
                            "instances.label_volume(..., client=client), which converts it")
-    block = tuple(int(b) for b in (block or (min(shape[0], 64), 512, 512)))
+    block = tuple(int(b) for b in (block or blocks.reading_block(volume)))
     output = instances.open_labels(out, shape, block, connectivity, min_size, threshold, attrs, resume, overwrite,
                                    z_sigma, source or io.content_id(volume))
     grid = blocks.grid(shape, block)

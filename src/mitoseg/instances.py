@@ -571,7 +571,8 @@ def label_volume(input: str | Path, out: str | Path, block: Sequence[int] | None
     else 0.5 and 0. The output's attribute "applied" says what was applied and what came from the run, "objects"
     the number of objects (ids 1..n). `voxel_size` (z, y, x) nm defaults to the one the input states
     (`io.voxel_size`); with neither, the output states none and the table measures 1 nm voxels. An `out` named
-    *.ome.zarr is OME-Zarr. `block` defaults to (64, 512, 512). Returns the number of objects.
+    *.ome.zarr is OME-Zarr. `block` defaults to `blocks.reading_block` of the input (64 x 512 x 512 but where its
+    chunks call for another). Returns the number of objects.
     """
     from mitoseg import cluster, postprocess
 
@@ -601,7 +602,7 @@ def label_volume(input: str | Path, out: str | Path, block: Sequence[int] | None
         print(f"note: {io.file_name(input)} states {words[0]} nm voxels and --voxel-size {words[1]} nm: the labels "
               f"record the given ones{' (and the table measures them)' if table else ''}, while the post-processing "
               "it records stays in its voxels", file=sys.stderr)
-    block = tuple(block) if block else (min(volume.shape[0], 64), 512, 512)
+    block = tuple(block) if block else blocks.reading_block(volume)
     applied = postprocess.for_labels(io.attributes(volume), threshold, min_size)
     min_size, z_sigma = applied["min_size"], applied["z_sigma"]
     raw_threshold = io.foreground_threshold(volume, applied["threshold"], str(input))

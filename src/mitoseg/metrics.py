@@ -98,11 +98,12 @@ def confusion_blockwise(pred, truth, block: Sequence[int] = (64, 512, 512), prog
 
 def evaluate(prediction: str | Path | Any, truth: str | Path | Any, threshold: float | None = None,
              label_threshold: float | None = None,
-             block: Sequence[int] = (64, 512, 512), client: Any = None, progress: bool = True, places: bool = False,
+             block: Sequence[int] | None = None, client: Any = None, progress: bool = True, places: bool = False,
              voxel_size: Sequence[float] | None = None, objects: bool = False, unlabeled: float | None = None) -> dict:
     """The `mitoseg evaluate` command: voxel scores (see `scores`) of a prediction against the truth, two
     volumes (paths or array-likes, Z, Y, X) read block by block, in this process or on a Dask `client`
-    (then both must be paths every worker can read).
+    (then both must be paths every worker can read), in blocks `block` (Z, Y, X voxels; default
+    `blocks.reading_block` of the prediction).
 
     Prediction: mitoseg probabilities are foreground at >= `threshold` (a probability, default 0.5);
     other volumes are masks, foreground > 0 unless `threshold` is given. Truth: foreground >
@@ -122,9 +123,10 @@ def evaluate(prediction: str | Path | Any, truth: str | Path | Any, threshold: f
     """
     from mitoseg import blocks, checks, cluster, io
 
-    checks.check(value_threshold=threshold, label_threshold=label_threshold, block=tuple(block), voxel_size=voxel_size,
+    checks.per_axis(block=block)
+    block = tuple(block) if block is not None else None
+    checks.check(value_threshold=threshold, label_threshold=label_threshold, block=block, voxel_size=voxel_size,
                  unlabeled=unlabeled)
-    checks.per_axis(block=tuple(block))
     pred = io.open_volume(prediction) if isinstance(prediction, str | Path) else prediction
     true = io.open_volume(truth) if isinstance(truth, str | Path) else truth
     for name, volume in (("prediction", pred), ("truth", true)):
@@ -138,6 +140,7 @@ def evaluate(prediction: str | Path | Any, truth: str | Path | Any, threshold: f
     if len(pred.shape) != 3:
         raise MitosegError(f"evaluate takes two volumes (Z, Y, X), not arrays of shape {tuple(pred.shape)}")
     _notes(prediction, truth, pred, true)
+    block = block or blocks.reading_block(pred)
     in_memory = places or objects
     if in_memory and int(np.prod(pred.shape)) > MAX_PLACES_VOXELS:
         raise MitosegError(f"--{'places' if places else 'objects'} reads both volumes and their labelled objects "
