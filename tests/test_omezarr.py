@@ -99,9 +99,10 @@ def test_labels_written_into_an_image_are_its_ngff_image_label(tmp_path, droso, 
     raw, mask = droso[0][:, :256, :256], droso[1][:, :256, :256]
     image = _write(tmp_path / "raw.ome.zarr", raw, "image")
     _write(tmp_path / "mask.zarr", mask, "mask")
-    for _ in range(2):  # written again with --overwrite: still listed once
-        assert cli.main(["--quiet", "label", str(tmp_path / "mask.zarr"), "--out", str(image / "labels" / "mito"),
+    for quiet in (["--quiet"], []):  # written again with --overwrite: still listed once
+        assert cli.main([*quiet, "label", str(tmp_path / "mask.zarr"), "--out", str(image / "labels" / "mito"),
                          "--overwrite"]) == 0
+    assert "pyramid mito: 100%" in capsys.readouterr().err  # the image's levels 1 and 2, a bar of their own
     nodes = list(Reader(parse_url(str(image)))())
     label = next(n for n in nodes if n.load(Label))
     assert label.zarr.path.rstrip("/").endswith("labels/mito") and label.metadata.get("name") == "mito"

@@ -215,17 +215,18 @@ def keep_finished(path: str | Path, kind: str, shape: Sequence[int], dtype: Any,
     return True
 
 
-def finish(*outputs: Output, overwrite: bool = False) -> None:
+def finish(*outputs: Output, overwrite: bool = False, progress: bool = False) -> None:
     """Rename every finished output to its final name (see `io.finish_output`), once all are complete: an OME-Zarr
     output gets its pyramid and NGFF metadata first (`omezarr.write_pyramid`; an image-label the levels of its
-    image, `omezarr.write_label_levels`), and the outputs an earlier run left under the final names (`overwrite`) are
-    deleted before the first rename. An interruption leaves all unfinished (resumed together), not one finished
-    beside another's ``.partial`` (which `--resume` could not take), but for the instant between two renames."""
+    image, `omezarr.write_label_levels`; with a progress bar where `progress`), and the outputs an earlier run left
+    under the final names (`overwrite`) are deleted before the first rename. An interruption leaves all unfinished
+    (resumed together), not one finished beside another's ``.partial`` (which `--resume` could not take), but for
+    the instant between two renames."""
     for out in outputs:
         if omezarr.label_of(out.path):  # an image-label: the levels and axes of its image
-            omezarr.write_label_levels(io.partial_path(out.path), out.path)
+            omezarr.write_label_levels(io.partial_path(out.path), out.path, progress)
         elif out.pyramid:
-            omezarr.write_pyramid(io.partial_path(out.path), *out.pyramid)
+            omezarr.write_pyramid(io.partial_path(out.path), *out.pyramid, progress=progress)
     if overwrite:
         for out in outputs:
             io.remove(out.path)

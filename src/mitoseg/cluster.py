@@ -289,7 +289,7 @@ def predict_volume_dask(client: Any, model_path: str | Path, image_spec: str | P
     job = dict(model=model, stamp=_stamp(Path(model)), device=device, image=image, settings=settings,
                outputs=[(str(o.path.absolute()), o.run) for o in outputs], torch_threads=torch_threads)
     blocks.run(_predict_task, todo, job, client, f"predict {Path(out).name}", progress)
-    blocks.finish(*outputs, overwrite=overwrite)
+    blocks.finish(*outputs, overwrite=overwrite, progress=progress)
     if warning := predict.unlearned(model):
         print(warning, file=sys.stderr)
     return Path(out)
@@ -355,7 +355,7 @@ def label_dask(client: Any, mask_spec: str | Path, out: str | Path, *, block: Se
                output=str(output.path.absolute()), run=output.run)
     blocks.run(_relabel_task, items, job, client, "label pass 2/2", progress)
     output.array.attrs["objects"] = int(n_objects)
-    blocks.finish(output, overwrite=overwrite)
+    blocks.finish(output, overwrite=overwrite, progress=progress)
     return n_objects
 
 

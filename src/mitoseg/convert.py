@@ -185,7 +185,7 @@ def write_zarr(volume: Any, out: str | Path, voxel_size: tuple[float, float, flo
     try:
         for b in tqdm(blocks.grid(shape, block), desc=f"write {Path(out).name}", unit="block", disable=not progress):
             output.write(b, np.asarray(volume[b]).astype(dtype, copy=False))
-        blocks.finish(output, overwrite=overwrite)  # an OME-Zarr's pyramid too
+        blocks.finish(output, overwrite=overwrite, progress=progress)  # an OME-Zarr's pyramid too
     except BaseException:  # a conversion is not resumed: nothing half-written left behind
         io.remove(io.partial_path(out))
         io.remove(output.done)

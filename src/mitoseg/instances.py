@@ -628,7 +628,7 @@ def label_volume(input: str | Path, out: str | Path, block: Sequence[int] | None
         source = postprocess.ZSmoothed(volume, z_sigma) if z_sigma else volume
         n = label_blockwise(source, output.array, block, connectivity, min_size, raw_threshold, progress, output.done)
         output.array.attrs["objects"] = n
-        blocks.finish(output, overwrite=overwrite)
+        blocks.finish(output, overwrite=overwrite, progress=progress)
     if table and client is not None:
         write_table(cluster.table_dask(client, out, n, voxel, block, progress), table)
     elif table:

@@ -17,6 +17,7 @@ reader) show it over its image.
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -175,12 +176,12 @@ def register_label(path: str | Path) -> None:
         labels.attrs["ome"] = {**ome, "version": ome.get("version", CurrentFormat().version)}
 
 
-def write_label_levels(partial: str | Path, path: str | Path) -> None:
+def write_label_levels(partial: str | Path, path: str | Path, progress: bool = False) -> None:
     """Add levels 1.. and the NGFF metadata to the image-label being written at `partial` (level "0" done) for
     ``<image>/labels/<name>`` = `path`: one level per level of the image, of its shape and with its coordinate
     transformations (its multiscales' own too) and axes (an NGFF "MUST"), each voxel the level-0 voxel nearest
     its centre as those transformations place it (ids are never blended). Levels left by an interrupted run
-    are built again."""
+    are built again. `progress`: a bar of the levels' blocks."""
     import zarr
     from ome_zarr.writer import add_metadata, check_format, write_multiscales_metadata
 
@@ -190,8 +191,10 @@ def write_label_levels(partial: str | Path, path: str | Path) -> None:
     group = zarr.open_group(str(partial), mode="r+")
     src, lead = group["0"], (0,) * image.lead
     first = image.datasets[0].get("coordinateTransformations", [])
-    for level, full in enumerate(image.shapes[1:], start=1):
-        shape, block = full[-3:], tuple(map(min, blocks.block_of(src)[-3:], full[-3:]))
+    shapes = [full[-3:] for full in image.shapes[1:]]
+    bar = _levels_bar(shapes, blocks.block_of(src)[-3:], Path(path).name, progress)
+    for level, shape in enumerate(shapes, start=1):
+        block = tuple(map(min, blocks.block_of(src)[-3:], shape))
         dst = group.create_array(str(level), shape=(1,) * image.lead + shape, dtype=src.dtype, fill_value=0,
                                  config=blocks.WRITE, overwrite=True, **blocks.storage(block, image.zarr_format,
                                                                                        image.lead),
@@ -199,6 +202,8 @@ def write_label_levels(partial: str | Path, path: str | Path) -> None:
         picks = nearest(first, image.datasets[level].get("coordinateTransformations", []), shape, src.shape[-3:])
         for b in blocks.grid(shape, block):
             dst[lead + b] = src.oindex[lead + tuple(p[s] for p, s in zip(picks, b, strict=True))]
+            bar.update()
+    bar.close()
     datasets = [{"path": str(k), "coordinateTransformations": d["coordinateTransformations"]}
                 for k, d in enumerate(image.datasets)]
     write_multiscales_metadata(group, datasets, axes=image.axes, name=Path(path).name)
@@ -207,6 +212,16 @@ def write_label_levels(partial: str | Path, path: str | Path) -> None:
         ms[0]["coordinateTransformations"] = image.shared
         add_metadata(group, {"multiscales": ms})
     add_metadata(group, {"image-label": {"version": check_format(group).version}})
+
+
+def _levels_bar(shapes: list[tuple[int, ...]], block: tuple[int, ...], name: str, progress: bool) -> Any:
+    """A progress bar of the blocks of pyramid levels of `shapes` (Z, Y, X), each level's block `block` cut to it."""
+    from tqdm.auto import tqdm
+
+    from mitoseg import blocks
+
+    total = sum(len(blocks.grid(s, tuple(map(min, block, s)))) for s in shapes)
+    return tqdm(total=total, desc=f"pyramid {name}", unit="block", disable=not progress or not total)
 
 
 def nearest(first: list, other: list, shape: tuple[int, ...], full: tuple[int, ...]) -> list[np.ndarray]:
@@ -301,12 +316,13 @@ def factors(shape: tuple[int, ...], voxel_size: tuple[float, float, float]) -> l
 
 
 def write_pyramid(path: str | Path, voxel_size: tuple[float, float, float] | None, nearest: bool, name: str,
-                  origin: tuple[float, float, float] | None = None) -> None:
+                  origin: tuple[float, float, float] | None = None, progress: bool = False) -> None:
     """Add levels 1.. (from level "0") and the NGFF metadata to the image group at `path`, level 0 translated to
     `origin` (z, y, x) nm when given (a crop of a larger volume). `voxel_size` None (nobody stated it): scale 1
     and axes without a unit, so readers take voxels, not 1 nm. A level of means is translated by half the voxels
     it averages more (its voxel centres lie between theirs), one of nearest voxels is not (each is a voxel of level
-    0); the multiscales' `type` says which. NGFF 0.5, or 0.4 when the group is Zarr v2."""
+    0); the multiscales' `type` says which. NGFF 0.5, or 0.4 when the group is Zarr v2. `progress`: a bar of the
+    levels' blocks."""
     import zarr
     from ome_zarr.format import CurrentFormat, FormatV04
     from ome_zarr.writer import add_metadata, write_multiscales_metadata
@@ -321,9 +337,12 @@ def write_pyramid(path: str | Path, voxel_size: tuple[float, float, float] | Non
     scale, shift = np.asarray(voxel_size, dtype=float), np.asarray(origin or (0.0, 0.0, 0.0), dtype=float)
     datasets = [{"path": "0", "coordinateTransformations": [{"type": "scale", "scale": scale.tolist()}]
                  + ([{"type": "translation", "translation": shift.tolist()}] if shift.any() else [])}]
-    for level, f in enumerate(factors(group["0"].shape, voxel_size), start=1):
+    steps = factors(group["0"].shape, voxel_size)
+    shapes = list(itertools.accumulate(steps, lambda s, f: tuple(n // k for n, k in zip(s, f, strict=True)),
+                                       initial=tuple(group["0"].shape)))[1:]
+    bar = _levels_bar(shapes, blocks.block_of(group["0"]), Path(path).name.removesuffix(".partial"), progress)
+    for level, (f, shape) in enumerate(zip(steps, shapes, strict=True), start=1):
         src = group[str(level - 1)]
-        shape = tuple(n // k for n, k in zip(src.shape, f, strict=True))
         block = tuple(min(b, max(1, n)) for b, n in zip(blocks.block_of(src), shape, strict=True))  # fits the level
         dst = group.create_array(str(level), shape=shape, dtype=src.dtype, fill_value=0, config=blocks.WRITE,
                                  overwrite=True, **blocks.storage(block, zarr_format),  # resumed: built again
@@ -334,10 +353,12 @@ def write_pyramid(path: str | Path, voxel_size: tuple[float, float, float] | Non
             else:
                 region = np.asarray(src[tuple(slice(s.start * k, s.stop * k) for s, k in zip(b, f, strict=True))])
                 dst[b] = downsample(region, f)
+            bar.update()
         shift = shift if nearest else shift + (np.asarray(f) - 1) / 2 * scale
         scale = scale * np.asarray(f)
         datasets.append({"path": str(level), "coordinateTransformations": [{"type": "scale", "scale": scale.tolist()}]
                          + ([{"type": "translation", "translation": shift.tolist()}] if shift.any() else [])})
+    bar.close()
     write_multiscales_metadata(group, datasets, fmt=fmt, axes=axes, name=name, metadata={
         "description": "each level from the one before: 2 x 2 in-plane, 2 in Z while Z is not coarser than twice "
                        "the in-plane pixel", "method": "mitoseg.omezarr.write_pyramid"})

@@ -635,7 +635,7 @@ def predict_volume(model: torch.nn.Module, image: Any, out: str | Path, dims: in
     seconds["wall"] = time.perf_counter() - start
     outputs[0].array.attrs["seconds"] = {k: round(v, 3) for k, v in seconds.items()}
     bar.close()
-    blocks.finish(*outputs, overwrite=overwrite)
+    blocks.finish(*outputs, overwrite=overwrite, progress=progress)
     memory.release()
     return Path(out)
 
@@ -870,7 +870,7 @@ def write_mask(probs: str | Path, out: str | Path, pp: postprocess.PostProcessin
     job = {"probs": str(Path(probs).absolute()), "out": str(Path(out).absolute()), "z_sigma": pp.z_sigma,
            "threshold": pp.threshold, "run": output.run}
     blocks.run(_mask_task, output.todo(blocks.grid(shape, block)), job, client, f"mask {Path(out).name}", progress)
-    blocks.finish(output, overwrite=overwrite)
+    blocks.finish(output, overwrite=overwrite, progress=progress)
     return Path(out)
 
 
@@ -936,7 +936,7 @@ def predict_mean(models: Sequence[str | Path], image: str | Path, out: str | Pat
                   disable=not progress):
         mean = mean_probabilities([a[b] for a in arrays])
         write_block(outputs, b, [mean, io.at_least(mean, cut).astype(np.uint8)])
-    blocks.finish(*outputs, overwrite=overwrite)
+    blocks.finish(*outputs, overwrite=overwrite, progress=progress)
     io.remove(members)
     return Path(out)
 
