@@ -77,9 +77,12 @@ def test_predict_with_two_models_writes_the_mean_of_their_probabilities(runs, tm
     real, called = predict.open_outputs, []
     monkeypatch.setattr(predict, "open_outputs", lambda shape, out, *a, **k: called.append(Path(out).name) or real(
         shape, out, *a, **k))
-    assert main(["--quiet", "predict", test, "--model", runs2, "--model", runs3, "--out", str(tmp_path / "again.zarr"),
+    capsys.readouterr()
+    assert main(["predict", test, "--model", runs2, "--model", runs3, "--out", str(tmp_path / "again.zarr"),
                  "--resume", *opts]) == 0
     assert called == ["1.zarr"] and not members.exists()  # the 3D model's prediction only
+    err = capsys.readouterr().err  # each member's bar under the model it predicts with
+    assert f"model 1 of 2: {runs2}\n" in err and f"model 2 of 2: {runs3}\n" in err, err
     np.testing.assert_array_equal(io.open_volume(tmp_path / "again.zarr")[:], mean[:])
     # a finished member of another model is refused (before: kept, the mean labelled with the models asked for)
     other = tmp_path / "again2.zarr.partial.members"

@@ -919,8 +919,11 @@ def predict_mean(models: Sequence[str | Path], image: str | Path, out: str | Pat
     if not resume:
         io.remove(members)
     paths = [members / f"{i}.zarr" for i in range(len(models))]
-    for model, path, p in zip(models, paths, member_planes, strict=True):  # a finished member is kept only when
-        predict(model, image, path, dtype=dtype, resume=resume, progress=progress, planes=p, **each)  # alike
+    for i, (model, path, p) in enumerate(zip(models, paths, member_planes, strict=True)):
+        if progress:  # the bar below names the member's output (0.zarr, 1.zarr), not the model
+            print(f"model {i + 1} of {len(models)}: {model}", file=sys.stderr)
+        predict(model, image, path, dtype=dtype, resume=resume, progress=progress, planes=p, **each)  # a finished
+        # member is kept only when predicted alike
     arrays = [io.open_volume(path) for path in paths]
     shape, block = tuple(arrays[0].shape), blocks.block_of(arrays[0])
     settings = {"members": [dict(a.attrs["settings"]) for a in arrays]}
