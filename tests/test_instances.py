@@ -203,6 +203,10 @@ def test_measure_sparse_large_ids():
     huge = labels.astype(np.uint64)
     huge[huge == 100] = 2**40  # a supervoxel id of another tool (before: MemoryError, an 8 TiB array of ids)
     assert measure(huge, voxel_size=(10, 10, 10))["id"].tolist() == [7, 2**40]
+    huge[huge == 7] = 2**64 - 2  # past int64's top (Paintera's reserved ids): kept, not read as negative
+    table = measure(huge, voxel_size=(10, 10, 10))
+    assert table["id"].tolist() == [2**40, 2**64 - 2] and table["voxels"].tolist() == [1, 2]
+    assert instances.morphology(huge, table, (10, 10, 10))["id"].tolist() == [2**40, 2**64 - 2]
     with pytest.raises(MitosegError, match="voxel_size must be three numbers"):
         measure(labels, voxel_size=(1, 1))
     with pytest.raises(MitosegError, match=r"got dtype bool; a mask: label it first \(instances.label\)"):

@@ -111,7 +111,7 @@ def measure(labels: np.ndarray, voxel_size: Sequence[float] = (1.0, 1.0, 1.0)) -
     """Size, centroid and bounding box of every object of a 3D label array (0 = background).
 
     `voxel_size` is (z, y, x) in nm. Returns a table as a dict of equal-length numpy columns, one row per
-    label id present, sorted by id: id (int64), voxels (int64), volume_um3 (float64, voxels *
+    label id present, sorted by id: id (int64; uint64 where ids pass int64's top), voxels (int64), volume_um3 (float64, voxels *
     prod(voxel_size) / 1e9), centroid_z/y/x (float64, in voxels), bbox_z0/y0/x0/z1/y1/x1 (int64, voxels,
     half-open: the object lies in [z0, z1) x [y0, y1) x [x0, x1)). Keys are in `COLUMNS` order.
     """
@@ -136,8 +136,10 @@ def measure(labels: np.ndarray, voxel_size: Sequence[float] = (1.0, 1.0, 1.0)) -
     # no_slice_conversion gives rows (z0, z1, y0, y1, x0, x1) with inclusive ends, in array axis order
     box = np.asarray(stats["bounding_boxes"], dtype=np.int64).reshape(-1, 6)[ids]
     centroids = np.asarray(stats["centroids"], dtype=np.float64).reshape(-1, 3)[ids]
+    found = original_ids[ids]
+    huge = found.dtype == np.uint64 and found.max(initial=0) > np.iinfo(np.int64).max  # as int64: negative
     return {
-        "id": original_ids[ids].astype(np.int64),
+        "id": found if huge else found.astype(np.int64),
         "voxels": voxels[ids],
         "volume_um3": voxels[ids] * float(np.prod(np.asarray(voxel_size, dtype=np.float64))) / 1e9,
         "centroid_z": centroids[:, 0],
