@@ -469,6 +469,32 @@ def test_morphology_reads_a_chunked_array_once_per_block_of_boxes(droso):
     assert len(reads) == len(starts) <= 8 < len(table["id"])
 
 
+def test_an_object_with_a_huge_box_is_read_slab_by_slab_with_the_same_shape(droso, monkeypatch):
+    """An object whose box passes `LARGE_BOX` voxels (a network of mitochondria across the volume) is read alone in
+    slabs of Z planes of at most `SLAB` voxels (before: its whole box, about 54 bytes per voxel of it), and measured
+    as from its whole box: the real mitochondria of the stack, all read slab by slab (slabs of one plane and the
+    next one), give the table of boxes read whole."""
+    labels = label(droso[1][:, :256, :256], 26, min_size=100)
+    table = measure(labels, (50, 4.6, 4.6))
+    whole = instances.morphology(labels, table, (50, 4.6, 4.6))
+    reads = []
+
+    class Counting:
+        shape, chunks = labels.shape, (20, 256, 256)
+
+        def __getitem__(self, key):
+            reads.append(np.asarray(labels[key]).size)
+            return labels[key]
+
+    monkeypatch.setattr(instances, "LARGE_BOX", 0)
+    monkeypatch.setattr(instances, "SLAB", 1)  # one plane a slab
+    slabs = instances.morphology(Counting(), table, (50, 4.6, 4.6))
+    for k in whole:
+        np.testing.assert_allclose(slabs[k], whole[k], rtol=1e-9, err_msg=k)
+    assert len(reads) == (table["bbox_z1"] - table["bbox_z0"]).sum() > 2 * len(table["id"]) >= 10
+    assert max(reads) <= 2 * 256 * 256
+
+
 def test_label_applies_the_runs_choice_kept_with_probabilities(tmp_path, lucchi_crop):
     """`label_volume` of stored probabilities that carry the run's post-processing (as `predict` writes them),
     in blocks 3 slices deep: the objects of the whole volume blurred along Z, thresholded and cleaned of small

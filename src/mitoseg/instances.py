@@ -111,9 +111,9 @@ def measure(labels: np.ndarray, voxel_size: Sequence[float] = (1.0, 1.0, 1.0)) -
     """Size, centroid and bounding box of every object of a 3D label array (0 = background).
 
     `voxel_size` is (z, y, x) in nm. Returns a table as a dict of equal-length numpy columns, one row per
-    label id present, sorted by id: id (int64; uint64 where ids pass int64's top), voxels (int64), volume_um3 (float64, voxels *
-    prod(voxel_size) / 1e9), centroid_z/y/x (float64, in voxels), bbox_z0/y0/x0/z1/y1/x1 (int64, voxels,
-    half-open: the object lies in [z0, z1) x [y0, y1) x [x0, x1)). Keys are in `COLUMNS` order.
+    label id present, sorted by id: id (int64; uint64 where ids pass int64's top), voxels (int64), volume_um3
+    (float64, voxels * prod(voxel_size) / 1e9), centroid_z/y/x (float64, in voxels), bbox_z0/y0/x0/z1/y1/x1
+    (int64, voxels, half-open: the object lies in [z0, z1) x [y0, y1) x [x0, x1)). Keys are in `COLUMNS` order.
     """
     labels = np.asarray(io.refuse_path(labels, "labels"))
     _check_3d("labels", labels.shape)
@@ -222,6 +222,8 @@ def merge_statistics(n: int, parts: Iterable[tuple[np.ndarray, ...]],
 
 MORPHOLOGY = ("surface_um2", "sphericity", "equivalent_diameter_um", "length_um", "width_um", "elongation",
               "touches_border")
+LARGE_BOX = 2**26  # voxels: an object's bounding box above it is read alone, slab by slab (a network across the volume)
+SLAB = 2**24  # voxels of one such slab (Z planes of the box)
 
 
 def morphology(labels, table: dict[str, np.ndarray], voxel_size: Sequence[float] = (1.0, 1.0, 1.0),
@@ -239,7 +241,9 @@ def morphology(labels, table: dict[str, np.ndarray], voxel_size: Sequence[float]
     `labels`: any array-like (Z, Y, X). Objects whose boxes start in the same `block` (default: the array's
     blocks, `blocks.block_of`, else 64 x 512 x 512) are read together, as the one box around them all (`shape_groups`,
     `group_shapes`): a chunked array is decompressed about once, not once per object. Memory: the largest
-    such box. `mitoseg.cluster.table_dask` measures the groups in parallel, with the same table.
+    such box, but an object whose box passes `LARGE_BOX` voxels is read alone, in slabs of Z planes of at most
+    `SLAB` voxels (the same values: `_shape_row` sums over slabs). `mitoseg.cluster.table_dask` measures the
+    groups in parallel, with the same table.
     `voxel_size` must be the one `table` was measured with (its volumes tell), else MitosegError."""
     io.refuse_path(labels, "labels")
     _check_3d("labels", labels.shape)
@@ -275,23 +279,36 @@ def shape_groups(table: dict[str, np.ndarray], block: Sequence[int]) -> list[np.
 
 def group_shapes(labels, rows: dict[str, np.ndarray], voxel_size: Sequence[float]) -> dict[str, np.ndarray]:
     """`morphology`'s columns for the objects of `rows` (a table's rows: id and bounding box), read from
-    `labels` as the one box around them all."""
-    from skimage.measure import marching_cubes, mesh_surface_area
-
+    `labels` as the one box around them all; an object whose box passes `LARGE_BOX` voxels alone, slab by slab
+    (`_slabs`)."""
     spacing = np.asarray(voxel_size, dtype=np.float64) / 1000.0  # µm
     shape = np.asarray(labels.shape)
     lo = np.stack([rows[f"bbox_{a}0"] for a in "zyx"], axis=1).astype(np.int64).reshape(-1, 3)
     hi = np.stack([rows[f"bbox_{a}1"] for a in "zyx"], axis=1).astype(np.int64).reshape(-1, 3)
     out = {k: np.zeros(len(lo), np.float64) for k in MORPHOLOGY}
-    if not len(lo):
-        return out
-    g0, g1 = lo.min(axis=0), hi.max(axis=0)
-    region = np.asarray(labels[g0[0]:g1[0], g0[1]:g1[1], g0[2]:g1[2]])
+    large = np.prod(hi - lo, axis=1) > LARGE_BOX
+    if (~large).any():
+        g0, g1 = lo[~large].min(axis=0), hi[~large].max(axis=0)
+        region = np.asarray(labels[g0[0]:g1[0], g0[1]:g1[1], g0[2]:g1[2]])
     for i, obj in enumerate(rows["id"]):
-        box = tuple(slice(a, b) for a, b in zip(lo[i] - g0, hi[i] - g0, strict=True))
-        _shape_row(out, i, region[box] == obj, spacing, marching_cubes, mesh_surface_area)
+        if large[i]:
+            slabs = _slabs(labels, obj, lo[i], hi[i])
+        else:
+            slabs = [(region[tuple(slice(a, b) for a, b in zip(lo[i] - g0, hi[i] - g0, strict=True))] == obj, 0, True)]
+        _shape_row(out, i, slabs, spacing)
         out["touches_border"][i] = bool((lo[i] == 0).any() or (hi[i] == shape).any())
     return out
+
+
+def _slabs(labels, obj: Any, lo: np.ndarray, hi: np.ndarray) -> Iterator[tuple[np.ndarray, int, bool]]:
+    """Object `obj`'s boolean mask in its bounding box [lo, hi) of `labels`, read as slabs of Z planes of at most
+    `SLAB` voxels: (mask, its first plane in the box, whether it is the last), each slab but the last with the next
+    one's first plane too (for the mesh between them)."""
+    depth = max(1, SLAB // int(np.prod(hi[1:] - lo[1:])))
+    for a in range(int(lo[0]), int(hi[0]), depth):
+        end = min(a + depth, int(hi[0]))
+        planes = np.asarray(labels[a:min(end + 1, int(hi[0])), lo[1]:hi[1], lo[2]:hi[2]])
+        yield planes == obj, a - int(lo[0]), end == int(hi[0])
 
 
 def join_shapes(table: dict[str, np.ndarray], groups: Sequence[np.ndarray],
@@ -305,27 +322,56 @@ def join_shapes(table: dict[str, np.ndarray], groups: Sequence[np.ndarray],
     return {**table, **out}
 
 
-def _shape_row(out: dict[str, np.ndarray], i: int, mask: np.ndarray, spacing: np.ndarray, marching_cubes,
-               mesh_surface_area) -> None:
-    """Row `i` of `morphology`'s shape columns from the object's boolean `mask` (its bounding box)."""
-    coords = np.argwhere(mask) * spacing
-    volume = len(coords) * float(np.prod(spacing))
-    try:
-        verts, faces, _, _ = marching_cubes(np.pad(mask, 1).astype(np.float32), 0.5, spacing=tuple(spacing))
-        surface = float(mesh_surface_area(verts, faces))
-        enclosed = abs(float(np.einsum("ij,ij->i", verts[faces[:, 0]],
-                                       np.cross(verts[faces[:, 1]], verts[faces[:, 2]])).sum())) / 6
-    except (ValueError, RuntimeError):  # too small to mesh
-        surface, enclosed = float("nan"), float("nan")
+def _shape_row(out: dict[str, np.ndarray], i: int, slabs: Iterable[tuple[np.ndarray, int, bool]],
+               spacing: np.ndarray) -> None:
+    """Row `i` of `morphology`'s shape columns from the object's boolean mask in its bounding box, given whole as
+    one slab ``(mask, 0, True)`` or as `_slabs`: the voxels' moments and the mesh's sums (each cube of the
+    marching cubes lies in one slab; the volume enclosed is summed in the box's frame) add up over slabs."""
+    from skimage.measure import marching_cubes, mesh_surface_area
+
+    n, first, second = 0, np.zeros(3), np.zeros((3, 3))  # voxel count, sums of coordinates and of their products
+    surface = enclosed = 0.0
+    for mask, start, last in slabs:
+        own = mask if last else mask[:-1]  # the next slab's first plane is its own
+        n += _moments(own, start, first, second)
+        if not mask.any():  # planes of a box without the object (ids of another tool need not be connected)
+            continue
+        try:
+            verts, faces, _, _ = marching_cubes(np.pad(mask, ((int(start == 0), int(last)), (1, 1), (1, 1))).astype(
+                np.float32), 0.5, spacing=tuple(spacing))
+        except (ValueError, RuntimeError):  # too small to mesh
+            surface = enclosed = float("nan")
+            continue
+        verts[:, 0] += (start + 1 if start else 0) * spacing[0]  # in the frame of the whole box padded by one
+        surface += float(mesh_surface_area(verts, faces))
+        enclosed += float(np.einsum("ij,ij->i", verts[faces[:, 0]],
+                                    np.cross(verts[faces[:, 1]], verts[faces[:, 2]])).sum()) / 6
+    enclosed = abs(enclosed)
+    volume = n * float(np.prod(spacing))
     # the coordinates' covariance as skimage's inertia tensor takes it (biased): a solid ellipsoid's variance
     # along a semi-axis a is a^2 / 5, so its full axis is sqrt(20 eigenvalue)
-    eig = np.sort(np.linalg.eigvalsh(np.cov(coords.T, bias=True))) if len(coords) > 1 else np.zeros(3)
+    mean = first / max(n, 1)
+    cov = (second / max(n, 1) - np.outer(mean, mean)) * np.outer(spacing, spacing)
+    eig = np.sort(np.linalg.eigvalsh(cov)) if n > 1 else np.zeros(3)
     out["surface_um2"][i] = surface
     out["sphericity"][i] = np.pi ** (1 / 3) * (6 * enclosed) ** (2 / 3) / surface if surface > 0 else np.nan
     out["equivalent_diameter_um"][i] = (6 * volume / np.pi) ** (1 / 3)
     out["length_um"][i] = np.sqrt(20 * max(eig[-1], 0.0))
     out["width_um"][i] = np.sqrt(20 * max(eig[0], 0.0))
     out["elongation"][i] = out["length_um"][i] / out["width_um"][i] if out["width_um"][i] > 0 else np.inf
+
+
+def _moments(mask: np.ndarray, start: int, first: np.ndarray, second: np.ndarray) -> int:
+    """Add the sums of the coordinates (z, y, x voxels; z from `start`) of `mask`'s voxels to `first` (3,) and of
+    their products to `second` (3, 3), from its projections (no list of coordinates); return its voxel count."""
+    zy, zx, yx = (mask.sum(axis=a, dtype=np.int64) for a in (2, 1, 0))
+    z, y, x = (np.arange(n, dtype=np.int64) for n in mask.shape)
+    z += start
+    cz, cy, cx = zy.sum(axis=1), yx.sum(axis=1), yx.sum(axis=0)
+    first += [z @ cz, y @ cy, x @ cx]
+    second += np.array([[z * z @ cz, z @ zy @ y, z @ zx @ x], [z @ zy @ y, y * y @ cy, y @ yx @ x],
+                        [z @ zx @ x, y @ yx @ x, x * x @ cx]], dtype=np.float64)
+    return int(cz.sum())
 
 
 def write_table(table: dict[str, np.ndarray], path: str | Path) -> None:
