@@ -516,6 +516,28 @@ def test_label_applies_the_runs_choice_kept_with_probabilities(tmp_path, lucchi_
     assert same_partition(io.open_volume(tmp_path / "t.zarr")[:], plain)
 
 
+def test_the_runs_minimum_size_is_scaled_on_a_volume_thinner_than_its_objects(tmp_path, lucchi_crop, capsys):
+    """A run's minimum object size, chosen on a thick volume, on 2 slices of real CA1 probabilities: a ball of 4,000
+    voxels is 98 nm wide and the volume 10 nm deep, so the minimum is scaled by 10 / 98 (before: every mitochondrion
+    under 4,000 voxels in its 2 sections was deleted without a word); said in a note and in label's line."""
+    from mitoseg import cli
+
+    probs = jittered_probabilities(lucchi_crop[1])[10:12]
+    z = zarr.create_array(str(tmp_path / "p.zarr"), data=probs, chunks=(1, 256, 256))
+    z.attrs.update(kind="probability", voxel_size=[5.0, 5.0, 5.0],
+                   postprocessing=postprocess.PostProcessing(0.5, 4000).as_dict())
+    assert cli.main(["--quiet", "label", str(tmp_path / "p.zarr"), "--out", str(tmp_path / "l.zarr")]) == 0
+    said = capsys.readouterr()
+    scaled = round(4000 * 10 / (6 * 4000 * 125 / np.pi) ** (1 / 3))
+    assert "this volume is 2 slices (10 nm) deep, thinner than a ball of the run's minimum object size (4,000 voxels)" \
+        f" is wide (98 nm): objects of {scaled:,} voxels or more are kept" in said.err
+    assert f"objects under {scaled:,} voxels removed (its 4,000 scaled to this depth)" in said.out
+    sizes = np.bincount(label(probs >= 128, connectivity=26).ravel())[1:]
+    labels = io.open_volume(tmp_path / "l.zarr")
+    assert labels.attrs["objects"] == (sizes >= scaled).sum() > (sizes >= 4000).sum()
+    assert labels.attrs["applied"]["min_size_chosen"] == 4000
+
+
 @pytest.mark.parametrize("voxel, surface, sphericity", [((5, 5, 5), 1.23, 0.92), ((50, 4.6, 4.6), 1.44, 0.79)])
 def test_a_ball_on_cubic_and_on_flat_voxels(voxel, surface, sphericity):
     """A 600 nm ball (4 pi 0.3^2 = 1.13 µm²): the README's numbers. Its axes and equivalent diameter are 0.6 µm

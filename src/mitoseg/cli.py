@@ -240,7 +240,8 @@ def _label_words(input: str, out: str) -> str:
     if "threshold" in applied["from_run"]:
         done.append(f"probability >= {applied['threshold']:g}")
     if "min_size" in applied["from_run"]:
-        done.append(f"objects under {applied['min_size']:,} voxels removed" if applied["min_size"]
+        scaled = f" (its {applied['min_size_chosen']:,} scaled to this depth)" if "min_size_chosen" in applied else ""
+        done.append(f"objects under {applied['min_size']:,} voxels removed{scaled}" if applied["min_size"]
                     else "no objects removed by size")
     attrs = io.open_volume(input).attrs
     holes = attrs.get("postprocessing", {}).get("fill_holes")

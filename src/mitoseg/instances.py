@@ -652,6 +652,11 @@ def label_volume(input: str | Path, out: str | Path, block: Sequence[int] | None
               "it records stays in its voxels", file=sys.stderr)
     block = tuple(block) if block else blocks.reading_block(volume)
     applied = postprocess.for_labels(io.attributes(volume), threshold, min_size)
+    if "min_size" in applied["from_run"]:  # chosen on a volume thick enough for whole objects
+        scaled, note = postprocess.min_size_for_depth(applied["min_size"], volume.shape[0], stated)
+        if note:
+            applied.update(min_size=scaled, min_size_chosen=applied["min_size"])
+            print(note, file=sys.stderr)
     min_size, z_sigma = applied["min_size"], applied["z_sigma"]
     raw_threshold = io.foreground_threshold(volume, applied["threshold"], str(input))
     attrs = {**({"voxel_size": voxel} if stated else {}), "connectivity": connectivity, "applied": applied}

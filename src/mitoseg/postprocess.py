@@ -63,6 +63,23 @@ def at_voxels(pp: PostProcessing, trained: Any, voxel: Any) -> PostProcessing:
     return replace(pp, z_sigma=round(z_sigma, 2), min_size=int(round(min_size)))
 
 
+def min_size_for_depth(min_size: int, slices: int, voxel_size: Any) -> tuple[int, str | None]:
+    """A run's minimum object size (voxels) for a volume of `slices` slices of `voxel_size` (z, y, x nm; None: cubes):
+    as it is, and None; but where the volume is thinner than a ball of that size is wide (no object in it can be
+    whole: a section or a few), scaled by the volume's depth over the ball's diameter, and the note that says so."""
+    z, y, x = (float(v) for v in (voxel_size or (1.0, 1.0, 1.0)))
+    diameter = (6 * min_size * z * y * x / np.pi) ** (1 / 3)  # nm
+    depth = slices * z
+    if not min_size or depth >= diameter:
+        return min_size, None
+    scaled = int(round(min_size * depth / diameter))
+    unit = "nm" if voxel_size is not None else "voxels"
+    return scaled, (f"note: this volume is {slices} slice{'s' * (slices != 1)} ({depth:g} {unit}) deep, thinner than a "
+                    f"ball of the run's minimum object size ({min_size:,} voxels) is wide ({diameter:.0f} {unit}): "
+                    f"objects of {scaled:,} voxels or more are kept, the minimum scaled to its depth (--min-size "
+                    "sets another)")
+
+
 def smooth_z(probs: np.ndarray, sigma: float, rows: int = 64) -> np.ndarray:
     """Probabilities (Z, Y, X) blurred along Z only by a Gaussian of `sigma` slices (ends mirrored), in their
     own units and dtype (uint8 0..255 rounded back to uint8, floats as float32); computed `rows` rows of Y at
