@@ -168,6 +168,17 @@ def test_zarr_v2_for_tools_that_read_no_v3(stack, droso, tmp_path, capsys):
                       (image / "labels" / "other", "an image-label takes its image's Zarr format")]:
         assert main(["--quiet", "convert", str(tmp_path / "mask.npy"), "--out", str(out), "--zarr-format", "2"]) == 2
         assert said in capsys.readouterr().err
+    # an input that states no voxel size (predict's OME-Zarr of a plain TIFF, as README's lines make it) converts
+    # to an OME-Zarr whose axes have no unit, said (before: refused, as if the input stated one)
+    np.save(tmp_path / "raw.npy", droso[0][:, :300, :260])
+    for source, out in [(tmp_path / "raw.npy", tmp_path / "raw.ome.zarr"),
+                        (tmp_path / "raw.ome.zarr", tmp_path / "04.ome.zarr")]:
+        assert main(["convert", str(source), "--out", str(out), "--zarr-format", "2"]) == 0
+        assert "no voxel size: the input states none (the OME-Zarr's axes have no unit: read as voxels); give " \
+            "--voxel-size" in capsys.readouterr().out
+        assert io.voxel_size(out) is None and all("unit" not in a for a in omezarr.multiscales(
+            dict(zarr.open_group(str(out), mode="r").attrs))[0]["axes"])
+    np.testing.assert_array_equal(io.open_volume(tmp_path / "04.ome.zarr")[:], droso[0][:, :300, :260])
     blocks.open_output(tmp_path / "r.zarr", (4, 8, 8), np.uint8, (4, 8, 8), {})
     with pytest.raises(MitosegError, match="Zarr format 3 then, 2 now"):
         blocks.open_output(tmp_path / "r.zarr", (4, 8, 8), np.uint8, (4, 8, 8), {}, resume=True, zarr_format=2)

@@ -112,7 +112,8 @@ def cmd_convert(a: argparse.Namespace) -> None:
               else ", as the input states")
     words = f"voxel size {' x '.join(f'{v:g}' for v in voxel)} nm{stated}" if voxel else \
         "no voxel size: its image states none in nm (an image-label takes its image's)" if omezarr.label_of(a.out) \
-        else "no voxel size: the input states none; give --voxel-size"
+        else "no voxel size: the input states none" + (" (the OME-Zarr's axes have no unit: read as voxels)"
+                                                        if omezarr.is_ome_path(a.out) else "") + "; give --voxel-size"
     print(f"wrote {a.out} ({done['dtype']}, {words})")
     for note in done["notes"]:
         print(note)

@@ -31,7 +31,8 @@ def convert(source: str | Path, out: str | Path, voxel_size: tuple[float, float,
     """Write the volume `source` (a path `io.open_volume` reads) to `out`: ``*.tif``/``*.tiff`` an ImageJ TIFF,
     ``*.zarr``/``*.ome.zarr`` Zarr (chunks `block`, default (64, 512, 512) capped at the shape), or
     ``IMAGE/labels/NAME`` an image-label of that OME-Zarr image. `voxel_size` (z, y, x) nm is recorded, else the
-    one `source` states, else none (an OME-Zarr needs one; an image-label takes its image's). `labels`: the volume
+    one `source` states, else none (an OME-Zarr's axes then have no unit, scale 1, as `predict` writes one; an
+    image-label takes its image's). `labels`: the volume
     holds masks or object ids (an OME-Zarr pyramid of nearest voxels), which integers of 32 bits or more and a
     mitoseg mask or labels output are anyway. `zarr_format` 2 writes Zarr v2 (an OME-Zarr then NGFF 0.4), for
     tools that read no Zarr v3 (zarr-python 2, readers of NGFF 0.4 only); default 3 (NGFF 0.5). Returns what
@@ -65,8 +66,6 @@ def convert(source: str | Path, out: str | Path, voxel_size: tuple[float, float,
         image = omezarr.label_layout(out, tuple(volume.shape)).voxel
         if voxel and image and not np.allclose(voxel, image):
             notes.append(f"the input states {_nm(voxel)} voxels; as an image-label it takes its image's {_nm(image)}")
-    elif omezarr.is_ome_output(out) and voxel is None:
-        raise MitosegError(f"{source} states no voxel size and an OME-Zarr states one: give --voxel-size Z Y X (nm)")
     what = kind(volume, out, labels)
     write_zarr(volume, out, voxel, what, block, overwrite, progress, origin, zarr_format or 3)
     return {"dtype": str(np.dtype(np.uint8 if volume.dtype == bool else volume.dtype)),
