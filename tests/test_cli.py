@@ -101,6 +101,28 @@ def test_predict_with_two_models_writes_the_mean_of_their_probabilities(runs, tm
     settings = io.open_volume(tmp_path / "p.zarr").attrs["settings"]["members"]
     assert [m["planes"] for m in settings] == [3, 1]
 
+    # the image states no voxel size: the mean records the one a run stated, whichever comes first (before: only
+    # the first's, so none where a 2D run that stated none came first); runs that state two are refused
+    def restated(run: str, name: str, **changes) -> str:
+        import torch
+
+        shutil.copytree(run, tmp_path / name)
+        for ckpt in (tmp_path / name).glob("*.pt"):
+            state = torch.load(ckpt, weights_only=False)
+            state["config"].update(changes)
+            torch.save(state, ckpt)
+        return str(tmp_path / name)
+
+    unstated = restated(runs2, "run2u", voxel_size_stated=False)
+    coarser = restated(runs3, "run3c", voxel_size=[10.0] * 3)
+    assert main(["predict", test, "--model", unstated, "--model", runs3, "--out", str(tmp_path / "u.zarr"), *opts]) == 0
+    assert io.open_volume(tmp_path / "u.zarr").attrs["voxel_size"] == [5.0, 5.0, 5.0]
+    assert "voxel size 5 x 5 x 5 nm, the run's" in capsys.readouterr().out
+    assert main(["--quiet", "predict", test, "--model", runs2, "--model", coarser, "--out", str(tmp_path / "c.zarr"),
+                 *opts]) == 2
+    assert "the models were trained on voxels of 10 x 10 x 10 nm and 5 x 5 x 5 nm and test.tif states none: give " \
+        "--voxel-size" in capsys.readouterr().err and not (tmp_path / "c.zarr.partial.members").exists()
+
 
 @pytest.mark.parametrize("dims", [2, 3])
 def test_train_predict_label_evaluate(runs, dims, capsys):
@@ -608,8 +630,8 @@ def test_user_mistakes_are_one_line(runs, capsys, tmp_path, monkeypatch):
     assert not (tmp_path / "p.zarr").exists() and len(list((tmp_path / "p.zarr.partial.done").iterdir())) == 3
     shutil.rmtree(tmp_path / "p.zarr.partial")
     shutil.rmtree(tmp_path / "p.zarr.partial.done")
-    tifffile.imwrite(tmp_path / "flat.tif", np.zeros((64, 64), np.uint8))
-    bad(["predict", str(tmp_path / "flat.tif"), "--model", str(d / "run2"), "--out", str(tmp_path / "p.zarr")],
+    np.save(tmp_path / "flat.npy", np.zeros((64, 64), np.uint8))
+    bad(["predict", str(tmp_path / "flat.npy"), "--model", str(d / "run2"), "--out", str(tmp_path / "p.zarr")],
         capsys, "2D image")
     bad(["predict", t, "--model", str(tmp_path), "--out", str(tmp_path / "p.zarr")], capsys, "no trained model")
     bad(["predict", str(tmp_path / "x.h5:raw"), "--model", str(d / "run2"), "--out", str(tmp_path / "p.zarr")],

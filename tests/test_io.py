@@ -262,15 +262,23 @@ def test_truncated_real_tiff(tmp_path, written, fraction):
         io.open_volume(bad)
 
 
-def test_2d_inputs_refused(tmp_path, droso_dir, crop):
+def test_2d_inputs_refused_but_a_one_page_tiff_is_one_slice(tmp_path, droso_dir, crop):
+    """A PNG alone is refused (a slice of a folder); a TIFF of one page is a volume of one slice, as Fiji saves one
+    section and `convert` a 1-slice volume (before: refused, so mitoseg could not read its own output back)."""
     with pytest.raises(MitosegError, match="single 2D image.*pass the folder"):
         io.open_volume(droso_dir / "mitochondria" / "00.png")
-    tifffile.imwrite(tmp_path / "one.tif", crop[0])
-    with pytest.raises(MitosegError, match=r"2D image \(256, 256\)"):
-        io.open_volume(tmp_path / "one.tif")
+    tifffile.imwrite(tmp_path / "one.tif", crop[0], imagej=True, metadata={"spacing": 50, "unit": "nm"})
+    np.testing.assert_array_equal(io.open_volume(tmp_path / "one.tif")[:], crop[:1])
+    assert io.voxel_size(tmp_path / "one.tif")[0] == 50
     np.save(tmp_path / "flat.npy", crop[0])
-    with pytest.raises(MitosegError, match=r"2D image \(256, 256\)"):
+    with pytest.raises(MitosegError, match=r"2D image \(256, 256\); a volume \(Z, Y, X\) is needed \(one section: "
+                                           r"an array of shape \(1, 256, 256\), or a TIFF\)"):
         io.open_volume(tmp_path / "flat.npy")
+    np.save(tmp_path / "one.npy", crop[:1])
+    from mitoseg.convert import convert
+
+    convert(tmp_path / "one.npy", tmp_path / "back.tif", (50, 4.6, 4.6), progress=False)
+    np.testing.assert_array_equal(io.open_volume(tmp_path / "back.tif")[:], crop[:1])
 
 
 def test_rgb_inputs_refused(tmp_path, crop):

@@ -4,7 +4,8 @@ Every reader returns an array-like of shape (Z, Y, X) that supports numpy slicin
 the slices asked for, so gigavoxel volumes never need to fit in memory.
 Conventions:
 - a path may carry an inner dataset after a colon: ``cells.h5:raw``, ``run.zarr:probs``;
-- images are greyscale; 2D images and RGB stacks are refused with a message (no silent guess);
+- images are greyscale; RGB stacks and 2D images are refused with a message (no silent guess), but a TIFF of one
+  page, a volume of one slice (a section Fiji saved);
 - labels are binarised as ``label > threshold`` with ``threshold = 0`` unless the user gives one
   (anti-aliased masks such as 0..255 PNGs want ``127``);
 - outputs are written under ``<name>.partial`` and renamed when complete, so a crash never leaves a
@@ -300,7 +301,8 @@ def check_volume(arr: Any, name: str) -> Any:
         raise MitosegError(f"{name} looks like one colour image (Y, X, channels) {shape}; a greyscale volume "
                            "(Z, Y, X) is needed")
     if len(shape) == 2:
-        raise MitosegError(f"{name} is a 2D image {shape}; a volume (Z, Y, X) is needed")
+        raise MitosegError(f"{name} is a 2D image {shape}; a volume (Z, Y, X) is needed (one section: an array of "
+                           f"shape (1, {shape[0]}, {shape[1]}), or a TIFF)")
     if len(shape) != 3:
         raise MitosegError(f"{name} has shape {shape}; a 3D volume (Z, Y, X) is needed")
     kind = np.dtype(arr.dtype).kind
@@ -405,6 +407,8 @@ def _open_tiff_pages(path: Path) -> tuple[Any, dict]:
                                f"({', '.join(sorted(f'{sh} {dt}' for sh, dt in pages))}); a volume needs one")
         if several > 1:  # one volume of its pages, as Fiji opens them
             arr = _level0(zarr.open(tifffile.imread(path, aszarr=True, is_shaped=False), mode="r"))
+        else:  # one page (a section Fiji saved, a 1-slice volume `convert` wrote): a volume of one slice
+            arr = np.asarray(arr)[np.newaxis]
     stated = {}
     if arr.ndim >= 3:  # an ImageJ or OME hyperstack, tifffile's shaped metadata: the axes it states
         with tifffile.TiffFile(path) as tif:

@@ -910,7 +910,13 @@ def predict_mean(models: Sequence[str | Path], image: str | Path, out: str | Pat
     if mask_out is not None:
         io.check_output(mask_out, overwrite)
     planes = each.pop("planes", None)
-    dims = [load_model(m, "cpu")[1].dims for m in models]  # every member found before any predicts
+    configs = [load_model(m, "cpu")[1] for m in models]  # every member found before any predicts
+    dims = [c.dims for c in configs]
+    trained = {tuple(c.voxel_size) for c in configs if c.voxel_size_stated}
+    if len(trained) > 1 and each.get("voxel_size") is None and io.voxel_size(image) is None:
+        words = " and ".join(" x ".join(f"{v:g}" for v in size) + " nm" for size in sorted(trained))
+        raise MitosegError(f"the models were trained on voxels of {words} and {io.file_name(image)} states none: give "
+                           "--voxel-size Z Y X (nm), which the mean records")
     member_planes = [None if planes is None or d == 3 else planes for d in dims]
     for m, p in zip(models, member_planes, strict=True):
         if p is not None:
@@ -927,7 +933,10 @@ def predict_mean(models: Sequence[str | Path], image: str | Path, out: str | Pat
     arrays = [io.open_volume(path) for path in paths]
     shape, block = tuple(arrays[0].shape), blocks.block_of(arrays[0])
     settings = {"members": [dict(a.attrs["settings"]) for a in arrays]}
-    attrs = {k: arrays[0].attrs[k] for k in ("voxel_size", "origin", "tta", "tta_set") if k in arrays[0].attrs}
+    attrs = {k: arrays[0].attrs[k] for k in ("origin", "tta", "tta_set") if k in arrays[0].attrs}
+    stated = [a.attrs["voxel_size"] for a in arrays if "voxel_size" in a.attrs]  # a run that stated none records none
+    if stated:
+        attrs["voxel_size"] = stated[0]
     attrs.update(model=[str(Path(m).name) for m in models], created=time.strftime("%F %T"))
     outputs = [blocks.open_output(out, shape, arrays[0].dtype, block, settings, dict(attrs, kind="probability"),
                                   resume, overwrite)]
