@@ -1,13 +1,15 @@
 """One 3D training step (forward + backward) on a CPU, float32 against bf16 autocast, by patch and voxel size.
 
-Why `train.training_amp` keeps bf16 for 3D patches of at most 32 x 128 x 128 voxels whose encoder halves Y and X
+Why `train.training_amp` keeps bf16 for 3D patches of at most 32 x 128 x 128 voxels, at least 8 slices deep as the
+network sees them (padded to its Z strides: 4 for 50 x 4.6 x 4.6 nm, 32 for 5 nm), whose encoder halves Y and X
 from its first stage: outside that, oneDNN's bf16 backward of some convolutions stalls (the full preset's
-32 x 256 x 256 patch: its decoder's 256 -> 128 convolution at 4 x 32 x 32; voxels finer along Z). Each case runs in
+32 x 256 x 256 patch: its decoder's 256 -> 128 convolution at 4 x 32 x 32; voxels finer along Z; 2 to 4 ssTEM
+sections, padded to 4). Each case runs in
 a fresh subprocess with a time limit (`--limit` seconds for a warm-up step and two timed ones); a case past it is
 reported as stalled. Untrained, seeded model (weights do not change the speed), random input.
 
 Run from the repository root:
-    .venv/bin/python benchmarks/bench_bf16_3d.py --out results/bench/2026-12-08-bf16-3d   # ~5 min, 2 cores
+    .venv/bin/python benchmarks/bench_bf16_3d.py --out results/bench/2026-12-08-bf16-3d-depth --limit 90  # ~10 min
     .venv/bin/python benchmarks/bench_bf16_3d.py --small   # the 32 x 128 x 128 cube only
 Writes bf16_3d.json (bf16_3d_small.json) into --out.
 """
@@ -21,7 +23,8 @@ import time
 import common
 
 CASES = [((32, 128, 128), (5.0, 5.0, 5.0)), ((32, 128, 128), (50.0, 4.6, 4.6)), ((32, 256, 256), (5.0, 5.0, 5.0)),
-         ((32, 128, 128), (2.0, 10.0, 10.0))]
+         ((32, 128, 128), (2.0, 10.0, 10.0)), ((8, 128, 128), (50.0, 4.6, 4.6)), ((4, 128, 128), (50.0, 4.6, 4.6)),
+         ((2, 128, 128), (50.0, 4.6, 4.6)), ((2, 128, 128), (5.0, 5.0, 5.0))]
 
 
 def child(spec: dict) -> None:

@@ -394,8 +394,8 @@ def test_a_resume_says_from_where_and_refuses_another_image_and_damaged_files(tm
 
 
 def test_3d_training_keeps_bf16_to_the_patches_measured_on_a_cpu(capsys):
-    """oneDNN's bf16 backward stalls for minutes a step on the full preset's 3D patch and on voxels finer along Z
-    (benchmarks/bench_bf16_3d.py): those train in float32 on a CPU of native bf16, said in a note; the presets'
+    """oneDNN's bf16 backward stalls for minutes a step on the full preset's 3D patch, on voxels finer along Z and on
+    2 to 4 ssTEM sections (benchmarks/bench_bf16_3d.py): those train in float32 on a CPU of native bf16, said in a note; the presets'
     patches keep bf16; a 2D model and --fp32 are as they were."""
     from mitoseg.config import PRESETS
     from mitoseg.models import bf16_native
@@ -405,7 +405,12 @@ def test_3d_training_keeps_bf16_to_the_patches_measured_on_a_cpu(capsys):
     for cfg in (PRESETS["cpu"](3), PRESETS["quick"](3, voxel_size=(50.0, 4.6, 4.6)), PRESETS["full"](2)):
         assert tr.training_amp(cfg, cpu) is True
     assert capsys.readouterr().err == ""
-    for cfg in (PRESETS["full"](3), PRESETS["cpu"](3, voxel_size=(2.0, 10.0, 10.0))):
+    # a patch of 2 to 4 ssTEM sections (padded to 4 slices) stalled in bf16; 2 slices on 5 nm voxels (padded to 32) not
+    assert tr.training_amp(PRESETS["quick"](3, voxel_size=(5.0, 5.0, 5.0), patch_z=2), cpu) is True
+    assert tr.training_amp(PRESETS["quick"](3, voxel_size=(50.0, 4.6, 4.6), patch_z=8), cpu) is True
+    assert capsys.readouterr().err == ""
+    for cfg in (PRESETS["full"](3), PRESETS["cpu"](3, voxel_size=(2.0, 10.0, 10.0)),
+                PRESETS["quick"](3, voxel_size=(50.0, 4.6, 4.6), patch_z=3)):
         assert tr.training_amp(cfg, cpu) is (not native)  # where bf16 is not native, autocast is off anyway
         assert ("note: the 3D model trains in float32 on this CPU" in capsys.readouterr().err) is native
     assert tr.training_amp(PRESETS["full"](3, amp=False), cpu) is False

@@ -726,23 +726,28 @@ def _train(config: Config, image: np.ndarray, mask: np.ndarray, out: Path, resum
 
 
 BF16_3D_PATCH = (32, 128, 128)  # the largest 3D patch whose bf16 training steps were measured on a CPU
+BF16_3D_DEPTH = 8  # the fewest slices (the network's input, padded to its Z strides) measured in bf16 on a CPU
 
 
 def training_amp(config: Config, device: torch.device) -> bool:
     """Whether training steps run in bf16 (`autocast`): the run's `amp`, but a 3D model on a CPU only with a patch of
-    at most `BF16_3D_PATCH` (the quick and cpu presets') whose encoder halves Y and X from its first stage (not voxels
+    at most `BF16_3D_PATCH` (the quick and cpu presets') and at least `BF16_3D_DEPTH` slices deep as the network
+    sees it (padded to the product of its Z strides), whose encoder halves Y and X from its first stage (not voxels
     finer along Z). Else float32, said in a note: oneDNN's bf16 backward of some 3D convolutions outside that stalls
-    for minutes a step (`benchmarks/bench_bf16_3d.py`: the full preset's 32 x 256 x 256 patch, and 2 x 10 x 10 nm
-    voxels)."""
+    for minutes a step (`benchmarks/bench_bf16_3d.py`: the full preset's 32 x 256 x 256 patch, 2 x 10 x 10 nm
+    voxels, and 4-slice inputs of 128 x 128 on 50 x 4.6 x 4.6 nm: 2 to 4 ssTEM sections)."""
     if not (config.amp and device.type == "cpu" and config.dims == 3 and bf16_native(device)):
         return config.amp
-    measured = all(p <= m for p, m in zip(config.patch, BF16_3D_PATCH, strict=True)) and \
-        encoder_strides(config.voxel_size, 3)[0][1:] == (2, 2)
+    strides = encoder_strides(config.voxel_size, 3)
+    z_multiple = int(np.prod([s[0] for s in strides]))
+    depth = -(-config.patch[0] // z_multiple) * z_multiple
+    measured = all(p <= m for p, m in zip(config.patch, BF16_3D_PATCH, strict=True)) and strides[0][1:] == (2, 2) \
+        and depth >= BF16_3D_DEPTH
     if not measured:
         print(f"note: the 3D model trains in float32 on this CPU: bf16 is used for patches of at most "
-              f"{' x '.join(map(str, BF16_3D_PATCH))} voxels on voxels no finer along Z than in-plane, where its steps "
-              "were measured (outside, oneDNN's bf16 backward of some convolutions stalls for minutes)",
-              file=sys.stderr)
+              f"{' x '.join(map(str, BF16_3D_PATCH))} voxels, at least {BF16_3D_DEPTH} slices deep as the network "
+              "sees them, on voxels no finer along Z than in-plane, where its steps were measured (outside, oneDNN's "
+              "bf16 backward of some convolutions stalls for minutes)", file=sys.stderr)
     return measured
 
 
