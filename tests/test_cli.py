@@ -594,6 +594,7 @@ def test_user_mistakes_are_one_line(runs, capsys, tmp_path, monkeypatch):
     tifffile.imwrite(tmp_path / "one_level.tif", np.full((8, 192, 192), 7, np.uint8))
     bad(["train", str(tmp_path / "one_level.tif"), g, "--out", str(tmp_path / "r"), *TRAIN], capsys,
         "holds one grey level (7) everywhere: nothing to learn from")
+    bad(["train", g, g, "--out", str(tmp_path / "r")], capsys, "(image and labels swapped?)")  # not the patch's size
     tifffile.imwrite(tmp_path / "empty_gt.tif", np.zeros((8, 192, 192), np.uint8))
     bad(["train", t, str(tmp_path / "empty_gt.tif"), "--out", str(tmp_path / "r"), *TRAIN], capsys, "no foreground")
     bad(["train", t, g, "--out", str(tmp_path / "r"), "--dims", "3", "--patch-z", "32"], capsys,

@@ -111,7 +111,7 @@ def test_a_2d_run_evaluated_on_ca1_is_also_given_a_choice_for_three_planes(tmp_p
     assert three["chosen"] == pp.as_dict() and three["candidates"] == candidates != own["candidates"]
 
 
-def test_compare_resumes_an_interrupted_run(tmp_path, tiny_bench, monkeypatch):
+def test_compare_resumes_an_interrupted_run(tmp_path, tiny_bench, monkeypatch, capsys):
     """Ctrl-C in the 3D model's second epoch, after the 2D model was finished: `compare --resume` keeps the 2D
     row, continues the 3D training from its epoch-1 checkpoint (not from the start) and finishes the report;
     other settings than the interrupted run's are refused, naming them."""
@@ -155,8 +155,12 @@ def test_compare_resumes_an_interrupted_run(tmp_path, tiny_bench, monkeypatch):
         return training.train(cfg, *a, **k)
 
     monkeypatch.setattr(cmp, "train", train)
+    capsys.readouterr()
     results = cmp.compare(out, preset="quick", epochs=2, changes=TINY, progress=False, monitor=True, resume=True)
     assert trained == [(3, True)]  # the 2D model kept, the 3D model's training continued
+    said = capsys.readouterr().out
+    assert "2D finished, kept, 3D from its last checkpoint, epoch 1 of 2 (epochs after it are trained again)" in said
+    assert said.rstrip().endswith(f"report: {out / 'report.md'} (its figures, tables and models beside it)")
     assert results["models"]["2D"] == left["models"]["2D"]
     assert results["models"]["3D"]["epochs"] == 2 and results["models"]["3D"]["iterations"] == 4
     log = read_log(out / "model_3D")
@@ -172,7 +176,7 @@ def test_compare_resumes_an_interrupted_run(tmp_path, tiny_bench, monkeypatch):
         cmp.compare(tmp_path / "empty", preset="quick", epochs=2, changes=TINY, progress=False, resume=True)
 
 
-def test_compare_resume_keeps_what_an_interrupted_evaluation_predicted(tmp_path, tiny_bench, monkeypatch):
+def test_compare_resume_keeps_what_an_interrupted_evaluation_predicted(tmp_path, tiny_bench, monkeypatch, capsys):
     """Ctrl-C in the 3D model's evaluation, as its third prediction (the test volume with TTA) starts:
     `compare --resume` trains nothing again, keeps the validation and raw test probabilities (and the seconds
     they took) and predicts the TTA ones alone; its scores are those of the probabilities it saved."""
@@ -194,9 +198,11 @@ def test_compare_resume_keeps_what_an_interrupted_evaluation_predicted(tmp_path,
     monkeypatch.setattr(cmp, "predict_volume", lambda m, i, path, *a, **k: predicted.append(Path(path).name)
                         or real(m, i, path, *a, **k))
     monkeypatch.setattr(cmp, "train", lambda cfg, *a, **k: trained.append(cfg.dims) or training.train(cfg, *a, **k))
+    capsys.readouterr()
     results = cmp.compare(out, preset="quick", epochs=1, changes=TINY, progress=False, tta=True, monitor=False,
                           resume=True)
     assert predicted == ["test_probs_tta.zarr"] and trained == [3]
+    assert "2D finished, kept, 3D trained, evaluated now" in capsys.readouterr().out  # not "from its last checkpoint"
     assert [(r["epoch"], r["loss"]) for r in read_log(out / "model_3D")] == log  # nothing trained again
     assert {name: (out / "model_3D" / name / "zarr.json").stat().st_mtime_ns for name in kept} == kept
     assert results["models"]["3D"]["inference_seconds"] == seconds

@@ -282,3 +282,22 @@ def test_shared_data_is_beside_the_repository():
     repo = Path(__file__).resolve().parents[1]
     assert download.REPO_ROOT == repo
     assert SHARED_AT_IMPORT == repo.parent / "shared" / "data"
+
+
+def test_where_names_the_copy_compare_uses(tmp_path, monkeypatch, source, capsys):
+    """`mitoseg data where lucchi` without the EPFL files: the derived copy `compare` uses, with its provenance
+    (before: "not found (run: mitoseg data fetch lucchi)", though compare runs on it, and no fetch works offline);
+    with neither, how to fetch."""
+    import shutil
+
+    from mitoseg.cli import main
+
+    monkeypatch.delenv("MITOSEG_SHARED_DATA", raising=False)
+    assert main(["data", "where", "lucchi"]) == 0
+    assert capsys.readouterr().out == "lucchi: not found (run: mitoseg data fetch lucchi)\n"
+    derived = tmp_path / "shared" / "data" / "lucchi-derived"
+    shutil.copytree(source, derived)
+    monkeypatch.setenv("MITOSEG_SHARED_DATA", str(derived.parent))
+    assert main(["data", "where", "lucchi"]) == 0
+    assert capsys.readouterr().out.startswith(f"lucchi: the EPFL files are not found; `compare` uses {derived} (EPFL "
+                                              "CA1 hippocampus FIB-SEM (Lucchi et al.), derived public copy")

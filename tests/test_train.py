@@ -395,8 +395,8 @@ def test_a_resume_says_from_where_and_refuses_another_image_and_damaged_files(tm
 
 def test_3d_training_keeps_bf16_to_the_patches_measured_on_a_cpu(capsys):
     """oneDNN's bf16 backward stalls for minutes a step on the full preset's 3D patch, on voxels finer along Z and on
-    2 to 4 ssTEM sections (benchmarks/bench_bf16_3d.py): those train in float32 on a CPU of native bf16, said in a note; the presets'
-    patches keep bf16; a 2D model and --fp32 are as they were."""
+    2 to 4 ssTEM sections (benchmarks/bench_bf16_3d.py): those train in float32 on a CPU of native bf16, said in a
+    note; the presets' patches keep bf16; a 2D model and --fp32 are as they were."""
     from mitoseg.config import PRESETS
     from mitoseg.models import bf16_native
 

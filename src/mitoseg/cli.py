@@ -317,7 +317,8 @@ def _places_words(e: dict) -> str:
 
     return (f"where the {wrong:,} wrong voxels lie: {share(whole)} in whole objects (missed or false); "
             + ", ".join(f"{share(n)} within {within(w)}" for w, n in zip(widths, near, strict=True))
-            + f" of the true surface ({voxel}; distances in in-plane pixels); IoU {e['jaccard_whole_right']:.4f} if "
+            + f" of the true surface ({voxel}; distances counted in in-plane pixels"
+            + (f" of {pixel:g} nm" if pixel else "") + f"); IoU {e['jaccard_whole_right']:.4f} if "
             f"the whole-object errors were right, {e[f'jaccard_near_{widths[1]}_right']:.4f} if those within "
             f"{within(widths[1])} were")
 
@@ -346,14 +347,17 @@ def cmd_compare(a: argparse.Namespace) -> None:
 
 
 def cmd_data(a: argparse.Namespace) -> None:
-    from mitoseg import download
+    from mitoseg import datasets, download
 
     if a.action == "fetch":
         path = download.fetch(a.name, a.dest, a.overwrite, progress=not a.quiet, base_url=a.base_url)
         print(f"{a.name} is in {path}")
     else:
         found = download.data_dir(a.name, a.dest)
-        print(found if found else f"{a.name}: not found (run: mitoseg data fetch {a.name})")
+        derived = datasets.lucchi_dir() if a.name == "lucchi" and not found and a.dest is None else None
+        print(found if found else f"{a.name}: the EPFL files are not found; `compare` uses {derived[0]} ({derived[1]}),"
+              f" `mitoseg data fetch {a.name}` downloads the originals" if derived
+              else f"{a.name}: not found (run: mitoseg data fetch {a.name})")
 
 
 def cmd_suggest(a: argparse.Namespace) -> None:
@@ -654,7 +658,7 @@ def parser() -> argparse.ArgumentParser:
     cv.add_argument("--voxel-size", type=arg("voxel_size"), nargs=3, metavar=("Z", "Y", "X"),
                     help="voxel size in nm to record (default: the one the input states)")
     cv.add_argument("--block", type=arg("block"), nargs=3, metavar=("Z", "Y", "X"),
-                    help="Zarr chunk size (default 64 512 512)")
+                    help="Zarr block: a shard of one-slice chunks (Zarr v2: the chunk; default 64 512 512)")
     cv.add_argument("--labels", action="store_true",
                     help="the volume holds masks or object ids: an OME-Zarr pyramid of nearest voxels, never means "
                          "(the default for mitoseg's masks and labels and for integers of 32 bits or more)")

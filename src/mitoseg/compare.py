@@ -561,8 +561,9 @@ def compare(out: str | Path, dataset: str = "auto", data: str | Path | None = No
     if resume:
         results = resumed(tmp, results)
         print(f"resuming the compare in {tmp}: " + ", ".join(
-            f"{c.dims}D " + ("finished, kept" if f"{c.dims}D" in results["models"] else "from its last checkpoint"
-                             if (tmp / f"model_{c.dims}D" / "last.pt").exists() else "from the start")
+            f"{c.dims}D " + ("finished, kept" if f"{c.dims}D" in results["models"] else
+                             _going_on(tmp / f"model_{c.dims}D") if (tmp / f"model_{c.dims}D" / "last.pt").exists()
+                             else "from the start")
             for c in cfgs), flush=True)
     else:
         if tmp.exists():
@@ -591,4 +592,15 @@ def compare(out: str | Path, dataset: str = "auto", data: str | Path | None = No
     figures(tmp, bench, results)
     io.finish_output(out, overwrite)
     print((out / "report.md").read_text())
+    print(f"report: {out / 'report.md'} (its figures, tables and models beside it)")
     return results
+
+
+def _going_on(run: Path) -> str:
+    """How a resumed compare goes on with a model whose run has a last checkpoint (`train.going_on_from`)."""
+    from mitoseg.train import going_on_from
+
+    said = going_on_from(run)
+    if said.startswith("to choose"):
+        return "trained, evaluated now"
+    return said.removeprefix("to go on ") or "from its last checkpoint"

@@ -141,10 +141,12 @@ def split(image: np.ndarray, mask: np.ndarray, val_fraction: float,
 
 
 def check_image(image: np.ndarray, name: str = "image") -> None:
-    """Refuse an image volume of one grey level: no model learns from it (an empty or wrongly exported stack)."""
+    """Refuse an image volume of one grey level: no model learns from it (an empty or wrongly exported stack); and
+    one of two or three (`io.intensity_range`): a mask or labels given as the image, said before any patch size."""
     low, high = np.min(image), np.max(image)
     if low == high:
         raise MitosegError(f"{name} holds one grey level ({low:g}) everywhere: nothing to learn from")
+    io.intensity_range(image, flat=f"the {name}")
 
 
 def check_patch(shape: tuple[int, ...], patch: tuple[int, int, int], name: str = "training volume") -> None:
