@@ -120,7 +120,7 @@ def test_predict_with_two_models_writes_the_mean_of_their_probabilities(runs, tm
     assert "voxel size 5 x 5 x 5 nm, the run's" in capsys.readouterr().out
     assert main(["--quiet", "predict", test, "--model", runs2, "--model", coarser, "--out", str(tmp_path / "c.zarr"),
                  *opts]) == 2
-    assert "the models were trained on voxels of 10 x 10 x 10 nm and 5 x 5 x 5 nm and test.tif states none: give " \
+    assert "the models were trained on voxels of 5 x 5 x 5 nm and 10 x 10 x 10 nm and test.tif states none: give " \
         "--voxel-size" in capsys.readouterr().err and not (tmp_path / "c.zarr.partial.members").exists()
 
 
@@ -1039,3 +1039,14 @@ def test_what_an_interrupt_left_is_found_without_importing_torch(tmp_path):
                            "print('torch' in sys.modules)"], capture_output=True, text=True, cwd=tmp_path)
     assert said.stdout.splitlines() == ["run the same command with --resume to go on from what is finished "
                                         "(o.zarr.partial.members)", "False"], said.stderr
+
+
+def test_a_3d_model_on_a_stack_thinner_than_its_patches_is_noted(runs, tmp_path, capsys):
+    """A 3D model of 8-slice patches on 3 real sections: its tiles are padded by repeating end slices, said in a note
+    (before: nothing); the 2D model predicts them without it, and the outputs keep the 3-slice shape."""
+    tifffile.imwrite(tmp_path / "thin.tif", tifffile.imread(runs / "test.tif")[:3])
+    for dims in (3, 2):
+        assert main(["predict", str(tmp_path / "thin.tif"), "--model", str(runs / f"run{dims}"), "--out",
+                     str(tmp_path / f"p{dims}.zarr"), "--tile-xy", "64"]) == 0
+        noted = "note: the 3D model learned from patches of 8 slices and this volume has 3" in capsys.readouterr().err
+        assert noted is (dims == 3) and io.open_volume(tmp_path / f"p{dims}.zarr").shape == (3, 128, 128)

@@ -453,6 +453,10 @@ def test_bad_zarr_names(written, tmp_path):
     nested.create_group("seg").create_array("mito", data=np.zeros((2, 4, 4), np.uint8))
     with pytest.raises(MitosegError, match=r"NAME \(raw, seg/mito\)$"):
         io.open_volume(tmp_path / "nested.zarr")
+    nested["seg"].create_array("er", data=np.zeros((2, 4, 4), np.uint8))  # a group named inside: its names from the top
+    with pytest.raises(MitosegError, match=r"nested.zarr:seg is a Zarr group; name an array or image in it as "
+                                           r".*nested.zarr:seg/NAME \(seg/er, seg/mito\)$"):
+        io.open_volume(f"{tmp_path / 'nested.zarr'}:seg")
     one = zarr.open_group(str(tmp_path / "one.zarr"), mode="w")  # its one array opens, as an HDF5 file's one dataset
     one.create_group("seg").create_array("mito", data=np.arange(32, dtype=np.uint8).reshape(2, 4, 4))
     np.testing.assert_array_equal(io.open_volume(tmp_path / "one.zarr")[:], np.arange(32).reshape(2, 4, 4))

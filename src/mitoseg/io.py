@@ -335,8 +335,9 @@ def _open_zarr(path: Path, inner: str | None) -> tuple[Any, list | None]:
         names = _contents(node)
         if len(names) == 1 and isinstance(node[names[0]], zarr.Array):  # its one array, as an HDF5 file's one dataset
             return node[names[0]], None
-        raise MitosegError(f"{path} is a Zarr group; name an array or image in it as {path}:NAME "
-                           f"({', '.join(names) or 'it holds none'})")
+        within = f"{inner.strip('/')}/" if inner else ""  # a group inside the store: its names from the store's top
+        raise MitosegError(f"{path}{f':{inner}' if inner else ''} is a Zarr group; name an array or image in it as "
+                           f"{path}:{within}NAME ({', '.join(within + n for n in names) or 'it holds none'})")
     return node, None
 
 

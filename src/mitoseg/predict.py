@@ -796,6 +796,10 @@ def model_for(model: str | Path, image: Any, device: str | torch.device = "auto"
         say("note: the image states no voxel size: three planes assume near-isotropic voxels (give --voxel-size "
             "to have that checked)")
     depth = int((io.open_volume(image) if isinstance(image, str | Path) else image).shape[0])
+    if config.dims == 3 and depth < config.patch[0]:  # `PadToMultiple` pads its tiles by repeating end slices
+        say(f"note: the 3D model learned from patches of {config.patch[0]} slices and this volume has {depth}: its "
+            "tiles are padded by repeating the first and last slices, unlike anything it learned from (accuracy there "
+            "unmeasured; a 2D model suits a stack this thin)")
     if config.slice_planes == 3 and depth < THIN_SLICES:
         say(f"note: three planes on a volume of {depth} slice{'s' * (depth > 1)}: its ZX and ZY slices are {depth} "
             "pixels tall, unlike anything the model learned from; --planes 1 predicts the XY slices alone")
