@@ -388,11 +388,16 @@ def test_an_interrupted_predict_or_label_names_what_resume_goes_on_from(tmp_path
                                             "(m.zarr.partial)"
     (tmp_path / "p.zarr.partial.members").mkdir()
     assert "(m.zarr.partial, p.zarr.partial.members)" in said("predict", out=p, mask=m)
-    labels = tmp_path / "labels.zarr"
-    zarr.create_array(str(labels), shape=(2, 4, 4), dtype="uint32").attrs["kind"] = "labels"
-    assert said("label", input="m.zarr", out=labels, table=table).endswith("(labels.zarr)")  # the labels, no table
-    assert said("label", input="m.zarr", out=labels, table=table, overwrite=True) == "nothing was left half-written " \
-                                                                                     "(no --resume needed)"
+    labels, labelled, other = tmp_path / "labels.zarr", tmp_path / "labelled.npy", tmp_path / "other.npy"
+    np.save(labelled, np.eye(4, dtype=np.uint8)[None].repeat(2, axis=0))
+    np.save(other, np.zeros((2, 4, 4), np.uint8))
+    zarr.create_array(str(labels), shape=(2, 4, 4), dtype="uint32").attrs.update(
+        kind="labels", settings={"source": io.content_id(io.open_volume(labelled))})
+    assert said("label", input=str(labelled), out=labels, table=table).endswith("(labels.zarr)")  # no table yet
+    assert said("label", input=str(labelled), out=labels, table=table, overwrite=True).startswith("nothing was left")
+    # the labels of another input: an output already there, not this run's to go on from (before: "left by an
+    # earlier run of this command; add --resume", which then refused the other source)
+    assert said("label", input=str(other), out=labels, table=table).startswith("nothing was left")
     # neither is what label writes: the input named as the output, a folder of something else (before: "left by an
     # earlier run of this command")
     assert said("label", input=str(labels), out=labels, table=table).startswith("nothing was left")

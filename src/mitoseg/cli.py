@@ -722,7 +722,7 @@ def _unfinished(a: argparse.Namespace) -> list[Path]:
     # no torch imported (not mitoseg.predict): a Ctrl-C may have stopped its import
     left = io.unfinished((a.out, getattr(a, "mask", None)), members=a.command == "predict")
     if a.command == "label" and a.table and not a.overwrite and Path(a.out).exists() and not Path(a.table).exists() \
-            and Path(a.out).resolve() != io.split_path(a.input)[0].resolve() and _labels(a.out):
+            and Path(a.out).resolve() != io.split_path(a.input)[0].resolve() and _labels_of(a.input, a.out):
         left.append(Path(a.out))
     return left
 
@@ -738,12 +738,15 @@ def _written_by(path: str) -> str | None:
         return None
 
 
-def _labels(path: str) -> bool:
-    """Whether `path` is a mitoseg labels output (what `label` writes before its table)."""
+def _labels_of(input: str, path: str) -> bool:
+    """Whether `path` is a mitoseg labels output of `input` (what `label` writes before its table; its settings'
+    "source", `io.content_id`): the labels of another input are an existing output, not a stopped run's."""
     from mitoseg import io
 
     try:
-        return io.stated_kind(io.open_volume(path)) == "labels"
+        labels = io.open_volume(path)
+        return io.stated_kind(labels) == "labels" and \
+            io.attributes(labels).get("settings", {}).get("source") == io.content_id(io.open_volume(input))
     except MitosegError:  # not a volume: the command's own checks say what it is
         return False
 
