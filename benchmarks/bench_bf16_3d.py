@@ -6,7 +6,8 @@ from its first stage: outside that, oneDNN's bf16 backward of some convolutions 
 32 x 256 x 256 patch: its decoder's 256 -> 128 convolution at 4 x 32 x 32; voxels finer along Z; 2 to 4 ssTEM
 sections, padded to 4). Each case runs in
 a fresh subprocess with a time limit (`--limit` seconds for a warm-up step and two timed ones); a case past it is
-reported as stalled. Untrained, seeded model (weights do not change the speed), random input.
+reported as stalled, one whose process dies as crashed. Untrained, seeded model (weights do not change the speed),
+random input.
 
 Run from the repository root:
     .venv/bin/python benchmarks/bench_bf16_3d.py --out results/bench/2026-12-08-bf16-3d-depth --limit 90  # ~10 min
@@ -66,14 +67,16 @@ def main() -> None:
         row = {"patch": "x".join(map(str, patch)), "voxel_nm": "x".join(f"{v:g}" for v in voxel)}
         for name, bf16 in (("fp32", False), ("bf16", True)):
             spec = {"patch": patch, "voxel": voxel, "bf16": bf16, "seed": args.seed, "threads": args.threads}
-            r = common.run_child(__file__, spec, timeout=args.limit)
-            row[name] = r["step_seconds"] if r else None  # None: stalled
+            r = common.run_child(__file__, spec, timeout=args.limit, crash_ok=True)
+            row[name] = r.get("step_seconds") if r else None  # None: stalled or crashed, said in row[name_failed]
+            if row[name] is None:
+                row[f"{name}_failed"] = f"crashed (exit {r['crashed']})" if r else f"stalled (> {args.limit:g} s)"
             print(f"   {row['patch']} at {row['voxel_nm']} nm, {name}: "
-                  + (f"{row[name]:.2f} s" if row[name] is not None else f"stalled (> {args.limit:g} s)"), flush=True)
+                  + (f"{row[name]:.2f} s" if row[name] is not None else row[f"{name}_failed"]), flush=True)
         rows.append(row)
     print()
     print(common.table(rows, [("patch", "patch", ""), ("voxel_nm", "voxel nm", ""), ("fp32", "fp32 s/step", ".2f"),
-                              ("bf16", "bf16 s/step (- stalled)", ".2f")]))
+                              ("bf16", "bf16 s/step", ".2f"), ("bf16_failed", "bf16 failed", "")]))
     payload = {"benchmark": "bf16_3d", "machine": info, "settings": {"limit_s": args.limit, "cases": CASES},
                "notes": notes, "results": rows}
     print(f"\nwrote {common.save_json(args.out, common.output_name('bf16_3d', args.small), payload)}")

@@ -268,15 +268,18 @@ def report(result: dict) -> None:
     print(RESULT + json.dumps(result), flush=True)
 
 
-def run_child(script: str, spec: dict, timeout: float | None = None) -> dict | None:
+def run_child(script: str, spec: dict, timeout: float | None = None, crash_ok: bool = False) -> dict | None:
     """Run `script --child SPEC_JSON` in a fresh Python process and return the dict it `report`ed; None when it
-    runs past `timeout` seconds (it is killed); exit with its output when it fails."""
+    runs past `timeout` seconds (it is killed); exit with its output when it fails, but with `crash_ok` return
+    {"crashed": its exit status} (negative: the signal that killed it)."""
     try:
         proc = subprocess.run([sys.executable, str(Path(script).resolve()), "--child", json.dumps(spec)],
                               capture_output=True, text=True, timeout=timeout)
     except subprocess.TimeoutExpired:
         return None
     lines = [ln for ln in proc.stdout.splitlines() if ln.startswith(RESULT)]
+    if (proc.returncode or not lines) and crash_ok:
+        return {"crashed": proc.returncode}
     if proc.returncode or not lines:
         sys.exit(f"child failed ({proc.returncode}):\n{proc.stdout[-2000:]}\n{proc.stderr[-4000:]}")
     return json.loads(lines[-1][len(RESULT):])
