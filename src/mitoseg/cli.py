@@ -143,7 +143,7 @@ def _client(a: argparse.Namespace, outputs: tuple = (), inputs: tuple = ()):
     client = cluster.client(a.dask_address, workers=a.workers or 2)
     if not a.quiet:  # where the blocks will run (a scheduler without workers is said by cluster.client)
         print(cluster.scheduler_info(client))
-    return client
+    return cluster.closing(client)
 
 
 def cmd_predict(a: argparse.Namespace) -> None:

@@ -16,12 +16,15 @@ with the same number of torch threads; see docs/cluster.md).
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import multiprocessing
+import multiprocessing.forkserver
 import signal
 import sys
 import threading
 import uuid
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -76,14 +79,43 @@ def client(address: str | None = None, workers: int = 2, threads_per_worker: int
             connected.close()
             raise
         return connected
+    import dask
+
     main = threading.current_thread() is threading.main_thread()
-    before = signal.signal(signal.SIGINT, signal.SIG_IGN) if main else None  # the workers inherit it
+    forkserver = main and "forkserver" in multiprocessing.get_all_start_methods()
+    stopped: list[int] = []
+    if main:  # the workers start deaf to Ctrl-C: SIG_IGN is inherited (forked from a server started so)
+        before = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    if forkserver:  # and this process notes one that comes meanwhile (before: ignored, the run went on to its end)
+        multiprocessing.forkserver.ensure_running()
+        signal.signal(signal.SIGINT, lambda number, frame: stopped.append(number))
     try:
-        return Client(n_workers=workers, threads_per_worker=threads_per_worker, processes=True,
-                      dashboard_address=":0", memory_limit=memory_limit, silence_logs=logging.CRITICAL)
+        with dask.config.set({"distributed.worker.multiprocessing-method": "forkserver" if forkserver else "spawn"}):
+            started = Client(n_workers=workers, threads_per_worker=threads_per_worker, processes=True,
+                             dashboard_address=":0", memory_limit=memory_limit, silence_logs=logging.CRITICAL)
     finally:
         if main:
             signal.signal(signal.SIGINT, before)
+    if stopped:  # stopped with the cluster closed, not half made (one closed at exit hung for 60 s, then a traceback)
+        with closing(started):
+            raise KeyboardInterrupt
+    return started
+
+
+@contextlib.contextmanager
+def closing(client: Any) -> Iterator[Any]:
+    """`client`, closed at the end with Ctrl-C ignored meanwhile: a close it interrupted left a LocalCluster half
+    closed, and the client's own close at exit hung for 60 s, then printed a traceback."""
+    try:
+        yield client
+    finally:
+        main = threading.current_thread() is threading.main_thread()
+        before = signal.signal(signal.SIGINT, signal.SIG_IGN) if main else None
+        try:
+            client.close()
+        finally:
+            if main:
+                signal.signal(signal.SIGINT, before)
 
 
 def check_workers(client) -> None:
