@@ -2,6 +2,7 @@
 
 import csv
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -547,6 +548,27 @@ def bad(argv, capsys, match):
     err = capsys.readouterr().err
     assert re.match(r"mitoseg( \w+)?: error: ", err) and len(err.strip().splitlines()) == 1, err
     assert match in err and "Traceback" not in err, err
+
+
+def test_an_empty_path_is_one_line(capsys, monkeypatch):
+    """An unset shell variable as a path (`--table "$TABLE"`): before, the table was skipped in silence (exit 0),
+    `train --out ""` called the current folder a stopped run, `predict --out ""` raised a ValueError."""
+    for argv, name in [(["label", "m.zarr", "--out", "l.zarr", "--table", ""], "--table is empty: give a path"),
+                       (["evaluate", "p.zarr", "t.tif", "--json", ""], "--json is empty: give a path"),
+                       (["train", "a.tif", "b.tif", "--out", ""], "--out is empty: give a path"),
+                       (["predict", "a.tif", "--model", "run", "--model", "", "--out", "p.zarr"], "--model is empty"),
+                       (["evaluate", "", "t.tif"], "prediction is empty: give a path")]:
+        bad(argv, capsys, name)
+    # a user id without a passwd entry and no $USER (a container's --user): MONAI's import asked for the name
+    import getpass
+
+    def nameless():
+        raise KeyError("getpwuid(): uid not found: 4242")
+
+    monkeypatch.delenv("USER", raising=False)
+    monkeypatch.setattr(getpass, "getuser", nameless)
+    bad(["label", "missing.zarr", "--out", "l.zarr"], capsys, "missing.zarr: no such file or folder")
+    assert os.environ["USER"] == str(os.getuid())
 
 
 def test_a_mitoseg_output_where_the_image_or_the_truth_goes_is_one_line(runs, probs2, capsys, tmp_path):

@@ -301,3 +301,26 @@ def test_where_names_the_copy_compare_uses(tmp_path, monkeypatch, source, capsys
     assert main(["data", "where", "lucchi"]) == 0
     assert capsys.readouterr().out.startswith(f"lucchi: the EPFL files are not found; `compare` uses {derived} (EPFL "
                                               "CA1 hippocampus FIB-SEM (Lucchi et al.), derived public copy")
+
+
+def test_a_data_variable_naming_no_folder_or_no_home_is_one_line(tmp_path, monkeypatch):
+    """$MITOSEG_DATA or $MITOSEG_SHARED_DATA naming a missing folder is refused as --data is (before: ignored, and
+    compare ran on other data); no home folder for the cache (no $HOME, a user id without a passwd entry) is one
+    line saying what to set (before: pathlib's RuntimeError)."""
+    from mitoseg import datasets
+
+    monkeypatch.setenv("MITOSEG_DATA", str(tmp_path / "typo"))
+    with pytest.raises(MitosegError, match=r"\$MITOSEG_DATA is .*typo: no such folder"):
+        download.data_dir("lucchi")
+    monkeypatch.delenv("MITOSEG_DATA")
+    monkeypatch.setenv("MITOSEG_SHARED_DATA", str(tmp_path / "typo"))
+    with pytest.raises(MitosegError, match=r"\$MITOSEG_SHARED_DATA is .*typo: no such folder"):
+        datasets.lucchi_dir()
+    monkeypatch.delenv("MITOSEG_CACHE")
+
+    def homeless():
+        raise RuntimeError("Could not determine home directory.")
+
+    monkeypatch.setattr(download.Path, "home", staticmethod(homeless))
+    with pytest.raises(MitosegError, match="no home folder to keep downloads in: set MITOSEG_CACHE"):
+        download.cache_dir()

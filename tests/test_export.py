@@ -152,6 +152,7 @@ def test_export_mistakes_are_one_line(tmp_path, ca1_run, lucchi_crop, capsys, mo
     raw = lucchi_crop[0]
     run, sample = ca1_run
     (tmp_path / "taken.zip").write_bytes(b"")
+    (tmp_path / "TAKEN.ZIP").write_bytes(b"")
     tifffile.imwrite(tmp_path / "tiny.tif", raw[:2, :16, :16])
     tifffile.imwrite(tmp_path / "flat.tif", np.full((8, 256, 256), 7, np.uint8))
     tifffile.imwrite(tmp_path / "mask.tif", lucchi_crop[1][:8] * np.uint8(255))  # before: packaged as the sample
@@ -165,6 +166,7 @@ def test_export_mistakes_are_one_line(tmp_path, ca1_run, lucchi_crop, capsys, mo
          "is a mitoseg probability output"),
         (["--bioimageio", str(tmp_path / "taken.zip")], "exists; pass --overwrite"),
         (["--bioimageio", str(tmp_path / "model.yaml")], "the package is a .zip file"),
+        (["--bioimageio", str(tmp_path / "TAKEN.ZIP")], "exists; pass --overwrite"),  # a .ZIP too (was: "a .zip file")
         (["--bioimageio", str(tmp_path / "m.zip"), "--license", "FOO"], "--license FOO is not an SPDX licence id"),
         (["--bioimageio", str(tmp_path / "m.zip"), "--sample", str(tmp_path / "tiny.tif")], "smaller than one input"),
     ]:

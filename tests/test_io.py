@@ -709,6 +709,16 @@ def test_check_output(tmp_path):
         with pytest.raises(MitosegError, match=words):
             io.check_output(path, overwrite=True, kind=kind, inputs=inputs)
     assert io.check_output(tmp_path / "new" / "deeper" / "t.csv", False, "file", (tmp_path / "image.tif",))
+    # before: "" and "." raised ValueError in partial_path (a traceback); a dangling link was written through after
+    # all the work ("Not a directory"), and as an input was "no such file or folder"
+    for nameless in ("", ".", "/"):
+        with pytest.raises(MitosegError, match="names no file or folder to write: give the output's name"):
+            io.check_output(nameless, overwrite=False)
+    (tmp_path / "dangling.zarr").symlink_to(tmp_path / "nowhere.zarr")
+    with pytest.raises(MitosegError, match=r"dangling.zarr is a broken link \(to .*nowhere.zarr\): remove it"):
+        io.check_output(tmp_path / "dangling.zarr", overwrite=False)
+    with pytest.raises(MitosegError, match=r"dangling.zarr: a broken link \(to .*nowhere.zarr\)$"):
+        io.open_volume(tmp_path / "dangling.zarr")
 
 
 def test_an_array_where_a_path_is_needed_is_one_line(droso_crop):

@@ -74,6 +74,19 @@ def test_helpers_beside_a_gpu_follow_the_cores_this_process_may_use(monkeypatch)
         assert tr.loader_workers(tiny(2), torch.device("cpu")) == 0 and predict.pipeline_depth(torch.device("cpu")) == 1
 
 
+def test_a_checkpoint_that_cannot_be_written_is_one_line(tmp_path, monkeypatch):
+    """torch.save on a full disk raises RuntimeError ("unexpected pos ..."), which was a traceback: now one line naming
+    the checkpoint, and nothing half-written is left under its name."""
+    def full(obj, path):
+        Path(path).write_bytes(b"PK")  # the first bytes made it
+        raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 948160 vs 948056")
+
+    monkeypatch.setattr(torch, "save", full)
+    with pytest.raises(MitosegError, match=r"best.pt could not be written \(\[enforce fail .*\): a full disk\?"):
+        tr._save({}, tmp_path / "best.pt")
+    assert list(tmp_path.iterdir()) == []
+
+
 def _killed_after_first_checkpoint(cfg: Config, small, out, monkeypatch) -> None:
     """Train until the first last.pt is written, then stop there as if killed."""
     real = tr._save

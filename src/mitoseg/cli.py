@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import getpass
 import logging
 import os
 import shlex
@@ -755,6 +756,10 @@ def _terminate(signum: int, frame: Any) -> None:
     raise KeyboardInterrupt
 
 
+POSITIONAL = {"image", "labels", "input", "prediction", "truth", "run", "paths"}  # argument names without --
+PATHS = POSITIONAL | {"out", "init", "model", "mask", "table", "json", "data", "dest", "bioimageio", "sample"}
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the `mitoseg` console script; returns the exit status."""
     try:
@@ -766,12 +771,22 @@ def main(argv: list[str] | None = None) -> int:
         if e.code:
             return int(e.code)
         raise
+    empty = next((k for k, v in vars(args).items() if v == "" or isinstance(v, list) and "" in v), None)
+    if empty is not None:  # an unset shell variable (`--table "$TABLE"`): before, skipped in silence or "." taken
+        name = empty if empty in POSITIONAL else "--" + empty.replace("_", "-")
+        print(f"mitoseg {args.command}: error: {name} is empty{': give a path' if empty in PATHS else ''}",
+              file=sys.stderr)
+        return 2
     for key, value in vars(args).items():  # `--out=~/x`: the shell expands ~ only at the start of a word
         if isinstance(value, str) and value.startswith("~"):
             setattr(args, key, os.path.expanduser(value))
         elif isinstance(value, list):
             setattr(args, key, [os.path.expanduser(v) if isinstance(v, str) and v.startswith("~") else v
                                 for v in value])
+    try:  # MONAI asks for the user's name as it is imported: a user id without a passwd entry (a container's --user)
+        getpass.getuser()  # and no $USER raised KeyError there
+    except (KeyError, OSError):
+        os.environ["USER"] = str(os.getuid())
     logging.getLogger("tifffile").setLevel(logging.CRITICAL)  # its errors on corrupt files precede our one line
     # zarr's event loop, stopped by Ctrl-C inside a read or write, logs each of its pending tasks at exit (asyncio)
     logging.getLogger("asyncio").setLevel(logging.CRITICAL)

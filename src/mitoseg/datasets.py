@@ -29,6 +29,9 @@ def shared_data() -> Path:
     """The shared data folder: $MITOSEG_SHARED_DATA, else ../shared/data from the working directory, else
     beside the source tree (the first that exists; the last when none does)."""
     env = os.environ.get("MITOSEG_SHARED_DATA")
+    if env and not Path(env).is_dir():  # a typo in a job's environment: not other data in silence
+        raise MitosegError(f"$MITOSEG_SHARED_DATA is {env}: no such folder (set it to the shared data folder, or unset "
+                           "it)")
     candidates = [Path(env)] if env else []
     candidates += [Path.cwd().parent / "shared" / "data", download.SHARED_DATA]
     return next((c for c in candidates if c.is_dir()), candidates[-1])

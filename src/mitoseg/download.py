@@ -72,7 +72,13 @@ REGISTRY: dict[str, dict[str, Remote]] = {
 
 def cache_dir(name: str = "lucchi") -> Path:
     """The default download folder of a data set: ``$MITOSEG_CACHE/<name>``, else ~/.cache/mitoseg/<name>."""
-    root = os.environ.get("MITOSEG_CACHE") or Path.home() / ".cache" / "mitoseg"
+    root = os.environ.get("MITOSEG_CACHE")
+    if not root:
+        try:
+            root = Path.home() / ".cache" / "mitoseg"
+        except RuntimeError:  # no $HOME and a user id without a passwd entry (a container's --user)
+            raise MitosegError("no home folder to keep downloads in: set MITOSEG_CACHE to a folder, or give --dest") \
+                from None
     return Path(root).expanduser() / name
 
 
@@ -165,6 +171,8 @@ def _candidates(name: str, data: str | os.PathLike | None) -> list[Path]:
         found = [explicit, explicit / name]
     else:
         env = os.environ.get("MITOSEG_DATA")
+        if env and not Path(env).expanduser().is_dir():  # a typo in a job's environment: not other data in silence
+            raise MitosegError(f"$MITOSEG_DATA is {env}: no such folder (set it to the data's folder, or unset it)")
         found = [Path(env).expanduser() / name, Path(env).expanduser()] if env else []
         found += [Path.cwd().parent / "shared" / "data" / name, SHARED_DATA / name, cache_dir(name)]
     return list(dict.fromkeys(p.resolve() for p in found))

@@ -172,7 +172,7 @@ def export_bioimageio(run: str | Path, sample: str, out: str | Path, overwrite: 
     if not authors or not all(authors):
         raise MitosegError("--author needs a name")
     out = Path(out)
-    if out.suffix != ".zip":
+    if out.suffix.lower() != ".zip":
         raise MitosegError(f"--bioimageio {out}: the package is a .zip file")
     if out.is_dir():
         raise MitosegError(f"--bioimageio {out} is a folder; give the package's file name")

@@ -79,7 +79,8 @@ def open_volume(spec: str | Path) -> Any:
     if not str(spec).strip():
         raise MitosegError("an empty path was given where a volume is needed")
     if not path.exists():
-        raise MitosegError(f"{path}: no such file or folder")
+        raise MitosegError(f"{path}: " + (f"a broken link (to {os.readlink(path)})" if path.is_symlink() else
+                                          "no such file or folder"))
     unfinished = next((p for p in (path, *path.parents) if p.name.endswith(".partial") and is_zarr(p)), None)
     if unfinished is not None:  # its blocks not yet written are zeros: read as finished, a silent wrong answer
         raise MitosegError(f"{unfinished} is the unfinished output of a stopped run: finish "
@@ -1131,6 +1132,8 @@ def check_output(path: str | Path, overwrite: bool, kind: str | None = None, inp
     """Refuse an output another mitoseg process writes now (`claim`), an existing one unless overwrite, a folder
     that `replaceable` refuses, and what `check_place` refuses; returns the path."""
     path = Path(path)
+    if path.is_symlink() and not path.exists():  # written through, it failed after the work ("Not a directory")
+        raise MitosegError(f"{path} is a broken link (to {os.readlink(path)}): remove it, or give another output")
     check_place(path, kind, inputs)  # first: a folder where a file goes is not cured by --overwrite
     if path.exists() and not overwrite and partial_path(path).exists():  # a --resume of an --overwrite run
         raise MitosegError(f"{path} already exists, and {partial_path(path).name}, left by a run replacing it: go on "
@@ -1173,7 +1176,7 @@ def check_place(path: str | Path, kind: str | None = None, inputs: tuple = ()) -
         if source in path.resolve().parents and (source / "config.json").is_file() and path.exists():
             raise MitosegError(f"{path} is a file of the run {source.name}, an input of this command (its model, "
                                "settings or records); give another output")
-    above = next(p for p in path.absolute().parents if p.exists())
+    above = next((p for p in path.absolute().parents if p.exists()), path.absolute())  # "/" has no parents
     if not above.is_dir():
         raise MitosegError(f"{path}: {above} is a file, not a folder")
     real = path.resolve()  # ".." and links followed: where it would be written
@@ -1357,8 +1360,10 @@ def members_path(out: str | Path) -> Path:
 
 
 def partial_path(path: str | Path) -> Path:
-    """Where an output is written until it is complete."""
-    path = Path(path)
+    """Where an output is written until it is complete; MitosegError for a path that names no file or folder."""
+    given, path = path, Path(path)
+    if not path.name:  # "", ".", "/": an unset shell variable as --out
+        raise MitosegError(f"{str(given)!r} names no file or folder to write: give the output's name")
     return path.with_name(path.name + ".partial")
 
 

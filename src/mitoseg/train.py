@@ -92,7 +92,10 @@ def iterations_per_epoch(config: Config, train_shape: tuple[int, ...]) -> int:
 
 def _save(obj: dict, path: Path) -> None:
     with io.writing(path) as partial:  # whole or not at all; a stopped write leaves no partial file
-        torch.save(obj, partial)
+        try:
+            torch.save(obj, partial)
+        except RuntimeError as e:  # torch says a failed write (a full disk: "unexpected pos") in its own words
+            raise MitosegError(f"{path} could not be written ({str(e).splitlines()[0][:120]}): a full disk?") from None
 
 
 RESUME_FREE = ("device", "loader_workers", "amp")  # where and how fast it trains, not what
