@@ -598,6 +598,12 @@ def test_padding_is_left_out_of_every_window(lucchi_crop):
             assert io.intensity_range(padded, 10**7, rule) == io.intensity_range(new, 10**7, rule)
         assert io.matched_window(padded, reference, window, 10**7) == io.matched_window(new, reference, window)
     assert io._sample(new, 10**6).min() == new.min()  # no padding: every level kept
+    # a raw detector's narrow uint16 range with one black column (0.4 % of the voxels) or two saturated rows: at
+    # the rule's 1 % of before, the column became the window's end and the tissue reached the network as 0.9..1
+    narrow = np.rint(30000 + raw.astype(np.float64) / 255 * 4000).astype(np.uint16)
+    column, rows = narrow.copy(), narrow.copy()
+    column[:, :, 0], rows[:, :2, :] = 0, 65535
+    assert io.intensity_range(column) == io.intensity_range(rows) == io.intensity_range(narrow)
     padded_ref = io.reference_levels(np.pad(ref, ((0, 0), (8, 8), (8, 8))), 10**7)
     assert np.abs(np.subtract(padded_ref, reference)).max() <= 1  # the crop's few black voxels go with the border
 
@@ -757,6 +763,11 @@ def test_foreground_threshold(tmp_path):
     with pytest.raises(MitosegError, match=r"holds values from 0 to 1 \(sampled\), so --threshold 128 would make no"):
         io.foreground_threshold(ids.astype(np.float32) / 31, 128)
     assert io.foreground_threshold(ids.astype(np.float32), 16) == 16  # floats of another scale: as given
+    # floats of 0..255 (Fiji's 32-bit of an 8-bit map) and a probability: before, every voxel was foreground
+    with pytest.raises(MitosegError, match=r"holds values from 0 to 31 \(sampled\), so --threshold 0.4 would make "
+                                           "nearly every voxel foreground"):
+        io.foreground_threshold(ids.astype(np.float64), 0.4)
+    assert io.foreground_threshold(ids.astype(np.float32) - 15, 0.5) == 0.5  # signed floats (logits): as given
     assert io.foreground_threshold((ids > 9).astype(np.uint8), 0.5) == 0.5
     # a class export's background 1 and foreground 2 (no 0): read as > 0, every voxel was foreground, one object
     classes = (ids > 9).astype(np.uint8) + 1

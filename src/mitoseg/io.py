@@ -747,7 +747,7 @@ def intensity_range(arr: Any, max_samples: int = 2_000_000, rule: str = "percent
     """The grey levels that `normalize` maps to evenly spaced values from 0 to 1 (the window), in the
     volume's units: its percentiles at ``RULES[rule]`` evenly spaced points from 0.5 to 99.5, taken over a
     strided subsample of the whole volume (about `max_samples` voxels), black borders and other padding left
-    out (an end grey level holding more than 1 % of the voxels, ``PADDING_SHARE``).
+    out (an end grey level holding more than 0.4 % of the voxels, ``PADDING_SHARE``).
 
     - "percentile" (two levels: 0.5 and 99.5 %): a linear window. A stack acquired with another contrast or
       brightness (e.g. grey levels 40..210 instead of 0..255) reaches the network as the same [0, 1] input,
@@ -773,7 +773,8 @@ def intensity_range(arr: Any, max_samples: int = 2_000_000, rule: str = "percent
     return tuple(float(v) for v in levels)
 
 
-PADDING_SHARE = 0.01  # an end grey level holding more than this share of the voxels is padding or saturation
+PADDING_SHARE = 0.004  # an end grey level holding more than this share of the voxels is padding or saturation: under
+# the window's 0.5 % percentile, so such a level never becomes the window's end (at 1 %, one black column did)
 
 
 def _sample(arr: Any, max_samples: int, image: str | None = None) -> np.ndarray:
@@ -1010,8 +1011,9 @@ def foreground_threshold(volume: Any, threshold: float | None, name: str = "the 
     they are masks, None (any non-zero voxel is foreground), refused when they hold more than two values or two
     without 0 (in a subsample, unless mitoseg wrote the mask): probabilities of another tool, an anti-aliased mask,
     object ids or a class export's 1/2 read as ``> 0`` would be a silently wrong answer. A threshold under 1 for
-    whole numbers above 1 is refused too (every non-zero voxel would pass it), and one above 1 for floats of at most
-    1 (none would). Float volumes of another tool holding NaN (in a subsample) are refused: read as background.
+    whole numbers above 1, or for floats of 0 and more reaching above 1 (a 0..255 map), is refused too (every
+    non-zero voxel would pass it), and one above 1 for floats of at most 1 (none would). Float volumes of another
+    tool holding NaN (in a subsample) are refused: read as background.
     """
     kind = stated_kind(volume)
     sample = functools.cache(lambda: sampled_values(volume))  # once at most: a strided pass (it visits every chunk)
@@ -1044,6 +1046,12 @@ def foreground_threshold(volume: Any, threshold: float | None, name: str = "the 
             raise MitosegError(f"{name} holds whole numbers up to {top:g}, so --threshold {threshold:g} would make "
                                "every non-zero voxel foreground: give a value on its scale (e.g. 128 for 0..255 "
                                "probabilities, 1 for object ids)")
+    if threshold is not None and threshold < 1 and np.issubdtype(np.dtype(volume.dtype), np.floating):
+        values = sample()
+        if values.size and values[0] >= 0 and values[-1] > 1:  # a 0..255 map in floats (Fiji's 32-bit of 8-bit)
+            raise MitosegError(f"{name} holds values from {values[0]:g} to {values[-1]:g} (sampled), so --threshold "
+                               f"{threshold:g} would make nearly every voxel foreground: give a value on its scale "
+                               "(e.g. 128 for 0..255 probabilities)")
     if threshold is not None and threshold > 1 and np.issubdtype(np.dtype(volume.dtype), np.floating):
         values = sample()
         if values.size and 0 <= values[0] and 0 < values[-1] <= 1:  # probabilities of 0..1 and a 0..255 threshold
