@@ -356,9 +356,13 @@ def cmd_data(a: argparse.Namespace) -> None:
     else:
         found = download.data_dir(a.name, a.dest)
         derived = datasets.lucchi_dir() if a.name == "lucchi" and not found and a.dest is None else None
-        print(found if found else f"{a.name}: the EPFL files are not found; `compare` uses {derived[0]} ({derived[1]}),"
-              f" `mitoseg data fetch {a.name}` downloads the originals" if derived
-              else f"{a.name}: not found (run: mitoseg data fetch {a.name})")
+        if found:
+            print(found)
+        elif derived:  # what compare and `make demo` use instead
+            print(f"{a.name}: the EPFL files are not found; `compare` uses {derived[0]} ({derived[1]}), "
+                  f"`mitoseg data fetch {a.name}` downloads the originals")
+        else:
+            print(f"{a.name}: not found (run: mitoseg data fetch {a.name})")
 
 
 def cmd_suggest(a: argparse.Namespace) -> None:

@@ -90,7 +90,8 @@ def client(address: str | None = None, workers: int = 2, threads_per_worker: int
         multiprocessing.forkserver.ensure_running()
         signal.signal(signal.SIGINT, lambda number, frame: stopped.append(number))
     try:
-        with dask.config.set({"distributed.worker.multiprocessing-method": "forkserver" if forkserver else "spawn"}):
+        with dask.config.set({"distributed.worker.multiprocessing-method": "forkserver"}) if forkserver else \
+                contextlib.nullcontext():
             started = Client(n_workers=workers, threads_per_worker=threads_per_worker, processes=True,
                              dashboard_address=":0", memory_limit=memory_limit, silence_logs=logging.CRITICAL)
     finally:
