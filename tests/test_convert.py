@@ -74,7 +74,6 @@ def test_a_mask_becomes_an_image_label_and_mistakes_are_one_line(stack, droso, c
     assert zarr.open_group(str(label), mode="r").attrs["ome"]["image-label"]["source"] == {"image": "../../"}
     np.testing.assert_array_equal(io.open_volume(label)[:], droso[1][:, :300, :260])
     for argv, said in [([str(stack / "ij.tif"), "--out", str(stack / "x.npy")], "converts to a TIFF (*.tif), Zarr"),
-                       ([str(stack / "mask.npy"), "--out", str(stack / "m.ome.zarr")], "states no voxel size"),
                        ([str(stack / "ij.tif"), "--out", str(stack / "back.tif")], "already exists"),
                        ([str(stack / "ij.tif"), "--out", str(stack / "ij.tif"), "--overwrite"], "is an input"),
                        ([str(stack / "soft.npy"), "--out", str(stack / "em.ome.zarr" / "labels" / "soft")],
