@@ -666,7 +666,7 @@ def test_nan_refused(crop):
         io.intensity_range(vol)
 
 
-def test_binarize_real_antialiased_masks(droso_dir):
+def test_binarize_real_antialiased_masks(droso_dir, capsys):
     labels = io.read_volume(droso_dir / "mitochondria")
     assert labels.shape == (20, 1024, 1024)
     assert len(np.unique(labels)) > 10  # anti-aliased, not just 0/255
@@ -681,6 +681,13 @@ def test_binarize_real_antialiased_masks(droso_dir):
     with pytest.raises(MitosegError, match=r"hold more than two values \(0, .*\): give --label-threshold"):
         io.binarize(labels)  # no threshold: refused, never read silently as > 0
     assert np.array_equal(io.binarize(labels > 127), mask)  # two values: > 0 needs no threshold
+    # labels thought of as 0..1: --label-threshold 0.5 takes the rim too, as 0 does: said (before: in silence)
+    capsys.readouterr()
+    assert np.array_equal(io.binarize(labels, 0.5), loose)
+    assert "so --label-threshold 0.5 takes every non-zero voxel as foreground, as 0 does" in capsys.readouterr().err
+    io.binarize(labels, 127)
+    io.binarize(labels > 127, 0.5)  # 0/1 labels: 0.5 is their middle
+    assert capsys.readouterr().err == ""
 
 
 def test_thresholded_view(droso_dir):

@@ -971,7 +971,20 @@ def binarize(labels: np.ndarray, threshold: float | None = None, name: str = "la
     if threshold is None:
         check_binary(labels, name)
         threshold = 0
+    label_threshold_note(labels, threshold, name)
     return (np.asarray(labels) > threshold).astype(np.uint8)
+
+
+def label_threshold_note(labels: Any, threshold: float, name: str = "labels") -> None:
+    """One line (stderr) where a label threshold under 1 meets whole numbers of more than two values above 1 (an
+    anti-aliased 0..255 mask, labels thought of as 0..1): it takes every non-zero voxel, the rim too, as 0 does."""
+    if not 0 < threshold < 1 or not np.issubdtype(np.dtype(labels.dtype), np.integer):
+        return
+    values = sampled_values(labels)
+    if values.size > 2 and values[-1] > 1:
+        print(f"note: {name} hold whole numbers up to {values[-1]:g} ({first_values(values)}), so --label-threshold "
+              f"{threshold:g} takes every non-zero voxel as foreground, as 0 does (an anti-aliased 0..255 mask's rim "
+              "too: 127 takes its middle)", file=sys.stderr)
 
 
 class Thresholded:

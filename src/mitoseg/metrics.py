@@ -153,6 +153,8 @@ def evaluate(prediction: str | Path | Any, truth: str | Path | Any, threshold: f
         label_threshold = _annotated_threshold(true, unlabeled, label_threshold)
     elif label_threshold is None:
         io.check_binary(true, "the truth's labels")
+    else:
+        io.label_threshold_note(true, label_threshold, "the truth's labels")
     t = io.foreground_threshold(pred, threshold, f"the prediction {prediction}" if isinstance(prediction, str | Path)
                                 else "the prediction")
     job = {"prediction": prediction, "truth": truth, "threshold": t, "label_threshold": label_threshold or 0,
