@@ -324,3 +324,18 @@ def test_a_data_variable_naming_no_folder_or_no_home_is_one_line(tmp_path, monke
     monkeypatch.setattr(download.Path, "home", staticmethod(homeless))
     with pytest.raises(MitosegError, match="no home folder to keep downloads in: set MITOSEG_CACHE"):
         download.cache_dir()
+
+
+def test_a_cache_that_cannot_be_written_says_where_else(tmp_path, monkeypatch, source):
+    """A download cache of another user's (Permission denied) says to give --dest or set MITOSEG_CACHE (before: the
+    system's words alone); nothing is left of the folders it made."""
+    register(monkeypatch, source)
+
+    def denied(folder, *args):
+        raise PermissionError(13, "Permission denied", str(folder / "training.tif"))
+
+    monkeypatch.setattr(download, "_fetch_one", denied)
+    with pytest.raises(MitosegError, match=r"cannot write in .*cache.*lucchi: Permission denied \(give --dest FOLDER, "
+                                           r"or set MITOSEG_CACHE\)"):
+        fetch(progress=False, base_url=source.as_uri())
+    assert not (tmp_path / "cache").exists()

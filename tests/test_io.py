@@ -732,6 +732,12 @@ def test_check_output(tmp_path):
         io.check_output(tmp_path / "dangling.zarr", overwrite=False)
     with pytest.raises(MitosegError, match=r"dangling.zarr: a broken link \(to .*nowhere.zarr\)$"):
         io.open_volume(tmp_path / "dangling.zarr")
+    # `:NAME` after a file of another format, or a ':' alone, named the file missing (before: "no such file")
+    np.save(tmp_path / "v.npy", np.zeros((2, 4, 4), np.uint8))
+    with pytest.raises(MitosegError, match=r"image.tif holds no named datasets: `:NAME` names one inside .h5 and"):
+        io.open_volume(f"{tmp_path / 'image.tif'}:raw")
+    with pytest.raises(MitosegError, match=r"v.npy:: a ':' names no dataset: give .*v.npy alone$"):
+        io.open_volume(f"{tmp_path / 'v.npy'}:")
 
 
 def test_an_array_where_a_path_is_needed_is_one_line(droso_crop):

@@ -132,13 +132,17 @@ def fetch(
     files = _files(name)
     folder = Path(dest).expanduser() if dest is not None else cache_dir(name)
     created = [p for p in (folder, *folder.parents) if not p.exists()]
+    elsewhere = " (give --dest FOLDER, or set MITOSEG_CACHE)" if dest is None else ""
     try:
         folder.mkdir(parents=True, exist_ok=True)
     except OSError as err:
-        raise MitosegError(f"cannot create download folder {folder}: {err.strerror or err}") from err
+        raise MitosegError(f"cannot create download folder {folder}: {err.strerror or err}{elsewhere}") from err
     try:
         for fname, remote in files.items():
-            _fetch_one(folder, fname, remote, overwrite, progress, base_url)
+            try:
+                _fetch_one(folder, fname, remote, overwrite, progress, base_url)
+            except PermissionError as err:  # a cache of another user's
+                raise MitosegError(f"cannot write in {folder}: {err.strerror}{elsewhere}") from None
     except BaseException:
         for path in created:  # innermost first; a folder that holds anything stays
             if any(path.iterdir()):

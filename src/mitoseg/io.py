@@ -79,6 +79,10 @@ def open_volume(spec: str | Path) -> Any:
     if not str(spec).strip():
         raise MitosegError("an empty path was given where a volume is needed")
     if not path.exists():
+        head, colon, tail = str(spec).rpartition(":")
+        if colon and inner is None and Path(head).is_file():  # `:NAME` after a file that holds no named datasets
+            raise MitosegError(f"{head} holds no named datasets: `:NAME` names one inside .h5 and .zarr files; give "
+                               f"{head} alone" if tail else f"{spec}: a ':' names no dataset: give {head} alone")
         raise MitosegError(f"{path}: " + (f"a broken link (to {os.readlink(path)})" if path.is_symlink() else
                                           "no such file or folder"))
     unfinished = next((p for p in (path, *path.parents) if p.name.endswith(".partial") and is_zarr(p)), None)
