@@ -22,7 +22,7 @@ demo: $(STAMP)
 
 # -n auto: one test process per core (at most 4, for memory), each with its share of the cores' threads
 # (tests/conftest.py); on 2 cores (AMD EPYC) 9.5 minutes in one process became about 6.5 (2026-11; the suite
-# has grown since: 473 tests in 8 minutes, 2026-12-08)
+# has grown since: 474 tests in 8 minutes, 2026-12-08)
 test: $(STAMP)
 	$(BIN)/ruff check src tests benchmarks experiments
 	$(BIN)/pytest -q -n auto --maxprocesses 4
