@@ -597,10 +597,12 @@ def compare(out: str | Path, dataset: str = "auto", data: str | Path | None = No
 
 
 def _going_on(run: Path) -> str:
-    """How a resumed compare goes on with a model whose run has a last checkpoint (`train.going_on_from`)."""
-    from mitoseg.train import going_on_from
+    """How a resumed compare goes on with a model whose run has a last checkpoint (`train.last_checkpoint`)."""
+    from mitoseg.train import last_checkpoint
 
-    said = going_on_from(run)
-    if said.startswith("to choose"):
-        return "trained, evaluated now"
-    return said.removeprefix("to go on ") or "from its last checkpoint"
+    found = last_checkpoint(run)
+    if found is None:
+        return "from its last checkpoint"
+    epoch, epochs, finished = found
+    return "trained, evaluated now" if finished else \
+        f"from its last checkpoint, epoch {epoch} of {epochs} (epochs after it are trained again)"

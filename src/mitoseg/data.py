@@ -140,13 +140,14 @@ def split(image: np.ndarray, mask: np.ndarray, val_fraction: float,
             Volume(image[:, :, cut - lent:], mask[:, :, cut:], window, lent))
 
 
-def check_image(image: np.ndarray, name: str = "image") -> None:
-    """Refuse an image volume of one grey level: no model learns from it (an empty or wrongly exported stack); and
-    one of two or three (`io.intensity_range`): a mask or labels given as the image, said before any patch size."""
+def check_image(image: np.ndarray, rule: str = "percentile", name: str = "image") -> tuple[float, ...]:
+    """The image's grey-level window (`io.intensity_range` by `rule`), refusing an image volume of one grey level:
+    no model learns from it (an empty or wrongly exported stack); and one of two or three: a mask or labels given as
+    the image, said before any patch size."""
     low, high = np.min(image), np.max(image)
     if low == high:
         raise MitosegError(f"{name} holds one grey level ({low:g}) everywhere: nothing to learn from")
-    io.intensity_range(image, flat=f"the {name}")
+    return io.intensity_range(image, rule=rule, flat=f"the {name}")
 
 
 def check_patch(shape: tuple[int, ...], patch: tuple[int, int, int], name: str = "training volume") -> None:

@@ -37,6 +37,12 @@ def encoder_strides(voxel_size: Sequence[float], dims: int) -> list[tuple[int, .
     return out
 
 
+def input_multiple(voxel_size: Sequence[float], dims: int) -> list[int]:
+    """What each axis of the network's input must be a multiple of (`PadToMultiple` pads it so): the product of
+    the encoder's strides along it (`encoder_strides`)."""
+    return [int(np.prod([stride[axis] for stride in encoder_strides(voxel_size, dims)])) for axis in range(dims)]
+
+
 def _set_strides(net: nn.Module, strides: list[tuple[int, ...]]) -> None:
     """Give a FlexibleUNet(resnet) per-axis stage strides, in place (weights are unchanged).
 
@@ -175,8 +181,7 @@ def build_model(config: Config) -> nn.Module:
     for module in net.modules():
         if type(module) is nn.Conv3d:
             module.__class__ = Conv3d  # the same module and weights, only its forward differs (see Conv3d)
-    divisors = [int(np.prod([stride[axis] for stride in strides])) for axis in range(config.dims)]
-    model = PadToMultiple(net, divisors)
+    model = PadToMultiple(net, input_multiple(config.voxel_size, config.dims))
     model.normalize = config.normalize  # the input rule it expects: prediction without a window reads it
     model.context = config.context
     model.planes = config.slice_planes

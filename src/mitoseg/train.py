@@ -36,7 +36,16 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from mitoseg import __version__, data, io, memory, metrics, postprocess
 from mitoseg.config import Config, other_planes, with_planes
 from mitoseg.errors import MitosegError
-from mitoseg.models import autocast, bf16_native, build_model, channels_last, encoder_strides, pick_device, synchronize
+from mitoseg.models import (
+    autocast,
+    bf16_native,
+    build_model,
+    channels_last,
+    encoder_strides,
+    input_multiple,
+    pick_device,
+    synchronize,
+)
 from mitoseg.predict import default_tile, predict_array, to_storage, unlike_voxels
 
 LOG_FIELDS = ["epoch", "iterations", "loss", "val_dice", "val_iou", "val_iou_best", "val_threshold", "monitor_iou",
@@ -493,7 +502,7 @@ def train(config: Config, image: np.ndarray, mask: np.ndarray, out: str | Path, 
               "(in Fiji: Edit > Invert)", file=sys.stderr)
     if resume:
         check_same_data(out, image, mask)
-    data.check_image(image)
+    window = data.check_image(image, config.normalize)
     data.check_patch(image.shape, config.patch)
     part, _ = data.split(image, mask, config.val_fraction)  # annotation on both sides of the validation cut
     cut = part.image.shape[2]
@@ -508,7 +517,7 @@ def train(config: Config, image: np.ndarray, mask: np.ndarray, out: str | Path, 
     try:
         config.save(out / "config.json")
         io.write_json(out / "versions.json", versions())
-        summary = _train(config, image, mask, out, resume, progress, monitor, postprocessing)
+        summary = _train(config, image, mask, window, out, resume, progress, monitor, postprocessing)
         io.release(out)
         return summary
     except BaseException:  # an error or Ctrl-C before the first checkpoint leaves no folder to block a re-run
@@ -551,14 +560,13 @@ def data_id(volume) -> str:
     return f"{crc:08x}"
 
 
-def _train(config: Config, image: np.ndarray, mask: np.ndarray, out: Path, resume: bool, progress: bool,
-           monitor: data.Volume | None, postprocessing: bool) -> dict:
-    """The training loop of `train`, in a prepared run folder."""
+def _train(config: Config, image: np.ndarray, mask: np.ndarray, window: tuple[float, ...], out: Path, resume: bool,
+           progress: bool, monitor: data.Volume | None, postprocessing: bool) -> dict:
+    """The training loop of `train`, in a prepared run folder; `window` is the image's (`data.check_image`)."""
     from tqdm.auto import tqdm
 
     device = pick_device(config.device)
     torch.manual_seed(config.seed)
-    window = io.intensity_range(image, rule=config.normalize, flat="the image")
     train_vol, val_vol = data.split(image, mask, config.val_fraction, window)
     # what the run learned from and was validated on, in voxels, and which image (`suggest`); a resumed run's was
     # checked against this data (`check_same_data`)
@@ -741,11 +749,10 @@ def training_amp(config: Config, device: torch.device) -> bool:
     voxels, and 4-slice inputs of 128 x 128 on 50 x 4.6 x 4.6 nm: 2 to 4 ssTEM sections)."""
     if not (config.amp and device.type == "cpu" and config.dims == 3 and bf16_native(device)):
         return config.amp
-    strides = encoder_strides(config.voxel_size, 3)
-    z_multiple = int(np.prod([s[0] for s in strides]))
-    depth = -(-config.patch[0] // z_multiple) * z_multiple
-    measured = all(p <= m for p, m in zip(config.patch, BF16_3D_PATCH, strict=True)) and strides[0][1:] == (2, 2) \
-        and depth >= BF16_3D_DEPTH
+    z_multiple = input_multiple(config.voxel_size, 3)[0]
+    depth = -(-config.patch[0] // z_multiple) * z_multiple  # as `models.PadToMultiple` pads it
+    measured = all(p <= m for p, m in zip(config.patch, BF16_3D_PATCH, strict=True)) and depth >= BF16_3D_DEPTH \
+        and encoder_strides(config.voxel_size, 3)[0][1:] == (2, 2)
     if not measured:
         print(f"note: the 3D model trains in float32 on this CPU: bf16 is used for patches of at most "
               f"{' x '.join(map(str, BF16_3D_PATCH))} voxels, at least {BF16_3D_DEPTH} slices deep as the network "
@@ -754,15 +761,24 @@ def training_amp(config: Config, device: torch.device) -> bool:
     return measured
 
 
+def last_checkpoint(out: str | Path) -> tuple[int, int, bool] | None:
+    """(epoch, epochs, whether training had finished) of the run `out`'s last.pt, memory-mapped (the weights are
+    not read); None when it cannot be read."""
+    try:
+        ckpt = torch.load(Path(out) / "last.pt", map_location="cpu", weights_only=False, mmap=True)
+        return int(ckpt["state"]["epoch"]), int(ckpt["config"]["epochs"]), "optimizer" not in ckpt
+    except (OSError, RuntimeError, EOFError, KeyError, TypeError, ValueError, pickle.UnpicklingError):
+        return None
+
+
 def going_on_from(out: str | Path) -> str:
     """What `train --resume` of the run `out` goes on from, in words: its last checkpoint's epoch, or the
     post-processing left to choose after training finished; "" when last.pt cannot be read."""
-    try:  # memory-mapped: the weights are not read
-        ckpt = torch.load(Path(out) / "last.pt", map_location="cpu", weights_only=False, mmap=True)
-        epoch, epochs = int(ckpt["state"]["epoch"]), int(ckpt["config"]["epochs"])
-    except (OSError, RuntimeError, EOFError, KeyError, TypeError, ValueError, pickle.UnpicklingError):
+    found = last_checkpoint(out)
+    if found is None:
         return ""  # the general line then
-    if "optimizer" not in ckpt:
+    epoch, epochs, finished = found
+    if finished:
         return "to choose the post-processing (training had finished)"
     return f"to go on from its last checkpoint, epoch {epoch} of {epochs} (epochs after it are trained again)"
 
